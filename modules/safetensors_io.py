@@ -1,0 +1,279 @@
+"""Streaming access to `.safetensors` files, one tensor at a time.
+
+The `safetensors` package reads through a memory map: every page it touches stays resident (and is
+counted in RSS) until the file is closed, so casting an fp16 file to fp32 while it is mapped holds
+both copies at once. Loading and merging here instead read each tensor's bytes straight into its
+final buffer with `readinto`, and write files tensor by tensor, so peak memory is the size of what
+is kept plus one tensor. The on-disk format is the one the `safetensors` package writes and reads
+(8-byte little-endian header length, JSON header, raw little-endian data); tests check that both
+sides agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterable, Mapping
+
+import torch
+
+# Header dtype strings of the safetensors format, and back.
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+
+# A header larger than this is not a checkpoint header but a corrupt length field.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+_ALIGNMENT = 8
+
+
+class SafetensorsFormatError(ValueError):
+    """The file is not a readable safetensors file (truncated, corrupt, or another format)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Where one tensor lives in a safetensors file."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # offset of the first byte, relative to the start of the data section
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    path: Path
+    data_offset: int  # absolute file offset of the data section
+    tensors: dict[str, TensorSpec]  # in file order
+    metadata: dict[str, str]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: spec.shape for name, spec in self.tensors.items()}
+
+
+def read_header(path: str | os.PathLike) -> SafetensorsHeader:
+    """Parse the header of a safetensors file without reading any tensor data."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        return _parse_header(path, f, os.fstat(f.fileno()).st_size)
+
+
+def _parse_header(path: Path, f: BinaryIO, file_size: int) -> SafetensorsHeader:
+    prefix = f.read(8)
+    if len(prefix) < 8:
+        raise SafetensorsFormatError(f"{path}: file is {file_size} bytes, too short to be a safetensors file")
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len < 2 or header_len > MAX_HEADER_BYTES or 8 + header_len > file_size:
+        raise SafetensorsFormatError(
+            f"{path}: header length field says {header_len} bytes but the file has {file_size}; "
+            "the file is truncated or not a safetensors file"
+        )
+    raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SafetensorsFormatError(f"{path}: header is not valid JSON ({e}); the file is corrupt") from e
+    if not isinstance(header, dict):
+        raise SafetensorsFormatError(f"{path}: header is not a JSON object; the file is corrupt")
+
+    metadata = header.pop("__metadata__", None) or {}
+    data_offset = 8 + header_len
+    data_size = file_size - data_offset
+    tensors: dict[str, TensorSpec] = {}
+    for name, entry in header.items():
+        try:
+            dtype = DTYPES[entry["dtype"]]
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise SafetensorsFormatError(f"{path}: bad header entry for tensor {name!r}: {entry!r}") from e
+        expected = _numel(shape) * _itemsize(dtype)
+        if end - begin != expected or begin < 0:
+            raise SafetensorsFormatError(
+                f"{path}: tensor {name!r} has {end - begin} bytes for shape {list(shape)} {entry['dtype']}"
+            )
+        if end > data_size:
+            raise SafetensorsFormatError(
+                f"{path}: tensor {name!r} ends at byte {data_offset + end} but the file has {file_size}; "
+                "the file is truncated (an interrupted download?)"
+            )
+        tensors[name] = TensorSpec(name, dtype, shape, begin, end)
+    ordered = dict(sorted(tensors.items(), key=lambda item: item[1].begin))
+    return SafetensorsHeader(path, data_offset, ordered, {str(k): str(v) for k, v in metadata.items()})
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+class SafetensorsReader:
+    """Reads tensors of one file into fresh buffers, optionally converting the dtype.
+
+    Use as a context manager; tensors returned stay valid after it closes (they own their memory).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._file = open(self.path, "rb")
+        try:
+            self.header = _parse_header(self.path, self._file, os.fstat(self._file.fileno()).st_size)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def keys(self) -> list[str]:
+        return list(self.header.tensors)
+
+    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor `name`, in `dtype` if given (floating tensors only are converted)."""
+        spec = self.header.tensors[name]
+        raw = torch.empty(spec.shape, dtype=spec.dtype)
+        if spec.nbytes:
+            view = memoryview(raw.view(-1).view(torch.uint8).numpy())
+            self._file.seek(self.header.data_offset + spec.begin)
+            got = self._file.readinto(view)
+            if got != spec.nbytes:
+                raise SafetensorsFormatError(f"{self.path}: short read for tensor {name!r}; the file is truncated")
+        if dtype is not None and raw.dtype != dtype and raw.is_floating_point():
+            return raw.to(dtype)
+        return raw
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file tensor by tensor, atomically.
+
+    The header is written first from the declared specs, so tensors must be written in the declared
+    order. Data goes to `<path>.tmp-<pid>` and is renamed over `path` only by `commit()`; leaving the
+    context without committing (an error, an interrupt) removes the temp file. The sha256 of the
+    whole file is computed while writing (`sha256` after commit), so a new checkpoint needs no
+    re-read to be hashed.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
+        metadata: Mapping[str, str] | None = None,
+        overwrite: bool = False,
+    ):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} already exists; choose another name or allow overwriting")
+        self._order: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
+        header: dict[str, object] = {}
+        if metadata:
+            bad = {k: type(v).__name__ for k, v in metadata.items() if not isinstance(v, str)}
+            if bad:
+                raise TypeError(f"safetensors metadata values must be strings; got {bad}")
+            header["__metadata__"] = dict(metadata)
+        offset = 0
+        for name, dtype, shape in specs:
+            shape = tuple(int(d) for d in shape)
+            nbytes = _numel(shape) * _itemsize(dtype)
+            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._order.append((name, dtype, shape))
+            offset += nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        encoded += b" " * (-len(encoded) % _ALIGNMENT)
+        self._next = 0
+        self._hasher = hashlib.sha256()
+        self.sha256: str | None = None
+        self._tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self._file: BinaryIO | None = open(self._tmp, "wb")
+        self._emit(struct.pack("<Q", len(encoded)) + encoded)
+
+    def __enter__(self) -> "SafetensorsWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._file is not None:
+            self.abort()
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        assert self._file is not None
+        self._hasher.update(data)
+        self._file.write(data)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if self._next >= len(self._order):
+            raise ValueError(f"tensor {name!r} was not declared when the writer was created")
+        want_name, want_dtype, want_shape = self._order[self._next]
+        if name != want_name or tensor.dtype != want_dtype or tuple(tensor.shape) != want_shape:
+            raise ValueError(
+                f"expected tensor {want_name!r} {want_dtype} {list(want_shape)} next, "
+                f"got {name!r} {tensor.dtype} {list(tensor.shape)}"
+            )
+        data = tensor.detach().to("cpu").contiguous()
+        if data.numel():
+            self._emit(memoryview(data.view(-1).view(torch.uint8).numpy()))
+        self._next += 1
+
+    def commit(self) -> Path:
+        """Finish the file and move it into place; returns the final path."""
+        if self._next != len(self._order):
+            missing = [n for n, _, _ in self._order[self._next :]]
+            raise ValueError(f"{len(missing)} declared tensors were not written, first {missing[0]!r}")
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        os.replace(self._tmp, self.path)
+        self.sha256 = self._hasher.hexdigest()
+        return self.path
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._tmp.unlink(missing_ok=True)
+
+
+def save_file(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None,
+              overwrite: bool = False) -> str:
+    """Write a whole dict at once (small files); returns the file's sha256."""
+    specs = [(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
+    with SafetensorsWriter(path, specs, metadata, overwrite=overwrite) as writer:
+        for name, t in tensors.items():
+            writer.write(name, t)
+        writer.commit()
+    assert writer.sha256 is not None
+    return writer.sha256
