@@ -1,0 +1,246 @@
+"""The model manager: the single owner of loaded checkpoints.
+
+Everything that needs a model asks this object; nothing else loads, caches or frees one. Loaded
+checkpoints are kept in an LRU of at most `sd_checkpoints_limit` entries, the current one included
+(A1111 keeps one more than the setting says). Switching to a cached checkpoint touches no file.
+Evicting one drops every reference and hands the freed memory back to the OS, so RSS does not creep
+up over repeated switches.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from modules.model_loader import LoadOptions, StableDiffusionModel, TensorSource, load_checkpoint, load_vae_file
+from modules.model_detection import detect_architecture, normalize_keys
+from modules.model_config import build_model_config
+
+log = logging.getLogger(__name__)
+
+# glibc's malloc: freed large blocks are returned at once only while they are above its mmap
+# threshold, and glibc raises that threshold (up to 32 MiB) every time such a block is freed, so
+# after the first unload the next model's tensors land in the heap, where a free leaves RSS high.
+# Pinning the threshold keeps tensors mmapped; malloc_trim returns what the heap still holds.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt  # noqa: B018 - glibc only
+        libc.malloc_trim  # noqa: B018
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def configure_allocator() -> None:
+    """Pin glibc's mmap threshold (see above). Harmless elsewhere; called once at start-up."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+
+
+def release_memory(device: torch.device | None = None) -> None:
+    gc.collect()
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+class ModelManager:
+    """Loads, caches, switches and unloads checkpoints. Thread-safe: one lock around every change.
+
+    `registry` finds checkpoints by title/alias (modules.checkpoints.CheckpointRegistry);
+    `vae_resolver(info)` returns the VAE file to use for a checkpoint or None for its own VAE;
+    `limit()` returns the current `sd_checkpoints_limit`.
+    """
+
+    def __init__(
+        self,
+        registry,
+        options: LoadOptions,
+        limit: Callable[[], int] = lambda: 1,
+        vae_resolver: Callable[[object], Path | None] = lambda info: None,
+        keep_in_cpu: Callable[[], bool] = lambda: True,
+    ):
+        self.registry = registry
+        self.options = options
+        self._limit = limit
+        self._vae_resolver = vae_resolver
+        self._keep_in_cpu = keep_in_cpu
+        self._lock = threading.RLock()
+        self._loaded: OrderedDict[str, StableDiffusionModel] = OrderedDict()  # filename → model, LRU first
+        self._current_key: str | None = None
+        self._infos: dict[str, object] = {}
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by a job while it uses the current model, so a switch waits for the job to finish."""
+        return self._lock
+
+    def current(self) -> StableDiffusionModel | None:
+        with self._lock:
+            return self._loaded.get(self._current_key) if self._current_key else None
+
+    def current_info(self):
+        with self._lock:
+            return self._infos.get(self._current_key) if self._current_key else None
+
+    def require_current(self) -> StableDiffusionModel:
+        model = self.current()
+        if model is None:
+            raise RuntimeError("no checkpoint is loaded; pick one in the checkpoint dropdown or the API")
+        return model
+
+    def loaded_names(self) -> list[str]:
+        """Loaded checkpoints, least recently used first."""
+        with self._lock:
+            return [model.name for model in self._loaded.values()]
+
+    # --- changes ---------------------------------------------------------------------------------
+
+    def load(self, title: str) -> StableDiffusionModel:
+        """Make the checkpoint named `title` (any alias) current, loading it if it is not cached.
+
+        A checkpoint that fails to load leaves the previous one current (reloading it from disk if
+        it had to be evicted to make room) and re-raises the error.
+        """
+        info = self.registry.find(title)
+        key = str(info.filename)
+        with self._lock:
+            if key in self._loaded:
+                return self._activate(key)
+            self._preflight(info)
+            limit = max(1, int(self._limit()))
+            previous_info = self._infos.get(self._current_key) if self._current_key else None
+            evicted_current = False
+            while len(self._loaded) >= limit:
+                evicted_key = next(iter(self._loaded))
+                evicted_current |= evicted_key == self._current_key
+                self._evict(evicted_key)
+            try:
+                model, info = self._load_from_disk(info)
+            except Exception:
+                if evicted_current and previous_info is not None:
+                    log.warning("loading %s failed; reloading the previous checkpoint %s", info.name,
+                                previous_info.name)
+                    try:
+                        model, previous_info = self._load_from_disk(previous_info)
+                        previous_key = str(previous_info.filename)
+                        self._loaded[previous_key], self._infos[previous_key] = model, previous_info
+                        self._current_key = previous_key
+                    except Exception:  # the original error is the one to report
+                        log.exception("reloading the previous checkpoint failed too")
+                raise
+            self._loaded[key] = model
+            self._infos[key] = info
+            return self._activate(key)
+
+    def _preflight(self, info) -> None:
+        """Fail fast, before anything is evicted: header, detection and config only (no tensors)."""
+        if not Path(info.filename).suffix.lower() == ".safetensors":
+            return  # a pickle has no separate header; the full load validates it
+        with TensorSource(Path(info.filename)) as source:
+            canonical = normalize_keys(list(source.shapes), source.shapes)
+            shapes = {c: source.shapes[f] for c, f in canonical.items()}
+            detection = detect_architecture(shapes, source=str(info.filename))
+            build_model_config(detection.architecture, shapes, user_yaml=info.config_path)
+
+    def _load_from_disk(self, info):
+        """Load `info`'s file; returns the model and the info with its sha256 (A1111 hashes on load,
+        so the title gains its `[hash]`; `--no-hashing` leaves it as is)."""
+        started = time.perf_counter()
+        info = self.registry.ensure_hash(info)
+        hashed = time.perf_counter() - started
+        model = load_checkpoint(Path(info.filename), self.options, config_path=info.config_path, name=info.title)
+        self._apply_vae(model, info)
+        hash_note = f" (+ sha256 {hashed:.2f}s)" if hashed >= 0.01 else ""
+        log.info("%s%s", model.load_summary, hash_note)
+        return model, info
+
+    def _activate(self, key: str) -> StableDiffusionModel:
+        model = self._loaded[key]
+        self._loaded.move_to_end(key)
+        if self._current_key != key:
+            previous = self._loaded.get(self._current_key) if self._current_key else None
+            if previous is not None and self.options.device.type != "cpu" and self._keep_in_cpu():
+                previous.to(torch.device("cpu"))
+            if model.device != self.options.device:
+                model.to(self.options.device)
+            self._current_key = key
+        return model
+
+    def _evict(self, key: str) -> None:
+        model = self._loaded.pop(key)
+        self._infos.pop(key, None)
+        if self._current_key == key:
+            self._current_key = None
+        log.info("unloaded %s", model.name)
+        del model
+        release_memory(self.options.device)
+
+    def unload_all(self) -> None:
+        with self._lock:
+            for key in list(self._loaded):
+                self._evict(key)
+
+    def reload_current(self) -> StableDiffusionModel:
+        """Drop the current checkpoint from the cache and read it again from disk."""
+        with self._lock:
+            info = self.current_info()
+            if info is None:
+                raise RuntimeError("no checkpoint is loaded to reload")
+            self._evict(str(info.filename))
+            return self.load(info.title)
+
+    def refresh_vae(self) -> None:
+        """Re-apply the VAE choice to the current model (after the VAE setting changed)."""
+        with self._lock:
+            model, info = self.current(), self.current_info()
+            if model is not None:
+                self._apply_vae(model, info)
+
+    def _apply_vae(self, model: StableDiffusionModel, info) -> None:
+        vae_file = self._vae_resolver(info)
+        if vae_file == model.vae_file:
+            return
+        if vae_file is None:
+            model.vae = model.builtin_vae
+        else:
+            model.vae = load_vae_file(vae_file, model, self.options.allow_unsafe_pickle)
+            log.info("VAE %s applied to %s", Path(vae_file).name, model.name)
+        model.vae_file = vae_file
+        release_memory(model.device)
+
+
+def default_load_options(use_cpu: bool, no_half: bool, precision: str, no_half_vae: bool = False,
+                         device_name: str | None = None) -> LoadOptions:
+    """A1111's device/precision flags → LoadOptions: fp16 on CUDA, fp32 on CPU unless told otherwise."""
+    if use_cpu or not torch.cuda.is_available():
+        device = torch.device("cpu")
+    else:
+        device = torch.device(device_name or "cuda")
+    half = device.type == "cuda" and not no_half and precision != "full"
+    dtype = torch.float16 if half else torch.float32
+    vae_dtype = torch.float32 if no_half_vae else dtype
+    return replace(LoadOptions(), device=device, dtype=dtype, vae_dtype=vae_dtype)
