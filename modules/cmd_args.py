@@ -1,0 +1,66 @@
+"""Command-line flags, with A1111's names and meanings for the ones that exist so far.
+
+`parse_args(argv)` returns an `argparse.Namespace`; nothing here is global. Later features add their
+flags here (one parser, one place to read what a flag does).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch.py",
+        description="Atelier: a Stable Diffusion web UI in the AUTOMATIC1111 style.",
+    )
+    paths = parser.add_argument_group("paths")
+    paths.add_argument("--data-dir", type=str, default=None,
+                       help="base folder for user data: models/, embeddings/, config.json, outputs/ (default: the repo)")
+    paths.add_argument("--models-dir", type=str, default=None, help="models folder (default: <data-dir>/models)")
+    paths.add_argument("--ckpt-dir", type=str, default=None,
+                       help="extra folder with checkpoints, scanned before models/Stable-diffusion "
+                            "(point it at an existing A1111 models/Stable-diffusion)")
+    paths.add_argument("--ckpt", type=str, default=None,
+                       help="checkpoint to load at start; it is listed first")
+    paths.add_argument("--vae-dir", type=str, default=None, help="extra folder with VAE files")
+    paths.add_argument("--vae-path", type=str, default=None,
+                       help="VAE file to use for every checkpoint; disables the SD VAE setting")
+    paths.add_argument("--embeddings-dir", type=str, default=None,
+                       help="textual-inversion embeddings folder (default: <data-dir>/embeddings)")
+    paths.add_argument("--hypernetwork-dir", type=str, default=None,
+                       help="hypernetworks folder (default: <models-dir>/hypernetworks)")
+    paths.add_argument("--lora-dir", type=str, default=None, help="LoRA folder (default: <models-dir>/Lora)")
+
+    server = parser.add_argument_group("server")
+    server.add_argument("--port", type=int, default=None, help="port to listen on (default 7860)")
+    server.add_argument("--listen", action="store_true",
+                        help="listen on 0.0.0.0, so other machines on the network can connect")
+    server.add_argument("--server-name", type=str, default=None, help="address to bind (overrides --listen)")
+
+    device = parser.add_argument_group("device and precision")
+    device.add_argument("--use-cpu", nargs="*", default=[], metavar="MODULE",
+                        help="run on the CPU: 'all' or module names (A1111 form); any value means the CPU here")
+    device.add_argument("--no-half", action="store_true", help="keep weights in fp32 on the GPU")
+    device.add_argument("--no-half-vae", action="store_true", help="keep the VAE in fp32")
+    device.add_argument("--precision", choices=("full", "half", "autocast"), default="autocast",
+                        help="'full' = fp32 everywhere (same as --no-half)")
+    device.add_argument("--device-id", type=str, default=None, help="CUDA device index to use")
+
+    models = parser.add_argument_group("models")
+    models.add_argument("--disable-safe-unpickle", action="store_true",
+                        help="load .ckpt/.pt files with full pickle; only for files you trust (runs code in them)")
+    models.add_argument("--no-hashing", action="store_true", help="do not compute sha256 of checkpoints")
+    models.add_argument("--skip-load-model-at-start", action="store_true",
+                        help="start the server without loading a checkpoint")
+    models.add_argument("--no-demo-checkpoint", action="store_true",
+                        help="with no checkpoints found, do not create the random-weights demo checkpoint")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.port is not None and not 1 <= args.port <= 65535:
+        build_parser().error(f"--port {args.port} is not a port number (1-65535)")
+    return args
