@@ -157,18 +157,14 @@ class TensorSource:
 
     def read(self, key: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
         if self._reader is not None:
-            try:
-                tensor = self._reader.read(key, dtype)
-            except SafetensorsFormatError as e:
-                raise CheckpointLoadError(f"{e}. Re-download the file or pick another checkpoint.") from e
+            return self._reader.read(key, dtype, device)
+        assert self._tensors is not None
+        tensor = self._tensors[key]
+        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
         else:
-            assert self._tensors is not None
-            tensor = self._tensors[key]
-            if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
-                tensor = tensor.to(dtype)
-            else:
-                # A pickled file is memory-mapped: copy so the model does not pin the file's pages.
-                tensor = tensor.clone()
+            # A pickled file is memory-mapped: copy so the model does not pin the file's pages.
+            tensor = tensor.clone()
         return tensor.to(device) if tensor.device != device else tensor
 
     def close(self) -> None:

@@ -2,9 +2,10 @@
 
 The `safetensors` package reads through a memory map: every page it touches stays resident (and is
 counted in RSS) until the file is closed, so casting an fp16 file to fp32 while it is mapped holds
-both copies at once. Loading and merging here instead read each tensor's bytes straight into its
-final buffer with `readinto`, and write files tensor by tensor, so peak memory is the size of what
-is kept plus one tensor. The on-disk format is the one the `safetensors` package writes and reads
+both copies at once. The reader here also maps the file, but converts each tensor straight from the
+mapped pages into its final buffer (one pass: no temporary copy) and then drops those pages from
+the process with `madvise(MADV_DONTNEED)`, so peak memory is the size of what is kept plus one
+tensor. Files are written tensor by tensor. The on-disk format is the one the `safetensors` package writes and reads
 (8-byte little-endian header length, JSON header, raw little-endian data); tests check that both
 sides agree.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -136,7 +138,7 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 class SafetensorsReader:
-    """Reads tensors of one file into fresh buffers, optionally converting the dtype.
+    """Reads tensors of one file into fresh buffers, optionally converting dtype and device.
 
     Use as a context manager; tensors returned stay valid after it closes (they own their memory).
     """
@@ -144,8 +146,13 @@ class SafetensorsReader:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._file = open(self.path, "rb")
+        self._map: mmap.mmap | None = None
         try:
-            self.header = _parse_header(self.path, self._file, os.fstat(self._file.fileno()).st_size)
+            size = os.fstat(self._file.fileno()).st_size
+            self.header = _parse_header(self.path, self._file, size)
+            if self.header.tensors:
+                # Copy-on-write so torch.frombuffer gets a writable buffer; nothing is ever written.
+                self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
         except BaseException:
             self._file.close()
             raise
@@ -157,24 +164,40 @@ class SafetensorsReader:
         self.close()
 
     def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         self._file.close()
 
     def keys(self) -> list[str]:
         return list(self.header.tensors)
 
-    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The tensor `name`, in `dtype` if given (floating tensors only are converted)."""
+    def read(self, name: str, dtype: torch.dtype | None = None,
+             device: torch.device | str | None = None) -> torch.Tensor:
+        """The tensor `name`, as a new tensor in `dtype` (floating tensors only) on `device`."""
         spec = self.header.tensors[name]
-        raw = torch.empty(spec.shape, dtype=spec.dtype)
-        if spec.nbytes:
-            view = memoryview(raw.view(-1).view(torch.uint8).numpy())
-            self._file.seek(self.header.data_offset + spec.begin)
-            got = self._file.readinto(view)
-            if got != spec.nbytes:
-                raise SafetensorsFormatError(f"{self.path}: short read for tensor {name!r}; the file is truncated")
-        if dtype is not None and raw.dtype != dtype and raw.is_floating_point():
-            return raw.to(dtype)
-        return raw
+        numel = _numel(spec.shape)
+        target = dtype if dtype is not None and spec.dtype.is_floating_point else spec.dtype
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if numel == 0:
+            return torch.empty(spec.shape, dtype=target, device=device)
+        if self._map is None:
+            raise ValueError(f"{self.path} is closed")
+        start = self.header.data_offset + spec.begin
+        view = torch.frombuffer(self._map, dtype=spec.dtype, count=numel, offset=start).view(spec.shape)
+        if device.type == "cpu" and target == spec.dtype:
+            out = view.clone()
+        else:
+            out = view.to(device=device, dtype=target)
+        self._drop_pages(start, spec.nbytes)
+        return out
+
+    def _drop_pages(self, start: int, length: int) -> None:
+        """Release the mapped pages of a tensor already copied out (they stay in the page cache)."""
+        assert self._map is not None
+        page = mmap.PAGESIZE
+        begin = start - start % page
+        self._map.madvise(mmap.MADV_DONTNEED, begin, start + length - begin)
 
 
 class SafetensorsWriter:
