@@ -143,9 +143,7 @@ def time_generation(path: Path, arch: str, device: str, dtype, runs: int, steps:
                             "peak_vram_bytes": max(v[2] for v in values), "samples": values}
     results["resolution"] = size
     results["weights_bytes"] = model.weights_nbytes()
-    del pipe, model
-    free(device)
-    return results
+    return results  # the pipeline and model go with this frame; main() frees the device memory
 
 
 def main() -> None:
@@ -169,6 +167,7 @@ def main() -> None:
         print(f"{arch}: load atelier {loads['atelier_seconds']:.2f}s, diffusers {loads['diffusers_seconds']:.2f}s "
               f"({loads['atelier_summary']})", flush=True)
         gen = time_generation(path, arch, args.device, dtype, args.runs, args.steps)
+        free(args.device)
         report[arch] = {"load": loads, "generation": gen}
         for backend in ("sdpa", "xformers"):
             if backend in gen:

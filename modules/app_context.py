@@ -61,13 +61,11 @@ class AppContext:
             use_cpu=bool(args.use_cpu), no_half=args.no_half, precision=args.precision,
             no_half_vae=args.no_half_vae,
             device_name=f"cuda:{args.device_id}" if args.device_id is not None else None,
+            allow_unsafe_pickle=args.disable_safe_unpickle,
         )
-        options = options.__class__(**{**options.__dict__, "allow_unsafe_pickle": args.disable_safe_unpickle})
         if args.disable_safe_unpickle:
             log.warning("--disable-safe-unpickle: .ckpt/.pt files will be loaded with full pickle, which runs "
                         "any code they contain. Use it only for files you trust.")
-
-        context: AppContext
 
         def resolve_vae(info) -> Path | None:
             current = settings.current()
@@ -83,8 +81,7 @@ class AppContext:
             vae_resolver=resolve_vae,
             keep_in_cpu=lambda: settings.current()["sd_checkpoints_keep_in_cpu"],
         )
-        context = cls(args, paths, settings, hash_cache, checkpoints, vaes, models)
-        return context
+        return cls(args, paths, settings, hash_cache, checkpoints, vaes, models)
 
     def refresh(self) -> None:
         self.checkpoints.refresh()

@@ -13,10 +13,11 @@ memory is the loaded weights plus one tensor being read (see docs/BENCHMARKS.md)
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -24,8 +25,6 @@ import torch
 
 from modules.model_config import ModelConfig, TextEncoderSpec, build_model_config, infer_vae_sizes, vae_config_from_ldm
 from modules.model_detection import (
-    SD1_CLIP_PREFIX,
-    SD2_CLIP_PREFIX,
     UNET_PREFIX,
     VAE_PREFIX,
     Architecture,
@@ -39,7 +38,8 @@ from modules.safetensors_io import SafetensorsFormatError, SafetensorsReader
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin", ".pth")
+# EMA bookkeeping scalars some VAE files carry; not weights.
+VAE_TRAINING_SCALARS = ("model_ema.decay", "model_ema.num_updates")
 
 
 class CheckpointLoadError(ValueError):
@@ -390,26 +390,27 @@ def uses_v_prediction(unet: torch.nn.Module) -> bool:
 
 
 def load_vae_file(path: str | Path, model: StableDiffusionModel, allow_unsafe_pickle: bool = False) -> torch.nn.Module:
-    """Build an AutoencoderKL from a standalone VAE file (A1111's layout, keys without
-    `first_stage_model.`; or a diffusers-layout file) to use with `model`."""
+    """Build an AutoencoderKL from a standalone VAE file to use with `model`.
+
+    A1111's VAE files hold the autoencoder's keys without `first_stage_model.` (some keep it, some
+    add `loss.*` training weights, which are skipped); diffusers-layout files load as they are. The
+    scaling factor stays the checkpoint's: it belongs to the latent space the UNet was trained on.
+    """
     path = Path(path)
     with TensorSource(path, allow_unsafe_pickle) as source:
-        keys = [k for k in source.shapes
-                if not k.startswith("loss.") and k not in ("model_ema.decay", "model_ema.num_updates")]
+        keys = [k for k in source.shapes if not k.startswith("loss.") and k not in VAE_TRAINING_SCALARS]
         prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in keys) else ""
         keys = [k for k in keys if k.startswith(prefix)]
         shapes = {k[len(prefix):]: source.shapes[k] for k in keys}
         if "encoder.conv_in.weight" not in shapes:
             raise UnsupportedCheckpointError(
                 f"{path}: not a VAE file (no encoder.conv_in.weight); VAE files hold encoder.*/decoder.* weights")
-        config = dict(model.config.vae)
-        if "encoder.down.0.block.0.conv1.weight" in shapes:  # LDM layout: sizes from shapes
-            import copy
-
+        if "encoder.down.0.block.0.conv1.weight" in shapes:  # LDM layout: sizes from the file's shapes
             ldm = copy.deepcopy(model.config.ldm)
             ldm["model"]["params"]["first_stage_config"]["params"]["ddconfig"].update(infer_vae_sizes(shapes, ""))
-            meta = {k: torch.empty(tuple(v), device="meta") for k, v in shapes.items()}
-            config = vae_config_from_ldm(ldm, meta)
+            config = vae_config_from_ldm(ldm, {k: torch.empty(tuple(v), device="meta") for k, v in shapes.items()})
             config["scaling_factor"] = model.config.vae["scaling_factor"]
+        else:
+            config = dict(model.config.vae)
         weights = {k[len(prefix):]: source.read(k, model.vae_dtype, model.device) for k in keys}
     return build_vae(config, weights, model.device, path)

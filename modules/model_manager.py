@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -234,7 +233,7 @@ class ModelManager:
 
 
 def default_load_options(use_cpu: bool, no_half: bool, precision: str, no_half_vae: bool = False,
-                         device_name: str | None = None) -> LoadOptions:
+                         device_name: str | None = None, allow_unsafe_pickle: bool = False) -> LoadOptions:
     """A1111's device/precision flags → LoadOptions: fp16 on CUDA, fp32 on CPU unless told otherwise."""
     if use_cpu or not torch.cuda.is_available():
         device = torch.device("cpu")
@@ -243,4 +242,4 @@ def default_load_options(use_cpu: bool, no_half: bool, precision: str, no_half_v
     half = device.type == "cuda" and not no_half and precision != "full"
     dtype = torch.float16 if half else torch.float32
     vae_dtype = torch.float32 if no_half_vae else dtype
-    return replace(LoadOptions(), device=device, dtype=dtype, vae_dtype=vae_dtype)
+    return LoadOptions(device=device, dtype=dtype, vae_dtype=vae_dtype, allow_unsafe_pickle=allow_unsafe_pickle)

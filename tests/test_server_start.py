@@ -1,0 +1,78 @@
+"""Start-up on an empty data folder: the demo checkpoint, the status page and the checkpoint routes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from modules.api.server import create_app
+from modules.app_context import DEMO_CHECKPOINT_NAME, AppContext
+from modules.cmd_args import parse_args
+from modules.safetensors_io import read_header
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def context(tmp_path):
+    context = AppContext.from_args(parse_args(["--data-dir", str(tmp_path)]))
+    context.refresh()
+    return context
+
+
+def test_empty_models_folder_gets_a_labelled_demo_checkpoint(context, tmp_path, caplog):
+    assert len(context.checkpoints) == 0
+    path = context.ensure_demo_checkpoint()
+    assert path == tmp_path / "models" / "Stable-diffusion" / DEMO_CHECKPOINT_NAME
+    assert "RANDOM" in path.name and "RANDOM weights" in caplog.text
+    assert read_header(path).metadata["atelier_demo"] == "true"
+    assert context.checkpoints.titles() == [DEMO_CHECKPOINT_NAME]
+    assert context.ensure_demo_checkpoint() is None  # only when there is nothing else
+
+
+def test_status_page_and_checkpoint_routes(context):
+    context.ensure_demo_checkpoint()
+    context.load_startup_model()
+    client = TestClient(create_app(context))
+    page = client.get("/")
+    assert page.status_code == 200 and "Loaded:" in page.text and DEMO_CHECKPOINT_NAME in page.text
+    models = client.get("/sdapi/v1/sd-models").json()
+    assert len(models) == 1 and models[0]["title"].startswith(DEMO_CHECKPOINT_NAME + " [")
+    assert models[0]["sha256"].startswith(models[0]["hash"])
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    missing = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "no-such-model"})
+    assert missing.status_code == 404 and "no-such-model" in missing.text
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": DEMO_CHECKPOINT_NAME}).status_code == 200
+    assert context.settings.current()["sd_model_checkpoint"] == models[0]["title"]
+
+
+def test_webui_serves_on_an_empty_data_dir(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(REPO_ROOT / "webui.py"), "--data-dir", str(tmp_path),
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        body = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    body = response.read().decode()
+                if "Loaded:" in body:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert server.poll() is None, server.stdout.read()
+        assert body is not None and "Loaded:" in body and DEMO_CHECKPOINT_NAME in body
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
