@@ -233,12 +233,12 @@ class ModelManager:
 
 
 def default_load_options(use_cpu: bool, no_half: bool, precision: str, no_half_vae: bool = False,
-                         device_name: str | None = None, allow_unsafe_pickle: bool = False) -> LoadOptions:
+                         device_name: str | None = None, allow_unsafe_pickle: bool = False,
+                         cuda_available: bool | None = None) -> LoadOptions:
     """A1111's device/precision flags → LoadOptions: fp16 on CUDA, fp32 on CPU unless told otherwise."""
-    if use_cpu or not torch.cuda.is_available():
-        device = torch.device("cpu")
-    else:
-        device = torch.device(device_name or "cuda")
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    device = torch.device(device_name or "cuda") if cuda_available and not use_cpu else torch.device("cpu")
     half = device.type == "cuda" and not no_half and precision != "full"
     dtype = torch.float16 if half else torch.float32
     vae_dtype = torch.float32 if no_half_vae else dtype

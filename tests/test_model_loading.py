@@ -254,3 +254,31 @@ def test_loaded_model_generates_finite_output(tiny_files):
         image = model.vae.decode(latent / model.vae.config.scaling_factor).sample
     assert noise.shape == latent.shape and torch.isfinite(noise).all()
     assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
+
+
+def test_yaml_text_encoder_version_names_a_local_folder(tmp_path, tiny_files):
+    """A1111 configs may name the text encoder by `version`; a local folder (config.json and tokenizer
+    files) is used instead of the built-in values, and nothing is fetched."""
+    import json
+    import shutil
+
+    from modules.model_config import LDM_CONFIG_DIR, patch_sizes_from_shapes, read_ldm_yaml
+    from modules.safetensors_io import read_header
+
+    path = tmp_path / "m.safetensors"
+    shutil.copy(tiny_files["sd1"], path)
+    folder = tmp_path / "my-clip"
+    shutil.copytree(LDM_CONFIG_DIR.parent / "tokenizers" / "clip", folder)
+    built_in = load_checkpoint(path).text_encoders[0].config
+    config = {k: getattr(built_in, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                  "num_hidden_layers", "num_attention_heads",
+                                                  "max_position_embeddings")}
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu", "layer_norm_eps": 1e-6}))
+    ldm = patch_sizes_from_shapes(read_ldm_yaml(LDM_CONFIG_DIR / "v1-inference.yaml"), read_header(path).shapes())
+    ldm["model"]["params"]["cond_stage_config"]["params"] = {"version": "my-clip"}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(ldm))
+    model = load_checkpoint(path, config_path=tmp_path / "m.yaml")
+    assert built_in.hidden_act == "quick_gelu"
+    assert model.text_encoders[0].config.hidden_act == "gelu"
+    assert model.text_encoders[0].config.layer_norm_eps == 1e-6
+    assert model.config.text_encoders[0].tokenizer_dir == folder

@@ -164,3 +164,19 @@ def test_rss_does_not_creep_over_repeated_switches(tmp_path):
                                 f"(one model is {model_bytes / 2**20:.0f} MiB)")
     manager.unload_all()
     assert manager.current() is None and manager.loaded_names() == []
+
+
+@pytest.mark.parametrize("flags, cuda, expected", [
+    ({}, True, ("cuda", torch.float16, torch.float16)),
+    ({}, False, ("cpu", torch.float32, torch.float32)),
+    ({"no_half": True}, True, ("cuda", torch.float32, torch.float32)),
+    ({"precision": "full"}, True, ("cuda", torch.float32, torch.float32)),
+    ({"no_half_vae": True}, True, ("cuda", torch.float16, torch.float32)),
+    ({"use_cpu": True}, True, ("cpu", torch.float32, torch.float32)),
+])
+def test_device_and_precision_flags(flags, cuda, expected):
+    from modules.model_manager import default_load_options
+
+    args = {"use_cpu": False, "no_half": False, "precision": "autocast", **flags}
+    options = default_load_options(**args, cuda_available=cuda)
+    assert (options.device.type, options.dtype, options.vae_dtype) == expected
