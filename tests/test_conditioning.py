@@ -1,0 +1,214 @@
+"""Prompt → conditioning on tiny models in the real layout: chunking, emphasis, clip skip,
+embeddings, SDXL's two encoders. Expected values come from the text encoder called directly."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from modules.conditioning import ConditioningOptions, PromptTokenizer, TextConditioner
+from modules.model_loader import load_checkpoint
+from modules.synthetic_checkpoints import write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cond")
+    return {arch: load_checkpoint(write_checkpoint(folder / f"{arch}.safetensors", arch, dtype=torch.float32))
+            for arch in ("sd1", "sd2", "sdxl")}
+
+
+def emb(name: str, **vectors: torch.Tensor):
+    """An object shaped like textual_inversion.Embedding, as the conditioner reads it."""
+    first = next(iter(vectors.values()))
+    return SimpleNamespace(name=name, vectors=vectors, vector_count=first.shape[0])
+
+
+def token_id(tokenizer, word: str) -> int:
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 1, f"{word!r} is not one token"
+    return ids[0]
+
+
+def test_chunk_boundaries(models):
+    tok = PromptTokenizer(models["sd1"].tokenizers[0])
+    chunks, count = tok.chunks(" ".join(["cat"] * 75))
+    assert len(chunks) == 1 and count == 75
+    chunks, count = tok.chunks(" ".join(["cat"] * 76))
+    assert len(chunks) == 2 and count == 76
+    assert all(len(c.tokens) == 75 and len(c.multipliers) == 75 for c in chunks)
+    assert chunks[1].tokens[1:] == [tok.id_end] * 74  # padded with EOS
+    chunks, count = tok.chunks("")
+    assert len(chunks) == 1 and count == 0
+
+
+@pytest.mark.parametrize("backtrack, first_len, second_len", [(20, 71, 10), (0, 75, 6)])
+def test_comma_backtrack(models, backtrack, first_len, second_len):
+    """70 cats, a comma, 10 dogs: the chunk fills at the 4th dog; the comma is 5 from the end, so
+    with backtrack 20 the 4 dogs after it move to the next chunk, keeping the phrase whole."""
+    tokenizer = models["sd1"].tokenizers[0]
+    tok = PromptTokenizer(tokenizer, options=ConditioningOptions(comma_padding_backtrack=backtrack))
+    chunks, _ = tok.chunks(" ".join(["cat"] * 70) + ", " + " ".join(["dog"] * 10))
+    pad = tok.id_end
+    real = [[t for t in c.tokens if t != pad] for c in chunks]
+    assert [len(r) for r in real] == [first_len, second_len]
+    dog = token_id(tokenizer, "dog")
+    assert real[1] == [dog] * second_len
+
+
+def test_break_and_weights(models):
+    tokenizer = models["sd1"].tokenizers[0]
+    tok = PromptTokenizer(tokenizer)
+    chunks, count = tok.chunks("(cat:1.5) dog BREAK [red]")
+    assert len(chunks) == 2 and count == 75 + 1
+    assert chunks[0].tokens[:2] == [token_id(tokenizer, "cat"), token_id(tokenizer, "dog")]
+    assert chunks[0].multipliers[:3] == [1.5, 1.0, 1.0]
+    assert chunks[1].multipliers[0] == pytest.approx(1 / 1.1)
+    literal = PromptTokenizer(tokenizer, options=ConditioningOptions(emphasis="None")).chunks("(cat:1.5)")[0]
+    assert all(m == 1.0 for m in literal[0].multipliers) and len([t for t in literal[0].tokens if t != tok.id_end]) > 1
+
+
+def test_embedding_never_straddles_chunks(models):
+    tokenizer = models["sd1"].tokenizers[0]
+    width = models["sd1"].text_encoders[0].config.hidden_size
+    three = emb("tripleemb", default=torch.randn(3, width))
+    tok = PromptTokenizer(tokenizer, {"tripleemb": three})
+    chunks, _ = tok.chunks(" ".join(["cat"] * 73) + " tripleemb")
+    assert len(chunks) == 2
+    assert chunks[0].fixes == [] and chunks[1].fixes == [(0, three)]
+    assert chunks[1].tokens[:3] == [0, 0, 0]
+
+
+def test_embedding_vectors_replace_token_embeddings(models):
+    """An embedding whose vectors are the token embeddings of 'red dog' must encode exactly like
+    the words themselves — and it must leave nothing attached to the model afterwards."""
+    model = models["sd1"]
+    encoder, tokenizer = model.text_encoders[0], model.tokenizers[0]
+    table = encoder.get_input_embeddings().weight
+    vectors = table[[token_id(tokenizer, "red"), token_id(tokenizer, "dog")]].clone()
+    conditioner = TextConditioner(model, {"mydog": emb("mydog", default=vectors)})
+    with_embedding = conditioner.encode(["a (mydog:1.2) runs"]).crossattn
+    with_words = conditioner.encode(["a (red dog:1.2) runs"]).crossattn
+    assert torch.allclose(with_embedding, with_words, atol=1e-6)
+    assert not encoder.get_input_embeddings()._forward_hooks
+    assert len(tokenizer) == 49408
+
+
+def _direct(encoder, tokenizer, text: str, layer=None):
+    ids = tokenizer(text, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    out = encoder(ids, output_hidden_states=True)
+    return out if layer is None else layer(out)
+
+
+def test_plain_prompt_matches_direct_encoder_call(models):
+    model = models["sd1"]
+    expected = _direct(model.text_encoders[0], model.tokenizers[0], "a photo of a cat").last_hidden_state
+    got = TextConditioner(model).encode(["a photo of a cat"]).crossattn
+    assert got.shape == (1, 77, model.text_encoders[0].config.hidden_size)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_emphasis_modes(models):
+    model = models["sd1"]
+    text = "a (photo:1.6) of [cat]"
+    z = TextConditioner(model, options=ConditioningOptions(emphasis="Ignore")).encode([text]).crossattn
+    chunk = PromptTokenizer(model.tokenizers[0]).chunks(text)[0][0]
+    weights = torch.tensor([1.0] + chunk.multipliers + [1.0]).view(1, 77, 1)
+    no_norm = TextConditioner(model, options=ConditioningOptions(emphasis="No norm")).encode([text]).crossattn
+    assert torch.allclose(no_norm, z * weights, atol=1e-6)
+    original = TextConditioner(model).encode([text]).crossattn
+    assert torch.allclose(original, z * weights * (z.mean() / (z * weights).mean()), atol=1e-5)
+    assert not torch.allclose(original, z)
+
+
+def test_clip_skip_sd1(models):
+    model = models["sd1"]
+    encoder = model.text_encoders[0]
+    out = _direct(encoder, model.tokenizers[0], "a cat")
+    expected = encoder.final_layer_norm(out.hidden_states[-2])
+    got = TextConditioner(model, options=ConditioningOptions(clip_skip=2)).encode(["a cat"]).crossattn
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, TextConditioner(model).encode(["a cat"]).crossattn)
+
+
+def test_sd2_pads_with_zero_after_eos(models):
+    conditioner = TextConditioner(models["sd2"])
+    chunk = conditioner.tokenizer.chunks("a cat")[0][0]
+    ids = conditioner._ids_for(conditioner.slots[0], chunk)
+    assert ids[:4] == [49406, ids[1], ids[2], 49407] and set(ids[4:]) == {0}
+    # The text encoder's own layer choice (penultimate, by config) is used; clip skip does not apply.
+    plain = conditioner.encode(["a cat"]).crossattn
+    skipped = TextConditioner(models["sd2"], options=ConditioningOptions(clip_skip=2)).encode(["a cat"]).crossattn
+    assert torch.equal(plain, skipped)
+
+
+def test_sdxl_two_encoders_and_pooled(models):
+    model = models["sdxl"]
+    l_width, g_width = (e.config.hidden_size for e in model.text_encoders)
+    conditioner = TextConditioner(model)
+    result = conditioner.encode(["a cat", " ".join(["dog"] * 80)])
+    assert result.crossattn.shape == (2, 154, l_width + g_width)
+    assert result.pooled.shape == (2, model.text_encoders[1].config.projection_dim)
+    # The first prompt, encoded alone, equals its row (later chunks of a shorter prompt are padding).
+    alone = conditioner.encode(["a cat"])
+    assert torch.allclose(result.crossattn[:1, :77], alone.crossattn, atol=1e-5)
+    assert torch.allclose(result.pooled[:1], alone.pooled, atol=1e-5)
+    # CLIP-L part = penultimate hidden state without final layer norm.
+    l_out = _direct(model.text_encoders[0], model.tokenizers[0], "a cat")
+    assert torch.allclose(alone.crossattn[..., :l_width], l_out.hidden_states[-2], atol=1e-5)
+
+
+def test_sdxl_embedding_uses_each_encoders_vectors(models):
+    model = models["sdxl"]
+    tokenizer = model.tokenizers[0]
+    ids = [token_id(tokenizer, "red")]
+    vectors = {key: encoder.get_input_embeddings().weight[ids].clone()
+               for key, encoder in zip(("clip_l", "clip_g"), model.text_encoders)}
+    conditioner = TextConditioner(model, {"xlred": emb("xlred", **vectors)})
+    a = conditioner.encode(["xlred car"])
+    b = conditioner.encode(["red car"])
+    assert torch.allclose(a.crossattn, b.crossattn, atol=1e-5) and torch.allclose(a.pooled, b.pooled, atol=1e-5)
+
+
+def test_prompt_editing_gives_one_conditioning_per_segment(models):
+    from modules.conditioning import conditioning_at_step, get_learned_conditioning
+
+    conditioner = TextConditioner(models["sd1"])
+    [schedule] = get_learned_conditioning(conditioner, ["a [cat:dog:5] sitting"], steps=10)
+    assert [end for end, _ in schedule] == [5, 10]
+    cat = conditioner.encode(["a cat sitting"]).crossattn
+    dog = conditioner.encode(["a dog sitting"]).crossattn
+    assert torch.allclose(conditioning_at_step(schedule, 5).crossattn, cat, atol=1e-6)
+    assert torch.allclose(conditioning_at_step(schedule, 6).crossattn, dog, atol=1e-6)
+
+
+def test_and_parts_weights_and_cache(models):
+    from modules.conditioning import ConditioningCache, get_learned_conditioning, get_multicond_learned_conditioning
+
+    conditioner = TextConditioner(models["sd1"])
+    cache = ConditioningCache()
+    multi = get_multicond_learned_conditioning(conditioner, ["a cat AND a dog:0.5"] * 3, steps=20, cache=cache)
+    assert multi.shape == (3,)
+    assert [[part.weight for part in parts] for parts in multi.batch] == [[1.0, 0.5]] * 3
+    assert cache.misses == 2 and cache.hits == 4  # two distinct parts encoded once each
+    first = multi.batch[0][1].schedules[0].cond.crossattn
+    assert torch.allclose(first, conditioner.encode(["a dog"]).crossattn, atol=1e-6)
+    # Negative prompts: no AND split; the same cache serves the same text.
+    [negative] = get_learned_conditioning(conditioner, ["a cat AND a dog:0.5"], steps=20, cache=cache)
+    assert negative[0].cond.crossattn.shape == (1, 77, first.shape[-1])
+
+
+@pytest.mark.parametrize("arch, extra", [("sdxl", None), ("sdxl-refiner", 6.0)])
+def test_sdxl_size_conditioning_drives_the_unet(tmp_path, arch, extra):
+    from modules.conditioning import sdxl_time_ids
+
+    model = load_checkpoint(write_checkpoint(tmp_path / f"{arch}.safetensors", arch, dtype=torch.float32))
+    cond = TextConditioner(model).encode(["a cat"])
+    time_ids = sdxl_time_ids((64, 64), (0, 0), aesthetic_score=extra)
+    assert time_ids.shape == (1, 5 if extra else 6)
+    with torch.no_grad():
+        out = model.unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), encoder_hidden_states=cond.crossattn,
+                         added_cond_kwargs={"text_embeds": cond.pooled, "time_ids": time_ids}).sample
+    assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
