@@ -94,7 +94,8 @@ class PromptTokenizer:
     def _ids(self, text: str) -> list[int]:
         from modules.clip_tokenizer import clean_prompt_text
 
-        return self.tokenizer(clean_prompt_text(text), add_special_tokens=False, truncation=False)["input_ids"]
+        return self.tokenizer(clean_prompt_text(text), add_special_tokens=False, truncation=False,
+                              verbose=False)["input_ids"]
 
     def _embedding_at(self, tokens: Sequence[int], position: int):
         for ids, embedding in self._embeddings_by_first_id.get(tokens[position], ()):
@@ -106,8 +107,8 @@ class PromptTokenizer:
         from modules.prompt_parser import parse_prompt_attention
 
         if self.options.emphasis == "None":
-            # No emphasis parsing: brackets are literal text; BREAK still closes a chunk.
-            return [(piece, weight) for piece, weight in parse_prompt_attention(text, enabled=False)]
+            # A1111: no parsing at all, brackets and BREAK are plain words.
+            return [(text, 1.0)]
         return [(piece, weight) for piece, weight in parse_prompt_attention(text)]
 
     def chunks(self, text: str) -> tuple[list[PromptChunk], int]:

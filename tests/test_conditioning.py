@@ -212,3 +212,10 @@ def test_sdxl_size_conditioning_drives_the_unet(tmp_path, arch, extra):
         out = model.unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), encoder_hidden_states=cond.crossattn,
                          added_cond_kwargs={"text_embeds": cond.pooled, "time_ids": time_ids}).sample
     assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
+
+
+def test_emphasis_none_reads_everything_literally(models):
+    tok = PromptTokenizer(models["sd1"].tokenizers[0], options=ConditioningOptions(emphasis="None"))
+    chunks, count = tok.chunks("(cat:1.5) BREAK dog")
+    assert len(chunks) == 1 and all(m == 1.0 for m in chunks[0].multipliers)
+    assert count == len(tok._ids("(cat:1.5) BREAK dog"))
