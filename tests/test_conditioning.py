@@ -219,3 +219,15 @@ def test_emphasis_none_reads_everything_literally(models):
     chunks, count = tok.chunks("(cat:1.5) BREAK dog")
     assert len(chunks) == 1 and all(m == 1.0 for m in chunks[0].multipliers)
     assert count == len(tok._ids("(cat:1.5) BREAK dog"))
+
+
+def test_sdxl_clip_l_skip_setting(models):
+    """SDXL ignores clip skip unless `sdxl_clip_l_skip` is on; then CLIP-L follows it (no final LN)."""
+    model = models["sdxl"]
+    l_width = model.text_encoders[0].config.hidden_size
+    plain = TextConditioner(model, options=ConditioningOptions(clip_skip=3)).encode(["a cat"]).crossattn
+    assert torch.equal(plain, TextConditioner(model).encode(["a cat"]).crossattn)
+    skipped = TextConditioner(model, options=ConditioningOptions(clip_skip=3, sdxl_clip_l_skip=True)).encode(["a cat"])
+    l_out = _direct(model.text_encoders[0], model.tokenizers[0], "a cat")
+    assert torch.allclose(skipped.crossattn[..., :l_width], l_out.hidden_states[-3], atol=1e-5)
+    assert torch.equal(skipped.crossattn[..., l_width:], plain[..., l_width:])
