@@ -1,0 +1,605 @@
+"""txt2img: from a typed `GenerationRequest` to images, seeds and A1111 infotexts.
+
+One module owns the denoise loop. The path of a request: seeds per image → per batch: prompt tags
+parsed and extra networks attached for the batch → conditioning (schedules, AND, negative) → the
+first noise from per-image generators → the sampler, calling `CFGDenoiser` once per model
+evaluation (one batched UNet call for every AND part and the negative prompt) → optional hires pass
+(latent upscale, renoise to the denoising strength, second sampler run) → VAE decode → infotext.
+Progress, previews, interrupt and skip go through a `JobControl`-like object (modules.jobs).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from modules.conditioning import (
+    ConditioningCache,
+    ConditioningOptions,
+    TextConditioner,
+    conditioning_at_step,
+    get_learned_conditioning,
+    get_multicond_learned_conditioning,
+    sdxl_time_ids,
+)
+from modules.model_detection import ModelFamily
+
+log = logging.getLogger(__name__)
+
+LATENT_UPSCALE_MODES = {  # A1111's latent upscalers → torch interpolate mode and antialias
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+
+
+class GenerationRequest(BaseModel):
+    """One txt2img request, as the UI and the API both build it. Validated here, at the boundary."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: tuple[str, ...] = ()
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_h: int = Field(0, ge=0, le=2048)
+    seed_resize_from_w: int = Field(0, ge=0, le=2048)
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    steps: int = Field(20, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
+    width: int = Field(512, ge=64, le=2048)
+    height: int = Field(512, ge=64, le=2048)
+    batch_size: int = Field(1, ge=1, le=8)
+    n_iter: int = Field(1, ge=1, le=100)
+    clip_skip: int | None = Field(None, ge=1, le=12)
+    eta: float | None = Field(None, ge=0.0, le=1.0)
+    tiling: bool = False
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1.0, le=4.0)
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = Field(0, ge=0, le=150)
+    hr_resize_x: int = Field(0, ge=0, le=4096)
+    hr_resize_y: int = Field(0, ge=0, le=4096)
+    denoising_strength: float = Field(0.7, ge=0.0, le=1.0)
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("width", "height", "seed_resize_from_h", "seed_resize_from_w", "hr_resize_x", "hr_resize_y")
+    @classmethod
+    def _multiple_of_8(cls, value: int, info) -> int:
+        if value % 8:
+            raise ValueError(f"{info.field_name} must be a multiple of 8, got {value}; "
+                             f"use {value - value % 8} or {value - value % 8 + 8}")
+        return value
+
+    @field_validator("sampler_name")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        from modules.sampling.registry import resolve_sampler
+
+        sampler, _ = resolve_sampler(value)  # raises with the list of valid names
+        if not sampler.implemented:
+            raise ValueError(f"sampler {sampler.name!r} is not available yet in Atelier")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        from modules.sampling.registry import find_scheduler
+
+        find_scheduler(value)
+        return value
+
+    @field_validator("hr_upscaler")
+    @classmethod
+    def _known_upscaler(cls, value: str) -> str:
+        if value not in LATENT_UPSCALE_MODES:
+            raise ValueError(f"hires upscaler {value!r} is not available; use one of {list(LATENT_UPSCALE_MODES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _sane_total(self) -> "GenerationRequest":
+        if self.batch_size * self.n_iter > 800:
+            raise ValueError(f"batch size × count = {self.batch_size * self.n_iter} images; at most 800 per request")
+        return self
+
+
+@dataclass
+class GenerationResult:
+    images: list = field(default_factory=list)  # PIL images, one per generated image
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    negative_prompts: list[str] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    saved_paths: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class StopSampling(Exception):
+    """Raised from the sampler callback to stop early; carries the latent at that point."""
+
+    def __init__(self, x: torch.Tensor, interrupted: bool):
+        super().__init__("stop sampling")
+        self.x = x
+        self.interrupted = interrupted
+
+
+class _NullControl:
+    """A JobControl stand-in for direct calls (tests, scripts)."""
+
+    interrupted = False
+    skip_requested = False
+
+    def report(self, step, total, preview_factory=None) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def consume_skip(self) -> bool:
+        return False
+
+    def add_info(self, line: str) -> None:
+        pass
+
+
+def _pad_to_length(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack conds of different token lengths by repeating each one's last vector (A1111's rule)."""
+    length = max(t.shape[1] for t in tensors)
+    padded = [t if t.shape[1] == length else torch.cat([t, t[:, -1:].expand(-1, length - t.shape[1], -1)], dim=1)
+              for t in tensors]
+    return torch.cat(padded, dim=0)
+
+
+class CFGDenoiser:
+    """Classifier-free guidance with AND weights (composable diffusion), one UNet call per evaluation.
+
+    `denoised = uncond + Σ_i (cond_i − uncond) · w_i · cfg_scale` (A1111.md §3.4). The conditioning of
+    each part is taken at the current model evaluation count, which is what A1111's prompt-editing
+    steps count. `inner(x, sigma, context, added)` returns what the sampler expects (x0 for sigma
+    samplers, eps for timestep samplers); CFG is linear, so the same combination serves both.
+    """
+
+    def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None,
+                 on_step=None):
+        self.inner = inner
+        self.cond = cond  # MulticondLearnedConditioning for this batch
+        self.uncond = uncond  # per image: schedules
+        self.cfg_scale = cfg_scale
+        self.sdxl_vector = sdxl_vector  # time ids [1, n] for SDXL, else None
+        self.step = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        batch = x.shape[0]
+        contexts, pooled, repeats, weights = [], [], [], []
+        for i in range(batch):
+            parts = self.cond.batch[i]
+            for part in parts:
+                c = conditioning_at_step(part.schedules, self.step)
+                contexts.append(c.crossattn)
+                pooled.append(c.pooled)
+                weights.append((i, part.weight))
+            repeats.append(len(parts))
+        for i in range(batch):
+            u = conditioning_at_step(self.uncond[i], self.step)
+            contexts.append(u.crossattn)
+            pooled.append(u.pooled)
+        index = torch.tensor([i for i, n in enumerate(repeats) for _ in range(n)] + list(range(batch)),
+                             device=x.device)
+        x_in = x[index]
+        sigma_in = sigma[index] if sigma.ndim else sigma.expand(len(index))
+        context = _pad_to_length(contexts).to(x.dtype)
+        added = None
+        if self.sdxl_vector is not None:
+            added = {"text_embeds": torch.cat(pooled, dim=0).to(x.dtype),
+                     "time_ids": self.sdxl_vector.to(x.device, x.dtype).expand(len(index), -1)}
+        out = self.inner(x_in, sigma_in, context, added)
+        n_cond = sum(repeats)
+        out_cond, out_uncond = out[:n_cond], out[n_cond:]
+        denoised = out_uncond.clone()
+        for row, (image, weight) in enumerate(weights):
+            denoised[image] += (out_cond[row] - out_uncond[image]) * (weight * self.cfg_scale)
+        self.step += 1
+        return denoised
+
+
+def _unet_call(model):
+    def call(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, added) -> torch.Tensor:
+        kwargs = {"added_cond_kwargs": added} if added is not None else {}
+        return model.unet(x, t, encoder_hidden_states=context, **kwargs).sample
+    return call
+
+
+def _sigma_inner(model, schedule):
+    """x, sigma → x0 through k-diffusion's discrete denoiser (eps or v parameterisation)."""
+    from modules.sampling.denoisers import DiscreteDenoiser
+
+    unet = _unet_call(model)
+    denoiser = DiscreteDenoiser(lambda x, t, context=None, added=None: unet(x, t, context, added), schedule,
+                                "v" if model.prediction_type == "v_prediction" else "eps")
+    return lambda x, sigma, context, added: denoiser(x, sigma, context=context, added=added)
+
+
+def _timestep_inner(model, alphas_cumprod):
+    """x_t, t → eps (v models converted), for DDIM/PLMS/UniPC."""
+    from modules.sampling.denoisers import eps_from_v_timestep
+
+    unet = _unet_call(model)
+
+    def call(x, t, context, added):
+        out = unet(x, t, context, added)
+        if model.prediction_type == "v_prediction":
+            a_t = alphas_cumprod.to(x.device)[t.long()].view(-1, 1, 1, 1).to(x.dtype)
+            out = eps_from_v_timestep(x, out, a_t)
+        return out
+    return call
+
+
+def latent_preview(latents: torch.Tensor, family: ModelFamily):
+    """A cheap RGB approximation of latents (a fixed linear map per latent space, no weights): the
+    live preview. Returns a PIL image of the first image of the batch."""
+    from PIL import Image
+
+    if family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER):
+        factors = torch.tensor([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068],
+                                [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]])
+    else:
+        factors = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
+                                [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]])
+    rgb = torch.einsum("chw,cr->hwr", latents[0].float().cpu(), factors)
+    rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
+    return Image.fromarray(rgb)
+
+
+@contextmanager
+def seamless_tiling(model, enabled: bool) -> Iterator[None]:
+    """A1111's "Tiling": every conv of UNet and VAE pads circularly for the job, restored after."""
+    if not enabled:
+        yield
+        return
+    changed = []
+    for module in (model.unet, model.vae):
+        for conv in module.modules():
+            if isinstance(conv, torch.nn.Conv2d) and conv.padding_mode != "circular":
+                changed.append((conv, conv.padding_mode))
+                conv.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for conv, mode in changed:
+            conv.padding_mode = mode
+
+
+@dataclass(frozen=True)
+class SaveTarget:
+    """Where and how images are saved (the UI saves by default; the API only when asked)."""
+
+    data_dir: str
+    options: Any = None  # images.SaveOptions; None = A1111's defaults
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The settings a generation reads (A1111 names), snapshot per request."""
+
+    randn_source: str = "GPU"
+    eta_noise_seed_delta: int = 0
+    eta_ancestral: float = 1.0
+    eta_ddim: float = 0.0
+    clip_skip: int = 1
+    emphasis: str = "Original"
+    comma_padding_backtrack: int = 20
+    sdxl_clip_l_skip: bool = False
+
+
+def _call_sampler(function, denoiser, x, schedule_or_timesteps, *, kind, alphas_cumprod, callback, noise,
+                  options, eta):
+    kwargs = dict(options)
+    parameters = inspect.signature(function).parameters
+    if eta is not None and "eta" in parameters:
+        kwargs["eta"] = eta
+    if kind == "timesteps":
+        return function(denoiser, x, schedule_or_timesteps, alphas_cumprod=alphas_cumprod, callback=callback,
+                        noise=noise, **kwargs)
+    return function(denoiser, x, schedule_or_timesteps, callback=callback, noise=noise, **kwargs)
+
+
+class Txt2ImgEngine:
+    """Runs requests on the current model. Holds no model itself: the model manager does."""
+
+    def __init__(self, models, embeddings=None, hypernetworks=None, loras=None):
+        self.models = models
+        self.embeddings = embeddings
+        self.hypernetworks = hypernetworks
+        self.loras = loras
+
+    def generate(self, request: GenerationRequest, settings: EngineSettings = EngineSettings(),
+                 control=None) -> GenerationResult:
+        with self.models.lock:
+            model = self.models.require_current()
+            info = self.models.current_info()
+            return generate(model, request, settings, control or _NullControl(), embeddings=self.embeddings,
+                            hypernetworks=self.hypernetworks, loras=self.loras, checkpoint_info=info)
+
+
+def generate(model, request: GenerationRequest, settings: EngineSettings = EngineSettings(), control=None, *,
+             embeddings=None, hypernetworks=None, loras=None, checkpoint_info=None,
+             save: SaveTarget | None = None) -> GenerationResult:
+    """Generate every image of `request` with `model`; see the module docstring for the path."""
+    from modules.extra_networks import parse_prompts
+    from modules.network_activation import activate_extra_networks, embedding_widths
+    from modules.rng import ImageRNG, get_fixed_seed, per_image_seeds
+    from modules.sampling import schedules as sch
+    from modules.sampling.registry import build_sigmas, resolve_sampler, total_steps
+    from modules.sampling.timesteps import a1111_timesteps
+
+    control = control or _NullControl()
+    started = time.perf_counter()
+    result = GenerationResult()
+    sampler, scheduler_from_name = resolve_sampler(request.sampler_name)
+    scheduler = scheduler_from_name or request.scheduler
+    clip_skip = request.clip_skip or settings.clip_skip
+    options = ConditioningOptions(comma_padding_backtrack=settings.comma_padding_backtrack,
+                                  emphasis=settings.emphasis, clip_skip=clip_skip,
+                                  sdxl_clip_l_skip=settings.sdxl_clip_l_skip)
+    n_images = request.batch_size * request.n_iter
+    seed = get_fixed_seed(request.seed)
+    subseed = get_fixed_seed(request.subseed)
+    seeds, subseeds = per_image_seeds(seed, subseed, request.subseed_strength, n_images)
+    result.seeds, result.subseeds = list(seeds), list(subseeds)
+
+    loaded_embeddings = {}
+    if embeddings is not None:
+        embeddings.refresh()
+        found = embeddings.for_model(embedding_widths(model))
+        loaded_embeddings = found.loaded
+    conditioner = TextConditioner(model, loaded_embeddings, options)
+    cache = ConditioningCache()
+    alphas_cumprod = _alphas_cumprod(model)
+    schedule = sch.DiscreteSchedule.from_alphas_cumprod(alphas_cumprod)
+    family = model.architecture.family
+    is_sdxl = family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER)
+    eta = request.eta if request.eta is not None else (settings.eta_ddim if sampler.kind == "timesteps"
+                                                         else settings.eta_ancestral)
+    per_iteration = request.steps + (_hires_steps(request) if request.enable_hr else 0)
+    total = request.n_iter * per_iteration
+
+    with seamless_tiling(model, request.tiling), torch.inference_mode():
+        for iteration in range(request.n_iter):
+            batch = slice(iteration * request.batch_size, (iteration + 1) * request.batch_size)
+            prompts, networks = parse_prompts([request.prompt] * request.batch_size)
+            negatives = [request.negative_prompt] * request.batch_size
+            batch_seeds = seeds[batch]
+            with activate_extra_networks(model, networks, hypernetworks, loras) as active:
+                for warning in active.warnings:
+                    if warning not in result.warnings:
+                        result.warnings.append(warning)
+                        control.add_info(warning)
+                steps_for_prompts = total_steps(sampler, request.steps)
+                cond = get_multicond_learned_conditioning(conditioner, prompts, steps_for_prompts, cache=cache)
+                uncond = get_learned_conditioning(conditioner, negatives, steps_for_prompts, cache=cache)
+                rng = ImageRNG((4, request.height // 8, request.width // 8), batch_seeds, subseeds[batch],
+                               request.subseed_strength, request.seed_resize_from_h, request.seed_resize_from_w,
+                               source=settings.randn_source, device=model.device,
+                               eta_noise_seed_delta=settings.eta_noise_seed_delta if sampler.uses_ensd else 0)
+                time_ids = sdxl_time_ids((request.height, request.width)) if is_sdxl else None
+
+                def run(x_start, sigmas_or_steps, first_pass_cond, first_pass_uncond, progress_offset, noise_fn):
+                    denoiser = CFGDenoiser(
+                        _sigma_inner(model, schedule) if sampler.kind == "sigmas" else
+                        _timestep_inner(model, alphas_cumprod), first_pass_cond, first_pass_uncond,
+                        request.cfg_scale, time_ids)
+                    def callback(step):
+                        control.report(progress_offset + step.i + 1, total,
+                                       lambda d=step.denoised: latent_preview(d, family))
+                        if control.interrupted:
+                            raise StopSampling(step.x, interrupted=True)
+                        if control.consume_skip():
+                            raise StopSampling(step.x, interrupted=False)
+
+                    try:
+                        return _call_sampler(sampler.function, denoiser, x_start, sigmas_or_steps, kind=sampler.kind,
+                                             alphas_cumprod=alphas_cumprod, callback=callback,
+                                             noise=noise_fn, options=sampler.options, eta=eta), None
+                    except StopSampling as stop:
+                        return stop.x, stop
+
+                x = rng.next().to(model.dtype)
+                noise_fn = _noise_source(sampler, rng, x, batch_seeds, None)
+                if sampler.kind == "sigmas":
+                    sigmas = build_sigmas(sampler, scheduler, request.steps, schedule).to(model.device)
+                    noise_fn = _noise_source(sampler, rng, x, batch_seeds, sigmas)
+                    samples, stopped = run(x * sigmas[0], sigmas, cond, uncond, iteration * per_iteration, noise_fn)
+                else:
+                    timesteps = a1111_timesteps(request.steps)
+                    samples, stopped = run(x, timesteps, cond, uncond, iteration * per_iteration, noise_fn)
+
+                if request.enable_hr and stopped is None:
+                    samples, stopped = _hires_pass(request, model, sampler, scheduler, schedule, samples, conditioner,
+                                                   prompts, negatives, cache, batch_seeds, subseeds[batch],
+                                                   settings, run, iteration * per_iteration + request.steps)
+                images = _decode(model, samples, result)
+            for j, image in enumerate(images):
+                index = iteration * request.batch_size + j
+                result.images.append(image)
+                result.prompts.append(request.prompt)
+                result.negative_prompts.append(request.negative_prompt)
+                result.infotexts.append(_infotext(request, model, checkpoint_info, sampler, scheduler,
+                                                  seeds[index], subseeds[index], clip_skip, settings, eta,
+                                                  active.infotext, loaded_embeddings, request.prompt))
+            if stopped is not None and stopped.interrupted:
+                result.interrupted = True
+                break
+    if save is not None:
+        _save_all(result, request, sampler, scheduler, checkpoint_info, model, clip_skip, save)
+    result.timings["total"] = time.perf_counter() - started
+    return result
+
+
+def _save_all(result: GenerationResult, request, sampler, scheduler, checkpoint_info, model, clip_skip,
+              save: SaveTarget) -> None:
+    """Each image as `outputs/txt2img-images/<date>/NNNNN-<seed>.png`, then the grid (A1111's layout)."""
+    import datetime as dt
+
+    from modules.images import FilenameContext, SaveOptions, image_grid, save_image, txt2img_output_dirs
+
+    options = save.options or SaveOptions()
+    images_dir, grids_dir = txt2img_output_dirs(save.data_dir, options)
+    timestamp = dt.datetime.now().strftime("%Y%m%d%H%M%S")
+    common = dict(all_seeds=tuple(result.seeds), negative_prompt=request.negative_prompt, steps=request.steps,
+                  cfg_scale=request.cfg_scale, width=request.width, height=request.height,
+                  sampler_name=sampler.name, scheduler=request.scheduler,
+                  sampler_default_scheduler=sampler.default_scheduler,
+                  model_hash=checkpoint_info.shorthash if checkpoint_info else None,
+                  model_name=checkpoint_info.name_for_extra if checkpoint_info else model.path.stem,
+                  job_timestamp=timestamp, batch_size=request.batch_size, n_iter=request.n_iter, clip_skip=clip_skip)
+    for index, (image, infotext) in enumerate(zip(result.images, result.infotexts)):
+        context = FilenameContext(seed=result.seeds[index], prompt=result.prompts[index],
+                                  batch_index=index % request.batch_size, iteration=index // request.batch_size,
+                                  **common)
+        result.saved_paths.append(save_image(image, images_dir, context=context, options=options,
+                                             infotext=infotext).path)
+    if len(result.images) > 1 and getattr(options, "grid_save", True):
+        grid = image_grid(result.images, batch_size=request.batch_size)
+        context = FilenameContext(seed=result.seeds[0], prompt=request.prompt, **common)
+        result.saved_paths.append(save_image(grid, grids_dir, "grid", context=context, options=options,
+                                             infotext=result.infotexts[0], grid=True, short_filename=True).path)
+
+
+def _scheduler_label(name: str) -> str:
+    from modules.sampling.registry import find_scheduler
+
+    return find_scheduler(name).label
+
+
+def _alphas_cumprod(model) -> torch.Tensor:
+    from modules.sampling.schedules import alphas_cumprod_scaled_linear
+
+    config = model.config.scheduler
+    return alphas_cumprod_scaled_linear(config["beta_start"], config["beta_end"], config["num_train_timesteps"])
+
+
+def _noise_source(sampler, rng, x, seeds, sigmas):
+    """Ancestral noise from the per-image generators (A1111's `p.rng.next()`), or a Brownian tree
+    per seed for SDE samplers."""
+    if sampler.brownian_noise and sigmas is not None:
+        from modules.sampling.noise import brownian_tree_noise
+
+        return brownian_tree_noise(x, sigmas, list(seeds))
+    return lambda sigma, sigma_next: rng.next().to(x.dtype)
+
+
+def _hires_steps(request: GenerationRequest) -> int:
+    return request.hr_second_pass_steps or request.steps
+
+
+def _hires_size(request: GenerationRequest) -> tuple[int, int]:
+    if request.hr_resize_x or request.hr_resize_y:
+        width = request.hr_resize_x or int(request.hr_resize_y * request.width / request.height) // 8 * 8
+        height = request.hr_resize_y or int(request.hr_resize_x * request.height / request.width) // 8 * 8
+        return width, height
+    return int(request.width * request.hr_scale) // 8 * 8, int(request.height * request.hr_scale) // 8 * 8
+
+
+def _hires_pass(request, model, sampler, scheduler, schedule, samples, conditioner, prompts, negatives, cache,
+                seeds, subseeds, settings, run, progress_offset):
+    """A1111's hires fix with a latent upscaler: upscale the latents, renoise them to the denoising
+    strength, and sample again over the tail of a `hires steps` schedule."""
+    from modules.rng import ImageRNG
+    from modules.sampling.registry import build_sigmas, total_steps
+
+    width, height = _hires_size(request)
+    mode, antialias = LATENT_UPSCALE_MODES[request.hr_upscaler]
+    latents = torch.nn.functional.interpolate(samples.float(), size=(height // 8, width // 8), mode=mode,
+                                              antialias=antialias).to(samples.dtype)
+    steps = _hires_steps(request)
+    hires_total = total_steps(sampler, steps)
+    base_total = total_steps(sampler, request.steps)
+    cond = get_multicond_learned_conditioning(conditioner, prompts, base_total, hires_total, cache=cache)
+    uncond = get_learned_conditioning(conditioner, negatives, base_total, hires_total, cache=cache)
+    hr_rng = ImageRNG((4, height // 8, width // 8), seeds, subseeds, request.subseed_strength,
+                      request.seed_resize_from_h, request.seed_resize_from_w, source=settings.randn_source,
+                      device=model.device)
+    noise = hr_rng.next().to(latents.dtype)
+    if sampler.kind != "sigmas":
+        raise ValueError(f"hires fix with the timestep sampler {sampler.name} is not supported yet; "
+                         "pick a k-diffusion sampler (e.g. DPM++ 2M) for hires")
+    t_enc = min(int(request.denoising_strength * steps), steps - 1)
+    sigmas = build_sigmas(sampler, scheduler, steps, schedule).to(model.device)
+    sigma_sched = sigmas[steps - t_enc - 1:]
+    noise_fn = _noise_source(sampler, hr_rng, latents, seeds, sigma_sched)
+    return run(latents + noise * sigma_sched[0], sigma_sched, cond, uncond, progress_offset, noise_fn)
+
+
+def _decode(model, samples: torch.Tensor, result: GenerationResult) -> list:
+    from PIL import Image
+
+    vae = model.vae
+    latents = samples / vae.config.scaling_factor
+    decoded = vae.decode(latents.to(next(vae.parameters()).dtype)).sample
+    if not torch.isfinite(decoded).all():
+        message = "A tensor with NaNs was produced in VAE; decoded again in fp32 (use --no-half-vae to skip)."
+        result.warnings.append(message)
+        decoded = vae.float().decode(latents.float()).sample
+        vae.to(model.vae_dtype)
+    images = ((decoded.float() + 1) / 2).clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(array) for array in images]
+
+
+def _infotext(request, model, checkpoint_info, sampler, scheduler, seed, subseed, clip_skip, settings, eta,
+              network_fields, embeddings, prompt) -> str:
+    from modules.infotext_utils import GenerationInfo, create_infotext, generation_parameters
+
+    extra: dict[str, Any] = {}
+    if scheduler and scheduler.lower() != "automatic":
+        extra["Schedule type"] = _scheduler_label(scheduler)
+    elif sampler.default_scheduler:
+        extra["Schedule type"] = _scheduler_label(sampler.default_scheduler)
+    if request.enable_hr:
+        width, height = _hires_size(request)
+        extra["Denoising strength"] = request.denoising_strength
+        if request.hr_resize_x or request.hr_resize_y:
+            extra["Hires resize"] = f"{width}x{height}"
+        else:
+            extra["Hires upscale"] = request.hr_scale
+        if request.hr_second_pass_steps:
+            extra["Hires steps"] = request.hr_second_pass_steps
+        extra["Hires upscaler"] = request.hr_upscaler
+    used = [name for name in embeddings if name in prompt]
+    if used:
+        hashes = ", ".join(f"{name}: {embeddings[name].hash}" for name in used if getattr(embeddings[name], "hash", None))
+        if hashes:
+            extra["TI hashes"] = f'"{hashes}"'
+    extra.update(network_fields)
+    if settings.emphasis != "Original" and any(c in prompt for c in "(["):
+        extra["Emphasis"] = settings.emphasis
+    name = checkpoint_info.name_for_extra if checkpoint_info else model.path.stem
+    shorthash = checkpoint_info.shorthash if checkpoint_info else None
+    info = GenerationInfo(
+        steps=request.steps, sampler=sampler.name, cfg_scale=request.cfg_scale, seed=seed,
+        width=request.width, height=request.height, schedule_type=_scheduler_label(request.scheduler),
+        model_hash=shorthash, model=name,
+        variation_seed=subseed if request.subseed_strength else None,
+        variation_seed_strength=request.subseed_strength,
+        seed_resize_from=(request.seed_resize_from_w, request.seed_resize_from_h),
+        clip_skip=clip_skip, eta_noise_seed_delta=settings.eta_noise_seed_delta, eta=eta,
+        sampler_uses_ensd=sampler.uses_ensd, rng=settings.randn_source, tiling=request.tiling,
+        enable_hr=request.enable_hr, extra=extra,
+        vae=model.vae_file.name if model.vae_file else None,
+    )
+    return create_infotext(prompt, request.negative_prompt, generation_parameters(info))
