@@ -186,3 +186,48 @@ def test_sdxl_and_v_prediction_models_generate(tmp_path):
         model = load_checkpoint(write_checkpoint(tmp_path / f"{arch}.safetensors", arch, dtype=torch.float32))
         result = generate(model, GenerationRequest(**SMALL, prompt="a cat", seed=3))
         assert result.images[0].size == (64, 64)
+
+
+def test_jobs_run_generations_in_order_and_interrupt(sd1):
+    """Generation through the job queue: FIFO, each job its own seeds, interrupt via the queue."""
+    import threading
+
+    from modules.jobs import JobQueue
+
+    queue = JobQueue()
+    queue.start()
+    try:
+        jobs = [queue.submit(lambda control, s=s: generate(sd1, GenerationRequest(**SMALL, prompt="a cat", seed=s),
+                                                           control=control), kind="txt2img") for s in (1, 2, 3)]
+        results = [job.wait(timeout=120).result for job in jobs]
+        assert [r.seeds for r in results] == [[1], [2], [3]]
+        assert [job.id for job in jobs] == sorted(job.id for job in jobs)
+
+        started = threading.Event()
+
+        class Watched:
+            """The job's control, passed through, with a signal once sampling has begun."""
+
+            def __init__(self, control):
+                self.control = control
+
+            def __getattr__(self, name):
+                return getattr(self.control, name)
+
+            def report(self, step, total, preview_factory=None):
+                self.control.report(step, total, preview_factory)
+                started.set()
+
+        def work(control):
+            return generate(sd1, GenerationRequest(**{**SMALL, "steps": 40}, prompt="a cat", seed=5, n_iter=3),
+                            control=Watched(control))
+
+        job = queue.submit(work, kind="txt2img")
+        assert started.wait(60)
+        queue.interrupt(job.id)
+        job.wait(timeout=120)
+        assert job.state == "interrupted"
+        assert job.result.interrupted and len(job.result.images) == 1
+        assert job.progress < 1.0
+    finally:
+        queue.shutdown()

@@ -17,6 +17,7 @@ import torch
 from modules.sampling import samplers as k
 from modules.sampling import schedules as sch
 from modules.sampling import timesteps as ts
+from modules.sampling import unipc
 
 __all__ = [
     "SAMPLERS",
@@ -133,7 +134,7 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
     SamplerInfo("DDIM", ts.sample_ddim, ("ddim",), kind="timesteps"),
     SamplerInfo("DDIM CFG++", None, ("ddim_cfgpp",), kind="timesteps"),
     SamplerInfo("PLMS", ts.sample_plms, ("plms",), kind="timesteps"),
-    SamplerInfo("UniPC", None, ("unipc",), kind="timesteps"),
+    SamplerInfo("UniPC", unipc.sample_unipc, ("unipc",), kind="timesteps"),
     SamplerInfo("LCM", k.sample_lcm, ("k_lcm",)),
 )
 
