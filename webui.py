@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     context = AppContext.from_args(args)
     context.refresh()
     context.ensure_demo_checkpoint()
+    context.jobs.start()
     if not args.skip_load_model_at_start:
         start_background_load(context)
     host = args.server_name or ("0.0.0.0" if args.listen else "127.0.0.1")

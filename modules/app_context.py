@@ -13,7 +13,12 @@ from pathlib import Path
 
 from modules.checkpoints import CheckpointNotFoundError, CheckpointRegistry
 from modules.hashes import HashCache
+from modules.hypernetworks import HypernetworkRegistry
+from modules.jobs import JobQueue
+from modules.lora import LoraRegistry
 from modules.model_manager import ModelManager, configure_allocator, default_load_options
+from modules.processing import Txt2ImgEngine
+from modules.textual_inversion import EmbeddingDatabase
 from modules.paths import Paths
 from modules.settings import SettingsStore
 from modules.vae_files import VaeRegistry
@@ -41,6 +46,11 @@ class AppContext:
     checkpoints: CheckpointRegistry
     vaes: VaeRegistry
     models: ModelManager
+    embeddings: EmbeddingDatabase
+    hypernetworks: HypernetworkRegistry
+    loras: LoraRegistry
+    jobs: JobQueue
+    engine: Txt2ImgEngine
     load_state: ModelLoadState = field(default_factory=ModelLoadState)
 
     @classmethod
@@ -81,11 +91,21 @@ class AppContext:
             vae_resolver=resolve_vae,
             keep_in_cpu=lambda: settings.current()["sd_checkpoints_keep_in_cpu"],
         )
-        return cls(args, paths, settings, hash_cache, checkpoints, vaes, models)
+        unsafe = args.disable_safe_unpickle
+        embeddings = EmbeddingDatabase([paths.embeddings_dir], hash_cache, hashing_enabled=not args.no_hashing,
+                                       allow_unsafe_pickle=unsafe)
+        hypernetworks = HypernetworkRegistry(paths.hypernetwork_dir, allow_unsafe_pickle=unsafe)
+        loras = LoraRegistry([paths.lora_dir], hash_cache=hash_cache, allow_unsafe_pickle=unsafe)
+        engine = Txt2ImgEngine(models, settings, embeddings, hypernetworks, loras, save_dir=str(paths.data_dir))
+        return cls(args, paths, settings, hash_cache, checkpoints, vaes, models, embeddings, hypernetworks, loras,
+                   JobQueue(), engine)
 
     def refresh(self) -> None:
         self.checkpoints.refresh()
         self.vaes.refresh()
+        self.embeddings.refresh()
+        self.hypernetworks.refresh()
+        self.loras.refresh()
 
     def ensure_demo_checkpoint(self) -> Path | None:
         """With no checkpoint anywhere, write a tiny random-weights SD1 checkpoint so the whole flow

@@ -306,6 +306,15 @@ class EngineSettings:
     comma_padding_backtrack: int = 20
     sdxl_clip_l_skip: bool = False
 
+    @classmethod
+    def from_settings(cls, settings) -> "EngineSettings":
+        """From a `settings.Settings` snapshot (request overrides already applied)."""
+        return cls(randn_source=settings["randn_source"], eta_noise_seed_delta=settings["eta_noise_seed_delta"],
+                   eta_ancestral=settings["eta_ancestral"], eta_ddim=settings["eta_ddim"],
+                   clip_skip=settings["CLIP_stop_at_last_layers"], emphasis=settings["emphasis"],
+                   comma_padding_backtrack=settings["comma_padding_backtrack"],
+                   sdxl_clip_l_skip=settings["sdxl_clip_l_skip"])
+
 
 def _call_sampler(function, denoiser, x, schedule_or_timesteps, *, kind, alphas_cumprod, callback, noise,
                   options, eta):
@@ -320,21 +329,39 @@ def _call_sampler(function, denoiser, x, schedule_or_timesteps, *, kind, alphas_
 
 
 class Txt2ImgEngine:
-    """Runs requests on the current model. Holds no model itself: the model manager does."""
+    """Runs requests on the current model. Holds no model itself: the model manager does.
 
-    def __init__(self, models, embeddings=None, hypernetworks=None, loras=None):
+    `settings` is the SettingsStore; a request's `override_settings` apply to that request only
+    (a new snapshot), and an overridden `sd_model_checkpoint` is loaded for the request and, with
+    `override_settings_restore_afterwards`, the previous checkpoint made current again after it.
+    """
+
+    def __init__(self, models, settings, embeddings=None, hypernetworks=None, loras=None,
+                 save_dir: str | None = None):
         self.models = models
+        self.settings = settings
         self.embeddings = embeddings
         self.hypernetworks = hypernetworks
         self.loras = loras
+        self.save_dir = save_dir
 
-    def generate(self, request: GenerationRequest, settings: EngineSettings = EngineSettings(),
-                 control=None) -> GenerationResult:
+    def generate(self, request: GenerationRequest, control=None, *, save: bool | None = None) -> GenerationResult:
+        snapshot = self.settings.current().with_overrides(request.override_settings)
+        wanted = request.override_settings.get("sd_model_checkpoint")
         with self.models.lock:
-            model = self.models.require_current()
-            info = self.models.current_info()
-            return generate(model, request, settings, control or _NullControl(), embeddings=self.embeddings,
-                            hypernetworks=self.hypernetworks, loras=self.loras, checkpoint_info=info)
+            previous = self.models.current_info()
+            if wanted:
+                self.models.load(wanted)
+            try:
+                do_save = snapshot["samples_save"] if save is None else save
+                target = SaveTarget(self.save_dir) if do_save and self.save_dir else None
+                return generate(self.models.require_current(), request, EngineSettings.from_settings(snapshot),
+                                control or _NullControl(), embeddings=self.embeddings,
+                                hypernetworks=self.hypernetworks, loras=self.loras,
+                                checkpoint_info=self.models.current_info(), save=target)
+            finally:
+                if wanted and previous is not None and snapshot["override_settings_restore_afterwards"]:
+                    self.models.load(previous.title)
 
 
 def generate(model, request: GenerationRequest, settings: EngineSettings = EngineSettings(), control=None, *,
@@ -391,8 +418,9 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                         result.warnings.append(warning)
                         control.add_info(warning)
                 steps_for_prompts = total_steps(sampler, request.steps)
-                cond = get_multicond_learned_conditioning(conditioner, prompts, steps_for_prompts, cache=cache)
-                uncond = get_learned_conditioning(conditioner, negatives, steps_for_prompts, cache=cache)
+                with _timed(result, "conditioning"):
+                    cond = get_multicond_learned_conditioning(conditioner, prompts, steps_for_prompts, cache=cache)
+                    uncond = get_learned_conditioning(conditioner, negatives, steps_for_prompts, cache=cache)
                 rng = ImageRNG((4, request.height // 8, request.width // 8), batch_seeds, subseeds[batch],
                                request.subseed_strength, request.seed_resize_from_h, request.seed_resize_from_w,
                                source=settings.randn_source, device=model.device,
@@ -420,20 +448,24 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                         return stop.x, stop
 
                 x = rng.next().to(model.dtype)
-                noise_fn = _noise_source(sampler, rng, x, batch_seeds, None)
-                if sampler.kind == "sigmas":
-                    sigmas = build_sigmas(sampler, scheduler, request.steps, schedule).to(model.device)
-                    noise_fn = _noise_source(sampler, rng, x, batch_seeds, sigmas)
-                    samples, stopped = run(x * sigmas[0], sigmas, cond, uncond, iteration * per_iteration, noise_fn)
-                else:
-                    timesteps = a1111_timesteps(request.steps)
-                    samples, stopped = run(x, timesteps, cond, uncond, iteration * per_iteration, noise_fn)
+                with _timed(result, "sampling"):
+                    if sampler.kind == "sigmas":
+                        sigmas = build_sigmas(sampler, scheduler, request.steps, schedule).to(model.device)
+                        noise_fn = _noise_source(sampler, rng, x, batch_seeds, sigmas)
+                        samples, stopped = run(x * sigmas[0], sigmas, cond, uncond, iteration * per_iteration,
+                                               noise_fn)
+                    else:
+                        noise_fn = _noise_source(sampler, rng, x, batch_seeds, None)
+                        timesteps = a1111_timesteps(request.steps)
+                        samples, stopped = run(x, timesteps, cond, uncond, iteration * per_iteration, noise_fn)
 
-                if request.enable_hr and stopped is None:
-                    samples, stopped = _hires_pass(request, model, sampler, scheduler, schedule, samples, conditioner,
-                                                   prompts, negatives, cache, batch_seeds, subseeds[batch],
-                                                   settings, run, iteration * per_iteration + request.steps)
-                images = _decode(model, samples, result)
+                    if request.enable_hr and stopped is None:
+                        samples, stopped = _hires_pass(request, model, sampler, scheduler, schedule, samples,
+                                                       conditioner, prompts, negatives, cache, batch_seeds,
+                                                       subseeds[batch], settings, run,
+                                                       iteration * per_iteration + request.steps)
+                with _timed(result, "decode"):
+                    images = _decode(model, samples, result)
             for j, image in enumerate(images):
                 index = iteration * request.batch_size + j
                 result.images.append(image)
@@ -485,6 +517,17 @@ def _scheduler_label(name: str) -> str:
     from modules.sampling.registry import find_scheduler
 
     return find_scheduler(name).label
+
+
+@contextmanager
+def _timed(result: GenerationResult, name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        result.timings[name] = result.timings.get(name, 0.0) + time.perf_counter() - started
 
 
 def _alphas_cumprod(model) -> torch.Tensor:

@@ -65,6 +65,18 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("sd_vae", "Automatic", "SD VAE", "vae"),
     SettingSpec("sd_vae_overrides_per_model_preferences", True,
                 "Selected VAE overrides per-model preferences", "vae"),
+    SettingSpec("randn_source", "GPU", "Random number generator source", "sampling", choices=("GPU", "CPU", "NV")),
+    SettingSpec("eta_noise_seed_delta", 0, "Eta noise seed delta (ENSD)", "sampling", minimum=0, maximum=2**32),
+    SettingSpec("eta_ancestral", 1.0, "Eta for k-diffusion ancestral/SDE samplers", "sampling", minimum=0, maximum=1),
+    SettingSpec("eta_ddim", 0.0, "Eta for DDIM", "sampling", minimum=0, maximum=1),
+    SettingSpec("CLIP_stop_at_last_layers", 1, "Clip skip", "sampling", minimum=1, maximum=12),
+    SettingSpec("sdxl_clip_l_skip", False, "Clip skip applies to SDXL's CLIP-L", "sampling"),
+    SettingSpec("emphasis", "Original", "Emphasis mode", "sampling", choices=("Original", "No norm", "Ignore", "None")),
+    SettingSpec("comma_padding_backtrack", 20, "Prompt word wrap length limit (comma backtrack)", "sampling",
+                minimum=0, maximum=74),
+    SettingSpec("samples_save", True, "Always save all generated images", "saving"),
+    SettingSpec("override_settings_restore_afterwards", True,
+                "Restore settings (and the checkpoint) after a request that overrides them", "saving"),
 )
 SCHEMA_BY_KEY: Mapping[str, SettingSpec] = MappingProxyType({spec.key: spec for spec in SCHEMA})
 

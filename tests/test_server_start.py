@@ -76,3 +76,24 @@ def test_webui_serves_on_an_empty_data_dir(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_generation_through_the_app_context(context, tmp_path):
+    """The composed app: demo checkpoint, job queue, engine, settings overrides, images saved."""
+    from modules.processing import GenerationRequest
+
+    context.ensure_demo_checkpoint()
+    context.load_startup_model()
+    context.jobs.start()
+    try:
+        request = GenerationRequest(prompt="a cat", steps=2, width=64, height=64, seed=4,
+                                    override_settings={"CLIP_stop_at_last_layers": 2})
+        job = context.jobs.submit(lambda control: context.engine.generate(request, control), kind="txt2img")
+        result = job.wait(timeout=120).result
+        assert job.state == "done", job.error
+        assert "Clip skip: 2" in result.infotexts[0]
+        assert context.settings.current()["CLIP_stop_at_last_layers"] == 1  # the override was per request
+        assert [p.endswith("00000-4.png") for p in result.saved_paths] == [True]
+        assert (tmp_path / "outputs" / "txt2img-images").exists()
+    finally:
+        context.jobs.shutdown()
