@@ -56,6 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start the server without loading a checkpoint")
     models.add_argument("--no-demo-checkpoint", action="store_true",
                         help="with no checkpoints found, do not create the random-weights demo checkpoint")
+
+    # A1111's attention and VRAM flags (modules/attention_backends.py, modules/offload.py,
+    # modules/vae_decode.py say what each does here).
+    perf = parser.add_argument_group("attention and VRAM")
+    perf.add_argument("--xformers", action="store_true",
+                      help="use xformers attention on CUDA when it is installed and its kernels work with this "
+                           "torch (tested at start; otherwise a warning and SDPA)")
+    perf.add_argument("--force-enable-xformers", action="store_true",
+                      help="use xformers even if its start-up test fails (not when it does not import or "
+                           "there is no CUDA); implies --xformers")
+    perf.add_argument("--opt-sdp-attention", action="store_true",
+                      help="torch scaled-dot-product attention (SDPA); the default already")
+    perf.add_argument("--opt-sdp-no-mem-attention", action="store_true",
+                      help="SDPA limited to the flash and math kernels (no memory-efficient kernel; A1111's "
+                           "deterministic choice); may use more VRAM")
+    perf.add_argument("--disable-opt-split-attention", action="store_true",
+                      help="plain attention (whole attention matrix in memory) unless another attention flag "
+                           "is given; for comparisons, not for use")
+    for legacy in ("--opt-split-attention", "--opt-split-attention-v1", "--opt-split-attention-invokeai",
+                   "--opt-sub-quad-attention"):
+        perf.add_argument(legacy, action="store_true",
+                          help="accepted for A1111 compatibility; SDPA is used (it needs no slicing)")
+    perf.add_argument("--medvram", action="store_true",
+                      help="keep text encoders, UNet and VAE in RAM and move each to the GPU only while it runs")
+    perf.add_argument("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")
+    perf.add_argument("--lowvram", action="store_true",
+                      help="like --medvram, and the UNet moves block by block (slow; for 2-4 GB GPUs); wins "
+                           "over --medvram")
+    perf.add_argument("--upcast-sampling", action="store_true",
+                      help="keep the sampler's latents in fp32 and run only the UNet call in fp16 (already the "
+                           "case with the default --precision autocast; matters with --precision half)")
+    perf.add_argument("--disable-nan-check", action="store_true",
+                      help="do not check VAE output for NaNs (no fp32 retry; NaNs become grey)")
     return parser
 
 
