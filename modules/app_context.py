@@ -85,8 +85,10 @@ class AppContext:
             )
             return choice.path
 
+        from modules.model_runtime import ModelRuntime
+
         models = ModelManager(
-            checkpoints, options,
+            checkpoints, options, runtime=ModelRuntime(args, options.device),
             limit=lambda: settings.current()["sd_checkpoints_limit"],
             vae_resolver=resolve_vae,
             keep_in_cpu=lambda: settings.current()["sd_checkpoints_keep_in_cpu"],

@@ -775,9 +775,20 @@ def _validate_entries(hypernetworks: Sequence[HypernetworkEntry]) -> tuple[Hyper
     return tuple(entries)
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 are the same device when 0 is the current one."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and (a.index is None or b.index is None):
+        current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index == b.index
+
+
 @contextlib.contextmanager
-def attach_hypernetworks(unet: torch.nn.Module,
-                         hypernetworks: Sequence[HypernetworkEntry]) -> Iterator[tuple[str, ...]]:
+def attach_hypernetworks(unet: torch.nn.Module, hypernetworks: Sequence[HypernetworkEntry],
+                         device: torch.device | str | None = None) -> Iterator[tuple[str, ...]]:
     """Apply `(hypernetwork, multiplier)` pairs, in order, to `unet`'s attention while the block runs.
 
     Installs `HypernetworkAttnProcessor` on every `Attention` layer whose context width (the
@@ -810,11 +821,14 @@ def attach_hypernetworks(unet: torch.nn.Module,
                 f"{type(previous).__module__}.{type(previous).__qualname__} is not plain attention and "
                 "would be replaced. Detach whatever installed it first, or leave hypernetworks out."
             )
+        # Where the layer runs: its weights' device, unless the caller says (offloaded weights wait in
+        # RAM and run on the GPU).
+        runs_on = torch.device(device) if device is not None else module.to_k.weight.device
         for hypernetwork, _ in entries:
-            if context_dim in hypernetwork.layers and hypernetwork.device != module.to_k.weight.device:
+            if context_dim in hypernetwork.layers and not _same_device(hypernetwork.device, runs_on):
                 raise ValueError(
-                    f"Hypernetwork {hypernetwork.name!r} is on {hypernetwork.device} but {name} is on "
-                    f"{module.to_k.weight.device}; load it with device={str(module.to_k.weight.device)!r}"
+                    f"Hypernetwork {hypernetwork.name!r} is on {hypernetwork.device} but {name} runs on "
+                    f"{runs_on}; load it with device={str(runs_on)!r}"
                 )
         plan.append((name, module, previous))
 

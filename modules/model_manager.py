@@ -79,12 +79,14 @@ class ModelManager:
         limit: Callable[[], int] = lambda: 1,
         vae_resolver: Callable[[object], Path | None] = lambda info: None,
         keep_in_cpu: Callable[[], bool] = lambda: True,
+        runtime=None,
     ):
         self.registry = registry
         self.options = options
         self._limit = limit
         self._vae_resolver = vae_resolver
         self._keep_in_cpu = keep_in_cpu
+        self._runtime = runtime  # modules.model_runtime.ModelRuntime: attention backend and offload
         self._lock = threading.RLock()
         self._loaded: OrderedDict[str, StableDiffusionModel] = OrderedDict()  # filename → model, LRU first
         self._current_key: str | None = None
@@ -171,8 +173,16 @@ class ModelManager:
         started = time.perf_counter()
         info = self.registry.ensure_hash(info)
         hashed = time.perf_counter() - started
-        model = load_checkpoint(Path(info.filename), self.options, config_path=info.config_path, name=info.title)
+        options = self.options
+        if self._runtime is not None and self._runtime.may_offload:
+            # Offloaded models wait in RAM; reading them straight into VRAM would need all of it at once.
+            options = LoadOptions(torch.device("cpu"), options.dtype, options.vae_dtype, options.allow_unsafe_pickle)
+        model = load_checkpoint(Path(info.filename), options, config_path=info.config_path, name=info.title)
         self._apply_vae(model, info)
+        if self._runtime is not None:
+            self._runtime.attach(model)
+        if model.device != self.options.device and not self._offloaded(model):
+            model.to(self.options.device)
         hash_note = f" (+ sha256 {hashed:.2f}s)" if hashed >= 0.01 else ""
         log.info("%s%s", model.load_summary, hash_note)
         return model, info
@@ -182,16 +192,22 @@ class ModelManager:
         self._loaded.move_to_end(key)
         if self._current_key != key:
             previous = self._loaded.get(self._current_key) if self._current_key else None
-            if previous is not None and self.options.device.type != "cpu" and self._keep_in_cpu():
+            if (previous is not None and self.options.device.type != "cpu" and self._keep_in_cpu()
+                    and not self._offloaded(previous)):
                 previous.to(torch.device("cpu"))
-            if model.device != self.options.device:
+            if model.device != self.options.device and not self._offloaded(model):
                 model.to(self.options.device)
             self._current_key = key
         return model
 
+    def _offloaded(self, model: StableDiffusionModel) -> bool:
+        return self._runtime is not None and self._runtime.is_offloaded(model)
+
     def _evict(self, key: str) -> None:
         model = self._loaded.pop(key)
         self._infos.pop(key, None)
+        if self._runtime is not None:
+            self._runtime.detach(model)
         if self._current_key == key:
             self._current_key = None
         log.info("unloaded %s", model.name)
@@ -223,12 +239,18 @@ class ModelManager:
         vae_file = self._vae_resolver(info)
         if vae_file == model.vae_file:
             return
+        # A loaded model's runtime (offload hooks, processors) was set up for its old VAE: redo it.
+        loaded = self._runtime is not None and any(m is model for m in self._loaded.values())
+        if loaded:
+            self._runtime.detach(model)
         if vae_file is None:
             model.vae = model.builtin_vae
         else:
             model.vae = load_vae_file(vae_file, model, self.options.allow_unsafe_pickle)
             log.info("VAE %s applied to %s", Path(vae_file).name, model.name)
         model.vae_file = vae_file
+        if loaded:
+            self._runtime.attach(model)
         release_memory(model.device)
 
 

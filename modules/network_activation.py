@@ -95,12 +95,14 @@ def activate_extra_networks(model, networks: Mapping[str, Sequence], hypernetwor
 
     with ExitStack() as stack:
         if entries:
-            stack.enter_context(attach_hypernetworks(model.unet, entries))
+            stack.enter_context(attach_hypernetworks(model.unet, entries, device=model.device))
         if lora_requests:
             # On a GPU, unfused adapters halved the denoising speed of SD1.5 (H100: 38 → 20 it/s) while
             # merging for the job costs a weight backup in VRAM; on the CPU the merge and backup cost
             # more than the adapters do (docs/BENCHMARKS.md).
-            fuse = model.device.type == "cuda"
+            # Offloaded weights sit in RAM between uses: merging there would be slow; keep adapters.
+            offloaded = any(hasattr(m, "_hf_hook") for m in model.unet.modules())
+            fuse = model.device.type == "cuda" and not offloaded
             applied = stack.enter_context(apply_loras(model, lora_requests, loras, fuse=fuse))
             active.warnings.extend(applied.warnings)
             if applied.loaded:

@@ -203,11 +203,11 @@ class CFGDenoiser:
                              device=x.device)
         x_in = x[index]
         sigma_in = sigma[index] if sigma.ndim else sigma.expand(len(index))
-        context = _pad_to_length(contexts).to(x.dtype)
+        context = _pad_to_length(contexts)
         added = None
         if self.sdxl_vector is not None:
-            added = {"text_embeds": torch.cat(pooled, dim=0).to(x.dtype),
-                     "time_ids": self.sdxl_vector.to(x.device, x.dtype).expand(len(index), -1)}
+            added = {"text_embeds": torch.cat(pooled, dim=0),
+                     "time_ids": self.sdxl_vector.to(x.device).expand(len(index), -1)}
         out = self.inner(x_in, sigma_in, context, added)
         n_cond = sum(repeats)
         out_cond, out_uncond = out[:n_cond], out[n_cond:]
@@ -219,9 +219,16 @@ class CFGDenoiser:
 
 
 def _unet_call(model):
+    """The UNet at its own dtype; the sampler keeps latents in fp32 (A1111 samples in fp32 and runs
+    the half-precision UNet under autocast), so inputs are cast in and the output cast back."""
+    dtype = model.dtype
+
     def call(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, added) -> torch.Tensor:
-        kwargs = {"added_cond_kwargs": added} if added is not None else {}
-        return model.unet(x, t, encoder_hidden_states=context, **kwargs).sample
+        kwargs = {}
+        if added is not None:
+            kwargs["added_cond_kwargs"] = {k: v.to(dtype) for k, v in added.items()}
+        out = model.unet(x.to(dtype), t, encoder_hidden_states=context.to(dtype), **kwargs).sample
+        return out.to(x.dtype)
     return call
 
 
@@ -447,7 +454,7 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                     except StopSampling as stop:
                         return stop.x, stop
 
-                x = rng.next().to(model.dtype)
+                x = rng.next().float()
                 with _timed(result, "sampling"):
                     if sampler.kind == "sigmas":
                         sigmas = build_sigmas(sampler, scheduler, request.steps, schedule).to(model.device)
@@ -544,7 +551,7 @@ def _noise_source(sampler, rng, x, seeds, sigmas):
         from modules.sampling.noise import brownian_tree_noise
 
         return brownian_tree_noise(x, sigmas, list(seeds))
-    return lambda sigma, sigma_next: rng.next().to(x.dtype)
+    return lambda sigma, sigma_next: rng.next().to(x.dtype)  # fp32, like the latents
 
 
 def _hires_steps(request: GenerationRequest) -> int:
@@ -569,7 +576,7 @@ def _hires_pass(request, model, sampler, scheduler, schedule, samples, condition
     width, height = _hires_size(request)
     mode, antialias = LATENT_UPSCALE_MODES[request.hr_upscaler]
     latents = torch.nn.functional.interpolate(samples.float(), size=(height // 8, width // 8), mode=mode,
-                                              antialias=antialias).to(samples.dtype)
+                                              antialias=antialias)
     steps = _hires_steps(request)
     hires_total = total_steps(sampler, steps)
     base_total = total_steps(sampler, request.steps)
@@ -578,7 +585,7 @@ def _hires_pass(request, model, sampler, scheduler, schedule, samples, condition
     hr_rng = ImageRNG((4, height // 8, width // 8), seeds, subseeds, request.subseed_strength,
                       request.seed_resize_from_h, request.seed_resize_from_w, source=settings.randn_source,
                       device=model.device)
-    noise = hr_rng.next().to(latents.dtype)
+    noise = hr_rng.next().float()
     if sampler.kind != "sigmas":
         raise ValueError(f"hires fix with the timestep sampler {sampler.name} is not supported yet; "
                          "pick a k-diffusion sampler (e.g. DPM++ 2M) for hires")
@@ -592,15 +599,12 @@ def _hires_pass(request, model, sampler, scheduler, schedule, samples, condition
 def _decode(model, samples: torch.Tensor, result: GenerationResult) -> list:
     from PIL import Image
 
-    vae = model.vae
-    latents = samples / vae.config.scaling_factor
-    decoded = vae.decode(latents.to(next(vae.parameters()).dtype)).sample
-    if not torch.isfinite(decoded).all():
-        message = "A tensor with NaNs was produced in VAE; decoded again in fp32 (use --no-half-vae to skip)."
-        result.warnings.append(message)
-        decoded = vae.float().decode(latents.float()).sample
-        vae.to(model.vae_dtype)
-    images = ((decoded.float() + 1) / 2).clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    from modules.vae_decode import decode_latents
+
+    decoded = decode_latents(model, samples)
+    if decoded.message and decoded.message not in result.warnings:
+        result.warnings.append(decoded.message)
+    images = decoded.images.mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(array) for array in images]
 
 
