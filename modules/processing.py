@@ -405,7 +405,8 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
     conditioner = TextConditioner(model, loaded_embeddings, options)
     cache = ConditioningCache()
     alphas_cumprod = _alphas_cumprod(model)
-    schedule = sch.DiscreteSchedule.from_alphas_cumprod(alphas_cumprod)
+    # On the model's device: the denoiser maps each sigma to a timestep against this table.
+    schedule = sch.DiscreteSchedule.from_alphas_cumprod(alphas_cumprod.to(model.device))
     family = model.architecture.family
     is_sdxl = family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER)
     eta = request.eta if request.eta is not None else (settings.eta_ddim if sampler.kind == "timesteps"
