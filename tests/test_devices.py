@@ -518,11 +518,14 @@ def _peak_of_all(model) -> tuple[int, dict[str, torch.Tensor]]:
 @pytest.mark.parametrize("mode", [OffloadMode.MEDVRAM, OffloadMode.LOWVRAM])
 def test_cuda_offload_moves_weights_and_lowers_peak_vram(cuda_model, mode):
     model = cuda_model
-    baseline_weights = torch.cuda.memory_allocated()
     peak_plain, reference = _peak_of_all(model)
+    # Measured after a first run: cuBLAS's workspace (32 MiB on an H100) comes from the same
+    # allocator and would otherwise dwarf a tiny model's weights (seen on the H100: 34.6 MB vs 12.9 MB).
+    before = torch.cuda.memory_allocated()
+    weights = sum(p.numel() * p.element_size() for c in model.modules().values() for p in c.parameters())
     with enable_offload(model, mode, CUDA) as handle:
-        # Weights waiting in RAM: VRAM drops to (almost) nothing but the resident UNet ends.
-        assert torch.cuda.memory_allocated() < baseline_weights / 2
+        # Weights waiting in RAM: most of them leave VRAM; only the resident UNet ends stay.
+        assert before - torch.cuda.memory_allocated() > weights / 2
         assert _devices(model.vae) == {"cpu"} and _devices(model.text_encoders[0]) == {"cpu"}
         peak_offload, outputs = _peak_of_all(model)
         # The last unit used (the VAE) is on the GPU, everything else of the text encoder is not.
