@@ -105,9 +105,6 @@ def main() -> None:
                                  "peak_allocated_bytes": torch.cuda.max_memory_allocated()}
                 print(f"sd1 --{flag}: {seconds:.2f} s for {args.steps} steps; {stats.summary()}", flush=True)
             report["offload"] = offload
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
         path.unlink()
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "gpu_txt2img.json").write_text(json.dumps(report, indent=2, default=str))

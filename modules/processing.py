@@ -232,11 +232,15 @@ def _unet_call(model):
     return call
 
 
-def _sigma_inner(model, schedule):
-    """x, sigma → x0 through k-diffusion's discrete denoiser (eps or v parameterisation)."""
-    from modules.sampling.denoisers import DiscreteDenoiser
+def _sigma_inner(model, schedule, lcm: bool = False):
+    """x, sigma → x0 through k-diffusion's discrete denoiser (eps or v parameterisation), or the
+    LCM denoiser (consistency boundary conditions on LCM's 50-step table) for the LCM sampler."""
+    from modules.sampling.denoisers import DiscreteDenoiser, LCMDenoiser
 
     unet = _unet_call(model)
+    if lcm:
+        lcm_denoiser = LCMDenoiser(lambda x, t, context=None, added=None: unet(x, t, context, added), schedule)
+        return lambda x, sigma, context, added: lcm_denoiser(x, sigma, context=context, added=added)
     denoiser = DiscreteDenoiser(lambda x, t, context=None, added=None: unet(x, t, context, added), schedule,
                                 "v" if model.prediction_type == "v_prediction" else "eps")
     return lambda x, sigma, context, added: denoiser(x, sigma, context=context, added=added)
@@ -405,8 +409,15 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
     conditioner = TextConditioner(model, loaded_embeddings, options)
     cache = ConditioningCache()
     alphas_cumprod = _alphas_cumprod(model)
-    # On the model's device: the denoiser maps each sigma to a timestep against this table.
-    schedule = sch.DiscreteSchedule.from_alphas_cumprod(alphas_cumprod.to(model.device))
+    # On the model's device: the denoiser maps each sigma to a timestep against this table. LCM
+    # samples on its own 50-step table (A1111's LCM sampler does the same).
+    is_lcm = sampler.name == "LCM"
+    if is_lcm:
+        from modules.sampling.denoisers import lcm_schedule
+
+        schedule = lcm_schedule(alphas_cumprod.to(model.device))
+    else:
+        schedule = sch.DiscreteSchedule.from_alphas_cumprod(alphas_cumprod.to(model.device))
     family = model.architecture.family
     is_sdxl = family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER)
     eta = request.eta if request.eta is not None else (settings.eta_ddim if sampler.kind == "timesteps"
@@ -437,7 +448,7 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
 
                 def run(x_start, sigmas_or_steps, first_pass_cond, first_pass_uncond, progress_offset, noise_fn):
                     denoiser = CFGDenoiser(
-                        _sigma_inner(model, schedule) if sampler.kind == "sigmas" else
+                        _sigma_inner(model, schedule, is_lcm) if sampler.kind == "sigmas" else
                         _timestep_inner(model, alphas_cumprod), first_pass_cond, first_pass_uncond,
                         request.cfg_scale, time_ids)
                     def callback(step):

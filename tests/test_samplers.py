@@ -586,3 +586,34 @@ def test_ddim_eta_uses_noise_and_reproduces() -> None:
     b = timesteps.sample_ddim(model, x.clone(), steps, alphas_cumprod=ac, eta=1.0, noise=seeded_noise(x, 1))
     c = timesteps.sample_ddim(model, x.clone(), steps, alphas_cumprod=ac, eta=0.0, noise=seeded_noise(x, 1))
     assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_lcm_table_and_boundary_conditions():
+    """LCM samples on every 20th training timestep (19 … 999) and mixes the eps-x0 with the input by
+    c_skip = 0.25 / ((10t)² + 0.25), c_out = 10t / sqrt((10t)² + 0.25)."""
+    from modules.sampling.denoisers import LCMDenoiser, lcm_schedule
+    from modules.sampling.schedules import DiscreteSchedule, alphas_cumprod_scaled_linear
+
+    ac = alphas_cumprod_scaled_linear()
+    full = DiscreteSchedule.from_alphas_cumprod(ac)
+    table = lcm_schedule(ac)
+    assert table.sigmas.shape == (50,)
+    assert torch.allclose(table.sigmas, full.sigmas[19::20])
+    sigmas = table.get_sigmas(4)
+    assert torch.isclose(sigmas[0], full.sigmas[999]) and sigmas[-1] == 0
+
+    calls = []
+
+    def unet(x, t, **kwargs):
+        calls.append(t.clone())
+        return torch.zeros_like(x)  # eps = 0: the eps-x0 is the input itself
+
+    denoiser = LCMDenoiser(unet, table)
+    x = torch.ones(1, 4, 2, 2)
+    k = 10
+    out = denoiser(x, table.sigmas[k].reshape(1))
+    t = k * 20 + 19
+    assert calls[0].item() == t
+    scaled = 10.0 * t
+    expected = scaled / (scaled**2 + 0.25) ** 0.5 + 0.25 / (scaled**2 + 0.25)
+    assert torch.allclose(out, x * expected)
