@@ -231,3 +231,18 @@ def test_jobs_run_generations_in_order_and_interrupt(sd1):
         assert job.progress < 1.0
     finally:
         queue.shutdown()
+
+
+def test_every_schedule_type_runs_and_differs(sd1):
+    """Every schedule type runs; images differ except where the schedules are the same by definition:
+    Euler's Automatic is the model's own schedule, which Uniform and Normal also give, and
+    Polyexponential with rho 1 is Exponential."""
+    from modules.sampling.registry import SCHEDULERS
+
+    outputs = {s.label: pixels(run(sd1, sampler_name="Euler", scheduler=s.label, steps=4).images[0]).tobytes()
+               for s in SCHEDULERS}
+    same = [{"Automatic", "Uniform", "Normal"}, {"Exponential", "Polyexponential"}]
+    for group in same:
+        assert len({outputs[label] for label in group}) == 1, group
+    representatives = [label for label in outputs if not any(label in g and label != min(g) for g in same)]
+    assert len({outputs[label] for label in representatives}) == len(representatives)
