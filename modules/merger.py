@@ -1,0 +1,368 @@
+"""Checkpoint merging that streams: one tensor of each input at a time, written as it is computed.
+
+Peers load two or three whole checkpoints into RAM (A1111 §6); here the output header is planned from
+the inputs' headers, then every key is read from A/B/C, merged in float32 by a per-tensor method
+(`modules.merge_methods`), checked for NaN/Inf, cast to the output dtype and written, so peak memory
+is a few tensors whatever the model size. The output is written to a temp file and renamed only
+when complete; its sha256 is computed while writing, so the new checkpoint is listed at once
+without being read again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from modules.model_detection import ModelFamily, detect_architecture, normalize_keys
+
+log = logging.getLogger(__name__)
+
+POSITION_IDS_SUFFIX = "embeddings.position_ids"
+CONFIG_SOURCES = ("A, B or C", "B", "C", "Don't")
+
+
+class MergeError(ValueError):
+    """A merge that cannot run as asked; the message names the input and the fix."""
+
+
+class MergeInterrupted(Exception):
+    """The merge was interrupted; nothing was written."""
+
+
+class MergeRequest(BaseModel):
+    """A1111's merger fields (and names), plus Atelier's: `multiplier2`, block weights, method options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    primary_model_name: str
+    secondary_model_name: str | None = None
+    tertiary_model_name: str | None = None
+    interpolation_method: str = "Weighted sum"
+    multiplier: float = Field(0.3, ge=-2.0, le=2.0)
+    multiplier2: float = Field(0.0, ge=-2.0, le=2.0)  # beta for Triple sum / Sum twice
+    save_as_half: bool = False
+    custom_name: str = ""
+    checkpoint_format: str = "safetensors"
+    config_source: int = Field(0, ge=0, le=3)
+    bake_in_vae: str = "None"
+    discard_weights: str = ""
+    save_metadata: bool = True
+    add_merge_recipe: bool = True
+    copy_metadata_fields: bool = True
+    metadata_json: str = "{}"
+    block_weights: tuple[float, ...] | None = None
+    method_options: dict[str, Any] = Field(default_factory=dict)
+    overwrite: bool = False
+
+    @field_validator("checkpoint_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value not in ("safetensors", "ckpt"):
+            raise ValueError(f"checkpoint_format must be 'safetensors' or 'ckpt', got {value!r}")
+        return value
+
+    @field_validator("discard_weights")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"discard_weights is not a valid regular expression: {e}") from None
+        return value
+
+    @field_validator("metadata_json")
+    @classmethod
+    def _metadata(cls, value: str) -> str:
+        try:
+            data = json.loads(value or "{}")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"metadata_json is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError("metadata_json must be a JSON object")
+        return value
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    title: str
+    sha256: str
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Input:
+    info: Any  # CheckpointInfo
+    source: Any  # model_loader.TensorSource
+    family: ModelFamily
+    in_channels: int
+
+
+def _open(info, allow_unsafe_pickle: bool) -> _Input:
+    from modules.model_loader import TensorSource
+
+    source = TensorSource(Path(info.filename), allow_unsafe_pickle)
+    canonical = normalize_keys(list(source.shapes), source.shapes)
+    shapes = {c: source.shapes[f] for c, f in canonical.items()}
+    detection = detect_architecture(shapes, source=str(info.filename))
+    in_channels = int(shapes["model.diffusion_model.input_blocks.0.0.weight"][1])
+    return _Input(info, source, detection.architecture.family, in_channels)
+
+
+def output_name(request: MergeRequest, a, b, c, flag: str | None) -> str:
+    """A1111's default file name: `0.7(a) + 0.3(b)`, `a + 0.3(b - c)`, or `a`; or the custom name."""
+    if request.custom_name:
+        name = request.custom_name
+    elif request.interpolation_method == "Weighted sum":
+        m = request.multiplier
+        name = f"{round(1 - m, 2)}({a.model_name}) + {round(m, 2)}({b.model_name})"
+    elif request.interpolation_method == "Add difference":
+        name = f"{a.model_name} + {round(request.multiplier, 2)}({b.model_name} - {c.model_name})"
+    elif request.interpolation_method == "No interpolation":
+        name = a.model_name
+    else:
+        parts = [a.model_name] + [x.model_name for x in (b, c) if x is not None]
+        name = f"{request.interpolation_method} {round(request.multiplier, 2)} " + " + ".join(parts)
+    if flag:
+        name += f".{flag}"
+    return f"{name}.{request.checkpoint_format}"
+
+
+def _recipe(request: MergeRequest, a, b, c, flags: dict[str, bool]) -> dict[str, Any]:
+    return {
+        "type": "webui",
+        "primary_model_hash": a.sha256,
+        "secondary_model_hash": b.sha256 if b else None,
+        "tertiary_model_hash": c.sha256 if c else None,
+        "interp_method": request.interpolation_method,
+        "multiplier": request.multiplier,
+        "save_as_half": request.save_as_half,
+        "custom_name": request.custom_name,
+        "config_source": request.config_source,
+        "bake_in_vae": request.bake_in_vae,
+        "discard_weights": request.discard_weights,
+        "is_inpainting": flags["is_inpainting"],
+        "is_instruct_pix2pix": flags["is_instruct_pix2pix"],
+        # Atelier's additions (A1111 ignores unknown recipe fields):
+        "multiplier2": request.multiplier2,
+        "block_weights": list(request.block_weights) if request.block_weights else None,
+        "method_options": request.method_options or None,
+    }
+
+
+def _metadata(request: MergeRequest, inputs: list[_Input], recipe: dict[str, Any]) -> dict[str, str]:
+    """A1111's metadata: copied fields of A, B, C; metadata_json; `sd_merge_recipe` and `sd_merge_models`.
+    Every value is a string (the safetensors format requires it; A1111 can crash here)."""
+    metadata: dict[str, Any] = {}
+    if request.save_metadata and request.copy_metadata_fields:
+        for item in inputs:
+            metadata.update(item.source.metadata or {})
+    if request.save_metadata:
+        metadata.update(json.loads(request.metadata_json or "{}"))
+        metadata["format"] = "pt"
+    if request.save_metadata and request.add_merge_recipe:
+        metadata["sd_merge_recipe"] = recipe
+        models: dict[str, Any] = {}
+        for item in inputs:
+            own = item.source.metadata or {}
+            try:
+                models.update(json.loads(own.get("sd_merge_models", "{}")))
+            except (json.JSONDecodeError, TypeError):
+                pass
+            try:
+                own_recipe = json.loads(own["sd_merge_recipe"]) if "sd_merge_recipe" in own else None
+            except json.JSONDecodeError:
+                own_recipe = None
+            models[item.info.sha256] = {"name": item.info.name, "legacy_hash": item.info.hash,
+                                        "sd_merge_recipe": own_recipe}
+        metadata["sd_merge_models"] = models
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+
+
+def merge_checkpoints(request: MergeRequest, registry, output_dir: Path, *, vae_files=None, control=None,
+                      allow_unsafe_pickle: bool = False) -> MergeResult:
+    """Run `request`; returns the new checkpoint's path, title and hash. Raises `MergeError` before any
+    work for inputs that cannot be merged; leaves nothing behind on failure or interrupt."""
+    from modules.merge_methods import get_method
+
+    started = time.perf_counter()
+    try:
+        method = get_method(request.interpolation_method)
+    except ValueError as e:
+        raise MergeError(str(e)) from e
+    names = [request.primary_model_name, request.secondary_model_name, request.tertiary_model_name]
+    if method.needs_b and not request.secondary_model_name:
+        raise MergeError(f"Interpolation method ({method.name}) requires a secondary model.")
+    if method.needs_c and not request.tertiary_model_name:
+        raise MergeError(f"Interpolation method ({method.name}) requires a tertiary model.")
+    wanted = [n if (i == 0 or (i == 1 and method.needs_b) or (i == 2 and method.needs_c)) else None
+              for i, n in enumerate(names)]
+    infos = [registry.ensure_hash(registry.find(n)) if n else None for n in wanted]
+    inputs = [_open(info, allow_unsafe_pickle) if info else None for info in infos]
+    a, b, c = inputs
+    try:
+        return _merge(request, method, a, b, c, registry, output_dir, vae_files, control, started)
+    finally:
+        for item in inputs:
+            if item is not None:
+                item.source.close()
+
+
+def _check_compatible(a: _Input, others: list[_Input]) -> dict[str, bool]:
+    flags = {"is_inpainting": a.in_channels == 9, "is_instruct_pix2pix": a.in_channels == 8}
+    for other in others:
+        if other.family != a.family:
+            raise MergeError(f"{other.info.name} is {other.family.value} but {a.info.name} is {a.family.value}; "
+                             "models of different families cannot be merged")
+        if other.in_channels != a.in_channels:
+            if a.in_channels == 4 and other.in_channels == 9:
+                raise MergeError(f"{other.info.name} is an inpainting model: it must be the primary (A) model")
+            if a.in_channels == 4 and other.in_channels == 8:
+                raise MergeError(f"{other.info.name} is an instruct-pix2pix model: it must be the primary (A) model")
+            if other.in_channels != 4:
+                raise MergeError(f"UNet input channels differ: {a.info.name} has {a.in_channels}, "
+                                 f"{other.info.name} has {other.in_channels}")
+    return flags
+
+
+def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, started) -> MergeResult:
+    from modules.merge_blocks import block_weights_for
+    from modules.merge_methods import MergeOptions
+    from modules.safetensors_io import SafetensorsWriter
+
+    flags = _check_compatible(a, [x for x in (b, c) if x is not None])
+    weight_for: Callable[[str], float | None] | None = None
+    if request.block_weights is not None:
+        weight_for = block_weights_for(a.family.value, request.block_weights)
+    try:
+        options = MergeOptions.from_mapping(request.method_options or {})
+    except (TypeError, ValueError) as e:
+        raise MergeError(f"method_options: {e}") from e
+    discard = re.compile(request.discard_weights) if request.discard_weights else None
+    vae = _vae_tensors(request.bake_in_vae, vae_files, a) if request.bake_in_vae not in ("", "None") else None
+
+    a_keys = list(a.source.shapes)
+    b_keys = set(b.source.shapes) if b else set()
+    c_keys = set(c.source.shapes) if c else set()
+    out_dtype: dict[str, torch.dtype] = {}
+    specs = []
+    for key in a_keys:
+        if discard is not None and discard.search(key):
+            continue
+        dtype = _file_dtype(a, key)
+        if request.save_as_half and dtype.is_floating_point:
+            dtype = torch.float16
+        out_dtype[key] = dtype
+        specs.append((key, dtype, tuple(a.source.shapes[key])))
+
+    flag = "inpainting" if flags["is_inpainting"] else "instruct-pix2pix" if flags["is_instruct_pix2pix"] else None
+    filename = output_name(request, a.info, b.info if b else None, c.info if c else None, flag)
+    path = Path(output_dir) / filename
+    if path.exists() and not request.overwrite:
+        raise MergeError(f"{path} already exists; choose another custom name or allow overwriting")
+    recipe = _recipe(request, a.info, b.info if b else None, c.info if c else None, flags)
+    metadata = _metadata(request, [x for x in (a, b, c) if x is not None], recipe)
+    if request.checkpoint_format == "ckpt":
+        raise MergeError("ckpt output is not supported by the streaming merger yet; use safetensors")
+
+    total = len(specs)
+    warnings: list[str] = []
+    with SafetensorsWriter(path, specs, metadata, overwrite=request.overwrite) as writer:
+        for index, (key, dtype, shape) in enumerate(specs):
+            if control is not None:
+                if getattr(control, "interrupted", False):
+                    raise MergeInterrupted("merge interrupted; nothing was written")
+                control.report(index + 1, total)
+            tensor = _merged_tensor(key, a, b, c, b_keys, c_keys, method, request, weight_for, options, vae)
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise MergeError(f"the merged tensor {key} has NaN or Inf values; check the inputs and the "
+                                 "multiplier (nothing was saved)")
+            writer.write(key, tensor.to(dtype).reshape(shape))
+        writer.commit()
+    sha256 = writer.sha256
+    info = registry.add_file(path, sha256=sha256)
+    _copy_config(request.config_source, [x for x in (a, b, c)], path)
+    return MergeResult(path=path, title=info.title, sha256=sha256,
+                       timings={"total": time.perf_counter() - started}, warnings=warnings)
+
+
+def _file_dtype(item: _Input, key: str) -> torch.dtype:
+    reader = getattr(item.source, "_reader", None)
+    if reader is not None:
+        return reader.header.tensors[key].dtype
+    return item.source._tensors[key].dtype
+
+
+def _read(item: _Input, key: str) -> torch.Tensor:
+    tensor = item.source.read(key, None, torch.device("cpu"))
+    return tensor.float() if tensor.is_floating_point() else tensor
+
+
+def _merged_tensor(key, a, b, c, b_keys, c_keys, method, request, weight_for, options, vae) -> torch.Tensor:
+    from modules.merge_methods import merge_tensor
+
+    if vae is not None and key.startswith("first_stage_model.") and key[len("first_stage_model."):] in vae:
+        return vae[key[len("first_stage_model."):]]
+    ta = _read(a, key)
+    # A1111 merges only keys whose name contains "model" and that B has; others keep A's value.
+    # Integer tensors (CLIP position_ids) are always A's: interpolating them breaks the model.
+    if (b is None or not ta.is_floating_point() or key.endswith(POSITION_IDS_SUFFIX) or "model" not in key
+            or (method.needs_b and key not in b_keys)):
+        return ta
+    alpha = request.multiplier
+    if weight_for is not None:
+        weight = weight_for(key)
+        if weight is not None:
+            alpha = weight
+    tb = _read(b, key) if key in b_keys else None
+    tc = None
+    if method.needs_c:
+        tc = _read(c, key) if key in c_keys else tb  # no C value: a zero difference (A1111)
+    if tb is not None and tb.shape != ta.shape:
+        return _merge_first_channels(key, ta, tb, tc, method, alpha, request, options)
+    return merge_tensor(method, ta, tb, tc, alpha=alpha, beta=request.multiplier2, options=options, key=key)
+
+
+def _merge_first_channels(key, ta, tb, tc, method, alpha, request, options) -> torch.Tensor:
+    """Inpainting/pix2pix A with a 4-channel B: merge A's first 4 input channels (A1111)."""
+    from modules.merge_methods import merge_tensor
+
+    if ta.ndim < 2 or ta.shape[0] != tb.shape[0] or ta.shape[2:] != tb.shape[2:] or tb.shape[1] > ta.shape[1]:
+        raise MergeError(f"bad dimensions for merged layer {key}: A {list(ta.shape)}, B {list(tb.shape)}")
+    width = tb.shape[1]
+    out = ta.clone()
+    tc_part = tc if tc is None or tc.shape == tb.shape else tc[:, :width]
+    out[:, :width] = merge_tensor(method, ta[:, :width], tb, tc_part, alpha=alpha, beta=request.multiplier2,
+                                  options=options, key=key)
+    return out
+
+
+def _vae_tensors(name: str, vae_files, a: _Input) -> Mapping[str, torch.Tensor]:
+    from modules.model_loader import TensorSource
+
+    if vae_files is None:
+        raise MergeError(f"bake_in_vae {name!r}: no VAE list available")
+    path = vae_files.get(name).path if hasattr(vae_files.get(name), "path") else vae_files.get(name)
+    with TensorSource(Path(path)) as source:
+        prefix = "first_stage_model." if any(k.startswith("first_stage_model.") for k in source.shapes) else ""
+        return {k[len(prefix):]: source.read(k, None, torch.device("cpu")) for k in source.shapes
+                if k.startswith(prefix) and not k.startswith("loss.")}
+
+
+def _copy_config(config_source: int, inputs: list, output: Path) -> None:
+    """A1111's config copy: the `.yaml` of A, else B, else C (0); only B (1); only C (2); none (3)."""
+    candidates = {0: inputs, 1: inputs[1:2], 2: inputs[2:3], 3: []}[config_source]
+    for item in candidates:
+        if item is not None and item.info.config_path:
+            shutil.copyfile(item.info.config_path, output.with_suffix(".yaml"))
+            return
