@@ -133,9 +133,10 @@ def no_interpolation(
 def weighted_sum(
     a: Tensor, b: Tensor | None, c: Tensor | None, *, alpha: float, beta: float, options: MergeOptions, key: str
 ) -> Tensor:
-    """A·(1−M) + B·M (A1111 "Weighted sum")."""
+    """A·(1−M) + B·M (A1111 "Weighted sum"), computed as one fused `lerp` (A + M·(B − A)): the same
+    value up to float rounding, in one pass over memory instead of three."""
     a, b = _operands(key, A=a, B=b)
-    return a * (1.0 - alpha) + b * alpha
+    return torch.lerp(a, b, alpha)
 
 
 def add_difference(
@@ -143,7 +144,8 @@ def add_difference(
 ) -> Tensor:
     """A + (B − C)·M (A1111 "Add difference"; B − C is the task vector of Ilharco et al. 2023)."""
     a, b, c = _operands(key, A=a, B=b, C=c)
-    return a + (b - c) * alpha
+    difference = b - c
+    return difference.mul_(alpha).add_(a)  # in place on the temporary: one allocation
 
 
 def slerp(

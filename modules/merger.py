@@ -284,7 +284,9 @@ def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, s
                     raise MergeInterrupted("merge interrupted; nothing was written")
                 control.report(index + 1, total)
             tensor = _merged_tensor(key, a, b, c, b_keys, c_keys, method, request, weight_for, options, vae)
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            # A sum is one fast reduction and any NaN/Inf makes it non-finite; only then look closer
+            # (a huge but finite sum would be a false alarm).
+            if tensor.is_floating_point() and not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
                 raise MergeError(f"the merged tensor {key} has NaN or Inf values; check the inputs and the "
                                  "multiplier (nothing was saved)")
             writer.write(key, tensor.to(dtype).reshape(shape))
@@ -304,8 +306,8 @@ def _file_dtype(item: _Input, key: str) -> torch.dtype:
 
 
 def _read(item: _Input, key: str) -> torch.Tensor:
-    tensor = item.source.read(key, None, torch.device("cpu"))
-    return tensor.float() if tensor.is_floating_point() else tensor
+    """A tensor in float32 (integers as they are), converted straight from the mapped file."""
+    return item.source.read(key, torch.float32, torch.device("cpu"))
 
 
 def _merged_tensor(key, a, b, c, b_keys, c_keys, method, request, weight_for, options, vae) -> torch.Tensor:

@@ -16,7 +16,9 @@ import hashlib
 import json
 import mmap
 import os
+import queue
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Mapping
@@ -207,7 +209,8 @@ class SafetensorsWriter:
     order. Data goes to `<path>.tmp-<pid>` and is renamed over `path` only by `commit()`; leaving the
     context without committing (an error, an interrupt) removes the temp file. The sha256 of the
     whole file is computed while writing (`sha256` after commit), so a new checkpoint needs no
-    re-read to be hashed.
+    re-read to be hashed. Hashing and writing run on a background thread (both release the GIL), so
+    they overlap with whatever computes the next tensor; at most `queue_depth` tensors wait.
     """
 
     def __init__(
@@ -216,6 +219,7 @@ class SafetensorsWriter:
         specs: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
         metadata: Mapping[str, str] | None = None,
         overwrite: bool = False,
+        queue_depth: int = 2,
     ):
         self.path = Path(path)
         if self.path.exists() and not overwrite:
@@ -241,6 +245,10 @@ class SafetensorsWriter:
         self.sha256: str | None = None
         self._tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         self._file: BinaryIO | None = open(self._tmp, "wb")
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_depth))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="safetensors-writer", daemon=True)
+        self._thread.start()
         self._emit(struct.pack("<Q", len(encoded)) + encoded)
 
     def __enter__(self) -> "SafetensorsWriter":
@@ -250,10 +258,28 @@ class SafetensorsWriter:
         if self._file is not None:
             self.abort()
 
-    def _emit(self, data: bytes | memoryview) -> None:
-        assert self._file is not None
-        self._hasher.update(data)
-        self._file.write(data)
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # keep draining so the producer never blocks after a failure
+            try:
+                data = memoryview(item.view(-1).view(torch.uint8).numpy()) if isinstance(item, torch.Tensor) else item
+                self._hasher.update(data)
+                assert self._file is not None
+                self._file.write(data)
+            except BaseException as e:  # reported to the producer by _check()
+                self._error = e
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise OSError(f"writing {self._tmp} failed: {self._error}") from self._error
+
+    def _emit(self, data: bytes | torch.Tensor) -> None:
+        self._check()
+        self._queue.put(data)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self._order):
@@ -266,14 +292,21 @@ class SafetensorsWriter:
             )
         data = tensor.detach().to("cpu").contiguous()
         if data.numel():
-            self._emit(memoryview(data.view(-1).view(torch.uint8).numpy()))
+            self._emit(data)
         self._next += 1
+
+    def _finish_thread(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
     def commit(self) -> Path:
         """Finish the file and move it into place; returns the final path."""
         if self._next != len(self._order):
             missing = [n for n, _, _ in self._order[self._next :]]
             raise ValueError(f"{len(missing)} declared tensors were not written, first {missing[0]!r}")
+        self._finish_thread()
+        self._check()
         assert self._file is not None
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -284,6 +317,7 @@ class SafetensorsWriter:
         return self.path
 
     def abort(self) -> None:
+        self._finish_thread()
         if self._file is not None:
             self._file.close()
             self._file = None
