@@ -97,3 +97,34 @@ def test_generation_through_the_app_context(context, tmp_path):
         assert (tmp_path / "outputs" / "txt2img-images").exists()
     finally:
         context.jobs.shutdown()
+
+
+def test_merge_route(context, tmp_path):
+    """POST /sdapi/v1/merge-checkpoints with A1111's field names: the result is listed at once."""
+    import torch
+
+    from modules.synthetic_checkpoints import write_checkpoint
+
+    folder = tmp_path / "models" / "Stable-diffusion"
+    for seed, name in enumerate(("a", "b")):
+        write_checkpoint(folder / f"{name}.safetensors", "sd1", dtype=torch.float32, seed=seed)
+    context.refresh()
+    context.jobs.start()
+    try:
+        client = TestClient(create_app(context))
+        response = client.post("/sdapi/v1/merge-checkpoints", json={
+            "primary_model_name": "a", "secondary_model_name": "b", "interpolation_method": "Weighted sum",
+            "multiplier": 0.25, "save_as_half": True})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["title"].startswith("0.75(a) + 0.25(b).safetensors [")
+        titles = [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
+        assert body["title"] in titles
+        bad = client.post("/sdapi/v1/merge-checkpoints", json={"primary_model_name": "a",
+                                                               "interpolation_method": "Add difference"})
+        assert bad.status_code == 422 and "secondary" in bad.text
+        missing = client.post("/sdapi/v1/merge-checkpoints", json={"primary_model_name": "zzz",
+                                                                   "secondary_model_name": "b"})
+        assert missing.status_code == 404
+    finally:
+        context.jobs.shutdown()

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from modules.app_context import AppContext
 from modules.checkpoints import CheckpointNotFoundError
+from modules.merger import MergeRequest
 
 
 class SDModelItem(BaseModel):
@@ -84,6 +85,27 @@ def create_app(context: AppContext) -> FastAPI:
             raise HTTPException(status_code=404, detail=str(e)) from e
         except ValueError as e:
             raise HTTPException(status_code=422, detail=str(e)) from e
+
+    @app.post("/sdapi/v1/merge-checkpoints")
+    def merge(body: MergeRequest) -> dict:
+        """Atelier's merge route (A1111 has none): A1111's merger field names plus block weights and
+        method options; runs on the job queue, so a generation in progress finishes first."""
+        from modules.merger import merge_checkpoints
+
+        output_dir = context.paths.ckpt_dir or context.paths.checkpoints_dir
+        vae_files = {f.name: f.path for f in context.vaes.files()}
+        job = context.jobs.submit(lambda control: merge_checkpoints(
+            body, context.checkpoints, output_dir, vae_files=vae_files, control=control,
+            allow_unsafe_pickle=context.args.disable_safe_unpickle), kind="merge",
+            description=body.interpolation_method)
+        job.wait()
+        if job.state != "done":
+            error = job.error or "merge did not finish"
+            status = 404 if error.startswith("CheckpointNotFoundError") else 422
+            raise HTTPException(status_code=status, detail=error)
+        result = job.result
+        return {"title": result.title, "sha256": result.sha256, "filename": str(result.path),
+                "timings": result.timings, "job_id": job.id}
 
     @app.post("/sdapi/v1/reload-checkpoint")
     def reload_checkpoint() -> None:
