@@ -93,6 +93,15 @@ def write_diffusers_config_folder(checkpoint: Path, folder: Path) -> Path:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak RSS. VmHWM, not ru_maxrss: after fork + exec, ru_maxrss starts at the
+    parent's RSS (Linux records the pre-exec image), which would inflate a child's figure."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 

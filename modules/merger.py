@@ -194,12 +194,7 @@ def merge_checkpoints(request: MergeRequest, registry, output_dir: Path, *, vae_
     """Run `request`; returns the new checkpoint's path, title and hash. Raises `MergeError` before any
     work for inputs that cannot be merged; leaves nothing behind on failure or interrupt."""
     from modules.merge_methods import get_method
-    from modules.model_manager import configure_allocator
 
-    # Tensors of many sizes come and go at a high rate; with glibc's default (moving) mmap threshold
-    # they land in the heap, which fragments and keeps RSS high (a CI run grew 770 MiB). The server
-    # pins the threshold at start-up; a merge run from a script or a test must not depend on that.
-    configure_allocator()
     started = time.perf_counter()
     try:
         method = get_method(request.interpolation_method)

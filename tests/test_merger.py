@@ -188,7 +188,7 @@ def test_peak_memory_stays_bounded(tmp_path):
         write_checkpoint(folder / f"{name}.safetensors", big, dtype=torch.float32, seed=seed)
     size = (folder / "x.safetensors").stat().st_size
     script = f"""
-import resource, sys, json
+import sys, json
 sys.path.insert(0, {str(REPO_ROOT)!r})
 import torch
 from pathlib import Path
@@ -200,11 +200,14 @@ registry = CheckpointRegistry([{str(folder)!r}], HashCache(Path({str(tmp_path)!r
 registry.refresh()
 for info in registry.list():
     registry.ensure_hash(info)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 import psutil
+def hwm():
+    # VmHWM, not ru_maxrss: after fork + exec ru_maxrss starts at the parent's (pytest's) RSS.
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 rss = psutil.Process().memory_info().rss
 merge_checkpoints(MergeRequest(primary_model_name="x", secondary_model_name="y"), registry, Path({str(folder)!r}))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = hwm()
 print(json.dumps({{"rss_before": rss, "peak": peak}}))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
