@@ -190,9 +190,12 @@ def _metadata(request: MergeRequest, inputs: list[_Input], recipe: dict[str, Any
 
 
 def merge_checkpoints(request: MergeRequest, registry, output_dir: Path, *, vae_files=None, control=None,
-                      allow_unsafe_pickle: bool = False) -> MergeResult:
+                      allow_unsafe_pickle: bool = False, register: bool = True) -> MergeResult:
     """Run `request`; returns the new checkpoint's path, title and hash. Raises `MergeError` before any
-    work for inputs that cannot be merged; leaves nothing behind on failure or interrupt."""
+    work for inputs that cannot be merged; leaves nothing behind on failure or interrupt.
+
+    `register=False` leaves the result out of the checkpoint list (a "merge and load" trial written
+    to a scratch folder; see `merge_and_load`)."""
     from modules.merge_methods import get_method
 
     started = time.perf_counter()
@@ -211,7 +214,7 @@ def merge_checkpoints(request: MergeRequest, registry, output_dir: Path, *, vae_
     inputs = [_open(info, allow_unsafe_pickle) if info else None for info in infos]
     a, b, c = inputs
     try:
-        return _merge(request, method, a, b, c, registry, output_dir, vae_files, control, started)
+        return _merge(request, method, a, b, c, registry, output_dir, vae_files, control, started, register)
     finally:
         for item in inputs:
             if item is not None:
@@ -235,7 +238,7 @@ def _check_compatible(a: _Input, others: list[_Input]) -> dict[str, bool]:
     return flags
 
 
-def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, started) -> MergeResult:
+def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, started, register) -> MergeResult:
     from modules.merge_blocks import block_weights_for
     from modules.merge_methods import MergeOptions
     from modules.safetensors_io import SafetensorsWriter
@@ -292,9 +295,9 @@ def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, s
             writer.write(key, tensor.to(dtype).reshape(shape))
         writer.commit()
     sha256 = writer.sha256
-    info = registry.add_file(path, sha256=sha256)
+    title = registry.add_file(path, sha256=sha256).title if register else f"{path.name} [{sha256[:10]}]"
     _copy_config(request.config_source, [x for x in (a, b, c)], path)
-    return MergeResult(path=path, title=info.title, sha256=sha256,
+    return MergeResult(path=path, title=title, sha256=sha256,
                        timings={"total": time.perf_counter() - started}, warnings=warnings)
 
 
@@ -368,3 +371,15 @@ def _copy_config(config_source: int, inputs: list, output: Path) -> None:
         if item is not None and item.info.config_path:
             shutil.copyfile(item.info.config_path, output.with_suffix(".yaml"))
             return
+
+
+def merge_and_load(request: MergeRequest, registry, models, scratch_dir: Path, **kwargs) -> MergeResult:
+    """Merge into a scratch folder (not listed) and make the result the current model, so it can be
+    tried before it is saved. Saving later is a normal merge with the same request. Earlier trials in
+    the scratch folder are removed unless loaded."""
+    scratch_dir = Path(scratch_dir)
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    trial = request.model_copy(update={"overwrite": True, "save_metadata": True})
+    result = merge_checkpoints(trial, registry, scratch_dir, register=False, **kwargs)
+    models.load_temporary(result.path, f"(merge trial) {result.title}", result.sha256)
+    return result

@@ -157,6 +157,31 @@ class ModelManager:
             self._infos[key] = info
             return self._activate(key)
 
+    def load_temporary(self, path: Path, title: str, sha256: str | None = None) -> StableDiffusionModel:
+        """Load a file that is not in the checkpoint list (a merge trial) and make it current. It takes a
+        place in the LRU like any checkpoint; loading it again reads the file again."""
+        from modules.checkpoints import CheckpointInfo
+        from modules.hashes import legacy_model_hash
+
+        path = Path(path)
+        stat = path.stat()
+        info = CheckpointInfo(filename=path, name=title, hash=legacy_model_hash(path), sha256=sha256,
+                              size_bytes=stat.st_size, mtime=stat.st_mtime)
+        key = str(path)
+        with self._lock:
+            if key in self._loaded:
+                self._evict(key)  # a new trial overwrote the file: never serve the old weights
+            limit = max(1, int(self._limit()))
+            while len(self._loaded) >= limit:
+                self._evict(next(iter(self._loaded)))
+            model = load_checkpoint(path, self.options, name=title)
+            if self._runtime is not None:
+                self._runtime.attach(model)
+            log.info("%s", model.load_summary)
+            self._loaded[key] = model
+            self._infos[key] = info
+            return self._activate(key)
+
     def _preflight(self, info) -> None:
         """Fail fast, before anything is evicted: header, detection and config only (no tensors)."""
         if not Path(info.filename).suffix.lower() == ".safetensors":

@@ -215,3 +215,30 @@ print(json.dumps({{"rss_before": rss, "peak": peak}}))
     numbers = json.loads(out.stdout.strip().splitlines()[-1])
     grown = numbers["peak"] - numbers["rss_before"]
     assert grown < size / 2, f"peak grew {grown / 2**20:.0f} MiB while merging {size / 2**20:.0f} MiB inputs"
+
+
+def test_merge_and_load_tries_a_merge_without_saving_it(library, tmp_path):
+    from modules.merger import merge_and_load
+    from modules.model_loader import LoadOptions
+    from modules.model_manager import ModelManager
+    from modules.processing import GenerationRequest, generate
+
+    folder, registry = library
+    models = ModelManager(registry, LoadOptions())
+    files_before = [info.filename for info in registry.list()]
+    request = MergeRequest(primary_model_name="a", secondary_model_name="b", multiplier=0.4)
+    result = merge_and_load(request, registry, models, tmp_path / "scratch")
+    # Not listed, not saved among the checkpoints (the inputs' titles gain their hashes, as on load).
+    assert [info.filename for info in registry.list()] == files_before
+    assert not list(folder.glob("0.6*"))
+    model = models.current()
+    assert model.name.startswith("(merge trial) 0.6(a) + 0.4(b).safetensors")
+    key = "model.diffusion_model.out.2.weight"
+    a, b = load(folder / "a.safetensors")[key], load(folder / "b.safetensors")[key]
+    assert torch.allclose(model.unet.conv_out.weight, torch.lerp(a, b, 0.4), atol=1e-6)
+    image = generate(model, GenerationRequest(prompt="x", steps=2, width=64, height=64, seed=1),
+                     checkpoint_info=models.current_info()).infotexts[0]
+    assert f"Model hash: {result.sha256[:10]}" in image
+    # Saving is the same request as a normal merge: identical weights.
+    saved = merge_checkpoints(request, registry, folder)
+    assert load(saved.path)[key].equal(load(result.path)[key])

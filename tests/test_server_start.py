@@ -126,5 +126,10 @@ def test_merge_route(context, tmp_path):
         missing = client.post("/sdapi/v1/merge-checkpoints", json={"primary_model_name": "zzz",
                                                                    "secondary_model_name": "b"})
         assert missing.status_code == 404
+        trial = client.post("/sdapi/v1/merge-checkpoints?load_without_saving=true", json={
+            "primary_model_name": "a", "secondary_model_name": "b", "multiplier": 0.5})
+        assert trial.status_code == 200, trial.text
+        assert context.models.current().name.startswith("(merge trial) 0.5(a) + 0.5(b)")
+        assert trial.json()["title"] not in [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
     finally:
         context.jobs.shutdown()

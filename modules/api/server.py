@@ -87,17 +87,24 @@ def create_app(context: AppContext) -> FastAPI:
             raise HTTPException(status_code=422, detail=str(e)) from e
 
     @app.post("/sdapi/v1/merge-checkpoints")
-    def merge(body: MergeRequest) -> dict:
+    def merge(body: MergeRequest, load_without_saving: bool = False) -> dict:
         """Atelier's merge route (A1111 has none): A1111's merger field names plus block weights and
-        method options; runs on the job queue, so a generation in progress finishes first."""
-        from modules.merger import merge_checkpoints
+        method options; runs on the job queue, so a generation in progress finishes first. With
+        `?load_without_saving=true` the result is loaded as the current model without being saved
+        ("merge and load": try a ratio, then merge again normally to keep it)."""
+        from modules.merger import merge_and_load, merge_checkpoints
 
         output_dir = context.paths.ckpt_dir or context.paths.checkpoints_dir
         vae_files = {f.name: f.path for f in context.vaes.files()}
-        job = context.jobs.submit(lambda control: merge_checkpoints(
-            body, context.checkpoints, output_dir, vae_files=vae_files, control=control,
-            allow_unsafe_pickle=context.args.disable_safe_unpickle), kind="merge",
-            description=body.interpolation_method)
+        options = dict(vae_files=vae_files, allow_unsafe_pickle=context.args.disable_safe_unpickle)
+        if load_without_saving:
+            scratch = context.paths.data_dir / "cache" / "merge-trials"
+            work = lambda control: merge_and_load(body, context.checkpoints, context.models, scratch,  # noqa: E731
+                                                  control=control, **options)
+        else:
+            work = lambda control: merge_checkpoints(body, context.checkpoints, output_dir,  # noqa: E731
+                                                     control=control, **options)
+        job = context.jobs.submit(work, kind="merge", description=body.interpolation_method)
         job.wait()
         if job.state != "done":
             error = job.error or "merge did not finish"
