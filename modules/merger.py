@@ -252,7 +252,7 @@ def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, s
     except (TypeError, ValueError) as e:
         raise MergeError(f"method_options: {e}") from e
     discard = re.compile(request.discard_weights) if request.discard_weights else None
-    vae = _vae_tensors(request.bake_in_vae, vae_files, a) if request.bake_in_vae not in ("", "None") else None
+    vae = _vae_tensors(request.bake_in_vae, vae_files) if request.bake_in_vae not in ("", "None") else None
 
     a_keys = list(a.source.shapes)
     b_keys = set(b.source.shapes) if b else set()
@@ -262,7 +262,7 @@ def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, s
     for key in a_keys:
         if discard is not None and discard.search(key):
             continue
-        dtype = _file_dtype(a, key)
+        dtype = a.source.dtype(key)
         if request.save_as_half and dtype.is_floating_point:
             dtype = torch.float16
         out_dtype[key] = dtype
@@ -299,13 +299,6 @@ def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, s
     _copy_config(request.config_source, [x for x in (a, b, c)], path)
     return MergeResult(path=path, title=title, sha256=sha256,
                        timings={"total": time.perf_counter() - started}, warnings=warnings)
-
-
-def _file_dtype(item: _Input, key: str) -> torch.dtype:
-    reader = getattr(item.source, "_reader", None)
-    if reader is not None:
-        return reader.header.tensors[key].dtype
-    return item.source._tensors[key].dtype
 
 
 def _read(item: _Input, key: str) -> torch.Tensor:
@@ -352,12 +345,15 @@ def _merge_first_channels(key, ta, tb, tc, method, alpha, request, options) -> t
     return out
 
 
-def _vae_tensors(name: str, vae_files, a: _Input) -> Mapping[str, torch.Tensor]:
+def _vae_tensors(name: str, vae_files: Mapping[str, Path] | None) -> Mapping[str, torch.Tensor]:
+    """The weights of the VAE file `name` (a key of `vae_files`: VAE name → path), keyed as inside
+    `first_stage_model.`."""
     from modules.model_loader import TensorSource
 
-    if vae_files is None:
-        raise MergeError(f"bake_in_vae {name!r}: no VAE list available")
-    path = vae_files.get(name).path if hasattr(vae_files.get(name), "path") else vae_files.get(name)
+    path = (vae_files or {}).get(name)
+    if path is None:
+        raise MergeError(f"bake_in_vae {name!r} is not a known VAE; choose one of {sorted(vae_files or {})} "
+                         "or None")
     with TensorSource(Path(path)) as source:
         prefix = "first_stage_model." if any(k.startswith("first_stage_model.") for k in source.shapes) else ""
         return {k[len(prefix):]: source.read(k, None, torch.device("cpu")) for k in source.shapes

@@ -155,6 +155,13 @@ class TensorSource:
             self.shapes = {name: tuple(t.shape) for name, t in self._tensors.items()}
             self.metadata = {}
 
+    def dtype(self, key: str) -> torch.dtype:
+        """The stored dtype of `key`, without reading the tensor."""
+        if self._reader is not None:
+            return self._reader.header.tensors[key].dtype
+        assert self._tensors is not None
+        return self._tensors[key].dtype
+
     def read(self, key: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
         if self._reader is not None:
             return self._reader.read(key, dtype, device)

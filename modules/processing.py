@@ -175,8 +175,7 @@ class CFGDenoiser:
     samplers, eps for timestep samplers); CFG is linear, so the same combination serves both.
     """
 
-    def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None,
-                 on_step=None):
+    def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None):
         self.inner = inner
         self.cond = cond  # MulticondLearnedConditioning for this batch
         self.uncond = uncond  # per image: schedules

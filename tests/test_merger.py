@@ -242,3 +242,11 @@ def test_merge_and_load_tries_a_merge_without_saving_it(library, tmp_path):
     # Saving is the same request as a normal merge: identical weights.
     saved = merge_checkpoints(request, registry, folder)
     assert load(saved.path)[key].equal(load(result.path)[key])
+
+
+def test_unknown_vae_to_bake_is_named(library):
+    folder, registry = library
+    with pytest.raises(MergeError, match="nope.vae.pt"):
+        merge_checkpoints(MergeRequest(primary_model_name="a", interpolation_method="No interpolation",
+                                       bake_in_vae="nope.vae.pt"), registry, folder, vae_files={})
+    assert not list(folder.glob("a.safetensors.tmp*"))
