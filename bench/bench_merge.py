@@ -8,7 +8,8 @@ sum, three for Add difference). Each measurement runs in a fresh process (wall t
 RSS); runs of the peers alternate; medians. sd-mecha must be installed (`pip install sd-mecha==1.1.8`;
 it keeps the torch that is there). The A1111-style merge is a short re-statement of A1111's approach
 (load every input whole with safetensors, merge key by key in place, save), not A1111's code.
-The I/O floor reads every input once and writes a file of the output's size.
+The I/O floor reads every input once and writes a file of the output's size. The A1111-style run
+ends with the sha256 of the new file, as A1111's merger does (Atelier hashes while writing).
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ def child(kind: str, method: str, inputs: list[str], output: str) -> dict:
                 a, b = theta[0][key], theta[1][key]
                 theta[0][key] = a * 0.7 + b * 0.3 if method == "ws" else a + b * 0.3
         safetensors.torch.save_file(theta[0], output)
+        # A1111 then lists the new file and computes its sha256 (list_models + calculate_shorthash,
+        # A1111.md §6), reading it back.
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(output, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
     elif kind == "sd-mecha":
         import sd_mecha
 
@@ -69,17 +78,19 @@ def child(kind: str, method: str, inputs: list[str], output: str) -> dict:
                   else sd_mecha.add_difference(models[0], models[1], models[2], alpha=0.3))
         sd_mecha.merge(recipe, output=output, output_dtype=__import__("torch").float16)
     elif kind == "io-floor":
+        # One reused buffer each way (fresh 16 MiB `bytes` per read cost page faults of their own),
+        # and an fsync at the end as every merger that renames a finished file should do.
+        buffer = bytearray(1 << 24)
+        view = memoryview(buffer)
         for path in inputs:
-            with open(path, "rb") as f:
-                while f.read(1 << 24):
+            with open(path, "rb", buffering=0) as f:
+                while f.readinto(view):
                     pass
         size = os.path.getsize(inputs[0])
-        block = b"\0" * (1 << 24)
-        with open(output, "wb") as f:
-            for _ in range(size // len(block)):
-                f.write(block)
-            f.write(b"\0" * (size % len(block)))
-            f.flush()
+        with open(output, "wb", buffering=0) as f:
+            for _ in range(size // len(buffer)):
+                f.write(view)
+            f.write(view[: size % len(buffer)])
             os.fsync(f.fileno())
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "peak_rss": peak_rss_bytes()}
@@ -91,6 +102,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=["ws", "ad"], choices=("ws", "ad"))
     parser.add_argument("--peers", nargs="*", default=["atelier", "a1111", "sd-mecha", "io-floor"])
+    parser.add_argument("--settle", type=float, default=6.0,
+                        help="seconds to wait after deleting each output (see the note in main)")
     parser.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -106,9 +119,19 @@ def main() -> None:
         for run in range(args.runs):
             for peer in args.peers:
                 output = str(OUT_DIR / f"merged-{peer}-{method}.safetensors")
+                # Inputs in the page cache for every peer: a peer that used much memory (the
+                # whole-dict merge, sd-mecha) evicts them, and the next would read from disk.
+                for path in used:
+                    with open(path, "rb") as f:
+                        while f.read(1 << 24):
+                            pass
                 result = run_child(SCRIPT, ["--child", peer, method, output, *used])
                 samples[peer].append(result)
                 Path(output).unlink(missing_ok=True)
+                # The disk is mounted with `discard`: a deleted 2-7 GB file is trimmed at the next
+                # journal commit (every 5 s), which slowed whichever peer ran next by up to 5 s.
+                os.sync()
+                time.sleep(args.settle)
                 print(f"{method} run {run + 1} {peer:9s} {result['seconds']:6.1f}s  peak RSS "
                       f"{result['peak_rss'] / 2**30:5.2f} GiB", flush=True)
         report["results"][method] = {peer: {"seconds": median([r["seconds"] for r in rs]),

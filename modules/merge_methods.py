@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -137,6 +137,12 @@ def weighted_sum(
     value up to float rounding, in one pass over memory instead of three."""
     a, b = _operands(key, A=a, B=b)
     return torch.lerp(a, b, alpha)
+
+
+def _lerp_into(a: Tensor, b: Tensor, c: Tensor | None, alpha: float, beta: float, out: Tensor) -> None:
+    # torch's CPU lerp on float16/bfloat16 computes in float32 and rounds once, so this equals
+    # `weighted_sum` then a cast, without the float32 copies (tests compare the two).
+    torch.lerp(a, b, alpha, out=out)
 
 
 def add_difference(
@@ -283,18 +289,26 @@ class MergeMethod:
     needs_c: bool
     uses_beta: bool
     description: str
+    # Each output element depends only on the same element of A, B and C, so the engine may run
+    # `fn` over slices of a tensor (cache-sized chunks) with the same result as over the whole.
+    elementwise: bool = False
+    # Optional exact shortcut `(a, b, c, alpha, beta, out)` for inputs that all share the output's
+    # floating dtype: it must give bit-for-bit what `fn` followed by a cast gives (tested), and
+    # exists where one torch kernel already computes in float32 internally and rounds once.
+    same_dtype_kernel: Callable[..., None] | None = None
 
 
 MERGE_METHODS: Mapping[str, MergeMethod] = MappingProxyType({
     m.name: m
     for m in (
-        MergeMethod("No interpolation", no_interpolation, False, False, False, "A unchanged"),
-        MergeMethod("Weighted sum", weighted_sum, True, False, False, "A·(1−M) + B·M"),
-        MergeMethod("Add difference", add_difference, True, True, False, "A + (B−C)·M"),
+        MergeMethod("No interpolation", no_interpolation, False, False, False, "A unchanged", elementwise=True),
+        MergeMethod("Weighted sum", weighted_sum, True, False, False, "A·(1−M) + B·M", elementwise=True,
+                    same_dtype_kernel=_lerp_into),
+        MergeMethod("Add difference", add_difference, True, True, False, "A + (B−C)·M", elementwise=True),
         MergeMethod("SLERP", slerp, True, False, False, "spherical interpolation from A (M=0) to B (M=1)"),
         MergeMethod(
             "Train difference", train_difference, True, True, False,
-            "A + (B−C)·M, each element scaled by A's distance to B (supermerger)",
+            "A + (B−C)·M, each element scaled by A's distance to B (supermerger)", elementwise=True,
         ),
         MergeMethod(
             "Add difference (TIES)", ties_add_difference, True, True, False,
@@ -304,8 +318,8 @@ MERGE_METHODS: Mapping[str, MergeMethod] = MappingProxyType({
             "Add difference (DARE)", dare_add_difference, True, True, False,
             "A + (B−C)·M with random drops, rescaled (DARE, seeded)",
         ),
-        MergeMethod("Triple sum", triple_sum, True, True, True, "A·(1−M−N) + B·M + C·N"),
-        MergeMethod("Sum twice", sum_twice, True, True, True, "(A·(1−M) + B·M)·(1−N) + C·N"),
+        MergeMethod("Triple sum", triple_sum, True, True, True, "A·(1−M−N) + B·M + C·N", elementwise=True),
+        MergeMethod("Sum twice", sum_twice, True, True, True, "(A·(1−M) + B·M)·(1−N) + C·N", elementwise=True),
     )
 })
 

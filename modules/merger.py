@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -214,11 +216,27 @@ def merge_checkpoints(request: MergeRequest, registry, output_dir: Path, *, vae_
     inputs = [_open(info, allow_unsafe_pickle) if info else None for info in infos]
     a, b, c = inputs
     try:
-        return _merge(request, method, a, b, c, registry, output_dir, vae_files, control, started, register)
+        with _compute_threads():
+            return _merge(request, method, a, b, c, registry, output_dir, vae_files, control, started, register)
     finally:
         for item in inputs:
             if item is not None:
                 item.source.close()
+
+
+@contextmanager
+def _compute_threads() -> Iterator[None]:
+    """Leave two cores to the writer's write and hash threads while merging (restored after).
+
+    The merge maths are cheap next to the I/O; with torch's intra-op threads on every core, they
+    spin against the writer threads, and on the 2-core bench machine lerp and the NaN check ran
+    6-9x slower than with one thread. Merges run as jobs, one at a time, so nothing else is computing."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(previous, (os.cpu_count() or 1) - 2)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _check_compatible(a: _Input, others: list[_Input]) -> dict[str, bool]:
@@ -275,26 +293,30 @@ def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, s
         raise MergeError(f"{path} already exists; choose another custom name or allow overwriting")
     recipe = _recipe(request, a.info, b.info if b else None, c.info if c else None, flags)
     metadata = _metadata(request, [x for x in (a, b, c) if x is not None], recipe)
-    if request.checkpoint_format == "ckpt":
-        raise MergeError("ckpt output is not supported by the streaming merger yet; use safetensors")
-
+    # `.ckpt` output: the merge streams into a safetensors stage file next to the output, which is
+    # then rewritten as a pickle (modules.ckpt_writer); the stage file never outlives the merge.
+    stage = path.with_name(f"{path.name}.stage-{os.getpid()}.safetensors") if request.checkpoint_format == "ckpt" else None
     total = len(specs)
     warnings: list[str] = []
-    with SafetensorsWriter(path, specs, metadata, overwrite=request.overwrite) as writer:
-        for index, (key, dtype, shape) in enumerate(specs):
-            if control is not None:
-                if getattr(control, "interrupted", False):
-                    raise MergeInterrupted("merge interrupted; nothing was written")
-                control.report(index + 1, total)
-            tensor = _merged_tensor(key, a, b, c, b_keys, c_keys, method, request, weight_for, options, vae)
-            # A sum is one fast reduction and any NaN/Inf makes it non-finite; only then look closer
-            # (a huge but finite sum would be a false alarm).
-            if tensor.is_floating_point() and not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
-                raise MergeError(f"the merged tensor {key} has NaN or Inf values; check the inputs and the "
-                                 "multiplier (nothing was saved)")
-            writer.write(key, tensor.to(dtype).reshape(shape))
-        writer.commit()
-    sha256 = writer.sha256
+    buffers = _BlockBuffers()
+    try:
+        with SafetensorsWriter(stage or path, specs, metadata, overwrite=request.overwrite or stage is not None) as writer:
+            for index, (key, dtype, shape) in enumerate(specs):
+                if control is not None:
+                    if getattr(control, "interrupted", False):
+                        raise MergeInterrupted("merge interrupted; nothing was written")
+                    control.report(index + 1, total)
+                _write_merged(writer, key, dtype, shape, a, b, c, b_keys, c_keys, method, request, weight_for,
+                              options, vae, buffers)
+            writer.commit()
+        sha256 = writer.sha256
+        if stage is not None:
+            from modules.ckpt_writer import safetensors_to_ckpt
+
+            sha256 = safetensors_to_ckpt(stage, path, overwrite=request.overwrite)
+    finally:
+        if stage is not None:
+            stage.unlink(missing_ok=True)
     title = registry.add_file(path, sha256=sha256).title if register else f"{path.name} [{sha256[:10]}]"
     _copy_config(request.config_source, [x for x in (a, b, c)], path)
     return MergeResult(path=path, title=title, sha256=sha256,
@@ -306,29 +328,109 @@ def _read(item: _Input, key: str) -> torch.Tensor:
     return item.source.read(key, torch.float32, torch.device("cpu"))
 
 
-def _merged_tensor(key, a, b, c, b_keys, c_keys, method, request, weight_for, options, vae) -> torch.Tensor:
+def _check_finite(key: str, tensor: torch.Tensor) -> None:
+    """Refuse NaN/Inf in a merged tensor, checked after the cast to the output dtype so that an
+    overflow of float16 is caught too. torch's min/max propagate NaN, so one `aminmax` pass (a few
+    times cheaper than `isfinite().all()` or a float32 sum) tells whether any element is not finite."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    low, high = torch.aminmax(tensor)
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        raise MergeError(f"the merged tensor {key} has NaN or Inf values; check the inputs and the "
+                         "multiplier (nothing was saved)")
+
+
+def _write_merged(writer, key, out_dtype, shape, a, b, c, b_keys, c_keys, method, request, weight_for, options,
+                  vae, buffers: _BlockBuffers) -> None:
+    """Compute the output tensor `key` and hand it to `writer`."""
     from modules.merge_methods import merge_tensor
 
     if vae is not None and key.startswith("first_stage_model.") and key[len("first_stage_model."):] in vae:
-        return vae[key[len("first_stage_model."):]]
-    ta = _read(a, key)
+        writer.write(key, vae[key[len("first_stage_model."):]].to(out_dtype).reshape(shape))
+        return
     # A1111 merges only keys whose name contains "model" and that B has; others keep A's value.
     # Integer tensors (CLIP position_ids) are always A's: interpolating them breaks the model.
-    if (b is None or not ta.is_floating_point() or key.endswith(POSITION_IDS_SUFFIX) or "model" not in key
-            or (method.needs_b and key not in b_keys)):
-        return ta
+    if (b is None or not a.source.dtype(key).is_floating_point or key.endswith(POSITION_IDS_SUFFIX)
+            or "model" not in key or (method.needs_b and key not in b_keys)):
+        writer.write(key, a.source.read(key, out_dtype, torch.device("cpu")).to(out_dtype).reshape(shape))
+        return
     alpha = request.multiplier
     if weight_for is not None:
         weight = weight_for(key)
         if weight is not None:
             alpha = weight
+    has_c = method.needs_c and key in c_keys
+    same_shape = key in b_keys and b.source.shapes[key] == a.source.shapes[key] and (
+        not has_c or c.source.shapes[key] == a.source.shapes[key])
+    if method.elementwise and same_shape:
+        roles = [a, b] + ([c if has_c else b] if method.needs_c else [])  # no C value: a zero difference (A1111)
+        fill = _elementwise_filler(method, key, roles, buffers, alpha=alpha, beta=request.multiplier2, options=options)
+        writer.write_blocks(key, out_dtype, shape, fill)
+        return
+    ta = _read(a, key)
     tb = _read(b, key) if key in b_keys else None
     tc = None
     if method.needs_c:
-        tc = _read(c, key) if key in c_keys else tb  # no C value: a zero difference (A1111)
+        tc = _read(c, key) if has_c else tb
     if tb is not None and tb.shape != ta.shape:
-        return _merge_first_channels(key, ta, tb, tc, method, alpha, request, options)
-    return merge_tensor(method, ta, tb, tc, alpha=alpha, beta=request.multiplier2, options=options, key=key)
+        merged = _merge_first_channels(key, ta, tb, tc, method, alpha, request, options)
+    else:
+        merged = merge_tensor(method, ta, tb, tc, alpha=alpha, beta=request.multiplier2, options=options, key=key)
+    merged = merged.to(out_dtype)
+    _check_finite(key, merged)
+    writer.write(key, merged.reshape(shape))
+
+
+# Elements per step of an elementwise merge in float32: the temporaries of one step (a few times
+# 512 KiB) stay in the CPU cache and under glibc's mmap threshold, so they are neither streamed
+# through RAM nor page-faulted in afresh; on the SD1.5 bench, whole-tensor float32 maths spent more
+# time in conversions and fresh pages than in arithmetic.
+CHUNK_ELEMENTS = 1 << 17
+
+
+class _BlockBuffers:
+    """One reused input buffer per operand (A, B, C) for the block-by-block elementwise path."""
+
+    def __init__(self) -> None:
+        self._buffers: list[torch.Tensor] = []
+
+    def get(self, index: int, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        while len(self._buffers) <= index:
+            self._buffers.append(torch.empty(0, dtype=torch.uint8))
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        if self._buffers[index].numel() < nbytes:
+            self._buffers[index] = torch.empty(nbytes, dtype=torch.uint8)
+        return self._buffers[index][:nbytes].view(dtype)
+
+
+def _elementwise_filler(method, key, inputs, buffers: _BlockBuffers, *, alpha, beta, options):
+    """A `fill(out, start, end)` for `SafetensorsWriter.write_blocks`: reads elements [start, end) of
+    `key` from each input into a reused buffer (pread: no fresh pages), merges them with `method`
+    (in cache-sized float32 steps, or with its exact same-dtype kernel where every input already has
+    the output's dtype), casts into `out` and checks for NaN/Inf. Equal to merging whole tensors
+    because the method is elementwise."""
+    from modules.merge_methods import merge_tensor
+
+    dtypes = [item.source.dtype(key) for item in inputs]
+
+    def fill(out: torch.Tensor, start: int, end: int) -> None:
+        parts = []
+        for index, (item, dtype) in enumerate(zip(inputs, dtypes)):
+            part = buffers.get(index, dtype, end - start)
+            item.source.read_into(key, start, part)
+            parts.append(part)
+        parts += [None] * (3 - len(parts))
+        if method.same_dtype_kernel is not None and all(d == out.dtype for d in dtypes):
+            method.same_dtype_kernel(*parts, alpha, beta, out)
+        else:
+            for step in range(0, end - start, CHUNK_ELEMENTS):
+                stop = min(end - start, step + CHUNK_ELEMENTS)
+                part_a, part_b, part_c = (p[step:stop] if p is not None else None for p in parts)
+                merged = merge_tensor(method, part_a, part_b, part_c, alpha=alpha, beta=beta, options=options, key=key)
+                out[step:stop].copy_(merged)
+        _check_finite(key, out)
+
+    return fill
 
 
 def _merge_first_channels(key, ta, tb, tc, method, alpha, request, options) -> torch.Tensor:

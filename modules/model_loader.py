@@ -174,6 +174,14 @@ class TensorSource:
             tensor = tensor.clone()
         return tensor.to(device) if tensor.device != device else tensor
 
+    def read_into(self, key: str, start: int, out: torch.Tensor) -> None:
+        """Elements [start, start + len(out)) of the flattened `key`, as stored, into the 1-D `out`."""
+        if self._reader is not None:
+            self._reader.read_into(key, start, out)
+            return
+        assert self._tensors is not None
+        out.copy_(self._tensors[key].reshape(-1)[start:start + out.numel()])
+
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()

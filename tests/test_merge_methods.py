@@ -380,3 +380,32 @@ def test_presets():
     assert {weight_of(k) for k in checkpoint_shapes("sd1", "full") if weight_of(k) is not None} == {1.0}
     with pytest.raises(ValueError, match="presets: GRAD_V, GRAD_A"):
         sd_preset("GRAD_X")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.7, 1.0, -0.25, 1.75])
+def test_same_dtype_kernels_equal_float32_maths_then_one_rounding(dtype, alpha):
+    """A method's same-dtype kernel is only a shortcut: bit-identical to `fn` then a cast."""
+    generator = torch.Generator().manual_seed(7)
+    a, b, c = (torch.randn(100_003, generator=generator).mul(scale).to(dtype) for scale in (0.05, 2.0, 0.5))
+    options = MergeOptions()
+    with_kernel = [m for m in MERGE_METHODS.values() if m.same_dtype_kernel is not None]
+    assert with_kernel  # Weighted sum at least
+    for method in with_kernel:
+        assert method.elementwise
+        expected = method.fn(a, b, c, alpha=alpha, beta=0.2, options=options, key="k").to(dtype)
+        out = torch.empty_like(a)
+        method.same_dtype_kernel(a, b, c, alpha, 0.2, out)
+        assert torch.equal(out.view(torch.int16), expected.view(torch.int16)), method.name
+
+
+def test_elementwise_methods_merge_slices_as_they_merge_wholes():
+    generator = torch.Generator().manual_seed(3)
+    a, b, c = (torch.randn(1000, generator=generator) for _ in range(3))
+    options = MergeOptions()
+    for method in MERGE_METHODS.values():
+        whole = method.fn(a, b, c, alpha=0.4, beta=0.3, options=options, key="k")
+        parts = torch.cat([method.fn(a[i:i + 77], b[i:i + 77], c[i:i + 77], alpha=0.4, beta=0.3, options=options,
+                                     key="k") for i in range(0, 1000, 77)])
+        if method.elementwise:
+            assert torch.equal(whole, parts), method.name

@@ -250,3 +250,111 @@ def test_unknown_vae_to_bake_is_named(library):
         merge_checkpoints(MergeRequest(primary_model_name="a", interpolation_method="No interpolation",
                                        bake_in_vae="nope.vae.pt"), registry, folder, vae_files={})
     assert not list(folder.glob("a.safetensors.tmp*"))
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 1 KiB and float32 steps of 37 elements, so tiny tensors cross many boundaries."""
+    from modules import merger
+    from modules.safetensors_io import SafetensorsWriter
+
+    monkeypatch.setattr(SafetensorsWriter, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(merger, "CHUNK_ELEMENTS", 37)
+
+
+@pytest.mark.parametrize("method, names, half", [
+    ("Weighted sum", ("a", "b"), False),
+    ("Weighted sum", ("a", "b"), True),
+    ("Add difference", ("a", "b", "c"), True),
+    ("Triple sum", ("a", "b", "c"), False),
+    ("Train difference", ("a", "b", "c"), False),
+])
+def test_block_by_block_merge_equals_whole_tensor_merge(library, small_blocks, method, names, half):
+    """The block/step path gives bit for bit what the method gives on whole tensors, then a cast."""
+    from modules.merge_methods import MergeOptions, get_method, merge_tensor
+
+    folder, registry = library
+    request = MergeRequest(primary_model_name=names[0], secondary_model_name=names[1],
+                           tertiary_model_name=names[2] if len(names) > 2 else None,
+                           interpolation_method=method, multiplier=0.4, multiplier2=0.25, save_as_half=half)
+    out = load(merge_checkpoints(request, registry, folder).path)
+    inputs = [load(folder / f"{n}.safetensors") for n in names] + [None] * (3 - len(names))
+    a = inputs[0]
+    big = [k for k in merged_keys(a) if a[k].numel() > 1024]
+    assert big, "the tiny checkpoint should have tensors larger than one block"
+    for key in merged_keys(a):
+        expected = merge_tensor(get_method(method), *(t[key] if t is not None else None for t in inputs),
+                                alpha=0.4, beta=0.25, options=MergeOptions(), key=key)
+        expected = expected.to(torch.float16 if half else torch.float32)
+        assert torch.equal(out[key], expected), key
+
+
+def test_same_dtype_fast_path_equals_float32_maths(tmp_path, small_blocks):
+    """fp16 inputs, fp16 output: the lerp kernel path equals float32 maths then one rounding."""
+    folder = tmp_path / "fp16"
+    folder.mkdir()
+    for seed, name in enumerate(("a", "b")):
+        write_checkpoint(folder / f"{name}.safetensors", "sd1", dtype=torch.float16, seed=seed)
+    registry = CheckpointRegistry([folder], HashCache(tmp_path / "cache.json"))
+    registry.refresh()
+    result = merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="b", multiplier=0.3),
+                               registry, folder)
+    out, a, b = load(result.path), load(folder / "a.safetensors"), load(folder / "b.safetensors")
+    for key in merged_keys(a):
+        expected = torch.lerp(a[key].float(), b[key].float(), 0.3).half()  # A·0.7 + B·0.3 in float32
+        assert out[key].dtype == torch.float16 and torch.equal(out[key], expected), key
+
+
+def test_nan_in_a_late_block_is_found(library, small_blocks):
+    folder, registry = library
+    bad = load(folder / "b.safetensors")
+    key = max(merged_keys(bad), key=lambda k: bad[k].numel())
+    bad[key].view(-1)[-1] = float("inf")
+    safetensors.torch.save_file(bad, str(folder / "bad.safetensors"))
+    registry.refresh()
+    with pytest.raises(MergeError, match=key.replace(".", r"\.")):
+        merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="bad"), registry, folder)
+    assert not list(folder.glob("*(bad)*")) and not list(folder.glob("*.tmp-*"))
+
+
+def test_float16_overflow_of_the_output_is_refused(library):
+    """A merge finite in float32 but beyond float16's range becomes Inf once saved as half: refused."""
+    folder, registry = library
+    c = load(folder / "c.safetensors")
+    key = "model.diffusion_model.out.2.bias"
+    c[key][0] = -60000.0  # B − C ≈ 60000, A + 2·(B − C) ≈ 120000 > 65504
+    safetensors.torch.save_file(c, str(folder / "far.safetensors"))
+    registry.refresh()
+    request = MergeRequest(primary_model_name="a", secondary_model_name="b", tertiary_model_name="far",
+                           interpolation_method="Add difference", multiplier=2.0)
+    merge_checkpoints(request.model_copy(update={"custom_name": "fp32"}), registry, folder)  # fine in float32
+    with pytest.raises(MergeError, match=key.replace(".", r"\.")):
+        merge_checkpoints(request.model_copy(update={"save_as_half": True}), registry, folder)
+
+
+def test_ckpt_output_is_a_flat_torch_dict(library):
+    folder, registry = library
+    request = MergeRequest(primary_model_name="a", secondary_model_name="b", multiplier=0.3)
+    reference = load(merge_checkpoints(request, registry, folder).path)
+    result = merge_checkpoints(request.model_copy(update={"checkpoint_format": "ckpt"}), registry, folder)
+    assert result.path.name == "0.7(a) + 0.3(b).ckpt"
+    assert result.sha256 == hashlib.sha256(result.path.read_bytes()).hexdigest()
+    assert registry.get(result.title).sha256 == result.sha256
+    saved = torch.load(result.path, map_location="cpu", weights_only=True)
+    assert list(saved) == list(reference)  # A1111: a flat dict, no state_dict wrapper
+    for key, tensor in reference.items():
+        assert saved[key].dtype == tensor.dtype and torch.equal(saved[key], tensor), key
+    assert not list(folder.glob("*.stage-*")) and not list(folder.glob("*.tmp-*"))
+    # and it loads as a checkpoint through the safe unpickler
+    from modules.model_loader import TensorSource
+
+    with TensorSource(result.path) as source:
+        assert set(source.shapes) == set(reference)
+
+
+def test_interrupted_ckpt_merge_leaves_nothing(library):
+    folder, registry = library
+    with pytest.raises(MergeInterrupted):
+        merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="b", checkpoint_format="ckpt"),
+                          registry, folder, control=StopAfter(20))
+    assert not list(folder.glob("0.7*")) and not list(folder.glob("*.stage-*")) and not list(folder.glob("*.tmp-*"))
