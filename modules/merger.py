@@ -295,7 +295,8 @@ def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, s
     metadata = _metadata(request, [x for x in (a, b, c) if x is not None], recipe)
     # `.ckpt` output: the merge streams into a safetensors stage file next to the output, which is
     # then rewritten as a pickle (modules.ckpt_writer); the stage file never outlives the merge.
-    stage = path.with_name(f"{path.name}.stage-{os.getpid()}.safetensors") if request.checkpoint_format == "ckpt" else None
+    # Its name does not end in .safetensors, so a checkpoint refresh meanwhile does not list it.
+    stage = path.with_name(f"{path.name}.stage-{os.getpid()}") if request.checkpoint_format == "ckpt" else None
     total = len(specs)
     warnings: list[str] = []
     buffers = _BlockBuffers()
