@@ -358,3 +358,27 @@ def test_interrupted_ckpt_merge_leaves_nothing(library):
         merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="b", checkpoint_format="ckpt"),
                           registry, folder, control=StopAfter(20))
     assert not list(folder.glob("0.7*")) and not list(folder.glob("*.stage-*")) and not list(folder.glob("*.tmp-*"))
+
+
+def test_ema_scalars_as_a1111(library):
+    """A1111 merges every key containing "model" that B has, EMA keys included; the integer
+    `model_ema.num_updates` is a counter, copied from A like other integer buffers."""
+    folder, registry = library
+    result = merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="b", multiplier=0.25),
+                               registry, folder)
+    out, a, b = load(result.path), load(folder / "a.safetensors"), load(folder / "b.safetensors")
+    assert torch.allclose(out["model_ema.decay"], a["model_ema.decay"] * 0.75 + b["model_ema.decay"] * 0.25)
+    assert out["model_ema.num_updates"].dtype == a["model_ema.num_updates"].dtype
+    assert torch.equal(out["model_ema.num_updates"], a["model_ema.num_updates"])
+
+
+def test_a_ckpt_input_merges_like_its_safetensors_twin(library, small_blocks):
+    folder, registry = library
+    write_checkpoint(folder / "b_pickled.ckpt", "sd1", dtype=torch.float32, seed=1)  # same weights as b
+    registry.refresh()
+    from_ckpt = merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="b_pickled.ckpt",
+                                               custom_name="from-ckpt"), registry, folder)
+    from_safetensors = merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="b",
+                                                      custom_name="from-st"), registry, folder)
+    x, y = load(from_ckpt.path), load(from_safetensors.path)
+    assert list(x) == list(y) and all(torch.equal(x[k], y[k]) for k in x)
