@@ -281,7 +281,10 @@ def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, s
         if discard is not None and discard.search(key):
             continue
         dtype = a.source.dtype(key)
-        if request.save_as_half and dtype.is_floating_point:
+        # A1111's save-as-half: float32 tensors become float16 when they are merged or baked (every
+        # key with No interpolation); the rest (e.g. `alphas_cumprod`) keep their dtype.
+        if request.save_as_half and dtype == torch.float32 and (
+                b is None or _is_merged(key, a, b, b_keys, method) or _is_baked(key, vae)):
             dtype = torch.float16
         out_dtype[key] = dtype
         specs.append((key, dtype, tuple(a.source.shapes[key])))
@@ -341,18 +344,27 @@ def _check_finite(key: str, tensor: torch.Tensor) -> None:
                          "multiplier (nothing was saved)")
 
 
+def _is_merged(key: str, a: _Input, b: _Input, b_keys: set[str], method) -> bool:
+    """A1111 merges only keys whose name contains "model" and that B has; others keep A's value.
+    Integer tensors (CLIP position_ids of any family, EMA's update counter) are always A's:
+    interpolating them breaks the model (A1111 skips only SD1's position_ids by name)."""
+    return (a.source.dtype(key).is_floating_point and not key.endswith(POSITION_IDS_SUFFIX) and "model" in key
+            and (key in b_keys or not method.needs_b))
+
+
+def _is_baked(key: str, vae: Mapping[str, torch.Tensor] | None) -> bool:
+    return vae is not None and key.startswith("first_stage_model.") and key[len("first_stage_model."):] in vae
+
+
 def _write_merged(writer, key, out_dtype, shape, a, b, c, b_keys, c_keys, method, request, weight_for, options,
                   vae, buffers: _BlockBuffers) -> None:
     """Compute the output tensor `key` and hand it to `writer`."""
     from modules.merge_methods import merge_tensor
 
-    if vae is not None and key.startswith("first_stage_model.") and key[len("first_stage_model."):] in vae:
+    if _is_baked(key, vae):
         writer.write(key, vae[key[len("first_stage_model."):]].to(out_dtype).reshape(shape))
         return
-    # A1111 merges only keys whose name contains "model" and that B has; others keep A's value.
-    # Integer tensors (CLIP position_ids) are always A's: interpolating them breaks the model.
-    if (b is None or not a.source.dtype(key).is_floating_point or key.endswith(POSITION_IDS_SUFFIX)
-            or "model" not in key or (method.needs_b and key not in b_keys)):
+    if b is None or not _is_merged(key, a, b, b_keys, method):
         writer.write(key, a.source.read(key, out_dtype, torch.device("cpu")).to(out_dtype).reshape(shape))
         return
     alpha = request.multiplier

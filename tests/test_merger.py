@@ -382,3 +382,15 @@ def test_a_ckpt_input_merges_like_its_safetensors_twin(library, small_blocks):
                                                       custom_name="from-st"), registry, folder)
     x, y = load(from_ckpt.path), load(from_safetensors.path)
     assert list(x) == list(y) and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_save_as_half_halves_merged_float32_keys_only(library):
+    """A1111's to_half: merged (or baked) float32 tensors become float16, the others keep their dtype."""
+    folder, registry = library
+    out = load(merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="b", save_as_half=True),
+                                 registry, folder).path)
+    a = load(folder / "a.safetensors")
+    assert out["model.diffusion_model.out.2.bias"].dtype == torch.float16
+    assert out["alphas_cumprod"].dtype == a["alphas_cumprod"].dtype == torch.float32
+    assert torch.equal(out["alphas_cumprod"], a["alphas_cumprod"])
+    assert {k for k, v in out.items() if v.dtype == torch.float16} == set(merged_keys(a)) - {"model_ema.num_updates"}
