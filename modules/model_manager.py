@@ -16,8 +16,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -99,13 +100,18 @@ class ModelManager:
         """Held by a job while it uses the current model, so a switch waits for the job to finish."""
         return self._lock
 
+    # The two queries below read without the lock: a job holds it for a whole generation and a load
+    # for the whole load, and status lines (the UI's top bar, the API's options) must not wait that
+    # long. Each read is one reference and one dict lookup, atomic in CPython; during a switch a
+    # reader sees the old model, the new one, or briefly None.
+
     def current(self) -> StableDiffusionModel | None:
-        with self._lock:
-            return self._loaded.get(self._current_key) if self._current_key else None
+        key = self._current_key
+        return self._loaded.get(key) if key else None
 
     def current_info(self):
-        with self._lock:
-            return self._infos.get(self._current_key) if self._current_key else None
+        key = self._current_key
+        return self._infos.get(key) if key else None
 
     def require_current(self) -> StableDiffusionModel:
         model = self.current()
@@ -260,8 +266,22 @@ class ModelManager:
             if model is not None:
                 self._apply_vae(model, info)
 
+    @contextmanager
+    def temporary_vae(self, vae_file: Path | None) -> Iterator[StableDiffusionModel]:
+        """Use `vae_file` (None: the checkpoint's own VAE) on the current model inside the block, then
+        put back the VAE the settings choose for it (the X/Y/Z plot's VAE axis). Holds the lock."""
+        with self._lock:
+            model, info = self.require_current(), self.current_info()
+            self._set_vae(model, vae_file)
+            try:
+                yield model
+            finally:
+                self._apply_vae(model, info)
+
     def _apply_vae(self, model: StableDiffusionModel, info) -> None:
-        vae_file = self._vae_resolver(info)
+        self._set_vae(model, self._vae_resolver(info))
+
+    def _set_vae(self, model: StableDiffusionModel, vae_file: Path | None) -> None:
         if vae_file == model.vae_file:
             return
         # A loaded model's runtime (offload hooks, processors) was set up for its old VAE: redo it.

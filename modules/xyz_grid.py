@@ -1,0 +1,52 @@
+"""The X/Y/Z plot, built in: what the Script wrapper, the UI and the API call.
+
+    from modules.xyz_grid import AxisSpec, GridOptions, run_grid
+    result = run_grid(context, request, AxisSpec("Checkpoint name", "a, b"), AxisSpec("CFG Scale", "5, 9"),
+                      control=job_control)
+    result.grid, result.images, result.infotexts, result.cells
+
+The parts live in `modules.xyz`: values (A1111's value syntax), axes (the registry; extensions add
+axes with `register_axis`), plan (`plan_grid`: cells checked before any work), runner (`run_grid`),
+drawing (grids with legends).
+"""
+
+from modules.xyz.axes import (
+    BUILTIN_AXES,
+    MERGE_MULTIPLIER,
+    NOTHING,
+    AxisContext,
+    AxisType,
+    MergeAxisSettings,
+    apply_field,
+    apply_override,
+    axis_types,
+    find_axis,
+    format_basename,
+    format_nothing,
+    format_plain,
+    format_with_label,
+    register_axis,
+    with_fields,
+)
+from modules.xyz.drawing import GridLayout, draw_grid, grid_layout
+from modules.xyz.plan import (
+    SCRIPT_TITLE,
+    AxisSpec,
+    GridOptions,
+    GridPlan,
+    PlannedCell,
+    ResolvedAxis,
+    plan_grid,
+)
+from modules.xyz.runner import GridCell, GridResult, add_infotext_params, run_grid
+from modules.xyz.services import GridServices
+from modules.xyz.values import AxisValueError, join_csv, parse_axis_values, split_csv
+
+__all__ = [
+    "BUILTIN_AXES", "MERGE_MULTIPLIER", "NOTHING", "SCRIPT_TITLE",
+    "AxisContext", "AxisSpec", "AxisType", "AxisValueError", "GridCell", "GridLayout", "GridOptions", "GridPlan",
+    "GridResult", "GridServices", "MergeAxisSettings", "PlannedCell", "ResolvedAxis",
+    "add_infotext_params", "apply_field", "apply_override", "axis_types", "draw_grid", "find_axis",
+    "format_basename", "format_nothing", "format_plain", "format_with_label", "grid_layout", "join_csv",
+    "parse_axis_values", "plan_grid", "register_axis", "run_grid", "split_csv", "with_fields",
+]
