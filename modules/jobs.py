@@ -21,6 +21,10 @@ Decisions worth knowing:
 - `run_exclusive(fn)` takes its place in the same FIFO as jobs: it runs after the running job and
   after jobs submitted before it, so those jobs see the model they were submitted against
   (A1111's FIFO `queue_lock` behaves the same way).
+- Listeners (`add_listener`) observe every job's start, reported steps and end, e.g. the console
+  progress bar (modules.console_progress). They are called on the thread that caused the event
+  (the worker, or the caller of `interrupt`/`shutdown` for a job cancelled before it started), must
+  be quick, and a failing listener is logged and ignored.
 """
 
 from __future__ import annotations
@@ -62,6 +66,17 @@ class JobState(str, enum.Enum):
         return self in (JobState.DONE, JobState.FAILED, JobState.INTERRUPTED)
 
 
+class JobEvent(str, enum.Enum):
+    """What a queue listener is told about a job."""
+
+    STARTED = "started"
+    PROGRESS = "progress"  # a step was reported; read job.step / job.total_steps
+    FINISHED = "finished"  # done, failed or interrupted (also when cancelled before it started)
+
+
+JobListener = Callable[[JobEvent, "Job"], None]
+
+
 class Job:
     """A client's read-only view of one submitted job. Only the queue and its worker change it."""
 
@@ -83,6 +98,7 @@ class Job:
         self._preview_requested = False
         self._result: Any = None
         self._error: str | None = None
+        self._exception: BaseException | None = None
         self._info: dict[str, Any] = {"lines": []}
         self._interrupt_requested = False
         self._skip_requested = False
@@ -155,6 +171,11 @@ class Job:
         return self._error
 
     @property
+    def exception(self) -> BaseException | None:
+        """The exception a failed job raised (callers map its type, e.g. to an HTTP status)."""
+        return self._exception
+
+    @property
     def info(self) -> dict[str, Any]:
         """A copy of the job's info: `"lines"` holds free-text lines (warnings, notes) in order."""
         with self._lock:
@@ -172,6 +193,11 @@ class Job:
     def interrupt_requested(self) -> bool:
         return self._interrupt_requested
 
+    @property
+    def skip_requested(self) -> bool:
+        """A skip was asked for and the work has not taken it yet."""
+        return self._skip_requested
+
     def wait(self, timeout: float | None = None) -> Job:
         """Block until the job finished; raise TimeoutError if `timeout` seconds pass first."""
         if not self._finished_event.wait(timeout):
@@ -186,11 +212,13 @@ class Job:
             self._started_at = time.time()
             self._started_monotonic = time.monotonic()
 
-    def _finish(self, state: JobState, *, result: Any = None, error: str | None = None) -> None:
+    def _finish(self, state: JobState, *, result: Any = None, error: str | None = None,
+                exception: BaseException | None = None) -> None:
         with self._lock:
             self._state = state
             self._result = result
             self._error = error
+            self._exception = exception
             if state is JobState.DONE:
                 self._progress = 1.0
             self._preview_requested = False
@@ -252,6 +280,7 @@ class JobControl:
             last = job._preview_step if job._preview_step is not None else 0
             if every > 0 and step - last >= every:
                 wanted = True
+        self._queue._notify(JobEvent.PROGRESS, job)
         if preview_factory is None or not wanted:
             return
         try:
@@ -318,6 +347,7 @@ class JobQueue:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._drain_on_stop = False
+        self._listeners: tuple[JobListener, ...] = ()  # replaced whole, so notifying needs no lock
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -354,6 +384,26 @@ class JobQueue:
             self._cancel_entry(entry, "the job queue was shut down")
         if wait and thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    # -- listeners -------------------------------------------------------------------------------
+
+    def add_listener(self, listener: JobListener) -> None:
+        """Call `listener(event, job)` for every job's start, reported step and end (see the module docstring)."""
+        if not callable(listener):
+            raise TypeError(f"listener must be callable as listener(event, job), got {type(listener).__name__}")
+        with self._cond:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: JobListener) -> None:
+        with self._cond:
+            self._listeners = tuple(known for known in self._listeners if known is not listener)
+
+    def _notify(self, event: JobEvent, job: Job) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, job)
+            except Exception:  # an observer must never break a job
+                log.exception("Job listener %r failed on %s of %s", listener, event.value, job.id)
 
     # -- submitting ------------------------------------------------------------------------------
 
@@ -473,6 +523,7 @@ class JobQueue:
             entry.job._info["lines"].append(reason)
         self._remember(entry.job)
         entry.job._finish(JobState.INTERRUPTED)
+        self._notify(JobEvent.FINISHED, entry.job)
         log.info("Job %s %s", entry.job.id, reason)
 
     def _remember(self, job: Job) -> None:
@@ -522,8 +573,10 @@ class JobQueue:
         job = entry.job
         control = JobControl(job, self)
         log.info("Job %s (%s) started %s", job.id, job.kind, job.description)
+        self._notify(JobEvent.STARTED, job)
         result: Any = None
         error: str | None = None
+        exception: BaseException | None = None
         try:
             result = entry.work(control)
             state = JobState.INTERRUPTED if job._interrupt_requested else JobState.DONE
@@ -531,10 +584,12 @@ class JobQueue:
             state = JobState.INTERRUPTED
         except BaseException as exc:  # one failing job (even SystemExit) must not stop the worker
             log.exception("Job %s (%s) failed", job.id, job.kind)
-            state, error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
+            # Kept without its traceback: the frames would pin the job's tensors in the history.
+            state, error, exception = JobState.FAILED, f"{type(exc).__name__}: {exc}", exc.with_traceback(None)
         with self._cond:
             self._current = None
         # Remembered before it is marked finished, so a client woken by wait() finds it in jobs().
         self._remember(job)
-        job._finish(state, result=result, error=error)
+        job._finish(state, result=result, error=error, exception=exception)
+        self._notify(JobEvent.FINISHED, job)
         log.info("Job %s %s", job.id, job.state.value)
