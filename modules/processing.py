@@ -128,6 +128,95 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)
     interrupted: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    # Images before this index are grids a script made (A1111's Processed.index_of_first_image).
+    index_of_first_image: int = 0
+
+
+@dataclass
+class GenerationPlan:
+    """What a generation is about to make, per image, open to extension hooks (A1111's `p.all_*`).
+
+    `generate` builds it once the seeds are known and samples from it: edits made in
+    `GenerationHooks.process` reach conditioning, noise and infotext. `request` may be replaced there
+    too (same batch size and count). `prompts`/`negative_prompts`/`seeds`/`subseeds` are the current
+    batch's slices (A1111's `p.prompts`, ...); `extra_generation_params` are added to every infotext.
+    """
+
+    request: GenerationRequest
+    all_prompts: list[str]
+    all_negative_prompts: list[str]
+    all_seeds: list[int]
+    all_subseeds: list[int]
+    extra_generation_params: dict[str, Any] = field(default_factory=dict)
+    iteration: int = 0
+    prompts: list[str] = field(default_factory=list)
+    negative_prompts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+
+    def check(self, request: GenerationRequest) -> None:
+        """After the `process` hook: one prompt and seed per image, and the same number of images."""
+        n_images = request.batch_size * request.n_iter
+        if (self.request.batch_size, self.request.n_iter) != (request.batch_size, request.n_iter):
+            raise ValueError("batch size and batch count cannot change once prompts and seeds are made "
+                             "(change them before processing starts, e.g. in a script's before_process)")
+        for name in ("all_prompts", "all_negative_prompts", "all_seeds", "all_subseeds"):
+            if len(getattr(self, name)) != n_images:
+                raise ValueError(f"{name} has {len(getattr(self, name))} items; this request makes {n_images} "
+                                 "images and needs one each")
+
+    def start_batch(self, iteration: int, batch_size: int) -> None:
+        batch = slice(iteration * batch_size, (iteration + 1) * batch_size)
+        self.iteration = iteration
+        self.prompts, self.negative_prompts = self.all_prompts[batch], self.all_negative_prompts[batch]
+        self.seeds, self.subseeds = self.all_seeds[batch], self.all_subseeds[batch]
+
+
+@dataclass
+class ImageSaveEvent:
+    """One image about to be saved, or just saved. `pnginfo["parameters"]` is the infotext written."""
+
+    image: Any
+    pnginfo: dict[str, str]
+    filename: str | None = None  # the path once saved; None before
+    is_grid: bool = False
+
+
+class GenerationHooks:
+    """The points where extensions join a generation (modules.scripts implements them).
+
+    Every method is a no-op here; `generate` calls them in A1111's order: process, then per batch
+    before_process_batch (prompts with extra-network tags) and process_batch (tags removed, networks
+    active), the denoiser observer at each model evaluation, postprocess_image per image, the image
+    save events, postprocess after the last image.
+    """
+
+    def process(self, plan: GenerationPlan) -> None:
+        """Seeds and prompts are made, nothing is sampled: `plan` may be edited."""
+
+    def before_process_batch(self, plan: GenerationPlan) -> None:
+        """Before batch `plan.iteration`'s extra networks are parsed: `plan.prompts` may be edited."""
+
+    def process_batch(self, plan: GenerationPlan) -> None:
+        """Before batch `plan.iteration`'s conditioning: `plan.prompts` may be edited."""
+
+    def denoiser_observer(self, plan: GenerationPlan, total_steps: int):
+        """None, or `observer(x, sigma, step, text_cond, text_uncond)` called at each model evaluation
+        of this sampling pass; an observer, its return value is ignored."""
+        return None
+
+    def postprocess_image(self, plan: GenerationPlan, index: int, image):
+        """Image `index` as decoded; returns the image to keep (the same one by default)."""
+        return image
+
+    def before_image_saved(self, plan: GenerationPlan, event: ImageSaveEvent) -> None:
+        """`event.image` and `event.pnginfo` may be replaced before the file is written."""
+
+    def image_saved(self, plan: GenerationPlan, event: ImageSaveEvent) -> None:
+        """`event.filename` is the file written."""
+
+    def postprocess(self, plan: GenerationPlan, result: "GenerationResult") -> None:
+        """After the last image (and after saving): `result` may be edited."""
 
 
 class StopSampling(Exception):
@@ -175,8 +264,9 @@ class CFGDenoiser:
     samplers, eps for timestep samplers); CFG is linear, so the same combination serves both.
     """
 
-    def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None):
+    def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None, observer=None):
         self.inner = inner
+        self.observer = observer  # GenerationHooks.denoiser_observer
         self.cond = cond  # MulticondLearnedConditioning for this batch
         self.uncond = uncond  # per image: schedules
         self.cfg_scale = cfg_scale
@@ -203,6 +293,9 @@ class CFGDenoiser:
         x_in = x[index]
         sigma_in = sigma[index] if sigma.ndim else sigma.expand(len(index))
         context = _pad_to_length(contexts)
+        if self.observer is not None:
+            n_cond = sum(repeats)
+            self.observer(x, sigma, self.step, context[:n_cond], context[n_cond:])
         added = None
         if self.sdxl_vector is not None:
             added = {"text_embeds": torch.cat(pooled, dim=0),
@@ -315,6 +408,9 @@ class EngineSettings:
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
     sdxl_clip_l_skip: bool = False
+    add_model_hash_to_info: bool = True
+    add_model_name_to_info: bool = True
+    add_vae_name_to_info: bool = True
 
     @classmethod
     def from_settings(cls, settings) -> "EngineSettings":
@@ -323,7 +419,10 @@ class EngineSettings:
                    eta_ancestral=settings["eta_ancestral"], eta_ddim=settings["eta_ddim"],
                    clip_skip=settings["CLIP_stop_at_last_layers"], emphasis=settings["emphasis"],
                    comma_padding_backtrack=settings["comma_padding_backtrack"],
-                   sdxl_clip_l_skip=settings["sdxl_clip_l_skip"])
+                   sdxl_clip_l_skip=settings["sdxl_clip_l_skip"],
+                   add_model_hash_to_info=settings["add_model_hash_to_info"],
+                   add_model_name_to_info=settings["add_model_name_to_info"],
+                   add_vae_name_to_info=settings["add_vae_name_to_info"])
 
 
 def _call_sampler(function, denoiser, x, schedule_or_timesteps, *, kind, alphas_cumprod, callback, noise,
@@ -355,7 +454,8 @@ class Txt2ImgEngine:
         self.loras = loras
         self.save_dir = save_dir
 
-    def generate(self, request: GenerationRequest, control=None, *, save: bool | None = None) -> GenerationResult:
+    def generate(self, request: GenerationRequest, control=None, *, save: bool | None = None,
+                 hooks: GenerationHooks | None = None) -> GenerationResult:
         snapshot = self.settings.current().with_overrides(request.override_settings)
         wanted = request.override_settings.get("sd_model_checkpoint")
         with self.models.lock:
@@ -364,11 +464,14 @@ class Txt2ImgEngine:
                 self.models.load(wanted)
             try:
                 do_save = snapshot["samples_save"] if save is None else save
-                target = SaveTarget(self.save_dir) if do_save and self.save_dir else None
+                from modules.images import SaveOptions
+
+                target = (SaveTarget(self.save_dir, options=SaveOptions.from_settings(snapshot))
+                          if do_save and self.save_dir else None)
                 return generate(self.models.require_current(), request, EngineSettings.from_settings(snapshot),
                                 control or _NullControl(), embeddings=self.embeddings,
                                 hypernetworks=self.hypernetworks, loras=self.loras,
-                                checkpoint_info=self.models.current_info(), save=target)
+                                checkpoint_info=self.models.current_info(), save=target, hooks=hooks)
             finally:
                 if wanted and previous is not None and snapshot["override_settings_restore_afterwards"]:
                     self.models.load(previous.title)
@@ -376,8 +479,9 @@ class Txt2ImgEngine:
 
 def generate(model, request: GenerationRequest, settings: EngineSettings = EngineSettings(), control=None, *,
              embeddings=None, hypernetworks=None, loras=None, checkpoint_info=None,
-             save: SaveTarget | None = None) -> GenerationResult:
-    """Generate every image of `request` with `model`; see the module docstring for the path."""
+             save: SaveTarget | None = None, hooks: GenerationHooks | None = None) -> GenerationResult:
+    """Generate every image of `request` with `model`; see the module docstring for the path.
+    `hooks` lets extensions see and change the generation (GenerationHooks)."""
     from modules.extra_networks import parse_prompts
     from modules.network_activation import activate_extra_networks, embedding_widths
     from modules.rng import ImageRNG, get_fixed_seed, per_image_seeds
@@ -386,18 +490,24 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
     from modules.sampling.timesteps import a1111_timesteps
 
     control = control or _NullControl()
+    hooks = hooks or GenerationHooks()
     started = time.perf_counter()
     result = GenerationResult()
+    n_images = request.batch_size * request.n_iter
+    seeds, subseeds = per_image_seeds(get_fixed_seed(request.seed), get_fixed_seed(request.subseed),
+                                      request.subseed_strength, n_images)
+    plan = GenerationPlan(request, [request.prompt] * n_images, [request.negative_prompt] * n_images,
+                          list(seeds), list(subseeds))
+    hooks.process(plan)
+    plan.check(request)
+    request = plan.request
+    seeds, subseeds = plan.all_seeds, plan.all_subseeds
     sampler, scheduler_from_name = resolve_sampler(request.sampler_name)
     scheduler = scheduler_from_name or request.scheduler
     clip_skip = request.clip_skip or settings.clip_skip
     options = ConditioningOptions(comma_padding_backtrack=settings.comma_padding_backtrack,
                                   emphasis=settings.emphasis, clip_skip=clip_skip,
                                   sdxl_clip_l_skip=settings.sdxl_clip_l_skip)
-    n_images = request.batch_size * request.n_iter
-    seed = get_fixed_seed(request.seed)
-    subseed = get_fixed_seed(request.subseed)
-    seeds, subseeds = per_image_seeds(seed, subseed, request.subseed_strength, n_images)
     result.seeds, result.subseeds = list(seeds), list(subseeds)
 
     loaded_embeddings = {}
@@ -426,11 +536,13 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
 
     with seamless_tiling(model, request.tiling), torch.inference_mode():
         for iteration in range(request.n_iter):
-            batch = slice(iteration * request.batch_size, (iteration + 1) * request.batch_size)
-            prompts, networks = parse_prompts([request.prompt] * request.batch_size)
-            negatives = [request.negative_prompt] * request.batch_size
-            batch_seeds = seeds[batch]
+            plan.start_batch(iteration, request.batch_size)
+            hooks.before_process_batch(plan)
+            plan.prompts, networks = parse_prompts(plan.prompts)
+            batch_seeds, batch_subseeds = plan.seeds, plan.subseeds
             with activate_extra_networks(model, networks, hypernetworks, loras) as active:
+                hooks.process_batch(plan)
+                prompts, negatives = plan.prompts, plan.negative_prompts
                 for warning in active.warnings:
                     if warning not in result.warnings:
                         result.warnings.append(warning)
@@ -439,7 +551,7 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                 with _timed(result, "conditioning"):
                     cond = get_multicond_learned_conditioning(conditioner, prompts, steps_for_prompts, cache=cache)
                     uncond = get_learned_conditioning(conditioner, negatives, steps_for_prompts, cache=cache)
-                rng = ImageRNG((4, request.height // 8, request.width // 8), batch_seeds, subseeds[batch],
+                rng = ImageRNG((4, request.height // 8, request.width // 8), batch_seeds, batch_subseeds,
                                request.subseed_strength, request.seed_resize_from_h, request.seed_resize_from_w,
                                source=settings.randn_source, device=model.device,
                                eta_noise_seed_delta=settings.eta_noise_seed_delta if sampler.uses_ensd else 0)
@@ -449,7 +561,8 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                     denoiser = CFGDenoiser(
                         _sigma_inner(model, schedule, is_lcm) if sampler.kind == "sigmas" else
                         _timestep_inner(model, alphas_cumprod), first_pass_cond, first_pass_uncond,
-                        request.cfg_scale, time_ids)
+                        request.cfg_scale, time_ids,
+                        hooks.denoiser_observer(plan, len(sigmas_or_steps) - (sampler.kind == "sigmas")))
                     def callback(step):
                         control.report(progress_offset + step.i + 1, total,
                                        lambda d=step.denoised: latent_preview(d, family))
@@ -480,29 +593,32 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                     if request.enable_hr and stopped is None:
                         samples, stopped = _hires_pass(request, model, sampler, scheduler, schedule, samples,
                                                        conditioner, prompts, negatives, cache, batch_seeds,
-                                                       subseeds[batch], settings, run,
+                                                       batch_subseeds, settings, run,
                                                        iteration * per_iteration + request.steps)
                 with _timed(result, "decode"):
                     images = _decode(model, samples, result)
             for j, image in enumerate(images):
                 index = iteration * request.batch_size + j
-                result.images.append(image)
-                result.prompts.append(request.prompt)
-                result.negative_prompts.append(request.negative_prompt)
+                result.images.append(hooks.postprocess_image(plan, index, image))
+                result.prompts.append(plan.all_prompts[index])
+                result.negative_prompts.append(plan.all_negative_prompts[index])
                 result.infotexts.append(_infotext(request, model, checkpoint_info, sampler, scheduler,
                                                   seeds[index], subseeds[index], clip_skip, settings, eta,
-                                                  active.infotext, loaded_embeddings, request.prompt))
+                                                  {**active.infotext, **plan.extra_generation_params},
+                                                  loaded_embeddings, plan.all_prompts[index],
+                                                  plan.all_negative_prompts[index]))
             if stopped is not None and stopped.interrupted:
                 result.interrupted = True
                 break
     if save is not None:
-        _save_all(result, request, sampler, scheduler, checkpoint_info, model, clip_skip, save)
+        _save_all(result, request, sampler, scheduler, checkpoint_info, model, clip_skip, save, hooks, plan)
+    hooks.postprocess(plan, result)
     result.timings["total"] = time.perf_counter() - started
     return result
 
 
 def _save_all(result: GenerationResult, request, sampler, scheduler, checkpoint_info, model, clip_skip,
-              save: SaveTarget) -> None:
+              save: SaveTarget, hooks: GenerationHooks, plan: GenerationPlan) -> None:
     """Each image as `outputs/txt2img-images/<date>/NNNNN-<seed>.png`, then the grid (A1111's layout)."""
     import datetime as dt
 
@@ -518,17 +634,27 @@ def _save_all(result: GenerationResult, request, sampler, scheduler, checkpoint_
                   model_hash=checkpoint_info.shorthash if checkpoint_info else None,
                   model_name=checkpoint_info.name_for_extra if checkpoint_info else model.path.stem,
                   job_timestamp=timestamp, batch_size=request.batch_size, n_iter=request.n_iter, clip_skip=clip_skip)
+
+    def save_with_events(image, infotext, folder, basename="", *, grid=False, **kwargs) -> str:
+        event = ImageSaveEvent(image, {"parameters": infotext}, is_grid=grid)
+        hooks.before_image_saved(plan, event)
+        extra_chunks = {key: value for key, value in event.pnginfo.items() if key != "parameters"}
+        event.filename = save_image(event.image, folder, basename, options=options, grid=grid,
+                                    infotext=event.pnginfo.get("parameters"), existing_pnginfo=extra_chunks,
+                                    **kwargs).path
+        hooks.image_saved(plan, event)
+        return event.filename
+
     for index, (image, infotext) in enumerate(zip(result.images, result.infotexts)):
         context = FilenameContext(seed=result.seeds[index], prompt=result.prompts[index],
                                   batch_index=index % request.batch_size, iteration=index // request.batch_size,
                                   **common)
-        result.saved_paths.append(save_image(image, images_dir, context=context, options=options,
-                                             infotext=infotext).path)
+        result.saved_paths.append(save_with_events(image, infotext, images_dir, context=context))
     if len(result.images) > 1 and getattr(options, "grid_save", True):
         grid = image_grid(result.images, batch_size=request.batch_size)
-        context = FilenameContext(seed=result.seeds[0], prompt=request.prompt, **common)
-        result.saved_paths.append(save_image(grid, grids_dir, "grid", context=context, options=options,
-                                             infotext=result.infotexts[0], grid=True, short_filename=True).path)
+        context = FilenameContext(seed=result.seeds[0], prompt=result.prompts[0], **common)
+        result.saved_paths.append(save_with_events(grid, result.infotexts[0], grids_dir, "grid", context=context,
+                                                   grid=True, short_filename=True))
 
 
 def _scheduler_label(name: str) -> str:
@@ -620,7 +746,7 @@ def _decode(model, samples: torch.Tensor, result: GenerationResult) -> list:
 
 
 def _infotext(request, model, checkpoint_info, sampler, scheduler, seed, subseed, clip_skip, settings, eta,
-              network_fields, embeddings, prompt) -> str:
+              network_fields, embeddings, prompt, negative_prompt) -> str:
     from modules.infotext_utils import GenerationInfo, create_infotext, generation_parameters
 
     extra: dict[str, Any] = {}
@@ -651,13 +777,24 @@ def _infotext(request, model, checkpoint_info, sampler, scheduler, seed, subseed
     info = GenerationInfo(
         steps=request.steps, sampler=sampler.name, cfg_scale=request.cfg_scale, seed=seed,
         width=request.width, height=request.height, schedule_type=_scheduler_label(request.scheduler),
-        model_hash=shorthash, model=name,
+        model_hash=shorthash if settings.add_model_hash_to_info else None,
+        model=name if settings.add_model_name_to_info else None,
         variation_seed=subseed if request.subseed_strength else None,
         variation_seed_strength=request.subseed_strength,
         seed_resize_from=(request.seed_resize_from_w, request.seed_resize_from_h),
         clip_skip=clip_skip, eta_noise_seed_delta=settings.eta_noise_seed_delta, eta=eta,
         sampler_uses_ensd=sampler.uses_ensd, rng=settings.randn_source, tiling=request.tiling,
         enable_hr=request.enable_hr, extra=extra,
-        vae=model.vae_file.name if model.vae_file else None,
+        vae=model.vae_file.name if model.vae_file and settings.add_vae_name_to_info else None,
     )
-    return create_infotext(prompt, request.negative_prompt, generation_parameters(info))
+    return create_infotext(prompt, negative_prompt, generation_parameters(info))
+
+
+def __getattr__(name: str):
+    """A1111's names (`process_images`, `Processed`, `StableDiffusionProcessingTxt2Img`, ...) for
+    extension scripts, from modules.processing_compat, imported on first use."""
+    from modules import processing_compat
+
+    if name in processing_compat.A1111_NAMES:
+        return getattr(processing_compat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
