@@ -49,3 +49,38 @@ def ensure_environment(requirement_files: list[str], no_deps_files: tuple[str, .
             command.insert(-2, "--no-deps")
         subprocess.check_call(command)
         stamp.write_text(digest)
+
+
+# --- helpers extensions' install.py scripts call as `launch.<name>` (A1111's launch_utils) ------------
+
+
+def is_installed(package: str) -> bool:
+    """Whether a distribution named `package` is installed in this environment."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def run(command: str | list[str], desc: str | None = None, errdesc: str | None = None,
+        custom_env: dict[str, str] | None = None, live: bool = True) -> str:
+    """Run a shell command (A1111's `launch.run`): print `desc`, raise RuntimeError with `errdesc`
+    and the output when it fails; returns its output ("" when `live`, which streams it instead)."""
+    if desc:
+        print(desc, flush=True)
+    done = subprocess.run(command, shell=isinstance(command, str), env=custom_env or os.environ,
+                          capture_output=not live, text=True)
+    if done.returncode != 0:
+        output = "" if live else f"\nstdout: {done.stdout}\nstderr: {done.stderr}"
+        raise RuntimeError(f"{errdesc or 'Error running command'}.\nCommand: {command}\n"
+                           f"Error code: {done.returncode}{output}")
+    return "" if live else done.stdout or ""
+
+
+def run_pip(command: str, desc: str | None = None, live: bool = True) -> str:
+    """`pip <command>` with this Python (A1111's `launch.run_pip("install x", "x")`)."""
+    return run(f'"{sys.executable}" -m pip {command} --prefer-binary --disable-pip-version-check',
+               desc=f"Installing {desc}" if desc else None, errdesc=f"Couldn't install {desc or command}", live=live)

@@ -92,6 +92,7 @@ class ModelManager:
         self._loaded: OrderedDict[str, StableDiffusionModel] = OrderedDict()  # filename → model, LRU first
         self._current_key: str | None = None
         self._infos: dict[str, object] = {}
+        self._load_listeners: list[Callable[[StableDiffusionModel], None]] = []
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -123,6 +124,18 @@ class ModelManager:
         """Loaded checkpoints, least recently used first."""
         with self._lock:
             return [model.name for model in self._loaded.values()]
+
+    def add_load_listener(self, listener: Callable[[StableDiffusionModel], None]) -> None:
+        """Call `listener(model)` after each checkpoint read from disk (A1111's on_model_loaded); not
+        when a cached one becomes current. It runs on the loading thread, with the lock held."""
+        self._load_listeners.append(listener)
+
+    def _notify_loaded(self, model: StableDiffusionModel) -> None:
+        for listener in self._load_listeners:
+            try:
+                listener(model)
+            except Exception:  # a listener's fault must not turn a good load into a failed one
+                log.exception("a model-loaded listener failed for %s", model.name)
 
     # --- changes ---------------------------------------------------------------------------------
 
@@ -161,7 +174,9 @@ class ModelManager:
                 raise
             self._loaded[key] = model
             self._infos[key] = info
-            return self._activate(key)
+            activated = self._activate(key)
+            self._notify_loaded(activated)
+            return activated
 
     def load_temporary(self, path: Path, title: str, sha256: str | None = None) -> StableDiffusionModel:
         """Load a file that is not in the checkpoint list (a merge trial) and make it current. It takes a
@@ -186,7 +201,9 @@ class ModelManager:
             log.info("%s", model.load_summary)
             self._loaded[key] = model
             self._infos[key] = info
-            return self._activate(key)
+            activated = self._activate(key)
+            self._notify_loaded(activated)
+            return activated
 
     def _preflight(self, info) -> None:
         """Fail fast, before anything is evicted: header, detection and config only (no tensors)."""
