@@ -38,6 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--listen", action="store_true",
                         help="listen on 0.0.0.0, so other machines on the network can connect")
     server.add_argument("--server-name", type=str, default=None, help="address to bind (overrides --listen)")
+    server.add_argument("--api", action="store_true", help="serve A1111's REST API (/sdapi/v1) beside the web UI")
+    server.add_argument("--nowebui", action="store_true",
+                        help="serve the API only, without the web UI (port 7861 unless --port)")
+    server.add_argument("--api-auth", type=str, default=None, metavar="USER:PASS[,USER:PASS...]",
+                        help="HTTP Basic credentials for the API and its docs (default: those of --gradio-auth)")
+    server.add_argument("--api-log", action="store_true", help="log every API request")
+    server.add_argument("--gradio-auth", type=str, default=None, metavar="USER:PASS[,USER:PASS...]",
+                        help="HTTP Basic credentials for the web UI (and for the API without --api-auth)")
+    server.add_argument("--gradio-auth-path", type=str, default=None, metavar="FILE",
+                        help="file with USER:PASS pairs separated by commas or newlines; adds to --gradio-auth")
+    server.add_argument("--enable-insecure-extension-access", action="store_true",
+                        help="allow installing and updating extensions from the UI even with --listen")
+
+    extensions = parser.add_argument_group("extensions")
+    extensions.add_argument("--disable-all-extensions", action="store_true",
+                            help="do not load any extension, built-in ones included (for this run)")
+    extensions.add_argument("--disable-extra-extensions", action="store_true",
+                            help="load only the built-in extensions (for this run)")
 
     device = parser.add_argument_group("device and precision")
     device.add_argument("--use-cpu", nargs="*", default=[], metavar="MODULE",
@@ -92,8 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse `argv` (default: sys.argv) with `parser` (default: `build_parser()`; webui passes the
+    one extended by the extensions' preload.py) and check the values argparse cannot."""
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
     if args.port is not None and not 1 <= args.port <= 65535:
-        build_parser().error(f"--port {args.port} is not a port number (1-65535)")
+        parser.error(f"--port {args.port} is not a port number (1-65535)")
+    from modules.api.auth import parse_credentials
+
+    for flag in ("api_auth", "gradio_auth"):
+        value = getattr(args, flag)
+        if value is not None:
+            try:
+                if not parse_credentials(value, "--" + flag.replace("_", "-")):
+                    raise ValueError(f"--{flag.replace('_', '-')} is empty; give user:password pairs")
+            except ValueError as e:
+                parser.error(str(e))
     return args
+
+
+def is_non_local(args: argparse.Namespace) -> bool:
+    """Whether other machines can reach the server (A1111's `webui_is_non_local`)."""
+    return bool(args.listen or args.server_name)
+
+
+def extension_access_allowed(args: argparse.Namespace) -> bool:
+    """Installing or updating extensions (code from the network) from the UI: only on a local server,
+    unless `--enable-insecure-extension-access` (A1111's rule)."""
+    return not is_non_local(args) or args.enable_insecure_extension_access

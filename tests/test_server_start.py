@@ -57,8 +57,9 @@ def test_webui_serves_on_an_empty_data_dir(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # --nowebui: "/" is the status page, which says what is loaded (the web UI is tested in tests/browser/).
     server = subprocess.Popen([sys.executable, str(REPO_ROOT / "webui.py"), "--data-dir", str(tmp_path),
-                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               "--port", str(port), "--nowebui"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
         body = None

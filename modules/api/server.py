@@ -1,7 +1,9 @@
-"""The HTTP server until the web UI lands: a status page and A1111's checkpoint routes.
+"""The FastAPI app: A1111's `/sdapi/v1` API (when enabled) and, without a web UI, a status page.
 
-Handlers translate HTTP to calls on the AppContext; they never touch torch. Route shapes follow
-A1111's `/sdapi/v1` (A1111.md §8) so clients written for it work for these routes already.
+`create_app` only assembles; the routes live in one module per area (txt2img, models and options,
+networks, progress and jobs, info). Handlers translate HTTP to calls on the AppContext and never
+touch torch; generation and anything that changes the loaded model go through the job queue.
+Auth is added by `modules.api.auth.install_auth` once everything is mounted (webui.py).
 """
 
 from __future__ import annotations
@@ -9,37 +11,38 @@ from __future__ import annotations
 import html
 import threading
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
 
+from modules.api import progress, routes_info, routes_models, routes_networks, txt2img
+from modules.api.errors import install_error_handlers
+from modules.api.middleware import ProcessTimeMiddleware
+from modules.api.state import ApiState
 from modules.app_context import AppContext
-from modules.checkpoints import CheckpointNotFoundError
-from modules.merger import MergeRequest
 
 
-class SDModelItem(BaseModel):
-    title: str
-    model_name: str
-    hash: str | None
-    sha256: str | None
-    filename: str
-    config: str | None
+def create_app(context: AppContext, *, api: bool = True, ui: bool = False) -> FastAPI:
+    """The app for `context`: the `/sdapi/v1` routes when `api`; a status page at `/` unless a web UI
+    will be mounted there (`ui`)."""
+    app = FastAPI(title="Atelier", description="A1111-compatible Stable Diffusion API", docs_url="/docs",
+                  redoc_url="/redoc")
+    install_error_handlers(app)
+    if not ui:
+        _add_status_page(app, context)
+    if api:
+        state = ApiState()
+        app.state.api = state
+        app.include_router(txt2img.build_router(context, state))
+        app.include_router(progress.build_router(context.jobs, state))
+        app.include_router(routes_models.build_router(context, state))
+        app.include_router(routes_networks.build_router(context))
+        app.include_router(routes_info.build_router(context))
+        app.add_middleware(ProcessTimeMiddleware, log_requests=bool(getattr(context.args, "api_log", False)))
+    return app
 
 
-class SDVaeItem(BaseModel):
-    model_name: str
-    filename: str
-
-
-class CheckpointSwitch(BaseModel):
-    sd_model_checkpoint: str
-
-
-def create_app(context: AppContext) -> FastAPI:
-    app = FastAPI(title="Atelier", docs_url="/docs")
-
-    @app.get("/", response_class=HTMLResponse)
+def _add_status_page(app: FastAPI, context: AppContext) -> None:
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def status_page() -> str:
         model = context.models.current()
         state = context.load_state
@@ -55,74 +58,7 @@ def create_app(context: AppContext) -> FastAPI:
         items = "".join(f"<li>{html.escape(info.title)}</li>" for info in context.checkpoints.list())
         return (f"<!doctype html><title>Atelier</title><h1>Atelier</h1><p>{line}</p>"
                 f"<h2>Checkpoints</h2><ul>{items or '<li>none</li>'}</ul>"
-                "<p>The web UI arrives with a later release; the API is at <a href='/docs'>/docs</a>.</p>")
-
-    @app.get("/sdapi/v1/sd-models", response_model=list[SDModelItem])
-    def sd_models() -> list[SDModelItem]:
-        return [
-            SDModelItem(title=info.title, model_name=info.model_name, hash=info.shorthash, sha256=info.sha256,
-                        filename=str(info.filename), config=str(info.config_path) if info.config_path else None)
-            for info in context.checkpoints.list()
-        ]
-
-    @app.post("/sdapi/v1/refresh-checkpoints")
-    def refresh_checkpoints() -> None:
-        context.checkpoints.refresh()
-
-    @app.get("/sdapi/v1/sd-vae", response_model=list[SDVaeItem])
-    def sd_vae() -> list[SDVaeItem]:
-        return [SDVaeItem(model_name=f.name, filename=str(f.path)) for f in context.vaes.files()]
-
-    @app.post("/sdapi/v1/refresh-vae")
-    def refresh_vae() -> None:
-        context.vaes.refresh()
-
-    @app.post("/sdapi/v1/options")
-    def set_checkpoint(body: CheckpointSwitch) -> None:
-        try:
-            context.switch_checkpoint(body.sd_model_checkpoint)
-        except CheckpointNotFoundError as e:
-            raise HTTPException(status_code=404, detail=str(e)) from e
-        except ValueError as e:
-            raise HTTPException(status_code=422, detail=str(e)) from e
-
-    @app.post("/sdapi/v1/merge-checkpoints")
-    def merge(body: MergeRequest, load_without_saving: bool = False) -> dict:
-        """Atelier's merge route (A1111 has none): A1111's merger field names plus block weights and
-        method options; runs on the job queue, so a generation in progress finishes first. With
-        `?load_without_saving=true` the result is loaded as the current model without being saved
-        ("merge and load": try a ratio, then merge again normally to keep it)."""
-        from modules.merger import merge_and_load, merge_checkpoints
-
-        output_dir = context.paths.ckpt_dir or context.paths.checkpoints_dir
-        vae_files = {f.name: f.path for f in context.vaes.files()}
-        options = dict(vae_files=vae_files, allow_unsafe_pickle=context.args.disable_safe_unpickle)
-        if load_without_saving:
-            scratch = context.paths.data_dir / "cache" / "merge-trials"
-            work = lambda control: merge_and_load(body, context.checkpoints, context.models, scratch,  # noqa: E731
-                                                  control=control, **options)
-        else:
-            work = lambda control: merge_checkpoints(body, context.checkpoints, output_dir,  # noqa: E731
-                                                     control=control, **options)
-        job = context.jobs.submit(work, kind="merge", description=body.interpolation_method)
-        job.wait()
-        if job.state != "done":
-            error = job.error or "merge did not finish"
-            status = 404 if error.startswith("CheckpointNotFoundError") else 422
-            raise HTTPException(status_code=status, detail=error)
-        result = job.result
-        return {"title": result.title, "sha256": result.sha256, "filename": str(result.path),
-                "timings": result.timings, "job_id": job.id}
-
-    @app.post("/sdapi/v1/reload-checkpoint")
-    def reload_checkpoint() -> None:
-        context.models.reload_current()
-
-    @app.post("/sdapi/v1/unload-checkpoint")
-    def unload_checkpoint() -> None:
-        context.models.unload_all()
-
-    return app
+                "<p>This server runs without the web UI; the API is described at <a href='/docs'>/docs</a>.</p>")
 
 
 def start_background_load(context: AppContext) -> threading.Thread:

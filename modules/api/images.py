@@ -1,0 +1,148 @@
+"""Images in and out of the API: base64 PNGs with their infotext, and image URLs behind an SSRF guard.
+
+A1111 takes an image field as base64 (optionally a `data:image/...;base64,` URL) or as an
+`http(s)://` URL it downloads when the setting `api_enable_requests` is on; `api_forbid_local_requests`
+(on by default) refuses hosts that are not public. Here the guard is stricter than A1111's: every
+address the host resolves to must be public, the connection goes to the address that was checked
+(a DNS answer that changes between check and connect cannot redirect it), redirects are not
+followed, and the download is capped in size and time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import http.client
+import io
+import ipaddress
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from PIL import Image, UnidentifiedImageError
+
+from modules.api.errors import ApiError, bad_request
+
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+DOWNLOAD_TIMEOUT_S = 30.0
+USER_AGENT = "Atelier (A1111-compatible API)"
+
+Resolver = Callable[[str, int], list[str]]
+
+
+def encode_png(image: Image.Image, infotext: str | None = None) -> str:
+    """Base64 PNG; the infotext goes in the `parameters` text chunk, as in a saved file."""
+    from modules.images import SaveOptions, write_image_with_geninfo
+
+    buffer = io.BytesIO()
+    write_image_with_geninfo(image, buffer, ".png", infotext, SaveOptions())
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_image(value: str, settings: Mapping[str, Any], *, field: str = "image",
+                 resolver: Resolver | None = None) -> Image.Image:
+    """An image from base64 (a `data:` prefix is allowed) or, when the settings allow it, a URL."""
+    value = value.strip()
+    if value.startswith(("http://", "https://")):
+        if not settings.get("api_enable_requests", True):
+            raise bad_request(f"{field}: image URLs are turned off on this server (setting "
+                              "api_enable_requests); send the image as base64 instead")
+        data = fetch_url(value, forbid_local=settings.get("api_forbid_local_requests", True),
+                         field=field, resolver=resolver)
+    else:
+        if value.startswith("data:"):
+            value = value.split(",", 1)[1] if "," in value else ""
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request(f"{field}: not valid base64 (nor an http(s) URL); send the image file's bytes "
+                              "base64-encoded, optionally as a data:image/png;base64,... URL") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise bad_request(f"{field}: the data is not an image Pillow can read ({e})") from None
+    return image
+
+
+def is_public_address(address: str) -> bool:
+    """False for loopback, private, link-local (cloud metadata), multicast, reserved and unspecified
+    addresses, IPv4-mapped IPv6 forms of them included."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    return list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
+
+
+def fetch_url(url: str, *, forbid_local: bool = True, field: str = "image", resolver: Resolver | None = None,
+              max_bytes: int = MAX_DOWNLOAD_BYTES, timeout: float = DOWNLOAD_TIMEOUT_S) -> bytes:
+    """GET `url` (http or https), connecting only to an address that passed the guard."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise bad_request(f"{field}: {url!r} is not an http(s) URL with a host")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = (resolver or _resolve)(parts.hostname, port)
+    except OSError as e:
+        raise bad_request(f"{field}: cannot resolve {parts.hostname!r} ({e})") from None
+    if not addresses:
+        raise bad_request(f"{field}: {parts.hostname!r} has no address")
+    if forbid_local:
+        refused = [a for a in addresses if not is_public_address(a)]
+        if refused:
+            raise ApiError(422, f"{field}: {parts.hostname!r} resolves to a non-public address ({refused[0]}); "
+                                "requests to local or private hosts are refused (setting "
+                                "api_forbid_local_requests)", name="ValueError")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    connection = _pinned_connection(parts.scheme, parts.hostname, addresses[0], port, timeout)
+    try:
+        connection.request("GET", path, headers={"Host": parts.netloc.rsplit("@", 1)[-1],
+                                                 "User-Agent": USER_AGENT, "Accept": "image/*"})
+        response = connection.getresponse()
+        if response.status != 200:
+            hint = " (redirects are not followed; use the final URL)" if 300 <= response.status < 400 else ""
+            raise bad_request(f"{field}: {url} answered HTTP {response.status}{hint}")
+        data = response.read(max_bytes + 1)
+    except (OSError, http.client.HTTPException) as e:
+        raise bad_request(f"{field}: downloading {url} failed ({type(e).__name__}: {e})") from None
+    finally:
+        connection.close()
+    if len(data) > max_bytes:
+        raise bad_request(f"{field}: {url} is larger than {max_bytes // (1024 * 1024)} MiB")
+    return data
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to a fixed, already checked address; the Host header still names the host."""
+
+    def __init__(self, host: str, address: str, port: int, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    """The same over TLS, with the certificate checked against the host name (SNI too)."""
+
+    def __init__(self, host: str, address: str, port: int, timeout: float):
+        super().__init__(host, address, port, timeout)
+        self._tls = ssl.create_default_context()
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self.host)
+
+
+def _pinned_connection(scheme: str, host: str, address: str, port: int, timeout: float) -> http.client.HTTPConnection:
+    cls = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
+    return cls(host, address, port, timeout)

@@ -1,0 +1,161 @@
+"""Checkpoints, VAEs, settings and merging: `sd-models`, `sd-vae`, the refresh/reload/unload routes,
+`options` and Atelier's `merge-checkpoints`.
+
+Anything that changes the loaded model runs on the job worker (`run_exclusive`), after the jobs
+already queued, so a generation submitted before a switch still sees the model it was submitted
+against (A1111's FIFO `queue_lock`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Body
+
+from modules.api.errors import ApiError, bad_request, exception_to_api_error, not_found
+from modules.api.schemas import MergeResponse, SDModelItem, SDVaeItem
+from modules.api.state import ApiState, require_running_queue
+from modules.merger import MergeRequest
+from modules.settings import SettingSpec, validate_changes
+
+T = TypeVar("T")
+
+# Settings the API itself reads (A1111's names and defaults). They are not in the core schema, so
+# they are validated here and shown by GET options even before anyone stored them.
+API_SETTINGS: dict[str, SettingSpec] = {
+    spec.key: spec for spec in (
+        SettingSpec("api_enable_requests", True, "Allow http:// and https:// URLs for input images in API",
+                    "api"),
+        SettingSpec("api_forbid_local_requests", True, "Forbid URLs to local resources", "api"),
+    )
+}
+READ_ONLY_SETTINGS = frozenset({"sd_checkpoint_hash"})
+OptionsBody = Annotated[dict[str, Any], Body(examples=[{"sd_model_checkpoint": "model.safetensors"}])]
+VAE_SETTINGS = frozenset({"sd_vae", "sd_vae_overrides_per_model_preferences"})
+
+
+def on_worker(context, fn: Callable[[], T]) -> T:
+    """Run `fn` between jobs on the job worker (in FIFO order), or here when the queue is not started."""
+    if context.jobs.running:
+        return context.jobs.run_exclusive(fn)
+    return fn()
+
+
+def current_options(context) -> dict[str, Any]:
+    values = {**{key: spec.default for key, spec in API_SETTINGS.items()}, **context.settings.current().to_dict()}
+    info = context.models.current_info()
+    if info is not None:
+        values["sd_model_checkpoint"] = info.title
+        values["sd_checkpoint_hash"] = info.sha256 or ""
+    return values
+
+
+def set_options(context, changes: dict[str, Any]) -> None:
+    """Validate everything first (422/404 before anything changes), then switch and store."""
+    changes = {k: v for k, v in changes.items() if k not in READ_ONLY_SETTINGS}
+    wanted = changes.pop("sd_model_checkpoint", None)
+    errors = []
+    for key, spec in API_SETTINGS.items():
+        if key in changes:
+            try:
+                changes[key] = spec.validate(changes[key])
+            except ValueError as e:
+                errors.append(str(e))
+    try:
+        changes = validate_changes(changes)
+    except ValueError as e:
+        errors.append(str(e))
+    if "sd_vae" in changes and changes["sd_vae"] not in context.vaes.choices():
+        errors.append(f"setting 'sd_vae' must be one of {context.vaes.choices()}, got {changes['sd_vae']!r}; "
+                      "POST /sdapi/v1/refresh-vae after adding a file")
+    if errors:
+        raise bad_request("; ".join(errors))
+    title = context.checkpoints.find(wanted).title if wanted else None  # CheckpointNotFoundError -> 404
+    if title is not None:
+        on_worker(context, lambda: context.switch_checkpoint(title))
+    changed = context.settings.apply(changes)
+    if VAE_SETTINGS.intersection(changed):
+        on_worker(context, context.models.refresh_vae)
+
+
+def build_router(context, state: ApiState) -> APIRouter:
+    router = APIRouter(prefix="/sdapi/v1", tags=["models"])
+
+    @router.get("/sd-models", response_model=list[SDModelItem])
+    def sd_models() -> list[SDModelItem]:
+        return [
+            SDModelItem(title=info.title, model_name=info.model_name, hash=info.shorthash, sha256=info.sha256,
+                        filename=str(info.filename), config=str(info.config_path) if info.config_path else None)
+            for info in context.checkpoints.list()
+        ]
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> None:
+        context.checkpoints.refresh()
+
+    @router.get("/sd-vae", response_model=list[SDVaeItem])
+    def sd_vae() -> list[SDVaeItem]:
+        return [SDVaeItem(model_name=f.name, filename=str(f.path)) for f in context.vaes.files()]
+
+    @router.post("/refresh-vae")
+    def refresh_vae() -> None:
+        context.vaes.refresh()
+
+    @router.get("/options")
+    def get_options() -> dict[str, Any]:
+        """Every setting (A1111's names); `sd_model_checkpoint` is the loaded checkpoint's title."""
+        return current_options(context)
+
+    @router.post("/options")
+    async def post_options(changes: OptionsBody) -> None:
+        """Change settings and save them to config.json. `sd_model_checkpoint` loads that checkpoint
+        (after the queued jobs) and is remembered for the next start."""
+        await state.blocking(lambda: set_options(context, changes))
+
+    @router.post("/reload-checkpoint")
+    async def reload_checkpoint() -> None:
+        """Read the current checkpoint again from disk; with none loaded, load the start-up one."""
+        def reload() -> None:
+            if context.models.current_info() is not None:
+                context.models.reload_current()
+                return
+            title = context.startup_checkpoint_title()
+            if title is None:
+                raise not_found("no checkpoint to load; put one in models/Stable-diffusion and call "
+                                "POST /sdapi/v1/refresh-checkpoints", name="CheckpointNotFoundError")
+            context.models.load(title)
+
+        await state.blocking(lambda: on_worker(context, reload))
+
+    @router.post("/unload-checkpoint")
+    async def unload_checkpoint() -> None:
+        """Free every loaded checkpoint; the next generation loads one again."""
+        await state.blocking(lambda: on_worker(context, context.models.unload_all))
+
+    @router.post("/merge-checkpoints", response_model=MergeResponse)
+    async def merge(body: MergeRequest, load_without_saving: bool = False) -> MergeResponse:
+        """Atelier's merge route (A1111 has none): A1111's merger field names plus block weights and
+        method options; runs on the job queue, so a generation in progress finishes first. With
+        `?load_without_saving=true` the result is loaded as the current model without being saved
+        ("merge and load": try a ratio, then merge again normally to keep it)."""
+        return await state.blocking(lambda: _merge(context, body, load_without_saving))
+
+    return router
+
+
+def _merge(context, body: MergeRequest, load_without_saving: bool) -> MergeResponse:
+    from modules.merge_service import submit_merge
+    from modules.merger import MergeInterrupted
+
+    require_running_queue(context.jobs)
+    # The same job as the Checkpoint Merger tab's (output folder, trial folder, VAE files).
+    job = submit_merge(context, body, load_without_saving=load_without_saving)
+    job.wait()
+    if job.state.value == "interrupted" or isinstance(job.exception, MergeInterrupted):
+        raise ApiError(409, f"merge {job.id} was interrupted; nothing was written", name="MergeInterrupted")
+    if job.exception is not None:
+        raise exception_to_api_error(job.exception)
+    result = job.result
+    return MergeResponse(title=result.title, sha256=result.sha256, filename=str(result.path),
+                         timings=result.timings, job_id=job.id)
