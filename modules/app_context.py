@@ -10,6 +10,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modules.checkpoints import CheckpointNotFoundError, CheckpointRegistry
 from modules.hashes import HashCache
@@ -22,6 +23,9 @@ from modules.textual_inversion import EmbeddingDatabase
 from modules.paths import Paths
 from modules.settings import SettingsStore
 from modules.vae_files import VaeRegistry
+
+if TYPE_CHECKING:
+    from modules.extensions import ExtensionRuntime
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,9 @@ class AppContext:
     jobs: JobQueue
     engine: Txt2ImgEngine
     load_state: ModelLoadState = field(default_factory=ModelLoadState)
+    # Loaded by webui.main after the context exists (scripts see the context); None in tests and
+    # tools that run without extensions.
+    extensions: "ExtensionRuntime | None" = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "AppContext":

@@ -1,0 +1,118 @@
+"""The web UI: one `gr.Blocks` in A1111's shape, mounted at "/" of the server's FastAPI app.
+
+    top bar     checkpoint, SD VAE, clip skip, model status        modules.ui.top_bar
+    tabs        txt2img | PNG Info | Checkpoint Merger | <extension tabs> | Settings | Extensions
+                                                                    one builder each
+
+Each tab builder is `build(context, shared)`, called inside its `gr.Tab`; `UiShared` carries the
+components one tab needs from another (modules.ui.shared). Authentication is not Gradio's: the
+server installs one HTTP Basic middleware for every route (modules.api.auth), so nothing is passed
+to Gradio's `auth`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+
+from modules.ui import extensions_tab, merger_tab, pnginfo, settings_tab, top_bar, txt2img
+from modules.ui.shared import UiShared
+
+log = logging.getLogger(__name__)
+
+TAB_IDS = {"txt2img": "txt2img", "PNG Info": "pnginfo", "Checkpoint Merger": "modelmerger", "Settings": "settings",
+           "Extensions": "extensions"}
+
+CSS = """
+#quicksettings { align-items: flex-end; gap: 0.5em; }
+.tool { max-width: 3em; min-width: 2.5em !important; align-self: flex-end; }
+#model_status { min-height: 1.5em; font-size: 0.9em; padding: 0 0.25em; }
+.model-status.loading::before { content: '⏳ '; }
+.prompt-box { position: relative; }
+.token-counter-box { position: absolute; top: 0.3em; right: 0.6em; width: auto !important; z-index: 2; }
+.token-counter { font-size: 0.8em; opacity: 0.75; padding: 0 0.4em; border-radius: 0.4em;
+                 background: var(--block-background-fill); }
+.token-counter.over { color: var(--color-accent); opacity: 1; }
+#txt2img_generate { min-height: 4.5em; font-size: 1.2em; }
+.progress-bar { position: relative; height: 1.6em; border-radius: 0.4em; overflow: hidden;
+                background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
+.progress-fill { height: 100%; background: var(--color-accent); opacity: 0.55; transition: width 0.2s; }
+.progress-text { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
+                 font-size: 0.85em; }
+#html_info_txt2img .infotext { font-family: var(--font-mono); font-size: 0.85em; white-space: pre-wrap;
+                               word-break: break-word; }
+.job-note { font-size: 0.85em; opacity: 0.85; margin: 0.2em 0; }
+.error { border: 1px solid #d33; border-radius: 0.4em; padding: 0.4em 0.6em; color: #d33; margin: 0.3em 0; }
+.extra-network-section h4 { margin: 0.4em 0 0.2em; }
+.extra-network-cards { display: flex; flex-wrap: wrap; gap: 0.4em; }
+.extra-network-item { display: flex; flex-direction: column; align-items: flex-start; cursor: pointer;
+                      padding: 0.35em 0.6em; border-radius: 0.4em; border: 1px solid var(--border-color-primary);
+                      background: var(--button-secondary-background-fill); }
+.extra-network-item:hover { border-color: var(--color-accent); }
+.extra-network-item .description { font-size: 0.75em; opacity: 0.7; }
+.extra-network-empty, .extra-network-note { font-size: 0.85em; opacity: 0.7; margin: 0.2em 0; }
+.extra-network-skipped-list { font-size: 0.85em; margin-top: 0.3em; }
+.extra-network-skipped { opacity: 0.75; }
+.pnginfo-table th { text-align: left; padding-right: 1em; vertical-align: top; white-space: nowrap; }
+.pnginfo-table td { word-break: break-word; }
+"""
+
+# Ctrl+Enter in a prompt box generates (A1111's shortcut).
+JS = """
+() => {
+    document.addEventListener('keydown', (event) => {
+        if (!(event.ctrlKey || event.metaKey) || event.key !== 'Enter') return;
+        const box = event.target && event.target.closest && event.target.closest('#txt2img_prompt, #txt2img_neg_prompt');
+        if (!box) return;
+        event.preventDefault();
+        const button = document.querySelector('#txt2img_generate');
+        if (button) button.click();
+    });
+}
+"""
+
+
+def build_ui(context) -> gr.Blocks:
+    """The whole UI for `context` (an AppContext). Builds quickly: no model, tokenizer or scan is
+    touched here; what changes later is refreshed when a page opens (`UiShared.page_loads`)."""
+    shared = UiShared()
+    callbacks = context.extensions.callbacks if getattr(context, "extensions", None) is not None else None
+    if callbacks is not None:
+        callbacks.before_ui()
+    # A1111 builds the extensions' tabs before the page, each in a Blocks of its own.
+    extension_tabs = extensions_tab.extension_tabs(context)
+    with gr.Blocks(title="Atelier", analytics_enabled=False) as blocks:
+        top_bar.build(context, shared)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            shared.tabs = tabs
+            with gr.Tab("txt2img", id=TAB_IDS["txt2img"], elem_id="tab_txt2img"):
+                txt2img.build(context, shared)
+            with gr.Tab("PNG Info", id=TAB_IDS["PNG Info"], elem_id="tab_pnginfo"):
+                pnginfo.build(context, shared)
+            with gr.Tab("Checkpoint Merger", id=TAB_IDS["Checkpoint Merger"], elem_id="tab_modelmerger"):
+                merger_tab.build(context, shared)
+            extensions_tab.render_extension_tabs(extension_tabs)
+            with gr.Tab("Settings", id=TAB_IDS["Settings"], elem_id="tab_settings"):
+                if callbacks is not None:
+                    callbacks.ui_settings()
+                settings_tab.build(context, shared)
+            with gr.Tab("Extensions", id=TAB_IDS["Extensions"], elem_id="tab_extensions"):
+                extensions_tab.build(context, shared)
+        for load, outputs in shared.page_loads:
+            blocks.load(load, outputs=outputs, show_progress="hidden", queue=False)
+    blocks.queue(default_concurrency_limit=1)
+    return blocks
+
+
+def mount_ui(app, context) -> gr.Blocks:
+    """Build the UI, mount it at "/" of `app` (the server's FastAPI app) and return the Blocks (the
+    `demo` of the extensions' on_app_started).
+
+    No Gradio `auth`: the server's own middleware guards every route (see the module docstring).
+    """
+    blocks = build_ui(context)
+    css = "\n".join(filter(None, [CSS, extensions_tab.extension_css(context)]))
+    gr.mount_gradio_app(app, blocks, path="/", css=css, js=JS, head=extensions_tab.extension_head(context),
+                        ssr_mode=False, footer_links=["settings"], run_history=False, show_error=True)
+    return blocks

@@ -1,0 +1,120 @@
+"""The PNG Info tab: drop an image, see the A1111 parameters it carries (PNG `parameters` chunk,
+JPEG/WebP EXIF comment, NovelAI PNGs), parsed into a table, and send them to txt2img.
+
+The image arrives as the uploaded file itself (`type="filepath"`, no mode conversion), so nothing
+re-encodes it and its text chunks survive.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from modules.ui.shared import UiShared
+
+def _written_parameters(infotext: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The parsed parameters the infotext itself states, in its order: the parser also fills in
+    A1111's defaults (`Clip skip: 1`, `RNG: GPU`, …) and splits sizes into `-1`/`-2` keys, which
+    are put back together here (`Size: 64x64`)."""
+    settings_line = infotext.strip().splitlines()[-1] if infotext.strip() else ""
+    shown: dict[str, Any] = {}
+    for key, value in parameters.items():
+        if key in ("Prompt", "Negative prompt"):
+            continue
+        base = key[:-2] if key.endswith(("-1", "-2")) else key
+        if f"{base}: " not in settings_line:
+            continue
+        if key.endswith("-1"):
+            shown[base] = f"{value}x{parameters.get(base + '-2', '')}"
+        elif not key.endswith("-2"):
+            shown[key] = value
+    return shown
+
+
+@dataclass
+class PngInfo:
+    """What an image carries: the infotext (None when it has none), parsed, and other metadata."""
+
+    infotext: str | None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    items: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def read_png_info(path: str | None) -> PngInfo:
+    """Read the generation parameters of the image file at `path` (A1111's PNG Info)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from modules.infotext_utils import parse_generation_parameters, read_info_from_image
+
+    if not path:
+        return PngInfo(None)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            infotext, items = read_info_from_image(image)
+    except (OSError, UnidentifiedImageError) as error:
+        return PngInfo(None, error=f"Cannot read the image: {error}")
+    shown_items = {key: value for key, value in items.items() if isinstance(value, (str, int, float))}
+    if not infotext:
+        return PngInfo(None, items=shown_items)
+    return PngInfo(infotext, parse_generation_parameters(infotext), shown_items)
+
+
+def render_png_info(info: PngInfo) -> str:
+    if info.error:
+        return f"<div class='error'>{html.escape(info.error)}</div>"
+    if info.infotext is None:
+        extra = _table(info.items) if info.items else ""
+        return f"<p class='job-note'>This image carries no generation parameters.</p>{extra}"
+    shown = _written_parameters(info.infotext, info.parameters)
+    prompt = html.escape(str(info.parameters.get("Prompt", "")))
+    negative = html.escape(str(info.parameters.get("Negative prompt", "")))
+    parts = [f"<div class='pnginfo-prompt'><b>Prompt</b><p>{prompt or '<i>empty</i>'}</p></div>"]
+    if negative:
+        parts.append(f"<div class='pnginfo-prompt'><b>Negative prompt</b><p>{negative}</p></div>")
+    parts.append(_table(shown))
+    if info.items:
+        parts.append("<h4>Other metadata</h4>" + _table(info.items))
+    return "".join(parts)
+
+
+def _table(values: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
+                   for key, value in values.items())
+    return f"<table class='pnginfo-table'>{rows}</table>"
+
+
+def build(context, shared: UiShared) -> None:
+    """Build the tab inside the current `gr.Tab`; needs `shared.txt2img_fields` (txt2img is built first)."""
+    from modules.ui.request_fields import TXT2IMG_FIELDS
+    from modules.ui.txt2img import paste_updates
+
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            image = gr.Image(type="filepath", image_mode=None, label="Source", sources=["upload", "clipboard"],
+                             elem_id="pnginfo_image", height=480)
+        with gr.Column():
+            parameters = gr.HTML("", elem_id="pnginfo_parameters", js_on_load=None)
+            generation_info = gr.Textbox(label="Parameters (infotext)", lines=6, interactive=False,
+                                         elem_id="pnginfo_generation_info", buttons=["copy"])
+            send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo_send_to_txt2img")
+
+    def on_image(path: str | None):
+        info = read_png_info(path)
+        return render_png_info(info) if path else "", info.infotext or ""
+
+    image.change(on_image, inputs=image, outputs=[parameters, generation_info], show_progress="hidden")
+
+    fields = [shared.txt2img_fields[name] for name in TXT2IMG_FIELDS]
+
+    def on_send(text: str):
+        updates, note = paste_updates(context, text)
+        tab = gr.Tabs(selected="txt2img") if text and text.strip() else gr.skip()
+        return (*updates, tab, note)
+
+    send.click(on_send, inputs=generation_info, outputs=[*fields, shared.tabs, shared.txt2img_html_info],
+               show_progress="hidden")

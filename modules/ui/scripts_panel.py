@@ -1,0 +1,96 @@
+"""The scripts part of the txt2img tab: the always-on scripts' controls, then A1111's "Script"
+dropdown with each selectable script's controls shown when it is picked.
+
+`build(context, shared)` renders it where it is called and returns a `ScriptsPanel`: add
+`panel.inputs` to the Generate button's inputs and turn their values into the request's
+`ScriptSelection` with `panel.selection(values)`. Each script's `ui()` runs in its extension's
+callback scope; one that raises is logged with the extension's name and the script runs with no
+arguments from the page.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import gradio as gr
+
+from modules.script_callbacks import registry_scope
+from modules.scripts import Script, ScriptSelection
+
+log = logging.getLogger(__name__)
+
+NONE_TITLE = "None"
+
+
+def read_default_args(script: Script) -> tuple:
+    """The values of `script.ui()`'s components, built in a detached Blocks that is never shown
+    (for API requests when no page has built the script's controls)."""
+    with gr.Blocks(analytics_enabled=False):
+        components = script.ui(script.is_img2img) or []
+    return tuple(getattr(component, "value", None) for component in components)
+
+
+@dataclass
+class ScriptsPanel:
+    dropdown: Any = None
+    inputs: list = field(default_factory=list)  # the dropdown, then every script's components
+    slices: dict[Script, tuple[int, int]] = field(default_factory=dict)  # positions in inputs[1:]
+
+    def selection(self, values: Sequence[Any]) -> ScriptSelection | None:
+        """`values` of `inputs`, as the request's ScriptSelection (None without scripts)."""
+        if not self.inputs:
+            return None
+        title, rest = values[0], list(values[1:])
+        alwayson = {script.name: tuple(rest[a:b]) for script, (a, b) in self.slices.items() if script.alwayson}
+        chosen = None if title in (None, "", NONE_TITLE) else title
+        script_args: tuple = ()
+        for script, (a, b) in self.slices.items():
+            if chosen is not None and not script.alwayson and script.title() == chosen:
+                script_args = tuple(rest[a:b])
+        return ScriptSelection(script=chosen, script_args=script_args, alwayson_args=alwayson)
+
+
+def _script_controls(runner, script: Script) -> list:
+    try:
+        with registry_scope(runner.callbacks, script.extension):
+            controls = list(script.ui(False) or [])
+    except Exception:
+        log.exception("Extension %s: ui() of script %r failed; its controls are missing", script.extension,
+                      script.title())
+        controls = []
+    runner.record_ui(script, controls)
+    return controls
+
+
+def build(context, shared=None) -> ScriptsPanel:
+    runtime = getattr(context, "extensions", None)
+    runner = runtime.scripts if runtime is not None else None
+    if runner is None or not runner.txt2img_scripts:
+        return ScriptsPanel()
+    panel = ScriptsPanel()
+    components: list = []
+
+    def add(script: Script) -> None:
+        controls = _script_controls(runner, script)
+        panel.slices[script] = (len(components), len(components) + len(controls))
+        components.extend(controls)
+
+    with gr.Group(elem_id="txt2img_script_container"):
+        for script in runner.alwayson:
+            add(script)
+        selectable = runner.selectable
+        panel.dropdown = gr.Dropdown([NONE_TITLE, *(script.title() for script in selectable)], value=NONE_TITLE,
+                                     label="Script", elem_id="script_list", visible=bool(selectable))
+        groups = []
+        for script in selectable:
+            with gr.Group(visible=False) as group:
+                add(script)
+            groups.append(group)
+    if groups:
+        panel.dropdown.change(lambda title: [gr.update(visible=title == script.title()) for script in selectable],
+                              inputs=panel.dropdown, outputs=groups, show_progress="hidden", queue=False)
+    runner.layout()
+    panel.inputs = [panel.dropdown, *components]
+    return panel

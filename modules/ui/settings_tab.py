@@ -1,0 +1,172 @@
+"""The Settings tab: the settings of `modules.settings.SCHEMA` by section, Apply settings and Reload UI
+(A1111.md §10).
+
+Apply saves `config.json` through the `SettingsStore` (A1111's flat format) and reports, as A1111
+does, "N settings changed: a, b."; a value that breaks its setting's rule is refused with the field
+named, while the other fields are saved. Only the fields edited on this page are applied, so a page
+opened before another client (the API, another browser) changed a setting does not put the old
+value back. The settings shown at the top of the page (checkpoint, VAE, Clip skip) are edited
+there, not here, as in A1111 where quicksettings leave the Settings tab.
+
+Widget values are read back from the store each time the page loads, so Reload UI (a page reload)
+shows the values in effect. The Blocks are built once at start-up, so a setting read while building
+them (marked "requires restart") takes effect when Atelier is started again; A1111's Reload UI
+rebuilt them instead.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gradio as gr
+
+from modules.settings import SCHEMA, SCHEMA_BY_KEY, SECTIONS, SettingSpec, describe_changes
+
+log = logging.getLogger(__name__)
+
+# Settings the top bar edits (their `setting_<key>` element ids are the top bar's; see modules.ui.shared).
+TOP_BAR_SETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+RESTART_MARK = " (requires restart)"
+
+
+def tab_specs() -> list[SettingSpec]:
+    """The settings this tab shows, grouped by section in SECTIONS' order (unknown sections last)."""
+    shown = [spec for spec in SCHEMA if spec.visible and spec.key not in TOP_BAR_SETTINGS]
+    sections = list(SECTIONS) + sorted({spec.section for spec in shown} - set(SECTIONS))
+    return [spec for section in sections for spec in shown if spec.section == section]
+
+
+def section_title(section: str) -> str:
+    return SECTIONS.get(section, section.replace("-", " ").capitalize())
+
+
+def widget_value(spec: SettingSpec, value: Any) -> Any:
+    """A setting's value as its widget holds it (lists for list settings)."""
+    return list(value) if isinstance(spec.default, tuple) else value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether a widget still holds the value it was loaded with (1 and 1.0 are the same number)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+def quicksettings_choices(current: Mapping[str, Any]) -> list[str]:
+    """Every setting key, and keys already in the list that this schema does not know (extensions')."""
+    keys = [spec.key for spec in SCHEMA if spec.visible]
+    return keys + [key for key in current["quicksettings_list"] if key not in keys]
+
+
+class SettingsHandlers:
+    """The tab's handlers for the settings `specs`, in the order of the tab's widgets."""
+
+    def __init__(self, context, specs: Sequence[SettingSpec]):
+        self.context = context
+        self.specs = list(specs)
+
+    def current_values(self) -> list:
+        settings = self.context.settings.current()
+        return [widget_value(spec, settings[spec.key]) for spec in self.specs]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The widget values as loaded, kept per page to tell which fields the user edited."""
+        return {spec.key: value for spec, value in zip(self.specs, self.current_values())}
+
+    def load(self) -> list:
+        """Page load: (snapshot, every widget's value)."""
+        snapshot = self.snapshot()
+        return [snapshot, *snapshot.values()]
+
+    def apply(self, loaded: Mapping[str, Any] | None, *values: Any) -> list:
+        """Apply settings: saves the fields edited since the page loaded; returns (report html, snapshot)."""
+        edited = {spec.key: value for spec, value in zip(self.specs, values)
+                  if loaded is None or spec.key not in loaded or not _same(loaded[spec.key], value)}
+        result = self.context.settings.apply_valid(edited)
+        notes = self._after_apply(result.changed)
+        return [self.report_html(result.changed, result.refused, notes), self.snapshot()]
+
+    def _after_apply(self, changed: Sequence[str]) -> list[str]:
+        """What a change must set off now (A1111's onchange); returns notes for the report."""
+        if "sd_vae_overrides_per_model_preferences" not in changed or self.context.models.current() is None:
+            return []
+        models, jobs = self.context.models, self.context.jobs
+        try:
+            # After the running generation, as the top bar's VAE choice does (A1111's queued onchange).
+            if jobs.running:
+                jobs.run_exclusive(models.refresh_vae)
+            else:
+                models.refresh_vae()
+        except (OSError, ValueError, RuntimeError) as e:
+            log.error("Re-applying the VAE after a settings change failed: %s", e)
+            return [f"The setting is saved, but the VAE could not be applied to the current model: {e}"]
+        return ["The VAE of the current model was updated."]
+
+    def report_html(self, changed: Sequence[str], refused: Mapping[str, str], notes: Sequence[str] = ()) -> str:
+        def label(key: str) -> str:
+            spec = SCHEMA_BY_KEY.get(key)
+            return spec.label if spec else key
+
+        parts = [f"<p>{html.escape(describe_changes(list(changed)))}</p>"]
+        restart = [label(key) for key in changed if key in SCHEMA_BY_KEY and SCHEMA_BY_KEY[key].needs_restart]
+        if restart:
+            parts.append(f"<p>Restart Atelier for {html.escape(', '.join(restart))} to take effect.</p>")
+        parts += [f"<p>{html.escape(note)}</p>" for note in notes]
+        if refused:
+            items = "".join(f"<li><b>{html.escape(label(key))}</b> ({html.escape(key)}): "
+                            f"{html.escape(message)}</li>" for key, message in refused.items())
+            parts.append(f"<div class='error'><b>Not saved</b><ul>{items}</ul></div>")
+        return "".join(parts)
+
+
+def setting_component(spec: SettingSpec, value: Any, choices: Sequence[str] | None = None):
+    """The widget for one setting, with A1111's element id `setting_<key>`."""
+    common = {"label": spec.label + (RESTART_MARK if spec.needs_restart else ""),
+              "elem_id": f"setting_{spec.key}", "info": spec.info or None}
+    value = widget_value(spec, value)
+    if isinstance(spec.default, bool):
+        return gr.Checkbox(value=value, **common)
+    if isinstance(spec.default, tuple):
+        return gr.Dropdown(choices=list(choices or spec.choices or ()), value=value, multiselect=True,
+                           allow_custom_value=spec.choices is None, **common)
+    if isinstance(spec.default, str):
+        if spec.choices is not None:
+            return gr.Radio(list(spec.choices), value=value, **common)
+        return gr.Textbox(value=value, lines=1, **common)
+    if spec.step is not None and spec.minimum is not None and spec.maximum is not None:
+        return gr.Slider(spec.minimum, spec.maximum, value=value, step=spec.step, **common)
+    # No minimum/maximum on the widget: the store's check names the rule instead of a bare refusal.
+    return gr.Number(value=value, precision=0 if isinstance(spec.default, int) else None, **common)
+
+
+def build(context, shared) -> None:
+    """Build the tab inside the current `gr.Tab` (element ids: modules.ui.shared)."""
+    specs = tab_specs()
+    handlers = SettingsHandlers(context, specs)
+    current = context.settings.current()
+
+    with gr.Row():
+        submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
+        reload_ui = gr.Button("Reload UI", elem_id="settings_reload_ui")
+    result = gr.HTML(elem_id="settings_result")
+    gr.HTML("<p>The checkpoint, the VAE and Clip skip are set at the top of the page.</p>")
+    loaded = gr.State(None)
+    components = []
+    with gr.Tabs(elem_id="settings"):
+        for section in dict.fromkeys(spec.section for spec in specs):
+            with gr.Tab(section_title(section), elem_id=f"settings_section_{section}"):
+                for spec in specs:
+                    if spec.section == section:
+                        choices = quicksettings_choices(current) if spec.key == "quicksettings_list" else None
+                        components.append(setting_component(spec, current[spec.key], choices))
+
+    private = {"api_visibility": "private"}
+    submit.click(handlers.apply, inputs=[loaded, *components], outputs=[result, loaded], **private)
+    # A page reload: the page's load events read the values in effect again (see SettingsHandlers.load).
+    reload_ui.click(None, js="() => { window.location.reload(); }", **private)
+    shared.page_loads.append((handlers.load, [loaded, *components]))

@@ -1,0 +1,50 @@
+"""What the tabs of the UI share, and the element ids the browser tests rely on.
+
+Each tab has one builder, `build(context, shared)`, called inside its `gr.Tab` by `modules.ui.app`.
+`UiShared` carries the components one tab needs from another (after a merge the checkpoint dropdown
+must list the result; PNG Info sends parameters to txt2img's fields). Builders fill in what they own.
+
+Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps working:
+  top bar     setting_sd_model_checkpoint, refresh_sd_model_checkpoint, setting_sd_vae,
+              refresh_sd_vae, setting_CLIP_stop_at_last_layers, model_status
+  txt2img     txt2img_prompt, txt2img_neg_prompt, txt2img_token_counter,
+              txt2img_negative_token_counter, txt2img_generate, txt2img_interrupt, txt2img_skip,
+              txt2img_sampling, txt2img_scheduler, txt2img_steps, txt2img_width, txt2img_height,
+              txt2img_batch_count, txt2img_batch_size, txt2img_cfg_scale, txt2img_seed,
+              txt2img_random_seed, txt2img_reuse_seed, txt2img_subseed, txt2img_subseed_strength,
+              txt2img_hr, txt2img_gallery, html_info_txt2img, txt2img_progress, txt2img_paste,
+              open_folder_txt2img, txt2img_extra_networks (items: class `extra-network-item`,
+              attribute data-name)
+  PNG Info    pnginfo_image, pnginfo_generation_info, pnginfo_send_to_txt2img
+  Merger      modelmerger_primary_model_name, modelmerger_secondary_model_name,
+              modelmerger_tertiary_model_name, modelmerger_interp_method, modelmerger_interp_amount,
+              modelmerger_custom_name, modelmerger_checkpoint_format, modelmerger_save_as_half,
+              modelmerger_config_method, modelmerger_bake_in_vae, modelmerger_discard_weights,
+              modelmerger_save_metadata, modelmerger_block_weights, modelmerger_merge,
+              modelmerger_merge_and_load, modelmerger_result
+  Settings    settings_submit, settings_result, settings_reload_ui, and setting_<key> per setting
+Tab labels: "txt2img", "PNG Info", "Checkpoint Merger", "Settings".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class UiShared:
+    """Components created by one builder and used by others (gradio components, typed as Any so
+    this module does not import gradio)."""
+
+    checkpoint_dropdown: Any = None  # top bar: refreshed after a merge
+    checkpoint_switched: Any = None  # top bar: the dropdown's switch event, to chain `.then(...)` on
+    txt2img_fields: dict[str, Any] = field(default_factory=dict)  # GenerationRequest field -> component
+    txt2img_prompt: Any = None
+    txt2img_negative_prompt: Any = None
+    txt2img_html_info: Any = None  # txt2img: the HTML under the gallery (notes after a paste)
+    tabs: Any = None  # the gr.Tabs, to switch to txt2img after "send to txt2img"
+    # (function, outputs) run when a page opens: the Blocks are built once at start-up, so anything
+    # that changes later (checkpoint lists, loaded model) is refreshed here. Any builder may append.
+    page_loads: list[tuple[Callable[[], Any], list[Any]]] = field(default_factory=list)

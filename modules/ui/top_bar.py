@@ -1,0 +1,206 @@
+"""The top bar (A1111's quicksettings): checkpoint dropdown with refresh, SD VAE, clip skip, and the
+model status line ("Loading checkpoint…", what is loaded, what failed).
+
+A checkpoint switch is a job on the generation queue, so it waits for a running generation and the
+next job uses the new model; a failed load shows the error and keeps the previous model (the model
+manager's rule). The dropdown reacts to `.input` (the user's choice) rather than `.change`, so the
+handler can put the previous title back after a failure without starting another switch.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import gradio as gr
+
+from modules.jobs import JobState
+from modules.ui.generation import error_html
+from modules.ui.shared import UiShared
+
+REFRESH_SYMBOL = "\U0001f504"  # 🔄
+POLL_SECONDS = 0.25
+
+
+# --- plain functions (no gradio values in or out) -------------------------------------------------
+
+
+def checkpoint_choices(context) -> list[str]:
+    return context.checkpoints.titles()
+
+
+def current_checkpoint_title(context) -> str | None:
+    """The loaded checkpoint's title; before a load, the one the settings name, else the first listed."""
+    info = context.models.current_info()
+    if info is not None:
+        return info.title
+    titles = checkpoint_choices(context)
+    wanted = context.settings.current()["sd_model_checkpoint"]
+    if wanted:
+        try:
+            return context.checkpoints.find(wanted).title
+        except KeyError:
+            pass
+    return titles[0] if titles else None
+
+
+def model_status(context) -> tuple[str, bool]:
+    """(status HTML, whether the start-up load is still running)."""
+    state = context.load_state
+    with state.lock:
+        loading, error = state.loading, state.error
+    if loading:
+        return "<span class='model-status loading'>Loading checkpoint…</span>", True
+    model, info = context.models.current(), context.models.current_info()
+    if model is not None:
+        name = info.title if info is not None else model.name
+        details = f"{model.architecture}, {model.device.type}, {str(model.dtype).removeprefix('torch.')}"
+        return (f"<span class='model-status loaded'>Loaded <b>{html.escape(name)}</b> "
+                f"({html.escape(details)})</span>"), False
+    if error:
+        return error_html(f"Loading the checkpoint failed: {error}"), False
+    if not checkpoint_choices(context):
+        folders = ", ".join(str(d) for d in context.paths.checkpoint_dirs)
+        return (f"<span class='model-status empty'>No checkpoints found. Put .safetensors or .ckpt files in "
+                f"{html.escape(folders)} and press {REFRESH_SYMBOL}.</span>"), False
+    return "<span class='model-status empty'>No checkpoint loaded; pick one above.</span>", False
+
+
+@dataclass
+class SwitchUpdate:
+    """One step of a checkpoint switch: the status to show and, once finished, the dropdown's value."""
+
+    status_html: str
+    finished: bool = False
+    title: str | None = None
+
+
+def switch_checkpoint(context, title: str, poll_seconds: float = POLL_SECONDS) -> Iterator[SwitchUpdate]:
+    """Switch to `title` through the job queue, yielding the status while it waits and loads."""
+    current = context.models.current_info()
+    if not title:
+        yield SwitchUpdate(model_status(context)[0], True, current_checkpoint_title(context))
+        return
+    if current is not None and title in current.aliases:
+        yield SwitchUpdate(model_status(context)[0], True, current.title)
+        return
+    job = context.jobs.submit(lambda control: context.switch_checkpoint(title), kind="checkpoint",
+                              description=title)
+    name = html.escape(title)
+    while not job.finished:
+        if job.state is JobState.QUEUED:
+            text = f"Loading {name} after the running job…"
+        else:
+            text = f"Loading {name}…"
+        yield SwitchUpdate(f"<span class='model-status loading'>{text}</span>")
+        try:
+            job.wait(poll_seconds)
+        except TimeoutError:
+            pass
+    if job.state is JobState.DONE:
+        took = (job.finished_at or 0) - (job.started_at or 0)
+        status, _ = model_status(context)
+        yield SwitchUpdate(f"{status} <span class='model-status took'>in {took:.1f} s</span>", True,
+                           current_checkpoint_title(context))
+        return
+    previous = context.models.current_info()
+    kept = f" Still using {previous.title}." if previous is not None else " No checkpoint is loaded."
+    reason = job.error or "the load was cancelled"
+    yield SwitchUpdate(error_html(f"Could not load {title}: {reason}.{kept}"), True,
+                       previous.title if previous is not None else None)
+
+
+def apply_vae(context, name: str) -> str:
+    """Set the SD VAE setting and re-apply the VAE to the loaded model, between jobs; on failure
+    the previous choice comes back (A1111 reverts a setting whose change fails)."""
+    from modules.vae_files import UnknownVaeError
+
+    choices = context.vaes.choices()
+    if name not in choices:
+        return error_html(str(UnknownVaeError(name, choices)))
+    previous = context.settings.current()["sd_vae"]
+    context.settings.apply({"sd_vae": name})
+    try:
+        context.jobs.run_exclusive(context.models.refresh_vae)
+    except Exception as error:  # noqa: BLE001 - shown to the user; the model keeps its VAE
+        context.settings.apply({"sd_vae": previous})
+        return error_html(f"Could not apply VAE {name}: {type(error).__name__}: {error}. Kept {previous}.")
+    return model_status(context)[0]
+
+
+def apply_clip_skip(context, value: float) -> str:
+    try:
+        context.settings.apply({"CLIP_stop_at_last_layers": int(value)})
+    except ValueError as error:
+        return error_html(str(error))
+    return model_status(context)[0]
+
+
+# --- gradio ---------------------------------------------------------------------------------------
+
+
+def build(context, shared: UiShared) -> None:
+    """The quicksettings row; fills `shared.checkpoint_dropdown` and `shared.checkpoint_switched`."""
+    settings = context.settings.current()
+    vae_locked = bool(getattr(context.args, "vae_path", None))
+    with gr.Row(elem_id="quicksettings", equal_height=True):
+        checkpoint = gr.Dropdown(choices=checkpoint_choices(context), value=current_checkpoint_title(context),
+                                 label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint",
+                                 scale=4, min_width=320)
+        refresh_checkpoints = gr.Button(REFRESH_SYMBOL, elem_id="refresh_sd_model_checkpoint",
+                                        elem_classes=["tool"], scale=0, min_width=40)
+        vae = gr.Dropdown(choices=context.vaes.choices(), value=settings["sd_vae"], label="SD VAE",
+                          elem_id="setting_sd_vae", interactive=not vae_locked, scale=2, min_width=200,
+                          info="fixed by --vae-path" if vae_locked else None)
+        refresh_vaes = gr.Button(REFRESH_SYMBOL, elem_id="refresh_sd_vae", elem_classes=["tool"], scale=0,
+                                 min_width=40)
+        clip_skip = gr.Slider(1, 12, value=settings["CLIP_stop_at_last_layers"], step=1, label="Clip skip",
+                              elem_id="setting_CLIP_stop_at_last_layers", scale=2, min_width=200)
+    status = gr.HTML(model_status(context)[0], elem_id="model_status", js_on_load=None)
+    timer = gr.Timer(1.0, active=True)
+
+    def on_switch(title: str):
+        for update in switch_checkpoint(context, title):
+            if update.finished:
+                yield update.status_html, gr.update(choices=checkpoint_choices(context), value=update.title)
+            else:
+                yield update.status_html, gr.skip()
+
+    switched = checkpoint.input(on_switch, inputs=checkpoint, outputs=[status, checkpoint], show_progress="hidden",
+                                concurrency_limit=None)
+    refresh_checkpoints.click(lambda: _refreshed_checkpoints(context), outputs=checkpoint, show_progress="hidden")
+    vae.input(lambda name: apply_vae(context, name), inputs=vae, outputs=status, show_progress="hidden")
+    refresh_vaes.click(lambda: _refreshed_vaes(context), outputs=vae, show_progress="hidden")
+    clip_skip.release(lambda value: apply_clip_skip(context, value), inputs=clip_skip, outputs=status,
+                      show_progress="hidden")
+
+    def on_tick():
+        html_status, loading = model_status(context)
+        if loading:
+            return html_status, gr.skip(), gr.skip()
+        return (html_status, gr.update(choices=checkpoint_choices(context), value=current_checkpoint_title(context)),
+                gr.Timer(active=False))
+
+    timer.tick(on_tick, outputs=[status, checkpoint, timer], show_progress="hidden", concurrency_limit=None)
+
+    def on_page_load():
+        html_status, loading = model_status(context)
+        current = context.settings.current()
+        return (gr.update(choices=checkpoint_choices(context), value=current_checkpoint_title(context)),
+                gr.update(choices=context.vaes.choices(), value=current["sd_vae"]),
+                current["CLIP_stop_at_last_layers"], html_status, gr.Timer(active=loading))
+
+    shared.page_loads.append((on_page_load, [checkpoint, vae, clip_skip, status, timer]))
+    shared.checkpoint_dropdown = checkpoint
+    shared.checkpoint_switched = switched
+
+
+def _refreshed_checkpoints(context):
+    context.checkpoints.refresh()
+    return gr.update(choices=checkpoint_choices(context), value=current_checkpoint_title(context))
+
+
+def _refreshed_vaes(context):
+    context.vaes.refresh()
+    return gr.update(choices=context.vaes.choices(), value=context.settings.current()["sd_vae"])

@@ -1,0 +1,333 @@
+"""The txt2img tab: prompts with token counters, A1111's generation parameters, Generate / Interrupt /
+Skip, a live progress bar with ETA and preview, the gallery with the infotext under it, paste
+parameters back, the output folder, and the extra-networks panel.
+
+Handlers are thin: widget values -> `GenerationRequest` (modules.ui.request_fields) -> a job on the
+queue (modules.ui.generation) -> gallery values. What they compute lives in plain functions here
+and in those modules, so tests call it without a browser.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from modules.processing import LATENT_UPSCALE_MODES
+from modules.ui import extra_networks_panel, scripts_panel
+from modules.ui.generation import error_html, follow_job, infotext_html, outcome_of, render_progress, submit_txt2img
+from modules.ui.request_fields import TXT2IMG_FIELDS, RequestError, build_request, paste_parameters
+from modules.ui.shared import UiShared
+from modules.ui.token_counter import TokenCounter, format_token_count
+
+RANDOM_SYMBOL = "\U0001f3b2\ufe0f"  # 🎲️
+REUSE_SYMBOL = "\u267b\ufe0f"  # ♻️
+PASTE_SYMBOL = "\u2199\ufe0f"  # ↙️
+FOLDER_SYMBOL = "\U0001f4c2"  # 📂
+SWITCH_SYMBOL = "\u21c5"  # ⇅
+
+
+# --- plain functions -----------------------------------------------------------------------------
+
+
+def sampler_choices() -> list[str]:
+    """A1111's sampler list, without the ones Atelier does not implement yet."""
+    from modules.sampling.registry import SAMPLERS
+
+    return [info.name for info in SAMPLERS if info.implemented]
+
+
+def scheduler_choices() -> list[str]:
+    from modules.sampling.registry import SCHEDULERS
+
+    return [info.label for info in SCHEDULERS]
+
+
+def count_tokens(context, counter: TokenCounter, text: str, steps: int, *, is_positive: bool) -> str:
+    """The token counter's HTML for `text`, with the settings and embeddings of the current model."""
+    from modules.conditioning import ConditioningOptions
+
+    settings = context.settings.current()
+    options = ConditioningOptions(comma_padding_backtrack=settings["comma_padding_backtrack"],
+                                  emphasis=settings["emphasis"])
+    model = context.models.current()
+    embeddings: dict = {}
+    if model is not None:
+        from modules.network_activation import embedding_widths
+
+        embeddings = context.embeddings.for_model(embedding_widths(model)).loaded
+    used, capacity = counter.count(text or "", steps or 1, is_positive=is_positive, embeddings=embeddings,
+                                   options=options)
+    return format_token_count(used, capacity)
+
+
+def paste_source(prompt: str, state: dict | None) -> str | None:
+    """The text the paste button reads: the prompt box, or the last generation's infotext when the
+    box is empty (A1111 reads its last generation then)."""
+    if prompt and prompt.strip():
+        return prompt
+    state = state or {}
+    infotexts = state.get("infotexts") or []
+    index = state.get("index", 0)
+    return infotexts[index] if 0 <= index < len(infotexts) else None
+
+
+def paste_values(context, text: str):
+    """`PastedParameters` for `text`, against the current settings, samplers and checkpoint."""
+    info = context.models.current_info()
+    return paste_parameters(text, context.settings.current(), available_samplers=sampler_choices(),
+                            current_model_hash=info.shorthash if info is not None else None)
+
+
+def reused_seed(state: dict | None) -> int | None:
+    """The seed of the selected (else first) image of the last generation, for the ♻️ button."""
+    state = state or {}
+    seeds = state.get("seeds") or []
+    index = state.get("index", 0)
+    if not seeds:
+        return None
+    return int(seeds[index] if 0 <= index < len(seeds) else seeds[0])
+
+
+def selected_info_html(state: dict | None, index: int) -> str:
+    state = state or {}
+    infotexts = state.get("infotexts") or []
+    infotext = infotexts[index] if 0 <= index < len(infotexts) else ""
+    return infotext_html(infotext, state.get("notes") or [], state.get("error"))
+
+
+def output_folder(context) -> Path:
+    """Where txt2img images are saved today (A1111's folder layout)."""
+    from modules.images import FilenameContext, FilenameGenerator, SaveOptions, txt2img_output_dirs
+
+    options = SaveOptions.from_settings(context.settings.current())
+    images_dir, _ = txt2img_output_dirs(context.paths.data_dir, options)
+    if options.save_to_dirs and options.directories_filename_pattern:
+        # [date] and the like; a pattern that needs a prompt ([prompt_words]) stays unexpanded.
+        subfolder = FilenameGenerator(FilenameContext()).apply(options.directories_filename_pattern)
+        if subfolder and "[" not in subfolder:
+            return images_dir / subfolder
+    return images_dir
+
+
+def open_output_folder(context) -> str:
+    """Say where the images are; on a local server (no --listen), also open the folder there."""
+    folder = output_folder(context)
+    shown = folder if folder.is_dir() else folder.parent
+    opened = _open_in_file_manager(shown) if _is_local(context) and shown.is_dir() else False
+    action = "Opened" if opened else "Images are saved in"
+    return f"<p class='job-note'>{action} <code>{html.escape(str(shown))}</code></p>"
+
+
+def _is_local(context) -> bool:
+    args = context.args
+    return not getattr(args, "listen", False) and not getattr(args, "server_name", None)
+
+
+def _open_in_file_manager(folder: Path) -> bool:
+    if sys.platform == "win32":
+        os.startfile(folder)
+        return True
+    opener = "open" if sys.platform == "darwin" else "xdg-open"
+    if shutil.which(opener) is None or (sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
+                                        and not os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    subprocess.Popen([opener, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return True
+
+
+# --- gradio ---------------------------------------------------------------------------------------
+
+
+def paste_updates(context, text: str | None) -> tuple[list, str]:
+    """Component updates for every txt2img field (in `TXT2IMG_FIELDS` order) from an infotext, and
+    the HTML note to show. Fields the text does not set are skipped."""
+    if not text or not text.strip():
+        note = ("<p class='job-note'>Nothing to paste: put an infotext (a picture's parameters) into the prompt "
+                "box, or generate first.</p>")
+        return [gr.skip()] * len(TXT2IMG_FIELDS), note
+    pasted = paste_values(context, text)
+    updates: list = []
+    for name in TXT2IMG_FIELDS:
+        if name == "override_settings":
+            entries = pasted.values.get(name, [])
+            updates.append(gr.update(value=entries, choices=entries, visible=bool(entries)))
+        elif name in pasted.values:
+            updates.append(pasted.values[name])
+        else:
+            updates.append(gr.skip())
+    set_count = sum(1 for name in TXT2IMG_FIELDS if name in pasted.values and name != "override_settings")
+    notes = "".join(f"<p class='job-note'>{html.escape(note)}</p>" for note in pasted.notes)
+    return updates, f"<p class='job-note'>Pasted {set_count} parameters.</p>{notes}"
+
+
+def build(context, shared: UiShared) -> None:
+    """Build the tab inside the current `gr.Tab`; fills `shared.txt2img_*`."""
+    counter = TokenCounter()
+    fields: dict[str, Any] = {}
+
+    with gr.Row(elem_id="txt2img_toprow"):
+        with gr.Column(scale=6, elem_id="txt2img_prompt_container"):
+            with gr.Group(elem_classes=["prompt-box"]):
+                prompt = gr.Textbox(label="Prompt", lines=3, max_lines=20, elem_id="txt2img_prompt",
+                                    placeholder="Prompt (Ctrl+Enter to generate, ↙️ to read parameters from an "
+                                                "infotext pasted here)")
+                token_counter = gr.HTML(format_token_count(0, 75), elem_id="txt2img_token_counter",
+                                        elem_classes=["token-counter-box"], js_on_load=None)
+            with gr.Group(elem_classes=["prompt-box"]):
+                negative = gr.Textbox(label="Negative prompt", lines=2, max_lines=20, elem_id="txt2img_neg_prompt",
+                                      placeholder="Negative prompt")
+                negative_counter = gr.HTML(format_token_count(0, 75), elem_id="txt2img_negative_token_counter",
+                                           elem_classes=["token-counter-box"], js_on_load=None)
+        with gr.Column(scale=1, min_width=220, elem_id="txt2img_actions"):
+            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt", min_width=60)
+                skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
+            paste = gr.Button(f"{PASTE_SYMBOL} Read parameters", elem_id="txt2img_paste", size="sm")
+
+    with gr.Row(elem_id="txt2img_main", equal_height=False):
+        with gr.Column(scale=1, elem_id="txt2img_settings"):
+            with gr.Row():
+                fields["sampler_name"] = gr.Dropdown(sampler_choices(), value="DPM++ 2M", label="Sampling method",
+                                                     elem_id="txt2img_sampling")
+                fields["scheduler"] = gr.Dropdown(scheduler_choices(), value="Automatic", label="Schedule type",
+                                                  elem_id="txt2img_scheduler")
+            fields["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+            fields["enable_hr"] = gr.Checkbox(False, label="Hires. fix", elem_id="txt2img_hr")
+            with gr.Column(visible=False, elem_id="txt2img_hires_fix") as hires_group:
+                with gr.Row():
+                    fields["hr_upscaler"] = gr.Dropdown(list(LATENT_UPSCALE_MODES), value="Latent", label="Upscaler",
+                                                        elem_id="txt2img_hr_upscaler")
+                    fields["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                               elem_id="txt2img_hires_steps")
+                    fields["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
+                                                             elem_id="txt2img_denoising_strength")
+                with gr.Row():
+                    fields["hr_scale"] = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by",
+                                                   elem_id="txt2img_hr_scale")
+                    fields["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                                      elem_id="txt2img_hr_resize_x")
+                    fields["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                                      elem_id="txt2img_hr_resize_y")
+            with gr.Row(equal_height=True):
+                with gr.Column(scale=4):
+                    fields["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
+                    fields["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+                res_switch = gr.Button(SWITCH_SYMBOL, elem_id="txt2img_res_switch_btn", elem_classes=["tool"],
+                                       scale=0, min_width=40)
+                with gr.Column(scale=2):
+                    fields["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count",
+                                                 elem_id="txt2img_batch_count")
+                    fields["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size",
+                                                     elem_id="txt2img_batch_size")
+            fields["cfg_scale"] = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+            with gr.Row(equal_height=True, elem_id="txt2img_seed_row"):
+                fields["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
+                random_seed = gr.Button(RANDOM_SYMBOL, elem_id="txt2img_random_seed", elem_classes=["tool"],
+                                        scale=0, min_width=40)
+                reuse_seed = gr.Button(REUSE_SYMBOL, elem_id="txt2img_reuse_seed", elem_classes=["tool"],
+                                       scale=0, min_width=40)
+            with gr.Row(equal_height=True, elem_id="txt2img_subseed_row"):
+                fields["subseed"] = gr.Number(-1, label="Variation seed", precision=0, elem_id="txt2img_subseed")
+                fields["subseed_strength"] = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                                       elem_id="txt2img_subseed_strength")
+            with gr.Accordion("Resize seed from", open=False, elem_id="txt2img_seed_resize"), gr.Row():
+                fields["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                         elem_id="txt2img_seed_resize_from_w")
+                fields["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                         elem_id="txt2img_seed_resize_from_h")
+            fields["override_settings"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                                      label="Override settings", visible=False,
+                                                      elem_id="txt2img_override_settings")
+            scripts = scripts_panel.build(context, shared)
+            networks_panel = extra_networks_panel.build(context, shared, prompt, negative)
+
+        with gr.Column(scale=1, elem_id="txt2img_results"):
+            progress = gr.HTML("", elem_id="txt2img_progress", js_on_load=None)
+            gallery = gr.Gallery(format="png", label="Output", show_label=False, elem_id="txt2img_gallery",
+                                 columns=4, object_fit="contain", interactive=False,
+                                 buttons=["download", "fullscreen"])
+            with gr.Row():
+                open_folder = gr.Button(f"{FOLDER_SYMBOL} Output folder", elem_id="open_folder_txt2img", size="sm",
+                                        scale=0)
+            info = gr.HTML("", elem_id="html_info_txt2img", js_on_load=None)
+
+    fields["prompt"], fields["negative_prompt"] = prompt, negative
+    field_components = [fields[name] for name in TXT2IMG_FIELDS]
+    generation_state = gr.State({})
+    job_id_state = gr.State(None)
+
+    def on_generate(*values):
+        field_values, script_values = values[:len(TXT2IMG_FIELDS)], values[len(TXT2IMG_FIELDS):]
+        try:
+            request = build_request(dict(zip(TXT2IMG_FIELDS, field_values)))
+        except RequestError as error:
+            yield gr.skip(), error_html(str(error)), "", gr.skip(), None
+            return
+        job = submit_txt2img(context, request, scripts.selection(script_values))
+        yield gr.skip(), "", render_progress(job), gr.skip(), job.id
+        for update in follow_job(job, loading=lambda: context.load_state.loading):
+            preview = [update.preview] if update.preview is not None else gr.skip()
+            yield preview, gr.skip(), update.progress_html, gr.skip(), job.id
+        outcome = outcome_of(job)
+        yield outcome.images, outcome.info_html(0), "", outcome.to_state(), None
+
+    generate.click(on_generate, inputs=[*field_components, *scripts.inputs],
+                   outputs=[gallery, info, progress, generation_state, job_id_state],
+                   show_progress="hidden", concurrency_limit=None)
+    # Without a job of this page's own (e.g. after a reload), the running job is the one meant, as in A1111.
+    interrupt.click(lambda job_id: _discard(context.jobs.interrupt(job_id)), inputs=job_id_state, outputs=None,
+                    show_progress="hidden", queue=False)
+    skip.click(lambda job_id: _discard(context.jobs.skip(job_id)), inputs=job_id_state, outputs=None,
+               show_progress="hidden", queue=False)
+
+    def on_select(state: dict, event: gr.SelectData):
+        state = dict(state or {})
+        state["index"] = int(event.index) if isinstance(event.index, int) else 0
+        return selected_info_html(state, state["index"]), state
+
+    gallery.select(on_select, inputs=generation_state, outputs=[info, generation_state], show_progress="hidden")
+
+    for box, counter_html, positive in ((prompt, token_counter, True), (negative, negative_counter, False)):
+        box.change(lambda text, steps, positive=positive: count_tokens(context, counter, text, steps,
+                                                                       is_positive=positive),
+                   inputs=[box, fields["steps"]], outputs=counter_html, show_progress="hidden",
+                   trigger_mode="always_last", queue=False)
+
+    def on_paste(prompt_text: str, state: dict):
+        updates, note = paste_updates(context, paste_source(prompt_text, state))
+        return (*updates, note)
+
+    paste.click(on_paste, inputs=[prompt, generation_state], outputs=[*field_components, info],
+                show_progress="hidden")
+    fields["enable_hr"].change(lambda enabled: gr.Column(visible=bool(enabled)), inputs=fields["enable_hr"],
+                               outputs=hires_group, show_progress="hidden", queue=False)
+    random_seed.click(lambda: -1, outputs=fields["seed"], show_progress="hidden", queue=False)
+    reuse_seed.click(lambda state: _or_skip(reused_seed(state)), inputs=generation_state, outputs=fields["seed"],
+                     show_progress="hidden")
+    res_switch.click(lambda width, height: (height, width), inputs=[fields["width"], fields["height"]],
+                     outputs=[fields["width"], fields["height"]], show_progress="hidden", queue=False)
+    open_folder.click(lambda: open_output_folder(context), outputs=info, show_progress="hidden")
+
+    shared.txt2img_fields = fields
+    shared.txt2img_prompt = prompt
+    shared.txt2img_negative_prompt = negative
+    shared.txt2img_html_info = info
+    # A page opened later shows the folders as they are then, not as they were at start-up.
+    shared.page_loads.append((lambda: extra_networks_panel.render_html(extra_networks_panel.list_networks(context)),
+                              [networks_panel]))
+
+
+def _or_skip(value: Any) -> Any:
+    return gr.skip() if value is None else value
+
+
+def _discard(_: Any) -> None:
+    return None

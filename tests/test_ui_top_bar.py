@@ -1,0 +1,133 @@
+"""The top bar: checkpoint switching through the job queue (waits for a running job; a failed load
+shows the error and keeps the previous model), model status while loading, VAE and clip skip."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from modules.ui.top_bar import (
+    apply_clip_skip,
+    apply_vae,
+    checkpoint_choices,
+    current_checkpoint_title,
+    model_status,
+    switch_checkpoint,
+)
+from tests.ui_support import make_context
+
+WAIT = 30.0
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("topbar")
+    context = make_context(data_dir, ("a.safetensors", "b.safetensors"))
+    # A checkpoint whose tensors are cut off: listed (the header is fine), but it cannot load.
+    good = (data_dir / "models" / "Stable-diffusion" / "a.safetensors").read_bytes()
+    (data_dir / "models" / "Stable-diffusion" / "broken.safetensors").write_bytes(good[: len(good) // 3])
+    context.checkpoints.refresh()
+    yield context
+    context.jobs.shutdown()
+
+
+def final(updates):
+    updates = list(updates)
+    assert updates[-1].finished and all(not u.finished for u in updates[:-1])
+    return updates, updates[-1]
+
+
+def test_status_says_what_is_loaded_and_while_loading(context):
+    status, loading = model_status(context)
+    assert not loading and "Loaded" in status and context.models.current_info().name in status
+    with context.load_state.lock:
+        context.load_state.loading = True
+    try:
+        status, loading = model_status(context)
+        assert loading and "Loading checkpoint…" in status
+    finally:
+        with context.load_state.lock:
+            context.load_state.loading = False
+
+
+def test_switch_loads_the_checkpoint_and_remembers_it(context):
+    b_title = next(t for t in checkpoint_choices(context) if t.startswith("b.safetensors"))
+    _, done = final(switch_checkpoint(context, b_title, poll_seconds=0.01))
+    assert context.models.current_info().name == "b.safetensors"
+    assert done.title == current_checkpoint_title(context) == context.models.current_info().title
+    assert "Loaded" in done.status_html and "b.safetensors" in done.status_html
+    assert context.settings.current()["sd_model_checkpoint"] == context.models.current_info().title
+    # Picking the loaded one again does nothing but say so.
+    updates, again = final(switch_checkpoint(context, done.title))
+    assert len(updates) == 1 and again.title == done.title
+
+
+def test_failed_switch_shows_the_error_and_keeps_the_previous_model(context):
+    before = context.models.current_info()
+    broken = next(t for t in checkpoint_choices(context) if t.startswith("broken"))
+    _, done = final(switch_checkpoint(context, broken, poll_seconds=0.01))
+    assert "Could not load broken.safetensors" in done.status_html and "class='error'" in done.status_html
+    assert f"Still using {before.title}" in done.status_html
+    assert done.title == before.title  # the dropdown goes back
+    assert context.models.current_info().filename == before.filename
+    assert context.models.current() is not None
+
+
+def test_switch_waits_for_the_running_job(context):
+    started, release = threading.Event(), threading.Event()
+
+    def blocker(control):
+        started.set()
+        assert release.wait(WAIT)
+
+    job = context.jobs.submit(blocker, kind="test")
+    assert started.wait(WAIT)
+    other = "a.safetensors" if context.models.current_info().name != "a.safetensors" else "b.safetensors"
+    target = next(t for t in checkpoint_choices(context) if t.startswith(other))
+    updates = switch_checkpoint(context, target, poll_seconds=0.01)
+    first = next(updates)
+    assert not first.finished and "after the running job" in first.status_html
+    assert context.models.current_info().name != other  # not while the job runs
+    release.set()
+    rest = list(updates)
+    assert rest[-1].finished and context.models.current_info().name == other
+    assert job.wait(WAIT).state.value == "done"
+
+
+def test_clip_skip_and_vae_settings(context):
+    assert "Loaded" in apply_clip_skip(context, 2.0)
+    assert context.settings.current()["CLIP_stop_at_last_layers"] == 2
+    assert "must be between 1 and 12" in apply_clip_skip(context, 13)
+    assert context.settings.current()["CLIP_stop_at_last_layers"] == 2
+    apply_clip_skip(context, 1)
+
+    message = apply_vae(context, "no-such.vae.pt")
+    assert "Unknown VAE &#x27;no-such.vae.pt&#x27;" in message and context.settings.current()["sd_vae"] == "Automatic"
+    assert "Loaded" in apply_vae(context, "None")
+    assert context.settings.current()["sd_vae"] == "None"
+    apply_vae(context, "Automatic")
+
+
+def test_status_does_not_wait_for_a_job_holding_the_model(context):
+    # A generation holds the model manager's lock from start to end; the top bar, page loads and
+    # the token counter read the current model meanwhile and must not wait for it.
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with context.models.lock:
+            holding.set()
+            release.wait(WAIT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(WAIT)
+        answers = []
+        reader = threading.Thread(target=lambda: answers.append((model_status(context), current_checkpoint_title(context))))
+        reader.start()
+        reader.join(WAIT)
+        assert not reader.is_alive() and "Loaded" in answers[0][0][0]
+    finally:
+        release.set()
+        holder.join(WAIT)

@@ -1,0 +1,195 @@
+"""The txt2img tab's logic on a tiny real-layout model: a generation through the job queue ends in
+gallery images that carry their infotext, paste-back reproduces the request, progress and errors
+are shown in words; and the whole UI builds with every element id the browser tests use."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from modules.jobs import JobQueue
+from modules.ui.generation import follow_job, follow_until_done, outcome_of, render_progress, submit_txt2img
+from modules.ui.request_fields import TXT2IMG_FIELDS, build_request
+from modules.ui.txt2img import output_folder, paste_source, paste_values, reused_seed, sampler_choices
+from tests.ui_support import SMALL_REQUEST, make_context
+
+WAIT = 30.0
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    context = make_context(tmp_path_factory.mktemp("txt2img"))
+    yield context
+    context.jobs.shutdown()
+
+
+@pytest.fixture
+def queue():
+    queue = JobQueue("test")
+    queue.start()
+    yield queue
+    queue.interrupt()
+    queue.shutdown(timeout=WAIT)
+
+
+def test_generation_gives_gallery_images_with_their_infotext(context):
+    request = build_request({"prompt": "a red fox", "negative_prompt": "blurry", "n_iter": 1, "batch_size": 2,
+                             **SMALL_REQUEST})
+    outcome = follow_until_done(submit_txt2img(context, request))
+    assert outcome.error is None
+    assert len(outcome.images) == 2 and outcome.seeds == [5, 6]
+    for image, infotext in zip(outcome.images, outcome.infotexts):
+        assert image.info["parameters"] == infotext  # gradio writes it into the PNG it serves
+        assert infotext.startswith("a red fox\nNegative prompt: blurry\nSteps: 2, Sampler: Euler")
+    assert "Seed: 6" in outcome.infotexts[1]
+    assert any(note.startswith("Time taken:") for note in outcome.notes)
+    html = outcome.info_html(1)
+    assert "Seed: 6" in html and "Negative prompt: blurry" in html
+    # Saved as A1111 does (samples_save is on), with the infotext in the file.
+    saved = sorted(output_folder(context).glob("*.png"))
+    assert saved and Image.open(saved[-1]).info["parameters"] in outcome.infotexts
+
+
+def test_paste_back_reproduces_the_request(context):
+    request = build_request({**SMALL_REQUEST, "prompt": "a (blue:1.1) house", "negative_prompt": "lowres",
+                             "cfg_scale": 5.5, "sampler_name": "Euler a", "scheduler": "Karras", "subseed": 77,
+                             "subseed_strength": 0.3})
+    outcome = follow_until_done(submit_txt2img(context, request))
+    pasted = paste_values(context, outcome.infotexts[0])
+    assert not pasted.notes
+    again = build_request(pasted.values)
+    for name in ("prompt", "negative_prompt", "steps", "sampler_name", "cfg_scale", "width", "height", "seed",
+                 "subseed", "subseed_strength"):
+        assert getattr(again, name) == getattr(request, name), name
+    assert again.scheduler == "Karras" and not again.enable_hr and again.override_settings == {}
+    # The paste button reads the last generation when the prompt box is empty.
+    state = outcome.to_state()
+    assert paste_source("", state) == outcome.infotexts[0] and paste_source("typed", state) == "typed"
+    assert reused_seed(state) == outcome.seeds[0] and reused_seed({}) is None
+
+
+def test_a_failed_job_shows_its_error(context):
+    request = build_request({**SMALL_REQUEST, "prompt": "x", "enable_hr": True, "sampler_name": "DDIM"})
+    outcome = follow_until_done(submit_txt2img(context, request))
+    assert outcome.images == [] and "hires fix with the timestep sampler DDIM" in outcome.error
+    assert "class='error'" in outcome.info_html()
+
+
+def test_progress_and_preview_while_running(queue):
+    reported, release = threading.Event(), threading.Event()
+
+    def work(control):
+        control.report(2, 4, lambda: Image.new("RGB", (8, 8), "red"))
+        reported.set()
+        assert release.wait(WAIT)
+        control.report(3, 4, lambda: Image.new("RGB", (8, 8), "blue"))  # the preview asked for by the poll
+        assert release.wait(WAIT)
+
+    blocker_started, blocker_release = threading.Event(), threading.Event()
+    queue.submit(lambda control: (blocker_started.set(), blocker_release.wait(WAIT)), kind="test")
+    assert blocker_started.wait(WAIT)
+    job = queue.submit(work, kind="txt2img")
+    assert "Waiting in the queue (next)" in render_progress(job)
+    blocker_release.set()
+    assert reported.wait(WAIT)
+    html = render_progress(job)
+    assert "50%" in html and "step 2/4" in html and "ETA" in html
+    updates = follow_job(job, poll_seconds=0.01)
+    first = next(updates)
+    assert first.preview is None and "step 2/4" in first.progress_html  # reading the preview asked for one
+    release.set()
+    previews = [update.preview for update in updates if update.preview is not None]
+    assert all(p.getpixel((0, 0)) == (0, 0, 255) for p in previews)
+    assert job.finished and render_progress(job) == ""
+
+
+def test_loading_and_interrupted_jobs_say_so(queue):
+    started, release = threading.Event(), threading.Event()
+
+    def work(control):
+        started.set()
+        assert release.wait(WAIT)
+        control.check()
+
+    job = queue.submit(work, kind="txt2img")
+    assert started.wait(WAIT)
+    assert "Waiting for the checkpoint to load" in render_progress(job, loading_checkpoint=True)
+    queue.interrupt(job.id)
+    release.set()
+    job.wait(WAIT)
+    outcome = outcome_of(job)
+    assert outcome.error is None and "Interrupted before an image was finished." in outcome.notes
+
+
+def test_no_checkpoint_is_a_clear_error(queue, tmp_path):
+    fake = SimpleNamespace(jobs=queue, models=SimpleNamespace(current=lambda: None),
+                           startup_checkpoint_title=lambda: None, paths=SimpleNamespace(checkpoint_dirs=[tmp_path]))
+    outcome = follow_until_done(submit_txt2img(fake, build_request({"prompt": "x"})))
+    assert outcome.error.startswith("RuntimeError: no checkpoint is available; put a .safetensors or .ckpt file in")
+    assert str(tmp_path) in outcome.error
+
+
+def test_a_generation_loads_the_checkpoint_when_none_is(tmp_path):
+    context = make_context(tmp_path, load=False)  # as with --skip-load-model-at-start
+    try:
+        outcome = follow_until_done(submit_txt2img(context, build_request({"prompt": "x", **SMALL_REQUEST})))
+        assert outcome.error is None and len(outcome.images) == 1
+        assert context.models.current_info().name == "tiny.safetensors"
+    finally:
+        context.jobs.shutdown()
+
+
+def test_sampler_list_leaves_out_unimplemented_samplers():
+    names = sampler_choices()
+    assert names[0] == "DPM++ 2M" and "Euler a" in names and "DPM fast" not in names
+
+
+# --- the Blocks -----------------------------------------------------------------------------------
+
+# Every element id of modules/ui/shared.py that the top bar, txt2img and PNG Info own.
+CONTRACT_IDS = (
+    "setting_sd_model_checkpoint", "refresh_sd_model_checkpoint", "setting_sd_vae", "refresh_sd_vae",
+    "setting_CLIP_stop_at_last_layers", "model_status", "txt2img_prompt", "txt2img_neg_prompt",
+    "txt2img_token_counter", "txt2img_negative_token_counter", "txt2img_generate", "txt2img_interrupt",
+    "txt2img_skip", "txt2img_sampling", "txt2img_scheduler", "txt2img_steps", "txt2img_width", "txt2img_height",
+    "txt2img_batch_count", "txt2img_batch_size", "txt2img_cfg_scale", "txt2img_seed", "txt2img_random_seed",
+    "txt2img_reuse_seed", "txt2img_subseed", "txt2img_subseed_strength", "txt2img_hr", "txt2img_gallery",
+    "html_info_txt2img", "txt2img_progress", "txt2img_paste", "open_folder_txt2img", "txt2img_extra_networks",
+    "pnginfo_image", "pnginfo_generation_info", "pnginfo_send_to_txt2img",
+)
+
+
+def test_ui_builds_with_the_contract_ids_and_tab_order(context):
+    from modules.ui.app import build_ui
+
+    blocks = build_ui(context)
+    config = blocks.get_config_file()
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert not [name for name in CONTRACT_IDS if name not in ids]
+    tabs = [c["props"]["label"] for c in config["components"]
+            if c.get("type") == "tabitem" and str(c["props"].get("elem_id")).startswith("tab_")]
+    assert tabs == ["txt2img", "PNG Info", "Checkpoint Merger", "Settings", "Extensions"]
+    gallery = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "txt2img_gallery")
+    assert gallery["props"]["format"] == "png"
+
+
+def test_mounted_ui_serves_its_page(context):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from modules.ui.app import mount_ui
+
+    app = FastAPI()
+    mount_ui(app, context)
+    with TestClient(app) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "Atelier" in page.text and "txt2img_generate" in page.text
+        config = client.get("/config").json()
+        assert any(c.get("props", {}).get("elem_id") == "txt2img_generate" for c in config["components"])
+
+
+def test_fields_cover_every_widget():
+    assert len(TXT2IMG_FIELDS) == len(set(TXT2IMG_FIELDS))

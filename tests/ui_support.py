@@ -1,0 +1,31 @@
+"""Helpers for the UI tests: an application context over a data folder of tiny real-layout checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from modules.app_context import AppContext
+from modules.cmd_args import parse_args
+from modules.synthetic_checkpoints import write_checkpoint
+
+# Small enough that a generation takes a fraction of a second on one CPU thread.
+SMALL_REQUEST = {"width": 64, "height": 64, "steps": 2, "sampler_name": "Euler", "seed": 5}
+
+
+def make_context(data_dir: Path, checkpoints: tuple[str, ...] = ("tiny.safetensors",), *, load: bool = True,
+                 extra_args: tuple[str, ...] = ()) -> AppContext:
+    """An AppContext on `data_dir` with tiny SD1 checkpoints, the job queue started and (with
+    `load`) the first checkpoint loaded. Call `context.jobs.shutdown()` when done."""
+    folder = data_dir / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate(checkpoints):
+        write_checkpoint(folder / name, "sd1", dtype=torch.float32, seed=seed)
+    context = AppContext.from_args(parse_args(["--data-dir", str(data_dir), "--no-demo-checkpoint", *extra_args]))
+    context.refresh()
+    context.jobs.start()
+    if load:
+        context.load_startup_model()
+        assert context.models.current() is not None, context.load_state.error
+    return context
