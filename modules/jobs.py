@@ -156,6 +156,14 @@ class Job:
                 self._preview_requested = True
             return self._preview
 
+    def latest_preview(self) -> tuple[Any, int | None]:
+        """`(preview, the step it was made at)`, read together (a preview published between two
+        separate reads would be paired with the wrong step); asks for a fresh one like `preview`."""
+        with self._lock:
+            if self._state is JobState.RUNNING:
+                self._preview_requested = True
+            return self._preview, self._preview_step
+
     @property
     def preview_step(self) -> int | None:
         """The step the current preview was made at (clients use it to skip unchanged previews)."""

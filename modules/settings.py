@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -47,6 +48,8 @@ class SettingSpec:
     info: str = ""  # a line of help under the field
     visible: bool = True  # False: kept by the program (e.g. the loaded checkpoint's hash), not edited
     needs_restart: bool = False  # read when the UI is built, so it takes effect after a restart
+    # Not changeable through the API (A1111's restrict_api): settings that guard the API itself.
+    restrict_api: bool = False
     check: Callable[[Any], str | None] | None = field(default=None, compare=False, repr=False)
 
     def validate(self, value: Any) -> Any:
@@ -79,6 +82,8 @@ class SettingSpec:
     def _number(self, value: Any, expected: type) -> int | float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"setting {self.key!r} must be a number, got {value!r}")
+        if not math.isfinite(value):  # NaN passes every range check, and inf has no int
+            raise ValueError(f"setting {self.key!r} must be a finite number, got {value!r}")
         if expected is int:
             if float(value) != int(value):
                 raise ValueError(f"setting {self.key!r} must be a whole number, got {value!r}")
@@ -122,6 +127,7 @@ SECTIONS: Mapping[str, str] = MappingProxyType({
     "vae": "VAE",
     "sampling": "Sampling",
     "ui": "User interface",
+    "api": "API",
 })
 
 SCHEMA: tuple[SettingSpec, ...] = (
@@ -200,14 +206,31 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("add_version_to_infotext", True, "Add program version to infotext", "infotext"),
     SettingSpec("add_user_name_to_info", False, "Add user name to infotext when authenticated", "infotext"),
     # User interface
-    SettingSpec("quicksettings_list", ("sd_model_checkpoint",), "Quicksettings list", "ui", needs_restart=True,
-                info="Settings shown at the top of the page instead of in this tab"),
+    SettingSpec("quicksettings_list", ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"),
+                "Quicksettings list", "ui", needs_restart=True,
+                info="Settings shown at the top of the page instead of in this tab (the checkpoint always is)"),
+    # API (modules.api.images reads these for image URLs in requests; A1111's names and defaults)
+    SettingSpec("api_enable_requests", True, "Allow http:// and https:// URLs for input images in API", "api",
+                restrict_api=True),
+    SettingSpec("api_forbid_local_requests", True, "Forbid URLs to local resources", "api", restrict_api=True,
+                info="Refuses image URLs that resolve to loopback, private or link-local addresses"),
     # Extensions (edited in the Extensions tab; modules.extensions)
     SettingSpec("disabled_extensions", (), "Disabled extensions", "ui", visible=False),
     SettingSpec("disable_all_extensions", "none", "Disable all extensions", "ui", choices=("none", "extra", "all"),
                 visible=False),
 )
 SCHEMA_BY_KEY: Mapping[str, SettingSpec] = MappingProxyType({spec.key: spec for spec in SCHEMA})
+# What `--hide-ui-dir-config` takes out of the UI's and the API's reach (A1111's restricted_opts):
+# where files are written on the server.
+DIR_CONFIG_SETTINGS = frozenset({
+    "samples_filename_pattern", "directories_filename_pattern", "outdir_samples", "outdir_txt2img_samples",
+    "outdir_grids", "outdir_txt2img_grids",
+})
+
+
+def locked_settings(args) -> frozenset[str]:
+    """Settings the UI and the API may not change on this server (its command line decides)."""
+    return DIR_CONFIG_SETTINGS if getattr(args, "hide_ui_dir_config", False) else frozenset()
 
 
 class SettingsValidationError(ValueError):

@@ -68,7 +68,8 @@ def widget_values(**changes) -> list:
 def test_build_uses_the_contract_ids(context):
     with gr.Blocks() as demo:
         shared = UiShared(checkpoint_dropdown=gr.Dropdown(context.checkpoints.titles(),
-                                                          elem_id="setting_sd_model_checkpoint"))
+                                                          elem_id="setting_sd_model_checkpoint"),
+                          model_status=gr.HTML(elem_id="model_status"))
         with gr.Tab("Checkpoint Merger"):
             merger_tab.build(context, shared)
     ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
@@ -82,7 +83,7 @@ def test_build_uses_the_contract_ids(context):
 
 def test_merge_from_widget_values_saves_and_lists_the_result(context, handlers, tmp_path):
     updates = list(handlers.merge(*widget_values()))
-    message, job_id, primary, secondary, tertiary, top_bar = updates[-1]
+    message, job_id, primary, secondary, tertiary, top_bar, _status = updates[-1]
     path = tmp_path / "models" / "Stable-diffusion" / "0.7(a) + 0.3(b).safetensors"
     assert "Checkpoint saved to" in message and path.exists()
     assert job_id is None and all(update[1] is not None for update in updates[:-1])
@@ -113,8 +114,10 @@ def test_merge_options_reach_the_file(context, handlers, tmp_path):
 
 def test_merge_and_load_makes_the_result_current_without_listing_it(context, handlers):
     titles_before = context.checkpoints.titles()
-    message = list(handlers.merge_and_load(*widget_values(multiplier=0.5)))[-1][0]
+    last = list(handlers.merge_and_load(*widget_values(multiplier=0.5)))[-1]
+    message, status = last[0], last[-1]
     assert "Loaded" in message and "without saving" in message, message
+    assert "(merge trial) 0.5(a) + 0.5(b)" in status  # the top bar's status line names what is loaded now
     info = context.models.current_info()
     assert info is not None and info.filename.parent == merge_trial_dir(context.paths)
     assert len(context.checkpoints.titles()) == len(titles_before)

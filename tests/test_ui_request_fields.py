@@ -125,3 +125,23 @@ def test_paste_plain_prompt_sets_only_the_prompt_fields():
     pasted = paste_parameters("just a prompt, no parameters", Settings({}), available_samplers=SAMPLERS)
     assert pasted.values["prompt"] == "just a prompt, no parameters"
     assert "steps" not in pasted.values and "seed" not in pasted.values
+
+
+def test_paste_skips_numbers_that_are_not_finite():
+    """`inf`/`nan` in a pasted infotext (hand-edited or damaged) are noted, never turned into a request."""
+    pasted = paste_parameters("x\nSteps: inf, Sampler: Euler, CFG scale: nan, Seed: 1, Size: 512x512, ENSD: inf",
+                              Settings({}), available_samplers=SAMPLERS)
+    assert "steps" not in pasted.values and "cfg_scale" not in pasted.values
+    assert any(note.startswith("Steps: 'inf'") for note in pasted.notes)
+    assert "eta_noise_seed_delta" not in str(pasted.values.get("override_settings", []))
+    build_request({**WIDGETS, **pasted.values})  # what was kept still makes a valid request
+
+
+def test_settings_refuse_numbers_that_are_not_finite():
+    from modules.settings import validate_changes
+
+    for value in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="must be a finite number"):
+            validate_changes({"eta_ancestral": value})
+        with pytest.raises(ValueError, match="must be a finite number"):
+            validate_changes({"eta_noise_seed_delta": value})

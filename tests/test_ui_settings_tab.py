@@ -11,7 +11,7 @@ import pytest
 from modules.app_context import AppContext
 from modules.cmd_args import parse_args
 from modules.ui import settings_tab
-from modules.ui.settings_tab import TOP_BAR_SETTINGS, SettingsHandlers, tab_specs
+from modules.ui.settings_tab import SettingsHandlers, tab_specs, top_bar_keys
 from modules.ui.shared import UiShared
 
 
@@ -50,12 +50,14 @@ def test_build_gives_every_setting_its_a1111_id(context):
                 "eta_noise_seed_delta", "emphasis", "comma_padding_backtrack", "quicksettings_list"):
         assert f"setting_{key}" in ids, key
     # The top bar's settings keep their ids there; two widgets with one id would break A1111's CSS/JS.
-    assert not {f"setting_{key}" for key in TOP_BAR_SETTINGS} & ids
+    on_top = top_bar_keys(context.settings.current())
+    assert on_top == ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"]  # the default quicksettings
+    assert not {f"setting_{key}" for key in on_top} & ids
     assert "setting_sd_checkpoint_hash" not in ids  # kept by the program, not edited
 
 
 def test_apply_writes_a1111_flat_config_and_reports_changes(context, tmp_path):
-    handlers = SettingsHandlers(context, tab_specs())
+    handlers = SettingsHandlers(context, tab_specs(context.settings.current()))
     loaded = handlers.snapshot()
     report, snapshot = handlers.apply(loaded, *edit(handlers, sd_checkpoints_limit=3, randn_source="CPU"))
     assert "2 settings changed: sd_checkpoints_limit, randn_source." in report
@@ -69,7 +71,7 @@ def test_apply_writes_a1111_flat_config_and_reports_changes(context, tmp_path):
 
 
 def test_widget_numbers_are_stored_with_the_settings_type(context, tmp_path):
-    handlers = SettingsHandlers(context, tab_specs())
+    handlers = SettingsHandlers(context, tab_specs(context.settings.current()))
     handlers.apply(handlers.snapshot(), *edit(handlers, jpeg_quality=95.0, eta_noise_seed_delta=31337.0))
     stored = json.loads((tmp_path / "config.json").read_text())
     assert stored == {"jpeg_quality": 95, "eta_noise_seed_delta": 31337}
@@ -77,7 +79,7 @@ def test_widget_numbers_are_stored_with_the_settings_type(context, tmp_path):
 
 
 def test_a_bad_value_is_refused_with_the_field_named_and_the_rest_saved(context, tmp_path):
-    handlers = SettingsHandlers(context, tab_specs())
+    handlers = SettingsHandlers(context, tab_specs(context.settings.current()))
     report, snapshot = handlers.apply(handlers.snapshot(),
                                       *edit(handlers, jpeg_quality=500, comma_padding_backtrack=10,
                                             samples_format="nope"))
@@ -90,7 +92,7 @@ def test_a_bad_value_is_refused_with_the_field_named_and_the_rest_saved(context,
 
 
 def test_only_fields_edited_on_the_page_are_applied(context):
-    handlers = SettingsHandlers(context, tab_specs())
+    handlers = SettingsHandlers(context, tab_specs(context.settings.current()))
     loaded = handlers.snapshot()
     values = edit(handlers, sd_checkpoints_limit=2)
     context.settings.apply({"randn_source": "NV"})  # another client, after this page loaded
@@ -100,7 +102,7 @@ def test_only_fields_edited_on_the_page_are_applied(context):
 
 
 def test_quicksettings_list_is_saved_as_a_list_and_asks_for_a_restart(context, tmp_path):
-    handlers = SettingsHandlers(context, tab_specs())
+    handlers = SettingsHandlers(context, tab_specs(context.settings.current()))
     report, _ = handlers.apply(handlers.snapshot(),
                                *edit(handlers, quicksettings_list=["sd_model_checkpoint", "sd_vae"]))
     assert "Restart Atelier for Quicksettings list" in report
@@ -110,7 +112,7 @@ def test_quicksettings_list_is_saved_as_a_list_and_asks_for_a_restart(context, t
 
 
 def test_page_load_reads_the_values_in_effect(context):
-    handlers = SettingsHandlers(context, tab_specs())
+    handlers = SettingsHandlers(context, tab_specs(context.settings.current()))
     context.settings.apply({"samples_format": "webp"})
     loaded, *values = handlers.load()
     index = [spec.key for spec in handlers.specs].index("samples_format")
@@ -122,7 +124,27 @@ def test_corrupt_config_is_moved_aside_and_the_tab_shows_defaults(tmp_path, capl
     context = make_context(tmp_path)
     assert (tmp_path / "tmp" / "config.json").read_text() == '{"sd_checkpoints_limit": 3,'
     assert not (tmp_path / "config.json").exists() and "corrupted" in caplog.text
-    handlers = SettingsHandlers(context, tab_specs())
+    handlers = SettingsHandlers(context, tab_specs(context.settings.current()))
     assert handlers.snapshot()["sd_checkpoints_limit"] == 1
     with gr.Blocks():
         settings_tab.build(context, UiShared())
+
+
+def test_hide_ui_dir_config_keeps_folders_and_patterns_out_of_the_page(tmp_path):
+    """A1111's --hide-ui-dir-config: where files are written is the server owner's choice."""
+    from modules.settings import DIR_CONFIG_SETTINGS
+
+    context = AppContext.from_args(parse_args(["--data-dir", str(tmp_path), "--hide-ui-dir-config"]))
+    context.settings.apply({"quicksettings_list": ["sd_model_checkpoint", "outdir_txt2img_samples"]})
+    shared = UiShared()
+    with gr.Blocks() as demo, gr.Tab("Settings"):
+        from modules.ui import top_bar
+
+        top_bar.build(context, shared)
+        settings_tab.build(context, shared)
+    ids = element_ids(demo)
+    assert not {f"setting_{key}" for key in DIR_CONFIG_SETTINGS} & ids
+    assert "setting_samples_format" in ids  # the rest of the saving section stays
+    open_context = make_context(tmp_path / "open")
+    assert "setting_outdir_txt2img_samples" in {f"setting_{spec.key}" for spec in
+                                                tab_specs(open_context.settings.current())}

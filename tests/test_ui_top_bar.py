@@ -102,11 +102,23 @@ def test_clip_skip_and_vae_settings(context):
     assert context.settings.current()["CLIP_stop_at_last_layers"] == 2
     apply_clip_skip(context, 1)
 
-    message = apply_vae(context, "no-such.vae.pt")
+    message, shown = apply_vae(context, "no-such.vae.pt")
     assert "Unknown VAE &#x27;no-such.vae.pt&#x27;" in message and context.settings.current()["sd_vae"] == "Automatic"
-    assert "Loaded" in apply_vae(context, "None")
-    assert context.settings.current()["sd_vae"] == "None"
-    apply_vae(context, "Automatic")
+    assert shown == "Automatic"  # the dropdown goes back to what is in effect
+    message, shown = apply_vae(context, "None")
+    assert "Loaded" in message and shown == "None" and context.settings.current()["sd_vae"] == "None"
+
+    def broken_refresh():
+        raise RuntimeError("the VAE file is damaged")
+
+    context.models.refresh_vae = broken_refresh  # an instance attribute, for this test only
+    try:
+        message, shown = apply_vae(context, "Automatic")
+    finally:
+        del context.models.refresh_vae
+    assert "Could not apply VAE Automatic" in message and "damaged" in message
+    assert shown == "None" and context.settings.current()["sd_vae"] == "None"
+    assert "Loaded" in apply_vae(context, "Automatic")[0]
 
 
 def test_status_does_not_wait_for_a_job_holding_the_model(context):
@@ -131,3 +143,34 @@ def test_status_does_not_wait_for_a_job_holding_the_model(context):
     finally:
         release.set()
         holder.join(WAIT)
+
+
+def test_quicksettings_list_decides_what_the_top_bar_shows(tmp_path):
+    """A setting in `quicksettings_list` moves from the Settings tab to the top bar (A1111's rule);
+    the checkpoint is always there."""
+    import gradio as gr
+
+    from modules.settings import SettingsStore
+    from modules.ui import settings_tab, top_bar
+    from modules.ui.shared import UiShared
+
+    context = make_context(tmp_path, load=False)
+    try:
+        SettingsStore(context.paths.config_file).apply({"quicksettings_list": ["samples_format", "sd_vae", "nope"]})
+        context.settings = SettingsStore(context.paths.config_file)  # as read at the next start
+        shared = UiShared()
+        with gr.Blocks() as page:
+            top_bar.build(context, shared)
+            settings_tab.build(context, shared)
+        ids = [getattr(block, "elem_id", None) for block in page.blocks.values()]
+        assert ids.count("setting_samples_format") == 1 and ids.count("setting_sd_vae") == 1
+        assert "setting_CLIP_stop_at_last_layers" in ids  # back in the Settings tab
+        assert ids.index("setting_samples_format") < ids.index("settings_submit")  # in the top bar
+        for load, outputs in shared.page_loads:
+            assert len(load()) == len(outputs)
+        assert "jpg" not in top_bar.apply_quicksetting(context, "samples_format", "jpg")
+        assert context.settings.current()["samples_format"] == "jpg"
+        assert "Pillow can write" in top_bar.apply_quicksetting(context, "samples_format", "nonsense")
+        assert context.settings.current()["samples_format"] == "jpg"
+    finally:
+        context.jobs.shutdown()

@@ -5,6 +5,7 @@ are shown in words; and the whole UI builds with every element id the browser te
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -38,9 +39,11 @@ def queue():
 def test_generation_gives_gallery_images_with_their_infotext(context):
     request = build_request({"prompt": "a red fox", "negative_prompt": "blurry", "n_iter": 1, "batch_size": 2,
                              **SMALL_REQUEST})
-    outcome = follow_until_done(submit_txt2img(context, request))
+    job = submit_txt2img(context, request)
+    outcome = follow_until_done(job)
     assert outcome.error is None
     assert len(outcome.images) == 2 and outcome.seeds == [5, 6]
+    assert job.result.images == []  # released: the gallery holds them, the job history must not
     for image, infotext in zip(outcome.images, outcome.infotexts):
         assert image.info["parameters"] == infotext  # gradio writes it into the PNG it serves
         assert infotext.startswith("a red fox\nNegative prompt: blurry\nSteps: 2, Sampler: Euler")
@@ -49,8 +52,9 @@ def test_generation_gives_gallery_images_with_their_infotext(context):
     html = outcome.info_html(1)
     assert "Seed: 6" in html and "Negative prompt: blurry" in html
     # Saved as A1111 does (samples_save is on), with the infotext in the file.
-    saved = sorted(output_folder(context).glob("*.png"))
-    assert saved and Image.open(saved[-1]).info["parameters"] in outcome.infotexts
+    saved = [path for path in job.result.saved_paths if Path(path).parent == output_folder(context)]
+    assert [Image.open(path).info["parameters"] for path in saved] == outcome.infotexts
+    assert len(job.result.saved_paths) == 3 and "grid" in job.result.saved_paths[2]  # grid_save is on, as A1111
 
 
 def test_paste_back_reproduces_the_request(context):
@@ -122,6 +126,33 @@ def test_loading_and_interrupted_jobs_say_so(queue):
     job.wait(WAIT)
     outcome = outcome_of(job)
     assert outcome.error is None and "Interrupted before an image was finished." in outcome.notes
+
+
+def test_interrupt_reaches_only_this_pages_job_or_a_running_txt2img_job(queue):
+    from modules.ui.txt2img import stop_job
+
+    page = SimpleNamespace(jobs=queue)
+    started, release = threading.Event(), threading.Event()
+
+    def blocking(control):
+        started.set()
+        assert release.wait(WAIT)
+        control.check()
+
+    merge = queue.submit(blocking, kind="merge")
+    assert started.wait(WAIT)
+    assert not stop_job(page, None) and not stop_job(page, None, skip=True)  # a page without a job: not a merge
+    mine = queue.submit(lambda control: "done", kind="txt2img")
+    release.set()
+    merge.wait(WAIT), mine.wait(WAIT)
+    assert merge.state == "done"
+    started.clear(), release.clear()
+    someone_elses = queue.submit(blocking, kind="txt2img")
+    assert started.wait(WAIT)
+    assert not stop_job(page, mine.id)  # this page's job has finished: the next one is left alone
+    assert stop_job(page, None)  # a reloaded page: the running txt2img job, as A1111's button
+    release.set()
+    assert someone_elses.wait(WAIT).state == "interrupted"
 
 
 def test_no_checkpoint_is_a_clear_error(queue, tmp_path):

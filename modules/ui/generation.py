@@ -76,13 +76,12 @@ def follow_job(job: Job, *, loading: Callable[[], bool] = lambda: False,
                poll_seconds: float = 0.25) -> Iterator[GenerationUpdate]:
     """Yield the job's progress every `poll_seconds` until it finishes (the finished state is not yielded).
 
-    Reading `job.preview` asks the worker for a fresh preview at its next step, so previews are made
+    Reading the job's preview asks the worker for a fresh preview at its next step, so previews are made
     only while someone follows the job.
     """
     shown_step: int | None = None
     while not job.finished:
-        preview = job.preview
-        step = job.preview_step
+        preview, step = job.latest_preview()
         fresh = preview is not None and step != shown_step
         if fresh:
             shown_step = step
@@ -101,6 +100,9 @@ def outcome_of(job: Job) -> GenerationOutcome:
         for image, infotext in zip(result.images, result.infotexts):
             image.info["parameters"] = infotext  # gradio writes text info into the PNG it serves
         outcome.images = list(result.images)
+        # The queue keeps the last jobs for status queries; the gallery has the pictures now, and a
+        # hundred finished batches would otherwise pin gigabytes.
+        result.images.clear()
         outcome.infotexts = list(result.infotexts)
         outcome.seeds = list(result.seeds)
         outcome.subseeds = list(result.subseeds)

@@ -234,7 +234,7 @@ class MergerHandlers:
 
     def __init__(self, context, *, top_bar_dropdown: bool = False, poll_seconds: float = 0.5):
         self.context = context
-        self.top_bar_dropdown = top_bar_dropdown
+        self.top_bar_dropdown = top_bar_dropdown  # outputs end with the top bar's dropdown and status line
         self.poll_seconds = poll_seconds
 
     # -- choices -------------------------------------------------------------------------------
@@ -260,7 +260,10 @@ class MergerHandlers:
         titles = self.checkpoint_titles()
         updates = [gr.update(choices=titles, value=self._title(value)) for value in selected]
         if self.top_bar_dropdown:
-            updates.append(gr.update(choices=titles))
+            from modules.ui.top_bar import model_status
+
+            # The status line says what is loaded now: after "Merge and load", the trial merge.
+            updates += [gr.update(choices=titles), model_status(self.context)[0]]
         return updates
 
     def refresh(self, primary, secondary, tertiary, bake_in_vae) -> list[dict]:
@@ -280,7 +283,7 @@ class MergerHandlers:
     # -- merging -------------------------------------------------------------------------------
 
     def merge(self, *values) -> Iterator[list]:
-        """The Merge button: outputs are (result, job id, A, B, C[, top bar dropdown])."""
+        """The Merge button: outputs are (result, job id, A, B, C[, top bar dropdown, model status])."""
         yield from self._run(values, load=False)
 
     def merge_and_load(self, *values) -> Iterator[list]:
@@ -288,7 +291,7 @@ class MergerHandlers:
         yield from self._run(values, load=True)
 
     def _run(self, values: Sequence[Any], load: bool) -> Iterator[list]:
-        skip_dropdowns = [gr.skip()] * (4 if self.top_bar_dropdown else 3)
+        skip_dropdowns = [gr.skip()] * (5 if self.top_bar_dropdown else 3)
         form = MergeForm(*values)
         try:
             request = form.to_request()
@@ -388,8 +391,8 @@ class MergerHandlers:
 
 def build(context, shared) -> None:
     """Build the tab inside the current `gr.Tab` (see modules.ui.shared for the element ids)."""
-    top_bar = shared.checkpoint_dropdown
-    handlers = MergerHandlers(context, top_bar_dropdown=top_bar is not None)
+    top_bar = [shared.checkpoint_dropdown, shared.model_status] if shared.checkpoint_dropdown is not None else []
+    handlers = MergerHandlers(context, top_bar_dropdown=bool(top_bar))
     titles = handlers.checkpoint_titles()
     method_names = list(MERGE_METHODS)
     form: dict[str, Any] = {}
@@ -472,7 +475,7 @@ def build(context, shared) -> None:
 
     inputs = [form[f.name] for f in fields(MergeForm)]
     model_dropdowns = [form["primary"], form["secondary"], form["tertiary"]]
-    merge_outputs = [result, job_id, *model_dropdowns] + ([top_bar] if top_bar is not None else [])
+    merge_outputs = [result, job_id, *model_dropdowns, *top_bar]
     private = {"api_visibility": "private"}
 
     merge.click(handlers.merge, inputs=inputs, outputs=merge_outputs, show_progress="hidden",

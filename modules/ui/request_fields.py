@@ -7,6 +7,7 @@ and the tabs stay thin. The mapping from infotext keys to fields is A1111's txt2
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +77,10 @@ class RequestError(ValueError):
 
 def _number(value: Any, convert: type) -> Any:
     # An infotext value is text; "20" and "7.0" must both work for int fields ("Steps: 20.0" does occur).
-    return convert(float(value)) if convert is int else convert(value)
+    number = float(value)
+    if not math.isfinite(number):  # "Steps: inf", "Eta: nan" in a pasted infotext
+        raise ValueError(f"{value!r} is not a finite number")
+    return convert(number) if convert is int else convert(value)
 
 
 def build_request(values: Mapping[str, Any]) -> GenerationRequest:

@@ -5,8 +5,9 @@ Apply saves `config.json` through the `SettingsStore` (A1111's flat format) and 
 does, "N settings changed: a, b."; a value that breaks its setting's rule is refused with the field
 named, while the other fields are saved. Only the fields edited on this page are applied, so a page
 opened before another client (the API, another browser) changed a setting does not put the old
-value back. The settings shown at the top of the page (checkpoint, VAE, Clip skip) are edited
-there, not here, as in A1111 where quicksettings leave the Settings tab.
+value back. The settings shown at the top of the page (`quicksettings_list`: checkpoint, VAE and
+Clip skip by default) are edited there, not here, as in A1111 where quicksettings leave the
+Settings tab.
 
 Widget values are read back from the store each time the page loads, so Reload UI (a page reload)
 shows the values in effect. The Blocks are built once at start-up, so a setting read while building
@@ -23,18 +24,30 @@ from typing import Any
 
 import gradio as gr
 
-from modules.settings import SCHEMA, SCHEMA_BY_KEY, SECTIONS, SettingSpec, describe_changes
+from modules.settings import SCHEMA, SCHEMA_BY_KEY, SECTIONS, SettingSpec, describe_changes, locked_settings
 
 log = logging.getLogger(__name__)
 
-# Settings the top bar edits (their `setting_<key>` element ids are the top bar's; see modules.ui.shared).
-TOP_BAR_SETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
 RESTART_MARK = " (requires restart)"
 
 
-def tab_specs() -> list[SettingSpec]:
-    """The settings this tab shows, grouped by section in SECTIONS' order (unknown sections last)."""
-    shown = [spec for spec in SCHEMA if spec.visible and spec.key not in TOP_BAR_SETTINGS]
+def top_bar_keys(current: Mapping[str, Any], locked: frozenset[str] = frozenset()) -> list[str]:
+    """The settings the top bar edits (A1111's quicksettings; their `setting_<key>` element ids are the
+    top bar's): the checkpoint, then the `quicksettings_list` settings this schema knows, in order;
+    never a `locked` one (modules.settings.locked_settings)."""
+    keys = ["sd_model_checkpoint"]
+    for key in current["quicksettings_list"]:
+        spec = SCHEMA_BY_KEY.get(key)
+        if spec is not None and spec.visible and key not in keys and key not in locked:
+            keys.append(key)
+    return keys
+
+
+def tab_specs(current: Mapping[str, Any], locked: frozenset[str] = frozenset()) -> list[SettingSpec]:
+    """The settings this tab shows (not those at the top of the page, nor `locked` ones, which
+    A1111 hides too), grouped by section in SECTIONS' order (unknown sections last)."""
+    hidden = set(top_bar_keys(current)) | locked
+    shown = [spec for spec in SCHEMA if spec.visible and spec.key not in hidden]
     sections = list(SECTIONS) + sorted({spec.section for spec in shown} - set(SECTIONS))
     return [spec for section in sections for spec in shown if spec.section == section]
 
@@ -146,9 +159,9 @@ def setting_component(spec: SettingSpec, value: Any, choices: Sequence[str] | No
 
 def build(context, shared) -> None:
     """Build the tab inside the current `gr.Tab` (element ids: modules.ui.shared)."""
-    specs = tab_specs()
-    handlers = SettingsHandlers(context, specs)
     current = context.settings.current()
+    specs = tab_specs(current, locked_settings(context.args))
+    handlers = SettingsHandlers(context, specs)
 
     with gr.Row():
         submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")

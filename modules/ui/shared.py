@@ -40,6 +40,7 @@ class UiShared:
 
     checkpoint_dropdown: Any = None  # top bar: refreshed after a merge
     checkpoint_switched: Any = None  # top bar: the dropdown's switch event, to chain `.then(...)` on
+    model_status: Any = None  # top bar: the "Loaded ..." line, refreshed after "Merge and load"
     txt2img_fields: dict[str, Any] = field(default_factory=dict)  # GenerationRequest field -> component
     txt2img_prompt: Any = None
     txt2img_negative_prompt: Any = None

@@ -1,5 +1,6 @@
-"""The top bar (A1111's quicksettings): checkpoint dropdown with refresh, SD VAE, clip skip, and the
-model status line ("Loading checkpoint…", what is loaded, what failed).
+"""The top bar (A1111's quicksettings): checkpoint dropdown with refresh, then the settings of
+`quicksettings_list` (SD VAE and Clip skip by default; any other setting gets its Settings-tab
+widget here), and the model status line ("Loading checkpoint…", what is loaded, what failed).
 
 A checkpoint switch is a job on the generation queue, so it waits for a running generation and the
 next job uses the new model; a failed load shows the error and keeps the previous model (the model
@@ -111,21 +112,31 @@ def switch_checkpoint(context, title: str, poll_seconds: float = POLL_SECONDS) -
                        previous.title if previous is not None else None)
 
 
-def apply_vae(context, name: str) -> str:
-    """Set the SD VAE setting and re-apply the VAE to the loaded model, between jobs; on failure
-    the previous choice comes back (A1111 reverts a setting whose change fails)."""
+def apply_vae(context, name: str) -> tuple[str, str]:
+    """Set the SD VAE setting and re-apply the VAE to the loaded model, between jobs. Returns the
+    status line and the VAE in effect: on failure the previous choice comes back, in the setting and
+    in the dropdown (A1111 reverts a setting whose change fails)."""
     from modules.vae_files import UnknownVaeError
 
+    previous = context.settings.current()["sd_vae"]
     choices = context.vaes.choices()
     if name not in choices:
-        return error_html(str(UnknownVaeError(name, choices)))
-    previous = context.settings.current()["sd_vae"]
+        return error_html(str(UnknownVaeError(name, choices))), previous
     context.settings.apply({"sd_vae": name})
     try:
         context.jobs.run_exclusive(context.models.refresh_vae)
     except Exception as error:  # noqa: BLE001 - shown to the user; the model keeps its VAE
         context.settings.apply({"sd_vae": previous})
-        return error_html(f"Could not apply VAE {name}: {type(error).__name__}: {error}. Kept {previous}.")
+        return error_html(f"Could not apply VAE {name}: {type(error).__name__}: {error}. Kept {previous}."), previous
+    return model_status(context)[0], name
+
+
+def apply_quicksetting(context, key: str, value) -> str:
+    """A setting from `quicksettings_list` other than the checkpoint, VAE and Clip skip: saved at
+    once, or refused with the rule it breaks."""
+    result = context.settings.apply_valid({key: value})
+    if result.refused:
+        return error_html(result.refused[key])
     return model_status(context)[0]
 
 
@@ -141,22 +152,34 @@ def apply_clip_skip(context, value: float) -> str:
 
 
 def build(context, shared: UiShared) -> None:
-    """The quicksettings row; fills `shared.checkpoint_dropdown` and `shared.checkpoint_switched`."""
+    """The quicksettings row; fills `shared.checkpoint_dropdown`, `shared.checkpoint_switched` and
+    `shared.model_status`."""
+    from modules.settings import SCHEMA_BY_KEY, locked_settings
+    from modules.ui.settings_tab import setting_component, top_bar_keys, widget_value
+
     settings = context.settings.current()
+    keys = top_bar_keys(settings, locked_settings(context.args))
     vae_locked = bool(getattr(context.args, "vae_path", None))
+    vae = clip_skip = None
+    others: dict[str, gr.components.Component] = {}
     with gr.Row(elem_id="quicksettings", equal_height=True):
         checkpoint = gr.Dropdown(choices=checkpoint_choices(context), value=current_checkpoint_title(context),
                                  label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint",
                                  scale=4, min_width=320)
         refresh_checkpoints = gr.Button(REFRESH_SYMBOL, elem_id="refresh_sd_model_checkpoint",
                                         elem_classes=["tool"], scale=0, min_width=40)
-        vae = gr.Dropdown(choices=context.vaes.choices(), value=settings["sd_vae"], label="SD VAE",
-                          elem_id="setting_sd_vae", interactive=not vae_locked, scale=2, min_width=200,
-                          info="fixed by --vae-path" if vae_locked else None)
-        refresh_vaes = gr.Button(REFRESH_SYMBOL, elem_id="refresh_sd_vae", elem_classes=["tool"], scale=0,
-                                 min_width=40)
-        clip_skip = gr.Slider(1, 12, value=settings["CLIP_stop_at_last_layers"], step=1, label="Clip skip",
-                              elem_id="setting_CLIP_stop_at_last_layers", scale=2, min_width=200)
+        for key in keys[1:]:
+            if key == "sd_vae":
+                vae = gr.Dropdown(choices=context.vaes.choices(), value=settings["sd_vae"], label="SD VAE",
+                                  elem_id="setting_sd_vae", interactive=not vae_locked, scale=2, min_width=200,
+                                  info="fixed by --vae-path" if vae_locked else None)
+                refresh_vaes = gr.Button(REFRESH_SYMBOL, elem_id="refresh_sd_vae", elem_classes=["tool"], scale=0,
+                                         min_width=40)
+            elif key == "CLIP_stop_at_last_layers":
+                clip_skip = gr.Slider(1, 12, value=settings["CLIP_stop_at_last_layers"], step=1, label="Clip skip",
+                                      elem_id="setting_CLIP_stop_at_last_layers", scale=2, min_width=200)
+            else:
+                others[key] = setting_component(SCHEMA_BY_KEY[key], settings[key])
     status = gr.HTML(model_status(context)[0], elem_id="model_status", js_on_load=None)
     timer = gr.Timer(1.0, active=True)
 
@@ -170,10 +193,19 @@ def build(context, shared: UiShared) -> None:
     switched = checkpoint.input(on_switch, inputs=checkpoint, outputs=[status, checkpoint], show_progress="hidden",
                                 concurrency_limit=None)
     refresh_checkpoints.click(lambda: _refreshed_checkpoints(context), outputs=checkpoint, show_progress="hidden")
-    vae.input(lambda name: apply_vae(context, name), inputs=vae, outputs=status, show_progress="hidden")
-    refresh_vaes.click(lambda: _refreshed_vaes(context), outputs=vae, show_progress="hidden")
-    clip_skip.release(lambda value: apply_clip_skip(context, value), inputs=clip_skip, outputs=status,
-                      show_progress="hidden")
+    if vae is not None:
+        def on_vae(name: str):
+            yield "<p class='model-status loading'>Applying the VAE (after any running job)…</p>", gr.skip()
+            yield apply_vae(context, name)
+
+        vae.input(on_vae, inputs=vae, outputs=[status, vae], show_progress="hidden", concurrency_limit=None)
+        refresh_vaes.click(lambda: _refreshed_vaes(context), outputs=vae, show_progress="hidden")
+    if clip_skip is not None:
+        clip_skip.release(lambda value: apply_clip_skip(context, value), inputs=clip_skip, outputs=status,
+                          show_progress="hidden")
+    for key, component in others.items():
+        component.input(lambda value, key=key: apply_quicksetting(context, key, value), inputs=component,
+                        outputs=status, show_progress="hidden")
 
     def on_tick():
         html_status, loading = model_status(context)
@@ -187,13 +219,20 @@ def build(context, shared: UiShared) -> None:
     def on_page_load():
         html_status, loading = model_status(context)
         current = context.settings.current()
-        return (gr.update(choices=checkpoint_choices(context), value=current_checkpoint_title(context)),
-                gr.update(choices=context.vaes.choices(), value=current["sd_vae"]),
-                current["CLIP_stop_at_last_layers"], html_status, gr.Timer(active=loading))
+        updates = [gr.update(choices=checkpoint_choices(context), value=current_checkpoint_title(context)),
+                   html_status, gr.Timer(active=loading)]
+        if vae is not None:
+            updates.append(gr.update(choices=context.vaes.choices(), value=current["sd_vae"]))
+        if clip_skip is not None:
+            updates.append(current["CLIP_stop_at_last_layers"])
+        updates += [widget_value(SCHEMA_BY_KEY[key], current[key]) for key in others]
+        return updates
 
-    shared.page_loads.append((on_page_load, [checkpoint, vae, clip_skip, status, timer]))
+    outputs = [checkpoint, status, timer, *(c for c in (vae, clip_skip) if c is not None), *others.values()]
+    shared.page_loads.append((on_page_load, outputs))
     shared.checkpoint_dropdown = checkpoint
     shared.checkpoint_switched = switched
+    shared.model_status = status
 
 
 def _refreshed_checkpoints(context):

@@ -95,6 +95,19 @@ def reused_seed(state: dict | None) -> int | None:
     return int(seeds[index] if 0 <= index < len(seeds) else seeds[0])
 
 
+def stop_job(context, job_id: str | None, *, skip: bool = False) -> bool:
+    """Interrupt (or skip an image of) this page's job. A page with no job of its own (reloaded
+    while its job runs) stops the running txt2img job, as A1111's button does; never a merge or
+    another kind of job, and once the page's own job has finished, nothing."""
+    jobs = context.jobs
+    if job_id is None:
+        running = jobs.current()
+        if running is None or running.kind != "txt2img":
+            return False
+        job_id = running.id
+    return jobs.skip(job_id) if skip else jobs.interrupt(job_id)
+
+
 def selected_info_html(state: dict | None, index: int) -> str:
     state = state or {}
     infotexts = state.get("infotexts") or []
@@ -269,7 +282,7 @@ def build(context, shared: UiShared) -> None:
         try:
             request = build_request(dict(zip(TXT2IMG_FIELDS, field_values)))
         except RequestError as error:
-            yield gr.skip(), error_html(str(error)), "", gr.skip(), None
+            yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip()
             return
         job = submit_txt2img(context, request, scripts.selection(script_values))
         yield gr.skip(), "", render_progress(job), gr.skip(), job.id
@@ -277,15 +290,15 @@ def build(context, shared: UiShared) -> None:
             preview = [update.preview] if update.preview is not None else gr.skip()
             yield preview, gr.skip(), update.progress_html, gr.skip(), job.id
         outcome = outcome_of(job)
-        yield outcome.images, outcome.info_html(0), "", outcome.to_state(), None
+        # The id is kept: Interrupt pressed just after the job ended must not reach the next one.
+        yield outcome.images, outcome.info_html(0), "", outcome.to_state(), job.id
 
     generate.click(on_generate, inputs=[*field_components, *scripts.inputs],
                    outputs=[gallery, info, progress, generation_state, job_id_state],
                    show_progress="hidden", concurrency_limit=None)
-    # Without a job of this page's own (e.g. after a reload), the running job is the one meant, as in A1111.
-    interrupt.click(lambda job_id: _discard(context.jobs.interrupt(job_id)), inputs=job_id_state, outputs=None,
+    interrupt.click(lambda job_id: _discard(stop_job(context, job_id)), inputs=job_id_state, outputs=None,
                     show_progress="hidden", queue=False)
-    skip.click(lambda job_id: _discard(context.jobs.skip(job_id)), inputs=job_id_state, outputs=None,
+    skip.click(lambda job_id: _discard(stop_job(context, job_id, skip=True)), inputs=job_id_state, outputs=None,
                show_progress="hidden", queue=False)
 
     def on_select(state: dict, event: gr.SelectData):
