@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file with USER:PASS pairs separated by commas or newlines; adds to --gradio-auth")
     server.add_argument("--enable-insecure-extension-access", action="store_true",
                         help="allow installing and updating extensions from the UI even with --listen")
+    server.add_argument("--hide-ui-dir-config", action="store_true",
+                        help="output folders and filename patterns cannot be changed from the UI or the API "
+                             "(for a server others use; edit config.json instead)")
 
     extensions = parser.add_argument_group("extensions")
     extensions.add_argument("--disable-all-extensions", action="store_true",
@@ -117,16 +120,17 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     args = parser.parse_args(argv)
     if args.port is not None and not 1 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a port number (1-65535)")
-    from modules.api.auth import parse_credentials
+    from modules.api.auth import AuthPolicy, parse_credentials
 
-    for flag in ("api_auth", "gradio_auth"):
-        value = getattr(args, flag)
-        if value is not None:
-            try:
-                if not parse_credentials(value, "--" + flag.replace("_", "-")):
-                    raise ValueError(f"--{flag.replace('_', '-')} is empty; give user:password pairs")
-            except ValueError as e:
-                parser.error(str(e))
+    # An auth flag that yields no credentials would leave the server open: refuse it at start.
+    try:
+        for flag in ("api_auth", "gradio_auth"):
+            value = getattr(args, flag)
+            if value is not None and not parse_credentials(value, "--" + flag.replace("_", "-")):
+                raise ValueError(f"--{flag.replace('_', '-')} is empty; give user:password pairs")
+        AuthPolicy.from_args(args)  # reads --gradio-auth-path: a missing or empty file stops here
+    except ValueError as e:
+        parser.error(str(e))
     return args
 
 

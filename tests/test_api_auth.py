@@ -17,7 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 from modules.api.auth import AuthPolicy, Credentials, parse_credentials
 from modules.api.server import create_app
 from modules.app_context import AppContext
-from modules.cmd_args import parse_args
+from modules.cmd_args import build_parser, parse_args
 from tests.test_api_support import basic_auth
 
 UI_PASSWORD = "s3cret-ui-pw"
@@ -26,7 +26,8 @@ FILE_PASSWORD = "pw-from-file"
 
 
 def args_for(*flags: str, data_dir="/nonexistent") -> argparse.Namespace:
-    return parse_args(["--data-dir", str(data_dir), *flags])
+    """The flags as argparse reads them, without parse_args' own checks (tested on their own)."""
+    return build_parser().parse_args(["--data-dir", str(data_dir), *flags])
 
 
 def test_credentials_split_on_commas_newlines_and_the_first_colon():
@@ -64,27 +65,52 @@ def test_each_side_falls_back_to_the_others_credentials(tmp_path):
         AuthPolicy.from_args(args_for("--gradio-auth-path", str(tmp_path / "missing.txt")))
 
 
+def test_an_auth_flag_without_credentials_stops_the_start(tmp_path, capsys):
+    """A flag meant to close the server must never leave it open: empty values and files are refused."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no user:password pairs"):
+        AuthPolicy.from_args(args_for("--gradio-auth-path", str(empty)))
+    for argv in (["--gradio-auth-path", str(empty)], ["--gradio-auth-path", str(tmp_path / "missing.txt")],
+                 ["--gradio-auth", ""], ["--api-auth", " , "]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert argv[0] in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def context(tmp_path_factory):
     return AppContext.from_args(parse_args(["--data-dir", str(tmp_path_factory.mktemp("api-auth"))]))
 
 
+EXTENSION_WITH_A_ROUTE = """
+from modules import script_callbacks
+
+
+def add_route(demo, app):
+    @app.get("/my-ext/hello")
+    def hello():
+        return {"hello": "world"}
+
+
+script_callbacks.on_app_started(add_route)
+"""
+
+
 @pytest.fixture(scope="module")
 def guarded_app(context):
-    """The served app as webui.py builds it, with a small Gradio app mounted at "/" as the UI."""
-    import gradio as gr
+    """The served app exactly as webui.py builds it: the real web UI at "/", the API, an extension
+    that adds a route of its own in on_app_started, and both credential flags."""
+    import webui
 
-    from modules.api.auth import install_auth
-
+    scripts = context.paths.data_dir / "extensions" / "route-ext" / "scripts"
+    scripts.mkdir(parents=True, exist_ok=True)
+    (scripts / "route.py").write_text(EXTENSION_WITH_A_ROUTE, encoding="utf-8")
     args = parse_args(["--data-dir", str(context.paths.data_dir), "--api", "--gradio-auth", f"ui:{UI_PASSWORD}",
                        "--api-auth", f"api:{API_PASSWORD}"])
-    app = create_app(dataclasses.replace(context, args=args), api=True, ui=True)
-    with gr.Blocks() as blocks:
-        name = gr.Textbox()
-        gr.Button().click(lambda text: text, inputs=name, outputs=name)
-    gr.mount_gradio_app(app, blocks, path="/", ssr_mode=False)
-    install_auth(app, args)
-    return app
+    served = dataclasses.replace(context, args=args)
+    webui.load_extensions(served, args)
+    return webui.build_app(args, served)
 
 
 def served_routes(routes, prefix: str = "") -> list[tuple[str, str]]:
@@ -111,7 +137,7 @@ def test_every_route_refuses_a_request_without_credentials(guarded_app):
     client = TestClient(guarded_app)
     routes = served_routes(guarded_app.routes)
     paths = {path for _, path in routes}
-    assert "/sdapi/v1/txt2img" in paths and "/docs" in paths
+    assert "/sdapi/v1/txt2img" in paths and "/docs" in paths and "/my-ext/hello" in paths
     assert any(path.startswith("/gradio_api") for path in paths), "the Gradio routes were not enumerated"
     assert len(routes) > 40
     for method, path in routes + [("GET", "/no/such/route"), ("GET", "/file=/etc/passwd")]:
@@ -137,6 +163,7 @@ def test_credentials_open_their_own_side_only(guarded_app):
     assert client.get("/sdapi/v1/samplers", headers=ui).status_code == 401
     assert client.get("/", headers=ui).status_code == 200
     assert client.get("/", headers=api).status_code == 401
+    assert client.get("/my-ext/hello", headers=ui).json() == {"hello": "world"}
     for header in ({"Authorization": "Bearer abc"}, {"Authorization": "Basic %%%"},
                    {"Authorization": "Basic " + "YXBp"}):  # "api" without a colon
         assert client.get("/sdapi/v1/samplers", headers=header).status_code == 401

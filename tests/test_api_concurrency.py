@@ -60,8 +60,6 @@ def test_many_clients_at_once_each_get_their_own_answers_in_fifo_order(server_an
             parameters = parse_generation_parameters(result.image.info["parameters"])
             assert parameters["Seed"] == str(seed) and parameters["Prompt"] == f"client {number}"
             job_ids.append(result.info["job_id"])
-        own = [r.info["job_id"] for r in results]
-        assert own == sorted(own)  # one client's requests run in the order it sent them
     assert len(set(job_ids)) == CLIENTS * REQUESTS_PER_CLIENT  # none lost, none answered twice
 
     # FIFO: ids are handed out in submission order, and each job started after the previous one ended.

@@ -196,6 +196,9 @@ def test_png_info_from_base64_and_bad_data(client):
     ("127.0.0.1", False), ("10.1.2.3", False), ("192.168.1.1", False), ("169.254.169.254", False),
     ("0.0.0.0", False), ("::1", False), ("::ffff:127.0.0.1", False), ("fd00::1", False), ("fe80::1%eth0", False),
     ("224.0.0.1", False), ("8.8.8.8", True), ("2606:4700:4700::1111", True),
+    # IPv6 forms that carry a private IPv4 address: IPv4-compatible, NAT64, 6to4, Teredo.
+    ("::127.0.0.1", False), ("64:ff9b::a9fe:a9fe", False), ("2002:a9fe:a9fe::1", False),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False), ("64:ff9b::808:808", True),
 ])
 def test_ssrf_guard_classifies_addresses(address, public):
     assert is_public_address(address) is public
@@ -240,18 +243,51 @@ def image_server():
     server.server_close()
 
 
-def test_image_urls_follow_the_settings_and_never_reach_local_hosts_by_default(client, image_server):
+def test_image_urls_follow_the_settings_and_never_reach_local_hosts_by_default(client, context, image_server):
     url = image_server + "/image.png"
     assert_error(client.post("/sdapi/v1/png-info", json={"image": url}), 422, "non-public address (127.0.0.1)")
+    # The guard's own settings cannot be changed by an API client (A1111's restrict_api), in any way.
+    assert_error(client.post("/sdapi/v1/options", json={"api_forbid_local_requests": False}), 422,
+                 "cannot be changed through the API")
+    assert_error(txt2img(client, prompt="x", steps=1, width=64, height=64, override_settings_restore_afterwards=False,
+                         override_settings={"api_forbid_local_requests": False}), 422,
+                 "cannot be changed through the API")
+    assert context.settings.current()["api_forbid_local_requests"] is True
     try:
-        assert client.post("/sdapi/v1/options", json={"api_forbid_local_requests": False}).status_code == 200
+        context.settings.apply({"api_forbid_local_requests": False})  # as the Settings tab does
         assert client.post("/sdapi/v1/png-info", json={"image": url}).json()["info"].startswith("from a url")
         assert_error(client.post("/sdapi/v1/png-info", json={"image": image_server + "/redirect"}), 422,
                      "redirects are not followed")
-        assert client.post("/sdapi/v1/options", json={"api_enable_requests": False}).status_code == 200
+        context.settings.apply({"api_enable_requests": False})
         assert_error(client.post("/sdapi/v1/png-info", json={"image": url}), 422, "image URLs are turned off")
     finally:
-        client.post("/sdapi/v1/options", json={"api_forbid_local_requests": True, "api_enable_requests": True})
+        context.settings.apply({"api_forbid_local_requests": True, "api_enable_requests": True})
+
+
+def test_hide_ui_dir_config_locks_folders_and_patterns_for_the_api(context):
+    from modules.cmd_args import parse_args
+
+    args = parse_args(["--data-dir", str(context.paths.data_dir), "--hide-ui-dir-config"])
+    locked = TestClient(create_app(dataclasses.replace(context, args=args), api=True))
+    assert_error(locked.post("/sdapi/v1/options", json={"outdir_txt2img_samples": "/etc"}), 422,
+                 "locked on this server (--hide-ui-dir-config)")
+    assert_error(txt2img(locked, prompt="x", steps=1, width=64, height=64,
+                         override_settings={"samples_filename_pattern": "../../x"}), 422, "--hide-ui-dir-config")
+    assert context.settings.current()["outdir_txt2img_samples"] == "outputs/txt2img-images"
+    assert locked.post("/sdapi/v1/options", json={"samples_format": "png"}).status_code == 200
+
+
+def test_options_refuse_a_key_that_is_no_setting(client, context):
+    response = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layer": 2})
+    assert_error(response, 422, "there is no setting 'CLIP_stop_at_last_layer'; did you mean 'CLIP_stop_at_last_layers'")
+    assert "CLIP_stop_at_last_layer" not in client.get("/sdapi/v1/options").json()
+    assert_error(txt2img(client, prompt="x", steps=1, width=64, height=64, override_settings={"emphasys": "None"}),
+                 422, "did you mean 'emphasis'")
+    # A key config.json already holds (an A1111 install's) may be sent back as GET options returned it.
+    context.settings.apply({"face_restoration_model": "CodeFormer"})
+    options = client.get("/sdapi/v1/options").json()
+    assert options["face_restoration_model"] == "CodeFormer"
+    assert client.post("/sdapi/v1/options", json=options).status_code == 200
 
 
 A1111_ROUTES = {

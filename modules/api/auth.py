@@ -98,7 +98,12 @@ class AuthPolicy:
                 text = path.read_text(encoding="utf-8")
             except OSError as e:
                 raise ValueError(f"--gradio-auth-path: cannot read {path} ({e.strerror})") from None
-            ui_pairs += parse_credentials(text, f"--gradio-auth-path {path}")
+            file_pairs = parse_credentials(text, f"--gradio-auth-path {path}")
+            if not file_pairs:
+                # An empty file must not leave the server open to whoever can reach it.
+                raise ValueError(f"--gradio-auth-path: {path} holds no user:password pairs; write them "
+                                 "separated by commas or newlines")
+            ui_pairs += file_pairs
         api_pairs = parse_credentials(args.api_auth, "--api-auth") if getattr(args, "api_auth", None) else []
         ui = Credentials(ui_pairs) if ui_pairs else None
         api = Credentials(api_pairs) if api_pairs else None

@@ -17,6 +17,7 @@ import io
 import ipaddress
 import socket
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,12 +68,32 @@ def decode_image(value: str, settings: Mapping[str, Any], *, field: str = "image
     return image
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, 6to4, Teredo, NAT64, IPv4-compatible), which
+    is where a packet to it may end up."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_public_address(address: str) -> bool:
     """False for loopback, private, link-local (cloud metadata), multicast, reserved and unspecified
-    addresses, IPv4-mapped IPv6 forms of them included."""
+    addresses, and for IPv6 forms that embed such an IPv4 address (mapped, 6to4, Teredo, NAT64)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None and not (embedded.is_global and not embedded.is_multicast):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
@@ -85,8 +106,12 @@ def fetch_url(url: str, *, forbid_local: bool = True, field: str = "image", reso
     """GET `url` (http or https), connecting only to an address that passed the guard."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise bad_request(f"{field}: {url!r} is not an http(s) URL with a host")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+        raise bad_request(f"{field}: {_shown(url)!r} is not an http(s) URL with a host")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise bad_request(f"{field}: {_shown(url)!r} has an invalid port") from None
+    url = _shown(url)  # messages below never carry credentials written into the URL
     try:
         addresses = (resolver or _resolve)(parts.hostname, port)
     except OSError as e:
@@ -110,7 +135,9 @@ def fetch_url(url: str, *, forbid_local: bool = True, field: str = "image", reso
         if response.status != 200:
             hint = " (redirects are not followed; use the final URL)" if 300 <= response.status < 400 else ""
             raise bad_request(f"{field}: {url} answered HTTP {response.status}{hint}")
-        data = response.read(max_bytes + 1)
+        data = _read_within(response, max_bytes + 1, deadline=time.monotonic() + timeout)
+    except TimeoutError:
+        raise bad_request(f"{field}: downloading {url} took longer than {timeout:.0f} s") from None
     except (OSError, http.client.HTTPException) as e:
         raise bad_request(f"{field}: downloading {url} failed ({type(e).__name__}: {e})") from None
     finally:
@@ -118,6 +145,28 @@ def fetch_url(url: str, *, forbid_local: bool = True, field: str = "image", reso
     if len(data) > max_bytes:
         raise bad_request(f"{field}: {url} is larger than {max_bytes // (1024 * 1024)} MiB")
     return data
+
+
+def _shown(url: str) -> str:
+    """`url` without a `user:password@` part."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def _read_within(response, limit: int, *, deadline: float, chunk: int = 64 * 1024) -> bytes:
+    """Up to `limit` bytes of `response`, or TimeoutError once `deadline` passes: the socket timeout
+    bounds each read only, and a server that trickles a byte at a time would hold a thread for ever."""
+    data = bytearray()
+    while len(data) < limit:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        piece = response.read(min(chunk, limit - len(data)))
+        if not piece:
+            break
+        data += piece
+    return bytes(data)
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):

@@ -39,9 +39,9 @@ def progress_of(queue: JobQueue, state: ApiState, skip_current_image: bool = Fal
     job_no = min(int(step // per_batch), job_count - 1) if per_batch else 0
     current_image = None
     if not skip_current_image:
-        preview = job.preview  # reading it asks the worker for a fresh one
+        preview, preview_step = job.latest_preview()  # reading it asks the worker for a fresh one
         if preview is not None:
-            current_image = state.previews.get((job.id, job.preview_step), lambda: encode_png(preview))
+            current_image = state.previews.get((job.id, preview_step), lambda: encode_png(preview))
     lines = info["lines"]
     return ProgressResponse(
         progress=min(1.0, 0.01 + job.progress) if total else 0.01,

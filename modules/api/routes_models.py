@@ -8,6 +8,7 @@ against (A1111's FIFO `queue_lock`).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -17,19 +18,10 @@ from modules.api.errors import ApiError, bad_request, exception_to_api_error, no
 from modules.api.schemas import MergeResponse, SDModelItem, SDVaeItem
 from modules.api.state import ApiState, require_running_queue
 from modules.merger import MergeRequest
-from modules.settings import SettingSpec, validate_changes
+from modules.settings import SCHEMA_BY_KEY, locked_settings, validate_changes
 
 T = TypeVar("T")
 
-# Settings the API itself reads (A1111's names and defaults). They are not in the core schema, so
-# they are validated here and shown by GET options even before anyone stored them.
-API_SETTINGS: dict[str, SettingSpec] = {
-    spec.key: spec for spec in (
-        SettingSpec("api_enable_requests", True, "Allow http:// and https:// URLs for input images in API",
-                    "api"),
-        SettingSpec("api_forbid_local_requests", True, "Forbid URLs to local resources", "api"),
-    )
-}
 READ_ONLY_SETTINGS = frozenset({"sd_checkpoint_hash"})
 OptionsBody = Annotated[dict[str, Any], Body(examples=[{"sd_model_checkpoint": "model.safetensors"}])]
 VAE_SETTINGS = frozenset({"sd_vae", "sd_vae_overrides_per_model_preferences"})
@@ -43,7 +35,7 @@ def on_worker(context, fn: Callable[[], T]) -> T:
 
 
 def current_options(context) -> dict[str, Any]:
-    values = {**{key: spec.default for key, spec in API_SETTINGS.items()}, **context.settings.current().to_dict()}
+    values = context.settings.current().to_dict()
     info = context.models.current_info()
     if info is not None:
         values["sd_model_checkpoint"] = info.title
@@ -51,17 +43,35 @@ def current_options(context) -> dict[str, Any]:
     return values
 
 
+def api_setting_errors(changes: dict[str, Any], stored, locked: frozenset[str] = frozenset()) -> list[str]:
+    """What the API may not change: settings that guard the API itself (A1111's `restrict_api`),
+    `locked` ones (`--hide-ui-dir-config`), and keys that are no setting at all (a typo would
+    otherwise be stored and change nothing). Any key may be sent back with the value it has
+    (clients post what GET options returned), keys of another program's in config.json included."""
+    errors = []
+    for key, value in changes.items():
+        spec = SCHEMA_BY_KEY.get(key)
+        if key in stored and stored[key] == value:
+            continue  # unchanged: a client sending back what GET options returned
+        if key in locked:
+            errors.append(f"setting {key!r} is locked on this server (--hide-ui-dir-config); its owner sets it "
+                          "in config.json")
+        elif spec is not None and spec.restrict_api:
+            errors.append(f"setting {key!r} cannot be changed through the API; change it in the Settings tab "
+                          "or in config.json")
+        elif spec is None and key not in stored:
+            close = difflib.get_close_matches(key, list(SCHEMA_BY_KEY), n=3)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
+                "; GET /sdapi/v1/options lists the settings"
+            errors.append(f"there is no setting {key!r}{hint}")
+    return errors
+
+
 def set_options(context, changes: dict[str, Any]) -> None:
     """Validate everything first (422/404 before anything changes), then switch and store."""
     changes = {k: v for k, v in changes.items() if k not in READ_ONLY_SETTINGS}
     wanted = changes.pop("sd_model_checkpoint", None)
-    errors = []
-    for key, spec in API_SETTINGS.items():
-        if key in changes:
-            try:
-                changes[key] = spec.validate(changes[key])
-            except ValueError as e:
-                errors.append(str(e))
+    errors = api_setting_errors(changes, context.settings.current(), locked_settings(context.args))
     try:
         changes = validate_changes(changes)
     except ValueError as e:

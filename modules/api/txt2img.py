@@ -20,12 +20,13 @@ from pydantic import ValidationError
 
 from modules.api.errors import bad_request, describe_validation_error, exception_to_api_error, not_found
 from modules.api.images import encode_png
+from modules.api.routes_models import api_setting_errors
 from modules.api.schemas import TextToImageResponse, Txt2ImgApiRequest
 from modules.api.state import require_running_queue
 from modules.api.styles import apply_styles, read_styles
 from modules.processing import GenerationRequest, GenerationResult
 from modules.scripts import ScriptSelection, run_txt2img
-from modules.settings import validate_changes
+from modules.settings import locked_settings, validate_changes
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +148,14 @@ def script_selection(body: Txt2ImgApiRequest, context) -> ScriptSelection | None
         raise bad_request(f"{error}; GET /sdapi/v1/scripts lists the scripts") from None
 
 
-def _checked_overrides(body: Txt2ImgApiRequest, checkpoints) -> dict[str, Any]:
+def _checked_overrides(body: Txt2ImgApiRequest, checkpoints, stored, locked: frozenset[str]) -> dict[str, Any]:
     overrides = dict(body.override_settings or {})
     for key, why in _UNSUPPORTED_OVERRIDES.items():
         if key in overrides:
             raise bad_request(f"override_settings.{key}: {why}")
+    errors = api_setting_errors(overrides, stored, locked)
+    if errors:
+        raise bad_request("override_settings: " + "; ".join(errors))
     clean = validate_changes(overrides)  # ValueError naming key and rule -> 422
     wanted = clean.get("sd_model_checkpoint")
     if wanted:
@@ -175,7 +179,8 @@ def prepare(body: Txt2ImgApiRequest, context) -> PreparedTxt2Img:
         from modules.extra_networks import parse_prompt
 
         prompt = parse_prompt(prompt)[0]
-    overrides = _checked_overrides(body, context.checkpoints)
+    overrides = _checked_overrides(body, context.checkpoints, context.settings.current(),
+                                   locked_settings(context.args))
     resize = body.seed_resize_from_w > 0 and body.seed_resize_from_h > 0
     try:
         generation = GenerationRequest(
