@@ -50,6 +50,7 @@ DISABLED_KEY = "disabled_extensions"
 DISABLE_ALL_KEY = "disable_all_extensions"
 DISABLE_ALL_CHOICES = ("none", "extra", "all")
 INSTALL_STAMPS_NAME = ".atelier-extension-installs.json"  # in the virtual environment (sys.prefix)
+INSTALL_TIMEOUT_S = 30 * 60  # an install.py may pip-install large packages; a hung one must not stop the start
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,14 @@ def run_installer(extension: Extension, *, stamps_file: Path | None = None, forc
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     started = time.monotonic()
-    done = subprocess.run([sys.executable, str(script)], cwd=str(REPO_ROOT), env=env, capture_output=True, text=True)
+    try:
+        done = subprocess.run([sys.executable, str(script)], cwd=str(REPO_ROOT), env=env, capture_output=True,
+                              text=True, timeout=INSTALL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        seconds = time.monotonic() - started
+        echo(f"Extension {extension.name}: install.py did not finish in {INSTALL_TIMEOUT_S // 60} minutes and was "
+             "stopped; the extension may not work. It will run again at the next start.", flush=True)
+        return InstallOutcome(extension.name, ran=True, ok=False, seconds=seconds, output="timed out")
     seconds = time.monotonic() - started
     output = (done.stdout + done.stderr).strip()
     for line in output.splitlines():
@@ -269,7 +277,11 @@ def run_installer(extension: Extension, *, stamps_file: Path | None = None, forc
              "the extension may not work. It will run again at the next start.", flush=True)
         return InstallOutcome(extension.name, ran=True, ok=False, seconds=seconds, output=output)
     stamps[key] = digest
-    _write_stamps(stamps_file, stamps)
+    try:
+        _write_stamps(stamps_file, stamps)
+    except OSError as error:  # it only means install.py runs again next time
+        log.warning("Cannot record that %s's install.py ran (%s); it will run again at the next start",
+                    extension.name, error)
     echo(f"Extension {extension.name}: install.py done in {seconds:.1f} s", flush=True)
     return InstallOutcome(extension.name, ran=True, ok=True, seconds=seconds, output=output)
 
@@ -360,12 +372,14 @@ class ExtensionAccessError(ExtensionInstallError):
 
 
 ACCESS_REFUSED = ("extension access disabled because of command line flags: the server listens beyond localhost "
-                  "(--listen or --server-name), so installing extensions from the UI is off. Start it with "
+                  "(--listen or --server-name), so installing, enabling and disabling extensions from the UI is "
+                  "off. Start it with "
                   "--enable-insecure-extension-access to allow it, or install by cloning into the extensions "
                   "folder on the server.")
 # git transports that fetch a repository; `ext::` (runs a command) and option-like URLs are refused.
-_URL_FORMS = re.compile(r"^(https?://|ssh://|git://|file://|[\w.-]+@[\w.-]+:)[^\s]+$")
+_URL_FORMS = re.compile(r"^(https?://|ssh://|git://|file://|\w[\w.-]*@\w[\w.-]*:)[^\s]+$")
 _NAME_FORM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_BRANCH_FORM = re.compile(r"^[\w./-]+$")
 
 
 def check_extension_access(args: argparse.Namespace) -> None:
@@ -397,7 +411,11 @@ def install_from_url(url: str, folders: ExtensionFolders, args: argparse.Namespa
     name = (dirname or "").strip() or folder_name_for_url(url)
     if not _NAME_FORM.match(name):
         raise ExtensionInstallError(f"{name!r} is not a usable folder name; use letters, digits, '.', '_' and '-'")
+    if branch and (branch.startswith("-") or not _BRANCH_FORM.match(branch)):
+        raise ExtensionInstallError(f"{branch!r} is not a branch name")
     target = folders.user / name
+    if (folders.builtin / name).exists():
+        raise ExtensionInstallError(f"{name!r} is the name of a built-in extension; pick another folder name")
     if target.exists():
         raise ExtensionInstallError(f"extension folder already exists: {target}; remove it or pick another name")
     folders.user.mkdir(parents=True, exist_ok=True)
@@ -405,7 +423,7 @@ def install_from_url(url: str, folders: ExtensionFolders, args: argparse.Namespa
     shutil.rmtree(temporary, ignore_errors=True)
     command = ["git", "-c", "protocol.ext.allow=never", "clone", "--quiet"]
     if branch:
-        command += ["--branch", branch]
+        command.append(f"--branch={branch}")
     command += ["--", url, str(temporary)]
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     try:
@@ -465,6 +483,12 @@ class FrameworkChange:
     extension: str  # who changed it, or the stage ("on_app_started callbacks")
 
 
+# Replaced for a moment by Atelier itself: the loader builds models inside accelerate's
+# `init_empty_weights`, which swaps `register_parameter` until the model skeleton exists. The start-up
+# load runs beside `on_app_started`, so a snapshot taken then would blame an extension for it.
+TRANSIENTLY_REPLACED = frozenset({"torch.nn.Module.register_parameter"})
+
+
 class FrameworkSnapshot:
     """The identity of every public function of FRAMEWORK_MODULES and every attribute defined by
     FRAMEWORK_CLASSES, to compare before and after extensions run."""
@@ -492,6 +516,8 @@ class FrameworkSnapshot:
             for attribute, value in list(vars(cls_).items()):
                 if attribute not in ("__dict__", "__weakref__", "__doc__", "__annotations__", "_abc_impl"):
                     entries[f"{name}.{attribute}"] = value
+        for name in TRANSIENTLY_REPLACED:
+            entries.pop(name, None)
         return cls(entries)
 
     def changes_since(self, earlier: "FrameworkSnapshot") -> list[str]:

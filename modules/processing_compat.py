@@ -15,6 +15,7 @@ kept on the object, and have no effect. `modules.processing` re-exports these na
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -61,6 +62,17 @@ class StableDiffusionProcessing:
         values["styles"] = list(request.styles)
         values["override_settings"] = dict(request.override_settings)
         return cls(**values, **fields)
+
+    def copy_with(self, request: GenerationRequest) -> "StableDiffusionProcessing":
+        """A shallow copy of this `p` holding `request`'s fields (A1111's scripts run each grid cell on
+        `copy(p)`, so what always-on scripts put on `p` in setup() reaches every cell)."""
+        p = copy.copy(self)
+        for name in REQUEST_FIELDS:
+            setattr(p, name, getattr(request, name))
+        p.styles = list(request.styles)
+        p.override_settings = dict(request.override_settings)
+        p.extra_generation_params = dict(getattr(self, "extra_generation_params", None) or {})
+        return p
 
     def to_request(self) -> GenerationRequest:
         """The request these fields describe; pydantic's ValidationError (a ValueError) names a

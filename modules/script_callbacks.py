@@ -107,6 +107,7 @@ class RegisteredCallback:
     callback: Callable
     extension: str  # the extension that registered it
     name: str  # A1111's `name=`, else "<extension>/<function name>"
+    script: str | None = None  # the scripts/*.py file being imported when it was registered
 
 
 class CallbackRegistry:
@@ -116,7 +117,8 @@ class CallbackRegistry:
         self._callbacks: dict[str, list[RegisteredCallback]] = {kind: [] for kind in KINDS}
         self._warned_not_called: set[str] = set()
 
-    def add(self, kind: str, callback: Callable, *, extension: str, name: str | None = None) -> None:
+    def add(self, kind: str, callback: Callable, *, extension: str, name: str | None = None,
+            script: str | None = None) -> None:
         if kind not in self._callbacks:
             raise ValueError(f"unknown callback kind {kind!r}; known: {', '.join(KINDS)}")
         if not callable(callback):
@@ -126,7 +128,7 @@ class CallbackRegistry:
             log.warning("Extension %s registered an on_%s callback; Atelier accepts it but does not call "
                         "on_%s callbacks yet", extension, kind, kind)
         label = name or f"{extension}/{getattr(callback, '__name__', type(callback).__name__)}"
-        self._callbacks[kind].append(RegisteredCallback(kind, callback, extension, label))
+        self._callbacks[kind].append(RegisteredCallback(kind, callback, extension, label, script))
 
     def callbacks(self, kind: str) -> list[RegisteredCallback]:
         return list(self._callbacks[kind])
@@ -136,6 +138,11 @@ class CallbackRegistry:
         for kind, entries in self._callbacks.items():
             self._callbacks[kind] = [entry for entry in entries if entry.extension != extension]
 
+    def remove_script(self, script: str) -> None:
+        """Forget the callbacks registered while `script` (a scripts/*.py path) was imported."""
+        for kind, entries in self._callbacks.items():
+            self._callbacks[kind] = [entry for entry in entries if entry.script != script]
+
     def remove_function(self, callback: Callable) -> None:
         for kind, entries in self._callbacks.items():
             self._callbacks[kind] = [entry for entry in entries if entry.callback != callback]
@@ -144,12 +151,16 @@ class CallbackRegistry:
         """Call every `kind` callback with `args`, each in its extension's scope; a failure is logged
         with the extension's name and does not stop the others. Returns the results of those that
         returned."""
+        return [result for _, result in self.run_each(kind, *args)]
+
+    def run_each(self, kind: str, *args: Any) -> list[tuple[RegisteredCallback, Any]]:
+        """`run`, keeping which callback returned what (to blame the right extension for a bad value)."""
         results = []
         for entry in self.callbacks(kind):
             try:
                 with registry_scope(self, entry.extension):
-                    results.append(entry.callback(*args))
-            except Exception:
+                    results.append((entry, entry.callback(*args)))
+            except (Exception, SystemExit):  # sys.exit() in an extension must not end the server
                 log.exception("Extension %s: on_%s callback %s failed", entry.extension, kind, entry.name)
         return results
 
@@ -163,18 +174,21 @@ class CallbackRegistry:
     def model_loaded(self, sd_model) -> None:
         self.run("model_loaded", sd_model)
 
-    def ui_tabs(self) -> list[tuple[Any, str, str]]:
-        """The extension tabs: `(gr.Blocks, title, elem_id)` triples, in order. Call before the main
+    def ui_tabs(self) -> list[tuple[Any, str, str, str]]:
+        """The extension tabs: `(gr.Blocks, title, elem_id, extension)`, in order. Call before the main
         Blocks is opened; render each inside a `gr.Tab`."""
         tabs = []
-        for returned in self.run("ui_tabs"):
-            for item in returned or []:
-                if isinstance(item, (tuple, list)) and len(item) >= 2:
-                    blocks, title = item[0], item[1]
-                    elem_id = item[2] if len(item) > 2 else title.lower().replace(" ", "_")
-                    tabs.append((blocks, str(title), str(elem_id)))
+        for entry, returned in self.run_each("ui_tabs"):
+            items = returned if isinstance(returned, (list, tuple)) else [returned] if returned is not None else []
+            for item in items:
+                if isinstance(item, (tuple, list)) and len(item) >= 2 and hasattr(item[0], "render"):
+                    title = str(item[1])
+                    elem_id = str(item[2]) if len(item) > 2 else title.lower().replace(" ", "_")
+                    tabs.append((item[0], title, elem_id, entry.extension))
                 else:
-                    log.error("on_ui_tabs returned %r; expected (gr.Blocks, title, elem_id) tuples", item)
+                    log.error("Extension %s: on_ui_tabs callback %s returned %r; expected a list of "
+                              "(gr.Blocks, title, elem_id) tuples. That tab is left out.", entry.extension,
+                              entry.name, item)
         return tabs
 
     def ui_settings(self) -> None:
@@ -203,6 +217,7 @@ class CallbackRegistry:
 class _Scope:
     registry: CallbackRegistry
     extension: str
+    script: str | None = None  # set while one of the extension's scripts/*.py is imported
 
 
 _current: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("atelier_callback_scope", default=None)
@@ -213,6 +228,21 @@ def registry_scope(registry: CallbackRegistry, extension: str) -> Iterator[None]
     """Make `registry` the target of A1111's module-level `on_*` functions, on behalf of
     `extension`, for the duration of the block (this thread / task only)."""
     token = _current.set(_Scope(registry, extension))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
+def script_scope(script: str) -> Iterator[None]:
+    """Inside `registry_scope`: callbacks registered in the block come from `script` (so A1111's
+    `remove_current_script_callbacks()` removes that file's callbacks only)."""
+    scope = _current.get()
+    if scope is None:  # not loading an extension: on_* calls will say so themselves
+        yield
+        return
+    token = _current.set(_Scope(scope.registry, scope.extension, script))
     try:
         yield
     finally:
@@ -231,7 +261,7 @@ def current_scope() -> _Scope:
 
 def _register(kind: str, callback: Callable, name: str | None) -> None:
     scope = current_scope()
-    scope.registry.add(kind, callback, extension=scope.extension, name=name)
+    scope.registry.add(kind, callback, extension=scope.extension, name=name, script=scope.script)
 
 
 # --- A1111's registration functions (module level, as extensions call them) -----------------------
@@ -330,9 +360,13 @@ def on_before_token_counter(callback, *, name=None):
 
 
 def remove_current_script_callbacks():
-    """A1111: forget the callbacks of the extension currently loading."""
+    """A1111: forget the callbacks the script file being imported registered (extensions call it
+    first thing, so a reload does not register twice); outside an import, the whole extension's."""
     scope = current_scope()
-    scope.registry.remove_extension(scope.extension)
+    if scope.script is not None:
+        scope.registry.remove_script(scope.script)
+    else:
+        scope.registry.remove_extension(scope.extension)
 
 
 def remove_callbacks_for_function(callback_func):

@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 
 from modules.processing import GenerationHooks, GenerationPlan, GenerationRequest, GenerationResult, ImageSaveEvent
 from modules.processing_compat import Processed, StableDiffusionProcessingTxt2Img, process_images
-from modules.script_callbacks import CallbackRegistry, CFGDenoiserParams, ImageSaveParams, registry_scope
+from modules.script_callbacks import CallbackRegistry, CFGDenoiserParams, ImageSaveParams, registry_scope, script_scope
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,11 @@ class Script:
         pass
 
 
+# A1111 Script hooks with no matching point in Atelier's engine yet (docs/EXTENSIONS.md lists them).
+HOOKS_NOT_CALLED_YET = ("after_extra_networks_activate", "process_before_every_sampling", "post_sample",
+                        "postprocess_batch", "postprocess_batch_list", "before_hr")
+
+
 class ScriptError(RuntimeError):
     """A selected script's run() failed; the message names the script and its extension."""
 
@@ -244,7 +249,8 @@ class ScriptRunner:
             sys.path.insert(0, str(extension.path))
             token = _current_basedir.set(str(extension.path))
             try:
-                module = import_file_as_module(f"{package}.{module_name_part(path.stem)}", path)
+                with script_scope(str(path)):
+                    module = import_file_as_module(f"{package}.{module_name_part(path.stem)}", path)
             finally:
                 _current_basedir.reset(token)
                 sys.path[:] = saved_path
@@ -259,6 +265,10 @@ class ScriptRunner:
 
     @staticmethod
     def _instantiate(script_class: type[Script], path, extension: str) -> Script:
+        skipped = [hook for hook in HOOKS_NOT_CALLED_YET if getattr(script_class, hook) is not getattr(Script, hook)]
+        if skipped:
+            log.warning("Extension %s: script %s defines %s, which Atelier does not call yet; that part of it "
+                        "does nothing here", extension, script_class.__name__, ", ".join(skipped))
         script = script_class()
         script.filename, script.extension = str(path), extension
         script.is_txt2img, script.is_img2img = True, False
@@ -317,7 +327,13 @@ class ScriptRunner:
         script._atelier_defaults = tuple(getattr(component, "value", None) for component in components)
 
     def args_for(self, script: Script, given: Sequence[Any] = ()) -> tuple:
+        """`given`, then the defaults of the arguments not given. Extra values (a client written for
+        a newer version of the script) are dropped, as A1111 keeps only the script's own slice."""
         defaults = self.default_args(script)
+        if defaults and len(given) > len(defaults):
+            log.info("Script %r takes %d arguments; ignoring the %d extra given", script.title(), len(defaults),
+                     len(given) - len(defaults))
+            given = given[:len(defaults)]
         return tuple(given) + tuple(defaults[len(given):])
 
     def layout(self) -> int:
@@ -426,9 +442,11 @@ class _Execution:
         self.saved_paths: list[str] = []
         self.interrupted = False
         self.script_args: tuple = ()
+        self.base_p = None  # the request's p, after the always-on scripts' setup()
 
     def attach(self, p, selected: Script | None, args: Mapping[Script, tuple]) -> None:
         self.script_args = tuple(self.runner.flat_args(selected, args))
+        self.base_p = p
         self._join(p)
 
     def _join(self, p) -> None:
@@ -477,7 +495,8 @@ class _Execution:
     def generate_request(self, request: GenerationRequest, control, save: bool | None) -> GenerationResult:
         """One more generation of this job (a selected script's grid cell): `request` on a fresh `p`,
         with the always-on scripts' hooks, reporting to `control`."""
-        p = StableDiffusionProcessingTxt2Img.from_request(request)
+        p = self.base_p.copy_with(request) if self.base_p is not None else \
+            StableDiffusionProcessingTxt2Img.from_request(request)
         self._join(p)
         return self._generate(p, control, save)[0]
 

@@ -5,8 +5,7 @@
                       control=job_control)
     result.grid, result.images, result.infotexts, result.cells
 
-The parts live in `modules.xyz`: values (A1111's value syntax), axes (the registry; extensions add
-axes with `register_axis`), plan (`plan_grid`: cells checked before any work), runner (`run_grid`),
+The parts live in `modules.xyz`: values (A1111's value syntax), axes (the axis types), plan (`plan_grid`: cells checked before any work), runner (`run_grid`),
 drawing (grids with legends).
 """
 
@@ -25,7 +24,6 @@ from modules.xyz.axes import (
     format_nothing,
     format_plain,
     format_with_label,
-    register_axis,
     with_fields,
 )
 from modules.xyz.drawing import GridLayout, draw_grid, grid_layout
@@ -48,5 +46,5 @@ __all__ = [
     "GridResult", "GridServices", "MergeAxisSettings", "PlannedCell", "ResolvedAxis",
     "add_infotext_params", "apply_field", "apply_override", "axis_types", "draw_grid", "find_axis",
     "format_basename", "format_nothing", "format_plain", "format_with_label", "grid_layout", "join_csv",
-    "parse_axis_values", "plan_grid", "register_axis", "run_grid", "split_csv", "with_fields",
+    "parse_axis_values", "plan_grid", "run_grid", "split_csv", "with_fields",
 ]

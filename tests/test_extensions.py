@@ -173,7 +173,8 @@ def test_sample_extension_adds_a_tab(sample):
     runtime = load(sample)
     context = SimpleNamespace(extensions=runtime)
     tabs = extensions_tab.extension_tabs(context)
-    assert [(title, elem_id) for _, title, elem_id in tabs] == [("Sample", "sample_tab")]
+    assert [(title, elem_id, extension) for _, title, elem_id, extension in tabs] == [("Sample", "sample_tab",
+                                                                                      "sample")]
     assert isinstance(tabs[0][0], gr.Blocks)
     with gr.Blocks() as page, gr.Tabs():
         extensions_tab.render_extension_tabs(tabs)
@@ -199,6 +200,87 @@ def test_sample_extension_adds_an_api_route_and_broken_one_is_isolated(sample, c
     assert TestClient(app).get("/sample/ping").json() == {"pong": True}
     assert not getattr(app.state, "broken_ran", False)  # the failed extension's callbacks were dropped
     assert [item["name"] for item in runtime.api_items()] == ["broken", "sample"]
+
+
+MISBEHAVING_SCRIPT = '''
+import sys
+
+import gradio as gr
+
+from modules import script_callbacks, scripts
+
+
+class BadUi(scripts.Script):
+    def title(self):
+        return "Bad ui"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return ["not a component"]
+
+
+def tabs():
+    return [(None, "Broken tab", "broken_tab"), 42]
+
+
+def bare_blocks():
+    with gr.Blocks() as blocks:
+        gr.Markdown("a Blocks instead of a list of tuples")
+    return blocks
+
+
+def leave(demo, app):
+    sys.exit(3)
+
+
+script_callbacks.on_ui_tabs(tabs)
+script_callbacks.on_ui_tabs(bare_blocks)
+script_callbacks.on_app_started(leave)
+'''
+
+
+def test_an_extension_returning_nonsense_or_exiting_cannot_stop_the_page(data_dir, caplog):
+    """Bad on_ui_tabs values, ui() returning non-components and sys.exit() in on_app_started are
+    logged with the extension's name; the page parts and the app are still built."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from modules.ui import extensions_tab, scripts_panel
+
+    write_extension(data_dir / "extensions", "misbehaving", {"scripts/bad.py": MISBEHAVING_SCRIPT})
+    runtime = load(data_dir)
+    assert [ext.name for ext in runtime.active()] == ["misbehaving"]
+    context = SimpleNamespace(extensions=runtime)
+    with caplog.at_level(logging.ERROR):
+        assert extensions_tab.extension_tabs(context) == []
+        with gr.Blocks():
+            panel = scripts_panel.build(context)
+        runtime.app_started(None, FastAPI())
+    assert len(panel.inputs) == 1  # the Script dropdown; the bad controls were left out
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("misbehaving" in m and "on_ui_tabs" in m for m in messages) == 3
+    assert any("misbehaving" in m and "ui() of script 'Bad ui'" in m for m in messages)
+    assert any("misbehaving" in m and "on_app_started" in m for m in messages)
+
+
+def test_remove_current_script_callbacks_forgets_only_that_files_callbacks(data_dir):
+    """A1111's reload guard at the top of a script removes that script's callbacks, not its siblings'."""
+    first = """
+        from modules import script_callbacks
+        script_callbacks.on_app_started(lambda demo, app: setattr(app.state, "first", True))
+    """
+    second = """
+        from modules import script_callbacks
+        script_callbacks.remove_current_script_callbacks()
+        script_callbacks.on_app_started(lambda demo, app: setattr(app.state, "second", True))
+    """
+    write_extension(data_dir / "extensions", "two", {"scripts/a_first.py": first, "scripts/b_second.py": second})
+    runtime = load(data_dir)
+    app = SimpleNamespace(state=SimpleNamespace(), router=None)
+    runtime.app_started(None, app)
+    assert app.state.first and app.state.second
 
 
 def test_always_on_script_edits_prompts_into_conditioning_and_infotext(sample, sd1):
@@ -239,6 +321,10 @@ def test_selectable_script_through_api_fields_and_callbacks(sample, sd1, tmp_pat
     assert events["saved"] == result.saved_paths and len(result.saved_paths) == 1
     with Image.open(result.saved_paths[0]) as saved:
         assert saved.info["sample"] == "chunk" and saved.info["parameters"] == result.infotexts[0]
+    # A client written for a newer version of the script sends more arguments: the extra ones are dropped.
+    longer = runtime.scripts.selection_from_api("sample steps", [2, "from a newer version"], {})
+    longer_result = run_txt2img(context, GenerationRequest(prompt="a dog", **SMALL), save=False, selection=longer)
+    assert parse_generation_parameters(longer_result.infotexts[0])["Steps"] == "2"
     with pytest.raises(ValueError, match="'nope' not found"):
         runtime.scripts.selection_from_api("nope", [], {})
     with pytest.raises(ValueError, match="selectable script"):
@@ -361,6 +447,10 @@ def test_install_from_url_refused_when_listening(data_dir):
         context = SimpleNamespace(extensions=runtime, args=args)
         assert "--enable-insecure-extension-access" in extensions_tab.install(context, "https://example.com/b.git")
         assert extensions_tab.install_allowed(context) is not None
+        # Enabling runs an extension's code at the next start: refused the same way.
+        context.settings = SettingsStore(data_dir / "config.json")
+        assert "--enable-insecure-extension-access" in extensions_tab.apply_enabled(context, [], "all")
+        assert context.settings.current()["disable_all_extensions"] == "none"
     assert not (data_dir / "extensions").exists()
 
 
@@ -378,8 +468,18 @@ def test_install_from_url_clones_with_the_insecure_flag(data_dir):
     assert ext.git_info().commit_hash and len(ext.git_info().version) == 8
     with pytest.raises(ExtensionInstallError, match="already exists"):
         install_from_url(source.as_uri(), folders, args)
-    with pytest.raises(ExtensionInstallError, match="not a git URL"):
-        install_from_url("ext::sh -c touch% /tmp/pwned", folders, args)
+    for bad_url in ("ext::sh -c touch% /tmp/pwned", "-oProxyCommand=touch@host:repo", "--upload-pack=x",
+                    "git@-oProxyCommand=x:repo"):
+        with pytest.raises(ExtensionInstallError, match="not a git URL"):
+            install_from_url(bad_url, folders, args)
+    for bad_name in ("../outside", "a/b", ".hidden"):
+        with pytest.raises(ExtensionInstallError, match="not a usable folder name"):
+            install_from_url(source.as_uri(), folders, args, dirname=bad_name)
+    with pytest.raises(ExtensionInstallError, match="not a branch name"):
+        install_from_url(source.as_uri(), folders, args, dirname="x", branch="--upload-pack=touch")
+    (folders.builtin / "builtin-ext").mkdir()
+    with pytest.raises(ExtensionInstallError, match="built-in extension"):
+        install_from_url(source.as_uri(), folders, args, dirname="builtin-ext")
     with pytest.raises(ExtensionInstallError, match="failed"):
         install_from_url((data_dir / "missing").as_uri(), folders, args, dirname="other")
     assert sorted(p.name for p in folders.user.iterdir()) == ["remote-ext"]  # nothing half-cloned left
@@ -439,3 +539,16 @@ def test_app_context_engine_runs_the_scripts_and_saves(sample):
     with Image.open(path) as saved:
         assert parse_generation_parameters(saved.info["parameters"])["Prompt"] == "a cat, edited by sample"
         assert saved.info["sample"] == "chunk"
+
+
+def test_self_check_ignores_the_loaders_own_passing_patch():
+    """accelerate's init_empty_weights (the model loader builds every model in it) swaps
+    register_parameter while the background load runs; a snapshot taken then blames no one."""
+    from accelerate import init_empty_weights
+
+    from modules.extensions import FrameworkSnapshot
+
+    before = FrameworkSnapshot.take()
+    with init_empty_weights(include_buffers=False):
+        during = FrameworkSnapshot.take()
+    assert during.changes_since(before) == []

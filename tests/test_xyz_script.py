@@ -28,8 +28,12 @@ class PerCell(scripts.Script):
     def show(self, is_img2img):
         return scripts.AlwaysVisible
 
+    def setup(self, p):
+        p.per_cell_marker = "from setup"  # A1111 runs each cell on copy(p): this reaches every cell
+
     def process(self, p):
         p.extra_generation_params["Per cell"] = p.cfg_scale
+        p.extra_generation_params["Marker"] = p.per_cell_marker
 """
 
 
@@ -82,6 +86,7 @@ def check_checkpoints_by_cfg(result):
     assert [(p["Model"], p["CFG scale"]) for p in params[1:]] == [("a", "5.0"), ("b", "5.0"), ("a", "9.0"),
                                                                   ("b", "9.0")]
     assert [p["Per cell"] for p in params[1:]] == ["5.0", "5.0", "9.0", "9.0"]  # always-on scripts run per cell
+    assert all(p["Marker"] == "from setup" for p in params[1:])
     assert params[0]["Model"] == params[1]["Model"]  # the grid's infotext is the first cell's
     assert len({p["Seed"] for p in params}) == 1  # the seed is fixed once for the whole grid
 

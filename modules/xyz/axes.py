@@ -1,5 +1,5 @@
 """The X/Y/Z plot's axis types: what a value is, how it changes a request, how it is checked and
-labelled. A registry keyed by A1111's labels (A1111.md §11), open to extensions via `register_axis`.
+labelled, keyed by A1111's labels (A1111.md §11).
 
 An axis never touches a model: `apply` returns a new, validated `GenerationRequest`. Axes that need
 a different model say so in the request (`override_settings["sd_model_checkpoint"]`, `["sd_vae"]`)
@@ -10,9 +10,9 @@ model loads, ordered so each model is loaded or merged once.
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from modules.xyz.values import AxisValueError
@@ -296,31 +296,19 @@ BUILTIN_AXES: tuple[AxisType, ...] = (
     AxisType(MERGE_MULTIPLIER, float, _apply_merge, confirm=_confirm_merge, cost=1.0, builds_merge=True),
 )
 
-_lock = threading.Lock()
-_axes: dict[str, AxisType] = {axis.label.casefold(): axis for axis in BUILTIN_AXES}
-
-
-def register_axis(axis: AxisType, *, replace: bool = False) -> None:
-    """Add an axis type (an extension's), listed after the built-in ones. A label already taken is an
-    error unless `replace`."""
-    key = axis.label.casefold()
-    with _lock:
-        if key in _axes and not replace:
-            raise ValueError(f"an X/Y/Z axis named {axis.label!r} exists; pass replace=True to replace it")
-        _axes[key] = axis
+# A constant: the grid's axis types are Atelier's (extensions cannot add axes yet; see docs/EXTENSIONS.md).
+_AXES: Mapping[str, AxisType] = MappingProxyType({axis.label.casefold(): axis for axis in BUILTIN_AXES})
 
 
 def axis_types() -> list[AxisType]:
     """Every axis type, in the order the axis dropdowns list them."""
-    with _lock:
-        return list(_axes.values())
+    return list(_AXES.values())
 
 
 def find_axis(label: str) -> AxisType:
     """The axis type called `label` (case-insensitive, as A1111's API matches script names)."""
-    with _lock:
-        axis = _axes.get(str(label).casefold())
-        labels = [a.label for a in _axes.values()]
+    axis = _AXES.get(str(label).casefold())
+    labels = [a.label for a in _AXES.values()]
     if axis is None:
         import difflib
 
