@@ -490,7 +490,27 @@ def merge_and_load(request: MergeRequest, registry, models, scratch_dir: Path, *
     the scratch folder are removed unless loaded."""
     scratch_dir = Path(scratch_dir)
     scratch_dir.mkdir(parents=True, exist_ok=True)
+    _remove_old_trials(scratch_dir, keep=set(models.loaded_files()))
     trial = request.model_copy(update={"overwrite": True, "save_metadata": True})
     result = merge_checkpoints(trial, registry, scratch_dir, register=False, **kwargs)
-    models.load_temporary(result.path, f"(merge trial) {result.title}", result.sha256)
+    try:
+        models.load_temporary(result.path, f"(merge trial) {result.title}", result.sha256)
+    except BaseException:
+        _remove_trial(result.path)  # a trial that cannot be loaded is only a large file in the way
+        raise
     return result
+
+
+def _remove_trial(path: Path) -> None:
+    for leftover in (path, path.with_suffix(".yaml")):
+        try:
+            leftover.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("Could not delete the merge trial %s: %s", leftover, error)
+
+
+def _remove_old_trials(scratch_dir: Path, keep: set[Path]) -> None:
+    """Trials of earlier merges (each several GB) that no loaded model uses any more."""
+    for path in scratch_dir.iterdir():
+        if path.is_file() and path.suffix in (".safetensors", ".ckpt") and path not in keep:
+            _remove_trial(path)

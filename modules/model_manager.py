@@ -262,6 +262,20 @@ class ModelManager:
         del model
         release_memory(self.options.device)
 
+    def unload_file(self, path: Path) -> bool:
+        """Free the model loaded from `path` (a merge trial about to be deleted), unless it is the
+        current one. Returns whether it was freed."""
+        key = str(path)
+        with self._lock:
+            if key not in self._loaded or key == self._current_key:
+                return False
+            self._evict(key)
+            return True
+
+    def loaded_files(self) -> list[Path]:
+        with self._lock:
+            return [Path(key) for key in self._loaded]
+
     def unload_all(self) -> None:
         with self._lock:
             for key in list(self._loaded):

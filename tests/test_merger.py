@@ -243,6 +243,15 @@ def test_merge_and_load_tries_a_merge_without_saving_it(library, tmp_path):
     saved = merge_checkpoints(request, registry, folder)
     assert load(saved.path)[key].equal(load(result.path)[key])
 
+    # Later trials remove earlier ones once no loaded model uses them; one that fails to load leaves
+    # no file behind.
+    second = merge_and_load(request.model_copy(update={"multiplier": 0.7}), registry, models, tmp_path / "scratch")
+    assert models.loaded_files() == [second.path]  # limit 1: the first trial was unloaded
+    models.load_temporary = lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        merge_and_load(request.model_copy(update={"multiplier": 0.1}), registry, models, tmp_path / "scratch")
+    assert [path.name for path in (tmp_path / "scratch").iterdir()] == [second.path.name]
+
 
 def test_unknown_vae_to_bake_is_named(library):
     folder, registry = library

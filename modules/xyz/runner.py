@@ -263,6 +263,7 @@ class _Runner:
 
     def _delete_trials(self) -> None:
         for path in self.trials:
+            self.models.unload_file(path)  # its weights go with its file (the grid restored the previous model)
             for leftover in (path, path.with_suffix(".yaml")):
                 try:
                     leftover.unlink(missing_ok=True)
