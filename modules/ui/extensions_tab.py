@@ -71,7 +71,11 @@ def extensions_table_html(context) -> str:
 
 
 def apply_enabled(context, enabled_names: list[str], disable_all: str) -> str:
-    """Persist the checkboxes; the message says a restart applies them."""
+    """Persist the checkboxes; the message says a restart applies them. Refused like installing when
+    the server listens beyond localhost: enabling an extension runs its code at the next start."""
+    refused = install_allowed(context)
+    if refused:
+        return f"<p class='error'>{html.escape(refused)}</p>"
     runtime = _runtime(context)
     extensions = runtime.extensions if runtime is not None else []
     enabled = {ext.name: ext.name in set(enabled_names or ()) for ext in extensions}
@@ -105,17 +109,24 @@ def install_allowed(context) -> str | None:
 # --- page parts ----------------------------------------------------------------------------------------
 
 
-def extension_tabs(context) -> list[tuple[Any, str, str]]:
-    """The `on_ui_tabs` tabs; call before the main `gr.Blocks` is opened."""
+def extension_tabs(context) -> list[tuple[Any, str, str, str]]:
+    """The `on_ui_tabs` tabs as `(blocks, title, elem_id, extension)`; call before the main
+    `gr.Blocks` is opened."""
     runtime = _runtime(context)
     return runtime.callbacks.ui_tabs() if runtime is not None else []
 
 
-def render_extension_tabs(tabs: list[tuple[Any, str, str]]) -> None:
-    """Inside `gr.Tabs`: one tab per extension tab, between Checkpoint Merger and Settings."""
-    for blocks, title, elem_id in tabs:
+def render_extension_tabs(tabs: list[tuple[Any, str, str, str]]) -> None:
+    """Inside `gr.Tabs`: one tab per extension tab, between Checkpoint Merger and Settings. A tab
+    that cannot be rendered says so in its place; the page is still built."""
+    for blocks, title, elem_id, extension in tabs:
         with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
-            blocks.render()
+            try:
+                blocks.render()
+            except Exception as error:
+                log.exception("Extension %s: its tab %r cannot be shown", extension, title)
+                gr.HTML(f"<p class='error'>Extension {html.escape(extension)}: this tab cannot be shown "
+                        f"({html.escape(type(error).__name__)}: {html.escape(str(error))}); see the console.</p>")
 
 
 def extension_css(context) -> str:
@@ -151,22 +162,25 @@ def build(context, shared=None) -> None:
     runtime = _runtime(context)
     extensions = runtime.extensions if runtime is not None else []
     current = context.settings.current()
+    refused = install_allowed(context)
     table = gr.HTML(extensions_table_html(context), elem_id="extensions_table")
+    if refused:
+        gr.HTML(f"<p class='error'>{html.escape(refused)}</p>")
     with gr.Row():
         enabled = gr.CheckboxGroup([ext.name for ext in extensions],
                                    value=[ext.name for ext in extensions if ext.enabled],
-                                   label="Enabled extensions", elem_id="extensions_enabled")
+                                   label="Enabled extensions", elem_id="extensions_enabled",
+                                   interactive=refused is None)
         disable_all = gr.Radio(list(DISABLE_ALL_CHOICES), value=current.get("disable_all_extensions", "none"),
-                               label="Disable all extensions", elem_id="extensions_disable_all")
-    apply = gr.Button("Apply (takes effect at the next start)", elem_id="extensions_apply", variant="primary")
+                               label="Disable all extensions", elem_id="extensions_disable_all",
+                               interactive=refused is None)
+    apply = gr.Button("Apply (takes effect at the next start)", elem_id="extensions_apply", variant="primary",
+                      interactive=refused is None)
     apply_result = gr.HTML("", elem_id="extensions_apply_result")
     apply.click(lambda names, mode: apply_enabled(context, names, mode), inputs=[enabled, disable_all],
                 outputs=apply_result, show_progress="hidden")
 
-    refused = install_allowed(context)
     with gr.Accordion("Install from URL", open=False, elem_id="extensions_install"):
-        if refused:
-            gr.HTML(f"<p class='error'>{html.escape(refused)}</p>")
         url = gr.Textbox(label="URL for extension's git repository", elem_id="extensions_install_url",
                          interactive=refused is None)
         with gr.Row():

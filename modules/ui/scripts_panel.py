@@ -56,9 +56,14 @@ def _script_controls(runner, script: Script) -> list:
     try:
         with registry_scope(runner.callbacks, script.extension):
             controls = list(script.ui(False) or [])
-    except Exception:
+    except (Exception, SystemExit):
         log.exception("Extension %s: ui() of script %r failed; its controls are missing", script.extension,
                       script.title())
+        controls = []
+    if not all(isinstance(control, gr.components.Component) for control in controls):
+        # Gradio would refuse them as event inputs, and the whole page would fail to build.
+        log.error("Extension %s: ui() of script %r returned %r, not only Gradio components; the script runs "
+                  "with its default arguments", script.extension, script.title(), controls)
         controls = []
     runner.record_ui(script, controls)
     return controls
