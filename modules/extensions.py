@@ -465,28 +465,56 @@ FRAMEWORK_CLASSES = (
 )
 
 
-def _import(module_name: str):
-    try:
-        return importlib.import_module(module_name)
-    except ImportError:
-        return None
+# Code defined under these packages is the frameworks' own (or Atelier's helpers'); a replaced
+# function whose new code lives elsewhere was put there by someone else.
+FRAMEWORK_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "peft", "safetensors")
+
+
+_CLASS_PREFIXES = tuple(name + "." for name in FRAMEWORK_CLASSES)
+
+
+def _loaded_module(module_name: str):
+    """The module if it is imported already. The self-check never imports: importing diffusers'
+    UNet and transformers' CLIP costs seconds of start-up, and the model load imports them anyway."""
+    return sys.modules.get(module_name)
 
 
 def _resolve_class(dotted: str):
     module_name, _, attribute = dotted.rpartition(".")
-    return getattr(_import(module_name), attribute, None)
+    return getattr(_loaded_module(module_name), attribute, None)
+
+
+def _framework_dirs() -> tuple[str, ...]:
+    dirs = []
+    for name in FRAMEWORK_PACKAGES:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            dirs.append(str(Path(module.__file__).resolve().parent) + os.sep)
+    return tuple(dirs)
+
+
+def _defined_outside_frameworks(value: Any, dirs: tuple[str, ...]) -> bool:
+    """Whether `value` (a function, method wrapper or class) was written outside FRAMEWORK_PACKAGES.
+    Builtins have no source file and count as the frameworks' own; a wrapper made with
+    functools.wraps still has its own code, so it is caught."""
+    for attribute in ("__func__", "fget"):  # staticmethod/classmethod, property
+        value = getattr(value, attribute, None) or value
+    if isinstance(value, type):
+        module = sys.modules.get(getattr(value, "__module__", ""), None)
+        filename = getattr(module, "__file__", None)
+    else:
+        code = getattr(value, "__code__", None)
+        filename = getattr(code, "co_filename", None)
+    if not filename:
+        return False
+    filename = str(Path(filename).resolve())
+    return not filename.startswith(dirs)
 
 
 @dataclass(frozen=True)
 class FrameworkChange:
     name: str  # e.g. torch.nn.functional.silu
     extension: str  # who changed it, or the stage ("on_app_started callbacks")
-
-
-# Replaced for a moment by Atelier itself: the loader builds models inside accelerate's
-# `init_empty_weights`, which swaps `register_parameter` until the model skeleton exists. The start-up
-# load runs beside `on_app_started`, so a snapshot taken then would blame an extension for it.
-TRANSIENTLY_REPLACED = frozenset({"torch.nn.Module.register_parameter"})
 
 
 class FrameworkSnapshot:
@@ -498,9 +526,7 @@ class FrameworkSnapshot:
 
     @classmethod
     def take(cls) -> "FrameworkSnapshot":
-        # Import everything first: importing diffusers imports torch._dynamo, which wraps a few torch
-        # functions (torch.manual_seed, ...) itself; read before that, they would look replaced.
-        modules = [(name, _import(name)) for name in FRAMEWORK_MODULES]
+        modules = [(name, _loaded_module(name)) for name in FRAMEWORK_MODULES]
         classes = [(name, _resolve_class(name)) for name in FRAMEWORK_CLASSES]
         entries: dict[str, Any] = {}
         for name, module in modules:
@@ -516,15 +542,25 @@ class FrameworkSnapshot:
             for attribute, value in list(vars(cls_).items()):
                 if attribute not in ("__dict__", "__weakref__", "__doc__", "__annotations__", "_abc_impl"):
                     entries[f"{name}.{attribute}"] = value
-        for name in TRANSIENTLY_REPLACED:
-            entries.pop(name, None)
         return cls(entries)
 
     def changes_since(self, earlier: "FrameworkSnapshot") -> list[str]:
-        names = set(self.entries) | set(earlier.entries)
-        return sorted(name for name in names
-                      if name not in self.entries or name not in earlier.entries
-                      or self.entries[name] is not earlier.entries[name])
+        """Names removed since `earlier`, or whose value is new and was written outside the
+        frameworks: replaced since `earlier`, or (for a class first imported since, e.g. by an
+        extension) patched before this snapshot. The frameworks' own changes pass: importing
+        diffusers wraps a few torch functions through torch._dynamo, and the model loader builds
+        models inside accelerate's init_empty_weights, which swaps `register_parameter` meanwhile."""
+        dirs = _framework_dirs()
+        removed = [name for name in earlier.entries if name not in self.entries]
+        replaced = [name for name, value in self.entries.items()
+                    if name in earlier.entries and earlier.entries[name] is not value
+                    and _defined_outside_frameworks(value, dirs)]
+        # Only the classes' attributes can be new for a good reason (the class was not imported yet);
+        # a framework module imported meanwhile re-exports typing helpers and the like.
+        new_in_classes = [name for name, value in self.entries.items()
+                          if name not in earlier.entries and name.startswith(_CLASS_PREFIXES)
+                          and _defined_outside_frameworks(value, dirs)]
+        return sorted(removed + replaced + new_in_classes)
 
 
 def _warn_framework_changes(names: list[str], who: str) -> list[FrameworkChange]:

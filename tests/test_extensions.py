@@ -503,6 +503,34 @@ def test_self_check_names_the_extension_that_patched_torch(data_dir, caplog):
     assert runtime.check_framework("later") == []  # restored: nothing new
 
 
+def test_self_check_sees_a_wrapped_method_of_a_diffusers_class(data_dir):
+    """A patch made with functools.wraps keeps the original's name and module, not its code."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    original = ResnetBlock2D.forward
+    write_extension(data_dir / "extensions", "wrapper", {"scripts/wrap.py": '''
+        import functools
+
+        from diffusers.models.resnet import ResnetBlock2D
+
+        original = ResnetBlock2D.forward
+
+
+        @functools.wraps(original)
+        def forward(self, *args, **kwargs):
+            return original(self, *args, **kwargs)
+
+
+        ResnetBlock2D.forward = forward
+    '''})
+    try:
+        runtime = load(data_dir)
+    finally:
+        ResnetBlock2D.forward = original
+    assert [(c.name, c.extension) for c in runtime.framework_changes] == [
+        ("diffusers.models.resnet.ResnetBlock2D.forward", "extension wrapper")]
+
+
 def test_example_extension_in_the_repo_loads(tmp_path, sd1):
     """docs/example-extension, as a user who copies it into extensions/ gets it."""
     from modules.extensions import REPO_ROOT
