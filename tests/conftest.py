@@ -9,3 +9,18 @@ os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def queue():
+    """A started job queue of its own, stopped after the test (running work interrupted)."""
+    from modules.jobs import JobQueue
+
+    queue = JobQueue("test")
+    queue.start()
+    yield queue
+    queue.interrupt()
+    queue.shutdown(wait=True, timeout=30.0)

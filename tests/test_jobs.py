@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,15 +26,6 @@ def wait_until(condition: Callable[[], bool]) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition never became true"
         time.sleep(0.001)
-
-
-@pytest.fixture
-def queue() -> Iterator[JobQueue]:
-    q = JobQueue("test")
-    q.start()
-    yield q
-    q.interrupt()
-    q.shutdown(wait=True, timeout=WAIT)
 
 
 def blocking_job(started: threading.Event, release: threading.Event, result: Any = "blocker") -> Callable[[JobControl], Any]:

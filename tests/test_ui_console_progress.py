@@ -8,18 +8,9 @@ import threading
 import pytest
 
 from modules.console_progress import install_console_progress
-from modules.jobs import JobEvent, JobQueue
+from modules.jobs import JobEvent
 
 WAIT = 10.0
-
-
-@pytest.fixture
-def queue():
-    queue = JobQueue("test")
-    queue.start()
-    yield queue
-    queue.interrupt()
-    queue.shutdown(timeout=WAIT)
 
 
 def test_listeners_see_start_steps_and_end(queue):

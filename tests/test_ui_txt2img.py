@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from modules.jobs import JobQueue
 from modules.ui.generation import follow_job, follow_until_done, outcome_of, render_progress, submit_txt2img
 from modules.ui.request_fields import TXT2IMG_FIELDS, build_request
 from modules.ui.txt2img import output_folder, paste_source, paste_values, reused_seed, sampler_choices
@@ -25,15 +24,6 @@ def context(tmp_path_factory):
     context = make_context(tmp_path_factory.mktemp("txt2img"))
     yield context
     context.jobs.shutdown()
-
-
-@pytest.fixture
-def queue():
-    queue = JobQueue("test")
-    queue.start()
-    yield queue
-    queue.interrupt()
-    queue.shutdown(timeout=WAIT)
 
 
 def test_generation_gives_gallery_images_with_their_infotext(context):
@@ -110,15 +100,19 @@ def test_progress_and_preview_while_running(queue):
     assert job.finished and render_progress(job) == ""
 
 
-def test_loading_and_interrupted_jobs_say_so(queue):
-    started, release = threading.Event(), threading.Event()
-
+def blocking_work(started: threading.Event, release: threading.Event):
+    """Work that says it started, then waits for `release` and honours an interrupt."""
     def work(control):
         started.set()
         assert release.wait(WAIT)
         control.check()
 
-    job = queue.submit(work, kind="txt2img")
+    return work
+
+
+def test_loading_and_interrupted_jobs_say_so(queue):
+    started, release = threading.Event(), threading.Event()
+    job = queue.submit(blocking_work(started, release), kind="txt2img")
     assert started.wait(WAIT)
     assert "Waiting for the checkpoint to load" in render_progress(job, loading_checkpoint=True)
     queue.interrupt(job.id)
@@ -133,12 +127,7 @@ def test_interrupt_reaches_only_this_pages_job_or_a_running_txt2img_job(queue):
 
     page = SimpleNamespace(jobs=queue)
     started, release = threading.Event(), threading.Event()
-
-    def blocking(control):
-        started.set()
-        assert release.wait(WAIT)
-        control.check()
-
+    blocking = blocking_work(started, release)
     merge = queue.submit(blocking, kind="merge")
     assert started.wait(WAIT)
     assert not stop_job(page, None) and not stop_job(page, None, skip=True)  # a page without a job: not a merge
