@@ -396,6 +396,27 @@ def test_enabled_state_is_persisted_and_respected(sample):
         ("core-ext", True), ("broken", False), ("sample", False)]
 
 
+def test_extensions_tab_saves_and_shows_the_saved_state(sample):
+    import gradio as gr
+
+    from modules.ui import extensions_tab
+    from modules.ui.shared import UiShared
+
+    runtime = load(sample)
+    context = SimpleNamespace(extensions=runtime, settings=SettingsStore(sample / "config.json"),
+                              args=parse_args(["--data-dir", str(sample)]))
+    assert extensions_tab.saved_state(context) == (["broken", "sample"], "none")
+    assert "Restart Atelier" in extensions_tab.apply_enabled(context, ["sample"], "extra")
+    assert extensions_tab.saved_state(context) == (["sample"], "extra")
+    assert [ext.enabled for ext in runtime.extensions] == [True, True]  # the running ones change at the next start
+    shared = UiShared()
+    with gr.Blocks():
+        extensions_tab.build(context, shared)
+    [(page_load, outputs)] = shared.page_loads  # a page opened after Apply shows what was saved
+    table, enabled, mode = page_load()
+    assert len(outputs) == 3 and (enabled, mode) == (["sample"], "extra") and "broken" in table
+
+
 def test_preload_adds_flags(data_dir, caplog):
     write_extension(data_dir / "extensions", "flags", {"preload.py": '''
         def preload(parser):

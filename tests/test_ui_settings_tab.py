@@ -44,7 +44,7 @@ def test_build_gives_every_setting_its_a1111_id(context):
     ids = element_ids(demo)
     [(load, outputs)] = shared.page_loads  # the shell runs it when a page opens
     assert len(load()) == len(outputs)
-    assert {"settings_submit", "settings_result", "settings_reload_ui"} <= ids
+    assert {"settings_submit", "settings_result", "settings_restart_gradio"} <= ids
     for key in ("sd_checkpoints_limit", "sd_vae_overrides_per_model_preferences", "samples_format",
                 "outdir_txt2img_samples", "samples_filename_pattern", "add_model_hash_to_info", "randn_source",
                 "eta_noise_seed_delta", "emphasis", "comma_padding_backtrack", "quicksettings_list"):

@@ -177,7 +177,7 @@ CONTRACT_IDS = (
     "txt2img_skip", "txt2img_sampling", "txt2img_scheduler", "txt2img_steps", "txt2img_width", "txt2img_height",
     "txt2img_batch_count", "txt2img_batch_size", "txt2img_cfg_scale", "txt2img_seed", "txt2img_random_seed",
     "txt2img_reuse_seed", "txt2img_subseed", "txt2img_subseed_strength", "txt2img_hr", "txt2img_gallery",
-    "html_info_txt2img", "txt2img_progress", "txt2img_paste", "open_folder_txt2img", "txt2img_extra_networks",
+    "html_info_txt2img", "txt2img_progress", "paste", "open_folder_txt2img", "txt2img_extra_networks",
     "pnginfo_image", "pnginfo_generation_info", "pnginfo_send_to_txt2img",
 )
 

@@ -85,6 +85,16 @@ def apply_enabled(context, enabled_names: list[str], disable_all: str) -> str:
     return "<p>Saved. Restart Atelier to load or unload extensions.</p>"
 
 
+def saved_state(context) -> tuple[list[str], str]:
+    """(names enabled in config.json, disable_all_extensions): what Apply saved, which a page opened
+    after it must show (the running extensions change only at the next start)."""
+    runtime = _runtime(context)
+    settings = context.settings.current()
+    disabled = set(settings.get("disabled_extensions") or ())
+    names = [ext.name for ext in runtime.extensions] if runtime is not None else []
+    return [name for name in names if name not in disabled], settings.get("disable_all_extensions", "none")
+
+
 def install(context, url: str, branch: str = "", dirname: str = "") -> str:
     """Install from `url`; an HTML message for the tab (refusals and errors included)."""
     runtime = _runtime(context)
@@ -167,8 +177,7 @@ def build(context, shared=None) -> None:
     if refused:
         gr.HTML(f"<p class='error'>{html.escape(refused)}</p>")
     with gr.Row():
-        enabled = gr.CheckboxGroup([ext.name for ext in extensions],
-                                   value=[ext.name for ext in extensions if ext.enabled],
+        enabled = gr.CheckboxGroup([ext.name for ext in extensions], value=saved_state(context)[0],
                                    label="Enabled extensions", elem_id="extensions_enabled",
                                    interactive=refused is None)
         disable_all = gr.Radio(list(DISABLE_ALL_CHOICES), value=current.get("disable_all_extensions", "none"),
@@ -192,3 +201,7 @@ def build(context, shared=None) -> None:
         install_result = gr.HTML("", elem_id="extensions_install_result")
     install_button.click(lambda u, b, d: (install(context, u, b, d), extensions_table_html(context)),
                          inputs=[url, branch, dirname], outputs=[install_result, table])
+    if shared is not None:
+        # A page opened after Apply shows what was saved, so a second Apply does not undo it.
+        shared.page_loads.append((lambda: (extensions_table_html(context), *saved_state(context)),
+                                  [table, enabled, disable_all]))

@@ -165,7 +165,7 @@ def build(context, shared) -> None:
 
     with gr.Row():
         submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
-        reload_ui = gr.Button("Reload UI", elem_id="settings_reload_ui")
+        reload_ui = gr.Button("Reload UI", elem_id="settings_restart_gradio")
     result = gr.HTML(elem_id="settings_result")
     gr.HTML("<p>The checkpoint, the VAE and Clip skip are set at the top of the page.</p>")
     loaded = gr.State(None)

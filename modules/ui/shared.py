@@ -12,7 +12,7 @@ Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps wo
               txt2img_sampling, txt2img_scheduler, txt2img_steps, txt2img_width, txt2img_height,
               txt2img_batch_count, txt2img_batch_size, txt2img_cfg_scale, txt2img_seed,
               txt2img_random_seed, txt2img_reuse_seed, txt2img_subseed, txt2img_subseed_strength,
-              txt2img_hr, txt2img_gallery, html_info_txt2img, txt2img_progress, txt2img_paste,
+              txt2img_hr, txt2img_gallery, html_info_txt2img, txt2img_progress, paste (A1111's id for the ↙️ button),
               open_folder_txt2img, txt2img_extra_networks (items: class `extra-network-item`,
               attribute data-name)
   PNG Info    pnginfo_image, pnginfo_generation_info, pnginfo_send_to_txt2img
@@ -22,7 +22,7 @@ Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps wo
               modelmerger_config_method, modelmerger_bake_in_vae, modelmerger_discard_weights,
               modelmerger_save_metadata, modelmerger_block_weights, modelmerger_merge,
               modelmerger_merge_and_load, modelmerger_result
-  Settings    settings_submit, settings_result, settings_reload_ui, and setting_<key> per setting
+  Settings    settings_submit, settings_result, settings_restart_gradio (Reload UI), and setting_<key> per setting
 Tab labels: "txt2img", "PNG Info", "Checkpoint Merger", "Settings".
 """
 

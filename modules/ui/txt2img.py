@@ -203,7 +203,7 @@ def build(context, shared: UiShared) -> None:
             with gr.Row():
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt", min_width=60)
                 skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
-            paste = gr.Button(f"{PASTE_SYMBOL} Read parameters", elem_id="txt2img_paste", size="sm")
+            paste = gr.Button(f"{PASTE_SYMBOL} Read parameters", elem_id="paste", size="sm")
 
     with gr.Row(elem_id="txt2img_main", equal_height=False):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
