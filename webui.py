@@ -7,8 +7,6 @@ import argparse
 import logging
 import sys
 
-log = logging.getLogger("atelier")
-
 API_ONLY_PORT = 7861  # A1111's default with --nowebui
 UI_PORT = 7860
 
