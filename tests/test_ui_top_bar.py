@@ -174,3 +174,19 @@ def test_quicksettings_list_decides_what_the_top_bar_shows(tmp_path):
         assert context.settings.current()["samples_format"] == "jpg"
     finally:
         context.jobs.shutdown()
+
+
+def test_status_says_loudly_when_the_demo_checkpoint_is_loaded(tmp_path):
+    from modules.app_context import DEMO_CHECKPOINT_NAME
+
+    context = make_context(tmp_path, (DEMO_CHECKPOINT_NAME,))
+    try:
+        status, _ = model_status(context)
+        assert "RANDOM weights" in status and str(context.paths.checkpoints_dir) in status
+    finally:
+        context.jobs.shutdown()
+    other = make_context(tmp_path / "real")
+    try:
+        assert "RANDOM" not in model_status(other)[0]
+    finally:
+        other.jobs.shutdown()

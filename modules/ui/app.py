@@ -29,6 +29,7 @@ CSS = """
 .tool { max-width: 3em; min-width: 2.5em !important; align-self: flex-end; }
 #model_status { min-height: 1.5em; font-size: 0.9em; padding: 0 0.25em; }
 .model-status.loading::before { content: '⏳ '; }
+.model-status.demo { color: var(--color-accent); font-weight: 600; }
 .prompt-box { position: relative; }
 .token-counter-box { position: absolute; top: 0.3em; right: 0.6em; width: auto !important; z-index: 2; }
 .token-counter { font-size: 0.8em; opacity: 0.75; padding: 0 0.4em; border-radius: 0.4em;

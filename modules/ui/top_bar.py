@@ -13,9 +13,11 @@ from __future__ import annotations
 import html
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
+from modules.app_context import DEMO_CHECKPOINT_NAME
 from modules.jobs import JobState
 from modules.ui.generation import error_html
 from modules.ui.shared import UiShared
@@ -57,8 +59,13 @@ def model_status(context) -> tuple[str, bool]:
     if model is not None:
         name = info.title if info is not None else model.name
         details = f"{model.architecture}, {model.device.type}, {str(model.dtype).removeprefix('torch.')}"
-        return (f"<span class='model-status loaded'>Loaded <b>{html.escape(name)}</b> "
-                f"({html.escape(details)})</span>"), False
+        status = (f"<span class='model-status loaded'>Loaded <b>{html.escape(name)}</b> "
+                  f"({html.escape(details)})</span>")
+        if info is not None and Path(info.filename).name == DEMO_CHECKPOINT_NAME:
+            folder = html.escape(str(context.paths.checkpoints_dir))
+            status += (f"<span class='model-status demo'> — a demo checkpoint with RANDOM weights: it draws noise. "
+                       f"Put real checkpoints in {folder} and press {REFRESH_SYMBOL}.</span>")
+        return status, False
     if error:
         return error_html(f"Loading the checkpoint failed: {error}"), False
     if not checkpoint_choices(context):
