@@ -75,6 +75,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def _mapped(request: Request, exc: Exception) -> JSONResponse:
         error = exception_to_api_error(exc)
+        if not isinstance(exc, ApiError):
+            # The core's ValueErrors are bad input; the traceback (debug level) shows where one came
+            # from when it turns out to be Atelier's own fault.
+            log.info("%s %s: %d %s: %s", request.method, request.url.path, error.status_code, error.name, error.detail)
+            log.debug("%s %s raised", request.method, request.url.path, exc_info=exc)
         return JSONResponse(error_body(error.name, error.detail, error.detail), status_code=error.status_code)
 
     # Handled here, not by the catch-all below: Starlette re-raises what reaches the catch-all.
