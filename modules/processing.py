@@ -651,7 +651,8 @@ def _save_all(result: GenerationResult, request, sampler, scheduler, checkpoint_
                                   **common)
         result.saved_paths.append(save_with_events(image, infotext, images_dir, context=context))
     if len(result.images) > 1 and getattr(options, "grid_save", True):
-        grid = image_grid(result.images, batch_size=request.batch_size)
+        grid = image_grid(result.images, batch_size=request.batch_size, n_rows=options.n_rows,
+                          prevent_empty_spots=options.grid_prevent_empty_spots)
         context = FilenameContext(seed=result.seeds[0], prompt=result.prompts[0], **common)
         result.saved_paths.append(save_with_events(grid, result.infotexts[0], grids_dir, "grid", context=context,
                                                    grid=True, short_filename=True))

@@ -206,6 +206,8 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("add_version_to_infotext", True, "Add program version to infotext", "infotext"),
     SettingSpec("add_user_name_to_info", False, "Add user name to infotext when authenticated", "infotext"),
     # User interface
+    SettingSpec("return_grid", True, "Show grid in gallery", "ui",
+                info="With more than one image, the gallery starts with their grid (as saved with the grid option)"),
     SettingSpec("quicksettings_list", ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"),
                 "Quicksettings list", "ui", needs_restart=True,
                 info="Settings shown at the top of the page instead of in this tab (the checkpoint always is)"),

@@ -47,6 +47,22 @@ def test_generation_gives_gallery_images_with_their_infotext(context):
     assert len(job.result.saved_paths) == 3 and "grid" in job.result.saved_paths[2]  # grid_save is on, as A1111
 
 
+def test_the_gallery_starts_with_the_grid_as_a1111s_return_grid(context):
+    request = build_request({"prompt": "a red fox", "n_iter": 1, "batch_size": 2, **SMALL_REQUEST})
+    job = submit_txt2img(context, request)
+    job.wait(WAIT)
+    outcome = outcome_of(job, show_grid=True, grid_batch_size=2)
+    grid, first, second = outcome.images
+    assert grid.size == (first.width * 2, first.height)  # one row: the batch
+    assert outcome.infotexts[0] == outcome.infotexts[1] == grid.info["parameters"]
+    assert outcome.seeds == [5, 5, 6] and reused_seed(outcome.to_state()) == 5
+    # The grid setting n_rows lays it out (2 rows: the images one above the other).
+    job = submit_txt2img(context, request)
+    job.wait(WAIT)
+    grid = outcome_of(job, show_grid=True, grid_batch_size=2, grid_n_rows=2).images[0]
+    assert grid.size == (first.width, first.height * 2)
+
+
 def test_paste_back_reproduces_the_request(context):
     request = build_request({**SMALL_REQUEST, "prompt": "a (blue:1.1) house", "negative_prompt": "lowres",
                              "cfg_scale": 5.5, "sampler_name": "Euler a", "scheduler": "Karras", "subseed": 77,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,7 @@ class PreparedTxt2Img:
     save: bool
     persist_overrides: dict[str, Any]  # override_settings_restore_afterwards=false: kept after the job
     selection: ScriptSelection | None = None
+    settings: Mapping[str, Any] | None = None  # the snapshot in effect (grid layout of the returned grid)
 
 
 def apply_infotext(body: Txt2ImgApiRequest, current_settings) -> Txt2ImgApiRequest:
@@ -216,7 +218,8 @@ def prepare(body: Txt2ImgApiRequest, context) -> PreparedTxt2Img:
     persist = {} if body.override_settings_restore_afterwards else {
         k: v for k, v in overrides.items() if k != "override_settings_restore_afterwards"}
     return PreparedTxt2Img(body, generation, save=body.save_images and not body.do_not_save_samples,
-                           persist_overrides=persist, selection=script_selection(body, context))
+                           persist_overrides=persist, selection=script_selection(body, context),
+                           settings=context.settings.current().with_overrides(overrides))
 
 
 def run_job(prepared: PreparedTxt2Img, context, control) -> GenerationResult:
@@ -256,7 +259,10 @@ def build_response(prepared: PreparedTxt2Img, job, result: GenerationResult | No
         # A1111 returns the grid first when it makes one (only when saving, for the API).
         from modules.images import image_grid
 
-        images.insert(0, (image_grid(result.images, batch_size=generation.batch_size), infotexts[0]))
+        settings = prepared.settings or {"n_rows": -1, "grid_prevent_empty_spots": False}
+        grid = image_grid(result.images, batch_size=generation.batch_size, n_rows=settings["n_rows"],
+                          prevent_empty_spots=settings["grid_prevent_empty_spots"])
+        images.insert(0, (grid, infotexts[0]))
         infotexts.insert(0, infotexts[0])
         index_of_first_image = 1
     encoded = [encode_png(image, text) for image, text in images] if prepared.body.send_images else []

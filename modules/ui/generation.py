@@ -92,8 +92,12 @@ def follow_job(job: Job, *, loading: Callable[[], bool] = lambda: False,
             pass
 
 
-def outcome_of(job: Job) -> GenerationOutcome:
-    """The finished job's images and infotexts, with what the user should know about it."""
+def outcome_of(job: Job, *, show_grid: bool = False, grid_batch_size: int = 1, grid_n_rows: int = -1,
+               grid_prevent_empty_spots: bool = False) -> GenerationOutcome:
+    """The finished job's images and infotexts, with what the user should know about it. With
+    `show_grid` (A1111's `return_grid`) several images are preceded by their grid (laid out by the
+    `n_rows` / `grid_prevent_empty_spots` settings), which carries the first image's infotext and
+    seeds, unless a script already put its own grids first."""
     result: GenerationResult | None = job.result if isinstance(job.result, GenerationResult) else None
     outcome = GenerationOutcome()
     if result is not None:
@@ -107,6 +111,8 @@ def outcome_of(job: Job) -> GenerationOutcome:
         outcome.seeds = list(result.seeds)
         outcome.subseeds = list(result.subseeds)
         outcome.notes.extend(result.warnings)
+        if show_grid and len(outcome.images) > 1 and result.index_of_first_image == 0 and outcome.infotexts:
+            _put_grid_first(outcome, grid_batch_size, grid_n_rows, grid_prevent_empty_spots)
     if job.state is JobState.FAILED:
         outcome.error = job.error or "the job failed; see the console"
     elif job.state is JobState.INTERRUPTED:
@@ -116,6 +122,18 @@ def outcome_of(job: Job) -> GenerationOutcome:
     if job.started_at is not None and job.finished_at is not None:
         outcome.notes.append(f"Time taken: {_duration(job.finished_at - job.started_at)}")
     return outcome
+
+
+def _put_grid_first(outcome: GenerationOutcome, batch_size: int, n_rows: int, prevent_empty_spots: bool) -> None:
+    from modules.images import image_grid
+
+    grid = image_grid(outcome.images, batch_size=batch_size, n_rows=n_rows, prevent_empty_spots=prevent_empty_spots)
+    grid.info["parameters"] = outcome.infotexts[0]
+    outcome.images.insert(0, grid)
+    outcome.infotexts.insert(0, outcome.infotexts[0])
+    for values in (outcome.seeds, outcome.subseeds):
+        if values:
+            values.insert(0, values[0])
 
 
 def render_progress(job: Job, loading_checkpoint: bool = False) -> str:

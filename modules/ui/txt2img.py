@@ -289,7 +289,9 @@ def build(context, shared: UiShared) -> None:
         for update in follow_job(job, loading=lambda: context.load_state.loading):
             preview = [update.preview] if update.preview is not None else gr.skip()
             yield preview, gr.skip(), update.progress_html, gr.skip(), job.id
-        outcome = outcome_of(job)
+        settings = context.settings.current()
+        outcome = outcome_of(job, show_grid=settings["return_grid"], grid_batch_size=request.batch_size,
+                             grid_n_rows=settings["n_rows"], grid_prevent_empty_spots=settings["grid_prevent_empty_spots"])
         # The id is kept: Interrupt pressed just after the job ended must not reach the next one.
         yield outcome.images, outcome.info_html(0), "", outcome.to_state(), job.id
 
