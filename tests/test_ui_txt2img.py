@@ -4,6 +4,7 @@ are shown in words; and the whole UI builds with every element id the browser te
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,7 +12,14 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from modules.ui.generation import follow_job, follow_until_done, outcome_of, render_progress, submit_txt2img
+from modules.ui.generation import (
+    follow_job,
+    follow_job_async,
+    follow_until_done,
+    outcome_of,
+    render_progress,
+    submit_txt2img,
+)
 from modules.ui.request_fields import TXT2IMG_FIELDS, build_request
 from modules.ui.txt2img import output_folder, paste_source, paste_values, reused_seed, sampler_choices
 from tests.ui_support import SMALL_REQUEST, make_context
@@ -88,15 +96,16 @@ def test_a_failed_job_shows_its_error(context):
     assert "class='error'" in outcome.info_html()
 
 
-def test_progress_and_preview_while_running(queue):
-    reported, release = threading.Event(), threading.Event()
+@pytest.mark.parametrize("follow", ["thread", "event loop"])
+def test_progress_and_preview_while_running(queue, follow):
+    reported, release, seen_blue = threading.Event(), threading.Event(), threading.Event()
 
     def work(control):
         control.report(2, 4, lambda: Image.new("RGB", (8, 8), "red"))
         reported.set()
         assert release.wait(WAIT)
         control.report(3, 4, lambda: Image.new("RGB", (8, 8), "blue"))  # the preview asked for by the poll
-        assert release.wait(WAIT)
+        assert seen_blue.wait(WAIT)  # the job ends only once the follower has shown it
 
     blocker_started, blocker_release = threading.Event(), threading.Event()
     queue.submit(lambda control: (blocker_started.set(), blocker_release.wait(WAIT)), kind="test")
@@ -107,12 +116,27 @@ def test_progress_and_preview_while_running(queue):
     assert reported.wait(WAIT)
     html = render_progress(job)
     assert "50%" in html and "step 2/4" in html and "ETA" in html
-    updates = follow_job(job, poll_seconds=0.01)
-    first = next(updates)
-    assert first.preview is None and "step 2/4" in first.progress_html  # reading the preview asked for one
-    release.set()
+
+    updates = []
+
+    def seen(update) -> None:
+        updates.append(update)
+        release.set()  # after the first poll, which asked the worker for a preview
+        if update.preview is not None:
+            seen_blue.set()
+
+    if follow == "thread":
+        for update in follow_job(job, poll_seconds=0.01):
+            seen(update)
+    else:
+        async def follow_on_the_loop():
+            async for update in follow_job_async(job, poll_seconds=0.01):
+                seen(update)
+
+        asyncio.run(follow_on_the_loop())
+    assert updates[0].preview is None and "step 2/4" in updates[0].progress_html
     previews = [update.preview for update in updates if update.preview is not None]
-    assert all(p.getpixel((0, 0)) == (0, 0, 255) for p in previews)
+    assert [p.getpixel((0, 0)) for p in previews] == [(0, 0, 255)]  # shown once, though polled again
     assert job.finished and render_progress(job) == ""
 
 

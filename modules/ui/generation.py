@@ -7,8 +7,9 @@ job queue's worker runs the generation (modules.jobs).
 
 from __future__ import annotations
 
+import asyncio
 import html
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,21 @@ def submit_txt2img(context, request: GenerationRequest, selection: ScriptSelecti
     return context.jobs.submit(work, kind="txt2img", description=describe_request(request))
 
 
+class _Follower:
+    """The state of one client following a job: which preview it has already shown."""
+
+    def __init__(self, job: Job, loading: Callable[[], bool]):
+        self.job, self.loading = job, loading
+        self.shown_step: int | None = None
+
+    def update(self) -> GenerationUpdate:
+        preview, step = self.job.latest_preview()
+        fresh = preview is not None and step != self.shown_step
+        if fresh:
+            self.shown_step = step
+        return GenerationUpdate(render_progress(self.job, self.loading()), preview if fresh else None)
+
+
 def follow_job(job: Job, *, loading: Callable[[], bool] = lambda: False,
                poll_seconds: float = 0.25) -> Iterator[GenerationUpdate]:
     """Yield the job's progress every `poll_seconds` until it finishes (the finished state is not yielded).
@@ -79,17 +95,23 @@ def follow_job(job: Job, *, loading: Callable[[], bool] = lambda: False,
     Reading the job's preview asks the worker for a fresh preview at its next step, so previews are made
     only while someone follows the job.
     """
-    shown_step: int | None = None
+    follower = _Follower(job, loading)
     while not job.finished:
-        preview, step = job.latest_preview()
-        fresh = preview is not None and step != shown_step
-        if fresh:
-            shown_step = step
-        yield GenerationUpdate(render_progress(job, loading()), preview if fresh else None)
+        yield follower.update()
         try:
             job.wait(poll_seconds)
         except TimeoutError:
             pass
+
+
+async def follow_job_async(job: Job, *, loading: Callable[[], bool] = lambda: False,
+                           poll_seconds: float = 0.25) -> AsyncIterator[GenerationUpdate]:
+    """`follow_job` for the web UI's event loop: waiting holds no thread, so many pages following
+    their jobs do not use up the worker threads that the API's routes and Gradio's handlers share."""
+    follower = _Follower(job, loading)
+    while not job.finished:
+        yield follower.update()
+        await asyncio.sleep(poll_seconds)
 
 
 def outcome_of(job: Job, *, show_grid: bool = False, grid_batch_size: int = 1, grid_n_rows: int = -1,

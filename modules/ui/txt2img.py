@@ -21,7 +21,7 @@ import gradio as gr
 
 from modules.processing import LATENT_UPSCALE_MODES
 from modules.ui import extra_networks_panel, scripts_panel
-from modules.ui.generation import error_html, follow_job, infotext_html, outcome_of, render_progress, submit_txt2img
+from modules.ui.generation import error_html, follow_job_async, infotext_html, outcome_of, render_progress, submit_txt2img
 from modules.ui.request_fields import TXT2IMG_FIELDS, RequestError, build_request, paste_parameters
 from modules.ui.shared import UiShared
 from modules.ui.token_counter import TokenCounter, format_token_count
@@ -277,7 +277,7 @@ def build(context, shared: UiShared) -> None:
     generation_state = gr.State({})
     job_id_state = gr.State(None)
 
-    def on_generate(*values):
+    async def on_generate(*values):
         field_values, script_values = values[:len(TXT2IMG_FIELDS)], values[len(TXT2IMG_FIELDS):]
         try:
             request = build_request(dict(zip(TXT2IMG_FIELDS, field_values)))
@@ -286,7 +286,7 @@ def build(context, shared: UiShared) -> None:
             return
         job = submit_txt2img(context, request, scripts.selection(script_values))
         yield gr.skip(), "", render_progress(job), gr.skip(), job.id
-        for update in follow_job(job, loading=lambda: context.load_state.loading):
+        async for update in follow_job_async(job, loading=lambda: context.load_state.loading):
             preview = [update.preview] if update.preview is not None else gr.skip()
             yield preview, gr.skip(), update.progress_html, gr.skip(), job.id
         settings = context.settings.current()
