@@ -22,6 +22,7 @@ from tests.browser.harness import (
     in_ci,
     open_page,
     start_server,
+    write_extra_networks,
     write_tiny_checkpoints,
 )
 
@@ -101,6 +102,7 @@ def atelier_server(browser, tmp_path_factory, artifacts_dir):
     """One server for the session (its start-up is the slow part): two tiny checkpoints, `--api`."""
     data_dir = tmp_path_factory.mktemp("atelier-data")
     write_tiny_checkpoints(data_dir, CHECKPOINTS)
+    write_extra_networks(data_dir)
     server = start_server(data_dir, artifacts_dir / "server.log")
     yield server
     server.stop()

@@ -56,6 +56,26 @@ def write_tiny_checkpoints(data_dir: Path, names: tuple[str, ...]) -> None:
         write_checkpoint(folder / f"{name}.safetensors", "sd1", size="tiny", seed=seed)
 
 
+def write_extra_networks(data_dir: Path) -> None:
+    """A textual-inversion embedding that fits the tiny checkpoints, one too wide for them (listed as
+    skipped, with the reason), and a hypernetwork file (listed by name)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    checkpoint = data_dir / "models" / "Stable-diffusion" / f"{CHECKPOINTS[0]}.safetensors"
+    with safe_open(str(checkpoint), framework="pt") as tensors:
+        key = next(k for k in tensors.keys() if k.endswith("token_embedding.weight"))
+        width = tensors.get_slice(key).get_shape()[1]
+    embeddings = data_dir / "embeddings"
+    embeddings.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": torch.zeros(1, width)}, str(embeddings / "fits-tiny.safetensors"))
+    save_file({"emb_params": torch.zeros(1, width + 8)}, str(embeddings / "too-wide.safetensors"))
+    hypernetworks = data_dir / "models" / "hypernetworks"
+    hypernetworks.mkdir(parents=True, exist_ok=True)
+    torch.save({}, hypernetworks / "tiny-hn.pt")
+
+
 def basic_auth_header(credentials: tuple[str, str]) -> dict[str, str]:
     token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
