@@ -253,3 +253,22 @@ def test_mounted_ui_serves_its_page(context):
 
 def test_fields_cover_every_widget():
     assert len(TXT2IMG_FIELDS) == len(set(TXT2IMG_FIELDS))
+
+
+def test_an_interrupted_batch_counts_its_images_not_the_grid(queue):
+    from modules.processing import GenerationResult
+
+    started, release = threading.Event(), threading.Event()
+
+    def work(control):
+        started.set()
+        assert release.wait(WAIT)
+        images = [Image.new("RGB", (8, 8)) for _ in range(2)]
+        return GenerationResult(images=images, seeds=[1, 2], subseeds=[1, 2], infotexts=["a", "b"], interrupted=True)
+
+    job = queue.submit(work, kind="txt2img")
+    assert started.wait(WAIT)
+    queue.interrupt(job.id)
+    release.set()
+    outcome = outcome_of(job.wait(WAIT), show_grid=True, grid_batch_size=2)
+    assert len(outcome.images) == 3 and "Interrupted; 2 images finished." in outcome.notes

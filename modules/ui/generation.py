@@ -122,6 +122,7 @@ def outcome_of(job: Job, *, show_grid: bool = False, grid_batch_size: int = 1, g
     seeds, unless a script already put its own grids first."""
     result: GenerationResult | None = job.result if isinstance(job.result, GenerationResult) else None
     outcome = GenerationOutcome()
+    finished = len(result.images) if result is not None else 0  # generated images, a grid not counted
     if result is not None:
         for image, infotext in zip(result.images, result.infotexts):
             image.info["parameters"] = infotext  # gradio writes text info into the PNG it serves
@@ -138,8 +139,7 @@ def outcome_of(job: Job, *, show_grid: bool = False, grid_batch_size: int = 1, g
     if job.state is JobState.FAILED:
         outcome.error = job.error or "the job failed; see the console"
     elif job.state is JobState.INTERRUPTED:
-        kept = len(outcome.images)
-        outcome.notes.append(f"Interrupted; {kept} image{'s' if kept != 1 else ''} finished." if kept
+        outcome.notes.append(f"Interrupted; {finished} image{'s' if finished != 1 else ''} finished." if finished
                              else "Interrupted before an image was finished.")
     if job.started_at is not None and job.finished_at is not None:
         outcome.notes.append(f"Time taken: {_duration(job.finished_at - job.started_at)}")
