@@ -133,7 +133,11 @@ def test_progress_and_preview_while_running(queue, follow):
             async for update in follow_job_async(job, poll_seconds=0.01):
                 seen(update)
 
-        asyncio.run(follow_on_the_loop())
+        # A loop of its own, in a thread: this one may already run one (Playwright's sync API does).
+        loop_thread = threading.Thread(target=lambda: asyncio.run(follow_on_the_loop()))
+        loop_thread.start()
+        loop_thread.join(WAIT)
+        assert not loop_thread.is_alive()
     assert updates[0].preview is None and "step 2/4" in updates[0].progress_html
     previews = [update.preview for update in updates if update.preview is not None]
     assert [p.getpixel((0, 0)) for p in previews] == [(0, 0, 255)]  # shown once, though polled again
