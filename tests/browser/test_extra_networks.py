@@ -11,6 +11,7 @@ from tests.browser.ui import CHECKPOINT_DROPDOWN, choose, field, open_ui
 def test_cards_insert_and_remove_tags_and_skipped_embeddings_say_why(page: Page, atelier_server):
     open_ui(page, atelier_server.url)
     choose(page, CHECKPOINT_DROPDOWN, "alpha")  # which embeddings fit is decided by the loaded model
+    expect(page.locator("#model_status")).to_contain_text("Loaded alpha.safetensors", timeout=60_000)
     panel = page.locator("#txt2img_extra_networks")
     prompt = field(page, "txt2img_prompt")
     prompt.fill("a castle")
