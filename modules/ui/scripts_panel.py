@@ -94,8 +94,12 @@ def build(context, shared=None) -> ScriptsPanel:
                 add(script)
             groups.append(group)
     if groups:
-        panel.dropdown.change(lambda title: [gr.update(visible=title == script.title()) for script in selectable],
-                              inputs=panel.dropdown, outputs=groups, show_progress="hidden", queue=False)
+        def show_chosen(title: str):
+            updates = [gr.update(visible=title == script.title()) for script in selectable]
+            # Gradio takes a handler's value as the one output's when there is one output, list or not.
+            return updates[0] if len(updates) == 1 else updates
+
+        panel.dropdown.change(show_chosen, inputs=panel.dropdown, outputs=groups, show_progress="hidden", queue=False)
     runner.layout()
     panel.inputs = [panel.dropdown, *components]
     return panel
