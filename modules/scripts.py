@@ -457,9 +457,14 @@ class _Execution:
         p.sd_model_name = getattr(info, "name_for_extra", None)
         p.sd_model_hash = getattr(info, "shorthash", None)
         save_dir = getattr(self.engine, "save_dir", None)
-        if save_dir:
-            p.outpath_samples = f"{save_dir}/outputs/txt2img-images"
-            p.outpath_grids = f"{save_dir}/outputs/txt2img-grids"
+        settings = getattr(self.engine, "settings", None)
+        if save_dir and settings is not None:
+            from modules.images import SaveOptions, txt2img_output_dirs
+
+            # Where this request's images go: the outdir_* settings, with the request's overrides.
+            snapshot = settings.current().with_overrides(p.override_settings or {})
+            images_dir, grids_dir = txt2img_output_dirs(save_dir, SaveOptions.from_settings(snapshot))
+            p.outpath_samples, p.outpath_grids = str(images_dir), str(grids_dir)
         p.scripts = self.runner
         p.script_args = self.script_args
         p._atelier_execution = self

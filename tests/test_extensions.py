@@ -582,12 +582,30 @@ def test_app_context_engine_runs_the_scripts_and_saves(sample):
     context = AppContext.from_args(parser_with_preloads(argv).parse_args(argv))
     context.refresh()
     context.load_startup_model()
+    write_extension(sample / "extensions", "where", {"scripts/where.py": """
+        from modules import scripts
+
+
+        class Where(scripts.Script):
+            def title(self):
+                return "Where"
+
+            def show(self, is_img2img):
+                return scripts.AlwaysVisible
+
+            def process(self, p):
+                p.extra_generation_params["Saved in"] = p.outpath_samples
+    """})
+    context.settings.apply({"outdir_txt2img_samples": "my-images"})
     context.extensions = load_extensions(context.settings, context.args, folders_for(sample))
     result = run_txt2img(context, GenerationRequest(prompt="a cat", **SMALL), save=True)
     [path] = result.saved_paths
     with Image.open(path) as saved:
-        assert parse_generation_parameters(saved.info["parameters"])["Prompt"] == "a cat, edited by sample"
+        params = parse_generation_parameters(saved.info["parameters"])
+        assert params["Prompt"] == "a cat, edited by sample"
         assert saved.info["sample"] == "chunk"
+    # p.outpath_samples is where the images really go (the outdir settings), as scripts expect.
+    assert params["Saved in"] == str(sample / "my-images") and Path(path).parent.parent == sample / "my-images"
 
 
 def test_self_check_ignores_the_loaders_own_passing_patch():
