@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEMO_CHECKPOINT_NAME = "atelier-demo-RANDOM-WEIGHTS.safetensors"
+# Settings that decide which VAE the loaded model uses: a change is applied to it at once.
+VAE_SETTINGS = frozenset({"sd_vae", "sd_vae_overrides_per_model_preferences"})
 
 
 @dataclass
@@ -167,6 +169,18 @@ class AppContext:
         finally:
             with self.load_state.lock:
                 self.load_state.loading = False
+
+    def between_jobs(self, fn):
+        """Run `fn` on the job worker after the jobs already queued (A1111's FIFO queue_lock), so a
+        generation submitted earlier still sees the model it was submitted against; here when the
+        queue is not started (tests, tools)."""
+        return self.jobs.run_exclusive(fn) if self.jobs.running else fn()
+
+    def settings_changed(self, changed) -> None:
+        """What a saved change must set off now (A1111's onchange): a VAE setting re-applies the VAE
+        to the loaded model, between jobs. Raises what applying raised; the setting stays saved."""
+        if VAE_SETTINGS.intersection(changed) and self.models.current() is not None:
+            self.between_jobs(self.models.refresh_vae)
 
     def switch_checkpoint(self, title: str) -> None:
         """Load `title`, make it current and remember it in config.json."""

@@ -148,3 +148,22 @@ def test_hide_ui_dir_config_keeps_folders_and_patterns_out_of_the_page(tmp_path)
     open_context = make_context(tmp_path / "open")
     assert "setting_outdir_txt2img_samples" in {f"setting_{spec.key}" for spec in
                                                 tab_specs(open_context.settings.current())}
+
+
+def test_sd_vae_changed_in_the_tab_is_applied_to_the_loaded_model(tmp_path):
+    """With SD VAE out of the top bar (quicksettings_list), the Settings tab edits it and the loaded
+    model gets it at once, as from the top bar."""
+    from tests.ui_support import make_context as loaded_context
+
+    context = loaded_context(tmp_path)
+    try:
+        context.settings.apply({"quicksettings_list": ["sd_model_checkpoint"]})
+        handlers = SettingsHandlers(context, tab_specs(context.settings.current()))
+        applied = []
+        refresh = context.models.refresh_vae
+        context.models.refresh_vae = lambda: (applied.append(True), refresh())[1]  # this test's probe only
+        report, _ = handlers.apply(handlers.snapshot(), *edit(handlers, sd_vae="None"))
+        assert "The VAE of the current model was updated." in report and applied == [True]
+        assert context.settings.current()["sd_vae"] == "None"
+    finally:
+        context.jobs.shutdown()

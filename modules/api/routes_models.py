@@ -1,7 +1,7 @@
 """Checkpoints, VAEs, settings and merging: `sd-models`, `sd-vae`, the refresh/reload/unload routes,
 `options` and Atelier's `merge-checkpoints`.
 
-Anything that changes the loaded model runs on the job worker (`run_exclusive`), after the jobs
+Anything that changes the loaded model runs on the job worker (`AppContext.between_jobs`), after the jobs
 already queued, so a generation submitted before a switch still sees the model it was submitted
 against (A1111's FIFO `queue_lock`).
 """
@@ -9,8 +9,7 @@ against (A1111's FIFO `queue_lock`).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
@@ -20,18 +19,9 @@ from modules.api.state import ApiState, require_running_queue
 from modules.merger import MergeRequest
 from modules.settings import SCHEMA_BY_KEY, locked_settings, validate_changes
 
-T = TypeVar("T")
 
 READ_ONLY_SETTINGS = frozenset({"sd_checkpoint_hash"})
 OptionsBody = Annotated[dict[str, Any], Body(examples=[{"sd_model_checkpoint": "model.safetensors"}])]
-VAE_SETTINGS = frozenset({"sd_vae", "sd_vae_overrides_per_model_preferences"})
-
-
-def on_worker(context, fn: Callable[[], T]) -> T:
-    """Run `fn` between jobs on the job worker (in FIFO order), or here when the queue is not started."""
-    if context.jobs.running:
-        return context.jobs.run_exclusive(fn)
-    return fn()
 
 
 def current_options(context) -> dict[str, Any]:
@@ -83,10 +73,8 @@ def set_options(context, changes: dict[str, Any]) -> None:
         raise bad_request("; ".join(errors))
     title = context.checkpoints.find(wanted).title if wanted else None  # CheckpointNotFoundError -> 404
     if title is not None:
-        on_worker(context, lambda: context.switch_checkpoint(title))
-    changed = context.settings.apply(changes)
-    if VAE_SETTINGS.intersection(changed):
-        on_worker(context, context.models.refresh_vae)
+        context.between_jobs(lambda: context.switch_checkpoint(title))
+    context.settings_changed(context.settings.apply(changes))
 
 
 def build_router(context, state: ApiState) -> APIRouter:
@@ -136,12 +124,12 @@ def build_router(context, state: ApiState) -> APIRouter:
                                 "POST /sdapi/v1/refresh-checkpoints", name="CheckpointNotFoundError")
             context.models.load(title)
 
-        await state.blocking(lambda: on_worker(context, reload))
+        await state.blocking(lambda: context.between_jobs(reload))
 
     @router.post("/unload-checkpoint")
     async def unload_checkpoint() -> None:
         """Free every loaded checkpoint; the next generation loads one again."""
-        await state.blocking(lambda: on_worker(context, context.models.unload_all))
+        await state.blocking(lambda: context.between_jobs(context.models.unload_all))
 
     @router.post("/merge-checkpoints", response_model=MergeResponse)
     async def merge(body: MergeRequest, load_without_saving: bool = False) -> MergeResponse:

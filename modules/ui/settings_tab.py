@@ -105,16 +105,14 @@ class SettingsHandlers:
         return [self.report_html(result.changed, result.refused, notes), self.snapshot()]
 
     def _after_apply(self, changed: Sequence[str]) -> list[str]:
-        """What a change must set off now (A1111's onchange); returns notes for the report."""
-        if "sd_vae_overrides_per_model_preferences" not in changed or self.context.models.current() is None:
+        """What a change must set off now (A1111's onchange, `AppContext.settings_changed`); returns
+        notes for the report."""
+        from modules.app_context import VAE_SETTINGS
+
+        if not VAE_SETTINGS.intersection(changed) or self.context.models.current() is None:
             return []
-        models, jobs = self.context.models, self.context.jobs
         try:
-            # After the running generation, as the top bar's VAE choice does (A1111's queued onchange).
-            if jobs.running:
-                jobs.run_exclusive(models.refresh_vae)
-            else:
-                models.refresh_vae()
+            self.context.settings_changed(changed)
         except (OSError, ValueError, RuntimeError) as e:
             log.error("Re-applying the VAE after a settings change failed: %s", e)
             return [f"The setting is saved, but the VAE could not be applied to the current model: {e}"]

@@ -129,9 +129,8 @@ def apply_vae(context, name: str) -> tuple[str, str]:
     choices = context.vaes.choices()
     if name not in choices:
         return error_html(str(UnknownVaeError(name, choices))), previous
-    context.settings.apply({"sd_vae": name})
     try:
-        context.jobs.run_exclusive(context.models.refresh_vae)
+        context.settings_changed(context.settings.apply({"sd_vae": name}))
     except Exception as error:  # noqa: BLE001 - shown to the user; the model keeps its VAE
         context.settings.apply({"sd_vae": previous})
         return error_html(f"Could not apply VAE {name}: {type(error).__name__}: {error}. Kept {previous}."), previous
@@ -144,6 +143,10 @@ def apply_quicksetting(context, key: str, value) -> str:
     result = context.settings.apply_valid({key: value})
     if result.refused:
         return error_html(result.refused[key])
+    try:
+        context.settings_changed(result.changed)
+    except Exception as error:  # noqa: BLE001 - shown to the user; the setting is saved
+        return error_html(f"Saved {key}, but applying it failed: {type(error).__name__}: {error}")
     return model_status(context)[0]
 
 
