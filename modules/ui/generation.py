@@ -61,6 +61,7 @@ def submit_txt2img(context, request: GenerationRequest, selection: ScriptSelecti
     first, as A1111 does on first use."""
 
     def work(control):
+        control.set_info("job_count", request.n_iter)  # /sdapi/v1/progress reports "Batch i out of n"
         if context.models.current() is None:
             title = context.startup_checkpoint_title()
             if title is None:

@@ -34,18 +34,10 @@ def checkpoint_choices(context) -> list[str]:
 
 
 def current_checkpoint_title(context) -> str | None:
-    """The loaded checkpoint's title; before a load, the one the settings name, else the first listed."""
+    """The loaded checkpoint's title; before a load, the one the start-up load picks (`--ckpt`, the
+    setting, else the first listed)."""
     info = context.models.current_info()
-    if info is not None:
-        return info.title
-    titles = checkpoint_choices(context)
-    wanted = context.settings.current()["sd_model_checkpoint"]
-    if wanted:
-        try:
-            return context.checkpoints.find(wanted).title
-        except KeyError:
-            pass
-    return titles[0] if titles else None
+    return info.title if info is not None else context.startup_checkpoint_title()
 
 
 def model_status(context) -> tuple[str, bool]:
