@@ -321,16 +321,6 @@ def module_name_part(name: str) -> str:
     return re.sub(r"\W", "_", name)
 
 
-def add_extension_flags(parser: argparse.ArgumentParser) -> None:
-    """A1111's `--disable-all-extensions` / `--disable-extra-extensions`, unless the parser has them."""
-    for flag, help_text in (("--disable-all-extensions", "do not load any extension, built-in ones included"),
-                            ("--disable-extra-extensions", "load only the built-in extensions")):
-        try:
-            parser.add_argument(flag, action="store_true", help=help_text)
-        except argparse.ArgumentError:
-            pass  # already defined by modules.cmd_args
-
-
 def run_preloads(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> list[str]:
     """Call `preload(parser)` of every enabled extension's preload.py, so their flags parse. Returns
     the names of extensions whose preload failed (logged with the traceback)."""
@@ -354,8 +344,7 @@ def parser_with_preloads(argv: list[str] | None = None) -> argparse.ArgumentPars
     """The command-line parser with the extension flags and every enabled extension's preload flags."""
     from modules.cmd_args import build_parser
 
-    parser = build_parser()
-    add_extension_flags(parser)
+    parser = build_parser()  # --disable-all-extensions / --disable-extra-extensions are among its flags
     run_preloads(parser, argv)
     return parser
 

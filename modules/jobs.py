@@ -151,10 +151,7 @@ class Job:
     def preview(self) -> Any:
         """The latest preview the worker built, or None. Reading it asks the worker for a fresh one
         at the next reported step (see the module docstring)."""
-        with self._lock:
-            if self._state is JobState.RUNNING:
-                self._preview_requested = True
-            return self._preview
+        return self.latest_preview()[0]
 
     def latest_preview(self) -> tuple[Any, int | None]:
         """`(preview, the step it was made at)`, read together (a preview published between two

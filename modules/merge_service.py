@@ -1,5 +1,5 @@
-"""Running a checkpoint merge as a job: what the web UI's Checkpoint Merger tab and the HTTP merge
-route share (where the result goes, which VAE files can be baked in, the trial folder of "merge
+"""Running a checkpoint merge as a job: what the web UI's Checkpoint Merger tab, the HTTP merge
+route and the X/Y/Z plot's Merge multiplier axis share (where the result goes, which VAE files can be baked in, the trial folder of "merge
 and load"), so the two cannot drift apart.
 
 The work runs on the job queue's worker, after any generation already queued; callers get the
@@ -38,11 +38,17 @@ def describe_merge(request: MergeRequest, load_without_saving: bool = False) -> 
     return text + (" (merge and load)" if load_without_saving else "")
 
 
+def merge_options(context: AppContext) -> dict:
+    """The keyword arguments every merge of this app takes: the VAE files that can be baked in, and
+    whether pickled inputs may run code (--disable-safe-unpickle)."""
+    return {"vae_files": {f.name: f.path for f in context.vaes.files()},
+            "allow_unsafe_pickle": bool(context.args.disable_safe_unpickle)}
+
+
 def submit_merge(context: AppContext, request: MergeRequest, *, load_without_saving: bool = False) -> Job:
     """Queue `request` as a merge job. With `load_without_saving` the result is written to the trial
     folder, not listed, and made the current model (see `merger.merge_and_load`)."""
-    vae_files = {f.name: f.path for f in context.vaes.files()}
-    options = {"vae_files": vae_files, "allow_unsafe_pickle": bool(context.args.disable_safe_unpickle)}
+    options = merge_options(context)
 
     def work(control: JobControl) -> MergeResult:
         if load_without_saving:

@@ -496,12 +496,14 @@ def merge_and_load(request: MergeRequest, registry, models, scratch_dir: Path, *
     try:
         models.load_temporary(result.path, f"(merge trial) {result.title}", result.sha256)
     except BaseException:
-        _remove_trial(result.path)  # a trial that cannot be loaded is only a large file in the way
+        remove_trial(result.path)  # a trial that cannot be loaded is only a large file in the way
         raise
     return result
 
 
-def _remove_trial(path: Path) -> None:
+def remove_trial(path: Path) -> None:
+    """Delete a merge trial and its copied config; a file that cannot go (still mapped on Windows) is
+    logged and left (the trial folder is never scanned for checkpoints)."""
     for leftover in (path, path.with_suffix(".yaml")):
         try:
             leftover.unlink(missing_ok=True)
@@ -513,4 +515,4 @@ def _remove_old_trials(scratch_dir: Path, keep: set[Path]) -> None:
     """Trials of earlier merges (each several GB) that no loaded model uses any more."""
     for path in scratch_dir.iterdir():
         if path.is_file() and path.suffix in (".safetensors", ".ckpt") and path not in keep:
-            _remove_trial(path)
+            remove_trial(path)

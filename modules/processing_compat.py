@@ -30,7 +30,7 @@ _A1111_DEFAULTS: dict[str, Any] = {
     "seed_enable_extras": True, "s_min_uncond": 0.0, "s_churn": 0.0, "s_tmax": None, "s_tmin": 0.0,
     "s_noise": 1.0, "override_settings_restore_afterwards": True, "sampler_index": None,
     "refiner_checkpoint": None, "refiner_switch_at": None, "token_merging_ratio": 0, "token_merging_ratio_hr": 0,
-    "disable_extra_networks": False, "firstpass_image": None, "comments": None, "sampler": None,
+    "disable_extra_networks": False, "firstpass_image": None, "sampler": None,
     "is_using_inpainting_conditioning": False, "is_hr_pass": False, "user": None, "is_api": False,
     "sd_model_name": None, "sd_model_hash": None, "sd_vae_name": None, "sd_vae_hash": None,
     "hr_checkpoint_name": None, "hr_sampler_name": None, "hr_scheduler": None, "hr_prompt": "",

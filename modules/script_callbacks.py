@@ -35,6 +35,7 @@ KINDS = (
 NOT_CALLED_YET = frozenset({
     "ui_train_tabs", "extra_noise", "cfg_denoised", "cfg_after_cfg", "before_component", "after_component",
     "image_grid", "infotext_pasted", "before_reload", "list_optimizers", "list_unets", "before_token_counter",
+    "script_unloaded",
 })
 
 
@@ -205,9 +206,6 @@ class CallbackRegistry:
 
     def cfg_denoiser(self, params: CFGDenoiserParams) -> None:
         self.run("cfg_denoiser", params)
-
-    def script_unloaded(self) -> None:
-        self.run("script_unloaded")
 
     def has(self, kind: str) -> bool:
         return bool(self._callbacks[kind])

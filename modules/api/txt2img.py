@@ -65,8 +65,8 @@ class PreparedTxt2Img:
     generation: GenerationRequest
     save: bool
     persist_overrides: dict[str, Any]  # override_settings_restore_afterwards=false: kept after the job
+    settings: Mapping[str, Any]  # the snapshot in effect (grid layout of the returned grid)
     selection: ScriptSelection | None = None
-    settings: Mapping[str, Any] | None = None  # the snapshot in effect (grid layout of the returned grid)
 
 
 def apply_infotext(body: Txt2ImgApiRequest, current_settings) -> Txt2ImgApiRequest:
@@ -259,7 +259,7 @@ def build_response(prepared: PreparedTxt2Img, job, result: GenerationResult | No
         # A1111 returns the grid first when it makes one (only when saving, for the API).
         from modules.images import image_grid
 
-        settings = prepared.settings or {"n_rows": -1, "grid_prevent_empty_spots": False}
+        settings = prepared.settings
         grid = image_grid(result.images, batch_size=generation.batch_size, n_rows=settings["n_rows"],
                           prevent_empty_spots=settings["grid_prevent_empty_spots"])
         images.insert(0, (grid, infotexts[0]))

@@ -42,8 +42,6 @@ class UiShared:
     checkpoint_switched: Any = None  # top bar: the dropdown's switch event, to chain `.then(...)` on
     model_status: Any = None  # top bar: the "Loaded ..." line, refreshed after "Merge and load"
     txt2img_fields: dict[str, Any] = field(default_factory=dict)  # GenerationRequest field -> component
-    txt2img_prompt: Any = None
-    txt2img_negative_prompt: Any = None
     txt2img_html_info: Any = None  # txt2img: the HTML under the gallery (notes after a paste)
     tabs: Any = None  # the gr.Tabs, to switch to txt2img after "send to txt2img"
     # (function, outputs) run when a page opens: the Blocks are built once at start-up, so anything

@@ -332,8 +332,6 @@ def build(context, shared: UiShared) -> None:
     open_folder.click(lambda: open_output_folder(context), outputs=info, show_progress="hidden")
 
     shared.txt2img_fields = fields
-    shared.txt2img_prompt = prompt
-    shared.txt2img_negative_prompt = negative
     shared.txt2img_html_info = info
     # A page opened later shows the folders as they are then, not as they were at start-up.
     shared.page_loads.append((lambda: extra_networks_panel.render_html(extra_networks_panel.list_networks(context)),

@@ -262,13 +262,11 @@ class _Runner:
             self.warnings.append(f"could not load {previous.name} again after the grid: {e}")
 
     def _delete_trials(self) -> None:
+        from modules.merger import remove_trial
+
         for path in self.trials:
             self.models.unload_file(path)  # its weights go with its file (the grid restored the previous model)
-            for leftover in (path, path.with_suffix(".yaml")):
-                try:
-                    leftover.unlink(missing_ok=True)
-                except OSError as e:  # e.g. still mapped on Windows; the trial folder is not scanned
-                    log.warning("%s: could not delete the merge trial %s: %s", SCRIPT_TITLE, leftover, e)
+            remove_trial(path)
 
     def _vae_file(self, name: str) -> Path | None:
         from modules.vae_files import NONE

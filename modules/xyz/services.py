@@ -29,15 +29,14 @@ class GridServices:
         from modules.processing import Txt2ImgEngine
 
         if isinstance(source, AppContext):
-            from modules.merge_service import merge_trial_dir
+            from modules.merge_service import merge_options, merge_trial_dir
 
             return cls(
                 engine=source.engine, models=source.models, checkpoints=source.checkpoints, vaes=source.vaes,
                 # A folder of its own inside the trial folder: the grid deletes what it wrote there,
                 # never the Checkpoint Merger tab's current trial.
                 merge_scratch_dir=merge_trial_dir(source.paths) / "xyz",
-                merge_options={"vae_files": {f.name: f.path for f in source.vaes.files()},
-                               "allow_unsafe_pickle": bool(source.args.disable_safe_unpickle)},
+                merge_options=merge_options(source),
                 data_dir=source.paths.data_dir,
             )
         if isinstance(source, Txt2ImgEngine):
