@@ -201,10 +201,7 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("enable_pnginfo", True, "Write infotext to metadata of the generated image", "infotext"),
     SettingSpec("add_model_hash_to_info", True, "Add model hash to infotext", "infotext"),
     SettingSpec("add_model_name_to_info", True, "Add model name to infotext", "infotext"),
-    SettingSpec("add_vae_hash_to_info", True, "Add VAE hash to infotext", "infotext"),
     SettingSpec("add_vae_name_to_info", True, "Add VAE name to infotext", "infotext"),
-    SettingSpec("add_version_to_infotext", True, "Add program version to infotext", "infotext"),
-    SettingSpec("add_user_name_to_info", False, "Add user name to infotext when authenticated", "infotext"),
     # User interface
     SettingSpec("return_grid", True, "Show grid in gallery", "ui",
                 info="With more than one image, the gallery starts with their grid (as saved with the grid option)"),
