@@ -120,15 +120,10 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     args = parser.parse_args(argv)
     if args.port is not None and not 1 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a port number (1-65535)")
-    from modules.api.auth import AuthPolicy, parse_credentials
+    from modules.api.auth import AuthPolicy
 
-    # An auth flag that yields no credentials would leave the server open: refuse it at start.
     try:
-        for flag in ("api_auth", "gradio_auth"):
-            value = getattr(args, flag)
-            if value is not None and not parse_credentials(value, "--" + flag.replace("_", "-")):
-                raise ValueError(f"--{flag.replace('_', '-')} is empty; give user:password pairs")
-        AuthPolicy.from_args(args)  # reads --gradio-auth-path: a missing or empty file stops here
+        AuthPolicy.from_args(args)  # an auth flag without credentials stops the start here
     except ValueError as e:
         parser.error(str(e))
     return args

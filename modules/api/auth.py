@@ -89,22 +89,26 @@ class AuthPolicy:
 
     @classmethod
     def from_args(cls, args) -> AuthPolicy:
-        ui_pairs: list[tuple[str, str]] = []
-        if getattr(args, "gradio_auth", None):
-            ui_pairs += parse_credentials(args.gradio_auth, "--gradio-auth")
+        """The policy the auth flags ask for. A flag that is given but yields no credentials (an
+        empty value, an empty or unreadable file) is a ValueError: it must never leave the server
+        open."""
+        def given(flag: str, text: str | None) -> list[tuple[str, str]]:
+            if text is None:
+                return []
+            pairs = parse_credentials(text, flag)
+            if not pairs:
+                raise ValueError(f"{flag} holds no user:password pairs; write them separated by commas or newlines")
+            return pairs
+
+        ui_pairs = given("--gradio-auth", getattr(args, "gradio_auth", None))
         if getattr(args, "gradio_auth_path", None):
             path = Path(args.gradio_auth_path).expanduser()
             try:
                 text = path.read_text(encoding="utf-8")
             except OSError as e:
                 raise ValueError(f"--gradio-auth-path: cannot read {path} ({e.strerror})") from None
-            file_pairs = parse_credentials(text, f"--gradio-auth-path {path}")
-            if not file_pairs:
-                # An empty file must not leave the server open to whoever can reach it.
-                raise ValueError(f"--gradio-auth-path: {path} holds no user:password pairs; write them "
-                                 "separated by commas or newlines")
-            ui_pairs += file_pairs
-        api_pairs = parse_credentials(args.api_auth, "--api-auth") if getattr(args, "api_auth", None) else []
+            ui_pairs += given(f"--gradio-auth-path {path}", text)
+        api_pairs = given("--api-auth", getattr(args, "api_auth", None))
         ui = Credentials(ui_pairs) if ui_pairs else None
         api = Credentials(api_pairs) if api_pairs else None
         return cls(api=api or ui, ui=ui or api)
