@@ -324,3 +324,11 @@ def test_extensions_and_scripts_list_what_was_loaded(client, context):
         assert "x/y/z plot" in client.get("/sdapi/v1/scripts").json()["txt2img"]
     finally:
         context.extensions = None
+
+
+def test_without_api_flag_sdapi_says_how_to_turn_it_on(context):
+    off = TestClient(create_app(context, api=False))
+    for method, path in (("get", "/sdapi/v1/sd-models"), ("post", "/sdapi/v1/txt2img")):
+        response = getattr(off, method)(path)
+        assert response.status_code == 404 and "start Atelier with --api" in response.json()["detail"]
+    assert off.get("/").status_code == 200  # the status page is still there

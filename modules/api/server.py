@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from modules.api import progress, routes_info, routes_models, routes_networks, txt2img
-from modules.api.errors import install_error_handlers
+from modules.api.errors import ApiError, install_error_handlers
 from modules.api.middleware import ProcessTimeMiddleware
 from modules.api.state import ApiState
 from modules.app_context import AppContext
@@ -38,7 +38,18 @@ def create_app(context: AppContext, *, api: bool = True, ui: bool = False) -> Fa
         app.include_router(routes_networks.build_router(context))
         app.include_router(routes_info.build_router(context))
         app.add_middleware(ProcessTimeMiddleware, log_requests=bool(getattr(context.args, "api_log", False)))
+    else:
+        _add_api_off_answer(app)
     return app
+
+
+def _add_api_off_answer(app: FastAPI) -> None:
+    """Without --api, an A1111 client gets a 404 that says how to turn the API on (A1111 answers a
+    bare "Not Found", and clients report it as a broken server)."""
+    @app.api_route("/sdapi/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+    def api_off(path: str) -> None:
+        raise ApiError(404, f"/sdapi/{path}: the API is off on this server; start Atelier with --api "
+                            "(beside the web UI) or --nowebui (the API alone)", name="NotFound")
 
 
 def _add_status_page(app: FastAPI, context: AppContext) -> None:
