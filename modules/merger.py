@@ -293,7 +293,8 @@ def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, s
     filename = output_name(request, a.info, b.info if b else None, c.info if c else None, flag)
     path = Path(output_dir) / filename
     if path.exists() and not request.overwrite:
-        raise MergeError(f"{path} already exists; choose another custom name or allow overwriting")
+        raise MergeError(f"{path} already exists; choose another custom name, or replace it with "
+                         "\"overwrite\": true (API) / --overwrite (scripts/merge_checkpoints.py)")
     recipe = _recipe(request, a.info, b.info if b else None, c.info if c else None, flags)
     metadata = _metadata(request, [x for x in (a, b, c) if x is not None], recipe)
     # `.ckpt` output: the merge streams into a safetensors stage file next to the output, which is
