@@ -28,6 +28,7 @@ from modules.merge_methods import MERGE_METHODS
 from modules.merge_service import submit_merge
 from modules.merger import CONFIG_SOURCES, MergeRequest, MergeResult
 from modules.ui.generation import error_html, follow_job
+from modules.ui.request_fields import describe_validation_error
 
 DEFAULT_METHOD = "Weighted sum"
 NO_PRESET = "None"
@@ -124,7 +125,7 @@ class MergeForm:
                 method_options=self._method_options(method.name),
             )
         except ValidationError as e:
-            raise MergeFormError(_validation_message(e)) from None
+            raise MergeFormError(describe_validation_error(e, FIELD_LABELS)) from None
 
     def _method_options(self, method: str) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -136,15 +137,6 @@ class MergeForm:
                 value = int(value)
             options[name] = value
         return options
-
-
-def _validation_message(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        name = str(item["loc"][0]) if item["loc"] else ""
-        message = str(item["msg"]).removeprefix("Value error, ")
-        lines.append(f"{FIELD_LABELS.get(name, name)}: {message}")
-    return "\n".join(lines)
 
 
 def parse_block_weights(text: str | None) -> tuple[float, ...] | None:

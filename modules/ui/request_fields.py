@@ -111,14 +111,15 @@ def build_request(values: Mapping[str, Any]) -> GenerationRequest:
         raise RequestError(describe_validation_error(error)) from None
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem, named by the widget's label: `Width: width must be a multiple of 8, ...`."""
+def describe_validation_error(error: ValidationError, labels: Mapping[str, str] = FIELD_LABELS) -> str:
+    """One line per problem, named by the widget's label (`labels`: field -> label): `Width: width
+    must be a multiple of 8, ...`. The tabs' forms share it."""
     lines = []
     for problem in error.errors():
         message = str(problem.get("msg", "invalid value")).removeprefix("Value error, ")
         location = problem.get("loc") or ()
         name = str(location[0]) if location else ""
-        label = FIELD_LABELS.get(name, name)
+        label = labels.get(name, name)
         lines.append(f"{label}: {message}" if label else message)
     return "\n".join(lines)
 
