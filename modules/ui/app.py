@@ -13,10 +13,12 @@ to Gradio's `auth`.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import gradio as gr
 
 from modules.ui import extensions_tab, merger_tab, pnginfo, settings_tab, top_bar, txt2img
+from modules.ui.file_rules import apply_file_rules, prepare_gradio_cache
 from modules.ui.shared import UiShared
 
 log = logging.getLogger(__name__)
@@ -106,14 +108,31 @@ def build_ui(context) -> gr.Blocks:
     return blocks
 
 
-def mount_ui(app, context) -> gr.Blocks:
+def mount_ui(app, context, *, max_upload_bytes: int | None = None) -> gr.Blocks:
     """Build the UI, mount it at "/" of `app` (the server's FastAPI app) and return the Blocks (the
     `demo` of the extensions' on_app_started).
 
     No Gradio `auth`: the server's own middleware guards every route (see the module docstring).
+    Gradio's file rules are turned on (modules.ui.file_rules) and exception texts stay in the log:
+    `show_error=False` shows the page only what a handler raises as `gr.Error` (our tabs render their
+    own errors), never a message that names server paths.
     """
+    prepare_gradio_cache(context.paths.data_dir)
     blocks = build_ui(context)
     css = "\n".join(filter(None, [CSS, extensions_tab.extension_css(context)]))
     gr.mount_gradio_app(app, blocks, path="/", css=css, js=JS, head=extensions_tab.extension_head(context),
-                        ssr_mode=False, footer_links=["settings"], run_history=False, show_error=True)
+                        ssr_mode=False, footer_links=["settings"], run_history=False, show_error=False,
+                        max_file_size=max_upload_bytes)
+    apply_file_rules(blocks, blocked=_private_files(context))
     return blocks
+
+
+def _private_files(context) -> list:
+    """Files no Gradio event may read or serve, even from an allowed folder: settings, hashes, the
+    auth file."""
+    paths = context.paths
+    private = [paths.config_file, paths.cache_file, paths.data_dir / "ui-config.json"]
+    auth_file = getattr(context.args, "gradio_auth_path", None)
+    if auth_file:
+        private.append(Path(auth_file).expanduser().resolve())
+    return private
