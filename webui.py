@@ -15,6 +15,7 @@ def build_app(args: argparse.Namespace, context):
     """The served app: the web UI at `/` (unless `--nowebui`), `/sdapi/v1` with `--api` or
     `--nowebui`, the extensions' routes (on_app_started), and HTTP Basic auth in front of all of it."""
     from modules.api.auth import install_auth
+    from modules.api.request_guards import install_request_guards, max_body_bytes
     from modules.api.server import create_app
 
     app = create_app(context, api=args.api or args.nowebui, ui=not args.nowebui)
@@ -23,9 +24,10 @@ def build_app(args: argparse.Namespace, context):
         # Imported only when the UI is wanted: importing gradio takes seconds.
         from modules.ui.app import mount_ui
 
-        blocks = mount_ui(app, context)
+        blocks = mount_ui(app, context, max_upload_bytes=max_body_bytes(args))
     if context.extensions is not None:
         context.extensions.app_started(blocks, app)
+    install_request_guards(app, args)
     install_auth(app, args)
     return app
 

@@ -48,11 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HTTP Basic credentials for the web UI (and for the API without --api-auth)")
     server.add_argument("--gradio-auth-path", type=str, default=None, metavar="FILE",
                         help="file with USER:PASS pairs separated by commas or newlines; adds to --gradio-auth")
+    server.add_argument("--cors-allow-origins", type=str, default=None, metavar="ORIGIN[,ORIGIN...]",
+                        help="other sites (e.g. http://localhost:3000) whose pages may call this server from a "
+                             "browser; without it only Atelier's own page may change anything")
+    server.add_argument("--cors-allow-origins-regex", type=str, default=None, metavar="REGEX",
+                        help="like --cors-allow-origins, for origins matching the regular expression")
+    server.add_argument("--max-body-size", type=float, default=None, metavar="MB",
+                        help="largest request body (API JSON, uploads) in MiB; larger ones get 413 (default 32)")
     server.add_argument("--enable-insecure-extension-access", action="store_true",
                         help="allow installing and updating extensions from the UI even with --listen")
     server.add_argument("--hide-ui-dir-config", action="store_true",
                         help="output folders and filename patterns cannot be changed from the UI or the API "
-                             "(for a server others use; edit config.json instead)")
+                             "(for a server others use; edit config.json instead); implied by --listen and "
+                             "--server-name unless --allow-ui-dir-config")
+    server.add_argument("--allow-ui-dir-config", action="store_true",
+                        help="with --listen or --server-name, still let UI and API users change output folders "
+                             "and filename patterns (within the rules of --allow-output-dir)")
+    server.add_argument("--allow-output-dir", action="append", default=[], metavar="DIR",
+                        help="a folder (with its subfolders) that UI and API users may set as an output folder, "
+                             "besides <data-dir>/outputs; repeat for more")
+    server.add_argument("--allow-output-dirs-anywhere", action="store_true",
+                        help="UI and API users may set any folder the server can write as an output folder "
+                             "(absolute paths and '..'); without it, only folders inside <data-dir>/outputs or "
+                             "an --allow-output-dir")
 
     extensions = parser.add_argument_group("extensions")
     extensions.add_argument("--disable-all-extensions", action="store_true",
@@ -122,16 +140,31 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
         parser.error(f"--port {args.port} is not a port number (1-65535)")
     from modules.api.auth import AuthPolicy
 
+    from modules.api.request_guards import OriginPolicy
+
     try:
         AuthPolicy.from_args(args)  # an auth flag without credentials stops the start here
+        OriginPolicy.from_args(args)
     except ValueError as e:
         parser.error(str(e))
+    if args.max_body_size is not None and not args.max_body_size > 0:
+        parser.error(f"--max-body-size {args.max_body_size:g} must be a positive number of MiB")
     return args
 
 
 def is_non_local(args: argparse.Namespace) -> bool:
     """Whether other machines can reach the server (A1111's `webui_is_non_local`)."""
     return bool(args.listen or args.server_name)
+
+
+def dir_config_locked(args: argparse.Namespace) -> bool:
+    """Whether output folders and filename patterns are out of UI and API users' reach: with
+    `--hide-ui-dir-config`, and on a server others can reach unless `--allow-ui-dir-config` (the
+    rule `--enable-insecure-extension-access` follows for extensions)."""
+    if getattr(args, "hide_ui_dir_config", False):
+        return True
+    non_local = getattr(args, "listen", False) or getattr(args, "server_name", None)  # is_non_local, for partial args
+    return bool(non_local) and not getattr(args, "allow_ui_dir_config", False)
 
 
 def extension_access_allowed(args: argparse.Namespace) -> bool:

@@ -29,6 +29,9 @@ from modules.api.errors import ApiError, bad_request
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 30.0
 USER_AGENT = "Atelier (A1111-compatible API)"
+# 8192x8192: four times A1111's largest generation size in each direction, far below what would
+# strain memory when decoded (256 MiB as RGBA).
+MAX_API_IMAGE_PIXELS = 8192 * 8192
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -42,26 +45,38 @@ def encode_png(image: Image.Image, infotext: str | None = None) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def decode_image(value: str, settings: Mapping[str, Any], *, field: str = "image",
-                 resolver: Resolver | None = None) -> Image.Image:
-    """An image from base64 (a `data:` prefix is allowed) or, when the settings allow it, a URL."""
+def image_bytes(value: str, settings: Mapping[str, Any], *, field: str = "image",
+                resolver: Resolver | None = None) -> bytes:
+    """The image file's bytes, from base64 (a `data:` prefix is allowed) or, when the settings allow
+    it, a URL."""
     value = value.strip()
     if value.startswith(("http://", "https://")):
         if not settings.get("api_enable_requests", True):
             raise bad_request(f"{field}: image URLs are turned off on this server (setting "
                               "api_enable_requests); send the image as base64 instead")
-        data = fetch_url(value, forbid_local=settings.get("api_forbid_local_requests", True),
+        return fetch_url(value, forbid_local=settings.get("api_forbid_local_requests", True),
                          field=field, resolver=resolver)
-    else:
-        if value.startswith("data:"):
-            value = value.split(",", 1)[1] if "," in value else ""
-        try:
-            data = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise bad_request(f"{field}: not valid base64 (nor an http(s) URL); send the image file's bytes "
-                              "base64-encoded, optionally as a data:image/png;base64,... URL") from None
+    if value.startswith("data:"):
+        value = value.split(",", 1)[1] if "," in value else ""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request(f"{field}: not valid base64 (nor an http(s) URL); send the image file's bytes "
+                          "base64-encoded, optionally as a data:image/png;base64,... URL") from None
+
+
+def decode_image(value: str, settings: Mapping[str, Any], *, field: str = "image",
+                 resolver: Resolver | None = None, max_pixels: int = MAX_API_IMAGE_PIXELS) -> Image.Image:
+    """The decoded image `value` holds (see `image_bytes`). Its size is checked from the header before
+    any pixel is decoded: more than `max_pixels` is refused, since a small compressed file can
+    decode into gigabytes."""
+    data = image_bytes(value, settings, field=field, resolver=resolver)
     try:
         image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise bad_request(f"{field}: the image is {width}x{height} ({width * height / 1e6:.0f} megapixels); "
+                              f"the API takes at most {max_pixels / 1e6:.0f} megapixels, scale it down first")
         image.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise bad_request(f"{field}: the data is not an image Pillow can read ({e})") from None

@@ -3,12 +3,14 @@ extensions and prompt styles (A1111's routes and shapes)."""
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
 from fastapi import APIRouter
 
-from modules.api.images import decode_image
+from modules.api.errors import bad_request
+from modules.api.images import image_bytes
 from modules.api.schemas import (
     ExtensionItem,
     PNGInfoRequest,
@@ -101,12 +103,17 @@ def build_router(context) -> APIRouter:
     @router.post("/png-info", response_model=PNGInfoResponse)
     def png_info(body: PNGInfoRequest) -> PNGInfoResponse:
         """The infotext an image carries, parsed as the PNG Info tab shows it."""
-        from modules.infotext_utils import parse_generation_parameters, read_info_from_image
+        from modules.image_metadata import ImageMetadataError, read_image_metadata
+        from modules.infotext_utils import parse_generation_parameters
 
         if not body.image.strip():
             return PNGInfoResponse(info="")
-        image = decode_image(body.image, context.settings.current())
-        geninfo, items = read_info_from_image(image)
+        data = image_bytes(body.image, context.settings.current())
+        try:
+            # Only the metadata is read: the pixels are never decoded, whatever the image's size.
+            geninfo, items, _ = read_image_metadata(io.BytesIO(data))
+        except ImageMetadataError as e:
+            raise bad_request(f"image: {e}") from None
         geninfo = geninfo or ""
         return PNGInfoResponse(info=geninfo, items=_json_safe_items(items),
                                parameters=parse_generation_parameters(geninfo) if geninfo else {})

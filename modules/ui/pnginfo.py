@@ -45,19 +45,20 @@ class PngInfo:
 
 
 def read_png_info(path: str | None) -> PngInfo:
-    """Read the generation parameters of the image file at `path` (A1111's PNG Info)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from modules.infotext_utils import parse_generation_parameters, read_info_from_image
+    """Read the generation parameters of the image file at `path` (A1111's PNG Info). Only its
+    metadata is read: the pixels are never decoded, whatever the image's size."""
+    from modules.image_metadata import ImageMetadataError, read_image_metadata
+    from modules.infotext_utils import parse_generation_parameters
 
     if not path:
         return PngInfo(None)
     try:
-        with Image.open(path) as image:
-            image.load()
-            infotext, items = read_info_from_image(image)
-    except (OSError, UnidentifiedImageError) as error:
-        return PngInfo(None, error=f"Cannot read the image: {error}")
+        with open(path, "rb") as file:
+            infotext, items, _ = read_image_metadata(file)
+    except (OSError, ImageMetadataError) as error:
+        # The message never names the path: it is the server's copy of the upload.
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        return PngInfo(None, error=f"Cannot read the image: {reason}")
     shown_items = {key: value for key, value in items.items() if isinstance(value, (str, int, float))}
     if not infotext:
         return PngInfo(None, items=shown_items)
