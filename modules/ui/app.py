@@ -19,6 +19,7 @@ import gradio as gr
 
 from modules.ui import extensions_tab, merger_tab, pnginfo, settings_tab, top_bar, txt2img
 from modules.ui.file_rules import apply_file_rules, prepare_gradio_cache
+from modules.ui.icons import icon_css, tooltip_js
 from modules.ui.shared import UiShared
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ JS = """
         const button = document.querySelector('#txt2img_generate');
         if (button) button.click();
     });
+    %TOOLTIPS%
 }
 """
 
@@ -119,8 +121,9 @@ def mount_ui(app, context, *, max_upload_bytes: int | None = None) -> gr.Blocks:
     """
     prepare_gradio_cache(context.paths.data_dir)
     blocks = build_ui(context)
-    css = "\n".join(filter(None, [CSS, extensions_tab.extension_css(context)]))
-    gr.mount_gradio_app(app, blocks, path="/", css=css, js=JS, head=extensions_tab.extension_head(context),
+    css = "\n".join(filter(None, [CSS, icon_css(), extensions_tab.extension_css(context)]))
+    js = JS.replace("%TOOLTIPS%", tooltip_js())
+    gr.mount_gradio_app(app, blocks, path="/", css=css, js=js, head=extensions_tab.extension_head(context),
                         ssr_mode=False, footer_links=["settings"], run_history=False, show_error=False,
                         max_file_size=max_upload_bytes)
     apply_file_rules(blocks, blocked=_private_files(context))

@@ -19,6 +19,7 @@ from typing import Any
 
 import gradio as gr
 
+from modules.ui.icons import icon_label
 from modules.ui.shared import UiShared
 
 TEXTUAL_INVERSION = "textual_inversion"
@@ -202,7 +203,7 @@ element.addEventListener('click', (event) => {
 def build(context, shared: UiShared, prompt: Any, negative_prompt: Any) -> Any:
     """The panel (an accordion, open) with its refresh button; returns the HTML component."""
     with gr.Accordion("Extra networks", open=True, elem_id="txt2img_extra_networks_accordion"):
-        refresh = gr.Button("\U0001f504 Refresh", elem_id="txt2img_extra_refresh", size="sm", scale=0)
+        refresh = gr.Button(icon_label("txt2img_extra_refresh", "Refresh"), elem_id="txt2img_extra_refresh", size="sm", scale=0)
         panel = gr.HTML(render_html(list_networks(context)), elem_id="txt2img_extra_networks", js_on_load=_CLICK_JS)
 
     def on_click(prompt_text: str, negative_text: str, event: gr.EventData):

@@ -22,15 +22,10 @@ import gradio as gr
 from modules.processing import LATENT_UPSCALE_MODES
 from modules.ui import extra_networks_panel, scripts_panel
 from modules.ui.generation import error_html, follow_job_async, infotext_html, outcome_of, render_progress, submit_txt2img
+from modules.ui.icons import icon_label
 from modules.ui.request_fields import TXT2IMG_FIELDS, RequestError, build_request, paste_parameters
 from modules.ui.shared import UiShared
 from modules.ui.token_counter import TokenCounter, format_token_count
-
-RANDOM_SYMBOL = "\U0001f3b2\ufe0f"  # 🎲️
-REUSE_SYMBOL = "\u267b\ufe0f"  # ♻️
-PASTE_SYMBOL = "\u2199\ufe0f"  # ↙️
-FOLDER_SYMBOL = "\U0001f4c2"  # 📂
-SWITCH_SYMBOL = "\u21c5"  # ⇅
 
 
 # --- plain functions -----------------------------------------------------------------------------
@@ -203,7 +198,7 @@ def build(context, shared: UiShared) -> None:
             with gr.Row():
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt", min_width=60)
                 skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
-            paste = gr.Button(f"{PASTE_SYMBOL} Read parameters", elem_id="paste", size="sm")
+            paste = gr.Button(icon_label("paste", "Read parameters"), elem_id="paste", size="sm")
 
     with gr.Row(elem_id="txt2img_main", equal_height=False):
         with gr.Column(scale=1, elem_id="txt2img_settings"):
@@ -233,7 +228,7 @@ def build(context, shared: UiShared) -> None:
                 with gr.Column(scale=4):
                     fields["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
                     fields["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
-                res_switch = gr.Button(SWITCH_SYMBOL, elem_id="txt2img_res_switch_btn", elem_classes=["tool"],
+                res_switch = gr.Button(icon_label("txt2img_res_switch_btn"), elem_id="txt2img_res_switch_btn", elem_classes=["tool"],
                                        scale=0, min_width=40)
                 with gr.Column(scale=2):
                     fields["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count",
@@ -243,9 +238,9 @@ def build(context, shared: UiShared) -> None:
             fields["cfg_scale"] = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
             with gr.Row(equal_height=True, elem_id="txt2img_seed_row"):
                 fields["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
-                random_seed = gr.Button(RANDOM_SYMBOL, elem_id="txt2img_random_seed", elem_classes=["tool"],
+                random_seed = gr.Button(icon_label("txt2img_random_seed"), elem_id="txt2img_random_seed", elem_classes=["tool"],
                                         scale=0, min_width=40)
-                reuse_seed = gr.Button(REUSE_SYMBOL, elem_id="txt2img_reuse_seed", elem_classes=["tool"],
+                reuse_seed = gr.Button(icon_label("txt2img_reuse_seed"), elem_id="txt2img_reuse_seed", elem_classes=["tool"],
                                        scale=0, min_width=40)
             with gr.Row(equal_height=True, elem_id="txt2img_subseed_row"):
                 fields["subseed"] = gr.Number(-1, label="Variation seed", precision=0, elem_id="txt2img_subseed")
@@ -268,7 +263,7 @@ def build(context, shared: UiShared) -> None:
                                  columns=4, object_fit="contain", interactive=False,
                                  buttons=["download", "fullscreen"])
             with gr.Row():
-                open_folder = gr.Button(f"{FOLDER_SYMBOL} Output folder", elem_id="open_folder_txt2img", size="sm",
+                open_folder = gr.Button(icon_label("open_folder_txt2img", "Output folder"), elem_id="open_folder_txt2img", size="sm",
                                         scale=0)
             info = gr.HTML("", elem_id="html_info_txt2img", js_on_load=None)
 

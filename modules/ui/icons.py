@@ -1,0 +1,100 @@
+"""The tool buttons' icons, drawn as inline SVG so they render in any browser.
+
+A1111 labels its tool buttons with emoji (🔄 🎲️ ♻️ ↙️ 📂 ⇅); a browser without an emoji font
+(Debian's chromium as installed, many kiosk and LAN machines) draws them as empty boxes. The
+buttons keep A1111's element ids and, where A1111's button shows only the emoji, the emoji as their
+text (extension scripts look buttons up by it); the text is hidden and the icon is painted by CSS
+from an SVG mask in the button's colour, so it follows light and dark themes. Tooltips are set as
+`title` attributes when the page loads (A1111 does the same from its hints table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+
+@dataclass(frozen=True)
+class Icon:
+    glyph: str  # A1111's emoji label
+    svg_body: str  # the SVG's children, drawn with a 2 px stroke on a 24×24 grid
+
+    def data_url(self) -> str:
+        svg = ("<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 24 24' fill='none' stroke='black' "
+               "stroke-width='2' stroke-linecap='round' stroke-linejoin='round'>" + self.svg_body + "</svg>")
+        return "data:image/svg+xml," + quote(svg, safe="=:/' ")
+
+
+ICONS = {
+    "refresh": Icon("\U0001f504", "<path d='M20 12a8 8 0 1 1-2.35-5.65'/><path d='M20 4v5h-5'/>"),
+    "dice": Icon("\U0001f3b2\ufe0f", "<rect x='3.5' y='3.5' width='17' height='17' rx='3'/>"
+                 "<circle cx='8.5' cy='8.5' r='1' fill='black'/><circle cx='15.5' cy='15.5' r='1' fill='black'/>"
+                 "<circle cx='15.5' cy='8.5' r='1' fill='black'/><circle cx='8.5' cy='15.5' r='1' fill='black'/>"
+                 "<circle cx='12' cy='12' r='1' fill='black'/>"),
+    "recycle": Icon("\u267b\ufe0f", "<path d='M4 12a8 8 0 0 1 13.66-5.66'/><path d='M18 2.5v4h-4'/>"
+                    "<path d='M20 12a8 8 0 0 1-13.66 5.66'/><path d='M6 21.5v-4h4'/>"),
+    "paste": Icon("\u2199\ufe0f", "<path d='M18 6 6 18'/><path d='M6 9v9h9'/>"),
+    "folder": Icon("\U0001f4c2", "<path d='M3 7a2 2 0 0 1 2-2h4l2 2.5h8a2 2 0 0 1 2 2V17a2 2 0 0 1-2 2H5a2 2 0 0 1-2-2z'/>"),
+    "swap": Icon("\u21c5", "<path d='M8 20V4'/><path d='m4 8 4-4 4 4'/><path d='M16 4v16'/><path d='m12 16 4 4 4-4'/>"),
+}
+
+
+@dataclass(frozen=True)
+class IconButton:
+    icon: str  # a key of ICONS
+    tooltip: str
+    icon_only: bool = True  # the label is the emoji alone (hidden), else text beside the icon
+
+
+# Element id → icon and tooltip, for every tool button of the built-in tabs.
+ICON_BUTTONS = {
+    "refresh_sd_model_checkpoint": IconButton("refresh", "Refresh the list of checkpoints"),
+    "refresh_sd_vae": IconButton("refresh", "Refresh the list of VAEs"),
+    "modelmerger_refresh": IconButton("refresh", "Refresh the lists of checkpoints"),
+    "txt2img_extra_refresh": IconButton("refresh", "Rescan the embedding, hypernetwork and LoRA folders",
+                                        icon_only=False),
+    "txt2img_random_seed": IconButton("dice", "Set the seed to -1: a new random seed for every generation"),
+    "txt2img_reuse_seed": IconButton("recycle", "Reuse the seed of the selected image (or of the last generation)"),
+    "paste": IconButton("paste", "Read generation parameters from the prompt, or from the last generation if the "
+                                 "prompt is empty, into the fields", icon_only=False),
+    "open_folder_txt2img": IconButton("folder", "Open the folder the images are saved in", icon_only=False),
+    "txt2img_res_switch_btn": IconButton("swap", "Swap width and height"),
+}
+
+
+def icon_label(elem_id: str, text: str = "") -> str:
+    """The button's text: A1111's emoji for an icon-only button (hidden by the CSS), else `text`."""
+    button = ICON_BUTTONS[elem_id]
+    return ICONS[button.icon].glyph if button.icon_only else text
+
+
+def icon_css() -> str:
+    """CSS that paints each button's icon before its (hidden, for icon-only buttons) text."""
+    rules = []
+    for elem_id, button in ICON_BUTTONS.items():
+        url = ICONS[button.icon].data_url()
+        rules.append(
+            f"#{elem_id}::before {{ content: ''; display: inline-block; flex: none; width: 1.15rem; height: 1.15rem;"
+            f" background-color: currentColor; -webkit-mask: url(\"{url}\") center / contain no-repeat;"
+            f" mask: url(\"{url}\") center / contain no-repeat; }}")
+        if button.icon_only:
+            rules.append(f"#{elem_id} {{ font-size: 0 !important; }}")
+        else:
+            rules.append(f"#{elem_id}::before {{ margin-right: 0.35em; }}")
+    return "\n".join(rules)
+
+
+def tooltip_js() -> str:
+    """Statements for the page's load script: set each icon button's `title` (tooltip), and the
+    accessible name of icon-only ones, again whenever Gradio renders a tab."""
+    import json
+
+    tips = json.dumps({elem_id: [button.tooltip, button.icon_only] for elem_id, button in ICON_BUTTONS.items()})
+    return (
+        "const atelierTips = " + tips + ";\n"
+        "const atelierApplyTips = () => { for (const [id, [tip, iconOnly]] of Object.entries(atelierTips)) {"
+        " const el = document.getElementById(id); if (el && el.title !== tip) { el.title = tip;"
+        " if (iconOnly) el.setAttribute('aria-label', tip); } } };\n"
+        "atelierApplyTips();\n"
+        "new MutationObserver(atelierApplyTips).observe(document.body, {childList: true, subtree: true});\n"
+    )
