@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modules.checkpoints import CheckpointNotFoundError, CheckpointRegistry
+from modules.checkpoints import CheckpointInfo, CheckpointNotFoundError, CheckpointRegistry, NoLoadableCheckpointError
 from modules.hashes import HashCache
 from modules.hypernetworks import HypernetworkRegistry
 from modules.jobs import JobQueue
@@ -26,6 +27,7 @@ from modules.vae_files import VaeRegistry
 
 if TYPE_CHECKING:
     from modules.extensions import ExtensionRuntime
+    from modules.model_loader import StableDiffusionModel
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,24 @@ DEMO_CHECKPOINT_NAME = "atelier-demo-RANDOM-WEIGHTS.safetensors"
 VAE_SETTINGS = frozenset({"sd_vae", "sd_vae_overrides_per_model_preferences"})
 
 
+@dataclass(frozen=True)
+class SkippedCheckpoint:
+    """A checkpoint the default load passed over, and why (a few words; the log has the details)."""
+
+    title: str
+    reason: str
+
+
 @dataclass
 class ModelLoadState:
     """What the start-up load is doing, for the status page and the API."""
 
     loading: bool = False
     error: str | None = None
+    skipped: tuple[SkippedCheckpoint, ...] = ()  # by the last default load that found no choice made
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # One default load at a time (the start-up thread and a first job can both ask for one).
+    default_load_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass
@@ -138,34 +151,94 @@ class AppContext:
         self.checkpoints.refresh()
         return path
 
-    def startup_checkpoint_title(self) -> str | None:
-        """`--ckpt`, else the `sd_model_checkpoint` setting, else the first listed (A1111's order)."""
-        listed = self.checkpoints.list()
-        if not listed:
-            return None
+    def chosen_checkpoint(self) -> tuple[CheckpointInfo, str] | None:
+        """The checkpoint the user chose to start with and where the choice comes from: `--ckpt`, else
+        the saved `sd_model_checkpoint` setting. None when neither names a listed file."""
         if self.args.ckpt:
-            return self.checkpoints.list()[0].title
+            explicit = Path(os.path.abspath(self.args.ckpt))
+            for info in self.checkpoints.list():
+                if info.filename == explicit:
+                    return info, "--ckpt"
         wanted = self.settings.current()["sd_model_checkpoint"]
         if wanted:
             try:
-                return self.checkpoints.find(wanted).title
+                return self.checkpoints.find(wanted), "the saved sd_model_checkpoint setting"
             except CheckpointNotFoundError:
-                log.warning("Checkpoint %s not found; loading fallback %s", wanted, listed[0].title)
-        return listed[0].title
+                log.warning("Checkpoint %s not found; loading the first listed checkpoint that loads", wanted)
+        return None
+
+    def startup_checkpoint_title(self) -> str | None:
+        """What the start-up load picks: the chosen checkpoint (`chosen_checkpoint`), else the first
+        listed one not known to be broken (A1111's order)."""
+        chosen = self.chosen_checkpoint()
+        if chosen is not None:
+            return chosen[0].title
+        loadable = self.checkpoints.loadable_titles()
+        return loadable[0] if loadable else None
+
+    def load_default_model(self) -> StableDiffusionModel:
+        """The current model; with none, load the one the start-up picks (a request that names no
+        checkpoint, A1111's load on first use).
+
+        A checkpoint the user chose is never silently replaced: if it fails, the error names it and
+        lists the others. With no choice made, the checkpoints are tried in A1111's order until one
+        loads; the files passed over, and why, are logged and kept in `load_state.skipped` for the
+        status line. Raises a ValueError (bad input for the API) when nothing can be loaded.
+        """
+        with self.load_state.default_load_lock:
+            model = self.models.current()
+            if model is not None:
+                return model
+            chosen = self.chosen_checkpoint()
+            if chosen is not None:
+                info, source = chosen
+                try:
+                    return self.models.load(info.title)
+                except ValueError:
+                    log.error("Checkpoint %s, chosen with %s, cannot be loaded; pick another one", info.title, source)
+                    self.checkpoints.check_loadable(info)  # marked by the failure: raises naming the others
+                    raise
+            return self._load_first_loadable()
+
+    def _load_first_loadable(self) -> StableDiffusionModel:
+        skipped: list[SkippedCheckpoint] = []
+        for info in self.checkpoints.list():
+            try:
+                model = self.models.load(info.title)
+            except (ValueError, OSError) as error:  # the file's fault: try the next one
+                marked = self.checkpoints.get(info.title) if info.title in self.checkpoints else info
+                reason = marked.problem.summary if marked.problem else f"{type(error).__name__}: {error}"
+                detail = marked.problem.detail if marked.problem else str(error)
+                log.warning("Skipping checkpoint %s: %s", info.title, detail)
+                skipped.append(SkippedCheckpoint(info.title, reason))
+                continue
+            if skipped:
+                log.warning("Loaded %s after skipping %d checkpoint(s) that cannot be loaded: %s", info.title,
+                            len(skipped), "; ".join(f"{s.title} ({s.reason})" for s in skipped))
+            with self.load_state.lock:
+                self.load_state.skipped = tuple(skipped)
+            return model
+        with self.load_state.lock:
+            self.load_state.skipped = tuple(skipped)
+        if not skipped:
+            raise CheckpointNotFoundError("", folders=[str(folder) for folder in self.paths.checkpoint_dirs])
+        raise NoLoadableCheckpointError([(s.title, s.reason) for s in skipped],
+                                        [str(folder) for folder in self.paths.checkpoint_dirs])
 
     def load_startup_model(self) -> None:
-        title = self.startup_checkpoint_title()
-        if title is None:
+        """The start-up load (on a background thread): `load_default_model`, its outcome kept in
+        `load_state` for the status line; a failure is logged, never raised."""
+        if not len(self.checkpoints):
             log.warning("No checkpoint to load.")
             return
         with self.load_state.lock:
             self.load_state.loading, self.load_state.error = True, None
         try:
-            self.models.load(title)
+            self.load_default_model()
         except Exception as e:  # reported on the status page and the API; the server keeps running
-            log.error("Loading %s failed: %s", title, e)
+            log.error("Loading the start-up checkpoint failed: %s", e)
             with self.load_state.lock:
-                self.load_state.error = f"{title}: {e}"
+                self.load_state.error = str(e)
         finally:
             with self.load_state.lock:
                 self.load_state.loading = False
@@ -185,6 +258,8 @@ class AppContext:
     def switch_checkpoint(self, title: str) -> None:
         """Load `title`, make it current and remember it in config.json."""
         model = self.models.load(title)
+        with self.load_state.lock:
+            self.load_state.skipped = ()  # the start-up's note is old news once the user has chosen
         info = self.models.current_info()
         self.settings.apply({"sd_model_checkpoint": info.title if info else model.name,
                              "sd_checkpoint_hash": (info.sha256 or "") if info else ""})

@@ -4,6 +4,10 @@ No loading happens here. The behaviour users see in A1111 is reproduced (A1111.m
 folders walked recursively in natural order, titles `name [sha256[:10]]`, the same aliases and the
 same closest-match rules, hashes read from the cache at listing time and computed only on request
 (`ensure_hash`). Differences from A1111 are deliberate and named where they happen.
+
+Unlike A1111 the list also remembers which files cannot be loaded and why (`CheckpointProblem`): a
+truncated download or a file of another kind stays listed, so the user sees it and can delete it,
+but it is marked, and nothing tries to load it again until it changes on disk.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path, PurePath
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from modules.hashes import HashCache, legacy_model_hash
+from modules.safetensors_io import SafetensorsFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +100,46 @@ def is_checkpoint_filename(filename: str) -> bool:
     return not filename.lower().endswith(EXCLUDED_SUFFIXES)
 
 
+DEFAULT_PROBLEM_SUMMARY = "cannot be loaded"
+
+
+@dataclass(frozen=True)
+class CheckpointProblem:
+    """Why a listed checkpoint cannot be loaded, and the state of the file when that was found.
+
+    `summary` is a few words for lists (a class attribute `short_reason` of the error, when it has
+    one); `detail` is the error's own message, which names the file and says what to do. A problem
+    lasts until the file or the `.yaml` beside it changes (size or mtime); a refresh then reads the
+    file again, as any changed file.
+    """
+
+    summary: str
+    detail: str
+    size_bytes: int
+    mtime: float
+    config_mtime: float | None = None
+
+    @classmethod
+    def from_error(cls, error: BaseException, filename: str | os.PathLike,
+                   config_path: Path | None = None) -> CheckpointProblem | None:
+        """The problem `error` shows, for the file as it is now; None if the file cannot be stat-ed."""
+        try:
+            st = os.stat(filename)
+        except OSError:
+            return None
+        return cls(summary=getattr(error, "short_reason", DEFAULT_PROBLEM_SUMMARY), detail=str(error),
+                   size_bytes=st.st_size, mtime=st.st_mtime, config_mtime=_mtime_or_none(config_path))
+
+    def still_applies(self, filename: str | os.PathLike, config_path: Path | None) -> bool:
+        """Whether the file and its `.yaml` are as they were when the problem was found."""
+        try:
+            st = os.stat(filename)
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime, _mtime_or_none(config_path)) == (self.size_bytes, self.mtime,
+                                                                          self.config_mtime)
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """One checkpoint file as listed. Immutable: hashing returns a new value (`ensure_hash`)."""
@@ -107,6 +152,7 @@ class CheckpointInfo:
     mtime: float
     config_path: Path | None = None  # `<stem>.yaml` beside the file, which overrides detection
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    problem: CheckpointProblem | None = field(default=None, compare=False)  # known to fail to load
 
     @property
     def name_for_extra(self) -> str:
@@ -135,6 +181,11 @@ class CheckpointInfo:
         return f"{self.name_for_extra} [{self.shorthash}]" if self.shorthash else self.name_for_extra
 
     @property
+    def label(self) -> str:
+        """The title as lists show it: a file known not to load says so (the value stays `title`)."""
+        return f"{self.title} \u26a0 {self.problem.summary}" if self.problem else self.title
+
+    @property
     def cache_title(self) -> str:
         """Key of this file's entries in the hash cache (A1111's)."""
         return CACHE_TITLE_PREFIX + self.name
@@ -159,7 +210,9 @@ class CheckpointNotFoundError(KeyError):
         self.available = list(available)
         self.folders = list(folders)
         if not available:
-            message = (f"Checkpoint {query!r} not found: no checkpoints are listed. Put .safetensors or .ckpt "
+            # An empty query: nothing was named, a default was wanted (a request naming no checkpoint).
+            start = f"Checkpoint {query!r} not found: no" if query else "No"
+            message = (f"{start} checkpoints are listed. Put .safetensors or .ckpt "
                        f"files in {' or '.join(folders) or 'the checkpoint folder'} and refresh the list.")
         else:
             shown = ", ".join(repr(t) for t in available[:5])
@@ -177,6 +230,30 @@ class CheckpointNotFoundError(KeyError):
     def __reduce__(self):
         # Rebuilt from its fields, not from the message, when it crosses a process boundary.
         return type(self), (self.query, self.closest, self.available, self.folders)
+
+
+class BrokenCheckpointError(ValueError):
+    """A checkpoint already found not to load, asked for again before its file changed."""
+
+    def __init__(self, info: CheckpointInfo, others: Sequence[str] = ()):
+        assert info.problem is not None
+        self.info = info
+        self.others = list(others)
+        shown = ", ".join(repr(t) for t in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        pick = f" or pick another checkpoint: {shown}" if others else " or add a checkpoint that loads"
+        super().__init__(f"Checkpoint {info.title!r} cannot be loaded: {info.problem.detail.rstrip('.')}. Replace or delete "
+                         f"the file (it is tried again once it changes on disk){pick}.")
+
+
+class NoLoadableCheckpointError(ValueError):
+    """Every listed checkpoint was tried (no choice directed the load) and none loads."""
+
+    def __init__(self, failures: Sequence[tuple[str, str]], folders: Sequence[str] = ()):
+        self.failures = list(failures)  # (title, reason)
+        listed = "; ".join(f"{title} ({reason})" for title, reason in failures)
+        super().__init__(f"none of the {len(failures)} checkpoints can be loaded: {listed}. Replace or delete "
+                         f"them, or put a checkpoint that loads in {' or '.join(folders) or 'the checkpoint folder'} "
+                         "and refresh the list")
 
 
 @dataclass(frozen=True)
@@ -306,7 +383,10 @@ class CheckpointRegistry:
 
         old = previous.get(path)
         if old is not None and old.size_bytes == st.st_size and old.mtime == st.st_mtime and old.name == name:
-            return dataclasses.replace(old, sha256=sha256, config_path=config_path)
+            problem = old.problem
+            if problem is not None and not problem.still_applies(filename, config_path):
+                problem = None  # its .yaml changed since: worth another try
+            return dataclasses.replace(old, sha256=sha256, config_path=config_path, problem=problem)
 
         try:
             legacy = self._legacy_hasher(path)
@@ -314,14 +394,20 @@ class CheckpointRegistry:
             logger.warning("Skipping %s: cannot read it (%s)", filename, e)
             return None
         metadata: dict[str, Any] = {}
+        problem = None
         if path.suffix.lower() == ".safetensors":
             try:
                 metadata = self._cache.safetensors_metadata(cache_title, filename, mtime=st.st_mtime)
-            except (OSError, ValueError) as e:
+            except SafetensorsFormatError as e:
+                # Still listed (the user must see it to delete it), marked: a truncated download or
+                # a file of another kind never loads, and start-up skips it.
+                problem = CheckpointProblem.from_error(e, filename, config_path)
+                logger.warning("Checkpoint %s cannot be loaded: %s", filename, e)
+            except OSError as e:
                 # Still listed, as in A1111: loading it will give the precise error.
                 logger.warning("Cannot read the metadata of %s: %s", filename, e)
         return CheckpointInfo(filename=path, name=name, hash=legacy, sha256=sha256, size_bytes=st.st_size,
-                              mtime=st.st_mtime, config_path=config_path, metadata=metadata)
+                              mtime=st.st_mtime, config_path=config_path, metadata=metadata, problem=problem)
 
     def _root_of(self, filename: str) -> tuple[int, str] | None:
         pure = PurePath(filename)
@@ -390,6 +476,16 @@ class CheckpointRegistry:
 
     def titles(self) -> list[str]:
         return [info.title for info in self.list()]
+
+    def choices(self) -> list[tuple[str, str]]:
+        """`(label, title)` per checkpoint for lists: a file known not to load is marked in its label,
+        while the value stays the title A1111 clients send."""
+        return [(info.label, info.title) for info in self.list()]
+
+    def loadable_titles(self, *, excluding: CheckpointInfo | None = None) -> list[str]:
+        """Titles of the checkpoints not known to be broken, in list order (to offer instead)."""
+        return [info.title for info in self.list()
+                if info.problem is None and (excluding is None or info.filename != excluding.filename)]
 
     def __len__(self) -> int:
         with self._lock:
@@ -468,6 +564,50 @@ class CheckpointRegistry:
                 self._entries[info.filename] = _Entry(current.sort_key, updated)  # existing key: position kept
                 self._rebuild_aliases()
             return self._entries[info.filename].info
+
+
+    # ----- files that do not load
+
+    def mark_broken(self, info: CheckpointInfo, error: BaseException) -> CheckpointInfo:
+        """Remember that `info`'s file failed to load with `error` (a problem with the file's content);
+        it stays listed, marked, and is refused (`check_loadable`) until it changes on disk."""
+        problem = CheckpointProblem.from_error(error, info.filename, info.config_path)
+        if problem is None:
+            return info  # the file is gone; the next refresh drops it
+        return self._set_problem(info, problem)
+
+    def check_loadable(self, info: CheckpointInfo) -> CheckpointInfo:
+        """`info` as listed now; raises `BrokenCheckpointError` (a ValueError: bad input) if its file is
+        known not to load and has not changed since. A changed file loses its mark and is returned."""
+        with self._lock:
+            entry = self._entries.get(info.filename)
+        current = entry.info if entry is not None else info
+        problem = current.problem
+        if problem is None:
+            return current
+        if problem.still_applies(current.filename, current.config_path):
+            raise BrokenCheckpointError(current, self.loadable_titles(excluding=current))
+        logger.info("Checkpoint %s changed since it failed to load; trying it again", current.filename)
+        return self._set_problem(current, None)
+
+    def _set_problem(self, info: CheckpointInfo, problem: CheckpointProblem | None) -> CheckpointInfo:
+        with self._lock:
+            current = self._entries.get(info.filename)
+            if current is None:
+                return dataclasses.replace(info, problem=problem)  # not listed (any more): nothing to update
+            updated = dataclasses.replace(current.info, problem=problem)
+            self._entries[info.filename] = _Entry(current.sort_key, updated)  # existing key: position kept
+            self._rebuild_aliases()
+            return updated
+
+
+def _mtime_or_none(path: str | os.PathLike | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def _list_folder(folder: str) -> set[str]:

@@ -48,6 +48,8 @@ _OPENAI_CLIP_TARGETS = ("FrozenCLIPEmbedder",)
 class ModelConfigError(ValueError):
     """A config (usually a user's `.yaml`) that cannot describe the checkpoint."""
 
+    short_reason = "its config does not fit"  # how checkpoint lists mark the file
+
 
 @dataclass(frozen=True)
 class TextEncoderSpec:

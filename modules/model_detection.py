@@ -80,6 +80,8 @@ class Detection:
 class UnsupportedCheckpointError(ValueError):
     """The file is a checkpoint of a kind Atelier cannot load as a Stable Diffusion model."""
 
+    short_reason = "not a model Atelier can load"  # how checkpoint lists mark the file
+
 
 def normalize_keys(keys: Sequence[str], shapes: Shapes) -> dict[str, str]:
     """Map file keys to the canonical names loading uses (A1111.md §1.8).

@@ -45,6 +45,8 @@ VAE_TRAINING_SCALARS = ("model_ema.decay", "model_ema.num_updates")
 class CheckpointLoadError(ValueError):
     """Loading a checkpoint failed; the message names the file and what to do."""
 
+    short_reason = "cannot be loaded"  # how checkpoint lists mark the file
+
 
 @dataclass(frozen=True)
 class LoadOptions:

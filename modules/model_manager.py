@@ -143,14 +143,21 @@ class ModelManager:
         """Make the checkpoint named `title` (any alias) current, loading it if it is not cached.
 
         A checkpoint that fails to load leaves the previous one current (reloading it from disk if
-        it had to be evicted to make room) and re-raises the error.
+        it had to be evicted to make room) and re-raises the error. A failure that is the file's
+        fault (a ValueError: truncated, not a checkpoint, refused pickle) marks it in the registry,
+        and asking for it again raises `BrokenCheckpointError` at once, until the file changes.
         """
         info = self.registry.find(title)
         key = str(info.filename)
         with self._lock:
             if key in self._loaded:
                 return self._activate(key)
-            self._preflight(info)
+            info = self.registry.check_loadable(info)
+            try:
+                self._preflight(info)
+            except ValueError as error:
+                self.registry.mark_broken(info, error)
+                raise
             limit = max(1, int(self._limit()))
             previous_info = self._infos.get(self._current_key) if self._current_key else None
             evicted_current = False
@@ -160,7 +167,9 @@ class ModelManager:
                 self._evict(evicted_key)
             try:
                 model, info = self._load_from_disk(info)
-            except Exception:
+            except Exception as error:
+                if isinstance(error, ValueError):
+                    self.registry.mark_broken(info, error)
                 if evicted_current and previous_info is not None:
                     log.warning("loading %s failed; reloading the previous checkpoint %s", info.name,
                                 previous_info.name)

@@ -102,6 +102,8 @@ _ALLOWLIST_LOCK = threading.RLock()
 class PickledCheckpointError(ValueError):
     """A pickled checkpoint could not be loaded. `path` is the file."""
 
+    short_reason = "damaged or unreadable .ckpt"  # how checkpoint lists mark the file
+
     def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
         super().__init__(message)
         self.path = None if path is None else os.fspath(path)
@@ -113,6 +115,8 @@ class UnsafeCheckpointError(PickledCheckpointError):
     `forbidden` lists the globals (``module.name``) it references that are not allowed, in the
     order they appear; it is empty when the refusal is for another reason (see the message).
     """
+
+    short_reason = "refused: loading it could run code it contains"
 
     def __init__(
         self,

@@ -52,6 +52,8 @@ _ALIGNMENT = 8
 class SafetensorsFormatError(ValueError):
     """The file is not a readable safetensors file (truncated, corrupt, or another format)."""
 
+    short_reason = "damaged or incomplete (an interrupted download?)"  # how checkpoint lists mark it
+
 
 @dataclass(frozen=True)
 class TensorSpec:

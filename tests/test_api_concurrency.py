@@ -69,3 +69,55 @@ def test_many_clients_at_once_each_get_their_own_answers_in_fifo_order(server_an
         assert earlier.finished_at <= later.started_at
     distinct_images = {result.image.tobytes() for results in answers.values() for result in results}
     assert len(distinct_images) == CLIENTS * REQUESTS_PER_CLIENT  # 40 seeds, 40 different pictures
+
+
+def test_broken_files_sorting_first_do_not_stop_generation(tmp_path):
+    """An interrupted download and a garbage file sort before the only good checkpoint, and nothing is
+    chosen: the start-up load (running in the background, as the server starts it) skips them, every
+    request naming no checkpoint is served by the good one, and a request naming a broken file gets a
+    422 that says why and what to do."""
+    from modules.api.server import start_background_load
+    from tests.test_checkpoint_problems import GARBAGE, GOOD, TRUNCATED, write_library
+
+    write_library(tmp_path / "models" / "Stable-diffusion", broken=(TRUNCATED, GARBAGE))
+    context = make_context(tmp_path, names=(), load=False)
+    assert [info.name for info in context.checkpoints.list()] == [TRUNCATED, GARBAGE, GOOD]
+    try:
+        with serving(create_app(context, api=True)) as server:
+            start_background_load(context)  # requests may arrive while it runs
+            barrier = threading.Barrier(CLIENTS)
+            answers: dict[int, list] = {}
+            failures: list[BaseException] = []
+
+            def client(number: int) -> None:
+                try:
+                    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+                    barrier.wait(WAIT)
+                    answers[number] = [api.txt2img(prompt=f"client {number}", seed=100 * number + i, width=64,
+                                                   height=64) for i in range(REQUESTS_PER_CLIENT)]
+                except BaseException as e:  # noqa: BLE001 - reported below, with the others
+                    failures.append(e)
+
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT)
+            assert not failures, failures[0]
+            results = [result for number in sorted(answers) for result in answers[number]]
+            assert len(results) == CLIENTS * REQUESTS_PER_CLIENT
+            assert all(len(result.images) == 1 for result in results)
+            assert {parse_generation_parameters(r.image.info["parameters"])["Model"] for r in results} == {"good"}
+            assert {s.title for s in context.load_state.skipped} == {TRUNCATED, GARBAGE}
+
+            api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+            with pytest.raises(RuntimeError) as refused:
+                api.txt2img(prompt="x", width=64, height=64, override_settings={"sd_model_checkpoint": TRUNCATED})
+            status, body = refused.value.args
+            assert status == 422 and "cannot be loaded" in body and "truncated" in body
+            assert "Replace or delete the file" in body and GOOD in body
+            response = api.session.post(f"{api.baseurl}/options", json={"sd_model_checkpoint": GARBAGE})
+            assert response.status_code == 422 and "cannot be loaded" in response.json()["detail"]
+            assert context.models.current_info().name == GOOD  # nothing changed
+    finally:
+        context.jobs.shutdown(timeout=WAIT)

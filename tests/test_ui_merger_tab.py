@@ -76,7 +76,7 @@ def test_build_uses_the_contract_ids(context):
     assert CONTRACT_IDS <= ids
     [(load, outputs)] = shared.page_loads  # the shell runs it when a page opens: lists as they are now
     updates = load()
-    assert len(updates) == len(outputs) and updates[0]["choices"] == context.checkpoints.titles()
+    assert len(updates) == len(outputs) and updates[0]["choices"] == context.checkpoints.choices()
     with gr.Blocks():  # no top bar in a unit test
         merger_tab.build(context, UiShared())
 
@@ -90,7 +90,7 @@ def test_merge_from_widget_values_saves_and_lists_the_result(context, handlers, 
     title = context.checkpoints.find(path.name).title
     assert title.startswith("0.7(a) + 0.3(b).safetensors [")  # hashed while written
     for update in (primary, secondary, tertiary, top_bar):
-        assert title in update["choices"]
+        assert (title, title) in update["choices"]  # (label, value): a good file is labelled by its title
     # The selections follow their checkpoints, whose titles gained a hash during the merge.
     assert primary["value"] == context.checkpoints.find("a").title and "[" in primary["value"]
     assert tertiary["value"] is None

@@ -52,7 +52,7 @@ def test_status_says_what_is_loaded_and_while_loading(context):
 
 
 def test_switch_loads_the_checkpoint_and_remembers_it(context):
-    b_title = next(t for t in checkpoint_choices(context) if t.startswith("b.safetensors"))
+    b_title = next(title for _, title in checkpoint_choices(context) if title.startswith("b.safetensors"))
     _, done = final(switch_checkpoint(context, b_title, poll_seconds=0.01))
     assert context.models.current_info().name == "b.safetensors"
     assert done.title == current_checkpoint_title(context) == context.models.current_info().title
@@ -65,7 +65,7 @@ def test_switch_loads_the_checkpoint_and_remembers_it(context):
 
 def test_failed_switch_shows_the_error_and_keeps_the_previous_model(context):
     before = context.models.current_info()
-    broken = next(t for t in checkpoint_choices(context) if t.startswith("broken"))
+    broken = next(title for _, title in checkpoint_choices(context) if title.startswith("broken"))
     _, done = final(switch_checkpoint(context, broken, poll_seconds=0.01))
     assert "Could not load broken.safetensors" in done.status_html and "class='error'" in done.status_html
     assert f"Still using {before.title}" in done.status_html
@@ -84,7 +84,7 @@ def test_switch_waits_for_the_running_job(context):
     job = context.jobs.submit(blocker, kind="test")
     assert started.wait(WAIT)
     other = "a.safetensors" if context.models.current_info().name != "a.safetensors" else "b.safetensors"
-    target = next(t for t in checkpoint_choices(context) if t.startswith(other))
+    target = next(title for _, title in checkpoint_choices(context) if title.startswith(other))
     updates = switch_checkpoint(context, target, poll_seconds=0.01)
     first = next(updates)
     assert not first.finished and "after the running job" in first.status_html

@@ -188,12 +188,14 @@ def test_interrupt_reaches_only_this_pages_job_or_a_running_txt2img_job(queue):
     assert someone_elses.wait(WAIT).state == "interrupted"
 
 
-def test_no_checkpoint_is_a_clear_error(queue, tmp_path):
-    fake = SimpleNamespace(jobs=queue, models=SimpleNamespace(current=lambda: None),
-                           startup_checkpoint_title=lambda: None, paths=SimpleNamespace(checkpoint_dirs=[tmp_path]))
-    outcome = follow_until_done(submit_txt2img(fake, build_request({"prompt": "x"})))
-    assert outcome.error.startswith("RuntimeError: no checkpoint is available; put a .safetensors or .ckpt file in")
-    assert str(tmp_path) in outcome.error
+def test_no_checkpoint_is_a_clear_error(tmp_path):
+    context = make_context(tmp_path, checkpoints=(), load=False)
+    try:
+        outcome = follow_until_done(submit_txt2img(context, build_request({"prompt": "x"})))
+    finally:
+        context.jobs.shutdown()
+    assert "No checkpoints are listed. Put .safetensors or .ckpt files in" in outcome.error
+    assert str(tmp_path / "models" / "Stable-diffusion") in outcome.error
 
 
 def test_a_generation_loads_the_checkpoint_when_none_is(tmp_path):

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
-from modules.api.errors import ApiError, bad_request, exception_to_api_error, not_found
+from modules.api.errors import ApiError, bad_request, exception_to_api_error
 from modules.api.schemas import MergeResponse, SDModelItem, SDVaeItem
 from modules.api.state import ApiState, require_running_queue
 from modules.merger import MergeRequest
@@ -71,7 +71,8 @@ def set_options(context, changes: dict[str, Any]) -> None:
                       "POST /sdapi/v1/refresh-vae after adding a file")
     if errors:
         raise bad_request("; ".join(errors))
-    title = context.checkpoints.find(wanted).title if wanted else None  # CheckpointNotFoundError -> 404
+    # CheckpointNotFoundError -> 404; a file known not to load -> 422 (BrokenCheckpointError)
+    title = context.checkpoints.check_loadable(context.checkpoints.find(wanted)).title if wanted else None
     if title is not None:
         context.between_jobs(lambda: context.switch_checkpoint(title))
     context.settings_changed(context.settings.apply(changes))
@@ -118,11 +119,7 @@ def build_router(context, state: ApiState) -> APIRouter:
             if context.models.current_info() is not None:
                 context.models.reload_current()
                 return
-            title = context.startup_checkpoint_title()
-            if title is None:
-                raise not_found("no checkpoint to load; put one in models/Stable-diffusion and call "
-                                "POST /sdapi/v1/refresh-checkpoints", name="CheckpointNotFoundError")
-            context.models.load(title)
+            context.load_default_model()
 
         await state.blocking(lambda: context.between_jobs(reload))
 

@@ -60,13 +60,16 @@ def _add_status_page(app: FastAPI, context: AppContext) -> None:
         if model is not None:
             line = f"Loaded: <b>{html.escape(model.name)}</b> ({html.escape(str(model.architecture))}, " \
                    f"{html.escape(model.device.type)}, {str(model.dtype).removeprefix('torch.')})"
+            if state.skipped:
+                line += html.escape(f"; skipped {len(state.skipped)} that cannot be loaded: "
+                                    + "; ".join(f"{s.title} ({s.reason})" for s in state.skipped))
         elif state.loading:
             line = "Loading checkpoint…"
         elif state.error:
             line = f"Load failed: {html.escape(state.error)}"
         else:
             line = "No checkpoint loaded."
-        items = "".join(f"<li>{html.escape(info.title)}</li>" for info in context.checkpoints.list())
+        items = "".join(f"<li>{html.escape(info.label)}</li>" for info in context.checkpoints.list())
         return (f"<!doctype html><title>Atelier</title><h1>Atelier</h1><p>{line}</p>"
                 f"<h2>Checkpoints</h2><ul>{items or '<li>none</li>'}</ul>"
                 "<p>This server runs without the web UI; the API is described at <a href='/docs'>/docs</a>.</p>")

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import ValidationError
 
-from modules.api.errors import bad_request, describe_validation_error, exception_to_api_error, not_found
+from modules.api.errors import bad_request, describe_validation_error, exception_to_api_error
 from modules.api.images import encode_png
 from modules.api.routes_models import api_setting_errors
 from modules.api.schemas import TextToImageResponse, Txt2ImgApiRequest
@@ -161,7 +161,8 @@ def _checked_overrides(body: Txt2ImgApiRequest, checkpoints, stored, locked: fro
     clean = validate_changes(overrides)  # ValueError naming key and rule -> 422
     wanted = clean.get("sd_model_checkpoint")
     if wanted:
-        clean["sd_model_checkpoint"] = checkpoints.find(wanted).title  # CheckpointNotFoundError -> 404
+        # CheckpointNotFoundError -> 404; a file known not to load -> 422 (BrokenCheckpointError)
+        clean["sd_model_checkpoint"] = checkpoints.check_loadable(checkpoints.find(wanted)).title
         # The field, not the stored setting, decides for this request (A1111's API default is true).
         clean["override_settings_restore_afterwards"] = body.override_settings_restore_afterwards
     return clean
@@ -226,13 +227,10 @@ def run_job(prepared: PreparedTxt2Img, context, control) -> GenerationResult:
     """The work function: on the worker thread, with the GPU to itself."""
     generation = prepared.generation
     control.set_info("job_count", generation.n_iter)
-    if context.models.current() is None and "sd_model_checkpoint" not in generation.override_settings:
-        # Nothing loaded (start-up load skipped or failed, or unloaded): load as A1111 does on first use.
-        title = context.startup_checkpoint_title()
-        if title is None:
-            raise not_found("no checkpoint is available; put one in models/Stable-diffusion and call "
-                            "POST /sdapi/v1/refresh-checkpoints", name="CheckpointNotFoundError")
-        context.models.load(title)
+    if "sd_model_checkpoint" not in generation.override_settings:
+        # The loaded model; with none (start-up load skipped or failed, or unloaded), the start-up
+        # choice, loaded as A1111 does on first use (a 404 or a 422 that says why when none loads).
+        context.load_default_model()
     result = run_txt2img(context, generation, control, save=prepared.save, selection=prepared.selection)
     if prepared.persist_overrides:
         # override_settings_restore_afterwards=false: the overrides become the settings (A1111).

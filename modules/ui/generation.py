@@ -58,17 +58,11 @@ def submit_txt2img(context, request: GenerationRequest, selection: ScriptSelecti
     """Queue `request` on the generation queue, with the extensions' scripts (`selection`: the
     Script dropdown and the scripts' controls). Saving follows the `samples_save` setting (A1111's
     UI). With no checkpoint loaded (start-up load skipped or failed), the job loads the start-up one
-    first, as A1111 does on first use."""
+    first, as A1111 does on first use (`AppContext.load_default_model`)."""
 
     def work(control):
         control.set_info("job_count", request.n_iter)  # /sdapi/v1/progress reports "Batch i out of n"
-        if context.models.current() is None:
-            title = context.startup_checkpoint_title()
-            if title is None:
-                folders = ", ".join(str(folder) for folder in context.paths.checkpoint_dirs)
-                raise RuntimeError(f"no checkpoint is available; put a .safetensors or .ckpt file in {folders} "
-                                   "and press \U0001f504 next to the checkpoint list")
-            context.models.load(title)
+        context.load_default_model()
         return run_txt2img(context, request, control, selection=selection)
 
     return context.jobs.submit(work, kind="txt2img", description=describe_request(request))

@@ -231,8 +231,9 @@ class MergerHandlers:
 
     # -- choices -------------------------------------------------------------------------------
 
-    def checkpoint_titles(self) -> list[str]:
-        return self.context.checkpoints.titles()
+    def checkpoint_choices(self) -> list[tuple[str, str]]:
+        """`(label, title)`: a file known not to load says why in its label (its value is the title)."""
+        return self.context.checkpoints.choices()
 
     def vae_choices(self) -> list[str]:
         return ["None", *self.context.vaes.names()]
@@ -249,13 +250,13 @@ class MergerHandlers:
     def model_dropdown_updates(self, *selected: str | None) -> list[dict]:
         """Fresh choices for A, B, C (their selections kept, under their current titles), then for the
         top bar's dropdown when there is one (its selection is the top bar's business)."""
-        titles = self.checkpoint_titles()
-        updates = [gr.update(choices=titles, value=self._title(value)) for value in selected]
+        choices = self.checkpoint_choices()
+        updates = [gr.update(choices=choices, value=self._title(value)) for value in selected]
         if self.top_bar_dropdown:
             from modules.ui.top_bar import model_status
 
             # The status line says what is loaded now: after "Merge and load", the trial merge.
-            updates += [gr.update(choices=titles), model_status(self.context)[0]]
+            updates += [gr.update(choices=choices), model_status(self.context)[0]]
         return updates
 
     def refresh(self, primary, secondary, tertiary, bake_in_vae) -> list[dict]:
@@ -268,8 +269,8 @@ class MergerHandlers:
 
     def choices_on_load(self) -> list[dict]:
         """On page load: the lists as they are now (the page may be older than the last merge)."""
-        titles = self.checkpoint_titles()
-        return [gr.update(choices=titles), gr.update(choices=titles), gr.update(choices=titles),
+        choices = self.checkpoint_choices()
+        return [gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices),
                 gr.update(choices=self.vae_choices())]
 
     # -- merging -------------------------------------------------------------------------------
@@ -385,7 +386,7 @@ def build(context, shared) -> None:
     """Build the tab inside the current `gr.Tab` (see modules.ui.shared for the element ids)."""
     top_bar = [shared.checkpoint_dropdown, shared.model_status] if shared.checkpoint_dropdown is not None else []
     handlers = MergerHandlers(context, top_bar_dropdown=bool(top_bar))
-    titles = handlers.checkpoint_titles()
+    checkpoints = handlers.checkpoint_choices()
     method_names = list(MERGE_METHODS)
     form: dict[str, Any] = {}
 
@@ -394,11 +395,11 @@ def build(context, shared) -> None:
             gr.HTML("<p>A merger of the selected checkpoints. The result is saved in the checkpoint folder "
                     "and listed at once; <b>Merge and load</b> tries it as the current model without saving.</p>")
             with gr.Row():
-                form["primary"] = gr.Dropdown(titles, value=None, label="Primary model (A)",
+                form["primary"] = gr.Dropdown(checkpoints, value=None, label="Primary model (A)",
                                               elem_id="modelmerger_primary_model_name")
-                form["secondary"] = gr.Dropdown(titles, value=None, label="Secondary model (B)",
+                form["secondary"] = gr.Dropdown(checkpoints, value=None, label="Secondary model (B)",
                                                 elem_id="modelmerger_secondary_model_name")
-                form["tertiary"] = gr.Dropdown(titles, value=None, label="Tertiary model (C)",
+                form["tertiary"] = gr.Dropdown(checkpoints, value=None, label="Tertiary model (C)",
                                                elem_id="modelmerger_tertiary_model_name")
                 refresh = gr.Button("🔄", elem_id="modelmerger_refresh", scale=0, min_width=40)
             form["custom_name"] = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_custom_name",

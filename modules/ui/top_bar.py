@@ -29,8 +29,10 @@ POLL_SECONDS = 0.25
 # --- plain functions (no gradio values in or out) -------------------------------------------------
 
 
-def checkpoint_choices(context) -> list[str]:
-    return context.checkpoints.titles()
+def checkpoint_choices(context) -> list[tuple[str, str]]:
+    """`(label, title)` pairs: a file known not to load says why in its label; the value stays the
+    title, which is what the setting stores and A1111 clients send."""
+    return context.checkpoints.choices()
 
 
 def current_checkpoint_title(context) -> str | None:
@@ -40,11 +42,20 @@ def current_checkpoint_title(context) -> str | None:
     return info.title if info is not None else context.startup_checkpoint_title()
 
 
+def skipped_note(skipped) -> str:
+    """The checkpoints the start-up load passed over, for the status line (empty when none)."""
+    if not skipped:
+        return ""
+    listed = "; ".join(f"{s.title} ({s.reason})" for s in skipped)
+    return (f"<span class='model-status skipped'> — skipped {len(skipped)} that cannot be loaded: "
+            f"{html.escape(listed)}. They stay in the list, marked, until their files change.</span>")
+
+
 def model_status(context) -> tuple[str, bool]:
     """(status HTML, whether the start-up load is still running)."""
     state = context.load_state
     with state.lock:
-        loading, error = state.loading, state.error
+        loading, error, skipped = state.loading, state.error, state.skipped
     if loading:
         return "<span class='model-status loading'>Loading checkpoint…</span>", True
     model, info = context.models.current(), context.models.current_info()
@@ -53,6 +64,7 @@ def model_status(context) -> tuple[str, bool]:
         details = f"{model.architecture}, {model.device.type}, {str(model.dtype).removeprefix('torch.')}"
         status = (f"<span class='model-status loaded'>Loaded <b>{html.escape(name)}</b> "
                   f"({html.escape(details)})</span>")
+        status += skipped_note(skipped)
         if info is not None and Path(info.filename).name == DEMO_CHECKPOINT_NAME:
             folder = html.escape(str(context.paths.checkpoints_dir))
             status += (f"<span class='model-status demo'> — a demo checkpoint with RANDOM weights: it draws noise. "
