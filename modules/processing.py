@@ -488,6 +488,7 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
     from modules.sampling import schedules as sch
     from modules.sampling.registry import build_sigmas, resolve_sampler, total_steps
     from modules.sampling.timesteps import a1111_timesteps
+    from modules.sampling.unet_sizes import a1111_upsample_sizes
 
     control = control or _NullControl()
     hooks = hooks or GenerationHooks()
@@ -534,7 +535,7 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
     per_iteration = request.steps + (_hires_steps(request) if request.enable_hr else 0)
     total = request.n_iter * per_iteration
 
-    with seamless_tiling(model, request.tiling), torch.inference_mode():
+    with seamless_tiling(model, request.tiling), a1111_upsample_sizes(model.unet), torch.inference_mode():
         for iteration in range(request.n_iter):
             plan.start_batch(iteration, request.batch_size)
             hooks.before_process_batch(plan)
