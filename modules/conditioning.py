@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -68,6 +68,10 @@ class Conditioning:
 
     crossattn: torch.Tensor
     pooled: torch.Tensor | None = None
+
+
+class EncodingInterrupted(Exception):
+    """The job was interrupted while its prompts were being encoded (checked between chunks)."""
 
 
 class PromptTokenizer:
@@ -215,12 +219,19 @@ def _embedding_vectors(encoder: torch.nn.Module, fixes: list[list[tuple[int, tor
 
 
 class TextConditioner:
-    """Encodes prompts with a loaded model's text encoder(s). Create one per job (it is cheap)."""
+    """Encodes prompts with a loaded model's text encoder(s). Create one per job (it is cheap).
+
+    `should_stop` is polled before each chunk is encoded (the job's interrupt flag): a long prompt
+    is many encoder calls, and an interrupt must not wait for all of them. When it answers True,
+    `encode` raises `EncodingInterrupted`.
+    """
 
     def __init__(self, model, embeddings: Mapping[str, object] | None = None,
-                 options: ConditioningOptions = ConditioningOptions()):
+                 options: ConditioningOptions = ConditioningOptions(),
+                 should_stop: Callable[[], bool] | None = None):
         self.model = model
         self.options = options
+        self.should_stop = should_stop
         self.slots = encoder_slots(model)
         # All CLIP tokenizers share one vocabulary, so one chunking serves every encoder; each
         # encoder gets its own padding (`_ids_for`).
@@ -287,11 +298,24 @@ class TextConditioner:
             chunks += [self.tokenizer.empty_chunk() for _ in range(count - len(chunks))]
         zs, pooled = [], None
         for i in range(count):
+            if self.should_stop is not None and self.should_stop():
+                raise EncodingInterrupted(f"interrupted after {i} of {count} prompt chunks")
             z, chunk_pooled = self._encode_chunks([chunks[i] for chunks in per_prompt])
             zs.append(z)
             if i == 0:
                 pooled = chunk_pooled  # A1111 pools the first chunk
         return Conditioning(torch.cat(zs, dim=1), pooled)
+
+    def used_embeddings(self, texts: Sequence[str]) -> list:
+        """The embeddings that encoding `texts` as one batch places, each once, in the order A1111
+        meets them: chunk by chunk, and within a chunk text by text."""
+        per_text = [self.tokenizer.chunks(text)[0] for text in texts]
+        used: dict[str, object] = {}
+        for i in range(max(len(chunks) for chunks in per_text)):
+            for chunks in per_text:
+                for _, embedding in (chunks[i].fixes if i < len(chunks) else ()):
+                    used.setdefault(embedding.name, embedding)
+        return list(used.values())
 
     def token_count(self, text: str) -> tuple[int, int]:
         """(tokens used, token capacity of the chunks) for the UI's counter, e.g. (80, 150)."""
@@ -396,6 +420,23 @@ def get_multicond_learned_conditioning(conditioner: TextConditioner, prompts: Se
             parts.append(ComposableScheduledPromptConditioning(schedules, part.weight))
         batch.append(tuple(parts))
     return MulticondLearnedConditioning((len(prompts),), tuple(batch))
+
+
+def embedding_uses(conditioner: TextConditioner, prompts: Sequence[str], negatives: Sequence[str], steps: int,
+                   hires_steps: int | None = None, use_old_scheduling: bool = False) -> list[list]:
+    """The embeddings each of A1111's text-encoder calls for one batch places, in A1111's call order:
+    one call per distinct negative prompt, then one per distinct AND part of the prompts, each call
+    encoding the texts of that prompt's schedule. `TI hashes` is built from this (A1111 lists an
+    embedding once per call that uses it, so one in both prompt and negative prompt appears twice)."""
+    from modules.prompt_parser import schedule_composable_prompt, schedule_prompt
+
+    calls = [conditioner.used_embeddings([text for _, text in schedule_prompt(negative, steps, hires_steps,
+                                                                                use_old_scheduling)])
+             for negative in dict.fromkeys(negatives)]
+    parts = {part.text: part.schedule for prompt in dict.fromkeys(prompts)
+             for part in schedule_composable_prompt(prompt, steps, hires_steps, use_old_scheduling)}
+    calls += [conditioner.used_embeddings([text for _, text in schedule]) for schedule in parts.values()]
+    return calls
 
 
 def conditioning_at_step(schedules: Sequence, step: int) -> Conditioning:

@@ -106,7 +106,8 @@ def activate_extra_networks(model, networks: Mapping[str, Sequence], hypernetwor
             applied = stack.enter_context(apply_loras(model, lora_requests, loras, fuse=fuse))
             active.warnings.extend(applied.warnings)
             if applied.loaded:
-                active.infotext["Lora hashes"] = f'"{applied.infotext_hashes()}"'
+                # Plain text: the infotext writer quotes a value holding `:` or `,` (once).
+                active.infotext["Lora hashes"] = applied.infotext_hashes()
         for warning in active.warnings:
             log.warning("%s", warning)
         yield active

@@ -3,7 +3,8 @@
 One module owns the denoise loop. The path of a request: seeds per image → per batch: prompt tags
 parsed and extra networks attached for the batch → conditioning (schedules, AND, negative) → the
 first noise from per-image generators → the sampler, calling `CFGDenoiser` once per model
-evaluation (one batched UNet call for every AND part and the negative prompt) → optional hires pass
+evaluation (one batched UNet call for every AND part and the negative prompt, two when their token
+lengths differ, as in A1111) → optional hires pass
 (latent upscale, renoise to the denoising strength, second sampler run) → VAE decode → infotext.
 Progress, previews, interrupt and skip go through a `JobControl`-like object (modules.jobs).
 """
@@ -23,8 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from modules.conditioning import (
     ConditioningCache,
     ConditioningOptions,
+    EncodingInterrupted,
     TextConditioner,
     conditioning_at_step,
+    embedding_uses,
     get_learned_conditioning,
     get_multicond_learned_conditioning,
     sdxl_time_ids,
@@ -114,6 +117,22 @@ class GenerationRequest(BaseModel):
         if self.batch_size * self.n_iter > 800:
             raise ValueError(f"batch size × count = {self.batch_size * self.n_iter} images; at most 800 per request")
         return self
+
+
+class PromptTooLongError(ValueError):
+    """A prompt or negative prompt is longer than the `prompt_max_length` setting allows."""
+
+
+def check_prompt_length(prompt: str, negative_prompt: str, limit: int) -> None:
+    """Refuse a prompt or negative prompt over `limit` characters (setting `prompt_max_length`;
+    0 = no limit). Encoding holds the one worker, and a megabyte of prompt held it for seconds."""
+    if limit <= 0:
+        return
+    for field_name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        if len(text) > limit:
+            raise PromptTooLongError(
+                f"{field_name} is {len(text):,} characters long; the limit is {limit:,} (setting prompt_max_length, "
+                "Settings → Sampling). Shorten it, or ask the server's operator to raise the limit")
 
 
 @dataclass
@@ -248,63 +267,116 @@ class _NullControl:
 
 
 def _pad_to_length(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack conds of different token lengths by repeating each one's last vector (A1111's rule)."""
+    """Stack conds of different token lengths by repeating each one's last vector (A1111's rule for
+    the AND parts and prompts of one batch, `reconstruct_multicond_batch`)."""
     length = max(t.shape[1] for t in tensors)
     padded = [t if t.shape[1] == length else torch.cat([t, t[:, -1:].expand(-1, length - t.shape[1], -1)], dim=1)
               for t in tensors]
     return torch.cat(padded, dim=0)
 
 
+COND_PADDING_MODES = ("none", "empty", "last")
+
+
+def pad_cond_uncond(cond: torch.Tensor, uncond: torch.Tensor, mode: str,
+                    empty: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make the prompt's and the negative prompt's token lengths equal, as A1111's settings do.
+
+    - "none" (A1111's default): unchanged; the two are then denoised in separate UNet calls.
+    - "empty" (`pad_cond_uncond`, "Pad conds"): the shorter one gets copies of the empty prompt's
+      77-token conditioning `empty` [1, 77, width] appended.
+    - "last" (`pad_cond_uncond_v0`, "Pad conds v0"): only the negative changes — its last vector is
+      repeated up to the prompt's length, or it is cut to that length when longer.
+    """
+    if mode not in COND_PADDING_MODES:
+        raise ValueError(f"cond padding must be one of {list(COND_PADDING_MODES)}, got {mode!r}")
+    missing = cond.shape[1] - uncond.shape[1]
+    if mode == "none" or missing == 0:
+        return cond, uncond
+    if mode == "last":
+        if missing > 0:
+            return cond, torch.cat([uncond, uncond[:, -1:].expand(-1, missing, -1)], dim=1)
+        return cond, uncond[:, :cond.shape[1]]
+    if empty is None:
+        raise ValueError("padding with the empty prompt needs the empty prompt's conditioning")
+    repeats = abs(missing) // empty.shape[1]
+    empty = empty.to(cond.dtype)
+    if missing > 0:
+        return cond, torch.cat([uncond, empty.repeat(uncond.shape[0], repeats, 1)], dim=1)
+    return torch.cat([cond, empty.repeat(cond.shape[0], repeats, 1)], dim=1), uncond
+
+
 class CFGDenoiser:
-    """Classifier-free guidance with AND weights (composable diffusion), one UNet call per evaluation.
+    """Classifier-free guidance with AND weights (composable diffusion).
 
     `denoised = uncond + Σ_i (cond_i − uncond) · w_i · cfg_scale` (A1111.md §3.4). The conditioning of
     each part is taken at the current model evaluation count, which is what A1111's prompt-editing
     steps count. `inner(x, sigma, context, added)` returns what the sampler expects (x0 for sigma
     samplers, eps for timestep samplers); CFG is linear, so the same combination serves both.
+
+    The AND parts of the batch are stacked to one token length (last vector repeated), and so are the
+    negative prompts. When the prompt and the negative prompt then differ in length (a prompt over 75
+    tokens or with BREAK, and a short negative), A1111 by default pads neither: the prompt rows and
+    the negative rows go through the UNet in two calls, each at its own length. Padding one of them
+    would add keys to cross-attention and change its softmax, so the image would differ. With equal
+    lengths there is one batched call. `cond_padding` selects A1111's optional paddings
+    (`pad_cond_uncond`); `padded` tells whether one was applied (the infotext records it).
     """
 
-    def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None, observer=None):
+    def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None, observer=None, *,
+                 cond_padding: str = "none", empty_cond: torch.Tensor | None = None):
         self.inner = inner
         self.observer = observer  # GenerationHooks.denoiser_observer
         self.cond = cond  # MulticondLearnedConditioning for this batch
         self.uncond = uncond  # per image: schedules
         self.cfg_scale = cfg_scale
         self.sdxl_vector = sdxl_vector  # time ids [1, n] for SDXL, else None
+        self.cond_padding = cond_padding
+        self.empty_cond = empty_cond  # the empty prompt's [1, 77, width], for cond_padding "empty"
+        self.padded = False
         self.step = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
         batch = x.shape[0]
-        contexts, pooled, repeats, weights = [], [], [], []
+        conds, weights, image_of_row = [], [], []
         for i in range(batch):
-            parts = self.cond.batch[i]
-            for part in parts:
-                c = conditioning_at_step(part.schedules, self.step)
-                contexts.append(c.crossattn)
-                pooled.append(c.pooled)
-                weights.append((i, part.weight))
-            repeats.append(len(parts))
-        for i in range(batch):
-            u = conditioning_at_step(self.uncond[i], self.step)
-            contexts.append(u.crossattn)
-            pooled.append(u.pooled)
-        index = torch.tensor([i for i, n in enumerate(repeats) for _ in range(n)] + list(range(batch)),
-                             device=x.device)
-        x_in = x[index]
-        sigma_in = sigma[index] if sigma.ndim else sigma.expand(len(index))
-        context = _pad_to_length(contexts)
+            for part in self.cond.batch[i]:
+                conds.append(conditioning_at_step(part.schedules, self.step))
+                weights.append(part.weight)
+                image_of_row.append(i)
+        unconds = [conditioning_at_step(self.uncond[i], self.step) for i in range(batch)]
+        cond_context = _pad_to_length([c.crossattn for c in conds])
+        uncond_context = _pad_to_length([u.crossattn for u in unconds])
+        # As A1111, `padded` tells about the last evaluation.
+        self.padded = cond_context.shape[1] != uncond_context.shape[1] and self.cond_padding != "none"
+        if self.padded:
+            cond_context, uncond_context = pad_cond_uncond(cond_context, uncond_context, self.cond_padding,
+                                                           self.empty_cond)
         if self.observer is not None:
-            n_cond = sum(repeats)
-            self.observer(x, sigma, self.step, context[:n_cond], context[n_cond:])
-        added = None
+            self.observer(x, sigma, self.step, cond_context, uncond_context)
+
+        rows = torch.tensor(image_of_row, device=x.device)
+        x_cond = x[rows]
+        sigma_cond = sigma[rows] if sigma.ndim else sigma.expand(len(rows))
+        sigma_uncond = sigma if sigma.ndim else sigma.expand(batch)
+        added_cond = added_uncond = None
         if self.sdxl_vector is not None:
-            added = {"text_embeds": torch.cat(pooled, dim=0),
-                     "time_ids": self.sdxl_vector.to(x.device).expand(len(index), -1)}
-        out = self.inner(x_in, sigma_in, context, added)
-        n_cond = sum(repeats)
-        out_cond, out_uncond = out[:n_cond], out[n_cond:]
+            time_ids = self.sdxl_vector.to(x.device)
+            added_cond = {"text_embeds": torch.cat([c.pooled for c in conds]),
+                          "time_ids": time_ids.expand(len(rows), -1)}
+            added_uncond = {"text_embeds": torch.cat([u.pooled for u in unconds]),
+                            "time_ids": time_ids.expand(batch, -1)}
+        if cond_context.shape[1] == uncond_context.shape[1]:
+            added = None if added_cond is None else {key: torch.cat([added_cond[key], added_uncond[key]])
+                                                     for key in added_cond}
+            out = self.inner(torch.cat([x_cond, x]), torch.cat([sigma_cond, sigma_uncond]),
+                             torch.cat([cond_context, uncond_context]), added)
+            out_cond, out_uncond = out[:len(rows)], out[len(rows):]
+        else:
+            out_cond = self.inner(x_cond, sigma_cond, cond_context, added_cond)
+            out_uncond = self.inner(x, sigma_uncond, uncond_context, added_uncond)
         denoised = out_uncond.clone()
-        for row, (image, weight) in enumerate(weights):
+        for row, (image, weight) in enumerate(zip(image_of_row, weights)):
             denoised[image] += (out_cond[row] - out_uncond[image]) * (weight * self.cfg_scale)
         self.step += 1
         return denoised
@@ -408,6 +480,9 @@ class EngineSettings:
     emphasis: str = "Original"
     comma_padding_backtrack: int = 20
     sdxl_clip_l_skip: bool = False
+    pad_cond_uncond: bool = False
+    pad_cond_uncond_v0: bool = False
+    prompt_max_length: int = 0  # characters; 0 = no limit
     add_model_hash_to_info: bool = True
     add_model_name_to_info: bool = True
     add_vae_name_to_info: bool = True
@@ -420,9 +495,16 @@ class EngineSettings:
                    clip_skip=settings["CLIP_stop_at_last_layers"], emphasis=settings["emphasis"],
                    comma_padding_backtrack=settings["comma_padding_backtrack"],
                    sdxl_clip_l_skip=settings["sdxl_clip_l_skip"],
+                   pad_cond_uncond=settings["pad_cond_uncond"], pad_cond_uncond_v0=settings["pad_cond_uncond_v0"],
+                   prompt_max_length=settings["prompt_max_length"],
                    add_model_hash_to_info=settings["add_model_hash_to_info"],
                    add_model_name_to_info=settings["add_model_name_to_info"],
                    add_vae_name_to_info=settings["add_vae_name_to_info"])
+
+    @property
+    def cond_padding(self) -> str:
+        """`CFGDenoiser`'s padding mode; A1111's v0 padding wins when both are on."""
+        return "last" if self.pad_cond_uncond_v0 else "empty" if self.pad_cond_uncond else "none"
 
 
 def _call_sampler(function, denoiser, x, schedule_or_timesteps, *, kind, alphas_cumprod, callback, noise,
@@ -489,6 +571,7 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
     from modules.sampling.registry import build_sigmas, resolve_sampler, total_steps
     from modules.sampling.timesteps import a1111_timesteps
     from modules.sampling.unet_sizes import a1111_upsample_sizes
+    from modules.textual_inversion import ti_hashes_infotext
 
     control = control or _NullControl()
     hooks = hooks or GenerationHooks()
@@ -501,6 +584,8 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                           list(seeds), list(subseeds))
     hooks.process(plan)
     plan.check(request)
+    for prompt, negative_prompt in zip(plan.all_prompts, plan.all_negative_prompts):
+        check_prompt_length(prompt, negative_prompt, settings.prompt_max_length)
     request = plan.request
     seeds, subseeds = plan.all_seeds, plan.all_subseeds
     sampler, scheduler_from_name = resolve_sampler(request.sampler_name)
@@ -516,8 +601,9 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
         embeddings.refresh()
         found = embeddings.for_model(embedding_widths(model))
         loaded_embeddings = found.loaded
-    conditioner = TextConditioner(model, loaded_embeddings, options)
+    conditioner = TextConditioner(model, loaded_embeddings, options, should_stop=lambda: control.interrupted)
     cache = ConditioningCache()
+    empty_cond = None  # the empty prompt's conditioning, for the "Pad conds" setting
     alphas_cumprod = _alphas_cumprod(model)
     # On the model's device: the denoiser maps each sigma to a timestep against this table. LCM
     # samples on its own 50-step table (A1111's LCM sampler does the same).
@@ -549,9 +635,17 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                         result.warnings.append(warning)
                         control.add_info(warning)
                 steps_for_prompts = total_steps(sampler, request.steps)
-                with _timed(result, "conditioning"):
-                    cond = get_multicond_learned_conditioning(conditioner, prompts, steps_for_prompts, cache=cache)
-                    uncond = get_learned_conditioning(conditioner, negatives, steps_for_prompts, cache=cache)
+                try:
+                    with _timed(result, "conditioning"):
+                        uncond = get_learned_conditioning(conditioner, negatives, steps_for_prompts, cache=cache)
+                        cond = get_multicond_learned_conditioning(conditioner, prompts, steps_for_prompts, cache=cache)
+                        if settings.cond_padding == "empty" and empty_cond is None:
+                            empty_cond = conditioner.encode([""]).crossattn
+                except EncodingInterrupted:
+                    result.interrupted = True
+                    break
+                ti_hashes = ti_hashes_infotext(embedding_uses(conditioner, prompts, negatives, steps_for_prompts)) \
+                    if loaded_embeddings else None
                 rng = ImageRNG((4, request.height // 8, request.width // 8), batch_seeds, batch_subseeds,
                                request.subseed_strength, request.seed_resize_from_h, request.seed_resize_from_w,
                                source=settings.randn_source, device=model.device,
@@ -563,7 +657,8 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                         _sigma_inner(model, schedule, is_lcm) if sampler.kind == "sigmas" else
                         _timestep_inner(model, alphas_cumprod), first_pass_cond, first_pass_uncond,
                         request.cfg_scale, time_ids,
-                        hooks.denoiser_observer(plan, len(sigmas_or_steps) - (sampler.kind == "sigmas")))
+                        hooks.denoiser_observer(plan, len(sigmas_or_steps) - (sampler.kind == "sigmas")),
+                        cond_padding=settings.cond_padding, empty_cond=empty_cond)
                     def callback(step):
                         control.report(progress_offset + step.i + 1, total,
                                        lambda d=step.denoised: latent_preview(d, family))
@@ -578,6 +673,10 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                                              noise=noise_fn, options=sampler.options, eta=eta), None
                     except StopSampling as stop:
                         return stop.x, stop
+                    finally:
+                        if denoiser.padded:
+                            plan.extra_generation_params[
+                                "Pad conds v0" if settings.cond_padding == "last" else "Pad conds"] = True
 
                 x = rng.next().float()
                 with _timed(result, "sampling"):
@@ -606,7 +705,7 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                 result.infotexts.append(_infotext(request, model, checkpoint_info, sampler, scheduler,
                                                   seeds[index], subseeds[index], clip_skip, settings, eta,
                                                   {**active.infotext, **plan.extra_generation_params},
-                                                  loaded_embeddings, plan.all_prompts[index],
+                                                  ti_hashes, plan.all_prompts[index],
                                                   plan.all_negative_prompts[index]))
             if stopped is not None and stopped.interrupted:
                 result.interrupted = True
@@ -719,8 +818,11 @@ def _hires_pass(request, model, sampler, scheduler, schedule, samples, condition
     steps = _hires_steps(request)
     hires_total = total_steps(sampler, steps)
     base_total = total_steps(sampler, request.steps)
-    cond = get_multicond_learned_conditioning(conditioner, prompts, base_total, hires_total, cache=cache)
-    uncond = get_learned_conditioning(conditioner, negatives, base_total, hires_total, cache=cache)
+    try:
+        uncond = get_learned_conditioning(conditioner, negatives, base_total, hires_total, cache=cache)
+        cond = get_multicond_learned_conditioning(conditioner, prompts, base_total, hires_total, cache=cache)
+    except EncodingInterrupted:
+        return samples, StopSampling(samples, interrupted=True)  # the first pass's image is kept
     hr_rng = ImageRNG((4, height // 8, width // 8), seeds, subseeds, request.subseed_strength,
                       request.seed_resize_from_h, request.seed_resize_from_w, source=settings.randn_source,
                       device=model.device)
@@ -748,7 +850,7 @@ def _decode(model, samples: torch.Tensor, result: GenerationResult) -> list:
 
 
 def _infotext(request, model, checkpoint_info, sampler, scheduler, seed, subseed, clip_skip, settings, eta,
-              network_fields, embeddings, prompt, negative_prompt) -> str:
+              network_fields, ti_hashes, prompt, negative_prompt) -> str:
     from modules.infotext_utils import GenerationInfo, create_infotext, generation_parameters
 
     extra: dict[str, Any] = {}
@@ -766,12 +868,9 @@ def _infotext(request, model, checkpoint_info, sampler, scheduler, seed, subseed
         if request.hr_second_pass_steps:
             extra["Hires steps"] = request.hr_second_pass_steps
         extra["Hires upscaler"] = request.hr_upscaler
-    used = [name for name in embeddings if name in prompt]
-    if used:
-        hashes = ", ".join(f"{name}: {embeddings[name].hash}" for name in used if getattr(embeddings[name], "hash", None))
-        if hashes:
-            extra["TI hashes"] = f'"{hashes}"'
     extra.update(network_fields)
+    if ti_hashes:  # after Lora hashes: A1111 adds it when the prompts are encoded, after networks activate
+        extra["TI hashes"] = ti_hashes
     if settings.emphasis != "Original" and any(c in prompt for c in "(["):
         extra["Emphasis"] = settings.emphasis
     name = checkpoint_info.name_for_extra if checkpoint_info else model.path.stem

@@ -158,6 +158,16 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("comma_padding_backtrack", 20, "Prompt word wrap length limit (comma backtrack)", "sampling",
                 minimum=0, maximum=74, step=1,
                 info="In tokens: a 75-token chunk is cut at the last comma within this many tokens of its end"),
+    SettingSpec("pad_cond_uncond", False, "Pad prompt/negative prompt", "sampling",
+                info="Pads the shorter of prompt and negative prompt with empty-prompt chunks: one UNet call "
+                     "instead of two when their lengths differ; changes images"),
+    SettingSpec("pad_cond_uncond_v0", False, "Pad prompt/negative prompt (v0)", "sampling",
+                info="A1111 before 1.6.0: repeats the negative prompt's last vector, or cuts it when longer; "
+                     "wins over the above; changes images"),
+    SettingSpec("prompt_max_length", 20_000, "Longest prompt accepted (characters; 0 = no limit)", "sampling",
+                minimum=0, maximum=10_000_000, restrict_api=True,
+                info="Longer prompts and negative prompts are refused before they reach the queue: encoding a "
+                     "huge prompt holds the one worker for seconds"),
     # Saving images/grids
     SettingSpec("samples_save", True, "Always save all generated images", "saving"),
     SettingSpec("samples_format", "png", "File format for images", "saving", check=_image_format),

@@ -582,6 +582,23 @@ def _checked_widths(expected_widths: Mapping[str, int]) -> dict[str, int]:
     return dict(expected_widths)
 
 
+def ti_hashes_infotext(calls: Sequence[Sequence[Embedding]]) -> str | None:
+    """The infotext's `TI hashes` value, built as A1111 builds it; None when nothing is to be listed.
+
+    `calls` lists, per text-encoder call in the order they ran, the embeddings each placed (see
+    `conditioning.embedding_uses`). Each call lists its embeddings once as `name: <12 hex>` (`:` and
+    `,` removed from the name; embeddings without a hash left out) in front of what the earlier
+    calls wrote. The value is plain text: the infotext writer adds the JSON quotes.
+    """
+    value = None
+    for used in calls:
+        entries = [f"{embedding.name.replace(':', '').replace(',', '')}: {embedding.hash}"
+                   for embedding in used if embedding.hash]
+        if entries:
+            value = ", ".join(entries + ([value] if value else []))
+    return value
+
+
 # ----------------------------------------------------------------------------------------------
 # The database
 

@@ -96,6 +96,24 @@ def test_bad_input_is_refused_with_a1111s_error_shape(client, fields, status, fr
     assert_error(txt2img(client, prompt="x", **{**SMALL, **fields}), status, fragment)
 
 
+def test_overlong_prompts_are_422_naming_the_setting(client, context):
+    """A1111 has no limit; Atelier refuses, before queueing, a prompt or negative prompt longer than
+    the `prompt_max_length` setting (20,000 characters by default), and the API cannot raise it."""
+    limit = context.settings.current()["prompt_max_length"]
+    assert limit == 20_000
+    jobs_before = len(context.jobs.jobs())
+    assert_error(txt2img(client, prompt="a" * (limit + 1), **SMALL), 422,
+                 "prompt is 20,001 characters long; the limit is 20,000 (setting prompt_max_length")
+    assert_error(txt2img(client, prompt="x", negative_prompt="b" * (limit + 5), **SMALL), 422,
+                 "negative_prompt is 20,005 characters long")
+    assert_error(txt2img(client, prompt="a" * (limit + 1), override_settings={"prompt_max_length": 0}, **SMALL),
+                 422, "prompt is 20,001 characters long")
+    assert_error(client.post("/sdapi/v1/options", json={"prompt_max_length": 0}), 422,
+                 "'prompt_max_length' cannot be changed through the API")
+    assert len(context.jobs.jobs()) == jobs_before
+    info_of(txt2img(client, prompt="a" * limit, **SMALL))  # exactly at the limit is fine
+
+
 def test_a_real_fault_is_500(context):
     class BrokenEngine:
         def generate(self, request, control=None, *, save=None):

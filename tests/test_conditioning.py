@@ -231,3 +231,101 @@ def test_sdxl_clip_l_skip_setting(models):
     l_out = _direct(model.text_encoders[0], model.tokenizers[0], "a cat")
     assert torch.allclose(skipped.crossattn[..., :l_width], l_out.hidden_states[-3], atol=1e-5)
     assert torch.equal(skipped.crossattn[..., l_width:], plain[..., l_width:])
+
+
+# --- A1111's chunk rules, pinned with token ids read off the CLIP vocabulary ----------------------
+# configs/tokenizers/clip/vocab.json: "<|startoftext|>" 49406, "<|endoftext|>" 49407, "cat</w>" 2368,
+# "dog</w>" 1929, ",</w>" 267. OpenCLIP's pad id is 0 ("!").
+BOS, EOS, CAT, DOG, COMMA = 49406, 49407, 2368, 1929, 267
+
+
+def encoder_rows(conditioner: TextConditioner, text: str) -> list[list[list[int]]]:
+    """Per text encoder, the 77 ids of each chunk it is given for `text`."""
+    chunks, _ = conditioner.tokenizer.chunks(text)
+    return [[conditioner._ids_for(slot, chunk) for chunk in chunks] for slot in conditioner.slots]
+
+
+def test_vocabulary_ids_used_below(models):
+    tokenizer = models["sd1"].tokenizers[0]
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (BOS, EOS)
+    assert tokenizer.convert_tokens_to_ids(["cat</w>", "dog</w>", ",</w>"]) == [CAT, DOG, COMMA]
+
+
+def test_break_closes_the_chunk_and_pads_it(models):
+    """BREAK closes the chunk: BOS + its tokens, then EOS up to 77 (CLIP), or EOS once and id 0 after
+    it (OpenCLIP: SD2, and SDXL's second encoder). The closed chunk counts 75 tokens."""
+    assert encoder_rows(TextConditioner(models["sd1"]), "cat BREAK dog") == [
+        [[BOS, CAT] + [EOS] * 75, [BOS, DOG] + [EOS] * 75]]
+    assert encoder_rows(TextConditioner(models["sd2"]), "cat BREAK dog") == [
+        [[BOS, CAT, EOS] + [0] * 74, [BOS, DOG, EOS] + [0] * 74]]
+    assert encoder_rows(TextConditioner(models["sdxl"]), "cat BREAK dog") == [
+        [[BOS, CAT] + [EOS] * 75, [BOS, DOG] + [EOS] * 75],
+        [[BOS, CAT, EOS] + [0] * 74, [BOS, DOG, EOS] + [0] * 74]]
+    assert PromptTokenizer(models["sd1"].tokenizers[0]).chunks("cat BREAK dog")[1] == 75 + 1
+
+
+@pytest.mark.parametrize("backtrack, rows", [
+    # The chunk fills at the 4th dog; its comma is 75 - 70 = 5 tokens from the end: with a backtrack
+    # of 20 the 4 dogs after it start the next chunk.
+    (20, [[BOS] + [CAT] * 70 + [COMMA] + [EOS] * 5, [BOS] + [DOG] * 10 + [EOS] * 66]),
+    # 5 > 3: the chunk is cut where it is full.
+    (3, [[BOS] + [CAT] * 70 + [COMMA] + [DOG] * 4 + [EOS], [BOS] + [DOG] * 6 + [EOS] * 70]),
+])
+def test_comma_backtrack_ids(models, backtrack, rows):
+    conditioner = TextConditioner(models["sd1"], options=ConditioningOptions(comma_padding_backtrack=backtrack))
+    assert encoder_rows(conditioner, " ".join(["cat"] * 70) + ", " + " ".join(["dog"] * 10)) == [rows]
+
+
+def test_a_comma_that_meets_a_full_chunk_opens_the_next(models):
+    """A1111 records the comma before it checks for a full chunk, so a comma arriving at a full
+    chunk starts the next one (kept as A1111 has it)."""
+    rows = encoder_rows(TextConditioner(models["sd1"]), " ".join(["cat"] * 75) + ", dog")
+    assert rows == [[[BOS] + [CAT] * 75 + [EOS], [BOS, COMMA, DOG] + [EOS] * 74]]
+
+
+def test_shorter_prompts_of_a_batch_get_empty_chunks(models):
+    """A batch is encoded chunk position by chunk position; a prompt with fewer chunks gets A1111's
+    empty chunk, BOS and 76 EOS."""
+    model = models["sd1"]
+    encoder = model.text_encoders[0]
+    both = TextConditioner(model).encode([" ".join(["cat"] * 80), "dog"]).crossattn
+    assert both.shape[1] == 2 * 77
+    with torch.no_grad():
+        empty = encoder(torch.tensor([[BOS] + [EOS] * 76])).last_hidden_state
+    assert torch.allclose(both[1:, 77:], empty, atol=1e-5)
+
+
+def test_original_emphasis_restores_the_mean_of_each_chunk(models):
+    """Each chunk is encoded on its own and "Original" emphasis restores the mean over that chunk's
+    output only: the weight in chunk 1 leaves chunk 2 exactly as the encoder gave it."""
+    model = models["sd1"]
+    encoder = model.text_encoders[0]
+    # 1 cat + 80 dogs: chunk 1 holds cat and 74 dogs, chunk 2 the other 6 dogs.
+    got = TextConditioner(model).encode(["(cat:1.5) " + " ".join(["dog"] * 80)]).crossattn
+    with torch.no_grad():
+        z1 = encoder(torch.tensor([[BOS, CAT] + [DOG] * 74 + [EOS]])).last_hidden_state
+        z2 = encoder(torch.tensor([[BOS] + [DOG] * 6 + [EOS] * 70])).last_hidden_state
+    weights = torch.tensor([1.0, 1.5] + [1.0] * 75).view(1, 77, 1)
+    expected1 = z1 * weights * (z1.mean() / (z1 * weights).mean())
+    assert torch.allclose(got[:, :77], expected1, atol=1e-5)
+    assert torch.allclose(got[:, 77:], z2, atol=1e-6)
+
+
+def test_an_interrupt_stops_encoding_between_chunks(models):
+    """The job's interrupt flag is read before each chunk: a 4-chunk prompt interrupted after the
+    first chunk calls the encoder once, not four times."""
+    from modules.conditioning import EncodingInterrupted
+
+    model = models["sd1"]
+    calls = []
+    handle = model.text_encoders[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        conditioner = TextConditioner(model, should_stop=lambda: len(calls) >= 1)
+        with pytest.raises(EncodingInterrupted):
+            conditioner.encode([" ".join(["cat"] * 300)])
+        assert len(calls) == 1
+        calls.clear()
+        TextConditioner(model, should_stop=lambda: False).encode([" ".join(["cat"] * 300)])
+        assert len(calls) == 4
+    finally:
+        handle.remove()

@@ -46,7 +46,7 @@ def test_tags_are_stripped_attached_and_undone(setup):
         changed = unet_out(model)
         assert active.warnings == []
         assert active.hypernetworks == [("anime", 0.7)]
-        assert active.infotext["Lora hashes"].startswith('"style: ')
+        assert active.infotext["Lora hashes"].startswith("style: ")  # unquoted: the infotext writer quotes
     assert not torch.allclose(changed, base)
     assert torch.equal(unet_out(model), base)
 
@@ -92,3 +92,18 @@ def test_embeddings_follow_the_model_and_new_files_appear(setup, tmp_path):
     save_embedding(folder / "later.pt", {"default": torch.randn(1, width)}, name="later")
     database.refresh()
     assert "later" in database.for_model(embedding_widths(model)).loaded
+
+
+def test_lora_hashes_are_quoted_once_in_the_infotext(setup):
+    """A1111 writes `Lora hashes: "style: <12 hex>"`: the value plain, quoted once by the infotext
+    writer; reading the infotext back gives the plain value."""
+    from modules.infotext_utils import parse_generation_parameters
+    from modules.processing import GenerationRequest, generate
+
+    model, _, loras, _ = setup
+    result = generate(model, GenerationRequest(prompt="a cat <lora:style:0.8>", width=64, height=64, steps=1,
+                                               seed=1), loras=loras)
+    value = parse_generation_parameters(result.infotexts[0])["Lora hashes"]
+    name, _, short = value.partition(": ")
+    assert name == "style" and len(short) == 12 and int(short, 16) >= 0
+    assert f'Lora hashes: "{value}"' in result.infotexts[0]

@@ -252,3 +252,137 @@ def test_every_schedule_type_runs_and_differs(sd1):
     for i, a in enumerate(representatives):
         for b in representatives[i + 1:]:
             assert sigmas[a].shape != sigmas[b].shape or not torch.allclose(sigmas[a], sigmas[b]), (a, b)
+
+
+LONG_PROMPT = " ".join(["cat"] * 80)  # two chunks: 154 tokens
+
+
+def unet_context_lengths(model, request, settings=None, control=None):
+    """Run `request`; per UNet call, (rows, token length of encoder_hidden_states)."""
+    from modules.processing import EngineSettings
+
+    calls = []
+    handle = model.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append(tuple(kwargs["encoder_hidden_states"].shape[:2])), with_kwargs=True)
+    try:
+        result = generate(model, request, settings or EngineSettings(), control)
+    finally:
+        handle.remove()
+    return result, calls
+
+
+def test_long_prompt_and_short_negative_are_denoised_apart(sd1):
+    """A1111's default: a 2-chunk prompt and a 1-chunk negative are two UNet calls per step at 154
+    and 77 tokens; nothing is padded and the infotext says nothing about padding."""
+    result, calls = unet_context_lengths(sd1, GenerationRequest(**SMALL, prompt=LONG_PROMPT, seed=7,
+                                                                sampler_name="Euler"))
+    assert calls == [(1, 154), (1, 77)] * 4
+    assert "Pad conds" not in result.infotexts[0]
+    _, calls = unet_context_lengths(sd1, GenerationRequest(**SMALL, prompt="cat BREAK dog", negative_prompt="a BREAK b",
+                                                           seed=7, sampler_name="Euler"))
+    assert calls == [(2, 154)] * 4  # equal lengths: one batched call
+
+
+@pytest.mark.parametrize("setting, key", [("pad_cond_uncond", "Pad conds"), ("pad_cond_uncond_v0", "Pad conds v0")])
+def test_pad_conds_settings_make_one_call_and_say_so(sd1, setting, key):
+    from modules.processing import EngineSettings
+
+    result, calls = unet_context_lengths(sd1, GenerationRequest(**SMALL, prompt=LONG_PROMPT, seed=7,
+                                                                sampler_name="Euler"),
+                                         EngineSettings(**{setting: True}))
+    assert calls == [(2, 154)] * 4
+    assert parse_generation_parameters(result.infotexts[0])[key] == "True"
+
+
+def test_an_interrupt_during_prompt_encoding_stops_before_sampling(sd1):
+    """The job's interrupt flag reaches the text encoder: interrupted after the first chunk of a
+    long prompt, the job encodes no more chunks and never calls the UNet."""
+    encoder_calls = []
+
+    class InterruptAfterFirstChunk(Control):
+        @property
+        def interrupted(self):
+            return len(encoder_calls) >= 1
+
+        @interrupted.setter
+        def interrupted(self, value):
+            pass
+
+    handle = sd1.text_encoders[0].register_forward_hook(lambda *_: encoder_calls.append(1))
+    try:
+        result, unet_calls = unet_context_lengths(
+            sd1, GenerationRequest(**SMALL, prompt=" ".join(["cat"] * 600), seed=7, n_iter=2),
+            control=InterruptAfterFirstChunk())
+    finally:
+        handle.remove()
+    assert result.interrupted and result.images == []
+    assert len(encoder_calls) == 1 and unet_calls == []
+
+
+def test_overlong_prompts_are_refused(sd1):
+    from modules.processing import EngineSettings, PromptTooLongError, check_prompt_length
+
+    check_prompt_length("a" * 10, "b" * 10, 10)
+    check_prompt_length("a" * 10**6, "", 0)  # 0: no limit
+    with pytest.raises(PromptTooLongError, match=r"negative_prompt is 11 characters long; the limit is 10 "
+                                                 r"\(setting prompt_max_length"):
+        check_prompt_length("a", "b" * 11, 10)
+    encoder_calls = []
+    handle = sd1.text_encoders[0].register_forward_hook(lambda *_: encoder_calls.append(1))
+    try:
+        with pytest.raises(PromptTooLongError, match="prompt is 1,001 characters long; the limit is 1,000"):
+            generate(sd1, GenerationRequest(**SMALL, prompt="c" * 1001), EngineSettings(prompt_max_length=1000))
+    finally:
+        handle.remove()
+    assert encoder_calls == []
+
+
+def test_ti_hashes_list_each_use_once_per_prompt(sd1, tmp_path):
+    """`TI hashes` as A1111 writes it: plain `name: 12 hex` inside the infotext's one pair of quotes,
+    the embedding listed once for the prompt and once for the negative prompt, and read back
+    unchanged."""
+    import hashlib
+
+    from modules.network_activation import embedding_widths
+    from modules.textual_inversion import EmbeddingDatabase, save_embedding
+
+    width = embedding_widths(sd1)["default"]
+    path = save_embedding(tmp_path / "tinyemb.pt", torch.randn(2, width))
+    short = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    database = EmbeddingDatabase([tmp_path])
+
+    def infotext(prompt, negative=""):
+        return generate(sd1, GenerationRequest(**SMALL, prompt=prompt, negative_prompt=negative, seed=1),
+                        embeddings=database).infotexts[0]
+
+    both = infotext("a tinyemb cat", "tinyemb, blurry")
+    assert f'TI hashes: "tinyemb: {short}, tinyemb: {short}"' in both
+    assert parse_generation_parameters(both)["TI hashes"] == f"tinyemb: {short}, tinyemb: {short}"
+    once = infotext("a tinyemb cat, tinyemb again")
+    assert f'TI hashes: "tinyemb: {short}"' in once
+    assert "TI hashes" not in infotext("a tinyembx cat")  # the name must be its own tokens
+
+
+def test_an_interrupt_while_encoding_the_hires_prompts_keeps_the_first_pass(sd1):
+    class InterruptAfterFirstPass(Control):
+        """Interrupted from the first read after the first pass's last step was checked."""
+
+        def __init__(self):
+            super().__init__()
+            self.reads_after_last_step = 0
+
+        @property
+        def interrupted(self):
+            if self.reports and self.reports[-1][0] == SMALL["steps"]:
+                self.reads_after_last_step += 1
+            return self.reads_after_last_step >= 2
+
+        @interrupted.setter
+        def interrupted(self, value):
+            pass
+
+    result, calls = unet_context_lengths(sd1, GenerationRequest(**SMALL, prompt="a cat", seed=7, enable_hr=True,
+                                                                hr_scale=2.0, sampler_name="Euler"),
+                                         control=InterruptAfterFirstPass())
+    assert result.interrupted and [image.size for image in result.images] == [(64, 64)]
+    assert calls == [(2, 77)] * SMALL["steps"]  # no hires step ran

@@ -574,3 +574,20 @@ def test_no_hashing_uses_only_cached_hashes(tmp_path: Path) -> None:
     plain = EmbeddingDatabase([tmp_path])  # no cache: hashed once per file version, in memory
     plain.refresh()
     assert plain.get("e").sha256 == sha256_of_file(tmp_path / "e.pt")
+
+
+def test_ti_hashes_value_follows_a1111s_encoder_calls():
+    """Each encoder call lists its embeddings once, in front of what earlier calls wrote (A1111
+    encodes the negative prompt first); `:` and `,` leave the names; unhashed ones are left out."""
+    from modules.textual_inversion import Embedding, ti_hashes_infotext
+
+    def embedding(name, sha256):
+        return Embedding(name=name, vectors={"default": torch.zeros(1, 4)}, filename=Path(f"{name}.pt"),
+                         sha256=sha256)
+
+    neg, pos, odd = embedding("neg", "a" * 64), embedding("pos", "b" * 64), embedding("we:ird,", "c" * 64)
+    unhashed = embedding("nohash", None)
+    assert ti_hashes_infotext([[neg], [pos]]) == f"pos: {'b' * 12}, neg: {'a' * 12}"
+    assert ti_hashes_infotext([[pos], [pos]]) == f"pos: {'b' * 12}, pos: {'b' * 12}"
+    assert ti_hashes_infotext([[], [odd, unhashed]]) == f"weird: {'c' * 12}"
+    assert ti_hashes_infotext([[unhashed], []]) is None

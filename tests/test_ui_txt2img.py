@@ -208,6 +208,29 @@ def test_a_generation_loads_the_checkpoint_when_none_is(tmp_path):
         context.jobs.shutdown()
 
 
+def test_overlong_prompts_are_refused_before_the_queue(context):
+    """The tab's path refuses what the API refuses (setting `prompt_max_length`), and its token
+    counter does not tokenize such a prompt."""
+    from modules.processing import PromptTooLongError
+    from modules.ui.token_counter import TokenCounter
+    from modules.ui.txt2img import count_tokens
+
+    limit = context.settings.current()["prompt_max_length"]
+    queued = len(context.jobs.jobs())
+    for fields in ({"prompt": "a" * (limit + 1)}, {"prompt": "x", "negative_prompt": "b" * (limit + 1)}):
+        with pytest.raises(PromptTooLongError, match="setting prompt_max_length"):
+            submit_txt2img(context, build_request({**SMALL_REQUEST, **fields}))
+    assert len(context.jobs.jobs()) == queued
+
+    class NoTokenizer:
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("an over-long prompt was tokenized")
+
+    counter = TokenCounter(tokenizer_factory=NoTokenizer)
+    html = count_tokens(context, counter, "a" * (limit + 1), 20, is_positive=True)
+    assert f"{limit + 1:,}/{limit:,} characters" in html and "over" in html
+
+
 def test_sampler_list_leaves_out_unimplemented_samplers():
     names = sampler_choices()
     assert names[0] == "DPM++ 2M" and "Euler a" in names and "DPM fast" not in names

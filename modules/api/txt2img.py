@@ -25,7 +25,7 @@ from modules.api.routes_models import api_setting_errors
 from modules.api.schemas import TextToImageResponse, Txt2ImgApiRequest
 from modules.api.state import require_running_queue
 from modules.api.styles import apply_styles, read_styles
-from modules.processing import GenerationRequest, GenerationResult
+from modules.processing import GenerationRequest, GenerationResult, PromptTooLongError, check_prompt_length
 from modules.scripts import ScriptSelection, run_txt2img
 from modules.settings import locked_settings, validate_changes
 
@@ -48,8 +48,10 @@ _INFOTEXT_FIELDS = {
 }
 # Infotext field -> setting, as per-request overrides (A1111's `infotext=` option labels).
 _INFOTEXT_SETTINGS = {"Clip skip": "CLIP_stop_at_last_layers", "ENSD": "eta_noise_seed_delta",
-                      "RNG": "randn_source", "Emphasis": "emphasis"}
+                      "RNG": "randn_source", "Emphasis": "emphasis", "Pad conds": "pad_cond_uncond",
+                      "Pad conds v0": "pad_cond_uncond_v0"}
 _INT_SETTINGS = {"CLIP_stop_at_last_layers", "eta_noise_seed_delta"}
+_BOOL_SETTINGS = {"pad_cond_uncond", "pad_cond_uncond_v0"}
 
 # Settings a request may not override (yet), with the way to get the same effect.
 _UNSUPPORTED_OVERRIDES = {
@@ -92,6 +94,8 @@ def apply_infotext(body: Txt2ImgApiRequest, current_settings) -> Txt2ImgApiReque
                 value = int(value)
             except (TypeError, ValueError):
                 raise bad_request(f"infotext: {key} {value!r} is not a whole number") from None
+        elif setting in _BOOL_SETTINGS:
+            value = str(value).lower() == "true"
         if current_settings.get(setting) != value:
             overrides[setting] = value
     try:
@@ -182,6 +186,10 @@ def prepare(body: Txt2ImgApiRequest, context) -> PreparedTxt2Img:
         from modules.extra_networks import parse_prompt
 
         prompt = parse_prompt(prompt)[0]
+    try:
+        check_prompt_length(prompt, negative, context.settings.current()["prompt_max_length"])
+    except PromptTooLongError as error:
+        raise bad_request(str(error)) from None
     overrides = _checked_overrides(body, context.checkpoints, context.settings.current(),
                                    locked_settings(context.args))
     resize = body.seed_resize_from_w > 0 and body.seed_resize_from_h > 0

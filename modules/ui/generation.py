@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules.jobs import Job, JobState
-from modules.processing import GenerationRequest, GenerationResult
+from modules.processing import GenerationRequest, GenerationResult, check_prompt_length
 from modules.scripts import ScriptSelection, run_txt2img
 
 
@@ -58,7 +58,9 @@ def submit_txt2img(context, request: GenerationRequest, selection: ScriptSelecti
     """Queue `request` on the generation queue, with the extensions' scripts (`selection`: the
     Script dropdown and the scripts' controls). Saving follows the `samples_save` setting (A1111's
     UI). With no checkpoint loaded (start-up load skipped or failed), the job loads the start-up one
-    first, as A1111 does on first use (`AppContext.load_default_model`)."""
+    first, as A1111 does on first use (`AppContext.load_default_model`). A prompt over the
+    `prompt_max_length` setting raises `PromptTooLongError` and nothing is queued."""
+    check_prompt_length(request.prompt, request.negative_prompt, context.settings.current()["prompt_max_length"])
 
     def work(control):
         control.set_info("job_count", request.n_iter)  # /sdapi/v1/progress reports "Batch i out of n"

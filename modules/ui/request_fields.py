@@ -47,6 +47,8 @@ OVERRIDE_SETTING_KEYS: Mapping[str, str] = {
     "Emphasis": "emphasis",
     "Eta": "eta_ancestral",
     "Eta DDIM": "eta_ddim",
+    "Pad conds": "pad_cond_uncond",
+    "Pad conds v0": "pad_cond_uncond_v0",
 }
 
 # Infotext key -> (request field, converter), A1111's txt2img paste fields.

@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules.processing import LATENT_UPSCALE_MODES
+from modules.processing import LATENT_UPSCALE_MODES, PromptTooLongError
 from modules.ui import extra_networks_panel, scripts_panel
 from modules.ui.generation import error_html, follow_job_async, infotext_html, outcome_of, render_progress, submit_txt2img
 from modules.ui.icons import icon_label
@@ -49,6 +49,11 @@ def count_tokens(context, counter: TokenCounter, text: str, steps: int, *, is_po
     from modules.conditioning import ConditioningOptions
 
     settings = context.settings.current()
+    limit = settings["prompt_max_length"]
+    if limit and len(text or "") > limit:
+        # Not tokenized: a prompt that will be refused would only hold the counter's lock for seconds.
+        return (f"<span class='token-counter over' title='longer than the prompt_max_length setting'>"
+                f"{len(text):,}/{limit:,} characters</span>")
     options = ConditioningOptions(comma_padding_backtrack=settings["comma_padding_backtrack"],
                                   emphasis=settings["emphasis"])
     model = context.models.current()
@@ -276,10 +281,10 @@ def build(context, shared: UiShared) -> None:
         field_values, script_values = values[:len(TXT2IMG_FIELDS)], values[len(TXT2IMG_FIELDS):]
         try:
             request = build_request(dict(zip(TXT2IMG_FIELDS, field_values)))
-        except RequestError as error:
+            job = submit_txt2img(context, request, scripts.selection(script_values))
+        except (RequestError, PromptTooLongError) as error:
             yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip()
             return
-        job = submit_txt2img(context, request, scripts.selection(script_values))
         yield gr.skip(), "", render_progress(job), gr.skip(), job.id
         async for update in follow_job_async(job, loading=lambda: context.load_state.loading):
             preview = [update.preview] if update.preview is not None else gr.skip()
