@@ -375,12 +375,16 @@ def _schedule_key(conditioner: TextConditioner, kind: str, prompt: str, steps: i
     return (id(conditioner.model), conditioner.options, embeddings, kind, prompt, steps, hires_steps, old)
 
 
-def _encode_schedule(conditioner: TextConditioner, schedule) -> tuple:
+def _encode_schedule(conditioner: TextConditioner, schedule, zero_if_empty: bool = False) -> tuple:
     """The texts of one prompt's schedule are encoded as one batch, as A1111 does (so the
-    "Original" emphasis mean spans them, exactly as there)."""
+    "Original" emphasis mean spans them, exactly as there). With `zero_if_empty`, a schedule whose
+    texts are all empty gives zeros (text conditioning and pooled vector alike)."""
     from modules.prompt_parser import ScheduledPromptConditioning
 
     encoded = conditioner.encode([text for _, text in schedule])
+    if zero_if_empty and all(text == "" for _, text in schedule):
+        encoded = Conditioning(encoded.crossattn.new_zeros(encoded.crossattn.shape),
+                               None if encoded.pooled is None else encoded.pooled.new_zeros(encoded.pooled.shape))
     return tuple(
         ScheduledPromptConditioning(end, Conditioning(
             encoded.crossattn[i:i + 1], encoded.pooled[i:i + 1] if encoded.pooled is not None else None))
@@ -390,17 +394,23 @@ def _encode_schedule(conditioner: TextConditioner, schedule) -> tuple:
 
 def get_learned_conditioning(conditioner: TextConditioner, prompts: Sequence[str], steps: int,
                              hires_steps: int | None = None, use_old_scheduling: bool = False,
-                             cache: ConditioningCache | None = None) -> list[tuple]:
+                             cache: ConditioningCache | None = None, is_negative_prompt: bool = False) -> list[tuple]:
     """Per prompt, `(ScheduledPromptConditioning(end_at_step, Conditioning), ...)` — negative prompts
-    (no AND). Identical prompts are encoded once."""
+    (no AND). Identical prompts are encoded once.
+
+    `is_negative_prompt`: on SDXL models an empty negative prompt is all zeros, text conditioning and
+    pooled vector (A1111's `force_zero_embeddings` for SDXL), not the encoding of "".
+    """
     from modules.prompt_parser import schedule_prompt
 
     cache = cache or ConditioningCache()
+    zero_if_empty = is_negative_prompt and conditioner.is_sdxl
     results = []
     for prompt in prompts:
-        key = _schedule_key(conditioner, "plain", prompt, steps, hires_steps, use_old_scheduling)
+        key = _schedule_key(conditioner, "negative" if zero_if_empty else "plain", prompt, steps, hires_steps,
+                            use_old_scheduling)
         results.append(cache.get_or_compute(key, lambda prompt=prompt: _encode_schedule(
-            conditioner, schedule_prompt(prompt, steps, hires_steps, use_old_scheduling))))
+            conditioner, schedule_prompt(prompt, steps, hires_steps, use_old_scheduling), zero_if_empty)))
     return results
 
 

@@ -637,7 +637,8 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
                 steps_for_prompts = total_steps(sampler, request.steps)
                 try:
                     with _timed(result, "conditioning"):
-                        uncond = get_learned_conditioning(conditioner, negatives, steps_for_prompts, cache=cache)
+                        uncond = get_learned_conditioning(conditioner, negatives, steps_for_prompts, cache=cache,
+                                                          is_negative_prompt=True)
                         cond = get_multicond_learned_conditioning(conditioner, prompts, steps_for_prompts, cache=cache)
                         if settings.cond_padding == "empty" and empty_cond is None:
                             empty_cond = conditioner.encode([""]).crossattn
@@ -819,7 +820,8 @@ def _hires_pass(request, model, sampler, scheduler, schedule, samples, condition
     hires_total = total_steps(sampler, steps)
     base_total = total_steps(sampler, request.steps)
     try:
-        uncond = get_learned_conditioning(conditioner, negatives, base_total, hires_total, cache=cache)
+        uncond = get_learned_conditioning(conditioner, negatives, base_total, hires_total, cache=cache,
+                                          is_negative_prompt=True)
         cond = get_multicond_learned_conditioning(conditioner, prompts, base_total, hires_total, cache=cache)
     except EncodingInterrupted:
         return samples, StopSampling(samples, interrupted=True)  # the first pass's image is kept

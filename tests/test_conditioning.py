@@ -329,3 +329,20 @@ def test_an_interrupt_stops_encoding_between_chunks(models):
         assert len(calls) == 4
     finally:
         handle.remove()
+
+
+def test_sdxl_empty_negative_prompt_is_zeros(models):
+    """On SDXL, A1111 zeroes the text conditioning and the pooled vector of an empty negative prompt
+    (`force_zero_embeddings`); a non-empty negative, a positive "" and SD1 are encoded as usual."""
+    from modules.conditioning import get_learned_conditioning
+
+    sdxl = TextConditioner(models["sdxl"])
+    [[(_, empty)]] = get_learned_conditioning(sdxl, [""], steps=20, is_negative_prompt=True)
+    assert empty.crossattn.shape == (1, 77, sum(e.config.hidden_size for e in models["sdxl"].text_encoders))
+    assert not empty.crossattn.any() and not empty.pooled.any()
+    [[(_, blurry)]] = get_learned_conditioning(sdxl, ["blurry"], steps=20, is_negative_prompt=True)
+    assert blurry.crossattn.any() and blurry.pooled.any()
+    [[(_, positive)]] = get_learned_conditioning(sdxl, [""], steps=20)
+    assert positive.crossattn.any() and positive.pooled.any()
+    [[(_, sd1)]] = get_learned_conditioning(TextConditioner(models["sd1"]), [""], steps=20, is_negative_prompt=True)
+    assert sd1.crossattn.any()

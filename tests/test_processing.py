@@ -386,3 +386,22 @@ def test_an_interrupt_while_encoding_the_hires_prompts_keeps_the_first_pass(sd1)
                                          control=InterruptAfterFirstPass())
     assert result.interrupted and [image.size for image in result.images] == [(64, 64)]
     assert calls == [(2, 77)] * SMALL["steps"]  # no hires step ran
+
+
+def test_sdxl_with_an_empty_negative_prompt_denoises_against_zeros(tmp_path):
+    model = load_checkpoint(write_checkpoint(tmp_path / "xl.safetensors", "sdxl", dtype=torch.float32))
+    seen = []
+    handle = model.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((kwargs["encoder_hidden_states"].clone(),
+                                             kwargs["added_cond_kwargs"]["text_embeds"].clone())), with_kwargs=True)
+    try:
+        generate(model, GenerationRequest(**SMALL, prompt="a cat", seed=3, sampler_name="Euler"))
+        generate(model, GenerationRequest(**SMALL, prompt="a cat", negative_prompt="blurry", seed=3,
+                                          sampler_name="Euler"))
+    finally:
+        handle.remove()
+    steps = SMALL["steps"]
+    for context, pooled in seen[:steps]:  # rows: prompt, then negative
+        assert context[0].any() and not context[1].any() and pooled[0].any() and not pooled[1].any()
+    for context, pooled in seen[steps:]:
+        assert context[1].any() and pooled[1].any()
