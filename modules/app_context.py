@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from modules.checkpoints import CheckpointInfo, CheckpointNotFoundError, CheckpointRegistry, NoLoadableCheckpointError
 from modules.hashes import HashCache
-from modules.hypernetworks import HypernetworkRegistry
+from modules.hypernetwork_files import HypernetworkRegistry
 from modules.jobs import JobQueue
 from modules.lora import LoraRegistry
 from modules.model_manager import ModelManager, configure_allocator, default_load_options
@@ -89,12 +89,21 @@ class AppContext:
             checkpoint_dir=paths.checkpoints_dir, vae_dir=paths.vae_dir, ckpt_dir=paths.ckpt_dir,
             extra_vae_dir=paths.extra_vae_dir,
         )
-        options = default_load_options(
-            use_cpu=bool(args.use_cpu), no_half=args.no_half, precision=args.precision,
-            no_half_vae=args.no_half_vae,
-            device_name=f"cuda:{args.device_id}" if args.device_id is not None else None,
-            allow_unsafe_pickle=args.disable_safe_unpickle,
-        )
+        # Device, dtypes and the attention backend are decided at the first load (it imports torch
+        # and probes the GPU): the server's start-up loads in the background after it answers.
+        def load_options():
+            return default_load_options(
+                use_cpu=bool(args.use_cpu), no_half=args.no_half, precision=args.precision,
+                no_half_vae=args.no_half_vae,
+                device_name=f"cuda:{args.device_id}" if args.device_id is not None else None,
+                allow_unsafe_pickle=args.disable_safe_unpickle,
+            )
+
+        def model_runtime(options):
+            from modules.model_runtime import ModelRuntime
+
+            return ModelRuntime(args, options.device)
+
         if args.disable_safe_unpickle:
             log.warning("--disable-safe-unpickle: .ckpt/.pt files will be loaded with full pickle, which runs "
                         "any code they contain. Use it only for files you trust.")
@@ -107,10 +116,8 @@ class AppContext:
             )
             return choice.path
 
-        from modules.model_runtime import ModelRuntime
-
         models = ModelManager(
-            checkpoints, options, runtime=ModelRuntime(args, options.device),
+            checkpoints, load_options, runtime=model_runtime,
             limit=lambda: settings.current()["sd_checkpoints_limit"],
             vae_resolver=resolve_vae,
             keep_in_cpu=lambda: settings.current()["sd_checkpoints_keep_in_cpu"],
@@ -125,9 +132,15 @@ class AppContext:
                    JobQueue(), engine)
 
     def refresh(self) -> None:
+        self.refresh_listings()
+        self.embeddings.refresh()
+
+    def refresh_listings(self) -> None:
+        """The checkpoint, VAE, hypernetwork and LoRA lists, from file names and headers: no file is
+        read through torch, so the server's first page does not wait for it. Embeddings are read, not
+        just listed (`embeddings.refresh()`, which the start-up runs in the background)."""
         self.checkpoints.refresh()
         self.vaes.refresh()
-        self.embeddings.refresh()
         self.hypernetworks.refresh()
         self.loras.refresh()
 

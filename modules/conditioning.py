@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from modules.model_detection import ModelFamily
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that use it: the web UI's token counter and the request types
+# import this module while the server starts, before torch is imported (tests/test_startup_imports.py).
 
 CHUNK_LENGTH = 75
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
@@ -260,9 +264,10 @@ class TextConditioner:
             return output.hidden_states[-self.options.clip_skip]
         return output.hidden_states[-2]
 
-    @torch.no_grad()
     def _encode_chunks(self, chunks: list[PromptChunk]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One chunk position for every prompt of the batch → ([batch, 77, width], pooled or None)."""
+        import torch
+
         outputs, pooled = [], None
         device = self.model.device
         weights = torch.tensor([[1.0] + chunk.multipliers + [1.0] for chunk in chunks], device=device)
@@ -270,7 +275,7 @@ class TextConditioner:
             ids = torch.tensor([self._ids_for(slot, chunk) for chunk in chunks], device=device)
             fixes = [[(offset + 1, embedding.vectors[slot.embedding_key]) for offset, embedding in chunk.fixes
                       if slot.embedding_key in embedding.vectors] for chunk in chunks]
-            with _embedding_vectors(slot.encoder, fixes):
+            with _embedding_vectors(slot.encoder, fixes), torch.no_grad():
                 output = slot.encoder(ids, output_hidden_states=True)
             # Emphasis per encoder, as A1111 (SDXL's two encoders each restore their own mean).
             outputs.append(self._apply_emphasis(self._select_layer(slot, output), weights))
@@ -292,6 +297,8 @@ class TextConditioner:
 
     def encode(self, prompts: Sequence[str]) -> Conditioning:
         """Encode a batch of prompts (no AND, no scheduling: those are split before this)."""
+        import torch
+
         per_prompt = [self.tokenizer.chunks(text)[0] for text in prompts]
         count = max(len(chunks) for chunks in per_prompt)
         for chunks in per_prompt:
@@ -462,6 +469,8 @@ def sdxl_time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int]
     """SDXL's size/crop conditioning, (height, width) pairs: base models take original size, crop
     and target size (6 numbers); the refiner takes original size, crop and an aesthetic score (5).
     Each number becomes a 256-wide embedding inside the UNet."""
+    import torch
+
     values = [*original_size, *crop_top_left]
     if aesthetic_score is not None:
         values.append(aesthetic_score)

@@ -544,12 +544,14 @@ class FrameworkSnapshot:
         replaced = [name for name, value in self.entries.items()
                     if name in earlier.entries and earlier.entries[name] is not value
                     and _defined_outside_frameworks(value, dirs)]
-        # Only the classes' attributes can be new for a good reason (the class was not imported yet);
-        # a framework module imported meanwhile re-exports typing helpers and the like.
-        new_in_classes = [name for name, value in self.entries.items()
-                          if name not in earlier.entries and name.startswith(_CLASS_PREFIXES)
-                          and _defined_outside_frameworks(value, dirs)]
-        return sorted(removed + replaced + new_in_classes)
+        # New names are there because their module or class was imported since `earlier` (the server
+        # starts without torch; an extension may import it). A class attribute or a module function
+        # whose code lives outside the frameworks was put there by someone else; classes a framework
+        # module re-exports (typing helpers and the like) are not functions and pass.
+        new = [name for name, value in self.entries.items()
+               if name not in earlier.entries and (name.startswith(_CLASS_PREFIXES) or not isinstance(value, type))
+               and _defined_outside_frameworks(value, dirs)]
+        return sorted(removed + replaced + new)
 
 
 def _warn_framework_changes(names: list[str], who: str) -> list[FrameworkChange]:

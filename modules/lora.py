@@ -41,9 +41,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modules.checkpoints import walk_sorted
 from modules.hashes import (
@@ -53,6 +51,12 @@ from modules.hashes import (
     sha256_of_file,
 )
 from modules.safetensors_io import SafetensorsFormatError, SafetensorsReader
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that use it: the registry lists LoRAs while the server starts,
+# before torch is imported (tests/test_startup_imports.py).
 
 logger = logging.getLogger(__name__)
 
@@ -359,9 +363,13 @@ class LoraRegistry:
 
     # --- loading
 
-    def load(self, info: LoraInfo, *, dtype: torch.dtype = torch.float32, layers_per_block: int = 2) -> ConvertedLora:
+    def load(self, info: LoraInfo, *, dtype: torch.dtype | None = None, layers_per_block: int = 2) -> ConvertedLora:
         """The converted file, from the cache when the file is unchanged. Tensors are on the CPU in
-        `dtype`. `layers_per_block` of the UNet maps SDXL's sgm block numbers (2 for every SD UNet)."""
+        `dtype` (default float32). `layers_per_block` of the UNet maps SDXL's sgm block numbers (2 for
+        every SD UNet)."""
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
         key = (info.path, info.mtime, info.size, dtype, layers_per_block)
         with self._lock:
             cached = self._converted.get(key)
@@ -434,6 +442,8 @@ def _read_tensors(info: LoraInfo, dtype: torch.dtype,
                   allow_unsafe_pickle: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The file's LoRA tensors in `dtype` (alphas stay float32), and notes; the network type is
     checked from the key names before any tensor data is read."""
+    import torch
+
     notes = []
     if info.is_safetensors:
         try:
@@ -466,9 +476,13 @@ def _read_tensors(info: LoraInfo, dtype: torch.dtype,
     return tensors, notes
 
 
-def convert_lora_file(info: LoraInfo, *, dtype: torch.dtype = torch.float32, layers_per_block: int = 2,
+def convert_lora_file(info: LoraInfo, *, dtype: torch.dtype | None = None, layers_per_block: int = 2,
                       allow_unsafe_pickle: bool = False) -> ConvertedLora:
-    """Read a kohya LoRA file and rename its layers to the diffusers/transformers module names."""
+    """Read a kohya LoRA file and rename its layers to the diffusers/transformers module names
+    (tensors in `dtype`, default float32)."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     started = time.perf_counter()
     tensors, notes = _read_tensors(info, dtype, allow_unsafe_pickle)
     components = convert_kohya_state_dict(tensors, info.path, layers_per_block=layers_per_block)
@@ -580,6 +594,8 @@ class AppliedLoras:
 
 def _fit_layer(layer: LoraLayer, module: torch.nn.Module) -> LoraLayer | None:
     """`layer` shaped for `module` (kohya stores 1x1 convs and linears either way), or None if it does not fit."""
+    import torch
+
     down, up = layer.down, layer.up
     if isinstance(module, torch.nn.Linear):
         if down.ndim == 4 and down.shape[2:] == (1, 1) and up.shape[2:] == (1, 1):
@@ -696,6 +712,7 @@ class _Attachment:
 
     def remove(self) -> None:
         """Put the original modules back; raise `LoraRestoreError` if anything differs from before."""
+        import torch
         from diffusers.utils import recurse_remove_peft_layers
 
         with torch.no_grad():

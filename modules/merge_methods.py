@@ -24,10 +24,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# torch is imported by the functions that compute: the method table is read while the server
+# starts (the merger tab's choices), before torch is imported (tests/test_startup_imports.py).
 
 __all__ = [
     "MERGE_METHODS",
@@ -104,6 +107,8 @@ class MergeFunction(Protocol):
 
 def _operands(key: str, **tensors: Tensor | None) -> list[Tensor]:
     """Check the named operands (present, floating point, one shape) and return them as float32."""
+    import torch
+
     out: list[Tensor] = []
     for role, t in tensors.items():
         if t is None:
@@ -135,6 +140,8 @@ def weighted_sum(
 ) -> Tensor:
     """A·(1−M) + B·M (A1111 "Weighted sum"), computed as one fused `lerp` (A + M·(B − A)): the same
     value up to float rounding, in one pass over memory instead of three."""
+    import torch
+
     a, b = _operands(key, A=a, B=b)
     return torch.lerp(a, b, alpha)
 
@@ -142,6 +149,8 @@ def weighted_sum(
 def _lerp_into(a: Tensor, b: Tensor, c: Tensor | None, alpha: float, beta: float, out: Tensor) -> None:
     # torch's CPU lerp on float16/bfloat16 computes in float32 and rounds once, so this equals
     # `weighted_sum` then a cast, without the float32 copies (tests compare the two).
+    import torch
+
     torch.lerp(a, b, alpha, out=out)
 
 
@@ -165,6 +174,8 @@ def slerp(
     `slerp` gist), or a tensor is all zeros, sin Ω is too small to divide by and we fall back to
     the weighted sum.
     """
+    import torch
+
     a, b = _operands(key, A=a, B=b)
     norm_a, norm_b = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
     if norm_a == 0 or norm_b == 0:
@@ -187,6 +198,8 @@ def train_difference(
     `train_difference_mask`): each element of the task vector B − C is scaled by how far A is from
     B relative to how far C is, so elements where A already matches B change less.
     """
+    import torch
+
     a, b, c = _operands(key, A=a, B=b, C=c)
     dist_a, dist_c = (b - a).abs(), (b - c).abs()
     # 0/0 (A, B and C equal at that element) is the only NaN; the delta is 0 there anyway.
@@ -196,6 +209,8 @@ def train_difference(
 
 def _trim_top_magnitudes(delta: Tensor, density: float) -> Tensor:
     """Zero all but the `density` fraction of largest |values| (ties at the cut are all kept)."""
+    import torch
+
     n = delta.numel()
     # At least one element survives, so a small tensor (a bias, a scalar) keeps its largest change.
     k = min(n, max(1, round(density * n)))
@@ -214,6 +229,8 @@ def ties_merge_deltas(deltas: Sequence[Tensor], density: float) -> Tensor:
        total magnitude).
     3. Disjoint mean: average only the trimmed values that carry the elected sign; 0 where none do.
     """
+    import torch
+
     if not deltas:
         raise ValueError("TIES needs at least one task vector")
     trimmed = torch.stack([_trim_top_magnitudes(d, density) for d in deltas])
@@ -256,6 +273,8 @@ def dare_add_difference(
     on the CPU from `dare_seed(options.seed, key)`, so one seed gives the same merge on any device
     and in any key order.
     """
+    import torch
+
     a, b, c = _operands(key, A=a, B=b, C=c)
     p = options.dare_drop_rate
     generator = torch.Generator().manual_seed(dare_seed(options.seed, key))

@@ -19,12 +19,17 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modules.model_detection import ModelFamily, detect_architecture, normalize_keys
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that use it: the merge request types are imported while the
+# server starts, before torch is imported (tests/test_startup_imports.py).
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +236,8 @@ def _compute_threads() -> Iterator[None]:
     The merge maths are cheap next to the I/O; with torch's intra-op threads on every core, they
     spin against the writer threads, and on the 2-core bench machine lerp and the NaN check ran
     6-9x slower than with one thread. Merges run as jobs, one at a time, so nothing else is computing."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, min(previous, (os.cpu_count() or 1) - 2)))
     try:
@@ -257,6 +264,8 @@ def _check_compatible(a: _Input, others: list[_Input]) -> dict[str, bool]:
 
 
 def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, started, register) -> MergeResult:
+    import torch
+
     from modules.merge_blocks import block_weights_for
     from modules.merge_methods import MergeOptions
     from modules.safetensors_io import SafetensorsWriter
@@ -330,6 +339,8 @@ def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, s
 
 def _read(item: _Input, key: str) -> torch.Tensor:
     """A tensor in float32 (integers as they are), converted straight from the mapped file."""
+    import torch
+
     return item.source.read(key, torch.float32, torch.device("cpu"))
 
 
@@ -337,6 +348,8 @@ def _check_finite(key: str, tensor: torch.Tensor) -> None:
     """Refuse NaN/Inf in a merged tensor, checked after the cast to the output dtype so that an
     overflow of float16 is caught too. torch's min/max propagate NaN, so one `aminmax` pass (a few
     times cheaper than `isfinite().all()` or a float32 sum) tells whether any element is not finite."""
+    import torch
+
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return
     low, high = torch.aminmax(tensor)
@@ -360,6 +373,8 @@ def _is_baked(key: str, vae: Mapping[str, torch.Tensor] | None) -> bool:
 def _write_merged(writer, key, out_dtype, shape, a, b, c, b_keys, c_keys, method, request, weight_for, options,
                   vae, buffers: _BlockBuffers) -> None:
     """Compute the output tensor `key` and hand it to `writer`."""
+    import torch
+
     from modules.merge_methods import merge_tensor
 
     if _is_baked(key, vae):
@@ -409,6 +424,8 @@ class _BlockBuffers:
         self._buffers: list[torch.Tensor] = []
 
     def get(self, index: int, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        import torch
+
         while len(self._buffers) <= index:
             self._buffers.append(torch.empty(0, dtype=torch.uint8))
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
@@ -464,6 +481,8 @@ def _merge_first_channels(key, ta, tb, tc, method, alpha, request, options) -> t
 def _vae_tensors(name: str, vae_files: Mapping[str, Path] | None) -> Mapping[str, torch.Tensor]:
     """The weights of the VAE file `name` (a key of `vae_files`: VAE name → path), keyed as inside
     `first_stage_model.`."""
+    import torch
+
     from modules.model_loader import TensorSource
 
     path = (vae_files or {}).get(name)

@@ -15,9 +15,8 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import torch
 import yaml
 
 from modules.model_detection import (
@@ -28,6 +27,9 @@ from modules.model_detection import (
     Architecture,
     ModelFamily,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,8 @@ def _build_model_config(
     user_yaml: Path | None,
     force_prediction_type: str | None,
 ) -> ModelConfig:
+    import torch
+
     if user_yaml is not None:
         ldm = read_ldm_yaml(user_yaml)
         source = user_yaml

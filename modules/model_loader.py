@@ -17,11 +17,9 @@ import copy
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from modules.model_config import ModelConfig, TextEncoderSpec, build_model_config, infer_vae_sizes, vae_config_from_ldm
 from modules.model_detection import (
@@ -36,6 +34,12 @@ from modules.model_detection import (
 )
 from modules.safetensors_io import SafetensorsFormatError, SafetensorsReader
 
+if TYPE_CHECKING:
+    import torch
+
+# torch, diffusers and transformers are imported by the functions that use them: the server imports
+# this module while it starts, before torch is imported (tests/test_startup_imports.py).
+
 log = logging.getLogger(__name__)
 
 # EMA bookkeeping scalars some VAE files carry; not weights.
@@ -48,11 +52,23 @@ class CheckpointLoadError(ValueError):
     short_reason = "cannot be loaded"  # how checkpoint lists mark the file
 
 
+def _cpu() -> torch.device:
+    import torch
+
+    return torch.device("cpu")
+
+
+def _float32() -> torch.dtype:
+    import torch
+
+    return torch.float32
+
+
 @dataclass(frozen=True)
 class LoadOptions:
-    device: torch.device = torch.device("cpu")
-    dtype: torch.dtype = torch.float32  # UNet and text encoders
-    vae_dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=_cpu)
+    dtype: torch.dtype = field(default_factory=_float32)  # UNet and text encoders
+    vae_dtype: torch.dtype = field(default_factory=_float32)
     allow_unsafe_pickle: bool = False  # --disable-safe-unpickle
 
 
@@ -295,6 +311,8 @@ def _check_position_ids(position_ids: torch.Tensor, path: Path) -> None:
     They are never taken from the file (the model makes its own), so a damaged copy costs nothing;
     the warning tells the user why this file misbehaves elsewhere.
     """
+    import torch
+
     expected = torch.arange(position_ids.shape[-1], device=position_ids.device)
     if position_ids.is_floating_point() or not torch.equal(position_ids.reshape(-1).long(), expected):
         log.warning("%s: text encoder position_ids are damaged (a bad merge?); using correct ones", path.name)
@@ -329,10 +347,12 @@ def _text_key_used(spec: TextEncoderSpec, key: str) -> bool:
     return True
 
 
-def load_checkpoint(path: str | Path, options: LoadOptions = LoadOptions(), config_path: Path | None = None,
+def load_checkpoint(path: str | Path, options: LoadOptions | None = None, config_path: Path | None = None,
                     name: str | None = None) -> StableDiffusionModel:
-    """Load a single-file checkpoint. Raises `CheckpointLoadError` (or a subclass of ValueError for a
-    file that is not a supported checkpoint); never returns a half-built model."""
+    """Load a single-file checkpoint (with `options`, default `LoadOptions()`: CPU, float32). Raises
+    `CheckpointLoadError` (or a subclass of ValueError for a file that is not a supported
+    checkpoint); never returns a half-built model."""
+    options = LoadOptions() if options is None else options
     path = Path(path)
     timer = PhaseTimer()
     with timer.phase("header"):
@@ -391,18 +411,20 @@ def _load_tokenizer(spec: TextEncoderSpec):
     return load_clip_tokenizer(spec.tokenizer_kind, spec.tokenizer_dir)
 
 
-@torch.no_grad()
 def uses_v_prediction(unet: torch.nn.Module) -> bool:
     """A1111's test for SD2 checkpoints (A1111.md §1.7): one UNet pass on a constant input at t=999.
 
     An epsilon model predicts noise of roughly unit scale; a v-prediction model at t≈T predicts
     ≈ -x0, which pulls the mean of (output - input) below -1.
     """
+    import torch
+
     param = next(unet.parameters())
     x = torch.full((1, int(unet.config.in_channels), 8, 8), 0.5, device=param.device, dtype=param.dtype)
     context = torch.full((1, 2, int(unet.config.cross_attention_dim)), 0.5, device=param.device, dtype=param.dtype)
     timestep = torch.tensor([999], device=param.device)
-    out = unet(x, timestep, encoder_hidden_states=context).sample
+    with torch.no_grad():
+        out = unet(x, timestep, encoder_hidden_states=context).sample
     return bool((out.float() - x.float()).mean() < -1)
 
 
@@ -413,6 +435,8 @@ def load_vae_file(path: str | Path, model: StableDiffusionModel, allow_unsafe_pi
     add `loss.*` training weights, which are skipped); diffusers-layout files load as they are. The
     scaling factor stays the checkpoint's: it belongs to the latent space the UNet was trained on.
     """
+    import torch
+
     path = Path(path)
     with TensorSource(path, allow_unsafe_pickle) as source:
         keys = [k for k in source.shapes if not k.startswith("loss.") and k not in VAE_TRAINING_SCALARS]

@@ -18,13 +18,17 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import torch
-
-from modules.model_loader import LoadOptions, StableDiffusionModel, TensorSource, load_checkpoint, load_vae_file
 from modules.model_detection import detect_architecture, normalize_keys
-from modules.model_config import build_model_config
+
+if TYPE_CHECKING:
+    import torch
+
+    from modules.model_loader import LoadOptions, StableDiffusionModel
+
+# The loader (torch, diffusers, transformers) is imported by the methods that load: the server makes
+# its model manager while it starts, before torch is imported (tests/test_startup_imports.py).
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +62,11 @@ def configure_allocator() -> None:
 
 def release_memory(device: torch.device | None = None) -> None:
     gc.collect()
-    if device is not None and device.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    if device is not None and device.type == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
@@ -71,23 +78,30 @@ class ModelManager:
     `registry` finds checkpoints by title/alias (modules.checkpoints.CheckpointRegistry);
     `vae_resolver(info)` returns the VAE file to use for a checkpoint or None for its own VAE;
     `limit()` returns the current `sd_checkpoints_limit`.
+
+    `options` (device and dtypes) and `runtime` (a modules.model_runtime.ModelRuntime: attention
+    backend and offload) may be given as functions, `options()` and `runtime(options)`, called once
+    when first needed: deciding the device imports torch and probes the GPU, which the server's
+    start-up leaves to its background load so that the first page does not wait for it.
     """
 
     def __init__(
         self,
         registry,
-        options: LoadOptions,
+        options: LoadOptions | Callable[[], LoadOptions],
         limit: Callable[[], int] = lambda: 1,
         vae_resolver: Callable[[object], Path | None] = lambda info: None,
         keep_in_cpu: Callable[[], bool] = lambda: True,
         runtime=None,
     ):
         self.registry = registry
-        self.options = options
+        self._options_source = options
+        self._runtime_source = runtime
+        self._device_setup: tuple[LoadOptions, object] | None = None
+        self._setup_lock = threading.Lock()
         self._limit = limit
         self._vae_resolver = vae_resolver
         self._keep_in_cpu = keep_in_cpu
-        self._runtime = runtime  # modules.model_runtime.ModelRuntime: attention backend and offload
         self._lock = threading.RLock()
         self._loaded: OrderedDict[str, StableDiffusionModel] = OrderedDict()  # filename → model, LRU first
         self._current_key: str | None = None
@@ -95,6 +109,26 @@ class ModelManager:
         self._load_listeners: list[Callable[[StableDiffusionModel], None]] = []
 
     # --- queries ---------------------------------------------------------------------------------
+
+    def _setup(self) -> tuple[LoadOptions, object]:
+        setup = self._device_setup
+        if setup is None:
+            with self._setup_lock:
+                if self._device_setup is None:
+                    source = self._options_source
+                    options = source() if callable(source) else source
+                    runtime = self._runtime_source(options) if callable(self._runtime_source) else self._runtime_source
+                    self._device_setup = (options, runtime)
+                setup = self._device_setup
+        return setup
+
+    @property
+    def options(self) -> LoadOptions:
+        return self._setup()[0]
+
+    @property
+    def _runtime(self):
+        return self._setup()[1]
 
     @property
     def lock(self) -> threading.RLock:
@@ -197,6 +231,8 @@ class ModelManager:
         stat = path.stat()
         info = CheckpointInfo(filename=path, name=title, hash=legacy_model_hash(path), sha256=sha256,
                               size_bytes=stat.st_size, mtime=stat.st_mtime)
+        from modules.model_loader import load_checkpoint
+
         key = str(path)
         with self._lock:
             if key in self._loaded:
@@ -218,6 +254,9 @@ class ModelManager:
         """Fail fast, before anything is evicted: header, detection and config only (no tensors)."""
         if not Path(info.filename).suffix.lower() == ".safetensors":
             return  # a pickle has no separate header; the full load validates it
+        from modules.model_config import build_model_config
+        from modules.model_loader import TensorSource
+
         with TensorSource(Path(info.filename)) as source:
             canonical = normalize_keys(list(source.shapes), source.shapes)
             shapes = {c: source.shapes[f] for c, f in canonical.items()}
@@ -227,6 +266,10 @@ class ModelManager:
     def _load_from_disk(self, info):
         """Load `info`'s file; returns the model and the info with its sha256 (A1111 hashes on load,
         so the title gains its `[hash]`; `--no-hashing` leaves it as is)."""
+        import torch
+
+        from modules.model_loader import LoadOptions, load_checkpoint
+
         started = time.perf_counter()
         info = self.registry.ensure_hash(info)
         hashed = time.perf_counter() - started
@@ -251,6 +294,8 @@ class ModelManager:
             previous = self._loaded.get(self._current_key) if self._current_key else None
             if (previous is not None and self.options.device.type != "cpu" and self._keep_in_cpu()
                     and not self._offloaded(previous)):
+                import torch
+
                 previous.to(torch.device("cpu"))
             if model.device != self.options.device and not self._offloaded(model):
                 model.to(self.options.device)
@@ -331,6 +376,8 @@ class ModelManager:
         if vae_file is None:
             model.vae = model.builtin_vae
         else:
+            from modules.model_loader import load_vae_file
+
             model.vae = load_vae_file(vae_file, model, self.options.allow_unsafe_pickle)
             log.info("VAE %s applied to %s", Path(vae_file).name, model.name)
         model.vae_file = vae_file
@@ -343,6 +390,10 @@ def default_load_options(use_cpu: bool, no_half: bool, precision: str, no_half_v
                          device_name: str | None = None, allow_unsafe_pickle: bool = False,
                          cuda_available: bool | None = None) -> LoadOptions:
     """A1111's device/precision flags → LoadOptions: fp16 on CUDA, fp32 on CPU unless told otherwise."""
+    import torch
+
+    from modules.model_loader import LoadOptions
+
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     device = torch.device(device_name or "cuda") if cuda_available and not use_cpu else torch.device("cpu")

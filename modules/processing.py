@@ -16,9 +16,8 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modules.conditioning import (
@@ -33,6 +32,12 @@ from modules.conditioning import (
     sdxl_time_ids,
 )
 from modules.model_detection import ModelFamily
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that use it: the request types and the engine are made while
+# the server starts, before torch is imported (tests/test_startup_imports.py).
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +274,8 @@ class _NullControl:
 def _pad_to_length(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack conds of different token lengths by repeating each one's last vector (A1111's rule for
     the AND parts and prompts of one batch, `reconstruct_multicond_batch`)."""
+    import torch
+
     length = max(t.shape[1] for t in tensors)
     padded = [t if t.shape[1] == length else torch.cat([t, t[:, -1:].expand(-1, length - t.shape[1], -1)], dim=1)
               for t in tensors]
@@ -288,6 +295,8 @@ def pad_cond_uncond(cond: torch.Tensor, uncond: torch.Tensor, mode: str,
     - "last" (`pad_cond_uncond_v0`, "Pad conds v0"): only the negative changes — its last vector is
       repeated up to the prompt's length, or it is cut to that length when longer.
     """
+    import torch
+
     if mode not in COND_PADDING_MODES:
         raise ValueError(f"cond padding must be one of {list(COND_PADDING_MODES)}, got {mode!r}")
     missing = cond.shape[1] - uncond.shape[1]
@@ -337,6 +346,8 @@ class CFGDenoiser:
         self.step = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        import torch
+
         batch = x.shape[0]
         conds, weights, image_of_row = [], [], []
         for i in range(batch):
@@ -428,6 +439,8 @@ def _timestep_inner(model, alphas_cumprod):
 def latent_preview(latents: torch.Tensor, family: ModelFamily):
     """A cheap RGB approximation of latents (a fixed linear map per latent space, no weights): the
     live preview. Returns a PIL image of the first image of the batch."""
+    import torch
+
     from PIL import Image
 
     if family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER):
@@ -444,6 +457,8 @@ def latent_preview(latents: torch.Tensor, family: ModelFamily):
 @contextmanager
 def seamless_tiling(model, enabled: bool) -> Iterator[None]:
     """A1111's "Tiling": every conv of UNet and VAE pads circularly for the job, restored after."""
+    import torch
+
     if not enabled:
         yield
         return
@@ -564,6 +579,8 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
              save: SaveTarget | None = None, hooks: GenerationHooks | None = None) -> GenerationResult:
     """Generate every image of `request` with `model`; see the module docstring for the path.
     `hooks` lets extensions see and change the generation (GenerationHooks)."""
+    import torch
+
     from modules.extra_networks import parse_prompts
     from modules.network_activation import activate_extra_networks, embedding_widths
     from modules.rng import ImageRNG, get_fixed_seed, per_image_seeds
@@ -767,6 +784,8 @@ def _scheduler_label(name: str) -> str:
 
 @contextmanager
 def _timed(result: GenerationResult, name: str) -> Iterator[None]:
+    import torch
+
     started = time.perf_counter()
     try:
         yield
@@ -809,6 +828,8 @@ def _hires_pass(request, model, sampler, scheduler, schedule, samples, condition
                 seeds, subseeds, settings, run, progress_offset):
     """A1111's hires fix with a latent upscaler: upscale the latents, renoise them to the denoising
     strength, and sample again over the tail of a `hires steps` schedule."""
+    import torch
+
     from modules.rng import ImageRNG
     from modules.sampling.registry import build_sigmas, total_steps
 

@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from modules.rng_philox import PhiloxGenerator
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that draw noise: seeds are resolved (X/Y/Z plans, requests)
+# while the server starts, before torch is imported (tests/test_startup_imports.py).
 
 RANDN_SOURCES = ("GPU", "CPU", "NV")
 
@@ -87,6 +91,8 @@ def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     to `low * val + high * (1 - val)`, which is the linear interpolation *reversed* (val 0 gives
     `high`). Fixing it would change images made with such seeds, so it stays.
     """
+    import torch
+
     low_norm = low / torch.norm(low, dim=1, keepdim=True)
     high_norm = high / torch.norm(high, dim=1, keepdim=True)
     dot = (low_norm * high_norm).sum(1)
@@ -107,11 +113,15 @@ class TorchNoiseGenerator:
     """A `torch.Generator` on `generator_device`; noise is moved to `device` after drawing."""
 
     def __init__(self, seed: int, generator_device: torch.device, device: torch.device):
+        import torch
+
         self.generator_device = generator_device
         self.device = device
         self.generator = torch.Generator(generator_device).manual_seed(int(seed))
 
     def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        import torch
+
         noise = torch.randn(tuple(shape), generator=self.generator, device=self.generator_device)
         return noise.to(self.device)
 
@@ -124,6 +134,8 @@ class PhiloxNoiseGenerator:
         self.generator = PhiloxGenerator(seed)
 
     def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        import torch
+
         return torch.from_numpy(self.generator.randn(shape)).to(self.device)
 
 
@@ -135,6 +147,8 @@ def check_randn_source(source: str) -> str:
 
 def create_noise_generator(seed: int, source: str = "GPU", device: torch.device | str = "cpu") -> NoiseGenerator:
     """A generator for one seed with the given source (see the module docstring)."""
+    import torch
+
     check_randn_source(source)
     device = torch.device(device)
     if source == "NV":
@@ -158,6 +172,8 @@ class ImageRNG:
     def __init__(self, shape: Sequence[int], seeds: Sequence[int], subseeds: Sequence[int] | None = None,
                  subseed_strength: float = 0.0, seed_resize_from_h: int = 0, seed_resize_from_w: int = 0, *,
                  source: str = "GPU", device: torch.device | str = "cpu", eta_noise_seed_delta: int = 0):
+        import torch
+
         self.shape = tuple(int(d) for d in shape)
         if len(self.shape) != 3:
             raise ValueError(f"shape must be one image's latent shape (C, H, W), got {self.shape}")
@@ -181,6 +197,8 @@ class ImageRNG:
 
     def first(self) -> torch.Tensor:
         """The initial latent noise, `(len(seeds), C, H, W)`; later draws come from `next()`."""
+        import torch
+
         resized = self.seed_resize_from_h > 0 and self.seed_resize_from_w > 0
         noise_shape = (self.shape[0], self.seed_resize_from_h // LATENT_SCALE,
                        self.seed_resize_from_w // LATENT_SCALE) if resized else self.shape
@@ -214,6 +232,8 @@ class ImageRNG:
 
     def next(self) -> torch.Tensor:
         """The first call returns `first()`; later calls the next noise of every image's generator."""
+        import torch
+
         if self.is_first:
             self.is_first = False
             return self.first()

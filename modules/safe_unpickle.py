@@ -72,9 +72,13 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that use it: importers of this module (embeddings, LoRA) list
+# files while the server starts, before torch is imported (tests/test_startup_imports.py).
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +203,8 @@ def restricted_allowlist(extra_globals: Sequence[Any] = ()) -> list[Any]:
     Entries are objects (named by ``__module__.__qualname__``) or ``(obj, "module.Name")`` tuples
     for objects pickled under another path; `extra_globals` (for extensions) uses the same form.
     """
+    import torch
+
     entries: list[Any] = [
         # torch's default list already has OrderedDict; listing it again costs nothing and keeps
         # A1111's list complete here even if torch ever drops it.
@@ -250,6 +256,8 @@ def _allowed_global_names(entries: Sequence[Any]) -> set[str]:
 
 @contextlib.contextmanager
 def _allowlisted(entries: Sequence[Any]) -> Iterator[None]:
+    import torch
+
     with _ALLOWLIST_LOCK:
         before = torch.serialization.get_safe_globals()
         try:
@@ -291,6 +299,8 @@ def load_pickled_checkpoint(
     `FileNotFoundError`/`IsADirectoryError`/`PermissionError` as usual. Never returns None on
     failure.
     """
+    import torch
+
     path = Path(path)
     is_zip = _inspect_container(path)
     use_mmap = is_zip if mmap is None else bool(mmap)
@@ -368,6 +378,8 @@ def _lenient_pickle_module() -> types.ModuleType:
 
 
 def _load_unsafe(path: Path, is_zip: bool, use_mmap: bool, map_location: Any) -> object:
+    import torch
+
     logger.warning(
         "Loading %s with the safe unpickler disabled (%s): any code inside the file runs with "
         "this program's permissions. Only do this for files you trust.",
@@ -675,6 +687,8 @@ def unwrap_state_dict(
     `nn.Parameter`s become plain tensors sharing the same storage. `source` (the file) is only
     used in error messages.
     """
+    import torch
+
     where = f"{os.fspath(source)}" if source is not None else "the checkpoint"
     if not isinstance(obj, Mapping):
         raise PickledCheckpointError(

@@ -22,27 +22,43 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-# Header dtype strings of the safetensors format, and back.
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
+# Header dtype strings of the safetensors format: bytes per element and the torch dtype's name.
+# torch is imported only when a tensor is read or written: checkpoint discovery reads headers, and
+# the server's first page does not wait for torch's import (docs/BENCHMARKS.md, start-up).
+FORMAT_DTYPES: dict[str, tuple[int, str]] = {
+    "F64": (8, "float64"),
+    "F32": (4, "float32"),
+    "F16": (2, "float16"),
+    "BF16": (2, "bfloat16"),
+    "I64": (8, "int64"),
+    "I32": (4, "int32"),
+    "I16": (2, "int16"),
+    "I8": (1, "int8"),
+    "U8": (1, "uint8"),
+    "BOOL": (1, "bool"),
+    "F8_E4M3": (1, "float8_e4m3fn"),
+    "F8_E5M2": (1, "float8_e5m2"),
 }
-DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+
+
+@cache
+def torch_dtypes() -> dict[str, torch.dtype]:
+    """Header dtype string → torch dtype."""
+    import torch
+
+    return {name: getattr(torch, attribute) for name, (_, attribute) in FORMAT_DTYPES.items()}
+
+
+@cache
+def _format_names() -> dict[torch.dtype, str]:
+    return {dtype: name for name, dtype in torch_dtypes().items()}
 
 # A header larger than this is not a checkpoint header but a corrupt length field.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -60,10 +76,14 @@ class TensorSpec:
     """Where one tensor lives in a safetensors file."""
 
     name: str
-    dtype: torch.dtype
+    dtype_name: str  # as the header says it: "F16", "BF16", ...
     shape: tuple[int, ...]
     begin: int  # offset of the first byte, relative to the start of the data section
     end: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtypes()[self.dtype_name]
 
     @property
     def nbytes(self) -> int:
@@ -112,12 +132,13 @@ def _parse_header(path: Path, f: BinaryIO, file_size: int) -> SafetensorsHeader:
     tensors: dict[str, TensorSpec] = {}
     for name, entry in header.items():
         try:
-            dtype = DTYPES[entry["dtype"]]
+            dtype_name = entry["dtype"]
+            itemsize, _ = FORMAT_DTYPES[dtype_name]
             shape = tuple(int(d) for d in entry["shape"])
             begin, end = (int(x) for x in entry["data_offsets"])
         except (KeyError, TypeError, ValueError) as e:
             raise SafetensorsFormatError(f"{path}: bad header entry for tensor {name!r}: {entry!r}") from e
-        expected = _numel(shape) * _itemsize(dtype)
+        expected = _numel(shape) * itemsize
         if end - begin != expected or begin < 0:
             raise SafetensorsFormatError(
                 f"{path}: tensor {name!r} has {end - begin} bytes for shape {list(shape)} {entry['dtype']}"
@@ -127,7 +148,7 @@ def _parse_header(path: Path, f: BinaryIO, file_size: int) -> SafetensorsHeader:
                 f"{path}: tensor {name!r} ends at byte {data_offset + end} but the file has {file_size}; "
                 "the file is truncated (an interrupted download?)"
             )
-        tensors[name] = TensorSpec(name, dtype, shape, begin, end)
+        tensors[name] = TensorSpec(name, dtype_name, shape, begin, end)
     ordered = dict(sorted(tensors.items(), key=lambda item: item[1].begin))
     return SafetensorsHeader(path, data_offset, ordered, {str(k): str(v) for k, v in metadata.items()})
 
@@ -140,7 +161,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize
 
 
 class SafetensorsReader:
@@ -181,6 +202,8 @@ class SafetensorsReader:
     def read(self, name: str, dtype: torch.dtype | None = None,
              device: torch.device | str | None = None) -> torch.Tensor:
         """The tensor `name`, as a new tensor in `dtype` (floating tensors only) on `device`."""
+        import torch
+
         spec = self.header.tensors[name]
         numel = _numel(spec.shape)
         target = dtype if dtype is not None and spec.dtype.is_floating_point else spec.dtype
@@ -202,6 +225,8 @@ class SafetensorsReader:
         """Fill the 1-D tensor `out` (the stored dtype) with elements [start, start + len(out)) of the
         flattened tensor `name`, with `pread` straight into it: for streaming a large tensor through
         a few reused buffers (the merger) without mapping pages in and out."""
+        import torch
+
         spec = self.header.tensors[name]
         if out.dtype != spec.dtype or out.dim() != 1 or not out.is_contiguous():
             raise ValueError(f"read_into needs a contiguous 1-D {spec.dtype} tensor, got {out.dtype} {list(out.shape)}")
@@ -222,6 +247,8 @@ class SafetensorsReader:
         """A zero-copy view of `name` in the mapped file, valid inside the block; its pages are
         released after. For code that streams over a tensor (the merger) and would otherwise copy
         it whole first. The mapping is copy-on-write: writing into the view never reaches the file."""
+        import torch
+
         spec = self.header.tensors[name]
         numel = _numel(spec.shape)
         if numel == 0:
@@ -283,7 +310,8 @@ class SafetensorsWriter:
         for name, dtype, shape in specs:
             shape = tuple(int(d) for d in shape)
             nbytes = _numel(shape) * _itemsize(dtype)
-            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {"dtype": _format_names()[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + nbytes]}
             self._order.append((name, dtype, shape))
             offset += nbytes
         encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -312,6 +340,8 @@ class SafetensorsWriter:
             self.abort()
 
     def _drain(self) -> None:
+        import torch  # the writer is given tensors: torch is imported already
+
         while True:
             item = self._queue.get()
             if item is None:
@@ -321,7 +351,7 @@ class SafetensorsWriter:
                 item, block = item
             try:
                 if self._error is None:  # after a failure keep draining so the producer never blocks
-                    data = memoryview(item.view(-1).view(torch.uint8).numpy()) if isinstance(item, torch.Tensor) else item
+                    data = item if isinstance(item, bytes) else memoryview(item.view(-1).view(torch.uint8).numpy())
                     # Hash on a second thread while this one writes: both release the GIL and
                     # each is about as slow as the other; hash updates stay in file order.
                     hashed = self._hash_pool.submit(self._hasher.update, data)
@@ -373,6 +403,8 @@ class SafetensorsWriter:
         self._next += 1
 
     def _take_block(self) -> torch.Tensor:
+        import torch
+
         try:
             return self._free_blocks.get_nowait()
         except queue.Empty:

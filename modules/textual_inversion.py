@@ -65,16 +65,21 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from modules.checkpoints import walk_sorted
 from modules.hashes import HashCache, sha256_of_file
 from modules.safe_unpickle import load_pickled_checkpoint
 from modules.safetensors_io import SafetensorsReader, save_file
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that use it: the database scans its folders while the server
+# starts, before torch is imported (tests/test_startup_imports.py); reading a file imports it.
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +249,8 @@ def embedding_from_data(data: object, *, name: str, path: Path) -> Embedding:
     """Interpret what a file held, trying the shapes in A1111's order:
     `string_to_param`, then SDXL `clip_l` + `clip_g`, then a single-tensor diffusers concept.
     """
+    import torch
+
     if not isinstance(data, Mapping) or not data:
         raise EmbeddingFormatError(
             f"{path} holds a {type(data).__name__}, not an embedding. An embedding file holds a dict: "
@@ -293,6 +300,8 @@ def embedding_from_data(data: object, *, name: str, path: Path) -> Embedding:
 
 
 def _as_matrix(value: object, path: Path, label: str) -> torch.Tensor:
+    import torch
+
     if not isinstance(value, torch.Tensor):
         raise EmbeddingFormatError(f"{path}: {label!r} is a {type(value).__name__}, expected a tensor", path)
     if not value.dtype.is_floating_point:
@@ -391,6 +400,8 @@ def decode_text_embedding(text: str | bytes, path: str | os.PathLike[str]) -> di
 
 
 def _decode_embedding_json(raw: bytes, path: str | os.PathLike[str], *, where: str) -> dict[str, Any]:
+    import torch
+
     def tensor_hook(obj: dict[str, Any]) -> Any:
         if JSON_TENSOR_KEY in obj:
             # JSON numbers are doubles. float64 keeps every float32 value exactly until the cast to
@@ -507,6 +518,8 @@ def save_embedding(
     Both are written to a temporary name and renamed into place, so a scan never sees a file
     half-written.
     """
+    import torch
+
     path = Path(path)
     encoders = dict(vectors) if isinstance(vectors, Mapping) else {DEFAULT_ENCODER: vectors}
     ext = path.suffix.lower()

@@ -619,3 +619,18 @@ def test_self_check_ignores_the_loaders_own_passing_patch():
     with init_empty_weights(include_buffers=False):
         during = FrameworkSnapshot.take()
     assert during.changes_since(before) == []
+
+
+def test_self_check_catches_a_patch_of_a_module_imported_after_the_baseline(monkeypatch):
+    """The server loads extensions before torch is imported (the model stack comes after the first
+    page), so an extension may be the first to import torch: a torch function it replaces is new since
+    the baseline and still caught; what torch brings itself (re-exported typing classes) is not."""
+    import torch.nn.functional as F
+
+    from modules.extensions import FrameworkSnapshot
+
+    before_torch = FrameworkSnapshot({})  # the baseline of a server that has not imported torch yet
+    assert FrameworkSnapshot.take().changes_since(before_torch) == []
+    original = F.silu
+    monkeypatch.setattr(F, "silu", lambda x, inplace=False: original(x))
+    assert FrameworkSnapshot.take().changes_since(before_torch) == ["torch.nn.functional.silu"]

@@ -7,17 +7,21 @@ unknown sampler name with the first sampler; we raise a ValueError listing the v
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from modules.sampling import samplers as k
-from modules.sampling import schedules as sch
-from modules.sampling import timesteps as ts
-from modules.sampling import unipc
+    from modules.sampling import schedules as sch
+
+# The tables name the implementations instead of importing them: the web UI and request validation
+# read names and flags while the server starts, before torch is imported
+# (tests/test_startup_imports.py); an implementation is imported when a sampler or scheduler runs.
 
 __all__ = [
     "SAMPLERS",
@@ -37,13 +41,15 @@ __all__ = [
 class SamplerInfo:
     """One row of A1111's sampler list.
 
+    `implementation` names the function as "module.function" in modules.sampling (None: listed
+    for A1111's names, not implemented); `function` is that function, imported on first use.
     kind "sigmas": `function` follows `samplers.py`'s signature and wants a sigma schedule;
     kind "timesteps": `function` follows `timesteps.py`'s and wants `timesteps.a1111_timesteps`.
     `options` are fixed keyword arguments (e.g. solver_type) passed to `function` on every call.
     """
 
     name: str
-    function: Callable[..., torch.Tensor] | None
+    implementation: str | None
     aliases: tuple[str, ...] = ()
     kind: Literal["sigmas", "timesteps"] = "sigmas"
     default_scheduler: str | None = None
@@ -54,8 +60,25 @@ class SamplerInfo:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
+    def function(self) -> Callable[..., torch.Tensor] | None:
+        return None if self.implementation is None else _implementation(self.implementation)
+
+    @property
     def implemented(self) -> bool:
-        return self.function is not None
+        return self.implementation is not None
+
+
+@cache
+def _implementation(reference: str) -> Callable[..., Any]:
+    module, _, name = reference.rpartition(".")
+    return getattr(importlib.import_module(f"modules.sampling.{module}"), name)
+
+
+def _sch():
+    """modules.sampling.schedules, imported when a scheduler first runs."""
+    from modules.sampling import schedules
+
+    return schedules
 
 
 @dataclass(frozen=True)
@@ -69,8 +92,9 @@ class ScheduleOptions:
     beta_beta: float = 0.6
 
 
-# (n, sigma_min, sigma_max, schedule, options) -> sigmas
-ScheduleFn = Callable[[int, float, float, sch.DiscreteSchedule, ScheduleOptions], torch.Tensor]
+if TYPE_CHECKING:
+    # (n, sigma_min, sigma_max, schedule, options) -> sigmas
+    ScheduleFn = Callable[[int, float, float, sch.DiscreteSchedule, ScheduleOptions], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -88,19 +112,19 @@ def _rho(options: ScheduleOptions, default: float) -> float:
 
 SCHEDULERS: tuple[SchedulerInfo, ...] = (
     SchedulerInfo("automatic", "Automatic", None),
-    SchedulerInfo("uniform", "Uniform", lambda n, lo, hi, m, o: sch.sigmas_uniform(n, m)),
-    SchedulerInfo("karras", "Karras", lambda n, lo, hi, m, o: sch.get_sigmas_karras(n, lo, hi, _rho(o, 7.0)), default_rho=7.0),
-    SchedulerInfo("exponential", "Exponential", lambda n, lo, hi, m, o: sch.get_sigmas_exponential(n, lo, hi)),
+    SchedulerInfo("uniform", "Uniform", lambda n, lo, hi, m, o: _sch().sigmas_uniform(n, m)),
+    SchedulerInfo("karras", "Karras", lambda n, lo, hi, m, o: _sch().get_sigmas_karras(n, lo, hi, _rho(o, 7.0)), default_rho=7.0),
+    SchedulerInfo("exponential", "Exponential", lambda n, lo, hi, m, o: _sch().get_sigmas_exponential(n, lo, hi)),
     SchedulerInfo("polyexponential", "Polyexponential",
-                  lambda n, lo, hi, m, o: sch.get_sigmas_polyexponential(n, lo, hi, _rho(o, 1.0)), default_rho=1.0),
-    SchedulerInfo("sgm_uniform", "SGM Uniform", lambda n, lo, hi, m, o: sch.sigmas_sgm_uniform(n, lo, hi, m),
+                  lambda n, lo, hi, m, o: _sch().get_sigmas_polyexponential(n, lo, hi, _rho(o, 1.0)), default_rho=1.0),
+    SchedulerInfo("sgm_uniform", "SGM Uniform", lambda n, lo, hi, m, o: _sch().sigmas_sgm_uniform(n, lo, hi, m),
                   aliases=("SGMUniform",)),
-    SchedulerInfo("kl_optimal", "KL Optimal", lambda n, lo, hi, m, o: sch.sigmas_kl_optimal(n, lo, hi)),
-    SchedulerInfo("align_your_steps", "Align Your Steps", lambda n, lo, hi, m, o: sch.sigmas_align_your_steps(n, o.is_sdxl)),
-    SchedulerInfo("simple", "Simple", lambda n, lo, hi, m, o: sch.sigmas_simple(n, m)),
-    SchedulerInfo("normal", "Normal", lambda n, lo, hi, m, o: sch.sigmas_normal(n, lo, hi, m)),
-    SchedulerInfo("ddim", "DDIM", lambda n, lo, hi, m, o: sch.sigmas_ddim(n, m)),
-    SchedulerInfo("beta", "Beta", lambda n, lo, hi, m, o: sch.sigmas_beta(n, lo, hi, o.beta_alpha, o.beta_beta)),
+    SchedulerInfo("kl_optimal", "KL Optimal", lambda n, lo, hi, m, o: _sch().sigmas_kl_optimal(n, lo, hi)),
+    SchedulerInfo("align_your_steps", "Align Your Steps", lambda n, lo, hi, m, o: _sch().sigmas_align_your_steps(n, o.is_sdxl)),
+    SchedulerInfo("simple", "Simple", lambda n, lo, hi, m, o: _sch().sigmas_simple(n, m)),
+    SchedulerInfo("normal", "Normal", lambda n, lo, hi, m, o: _sch().sigmas_normal(n, lo, hi, m)),
+    SchedulerInfo("ddim", "DDIM", lambda n, lo, hi, m, o: _sch().sigmas_ddim(n, m)),
+    SchedulerInfo("beta", "Beta", lambda n, lo, hi, m, o: _sch().sigmas_beta(n, lo, hi, o.beta_alpha, o.beta_beta)),
 )
 
 _MIDPOINT = MappingProxyType({"solver_type": "midpoint"})
@@ -108,34 +132,34 @@ _HEUN = MappingProxyType({"solver_type": "heun"})
 
 # A1111's list order (the first entry is its UI default).
 SAMPLERS: tuple[SamplerInfo, ...] = (
-    SamplerInfo("DPM++ 2M", k.sample_dpmpp_2m, ("k_dpmpp_2m",), default_scheduler="karras"),
-    SamplerInfo("DPM++ SDE", k.sample_dpmpp_sde, ("k_dpmpp_sde",), default_scheduler="karras",
+    SamplerInfo("DPM++ 2M", "samplers.sample_dpmpp_2m", ("k_dpmpp_2m",), default_scheduler="karras"),
+    SamplerInfo("DPM++ SDE", "samplers.sample_dpmpp_sde", ("k_dpmpp_sde",), default_scheduler="karras",
                 second_order=True, brownian_noise=True),
-    SamplerInfo("DPM++ 2M SDE", k.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde",), default_scheduler="exponential",
+    SamplerInfo("DPM++ 2M SDE", "samplers.sample_dpmpp_2m_sde", ("k_dpmpp_2m_sde",), default_scheduler="exponential",
                 brownian_noise=True, options=_MIDPOINT),
-    SamplerInfo("DPM++ 2M SDE Heun", k.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde_heun",), default_scheduler="exponential",
+    SamplerInfo("DPM++ 2M SDE Heun", "samplers.sample_dpmpp_2m_sde", ("k_dpmpp_2m_sde_heun",), default_scheduler="exponential",
                 brownian_noise=True, options=_HEUN),
-    SamplerInfo("DPM++ 2S a", k.sample_dpmpp_2s_ancestral, ("k_dpmpp_2s_a",), default_scheduler="karras",
+    SamplerInfo("DPM++ 2S a", "samplers.sample_dpmpp_2s_ancestral", ("k_dpmpp_2s_a",), default_scheduler="karras",
                 uses_ensd=True, second_order=True),
-    SamplerInfo("DPM++ 3M SDE", k.sample_dpmpp_3m_sde, ("k_dpmpp_3m_sde",), default_scheduler="exponential",
+    SamplerInfo("DPM++ 3M SDE", "samplers.sample_dpmpp_3m_sde", ("k_dpmpp_3m_sde",), default_scheduler="exponential",
                 discard_next_to_last_sigma=True, brownian_noise=True),
-    SamplerInfo("Euler a", k.sample_euler_ancestral, ("k_euler_a", "k_euler_ancestral"), uses_ensd=True),
-    SamplerInfo("Euler", k.sample_euler, ("k_euler",)),
-    SamplerInfo("LMS", k.sample_lms, ("k_lms",)),
-    SamplerInfo("Heun", k.sample_heun, ("k_heun",), second_order=True),
-    SamplerInfo("DPM2", k.sample_dpm_2, ("k_dpm_2",), default_scheduler="karras",
+    SamplerInfo("Euler a", "samplers.sample_euler_ancestral", ("k_euler_a", "k_euler_ancestral"), uses_ensd=True),
+    SamplerInfo("Euler", "samplers.sample_euler", ("k_euler",)),
+    SamplerInfo("LMS", "samplers.sample_lms", ("k_lms",)),
+    SamplerInfo("Heun", "samplers.sample_heun", ("k_heun",), second_order=True),
+    SamplerInfo("DPM2", "samplers.sample_dpm_2", ("k_dpm_2",), default_scheduler="karras",
                 discard_next_to_last_sigma=True, second_order=True),
-    SamplerInfo("DPM2 a", k.sample_dpm_2_ancestral, ("k_dpm_2_a",), default_scheduler="karras",
+    SamplerInfo("DPM2 a", "samplers.sample_dpm_2_ancestral", ("k_dpm_2_a",), default_scheduler="karras",
                 discard_next_to_last_sigma=True, uses_ensd=True, second_order=True),
-    # Listed so names resolve and the UI list matches A1111; not implemented yet (function None).
+    # Listed so names resolve and the UI list matches A1111; not implemented yet (None).
     SamplerInfo("DPM fast", None, ("k_dpm_fast",), uses_ensd=True),
     SamplerInfo("DPM adaptive", None, ("k_dpm_ad",), uses_ensd=True),
     SamplerInfo("Restart", None, ("restart",), default_scheduler="karras", second_order=True),
-    SamplerInfo("DDIM", ts.sample_ddim, ("ddim",), kind="timesteps"),
+    SamplerInfo("DDIM", "timesteps.sample_ddim", ("ddim",), kind="timesteps"),
     SamplerInfo("DDIM CFG++", None, ("ddim_cfgpp",), kind="timesteps"),
-    SamplerInfo("PLMS", ts.sample_plms, ("plms",), kind="timesteps"),
-    SamplerInfo("UniPC", unipc.sample_unipc, ("unipc",), kind="timesteps"),
-    SamplerInfo("LCM", k.sample_lcm, ("k_lcm",)),
+    SamplerInfo("PLMS", "timesteps.sample_plms", ("plms",), kind="timesteps"),
+    SamplerInfo("UniPC", "unipc.sample_unipc", ("unipc",), kind="timesteps"),
+    SamplerInfo("LCM", "samplers.sample_lcm", ("k_lcm",)),
 )
 
 
@@ -221,6 +245,8 @@ def build_sigmas(sampler: SamplerInfo, scheduler: str | None, steps: int, schedu
     `scheduler` None/"automatic" means the sampler's default, or the model's own schedule if it has
     none. sigma_min/sigma_max default to the model's table ends (A1111 settings override them).
     """
+    from modules.sampling import schedules as sch
+
     if sampler.kind != "sigmas":
         raise ValueError(f"{sampler.name} is a timestep sampler; use timesteps.a1111_timesteps")
     if steps < 1:

@@ -215,8 +215,16 @@ def build(context, shared: UiShared, prompt: Any, negative_prompt: Any) -> Any:
         refresh_networks(context)
         return render_html(list_networks(context))
 
+    def on_page_load():
+        # The start-up reads the embeddings in the background (reading one imports torch), so the
+        # panel built with the UI may lack them: a page opened meanwhile waits here for that scan,
+        # and later pages pick up files added since.
+        context.embeddings.refresh()
+        return render_html(list_networks(context))
+
     panel.click(on_click, inputs=[prompt, negative_prompt], outputs=[prompt, negative_prompt], show_progress="hidden")
     refresh.click(on_refresh, outputs=panel, show_progress="hidden")
+    shared.page_loads.append((on_page_load, [panel]))
     if shared.checkpoint_switched is not None:  # which embeddings fit depends on the model
         shared.checkpoint_switched.then(lambda: render_html(list_networks(context)), outputs=panel,
                                         show_progress="hidden")
