@@ -1,6 +1,7 @@
-"""Start-up time: from `python launch.py` to the first HTTP 200 on `/` and to the first image.
+"""Start-up time: from `python launch.py` to the first HTTP 200 on `/` and to the first image, beside
+the time `import gradio` alone takes in a fresh process (the floor of the first page).
 
-    python bench/bench_startup.py [--runs 3] [--python PATH] [--steps 4] [--px 64]
+    python bench/bench_startup.py [--runs 3] [--python PATH] [--steps 4] [--px 64] [--imports]
 
 Each run is a fresh process, `PYTHON launch.py --data-dir <fresh folder> --port <free> --api`, on a
 data folder holding one tiny SD1 checkpoint (random weights in the real layout). launch.py's
@@ -12,8 +13,15 @@ GB, so that case is refused.
 
 Timed from just before the process is spawned: "page" = the first 200 on `/` (polled every 20 ms);
 "image" = the first `POST /sdapi/v1/txt2img` answer carrying an image, sent as soon as `/` answers
-(the start-up checkpoint loads in the background meanwhile; the job waits for it). Medians of --runs,
-after one untimed warm-up run (page cache, bootstrap stamp). Writes bench/out/startup.json.
+(the start-up checkpoint loads in the background meanwhile; the job waits for it). In the same rounds,
+"gradio" = a fresh `PYTHON -c "import gradio"` from spawn to exit, and "torch" the same for torch.
+Medians of --runs, after one untimed warm-up round (page cache, bootstrap stamp). Writes
+bench/out/startup.json.
+
+--imports adds the question of where the model stack's import belongs on 2 cores: fresh processes
+that import gradio alone, gradio then torch + diffusers + transformers, and the same two at once
+(torch's on a thread started first, as a server would do it to get ahead); for each, when gradio is
+imported and when both are.
 """
 
 from __future__ import annotations
@@ -115,6 +123,50 @@ def one_run(python: str, template: Path, steps: int, px: int, log_path: Path) ->
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def import_seconds(python: str, module: str) -> float:
+    """Wall time of a fresh `python -c "import <module>"`, spawn to exit."""
+    started = time.perf_counter()
+    subprocess.run([python, "-c", f"import {module}"], check=True, cwd=REPO_ROOT,
+                   env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    return time.perf_counter() - started
+
+
+# The model stack as the start-up load imports it.
+MODEL_STACK = "import torch, diffusers.models, transformers.models.clip"
+IMPORT_ORDERS = {
+    "gradio alone": "import gradio\nmarks['gradio'] = clock()",
+    "gradio, then the model stack": f"import gradio\nmarks['gradio'] = clock()\n{MODEL_STACK}",
+    "both at once (model stack on a thread)": (
+        "import threading\n"
+        f"stack = threading.Thread(target=lambda: exec({MODEL_STACK!r}))\nstack.start()\n"
+        "import gradio\nmarks['gradio'] = clock()\nstack.join()"),
+}
+IMPORT_PROBE = """
+import json, time
+clock = lambda: time.perf_counter() - started
+started = time.perf_counter()
+marks = {{}}
+{body}
+marks['all'] = clock()
+print(json.dumps(marks))
+"""
+
+
+def import_orders(python: str, runs: int) -> dict[str, dict[str, float]]:
+    """Median seconds (from the first line of the probe) until gradio is imported and until all is."""
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in IMPORT_ORDERS}
+    for index in range(runs + 1):
+        for name, body in IMPORT_ORDERS.items():
+            done = subprocess.run([python, "-c", IMPORT_PROBE.format(body=body)], check=True, capture_output=True,
+                                  text=True, cwd=REPO_ROOT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+            marks = json.loads(done.stdout.strip().splitlines()[-1])
+            if index:  # the first round warms the page cache
+                samples[name].append(marks)
+                print(f"{name}: gradio {marks['gradio']:.2f} s, all {marks['all']:.2f} s", flush=True)
+    return {name: {key: median([m[key] for m in marks]) for key in ("gradio", "all")}
+            for name, marks in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
@@ -122,6 +174,7 @@ def main() -> None:
                         help="interpreter that runs launch.py: an already prepared venv (default: this one)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--px", type=int, default=64)
+    parser.add_argument("--imports", action="store_true", help="also time the import orders (see above)")
     args = parser.parse_args()
 
     if not in_virtualenv(args.python) and not (REPO_ROOT / "venv").exists():
@@ -138,9 +191,11 @@ def main() -> None:
 
     runs = []
     for index in range(args.runs + 1):
-        run = one_run(args.python, template, args.steps, args.px, OUT_DIR / f"startup-run{index}.log")
+        run = {"gradio_s": import_seconds(args.python, "gradio"), "torch_s": import_seconds(args.python, "torch")}
+        run.update(one_run(args.python, template, args.steps, args.px, OUT_DIR / f"startup-run{index}.log"))
         label = "warm-up" if index == 0 else f"run {index}"
-        print(f"{label}: first 200 on / {run['page_s']:.2f} s, first image {run['image_s']:.2f} s", flush=True)
+        print(f"{label}: import gradio alone {run['gradio_s']:.2f} s, import torch alone {run['torch_s']:.2f} s, "
+              f"first 200 on / {run['page_s']:.2f} s, first image {run['image_s']:.2f} s", flush=True)
         if index:
             runs.append(run)
 
@@ -150,15 +205,23 @@ def main() -> None:
         "command": f"{args.python} launch.py --data-dir <fresh> --port <free> --api",
         "request": {"steps": args.steps, "width": args.px, "height": args.px, "model": "tiny SD1 (random weights)"},
         "runs": runs,
+        "median_gradio_import_s": median([r["gradio_s"] for r in runs]),
+        "median_torch_import_s": median([r["torch_s"] for r in runs]),
         "median_page_s": median([r["page_s"] for r in runs]),
         "median_image_s": median([r["image_s"] for r in runs]),
         "machine": machine_description(),
         "python": platform.python_version(),
         "versions": {name: version(name) for name in ("gradio", "fastapi", "uvicorn", "torch", "diffusers")},
     }
+    if args.imports:
+        result["import_orders"] = import_orders(args.python, args.runs)
     (OUT_DIR / "startup.json").write_text(json.dumps(result, indent=2))
-    print(f"median: first 200 on / {result['median_page_s']:.2f} s, first image {result['median_image_s']:.2f} s "
-          f"({result['machine']})")
+    print(f"median: import gradio alone {result['median_gradio_import_s']:.2f} s, import torch alone "
+          f"{result['median_torch_import_s']:.2f} s, first 200 on / {result['median_page_s']:.2f} s "
+          f"({result['median_page_s'] - result['median_gradio_import_s']:+.2f} s after gradio alone), "
+          f"first image {result['median_image_s']:.2f} s ({result['machine']})")
+    for name, marks in result.get("import_orders", {}).items():
+        print(f"median {name}: gradio imported at {marks['gradio']:.2f} s, all at {marks['all']:.2f} s")
 
 
 if __name__ == "__main__":

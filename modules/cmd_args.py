@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HTTP Basic credentials for the web UI (and for the API without --api-auth)")
     server.add_argument("--gradio-auth-path", type=str, default=None, metavar="FILE",
                         help="file with USER:PASS pairs separated by commas or newlines; adds to --gradio-auth")
+    server.add_argument("--tls-keyfile", type=str, default=None, metavar="KEY.pem",
+                        help="serve HTTPS with this PEM private key (unencrypted); needs --tls-certfile. Use it "
+                             "with --listen and auth, or passwords cross the network in clear text")
+    server.add_argument("--tls-certfile", type=str, default=None, metavar="CERT.pem",
+                        help="serve HTTPS with this PEM certificate (a chain may follow it); needs --tls-keyfile")
+    server.add_argument("--disable-tls-verify", action="store_true",
+                        help="accepted for A1111 compatibility (extensions read it): in A1111 it stops Gradio's "
+                             "launch() from verifying the certificate when it calls its own server. Atelier makes "
+                             "no such calls, so it changes nothing here; clients of a self-signed server must "
+                             "trust its certificate or turn off their own verification")
     server.add_argument("--cors-allow-origins", type=str, default=None, metavar="ORIGIN[,ORIGIN...]",
                         help="other sites (e.g. http://localhost:3000) whose pages may call this server from a "
                              "browser; without it only Atelier's own page may change anything")
@@ -149,6 +159,12 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
         parser.error(str(e))
     if args.max_body_size is not None and not args.max_body_size > 0:
         parser.error(f"--max-body-size {args.max_body_size:g} must be a positive number of MiB")
+    from modules.serving import TlsFiles
+
+    try:
+        TlsFiles.from_args(args)  # both files or neither, readable, and the key of the certificate
+    except ValueError as e:
+        parser.error(str(e))
     return args
 
 
