@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modules.atomic_files import remove_stale_temp_files
 from modules.checkpoints import CheckpointInfo, CheckpointNotFoundError, CheckpointRegistry, NoLoadableCheckpointError
 from modules.hashes import HashCache
 from modules.hypernetwork_files import HypernetworkRegistry
@@ -22,7 +23,8 @@ from modules.model_manager import ModelManager, configure_allocator, default_loa
 from modules.processing import Txt2ImgEngine
 from modules.textual_inversion import EmbeddingDatabase
 from modules.paths import Paths
-from modules.settings import SettingsStore
+from modules.settings import ApplyResult, SettingsStore
+from modules.settings_policy import SettingsPolicy
 from modules.vae_files import VaeRegistry
 
 if TYPE_CHECKING:
@@ -34,6 +36,21 @@ log = logging.getLogger(__name__)
 DEMO_CHECKPOINT_NAME = "atelier-demo-RANDOM-WEIGHTS.safetensors"
 # Settings that decide which VAE the loaded model uses: a change is applied to it at once.
 VAE_SETTINGS = frozenset({"sd_vae", "sd_vae_overrides_per_model_preferences"})
+
+
+def folders_written(paths: Paths, settings) -> list[tuple[Path, int]]:
+    """(folder, depth) of every folder this server writes files into through a temp file, for the
+    start-up sweep of temp files a killed run left (modules.atomic_files): config.json and
+    cache.json, merged checkpoints and merge trials, and the output folders (the ones in effect,
+    with their one level of subfolders, and everything under outputs/)."""
+    from modules.images import SaveOptions, txt2img_output_dirs
+
+    # Merges are saved in a checkpoint folder (modules.merge_service), trials in merge_trials_dir
+    # (X/Y/Z's in a subfolder of it).
+    folders = [(paths.data_dir, 0), *[(d, 0) for d in paths.checkpoint_dirs], (paths.merge_trials_dir, 1),
+               (paths.data_dir / "outputs", 2)]
+    folders += [(folder, 1) for folder in txt2img_output_dirs(paths.data_dir, SaveOptions.from_settings(settings))]
+    return folders
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,7 @@ class AppContext:
         paths = Paths.from_args(args)
         paths.ensure_dirs()
         settings = SettingsStore(paths.config_file)
+        remove_stale_temp_files(folders_written(paths, settings.current()))
         hash_cache = HashCache(paths.cache_file)
         checkpoints = CheckpointRegistry(
             paths.checkpoint_dirs, hash_cache, hashing_enabled=not args.no_hashing, explicit_file=args.ckpt
@@ -130,6 +148,19 @@ class AppContext:
         engine = Txt2ImgEngine(models, settings, embeddings, hypernetworks, loras, save_dir=str(paths.data_dir))
         return cls(args, paths, settings, hash_cache, checkpoints, vaes, models, embeddings, hypernetworks, loras,
                    JobQueue(), engine)
+
+    @property
+    def settings_policy(self) -> SettingsPolicy:
+        """What UI and API users may change in the settings on this server (from the flags)."""
+        return SettingsPolicy.from_args(self.args, self.paths.data_dir)
+
+    def apply_user_settings(self, changes) -> ApplyResult:
+        """Save what a UI user changed (Settings tab, top bar): the changes the settings policy refuses
+        and the invalid values are reported, the rest saved. Raises OSError (e.g. `DiskFullError`)
+        when config.json cannot be written; nothing is then changed."""
+        refused = self.settings_policy.refusals(changes, self.settings.current(), api=False)
+        result = self.settings.apply_valid({key: value for key, value in changes.items() if key not in refused})
+        return ApplyResult(changed=result.changed, refused={**refused, **result.refused})
 
     def refresh(self) -> None:
         self.refresh_listings()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from modules.atomic_files import DiskFullError, ensure_space, free_space, is_disk_full, temp_path_for
 from modules.safetensors_io import SafetensorsReader
 
 
@@ -48,7 +49,10 @@ def safetensors_to_ckpt(source: Path, destination: Path, overwrite: bool = False
     destination = Path(destination)
     if destination.exists() and not overwrite:
         raise FileExistsError(f"{destination} already exists; choose another name or allow overwriting")
-    tmp = destination.with_name(f"{destination.name}.tmp-{os.getpid()}")
+    # The pickle holds the same tensor bytes as the source, plus a little framing.
+    needed, what = Path(source).stat().st_size, f"the checkpoint {destination.name}"
+    ensure_space(destination.parent, needed, what)
+    tmp = temp_path_for(destination)
     out = _HashingFile(tmp)
     try:
         with SafetensorsReader(source) as reader, ExitStack() as views:
@@ -57,8 +61,15 @@ def safetensors_to_ckpt(source: Path, destination: Path, overwrite: bool = False
             del state
         out.sync_and_close()
         os.replace(tmp, destination)
-    except BaseException:
-        out.close()
+    except BaseException as error:
+        try:
+            out.close()
+        except OSError:
+            pass  # flushing what is being thrown away can fail the same way (a full disk)
         tmp.unlink(missing_ok=True)
+        # torch.save reports a failed write as its own RuntimeError; the OSError is its cause.
+        cause = error if is_disk_full(error) else error.__cause__ or error.__context__
+        if is_disk_full(cause) and not isinstance(error, DiskFullError):
+            raise DiskFullError(destination.parent, needed, free_space(destination.parent), what) from error
         raise
     return out.hasher.hexdigest()

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-body-size", type=float, default=None, metavar="MB",
                         help="largest request body (API JSON, uploads) in MiB; larger ones get 413 (default 32)")
     server.add_argument("--enable-insecure-extension-access", action="store_true",
-                        help="allow installing and updating extensions from the UI even with --listen")
+                        help="allow installing, updating, enabling and disabling extensions from the UI (and "
+                             "the extension settings from the API) even with --listen")
     server.add_argument("--hide-ui-dir-config", action="store_true",
                         help="output folders and filename patterns cannot be changed from the UI or the API "
                              "(for a server others use; edit config.json instead); implied by --listen and "

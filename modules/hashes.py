@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,12 +44,17 @@ MetadataReader = Callable[[Path], dict[str, Any]]
 def sha256_of_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
     """Hex sha256 of the whole file, read in `block`-byte chunks into one reused buffer."""
     digest = hashlib.sha256()
+    update_with_file(digest, path, block)
+    return digest.hexdigest()
+
+
+def update_with_file(digest, path: str | os.PathLike, block: int = 1 << 20) -> None:
+    """Feed the whole file to `digest` (a `hashlib` object), in `block`-byte reads into one buffer."""
     buffer = bytearray(block)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buffer):
             digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def legacy_model_hash(path: str | os.PathLike) -> str:
@@ -205,18 +209,12 @@ class HashCache:
             return True
 
     def _write(self, text: str) -> None:
+        # Temp file, fsync, rename (modules.atomic_files): a kill leaves the previous cache whole, and
+        # its temp file is removed at the next start.
+        from modules.atomic_files import write_bytes
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                # Without fsync a crash right after the rename can leave an empty file behind.
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes(self.path, text.encode("utf-8"), what=f"the hash cache {self.path.name}")
 
     # ----- hashes
 
@@ -231,11 +229,12 @@ class HashCache:
         """The sha256 of `path`: cached if valid, else computed and stored when `compute` is true."""
         return self._hash(SUBSECTION_HASHES, title, Path(path), self._hasher, compute)
 
-    def store_sha256(self, title: str, path: str | os.PathLike, sha256: str) -> None:
-        """Record a hash computed elsewhere (e.g. while writing a merge), valid for the file's current mtime."""
+    def store_sha256(self, title: str, path: str | os.PathLike, sha256: str, *, mtime: float | None = None) -> None:
+        """Record a hash computed elsewhere (e.g. while writing a merge, or loading), valid for the
+        file's current mtime, or for `mtime`, the one it had when the hashed read began."""
         if not _SHA256_RE.match(sha256):
             raise ValueError(f"sha256 for {path} must be 64 lower-case hex digits, got {sha256!r}")
-        self._store(SUBSECTION_HASHES, title, {"mtime": _mtime(path), "sha256": sha256})
+        self._store(SUBSECTION_HASHES, title, {"mtime": _mtime(path) if mtime is None else mtime, "sha256": sha256})
 
     def cached_addnet_sha256(self, title: str, path: str | os.PathLike, *, mtime: float | None = None) -> str | None:
         return self._cached_hash(SUBSECTION_ADDNET_HASHES, title, _mtime(path) if mtime is None else mtime)

@@ -6,9 +6,14 @@
 - `SaveOptions` holds A1111's saving settings under A1111's names and defaults.
 - `FilenameContext` is what the filename pattern tags (`[seed]`, `[prompt_words]`, ...) may read;
   `FilenameGenerator.apply` expands a pattern from it.
-- `save_image` picks the folder and the next free number, writes to `<name>.tmp` and renames it into
-  place, so a watcher never sees a half-written image and a failure leaves nothing behind. PNGs get
-  the infotext as a `parameters` text chunk, JPEG/WebP as an EXIF UserComment.
+- `save_image` picks the folder and the next free number, encodes the image in memory and writes it
+  through a temp file renamed into place (modules.atomic_files), so a watcher never sees a
+  half-written image, a failure or a kill leaves nothing under the final name, and a full disk is
+  reported with the folder and the bytes needed. PNGs get the infotext as a `parameters` text
+  chunk, JPEG/WebP as an EXIF UserComment.
+- Patterns and tags never lead out of the output folder: what they expand to is one file name and
+  at most one folder name (separators and `.`/`..` are made harmless by `safe_name_part`), and
+  `save_image` refuses a final path outside the folder it was given.
 - `image_grid` pastes images into rows as A1111 does.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import logging
 import math
 import os
@@ -29,6 +35,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from modules.atomic_files import DiskFullError, free_space, is_disk_full, write_bytes
 from modules.infotext_utils import exif_with_user_comment
 
 log = logging.getLogger(__name__)
@@ -102,9 +109,11 @@ class SaveOptions:
 
 
 def txt2img_output_dirs(data_dir: str | os.PathLike, options: SaveOptions) -> tuple[Path, Path]:
-    """(images folder, grids folder) for txt2img; relative settings are under `data_dir`."""
-    samples = options.outdir_samples or options.outdir_txt2img_samples
-    grids = options.outdir_grids or options.outdir_txt2img_grids
+    """(images folder, grids folder) for txt2img; relative settings are under `data_dir`. An empty
+    txt2img folder setting means its default (A1111 wrote into the folder it was started from,
+    which is the install folder)."""
+    samples = options.outdir_samples or options.outdir_txt2img_samples or SaveOptions.outdir_txt2img_samples
+    grids = options.outdir_grids or options.outdir_txt2img_grids or SaveOptions.outdir_txt2img_grids
     return Path(data_dir, samples), Path(data_dir, grids)
 
 
@@ -156,6 +165,37 @@ def sanitize_filename_part(text: str | None, replace_spaces: bool = True) -> str
     text = text.translate({ord(c): "_" for c in INVALID_FILENAME_CHARS})
     text = text.lstrip(" ")[:MAX_FILENAME_PART_LENGTH]
     return text.rstrip(" .")
+
+
+# Characters that would make a name a path, or that no name should hold: separators and controls.
+_UNSAFE_IN_NAME = {ord(c): "_" for c in "/\\"} | {code: "_" for code in range(32)}
+
+
+def safe_name_part(text: str) -> str:
+    """`text` as (part of) one file or folder name: path separators and control characters become
+    `_`, and a name of dots only (`.`, `..`) becomes underscores, so it never leads out of its folder."""
+    text = text.translate(_UNSAFE_IN_NAME)
+    bare = text.strip(" ")
+    if bare and set(bare) == {"."}:
+        text = text.replace(".", "_")
+    return text
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """What is wrong with a file or folder name pattern, or None. A pattern names one file or one
+    folder inside the output folder: its literal text (outside [tags]) may hold no path separator
+    and may not be only dots. (Tag values are made safe when expanded, see `safe_name_part`.)"""
+    literal = "".join(match.group(1) for match in RE_PATTERN.finditer(pattern))
+    separators = [c for c in ("/", "\\") if c in literal]
+    if separators:
+        return (f"must not contain {' or '.join(repr(c) for c in separators)} outside [tags]: a pattern names one "
+                f"file or one folder inside the output folder, not a path (got {pattern!r})")
+    if any(ord(c) < 32 for c in pattern):
+        return f"must not contain control characters (got {pattern!r})"
+    bare = pattern.strip(" ")
+    if bare and set(bare) == {"."}:
+        return f"must not be only dots: {pattern!r} names the folder itself or the one above it"
+    return None
 
 
 def _string_hash(text: str, *args: str) -> str:
@@ -419,29 +459,26 @@ def write_image_with_geninfo(
         image.save(destination, format=image_format, quality=options.jpeg_quality)
 
 
-def _atomic_write(
-    final_path: str, write: Callable[[str], None], add_number_suffix: bool
-) -> str:
-    """Run `write(temp_path)` then rename the temp file to `final_path` (or `final_path` with `-1`,
-    `-2`, ... when `add_number_suffix` and it exists). Returns the path written. If `write` fails,
-    the temp file is removed and the error propagates: no partial file is ever left."""
-    stem, extension = os.path.splitext(final_path)
-    temp_path = f"{stem}.tmp"  # a fixed name: watchers of the folder ignore *.tmp
-    try:
-        write(temp_path)
-        target = final_path
-        n = 0
-        while add_number_suffix and os.path.exists(target):
+def _write_file(final_path: str, data: bytes, add_number_suffix: bool, what: str) -> str:
+    """Write `data` to `final_path` whole or not at all (or to `final_path` with `-1`, `-2`, ... when
+    `add_number_suffix` and it exists); returns the path written. Raises `DiskFullError` when the
+    folder has no room for it."""
+    def choose(final: Path) -> Path:
+        stem, extension = os.path.splitext(final)
+        target, n = final, 0
+        while add_number_suffix and target.exists():
             n += 1
-            target = f"{stem}-{n}{extension}"
-        os.replace(temp_path, target)
-    except BaseException:
-        try:
-            os.remove(temp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    return target
+            target = Path(f"{stem}-{n}{extension}")
+        return target
+
+    return str(write_bytes(final_path, data, what=what, choose_target=choose))
+
+
+def _check_inside(path: str, folder: str | os.PathLike) -> None:
+    """Refuse a path outside `folder`, whatever the patterns, tags or names that built it."""
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder)):
+        raise ValueError(f"refusing to save {path!r}: it is outside the output folder {str(folder)!r} "
+                         "(check the filename and directory patterns)")
 
 
 @dataclass(frozen=True)
@@ -490,8 +527,14 @@ def save_image(
     folder = str(path)
     if save_to_dirs:
         dirname = namegen.apply(options.directories_filename_pattern or "[prompt_words]").lstrip(" ").rstrip("\\ /")
-        folder = os.path.join(folder, dirname)
-    os.makedirs(folder, exist_ok=True)
+        folder = os.path.join(folder, safe_name_part(dirname))
+    _check_inside(folder, path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        if is_disk_full(error):
+            raise DiskFullError(folder, None, free_space(path), f"the folder {os.path.basename(folder)}") from error
+        raise
 
     if forced_filename is None:
         if short_filename or ctx.seed is None:
@@ -516,15 +559,20 @@ def save_image(
     else:
         name = forced_filename
 
-    name = truncate_filename(name, f".{extension}", _name_max(folder))
+    name = truncate_filename(safe_name_part(name), f".{extension}", _name_max(folder))
     add_suffix = options.save_images_replace_action != "Replace"
+    final_path = os.path.join(folder, f"{name}.{extension}")
+    _check_inside(final_path, path)
 
-    def write_as(ext: str, picture: Image.Image) -> Callable[[str], None]:
-        return lambda temp: write_image_with_geninfo(
-            picture, temp, ext, infotext, options, existing_pnginfo, pnginfo_section_name
-        )
+    def encoded(ext: str, picture: Image.Image) -> bytes:
+        # In memory first: the exact size is known before the disk is touched (a full disk is then
+        # refused up front, with the size), and the file exists only for the time of one write.
+        buffer = io.BytesIO()
+        write_image_with_geninfo(picture, buffer, ext, infotext, options, existing_pnginfo, pnginfo_section_name)
+        return buffer.getvalue()
 
-    full_path = _atomic_write(os.path.join(folder, f"{name}.{extension}"), write_as(f".{extension}", image), add_suffix)
+    full_path = _write_file(final_path, encoded(f".{extension}", image), add_suffix,
+                            what=f"the image {name}.{extension}")
     stem = os.path.splitext(full_path)[0]
 
     jpg_copy = None
@@ -539,15 +587,13 @@ def save_image(
             else:
                 size = (round(image.width * side / image.height), round(side))
             copy = image.resize(size, Image.Resampling.LANCZOS)
-        jpg_copy = _atomic_write(f"{stem}.jpg", write_as(".jpg", copy), add_suffix)
+        jpg_copy = _write_file(f"{stem}.jpg", encoded(".jpg", copy), add_suffix,
+                               what=f"the JPEG copy {os.path.basename(stem)}.jpg")
 
     txt_path = None
     if options.save_txt and infotext is not None:
-        def write_txt(temp: str) -> None:
-            with open(temp, "w", encoding="utf8") as file:
-                file.write(infotext + "\n")
-
-        txt_path = _atomic_write(f"{stem}.txt", write_txt, add_number_suffix=False)
+        txt_path = _write_file(f"{stem}.txt", (infotext + "\n").encode("utf8"), add_number_suffix=False,
+                               what=f"the infotext {os.path.basename(stem)}.txt")
 
     return SavedImage(path=full_path, txt_path=txt_path, jpg_copy_path=jpg_copy)
 

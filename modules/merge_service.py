@@ -28,7 +28,7 @@ def merge_output_dir(paths: Paths) -> Path:
 
 def merge_trial_dir(paths: Paths) -> Path:
     """"Merge and load" writes here: a folder no checkpoint scan looks in, emptied of old trials."""
-    return paths.data_dir / "cache" / "merge-trials"
+    return paths.merge_trials_dir
 
 
 def describe_merge(request: MergeRequest, load_without_saving: bool = False) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from modules.atomic_files import ensure_space, temp_path_for
 from modules.model_detection import ModelFamily, detect_architecture, normalize_keys
 
 if TYPE_CHECKING:
@@ -308,13 +309,17 @@ def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, s
     metadata = _metadata(request, [x for x in (a, b, c) if x is not None], recipe)
     # `.ckpt` output: the merge streams into a safetensors stage file next to the output, which is
     # then rewritten as a pickle (modules.ckpt_writer); the stage file never outlives the merge.
-    # Its name does not end in .safetensors, so a checkpoint refresh meanwhile does not list it.
-    stage = path.with_name(f"{path.name}.stage-{os.getpid()}") if request.checkpoint_format == "ckpt" else None
+    # It is a hidden temp file (modules.atomic_files), so a checkpoint refresh meanwhile does not
+    # list it, and the next start removes it if the server is killed before the end.
+    stage = temp_path_for(path.with_name(f"{path.name}.stage")) if request.checkpoint_format == "ckpt" else None
     total = len(specs)
     warnings: list[str] = []
     buffers = _BlockBuffers()
     try:
-        with SafetensorsWriter(stage or path, specs, metadata, overwrite=request.overwrite or stage is not None) as writer:
+        with SafetensorsWriter(stage or path, specs, metadata, overwrite=request.overwrite or stage is not None,
+                               what=f"the checkpoint {path.name}") as writer:
+            if stage is not None:  # the stage file and the .ckpt written from it exist together at the end
+                ensure_space(path.parent, 2 * writer.size, f"the checkpoint {path.name} (and its stage file)")
             for index, (key, dtype, shape) in enumerate(specs):
                 if control is not None:
                     if getattr(control, "interrupted", False):

@@ -31,6 +31,11 @@ class Paths:
             dirs.append(self.checkpoints_dir)
         return dirs
 
+    @property
+    def merge_trials_dir(self) -> Path:
+        """Where "merge and load" writes its trials: a folder no checkpoint scan looks in."""
+        return self.data_dir / "cache" / "merge-trials"
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Paths":
         data_dir = Path(args.data_dir).expanduser().resolve() if args.data_dir else REPO_ROOT

@@ -26,6 +26,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Mapping
 
+from modules.atomic_files import DiskFullError, ensure_space, free_space, is_disk_full, temp_path_for
+
 if TYPE_CHECKING:
     import torch
 
@@ -275,7 +277,8 @@ class SafetensorsWriter:
     """Writes a safetensors file tensor by tensor, atomically.
 
     The header is written first from the declared specs, so tensors must be written in the declared
-    order. Data goes to `<path>.tmp-<pid>` and is renamed over `path` only by `commit()`; leaving the
+    order. Data goes to a temp file beside `path` (modules.atomic_files: hidden, removed at the next
+    start if a kill leaves it) and is renamed over `path` only by `commit()`; leaving the
     context without committing (an error, an interrupt) removes the temp file. The sha256 of the
     whole file is computed while writing (`sha256` after commit), so a new checkpoint needs no
     re-read to be hashed. Hashing and writing run on a background thread (both release the GIL), so
@@ -295,6 +298,7 @@ class SafetensorsWriter:
         metadata: Mapping[str, str] | None = None,
         overwrite: bool = False,
         queue_depth: int = 2,
+        what: str | None = None,  # how errors name the file, e.g. "the checkpoint x.safetensors"
     ):
         self.path = Path(path)
         if self.path.exists() and not overwrite:
@@ -319,7 +323,11 @@ class SafetensorsWriter:
         self._next = 0
         self._hasher = hashlib.sha256()
         self.sha256: str | None = None
-        self._tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        # The whole size is known now: a full disk is refused before a byte is written.
+        self.size = 8 + len(encoded) + offset
+        self._what = what or f"the checkpoint {self.path.name}"
+        ensure_space(self.path.parent, self.size, self._what)
+        self._tmp = temp_path_for(self.path)  # hidden, marked: never listed, swept at start-up
         self._file: BinaryIO | None = open(self._tmp, "wb")
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_depth))
         # Blocks for write_blocks: one being filled, `queue_depth` queued, one being written.
@@ -368,7 +376,12 @@ class SafetensorsWriter:
 
     def _check(self) -> None:
         if self._error is not None:
-            raise OSError(f"writing {self._tmp} failed: {self._error}") from self._error
+            self._raise_write_error(self._error)
+
+    def _raise_write_error(self, error: BaseException) -> None:
+        if is_disk_full(error):  # space taken by someone else since the check in __init__
+            raise DiskFullError(self.path.parent, self.size, free_space(self.path.parent), self._what) from error
+        raise OSError(f"writing {self._tmp} failed: {error}") from error
 
     def _emit(self, data: bytes | torch.Tensor) -> None:
         self._check()
@@ -443,8 +456,11 @@ class SafetensorsWriter:
         self._finish_thread()
         self._check()
         assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())  # a file system may report a full disk only here
+        except OSError as error:
+            self._raise_write_error(error)
         self._file.close()
         self._file = None
         os.replace(self._tmp, self.path)
@@ -453,10 +469,15 @@ class SafetensorsWriter:
 
     def abort(self) -> None:
         self._finish_thread()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._tmp.unlink(missing_ok=True)
+        try:
+            if self._file is not None:
+                file, self._file = self._file, None
+                try:
+                    file.close()
+                except OSError:
+                    pass  # flushing what is being thrown away can fail the same way (a full disk)
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
 
 def save_file(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None,

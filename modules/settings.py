@@ -117,6 +117,13 @@ def _image_format(value: str) -> str | None:
     return None
 
 
+def _filename_pattern(value: str) -> str | None:
+    """Problem with a file or folder name pattern, or None (see modules.images.pattern_problem)."""
+    from modules.images import pattern_problem
+
+    return pattern_problem(value)
+
+
 # Settings tab sections, in display order: id -> title (A1111's section names where it has them).
 SECTIONS: Mapping[str, str] = MappingProxyType({
     "saving": "Saving images/grids",
@@ -171,7 +178,7 @@ SCHEMA: tuple[SettingSpec, ...] = (
     # Saving images/grids
     SettingSpec("samples_save", True, "Always save all generated images", "saving"),
     SettingSpec("samples_format", "png", "File format for images", "saving", check=_image_format),
-    SettingSpec("samples_filename_pattern", "", "Images filename pattern", "saving",
+    SettingSpec("samples_filename_pattern", "", "Images filename pattern", "saving", check=_filename_pattern,
                 info="Empty: [seed] (with subfolders) or [seed]-[prompt_spaces]; tags such as [seed], [prompt_words], "
                      "[model_name], [date], [datetime<%Y%m%d>]"),
     SettingSpec("save_images_add_number", True, "Add number to filename when saving", "saving"),
@@ -204,7 +211,7 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("save_to_dirs", True, "Save images to a subdirectory", "saving-to-dirs"),
     SettingSpec("grid_save_to_dirs", True, "Save grids to a subdirectory", "saving-to-dirs"),
     SettingSpec("directories_filename_pattern", "[date]", "Directory name pattern", "saving-to-dirs",
-                info="Empty: [prompt_words]"),
+                check=_filename_pattern, info="Empty: [prompt_words]; one folder level (no / or \\)"),
     SettingSpec("directories_max_prompt_words", 8, "Max prompt words for [prompt_words] pattern", "saving-to-dirs",
                 minimum=1, maximum=20, step=1),
     # Infotext
@@ -238,8 +245,11 @@ DIR_CONFIG_SETTINGS = frozenset({
 
 
 def locked_settings(args) -> frozenset[str]:
-    """Settings the UI and the API may not change on this server (its command line decides)."""
-    return DIR_CONFIG_SETTINGS if getattr(args, "hide_ui_dir_config", False) else frozenset()
+    """Settings the UI and the API may not change on this server (its command line decides:
+    modules.cmd_args.dir_config_locked; modules.settings_policy has the whole rule)."""
+    from modules.cmd_args import dir_config_locked
+
+    return DIR_CONFIG_SETTINGS if dir_config_locked(args) else frozenset()
 
 
 class SettingsValidationError(ValueError):
@@ -403,7 +413,10 @@ class SettingsStore:
         return changed
 
     def _save_locked(self, stored: Mapping[str, Any]) -> None:
+        """Write config.json whole or not at all (a full disk raises `DiskFullError` and leaves the
+        previous file as it was)."""
+        from modules.atomic_files import write_bytes
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(stored, indent=4, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, self.path)
+        data = json.dumps(stored, indent=4, ensure_ascii=False).encode("utf-8")
+        write_bytes(self.path, data, what=f"the settings file {self.path.name}")

@@ -216,6 +216,46 @@ def test_truncate_filename_counts_bytes_and_keeps_characters_whole():
     assert len(truncate_filename("a" * 300, ".jpeg", 255).encode()) == 250
 
 
+# Patterns and tag values an attacker controls (the prompt, the user name, a pattern read from an
+# old config.json), each trying to leave the output folder.
+ESCAPES = [
+    ({"directories_filename_pattern": ".."}, {}),
+    ({"directories_filename_pattern": "[user]"}, {"user": "../../escaped"}),
+    ({"directories_filename_pattern": "[user]"}, {"user": ".."}),
+    ({"directories_filename_pattern": "[job_timestamp]"}, {"job_timestamp": "/tmp/escaped"}),
+    ({"directories_filename_pattern": "[model_hash]/../.."}, {"model_hash": ".."}),
+    ({"samples_filename_pattern": "../../escaped", "save_images_add_number": False}, {}),
+    ({"samples_filename_pattern": "[user]", "save_images_add_number": False}, {"user": "../../../escaped"}),
+    ({"samples_filename_pattern": "x\\..\\..\\escaped"}, {}),
+    ({"samples_filename_pattern": "[prompt_spaces]", "save_to_dirs": False}, {"prompt": "../../escaped"}),
+]
+
+
+@pytest.mark.parametrize("options, tags", ESCAPES)
+def test_patterns_and_tags_never_leave_the_output_folder(tmp_path, options, tags):
+    out = tmp_path / "a" / "b" / "out"
+    saved = save_image(red(), out, context=context(**tags), options=SaveOptions(**options), infotext=INFOTEXT,
+                       extension="png")
+    written = {p for p in tmp_path.rglob("*") if p.is_file()}
+    assert written and all(p.is_relative_to(out) for p in written), written
+    assert Path(saved.path).parent in (out, *out.iterdir())  # at most one folder level below it
+    assert ".." not in Path(saved.path).relative_to(out).parts
+
+
+def test_forced_file_names_stay_in_the_folder(tmp_path):
+    out = tmp_path / "out"
+    saved = save_image(red(), out, context=context(), forced_filename="../../escaped", save_to_dirs=False)
+    assert Path(saved.path).parent == out and list(tmp_path.iterdir()) == [out]
+
+
+@pytest.mark.parametrize("pattern, ok", [
+    ("[seed]-[prompt_words]", True), ("[datetime<%Y/%m/%d>]", True), ("", True), ("a.b", True),
+    ("a/b", False), ("[seed]\\x", False), ("..", False), (".", False), ("x\ny", False),
+])
+def test_pattern_problem_looks_at_the_literal_text(pattern, ok):
+    assert (images.pattern_problem(pattern) is None) == ok
+
+
 def test_long_name_is_truncated_to_the_file_system_limit(tmp_path):
     saved = save_image(red(), tmp_path, context=context(), forced_filename="é" * 300, save_to_dirs=False)
     name = os.path.basename(saved.path)
@@ -277,15 +317,15 @@ def test_unknown_extension_is_refused_before_writing(tmp_path):
 
 
 class FailingImage:
-    """Writes part of a file, then fails, like a full disk."""
+    """Writes part of an image, then fails (an encoder that breaks half-way; a real full disk is
+    tested in tests/test_crash_safety.py)."""
 
     mode = "RGB"
     width = height = 16
     size = (16, 16)
 
     def save(self, destination, format=None, **kwargs):
-        with open(destination, "wb") as file:
-            file.write(b"\x89PNG partial")
+        destination.write(b"\x89PNG partial")
         raise OSError("No space left on device")
 
 

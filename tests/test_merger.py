@@ -12,6 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from modules.atomic_files import TEMP_MARK
 from modules.checkpoints import CheckpointRegistry
 from modules.hashes import HashCache
 from modules.merger import MergeError, MergeInterrupted, MergeRequest, merge_checkpoints
@@ -125,7 +126,7 @@ def test_nan_stops_the_merge_and_leaves_nothing(library):
     registry.refresh()
     with pytest.raises(MergeError, match="model.diffusion_model.out.2.bias"):
         merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="bad"), registry, folder)
-    assert not list(folder.glob("*(bad)*")) and not list(folder.glob("*.tmp-*"))
+    assert not list(folder.glob("*(bad)*")) and not list(folder.glob(f"*{TEMP_MARK}"))
 
 
 class StopAfter:
@@ -145,7 +146,7 @@ def test_interrupted_merge_leaves_no_file(library):
     with pytest.raises(MergeInterrupted):
         merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="b"), registry, folder,
                           control=StopAfter(20))
-    assert not list(folder.glob("0.7*")) and not list(folder.glob("*.tmp-*"))
+    assert not list(folder.glob("0.7*")) and not list(folder.glob(f"*{TEMP_MARK}"))
 
 
 def test_existing_file_is_not_overwritten(library):
@@ -258,7 +259,7 @@ def test_unknown_vae_to_bake_is_named(library):
     with pytest.raises(MergeError, match="nope.vae.pt"):
         merge_checkpoints(MergeRequest(primary_model_name="a", interpolation_method="No interpolation",
                                        bake_in_vae="nope.vae.pt"), registry, folder, vae_files={})
-    assert not list(folder.glob("a.safetensors.tmp*"))
+    assert not list(folder.glob(f".a.safetensors*{TEMP_MARK}"))
 
 
 @pytest.fixture
@@ -323,7 +324,7 @@ def test_nan_in_a_late_block_is_found(library, small_blocks):
     registry.refresh()
     with pytest.raises(MergeError, match=key.replace(".", r"\.")):
         merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="bad"), registry, folder)
-    assert not list(folder.glob("*(bad)*")) and not list(folder.glob("*.tmp-*"))
+    assert not list(folder.glob("*(bad)*")) and not list(folder.glob(f"*{TEMP_MARK}"))
 
 
 def test_float16_overflow_of_the_output_is_refused(library):
@@ -353,7 +354,7 @@ def test_ckpt_output_is_a_flat_torch_dict(library):
     assert list(saved) == list(reference)  # A1111: a flat dict, no state_dict wrapper
     for key, tensor in reference.items():
         assert saved[key].dtype == tensor.dtype and torch.equal(saved[key], tensor), key
-    assert not list(folder.glob("*.stage-*")) and not list(folder.glob("*.tmp-*"))
+    assert not list(folder.glob(f"*{TEMP_MARK}"))
     # and it loads as a checkpoint through the safe unpickler
     from modules.model_loader import TensorSource
 
@@ -366,7 +367,7 @@ def test_interrupted_ckpt_merge_leaves_nothing(library):
     with pytest.raises(MergeInterrupted):
         merge_checkpoints(MergeRequest(primary_model_name="a", secondary_model_name="b", checkpoint_format="ckpt"),
                           registry, folder, control=StopAfter(20))
-    assert not list(folder.glob("0.7*")) and not list(folder.glob("*.stage-*")) and not list(folder.glob("*.tmp-*"))
+    assert not list(folder.glob("0.7*")) and not list(folder.glob(f"*{TEMP_MARK}"))
 
 
 def test_ema_scalars_as_a1111(library):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from modules.atomic_files import TEMP_MARK
 from modules.infotext_utils import parse_generation_parameters
 from modules.model_loader import load_checkpoint
 from modules.processing import GenerationRequest, SaveTarget, generate
@@ -154,7 +155,7 @@ def test_saving_writes_a1111_layout(sd1, tmp_path):
 
     with Image.open(images[0]) as saved:
         assert saved.info["parameters"] == result.infotexts[0]
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob(f"*{TEMP_MARK}"))
 
 
 def test_tiling_is_restored(sd1):

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from modules import synthetic_checkpoints as sc
+from modules.atomic_files import TEMP_MARK
 from modules.synthetic_checkpoints import (
     ARCHITECTURES,
     LDM_EMA_SCALARS,
@@ -219,7 +220,7 @@ def test_tiny_safetensors_reads_back_with_declared_shapes(tiny_file, arch):
         meta = f.metadata()
     assert meta[sc.SYNTHETIC_METADATA_KEY] == sc.SYNTHETIC_NOTICE
     assert meta["atelier.architecture"] == arch
-    assert not list(path.parent.glob("*.tmp-*"))
+    assert not list(path.parent.glob(f"*{TEMP_MARK}"))
 
 
 def test_buffers_hold_real_values(tmp_path):

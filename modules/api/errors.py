@@ -3,7 +3,7 @@
 A1111 answers every failure with that JSON shape (A1111.md §8) but mostly with status 500, even for a
 checkpoint name that does not exist. Here the status says whose fault it was: 422 for bad input
 (the message names the field and the value, and says what would work), 404 for a checkpoint or job
-that does not exist, 500 only for faults of the server itself.
+that does not exist, 507 when the server's disk is full, 500 only for other faults of the server itself.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modules.atomic_files import DiskFullError
 from modules.checkpoints import CheckpointNotFoundError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ def exception_to_api_error(exc: BaseException) -> ApiError:
         return exc
     if isinstance(exc, CheckpointNotFoundError):
         return ApiError(404, str(exc), name=type(exc).__name__)
+    if isinstance(exc, DiskFullError):  # the server's disk, not the request: 507 Insufficient Storage
+        return ApiError(507, str(exc), name=type(exc).__name__)
     if isinstance(exc, ValidationError):
         return ApiError(422, describe_validation_error(exc), name=type(exc).__name__)
     if isinstance(exc, ValueError):
@@ -83,7 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(error.name, error.detail, error.detail), status_code=error.status_code)
 
     # Handled here, not by the catch-all below: Starlette re-raises what reaches the catch-all.
-    for expected in (ApiError, CheckpointNotFoundError, ValueError):
+    for expected in (ApiError, CheckpointNotFoundError, ValueError, DiskFullError):
         app.add_exception_handler(expected, _mapped)
 
     @app.exception_handler(RequestValidationError)

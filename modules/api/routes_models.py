@@ -8,7 +8,6 @@ against (A1111's FIFO `queue_lock`).
 
 from __future__ import annotations
 
-import difflib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
@@ -17,7 +16,7 @@ from modules.api.errors import ApiError, bad_request, exception_to_api_error
 from modules.api.schemas import MergeResponse, SDModelItem, SDVaeItem
 from modules.api.state import ApiState, require_running_queue
 from modules.merger import MergeRequest
-from modules.settings import SCHEMA_BY_KEY, locked_settings, validate_changes
+from modules.settings import validate_changes
 
 
 READ_ONLY_SETTINGS = frozenset({"sd_checkpoint_hash"})
@@ -33,35 +32,19 @@ def current_options(context) -> dict[str, Any]:
     return values
 
 
-def api_setting_errors(changes: dict[str, Any], stored, locked: frozenset[str] = frozenset()) -> list[str]:
-    """What the API may not change: settings that guard the API itself (A1111's `restrict_api`),
-    `locked` ones (`--hide-ui-dir-config`), and keys that are no setting at all (a typo would
-    otherwise be stored and change nothing). Any key may be sent back with the value it has
-    (clients post what GET options returned), keys of another program's in config.json included."""
-    errors = []
-    for key, value in changes.items():
-        spec = SCHEMA_BY_KEY.get(key)
-        if key in stored and stored[key] == value:
-            continue  # unchanged: a client sending back what GET options returned
-        if key in locked:
-            errors.append(f"setting {key!r} is locked on this server (--hide-ui-dir-config); its owner sets it "
-                          "in config.json")
-        elif spec is not None and spec.restrict_api:
-            errors.append(f"setting {key!r} cannot be changed through the API; change it in the Settings tab "
-                          "or in config.json")
-        elif spec is None and key not in stored:
-            close = difflib.get_close_matches(key, list(SCHEMA_BY_KEY), n=3)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
-                "; GET /sdapi/v1/options lists the settings"
-            errors.append(f"there is no setting {key!r}{hint}")
-    return errors
+def api_setting_errors(context, changes: dict[str, Any]) -> list[str]:
+    """What an API client may not change (modules.settings_policy: locked directory settings, output
+    folders outside the allowed ones, extension settings without extension access, `restrict_api`
+    settings, keys that are no setting). Any key may be sent back with the value it has (clients
+    post what GET options returned), keys of another program's in config.json included."""
+    return list(context.settings_policy.refusals(changes, context.settings.current(), api=True).values())
 
 
 def set_options(context, changes: dict[str, Any]) -> None:
     """Validate everything first (422/404 before anything changes), then switch and store."""
     changes = {k: v for k, v in changes.items() if k not in READ_ONLY_SETTINGS}
     wanted = changes.pop("sd_model_checkpoint", None)
-    errors = api_setting_errors(changes, context.settings.current(), locked_settings(context.args))
+    errors = api_setting_errors(context, changes)
     try:
         changes = validate_changes(changes)
     except ValueError as e:

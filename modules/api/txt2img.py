@@ -27,7 +27,7 @@ from modules.api.state import require_running_queue
 from modules.api.styles import apply_styles, read_styles
 from modules.processing import GenerationRequest, GenerationResult, PromptTooLongError, check_prompt_length
 from modules.scripts import ScriptSelection, run_txt2img
-from modules.settings import locked_settings, validate_changes
+from modules.settings import validate_changes
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,13 @@ def script_selection(body: Txt2ImgApiRequest, context) -> ScriptSelection | None
         raise bad_request(f"{error}; GET /sdapi/v1/scripts lists the scripts") from None
 
 
-def _checked_overrides(body: Txt2ImgApiRequest, checkpoints, stored, locked: frozenset[str]) -> dict[str, Any]:
+def _checked_overrides(body: Txt2ImgApiRequest, context) -> dict[str, Any]:
     overrides = dict(body.override_settings or {})
     for key, why in _UNSUPPORTED_OVERRIDES.items():
         if key in overrides:
             raise bad_request(f"override_settings.{key}: {why}")
-    errors = api_setting_errors(overrides, stored, locked)
+    checkpoints = context.checkpoints
+    errors = api_setting_errors(context, overrides)
     if errors:
         raise bad_request("override_settings: " + "; ".join(errors))
     clean = validate_changes(overrides)  # ValueError naming key and rule -> 422
@@ -190,8 +191,7 @@ def prepare(body: Txt2ImgApiRequest, context) -> PreparedTxt2Img:
         check_prompt_length(prompt, negative, context.settings.current()["prompt_max_length"])
     except PromptTooLongError as error:
         raise bad_request(str(error)) from None
-    overrides = _checked_overrides(body, context.checkpoints, context.settings.current(),
-                                   locked_settings(context.args))
+    overrides = _checked_overrides(body, context)
     resize = body.seed_resize_from_w > 0 and body.seed_resize_from_h > 0
     try:
         generation = GenerationRequest(

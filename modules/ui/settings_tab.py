@@ -100,7 +100,12 @@ class SettingsHandlers:
         """Apply settings: saves the fields edited since the page loaded; returns (report html, snapshot)."""
         edited = {spec.key: value for spec, value in zip(self.specs, values)
                   if loaded is None or spec.key not in loaded or not _same(loaded[spec.key], value)}
-        result = self.context.settings.apply_valid(edited)
+        try:
+            # The page's user is not the operator: the settings policy applies (output folders).
+            result = self.context.apply_user_settings(edited)
+        except OSError as error:  # config.json could not be written (a full disk): nothing changed
+            log.error("Saving settings failed: %s", error)
+            return [f"<div class='error'><b>Not saved</b>: {html.escape(str(error))}</div>", loaded]
         notes = self._after_apply(result.changed)
         return [self.report_html(result.changed, result.refused, notes), self.snapshot()]
 

@@ -143,8 +143,11 @@ def apply_vae(context, name: str) -> tuple[str, str]:
 
 def apply_quicksetting(context, key: str, value) -> str:
     """A setting from `quicksettings_list` other than the checkpoint, VAE and Clip skip: saved at
-    once, or refused with the rule it breaks."""
-    result = context.settings.apply_valid({key: value})
+    once, or refused with the rule it breaks (or the settings policy, e.g. an output folder)."""
+    try:
+        result = context.apply_user_settings({key: value})
+    except OSError as error:  # config.json could not be written (a full disk): nothing changed
+        return error_html(f"Not saved: {error}")
     if result.refused:
         return error_html(result.refused[key])
     try:
