@@ -9,7 +9,7 @@ Extensions' install.py scripts import this module as A1111's: `launch.is_install
 
 import sys
 
-from modules.bootstrap import ensure_environment, is_installed, run, run_pip  # noqa: F401  (install.py API)
+from modules.serving.bootstrap import ensure_environment, is_installed, run, run_pip  # noqa: F401  (install.py API)
 
 python = sys.executable  # A1111's `launch.python`
 
@@ -18,7 +18,7 @@ if __name__ == "__main__":
     import os
 
     if os.environ.get("ATELIER_SKIP_INSTALL") != "1":
-        from modules.extensions import run_installers
+        from modules.extension_host.extensions import run_installers
 
         run_installers(sys.argv[1:])
     import webui

@@ -6,7 +6,7 @@
 import os
 import sys
 
-from modules.bootstrap import ensure_environment
+from modules.serving.bootstrap import ensure_environment
 
 if __name__ == "__main__":
     ensure_environment(["requirements.txt", "requirements-test.txt"], no_deps_files=("requirements-test-nodeps.txt",))

@@ -41,7 +41,7 @@ def build_app(args: argparse.Namespace, context):
 def load_extensions(context, args: argparse.Namespace) -> None:
     """Load the enabled extensions into `context`: their scripts see the context, and their
     on_model_loaded callbacks hear every checkpoint load."""
-    from modules.extensions import load_extensions as load
+    from modules.extension_host.extensions import load_extensions as load
 
     runtime = load(context.settings, args)
     runtime.scripts.bind_app(context)
@@ -53,8 +53,8 @@ def compose(args: argparse.Namespace):
     """Everything the first page needs, in start-up order: the context with its file lists (names and
     headers; no file is read through torch), the extensions, the job worker, the app. Returns
     (context, app). The embeddings and the start-up checkpoint wait for `start_model_stack`."""
-    from modules.app_context import AppContext
-    from modules.console_progress import install_console_progress
+    from modules.serving.app_context import AppContext
+    from modules.serving.console_progress import install_console_progress
 
     context = AppContext.from_args(args)
     context.refresh_listings()
@@ -85,9 +85,9 @@ def start_model_stack(context, args: argparse.Namespace) -> threading.Thread:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from modules.cmd_args import parse_args
-    from modules.extensions import parser_with_preloads
-    from modules.serving import TlsFiles, listen_address, local_url, plain_http_warning, serve
+    from modules.serving.cmd_args import parse_args
+    from modules.extension_host.extensions import parser_with_preloads
+    from modules.serving.listen import TlsFiles, listen_address, local_url, plain_http_warning, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -55,7 +55,7 @@ def payload(args, seed: int) -> dict:
 def prepare_data_dir(args) -> Path:
     import torch
 
-    from modules.synthetic_checkpoints import write_checkpoint
+    from modules.library.synthetic_checkpoints import write_checkpoint
 
     data_dir = OUT_DIR / "api-bench"
     checkpoint = data_dir / "models" / "Stable-diffusion" / "tiny.safetensors"
@@ -71,9 +71,9 @@ def prepare_data_dir(args) -> Path:
 def in_process(args, data_dir: Path) -> list[dict]:
     import torch
 
-    from modules.app_context import AppContext
-    from modules.cmd_args import parse_args
-    from modules.processing import GenerationRequest
+    from modules.serving.app_context import AppContext
+    from modules.serving.cmd_args import parse_args
+    from modules.generation.engine import GenerationRequest
 
     torch.set_num_threads(args.threads)
     flags = ["--data-dir", str(data_dir), "--no-demo-checkpoint"] + (["--use-cpu", "all"] if args.device == "cpu" else [])

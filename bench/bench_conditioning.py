@@ -42,8 +42,8 @@ def main() -> None:
 
     import torch
 
-    from modules.conditioning import ConditioningCache, TextConditioner, get_multicond_learned_conditioning
-    from modules.model_loader import LoadOptions, load_checkpoint
+    from modules.generation.conditioning import ConditioningCache, TextConditioner, get_multicond_learned_conditioning
+    from modules.library.model_loader import LoadOptions, load_checkpoint
 
     torch.manual_seed(0)
     path = ensure_checkpoint("sd1", "full", seed=0)

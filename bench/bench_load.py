@@ -58,7 +58,7 @@ def _import_libraries() -> None:
 def child_atelier(path: Path, device: str, dtype: str) -> dict:
     import torch
 
-    from modules.model_loader import LoadOptions, load_checkpoint
+    from modules.library.model_loader import LoadOptions, load_checkpoint
 
     _import_libraries()
     before = _rss()
@@ -97,10 +97,10 @@ def _manager(paths: list[Path], device: str, dtype: str, limit: int):
 
     import torch
 
-    from modules.checkpoints import CheckpointRegistry
-    from modules.hashes import HashCache
-    from modules.model_loader import LoadOptions
-    from modules.model_manager import ModelManager, configure_allocator
+    from modules.library.checkpoints import CheckpointRegistry
+    from modules.library.hashes import HashCache
+    from modules.library.model_loader import LoadOptions
+    from modules.library.model_manager import ModelManager, configure_allocator
 
     configure_allocator()
     registry = CheckpointRegistry([paths[0].parent], HashCache(Path(tempfile.mkdtemp()) / "cache.json"),

@@ -31,9 +31,9 @@ REPO = SCRIPT.parent.parent
 def child(kind: str, method: str, inputs: list[str], output: str) -> dict:
     started = time.perf_counter()
     if kind == "atelier":
-        from modules.checkpoints import CheckpointRegistry
-        from modules.hashes import HashCache
-        from modules.merger import MergeRequest, merge_checkpoints
+        from modules.library.checkpoints import CheckpointRegistry
+        from modules.library.hashes import HashCache
+        from modules.merging.merger import MergeRequest, merge_checkpoints
 
         folder = Path(inputs[0]).parent
         registry = CheckpointRegistry([folder], HashCache(OUT_DIR / "merge-bench-cache.json"))

@@ -182,7 +182,7 @@ def main() -> None:
                  "launch.py would create ./venv and install several GB first. Run `python3 launch.py` once, "
                  "or pass --python <venv>/bin/python.")
 
-    from modules.synthetic_checkpoints import write_checkpoint
+    from modules.library.synthetic_checkpoints import write_checkpoint
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     template = OUT_DIR / "startup-tiny-sd1.safetensors"

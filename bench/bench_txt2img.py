@@ -33,8 +33,8 @@ def main() -> None:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from gpu_check import build_pipeline, sync
-    from modules.model_loader import LoadOptions, load_checkpoint
-    from modules.processing import GenerationRequest, generate
+    from modules.library.model_loader import LoadOptions, load_checkpoint
+    from modules.generation.engine import GenerationRequest, generate
 
     dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     model = load_checkpoint(ensure_checkpoint(args.arch, args.size, seed=0),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from modules.rng_philox import PhiloxGenerator
+from modules.generation.rng_philox import PhiloxGenerator
 
 SEEDS = [0, 1, 12345, 4294967293, 4294967293 + 31337]  # the last one has a non-zero high key word
 SHAPES = [(3, 4), (4, 64, 64), (4, 96, 64), (4, 128, 128), (16, 128, 128)]

@@ -29,7 +29,7 @@ def ensure_checkpoint(arch: str, size: str, seed: int, dtype_name: str = "float1
     """A random-weights checkpoint with the exact key set of a real file, written once and reused."""
     import torch
 
-    from modules.synthetic_checkpoints import write_checkpoint
+    from modules.library.synthetic_checkpoints import write_checkpoint
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUT_DIR / f"{arch}-{size}-{dtype_name}-seed{seed}.safetensors"
@@ -46,10 +46,10 @@ def write_diffusers_config_folder(checkpoint: Path, folder: Path) -> Path:
     config and the tokenizer(s), made from Atelier's own configs for this checkpoint."""
     from transformers import CLIPTextConfig
 
-    from modules.clip_tokenizer import load_clip_tokenizer
-    from modules.model_config import build_model_config
-    from modules.model_detection import ModelFamily, detect_architecture, normalize_keys
-    from modules.safetensors_io import read_header
+    from modules.library.clip_tokenizer import load_clip_tokenizer
+    from modules.library.model_config import build_model_config
+    from modules.library.model_detection import ModelFamily, detect_architecture, normalize_keys
+    from modules.library.safetensors_io import read_header
 
     if (folder / "model_index.json").exists():
         return folder

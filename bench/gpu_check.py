@@ -43,7 +43,7 @@ def time_loads(path: Path, arch: str, device: str, dtype, runs: int) -> dict:
     import diffusers
     import torch
 
-    from modules.model_loader import LoadOptions, load_checkpoint
+    from modules.library.model_loader import LoadOptions, load_checkpoint
 
     config = write_diffusers_config_folder(path, OUT_DIR / f"diffusers-config-{path.stem}")
     pipeline_cls = getattr(diffusers, PIPELINES[arch])
@@ -86,7 +86,7 @@ def time_generation(path: Path, arch: str, device: str, dtype, runs: int, steps:
     import torch
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from modules.model_loader import LoadOptions, load_checkpoint
+    from modules.library.model_loader import LoadOptions, load_checkpoint
 
     model = load_checkpoint(path, LoadOptions(device=torch.device(device), dtype=dtype, vae_dtype=dtype))
     pipe = build_pipeline(model, arch)

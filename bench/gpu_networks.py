@@ -35,11 +35,11 @@ def main() -> None:
 
     from bench_conditioning import build_prompt
     from gpu_check import build_pipeline, sync
-    from modules.conditioning import ConditioningCache, TextConditioner, get_multicond_learned_conditioning
-    from modules.hypernetworks import HypernetworkRegistry
-    from modules.lora import LoraRegistry, LoraRequest, apply_loras
-    from modules.model_loader import LoadOptions, load_checkpoint
-    from modules.network_activation import activate_extra_networks
+    from modules.generation.conditioning import ConditioningCache, TextConditioner, get_multicond_learned_conditioning
+    from modules.networks.hypernetwork_files import HypernetworkRegistry
+    from modules.networks.lora import LoraRegistry, LoraRequest, apply_loras
+    from modules.library.model_loader import LoadOptions, load_checkpoint
+    from modules.networks.activation import activate_extra_networks
     from tests.test_hypernetworks import relu_hypernetwork_file
     from tests.test_lora import kohya_lora, write_lora
 
@@ -108,7 +108,7 @@ def main() -> None:
         return timed(lambda: pipe("a photo of a cat", num_inference_steps=args.steps, guidance_scale=7.0,
                                   height=size, width=size, generator=generator, output_type="latent"))
 
-    from modules.extra_networks import parse_prompts
+    from modules.networks.syntax import parse_prompts
 
     variants = {
         "base": lambda: None,

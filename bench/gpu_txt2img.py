@@ -36,10 +36,10 @@ def main() -> None:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from gpu_check import build_pipeline, sync
-    from modules.devices import memory_stats, reset_peak_memory
-    from modules.model_loader import LoadOptions, load_checkpoint
-    from modules.model_runtime import ModelRuntime
-    from modules.processing import GenerationRequest, generate
+    from modules.library.devices import memory_stats, reset_peak_memory
+    from modules.library.model_loader import LoadOptions, load_checkpoint
+    from modules.library.model_runtime import ModelRuntime
+    from modules.generation.engine import GenerationRequest, generate
 
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32

@@ -15,7 +15,7 @@ Layout: one folder, shared by both tokenizer kinds
 --------------------------------------------------
 SD1/SDXL-first-encoder ("clip-vit-l") and SD2/SDXL-second-encoder ("open-clip") tokenizers differ
 only in the pad token (`<|endoftext|>` vs `!`, id 0). The folder's `tokenizer_config.json` holds the
-clip-vit-l defaults, and `modules.clip_tokenizer.load_clip_tokenizer("open-clip")` sets the pad
+clip-vit-l defaults, and `modules.library.clip_tokenizer.load_clip_tokenizer("open-clip")` sets the pad
 token after loading. A second folder whose config says `pad_token: "!"` (or passing
 `pad_token="!"` to `from_pretrained`) would be wrong, not just redundant: transformers then
 registers `!` as an added special token, and the fast tokenizer splits it out of the text before

@@ -49,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
 
-    from modules.checkpoints import CheckpointRegistry
-    from modules.cmd_args import parse_args
-    from modules.hashes import HashCache
-    from modules.merger import MergeError, MergeRequest, merge_checkpoints
-    from modules.paths import Paths
+    from modules.library.checkpoints import CheckpointRegistry
+    from modules.serving.cmd_args import parse_args
+    from modules.library.hashes import HashCache
+    from modules.merging.merger import MergeError, MergeRequest, merge_checkpoints
+    from modules.serving.paths import Paths
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     flags = parse_args([*(["--ckpt-dir", args.ckpt_dir] if args.ckpt_dir else []),

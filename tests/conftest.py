@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 @pytest.fixture
 def queue():
     """A started job queue of its own, stopped after the test (running work interrupted)."""
-    from modules.jobs import JobQueue
+    from modules.serving.jobs import JobQueue
 
     queue = JobQueue("test")
     queue.start()

@@ -16,8 +16,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from modules.api.auth import AuthPolicy, Credentials, parse_credentials
 from modules.api.server import create_app
-from modules.app_context import AppContext
-from modules.cmd_args import build_parser, parse_args
+from modules.serving.app_context import AppContext
+from modules.serving.cmd_args import build_parser, parse_args
 from tests.test_api_support import basic_auth
 
 UI_PASSWORD = "s3cret-ui-pw"

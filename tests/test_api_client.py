@@ -12,7 +12,7 @@ import torch
 import webuiapi  # the real A1111 client from PyPI (requirements-test.txt); never skipped
 
 from modules.api.server import create_app
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.library.synthetic_checkpoints import write_checkpoint
 from tests.test_api_support import WAIT, GatedEngine, decode_png, make_context, serving
 
 SMALL = {"width": 64, "height": 64, "steps": 3, "cfg_scale": 5}
@@ -183,8 +183,8 @@ def test_png_info_reads_back_the_parameters(api):
 
 
 def test_embeddings_loaded_and_skipped(api, context):
-    from modules.network_activation import embedding_widths
-    from modules.textual_inversion import save_embedding
+    from modules.networks.activation import embedding_widths
+    from modules.networks.textual_inversion import save_embedding
 
     width = embedding_widths(context.models.current())["default"]
     save_embedding(context.paths.embeddings_dir / "fits.pt", torch.randn(2, width), step=10)

@@ -10,7 +10,7 @@ import pytest
 import webuiapi  # the real A1111 client from PyPI (requirements-test.txt); never skipped
 
 from modules.api.server import create_app
-from modules.infotext_utils import parse_generation_parameters
+from modules.outputs.infotext import parse_generation_parameters
 from tests.test_api_support import WAIT, make_context, serving
 
 CLIENTS = 8

@@ -283,7 +283,7 @@ def test_image_urls_follow_the_settings_and_never_reach_local_hosts_by_default(c
 
 
 def test_hide_ui_dir_config_locks_folders_and_patterns_for_the_api(context):
-    from modules.cmd_args import parse_args
+    from modules.serving.cmd_args import parse_args
 
     args = parse_args(["--data-dir", str(context.paths.data_dir), "--hide-ui-dir-config"])
     locked = TestClient(create_app(dataclasses.replace(context, args=args), api=True))
@@ -330,7 +330,7 @@ def test_openapi_docs_describe_every_route(client):
 
 
 def test_extensions_and_scripts_list_what_was_loaded(client, context):
-    from modules.extensions import load_extensions
+    from modules.extension_host.extensions import load_extensions
 
     assert client.get("/sdapi/v1/extensions").json() == []  # none loaded into this context yet
     (context.paths.data_dir / "extensions" / "my-ext" / "scripts").mkdir(parents=True)

@@ -19,9 +19,9 @@ import torch
 import uvicorn
 from PIL import Image
 
-from modules.app_context import AppContext
-from modules.cmd_args import parse_args
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.serving.app_context import AppContext
+from modules.serving.cmd_args import parse_args
+from modules.library.synthetic_checkpoints import write_checkpoint
 
 WAIT = 120.0  # bounds how long a broken test may hang; never decides a result
 

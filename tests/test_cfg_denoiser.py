@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules.conditioning import ComposableScheduledPromptConditioning, Conditioning, MulticondLearnedConditioning
-from modules.processing import CFGDenoiser, pad_cond_uncond
-from modules.prompt_parser import ScheduledPromptConditioning
+from modules.generation.conditioning import ComposableScheduledPromptConditioning, Conditioning, MulticondLearnedConditioning
+from modules.generation.engine import CFGDenoiser, pad_cond_uncond
+from modules.generation.prompt_parser import ScheduledPromptConditioning
 
 CFG = 3.0
 

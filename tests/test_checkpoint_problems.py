@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from modules.app_context import AppContext
-from modules.checkpoints import BrokenCheckpointError, CheckpointRegistry
-from modules.cmd_args import parse_args
-from modules.hashes import HashCache
-from modules.model_loader import LoadOptions
-from modules.model_manager import ModelManager
-from modules.safetensors_io import SafetensorsFormatError
-from modules.safe_unpickle import PickledCheckpointError
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.serving.app_context import AppContext
+from modules.library.checkpoints import BrokenCheckpointError, CheckpointRegistry
+from modules.serving.cmd_args import parse_args
+from modules.library.hashes import HashCache
+from modules.library.model_loader import LoadOptions
+from modules.library.model_manager import ModelManager
+from modules.library.safetensors_io import SafetensorsFormatError
+from modules.library.safe_unpickle import PickledCheckpointError
+from modules.library.synthetic_checkpoints import write_checkpoint
 from modules.ui.top_bar import checkpoint_choices, model_status
 
 TRUNCATED = "0-interrupted-download.safetensors"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from modules.checkpoints import CheckpointNotFoundError, CheckpointRegistry, natural_sort_key
-from modules.hashes import HashCache, legacy_model_hash, sha256_of_file
-from modules.safetensors_io import save_file
+from modules.library.checkpoints import CheckpointNotFoundError, CheckpointRegistry, natural_sort_key
+from modules.library.hashes import HashCache, legacy_model_hash, sha256_of_file
+from modules.library.safetensors_io import save_file
 
 MIB = 1 << 20
 BIG = MIB + 0x10000 + 1000  # past the legacy hash window
@@ -139,7 +139,7 @@ def test_symlinked_folders_are_followed_and_broken_links_skipped(tmp_path, dirs,
     (models / "broken.ckpt").symlink_to(tmp_path / "missing.ckpt")
     write(models / "a.ckpt")
     s = make(tmp_path, [models])
-    with caplog.at_level(logging.WARNING, logger="modules.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="modules.library.checkpoints"):
         s.registry.refresh()
     assert s.names() == ["a.ckpt", "linked/z.ckpt"]
     assert s.registry.get("linked/z.ckpt").filename == models / "linked" / "z.ckpt"  # not resolved
@@ -180,7 +180,7 @@ def test_explicit_ckpt_file_comes_first(tmp_path, dirs, caplog):
     s.registry.refresh()
     assert s.names() == ["model.ckpt", "a.ckpt", "b.ckpt"]
     s = make(tmp_path, [ckpt_dir, models], explicit_file=tmp_path / "nope.ckpt")
-    with caplog.at_level(logging.WARNING, logger="modules.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="modules.library.checkpoints"):
         s.registry.refresh()
     assert "nope.ckpt" in caplog.text and s.names() == ["a.ckpt", "b.ckpt"]
 
@@ -190,7 +190,7 @@ def test_same_name_in_two_folders_first_folder_wins(tmp_path, dirs, caplog):
     write(ckpt_dir / "same.ckpt", seed=1)
     write(models / "same.ckpt", seed=2)
     s = make(tmp_path, [ckpt_dir, models])
-    with caplog.at_level(logging.WARNING, logger="modules.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="modules.library.checkpoints"):
         s.registry.refresh()
     assert [i.filename for i in s.registry.list()] == [ckpt_dir / "same.ckpt"]
     assert "hidden by" in caplog.text
@@ -318,7 +318,7 @@ def test_metadata_is_read_once_and_then_comes_from_the_cache(tmp_path, dirs):
 
     def reader(path):
         reads.append(path)
-        from modules.hashes import read_safetensors_metadata
+        from modules.library.hashes import read_safetensors_metadata
         return read_safetensors_metadata(path)
 
     registry = CheckpointRegistry([models], HashCache(tmp_path / "cache.json", metadata_reader=reader))
@@ -336,7 +336,7 @@ def test_truncated_safetensors_is_listed_with_a_warning(tmp_path, dirs, caplog):
     raw = (models / "t.safetensors").read_bytes()
     (models / "t.safetensors").write_bytes(raw[:-50])
     s = make(tmp_path, [models])
-    with caplog.at_level(logging.WARNING, logger="modules.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="modules.library.checkpoints"):
         s.registry.refresh()
     assert s.names() == ["t.safetensors"] and s.registry.list()[0].metadata == {}
     assert "t.safetensors" in caplog.text

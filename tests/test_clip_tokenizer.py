@@ -1,4 +1,4 @@
-"""The committed CLIP tokenizer files and `modules.clip_tokenizer` against open_clip's own tokenizer.
+"""The committed CLIP tokenizer files and `modules.library.clip_tokenizer` against open_clip's own tokenizer.
 
 The reference is open_clip's `SimpleTokenizer` (a copy of OpenAI CLIP's). open-clip-torch is a
 test-only package installed with `pip install --no-deps open-clip-torch`: its dependencies would pull
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from modules.clip_tokenizer import PAD_TOKENS, TOKENIZER_DIR, clean_prompt_text, load_clip_tokenizer
+from modules.library.clip_tokenizer import PAD_TOKENS, TOKENIZER_DIR, clean_prompt_text, load_clip_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VOCAB_SIZE = 49408

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from modules.conditioning import ConditioningOptions, PromptTokenizer, TextConditioner
-from modules.model_loader import load_checkpoint
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.generation.conditioning import ConditioningOptions, PromptTokenizer, TextConditioner
+from modules.library.model_loader import load_checkpoint
+from modules.library.synthetic_checkpoints import write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_sdxl_embedding_uses_each_encoders_vectors(models):
 
 
 def test_prompt_editing_gives_one_conditioning_per_segment(models):
-    from modules.conditioning import conditioning_at_step, get_learned_conditioning
+    from modules.generation.conditioning import conditioning_at_step, get_learned_conditioning
 
     conditioner = TextConditioner(models["sd1"])
     [schedule] = get_learned_conditioning(conditioner, ["a [cat:dog:5] sitting"], steps=10)
@@ -185,7 +185,7 @@ def test_prompt_editing_gives_one_conditioning_per_segment(models):
 
 
 def test_and_parts_weights_and_cache(models):
-    from modules.conditioning import ConditioningCache, get_learned_conditioning, get_multicond_learned_conditioning
+    from modules.generation.conditioning import ConditioningCache, get_learned_conditioning, get_multicond_learned_conditioning
 
     conditioner = TextConditioner(models["sd1"])
     cache = ConditioningCache()
@@ -202,7 +202,7 @@ def test_and_parts_weights_and_cache(models):
 
 @pytest.mark.parametrize("arch, extra", [("sdxl", None), ("sdxl-refiner", 6.0)])
 def test_sdxl_size_conditioning_drives_the_unet(tmp_path, arch, extra):
-    from modules.conditioning import sdxl_time_ids
+    from modules.generation.conditioning import sdxl_time_ids
 
     model = load_checkpoint(write_checkpoint(tmp_path / f"{arch}.safetensors", arch, dtype=torch.float32))
     cond = TextConditioner(model).encode(["a cat"])
@@ -314,7 +314,7 @@ def test_original_emphasis_restores_the_mean_of_each_chunk(models):
 def test_an_interrupt_stops_encoding_between_chunks(models):
     """The job's interrupt flag is read before each chunk: a 4-chunk prompt interrupted after the
     first chunk calls the encoder once, not four times."""
-    from modules.conditioning import EncodingInterrupted
+    from modules.generation.conditioning import EncodingInterrupted
 
     model = models["sd1"]
     calls = []
@@ -334,7 +334,7 @@ def test_an_interrupt_stops_encoding_between_chunks(models):
 def test_sdxl_empty_negative_prompt_is_zeros(models):
     """On SDXL, A1111 zeroes the text conditioning and the pooled vector of an empty negative prompt
     (`force_zero_embeddings`); a non-empty negative, a positive "" and SD1 are encoded as usual."""
-    from modules.conditioning import get_learned_conditioning
+    from modules.generation.conditioning import get_learned_conditioning
 
     sdxl = TextConditioner(models["sdxl"])
     [[(_, empty)]] = get_learned_conditioning(sdxl, [""], steps=20, is_negative_prompt=True)

@@ -32,9 +32,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from modules.api.server import create_app
-from modules.app_context import AppContext
-from modules.cmd_args import parse_args
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.serving.app_context import AppContext
+from modules.serving.cmd_args import parse_args
+from modules.library.synthetic_checkpoints import write_checkpoint
 from tests.test_api_support import WAIT, LiveServer, make_context
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +137,7 @@ def assert_whole_json(path: Path) -> dict:
 def write_large_checkpoint(path: Path, seed: int, extra_elements: int) -> None:
     """A tiny SD1 checkpoint in the real layout plus one large float tensor that a merge streams
     block by block: big enough that the merge is caught while it writes, on any machine."""
-    from modules.safetensors_io import SafetensorsReader, save_file
+    from modules.library.safetensors_io import SafetensorsReader, save_file
 
     small = write_checkpoint(path.with_name(f"small-{path.name}"), "sd1", dtype=torch.float32, seed=seed)
     with SafetensorsReader(small) as reader:
@@ -154,7 +154,7 @@ def write_large_checkpoint(path: Path, seed: int, extra_elements: int) -> None:
 def test_start_up_removes_the_unfinished_files_a_killed_run_left(tmp_path):
     """What each writer leaves when killed half-way (another process's temp names), in every folder
     the server writes to; files that only look alike are the user's and stay."""
-    from modules.atomic_files import TEMP_MARK
+    from modules.common.atomic_files import TEMP_MARK
 
     other_run = f".deadbeef{TEMP_MARK}"
     leftovers = [
@@ -369,8 +369,8 @@ def test_full_disk_while_writing_a_merge(tmp_path):
 def test_full_disk_in_the_middle_of_a_checkpoint_write(tmp_path):
     """Space taken by someone else after the writer checked it: the write fails with the same error
     and removes what it wrote."""
-    from modules.atomic_files import DiskFullError
-    from modules.safetensors_io import SafetensorsWriter
+    from modules.common.atomic_files import DiskFullError
+    from modules.library.safetensors_io import SafetensorsWriter
 
     folder = tmp_path / "small"
     with small_filesystem(folder, "size=2m"):
@@ -387,8 +387,8 @@ def test_full_disk_in_the_middle_of_a_checkpoint_write(tmp_path):
 
 def test_out_of_file_entries_is_a_full_disk_too(tmp_path):
     """A file system with bytes free but no inodes left refuses to create the file (ENOSPC)."""
-    from modules.atomic_files import DiskFullError
-    from modules.images import FilenameContext, save_image
+    from modules.common.atomic_files import DiskFullError
+    from modules.outputs.images import FilenameContext, save_image
 
     folder = tmp_path / "small"
     with small_filesystem(folder, "size=1m,nr_inodes=8"):

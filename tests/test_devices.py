@@ -15,7 +15,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from modules.attention_backends import (
+from modules.library.attention_backends import (
     AttentionBackend,
     XformersStatus,
     apply_attention_backend,
@@ -23,10 +23,10 @@ from modules.attention_backends import (
     probe_xformers,
     select_attention_backend,
 )
-from modules.cmd_args import parse_args
-from modules.devices import MemoryStats, memory_stats, reset_peak_memory, sampling_dtype
-from modules.model_loader import load_checkpoint
-from modules.offload import (
+from modules.serving.cmd_args import parse_args
+from modules.library.devices import MemoryStats, memory_stats, reset_peak_memory, sampling_dtype
+from modules.library.model_loader import load_checkpoint
+from modules.library.offload import (
     OffloadMode,
     ResidencyHook,
     batch_cond_uncond_allowed,
@@ -35,8 +35,8 @@ from modules.offload import (
     select_offload_mode,
     unet_block_units,
 )
-from modules.synthetic_checkpoints import write_checkpoint
-from modules.vae_decode import NAN_RETRY_MESSAGE, VaeNaNError, decode_latents
+from modules.library.synthetic_checkpoints import write_checkpoint
+from modules.generation.vae_decode import NAN_RETRY_MESSAGE, VaeNaNError, decode_latents
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -137,7 +137,7 @@ def test_attention_backend_decision_table(flags, device, probe, expected):
 
 
 def test_failed_xformers_warns_with_the_reason(caplog):
-    with caplog.at_level(logging.WARNING, logger="modules.attention_backends"):
+    with caplog.at_level(logging.WARNING, logger="modules.library.attention_backends"):
         backend = select_attention_backend(_args("--xformers"), CUDA, xformers_probe=lambda d: BROKEN)
     assert backend is AttentionBackend.SDPA
     assert "--xformers ignored" in caplog.text and "kernels fail on torch 2.11" in caplog.text
@@ -203,7 +203,7 @@ def test_custom_processors_are_kept(model, caplog):
     layer = next(m for m in model.unet.modules() if hasattr(m, "set_processor"))
     custom = CustomProcessor()
     layer.set_processor(custom)
-    with caplog.at_level(logging.WARNING, logger="modules.attention_backends"):
+    with caplog.at_level(logging.WARNING, logger="modules.library.attention_backends"):
         apply_attention_backend(model, AttentionBackend.PLAIN)
     assert layer.get_processor() is custom
     assert "keep their own processor (CustomProcessor" in caplog.text
@@ -485,7 +485,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture
 def cuda_model(loaded_sd1):
-    from modules.model_loader import LoadOptions
+    from modules.library.model_loader import LoadOptions
 
     fp16 = LoadOptions(device=CUDA, dtype=torch.float16, vae_dtype=torch.float16)
     model = load_checkpoint(loaded_sd1.path, fp16)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from modules.checkpoints import CheckpointRegistry
-from modules.hashes import HashCache
-from modules.infotext_utils import parse_generation_parameters
-from modules.model_loader import LoadOptions
-from modules.model_manager import ModelManager
-from modules.processing import GenerationRequest, Txt2ImgEngine
-from modules.settings import SettingsStore
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.library.checkpoints import CheckpointRegistry
+from modules.library.hashes import HashCache
+from modules.outputs.infotext import parse_generation_parameters
+from modules.library.model_loader import LoadOptions
+from modules.library.model_manager import ModelManager
+from modules.generation.engine import GenerationRequest, Txt2ImgEngine
+from modules.serving.settings import SettingsStore
+from modules.library.synthetic_checkpoints import write_checkpoint
 
 REQUEST = GenerationRequest(prompt="a cat", steps=2, width=64, height=64, seed=3, sampler_name="Euler")
 

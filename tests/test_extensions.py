@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from modules.cmd_args import parse_args
-from modules.extensions import (
+from modules.serving.cmd_args import parse_args
+from modules.extension_host.extensions import (
     ExtensionAccessError,
     ExtensionFolders,
     ExtensionInstallError,
@@ -28,14 +28,16 @@ from modules.extensions import (
     run_installers,
     save_enabled_states,
 )
-from modules.infotext_utils import parse_generation_parameters
-from modules.processing import GenerationRequest, SaveTarget, generate
-from modules.settings import SettingsStore
+from modules.outputs.infotext import parse_generation_parameters
+from modules.generation.engine import GenerationRequest, SaveTarget, generate
+from modules.serving.settings import SettingsStore
 
 SAMPLE_SCRIPT = '''
 import gradio as gr
 
-from modules import script_callbacks, scripts
+from modules import script_callbacks
+
+from modules import scripts
 from modules.processing import process_images
 
 EVENTS = {"denoiser": [], "saved": []}
@@ -140,8 +142,8 @@ def load(data_dir: Path, *flags: str):
 
 @pytest.fixture(scope="module")
 def sd1(tmp_path_factory):
-    from modules.model_loader import load_checkpoint
-    from modules.synthetic_checkpoints import write_checkpoint
+    from modules.library.model_loader import load_checkpoint
+    from modules.library.synthetic_checkpoints import write_checkpoint
 
     return load_checkpoint(write_checkpoint(tmp_path_factory.mktemp("ext") / "tiny.safetensors", "sd1",
                                             dtype=torch.float32))
@@ -186,7 +188,7 @@ def test_sample_extension_adds_an_api_route_and_broken_one_is_isolated(sample, c
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    with caplog.at_level(logging.ERROR, logger="modules.extensions"):
+    with caplog.at_level(logging.ERROR, logger="modules.extension_host.extensions"):
         runtime = load(sample)
     assert [ext.name for ext in runtime.active()] == ["sample"]
     [broken] = runtime.failed()
@@ -207,7 +209,9 @@ import sys
 
 import gradio as gr
 
-from modules import script_callbacks, scripts
+from modules import script_callbacks
+
+from modules import scripts
 
 
 class BadUi(scripts.Script):
@@ -284,7 +288,7 @@ def test_remove_current_script_callbacks_forgets_only_that_files_callbacks(data_
 
 
 def test_always_on_script_edits_prompts_into_conditioning_and_infotext(sample, sd1):
-    from modules.scripts import run_txt2img
+    from modules.extension_host.scripts import run_txt2img
 
     runtime = load(sample)
     context = SimpleNamespace(extensions=runtime, engine=DirectEngine(sd1))
@@ -305,7 +309,7 @@ def test_always_on_script_edits_prompts_into_conditioning_and_infotext(sample, s
 def test_selectable_script_through_api_fields_and_callbacks(sample, sd1, tmp_path):
     from PIL import Image
 
-    from modules.scripts import run_txt2img
+    from modules.extension_host.scripts import run_txt2img
 
     runtime = load(sample)
     module = sys.modules["atelier_extensions.sample.x"]
@@ -424,7 +428,7 @@ def test_preload_adds_flags(data_dir, caplog):
     '''})
     write_extension(data_dir / "extensions", "badpreload", {"preload.py": "raise ValueError('bad preload')\n"})
     argv = ["--data-dir", str(data_dir), "--sample-flag", "on"]
-    with caplog.at_level(logging.ERROR, logger="modules.extensions"):
+    with caplog.at_level(logging.ERROR, logger="modules.extension_host.extensions"):
         assert parser_with_preloads(argv).parse_args(argv).sample_flag == "on"
     assert any("badpreload" in record.getMessage() and "bad preload" in record.getMessage()
                for record in caplog.records)
@@ -514,7 +518,7 @@ def test_self_check_names_the_extension_that_patched_torch(data_dir, caplog):
         torch.nn.functional.silu = lambda x, inplace=False: x
     '''})
     try:
-        with caplog.at_level(logging.WARNING, logger="modules.extensions"):
+        with caplog.at_level(logging.WARNING, logger="modules.extension_host.extensions"):
             runtime = load(data_dir)
     finally:
         torch.nn.functional.silu = original
@@ -554,7 +558,7 @@ def test_self_check_sees_a_wrapped_method_of_a_diffusers_class(data_dir):
 
 def test_example_extension_in_the_repo_loads(tmp_path, sd1):
     """docs/example-extension, as a user who copies it into extensions/ gets it."""
-    from modules.extensions import REPO_ROOT
+    from modules.extension_host.module_files import REPO_ROOT
 
     folders = ExtensionFolders(user=REPO_ROOT / "docs", builtin=tmp_path / "none")
     runtime = load_extensions(SettingsStore(tmp_path / "config.json"), parse_args(["--data-dir", str(tmp_path)]),
@@ -572,9 +576,9 @@ def test_app_context_engine_runs_the_scripts_and_saves(sample):
     """The real Txt2ImgEngine (settings, model manager, saving) with the sample extension."""
     from PIL import Image
 
-    from modules.app_context import AppContext
-    from modules.scripts import run_txt2img
-    from modules.synthetic_checkpoints import write_checkpoint
+    from modules.serving.app_context import AppContext
+    from modules.extension_host.scripts import run_txt2img
+    from modules.library.synthetic_checkpoints import write_checkpoint
 
     (sample / "models" / "Stable-diffusion").mkdir(parents=True)
     write_checkpoint(sample / "models" / "Stable-diffusion" / "tiny.safetensors", "sd1", dtype=torch.float32)
@@ -613,7 +617,7 @@ def test_self_check_ignores_the_loaders_own_passing_patch():
     register_parameter while the background load runs; a snapshot taken then blames no one."""
     from accelerate import init_empty_weights
 
-    from modules.extensions import FrameworkSnapshot
+    from modules.extension_host.extensions import FrameworkSnapshot
 
     before = FrameworkSnapshot.take()
     with init_empty_weights(include_buffers=False):
@@ -627,7 +631,7 @@ def test_self_check_catches_a_patch_of_a_module_imported_after_the_baseline(monk
     the baseline and still caught; what torch brings itself (re-exported typing classes) is not."""
     import torch.nn.functional as F
 
-    from modules.extensions import FrameworkSnapshot
+    from modules.extension_host.extensions import FrameworkSnapshot
 
     before_torch = FrameworkSnapshot({})  # the baseline of a server that has not imported torch yet
     assert FrameworkSnapshot.take().changes_since(before_torch) == []

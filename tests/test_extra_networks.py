@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modules.extra_networks import ExtraNetworkParams, parse_prompt, parse_prompts
+from modules.networks.syntax import ExtraNetworkParams, parse_prompt, parse_prompts
 
 # (prompt, prompt without tags, {name: [items, ...]})
 PARSE_CASES = [

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from modules.hashes import (
+from modules.library.hashes import (
     HashCache,
     addnet_hash_safetensors,
     legacy_model_hash,
     read_safetensors_metadata,
     sha256_of_file,
 )
-from modules.safetensors_io import save_file
+from modules.library.safetensors_io import save_file
 
 MIB = 1 << 20
 

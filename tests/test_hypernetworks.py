@@ -19,22 +19,21 @@ from diffusers.models.attention_processor import (
     AttnProcessor2_0,
 )
 
-from modules.hypernetworks import (
+from modules.networks.hypernetworks import (
     ACTIVATIONS,
     Hypernetwork,
     HypernetworkAttnProcessor,
     HypernetworkLoadError,
     HypernetworkModule,
-    HypernetworkNotFoundError,
-    HypernetworkRegistry,
     HypernetworkSettings,
     apply_hypernetworks,
     attach_hypernetworks,
     parse_dropout_structure,
 )
-from modules.model_loader import StableDiffusionModel, load_checkpoint
-from modules.safe_unpickle import UnsafeCheckpointError
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.library.model_loader import StableDiffusionModel, load_checkpoint
+from modules.networks.hypernetwork_files import HypernetworkNotFoundError, HypernetworkRegistry
+from modules.library.safe_unpickle import UnsafeCheckpointError
+from modules.library.synthetic_checkpoints import write_checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # Writing files the way A1111 does

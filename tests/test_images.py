@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from modules import images
-from modules.images import (
+from modules.outputs import images
+from modules.outputs.images import (
     FilenameContext,
     FilenameGenerator,
     SaveOptions,
@@ -23,7 +23,7 @@ from modules.images import (
     truncate_filename,
     txt2img_output_dirs,
 )
-from modules.infotext_utils import parse_generation_parameters, read_info_from_image
+from modules.outputs.infotext import parse_generation_parameters, read_info_from_image
 
 NOW = dt.datetime(2024, 7, 27, 13, 45, 6)
 INFOTEXT = "a cat, 世界\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 123456, Size: 16x16"

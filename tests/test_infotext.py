@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image, PngImagePlugin
 
-from modules.infotext_utils import (
+from modules.outputs.infotext import (
     GenerationInfo,
     create_infotext,
     decode_user_comment,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from modules.jobs import Job, JobControl, JobInterrupted, JobQueue, JobState
+from modules.serving.jobs import Job, JobControl, JobInterrupted, JobQueue, JobState
 
 WAIT = 10.0
 

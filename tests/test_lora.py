@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modules.hashes import HashCache, addnet_hash_safetensors
-from modules.lora import (
+from modules.library.hashes import HashCache, addnet_hash_safetensors
+from modules.networks.lora import (
     IncompatibleLoraError,
     LoraError,
     LoraNotFoundError,
@@ -25,16 +25,16 @@ from modules.lora import (
     apply_loras,
     lora_requests_from_params,
 )
-from modules.model_loader import load_checkpoint
-from modules.safetensors_io import save_file
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.library.model_loader import load_checkpoint
+from modules.library.safetensors_io import save_file
+from modules.library.synthetic_checkpoints import write_checkpoint
 
 RANK = 4
 
 
 @dataclass
 class Params:
-    """Stands in for `modules.extra_networks.ExtraNetworkParams` (duck-typed)."""
+    """Stands in for `modules.networks.syntax.ExtraNetworkParams` (duck-typed)."""
 
     positional: list[str]
     named: dict[str, str] = field(default_factory=dict)

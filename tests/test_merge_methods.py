@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from modules.merge_blocks import (
+from modules.merging.blocks import (
     BLOCK_LAYOUTS,
     SD_PRESETS,
     block_names,
@@ -16,7 +16,7 @@ from modules.merge_blocks import (
     block_weights_for,
     sd_preset,
 )
-from modules.merge_methods import (
+from modules.merging.methods import (
     MERGE_METHODS,
     MergeOptions,
     dare_seed,
@@ -24,7 +24,7 @@ from modules.merge_methods import (
     merge_tensor,
     ties_merge_deltas,
 )
-from modules.synthetic_checkpoints import checkpoint_shapes
+from modules.library.synthetic_checkpoints import checkpoint_shapes
 
 # The shared example: a=[1,2], b=[3,6], c=[1,1].
 A = torch.tensor([1.0, 2.0])

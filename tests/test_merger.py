@@ -12,11 +12,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from modules.atomic_files import TEMP_MARK
-from modules.checkpoints import CheckpointRegistry
-from modules.hashes import HashCache
-from modules.merger import MergeError, MergeInterrupted, MergeRequest, merge_checkpoints
-from modules.synthetic_checkpoints import write_checkpoint, write_vae
+from modules.common.atomic_files import TEMP_MARK
+from modules.library.checkpoints import CheckpointRegistry
+from modules.library.hashes import HashCache
+from modules.merging.merger import MergeError, MergeInterrupted, MergeRequest, merge_checkpoints
+from modules.library.synthetic_checkpoints import write_checkpoint, write_vae
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,7 +178,7 @@ def test_peak_memory_stays_bounded(tmp_path):
     peak RSS: tensors stream through a few at a time."""
     import dataclasses
 
-    from modules.synthetic_checkpoints import architecture_spec
+    from modules.library.synthetic_checkpoints import architecture_spec
 
     folder = tmp_path / "big"
     folder.mkdir()
@@ -193,10 +193,10 @@ import sys, json
 sys.path.insert(0, {str(REPO_ROOT)!r})
 import torch
 from pathlib import Path
-from modules.checkpoints import CheckpointRegistry
-from modules.hashes import HashCache
-from modules.merger import MergeRequest, merge_checkpoints
-import modules.merge_methods, modules.merge_blocks, modules.model_loader
+from modules.library.checkpoints import CheckpointRegistry
+from modules.library.hashes import HashCache
+from modules.merging.merger import MergeRequest, merge_checkpoints
+import modules.merging.methods, modules.merging.blocks, modules.library.model_loader
 registry = CheckpointRegistry([{str(folder)!r}], HashCache(Path({str(tmp_path)!r}) / "c.json"))
 registry.refresh()
 for info in registry.list():
@@ -219,10 +219,10 @@ print(json.dumps({{"rss_before": rss, "peak": peak}}))
 
 
 def test_merge_and_load_tries_a_merge_without_saving_it(library, tmp_path):
-    from modules.merger import merge_and_load
-    from modules.model_loader import LoadOptions
-    from modules.model_manager import ModelManager
-    from modules.processing import GenerationRequest, generate
+    from modules.merging.merger import merge_and_load
+    from modules.library.model_loader import LoadOptions
+    from modules.library.model_manager import ModelManager
+    from modules.generation.engine import GenerationRequest, generate
 
     folder, registry = library
     models = ModelManager(registry, LoadOptions())
@@ -265,8 +265,8 @@ def test_unknown_vae_to_bake_is_named(library):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of 1 KiB and float32 steps of 37 elements, so tiny tensors cross many boundaries."""
-    from modules import merger
-    from modules.safetensors_io import SafetensorsWriter
+    from modules.merging import merger
+    from modules.library.safetensors_io import SafetensorsWriter
 
     monkeypatch.setattr(SafetensorsWriter, "BLOCK_BYTES", 1024)
     monkeypatch.setattr(merger, "CHUNK_ELEMENTS", 37)
@@ -281,7 +281,7 @@ def small_blocks(monkeypatch):
 ])
 def test_block_by_block_merge_equals_whole_tensor_merge(library, small_blocks, method, names, half):
     """The block/step path gives bit for bit what the method gives on whole tensors, then a cast."""
-    from modules.merge_methods import MergeOptions, get_method, merge_tensor
+    from modules.merging.methods import MergeOptions, get_method, merge_tensor
 
     folder, registry = library
     request = MergeRequest(primary_model_name=names[0], secondary_model_name=names[1],
@@ -356,7 +356,7 @@ def test_ckpt_output_is_a_flat_torch_dict(library):
         assert saved[key].dtype == tensor.dtype and torch.equal(saved[key], tensor), key
     assert not list(folder.glob(f"*{TEMP_MARK}"))
     # and it loads as a checkpoint through the safe unpickler
-    from modules.model_loader import TensorSource
+    from modules.library.model_loader import TensorSource
 
     with TensorSource(result.path) as source:
         assert set(source.shapes) == set(reference)

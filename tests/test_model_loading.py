@@ -1,6 +1,6 @@
 """Loading real-layout checkpoints: detection, bit-identical weights, configs, errors.
 
-Every checkpoint here is written by `modules.synthetic_checkpoints` in the real single-file layout
+Every checkpoint here is written by `modules.library.synthetic_checkpoints` in the real single-file layout
 and loaded through the same code as a user's file.
 """
 
@@ -14,9 +14,9 @@ import safetensors.torch
 import torch
 import yaml
 
-from modules.model_detection import UnsupportedCheckpointError
-from modules.model_loader import CheckpointLoadError, LoadOptions, load_checkpoint, load_vae_file
-from modules.synthetic_checkpoints import ARCHITECTURES, architecture_spec, write_checkpoint, write_vae
+from modules.library.model_detection import UnsupportedCheckpointError
+from modules.library.model_loader import CheckpointLoadError, LoadOptions, load_checkpoint, load_vae_file
+from modules.library.synthetic_checkpoints import ARCHITECTURES, architecture_spec, write_checkpoint, write_vae
 
 # Prefixes of the tensors models are built from; everything else (schedule buffers, EMA scalars) is
 # training state that loading skips.
@@ -148,8 +148,8 @@ def test_sd2_v_prediction_test(tmp_path, bias, expected):
 def test_yaml_beside_checkpoint_wins(tmp_path, tiny_files):
     import shutil
 
-    from modules.model_config import LDM_CONFIG_DIR, patch_sizes_from_shapes, read_ldm_yaml
-    from modules.safetensors_io import read_header
+    from modules.library.model_config import LDM_CONFIG_DIR, patch_sizes_from_shapes, read_ldm_yaml
+    from modules.library.safetensors_io import read_header
 
     path = tmp_path / "v.safetensors"
     shutil.copy(tiny_files["sd2"], path)
@@ -262,8 +262,8 @@ def test_yaml_text_encoder_version_names_a_local_folder(tmp_path, tiny_files):
     import json
     import shutil
 
-    from modules.model_config import LDM_CONFIG_DIR, patch_sizes_from_shapes, read_ldm_yaml
-    from modules.safetensors_io import read_header
+    from modules.library.model_config import LDM_CONFIG_DIR, patch_sizes_from_shapes, read_ldm_yaml
+    from modules.library.safetensors_io import read_header
 
     path = tmp_path / "m.safetensors"
     shutil.copy(tiny_files["sd1"], path)

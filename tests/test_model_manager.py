@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 
-from modules.checkpoints import CheckpointRegistry
-from modules.hashes import HashCache
-from modules.model_loader import CheckpointLoadError, LoadOptions
-from modules.model_manager import ModelManager, configure_allocator
-from modules.synthetic_checkpoints import architecture_spec, write_checkpoint, write_vae
+from modules.library.checkpoints import CheckpointRegistry
+from modules.library.hashes import HashCache
+from modules.library.model_loader import CheckpointLoadError, LoadOptions
+from modules.library.model_manager import ModelManager, configure_allocator
+from modules.library.synthetic_checkpoints import architecture_spec, write_checkpoint, write_vae
 
 
 class Limit:
@@ -104,7 +104,7 @@ def test_late_failure_reloads_previous_model(library):
     folder, registry = library
     manager = _manager(registry)
     manager.load("a")
-    from modules.model_config import LDM_CONFIG_DIR
+    from modules.library.model_config import LDM_CONFIG_DIR
 
     ldm = yaml.safe_load((LDM_CONFIG_DIR / "v1-inference.yaml").read_text())
     (folder / "b.yaml").write_text(yaml.safe_dump(ldm))  # real SD1.5 sizes, tiny weights
@@ -175,7 +175,7 @@ def test_rss_does_not_creep_over_repeated_switches(tmp_path):
     ({"use_cpu": True}, True, ("cpu", torch.float32, torch.float32)),
 ])
 def test_device_and_precision_flags(flags, cuda, expected):
-    from modules.model_manager import default_load_options
+    from modules.library.model_manager import default_load_options
 
     args = {"use_cpu": False, "no_half": False, "precision": "autocast", **flags}
     options = default_load_options(**args, cuda_available=cuda)

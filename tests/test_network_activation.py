@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules.conditioning import TextConditioner
-from modules.extra_networks import parse_prompts
-from modules.hypernetworks import HypernetworkRegistry
-from modules.lora import LoraRegistry
-from modules.model_loader import load_checkpoint
-from modules.network_activation import activate_extra_networks, embedding_widths
-from modules.synthetic_checkpoints import write_checkpoint
-from modules.textual_inversion import EmbeddingDatabase, save_embedding
+from modules.generation.conditioning import TextConditioner
+from modules.networks.syntax import parse_prompts
+from modules.networks.hypernetwork_files import HypernetworkRegistry
+from modules.networks.lora import LoraRegistry
+from modules.library.model_loader import load_checkpoint
+from modules.networks.activation import activate_extra_networks, embedding_widths
+from modules.library.synthetic_checkpoints import write_checkpoint
+from modules.networks.textual_inversion import EmbeddingDatabase, save_embedding
 from tests.test_hypernetworks import relu_hypernetwork_file
 from tests.test_lora import kohya_lora, unet_out, write_lora
 
@@ -97,8 +97,8 @@ def test_embeddings_follow_the_model_and_new_files_appear(setup, tmp_path):
 def test_lora_hashes_are_quoted_once_in_the_infotext(setup):
     """A1111 writes `Lora hashes: "style: <12 hex>"`: the value plain, quoted once by the infotext
     writer; reading the infotext back gives the plain value."""
-    from modules.infotext_utils import parse_generation_parameters
-    from modules.processing import GenerationRequest, generate
+    from modules.outputs.infotext import parse_generation_parameters
+    from modules.generation.engine import GenerationRequest, generate
 
     model, _, loras, _ = setup
     result = generate(model, GenerationRequest(prompt="a cat <lora:style:0.8>", width=64, height=64, steps=1,

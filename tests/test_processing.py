@@ -8,12 +8,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from modules.atomic_files import TEMP_MARK
-from modules.infotext_utils import parse_generation_parameters
-from modules.model_loader import load_checkpoint
-from modules.processing import GenerationRequest, SaveTarget, generate
-from modules.sampling.registry import SAMPLERS
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.common.atomic_files import TEMP_MARK
+from modules.outputs.infotext import parse_generation_parameters
+from modules.library.model_loader import load_checkpoint
+from modules.generation.engine import GenerationRequest, SaveTarget, generate
+from modules.generation.sampling.registry import SAMPLERS
+from modules.library.synthetic_checkpoints import write_checkpoint
 
 SMALL = dict(width=64, height=64, steps=4)
 
@@ -193,7 +193,7 @@ def test_jobs_run_generations_in_order_and_interrupt(sd1):
     """Generation through the job queue: FIFO, each job its own seeds, interrupt via the queue."""
     import threading
 
-    from modules.jobs import JobQueue
+    from modules.serving.jobs import JobQueue
 
     queue = JobQueue()
     queue.start()
@@ -239,8 +239,8 @@ def test_every_schedule_type_runs_and_differs(sd1):
     definition: Euler's Automatic is the model's own schedule, which Uniform and Normal also give,
     and Polyexponential with rho 1 is Exponential. (On a tiny random model two close schedules can
     give images one level apart, so distinctness is checked on the schedules.)"""
-    from modules.sampling.registry import SCHEDULERS, build_sigmas, find_sampler
-    from modules.sampling.schedules import DiscreteSchedule, alphas_cumprod_scaled_linear
+    from modules.generation.sampling.registry import SCHEDULERS, build_sigmas, find_sampler
+    from modules.generation.sampling.schedules import DiscreteSchedule, alphas_cumprod_scaled_linear
 
     for scheduler in SCHEDULERS:
         assert run(sd1, sampler_name="Euler", scheduler=scheduler.label, steps=4).images[0].size == (64, 64)
@@ -260,7 +260,7 @@ LONG_PROMPT = " ".join(["cat"] * 80)  # two chunks: 154 tokens
 
 def unet_context_lengths(model, request, settings=None, control=None):
     """Run `request`; per UNet call, (rows, token length of encoder_hidden_states)."""
-    from modules.processing import EngineSettings
+    from modules.generation.engine import EngineSettings
 
     calls = []
     handle = model.unet.register_forward_pre_hook(
@@ -286,7 +286,7 @@ def test_long_prompt_and_short_negative_are_denoised_apart(sd1):
 
 @pytest.mark.parametrize("setting, key", [("pad_cond_uncond", "Pad conds"), ("pad_cond_uncond_v0", "Pad conds v0")])
 def test_pad_conds_settings_make_one_call_and_say_so(sd1, setting, key):
-    from modules.processing import EngineSettings
+    from modules.generation.engine import EngineSettings
 
     result, calls = unet_context_lengths(sd1, GenerationRequest(**SMALL, prompt=LONG_PROMPT, seed=7,
                                                                 sampler_name="Euler"),
@@ -321,7 +321,7 @@ def test_an_interrupt_during_prompt_encoding_stops_before_sampling(sd1):
 
 
 def test_overlong_prompts_are_refused(sd1):
-    from modules.processing import EngineSettings, PromptTooLongError, check_prompt_length
+    from modules.generation.engine import EngineSettings, PromptTooLongError, check_prompt_length
 
     check_prompt_length("a" * 10, "b" * 10, 10)
     check_prompt_length("a" * 10**6, "", 0)  # 0: no limit
@@ -344,8 +344,8 @@ def test_ti_hashes_list_each_use_once_per_prompt(sd1, tmp_path):
     unchanged."""
     import hashlib
 
-    from modules.network_activation import embedding_widths
-    from modules.textual_inversion import EmbeddingDatabase, save_embedding
+    from modules.networks.activation import embedding_widths
+    from modules.networks.textual_inversion import EmbeddingDatabase, save_embedding
 
     width = embedding_widths(sd1)["default"]
     path = save_embedding(tmp_path / "tinyemb.pt", torch.randn(2, width))

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modules.prompt_parser import (
+from modules.generation.prompt_parser import (
     ComposablePromptPart,
     ScheduledPrompt,
     get_learned_conditioning_prompt_schedules,

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from modules import rng, rng_philox
+from modules.generation import rng
+
+from modules.generation import rng_philox
 
 SHAPE = (4, 8, 8)  # one 64×64 image's latent
 

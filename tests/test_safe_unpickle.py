@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from modules import safe_unpickle
-from modules.safe_unpickle import (
+from modules.library import safe_unpickle
+from modules.library.safe_unpickle import (
     CorruptCheckpointError,
     LightningModulePlaceholder,
     ModelCheckpointPlaceholder,
@@ -471,7 +471,7 @@ def test_payloads_are_live_under_allow_unsafe(
     canary = tmp_path / "canary"
     payload, _ = _payload(kind, canary)
     path = _write_malicious("zip", payload, tmp_path / f"evil-{kind}.ckpt")
-    with caplog.at_level(logging.WARNING, logger="modules.safe_unpickle"):
+    with caplog.at_level(logging.WARNING, logger="modules.library.safe_unpickle"):
         loaded = load_pickled_checkpoint(path, allow_unsafe=True)
     if kind == "popen":
         loaded["state_dict"]["model.diffusion_model.out.2.bias"].wait()
@@ -606,7 +606,7 @@ def test_allow_unsafe_loads_what_safe_refuses_and_warns(
     with pytest.raises(UnsafeCheckpointError, match=r"datetime\.date"):
         load_pickled_checkpoint(path)
 
-    with caplog.at_level(logging.WARNING, logger="modules.safe_unpickle"):
+    with caplog.at_level(logging.WARNING, logger="modules.library.safe_unpickle"):
         loaded = load_pickled_checkpoint(path, allow_unsafe=True)
     assert loaded["when"] == datetime.date(2022, 8, 22)
     for key, expected in tensors.items():
@@ -651,7 +651,7 @@ def test_lightning_module_global_resolves_to_placeholder(tmp_path: Path) -> None
     obj = {"w": torch.ones(1), "cb": ModelCheckpointPlaceholder}
     path = _save(obj, tmp_path / "m.pt", legacy=True)
     data = path.read_bytes()
-    old = b"cmodules.safe_unpickle\nModelCheckpointPlaceholder\n"
+    old = b"cmodules.library.safe_unpickle\nModelCheckpointPlaceholder\n"
     assert data.count(old) == 1
     path.write_bytes(data.replace(old, b"cpytorch_lightning.callbacks\nmodel_checkpoint\n"))
     loaded = load_pickled_checkpoint(path)

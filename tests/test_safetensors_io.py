@@ -8,7 +8,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from modules.safetensors_io import SafetensorsReader, SafetensorsWriter
+from modules.library.safetensors_io import SafetensorsReader, SafetensorsWriter
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for modules.sampling: schedules, denoiser adapters, samplers and A1111 name resolution.
+"""Tests for modules.generation.sampling: schedules, denoiser adapters, samplers and A1111 name resolution.
 
 When k-diffusion (and torchsde) are installed, schedules and samplers are checked against k-diffusion
 itself on identical inputs: it is the code A1111 runs. k-diffusion is a test-time reference only; it is
@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 import torch
 
-from modules.sampling import noise as noise_mod
-from modules.sampling import registry, samplers, schedules, timesteps
-from modules.sampling.denoisers import (
+from modules.generation.sampling import noise as noise_mod
+from modules.generation.sampling import registry, samplers, schedules, timesteps
+from modules.generation.sampling.denoisers import (
     DiscreteDenoiser,
     denoised_from_eps,
     denoised_from_v,
     eps_from_v_timestep,
 )
-from modules.sampling.schedules import DiscreteSchedule
+from modules.generation.sampling.schedules import DiscreteSchedule
 
 HAS_TORCHSDE = importlib.util.find_spec("torchsde") is not None
 
@@ -591,8 +591,8 @@ def test_ddim_eta_uses_noise_and_reproduces() -> None:
 def test_lcm_table_and_boundary_conditions():
     """LCM samples on every 20th training timestep (19 … 999) and mixes the eps-x0 with the input by
     c_skip = 0.25 / ((10t)² + 0.25), c_out = 10t / sqrt((10t)² + 0.25)."""
-    from modules.sampling.denoisers import LCMDenoiser, lcm_schedule
-    from modules.sampling.schedules import DiscreteSchedule, alphas_cumprod_scaled_linear
+    from modules.generation.sampling.denoisers import LCMDenoiser, lcm_schedule
+    from modules.generation.sampling.schedules import DiscreteSchedule, alphas_cumprod_scaled_linear
 
     ac = alphas_cumprod_scaled_linear()
     full = DiscreteSchedule.from_alphas_cumprod(ac)

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modules.app_context import AppContext
-from modules.cmd_args import parse_args
+from modules.serving.app_context import AppContext
+from modules.serving.cmd_args import parse_args
 from tests.test_api_support import basic_auth
 
 PASSWORD = "probe-pw"

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 
-from modules.app_context import AppContext
-from modules.cmd_args import parse_args
+from modules.serving.app_context import AppContext
+from modules.serving.cmd_args import parse_args
 from tests.test_api_support import basic_auth
 
 PASSWORD = "guard-pw"
@@ -99,7 +99,7 @@ def _bomb_png(size: int, parameters: str, *, text_after_pixels: bool = False) ->
 def test_png_info_reads_the_text_of_a_huge_image_without_decoding_it(monkeypatch, after):
     from PIL import ImageFile
 
-    from modules.image_metadata import read_image_metadata
+    from modules.outputs.image_metadata import read_image_metadata
 
     def refuse_to_decode(self, *args, **kwargs):
         raise AssertionError("the pixels were decoded")
@@ -151,7 +151,7 @@ def test_png_info_ui_error_names_no_server_path(tmp_path):
 
 
 def test_compressed_text_cannot_expand_without_bound():
-    from modules.image_metadata import MAX_TEXT_CHUNK, png_text_chunks
+    from modules.outputs.image_metadata import MAX_TEXT_CHUNK, png_text_chunks
 
     bomb = zlib.compress(b"a" * (MAX_TEXT_CHUNK * 8))
     meta = PngImagePlugin.PngInfo()

@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modules.api.server import create_app
-from modules.app_context import DEMO_CHECKPOINT_NAME, AppContext
-from modules.cmd_args import parse_args
-from modules.safetensors_io import read_header
+from modules.serving.app_context import DEMO_CHECKPOINT_NAME, AppContext
+from modules.serving.cmd_args import parse_args
+from modules.library.safetensors_io import read_header
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def test_webui_serves_on_an_empty_data_dir(tmp_path):
 
 def test_generation_through_the_app_context(context, tmp_path):
     """The composed app: demo checkpoint, job queue, engine, settings overrides, images saved."""
-    from modules.processing import GenerationRequest
+    from modules.generation.engine import GenerationRequest
 
     context.ensure_demo_checkpoint()
     context.load_startup_model()
@@ -104,7 +104,7 @@ def test_merge_route(context, tmp_path):
     """POST /sdapi/v1/merge-checkpoints with A1111's field names: the result is listed at once."""
     import torch
 
-    from modules.synthetic_checkpoints import write_checkpoint
+    from modules.library.synthetic_checkpoints import write_checkpoint
 
     folder = tmp_path / "models" / "Stable-diffusion"
     for seed, name in enumerate(("a", "b")):

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from modules.cmd_args import parse_args
-from modules.serving import plain_http_warning
+from modules.serving.cmd_args import parse_args
+from modules.serving.listen import plain_http_warning
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ def test_warning_for_passwords_in_clear_on_the_network(pair):
     assert warning is not None and "clear text" in warning and "--tls-keyfile" in warning
     assert plain_http_warning(parse_args(["--server-name", "192.168.1.5", "--api-auth", "u:p"]), None) is not None
     tls_args = parse_args(lan_with_auth + ["--tls-keyfile", str(key), "--tls-certfile", str(cert)])
-    from modules.serving import TlsFiles
+    from modules.serving.listen import TlsFiles
 
     assert plain_http_warning(tls_args, TlsFiles.from_args(tls_args)) is None
     assert plain_http_warning(parse_args(["--gradio-auth", "user:secret"]), None) is None  # loopback only
@@ -165,7 +165,7 @@ def test_page_api_and_webuiapi_over_https(pair, tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     port = free_port()
     (tmp_path / "models" / "Stable-diffusion").mkdir(parents=True)
-    from modules.synthetic_checkpoints import write_checkpoint
+    from modules.library.synthetic_checkpoints import write_checkpoint
 
     write_checkpoint(tmp_path / "models" / "Stable-diffusion" / "tiny.safetensors", "sd1", size="tiny", seed=0)
     process, output = start_server(["--api", "--server-name", "127.0.0.1", "--port", str(port), "--gradio-auth",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from modules.settings import SCHEMA, SECTIONS, SettingsStore, SettingsValidationError, describe_changes
+from modules.serving.settings import SCHEMA, SECTIONS, SettingsStore, SettingsValidationError, describe_changes
 
 
 def test_defaults_and_persistence(tmp_path):

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modules.api.server import create_app
-from modules.cmd_args import parse_args
+from modules.serving.cmd_args import parse_args
 from modules.ui import top_bar
 from modules.ui.settings_tab import SettingsHandlers, tab_specs
 from tests.test_api_support import WAIT, make_context
@@ -168,7 +168,7 @@ def test_the_request_outpath_fields_do_not_choose_where_files_go(context, tmp_pa
 def test_a_script_sees_only_allowed_folders_in_p_outpath(context, tmp_path, settings_restored):
     """Scripts save where `p.outpath_samples` says (A1111's habit); it comes from the output folder
     settings with the request's overrides, so the overrides a client may send are the limit."""
-    from modules.extensions import ExtensionFolders, load_extensions
+    from modules.extension_host.extensions import ExtensionFolders, load_extensions
     from tests.test_extensions import write_extension
 
     (tmp_path / "builtin").mkdir()
@@ -251,7 +251,7 @@ def test_allow_ui_dir_config_unlocks_them_within_the_folder_rules(context, setti
 
 
 def test_listen_keeps_the_directory_settings_out_of_the_settings_tab(context):
-    from modules.settings import locked_settings
+    from modules.serving.settings import locked_settings
 
     current = context.settings.current()
     shown = {spec.key for spec in tab_specs(current, locked_settings(parse_args(["--listen"])))}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from modules.safetensors_io import save_file
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.library.safetensors_io import save_file
+from modules.library.synthetic_checkpoints import write_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "diffusers", "transformers")
@@ -23,8 +23,8 @@ PROBE = r"""
 import json, sys
 import webui
 from fastapi.testclient import TestClient
-from modules.cmd_args import parse_args
-from modules.extensions import parser_with_preloads
+from modules.serving.cmd_args import parse_args
+from modules.extension_host.extensions import parser_with_preloads
 
 argv = sys.argv[1:]
 args = parse_args(argv, parser=parser_with_preloads(argv))

@@ -12,9 +12,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from modules import synthetic_checkpoints as sc
-from modules.atomic_files import TEMP_MARK
-from modules.synthetic_checkpoints import (
+from modules.library import synthetic_checkpoints as sc
+from modules.common.atomic_files import TEMP_MARK
+from modules.library.synthetic_checkpoints import (
     ARCHITECTURES,
     LDM_EMA_SCALARS,
     LDM_SCHEDULE_BUFFERS,

@@ -21,9 +21,9 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin, features
 
-from modules.hashes import HashCache, sha256_of_file
-from modules.safetensors_io import save_file
-from modules.textual_inversion import (
+from modules.library.hashes import HashCache, sha256_of_file
+from modules.library.safetensors_io import save_file
+from modules.networks.textual_inversion import (
     CACHE_TITLE_PREFIX,
     SD1_WIDTHS,
     SD2_WIDTHS,
@@ -208,7 +208,7 @@ def test_every_format_loads_with_names_vectors_and_counts(tmp_path: Path) -> Non
 
 
 def test_parameter_dict_file_really_holds_a_parameter_dict(tmp_path: Path) -> None:
-    from modules.safe_unpickle import load_pickled_checkpoint
+    from modules.library.safe_unpickle import load_pickled_checkpoint
 
     path = tmp_path / "paramdict.pt"
     v = vectors(2, 768, 11)
@@ -441,7 +441,7 @@ def test_same_name_found_later_replaces_earlier_and_order_is_case_insensitive(tm
         save_embedding(first / f"{name}.pt", vectors(1, 768, seed))
 
     hasher = CountingHasher()
-    with caplog.at_level(logging.WARNING, logger="modules.textual_inversion"):
+    with caplog.at_level(logging.WARNING, logger="modules.networks.textual_inversion"):
         db = EmbeddingDatabase([first, second], HashCache(tmp_path / "cache.json", hasher=hasher))
         db.refresh()
     assert list(db.embeddings) == ["Alpha", "beta", "dup", "gamma"]
@@ -579,7 +579,7 @@ def test_no_hashing_uses_only_cached_hashes(tmp_path: Path) -> None:
 def test_ti_hashes_value_follows_a1111s_encoder_calls():
     """Each encoder call lists its embeddings once, in front of what earlier calls wrote (A1111
     encodes the negative prompt first); `:` and `,` leave the names; unhashed ones are left out."""
-    from modules.textual_inversion import Embedding, ti_hashes_infotext
+    from modules.networks.textual_inversion import Embedding, ti_hashes_infotext
 
     def embedding(name, sha256):
         return Embedding(name=name, vectors={"default": torch.zeros(1, 4)}, filename=Path(f"{name}.pt"),

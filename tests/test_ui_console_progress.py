@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from modules.console_progress import install_console_progress
-from modules.jobs import JobEvent
+from modules.serving.console_progress import install_console_progress
+from modules.serving.jobs import JobEvent
 
 WAIT = 10.0
 

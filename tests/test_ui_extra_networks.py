@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules.network_activation import embedding_widths
-from modules.safetensors_io import save_file
-from modules.textual_inversion import save_embedding
+from modules.networks.activation import embedding_widths
+from modules.library.safetensors_io import save_file
+from modules.networks.textual_inversion import save_embedding
 from modules.ui.extra_networks_panel import (
     HYPERNETWORK,
     LORA,

@@ -10,12 +10,12 @@ import gradio as gr
 import pytest
 import torch
 
-from modules.app_context import AppContext
-from modules.cmd_args import parse_args
-from modules.merge_blocks import SD_PRESETS, block_names
-from modules.merge_methods import MERGE_METHODS, MergeOptions
-from modules.merge_service import merge_trial_dir
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.serving.app_context import AppContext
+from modules.serving.cmd_args import parse_args
+from modules.merging.blocks import SD_PRESETS, block_names
+from modules.merging.methods import MERGE_METHODS, MergeOptions
+from modules.merging.service import merge_trial_dir
+from modules.library.synthetic_checkpoints import write_checkpoint
 from modules.ui import merger_tab
 from modules.ui.merger_tab import (METHOD_OPTION_FIELDS, MergeForm, MergeFormError, MergerHandlers,
                                    parse_block_weights)
@@ -102,7 +102,7 @@ def test_merge_options_reach_the_file(context, handlers, tmp_path):
                            save_as_half=True, metadata_json='{"note": "hi"}', block_weights="ALL_B")
     message = list(handlers.merge(*values))[-1][0]
     assert "Checkpoint saved to" in message, message
-    from modules.safetensors_io import read_header
+    from modules.library.safetensors_io import read_header
 
     header = read_header(tmp_path / "models" / "Stable-diffusion" / "mix.safetensors")
     assert header.metadata["note"] == "hi" and header.metadata["author"] == "c"  # A, then B, then C

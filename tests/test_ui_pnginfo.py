@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from PIL import Image, PngImagePlugin
 
-from modules.settings import Settings
+from modules.serving.settings import Settings
 from modules.ui.pnginfo import read_png_info, render_png_info
 from modules.ui.request_fields import TXT2IMG_FIELDS
 

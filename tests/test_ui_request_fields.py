@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from modules.settings import Settings
+from modules.serving.settings import Settings
 from modules.ui.request_fields import (
     TXT2IMG_FIELDS,
     RequestError,
@@ -138,7 +138,7 @@ def test_paste_skips_numbers_that_are_not_finite():
 
 
 def test_settings_refuse_numbers_that_are_not_finite():
-    from modules.settings import validate_changes
+    from modules.serving.settings import validate_changes
 
     for value in (float("nan"), float("inf"), float("-inf")):
         with pytest.raises(ValueError, match="must be a finite number"):

@@ -8,8 +8,8 @@ import json
 import gradio as gr
 import pytest
 
-from modules.app_context import AppContext
-from modules.cmd_args import parse_args
+from modules.serving.app_context import AppContext
+from modules.serving.cmd_args import parse_args
 from modules.ui import settings_tab
 from modules.ui.settings_tab import SettingsHandlers, tab_specs, top_bar_keys
 from modules.ui.shared import UiShared
@@ -132,7 +132,7 @@ def test_corrupt_config_is_moved_aside_and_the_tab_shows_defaults(tmp_path, capl
 
 def test_hide_ui_dir_config_keeps_folders_and_patterns_out_of_the_page(tmp_path):
     """A1111's --hide-ui-dir-config: where files are written is the server owner's choice."""
-    from modules.settings import DIR_CONFIG_SETTINGS
+    from modules.serving.settings import DIR_CONFIG_SETTINGS
 
     context = AppContext.from_args(parse_args(["--data-dir", str(tmp_path), "--hide-ui-dir-config"]))
     context.settings.apply({"quicksettings_list": ["sd_model_checkpoint", "outdir_txt2img_samples"]})

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from modules.conditioning import ConditioningOptions
+from modules.generation.conditioning import ConditioningOptions
 from modules.ui.token_counter import TokenCounter, format_token_count
 
 

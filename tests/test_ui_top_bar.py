@@ -150,7 +150,7 @@ def test_quicksettings_list_decides_what_the_top_bar_shows(tmp_path):
     the checkpoint is always there."""
     import gradio as gr
 
-    from modules.settings import SettingsStore
+    from modules.serving.settings import SettingsStore
     from modules.ui import settings_tab, top_bar
     from modules.ui.shared import UiShared
 
@@ -177,7 +177,7 @@ def test_quicksettings_list_decides_what_the_top_bar_shows(tmp_path):
 
 
 def test_status_says_loudly_when_the_demo_checkpoint_is_loaded(tmp_path):
-    from modules.app_context import DEMO_CHECKPOINT_NAME
+    from modules.serving.app_context import DEMO_CHECKPOINT_NAME
 
     context = make_context(tmp_path, (DEMO_CHECKPOINT_NAME,))
     try:

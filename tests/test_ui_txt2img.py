@@ -211,7 +211,7 @@ def test_a_generation_loads_the_checkpoint_when_none_is(tmp_path):
 def test_overlong_prompts_are_refused_before_the_queue(context):
     """The tab's path refuses what the API refuses (setting `prompt_max_length`), and its token
     counter does not tokenize such a prompt."""
-    from modules.processing import PromptTooLongError
+    from modules.generation.engine import PromptTooLongError
     from modules.ui.token_counter import TokenCounter
     from modules.ui.txt2img import count_tokens
 
@@ -285,7 +285,7 @@ def test_fields_cover_every_widget():
 
 
 def test_an_interrupted_batch_counts_its_images_not_the_grid(queue):
-    from modules.processing import GenerationResult
+    from modules.generation.engine import GenerationResult
 
     started, release = threading.Event(), threading.Event()
 

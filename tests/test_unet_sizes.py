@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.upsampling import Upsample2D
 
-from modules.model_loader import load_checkpoint
-from modules.processing import GenerationRequest, generate
-from modules.sampling.unet_sizes import a1111_upsample_sizes
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.library.model_loader import load_checkpoint
+from modules.generation.engine import GenerationRequest, generate
+from modules.generation.sampling.unet_sizes import a1111_upsample_sizes
+from modules.library.synthetic_checkpoints import write_checkpoint
 
 
 def upsampler() -> Upsample2D:

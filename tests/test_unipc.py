@@ -1,4 +1,4 @@
-"""Tests for modules.sampling.unipc (A1111's "UniPC" sampler).
+"""Tests for modules.generation.sampling.unipc (A1111's "UniPC" sampler).
 
 Reference: diffusers' `UniPCMultistepScheduler` is a port of the same authors' solver (B(h) variants,
 data prediction, the same warm-up, corrector and lower-order-final rules) on a *discrete* grid of
@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import torch
 
-from modules.sampling import registry, schedules, timesteps
-from modules.sampling.samplers import SamplerStep
-from modules.sampling.unipc import ContinuousVPSchedule, sample_unipc, unipc_time_grid
+from modules.generation.sampling import registry, schedules, timesteps
+from modules.generation.sampling.samplers import SamplerStep
+from modules.generation.sampling.unipc import ContinuousVPSchedule, sample_unipc, unipc_time_grid
 
 MU, S = 0.3, 0.5  # toy data: every latent element ~ N(MU, S^2)
 AC = schedules.alphas_cumprod_scaled_linear()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from modules.checkpoints import CheckpointInfo
-from modules.vae_files import UnknownVaeError, VaeChoice, VaeRegistry
+from modules.library.checkpoints import CheckpointInfo
+from modules.library.vae_files import UnknownVaeError, VaeChoice, VaeRegistry
 
 
 def touch(path: Path) -> Path:
@@ -153,7 +153,7 @@ def test_unknown_names(registry, tmp_path, caplog):
 
     # In user metadata (user data, not a setting) an unknown name is skipped with a warning.
     (sd / "lonely.json").write_text(json.dumps({"vae": "gone.pt"}))
-    with caplog.at_level(logging.WARNING, logger="modules.vae_files"):
+    with caplog.at_level(logging.WARNING, logger="modules.library.vae_files"):
         assert registry.resolve_vae(ckpt, "Automatic", True, None) == VaeChoice("none/builtin", None)
     assert "gone.pt" in caplog.text
     (sd / "lonely.json").write_text("{broken")

@@ -10,18 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-import modules.model_manager
-from modules.checkpoints import CheckpointRegistry
-from modules.hashes import HashCache
-from modules.infotext_utils import parse_generation_parameters
-from modules.merger import MergeRequest, merge_checkpoints
-from modules.model_loader import LoadOptions, load_checkpoint
-from modules.model_manager import ModelManager
-from modules.processing import GenerationRequest, Txt2ImgEngine, generate
-from modules.settings import SettingsStore
-from modules.synthetic_checkpoints import write_checkpoint, write_vae
-from modules.vae_files import VaeRegistry
-from modules.xyz_grid import (
+import modules.library.model_loader
+from modules.library.checkpoints import CheckpointRegistry
+from modules.library.hashes import HashCache
+from modules.outputs.infotext import parse_generation_parameters
+from modules.merging.merger import MergeRequest, merge_checkpoints
+from modules.library.model_loader import LoadOptions, load_checkpoint
+from modules.library.model_manager import ModelManager
+from modules.generation.engine import GenerationRequest, Txt2ImgEngine, generate
+from modules.serving.settings import SettingsStore
+from modules.library.synthetic_checkpoints import write_checkpoint, write_vae
+from modules.library.vae_files import VaeRegistry
+from modules.extension_host.xyz_grid import (
     AxisSpec,
     AxisValueError,
     GridOptions,
@@ -153,8 +153,8 @@ def test_infotext_fields_go_before_version():
 
 def test_two_checkpoints_by_two_cfg(app, monkeypatch):
     loads = []
-    real = modules.model_manager.load_checkpoint
-    monkeypatch.setattr(modules.model_manager, "load_checkpoint",
+    real = modules.library.model_loader.load_checkpoint
+    monkeypatch.setattr(modules.library.model_loader, "load_checkpoint",
                         lambda path, *a, **k: loads.append(path.name) or real(path, *a, **k))
     result = run_grid(app.services, BASE, AxisSpec("Checkpoint name", "a, b"), AxisSpec("CFG Scale", "5, 9"))
     assert len(result.cells) == 4 and not result.interrupted

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules.extensions import BUILTIN_DIR, ExtensionFolders, load_extensions, parser_with_preloads
-from modules.infotext_utils import parse_generation_parameters
-from modules.processing import GenerationRequest
-from modules.scripts import ScriptArgumentError, run_txt2img
+from modules.extension_host.extensions import BUILTIN_DIR, ExtensionFolders, load_extensions, parser_with_preloads
+from modules.outputs.infotext import parse_generation_parameters
+from modules.generation.engine import GenerationRequest
+from modules.extension_host.scripts import ScriptArgumentError, run_txt2img
 
 TITLE = "X/Y/Z plot"
 BASE = GenerationRequest(prompt="a cat", negative_prompt="blurry", steps=2, width=64, height=64, seed=5,
@@ -49,8 +49,8 @@ def script_args(x_type, x_values, y_type="Nothing", y_values="", **options):
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory):
-    from modules.app_context import AppContext
-    from modules.synthetic_checkpoints import write_checkpoint
+    from modules.serving.app_context import AppContext
+    from modules.library.synthetic_checkpoints import write_checkpoint
 
     data_dir = tmp_path_factory.mktemp("xyz-script")
     folder = data_dir / "models" / "Stable-diffusion"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from modules.app_context import AppContext
-from modules.cmd_args import parse_args
-from modules.synthetic_checkpoints import write_checkpoint
+from modules.serving.app_context import AppContext
+from modules.serving.cmd_args import parse_args
+from modules.library.synthetic_checkpoints import write_checkpoint
 
 # Small enough that a generation takes a fraction of a second on one CPU thread.
 SMALL_REQUEST = {"width": 64, "height": 64, "steps": 2, "sampler_name": "Euler", "seed": 5}

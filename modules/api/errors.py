@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modules.atomic_files import DiskFullError
-from modules.checkpoints import CheckpointNotFoundError
+from modules.common.atomic_files import DiskFullError
+from modules.library.checkpoints import CheckpointNotFoundError
 
 log = logging.getLogger(__name__)
 

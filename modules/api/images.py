@@ -38,7 +38,7 @@ Resolver = Callable[[str, int], list[str]]
 
 def encode_png(image: Image.Image, infotext: str | None = None) -> str:
     """Base64 PNG; the infotext goes in the `parameters` text chunk, as in a saved file."""
-    from modules.images import SaveOptions, write_image_with_geninfo
+    from modules.outputs.images import SaveOptions, write_image_with_geninfo
 
     buffer = io.BytesIO()
     write_image_with_geninfo(image, buffer, ".png", infotext, SaveOptions())

@@ -17,7 +17,7 @@ from modules.api.errors import not_found
 from modules.api.images import encode_png
 from modules.api.schemas import JobStatus, ProgressResponse, ProgressState
 from modules.api.state import ApiState
-from modules.jobs import Job, JobQueue
+from modules.serving.jobs import Job, JobQueue
 
 JOBS_LISTED = 100
 
@@ -64,8 +64,8 @@ def progress_of(queue: JobQueue, state: ApiState, skip_current_image: bool = Fal
 
 def result_summary(result: Any) -> dict[str, Any] | None:
     """What a finished job produced, small enough to poll (images themselves come with the response)."""
-    from modules.merger import MergeResult
-    from modules.processing import GenerationResult
+    from modules.merging.merger import MergeResult
+    from modules.generation.engine import GenerationResult
 
     if result is None:
         return None

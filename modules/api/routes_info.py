@@ -56,7 +56,7 @@ def memory_report(device) -> dict[str, Any]:
     """A1111's `memory` shape: process RAM, and CUDA figures or `{"error": ...}`."""
     import psutil
 
-    from modules.devices import memory_stats
+    from modules.library.devices import memory_stats
 
     process = psutil.Process(os.getpid())
     rss = process.memory_info().rss
@@ -82,29 +82,29 @@ def build_router(context) -> APIRouter:
     @router.get("/samplers", response_model=list[SamplerItem])
     def samplers() -> list[SamplerItem]:
         """The samplers txt2img accepts, in A1111's order (those Atelier lacks are left out)."""
-        from modules.sampling.registry import SAMPLERS
+        from modules.generation.sampling.registry import SAMPLERS
 
         return [SamplerItem(name=s.name, aliases=list(s.aliases), options=_sampler_options(s))
                 for s in SAMPLERS if s.implemented]
 
     @router.get("/schedulers", response_model=list[SchedulerItem])
     def schedulers() -> list[SchedulerItem]:
-        from modules.sampling.registry import SCHEDULERS
+        from modules.generation.sampling.registry import SCHEDULERS
 
         return [SchedulerItem(name=s.name, label=s.label, aliases=list(s.aliases) or None,
                               default_rho=s.default_rho, need_inner_model=False) for s in SCHEDULERS]
 
     @router.get("/latent-upscale-modes")
     def latent_upscale_modes() -> list[dict[str, str]]:
-        from modules.processing import LATENT_UPSCALE_MODES
+        from modules.generation.engine import LATENT_UPSCALE_MODES
 
         return [{"name": name} for name in LATENT_UPSCALE_MODES]
 
     @router.post("/png-info", response_model=PNGInfoResponse)
     def png_info(body: PNGInfoRequest) -> PNGInfoResponse:
         """The infotext an image carries, parsed as the PNG Info tab shows it."""
-        from modules.image_metadata import ImageMetadataError, read_image_metadata
-        from modules.infotext_utils import parse_generation_parameters
+        from modules.outputs.image_metadata import ImageMetadataError, read_image_metadata
+        from modules.outputs.infotext import parse_generation_parameters
 
         if not body.image.strip():
             return PNGInfoResponse(info="")

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Body
 from modules.api.errors import ApiError, bad_request, exception_to_api_error
 from modules.api.schemas import MergeResponse, SDModelItem, SDVaeItem
 from modules.api.state import ApiState, require_running_queue
-from modules.merger import MergeRequest
-from modules.settings import validate_changes
+from modules.merging.merger import MergeRequest
+from modules.serving.settings import validate_changes
 
 
 READ_ONLY_SETTINGS = frozenset({"sd_checkpoint_hash"})
@@ -33,7 +33,7 @@ def current_options(context) -> dict[str, Any]:
 
 
 def api_setting_errors(context, changes: dict[str, Any]) -> list[str]:
-    """What an API client may not change (modules.settings_policy: locked directory settings, output
+    """What an API client may not change (modules.serving.settings_policy: locked directory settings, output
     folders outside the allowed ones, extension settings without extension access, `restrict_api`
     settings, keys that are no setting). Any key may be sent back with the value it has (clients
     post what GET options returned), keys of another program's in config.json included."""
@@ -123,8 +123,8 @@ def build_router(context, state: ApiState) -> APIRouter:
 
 
 def _merge(context, body: MergeRequest, load_without_saving: bool) -> MergeResponse:
-    from modules.merge_service import submit_merge
-    from modules.merger import MergeInterrupted
+    from modules.merging.service import submit_merge
+    from modules.merging.merger import MergeInterrupted
 
     require_running_queue(context.jobs)
     # The same job as the Checkpoint Merger tab's (output folder, trial folder, VAE files).

@@ -20,7 +20,7 @@ def build_router(context) -> APIRouter:
     def embeddings() -> EmbeddingsResponse:
         """`loaded`: the embeddings the current checkpoint can use; `skipped`: those made for another
         text-encoder width (the reasons are in the log). With no checkpoint loaded none is usable."""
-        from modules.network_activation import embedding_widths
+        from modules.networks.activation import embedding_widths
 
         database = context.embeddings
         database.refresh()

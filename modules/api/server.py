@@ -18,7 +18,7 @@ from modules.api import progress, routes_info, routes_models, routes_networks, t
 from modules.api.errors import ApiError, install_error_handlers
 from modules.api.middleware import ProcessTimeMiddleware
 from modules.api.state import ApiState
-from modules.app_context import AppContext
+from modules.serving.app_context import AppContext
 
 
 def create_app(context: AppContext, *, api: bool = True, ui: bool = False) -> FastAPI:

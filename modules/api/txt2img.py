@@ -25,9 +25,9 @@ from modules.api.routes_models import api_setting_errors
 from modules.api.schemas import TextToImageResponse, Txt2ImgApiRequest
 from modules.api.state import require_running_queue
 from modules.api.styles import apply_styles, read_styles
-from modules.processing import GenerationRequest, GenerationResult, PromptTooLongError, check_prompt_length
-from modules.scripts import ScriptSelection, run_txt2img
-from modules.settings import validate_changes
+from modules.generation.engine import GenerationRequest, GenerationResult, PromptTooLongError, check_prompt_length
+from modules.extension_host.scripts import ScriptSelection, run_txt2img
+from modules.serving.settings import validate_changes
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def apply_infotext(body: Txt2ImgApiRequest, current_settings) -> Txt2ImgApiReque
     its setting fields become overrides unless equal to the current value or already overridden."""
     if not body.infotext:
         return body
-    from modules.infotext_utils import parse_generation_parameters
+    from modules.outputs.infotext import parse_generation_parameters
 
     params = parse_generation_parameters(body.infotext)
     given = body.model_dump(exclude_unset=True)
@@ -184,7 +184,7 @@ def prepare(body: Txt2ImgApiRequest, context) -> PreparedTxt2Img:
         prompt, negative = apply_styles(prompt, negative, body.styles,
                                         read_styles(context.paths.data_dir / "styles.csv"))
     if body.disable_extra_networks:
-        from modules.extra_networks import parse_prompt
+        from modules.networks.syntax import parse_prompt
 
         prompt = parse_prompt(prompt)[0]
     try:
@@ -263,7 +263,7 @@ def build_response(prepared: PreparedTxt2Img, job, result: GenerationResult | No
     script_ran = prepared.selection is not None and prepared.selection.script is not None
     if prepared.save and len(result.images) > 1 and not script_ran:
         # A1111 returns the grid first when it makes one (only when saving, for the API).
-        from modules.images import image_grid
+        from modules.outputs.images import image_grid
 
         settings = prepared.settings
         grid = image_grid(result.images, batch_size=generation.batch_size, n_rows=settings["n_rows"],
@@ -282,8 +282,8 @@ def build_response(prepared: PreparedTxt2Img, job, result: GenerationResult | No
 
 def processed_info(prepared: PreparedTxt2Img, job, result: GenerationResult, infotexts: list[str],
                    index_of_first_image: int) -> dict[str, Any]:
-    from modules.infotext_utils import parse_generation_parameters
-    from modules.sampling.registry import resolve_sampler
+    from modules.outputs.infotext import parse_generation_parameters
+    from modules.generation.sampling.registry import resolve_sampler
 
     generation = prepared.generation
     # What the images were made with, read back from their infotext (the override checkpoint may

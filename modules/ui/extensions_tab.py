@@ -4,7 +4,7 @@ The tab lists the extensions (enabled, disabled or failed at start-up, with the 
 ones are enabled (A1111's `disabled_extensions` / `disable_all_extensions` in config.json; they take
 effect at the next start), and installs an extension from a git URL into `extensions/`. Installing
 is refused when the server listens beyond localhost unless `--enable-insecure-extension-access`
-(A1111's rule; modules.extensions.check_extension_access).
+(A1111's rule; modules.extension_host.extensions.check_extension_access).
 
 Page parts for modules.ui.app: `extension_tabs(context)` before the main Blocks is opened (A1111
 builds extension tabs first) and `render_extension_tabs(tabs)` inside the Tabs; `extension_css` and
@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules.extensions import (
+from modules.extension_host.extensions import (
     DISABLE_ALL_CHOICES,
     ExtensionAccessError,
     ExtensionInstallError,

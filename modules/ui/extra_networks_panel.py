@@ -108,7 +108,7 @@ def _list_embeddings(context, listing: NetworkListing) -> None:
         if usable:
             listing.notes.append("Which embeddings fit is checked once a checkpoint is loaded.")
     else:
-        from modules.network_activation import embedding_widths
+        from modules.networks.activation import embedding_widths
 
         found = context.embeddings.for_model(embedding_widths(model))
         usable, skipped = found.loaded, found.skipped

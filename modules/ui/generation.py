@@ -2,7 +2,7 @@
 preview), and turn its result into gallery images and the infotext shown under them.
 
 No gradio here: the tab's handlers map these values onto components. Nothing touches torch; the
-job queue's worker runs the generation (modules.jobs).
+job queue's worker runs the generation (modules.serving.jobs).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules.jobs import Job, JobState
-from modules.processing import GenerationRequest, GenerationResult, check_prompt_length
-from modules.scripts import ScriptSelection, run_txt2img
+from modules.serving.jobs import Job, JobState
+from modules.generation.engine import GenerationRequest, GenerationResult, check_prompt_length
+from modules.extension_host.scripts import ScriptSelection, run_txt2img
 
 
 @dataclass
@@ -144,7 +144,7 @@ def outcome_of(job: Job, *, show_grid: bool = False, grid_batch_size: int = 1, g
 
 
 def _put_grid_first(outcome: GenerationOutcome, batch_size: int, n_rows: int, prevent_empty_spots: bool) -> None:
-    from modules.images import image_grid
+    from modules.outputs.images import image_grid
 
     grid = image_grid(outcome.images, batch_size=batch_size, n_rows=n_rows, prevent_empty_spots=prevent_empty_spots)
     grid.info["parameters"] = outcome.infotexts[0]

@@ -2,7 +2,7 @@
 and "Merge and load".
 
 The form's widget values become a `MergeForm`, which turns into the same `MergeRequest` the API
-takes; the merge runs as a job (`modules.merge_service`), and the tab follows the job's progress
+takes; the merge runs as a job (`modules.merging.service`), and the tab follows the job's progress
 until it finishes, then lists the new checkpoint in every checkpoint dropdown at once. Handlers are
 methods of `MergerHandlers` (widget values in, plain values and `gr.update`s out), so tests call them
 without a browser.
@@ -21,12 +21,12 @@ from typing import Any
 import gradio as gr
 from pydantic import ValidationError
 
-from modules.checkpoints import CheckpointNotFoundError
-from modules.jobs import Job, JobState
-from modules.merge_blocks import BLOCK_LAYOUTS, SD_PRESETS, block_names
-from modules.merge_methods import MERGE_METHODS
-from modules.merge_service import submit_merge
-from modules.merger import CONFIG_SOURCES, MergeRequest, MergeResult
+from modules.library.checkpoints import CheckpointNotFoundError
+from modules.serving.jobs import Job, JobState
+from modules.merging.blocks import BLOCK_LAYOUTS, SD_PRESETS, block_names
+from modules.merging.methods import MERGE_METHODS
+from modules.merging.service import submit_merge
+from modules.merging.merger import CONFIG_SOURCES, MergeRequest, MergeResult
 from modules.ui.generation import error_html, follow_job
 from modules.ui.request_fields import describe_validation_error
 
@@ -170,8 +170,8 @@ def format_block_weights(values: Sequence[float]) -> str:
 def block_layout_of(context, title: str | None) -> str | None:
     """The block layout ("sd1" or "sdxl") of checkpoint `title`, read from its safetensors header;
     None when unknown (a .ckpt, an unreadable file, no choice)."""
-    from modules.model_detection import detect_architecture, normalize_keys
-    from modules.safetensors_io import read_header
+    from modules.library.model_detection import detect_architecture, normalize_keys
+    from modules.library.safetensors_io import read_header
 
     if not title:
         return None

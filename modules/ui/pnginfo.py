@@ -47,8 +47,8 @@ class PngInfo:
 def read_png_info(path: str | None) -> PngInfo:
     """Read the generation parameters of the image file at `path` (A1111's PNG Info). Only its
     metadata is read: the pixels are never decoded, whatever the image's size."""
-    from modules.image_metadata import ImageMetadataError, read_image_metadata
-    from modules.infotext_utils import parse_generation_parameters
+    from modules.outputs.image_metadata import ImageMetadataError, read_image_metadata
+    from modules.outputs.infotext import parse_generation_parameters
 
     if not path:
         return PngInfo(None)

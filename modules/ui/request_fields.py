@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modules.infotext_utils import parse_generation_parameters
-from modules.processing import LATENT_UPSCALE_MODES, GenerationRequest
-from modules.settings import SCHEMA_BY_KEY
+from modules.outputs.infotext import parse_generation_parameters
+from modules.generation.engine import LATENT_UPSCALE_MODES, GenerationRequest
+from modules.serving.settings import SCHEMA_BY_KEY
 
 # The request fields the txt2img tab has a widget for, in the order the widgets are passed around.
 TXT2IMG_FIELDS: tuple[str, ...] = (
@@ -179,7 +179,7 @@ def paste_parameters(text: str, current_settings: Mapping[str, Any], *, availabl
       is skipped with a note; the checkpoint is never switched (A1111's default,
       `disable_weights_auto_swap`), but a note says when the image was made with another one.
     """
-    from modules.sampling.registry import find_scheduler, resolve_sampler
+    from modules.generation.sampling.registry import find_scheduler, resolve_sampler
 
     params = parse_generation_parameters(text)
     result = PastedParameters(parameters=params)

@@ -16,20 +16,12 @@ from typing import Any, Sequence
 
 import gradio as gr
 
-from modules.script_callbacks import registry_scope
-from modules.scripts import Script, ScriptSelection
+from modules.extension_host.callbacks import registry_scope
+from modules.extension_host.scripts import Script, ScriptSelection
 
 log = logging.getLogger(__name__)
 
 NONE_TITLE = "None"
-
-
-def read_default_args(script: Script) -> tuple:
-    """The values of `script.ui()`'s components, built in a detached Blocks that is never shown
-    (for API requests when no page has built the script's controls)."""
-    with gr.Blocks(analytics_enabled=False):
-        components = script.ui(script.is_img2img) or []
-    return tuple(getattr(component, "value", None) for component in components)
 
 
 @dataclass

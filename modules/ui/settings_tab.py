@@ -1,4 +1,4 @@
-"""The Settings tab: the settings of `modules.settings.SCHEMA` by section, Apply settings and Reload UI
+"""The Settings tab: the settings of `modules.serving.settings.SCHEMA` by section, Apply settings and Reload UI
 (A1111.md §10).
 
 Apply saves `config.json` through the `SettingsStore` (A1111's flat format) and reports, as A1111
@@ -24,7 +24,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules.settings import SCHEMA, SCHEMA_BY_KEY, SECTIONS, SettingSpec, describe_changes, locked_settings
+from modules.serving.settings import SCHEMA, SCHEMA_BY_KEY, SECTIONS, SettingSpec, describe_changes, locked_settings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ RESTART_MARK = " (requires restart)"
 def top_bar_keys(current: Mapping[str, Any], locked: frozenset[str] = frozenset()) -> list[str]:
     """The settings the top bar edits (A1111's quicksettings; their `setting_<key>` element ids are the
     top bar's): the checkpoint, then the `quicksettings_list` settings this schema knows, in order;
-    never a `locked` one (modules.settings.locked_settings)."""
+    never a `locked` one (modules.serving.settings.locked_settings)."""
     keys = ["sd_model_checkpoint"]
     for key in current["quicksettings_list"]:
         spec = SCHEMA_BY_KEY.get(key)
@@ -112,7 +112,7 @@ class SettingsHandlers:
     def _after_apply(self, changed: Sequence[str]) -> list[str]:
         """What a change must set off now (A1111's onchange, `AppContext.settings_changed`); returns
         notes for the report."""
-        from modules.app_context import VAE_SETTINGS
+        from modules.serving.app_context import VAE_SETTINGS
 
         if not VAE_SETTINGS.intersection(changed) or self.context.models.current() is None:
             return []

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from modules.conditioning import CHUNK_LENGTH, ConditioningOptions, PromptTokenizer
+from modules.generation.conditioning import CHUNK_LENGTH, ConditioningOptions, PromptTokenizer
 
 
 class TokenCounter:
@@ -41,8 +41,8 @@ class TokenCounter:
               embeddings: Mapping[str, object] | None = None,
               options: ConditioningOptions | None = None) -> tuple[int, int]:
         """(tokens, capacity) of the longest variant of `text`, e.g. (80, 150); `options` default to A1111's."""
-        from modules.extra_networks import parse_prompt
-        from modules.prompt_parser import get_learned_conditioning_prompt_schedules, get_multicond_prompt_list
+        from modules.networks.syntax import parse_prompt
+        from modules.generation.prompt_parser import get_learned_conditioning_prompt_schedules, get_multicond_prompt_list
 
         tokenizer = self._prompt_tokenizer_for(embeddings or {}, options or ConditioningOptions())
         steps = max(1, int(steps or 1))
@@ -67,6 +67,6 @@ def format_token_count(used: int, capacity: int) -> str:
 
 
 def _default_tokenizer():
-    from modules.clip_tokenizer import load_clip_tokenizer
+    from modules.library.clip_tokenizer import load_clip_tokenizer
 
     return load_clip_tokenizer("clip-vit-l")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from modules.app_context import DEMO_CHECKPOINT_NAME
-from modules.jobs import JobState
+from modules.serving.app_context import DEMO_CHECKPOINT_NAME
+from modules.serving.jobs import JobState
 from modules.ui.generation import error_html
 from modules.ui.shared import UiShared
 
@@ -127,7 +127,7 @@ def apply_vae(context, name: str) -> tuple[str, str]:
     """Set the SD VAE setting and re-apply the VAE to the loaded model, between jobs. Returns the
     status line and the VAE in effect: on failure the previous choice comes back, in the setting and
     in the dropdown (A1111 reverts a setting whose change fails)."""
-    from modules.vae_files import UnknownVaeError
+    from modules.library.vae_files import UnknownVaeError
 
     previous = context.settings.current()["sd_vae"]
     choices = context.vaes.choices()
@@ -171,7 +171,7 @@ def apply_clip_skip(context, value: float) -> str:
 def build(context, shared: UiShared) -> None:
     """The quicksettings row; fills `shared.checkpoint_dropdown`, `shared.checkpoint_switched` and
     `shared.model_status`."""
-    from modules.settings import SCHEMA_BY_KEY, locked_settings
+    from modules.serving.settings import SCHEMA_BY_KEY, locked_settings
     from modules.ui.settings_tab import setting_component, top_bar_keys, widget_value
 
     settings = context.settings.current()

@@ -19,7 +19,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules.processing import LATENT_UPSCALE_MODES, PromptTooLongError
+from modules.generation.engine import LATENT_UPSCALE_MODES, PromptTooLongError
 from modules.ui import extra_networks_panel, scripts_panel
 from modules.ui.generation import error_html, follow_job_async, infotext_html, outcome_of, render_progress, submit_txt2img
 from modules.ui.icons import icon_label
@@ -33,20 +33,20 @@ from modules.ui.token_counter import TokenCounter, format_token_count
 
 def sampler_choices() -> list[str]:
     """A1111's sampler list, without the ones Atelier does not implement yet."""
-    from modules.sampling.registry import SAMPLERS
+    from modules.generation.sampling.registry import SAMPLERS
 
     return [info.name for info in SAMPLERS if info.implemented]
 
 
 def scheduler_choices() -> list[str]:
-    from modules.sampling.registry import SCHEDULERS
+    from modules.generation.sampling.registry import SCHEDULERS
 
     return [info.label for info in SCHEDULERS]
 
 
 def count_tokens(context, counter: TokenCounter, text: str, steps: int, *, is_positive: bool) -> str:
     """The token counter's HTML for `text`, with the settings and embeddings of the current model."""
-    from modules.conditioning import ConditioningOptions
+    from modules.generation.conditioning import ConditioningOptions
 
     settings = context.settings.current()
     limit = settings["prompt_max_length"]
@@ -59,7 +59,7 @@ def count_tokens(context, counter: TokenCounter, text: str, steps: int, *, is_po
     model = context.models.current()
     embeddings: dict = {}
     if model is not None:
-        from modules.network_activation import embedding_widths
+        from modules.networks.activation import embedding_widths
 
         embeddings = context.embeddings.for_model(embedding_widths(model)).loaded
     used, capacity = counter.count(text or "", steps or 1, is_positive=is_positive, embeddings=embeddings,
@@ -117,7 +117,7 @@ def selected_info_html(state: dict | None, index: int) -> str:
 
 def output_folder(context) -> Path:
     """Where txt2img images are saved today (A1111's folder layout)."""
-    from modules.images import FilenameContext, FilenameGenerator, SaveOptions, txt2img_output_dirs
+    from modules.outputs.images import FilenameContext, FilenameGenerator, SaveOptions, txt2img_output_dirs
 
     options = SaveOptions.from_settings(context.settings.current())
     images_dir, _ = txt2img_output_dirs(context.paths.data_dir, options)

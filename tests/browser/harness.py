@@ -48,7 +48,7 @@ def free_port() -> int:
 
 def write_tiny_checkpoints(data_dir: Path, names: tuple[str, ...]) -> None:
     """One tiny random SD1 checkpoint per name (a different seed each), in the real file layout."""
-    from modules.synthetic_checkpoints import write_checkpoint
+    from modules.library.synthetic_checkpoints import write_checkpoint
 
     folder = data_dir / "models" / "Stable-diffusion"
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The X/Y/Z plot as A1111's built-in script "X/Y/Z plot" (A1111.md §11): the controls, A1111's
-positional `script_args`, and `run(p, *args)` turning them into a `modules.xyz_grid.run_grid` call.
+positional `script_args`, and `run(p, *args)` turning them into a `modules.extension_host.xyz_grid.run_grid` call.
 
-The grid itself (values, axes, order of loads, drawing) lives in `modules.xyz`; this file is only the
+The grid itself (values, axes, order of loads, drawing) lives in `modules.extension_host.xyz`; this file is only the
 Script shape around it. `script_args`, as A1111's API sends them (docs/EXTENSIONS.md, "X/Y/Z plot"):
 
     0 x_type  1 x_values  2 x_values_dropdown  3 y_type  4 y_values  5 y_values_dropdown
@@ -22,7 +22,7 @@ from typing import Any
 
 from modules import scripts
 from modules.processing import GenerationResult, Processed
-from modules.xyz_grid import (
+from modules.extension_host.xyz_grid import (
     MERGE_MULTIPLIER,
     NOTHING,
     SCRIPT_TITLE,

@@ -1,0 +1,642 @@
+"""A1111's `modules.extension_host.scripts`: the `Script` base class extensions subclass, and the runner that loads
+them and joins them to a generation.
+
+A script is a `Script` subclass in an extension's `scripts/*.py` (A1111.md §11):
+  title()            its name in the txt2img "Script" dropdown and for the API (case-insensitive)
+  show(is_img2img)   False (hidden), True (selectable in the dropdown) or `AlwaysVisible` (always on)
+  ui(is_img2img)     Gradio components; their values are the script's `*args`
+  run(p, *args)      selectable scripts: do the whole job, return a `Processed` (usually from
+                     `process_images(p)`)
+  setup, before_process, process, before_process_batch, process_batch, postprocess_image,
+  postprocess        hooks of always-on scripts, in A1111's order (modules.generation.engine.GenerationHooks)
+
+`ScriptRunner.generate(engine, request, control, save=..., selection=...)` runs one request: the
+selected script's `run`, else `process_images(p)`, with every always-on script's hooks and the
+generation callbacks (on_cfg_denoiser, on_before_image_saved, on_image_saved). A hook of an
+always-on script that raises is logged with the extension's name, added to the result's warnings,
+and the generation goes on (A1111 does the same); a selected script's `run` that raises fails the
+job with a `ScriptError` naming the script and extension. With no script and no generation
+callback, the engine runs exactly as without extensions.
+
+What the UI and the API call: `run_txt2img(context, request, control, save=..., selection=...)`.
+
+Atelier additions for selectable scripts that run a job of their own (the built-in X/Y/Z plot):
+`job_of(p)` inside `run(p, *args)` gives a `ScriptJob` (the AppContext, an engine whose every
+generation runs the always-on scripts' hooks, the job's control, the save choice), and a `run` that
+raises `ScriptArgumentError` fails the request as bad input (its message unchanged) instead of as a
+script fault. `Script.app` is the AppContext the runner was bound to (`ScriptRunner.bind_app`), for
+`ui()` choices such as checkpoint names; None until bound.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from modules.generation.engine import GenerationHooks, GenerationPlan, GenerationRequest, GenerationResult, ImageSaveEvent
+from modules.extension_host.processing_objects import Processed, StableDiffusionProcessingTxt2Img, process_images
+from modules.extension_host.module_files import REPO_ROOT, import_file_as_module, module_name_part
+from modules.extension_host.callbacks import CallbackRegistry, CFGDenoiserParams, ImageSaveParams, registry_scope, script_scope
+
+log = logging.getLogger(__name__)
+
+
+_current_basedir: contextvars.ContextVar[str | None] = contextvars.ContextVar("atelier_script_basedir", default=None)
+
+
+def basedir() -> str:
+    """A1111: the folder of the extension whose scripts are being imported (else Atelier's folder)."""
+    return _current_basedir.get() or str(REPO_ROOT)
+
+
+class _AlwaysVisible:
+    def __repr__(self) -> str:
+        return "AlwaysVisible"
+
+
+AlwaysVisible = _AlwaysVisible()
+
+
+class PostprocessImageArgs:
+    def __init__(self, image):
+        self.image = image
+
+
+class PostprocessBatchListArgs:
+    def __init__(self, images):
+        self.images = images
+
+
+class PostSampleArgs:
+    def __init__(self, samples):
+        self.samples = samples
+
+
+class Script:
+    """Base class of extension scripts, with A1111's method names (every hook a no-op)."""
+
+    filename: str | None = None
+    extension: str = ""  # Atelier: the extension the script came from
+    args_from: int | None = None
+    args_to: int | None = None
+    alwayson = False
+    is_txt2img = False
+    is_img2img = False
+    group = None
+    create_group = True
+    infotext_fields = None
+    paste_field_names = None
+    section = None
+    setup_for_ui_only = False
+    api_info = None
+    name: str | None = None  # title().lower(), set when loaded
+    controls = None
+    _atelier_shown = False  # shown in txt2img (selectable or always-on); set when loaded
+    _atelier_defaults: tuple | None = None  # the ui() components' values, once known
+    app = None  # Atelier: the AppContext the scripts run in (ScriptRunner.bind_app); None until bound
+
+    def title(self) -> str:
+        raise NotImplementedError(f"{type(self).__name__} must define title()")
+
+    def ui(self, is_img2img: bool):
+        pass
+
+    def show(self, is_img2img: bool):
+        return True
+
+    def run(self, p, *args):
+        pass
+
+    def setup(self, p, *args):
+        pass
+
+    def before_process(self, p, *args):
+        pass
+
+    def process(self, p, *args):
+        pass
+
+    def before_process_batch(self, p, *args, **kwargs):
+        pass
+
+    def after_extra_networks_activate(self, p, *args, **kwargs):
+        pass
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        pass
+
+    def process_batch(self, p, *args, **kwargs):
+        pass
+
+    def post_sample(self, p, ps: PostSampleArgs, *args):
+        pass
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        pass
+
+    def postprocess_batch_list(self, p, pp: PostprocessBatchListArgs, *args, **kwargs):
+        pass
+
+    def postprocess_image(self, p, pp: PostprocessImageArgs, *args):
+        pass
+
+    def postprocess(self, p, processed, *args):
+        pass
+
+    def before_component(self, component, **kwargs):
+        pass
+
+    def after_component(self, component, **kwargs):
+        pass
+
+    def on_before_component(self, callback, *, elem_id):
+        pass
+
+    def on_after_component(self, callback, *, elem_id):
+        pass
+
+    def describe(self) -> str:
+        return ""
+
+    def elem_id(self, item_id: str) -> str:
+        """A1111's element id for a component of this script."""
+        need_tabname = self.show(True) == self.show(False)
+        tabname = ("img2img_" if self.is_img2img else "txt2img_") if need_tabname else ""
+        title = re.sub(r"[^a-z_0-9]", "", re.sub(r"\s", "_", self.title().lower()))
+        return f"script_{tabname}{title}_{item_id}"
+
+    def before_hr(self, p, *args):
+        pass
+
+
+# A1111 Script hooks with no matching point in Atelier's engine yet (docs/EXTENSIONS.md lists them).
+HOOKS_NOT_CALLED_YET = ("after_extra_networks_activate", "process_before_every_sampling", "post_sample",
+                        "postprocess_batch", "postprocess_batch_list", "before_hr")
+
+
+class ScriptError(RuntimeError):
+    """A selected script's run() failed; the message names the script and its extension."""
+
+
+class ScriptArgumentError(ValueError):
+    """Raised by a selected script's run() for arguments that cannot work: the request's fault, so it
+    reaches the caller unchanged (a 422 from the API, the message in the UI), not as a ScriptError."""
+
+
+@dataclass(frozen=True)
+class ScriptJob:
+    """What a selected script's `run(p, *args)` may use besides `p` (A1111 scripts read `shared.state`
+    and `shared.sd_model` instead); get it with `job_of(p)`."""
+
+    context: Any  # the AppContext of ScriptRunner.bind_app (run_txt2img binds it); None when unbound
+    engine: Any  # `generate(request, control=None, *, save=None)`: the always-on scripts' hooks included
+    control: Any  # the job's JobControl (progress, interrupt, skip); None outside a job
+    save: bool | None  # the request's choice: None = as the settings say, False = save nothing
+
+
+def job_of(p) -> ScriptJob:
+    """The job `p` belongs to; RuntimeError for a `p` that is not from a running request."""
+    execution = getattr(p, "_atelier_execution", None)
+    if execution is None:
+        raise RuntimeError("job_of(p) needs the p a script's run() receives (or a copy of it)")
+    return ScriptJob(execution.runner.app, _HookedEngine(execution), execution.control, execution.save)
+
+
+@dataclass(frozen=True)
+class ScriptSelection:
+    """The scripts part of one request: the selected script (its title; None = "None") with its
+    arguments, and arguments for always-on scripts by lowercase title. Scripts not named here run
+    with their UI's default values; arguments shorter than a script's UI are completed with them."""
+
+    script: str | None = None
+    script_args: tuple = ()
+    alwayson_args: Mapping[str, tuple] = field(default_factory=dict)
+
+
+class ScriptRunner:
+    """The loaded scripts of one app, in load order, and the code that runs them."""
+
+    def __init__(self, callbacks: CallbackRegistry):
+        self.callbacks = callbacks
+        self.scripts: list[Script] = []
+        self.app = None  # the AppContext these scripts run in; see bind_app
+
+    def bind_app(self, context) -> None:
+        """Make `context` (the AppContext owning these scripts) `Script.app` of every script, for
+        ui() choices and run(); run_txt2img does it on each call, the app should once it has loaded
+        the extensions, before the UI is built."""
+        self.app = context
+        for script in self.scripts:
+            script.app = context
+
+    # --- loading ---------------------------------------------------------------------------------
+
+    def load_extension(self, extension) -> list[Script]:
+        """Import `extension`'s scripts/*.py (the extension's folder first on sys.path meanwhile, as
+        A1111) and instantiate the Script subclasses they define. Raises on the first failure; the
+        caller (modules.extension_host.extensions.load_extensions) isolates it."""
+
+        loaded = []
+        package = f"atelier_extensions.{module_name_part(extension.name)}"
+        for path in extension.script_files():
+            saved_path = list(sys.path)
+            sys.path.insert(0, str(extension.path))
+            token = _current_basedir.set(str(extension.path))
+            try:
+                with script_scope(str(path)):
+                    module = import_file_as_module(f"{package}.{module_name_part(path.stem)}", path)
+            finally:
+                _current_basedir.reset(token)
+                sys.path[:] = saved_path
+            for value in list(vars(module).values()):
+                if isinstance(value, type) and issubclass(value, Script) and value is not Script \
+                        and value.__module__ == module.__name__:
+                    loaded.append(self._instantiate(value, path, extension.name))
+        for script in loaded:
+            script.app = self.app
+        self.scripts.extend(loaded)
+        return loaded
+
+    @staticmethod
+    def _instantiate(script_class: type[Script], path, extension: str) -> Script:
+        skipped = [hook for hook in HOOKS_NOT_CALLED_YET if getattr(script_class, hook) is not getattr(Script, hook)]
+        if skipped:
+            log.warning("Extension %s: script %s defines %s, which Atelier does not call yet; that part of it "
+                        "does nothing here", extension, script_class.__name__, ", ".join(skipped))
+        script = script_class()
+        script.filename, script.extension = str(path), extension
+        script.is_txt2img, script.is_img2img = True, False
+        script.name = str(script.title()).lower()
+        visibility = script.show(False)
+        script.alwayson = visibility is AlwaysVisible
+        script._atelier_shown = bool(visibility)
+        return script
+
+    def remove_extension(self, extension: str) -> None:
+        self.scripts = [script for script in self.scripts if script.extension != extension]
+
+    # --- lists and lookup ------------------------------------------------------------------------
+
+    @property
+    def txt2img_scripts(self) -> list[Script]:
+        """Scripts shown in txt2img (selectable and always-on), in load order: A1111's args layout."""
+        return [script for script in self.scripts if script._atelier_shown]
+
+    @property
+    def selectable(self) -> list[Script]:
+        return [script for script in self.txt2img_scripts if not script.alwayson]
+
+    @property
+    def alwayson(self) -> list[Script]:
+        return [script for script in self.txt2img_scripts if script.alwayson]
+
+    def find(self, title: str, among: Sequence[Script] | None = None) -> Script:
+        """The script titled `title` (case-insensitive); KeyError listing the titles otherwise."""
+        among = self.txt2img_scripts if among is None else among
+        wanted = title.strip().lower()
+        for script in among:
+            if script.name == wanted:
+                return script
+        raise KeyError(f"script {title!r} not found; available: {[script.title() for script in among] or 'none'}")
+
+    # --- arguments -------------------------------------------------------------------------------
+
+    def default_args(self, script: Script) -> tuple:
+        """The values of the script's ui() components: recorded when the UI built them
+        (`record_ui`), else read by building them once outside the page (A1111's API does the same)."""
+        if script._atelier_defaults is None:
+            from modules.ui.script_defaults import read_default_args
+
+            try:
+                with registry_scope(self.callbacks, script.extension):
+                    script._atelier_defaults = read_default_args(script)
+            except Exception:
+                log.exception("Extension %s: reading the default arguments of script %r failed; it gets none",
+                              script.extension, script.title())
+                script._atelier_defaults = ()
+        return script._atelier_defaults
+
+    def record_ui(self, script: Script, components: Sequence[Any]) -> None:
+        """The UI built `components` for `script`: their values are its default arguments."""
+        script._atelier_defaults = tuple(getattr(component, "value", None) for component in components)
+
+    def args_for(self, script: Script, given: Sequence[Any] = ()) -> tuple:
+        """`given`, then the defaults of the arguments not given. Extra values (a client written for
+        a newer version of the script) are dropped, as A1111 keeps only the script's own slice."""
+        defaults = self.default_args(script)
+        if defaults and len(given) > len(defaults):
+            log.info("Script %r takes %d arguments; ignoring the %d extra given", script.title(), len(defaults),
+                     len(given) - len(defaults))
+            given = given[:len(defaults)]
+        return tuple(given) + tuple(defaults[len(given):])
+
+    def layout(self) -> int:
+        """A1111's flat args layout: index 0 is the selected script (0 = None), then each txt2img
+        script's slice `args_from:args_to`. Returns the total length."""
+        start = 1
+        for script in self.txt2img_scripts:
+            script.args_from, script.args_to = start, start + len(self.default_args(script))
+            start = script.args_to
+        return start
+
+    def flat_args(self, selected: Script | None, args: Mapping[Script, tuple]) -> list:
+        flat = [None] * self.layout()
+        flat[0] = self.selectable.index(selected) + 1 if selected is not None else 0
+        for script in self.txt2img_scripts:
+            width = script.args_to - script.args_from
+            values = list(args.get(script, self.default_args(script)))[:width]
+            flat[script.args_from:script.args_from + len(values)] = values
+        return flat
+
+    def selection_from_api(self, script_name: str | None, script_args: Sequence[Any] | None,
+                           alwayson_scripts: Mapping[str, Any] | None) -> ScriptSelection:
+        """A1111's API fields as a ScriptSelection; ValueError (a 422) naming what is wrong."""
+        selected = None
+        if script_name:
+            try:
+                selected = self.find(script_name, self.selectable)
+            except KeyError as error:
+                raise ValueError(f"script_name: {error.args[0]}") from None
+        alwayson: dict[str, tuple] = {}
+        for name, value in (alwayson_scripts or {}).items():
+            try:
+                script = self.find(name)
+            except KeyError:
+                raise ValueError(f"alwayson_scripts: always on script {name!r} not found; always-on scripts: "
+                                 f"{[s.title() for s in self.alwayson] or 'none'}") from None
+            if not script.alwayson:
+                raise ValueError(f"alwayson_scripts: cannot have a selectable script ({script.title()!r}) in the "
+                                 "always on scripts params; send it as script_name")
+            if not isinstance(value, Mapping):
+                raise ValueError(f"alwayson_scripts.{name}: expected an object like {{\"args\": [...]}}")
+            args = value.get("args", [])
+            if not isinstance(args, (list, tuple)):
+                raise ValueError(f"alwayson_scripts.{name}.args: expected a list, got {type(args).__name__}")
+            alwayson[script.name] = tuple(args)
+        return ScriptSelection(script=selected.title() if selected else None, script_args=tuple(script_args or ()),
+                               alwayson_args=alwayson)
+
+    def api_titles(self) -> dict[str, list[str]]:
+        """A1111's GET /sdapi/v1/scripts: lowercase titles of the txt2img scripts."""
+        return {"txt2img": [script.name for script in self.txt2img_scripts], "img2img": []}
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def needed_for(self, selection: ScriptSelection) -> bool:
+        return bool(selection.script or self.alwayson or any(
+            self.callbacks.has(kind) for kind in ("cfg_denoiser", "before_image_saved", "image_saved")))
+
+    def generate(self, engine, request: GenerationRequest, control=None, *, save: bool | None = None,
+                 selection: ScriptSelection | None = None) -> GenerationResult:
+        """Run `request` on `engine` (a Txt2ImgEngine) with the scripts; see the module docstring."""
+        selection = selection or ScriptSelection()
+        if not self.needed_for(selection):
+            return engine.generate(request, control, save=save)
+        selected = None
+        if selection.script:
+            try:
+                selected = self.find(selection.script, self.selectable)
+            except KeyError as error:
+                raise ValueError(error.args[0]) from None
+        alwayson = [(script, self.args_for(script, selection.alwayson_args.get(script.name, ())))
+                    for script in self.alwayson]
+        selected_args = self.args_for(selected, selection.script_args) if selected else ()
+        execution = _Execution(self, engine, control, save, alwayson)
+        p = StableDiffusionProcessingTxt2Img.from_request(request)
+        execution.attach(p, selected, {**dict(alwayson), **({selected: selected_args} if selected else {})})
+        for script, args in alwayson:
+            execution.call(script, "setup", p, *args)
+        if selected is None:
+            processed = process_images(p)
+        else:
+            try:
+                with registry_scope(self.callbacks, selected.extension):
+                    processed = selected.run(p, *selected_args)
+            except ScriptArgumentError:
+                raise
+            except Exception as error:
+                log.exception("Extension %s: script %r failed in run()", selected.extension, selected.title())
+                raise ScriptError(f"script {selected.title()!r} (extension {selected.extension}) failed: "
+                                  f"{type(error).__name__}: {error}") from error
+            if processed is None:
+                processed = process_images(p)
+        return execution.result_of(processed)
+
+
+class _Execution:
+    """One request's run of the scripts: what `process_images(p)` needs, and the warnings."""
+
+    def __init__(self, runner: ScriptRunner, engine, control, save, alwayson: list[tuple[Script, tuple]]):
+        self.runner = runner
+        self.engine = engine
+        self.control = control
+        self.save = save
+        self.alwayson = alwayson
+        self.warnings: list[str] = []
+        self.saved_paths: list[str] = []
+        self.interrupted = False
+        self.script_args: tuple = ()
+        self.base_p = None  # the request's p, after the always-on scripts' setup()
+
+    def attach(self, p, selected: Script | None, args: Mapping[Script, tuple]) -> None:
+        self.script_args = tuple(self.runner.flat_args(selected, args))
+        self.base_p = p
+        self._join(p)
+
+    def _join(self, p) -> None:
+        """Make `p` part of this execution: the current model, output folders, the scripts' args."""
+        models = getattr(self.engine, "models", None)
+        info = models.current_info() if models is not None else None
+        p.sd_model = models.current() if models is not None else None
+        p.sd_model_name = getattr(info, "name_for_extra", None)
+        p.sd_model_hash = getattr(info, "shorthash", None)
+        save_dir = getattr(self.engine, "save_dir", None)
+        settings = getattr(self.engine, "settings", None)
+        if save_dir and settings is not None:
+            from modules.outputs.images import SaveOptions, txt2img_output_dirs
+
+            # Where this request's images go: the outdir_* settings, with the request's overrides.
+            snapshot = settings.current().with_overrides(p.override_settings or {})
+            images_dir, grids_dir = txt2img_output_dirs(save_dir, SaveOptions.from_settings(snapshot))
+            p.outpath_samples, p.outpath_grids = str(images_dir), str(grids_dir)
+        p.scripts = self.runner
+        p.script_args = self.script_args
+        p._atelier_execution = self
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            if self.control is not None and hasattr(self.control, "add_info"):
+                self.control.add_info(message)
+
+    def call(self, script: Script, method: str, *args, **kwargs):
+        try:
+            with registry_scope(self.runner.callbacks, script.extension):
+                return getattr(script, method)(*args, **kwargs)
+        except Exception as error:
+            log.exception("Extension %s: script %r failed in %s()", script.extension, script.title(), method)
+            self.warn(f"Script {script.title()!r} ({script.extension}) failed in {method}(): "
+                      f"{type(error).__name__}: {error}")
+            return None
+
+    def request_of(self, p, stage: str) -> GenerationRequest:
+        try:
+            return p.to_request()
+        except ValueError as error:
+            raise ValueError(f"after the scripts' {stage}, p holds a value Atelier cannot use: {error}") from None
+
+    def process_images(self, p) -> Processed:
+        save = False if p.do_not_save_samples else self.save
+        result, hooks = self._generate(p, self.control, save)
+        self.interrupted |= result.interrupted
+        return hooks.processed or Processed.from_result(p, result)
+
+    def generate_request(self, request: GenerationRequest, control, save: bool | None) -> GenerationResult:
+        """One more generation of this job (a selected script's grid cell): `request` on a fresh `p`,
+        with the always-on scripts' hooks, reporting to `control`."""
+        p = self.base_p.copy_with(request) if self.base_p is not None else \
+            StableDiffusionProcessingTxt2Img.from_request(request)
+        self._join(p)
+        return self._generate(p, control, save)[0]
+
+    def _generate(self, p, control, save) -> tuple[GenerationResult, ScriptHooks]:
+        for script, args in self.alwayson:
+            self.call(script, "before_process", p, *args)
+        request = self.request_of(p, "before_process")
+        hooks = ScriptHooks(self, p)
+        result = self.engine.generate(request, control, save=save, hooks=hooks)
+        self.saved_paths += result.saved_paths
+        return result, hooks
+
+    def result_of(self, processed) -> GenerationResult:
+        if not isinstance(processed, Processed):
+            raise ScriptError(f"a script's run() returned {type(processed).__name__}, not a Processed")
+        result = processed.to_result()
+        result.saved_paths = list(self.saved_paths) + [path for path in result.saved_paths
+                                                       if path not in self.saved_paths]
+        result.interrupted |= self.interrupted
+        result.warnings += [warning for warning in self.warnings if warning not in result.warnings]
+        return result
+
+
+class _HookedEngine:
+    """`ScriptJob.engine`: the job's engine, each `generate` run as `process_images` runs (the
+    always-on scripts' hooks on a fresh `p`), so a script's own generations get them as in A1111."""
+
+    def __init__(self, execution: _Execution):
+        self._execution = execution
+
+    @property
+    def models(self):
+        return self._execution.engine.models
+
+    @property
+    def settings(self):
+        return self._execution.engine.settings
+
+    @property
+    def save_dir(self):
+        return getattr(self._execution.engine, "save_dir", None)
+
+    def generate(self, request: GenerationRequest, control=None, *, save: bool | None = None) -> GenerationResult:
+        return self._execution.generate_request(request, control, save)
+
+
+class ScriptHooks(GenerationHooks):
+    """The engine's hook points, mapped onto the always-on scripts and the callbacks, through `p`."""
+
+    def __init__(self, execution: _Execution, p):
+        self.execution = execution
+        self.p = p
+        self.callbacks = execution.runner.callbacks
+        self.processed: Processed | None = None
+
+    def _bind(self, plan: GenerationPlan) -> None:
+        p = self.p
+        p.all_prompts, p.all_negative_prompts = plan.all_prompts, plan.all_negative_prompts
+        p.all_seeds, p.all_subseeds = plan.all_seeds, plan.all_subseeds
+        p.prompts, p.negative_prompts = plan.prompts, plan.negative_prompts
+        p.seeds, p.subseeds = plan.seeds, plan.subseeds
+        p.iteration = plan.iteration
+        p.extra_generation_params = plan.extra_generation_params
+
+    def _collect(self, plan: GenerationPlan) -> None:
+        p = self.p
+        plan.all_prompts, plan.all_negative_prompts = list(p.all_prompts), list(p.all_negative_prompts)
+        plan.all_seeds, plan.all_subseeds = [int(s) for s in p.all_seeds], [int(s) for s in p.all_subseeds]
+        plan.prompts, plan.negative_prompts = list(p.prompts), list(p.negative_prompts)
+        plan.seeds, plan.subseeds = list(p.seeds), list(p.subseeds)
+        plan.extra_generation_params = p.extra_generation_params
+
+    def _each(self, method: str, *args, **kwargs) -> None:
+        for script, script_args in self.execution.alwayson:
+            self.execution.call(script, method, self.p, *args, *script_args, **kwargs)
+
+    def process(self, plan: GenerationPlan) -> None:
+        plan.extra_generation_params.update(self.p.extra_generation_params)  # from setup/before_process
+        self._bind(plan)
+        self.p.main_prompt, self.p.main_negative_prompt = plan.all_prompts[0], plan.all_negative_prompts[0]
+        self._each("process")
+        self._collect(plan)
+        plan.request = self.execution.request_of(self.p, "process")
+
+    def _batch(self, plan: GenerationPlan, method: str) -> None:
+        self._bind(plan)
+        for script, script_args in self.execution.alwayson:
+            self.execution.call(script, method, self.p, *script_args, batch_number=plan.iteration,
+                                prompts=self.p.prompts, seeds=self.p.seeds, subseeds=self.p.subseeds)
+        self._collect(plan)
+
+    def before_process_batch(self, plan: GenerationPlan) -> None:
+        self._batch(plan, "before_process_batch")
+
+    def process_batch(self, plan: GenerationPlan) -> None:
+        self._batch(plan, "process_batch")
+
+    def denoiser_observer(self, plan: GenerationPlan, total_steps: int):
+        if not self.callbacks.has("cfg_denoiser"):
+            return None
+
+        def observe(x, sigma, step, text_cond, text_uncond) -> None:
+            self.callbacks.cfg_denoiser(CFGDenoiserParams(x, None, sigma, step, total_steps, text_cond, text_uncond))
+        return observe
+
+    def postprocess_image(self, plan: GenerationPlan, index: int, image):
+        self._bind(plan)
+        self.p.batch_index = index % self.p.batch_size
+        args = PostprocessImageArgs(image)
+        self._each("postprocess_image", args)
+        return args.image
+
+    def before_image_saved(self, plan: GenerationPlan, event: ImageSaveEvent) -> None:
+        if self.callbacks.has("before_image_saved"):
+            params = ImageSaveParams(event.image, self.p, None, event.pnginfo)
+            self.callbacks.before_image_saved(params)
+            event.image, event.pnginfo = params.image, dict(params.pnginfo)
+
+    def image_saved(self, plan: GenerationPlan, event: ImageSaveEvent) -> None:
+        if self.callbacks.has("image_saved"):
+            self.callbacks.image_saved(ImageSaveParams(event.image, self.p, event.filename, event.pnginfo))
+
+    def postprocess(self, plan: GenerationPlan, result: GenerationResult) -> None:
+        self._bind(plan)
+        self.processed = Processed.from_result(self.p, result)
+        self._each("postprocess", self.processed)
+
+
+def run_txt2img(context, request: GenerationRequest, control=None, *, save: bool | None = None,
+                selection: ScriptSelection | None = None) -> GenerationResult:
+    """What the UI and the API call instead of `context.engine.generate`: the request with the
+    loaded extensions' scripts and callbacks (`context.extensions`, when extensions are loaded)."""
+    runtime = getattr(context, "extensions", None)
+    if runtime is None:
+        if selection is not None and selection.script:
+            raise ValueError(f"script {selection.script!r} not found; no extensions are loaded")
+        return context.engine.generate(request, control, save=save)
+    if runtime.scripts.app is not context:
+        runtime.scripts.bind_app(context)
+    return runtime.scripts.generate(context.engine, request, control, save=save, selection=selection)

@@ -1,0 +1,914 @@
+"""txt2img: from a typed `GenerationRequest` to images, seeds and A1111 infotexts.
+
+One module owns the denoise loop. The path of a request: seeds per image → per batch: prompt tags
+parsed and extra networks attached for the batch → conditioning (schedules, AND, negative) → the
+first noise from per-image generators → the sampler, calling `CFGDenoiser` once per model
+evaluation (one batched UNet call for every AND part and the negative prompt, two when their token
+lengths differ, as in A1111) → optional hires pass
+(latent upscale, renoise to the denoising strength, second sampler run) → VAE decode → infotext.
+Progress, previews, interrupt and skip go through a `JobControl`-like object (modules.serving.jobs).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from modules.generation.conditioning import (
+    ConditioningCache,
+    ConditioningOptions,
+    EncodingInterrupted,
+    TextConditioner,
+    conditioning_at_step,
+    embedding_uses,
+    get_learned_conditioning,
+    get_multicond_learned_conditioning,
+    sdxl_time_ids,
+)
+from modules.library.model_detection import ModelFamily
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that use it: the request types and the engine are made while
+# the server starts, before torch is imported (tests/test_startup_imports.py).
+
+log = logging.getLogger(__name__)
+
+LATENT_UPSCALE_MODES = {  # A1111's latent upscalers → torch interpolate mode and antialias
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+
+
+class GenerationRequest(BaseModel):
+    """One txt2img request, as the UI and the API both build it. Validated here, at the boundary."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: tuple[str, ...] = ()
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_h: int = Field(0, ge=0, le=2048)
+    seed_resize_from_w: int = Field(0, ge=0, le=2048)
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    steps: int = Field(20, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
+    width: int = Field(512, ge=64, le=2048)
+    height: int = Field(512, ge=64, le=2048)
+    batch_size: int = Field(1, ge=1, le=8)
+    n_iter: int = Field(1, ge=1, le=100)
+    clip_skip: int | None = Field(None, ge=1, le=12)
+    eta: float | None = Field(None, ge=0.0, le=1.0)
+    tiling: bool = False
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1.0, le=4.0)
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = Field(0, ge=0, le=150)
+    hr_resize_x: int = Field(0, ge=0, le=4096)
+    hr_resize_y: int = Field(0, ge=0, le=4096)
+    denoising_strength: float = Field(0.7, ge=0.0, le=1.0)
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("width", "height", "seed_resize_from_h", "seed_resize_from_w", "hr_resize_x", "hr_resize_y")
+    @classmethod
+    def _multiple_of_8(cls, value: int, info) -> int:
+        if value % 8:
+            raise ValueError(f"{info.field_name} must be a multiple of 8, got {value}; "
+                             f"use {value - value % 8} or {value - value % 8 + 8}")
+        return value
+
+    @field_validator("sampler_name")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        from modules.generation.sampling.registry import resolve_sampler
+
+        sampler, _ = resolve_sampler(value)  # raises with the list of valid names
+        if not sampler.implemented:
+            raise ValueError(f"sampler {sampler.name!r} is not available yet in Atelier")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        from modules.generation.sampling.registry import find_scheduler
+
+        find_scheduler(value)
+        return value
+
+    @field_validator("hr_upscaler")
+    @classmethod
+    def _known_upscaler(cls, value: str) -> str:
+        if value not in LATENT_UPSCALE_MODES:
+            raise ValueError(f"hires upscaler {value!r} is not available; use one of {list(LATENT_UPSCALE_MODES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _sane_total(self) -> "GenerationRequest":
+        if self.batch_size * self.n_iter > 800:
+            raise ValueError(f"batch size × count = {self.batch_size * self.n_iter} images; at most 800 per request")
+        return self
+
+
+class PromptTooLongError(ValueError):
+    """A prompt or negative prompt is longer than the `prompt_max_length` setting allows."""
+
+
+def check_prompt_length(prompt: str, negative_prompt: str, limit: int) -> None:
+    """Refuse a prompt or negative prompt over `limit` characters (setting `prompt_max_length`;
+    0 = no limit). Encoding holds the one worker, and a megabyte of prompt held it for seconds."""
+    if limit <= 0:
+        return
+    for field_name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        if len(text) > limit:
+            raise PromptTooLongError(
+                f"{field_name} is {len(text):,} characters long; the limit is {limit:,} (setting prompt_max_length, "
+                "Settings → Sampling). Shorten it, or ask the server's operator to raise the limit")
+
+
+@dataclass
+class GenerationResult:
+    images: list = field(default_factory=list)  # PIL images, one per generated image
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    negative_prompts: list[str] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    saved_paths: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    # Images before this index are grids a script made (A1111's Processed.index_of_first_image).
+    index_of_first_image: int = 0
+
+
+@dataclass
+class GenerationPlan:
+    """What a generation is about to make, per image, open to extension hooks (A1111's `p.all_*`).
+
+    `generate` builds it once the seeds are known and samples from it: edits made in
+    `GenerationHooks.process` reach conditioning, noise and infotext. `request` may be replaced there
+    too (same batch size and count). `prompts`/`negative_prompts`/`seeds`/`subseeds` are the current
+    batch's slices (A1111's `p.prompts`, ...); `extra_generation_params` are added to every infotext.
+    """
+
+    request: GenerationRequest
+    all_prompts: list[str]
+    all_negative_prompts: list[str]
+    all_seeds: list[int]
+    all_subseeds: list[int]
+    extra_generation_params: dict[str, Any] = field(default_factory=dict)
+    iteration: int = 0
+    prompts: list[str] = field(default_factory=list)
+    negative_prompts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+
+    def check(self, request: GenerationRequest) -> None:
+        """After the `process` hook: one prompt and seed per image, and the same number of images."""
+        n_images = request.batch_size * request.n_iter
+        if (self.request.batch_size, self.request.n_iter) != (request.batch_size, request.n_iter):
+            raise ValueError("batch size and batch count cannot change once prompts and seeds are made "
+                             "(change them before processing starts, e.g. in a script's before_process)")
+        for name in ("all_prompts", "all_negative_prompts", "all_seeds", "all_subseeds"):
+            if len(getattr(self, name)) != n_images:
+                raise ValueError(f"{name} has {len(getattr(self, name))} items; this request makes {n_images} "
+                                 "images and needs one each")
+
+    def start_batch(self, iteration: int, batch_size: int) -> None:
+        batch = slice(iteration * batch_size, (iteration + 1) * batch_size)
+        self.iteration = iteration
+        self.prompts, self.negative_prompts = self.all_prompts[batch], self.all_negative_prompts[batch]
+        self.seeds, self.subseeds = self.all_seeds[batch], self.all_subseeds[batch]
+
+
+@dataclass
+class ImageSaveEvent:
+    """One image about to be saved, or just saved. `pnginfo["parameters"]` is the infotext written."""
+
+    image: Any
+    pnginfo: dict[str, str]
+    filename: str | None = None  # the path once saved; None before
+    is_grid: bool = False
+
+
+class GenerationHooks:
+    """The points where extensions join a generation (modules.extension_host.scripts implements them).
+
+    Every method is a no-op here; `generate` calls them in A1111's order: process, then per batch
+    before_process_batch (prompts with extra-network tags) and process_batch (tags removed, networks
+    active), the denoiser observer at each model evaluation, postprocess_image per image, the image
+    save events, postprocess after the last image.
+    """
+
+    def process(self, plan: GenerationPlan) -> None:
+        """Seeds and prompts are made, nothing is sampled: `plan` may be edited."""
+
+    def before_process_batch(self, plan: GenerationPlan) -> None:
+        """Before batch `plan.iteration`'s extra networks are parsed: `plan.prompts` may be edited."""
+
+    def process_batch(self, plan: GenerationPlan) -> None:
+        """Before batch `plan.iteration`'s conditioning: `plan.prompts` may be edited."""
+
+    def denoiser_observer(self, plan: GenerationPlan, total_steps: int):
+        """None, or `observer(x, sigma, step, text_cond, text_uncond)` called at each model evaluation
+        of this sampling pass; an observer, its return value is ignored."""
+        return None
+
+    def postprocess_image(self, plan: GenerationPlan, index: int, image):
+        """Image `index` as decoded; returns the image to keep (the same one by default)."""
+        return image
+
+    def before_image_saved(self, plan: GenerationPlan, event: ImageSaveEvent) -> None:
+        """`event.image` and `event.pnginfo` may be replaced before the file is written."""
+
+    def image_saved(self, plan: GenerationPlan, event: ImageSaveEvent) -> None:
+        """`event.filename` is the file written."""
+
+    def postprocess(self, plan: GenerationPlan, result: "GenerationResult") -> None:
+        """After the last image (and after saving): `result` may be edited."""
+
+
+class StopSampling(Exception):
+    """Raised from the sampler callback to stop early; carries the latent at that point."""
+
+    def __init__(self, x: torch.Tensor, interrupted: bool):
+        super().__init__("stop sampling")
+        self.x = x
+        self.interrupted = interrupted
+
+
+class _NullControl:
+    """A JobControl stand-in for direct calls (tests, scripts)."""
+
+    interrupted = False
+    skip_requested = False
+
+    def report(self, step, total, preview_factory=None) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def consume_skip(self) -> bool:
+        return False
+
+    def add_info(self, line: str) -> None:
+        pass
+
+
+def _pad_to_length(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack conds of different token lengths by repeating each one's last vector (A1111's rule for
+    the AND parts and prompts of one batch, `reconstruct_multicond_batch`)."""
+    import torch
+
+    length = max(t.shape[1] for t in tensors)
+    padded = [t if t.shape[1] == length else torch.cat([t, t[:, -1:].expand(-1, length - t.shape[1], -1)], dim=1)
+              for t in tensors]
+    return torch.cat(padded, dim=0)
+
+
+COND_PADDING_MODES = ("none", "empty", "last")
+
+
+def pad_cond_uncond(cond: torch.Tensor, uncond: torch.Tensor, mode: str,
+                    empty: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make the prompt's and the negative prompt's token lengths equal, as A1111's settings do.
+
+    - "none" (A1111's default): unchanged; the two are then denoised in separate UNet calls.
+    - "empty" (`pad_cond_uncond`, "Pad conds"): the shorter one gets copies of the empty prompt's
+      77-token conditioning `empty` [1, 77, width] appended.
+    - "last" (`pad_cond_uncond_v0`, "Pad conds v0"): only the negative changes — its last vector is
+      repeated up to the prompt's length, or it is cut to that length when longer.
+    """
+    import torch
+
+    if mode not in COND_PADDING_MODES:
+        raise ValueError(f"cond padding must be one of {list(COND_PADDING_MODES)}, got {mode!r}")
+    missing = cond.shape[1] - uncond.shape[1]
+    if mode == "none" or missing == 0:
+        return cond, uncond
+    if mode == "last":
+        if missing > 0:
+            return cond, torch.cat([uncond, uncond[:, -1:].expand(-1, missing, -1)], dim=1)
+        return cond, uncond[:, :cond.shape[1]]
+    if empty is None:
+        raise ValueError("padding with the empty prompt needs the empty prompt's conditioning")
+    repeats = abs(missing) // empty.shape[1]
+    empty = empty.to(cond.dtype)
+    if missing > 0:
+        return cond, torch.cat([uncond, empty.repeat(uncond.shape[0], repeats, 1)], dim=1)
+    return torch.cat([cond, empty.repeat(cond.shape[0], repeats, 1)], dim=1), uncond
+
+
+class CFGDenoiser:
+    """Classifier-free guidance with AND weights (composable diffusion).
+
+    `denoised = uncond + Σ_i (cond_i − uncond) · w_i · cfg_scale` (A1111.md §3.4). The conditioning of
+    each part is taken at the current model evaluation count, which is what A1111's prompt-editing
+    steps count. `inner(x, sigma, context, added)` returns what the sampler expects (x0 for sigma
+    samplers, eps for timestep samplers); CFG is linear, so the same combination serves both.
+
+    The AND parts of the batch are stacked to one token length (last vector repeated), and so are the
+    negative prompts. When the prompt and the negative prompt then differ in length (a prompt over 75
+    tokens or with BREAK, and a short negative), A1111 by default pads neither: the prompt rows and
+    the negative rows go through the UNet in two calls, each at its own length. Padding one of them
+    would add keys to cross-attention and change its softmax, so the image would differ. With equal
+    lengths there is one batched call. `cond_padding` selects A1111's optional paddings
+    (`pad_cond_uncond`); `padded` tells whether one was applied (the infotext records it).
+    """
+
+    def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None, observer=None, *,
+                 cond_padding: str = "none", empty_cond: torch.Tensor | None = None):
+        self.inner = inner
+        self.observer = observer  # GenerationHooks.denoiser_observer
+        self.cond = cond  # MulticondLearnedConditioning for this batch
+        self.uncond = uncond  # per image: schedules
+        self.cfg_scale = cfg_scale
+        self.sdxl_vector = sdxl_vector  # time ids [1, n] for SDXL, else None
+        self.cond_padding = cond_padding
+        self.empty_cond = empty_cond  # the empty prompt's [1, 77, width], for cond_padding "empty"
+        self.padded = False
+        self.step = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        import torch
+
+        batch = x.shape[0]
+        conds, weights, image_of_row = [], [], []
+        for i in range(batch):
+            for part in self.cond.batch[i]:
+                conds.append(conditioning_at_step(part.schedules, self.step))
+                weights.append(part.weight)
+                image_of_row.append(i)
+        unconds = [conditioning_at_step(self.uncond[i], self.step) for i in range(batch)]
+        cond_context = _pad_to_length([c.crossattn for c in conds])
+        uncond_context = _pad_to_length([u.crossattn for u in unconds])
+        # As A1111, `padded` tells about the last evaluation.
+        self.padded = cond_context.shape[1] != uncond_context.shape[1] and self.cond_padding != "none"
+        if self.padded:
+            cond_context, uncond_context = pad_cond_uncond(cond_context, uncond_context, self.cond_padding,
+                                                           self.empty_cond)
+        if self.observer is not None:
+            self.observer(x, sigma, self.step, cond_context, uncond_context)
+
+        rows = torch.tensor(image_of_row, device=x.device)
+        x_cond = x[rows]
+        sigma_cond = sigma[rows] if sigma.ndim else sigma.expand(len(rows))
+        sigma_uncond = sigma if sigma.ndim else sigma.expand(batch)
+        added_cond = added_uncond = None
+        if self.sdxl_vector is not None:
+            time_ids = self.sdxl_vector.to(x.device)
+            added_cond = {"text_embeds": torch.cat([c.pooled for c in conds]),
+                          "time_ids": time_ids.expand(len(rows), -1)}
+            added_uncond = {"text_embeds": torch.cat([u.pooled for u in unconds]),
+                            "time_ids": time_ids.expand(batch, -1)}
+        if cond_context.shape[1] == uncond_context.shape[1]:
+            added = None if added_cond is None else {key: torch.cat([added_cond[key], added_uncond[key]])
+                                                     for key in added_cond}
+            out = self.inner(torch.cat([x_cond, x]), torch.cat([sigma_cond, sigma_uncond]),
+                             torch.cat([cond_context, uncond_context]), added)
+            out_cond, out_uncond = out[:len(rows)], out[len(rows):]
+        else:
+            out_cond = self.inner(x_cond, sigma_cond, cond_context, added_cond)
+            out_uncond = self.inner(x, sigma_uncond, uncond_context, added_uncond)
+        denoised = out_uncond.clone()
+        for row, (image, weight) in enumerate(zip(image_of_row, weights)):
+            denoised[image] += (out_cond[row] - out_uncond[image]) * (weight * self.cfg_scale)
+        self.step += 1
+        return denoised
+
+
+def _unet_call(model):
+    """The UNet at its own dtype; the sampler keeps latents in fp32 (A1111 samples in fp32 and runs
+    the half-precision UNet under autocast), so inputs are cast in and the output cast back."""
+    dtype = model.dtype
+
+    def call(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, added) -> torch.Tensor:
+        kwargs = {}
+        if added is not None:
+            kwargs["added_cond_kwargs"] = {k: v.to(dtype) for k, v in added.items()}
+        out = model.unet(x.to(dtype), t, encoder_hidden_states=context.to(dtype), **kwargs).sample
+        return out.to(x.dtype)
+    return call
+
+
+def _sigma_inner(model, schedule, lcm: bool = False):
+    """x, sigma → x0 through k-diffusion's discrete denoiser (eps or v parameterisation), or the
+    LCM denoiser (consistency boundary conditions on LCM's 50-step table) for the LCM sampler."""
+    from modules.generation.sampling.denoisers import DiscreteDenoiser, LCMDenoiser
+
+    unet = _unet_call(model)
+    if lcm:
+        lcm_denoiser = LCMDenoiser(lambda x, t, context=None, added=None: unet(x, t, context, added), schedule)
+        return lambda x, sigma, context, added: lcm_denoiser(x, sigma, context=context, added=added)
+    denoiser = DiscreteDenoiser(lambda x, t, context=None, added=None: unet(x, t, context, added), schedule,
+                                "v" if model.prediction_type == "v_prediction" else "eps")
+    return lambda x, sigma, context, added: denoiser(x, sigma, context=context, added=added)
+
+
+def _timestep_inner(model, alphas_cumprod):
+    """x_t, t → eps (v models converted), for DDIM/PLMS/UniPC."""
+    from modules.generation.sampling.denoisers import eps_from_v_timestep
+
+    unet = _unet_call(model)
+
+    def call(x, t, context, added):
+        out = unet(x, t, context, added)
+        if model.prediction_type == "v_prediction":
+            a_t = alphas_cumprod.to(x.device)[t.long()].view(-1, 1, 1, 1).to(x.dtype)
+            out = eps_from_v_timestep(x, out, a_t)
+        return out
+    return call
+
+
+def latent_preview(latents: torch.Tensor, family: ModelFamily):
+    """A cheap RGB approximation of latents (a fixed linear map per latent space, no weights): the
+    live preview. Returns a PIL image of the first image of the batch."""
+    import torch
+
+    from PIL import Image
+
+    if family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER):
+        factors = torch.tensor([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068],
+                                [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]])
+    else:
+        factors = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
+                                [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]])
+    rgb = torch.einsum("chw,cr->hwr", latents[0].float().cpu(), factors)
+    rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
+    return Image.fromarray(rgb)
+
+
+@contextmanager
+def seamless_tiling(model, enabled: bool) -> Iterator[None]:
+    """A1111's "Tiling": every conv of UNet and VAE pads circularly for the job, restored after."""
+    import torch
+
+    if not enabled:
+        yield
+        return
+    changed = []
+    for module in (model.unet, model.vae):
+        for conv in module.modules():
+            if isinstance(conv, torch.nn.Conv2d) and conv.padding_mode != "circular":
+                changed.append((conv, conv.padding_mode))
+                conv.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for conv, mode in changed:
+            conv.padding_mode = mode
+
+
+@dataclass(frozen=True)
+class SaveTarget:
+    """Where and how images are saved (the UI saves by default; the API only when asked)."""
+
+    data_dir: str
+    options: Any = None  # images.SaveOptions; None = A1111's defaults
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The settings a generation reads (A1111 names), snapshot per request."""
+
+    randn_source: str = "GPU"
+    eta_noise_seed_delta: int = 0
+    eta_ancestral: float = 1.0
+    eta_ddim: float = 0.0
+    clip_skip: int = 1
+    emphasis: str = "Original"
+    comma_padding_backtrack: int = 20
+    sdxl_clip_l_skip: bool = False
+    pad_cond_uncond: bool = False
+    pad_cond_uncond_v0: bool = False
+    prompt_max_length: int = 0  # characters; 0 = no limit
+    add_model_hash_to_info: bool = True
+    add_model_name_to_info: bool = True
+    add_vae_name_to_info: bool = True
+
+    @classmethod
+    def from_settings(cls, settings) -> "EngineSettings":
+        """From a `settings.Settings` snapshot (request overrides already applied)."""
+        return cls(randn_source=settings["randn_source"], eta_noise_seed_delta=settings["eta_noise_seed_delta"],
+                   eta_ancestral=settings["eta_ancestral"], eta_ddim=settings["eta_ddim"],
+                   clip_skip=settings["CLIP_stop_at_last_layers"], emphasis=settings["emphasis"],
+                   comma_padding_backtrack=settings["comma_padding_backtrack"],
+                   sdxl_clip_l_skip=settings["sdxl_clip_l_skip"],
+                   pad_cond_uncond=settings["pad_cond_uncond"], pad_cond_uncond_v0=settings["pad_cond_uncond_v0"],
+                   prompt_max_length=settings["prompt_max_length"],
+                   add_model_hash_to_info=settings["add_model_hash_to_info"],
+                   add_model_name_to_info=settings["add_model_name_to_info"],
+                   add_vae_name_to_info=settings["add_vae_name_to_info"])
+
+    @property
+    def cond_padding(self) -> str:
+        """`CFGDenoiser`'s padding mode; A1111's v0 padding wins when both are on."""
+        return "last" if self.pad_cond_uncond_v0 else "empty" if self.pad_cond_uncond else "none"
+
+
+def _call_sampler(function, denoiser, x, schedule_or_timesteps, *, kind, alphas_cumprod, callback, noise,
+                  options, eta):
+    kwargs = dict(options)
+    parameters = inspect.signature(function).parameters
+    if eta is not None and "eta" in parameters:
+        kwargs["eta"] = eta
+    if kind == "timesteps":
+        return function(denoiser, x, schedule_or_timesteps, alphas_cumprod=alphas_cumprod, callback=callback,
+                        noise=noise, **kwargs)
+    return function(denoiser, x, schedule_or_timesteps, callback=callback, noise=noise, **kwargs)
+
+
+class Txt2ImgEngine:
+    """Runs requests on the current model. Holds no model itself: the model manager does.
+
+    `settings` is the SettingsStore; a request's `override_settings` apply to that request only
+    (a new snapshot), and an overridden `sd_model_checkpoint` is loaded for the request and, with
+    `override_settings_restore_afterwards`, the previous checkpoint made current again after it.
+    """
+
+    def __init__(self, models, settings, embeddings=None, hypernetworks=None, loras=None,
+                 save_dir: str | None = None):
+        self.models = models
+        self.settings = settings
+        self.embeddings = embeddings
+        self.hypernetworks = hypernetworks
+        self.loras = loras
+        self.save_dir = save_dir
+
+    def generate(self, request: GenerationRequest, control=None, *, save: bool | None = None,
+                 hooks: GenerationHooks | None = None) -> GenerationResult:
+        snapshot = self.settings.current().with_overrides(request.override_settings)
+        wanted = request.override_settings.get("sd_model_checkpoint")
+        with self.models.lock:
+            previous = self.models.current_info()
+            if wanted:
+                self.models.load(wanted)
+            try:
+                do_save = snapshot["samples_save"] if save is None else save
+                from modules.outputs.images import SaveOptions
+
+                target = (SaveTarget(self.save_dir, options=SaveOptions.from_settings(snapshot))
+                          if do_save and self.save_dir else None)
+                return generate(self.models.require_current(), request, EngineSettings.from_settings(snapshot),
+                                control or _NullControl(), embeddings=self.embeddings,
+                                hypernetworks=self.hypernetworks, loras=self.loras,
+                                checkpoint_info=self.models.current_info(), save=target, hooks=hooks)
+            finally:
+                if wanted and previous is not None and snapshot["override_settings_restore_afterwards"]:
+                    self.models.load(previous.title)
+
+
+def generate(model, request: GenerationRequest, settings: EngineSettings = EngineSettings(), control=None, *,
+             embeddings=None, hypernetworks=None, loras=None, checkpoint_info=None,
+             save: SaveTarget | None = None, hooks: GenerationHooks | None = None) -> GenerationResult:
+    """Generate every image of `request` with `model`; see the module docstring for the path.
+    `hooks` lets extensions see and change the generation (GenerationHooks)."""
+    import torch
+
+    from modules.networks.syntax import parse_prompts
+    from modules.networks.activation import activate_extra_networks, embedding_widths
+    from modules.generation.rng import ImageRNG, get_fixed_seed, per_image_seeds
+    from modules.generation.sampling import schedules as sch
+    from modules.generation.sampling.registry import build_sigmas, resolve_sampler, total_steps
+    from modules.generation.sampling.timesteps import a1111_timesteps
+    from modules.generation.sampling.unet_sizes import a1111_upsample_sizes
+    from modules.networks.textual_inversion import ti_hashes_infotext
+
+    control = control or _NullControl()
+    hooks = hooks or GenerationHooks()
+    started = time.perf_counter()
+    result = GenerationResult()
+    n_images = request.batch_size * request.n_iter
+    seeds, subseeds = per_image_seeds(get_fixed_seed(request.seed), get_fixed_seed(request.subseed),
+                                      request.subseed_strength, n_images)
+    plan = GenerationPlan(request, [request.prompt] * n_images, [request.negative_prompt] * n_images,
+                          list(seeds), list(subseeds))
+    hooks.process(plan)
+    plan.check(request)
+    for prompt, negative_prompt in zip(plan.all_prompts, plan.all_negative_prompts):
+        check_prompt_length(prompt, negative_prompt, settings.prompt_max_length)
+    request = plan.request
+    seeds, subseeds = plan.all_seeds, plan.all_subseeds
+    sampler, scheduler_from_name = resolve_sampler(request.sampler_name)
+    scheduler = scheduler_from_name or request.scheduler
+    clip_skip = request.clip_skip or settings.clip_skip
+    options = ConditioningOptions(comma_padding_backtrack=settings.comma_padding_backtrack,
+                                  emphasis=settings.emphasis, clip_skip=clip_skip,
+                                  sdxl_clip_l_skip=settings.sdxl_clip_l_skip)
+    result.seeds, result.subseeds = list(seeds), list(subseeds)
+
+    loaded_embeddings = {}
+    if embeddings is not None:
+        embeddings.refresh()
+        found = embeddings.for_model(embedding_widths(model))
+        loaded_embeddings = found.loaded
+    conditioner = TextConditioner(model, loaded_embeddings, options, should_stop=lambda: control.interrupted)
+    cache = ConditioningCache()
+    empty_cond = None  # the empty prompt's conditioning, for the "Pad conds" setting
+    alphas_cumprod = _alphas_cumprod(model)
+    # On the model's device: the denoiser maps each sigma to a timestep against this table. LCM
+    # samples on its own 50-step table (A1111's LCM sampler does the same).
+    is_lcm = sampler.name == "LCM"
+    if is_lcm:
+        from modules.generation.sampling.denoisers import lcm_schedule
+
+        schedule = lcm_schedule(alphas_cumprod.to(model.device))
+    else:
+        schedule = sch.DiscreteSchedule.from_alphas_cumprod(alphas_cumprod.to(model.device))
+    family = model.architecture.family
+    is_sdxl = family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER)
+    eta = request.eta if request.eta is not None else (settings.eta_ddim if sampler.kind == "timesteps"
+                                                         else settings.eta_ancestral)
+    per_iteration = request.steps + (_hires_steps(request) if request.enable_hr else 0)
+    total = request.n_iter * per_iteration
+
+    with seamless_tiling(model, request.tiling), a1111_upsample_sizes(model.unet), torch.inference_mode():
+        for iteration in range(request.n_iter):
+            plan.start_batch(iteration, request.batch_size)
+            hooks.before_process_batch(plan)
+            plan.prompts, networks = parse_prompts(plan.prompts)
+            batch_seeds, batch_subseeds = plan.seeds, plan.subseeds
+            with activate_extra_networks(model, networks, hypernetworks, loras) as active:
+                hooks.process_batch(plan)
+                prompts, negatives = plan.prompts, plan.negative_prompts
+                for warning in active.warnings:
+                    if warning not in result.warnings:
+                        result.warnings.append(warning)
+                        control.add_info(warning)
+                steps_for_prompts = total_steps(sampler, request.steps)
+                try:
+                    with _timed(result, "conditioning"):
+                        uncond = get_learned_conditioning(conditioner, negatives, steps_for_prompts, cache=cache,
+                                                          is_negative_prompt=True)
+                        cond = get_multicond_learned_conditioning(conditioner, prompts, steps_for_prompts, cache=cache)
+                        if settings.cond_padding == "empty" and empty_cond is None:
+                            empty_cond = conditioner.encode([""]).crossattn
+                except EncodingInterrupted:
+                    result.interrupted = True
+                    break
+                ti_hashes = ti_hashes_infotext(embedding_uses(conditioner, prompts, negatives, steps_for_prompts)) \
+                    if loaded_embeddings else None
+                rng = ImageRNG((4, request.height // 8, request.width // 8), batch_seeds, batch_subseeds,
+                               request.subseed_strength, request.seed_resize_from_h, request.seed_resize_from_w,
+                               source=settings.randn_source, device=model.device,
+                               eta_noise_seed_delta=settings.eta_noise_seed_delta if sampler.uses_ensd else 0)
+                time_ids = sdxl_time_ids((request.height, request.width)) if is_sdxl else None
+
+                def run(x_start, sigmas_or_steps, first_pass_cond, first_pass_uncond, progress_offset, noise_fn):
+                    denoiser = CFGDenoiser(
+                        _sigma_inner(model, schedule, is_lcm) if sampler.kind == "sigmas" else
+                        _timestep_inner(model, alphas_cumprod), first_pass_cond, first_pass_uncond,
+                        request.cfg_scale, time_ids,
+                        hooks.denoiser_observer(plan, len(sigmas_or_steps) - (sampler.kind == "sigmas")),
+                        cond_padding=settings.cond_padding, empty_cond=empty_cond)
+                    def callback(step):
+                        control.report(progress_offset + step.i + 1, total,
+                                       lambda d=step.denoised: latent_preview(d, family))
+                        if control.interrupted:
+                            raise StopSampling(step.x, interrupted=True)
+                        if control.consume_skip():
+                            raise StopSampling(step.x, interrupted=False)
+
+                    try:
+                        return _call_sampler(sampler.function, denoiser, x_start, sigmas_or_steps, kind=sampler.kind,
+                                             alphas_cumprod=alphas_cumprod, callback=callback,
+                                             noise=noise_fn, options=sampler.options, eta=eta), None
+                    except StopSampling as stop:
+                        return stop.x, stop
+                    finally:
+                        if denoiser.padded:
+                            plan.extra_generation_params[
+                                "Pad conds v0" if settings.cond_padding == "last" else "Pad conds"] = True
+
+                x = rng.next().float()
+                with _timed(result, "sampling"):
+                    if sampler.kind == "sigmas":
+                        sigmas = build_sigmas(sampler, scheduler, request.steps, schedule).to(model.device)
+                        noise_fn = _noise_source(sampler, rng, x, batch_seeds, sigmas)
+                        samples, stopped = run(x * sigmas[0], sigmas, cond, uncond, iteration * per_iteration,
+                                               noise_fn)
+                    else:
+                        noise_fn = _noise_source(sampler, rng, x, batch_seeds, None)
+                        timesteps = a1111_timesteps(request.steps)
+                        samples, stopped = run(x, timesteps, cond, uncond, iteration * per_iteration, noise_fn)
+
+                    if request.enable_hr and stopped is None:
+                        samples, stopped = _hires_pass(request, model, sampler, scheduler, schedule, samples,
+                                                       conditioner, prompts, negatives, cache, batch_seeds,
+                                                       batch_subseeds, settings, run,
+                                                       iteration * per_iteration + request.steps)
+                with _timed(result, "decode"):
+                    images = _decode(model, samples, result)
+            for j, image in enumerate(images):
+                index = iteration * request.batch_size + j
+                result.images.append(hooks.postprocess_image(plan, index, image))
+                result.prompts.append(plan.all_prompts[index])
+                result.negative_prompts.append(plan.all_negative_prompts[index])
+                result.infotexts.append(_infotext(request, model, checkpoint_info, sampler, scheduler,
+                                                  seeds[index], subseeds[index], clip_skip, settings, eta,
+                                                  {**active.infotext, **plan.extra_generation_params},
+                                                  ti_hashes, plan.all_prompts[index],
+                                                  plan.all_negative_prompts[index]))
+            if stopped is not None and stopped.interrupted:
+                result.interrupted = True
+                break
+    if save is not None:
+        _save_all(result, request, sampler, scheduler, checkpoint_info, model, clip_skip, save, hooks, plan)
+    hooks.postprocess(plan, result)
+    result.timings["total"] = time.perf_counter() - started
+    return result
+
+
+def _save_all(result: GenerationResult, request, sampler, scheduler, checkpoint_info, model, clip_skip,
+              save: SaveTarget, hooks: GenerationHooks, plan: GenerationPlan) -> None:
+    """Each image as `outputs/txt2img-images/<date>/NNNNN-<seed>.png`, then the grid (A1111's layout)."""
+    import datetime as dt
+
+    from modules.outputs.images import FilenameContext, SaveOptions, image_grid, save_image, txt2img_output_dirs
+
+    options = save.options or SaveOptions()
+    images_dir, grids_dir = txt2img_output_dirs(save.data_dir, options)
+    timestamp = dt.datetime.now().strftime("%Y%m%d%H%M%S")
+    common = dict(all_seeds=tuple(result.seeds), negative_prompt=request.negative_prompt, steps=request.steps,
+                  cfg_scale=request.cfg_scale, width=request.width, height=request.height,
+                  sampler_name=sampler.name, scheduler=request.scheduler,
+                  sampler_default_scheduler=sampler.default_scheduler,
+                  model_hash=checkpoint_info.shorthash if checkpoint_info else None,
+                  model_name=checkpoint_info.name_for_extra if checkpoint_info else model.path.stem,
+                  job_timestamp=timestamp, batch_size=request.batch_size, n_iter=request.n_iter, clip_skip=clip_skip)
+
+    def save_with_events(image, infotext, folder, basename="", *, grid=False, **kwargs) -> str:
+        event = ImageSaveEvent(image, {"parameters": infotext}, is_grid=grid)
+        hooks.before_image_saved(plan, event)
+        extra_chunks = {key: value for key, value in event.pnginfo.items() if key != "parameters"}
+        event.filename = save_image(event.image, folder, basename, options=options, grid=grid,
+                                    infotext=event.pnginfo.get("parameters"), existing_pnginfo=extra_chunks,
+                                    **kwargs).path
+        hooks.image_saved(plan, event)
+        return event.filename
+
+    for index, (image, infotext) in enumerate(zip(result.images, result.infotexts)):
+        context = FilenameContext(seed=result.seeds[index], prompt=result.prompts[index],
+                                  batch_index=index % request.batch_size, iteration=index // request.batch_size,
+                                  **common)
+        result.saved_paths.append(save_with_events(image, infotext, images_dir, context=context))
+    if len(result.images) > 1 and getattr(options, "grid_save", True):
+        grid = image_grid(result.images, batch_size=request.batch_size, n_rows=options.n_rows,
+                          prevent_empty_spots=options.grid_prevent_empty_spots)
+        context = FilenameContext(seed=result.seeds[0], prompt=result.prompts[0], **common)
+        result.saved_paths.append(save_with_events(grid, result.infotexts[0], grids_dir, "grid", context=context,
+                                                   grid=True, short_filename=True))
+
+
+def _scheduler_label(name: str) -> str:
+    from modules.generation.sampling.registry import find_scheduler
+
+    return find_scheduler(name).label
+
+
+@contextmanager
+def _timed(result: GenerationResult, name: str) -> Iterator[None]:
+    import torch
+
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        result.timings[name] = result.timings.get(name, 0.0) + time.perf_counter() - started
+
+
+def _alphas_cumprod(model) -> torch.Tensor:
+    from modules.generation.sampling.schedules import alphas_cumprod_scaled_linear
+
+    config = model.config.scheduler
+    return alphas_cumprod_scaled_linear(config["beta_start"], config["beta_end"], config["num_train_timesteps"])
+
+
+def _noise_source(sampler, rng, x, seeds, sigmas):
+    """Ancestral noise from the per-image generators (A1111's `p.rng.next()`), or a Brownian tree
+    per seed for SDE samplers."""
+    if sampler.brownian_noise and sigmas is not None:
+        from modules.generation.sampling.noise import brownian_tree_noise
+
+        return brownian_tree_noise(x, sigmas, list(seeds))
+    return lambda sigma, sigma_next: rng.next().to(x.dtype)  # fp32, like the latents
+
+
+def _hires_steps(request: GenerationRequest) -> int:
+    return request.hr_second_pass_steps or request.steps
+
+
+def _hires_size(request: GenerationRequest) -> tuple[int, int]:
+    if request.hr_resize_x or request.hr_resize_y:
+        width = request.hr_resize_x or int(request.hr_resize_y * request.width / request.height) // 8 * 8
+        height = request.hr_resize_y or int(request.hr_resize_x * request.height / request.width) // 8 * 8
+        return width, height
+    return int(request.width * request.hr_scale) // 8 * 8, int(request.height * request.hr_scale) // 8 * 8
+
+
+def _hires_pass(request, model, sampler, scheduler, schedule, samples, conditioner, prompts, negatives, cache,
+                seeds, subseeds, settings, run, progress_offset):
+    """A1111's hires fix with a latent upscaler: upscale the latents, renoise them to the denoising
+    strength, and sample again over the tail of a `hires steps` schedule."""
+    import torch
+
+    from modules.generation.rng import ImageRNG
+    from modules.generation.sampling.registry import build_sigmas, total_steps
+
+    width, height = _hires_size(request)
+    mode, antialias = LATENT_UPSCALE_MODES[request.hr_upscaler]
+    latents = torch.nn.functional.interpolate(samples.float(), size=(height // 8, width // 8), mode=mode,
+                                              antialias=antialias)
+    steps = _hires_steps(request)
+    hires_total = total_steps(sampler, steps)
+    base_total = total_steps(sampler, request.steps)
+    try:
+        uncond = get_learned_conditioning(conditioner, negatives, base_total, hires_total, cache=cache,
+                                          is_negative_prompt=True)
+        cond = get_multicond_learned_conditioning(conditioner, prompts, base_total, hires_total, cache=cache)
+    except EncodingInterrupted:
+        return samples, StopSampling(samples, interrupted=True)  # the first pass's image is kept
+    hr_rng = ImageRNG((4, height // 8, width // 8), seeds, subseeds, request.subseed_strength,
+                      request.seed_resize_from_h, request.seed_resize_from_w, source=settings.randn_source,
+                      device=model.device)
+    noise = hr_rng.next().float()
+    if sampler.kind != "sigmas":
+        raise ValueError(f"hires fix with the timestep sampler {sampler.name} is not supported yet; "
+                         "pick a k-diffusion sampler (e.g. DPM++ 2M) for hires")
+    t_enc = min(int(request.denoising_strength * steps), steps - 1)
+    sigmas = build_sigmas(sampler, scheduler, steps, schedule).to(model.device)
+    sigma_sched = sigmas[steps - t_enc - 1:]
+    noise_fn = _noise_source(sampler, hr_rng, latents, seeds, sigma_sched)
+    return run(latents + noise * sigma_sched[0], sigma_sched, cond, uncond, progress_offset, noise_fn)
+
+
+def _decode(model, samples: torch.Tensor, result: GenerationResult) -> list:
+    from PIL import Image
+
+    from modules.generation.vae_decode import decode_latents
+
+    decoded = decode_latents(model, samples)
+    if decoded.message and decoded.message not in result.warnings:
+        result.warnings.append(decoded.message)
+    images = decoded.images.mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(array) for array in images]
+
+
+def _infotext(request, model, checkpoint_info, sampler, scheduler, seed, subseed, clip_skip, settings, eta,
+              network_fields, ti_hashes, prompt, negative_prompt) -> str:
+    from modules.outputs.infotext import GenerationInfo, create_infotext, generation_parameters
+
+    extra: dict[str, Any] = {}
+    if scheduler and scheduler.lower() != "automatic":
+        extra["Schedule type"] = _scheduler_label(scheduler)
+    elif sampler.default_scheduler:
+        extra["Schedule type"] = _scheduler_label(sampler.default_scheduler)
+    if request.enable_hr:
+        width, height = _hires_size(request)
+        extra["Denoising strength"] = request.denoising_strength
+        if request.hr_resize_x or request.hr_resize_y:
+            extra["Hires resize"] = f"{width}x{height}"
+        else:
+            extra["Hires upscale"] = request.hr_scale
+        if request.hr_second_pass_steps:
+            extra["Hires steps"] = request.hr_second_pass_steps
+        extra["Hires upscaler"] = request.hr_upscaler
+    extra.update(network_fields)
+    if ti_hashes:  # after Lora hashes: A1111 adds it when the prompts are encoded, after networks activate
+        extra["TI hashes"] = ti_hashes
+    if settings.emphasis != "Original" and any(c in prompt for c in "(["):
+        extra["Emphasis"] = settings.emphasis
+    name = checkpoint_info.name_for_extra if checkpoint_info else model.path.stem
+    shorthash = checkpoint_info.shorthash if checkpoint_info else None
+    info = GenerationInfo(
+        steps=request.steps, sampler=sampler.name, cfg_scale=request.cfg_scale, seed=seed,
+        width=request.width, height=request.height, schedule_type=_scheduler_label(request.scheduler),
+        model_hash=shorthash if settings.add_model_hash_to_info else None,
+        model=name if settings.add_model_name_to_info else None,
+        variation_seed=subseed if request.subseed_strength else None,
+        variation_seed_strength=request.subseed_strength,
+        seed_resize_from=(request.seed_resize_from_w, request.seed_resize_from_h),
+        clip_skip=clip_skip, eta_noise_seed_delta=settings.eta_noise_seed_delta, eta=eta,
+        sampler_uses_ensd=sampler.uses_ensd, rng=settings.randn_source, tiling=request.tiling,
+        enable_hr=request.enable_hr, extra=extra,
+        vae=model.vae_file.name if model.vae_file and settings.add_vae_name_to_info else None,
+    )
+    return create_infotext(prompt, negative_prompt, generation_parameters(info))

@@ -1,0 +1,91 @@
+"""Where a user of the web UI or the API may point the output folders.
+
+The output folder settings (`outdir_*`) decide where the server writes files. A logged-in user is
+not the operator: with `save_txt` and `samples_filename_pattern` = `requirements`, an output folder
+set to the install folder made the server write a `requirements.txt` that `launch.py` installs from
+at the next start. So a value set from the Settings tab, the API's options or a request's
+`override_settings` must name a folder inside `<data-dir>/outputs` (where A1111's defaults are), or
+inside a folder the operator named with `--allow-output-dir`: relative to the data folder, without
+`..`. The whole data folder is not enough: it holds config.json, models/, extensions/, and with the
+default `--data-dir` it is the install folder itself. `--allow-output-dirs-anywhere` lifts the rule.
+
+Values read from config.json are the operator's and are used as they are; the rule applies where a
+user changes one (modules.serving.settings_policy). Symbolic links are followed before the check, so a link
+inside outputs/ that leads elsewhere does not open a way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+# The settings that name a folder the server writes into.
+OUTPUT_DIR_SETTINGS = frozenset({"outdir_samples", "outdir_txt2img_samples", "outdir_grids", "outdir_txt2img_grids"})
+OUTPUTS_FOLDER = "outputs"
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+@dataclass(frozen=True)
+class OutputDirRules:
+    """The folders UI and API users may send images to (see the module docstring)."""
+
+    data_dir: Path
+    extra_roots: tuple[Path, ...] = ()  # --allow-output-dir
+    anywhere: bool = False  # --allow-output-dirs-anywhere
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, data_dir: Path) -> OutputDirRules:
+        roots = tuple(Path(p).expanduser().resolve() for p in getattr(args, "allow_output_dir", None) or ())
+        return cls(Path(data_dir), roots, bool(getattr(args, "allow_output_dirs_anywhere", False)))
+
+    @property
+    def outputs_root(self) -> Path:
+        return self.data_dir / OUTPUTS_FOLDER
+
+    def roots(self) -> list[Path]:
+        return [self.outputs_root, *self.extra_roots]
+
+    def problem(self, value: str) -> str | None:
+        """What is wrong with `value` as an output folder set by a user, or None. An empty value is
+        fine: it means the setting's default (modules.outputs.images.txt2img_output_dirs)."""
+        if not isinstance(value, str) or value == "":
+            return None
+        if "\x00" in value:
+            return "contains a NUL character"
+        if self.anywhere:
+            return None
+        # Both spellings: a Windows path typed on a Linux server is still not a relative folder.
+        pure = PureWindowsPath(value)
+        if any(part == ".." for part in PurePosixPath(value.replace("\\", "/")).parts):
+            return f"{value!r} contains '..'"
+        absolute = Path(value).expanduser()
+        if absolute.is_absolute() or pure.anchor or value.startswith("~"):
+            target = _real(absolute)
+            if not any(target.is_relative_to(_real(root)) for root in self.extra_roots):
+                return f"{value!r} is an absolute path"
+            return None
+        target = _real(self.data_dir / value)
+        if any(target.is_relative_to(_real(root)) for root in self.roots()):
+            return None
+        return f"{value!r} is {target}, outside {self.outputs_root}"
+
+    def describe(self, key: str, problem: str) -> str:
+        allowed = " or ".join(str(root) for root in self.roots())
+        return (f"setting {key!r}: {problem}; output folders set from the UI or the API must be inside "
+                f"{allowed}, given relative to the data folder (such as 'outputs/my-images'). The server's "
+                "operator can allow more folders with --allow-output-dir DIR, or any folder with "
+                "--allow-output-dirs-anywhere")
+
+    def refusals(self, changes) -> dict[str, str]:
+        """{key: message} for the output folder settings in `changes` that break the rule."""
+        refused = {}
+        for key in OUTPUT_DIR_SETTINGS.intersection(changes):
+            problem = self.problem(changes[key])
+            if problem is not None:
+                refused[key] = self.describe(key, problem)
+        return refused

@@ -1,0 +1,422 @@
+"""Settings: a typed schema, immutable values, and the one owner of `config.json`.
+
+`config.json` keeps A1111's flat format (`{"sd_model_checkpoint": "...", "sd_vae": "Automatic", ...}`,
+indented by 4, non-ASCII kept) so an A1111 data folder can be pointed at with `--data-dir`. Only keys
+that were set are written; keys this schema does not know (an extension's, A1111's) are kept and
+written back untouched. Per-request overrides never mutate the store: `Settings.with_overrides`
+returns a new object.
+
+Loading follows A1111 (A1111.md §10): a `config.json` that is not a JSON object is moved to
+`tmp/config.json` beside it and the defaults are used; a stored value of the wrong type is ignored
+with a warning; the old keys `quicksettings` (comma-separated) and `sd_vae_as_default` are read as
+`quicksettings_list` and `sd_vae_overrides_per_model_preferences`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting: A1111's key and default, a label for the Settings tab and the rules a value obeys.
+
+    The type is the default's: bool, int, float, str, or tuple (a list of text items, stored as a
+    JSON list). `step` makes the Settings tab show a slider between `minimum` and `maximum`.
+    `check` is an extra rule: it returns what is wrong with a value of the right type, or None.
+    """
+
+    key: str
+    default: Any
+    label: str
+    section: str  # a key of SECTIONS
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None  # fixed choices; dynamic ones (checkpoints, VAEs) are checked elsewhere
+    step: float | None = None
+    info: str = ""  # a line of help under the field
+    visible: bool = True  # False: kept by the program (e.g. the loaded checkpoint's hash), not edited
+    needs_restart: bool = False  # read when the UI is built, so it takes effect after a restart
+    # Not changeable through the API (A1111's restrict_api): settings that guard the API itself.
+    restrict_api: bool = False
+    check: Callable[[Any], str | None] | None = field(default=None, compare=False, repr=False)
+
+    def validate(self, value: Any) -> Any:
+        """The value converted to the setting's type, or a ValueError that names key, value and rule."""
+        expected = type(self.default)
+        if expected is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"setting {self.key!r} must be true or false, got {value!r}")
+        elif expected in (int, float):
+            value = self._number(value, expected)
+        elif expected is str:
+            if not isinstance(value, str):
+                raise ValueError(f"setting {self.key!r} must be text, got {value!r}")
+            if self.choices is not None and value not in self.choices:
+                raise ValueError(f"setting {self.key!r} must be one of {list(self.choices)}, got {value!r}")
+        elif expected is tuple:
+            if isinstance(value, str) or not isinstance(value, (list, tuple)) \
+                    or not all(isinstance(item, str) for item in value):
+                raise ValueError(f"setting {self.key!r} must be a list of text items, got {value!r}")
+            value = tuple(value)
+            unknown = [item for item in value if self.choices is not None and item not in self.choices]
+            if unknown:
+                raise ValueError(f"setting {self.key!r}: {unknown} not among the choices {list(self.choices)}")
+        if self.check is not None:
+            problem = self.check(value)
+            if problem:
+                raise ValueError(f"setting {self.key!r} {problem}")
+        return value
+
+    def _number(self, value: Any, expected: type) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"setting {self.key!r} must be a number, got {value!r}")
+        if not math.isfinite(value):  # NaN passes every range check, and inf has no int
+            raise ValueError(f"setting {self.key!r} must be a finite number, got {value!r}")
+        if expected is int:
+            if float(value) != int(value):
+                raise ValueError(f"setting {self.key!r} must be a whole number, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        low, high = self.minimum, self.maximum
+        if (low is not None and value < low) or (high is not None and value > high):
+            if low is not None and high is not None:
+                rule = f"between {_number_text(low)} and {_number_text(high)}"
+            elif low is not None:
+                rule = f"at least {_number_text(low)}"
+            else:
+                rule = f"at most {_number_text(high)}"
+            raise ValueError(f"setting {self.key!r} must be {rule}, got {_number_text(value)}")
+        return value
+
+
+def _number_text(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _image_format(value: str) -> str | None:
+    """Problem with an image file extension (samples_format, grid_format), or None."""
+    from PIL import Image  # only when a format is checked: Pillow's registry of writers
+
+    extension = "." + value.lower().lstrip(".")
+    image_format = Image.registered_extensions().get(extension)
+    if image_format is None or image_format not in Image.SAVE:
+        return f"must be an image file extension Pillow can write, such as png, jpg, webp or gif; got {value!r}"
+    return None
+
+
+def _filename_pattern(value: str) -> str | None:
+    """Problem with a file or folder name pattern, or None (see modules.outputs.images.pattern_problem)."""
+    from modules.outputs.images import pattern_problem
+
+    return pattern_problem(value)
+
+
+# Settings tab sections, in display order: id -> title (A1111's section names where it has them).
+SECTIONS: Mapping[str, str] = MappingProxyType({
+    "saving": "Saving images/grids",
+    "paths": "Paths for saving",
+    "saving-to-dirs": "Saving to a directory",
+    "infotext": "Infotext",
+    "checkpoints": "Checkpoints",
+    "vae": "VAE",
+    "sampling": "Sampling",
+    "ui": "User interface",
+    "api": "API",
+})
+
+SCHEMA: tuple[SettingSpec, ...] = (
+    # Checkpoints
+    SettingSpec("sd_model_checkpoint", "", "Stable Diffusion checkpoint", "checkpoints"),
+    SettingSpec("sd_checkpoint_hash", "", "SHA256 hash of the current checkpoint", "checkpoints", visible=False),
+    SettingSpec("sd_checkpoints_limit", 1, "Maximum number of checkpoints loaded at the same time", "checkpoints",
+                minimum=1, maximum=10, step=1),
+    SettingSpec("sd_checkpoints_keep_in_cpu", True, "Only keep one model on device", "checkpoints",
+                info="The other loaded checkpoints wait in RAM"),
+    # VAE
+    SettingSpec("sd_vae", "Automatic", "SD VAE", "vae"),
+    SettingSpec("sd_vae_overrides_per_model_preferences", True,
+                "Selected VAE overrides per-model preferences", "vae",
+                info="Off: a VAE named after the checkpoint, or set in its .json, wins over the SD VAE choice"),
+    # Sampling
+    SettingSpec("randn_source", "GPU", "Random number generator source", "sampling", choices=("GPU", "CPU", "NV"),
+                info="Changes seeds drastically; CPU gives the same images on every kind of device"),
+    SettingSpec("eta_noise_seed_delta", 0, "Eta noise seed delta (ENSD)", "sampling", minimum=0, maximum=2**32,
+                info="Does not improve anything; only to reproduce images made with it (NovelAI used 31337)"),
+    SettingSpec("eta_ancestral", 1.0, "Eta for k-diffusion ancestral/SDE samplers", "sampling", minimum=0, maximum=1,
+                step=0.01),
+    SettingSpec("eta_ddim", 0.0, "Eta for DDIM", "sampling", minimum=0, maximum=1, step=0.01),
+    SettingSpec("CLIP_stop_at_last_layers", 1, "Clip skip", "sampling", minimum=1, maximum=12, step=1),
+    SettingSpec("sdxl_clip_l_skip", False, "Clip skip applies to SDXL's CLIP-L", "sampling"),
+    SettingSpec("emphasis", "Original", "Emphasis mode", "sampling", choices=("Original", "No norm", "Ignore", "None"),
+                info="How (text:1.1) changes the text encoder's output"),
+    SettingSpec("comma_padding_backtrack", 20, "Prompt word wrap length limit (comma backtrack)", "sampling",
+                minimum=0, maximum=74, step=1,
+                info="In tokens: a 75-token chunk is cut at the last comma within this many tokens of its end"),
+    SettingSpec("pad_cond_uncond", False, "Pad prompt/negative prompt", "sampling",
+                info="Pads the shorter of prompt and negative prompt with empty-prompt chunks: one UNet call "
+                     "instead of two when their lengths differ; changes images"),
+    SettingSpec("pad_cond_uncond_v0", False, "Pad prompt/negative prompt (v0)", "sampling",
+                info="A1111 before 1.6.0: repeats the negative prompt's last vector, or cuts it when longer; "
+                     "wins over the above; changes images"),
+    SettingSpec("prompt_max_length", 20_000, "Longest prompt accepted (characters; 0 = no limit)", "sampling",
+                minimum=0, maximum=10_000_000, restrict_api=True,
+                info="Longer prompts and negative prompts are refused before they reach the queue: encoding a "
+                     "huge prompt holds the one worker for seconds"),
+    # Saving images/grids
+    SettingSpec("samples_save", True, "Always save all generated images", "saving"),
+    SettingSpec("samples_format", "png", "File format for images", "saving", check=_image_format),
+    SettingSpec("samples_filename_pattern", "", "Images filename pattern", "saving", check=_filename_pattern,
+                info="Empty: [seed] (with subfolders) or [seed]-[prompt_spaces]; tags such as [seed], [prompt_words], "
+                     "[model_name], [date], [datetime<%Y%m%d>]"),
+    SettingSpec("save_images_add_number", True, "Add number to filename when saving", "saving"),
+    SettingSpec("save_images_replace_action", "Replace", "Saving the image to an existing file", "saving",
+                choices=("Replace", "Add number suffix")),
+    SettingSpec("grid_save", True, "Always save all generated image grids", "saving"),
+    SettingSpec("grid_format", "png", "File format for grids", "saving", check=_image_format),
+    SettingSpec("grid_extended_filename", False, "Add extended info (seed, prompt) to filename when saving grid",
+                "saving"),
+    SettingSpec("grid_prevent_empty_spots", False, "Prevent empty spots in grid (when set to autodetect)", "saving"),
+    SettingSpec("n_rows", -1, "Grid row count; -1 for autodetect, 0 for the batch size", "saving",
+                minimum=-1, maximum=16, step=1),
+    SettingSpec("save_txt", False, "Create a text file with the infotext next to every image", "saving"),
+    SettingSpec("jpeg_quality", 80, "Quality for saved jpeg and webp images", "saving", minimum=1, maximum=100, step=1),
+    SettingSpec("webp_lossless", False, "Use lossless compression for webp images", "saving"),
+    SettingSpec("export_for_4chan", True, "Save copy of large images as JPG", "saving",
+                info="When the file is larger than the limit below, or either side is larger than the side limit"),
+    SettingSpec("img_downscale_threshold", 4.0, "File size limit for the above option, MB", "saving", minimum=0),
+    SettingSpec("target_side_length", 4000, "Width/height limit for the above option, in pixels", "saving",
+                minimum=0),
+    SettingSpec("override_settings_restore_afterwards", True,
+                "Restore settings (and the checkpoint) after a request that overrides them", "saving"),
+    # Paths for saving (relative paths are under the data folder)
+    SettingSpec("outdir_samples", "", "Output directory for images; if empty, defaults to the folder below",
+                "paths"),
+    SettingSpec("outdir_txt2img_samples", "outputs/txt2img-images", "Output directory for txt2img images", "paths"),
+    SettingSpec("outdir_grids", "", "Output directory for grids; if empty, defaults to the folder below", "paths"),
+    SettingSpec("outdir_txt2img_grids", "outputs/txt2img-grids", "Output directory for txt2img grids", "paths"),
+    # Saving to a directory
+    SettingSpec("save_to_dirs", True, "Save images to a subdirectory", "saving-to-dirs"),
+    SettingSpec("grid_save_to_dirs", True, "Save grids to a subdirectory", "saving-to-dirs"),
+    SettingSpec("directories_filename_pattern", "[date]", "Directory name pattern", "saving-to-dirs",
+                check=_filename_pattern, info="Empty: [prompt_words]; one folder level (no / or \\)"),
+    SettingSpec("directories_max_prompt_words", 8, "Max prompt words for [prompt_words] pattern", "saving-to-dirs",
+                minimum=1, maximum=20, step=1),
+    # Infotext
+    SettingSpec("enable_pnginfo", True, "Write infotext to metadata of the generated image", "infotext"),
+    SettingSpec("add_model_hash_to_info", True, "Add model hash to infotext", "infotext"),
+    SettingSpec("add_model_name_to_info", True, "Add model name to infotext", "infotext"),
+    SettingSpec("add_vae_name_to_info", True, "Add VAE name to infotext", "infotext"),
+    # User interface
+    SettingSpec("return_grid", True, "Show grid in gallery", "ui",
+                info="With more than one image, the gallery starts with their grid (as saved with the grid option)"),
+    SettingSpec("quicksettings_list", ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"),
+                "Quicksettings list", "ui", needs_restart=True,
+                info="Settings shown at the top of the page instead of in this tab (the checkpoint always is)"),
+    # API (modules.api.images reads these for image URLs in requests; A1111's names and defaults)
+    SettingSpec("api_enable_requests", True, "Allow http:// and https:// URLs for input images in API", "api",
+                restrict_api=True),
+    SettingSpec("api_forbid_local_requests", True, "Forbid URLs to local resources", "api", restrict_api=True,
+                info="Refuses image URLs that resolve to loopback, private or link-local addresses"),
+    # Extensions (edited in the Extensions tab; modules.extension_host.extensions)
+    SettingSpec("disabled_extensions", (), "Disabled extensions", "ui", visible=False),
+    SettingSpec("disable_all_extensions", "none", "Disable all extensions", "ui", choices=("none", "extra", "all"),
+                visible=False),
+)
+SCHEMA_BY_KEY: Mapping[str, SettingSpec] = MappingProxyType({spec.key: spec for spec in SCHEMA})
+# What `--hide-ui-dir-config` takes out of the UI's and the API's reach (A1111's restricted_opts):
+# where files are written on the server.
+DIR_CONFIG_SETTINGS = frozenset({
+    "samples_filename_pattern", "directories_filename_pattern", "outdir_samples", "outdir_txt2img_samples",
+    "outdir_grids", "outdir_txt2img_grids",
+})
+
+
+def locked_settings(args) -> frozenset[str]:
+    """Settings the UI and the API may not change on this server (its command line decides:
+    modules.serving.cmd_args.dir_config_locked; modules.serving.settings_policy has the whole rule)."""
+    from modules.serving.cmd_args import dir_config_locked
+
+    return DIR_CONFIG_SETTINGS if dir_config_locked(args) else frozenset()
+
+
+class SettingsValidationError(ValueError):
+    """One or more values broke their setting's rules; `errors` maps each key to its message."""
+
+    def __init__(self, errors: Mapping[str, str]):
+        self.errors = MappingProxyType(dict(errors))
+        super().__init__("; ".join(self.errors.values()))
+
+    def __reduce__(self):
+        return type(self), (dict(self.errors),)
+
+
+class Settings(Mapping[str, Any]):
+    """An immutable snapshot of all settings (schema defaults + stored values + overrides)."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        merged = {spec.key: spec.default for spec in SCHEMA}
+        merged.update(values)
+        self._values = MappingProxyType(merged)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"no setting named {key!r}") from None
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
+        """A new snapshot with `overrides` applied (validated); this one is unchanged."""
+        return Settings({**self._values, **validate_changes(overrides)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def _validate_each(changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(valid values, {key: message} for the invalid ones). Unknown keys pass through as given."""
+    clean, errors = {}, {}
+    for key, value in changes.items():
+        spec = SCHEMA_BY_KEY.get(key)
+        try:
+            clean[key] = spec.validate(value) if spec else value
+        except ValueError as e:
+            errors[key] = str(e)
+    return clean, errors
+
+
+def validate_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate known keys; unknown keys (an extension's, A1111's) pass through as given.
+    Raises `SettingsValidationError` naming every bad field."""
+    clean, errors = _validate_each(changes)
+    if errors:
+        raise SettingsValidationError(errors)
+    return clean
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What `SettingsStore.apply_valid` did: keys saved with a new value, and refused keys with why."""
+
+    changed: tuple[str, ...]
+    refused: Mapping[str, str]
+
+
+def describe_changes(changed: list[str] | tuple[str, ...]) -> str:
+    """A1111's report after Apply: `2 settings changed: a, b.`"""
+    noun = "setting" if len(changed) == 1 else "settings"
+    return f"{len(changed)} {noun} changed" + (f": {', '.join(changed)}." if changed else ".")
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A1111's renamed keys: read the old ones when the new ones are absent (the old ones are kept)."""
+    if isinstance(data.get("quicksettings"), str) and "quicksettings_list" not in data:
+        data["quicksettings_list"] = [item.strip() for item in data["quicksettings"].split(",") if item.strip()]
+    if data.get("sd_vae_as_default") is not None and "sd_vae_overrides_per_model_preferences" not in data:
+        data["sd_vae_overrides_per_model_preferences"] = data["sd_vae_as_default"]
+    return data
+
+
+class SettingsStore:
+    """The single owner of `config.json`: load, validate, apply, save atomically."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stored = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            # Not corrupt, just unreadable: moving it aside or overwriting it later would lose it.
+            raise OSError(f"cannot read the settings file {self.path}: {e.strerror}; fix its permissions "
+                          "or start with another --data-dir") from e
+        try:
+            data = json.loads(text.decode("utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"its top level is a JSON {type(data).__name__}, not an object")
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            aside = self._move_aside()
+            log.warning("Could not load settings: %s is likely corrupted (%s). It has been moved to %s; "
+                        "using the default settings.", self.path, e, aside)
+            return {}
+        valid = {}
+        for key, value in _migrate(data).items():
+            spec = SCHEMA_BY_KEY.get(key)
+            try:
+                valid[key] = spec.validate(value) if spec else value
+            except ValueError as e:
+                log.warning("%s: bad setting value ignored, the default is used: %s", self.path, e)
+        return valid
+
+    def _move_aside(self) -> Path:
+        """Move the corrupt file to `tmp/config.json` beside it (A1111's place), never over an earlier one."""
+        folder = self.path.parent / "tmp"
+        folder.mkdir(parents=True, exist_ok=True)
+        aside = folder / self.path.name
+        if aside.exists():
+            aside = folder / f"{self.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}{self.path.suffix}"
+            counter = 1
+            while aside.exists():
+                aside = folder / f"{self.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{counter}{self.path.suffix}"
+                counter += 1
+        os.replace(self.path, aside)
+        return aside
+
+    def current(self) -> Settings:
+        with self._lock:
+            return Settings(self._stored)
+
+    def apply(self, changes: Mapping[str, Any]) -> list[str]:
+        """Validate and persist `changes`, all or nothing; returns the keys whose value changed.
+        Raises `SettingsValidationError` (nothing saved) when any value is invalid."""
+        return self._store(validate_changes(changes))
+
+    def apply_valid(self, changes: Mapping[str, Any]) -> ApplyResult:
+        """Persist the valid values of `changes` and refuse the others, each with its reason
+        (the Settings tab's Apply: one bad field does not throw away the rest)."""
+        clean, errors = _validate_each(changes)
+        return ApplyResult(changed=tuple(self._store(clean)), refused=MappingProxyType(errors))
+
+    def _store(self, clean: Mapping[str, Any]) -> list[str]:
+        with self._lock:
+            current = Settings(self._stored)
+            changed = [k for k, v in clean.items() if k not in current or current[k] != v]
+            if changed:
+                stored = {**self._stored, **{k: clean[k] for k in changed}}
+                self._save_locked(stored)  # first: a failed write leaves the values in effect unchanged
+                self._stored = stored
+        return changed
+
+    def _save_locked(self, stored: Mapping[str, Any]) -> None:
+        """Write config.json whole or not at all (a full disk raises `DiskFullError` and leaves the
+        previous file as it was)."""
+        from modules.common.atomic_files import write_bytes
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(stored, indent=4, ensure_ascii=False).encode("utf-8")
+        write_bytes(self.path, data, what=f"the settings file {self.path.name}")
