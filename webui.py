@@ -3,8 +3,9 @@ them with auth, serve.
 
 Start-up order, so that the first page waits only for Gradio's import: `compose` builds everything
 the page needs without importing torch, diffusers or transformers (tests/test_startup_imports.py
-keeps it so); the server listens; then `start_model_stack` imports the model stack and loads the
-start-up checkpoint on a background thread (docs/BENCHMARKS.md, "Start-up").
+keeps it so); the server listens; after its first response (or MODEL_STACK_IDLE_START_S without
+one), `start_model_stack` imports the model stack and loads the start-up checkpoint on background
+threads (docs/BENCHMARKS.md, "Start-up").
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import sys
 import threading
 
 log = logging.getLogger(__name__)
+
+# With no request this long after the server listens, the model stack starts anyway, so that a page
+# opened later or an API client finds the checkpoint loaded or loading.
+MODEL_STACK_IDLE_START_S = 2.0
 
 
 def build_app(args: argparse.Namespace, context):
@@ -66,20 +71,25 @@ def compose(args: argparse.Namespace):
 
 
 def start_model_stack(context, args: argparse.Namespace) -> threading.Thread:
-    """What the first page does not need, on a background thread: the embeddings scan (reading an
-    embedding imports torch), then the start-up checkpoint load (diffusers, transformers). Started
-    once the server listens: importing torch beside Gradio's import slows both (docs/BENCHMARKS.md)."""
+    """What the first page does not need, on background threads: the start-up checkpoint load (it
+    imports torch, diffusers and transformers), then the embeddings scan (reading an embedding needs
+    torch). webui.main starts it after the server's first response: importing torch beside Gradio's
+    import, or beside the first page, slows both on two cores (docs/BENCHMARKS.md). The load goes
+    first: its thread marks the model as loading at once, which the page's status line shows.
+    Returns the scan's thread."""
     from modules.api.server import start_background_load
 
-    def run() -> None:
+    load = None if args.skip_load_model_at_start else start_background_load(context)
+
+    def scan() -> None:
+        if load is not None:
+            load.join()  # one thread imports the model stack; a generation scans first if it comes sooner
         try:
             context.embeddings.refresh()
-        except Exception:  # a bug, not a bad file (those are listed as errors); the load still runs
+        except Exception:  # a bug, not a bad file (bad files are listed with their reason)
             log.exception("Scanning the embeddings failed")
-        if not args.skip_load_model_at_start:
-            start_background_load(context)
 
-    thread = threading.Thread(target=run, name="startup-model-stack", daemon=True)
+    thread = threading.Thread(target=scan, name="startup-embeddings-scan", daemon=True)
     thread.start()
     return thread
 
@@ -99,12 +109,31 @@ def main(argv: list[str] | None = None) -> None:
         log.warning(warning)
     context, app = compose(args)
     host, port = listen_address(args)
+    start_once = _once(lambda: start_model_stack(context, args))
 
     def on_listening() -> None:
         print(f"Atelier running on {local_url(host, port, tls)}", flush=True)
-        start_model_stack(context, args)
+        idle_start = threading.Timer(MODEL_STACK_IDLE_START_S, start_once)
+        idle_start.daemon = True
+        idle_start.start()
 
-    serve(app, host, port, tls, on_listening)
+    # The model stack starts once the first response is out: torch's import holds the GIL for long
+    # stretches (loading its libraries), and the first page would wait for it (docs/BENCHMARKS.md).
+    serve(app, host, port, tls, on_listening=on_listening, on_first_response=start_once)
+
+
+def _once(fn):
+    """`fn` wrapped to run on the first call only, whichever thread makes it."""
+    lock = threading.Lock()
+    pending = [fn]
+
+    def call() -> None:
+        with lock:
+            todo = pending.pop() if pending else None
+        if todo is not None:
+            todo()
+
+    return call
 
 
 if __name__ == "__main__":

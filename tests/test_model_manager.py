@@ -180,3 +180,50 @@ def test_device_and_precision_flags(flags, cuda, expected):
     args = {"use_cpu": False, "no_half": False, "precision": "autocast", **flags}
     options = default_load_options(**args, cuda_available=cuda)
     assert (options.device.type, options.dtype, options.vae_dtype) == expected
+
+
+class CountingHasher:
+    """The hash cache's whole-file hasher, counting the files it reads."""
+
+    def __init__(self):
+        self.calls: list[Path] = []
+
+    def __call__(self, path):
+        from modules.hashes import sha256_of_file
+
+        self.calls.append(Path(path))
+        return sha256_of_file(path)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_first_load_hashes_the_file_in_the_same_pass(tmp_path, suffix):
+    """A1111 hashes a checkpoint when it first loads it; here that costs no separate read of the file,
+    and the hash is the file's and is kept in cache.json in A1111's format."""
+    import hashlib
+    import json
+
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    path = write_checkpoint(folder / f"a{suffix}", "sd1", size="tiny", dtype=torch.float16)
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    hasher = CountingHasher()
+    registry = CheckpointRegistry([folder], HashCache(tmp_path / "cache.json", hasher=hasher))
+    registry.refresh()
+
+    model = _manager(registry).load(path.name)
+    assert hasher.calls == []  # no pass over the file of its own
+    info = registry.get(path.name)
+    assert info.sha256 == expected and model.name == info.title == f"a{suffix} [{expected[:10]}]"
+    cached = json.loads((tmp_path / "cache.json").read_text())["hashes"][f"checkpoint/a{suffix}"]
+    assert cached == {"mtime": os.path.getmtime(path), "sha256": expected}
+
+
+def test_no_hashing_loads_without_a_hash(tmp_path):
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    write_checkpoint(folder / "a.safetensors", "sd1", size="tiny", dtype=torch.float32)
+    registry = CheckpointRegistry([folder], HashCache(tmp_path / "cache.json"), hashing_enabled=False)
+    registry.refresh()
+    model = _manager(registry).load("a")
+    assert registry.get("a.safetensors").sha256 is None and model.name == "a.safetensors"
+    assert not (tmp_path / "cache.json").exists() or "hashes" not in (tmp_path / "cache.json").read_text()

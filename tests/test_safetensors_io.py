@@ -96,3 +96,46 @@ def test_view_is_the_stored_tensor(tmp_path, tensors):
         for key, tensor in tensors.items():
             with reader.view(key) as view:
                 assert view.dtype == tensor.dtype and torch.equal(view, tensor)
+
+
+def test_read_many_hashes_the_whole_file_while_reading_what_is_asked(tmp_path, tensors):
+    """The digest covers every byte (header, tensors not asked for, an empty tensor, bytes after the
+    last tensor), in order, as hashlib over the file does; the tensors asked for come converted."""
+    path = tmp_path / "m.safetensors"
+    tensors = {**tensors, "empty": torch.zeros(0, 3), "large": torch.randn(70_000).half()}  # several slices
+    safetensors.torch.save_file(tensors, str(path), metadata={"note": "x" * 1000})
+    asked = {"small": None, "big": torch.float32, "empty": None, "large": torch.float32, "ids": torch.float32}
+    for tail in (b"", b"bytes after the last tensor"):
+        path.write_bytes(path.read_bytes() + tail)
+        digest = hashlib.sha256()
+        with SafetensorsReader(path) as reader:
+            read = reader.read_many(asked, digest=digest)
+        assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert set(read) == set(asked)
+        for name, dtype in asked.items():
+            stored = tensors[name]
+            expected = stored.to(dtype) if dtype is not None and stored.is_floating_point() else stored
+            assert read[name].dtype == expected.dtype and torch.equal(read[name], expected)  # ids stay int64
+
+    with SafetensorsReader(path) as reader, pytest.raises(KeyError, match="nope"):
+        reader.read_many({"nope": None})
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_read_many_with_several_threads(tmp_path, hashed):
+    """With more intra-op threads, more threads share the pass; the result is the same."""
+    generator = torch.Generator().manual_seed(1)
+    tensors = {f"t{i:02d}": torch.randn(40_000 + i, generator=generator).half() for i in range(12)}
+    path = tmp_path / "many.safetensors"
+    safetensors.torch.save_file(tensors, str(path))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        digest = hashlib.sha256() if hashed else None
+        with SafetensorsReader(path) as reader:
+            read = reader.read_many(dict.fromkeys(tensors, torch.float32), digest=digest)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(read[name], tensor.float()) for name, tensor in tensors.items())
+    if hashed:
+        assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -80,3 +80,26 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+
+
+def test_the_model_stack_waits_for_the_first_response():
+    """webui.main starts the model stack from FirstResponseWatch: once, after the first response is
+    sent (so the first page does not share the GIL with torch's import), never again."""
+    from fastapi.testclient import TestClient
+
+    from modules.serving import FirstResponseWatch
+
+    events = []
+
+    async def page(scope, receive, send):
+        events.append(f"request {scope['path']}")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first part", "more_body": True})
+        events.append("body sent, more to come")
+        await send({"type": "http.response.body", "body": b"last part"})
+
+    client = TestClient(FirstResponseWatch(page, lambda: events.append("model stack started")))
+    assert client.get("/").text == "first partlast part"
+    client.get("/again")
+    assert events == ["request /", "body sent, more to come", "model stack started", "request /again",
+                      "body sent, more to come"]

@@ -543,18 +543,36 @@ class CheckpointRegistry:
 
     # ----- hashing on request
 
-    def ensure_hash(self, info: CheckpointInfo) -> CheckpointInfo:
-        """`info` with its sha256: from the cache, else computed when hashing is enabled.
+    def ensure_hash(self, info: CheckpointInfo, *, compute: bool = True) -> CheckpointInfo:
+        """`info` with its sha256: from the cache, else computed when hashing is enabled and `compute`.
 
         The registry's entry is updated in place (same position; its title gains `[shorthash]`).
         With `--no-hashing` a cached hash is still used, as in A1111; nothing is computed.
         """
         sha256 = info.sha256
         if sha256 is None:
-            sha256 = self._cache.sha256(info.cache_title, info.filename, compute=self._hashing_enabled)
+            sha256 = self._cache.sha256(info.cache_title, info.filename, compute=self._hashing_enabled and compute)
             if sha256 is None:
                 return info
             self._cache.flush()
+        return self._set_hash(info, sha256)
+
+    def record_hash(self, info: CheckpointInfo, sha256: str, mtime: float) -> CheckpointInfo:
+        """Keep a sha256 computed while reading `info`'s file (a load hashes in the same pass), as
+        `ensure_hash` would have: in the cache, and in the entry, whose title gains `[shorthash]`.
+        `mtime` is the file's before the read: if the file changed meanwhile, nothing is kept."""
+        try:
+            unchanged = os.stat(info.filename).st_mtime == mtime
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            logger.warning("%s changed while it was read; its sha256 is not kept", info.filename)
+            return info
+        self._cache.store_sha256(info.cache_title, info.filename, sha256, mtime=mtime)
+        self._cache.flush()
+        return self._set_hash(info, sha256)
+
+    def _set_hash(self, info: CheckpointInfo, sha256: str) -> CheckpointInfo:
         with self._lock:
             current = self._entries.get(info.filename)
             if current is None:

@@ -3,12 +3,13 @@
 The path of one load:
   header (key names and shapes; for `.safetensors` no tensor is read yet) → architecture detection →
   configs (repo's LDM yaml + sizes from shapes, or the user's `.yaml`) → read the tensors the models
-  use, each straight into its target dtype and device → diffusers' LDM→diffusers key conversion →
-  models built on the meta device and given the tensors with `load_state_dict(assign=True)`.
+  use in one pass in file order, each straight into its target dtype and device, hashing the file
+  in the same pass when its sha256 is wanted → diffusers' LDM→diffusers key conversion → models
+  built on the meta device and given the tensors with `load_state_dict(assign=True)`.
 
-So no weight is randomly initialised and then overwritten, and no second full copy is made: peak
-memory is the loaded weights plus one tensor being read (see docs/BENCHMARKS.md). Keys no model uses
-(EMA copies, training buffers) are never read.
+So no weight is randomly initialised and then overwritten, no second full copy is made and the file
+is read once: peak memory is the loaded weights plus the few tensors being read (see
+docs/BENCHMARKS.md). Keys no model uses (EMA copies, training buffers) are hashed but never converted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from modules.library.model_config import ModelConfig, TextEncoderSpec, build_model_config, infer_vae_sizes, vae_config_from_ldm
 from modules.library.model_detection import (
@@ -192,6 +193,25 @@ class TensorSource:
             tensor = tensor.clone()
         return tensor.to(device) if tensor.device != device else tensor
 
+    def read_many(self, dtypes: Mapping[str, torch.dtype | None], device: torch.device,
+                  digest=None) -> dict[str, torch.Tensor]:
+        """The tensors `dtypes` names, each in its dtype (floating tensors only) on `device`, read in
+        one pass in file order. With `digest` (a `hashlib` object) the whole file is fed to it in the
+        same pass: from the very pages being converted for a safetensors file, by a thread reading
+        the file beside the conversion for a pickle; the file is never read a second time to hash it."""
+        if self._reader is not None:
+            return self._reader.read_many(dtypes, device, digest)
+        from concurrent.futures import ThreadPoolExecutor
+
+        from modules.hashes import update_with_file
+
+        with ThreadPoolExecutor(1, thread_name_prefix="checkpoint-hash") as pool:
+            hashed = pool.submit(update_with_file, digest, self.path) if digest is not None else None
+            tensors = {key: self.read(key, dtype, device) for key, dtype in dtypes.items()}
+            if hashed is not None:
+                hashed.result()
+        return tensors
+
     def read_into(self, key: str, start: int, out: torch.Tensor) -> None:
         """Elements [start, start + len(out)) of the flattened `key`, as stored, into the 1-D `out`."""
         if self._reader is not None:
@@ -348,10 +368,15 @@ def _text_key_used(spec: TextEncoderSpec, key: str) -> bool:
 
 
 def load_checkpoint(path: str | Path, options: LoadOptions | None = None, config_path: Path | None = None,
-                    name: str | None = None) -> StableDiffusionModel:
+                    name: str | None = None, digest=None) -> StableDiffusionModel:
     """Load a single-file checkpoint (with `options`, default `LoadOptions()`: CPU, float32). Raises
     `CheckpointLoadError` (or a subclass of ValueError for a file that is not a supported
-    checkpoint); never returns a half-built model."""
+    checkpoint); never returns a half-built model.
+
+    With `digest` (a `hashlib` object such as `hashlib.sha256()`), every byte of the file is fed to
+    it in the same pass as the tensor reads (`TensorSource.read_many`): a checkpoint's first load
+    gets its hash without a second read of the file.
+    """
     options = LoadOptions() if options is None else options
     path = Path(path)
     timer = PhaseTimer()
@@ -364,19 +389,23 @@ def load_checkpoint(path: str | Path, options: LoadOptions | None = None, config
             detection = detect_architecture(shapes, source=str(path))
             model_config = build_model_config(detection.architecture, shapes, user_yaml=config_path)
         groups = _used_file_keys(model_config, canonical_to_file)
+        # Every tensor the models use, in one pass in file order (and the file's hash with it).
+        wanted = {canonical_to_file[key]: options.vae_dtype if group == "vae" else options.dtype
+                  for group, keys in groups.items() for key in keys}
+        with timer.phase("read" if digest is None else "read + sha256"):
+            tensors = source.read_many(wanted, options.device, digest)
 
-        def read(keys: Sequence[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-            return {k: source.read(canonical_to_file[k], dtype, options.device) for k in keys}
+    def weights(group: str) -> dict[str, torch.Tensor]:
+        return {key: tensors[canonical_to_file[key]] for key in groups[group]}
 
-        with timer.phase("unet"):
-            unet = build_unet(model_config.unet, read(groups["unet"], options.dtype), options.device, path)
-        with timer.phase("vae"):
-            vae = build_vae(model_config.vae, read(groups["vae"], options.vae_dtype), options.device, path)
-        text_encoders = []
-        with timer.phase("text encoders"):
-            for i, spec in enumerate(model_config.text_encoders):
-                weights = read(groups[f"text_encoder_{i}"], options.dtype)
-                text_encoders.append(build_text_encoder(spec, weights, options.device, path))
+    with timer.phase("unet"):
+        unet = build_unet(model_config.unet, weights("unet"), options.device, path)
+    with timer.phase("vae"):
+        vae = build_vae(model_config.vae, weights("vae"), options.device, path)
+    text_encoders = []
+    with timer.phase("text encoders"):
+        for i, spec in enumerate(model_config.text_encoders):
+            text_encoders.append(build_text_encoder(spec, weights(f"text_encoder_{i}"), options.device, path))
     with timer.phase("tokenizers"):
         tokenizers = tuple(_load_tokenizer(spec) for spec in model_config.text_encoders)
 

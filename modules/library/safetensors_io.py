@@ -265,12 +265,170 @@ class SafetensorsReader:
             if self._map is not None:
                 self._drop_pages(start, spec.nbytes)
 
+    def read_many(self, dtypes: Mapping[str, torch.dtype | None], device: torch.device | str | None = None,
+                  digest=None) -> dict[str, torch.Tensor]:
+        """The tensors `dtypes` names, each as a new tensor in its dtype (floating tensors only; None
+        keeps the stored one) on `device`, read in one pass over the file in file order.
+
+        With `digest` (a `hashlib` object) every byte of the file, the header and the tensors not
+        asked for included, is fed to it in order, from the same mapped pages the conversion reads:
+        a whole-file hash costs no second read of the file. See `_OnePass` for how the work is
+        shared between threads, and docs/BENCHMARKS.md for what that saves.
+        """
+        import torch
+
+        unknown = set(dtypes) - self.header.tensors.keys()
+        if unknown:
+            raise KeyError(f"{self.path} has no tensors {sorted(unknown)[:3]}")
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if self._map is None:  # no tensors: the header is the whole file
+            if digest is not None:
+                self._file.seek(0)
+                digest.update(self._file.read())
+            return {}
+        return _OnePass(self, dtypes, device, digest).run()
+
     def _drop_pages(self, start: int, length: int) -> None:
         """Release the mapped pages of a tensor already copied out (they stay in the page cache)."""
         assert self._map is not None
         page = mmap.PAGESIZE
         begin = start - start % page
         self._map.madvise(mmap.MADV_DONTNEED, begin, start + length - begin)
+
+
+# Slices converted by one call stay below torch's intra-op grain size (at::internal::GRAIN_SIZE,
+# 32768 elements), so torch runs each on the calling thread and never starts threads of its own.
+_SERIAL_ELEMENTS = 32767
+# How far hashing may run ahead of the conversion; those mapped file pages count in RSS.
+_HASH_LEAD_BYTES = 64 << 20
+_MAX_READ_THREADS = 4
+
+
+class _OnePass:
+    """One pass over a mapped safetensors file: convert the tensors asked for and, optionally, hash
+    every byte in file order, with as many threads as torch's intra-op setting allows (at least two
+    when hashing: the caller's and a helper) and no more.
+
+    Each tensor is converted by one thread, in slices small enough that torch keeps them on that
+    thread (`_SERIAL_ELEMENTS`). The alternative, torch's own parallel copy beside a hashing thread,
+    puts three busy threads on two cores, and torch's threads wait for each other at every tensor:
+    that cost a quarter of the load's time (docs/BENCHMARKS.md). The helper thread hashes while it
+    is less than `_HASH_LEAD_BYTES` ahead of the conversion and converts otherwise. A tensor's
+    pages are dropped once it is converted and hashed; dropping a page another thread still reads
+    only costs that thread a minor fault, as the mapping is private and never written.
+    """
+
+    def __init__(self, reader: SafetensorsReader, dtypes: Mapping[str, torch.dtype | None], device: torch.device,
+                 digest) -> None:
+        import torch
+
+        self.reader = reader
+        self.dtypes = dtypes
+        self.device = device
+        self.digest = digest
+        self.specs = list(reader.header.tensors.values())  # file order
+        self.base = reader.header.data_offset
+        self.size = len(reader._map)
+        self.tasks = [i for i, spec in enumerate(self.specs) if spec.name in dtypes]
+        self.next_task = 0
+        self.converted = [spec.name not in dtypes for spec in self.specs]  # nothing to do for those
+        # Hashing: the header, then each tensor (with any bytes before it), then the bytes after the last.
+        self.hashed_end = 0 if digest is not None else self.size  # file bytes fed to the digest so far
+        self.hashed_specs = 0 if digest is not None else len(self.specs) + 1  # steps done after the header
+        self.out: dict[str, torch.Tensor] = {}
+        self.lock = threading.Lock()
+        self.failed: BaseException | None = None
+        # Past a few threads the GIL, held between slices, and memory bandwidth stop the gain.
+        self.workers = max(2 if digest is not None else 1, min(_MAX_READ_THREADS, torch.get_num_threads()))
+
+    def run(self) -> dict[str, torch.Tensor]:
+        with memoryview(self.reader._map) as self.whole:
+            helpers = [threading.Thread(target=self._work, args=(i == 0,), name=f"safetensors-read-{i}", daemon=True)
+                       for i in range(self.workers - 1)]
+            for thread in helpers:
+                thread.start()
+            self._work(hashes=self.workers == 1)
+            for thread in helpers:
+                thread.join()
+            del self.whole
+        if self.failed is not None:
+            raise self.failed
+        return self.out
+
+    def _work(self, hashes: bool) -> None:
+        try:
+            while self.failed is None:
+                action = self._next_action(hashes)
+                if action is None:
+                    return
+                action()
+        except BaseException as error:  # the caller re-raises it; the other threads stop
+            with self.lock:
+                self.failed = self.failed or error
+
+    def _next_action(self, hashes: bool):
+        with self.lock:
+            hashing_left = self.hashed_specs <= len(self.specs)
+            if hashes and hashing_left:
+                upcoming = self.tasks[self.next_task] if self.next_task < len(self.tasks) else None
+                lead = self.hashed_end - (self.base + self.specs[upcoming].begin if upcoming is not None else self.size)
+                if upcoming is None or lead < _HASH_LEAD_BYTES:
+                    return self._hash_next
+            if self.next_task < len(self.tasks):
+                index = self.tasks[self.next_task]
+                self.next_task += 1
+                return lambda: self._convert(index)
+            return self._hash_next if hashes and hashing_left else None
+
+    def _hash_next(self) -> None:
+        """Feed the digest the next step: the header, a tensor (and any bytes before it), or the bytes
+        after the last tensor. Only the hashing thread runs this, so its steps stay in file order."""
+        header = self.hashed_end == 0
+        index = self.hashed_specs
+        if header:
+            end = self.base
+        else:
+            end = self.base + self.specs[index].end if index < len(self.specs) else self.size
+        if end > self.hashed_end:
+            self.digest.update(self.whole[self.hashed_end:end])
+        with self.lock:
+            self.hashed_end = max(self.hashed_end, end)
+            if not header:
+                self.hashed_specs = index + 1
+            done = not header and index < len(self.specs) and self.converted[index]
+        if done:
+            self._drop(index)
+
+    def _convert(self, index: int) -> None:
+        import torch
+
+        spec = self.specs[index]
+        numel = _numel(spec.shape)
+        wanted = self.dtypes[spec.name]
+        target = wanted if wanted is not None and spec.dtype.is_floating_point else spec.dtype
+        if numel == 0:
+            tensor = torch.empty(spec.shape, dtype=target, device=self.device)
+        else:
+            source = torch.frombuffer(self.reader._map, dtype=spec.dtype, count=numel, offset=self.base + spec.begin)
+            if self.device.type == "cpu":
+                tensor = torch.empty(spec.shape, dtype=target)
+                flat = tensor.view(-1)
+                for start in range(0, numel, _SERIAL_ELEMENTS):
+                    flat[start:start + _SERIAL_ELEMENTS].copy_(source[start:start + _SERIAL_ELEMENTS])
+            else:
+                tensor = source.view(spec.shape).to(device=self.device, dtype=target)
+            del source
+        with self.lock:
+            self.out[spec.name] = tensor
+            self.converted[index] = True
+            done = self.hashed_specs > index
+        if done:
+            self._drop(index)
+
+    def _drop(self, index: int) -> None:
+        spec = self.specs[index]
+        if spec.nbytes:
+            self.reader._drop_pages(self.base + spec.begin, spec.nbytes)
 
 
 class SafetensorsWriter:

@@ -130,8 +130,32 @@ def plain_http_warning(args: argparse.Namespace, tls: TlsFiles | None) -> str | 
             f"self-signed pair: {SELF_SIGNED_RECIPE}).")
 
 
-def serve(app, host: str, port: int, tls: TlsFiles | None, on_listening: Callable[[], None]) -> None:
-    """Serve `app` until interrupted; `on_listening()` runs once the socket accepts connections."""
+class FirstResponseWatch:
+    """ASGI wrapper that calls `callback()` once, right after the first HTTP response is sent."""
+
+    def __init__(self, app, callback: Callable[[], None]):
+        self.app = app
+        self._callback: Callable[[], None] | None = callback
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self._callback is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def watched_send(message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                callback, self._callback = self._callback, None
+                if callback is not None:
+                    callback()
+
+        await self.app(scope, receive, watched_send)
+
+
+def serve(app, host: str, port: int, tls: TlsFiles | None, *, on_listening: Callable[[], None],
+          on_first_response: Callable[[], None]) -> None:
+    """Serve `app` until interrupted. `on_listening()` runs once the socket accepts connections,
+    `on_first_response()` once the first response has been sent."""
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -140,7 +164,7 @@ def serve(app, host: str, port: int, tls: TlsFiles | None, on_listening: Callabl
             if self.started and not self.should_exit:
                 on_listening()
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+    config = uvicorn.Config(FirstResponseWatch(app, on_first_response), host=host, port=port, log_level="warning",
                             ssl_keyfile=str(tls.keyfile) if tls else None,
                             ssl_certfile=str(tls.certfile) if tls else None)
     _Server(config).run()
