@@ -106,7 +106,7 @@ def _reset_peak_rss() -> None:
 def _free_memory() -> None:
     import gc
 
-    from modules.model_manager import release_memory
+    from modules.library.model_manager import release_memory
 
     gc.collect()
     release_memory()
@@ -120,9 +120,9 @@ def child_api_switch(a: Path, b: Path, device: str, dtype: str, limit: int) -> d
     from fastapi.testclient import TestClient
 
     from modules.api.server import create_app
-    from modules.app_context import AppContext
-    from modules.cmd_args import parse_args
-    from modules.hashes import sha256_of_file
+    from modules.serving.app_context import AppContext
+    from modules.serving.cmd_args import parse_args
+    from modules.library.hashes import sha256_of_file
 
     _import_libraries()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-switch-"))
@@ -142,8 +142,8 @@ def child_api_switch(a: Path, b: Path, device: str, dtype: str, limit: int) -> d
             if " loaded in " in record.getMessage():
                 summaries.append(record.getMessage())
 
-    logging.getLogger("modules.model_manager").addHandler(Summaries())
-    logging.getLogger("modules.model_manager").setLevel(logging.INFO)
+    logging.getLogger("modules.library.model_manager").addHandler(Summaries())
+    logging.getLogger("modules.library.model_manager").setLevel(logging.INFO)
     client = TestClient(create_app(context, api=True))
     _free_memory()
     baseline = _rss()
@@ -189,7 +189,7 @@ def child_diffusers_switch(a: Path, b: Path, device: str, dtype: str, arch_famil
         return sum(p.numel() * p.element_size() for name in ("unet", "vae", "text_encoder", "text_encoder_2")
                    if getattr(pipe, name, None) is not None for p in getattr(pipe, name).parameters())
 
-    from modules.model_manager import configure_allocator
+    from modules.library.model_manager import configure_allocator
 
     configure_allocator()  # the same allocator settings as Atelier's process
     _free_memory()

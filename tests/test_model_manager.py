@@ -189,7 +189,7 @@ class CountingHasher:
         self.calls: list[Path] = []
 
     def __call__(self, path):
-        from modules.hashes import sha256_of_file
+        from modules.library.hashes import sha256_of_file
 
         self.calls.append(Path(path))
         return sha256_of_file(path)

@@ -87,7 +87,7 @@ def test_the_model_stack_waits_for_the_first_response():
     sent (so the first page does not share the GIL with torch's import), never again."""
     from fastapi.testclient import TestClient
 
-    from modules.serving import FirstResponseWatch
+    from modules.serving.listen import FirstResponseWatch
 
     events = []
 

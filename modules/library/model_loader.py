@@ -203,7 +203,7 @@ class TensorSource:
             return self._reader.read_many(dtypes, device, digest)
         from concurrent.futures import ThreadPoolExecutor
 
-        from modules.hashes import update_with_file
+        from modules.library.hashes import update_with_file
 
         with ThreadPoolExecutor(1, thread_name_prefix="checkpoint-hash") as pool:
             hashed = pool.submit(update_with_file, digest, self.path) if digest is not None else None

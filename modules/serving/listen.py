@@ -120,9 +120,10 @@ def plain_http_warning(args: argparse.Namespace, tls: TlsFiles | None) -> str | 
     """The start-up warning for passwords sent in clear text: a server others can reach, with auth,
     without TLS. None when it does not apply."""
     from modules.api.auth import AuthPolicy
-    from modules.serving.cmd_args import is_non_local
 
-    if tls is not None or not is_non_local(args) or not AuthPolicy.from_args(args).enabled:
+    # Reachable from other machines (cmd_args.is_non_local; not imported: cmd_args imports this module).
+    non_local = bool(getattr(args, "listen", False) or getattr(args, "server_name", None))
+    if tls is not None or not non_local or not AuthPolicy.from_args(args).enabled:
         return None
     return ("The server is reachable from other machines (--listen/--server-name) and asks for passwords "
             "(--gradio-auth/--api-auth), but serves plain HTTP: every user name and password crosses the "
