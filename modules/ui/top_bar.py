@@ -68,14 +68,14 @@ def model_status(context) -> tuple[str, bool]:
         if info is not None and Path(info.filename).name == DEMO_CHECKPOINT_NAME:
             folder = html.escape(str(context.paths.checkpoints_dir))
             status += (f"<span class='model-status demo'> — a demo checkpoint with RANDOM weights: it draws noise. "
-                       f"Put real checkpoints in {folder} and press {REFRESH_SYMBOL}.</span>")
+                       f"Put real checkpoints in {folder} and press the refresh button beside the list.</span>")
         return status, False
     if error:
         return error_html(f"Loading the checkpoint failed: {error}"), False
     if not checkpoint_choices(context):
         folders = ", ".join(str(d) for d in context.paths.checkpoint_dirs)
         return (f"<span class='model-status empty'>No checkpoints found. Put .safetensors or .ckpt files in "
-                f"{html.escape(folders)} and press {REFRESH_SYMBOL}.</span>"), False
+                f"{html.escape(folders)} and press the refresh button beside the list.</span>"), False
     return "<span class='model-status empty'>No checkpoint loaded; pick one above.</span>", False
 
 
