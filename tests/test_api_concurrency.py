@@ -27,18 +27,19 @@ def server_and_context(tmp_path_factory):
         context.jobs.shutdown(timeout=WAIT)
 
 
-def test_many_clients_at_once_each_get_their_own_answers_in_fifo_order(server_and_context):
-    server, context = server_and_context
+def run_clients(port: int, seed_base: int) -> dict[int, list]:
+    """CLIENTS webuiapi clients started together, each sending REQUESTS_PER_CLIENT txt2img requests
+    (prompt "client N", seed seed_base*N + i); their answers by client number. Fails on any error."""
     barrier = threading.Barrier(CLIENTS)
     answers: dict[int, list] = {}
     failures: list[BaseException] = []
 
     def client(number: int) -> None:
         try:
-            api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+            api = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler", steps=2)
             barrier.wait(WAIT)
-            answers[number] = [api.txt2img(prompt=f"client {number}", seed=1000 * number + i, width=64, height=64)
-                               for i in range(REQUESTS_PER_CLIENT)]
+            answers[number] = [api.txt2img(prompt=f"client {number}", seed=seed_base * number + i, width=64,
+                                           height=64) for i in range(REQUESTS_PER_CLIENT)]
         except BaseException as e:  # noqa: BLE001 - reported below, with the others
             failures.append(e)
 
@@ -49,6 +50,12 @@ def test_many_clients_at_once_each_get_their_own_answers_in_fifo_order(server_an
         thread.join(WAIT)
     assert not failures, failures
     assert sorted(answers) == list(range(CLIENTS))
+    return answers
+
+
+def test_many_clients_at_once_each_get_their_own_answers_in_fifo_order(server_and_context):
+    server, context = server_and_context
+    answers = run_clients(server.port, seed_base=1000)
 
     job_ids = []
     for number, results in answers.items():
@@ -85,25 +92,7 @@ def test_broken_files_sorting_first_do_not_stop_generation(tmp_path):
     try:
         with serving(create_app(context, api=True)) as server:
             start_background_load(context)  # requests may arrive while it runs
-            barrier = threading.Barrier(CLIENTS)
-            answers: dict[int, list] = {}
-            failures: list[BaseException] = []
-
-            def client(number: int) -> None:
-                try:
-                    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
-                    barrier.wait(WAIT)
-                    answers[number] = [api.txt2img(prompt=f"client {number}", seed=100 * number + i, width=64,
-                                                   height=64) for i in range(REQUESTS_PER_CLIENT)]
-                except BaseException as e:  # noqa: BLE001 - reported below, with the others
-                    failures.append(e)
-
-            threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(WAIT)
-            assert not failures, failures[0]
+            answers = run_clients(server.port, seed_base=100)
             results = [result for number in sorted(answers) for result in answers[number]]
             assert len(results) == CLIENTS * REQUESTS_PER_CLIENT
             assert all(len(result.images) == 1 for result in results)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from modules.api.request_guards import send_json_error
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +161,8 @@ async def _refuse(scope, send) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008, "reason": UNAUTHORIZED_MESSAGE})
         return
-    body = json.dumps({"error": "HTTPException", "detail": UNAUTHORIZED_MESSAGE, "body": "",
-                       "errors": f"401: {UNAUTHORIZED_MESSAGE}"}).encode()
-    await send({"type": "http.response.start", "status": 401, "headers": [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", f'Basic realm="{REALM}", charset="UTF-8"'.encode()),
-    ]})
-    await send({"type": "http.response.body", "body": body})
+    await send_json_error(send, 401, "HTTPException", UNAUTHORIZED_MESSAGE,
+                          headers=((b"www-authenticate", f'Basic realm="{REALM}", charset="UTF-8"'.encode()),))
 
 
 def install_auth(app, args) -> AuthPolicy:

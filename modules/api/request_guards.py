@@ -95,7 +95,7 @@ class RequestGuardMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008, "reason": "cross-site request refused"})
             else:
-                await _send_error(send, 403, "Forbidden", f"Refused: {reason}. Open Atelier's own page, or start it "
+                await send_json_error(send, 403, "Forbidden", f"Refused: {reason}. Open Atelier's own page, or start it "
                                   "with --cors-allow-origins naming the site that may call it.")
             return
         if scope["type"] == "websocket":
@@ -105,7 +105,7 @@ class RequestGuardMiddleware:
         if length is not None and length.strip().isdigit():
             # The HTTP server delivers no more than Content-Length bytes, so the header is the size.
             if int(length) > self.max_body_bytes:
-                await _send_error(send, 413, "PayloadTooLarge", self._too_large_message(int(length)))
+                await send_json_error(send, 413, "PayloadTooLarge", self._too_large_message(int(length)))
                 return
             await self.app(scope, receive, send)
             return
@@ -119,7 +119,7 @@ class RequestGuardMiddleware:
             chunks.append(message)
             size += len(message.get("body", b""))
             if size > self.max_body_bytes:
-                await _send_error(send, 413, "PayloadTooLarge", self._too_large_message(None))
+                await send_json_error(send, 413, "PayloadTooLarge", self._too_large_message(None))
                 return
             if not message.get("more_body", False):
                 break
@@ -144,10 +144,12 @@ def _replay(messages: list, then=None):
     return receive
 
 
-async def _send_error(send, status: int, name: str, detail: str) -> None:
+async def send_json_error(send, status: int, name: str, detail: str, headers: tuple = ()) -> None:
+    """An ASGI answer in A1111's JSON error shape (`error`, `detail`, `body`, `errors`), for
+    middleware that refuses a request before any route sees it."""
     body = json.dumps({"error": name, "detail": detail, "body": "", "errors": f"{status}: {detail}"}).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
