@@ -382,114 +382,173 @@ class MergerHandlers:
         return [format_block_weights(weights), gr.update(value="sd1"), *[gr.update(value=w) for w in weights]]
 
 
+@dataclass
+class _MergerControls:
+    """The merger form's components that are not `MergeForm` fields (those go in `form`)."""
+
+    refresh: gr.Button
+    method_info: gr.Markdown
+    method_options: gr.Group
+    metadata_accordion: gr.Accordion
+    read_metadata: gr.Button
+    preset: gr.Dropdown
+    layout: gr.Radio
+    sliders: list[gr.Slider]
+    merge: gr.Button
+    merge_and_load: gr.Button
+    interrupt: gr.Button
+
+
 def build(context, shared) -> None:
     """Build the tab inside the current `gr.Tab` (see modules.ui.shared for the element ids)."""
     top_bar = [shared.checkpoint_dropdown, shared.model_status] if shared.checkpoint_dropdown is not None else []
     handlers = MergerHandlers(context, top_bar_dropdown=bool(top_bar))
-    checkpoints = handlers.checkpoint_choices()
-    method_names = list(MERGE_METHODS)
     form: dict[str, Any] = {}
 
     with gr.Row(equal_height=False):
-        with gr.Column(variant="compact"):
-            gr.HTML("<p>A merger of the selected checkpoints. The result is saved in the checkpoint folder "
-                    "and listed at once; <b>Merge and load</b> tries it as the current model without saving.</p>")
-            with gr.Row():
-                form["primary"] = gr.Dropdown(checkpoints, value=None, label="Primary model (A)",
-                                              elem_id="modelmerger_primary_model_name")
-                form["secondary"] = gr.Dropdown(checkpoints, value=None, label="Secondary model (B)",
-                                                elem_id="modelmerger_secondary_model_name")
-                form["tertiary"] = gr.Dropdown(checkpoints, value=None, label="Tertiary model (C)",
-                                               elem_id="modelmerger_tertiary_model_name")
-                refresh = gr.Button("🔄", elem_id="modelmerger_refresh", scale=0, min_width=40)
-            form["custom_name"] = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_custom_name",
-                                             placeholder="default: from the models and the multiplier")
-            form["multiplier"] = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="Multiplier (M) - set to 0 to get "
-                                           "model A", elem_id="modelmerger_interp_amount")
-            form["multiplier2"] = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Multiplier (N) - the share of "
-                                            "model C", elem_id="modelmerger_interp_amount2", visible=False)
-            form["method"] = gr.Radio(method_names, value=DEFAULT_METHOD, label="Interpolation Method",
-                                      elem_id="modelmerger_interp_method")
-            method_info = gr.Markdown(method_help(DEFAULT_METHOD), elem_id="modelmerger_interp_description")
-            with gr.Group(visible=False, elem_id="modelmerger_method_options") as method_options:
-                form["ties_density"] = gr.Slider(0.01, 1.0, value=0.2, step=0.01, visible=False,
-                                                 label="TIES density: share of each difference kept",
-                                                 elem_id="modelmerger_ties_density")
-                form["dare_drop_rate"] = gr.Slider(0.0, 0.99, value=0.9, step=0.01, visible=False,
-                                                   label="DARE drop rate", elem_id="modelmerger_dare_drop_rate")
-                form["seed"] = gr.Number(value=0, precision=0, visible=False, label="DARE seed",
-                                         elem_id="modelmerger_dare_seed")
-            with gr.Row():
-                form["checkpoint_format"] = gr.Radio(["ckpt", "safetensors"], value="safetensors",
-                                                     label="Checkpoint format",
-                                                     elem_id="modelmerger_checkpoint_format")
-                form["save_as_half"] = gr.Checkbox(value=False, label="Save as float16",
-                                                   elem_id="modelmerger_save_as_half")
-            form["config_source"] = gr.Radio(list(CONFIG_SOURCES), value=CONFIG_SOURCES[0], type="index",
-                                             label="Copy config from", elem_id="modelmerger_config_method")
-            with gr.Row():
-                form["bake_in_vae"] = gr.Dropdown(handlers.vae_choices(), value="None", label="Bake in VAE",
-                                                  elem_id="modelmerger_bake_in_vae")
-            form["discard_weights"] = gr.Textbox(label="Discard weights with matching name",
-                                                 elem_id="modelmerger_discard_weights",
-                                                 placeholder="a regular expression, e.g. ^model_ema")
-            with gr.Accordion("Metadata", open=False, elem_id="modelmerger_metadata") as metadata_accordion:
-                form["save_metadata"] = gr.Checkbox(value=True, label="Save metadata",
-                                                    elem_id="modelmerger_save_metadata")
-                form["add_merge_recipe"] = gr.Checkbox(value=True, label="Add merge recipe metadata",
-                                                       elem_id="modelmerger_add_recipe")
-                form["copy_metadata_fields"] = gr.Checkbox(value=True, label="Copy metadata from merged models",
-                                                           elem_id="modelmerger_copy_metadata")
-                form["metadata_json"] = gr.Textbox("{}", label="Metadata in JSON format", lines=4,
-                                                   elem_id="modelmerger_metadata_json")
-                read_metadata = gr.Button("Read metadata from selected checkpoints",
-                                          elem_id="modelmerger_read_metadata")
-            with gr.Accordion("Block weights", open=False, elem_id="modelmerger_block_weights_accordion"):
-                preset = gr.Dropdown([NO_PRESET, *SD_PRESETS], value=NO_PRESET, label="Preset (SD1/SD2)",
-                                     elem_id="modelmerger_block_weights_preset")
-                form["block_weights"] = gr.Textbox(
-                    label="Block weights (empty: the multiplier M for the whole model)",
-                    elem_id="modelmerger_block_weights", info=BLOCK_WEIGHTS_HELP + "; each replaces M in its block",
-                )
-                layout = gr.Radio(LAYOUT_CHOICES, value="sd1", label="Slider layout",
-                                  elem_id="modelmerger_block_layout")
-                sliders = []
-                with gr.Row(elem_id="modelmerger_block_sliders"):
-                    for name in ALL_BLOCKS:
-                        sliders.append(gr.Slider(0.0, 1.0, value=0.5, step=0.05, label=name, min_width=120,
-                                                 elem_id=f"modelmerger_block_{name}"))
-            with gr.Row():
-                merge = gr.Button("Merge", variant="primary", elem_id="modelmerger_merge")
-                merge_and_load = gr.Button("Merge and load", elem_id="modelmerger_merge_and_load")
-                interrupt = gr.Button("Interrupt", elem_id="modelmerger_interrupt")
+        controls = _build_form_column(handlers, form)
         with gr.Column(variant="compact"):
             result = gr.HTML(elem_id="modelmerger_result")
             job_id = gr.State(None)
 
+    _wire_merger(handlers, shared, form, controls, result, job_id, top_bar)
+
+
+def _build_form_column(handlers: MergerHandlers, form: dict[str, Any]) -> _MergerControls:
+    """The left column: the whole merge form (into `form`) and the Merge / Merge and load / Interrupt row."""
+    with gr.Column(variant="compact"):
+        gr.HTML("<p>A merger of the selected checkpoints. The result is saved in the checkpoint folder "
+                "and listed at once; <b>Merge and load</b> tries it as the current model without saving.</p>")
+        refresh = _build_model_pickers(form, handlers.checkpoint_choices())
+        method_info, method_options = _build_method_fields(form)
+        _build_output_fields(form, handlers.vae_choices())
+        metadata_accordion, read_metadata = _build_metadata_fields(form)
+        preset, layout, sliders = _build_block_weight_fields(form)
+        with gr.Row():
+            merge = gr.Button("Merge", variant="primary", elem_id="modelmerger_merge")
+            merge_and_load = gr.Button("Merge and load", elem_id="modelmerger_merge_and_load")
+            interrupt = gr.Button("Interrupt", elem_id="modelmerger_interrupt")
+    return _MergerControls(refresh, method_info, method_options, metadata_accordion, read_metadata, preset, layout,
+                           sliders, merge, merge_and_load, interrupt)
+
+
+def _build_model_pickers(form: dict[str, Any], checkpoints: list[tuple[str, str]]) -> gr.Button:
+    """Models A, B and C with the refresh button; returns that button."""
+    with gr.Row():
+        form["primary"] = gr.Dropdown(checkpoints, value=None, label="Primary model (A)",
+                                      elem_id="modelmerger_primary_model_name")
+        form["secondary"] = gr.Dropdown(checkpoints, value=None, label="Secondary model (B)",
+                                        elem_id="modelmerger_secondary_model_name")
+        form["tertiary"] = gr.Dropdown(checkpoints, value=None, label="Tertiary model (C)",
+                                       elem_id="modelmerger_tertiary_model_name")
+        refresh = gr.Button("🔄", elem_id="modelmerger_refresh", scale=0, min_width=40)
+    return refresh
+
+
+def _build_method_fields(form: dict[str, Any]) -> tuple[gr.Markdown, gr.Group]:
+    """Custom name, the multipliers, the method with its help text and its options; returns the help
+    text and the options group, which change with the method."""
+    form["custom_name"] = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_custom_name",
+                                     placeholder="default: from the models and the multiplier")
+    form["multiplier"] = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="Multiplier (M) - set to 0 to get "
+                                   "model A", elem_id="modelmerger_interp_amount")
+    form["multiplier2"] = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Multiplier (N) - the share of "
+                                    "model C", elem_id="modelmerger_interp_amount2", visible=False)
+    form["method"] = gr.Radio(list(MERGE_METHODS), value=DEFAULT_METHOD, label="Interpolation Method",
+                              elem_id="modelmerger_interp_method")
+    method_info = gr.Markdown(method_help(DEFAULT_METHOD), elem_id="modelmerger_interp_description")
+    with gr.Group(visible=False, elem_id="modelmerger_method_options") as method_options:
+        form["ties_density"] = gr.Slider(0.01, 1.0, value=0.2, step=0.01, visible=False,
+                                         label="TIES density: share of each difference kept",
+                                         elem_id="modelmerger_ties_density")
+        form["dare_drop_rate"] = gr.Slider(0.0, 0.99, value=0.9, step=0.01, visible=False,
+                                           label="DARE drop rate", elem_id="modelmerger_dare_drop_rate")
+        form["seed"] = gr.Number(value=0, precision=0, visible=False, label="DARE seed",
+                                 elem_id="modelmerger_dare_seed")
+    return method_info, method_options
+
+
+def _build_output_fields(form: dict[str, Any], vae_choices: list[str]) -> None:
+    """What the saved checkpoint looks like: format, precision, config, baked-in VAE, discarded weights."""
+    with gr.Row():
+        form["checkpoint_format"] = gr.Radio(["ckpt", "safetensors"], value="safetensors",
+                                             label="Checkpoint format",
+                                             elem_id="modelmerger_checkpoint_format")
+        form["save_as_half"] = gr.Checkbox(value=False, label="Save as float16",
+                                           elem_id="modelmerger_save_as_half")
+    form["config_source"] = gr.Radio(list(CONFIG_SOURCES), value=CONFIG_SOURCES[0], type="index",
+                                     label="Copy config from", elem_id="modelmerger_config_method")
+    with gr.Row():
+        form["bake_in_vae"] = gr.Dropdown(vae_choices, value="None", label="Bake in VAE",
+                                          elem_id="modelmerger_bake_in_vae")
+    form["discard_weights"] = gr.Textbox(label="Discard weights with matching name",
+                                         elem_id="modelmerger_discard_weights",
+                                         placeholder="a regular expression, e.g. ^model_ema")
+
+
+def _build_metadata_fields(form: dict[str, Any]) -> tuple[gr.Accordion, gr.Button]:
+    """The Metadata accordion; returns it (hidden for ckpt) and its "Read metadata" button."""
+    with gr.Accordion("Metadata", open=False, elem_id="modelmerger_metadata") as metadata_accordion:
+        form["save_metadata"] = gr.Checkbox(value=True, label="Save metadata",
+                                            elem_id="modelmerger_save_metadata")
+        form["add_merge_recipe"] = gr.Checkbox(value=True, label="Add merge recipe metadata",
+                                               elem_id="modelmerger_add_recipe")
+        form["copy_metadata_fields"] = gr.Checkbox(value=True, label="Copy metadata from merged models",
+                                                   elem_id="modelmerger_copy_metadata")
+        form["metadata_json"] = gr.Textbox("{}", label="Metadata in JSON format", lines=4,
+                                           elem_id="modelmerger_metadata_json")
+        read_metadata = gr.Button("Read metadata from selected checkpoints",
+                                  elem_id="modelmerger_read_metadata")
+    return metadata_accordion, read_metadata
+
+
+def _build_block_weight_fields(form: dict[str, Any]) -> tuple[gr.Dropdown, gr.Radio, list[gr.Slider]]:
+    """The Block weights accordion: preset, the weights text, the slider layout and one slider per block."""
+    with gr.Accordion("Block weights", open=False, elem_id="modelmerger_block_weights_accordion"):
+        preset = gr.Dropdown([NO_PRESET, *SD_PRESETS], value=NO_PRESET, label="Preset (SD1/SD2)",
+                             elem_id="modelmerger_block_weights_preset")
+        form["block_weights"] = gr.Textbox(
+            label="Block weights (empty: the multiplier M for the whole model)",
+            elem_id="modelmerger_block_weights", info=BLOCK_WEIGHTS_HELP + "; each replaces M in its block",
+        )
+        layout = gr.Radio(LAYOUT_CHOICES, value="sd1", label="Slider layout",
+                          elem_id="modelmerger_block_layout")
+        sliders = []
+        with gr.Row(elem_id="modelmerger_block_sliders"):
+            for name in ALL_BLOCKS:
+                sliders.append(gr.Slider(0.0, 1.0, value=0.5, step=0.05, label=name, min_width=120,
+                                         elem_id=f"modelmerger_block_{name}"))
+    return preset, layout, sliders
+
+
+def _wire_merger(handlers: MergerHandlers, shared, form: dict[str, Any], controls: _MergerControls,
+                 result: gr.HTML, job_id: gr.State, top_bar: list) -> None:
+    """Connect the form to `handlers`: merging, refresh, metadata, method options and block weights."""
+    c = controls
     inputs = [form[f.name] for f in fields(MergeForm)]
     model_dropdowns = [form["primary"], form["secondary"], form["tertiary"]]
     merge_outputs = [result, job_id, *model_dropdowns, *top_bar]
     private = {"api_visibility": "private"}
 
-    merge.click(handlers.merge, inputs=inputs, outputs=merge_outputs, show_progress="hidden",
-                concurrency_limit=None, **private)
-    merge_and_load.click(handlers.merge_and_load, inputs=inputs, outputs=merge_outputs, show_progress="hidden",
-                         concurrency_limit=None, **private)
-    interrupt.click(handlers.interrupt, inputs=[job_id], outputs=None, queue=False, **private)
-    refresh.click(handlers.refresh, inputs=[*model_dropdowns, form["bake_in_vae"]],
-                  outputs=[*model_dropdowns, form["bake_in_vae"]], **private)
+    c.merge.click(handlers.merge, inputs=inputs, outputs=merge_outputs, show_progress="hidden",
+                  concurrency_limit=None, **private)
+    c.merge_and_load.click(handlers.merge_and_load, inputs=inputs, outputs=merge_outputs, show_progress="hidden",
+                           concurrency_limit=None, **private)
+    c.interrupt.click(handlers.interrupt, inputs=[job_id], outputs=None, queue=False, **private)
+    c.refresh.click(handlers.refresh, inputs=[*model_dropdowns, form["bake_in_vae"]],
+                    outputs=[*model_dropdowns, form["bake_in_vae"]], **private)
     shared.page_loads.append((handlers.choices_on_load, [*model_dropdowns, form["bake_in_vae"]]))
-    read_metadata.click(handlers.read_metadata, inputs=model_dropdowns, outputs=[form["metadata_json"]], **private)
+    c.read_metadata.click(handlers.read_metadata, inputs=model_dropdowns, outputs=[form["metadata_json"]], **private)
     form["method"].change(handlers.on_method_change, inputs=[form["method"]],
-                          outputs=[method_info, form["multiplier2"], method_options, form["ties_density"],
+                          outputs=[c.method_info, form["multiplier2"], c.method_options, form["ties_density"],
                                    form["dare_drop_rate"], form["seed"]], **private)
     form["checkpoint_format"].change(handlers.on_format_change, inputs=[form["checkpoint_format"]],
-                                     outputs=[metadata_accordion], **private)
-    form["primary"].input(handlers.on_primary_change, inputs=[form["primary"]], outputs=[layout], **private)
-    layout.change(handlers.slider_visibility, inputs=[layout], outputs=sliders, **private)
-    gr.on([s.release for s in sliders], handlers.weights_from_sliders, inputs=[layout, *sliders],
+                                     outputs=[c.metadata_accordion], **private)
+    form["primary"].input(handlers.on_primary_change, inputs=[form["primary"]], outputs=[c.layout], **private)
+    c.layout.change(handlers.slider_visibility, inputs=[c.layout], outputs=c.sliders, **private)
+    gr.on([s.release for s in c.sliders], handlers.weights_from_sliders, inputs=[c.layout, *c.sliders],
           outputs=[form["block_weights"]], **private)
     gr.on([form["block_weights"].submit, form["block_weights"].blur], handlers.sliders_from_text,
-          inputs=[form["block_weights"]], outputs=[result, layout, *sliders], **private)
-    preset.input(handlers.apply_preset, inputs=[preset], outputs=[form["block_weights"], layout, *sliders],
-                 **private)
+          inputs=[form["block_weights"]], outputs=[result, c.layout, *c.sliders], **private)
+    c.preset.input(handlers.apply_preset, inputs=[c.preset], outputs=[form["block_weights"], c.layout, *c.sliders],
+                   **private)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -168,38 +168,66 @@ def apply_clip_skip(context, value: float) -> str:
 # --- gradio ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class _QuickSettings:
+    """The quicksettings row's widgets; the VAE and Clip skip ones exist only when listed."""
+
+    checkpoint: gr.Dropdown
+    refresh_checkpoints: gr.Button
+    vae: gr.Dropdown | None = None
+    refresh_vaes: gr.Button | None = None
+    clip_skip: gr.Slider | None = None
+    others: dict[str, gr.components.Component] = field(default_factory=dict)
+
+
 def build(context, shared: UiShared) -> None:
     """The quicksettings row; fills `shared.checkpoint_dropdown`, `shared.checkpoint_switched` and
     `shared.model_status`."""
+    row = _build_quicksettings_row(context)
+    status = gr.HTML(model_status(context)[0], elem_id="model_status", js_on_load=None)
+    timer = gr.Timer(1.0, active=True)
+
+    switched = _wire_quicksettings(context, row, status)
+    _wire_status_refresh(context, shared, row, status, timer)
+    shared.checkpoint_dropdown = row.checkpoint
+    shared.checkpoint_switched = switched
+    shared.model_status = status
+
+
+def _build_quicksettings_row(context) -> _QuickSettings:
+    """Checkpoint dropdown with refresh, then one widget per `quicksettings_list` entry."""
     from modules.serving.settings import SCHEMA_BY_KEY, locked_settings
-    from modules.ui.settings_tab import setting_component, top_bar_keys, widget_value
+    from modules.ui.settings_tab import setting_component, top_bar_keys
 
     settings = context.settings.current()
     keys = top_bar_keys(settings, locked_settings(context.args))
     vae_locked = bool(getattr(context.args, "vae_path", None))
-    vae = clip_skip = None
-    others: dict[str, gr.components.Component] = {}
     with gr.Row(elem_id="quicksettings", equal_height=True):
         checkpoint = gr.Dropdown(choices=checkpoint_choices(context), value=current_checkpoint_title(context),
                                  label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint",
                                  scale=4, min_width=320)
         refresh_checkpoints = gr.Button(REFRESH_SYMBOL, elem_id="refresh_sd_model_checkpoint",
                                         elem_classes=["tool"], scale=0, min_width=40)
+        row = _QuickSettings(checkpoint, refresh_checkpoints)
         for key in keys[1:]:
             if key == "sd_vae":
-                vae = gr.Dropdown(choices=context.vaes.choices(), value=settings["sd_vae"], label="SD VAE",
-                                  elem_id="setting_sd_vae", interactive=not vae_locked, scale=2, min_width=200,
-                                  info="fixed by --vae-path" if vae_locked else None)
-                refresh_vaes = gr.Button(REFRESH_SYMBOL, elem_id="refresh_sd_vae", elem_classes=["tool"], scale=0,
-                                         min_width=40)
+                row.vae = gr.Dropdown(choices=context.vaes.choices(), value=settings["sd_vae"], label="SD VAE",
+                                      elem_id="setting_sd_vae", interactive=not vae_locked, scale=2, min_width=200,
+                                      info="fixed by --vae-path" if vae_locked else None)
+                row.refresh_vaes = gr.Button(REFRESH_SYMBOL, elem_id="refresh_sd_vae", elem_classes=["tool"], scale=0,
+                                             min_width=40)
             elif key == "CLIP_stop_at_last_layers":
-                clip_skip = gr.Slider(1, 12, value=settings["CLIP_stop_at_last_layers"], step=1, label="Clip skip",
-                                      elem_id="setting_CLIP_stop_at_last_layers", scale=2, min_width=200)
+                row.clip_skip = gr.Slider(1, 12, value=settings["CLIP_stop_at_last_layers"], step=1,
+                                          label="Clip skip", elem_id="setting_CLIP_stop_at_last_layers", scale=2,
+                                          min_width=200)
             else:
-                others[key] = setting_component(SCHEMA_BY_KEY[key], settings[key])
-    status = gr.HTML(model_status(context)[0], elem_id="model_status", js_on_load=None)
-    timer = gr.Timer(1.0, active=True)
+                row.others[key] = setting_component(SCHEMA_BY_KEY[key], settings[key])
+    return row
 
+
+def _wire_quicksettings(context, row: _QuickSettings, status: gr.HTML):
+    """What choosing a checkpoint, VAE, Clip skip or other quicksetting does; returns the checkpoint
+    switch's event (other tabs chain on it)."""
     def on_switch(title: str):
         for update in switch_checkpoint(context, title):
             if update.finished:
@@ -207,22 +235,33 @@ def build(context, shared: UiShared) -> None:
             else:
                 yield update.status_html, gr.skip()
 
+    checkpoint = row.checkpoint
     switched = checkpoint.input(on_switch, inputs=checkpoint, outputs=[status, checkpoint], show_progress="hidden",
                                 concurrency_limit=None)
-    refresh_checkpoints.click(lambda: _refreshed_checkpoints(context), outputs=checkpoint, show_progress="hidden")
-    if vae is not None:
+    row.refresh_checkpoints.click(lambda: _refreshed_checkpoints(context), outputs=checkpoint, show_progress="hidden")
+    if row.vae is not None:
         def on_vae(name: str):
             yield "<p class='model-status loading'>Applying the VAE (after any running job)…</p>", gr.skip()
             yield apply_vae(context, name)
 
-        vae.input(on_vae, inputs=vae, outputs=[status, vae], show_progress="hidden", concurrency_limit=None)
-        refresh_vaes.click(lambda: _refreshed_vaes(context), outputs=vae, show_progress="hidden")
-    if clip_skip is not None:
-        clip_skip.release(lambda value: apply_clip_skip(context, value), inputs=clip_skip, outputs=status,
-                          show_progress="hidden")
-    for key, component in others.items():
+        row.vae.input(on_vae, inputs=row.vae, outputs=[status, row.vae], show_progress="hidden",
+                      concurrency_limit=None)
+        row.refresh_vaes.click(lambda: _refreshed_vaes(context), outputs=row.vae, show_progress="hidden")
+    if row.clip_skip is not None:
+        row.clip_skip.release(lambda value: apply_clip_skip(context, value), inputs=row.clip_skip, outputs=status,
+                              show_progress="hidden")
+    for key, component in row.others.items():
         component.input(lambda value, key=key: apply_quicksetting(context, key, value), inputs=component,
                         outputs=status, show_progress="hidden")
+    return switched
+
+
+def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status: gr.HTML, timer: gr.Timer) -> None:
+    """Keep the row current: the timer follows a load in progress, and each page load re-reads it all."""
+    from modules.serving.settings import SCHEMA_BY_KEY
+    from modules.ui.settings_tab import widget_value
+
+    checkpoint, vae, clip_skip, others = row.checkpoint, row.vae, row.clip_skip, row.others
 
     def on_tick():
         html_status, loading = model_status(context)
@@ -247,9 +286,6 @@ def build(context, shared: UiShared) -> None:
 
     outputs = [checkpoint, status, timer, *(c for c in (vae, clip_skip) if c is not None), *others.values()]
     shared.page_loads.append((on_page_load, outputs))
-    shared.checkpoint_dropdown = checkpoint
-    shared.checkpoint_switched = switched
-    shared.model_status = status
 
 
 def _refreshed_checkpoints(context):

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,11 +181,66 @@ def paste_updates(context, text: str | None) -> tuple[list, str]:
     return updates, f"<p class='job-note'>Pasted {set_count} parameters.</p>{notes}"
 
 
+@dataclass
+class _PromptRow:
+    """The top row: both prompt boxes with their token counters, and the action buttons."""
+
+    prompt: gr.Textbox
+    token_counter: gr.HTML
+    negative: gr.Textbox
+    negative_counter: gr.HTML
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    paste: gr.Button
+
+
+@dataclass
+class _SettingsColumn:
+    """The settings column's components that are not request fields (those go in `fields`)."""
+
+    hires_group: gr.Column
+    res_switch: gr.Button
+    random_seed: gr.Button
+    reuse_seed: gr.Button
+    scripts: Any
+    networks_panel: Any
+
+
+@dataclass
+class _ResultsColumn:
+    progress: gr.HTML
+    gallery: gr.Gallery
+    open_folder: gr.Button
+    info: gr.HTML
+
+
 def build(context, shared: UiShared) -> None:
     """Build the tab inside the current `gr.Tab`; fills `shared.txt2img_*`."""
     counter = TokenCounter()
     fields: dict[str, Any] = {}
 
+    top = _build_prompt_row()
+    with gr.Row(elem_id="txt2img_main", equal_height=False):
+        settings = _build_settings_column(context, shared, fields, top)
+        results = _build_results_column()
+
+    fields["prompt"], fields["negative_prompt"] = top.prompt, top.negative
+    field_components = [fields[name] for name in TXT2IMG_FIELDS]
+    generation_state = gr.State({})
+    job_id_state = gr.State(None)
+
+    _wire_generation(context, top, settings.scripts, results, field_components, generation_state, job_id_state)
+    _wire_form_tools(context, counter, top, settings, results, fields, field_components, generation_state)
+
+    shared.txt2img_fields = fields
+    shared.txt2img_html_info = results.info
+    # A page opened later shows the folders as they are then, not as they were at start-up.
+    shared.page_loads.append((lambda: extra_networks_panel.render_html(extra_networks_panel.list_networks(context)),
+                              [settings.networks_panel]))
+
+
+def _build_prompt_row() -> _PromptRow:
     with gr.Row(elem_id="txt2img_toprow"):
         with gr.Column(scale=6, elem_id="txt2img_prompt_container"):
             with gr.Group(elem_classes=["prompt-box"]):
@@ -204,78 +260,104 @@ def build(context, shared: UiShared) -> None:
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt", min_width=60)
                 skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
             paste = gr.Button(icon_label("paste", "Read parameters"), elem_id="paste", size="sm")
+    return _PromptRow(prompt, token_counter, negative, negative_counter, generate, interrupt, skip, paste)
 
-    with gr.Row(elem_id="txt2img_main", equal_height=False):
-        with gr.Column(scale=1, elem_id="txt2img_settings"):
-            with gr.Row():
-                fields["sampler_name"] = gr.Dropdown(sampler_choices(), value="DPM++ 2M", label="Sampling method",
-                                                     elem_id="txt2img_sampling")
-                fields["scheduler"] = gr.Dropdown(scheduler_choices(), value="Automatic", label="Schedule type",
-                                                  elem_id="txt2img_scheduler")
-            fields["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-            fields["enable_hr"] = gr.Checkbox(False, label="Hires. fix", elem_id="txt2img_hr")
-            with gr.Column(visible=False, elem_id="txt2img_hires_fix") as hires_group:
-                with gr.Row():
-                    fields["hr_upscaler"] = gr.Dropdown(list(LATENT_UPSCALE_MODES), value="Latent", label="Upscaler",
-                                                        elem_id="txt2img_hr_upscaler")
-                    fields["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
-                                                               elem_id="txt2img_hires_steps")
-                    fields["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
-                                                             elem_id="txt2img_denoising_strength")
-                with gr.Row():
-                    fields["hr_scale"] = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by",
-                                                   elem_id="txt2img_hr_scale")
-                    fields["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
-                                                      elem_id="txt2img_hr_resize_x")
-                    fields["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
-                                                      elem_id="txt2img_hr_resize_y")
-            with gr.Row(equal_height=True):
-                with gr.Column(scale=4):
-                    fields["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-                    fields["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
-                res_switch = gr.Button(icon_label("txt2img_res_switch_btn"), elem_id="txt2img_res_switch_btn", elem_classes=["tool"],
-                                       scale=0, min_width=40)
-                with gr.Column(scale=2):
-                    fields["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count",
-                                                 elem_id="txt2img_batch_count")
-                    fields["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size",
-                                                     elem_id="txt2img_batch_size")
-            fields["cfg_scale"] = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
-            with gr.Row(equal_height=True, elem_id="txt2img_seed_row"):
-                fields["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
-                random_seed = gr.Button(icon_label("txt2img_random_seed"), elem_id="txt2img_random_seed", elem_classes=["tool"],
-                                        scale=0, min_width=40)
-                reuse_seed = gr.Button(icon_label("txt2img_reuse_seed"), elem_id="txt2img_reuse_seed", elem_classes=["tool"],
-                                       scale=0, min_width=40)
-            with gr.Row(equal_height=True, elem_id="txt2img_subseed_row"):
-                fields["subseed"] = gr.Number(-1, label="Variation seed", precision=0, elem_id="txt2img_subseed")
-                fields["subseed_strength"] = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
-                                                       elem_id="txt2img_subseed_strength")
-            with gr.Accordion("Resize seed from", open=False, elem_id="txt2img_seed_resize"), gr.Row():
-                fields["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
-                                                         elem_id="txt2img_seed_resize_from_w")
-                fields["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
-                                                         elem_id="txt2img_seed_resize_from_h")
-            fields["override_settings"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
-                                                      label="Override settings", visible=False,
-                                                      elem_id="txt2img_override_settings")
-            scripts = scripts_panel.build(context, shared)
-            networks_panel = extra_networks_panel.build(context, shared, prompt, negative)
 
-        with gr.Column(scale=1, elem_id="txt2img_results"):
-            progress = gr.HTML("", elem_id="txt2img_progress", js_on_load=None)
-            gallery = gr.Gallery(format="png", label="Output", show_label=False, elem_id="txt2img_gallery",
-                                 columns=4, object_fit="contain", interactive=False,
-                                 buttons=["download", "fullscreen"])
-            with gr.Row():
-                open_folder = gr.Button(icon_label("open_folder_txt2img", "Output folder"), elem_id="open_folder_txt2img", size="sm",
-                                        scale=0)
-            info = gr.HTML("", elem_id="html_info_txt2img", js_on_load=None)
+def _build_settings_column(context, shared: UiShared, fields: dict[str, Any], top: _PromptRow) -> _SettingsColumn:
+    """The left column: A1111's generation parameters (into `fields`), scripts and extra networks."""
+    with gr.Column(scale=1, elem_id="txt2img_settings"):
+        hires_group = _build_sampling_fields(fields)
+        res_switch = _build_size_fields(fields)
+        fields["cfg_scale"] = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+        random_seed, reuse_seed = _build_seed_fields(fields)
+        fields["override_settings"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                                  label="Override settings", visible=False,
+                                                  elem_id="txt2img_override_settings")
+        scripts = scripts_panel.build(context, shared)
+        networks_panel = extra_networks_panel.build(context, shared, top.prompt, top.negative)
+    return _SettingsColumn(hires_group, res_switch, random_seed, reuse_seed, scripts, networks_panel)
 
-    fields["prompt"], fields["negative_prompt"] = prompt, negative
-    field_components = [fields[name] for name in TXT2IMG_FIELDS]
-    generation_state = gr.State({})
-    job_id_state = gr.State(None)
+
+def _build_sampling_fields(fields: dict[str, Any]) -> gr.Column:
+    """Sampler, schedule, steps and the hires. fix group; returns that group (hidden until enabled)."""
+    with gr.Row():
+        fields["sampler_name"] = gr.Dropdown(sampler_choices(), value="DPM++ 2M", label="Sampling method",
+                                             elem_id="txt2img_sampling")
+        fields["scheduler"] = gr.Dropdown(scheduler_choices(), value="Automatic", label="Schedule type",
+                                          elem_id="txt2img_scheduler")
+    fields["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+    fields["enable_hr"] = gr.Checkbox(False, label="Hires. fix", elem_id="txt2img_hr")
+    with gr.Column(visible=False, elem_id="txt2img_hires_fix") as hires_group:
+        with gr.Row():
+            fields["hr_upscaler"] = gr.Dropdown(list(LATENT_UPSCALE_MODES), value="Latent", label="Upscaler",
+                                                elem_id="txt2img_hr_upscaler")
+            fields["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                       elem_id="txt2img_hires_steps")
+            fields["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
+                                                     elem_id="txt2img_denoising_strength")
+        with gr.Row():
+            fields["hr_scale"] = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by",
+                                           elem_id="txt2img_hr_scale")
+            fields["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                              elem_id="txt2img_hr_resize_x")
+            fields["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                              elem_id="txt2img_hr_resize_y")
+    return hires_group
+
+
+def _build_size_fields(fields: dict[str, Any]) -> gr.Button:
+    """Width/height with the swap button, batch count and size; returns the swap button."""
+    with gr.Row(equal_height=True):
+        with gr.Column(scale=4):
+            fields["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
+            fields["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+        res_switch = gr.Button(icon_label("txt2img_res_switch_btn"), elem_id="txt2img_res_switch_btn", elem_classes=["tool"],
+                               scale=0, min_width=40)
+        with gr.Column(scale=2):
+            fields["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count",
+                                         elem_id="txt2img_batch_count")
+            fields["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size",
+                                             elem_id="txt2img_batch_size")
+    return res_switch
+
+
+def _build_seed_fields(fields: dict[str, Any]) -> tuple[gr.Button, gr.Button]:
+    """Seed with its 🎲/♻️ buttons, the variation seed and "Resize seed from"; returns the two buttons."""
+    with gr.Row(equal_height=True, elem_id="txt2img_seed_row"):
+        fields["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
+        random_seed = gr.Button(icon_label("txt2img_random_seed"), elem_id="txt2img_random_seed", elem_classes=["tool"],
+                                scale=0, min_width=40)
+        reuse_seed = gr.Button(icon_label("txt2img_reuse_seed"), elem_id="txt2img_reuse_seed", elem_classes=["tool"],
+                               scale=0, min_width=40)
+    with gr.Row(equal_height=True, elem_id="txt2img_subseed_row"):
+        fields["subseed"] = gr.Number(-1, label="Variation seed", precision=0, elem_id="txt2img_subseed")
+        fields["subseed_strength"] = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                               elem_id="txt2img_subseed_strength")
+    with gr.Accordion("Resize seed from", open=False, elem_id="txt2img_seed_resize"), gr.Row():
+        fields["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                 elem_id="txt2img_seed_resize_from_w")
+        fields["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                 elem_id="txt2img_seed_resize_from_h")
+    return random_seed, reuse_seed
+
+
+def _build_results_column() -> _ResultsColumn:
+    """The right column: progress, gallery, the output-folder button and the infotext."""
+    with gr.Column(scale=1, elem_id="txt2img_results"):
+        progress = gr.HTML("", elem_id="txt2img_progress", js_on_load=None)
+        gallery = gr.Gallery(format="png", label="Output", show_label=False, elem_id="txt2img_gallery",
+                             columns=4, object_fit="contain", interactive=False,
+                             buttons=["download", "fullscreen"])
+        with gr.Row():
+            open_folder = gr.Button(icon_label("open_folder_txt2img", "Output folder"), elem_id="open_folder_txt2img", size="sm",
+                                    scale=0)
+        info = gr.HTML("", elem_id="html_info_txt2img", js_on_load=None)
+    return _ResultsColumn(progress, gallery, open_folder, info)
+
+
+def _wire_generation(context, top: _PromptRow, scripts, results: _ResultsColumn, field_components: list,
+                     generation_state: gr.State, job_id_state: gr.State) -> None:
+    """Generate / Interrupt / Skip, and picking a gallery image (which shows its infotext)."""
 
     async def on_generate(*values):
         field_values, script_values = values[:len(TXT2IMG_FIELDS)], values[len(TXT2IMG_FIELDS):]
@@ -295,22 +377,29 @@ def build(context, shared: UiShared) -> None:
         # The id is kept: Interrupt pressed just after the job ended must not reach the next one.
         yield outcome.images, outcome.info_html(0), "", outcome.to_state(), job.id
 
-    generate.click(on_generate, inputs=[*field_components, *scripts.inputs],
-                   outputs=[gallery, info, progress, generation_state, job_id_state],
-                   show_progress="hidden", concurrency_limit=None)
-    interrupt.click(lambda job_id: _discard(stop_job(context, job_id)), inputs=job_id_state, outputs=None,
-                    show_progress="hidden", queue=False)
-    skip.click(lambda job_id: _discard(stop_job(context, job_id, skip=True)), inputs=job_id_state, outputs=None,
-               show_progress="hidden", queue=False)
+    top.generate.click(on_generate, inputs=[*field_components, *scripts.inputs],
+                       outputs=[results.gallery, results.info, results.progress, generation_state, job_id_state],
+                       show_progress="hidden", concurrency_limit=None)
+    top.interrupt.click(lambda job_id: _discard(stop_job(context, job_id)), inputs=job_id_state, outputs=None,
+                        show_progress="hidden", queue=False)
+    top.skip.click(lambda job_id: _discard(stop_job(context, job_id, skip=True)), inputs=job_id_state, outputs=None,
+                   show_progress="hidden", queue=False)
 
     def on_select(state: dict, event: gr.SelectData):
         state = dict(state or {})
         state["index"] = int(event.index) if isinstance(event.index, int) else 0
         return selected_info_html(state, state["index"]), state
 
-    gallery.select(on_select, inputs=generation_state, outputs=[info, generation_state], show_progress="hidden")
+    results.gallery.select(on_select, inputs=generation_state, outputs=[results.info, generation_state],
+                           show_progress="hidden")
 
-    for box, counter_html, positive in ((prompt, token_counter, True), (negative, negative_counter, False)):
+
+def _wire_form_tools(context, counter: TokenCounter, top: _PromptRow, settings: _SettingsColumn,
+                     results: _ResultsColumn, fields: dict[str, Any], field_components: list,
+                     generation_state: gr.State) -> None:
+    """Token counters, paste, the hires. fix toggle, the seed and size buttons and the output folder."""
+    for box, counter_html, positive in ((top.prompt, top.token_counter, True),
+                                        (top.negative, top.negative_counter, False)):
         box.change(lambda text, steps, positive=positive: count_tokens(context, counter, text, steps,
                                                                        is_positive=positive),
                    inputs=[box, fields["steps"]], outputs=counter_html, show_progress="hidden",
@@ -320,22 +409,16 @@ def build(context, shared: UiShared) -> None:
         updates, note = paste_updates(context, paste_source(prompt_text, state))
         return (*updates, note)
 
-    paste.click(on_paste, inputs=[prompt, generation_state], outputs=[*field_components, info],
-                show_progress="hidden")
+    top.paste.click(on_paste, inputs=[top.prompt, generation_state], outputs=[*field_components, results.info],
+                    show_progress="hidden")
     fields["enable_hr"].change(lambda enabled: gr.Column(visible=bool(enabled)), inputs=fields["enable_hr"],
-                               outputs=hires_group, show_progress="hidden", queue=False)
-    random_seed.click(lambda: -1, outputs=fields["seed"], show_progress="hidden", queue=False)
-    reuse_seed.click(lambda state: _or_skip(reused_seed(state)), inputs=generation_state, outputs=fields["seed"],
-                     show_progress="hidden")
-    res_switch.click(lambda width, height: (height, width), inputs=[fields["width"], fields["height"]],
-                     outputs=[fields["width"], fields["height"]], show_progress="hidden", queue=False)
-    open_folder.click(lambda: open_output_folder(context), outputs=info, show_progress="hidden")
-
-    shared.txt2img_fields = fields
-    shared.txt2img_html_info = info
-    # A page opened later shows the folders as they are then, not as they were at start-up.
-    shared.page_loads.append((lambda: extra_networks_panel.render_html(extra_networks_panel.list_networks(context)),
-                              [networks_panel]))
+                               outputs=settings.hires_group, show_progress="hidden", queue=False)
+    settings.random_seed.click(lambda: -1, outputs=fields["seed"], show_progress="hidden", queue=False)
+    settings.reuse_seed.click(lambda state: _or_skip(reused_seed(state)), inputs=generation_state,
+                              outputs=fields["seed"], show_progress="hidden")
+    settings.res_switch.click(lambda width, height: (height, width), inputs=[fields["width"], fields["height"]],
+                              outputs=[fields["width"], fields["height"]], show_progress="hidden", queue=False)
+    results.open_folder.click(lambda: open_output_folder(context), outputs=results.info, show_progress="hidden")
 
 
 def _or_skip(value: Any) -> Any:
