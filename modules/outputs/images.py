@@ -517,13 +517,46 @@ def save_image(
       renamed; `save_images_replace_action` "Add number suffix" renames to `<name>-1.<ext>` rather
       than replace an existing file.
     """
-    ctx = context
     extension = (extension or options.samples_format).lstrip(".")
     _format_for(f".{extension}")  # fail before touching the disk
-    namegen = FilenameGenerator(ctx, image)
-
+    namegen = FilenameGenerator(context, image)
     if save_to_dirs is None:
         save_to_dirs = options.grid_save_to_dirs if grid else options.save_to_dirs
+    folder = _prepare_folder(path, namegen, options, save_to_dirs)
+
+    if forced_filename is None:
+        name = _choose_name(folder, basename, extension, namegen, options,
+                            short_filename=short_filename or context.seed is None, suffix=suffix)
+    else:
+        name = forced_filename
+    name = truncate_filename(safe_name_part(name), f".{extension}", _name_max(folder))
+    final_path = os.path.join(folder, f"{name}.{extension}")
+    _check_inside(final_path, path)
+
+    def encoded(ext: str, picture: Image.Image) -> bytes:
+        # In memory first: the exact size is known before the disk is touched (a full disk is then
+        # refused up front, with the size), and the file exists only for the time of one write.
+        buffer = io.BytesIO()
+        write_image_with_geninfo(picture, buffer, ext, infotext, options, existing_pnginfo, pnginfo_section_name)
+        return buffer.getvalue()
+
+    add_suffix = options.save_images_replace_action != "Replace"
+    full_path = _write_file(final_path, encoded(f".{extension}", image), add_suffix,
+                            what=f"the image {name}.{extension}")
+    stem = os.path.splitext(full_path)[0]
+    jpg_copy = _write_jpeg_copy(image, full_path, extension, options, encoded, add_suffix)
+
+    txt_path = None
+    if options.save_txt and infotext is not None:
+        txt_path = _write_file(f"{stem}.txt", (infotext + "\n").encode("utf8"), add_number_suffix=False,
+                               what=f"the infotext {os.path.basename(stem)}.txt")
+    return SavedImage(path=full_path, txt_path=txt_path, jpg_copy_path=jpg_copy)
+
+
+def _prepare_folder(path: str | os.PathLike, namegen: FilenameGenerator, options: SaveOptions,
+                    save_to_dirs: bool) -> str:
+    """The folder the image goes to (`path`, or its subfolder from `directories_filename_pattern`),
+    checked to lie inside `path` and created; a full disk raises DiskFullError."""
     folder = str(path)
     if save_to_dirs:
         dirname = namegen.apply(options.directories_filename_pattern or "[prompt_words]").lstrip(" ").rstrip("\\ /")
@@ -535,67 +568,53 @@ def save_image(
         if is_disk_full(error):
             raise DiskFullError(folder, None, free_space(path), f"the folder {os.path.basename(folder)}") from error
         raise
+    return folder
 
-    if forced_filename is None:
-        if short_filename or ctx.seed is None:
-            decoration = ""
-        elif options.save_to_dirs:
-            decoration = options.samples_filename_pattern or "[seed]"
-        else:
-            decoration = options.samples_filename_pattern or "[seed]-[prompt_spaces]"
-        add_number = options.save_images_add_number or decoration == ""
-        if decoration and add_number:
-            decoration = f"-{decoration}"
-        decoration = namegen.apply(decoration) + suffix
-        if add_number:
-            start = get_next_sequence_number(folder, basename)
-            for i in range(SEQUENCE_RETRIES):
-                number = f"{start + i:05}" if basename == "" else f"{basename}-{start + i:04}"
-                name = f"{number}{decoration}"
-                if not os.path.exists(os.path.join(folder, f"{name}.{extension}")):
-                    break
-        else:
-            name = decoration
+
+def _choose_name(folder: str, basename: str, extension: str, namegen: FilenameGenerator,
+                 options: SaveOptions, *, short_filename: bool, suffix: str) -> str:
+    """The file name without extension: the `samples_filename_pattern` decoration, led by the next
+    free sequence number (`NNNNN` or `<basename>-NNNN`) unless numbering is off."""
+    if short_filename:
+        decoration = ""
+    elif options.save_to_dirs:
+        decoration = options.samples_filename_pattern or "[seed]"
     else:
-        name = forced_filename
+        decoration = options.samples_filename_pattern or "[seed]-[prompt_spaces]"
+    add_number = options.save_images_add_number or decoration == ""
+    if decoration and add_number:
+        decoration = f"-{decoration}"
+    decoration = namegen.apply(decoration) + suffix
+    if not add_number:
+        return decoration
+    start = get_next_sequence_number(folder, basename)
+    for i in range(SEQUENCE_RETRIES):
+        number = f"{start + i:05}" if basename == "" else f"{basename}-{start + i:04}"
+        name = f"{number}{decoration}"
+        if not os.path.exists(os.path.join(folder, f"{name}.{extension}")):
+            break
+    return name
 
-    name = truncate_filename(safe_name_part(name), f".{extension}", _name_max(folder))
-    add_suffix = options.save_images_replace_action != "Replace"
-    final_path = os.path.join(folder, f"{name}.{extension}")
-    _check_inside(final_path, path)
 
-    def encoded(ext: str, picture: Image.Image) -> bytes:
-        # In memory first: the exact size is known before the disk is touched (a full disk is then
-        # refused up front, with the size), and the file exists only for the time of one write.
-        buffer = io.BytesIO()
-        write_image_with_geninfo(picture, buffer, ext, infotext, options, existing_pnginfo, pnginfo_section_name)
-        return buffer.getvalue()
-
-    full_path = _write_file(final_path, encoded(f".{extension}", image), add_suffix,
-                            what=f"the image {name}.{extension}")
-    stem = os.path.splitext(full_path)[0]
-
-    jpg_copy = None
+def _write_jpeg_copy(image: Image.Image, full_path: str, extension: str, options: SaveOptions,
+                     encoded: Callable[[str, Image.Image], bytes], add_suffix: bool) -> str | None:
+    """With `export_for_4chan`, a JPEG beside a non-JPEG image that is over `target_side_length` on a
+    side (resized to fit) or over `img_downscale_threshold` MB; its path, or None."""
     oversize = image.width > options.target_side_length or image.height > options.target_side_length
     too_big = os.stat(full_path).st_size > options.img_downscale_threshold * 1024 * 1024
-    if options.export_for_4chan and extension.lower() not in ("jpg", "jpeg") and (oversize or too_big):
-        copy = image
-        if oversize:
-            side = options.target_side_length
-            if image.width > image.height:
-                size = (round(side), round(image.height * side / image.width))
-            else:
-                size = (round(image.width * side / image.height), round(side))
-            copy = image.resize(size, Image.Resampling.LANCZOS)
-        jpg_copy = _write_file(f"{stem}.jpg", encoded(".jpg", copy), add_suffix,
-                               what=f"the JPEG copy {os.path.basename(stem)}.jpg")
-
-    txt_path = None
-    if options.save_txt and infotext is not None:
-        txt_path = _write_file(f"{stem}.txt", (infotext + "\n").encode("utf8"), add_number_suffix=False,
-                               what=f"the infotext {os.path.basename(stem)}.txt")
-
-    return SavedImage(path=full_path, txt_path=txt_path, jpg_copy_path=jpg_copy)
+    if not (options.export_for_4chan and extension.lower() not in ("jpg", "jpeg") and (oversize or too_big)):
+        return None
+    copy = image
+    if oversize:
+        side = options.target_side_length
+        if image.width > image.height:
+            size = (round(side), round(image.height * side / image.width))
+        else:
+            size = (round(image.width * side / image.height), round(side))
+        copy = image.resize(size, Image.Resampling.LANCZOS)
+    stem = os.path.splitext(full_path)[0]
+    return _write_file(f"{stem}.jpg", encoded(".jpg", copy), add_suffix,
+                       what=f"the JPEG copy {os.path.basename(stem)}.jpg")
 
 
 def grid_rows(count: int, *, batch_size: int = 1, n_rows: int = -1, prevent_empty_spots: bool = False) -> int:

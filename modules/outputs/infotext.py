@@ -314,6 +314,66 @@ def _apply_backcompat(res: dict[str, Any]) -> None:
 StyleExtractor = Callable[[str, str], tuple[list[str], str, str]]
 
 
+def _split_infotext(text: str) -> tuple[str, str, str]:
+    """`(prompt, negative prompt, settings line)` of an infotext; the settings line is "" when the
+    last line has fewer than 3 `key: value` pairs (it then belongs to the prompt)."""
+    *lines, last_line = text.strip().split("\n")
+    if len(RE_PARAM.findall(last_line)) < 3:
+        lines.append(last_line)
+        last_line = ""
+
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    in_negative = False
+    for line in lines:
+        line = line.strip()
+        if line.startswith(NEGATIVE_PROMPT_PREFIX):
+            in_negative = True
+            line = line[len(NEGATIVE_PROMPT_PREFIX):].strip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    return "\n".join(prompt_lines), "\n".join(negative_lines), last_line
+
+
+def _parse_settings_line(line: str) -> dict[str, str]:
+    """The `key: value` pairs of the settings line, decoded: JSON-quoted values unquoted, `WxH`
+    split into `<key>-1`/`<key>-2`, empty values dropped."""
+    res: dict[str, str] = {}
+    for key, value in RE_PARAM.findall(line):
+        if not value:
+            # A1111 indexes value[0] here, fails, logs and skips the pair: an empty value is dropped.
+            log.debug("infotext: skipping %r with an empty value", key)
+            continue
+        if value[0] == '"' and value[-1] == '"':
+            value = unquote(value)
+        size = RE_IMAGESIZE.match(value)
+        if size is not None:
+            res[f"{key}-1"] = size.group(1)
+            res[f"{key}-2"] = size.group(2)
+        else:
+            res[key] = value
+    return res
+
+
+def _fill_defaults(res: dict[str, Any], use_old_hires_fix_width_height: bool) -> None:
+    """A1111's values for absent keys, in its order, plus the legacy hypernet prompt tag."""
+    res.setdefault("Clip skip", "1")
+
+    hypernet = res.get("Hypernet")
+    if hypernet is not None:
+        res["Prompt"] += f"<hypernet:{hypernet}:{res.get('Hypernet strength', '1.0')}>"
+
+    if "Hires resize-1" not in res:
+        res["Hires resize-1"] = 0
+        res["Hires resize-2"] = 0
+    for key, default in _DEFAULTS:
+        res.setdefault(key, default)
+    _restore_old_hires_fix_params(res, use_old_hires_fix_width_height)
+    for key, default in _DEFAULTS_AFTER_HIRES_FIX:
+        res.setdefault(key, default)
+    if "Cache FP16 weight for LoRA" not in res and res["FP8 weight"] != "Disable":
+        res["Cache FP16 weight for LoRA"] = False
+
+
 def parse_generation_parameters(
     text: str,
     *,
@@ -343,23 +403,7 @@ def parse_generation_parameters(
     `(styles, prompt, negative)` is A1111's "Apply if any" style handling; without it styles stay in
     the prompt, as with an empty styles.csv.
     """
-    *lines, last_line = text.strip().split("\n")
-    if len(RE_PARAM.findall(last_line)) < 3:
-        lines.append(last_line)
-        last_line = ""
-
-    prompt_lines: list[str] = []
-    negative_lines: list[str] = []
-    in_negative = False
-    for line in lines:
-        line = line.strip()
-        if line.startswith(NEGATIVE_PROMPT_PREFIX):
-            in_negative = True
-            line = line[len(NEGATIVE_PROMPT_PREFIX):].strip()
-        (negative_lines if in_negative else prompt_lines).append(line)
-    prompt = "\n".join(prompt_lines)
-    negative_prompt = "\n".join(negative_lines)
-
+    prompt, negative_prompt, last_line = _split_infotext(text)
     res: dict[str, Any] = {}
     if extract_styles is not None:
         found_styles, prompt, negative_prompt = extract_styles(prompt, negative_prompt)
@@ -367,38 +411,8 @@ def parse_generation_parameters(
             res["Styles array"] = found_styles
     res["Prompt"] = prompt
     res["Negative prompt"] = negative_prompt
-
-    for key, value in RE_PARAM.findall(last_line):
-        if not value:
-            # A1111 indexes value[0] here, fails, logs and skips the pair: an empty value is dropped.
-            log.debug("infotext: skipping %r with an empty value", key)
-            continue
-        if value[0] == '"' and value[-1] == '"':
-            value = unquote(value)
-        size = RE_IMAGESIZE.match(value)
-        if size is not None:
-            res[f"{key}-1"] = size.group(1)
-            res[f"{key}-2"] = size.group(2)
-        else:
-            res[key] = value
-
-    res.setdefault("Clip skip", "1")
-
-    hypernet = res.get("Hypernet")
-    if hypernet is not None:
-        res["Prompt"] += f"<hypernet:{hypernet}:{res.get('Hypernet strength', '1.0')}>"
-
-    if "Hires resize-1" not in res:
-        res["Hires resize-1"] = 0
-        res["Hires resize-2"] = 0
-    for key, default in _DEFAULTS:
-        res.setdefault(key, default)
-    _restore_old_hires_fix_params(res, use_old_hires_fix_width_height)
-    for key, default in _DEFAULTS_AFTER_HIRES_FIX:
-        res.setdefault(key, default)
-    if "Cache FP16 weight for LoRA" not in res and res["FP8 weight"] != "Disable":
-        res["Cache FP16 weight for LoRA"] = False
-
+    res.update(_parse_settings_line(last_line))
+    _fill_defaults(res, use_old_hires_fix_width_height)
     if auto_backcompat:
         _apply_backcompat(res)
 
