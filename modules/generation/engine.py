@@ -522,16 +522,17 @@ class EngineSettings:
         return "last" if self.pad_cond_uncond_v0 else "empty" if self.pad_cond_uncond else "none"
 
 
-def _call_sampler(function, denoiser, x, schedule_or_timesteps, *, kind, alphas_cumprod, callback, noise,
-                  options, eta):
-    kwargs = dict(options)
-    parameters = inspect.signature(function).parameters
-    if eta is not None and "eta" in parameters:
-        kwargs["eta"] = eta
-    if kind == "timesteps":
-        return function(denoiser, x, schedule_or_timesteps, alphas_cumprod=alphas_cumprod, callback=callback,
-                        noise=noise, **kwargs)
-    return function(denoiser, x, schedule_or_timesteps, callback=callback, noise=noise, **kwargs)
+def _call_sampler(run: _Run, denoiser, x, schedule_or_timesteps, callback, noise):
+    """`run.sampler`'s function with its options, and eta where it takes one."""
+    sampler = run.sampler
+    kwargs = dict(sampler.options)
+    parameters = inspect.signature(sampler.function).parameters
+    if run.eta is not None and "eta" in parameters:
+        kwargs["eta"] = run.eta
+    if sampler.kind == "timesteps":
+        return sampler.function(denoiser, x, schedule_or_timesteps, alphas_cumprod=run.alphas_cumprod,
+                                callback=callback, noise=noise, **kwargs)
+    return sampler.function(denoiser, x, schedule_or_timesteps, callback=callback, noise=noise, **kwargs)
 
 
 class Txt2ImgEngine:
@@ -581,19 +582,95 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
     `hooks` lets extensions see and change the generation (GenerationHooks)."""
     import torch
 
-    from modules.networks.syntax import parse_prompts
-    from modules.networks.activation import activate_extra_networks, embedding_widths
-    from modules.generation.rng import ImageRNG, get_fixed_seed, per_image_seeds
-    from modules.generation.sampling import schedules as sch
-    from modules.generation.sampling.registry import build_sigmas, resolve_sampler, total_steps
-    from modules.generation.sampling.timesteps import a1111_timesteps
     from modules.generation.sampling.unet_sizes import a1111_upsample_sizes
-    from modules.networks.textual_inversion import ti_hashes_infotext
 
     control = control or _NullControl()
     hooks = hooks or GenerationHooks()
     started = time.perf_counter()
     result = GenerationResult()
+    plan = _make_plan(request, settings, hooks)
+    run = _prepare_run(model, plan, settings, control, hooks,
+                       _Resources(embeddings, hypernetworks, loras, checkpoint_info))
+    result.seeds, result.subseeds = list(run.seeds), list(run.subseeds)
+    empty_cond = None  # the empty prompt's conditioning, for the "Pad conds" setting; made once
+    with seamless_tiling(model, run.request.tiling), a1111_upsample_sizes(model.unet), torch.inference_mode():
+        for iteration in range(run.request.n_iter):
+            empty_cond, stop = _run_batch(run, iteration, result, empty_cond)
+            if stop:
+                break
+    if save is not None:
+        _save_all(run, result, save)
+    hooks.postprocess(plan, result)
+    result.timings["total"] = time.perf_counter() - started
+    return result
+
+
+@dataclass(frozen=True)
+class _Resources:
+    """What a caller lends a generation besides the model."""
+
+    embeddings: Any = None
+    hypernetworks: Any = None
+    loras: Any = None
+    checkpoint_info: Any = None
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The values fixed for one `generate` call once the `process` hook has run, shared by its stages.
+
+    `request`, `seeds` and `subseeds` are taken from the plan at that point: later hooks that replace
+    them on the plan do not reach sampling or the infotext.
+    """
+
+    model: Any
+    request: GenerationRequest
+    settings: EngineSettings
+    control: Any
+    hooks: GenerationHooks
+    plan: GenerationPlan
+    seeds: list[int]
+    subseeds: list[int]
+    sampler: Any
+    scheduler: str
+    clip_skip: int
+    conditioner: TextConditioner
+    cache: ConditioningCache
+    embeddings: dict  # the loaded embeddings; empty when none apply
+    alphas_cumprod: Any
+    schedule: Any  # the sigma ↔ timestep table the denoiser samples on
+    is_lcm: bool
+    family: ModelFamily
+    eta: float | None
+    per_iteration: int  # progress steps per batch (hires pass included)
+    total: int  # progress steps of the whole run
+    hypernetworks: Any
+    loras: Any
+    checkpoint_info: Any
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One batch's conditioning, seeds and noise; a hires pass samples a copy with its own conds."""
+
+    iteration: int
+    prompts: list[str]
+    negatives: list[str]
+    seeds: list[int]
+    subseeds: list[int]
+    cond: Any
+    uncond: Any
+    empty_cond: Any
+    ti_hashes: str | None
+    rng: Any  # the batch's ImageRNG
+    time_ids: Any
+    progress_offset: int  # progress steps done before this sampling pass
+
+
+def _make_plan(request: GenerationRequest, settings: EngineSettings, hooks: GenerationHooks) -> GenerationPlan:
+    """Seeds and prompts per image, offered to the `process` hook, then checked."""
+    from modules.generation.rng import get_fixed_seed, per_image_seeds
+
     n_images = request.batch_size * request.n_iter
     seeds, subseeds = per_image_seeds(get_fixed_seed(request.seed), get_fixed_seed(request.subseed),
                                       request.subseed_strength, n_images)
@@ -603,145 +680,191 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
     plan.check(request)
     for prompt, negative_prompt in zip(plan.all_prompts, plan.all_negative_prompts):
         check_prompt_length(prompt, negative_prompt, settings.prompt_max_length)
+    return plan
+
+
+def _prepare_run(model, plan: GenerationPlan, settings: EngineSettings, control, hooks: GenerationHooks,
+                 resources: _Resources) -> _Run:
+    """The sampler, text conditioner, noise schedule and progress totals of the run."""
+    from modules.generation.sampling.registry import resolve_sampler
+    from modules.networks.activation import embedding_widths
+
     request = plan.request
-    seeds, subseeds = plan.all_seeds, plan.all_subseeds
     sampler, scheduler_from_name = resolve_sampler(request.sampler_name)
-    scheduler = scheduler_from_name or request.scheduler
     clip_skip = request.clip_skip or settings.clip_skip
     options = ConditioningOptions(comma_padding_backtrack=settings.comma_padding_backtrack,
                                   emphasis=settings.emphasis, clip_skip=clip_skip,
                                   sdxl_clip_l_skip=settings.sdxl_clip_l_skip)
-    result.seeds, result.subseeds = list(seeds), list(subseeds)
-
     loaded_embeddings = {}
-    if embeddings is not None:
-        embeddings.refresh()
-        found = embeddings.for_model(embedding_widths(model))
-        loaded_embeddings = found.loaded
+    if resources.embeddings is not None:
+        resources.embeddings.refresh()
+        loaded_embeddings = resources.embeddings.for_model(embedding_widths(model)).loaded
     conditioner = TextConditioner(model, loaded_embeddings, options, should_stop=lambda: control.interrupted)
-    cache = ConditioningCache()
-    empty_cond = None  # the empty prompt's conditioning, for the "Pad conds" setting
     alphas_cumprod = _alphas_cumprod(model)
-    # On the model's device: the denoiser maps each sigma to a timestep against this table. LCM
-    # samples on its own 50-step table (A1111's LCM sampler does the same).
-    is_lcm = sampler.name == "LCM"
-    if is_lcm:
-        from modules.generation.sampling.denoisers import lcm_schedule
-
-        schedule = lcm_schedule(alphas_cumprod.to(model.device))
-    else:
-        schedule = sch.DiscreteSchedule.from_alphas_cumprod(alphas_cumprod.to(model.device))
-    family = model.architecture.family
-    is_sdxl = family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER)
     eta = request.eta if request.eta is not None else (settings.eta_ddim if sampler.kind == "timesteps"
                                                          else settings.eta_ancestral)
     per_iteration = request.steps + (_hires_steps(request) if request.enable_hr else 0)
-    total = request.n_iter * per_iteration
-
-    with seamless_tiling(model, request.tiling), a1111_upsample_sizes(model.unet), torch.inference_mode():
-        for iteration in range(request.n_iter):
-            plan.start_batch(iteration, request.batch_size)
-            hooks.before_process_batch(plan)
-            plan.prompts, networks = parse_prompts(plan.prompts)
-            batch_seeds, batch_subseeds = plan.seeds, plan.subseeds
-            with activate_extra_networks(model, networks, hypernetworks, loras) as active:
-                hooks.process_batch(plan)
-                prompts, negatives = plan.prompts, plan.negative_prompts
-                for warning in active.warnings:
-                    if warning not in result.warnings:
-                        result.warnings.append(warning)
-                        control.add_info(warning)
-                steps_for_prompts = total_steps(sampler, request.steps)
-                try:
-                    with _timed(result, "conditioning"):
-                        uncond = get_learned_conditioning(conditioner, negatives, steps_for_prompts, cache=cache,
-                                                          is_negative_prompt=True)
-                        cond = get_multicond_learned_conditioning(conditioner, prompts, steps_for_prompts, cache=cache)
-                        if settings.cond_padding == "empty" and empty_cond is None:
-                            empty_cond = conditioner.encode([""]).crossattn
-                except EncodingInterrupted:
-                    result.interrupted = True
-                    break
-                ti_hashes = ti_hashes_infotext(embedding_uses(conditioner, prompts, negatives, steps_for_prompts)) \
-                    if loaded_embeddings else None
-                rng = ImageRNG((4, request.height // 8, request.width // 8), batch_seeds, batch_subseeds,
-                               request.subseed_strength, request.seed_resize_from_h, request.seed_resize_from_w,
-                               source=settings.randn_source, device=model.device,
-                               eta_noise_seed_delta=settings.eta_noise_seed_delta if sampler.uses_ensd else 0)
-                time_ids = sdxl_time_ids((request.height, request.width)) if is_sdxl else None
-
-                def run(x_start, sigmas_or_steps, first_pass_cond, first_pass_uncond, progress_offset, noise_fn):
-                    denoiser = CFGDenoiser(
-                        _sigma_inner(model, schedule, is_lcm) if sampler.kind == "sigmas" else
-                        _timestep_inner(model, alphas_cumprod), first_pass_cond, first_pass_uncond,
-                        request.cfg_scale, time_ids,
-                        hooks.denoiser_observer(plan, len(sigmas_or_steps) - (sampler.kind == "sigmas")),
-                        cond_padding=settings.cond_padding, empty_cond=empty_cond)
-                    def callback(step):
-                        control.report(progress_offset + step.i + 1, total,
-                                       lambda d=step.denoised: latent_preview(d, family))
-                        if control.interrupted:
-                            raise StopSampling(step.x, interrupted=True)
-                        if control.consume_skip():
-                            raise StopSampling(step.x, interrupted=False)
-
-                    try:
-                        return _call_sampler(sampler.function, denoiser, x_start, sigmas_or_steps, kind=sampler.kind,
-                                             alphas_cumprod=alphas_cumprod, callback=callback,
-                                             noise=noise_fn, options=sampler.options, eta=eta), None
-                    except StopSampling as stop:
-                        return stop.x, stop
-                    finally:
-                        if denoiser.padded:
-                            plan.extra_generation_params[
-                                "Pad conds v0" if settings.cond_padding == "last" else "Pad conds"] = True
-
-                x = rng.next().float()
-                with _timed(result, "sampling"):
-                    if sampler.kind == "sigmas":
-                        sigmas = build_sigmas(sampler, scheduler, request.steps, schedule).to(model.device)
-                        noise_fn = _noise_source(sampler, rng, x, batch_seeds, sigmas)
-                        samples, stopped = run(x * sigmas[0], sigmas, cond, uncond, iteration * per_iteration,
-                                               noise_fn)
-                    else:
-                        noise_fn = _noise_source(sampler, rng, x, batch_seeds, None)
-                        timesteps = a1111_timesteps(request.steps)
-                        samples, stopped = run(x, timesteps, cond, uncond, iteration * per_iteration, noise_fn)
-
-                    if request.enable_hr and stopped is None:
-                        samples, stopped = _hires_pass(request, model, sampler, scheduler, schedule, samples,
-                                                       conditioner, prompts, negatives, cache, batch_seeds,
-                                                       batch_subseeds, settings, run,
-                                                       iteration * per_iteration + request.steps)
-                with _timed(result, "decode"):
-                    images = _decode(model, samples, result)
-            for j, image in enumerate(images):
-                index = iteration * request.batch_size + j
-                result.images.append(hooks.postprocess_image(plan, index, image))
-                result.prompts.append(plan.all_prompts[index])
-                result.negative_prompts.append(plan.all_negative_prompts[index])
-                result.infotexts.append(_infotext(request, model, checkpoint_info, sampler, scheduler,
-                                                  seeds[index], subseeds[index], clip_skip, settings, eta,
-                                                  {**active.infotext, **plan.extra_generation_params},
-                                                  ti_hashes, plan.all_prompts[index],
-                                                  plan.all_negative_prompts[index]))
-            if stopped is not None and stopped.interrupted:
-                result.interrupted = True
-                break
-    if save is not None:
-        _save_all(result, request, sampler, scheduler, checkpoint_info, model, clip_skip, save, hooks, plan)
-    hooks.postprocess(plan, result)
-    result.timings["total"] = time.perf_counter() - started
-    return result
+    return _Run(model=model, request=request, settings=settings, control=control, hooks=hooks, plan=plan,
+                seeds=plan.all_seeds, subseeds=plan.all_subseeds, sampler=sampler,
+                scheduler=scheduler_from_name or request.scheduler, clip_skip=clip_skip,
+                conditioner=conditioner, cache=ConditioningCache(), embeddings=loaded_embeddings,
+                alphas_cumprod=alphas_cumprod, schedule=_sampling_schedule(sampler, alphas_cumprod, model.device),
+                is_lcm=sampler.name == "LCM", family=model.architecture.family, eta=eta,
+                per_iteration=per_iteration, total=request.n_iter * per_iteration,
+                hypernetworks=resources.hypernetworks, loras=resources.loras,
+                checkpoint_info=resources.checkpoint_info)
 
 
-def _save_all(result: GenerationResult, request, sampler, scheduler, checkpoint_info, model, clip_skip,
-              save: SaveTarget, hooks: GenerationHooks, plan: GenerationPlan) -> None:
+def _sampling_schedule(sampler, alphas_cumprod: torch.Tensor, device):
+    """On the model's device: the denoiser maps each sigma to a timestep against this table. LCM
+    samples on its own 50-step table (A1111's LCM sampler does the same)."""
+    if sampler.name == "LCM":
+        from modules.generation.sampling.denoisers import lcm_schedule
+
+        return lcm_schedule(alphas_cumprod.to(device))
+    from modules.generation.sampling import schedules as sch
+
+    return sch.DiscreteSchedule.from_alphas_cumprod(alphas_cumprod.to(device))
+
+
+def _run_batch(run: _Run, iteration: int, result: GenerationResult, empty_cond):
+    """Batch `iteration`, from its extra networks to its images in `result`.
+    Returns the empty-prompt conditioning (for the next batch) and whether to stop after this batch."""
+    from modules.networks.activation import activate_extra_networks
+    from modules.networks.syntax import parse_prompts
+
+    plan = run.plan
+    plan.start_batch(iteration, run.request.batch_size)
+    run.hooks.before_process_batch(plan)
+    plan.prompts, networks = parse_prompts(plan.prompts)
+    seeds = (plan.seeds, plan.subseeds)
+    with activate_extra_networks(run.model, networks, run.hypernetworks, run.loras) as active:
+        run.hooks.process_batch(plan)
+        for warning in active.warnings:
+            if warning not in result.warnings:
+                result.warnings.append(warning)
+                run.control.add_info(warning)
+        batch = _prepare_batch(run, iteration, seeds, result, empty_cond)
+        if batch is None:
+            result.interrupted = True
+            return empty_cond, True
+        x = batch.rng.next().float()
+        with _timed(result, "sampling"):
+            samples, stopped = _first_pass(run, batch, x)
+            if run.request.enable_hr and stopped is None:
+                samples, stopped = _hires_pass(run, batch, samples)
+        with _timed(result, "decode"):
+            images = _decode(run.model, samples, result)
+    _collect_images(run, batch, images, active.infotext, result)
+    if stopped is not None and stopped.interrupted:
+        result.interrupted = True
+        return batch.empty_cond, True
+    return batch.empty_cond, False
+
+
+def _prepare_batch(run: _Run, iteration: int, seeds: tuple[list[int], list[int]], result: GenerationResult,
+                   empty_cond) -> _Batch | None:
+    """The batch's conditioning (timed), TI hashes and noise generators; None when encoding was
+    interrupted. Runs with the batch's extra networks active."""
+    from modules.generation.rng import ImageRNG
+    from modules.generation.sampling.registry import total_steps
+    from modules.networks.textual_inversion import ti_hashes_infotext
+
+    request, settings, sampler = run.request, run.settings, run.sampler
+    prompts, negatives = run.plan.prompts, run.plan.negative_prompts
+    steps_for_prompts = total_steps(sampler, request.steps)
+    try:
+        with _timed(result, "conditioning"):
+            uncond = get_learned_conditioning(run.conditioner, negatives, steps_for_prompts, cache=run.cache,
+                                              is_negative_prompt=True)
+            cond = get_multicond_learned_conditioning(run.conditioner, prompts, steps_for_prompts, cache=run.cache)
+            if settings.cond_padding == "empty" and empty_cond is None:
+                empty_cond = run.conditioner.encode([""]).crossattn
+    except EncodingInterrupted:
+        return None
+    ti_hashes = ti_hashes_infotext(embedding_uses(run.conditioner, prompts, negatives, steps_for_prompts)) \
+        if run.embeddings else None
+    batch_seeds, batch_subseeds = seeds
+    rng = ImageRNG((4, request.height // 8, request.width // 8), batch_seeds, batch_subseeds,
+                   request.subseed_strength, request.seed_resize_from_h, request.seed_resize_from_w,
+                   source=settings.randn_source, device=run.model.device,
+                   eta_noise_seed_delta=settings.eta_noise_seed_delta if sampler.uses_ensd else 0)
+    is_sdxl = run.family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER)
+    time_ids = sdxl_time_ids((request.height, request.width)) if is_sdxl else None
+    return _Batch(iteration=iteration, prompts=prompts, negatives=negatives, seeds=batch_seeds,
+                  subseeds=batch_subseeds, cond=cond, uncond=uncond, empty_cond=empty_cond, ti_hashes=ti_hashes,
+                  rng=rng, time_ids=time_ids, progress_offset=iteration * run.per_iteration)
+
+
+def _first_pass(run: _Run, batch: _Batch, x: torch.Tensor):
+    """Sample the batch from its first noise `x`; returns (samples, StopSampling or None)."""
+    from modules.generation.sampling.registry import build_sigmas
+    from modules.generation.sampling.timesteps import a1111_timesteps
+
+    sampler = run.sampler
+    if sampler.kind == "sigmas":
+        sigmas = build_sigmas(sampler, run.scheduler, run.request.steps, run.schedule).to(run.model.device)
+        noise_fn = _noise_source(sampler, batch.rng, x, batch.seeds, sigmas)
+        return _sample(run, batch, x * sigmas[0], sigmas, noise_fn)
+    noise_fn = _noise_source(sampler, batch.rng, x, batch.seeds, None)
+    return _sample(run, batch, x, a1111_timesteps(run.request.steps), noise_fn)
+
+
+def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, noise_fn):
+    """One sampler run on `batch`'s conds; returns (samples, StopSampling or None). An interrupt or a
+    skip stops it early with the latent at that step."""
+    sampler, settings, plan = run.sampler, run.settings, run.plan
+    denoiser = CFGDenoiser(
+        _sigma_inner(run.model, run.schedule, run.is_lcm) if sampler.kind == "sigmas" else
+        _timestep_inner(run.model, run.alphas_cumprod), batch.cond, batch.uncond,
+        run.request.cfg_scale, batch.time_ids,
+        run.hooks.denoiser_observer(plan, len(sigmas_or_steps) - (sampler.kind == "sigmas")),
+        cond_padding=settings.cond_padding, empty_cond=batch.empty_cond)
+    try:
+        return _call_sampler(run, denoiser, x_start, sigmas_or_steps, _step_callback(run, batch.progress_offset),
+                             noise_fn), None
+    except StopSampling as stop:
+        return stop.x, stop
+    finally:
+        if denoiser.padded:
+            plan.extra_generation_params["Pad conds v0" if settings.cond_padding == "last" else "Pad conds"] = True
+
+
+def _step_callback(run: _Run, progress_offset: int):
+    """The sampler's per-step callback: progress and preview, then interrupt and skip."""
+    control = run.control
+
+    def callback(step):
+        control.report(progress_offset + step.i + 1, run.total,
+                       lambda d=step.denoised: latent_preview(d, run.family))
+        if control.interrupted:
+            raise StopSampling(step.x, interrupted=True)
+        if control.consume_skip():
+            raise StopSampling(step.x, interrupted=False)
+
+    return callback
+
+
+def _collect_images(run: _Run, batch: _Batch, images: list, network_fields: dict, result: GenerationResult) -> None:
+    """The batch's images through the `postprocess_image` hook into `result`, with their infotexts."""
+    plan = run.plan
+    for j, image in enumerate(images):
+        index = batch.iteration * run.request.batch_size + j
+        result.images.append(run.hooks.postprocess_image(plan, index, image))
+        result.prompts.append(plan.all_prompts[index])
+        result.negative_prompts.append(plan.all_negative_prompts[index])
+        # Read per image: a postprocess_image hook may add generation params.
+        result.infotexts.append(_infotext(run, index, {**network_fields, **plan.extra_generation_params},
+                                          batch.ti_hashes))
+
+
+def _save_all(run: _Run, result: GenerationResult, save: SaveTarget) -> None:
     """Each image as `outputs/txt2img-images/<date>/NNNNN-<seed>.png`, then the grid (A1111's layout)."""
     import datetime as dt
 
     from modules.outputs.images import FilenameContext, SaveOptions, image_grid, save_image, txt2img_output_dirs
 
+    request, sampler, checkpoint_info, hooks, plan = run.request, run.sampler, run.checkpoint_info, run.hooks, run.plan
     options = save.options or SaveOptions()
     images_dir, grids_dir = txt2img_output_dirs(save.data_dir, options)
     timestamp = dt.datetime.now().strftime("%Y%m%d%H%M%S")
@@ -750,8 +873,9 @@ def _save_all(result: GenerationResult, request, sampler, scheduler, checkpoint_
                   sampler_name=sampler.name, scheduler=request.scheduler,
                   sampler_default_scheduler=sampler.default_scheduler,
                   model_hash=checkpoint_info.shorthash if checkpoint_info else None,
-                  model_name=checkpoint_info.name_for_extra if checkpoint_info else model.path.stem,
-                  job_timestamp=timestamp, batch_size=request.batch_size, n_iter=request.n_iter, clip_skip=clip_skip)
+                  model_name=checkpoint_info.name_for_extra if checkpoint_info else run.model.path.stem,
+                  job_timestamp=timestamp, batch_size=request.batch_size, n_iter=request.n_iter,
+                  clip_skip=run.clip_skip)
 
     def save_with_events(image, infotext, folder, basename="", *, grid=False, **kwargs) -> str:
         event = ImageSaveEvent(image, {"parameters": infotext}, is_grid=grid)
@@ -824,15 +948,17 @@ def _hires_size(request: GenerationRequest) -> tuple[int, int]:
     return int(request.width * request.hr_scale) // 8 * 8, int(request.height * request.hr_scale) // 8 * 8
 
 
-def _hires_pass(request, model, sampler, scheduler, schedule, samples, conditioner, prompts, negatives, cache,
-                seeds, subseeds, settings, run, progress_offset):
+def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor):
     """A1111's hires fix with a latent upscaler: upscale the latents, renoise them to the denoising
     strength, and sample again over the tail of a `hires steps` schedule."""
+    import dataclasses
+
     import torch
 
     from modules.generation.rng import ImageRNG
     from modules.generation.sampling.registry import build_sigmas, total_steps
 
+    request, sampler, model = run.request, run.sampler, run.model
     width, height = _hires_size(request)
     mode, antialias = LATENT_UPSCALE_MODES[request.hr_upscaler]
     latents = torch.nn.functional.interpolate(samples.float(), size=(height // 8, width // 8), mode=mode,
@@ -841,23 +967,27 @@ def _hires_pass(request, model, sampler, scheduler, schedule, samples, condition
     hires_total = total_steps(sampler, steps)
     base_total = total_steps(sampler, request.steps)
     try:
-        uncond = get_learned_conditioning(conditioner, negatives, base_total, hires_total, cache=cache,
+        uncond = get_learned_conditioning(run.conditioner, batch.negatives, base_total, hires_total, cache=run.cache,
                                           is_negative_prompt=True)
-        cond = get_multicond_learned_conditioning(conditioner, prompts, base_total, hires_total, cache=cache)
+        cond = get_multicond_learned_conditioning(run.conditioner, batch.prompts, base_total, hires_total,
+                                                  cache=run.cache)
     except EncodingInterrupted:
         return samples, StopSampling(samples, interrupted=True)  # the first pass's image is kept
-    hr_rng = ImageRNG((4, height // 8, width // 8), seeds, subseeds, request.subseed_strength,
-                      request.seed_resize_from_h, request.seed_resize_from_w, source=settings.randn_source,
+    hr_rng = ImageRNG((4, height // 8, width // 8), batch.seeds, batch.subseeds, request.subseed_strength,
+                      request.seed_resize_from_h, request.seed_resize_from_w, source=run.settings.randn_source,
                       device=model.device)
     noise = hr_rng.next().float()
     if sampler.kind != "sigmas":
         raise ValueError(f"hires fix with the timestep sampler {sampler.name} is not supported yet; "
                          "pick a k-diffusion sampler (e.g. DPM++ 2M) for hires")
     t_enc = min(int(request.denoising_strength * steps), steps - 1)
-    sigmas = build_sigmas(sampler, scheduler, steps, schedule).to(model.device)
+    sigmas = build_sigmas(sampler, run.scheduler, steps, run.schedule).to(model.device)
     sigma_sched = sigmas[steps - t_enc - 1:]
-    noise_fn = _noise_source(sampler, hr_rng, latents, seeds, sigma_sched)
-    return run(latents + noise * sigma_sched[0], sigma_sched, cond, uncond, progress_offset, noise_fn)
+    noise_fn = _noise_source(sampler, hr_rng, latents, batch.seeds, sigma_sched)
+    # The first pass's time ids and empty-prompt cond stay, as in A1111.
+    hires = dataclasses.replace(batch, cond=cond, uncond=uncond,
+                                progress_offset=batch.progress_offset + request.steps)
+    return _sample(run, hires, latents + noise * sigma_sched[0], sigma_sched, noise_fn)
 
 
 def _decode(model, samples: torch.Tensor, result: GenerationResult) -> list:
@@ -872,9 +1002,15 @@ def _decode(model, samples: torch.Tensor, result: GenerationResult) -> list:
     return [Image.fromarray(array) for array in images]
 
 
-def _infotext(request, model, checkpoint_info, sampler, scheduler, seed, subseed, clip_skip, settings, eta,
-              network_fields, ti_hashes, prompt, negative_prompt) -> str:
+def _infotext(run: _Run, index: int, network_fields: dict, ti_hashes: str | None) -> str:
+    """Image `index`'s A1111 infotext."""
     from modules.outputs.infotext import GenerationInfo, create_infotext, generation_parameters
+
+    request, model, checkpoint_info, sampler, scheduler = (run.request, run.model, run.checkpoint_info,
+                                                           run.sampler, run.scheduler)
+    settings, clip_skip, eta = run.settings, run.clip_skip, run.eta
+    seed, subseed = run.seeds[index], run.subseeds[index]
+    prompt, negative_prompt = run.plan.all_prompts[index], run.plan.all_negative_prompts[index]
 
     extra: dict[str, Any] = {}
     if scheduler and scheduler.lower() != "automatic":
