@@ -97,6 +97,19 @@ def child_diffusers(path: Path, device: str, dtype: str, arch_family: str) -> di
             "weights_bytes": weights}
 
 
+def _cpu() -> tuple[float, float, int]:
+    """(user seconds, system seconds, minor page faults) of this process so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime, usage.ru_minflt
+
+
+def _cpu_since(start: tuple[float, float, int]) -> dict:
+    user, system, faults = (now - then for now, then in zip(_cpu(), start))
+    return {"user": user, "sys": system, "faults": faults}
+
+
 def _reset_peak_rss() -> None:
     """Start VmHWM again from the current RSS (Linux: writing 5 to clear_refs)."""
     with open("/proc/self/clear_refs", "w") as f:
@@ -153,16 +166,18 @@ def child_api_switch(a: Path, b: Path, device: str, dtype: str, limit: int) -> d
     _free_memory()
     before = _rss()
     _reset_peak_rss()
+    cpu = _cpu()
     started = time.perf_counter()
     response = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "b.safetensors"})
     seconds = time.perf_counter() - started
     peak = peak_rss_bytes()
+    cpu = _cpu_since(cpu)
     assert response.status_code == 200, response.text
     info, model = context.models.current_info(), context.models.current()
     held = model.weights_nbytes() + (weights_a if limit > 1 else 0)
     result = {"seconds": seconds, "peak_rss": peak, "rss_before": before, "baseline": baseline,
               "peak_over_baseline": peak - baseline, "weights_held": held, "weights_bytes": model.weights_nbytes(),
-              "summary": summaries[-1] if summaries else "", "loaded": context.models.loaded_names()}
+              "summary": summaries[-1] if summaries else "", "loaded": context.models.loaded_names(), **cpu}
     result["sha256_ok"] = info.sha256 == sha256_of_file(b)  # checked after the clock stopped
     context.jobs.shutdown()
     return result
@@ -199,15 +214,17 @@ def child_diffusers_switch(a: Path, b: Path, device: str, dtype: str, arch_famil
     _free_memory()
     before = _rss()
     _reset_peak_rss()
+    cpu = _cpu()
     started = time.perf_counter()
     if not keep_a:
         del first  # inside the clock, as Atelier's switch evicts A inside it
     pipe = load(b)
     seconds = time.perf_counter() - started
     peak = peak_rss_bytes()
+    cpu = _cpu_since(cpu)
     held = weights(pipe) + (weights_a if keep_a else 0)
     return {"seconds": seconds, "peak_rss": peak, "rss_before": before, "baseline": baseline,
-            "peak_over_baseline": peak - baseline, "weights_held": held, "weights_bytes": weights(pipe)}
+            "peak_over_baseline": peak - baseline, "weights_held": held, "weights_bytes": weights(pipe), **cpu}
 
 
 def _manager(paths: list[Path], device: str, dtype: str, limit: int):
@@ -367,7 +384,8 @@ def cold_switch(args, common: list[str], a: Path, b: Path) -> dict:
                 result = run_child(SCRIPT, [*common, "--child", kind, str(a), str(b), str(limit)])
                 results[f"limit {limit}"][peer].append(result)
                 print(f"run {run + 1} limit {limit} {peer:9s} {result['seconds']:6.2f}s  peak "
-                      f"{result['peak_over_baseline'] / result['weights_held']:.2f}x of the weights held"
+                      f"{result['peak_over_baseline'] / result['weights_held']:.2f}x of the weights held; "
+                      f"CPU user {result['user']:.2f}s sys {result['sys']:.2f}s, {result['faults']} page faults"
                       + (f"  {result['summary']}" if result.get("summary") else ""), flush=True)
     return results
 
