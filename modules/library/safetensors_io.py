@@ -307,7 +307,7 @@ _MAX_READ_THREADS = 4
 class _OnePass:
     """One pass over a mapped safetensors file: convert the tensors asked for and, optionally, hash
     every byte in file order, with as many threads as torch's intra-op setting allows (at least two
-    when hashing: the caller's and a helper) and no more.
+    when hashing: the caller's and a helper; at most `_MAX_READ_THREADS`) and no more.
 
     Each tensor is converted by one thread, in slices small enough that torch keeps them on that
     thread (`_SERIAL_ELEMENTS`). The alternative, torch's own parallel copy beside a hashing thread,
