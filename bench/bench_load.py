@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -180,6 +181,7 @@ def child_api_switch(a: Path, b: Path, device: str, dtype: str, limit: int) -> d
               "summary": summaries[-1] if summaries else "", "loaded": context.models.loaded_names(), **cpu}
     result["sha256_ok"] = info.sha256 == sha256_of_file(b)  # checked after the clock stopped
     context.jobs.shutdown()
+    shutil.rmtree(data_dir, ignore_errors=True)  # links, config.json and cache.json of this run only
     return result
 
 
