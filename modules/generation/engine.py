@@ -252,7 +252,7 @@ class StopSampling(Exception):
         self.interrupted = interrupted
 
 
-class _NullControl:
+class NullControl:
     """A JobControl stand-in for direct calls (tests, scripts)."""
 
     interrupted = False
@@ -567,7 +567,7 @@ class Txt2ImgEngine:
                 target = (SaveTarget(self.save_dir, options=SaveOptions.from_settings(snapshot))
                           if do_save and self.save_dir else None)
                 return generate(self.models.require_current(), request, EngineSettings.from_settings(snapshot),
-                                control or _NullControl(), embeddings=self.embeddings,
+                                control or NullControl(), embeddings=self.embeddings,
                                 hypernetworks=self.hypernetworks, loras=self.loras,
                                 checkpoint_info=self.models.current_info(), save=target, hooks=hooks)
             finally:
@@ -584,7 +584,7 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
 
     from modules.generation.sampling.unet_sizes import a1111_upsample_sizes
 
-    control = control or _NullControl()
+    control = control or NullControl()
     hooks = hooks or GenerationHooks()
     started = time.perf_counter()
     result = GenerationResult()

@@ -79,23 +79,6 @@ class GridResult:
 # --------------------------------------------------------------------------------------------- run
 
 
-class _NullControl:
-    interrupted = False
-    skip_requested = False
-
-    def report(self, step, total, preview_factory=None) -> None:
-        pass
-
-    def check(self) -> None:
-        pass
-
-    def consume_skip(self) -> bool:
-        return False
-
-    def add_info(self, line: str) -> None:
-        pass
-
-
 class _CellControl:
     """A cell's view of the grid's control: its steps mapped into the grid's, the rest passed on."""
 
@@ -157,7 +140,11 @@ def add_infotext_params(infotext: str, params: Mapping[str, Any]) -> str:
 class _Runner:
     def __init__(self, services: GridServices, plan: GridPlan, options: GridOptions, control, on_cell, save: bool):
         self.services, self.plan, self.options = services, plan, options
-        self.control = control if control is not None else _NullControl()
+        # Imported here: the engine brings torch, and the grid's module loads with the extensions,
+        # before the first page (tests/test_startup_imports.py).
+        from modules.generation.engine import NullControl
+
+        self.control = control if control is not None else NullControl()
         self.on_cell, self.save = on_cell, save
         self.models = services.models
         self.trials: list[Path] = []
