@@ -179,7 +179,8 @@ STATE_CHANGING = ["/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/unload-che
     {"Sec-Fetch-Site": "cross-site"},
     {"Origin": "http://localhost:9999", "Sec-Fetch-Site": "same-site"},
     {"Origin": "null"},
-], ids=["origin+fetch-site", "origin", "fetch-site", "other-port", "null-origin"])
+    {"Origin": "http://[::1"},
+], ids=["origin+fetch-site", "origin", "fetch-site", "other-port", "null-origin", "unparsable-origin"])
 def test_cross_site_state_changes_are_refused(ui_app, headers):
     for path in STATE_CHANGING:
         response = ui_app.post(path, headers={**AUTH, **headers})

@@ -70,7 +70,10 @@ def cross_site_reason(scope, policy: OriginPolicy) -> str | None:
         return f"the browser sent it from another site (Sec-Fetch-Site: {fetch_site})"
     if origin is not None:
         host = (_header(scope, b"host") or "").lower()
-        origin_host = urlsplit(origin).netloc.lower() if origin != "null" else "null"
+        try:
+            origin_host = urlsplit(origin).netloc.lower() if origin != "null" else "null"
+        except ValueError:  # not a URL (e.g. "http://[::1"): certainly not this server's origin
+            origin_host = None
         if origin_host != host:
             return f"it comes from the page of another origin ({origin})"
     return None
