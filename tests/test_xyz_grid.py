@@ -121,6 +121,22 @@ def test_bad_axis_values_fail_before_any_work(app):
                                                                                            method="Add difference")))
 
 
+def test_clip_skip_axis_sets_what_a_pasted_clip_skip_sets(app):
+    """The axis goes through the infotext mapping the paste button and the API read: a per-cell
+    override of `CLIP_stop_at_last_layers`, as A1111's plot sets the option, checked with the plan."""
+    from modules.serving.settings import Settings
+    from modules.ui.request_fields import paste_parameters
+
+    plan = plan_grid(app.services, BASE, AxisSpec("Clip skip", "1, 2"))
+    pasted = paste_parameters("x\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Clip skip: 2",
+                              Settings({})).values["override_settings"]
+    assert pasted == ["Clip skip: 2"]
+    assert [c.request.override_settings for c in plan.cells] == [{"CLIP_stop_at_last_layers": 1},
+                                                                  {"CLIP_stop_at_last_layers": 2}]
+    with pytest.raises(ValueError, match="CLIP_stop_at_last_layers"):
+        plan_grid(app.services, BASE, AxisSpec("Clip skip", "1, 13"))
+
+
 def test_seeds_fixed_once_unless_kept_and_varied(app):
     request = BASE.model_copy(update={"seed": -1})
     fixed = plan_grid(app.services, request, AxisSpec("CFG Scale", "5, 9"))

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modules.common.atomic_files import DiskFullError
+from modules.common.validation import validation_problems
 from modules.library.checkpoints import CheckpointNotFoundError
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,8 @@ def error_body(name: str, detail: Any, errors: str, body: Any = "") -> dict[str,
 
 
 def describe_validation_error(error: ValidationError | RequestValidationError) -> str:
-    """One line per problem: `field: what is wrong (got value)`."""
-    parts = []
-    for item in error.errors():
-        loc = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "request"
-        message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
-        got = item.get("input")
-        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-        parts.append(f"{loc}: {message}{shown}")
-    return "; ".join(parts)
+    """One line per problem (`field: what is wrong (got value)`), joined for the API's `detail`."""
+    return "; ".join(validation_problems(error)) or "invalid request"
 
 
 def exception_to_api_error(exc: BaseException) -> ApiError:

@@ -28,7 +28,7 @@ from modules.merging.methods import MERGE_METHODS
 from modules.merging.service import submit_merge
 from modules.merging.merger import CONFIG_SOURCES, MergeRequest, MergeResult
 from modules.ui.generation import error_html, follow_job
-from modules.ui.request_fields import describe_validation_error
+from modules.common.validation import validation_problems
 
 DEFAULT_METHOD = "Weighted sum"
 NO_PRESET = "None"
@@ -125,7 +125,7 @@ class MergeForm:
                 method_options=self._method_options(method.name),
             )
         except ValidationError as e:
-            raise MergeFormError(describe_validation_error(e, FIELD_LABELS)) from None
+            raise MergeFormError("\n".join(validation_problems(e, FIELD_LABELS))) from None
 
     def _method_options(self, method: str) -> dict[str, Any]:
         options: dict[str, Any] = {}

@@ -2,21 +2,21 @@
 infotext back into widget values ("paste parameters", PNG Info's "send to txt2img").
 
 No gradio here: these functions take and return plain Python values, so tests call them directly
-and the tabs stay thin. The mapping from infotext keys to fields is A1111's txt2img paste list.
+and the tabs stay thin. The mapping from infotext keys to fields is the API's too
+(modules.generation.infotext_fields).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from modules.outputs.infotext import parse_generation_parameters
-from modules.generation.engine import LATENT_UPSCALE_MODES, GenerationRequest
-from modules.serving.settings import SCHEMA_BY_KEY
+from modules.common.validation import validation_problems
+from modules.generation.engine import GenerationRequest
+from modules.generation.infotext_fields import OVERRIDE_SETTINGS, read_infotext, setting_value
 
 # The request fields the txt2img tab has a widget for, in the order the widgets are passed around.
 TXT2IMG_FIELDS: tuple[str, ...] = (
@@ -38,51 +38,36 @@ FIELD_LABELS: Mapping[str, str] = {
     "hr_resize_y": "Resize height to", "override_settings": "Override settings",
 }
 
-# Infotext key -> setting, for the keys A1111 pastes into "Override settings" (its
-# `infotext_to_setting_name_mapping`, limited to settings Atelier has).
-OVERRIDE_SETTING_KEYS: Mapping[str, str] = {
-    "Clip skip": "CLIP_stop_at_last_layers",
-    "ENSD": "eta_noise_seed_delta",
-    "RNG": "randn_source",
-    "Emphasis": "emphasis",
-    "Eta": "eta_ancestral",
-    "Eta DDIM": "eta_ddim",
-    "Pad conds": "pad_cond_uncond",
-    "Pad conds v0": "pad_cond_uncond_v0",
-}
+# Infotext key -> setting: what "Override settings" entries (`"Clip skip: 2"`) may name.
+OVERRIDE_SETTING_KEYS: Mapping[str, str] = OVERRIDE_SETTINGS
 
-# Infotext key -> (request field, converter), A1111's txt2img paste fields.
-_PASTE_FIELDS: tuple[tuple[str, str, type], ...] = (
-    ("Prompt", "prompt", str),
-    ("Negative prompt", "negative_prompt", str),
-    ("Steps", "steps", int),
-    ("CFG scale", "cfg_scale", float),
-    ("Seed", "seed", int),
-    ("Size-1", "width", int),
-    ("Size-2", "height", int),
-    ("Batch size", "batch_size", int),
-    ("Variation seed", "subseed", int),
-    ("Variation seed strength", "subseed_strength", float),
-    ("Seed resize from-1", "seed_resize_from_w", int),
-    ("Seed resize from-2", "seed_resize_from_h", int),
-    ("Denoising strength", "denoising_strength", float),
-    ("Hires upscale", "hr_scale", float),
-    ("Hires steps", "hr_second_pass_steps", int),
-    ("Hires resize-1", "hr_resize_x", int),
-    ("Hires resize-2", "hr_resize_y", int),
-)
+
+def slider_args(name: str) -> dict[str, Any]:
+    """`minimum`, `maximum`, `step` and `value` of the slider for request field `name`, read from
+    `GenerationRequest` (its bounds, its `ui_step` and its default), so the tab offers exactly what
+    a request accepts."""
+    import annotated_types
+
+    spec = GenerationRequest.model_fields[name]
+    bounds = {"minimum": None, "maximum": None}
+    for rule in spec.metadata:
+        if isinstance(rule, annotated_types.Ge):
+            bounds["minimum"] = rule.ge
+        elif isinstance(rule, annotated_types.Le):
+            bounds["maximum"] = rule.le
+    step = (spec.json_schema_extra or {}).get("ui_step")
+    if None in bounds.values() or step is None:
+        raise ValueError(f"GenerationRequest.{name} has no slider range (ge, le and ui_step)")
+    return {**bounds, "step": step, "value": spec.default}
+
+
+def field_default(name: str) -> Any:
+    """The request's default for field `name`: the tab's widgets start there."""
+    return GenerationRequest.model_fields[name].default
 
 
 class RequestError(ValueError):
     """Widget values that do not make a valid request; the message is for the user, one line per problem."""
-
-
-def _number(value: Any, convert: type) -> Any:
-    # An infotext value is text; "20" and "7.0" must both work for int fields ("Steps: 20.0" does occur).
-    number = float(value)
-    if not math.isfinite(number):  # "Steps: inf", "Eta: nan" in a pasted infotext
-        raise ValueError(f"{value!r} is not a finite number")
-    return convert(number) if convert is int else convert(value)
 
 
 def build_request(values: Mapping[str, Any]) -> GenerationRequest:
@@ -110,20 +95,7 @@ def build_request(values: Mapping[str, Any]) -> GenerationRequest:
     try:
         return GenerationRequest(**data)
     except ValidationError as error:
-        raise RequestError(describe_validation_error(error)) from None
-
-
-def describe_validation_error(error: ValidationError, labels: Mapping[str, str] = FIELD_LABELS) -> str:
-    """One line per problem, named by the widget's label (`labels`: field -> label): `Width: width
-    must be a multiple of 8, ...`. The tabs' forms share it."""
-    lines = []
-    for problem in error.errors():
-        message = str(problem.get("msg", "invalid value")).removeprefix("Value error, ")
-        location = problem.get("loc") or ()
-        name = str(location[0]) if location else ""
-        label = labels.get(name, name)
-        lines.append(f"{label}: {message}" if label else message)
-    return "\n".join(lines)
+        raise RequestError("\n".join(validation_problems(error, FIELD_LABELS))) from None
 
 
 def override_entry(infotext_key: str, value: Any) -> str:
@@ -139,22 +111,8 @@ def parse_override_entries(entries: Iterable[str]) -> dict[str, Any]:
         if not separator or setting is None:
             raise ValueError(f"{entry!r} is not an override Atelier knows; known: "
                              f"{', '.join(OVERRIDE_SETTING_KEYS)} (written as 'Clip skip: 2')")
-        overrides[setting] = _typed_setting(setting, text.strip())
+        overrides[setting] = setting_value(setting, text)
     return overrides
-
-
-def _typed_setting(setting: str, text: str) -> Any:
-    default = SCHEMA_BY_KEY[setting].default
-    try:
-        if isinstance(default, bool):
-            value: Any = text.lower() == "true"
-        elif isinstance(default, (int, float)):
-            value = _number(text, type(default))
-        else:
-            value = text
-    except ValueError:
-        raise ValueError(f"{setting} needs a {type(default).__name__}, got {text!r}") from None
-    return SCHEMA_BY_KEY[setting].validate(value)
 
 
 @dataclass
@@ -166,76 +124,22 @@ class PastedParameters:
     parameters: dict[str, Any] = field(default_factory=dict)  # the parsed infotext, for display
 
 
-def paste_parameters(text: str, current_settings: Mapping[str, Any], *, available_samplers: Iterable[str],
+def paste_parameters(text: str, current_settings: Mapping[str, Any], *,
+                     available_samplers: Iterable[str] | None = None,
                      current_model_hash: str | None = None) -> PastedParameters:
-    """Read an A1111 infotext into txt2img widget values, as A1111's paste button does.
+    """Read an A1111 infotext into txt2img widget values, as A1111's paste button does
+    (`modules.generation.infotext_fields.read_infotext`, which the API's `infotext` also reads).
 
-    - Fields the infotext does not mention are left out (the widgets keep their values), except the
-      override settings, which are replaced: a setting is overridden when the infotext's value
-      differs from the current setting (Clip skip, ENSD, RNG, Emphasis, Eta).
-    - Hires fix is switched on when the infotext has a denoising strength and a hires upscale,
-      upscaler or resize (A1111's rule).
-    - A value Atelier cannot use (an unimplemented sampler, an upscaler it lacks, a garbled number)
-      is skipped with a note; the checkpoint is never switched (A1111's default,
-      `disable_weights_auto_swap`), but a note says when the image was made with another one.
+    Fields the infotext does not mention are left out (the widgets keep their values), except the
+    override settings, which are replaced. A value Atelier cannot use is skipped with a note; so is a
+    sampler missing from `available_samplers` (the dropdown's choices, when given).
     """
-    from modules.generation.sampling.registry import find_scheduler, resolve_sampler
-
-    params = parse_generation_parameters(text)
-    result = PastedParameters(parameters=params)
-    values, notes = result.values, result.notes
-
-    for key, name, convert in _PASTE_FIELDS:
-        if key not in params:
-            continue
-        try:
-            values[name] = params[key] if convert is str else _number(params[key], convert)
-        except (TypeError, ValueError):
-            notes.append(f"{key}: {params[key]!r} is not a number; kept the current {FIELD_LABELS[name]}")
-
-    if "Sampler" in params:
-        try:
-            sampler, scheduler = resolve_sampler(str(params["Sampler"]))
-        except ValueError as error:
-            notes.append(f"Sampler: {error}")
-        else:
-            if sampler.name in set(available_samplers):
-                values["sampler_name"] = sampler.name
-                if scheduler is not None:  # "DPM++ 2M Karras" from an old infotext
-                    values["scheduler"] = find_scheduler(scheduler).label
-            else:
-                notes.append(f"Sampler {sampler.name!r} is not available in Atelier yet; kept the current sampler")
-    if "Schedule type" in params and "scheduler" not in values:
-        try:
-            values["scheduler"] = find_scheduler(str(params["Schedule type"])).label
-        except ValueError as error:
-            notes.append(f"Schedule type: {error}")
-
-    if "Hires upscaler" in params:
-        upscaler = str(params["Hires upscaler"])
-        if upscaler in LATENT_UPSCALE_MODES:
-            values["hr_upscaler"] = upscaler
-        else:
-            notes.append(f"Hires upscaler {upscaler!r} is not available; Atelier has {', '.join(LATENT_UPSCALE_MODES)}")
-    values["enable_hr"] = "Denoising strength" in params and any(
-        key in params for key in ("Hires upscale", "Hires upscaler", "Hires resize-1"))
-
-    overrides = []
-    for key, setting in OVERRIDE_SETTING_KEYS.items():
-        if key not in params:
-            continue
-        try:
-            value = _typed_setting(setting, str(params[key]))
-        except ValueError as error:
-            notes.append(f"{key}: {error}")
-            continue
-        if value != current_settings.get(setting):
-            overrides.append(override_entry(key, params[key]))
-    values["override_settings"] = overrides
-
-    made_with = params.get("Model hash")
-    if made_with and current_model_hash and str(made_with) != current_model_hash:
-        model = params.get("Model", made_with)
-        notes.append(f"made with checkpoint {model} [{made_with}]; the current one is kept "
-                     "(pick it at the top to match)")
+    reading = read_infotext(text, current_settings, current_model_hash=current_model_hash)
+    result = PastedParameters(values=dict(reading.values), notes=[*reading.problems, *reading.notes],
+                              parameters=reading.parameters)
+    if available_samplers is not None and result.values.get("sampler_name") not in (None, *available_samplers):
+        result.notes.append(f"Sampler {result.values.pop('sampler_name')!r} is not in this tab's list; "
+                            "kept the current sampler")
+    result.values["override_settings"] = [override_entry(reading.override_keys[setting], reading.parameters[
+        reading.override_keys[setting]]) for setting in reading.overrides]
     return result

@@ -107,7 +107,10 @@ def with_fields(request, **update):
     data = request.model_dump()
     overrides = update.pop("override_settings", None)
     if overrides is not None:
-        data["override_settings"] = {**data["override_settings"], **overrides}
+        from modules.serving.settings import validate_changes
+
+        # Checked with the plan, not when the cell runs: "Clip skip: 13" fails before any image.
+        data["override_settings"] = {**data["override_settings"], **validate_changes(overrides)}
     data.update(update)
     return type(request).model_validate(data)
 
@@ -118,6 +121,17 @@ def apply_field(name: str) -> ApplyFn:
 
 def apply_override(key: str) -> ApplyFn:
     return lambda request, value, context: with_fields(request, override_settings={key: value})
+
+
+def apply_infotext_key(key: str) -> ApplyFn:
+    """The axis sets what an infotext's `key` sets when pasted (a request field, or a setting as a
+    per-cell override: "Clip skip" is `CLIP_stop_at_last_layers`, as in A1111's plot), through the
+    mapping the paste button and the API read (modules.generation.infotext_fields)."""
+    from modules.generation.infotext_fields import OVERRIDE_SETTINGS, REQUEST_FIELDS
+
+    if key in OVERRIDE_SETTINGS:
+        return apply_override(OVERRIDE_SETTINGS[key])
+    return apply_field(REQUEST_FIELDS[key][0])
 
 
 def _apply_nothing(request, value, context):
@@ -276,20 +290,20 @@ def _confirm_merge(values, context, request) -> None:
 
 BUILTIN_AXES: tuple[AxisType, ...] = (
     AxisType(NOTHING, str, _apply_nothing, format_nothing),
-    AxisType("Seed", int, apply_field("seed"), seeds=True),
-    AxisType("Var. seed", int, apply_field("subseed"), seeds=True),
-    AxisType("Var. strength", float, apply_field("subseed_strength")),
-    AxisType("Steps", int, apply_field("steps")),
-    AxisType("Hires steps", int, apply_field("hr_second_pass_steps")),
-    AxisType("CFG Scale", float, apply_field("cfg_scale")),
+    AxisType("Seed", int, apply_infotext_key("Seed"), seeds=True),
+    AxisType("Var. seed", int, apply_infotext_key("Variation seed"), seeds=True),
+    AxisType("Var. strength", float, apply_infotext_key("Variation seed strength")),
+    AxisType("Steps", int, apply_infotext_key("Steps")),
+    AxisType("Hires steps", int, apply_infotext_key("Hires steps")),
+    AxisType("CFG Scale", float, apply_infotext_key("CFG scale")),
     AxisType("Prompt S/R", str, _apply_prompt_sr, format_plain, confirm=_confirm_prompt_sr),
     AxisType("Sampler", str, apply_field("sampler_name"), format_plain, confirm=_confirm_samplers,
              choices=_sampler_choices),
     AxisType("Checkpoint name", str, _apply_checkpoint, format_basename, confirm=_confirm_checkpoints,
              choices=_checkpoint_choices, cost=1.0),
     AxisType("Schedule type", str, apply_field("scheduler"), confirm=_confirm_schedulers, choices=_scheduler_choices),
-    AxisType("Clip skip", int, apply_field("clip_skip")),
-    AxisType("Denoising", float, apply_field("denoising_strength")),
+    AxisType("Clip skip", int, apply_infotext_key("Clip skip")),
+    AxisType("Denoising", float, apply_infotext_key("Denoising strength")),
     AxisType("Eta", float, apply_field("eta")),
     AxisType("VAE", str, apply_override("sd_vae"), confirm=_confirm_vaes, choices=_vae_choices, cost=0.7),
     AxisType("Size", str, _apply_size, confirm=_confirm_sizes),
