@@ -12,13 +12,14 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from modules.serving.generation_service import GenerationSubmission, submit_generation
+from modules.serving.settings import Settings
 from modules.ui.generation import (
     follow_job,
     follow_job_async,
     follow_until_done,
     outcome_of,
     render_progress,
-    submit_txt2img,
 )
 from modules.ui.request_fields import TXT2IMG_FIELDS, build_request
 from modules.ui.txt2img import output_folder, paste_source, paste_values, reused_seed, sampler_choices
@@ -37,8 +38,10 @@ def context(tmp_path_factory):
 def test_generation_gives_gallery_images_with_their_infotext(context):
     request = build_request({"prompt": "a red fox", "negative_prompt": "blurry", "n_iter": 1, "batch_size": 2,
                              **SMALL_REQUEST})
-    job = submit_txt2img(context, request)
-    outcome = follow_until_done(job)
+    submission = GenerationSubmission(request)
+    job = submit_generation(context, submission)
+    job.wait(WAIT)
+    outcome = outcome_of(Settings({"return_grid": False}), submission, job)
     assert outcome.error is None
     assert len(outcome.images) == 2 and outcome.seeds == [5, 6]
     assert job.result.images == []  # released: the gallery holds them, the job history must not
@@ -57,17 +60,18 @@ def test_generation_gives_gallery_images_with_their_infotext(context):
 
 def test_the_gallery_starts_with_the_grid_as_a1111s_return_grid(context):
     request = build_request({"prompt": "a red fox", "n_iter": 1, "batch_size": 2, **SMALL_REQUEST})
-    job = submit_txt2img(context, request)
+    submission = GenerationSubmission(request)
+    job = submit_generation(context, submission)
     job.wait(WAIT)
-    outcome = outcome_of(job, show_grid=True, grid_batch_size=2)
+    outcome = outcome_of(Settings({}), submission, job)
     grid, first, second = outcome.images
     assert grid.size == (first.width * 2, first.height)  # one row: the batch
     assert outcome.infotexts[0] == outcome.infotexts[1] == grid.info["parameters"]
     assert outcome.seeds == [5, 5, 6] and reused_seed(outcome.to_state()) == 5
     # The grid setting n_rows lays it out (2 rows: the images one above the other).
-    job = submit_txt2img(context, request)
+    job = submit_generation(context, submission)
     job.wait(WAIT)
-    grid = outcome_of(job, show_grid=True, grid_batch_size=2, grid_n_rows=2).images[0]
+    grid = outcome_of(Settings({"n_rows": 2}), submission, job).images[0]
     assert grid.size == (first.width, first.height * 2)
 
 
@@ -75,7 +79,7 @@ def test_paste_back_reproduces_the_request(context):
     request = build_request({**SMALL_REQUEST, "prompt": "a (blue:1.1) house", "negative_prompt": "lowres",
                              "cfg_scale": 5.5, "sampler_name": "Euler a", "scheduler": "Karras", "subseed": 77,
                              "subseed_strength": 0.3})
-    outcome = follow_until_done(submit_txt2img(context, request))
+    outcome = follow_until_done(context, GenerationSubmission(request))
     pasted = paste_values(context, outcome.infotexts[0])
     assert not pasted.notes
     again = build_request(pasted.values)
@@ -91,7 +95,7 @@ def test_paste_back_reproduces_the_request(context):
 
 def test_a_failed_job_shows_its_error(context):
     request = build_request({**SMALL_REQUEST, "prompt": "x", "enable_hr": True, "sampler_name": "DDIM"})
-    outcome = follow_until_done(submit_txt2img(context, request))
+    outcome = follow_until_done(context, GenerationSubmission(request))
     assert outcome.images == [] and "hires fix with the timestep sampler DDIM" in outcome.error
     assert "class='error'" in outcome.info_html()
 
@@ -162,7 +166,7 @@ def test_loading_and_interrupted_jobs_say_so(queue):
     queue.interrupt(job.id)
     release.set()
     job.wait(WAIT)
-    outcome = outcome_of(job)
+    outcome = outcome_of(Settings({}), GenerationSubmission(build_request({})), job)
     assert outcome.error is None and "Interrupted before an image was finished." in outcome.notes
 
 
@@ -191,7 +195,7 @@ def test_interrupt_reaches_only_this_pages_job_or_a_running_txt2img_job(queue):
 def test_no_checkpoint_is_a_clear_error(tmp_path):
     context = make_context(tmp_path, checkpoints=(), load=False)
     try:
-        outcome = follow_until_done(submit_txt2img(context, build_request({"prompt": "x"})))
+        outcome = follow_until_done(context, GenerationSubmission(build_request({"prompt": "x"})))
     finally:
         context.jobs.shutdown()
     assert "No checkpoints are listed. Put .safetensors or .ckpt files in" in outcome.error
@@ -201,7 +205,7 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
 def test_a_generation_loads_the_checkpoint_when_none_is(tmp_path):
     context = make_context(tmp_path, load=False)  # as with --skip-load-model-at-start
     try:
-        outcome = follow_until_done(submit_txt2img(context, build_request({"prompt": "x", **SMALL_REQUEST})))
+        outcome = follow_until_done(context, GenerationSubmission(build_request({"prompt": "x", **SMALL_REQUEST})))
         assert outcome.error is None and len(outcome.images) == 1
         assert context.models.current_info().name == "tiny.safetensors"
     finally:
@@ -219,7 +223,7 @@ def test_overlong_prompts_are_refused_before_the_queue(context):
     queued = len(context.jobs.jobs())
     for fields in ({"prompt": "a" * (limit + 1)}, {"prompt": "x", "negative_prompt": "b" * (limit + 1)}):
         with pytest.raises(PromptTooLongError, match="setting prompt_max_length"):
-            submit_txt2img(context, build_request({**SMALL_REQUEST, **fields}))
+            submit_generation(context, GenerationSubmission(build_request({**SMALL_REQUEST, **fields})))
     assert len(context.jobs.jobs()) == queued
 
     class NoTokenizer:
@@ -299,5 +303,5 @@ def test_an_interrupted_batch_counts_its_images_not_the_grid(queue):
     assert started.wait(WAIT)
     queue.interrupt(job.id)
     release.set()
-    outcome = outcome_of(job.wait(WAIT), show_grid=True, grid_batch_size=2)
+    outcome = outcome_of(Settings({}), GenerationSubmission(build_request({"batch_size": 2})), job.wait(WAIT))
     assert len(outcome.images) == 3 and "Interrupted; 2 images finished." in outcome.notes

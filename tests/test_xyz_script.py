@@ -190,10 +190,11 @@ def test_through_the_http_api(context):
 
 def test_through_the_txt2img_tab(context):
     """The tab's Generate: the Script dropdown's choice and the script's controls reach the job."""
-    from modules.ui.generation import follow_until_done, submit_txt2img
+    from modules.serving.generation_service import GenerationSubmission
+    from modules.ui.generation import follow_until_done
 
     selection = context.extensions.scripts.selection_from_api(TITLE, script_args("Steps", "1, 2"), {})
-    outcome = follow_until_done(submit_txt2img(context, BASE, selection))
+    outcome = follow_until_done(context, GenerationSubmission(BASE, selection))
     assert outcome.error is None and len(outcome.images) == 1
     params = parse_generation_parameters(outcome.infotexts[0])
     assert params["Script"] == TITLE and params["X Type"] == "Steps" and params["X Values"] == "1, 2"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +24,14 @@ from modules.api.routes_models import api_setting_errors
 from modules.api.schemas import TextToImageResponse, Txt2ImgApiRequest
 from modules.api.state import require_running_queue
 from modules.api.styles import apply_styles, read_styles
-from modules.generation.engine import GenerationRequest, GenerationResult, PromptTooLongError, check_prompt_length
-from modules.extension_host.scripts import ScriptSelection, run_txt2img
+from modules.extension_host.scripts import ScriptSelection
+from modules.generation.engine import GenerationRequest, PromptTooLongError, check_prompt_length
+from modules.serving.generation_service import (
+    FinishedGeneration,
+    GenerationSubmission,
+    finished_generation,
+    submit_generation,
+)
 from modules.serving.settings import validate_changes
 
 log = logging.getLogger(__name__)
@@ -37,22 +42,6 @@ ATELIER_VERSION = "atelier"
 _SAME = {"hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use same sampler",
          "hr_scheduler": "Use same scheduler"}
 
-# Infotext field -> request field, for `infotext` (A1111 fills only the fields the request did not set).
-_INFOTEXT_FIELDS = {
-    "Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps", "Sampler": "sampler_name",
-    "Schedule type": "scheduler", "CFG scale": "cfg_scale", "Seed": "seed", "Size-1": "width", "Size-2": "height",
-    "Variation seed": "subseed", "Variation seed strength": "subseed_strength",
-    "Seed resize from-1": "seed_resize_from_w", "Seed resize from-2": "seed_resize_from_h",
-    "Denoising strength": "denoising_strength", "Hires upscale": "hr_scale", "Hires upscaler": "hr_upscaler",
-    "Hires steps": "hr_second_pass_steps", "Hires resize-1": "hr_resize_x", "Hires resize-2": "hr_resize_y",
-}
-# Infotext field -> setting, as per-request overrides (A1111's `infotext=` option labels).
-_INFOTEXT_SETTINGS = {"Clip skip": "CLIP_stop_at_last_layers", "ENSD": "eta_noise_seed_delta",
-                      "RNG": "randn_source", "Emphasis": "emphasis", "Pad conds": "pad_cond_uncond",
-                      "Pad conds v0": "pad_cond_uncond_v0"}
-_INT_SETTINGS = {"CLIP_stop_at_last_layers", "eta_noise_seed_delta"}
-_BOOL_SETTINGS = {"pad_cond_uncond", "pad_cond_uncond_v0"}
-
 # Settings a request may not override (yet), with the way to get the same effect.
 _UNSUPPORTED_OVERRIDES = {
     "sd_vae": "a per-request VAE is not supported yet; choose the VAE with POST /sdapi/v1/options {\"sd_vae\": ...}",
@@ -61,43 +50,31 @@ _UNSUPPORTED_OVERRIDES = {
 
 @dataclass(frozen=True)
 class PreparedTxt2Img:
-    """A validated API request: the core request, and what the handler does around the job."""
+    """A validated API request: the body as sent, and what goes to the generation service."""
 
     body: Txt2ImgApiRequest
-    generation: GenerationRequest
-    save: bool
-    persist_overrides: dict[str, Any]  # override_settings_restore_afterwards=false: kept after the job
-    settings: Mapping[str, Any]  # the snapshot in effect (grid layout of the returned grid)
-    selection: ScriptSelection | None = None
+    submission: GenerationSubmission
+
+    @property
+    def generation(self) -> GenerationRequest:
+        return self.submission.request
 
 
 def apply_infotext(body: Txt2ImgApiRequest, current_settings) -> Txt2ImgApiRequest:
-    """A1111's `infotext` field: the parameters it holds fill the fields the request left unset, and
-    its setting fields become overrides unless equal to the current value or already overridden."""
+    """A1111's `infotext` field, read as the paste button reads it
+    (`modules.generation.infotext_fields`): the parameters it holds fill the fields the request left
+    unset, and its setting fields become overrides unless equal to the current value or already
+    overridden. A value Atelier cannot use is a 422 naming its key."""
     if not body.infotext:
         return body
-    from modules.outputs.infotext import parse_generation_parameters
+    from modules.generation.infotext_fields import read_infotext
 
-    params = parse_generation_parameters(body.infotext)
+    reading = read_infotext(body.infotext, current_settings)
+    if reading.problems:
+        raise bad_request("infotext: " + "; ".join(reading.problems))
     given = body.model_dump(exclude_unset=True)
-    filled = {field: params[key] for key, field in _INFOTEXT_FIELDS.items() if key in params and field not in given}
-    if "enable_hr" not in given and "Denoising strength" in params and any(
-            key in params for key in ("Hires upscale", "Hires upscaler")):
-        filled["enable_hr"] = True
-    overrides = dict(body.override_settings or {})
-    for key, setting in _INFOTEXT_SETTINGS.items():
-        if key not in params or setting in overrides:
-            continue
-        value = params[key]
-        if setting in _INT_SETTINGS:
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                raise bad_request(f"infotext: {key} {value!r} is not a whole number") from None
-        elif setting in _BOOL_SETTINGS:
-            value = str(value).lower() == "true"
-        if current_settings.get(setting) != value:
-            overrides[setting] = value
+    filled = {name: value for name, value in reading.values.items() if name not in given}
+    overrides = {**reading.overrides, **(body.override_settings or {})}
     try:
         return Txt2ImgApiRequest.model_validate({**filled, **given, "override_settings": overrides or None})
     except ValidationError as e:
@@ -187,7 +164,7 @@ def prepare(body: Txt2ImgApiRequest, context) -> PreparedTxt2Img:
         from modules.networks.syntax import parse_prompt
 
         prompt = parse_prompt(prompt)[0]
-    try:
+    try:  # first: the length, not an override the request may not make, is what is wrong with it
         check_prompt_length(prompt, negative, context.settings.current()["prompt_max_length"])
     except PromptTooLongError as error:
         raise bad_request(str(error)) from None
@@ -224,68 +201,32 @@ def prepare(body: Txt2ImgApiRequest, context) -> PreparedTxt2Img:
         )
     except ValidationError as e:
         raise bad_request(describe_validation_error(e)) from None
-    persist = {} if body.override_settings_restore_afterwards else {
+    keep = {} if body.override_settings_restore_afterwards else {
         k: v for k, v in overrides.items() if k != "override_settings_restore_afterwards"}
-    return PreparedTxt2Img(body, generation, save=body.save_images and not body.do_not_save_samples,
-                           persist_overrides=persist, selection=script_selection(body, context),
-                           settings=context.settings.current().with_overrides(overrides))
+    # A1111's API saves samples and grids only with `save_images` (do_not_save_grid = not save_images).
+    submission = GenerationSubmission(generation, selection=script_selection(body, context),
+                                      save=body.save_images and not body.do_not_save_samples,
+                                      save_grid=body.save_images, keep_overrides=keep)
+    return PreparedTxt2Img(body, submission)
 
 
-def run_job(prepared: PreparedTxt2Img, context, control) -> GenerationResult:
-    """The work function: on the worker thread, with the GPU to itself."""
-    generation = prepared.generation
-    control.set_info("job_count", generation.n_iter)
-    if "sd_model_checkpoint" not in generation.override_settings:
-        # The loaded model; with none (start-up load skipped or failed, or unloaded), the start-up
-        # choice, loaded as A1111 does on first use (a 404 or a 422 that says why when none loads).
-        context.load_default_model()
-    result = run_txt2img(context, generation, control, save=prepared.save, selection=prepared.selection)
-    if prepared.persist_overrides:
-        # override_settings_restore_afterwards=false: the overrides become the settings (A1111).
-        persisted = dict(prepared.persist_overrides)
-        info = context.models.current_info()
-        if "sd_model_checkpoint" in persisted and info is not None:
-            persisted["sd_model_checkpoint"] = info.title
-            persisted["sd_checkpoint_hash"] = info.sha256 or ""
-        context.settings.apply(persisted)
-    return result
-
-
-def build_response(prepared: PreparedTxt2Img, job, result: GenerationResult | None) -> dict[str, Any]:
+def build_response(context, prepared: PreparedTxt2Img, job) -> dict[str, Any]:
     """A1111's `{images, parameters, info}`; `info` is the JSON text of Processed.js()."""
     if job.exception is not None:
         raise exception_to_api_error(job.exception)
-    result = result or GenerationResult()
-    generation = prepared.generation
-    infotexts = list(result.infotexts)
-    images = list(zip(result.images, infotexts))
-    index_of_first_image = result.index_of_first_image
-    script_ran = prepared.selection is not None and prepared.selection.script is not None
-    if prepared.save and len(result.images) > 1 and not script_ran:
-        # A1111 returns the grid first when it makes one (only when saving, for the API).
-        from modules.outputs.images import image_grid
-
-        settings = prepared.settings
-        grid = image_grid(result.images, batch_size=generation.batch_size, n_rows=settings["n_rows"],
-                          prevent_empty_spots=settings["grid_prevent_empty_spots"])
-        images.insert(0, (grid, infotexts[0]))
-        infotexts.insert(0, infotexts[0])
-        index_of_first_image = 1
-    encoded = [encode_png(image, text) for image, text in images] if prepared.body.send_images else []
-    # The queue keeps the last jobs' results for status queries; the pictures are the client's now,
-    # and 100 batches of them would pin gigabytes.
-    result.images.clear()
-    info = processed_info(prepared, job, result, infotexts, index_of_first_image)
+    finished = finished_generation(context.settings.current(), prepared.submission, job)
+    encoded = ([encode_png(image, text) for image, text in zip(finished.images, finished.infotexts)]
+               if prepared.body.send_images else [])
+    info = processed_info(prepared, job, finished)
     parameters = prepared.body.model_dump(exclude=set(prepared.body.model_extra or ()))
     return {"images": encoded, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
 
 
-def processed_info(prepared: PreparedTxt2Img, job, result: GenerationResult, infotexts: list[str],
-                   index_of_first_image: int) -> dict[str, Any]:
+def processed_info(prepared: PreparedTxt2Img, job, finished: FinishedGeneration) -> dict[str, Any]:
     from modules.outputs.infotext import parse_generation_parameters
     from modules.generation.sampling.registry import resolve_sampler
 
-    generation = prepared.generation
+    generation, result = prepared.generation, finished.result
     # What the images were made with, read back from their infotext (the override checkpoint may
     # already have been swapped back when the job returns).
     used = parse_generation_parameters(result.infotexts[0]) if result.infotexts else {}
@@ -318,8 +259,8 @@ def processed_info(prepared: PreparedTxt2Img, job, result: GenerationResult, inf
         "seed_resize_from_h": prepared.body.seed_resize_from_h,
         "denoising_strength": generation.denoising_strength,
         "extra_generation_params": {},
-        "index_of_first_image": index_of_first_image,
-        "infotexts": infotexts,
+        "index_of_first_image": finished.index_of_first_image,
+        "infotexts": finished.infotexts,
         "styles": list(generation.styles),
         "job_timestamp": started.strftime("%Y%m%d%H%M%S"),
         "clip_skip": int(used.get("Clip skip", 1)),
@@ -335,14 +276,11 @@ def processed_info(prepared: PreparedTxt2Img, job, result: GenerationResult, inf
 def submit_and_wait(context, state, body: Txt2ImgApiRequest) -> dict[str, Any]:
     prepared = prepare(body, context)
     require_running_queue(context.jobs)
-    generation = prepared.generation
-    description = f"{generation.prompt[:60]!r} {generation.width}x{generation.height}, {generation.steps} steps"
-    job = context.jobs.submit(lambda control: run_job(prepared, context, control), kind="txt2img",
-                              description=description)
+    job = submit_generation(context, prepared.submission)
     if body.force_task_id:
         state.client_task_ids.remember(body.force_task_id, job.id)
     job.wait()
-    return build_response(prepared, job, job.result)
+    return build_response(context, prepared, job)
 
 
 def build_router(context, state) -> APIRouter:

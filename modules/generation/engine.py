@@ -61,27 +61,30 @@ class GenerationRequest(BaseModel):
     styles: tuple[str, ...] = ()
     seed: int = -1
     subseed: int = -1
-    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
-    seed_resize_from_h: int = Field(0, ge=0, le=2048)
-    seed_resize_from_w: int = Field(0, ge=0, le=2048)
+    # `ui_step`: the step of the field's slider in the txt2img tab, which reads its range, step and
+    # default from here (modules.ui.request_fields.slider_args), so the two cannot disagree.
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0, json_schema_extra={"ui_step": 0.01})
+    seed_resize_from_h: int = Field(0, ge=0, le=2048, json_schema_extra={"ui_step": 8})
+    seed_resize_from_w: int = Field(0, ge=0, le=2048, json_schema_extra={"ui_step": 8})
     sampler_name: str = "DPM++ 2M"
     scheduler: str = "Automatic"
-    steps: int = Field(20, ge=1, le=150)
-    cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
-    width: int = Field(512, ge=64, le=2048)
-    height: int = Field(512, ge=64, le=2048)
-    batch_size: int = Field(1, ge=1, le=8)
-    n_iter: int = Field(1, ge=1, le=100)
+    steps: int = Field(20, ge=1, le=150, json_schema_extra={"ui_step": 1})
+    # 0 is allowed (A1111's API takes it); A1111's slider starts at 1.
+    cfg_scale: float = Field(7.0, ge=0.0, le=30.0, json_schema_extra={"ui_step": 0.5})
+    width: int = Field(512, ge=64, le=2048, json_schema_extra={"ui_step": 8})
+    height: int = Field(512, ge=64, le=2048, json_schema_extra={"ui_step": 8})
+    batch_size: int = Field(1, ge=1, le=8, json_schema_extra={"ui_step": 1})
+    n_iter: int = Field(1, ge=1, le=100, json_schema_extra={"ui_step": 1})
     clip_skip: int | None = Field(None, ge=1, le=12)
     eta: float | None = Field(None, ge=0.0, le=1.0)
     tiling: bool = False
     enable_hr: bool = False
-    hr_scale: float = Field(2.0, ge=1.0, le=4.0)
+    hr_scale: float = Field(2.0, ge=1.0, le=4.0, json_schema_extra={"ui_step": 0.05})
     hr_upscaler: str = "Latent"
-    hr_second_pass_steps: int = Field(0, ge=0, le=150)
-    hr_resize_x: int = Field(0, ge=0, le=4096)
-    hr_resize_y: int = Field(0, ge=0, le=4096)
-    denoising_strength: float = Field(0.7, ge=0.0, le=1.0)
+    hr_second_pass_steps: int = Field(0, ge=0, le=150, json_schema_extra={"ui_step": 1})
+    hr_resize_x: int = Field(0, ge=0, le=4096, json_schema_extra={"ui_step": 8})
+    hr_resize_y: int = Field(0, ge=0, le=4096, json_schema_extra={"ui_step": 8})
+    denoising_strength: float = Field(0.7, ge=0.0, le=1.0, json_schema_extra={"ui_step": 0.01})
     override_settings: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("width", "height", "seed_resize_from_h", "seed_resize_from_w", "hr_resize_x", "hr_resize_y")
@@ -1002,6 +1005,16 @@ def _decode(model, samples: torch.Tensor, result: GenerationResult) -> list:
     return [Image.fromarray(array) for array in images]
 
 
+def _eta_field(sampler, eta: float | None) -> dict[str, float]:
+    """A1111 records eta when the sampler takes one and it is not the sampler's default (1 for the
+    ancestral k-diffusion samplers, as "Eta"; 0 for DDIM-like ones, as "Eta DDIM"); it is added while
+    sampling, so it comes after the prompt's fields."""
+    if eta is None or "eta" not in inspect.signature(sampler.function).parameters:
+        return {}
+    timesteps = sampler.kind == "timesteps"
+    return {} if eta == (0.0 if timesteps else 1.0) else {"Eta DDIM" if timesteps else "Eta": eta}
+
+
 def _infotext(run: _Run, index: int, network_fields: dict, ti_hashes: str | None) -> str:
     """Image `index`'s A1111 infotext."""
     from modules.outputs.infotext import GenerationInfo, create_infotext, generation_parameters
@@ -1032,6 +1045,7 @@ def _infotext(run: _Run, index: int, network_fields: dict, ti_hashes: str | None
         extra["TI hashes"] = ti_hashes
     if settings.emphasis != "Original" and any(c in prompt for c in "(["):
         extra["Emphasis"] = settings.emphasis
+    extra.update(_eta_field(sampler, eta))
     name = checkpoint_info.name_for_extra if checkpoint_info else model.path.stem
     shorthash = checkpoint_info.shorthash if checkpoint_info else None
     info = GenerationInfo(

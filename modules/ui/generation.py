@@ -2,20 +2,19 @@
 preview), and turn its result into gallery images and the infotext shown under them.
 
 No gradio here: the tab's handlers map these values onto components. Nothing touches torch; the
-job queue's worker runs the generation (modules.serving.jobs).
+job runs through the generation service the API uses too (modules.serving.generation_service).
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from modules.serving.generation_service import GenerationSubmission, finished_generation, submit_generation
 from modules.serving.jobs import Job, JobState
-from modules.generation.engine import GenerationRequest, GenerationResult, check_prompt_length
-from modules.extension_host.scripts import ScriptSelection, run_txt2img
 
 
 @dataclass
@@ -46,28 +45,6 @@ class GenerationOutcome:
         """What the tab keeps per session for the seed-reuse and paste buttons (plain JSON values)."""
         return {"infotexts": list(self.infotexts), "seeds": list(self.seeds), "subseeds": list(self.subseeds),
                 "notes": list(self.notes), "error": self.error, "index": 0}
-
-
-def describe_request(request: GenerationRequest) -> str:
-    """A short job description for the queue and the console."""
-    prompt = " ".join(request.prompt.split())
-    return (prompt[:60] + "…") if len(prompt) > 60 else prompt
-
-
-def submit_txt2img(context, request: GenerationRequest, selection: ScriptSelection | None = None) -> Job:
-    """Queue `request` on the generation queue, with the extensions' scripts (`selection`: the
-    Script dropdown and the scripts' controls). Saving follows the `samples_save` setting (A1111's
-    UI). With no checkpoint loaded (start-up load skipped or failed), the job loads the start-up one
-    first, as A1111 does on first use (`AppContext.load_default_model`). A prompt over the
-    `prompt_max_length` setting raises `PromptTooLongError` and nothing is queued."""
-    check_prompt_length(request.prompt, request.negative_prompt, context.settings.current()["prompt_max_length"])
-
-    def work(control):
-        control.set_info("job_count", request.n_iter)  # /sdapi/v1/progress reports "Batch i out of n"
-        context.load_default_model()
-        return run_txt2img(context, request, control, selection=selection)
-
-    return context.jobs.submit(work, kind="txt2img", description=describe_request(request))
 
 
 class _Follower:
@@ -111,48 +88,21 @@ async def follow_job_async(job: Job, *, loading: Callable[[], bool] = lambda: Fa
         await asyncio.sleep(poll_seconds)
 
 
-def outcome_of(job: Job, *, show_grid: bool = False, grid_batch_size: int = 1, grid_n_rows: int = -1,
-               grid_prevent_empty_spots: bool = False) -> GenerationOutcome:
-    """The finished job's images and infotexts, with what the user should know about it. With
-    `show_grid` (A1111's `return_grid`) several images are preceded by their grid (laid out by the
-    `n_rows` / `grid_prevent_empty_spots` settings), which carries the first image's infotext and
-    seeds, unless a script already put its own grids first."""
-    result: GenerationResult | None = job.result if isinstance(job.result, GenerationResult) else None
-    outcome = GenerationOutcome()
-    finished = len(result.images) if result is not None else 0  # generated images, a grid not counted
-    if result is not None:
-        for image, infotext in zip(result.images, result.infotexts):
-            image.info["parameters"] = infotext  # gradio writes text info into the PNG it serves
-        outcome.images = list(result.images)
-        # The queue keeps the last jobs for status queries; the gallery has the pictures now, and a
-        # hundred finished batches would otherwise pin gigabytes.
-        result.images.clear()
-        outcome.infotexts = list(result.infotexts)
-        outcome.seeds = list(result.seeds)
-        outcome.subseeds = list(result.subseeds)
-        outcome.notes.extend(result.warnings)
-        if show_grid and len(outcome.images) > 1 and result.index_of_first_image == 0 and outcome.infotexts:
-            _put_grid_first(outcome, grid_batch_size, grid_n_rows, grid_prevent_empty_spots)
+def outcome_of(settings: Mapping[str, Any], submission: GenerationSubmission, job: Job) -> GenerationOutcome:
+    """The finished job's gallery (`finished_generation`: the grid first when A1111 returns one),
+    with what the user should know about the job: warnings, interruption, time taken, the error."""
+    finished = finished_generation(settings, submission, job)
+    outcome = GenerationOutcome(images=finished.images, infotexts=finished.infotexts, seeds=finished.seeds,
+                                subseeds=finished.subseeds, notes=list(finished.result.warnings))
     if job.state is JobState.FAILED:
         outcome.error = job.error or "the job failed; see the console"
     elif job.state is JobState.INTERRUPTED:
-        outcome.notes.append(f"Interrupted; {finished} image{'s' if finished != 1 else ''} finished." if finished
+        generated = len(finished.images) - finished.index_of_first_image
+        outcome.notes.append(f"Interrupted; {generated} image{'s' if generated != 1 else ''} finished." if generated
                              else "Interrupted before an image was finished.")
     if job.started_at is not None and job.finished_at is not None:
         outcome.notes.append(f"Time taken: {_duration(job.finished_at - job.started_at)}")
     return outcome
-
-
-def _put_grid_first(outcome: GenerationOutcome, batch_size: int, n_rows: int, prevent_empty_spots: bool) -> None:
-    from modules.outputs.images import image_grid
-
-    grid = image_grid(outcome.images, batch_size=batch_size, n_rows=n_rows, prevent_empty_spots=prevent_empty_spots)
-    grid.info["parameters"] = outcome.infotexts[0]
-    outcome.images.insert(0, grid)
-    outcome.infotexts.insert(0, outcome.infotexts[0])
-    for values in (outcome.seeds, outcome.subseeds):
-        if values:
-            values.insert(0, values[0])
 
 
 def render_progress(job: Job, loading_checkpoint: bool = False) -> str:
@@ -205,8 +155,9 @@ def error_html(message: str) -> str:
     return f"<div class='error'><b>Error</b><br>{lines}</div>"
 
 
-def follow_until_done(job: Job, poll_seconds: float = 0.05) -> GenerationOutcome:
-    """Wait for `job` without a UI (tests, scripts) and return its outcome."""
+def follow_until_done(context, submission: GenerationSubmission, poll_seconds: float = 0.05) -> GenerationOutcome:
+    """Submit and wait without a UI (tests, scripts); the outcome the tab would show."""
+    job = submit_generation(context, submission)
     for _ in follow_job(job, poll_seconds=poll_seconds):
         pass
-    return outcome_of(job)
+    return outcome_of(context.settings.current(), submission, job)

@@ -2,9 +2,9 @@
 Skip, a live progress bar with ETA and preview, the gallery with the infotext under it, paste
 parameters back, the output folder, and the extra-networks panel.
 
-Handlers are thin: widget values -> `GenerationRequest` (modules.ui.request_fields) -> a job on the
-queue (modules.ui.generation) -> gallery values. What they compute lives in plain functions here
-and in those modules, so tests call it without a browser.
+Handlers are thin: widget values -> `GenerationRequest` (modules.ui.request_fields) -> a job through
+the generation service the API uses too (modules.serving.generation_service) -> gallery values. What
+they compute lives in plain functions here and in those modules, so tests call it without a browser.
 """
 
 from __future__ import annotations
@@ -22,9 +22,17 @@ import gradio as gr
 
 from modules.generation.engine import LATENT_UPSCALE_MODES, PromptTooLongError
 from modules.ui import extra_networks_panel, scripts_panel
-from modules.ui.generation import error_html, follow_job_async, infotext_html, outcome_of, render_progress, submit_txt2img
+from modules.serving.generation_service import GenerationSubmission, submit_generation
+from modules.ui.generation import error_html, follow_job_async, infotext_html, outcome_of, render_progress
 from modules.ui.icons import icon_label
-from modules.ui.request_fields import TXT2IMG_FIELDS, RequestError, build_request, paste_parameters
+from modules.ui.request_fields import (
+    TXT2IMG_FIELDS,
+    RequestError,
+    build_request,
+    field_default,
+    paste_parameters,
+    slider_args,
+)
 from modules.ui.shared import UiShared
 from modules.ui.token_counter import TokenCounter, format_token_count
 
@@ -268,7 +276,7 @@ def _build_settings_column(context, shared: UiShared, fields: dict[str, Any], to
     with gr.Column(scale=1, elem_id="txt2img_settings"):
         hires_group = _build_sampling_fields(fields)
         res_switch = _build_size_fields(fields)
-        fields["cfg_scale"] = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+        fields["cfg_scale"] = gr.Slider(**slider_args("cfg_scale"), label="CFG Scale", elem_id="txt2img_cfg_scale")
         random_seed, reuse_seed = _build_seed_fields(fields)
         fields["override_settings"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                                                   label="Override settings", visible=False,
@@ -281,26 +289,26 @@ def _build_settings_column(context, shared: UiShared, fields: dict[str, Any], to
 def _build_sampling_fields(fields: dict[str, Any]) -> gr.Column:
     """Sampler, schedule, steps and the hires. fix group; returns that group (hidden until enabled)."""
     with gr.Row():
-        fields["sampler_name"] = gr.Dropdown(sampler_choices(), value="DPM++ 2M", label="Sampling method",
+        fields["sampler_name"] = gr.Dropdown(sampler_choices(), value=field_default("sampler_name"), label="Sampling method",
                                              elem_id="txt2img_sampling")
-        fields["scheduler"] = gr.Dropdown(scheduler_choices(), value="Automatic", label="Schedule type",
+        fields["scheduler"] = gr.Dropdown(scheduler_choices(), value=field_default("scheduler"), label="Schedule type",
                                           elem_id="txt2img_scheduler")
-    fields["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-    fields["enable_hr"] = gr.Checkbox(False, label="Hires. fix", elem_id="txt2img_hr")
+    fields["steps"] = gr.Slider(**slider_args("steps"), label="Sampling steps", elem_id="txt2img_steps")
+    fields["enable_hr"] = gr.Checkbox(field_default("enable_hr"), label="Hires. fix", elem_id="txt2img_hr")
     with gr.Column(visible=False, elem_id="txt2img_hires_fix") as hires_group:
         with gr.Row():
-            fields["hr_upscaler"] = gr.Dropdown(list(LATENT_UPSCALE_MODES), value="Latent", label="Upscaler",
+            fields["hr_upscaler"] = gr.Dropdown(list(LATENT_UPSCALE_MODES), value=field_default("hr_upscaler"), label="Upscaler",
                                                 elem_id="txt2img_hr_upscaler")
-            fields["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+            fields["hr_second_pass_steps"] = gr.Slider(**slider_args("hr_second_pass_steps"), label="Hires steps",
                                                        elem_id="txt2img_hires_steps")
-            fields["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
+            fields["denoising_strength"] = gr.Slider(**slider_args("denoising_strength"), label="Denoising strength",
                                                      elem_id="txt2img_denoising_strength")
         with gr.Row():
-            fields["hr_scale"] = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by",
+            fields["hr_scale"] = gr.Slider(**slider_args("hr_scale"), label="Upscale by",
                                            elem_id="txt2img_hr_scale")
-            fields["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+            fields["hr_resize_x"] = gr.Slider(**slider_args("hr_resize_x"), label="Resize width to",
                                               elem_id="txt2img_hr_resize_x")
-            fields["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+            fields["hr_resize_y"] = gr.Slider(**slider_args("hr_resize_y"), label="Resize height to",
                                               elem_id="txt2img_hr_resize_y")
     return hires_group
 
@@ -309,14 +317,14 @@ def _build_size_fields(fields: dict[str, Any]) -> gr.Button:
     """Width/height with the swap button, batch count and size; returns the swap button."""
     with gr.Row(equal_height=True):
         with gr.Column(scale=4):
-            fields["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-            fields["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+            fields["width"] = gr.Slider(**slider_args("width"), label="Width", elem_id="txt2img_width")
+            fields["height"] = gr.Slider(**slider_args("height"), label="Height", elem_id="txt2img_height")
         res_switch = gr.Button(icon_label("txt2img_res_switch_btn"), elem_id="txt2img_res_switch_btn", elem_classes=["tool"],
                                scale=0, min_width=40)
         with gr.Column(scale=2):
-            fields["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count",
+            fields["n_iter"] = gr.Slider(**slider_args("n_iter"), label="Batch count",
                                          elem_id="txt2img_batch_count")
-            fields["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size",
+            fields["batch_size"] = gr.Slider(**slider_args("batch_size"), label="Batch size",
                                              elem_id="txt2img_batch_size")
     return res_switch
 
@@ -324,19 +332,19 @@ def _build_size_fields(fields: dict[str, Any]) -> gr.Button:
 def _build_seed_fields(fields: dict[str, Any]) -> tuple[gr.Button, gr.Button]:
     """Seed with its 🎲/♻️ buttons, the variation seed and "Resize seed from"; returns the two buttons."""
     with gr.Row(equal_height=True, elem_id="txt2img_seed_row"):
-        fields["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
+        fields["seed"] = gr.Number(field_default("seed"), label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
         random_seed = gr.Button(icon_label("txt2img_random_seed"), elem_id="txt2img_random_seed", elem_classes=["tool"],
                                 scale=0, min_width=40)
         reuse_seed = gr.Button(icon_label("txt2img_reuse_seed"), elem_id="txt2img_reuse_seed", elem_classes=["tool"],
                                scale=0, min_width=40)
     with gr.Row(equal_height=True, elem_id="txt2img_subseed_row"):
-        fields["subseed"] = gr.Number(-1, label="Variation seed", precision=0, elem_id="txt2img_subseed")
-        fields["subseed_strength"] = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+        fields["subseed"] = gr.Number(field_default("subseed"), label="Variation seed", precision=0, elem_id="txt2img_subseed")
+        fields["subseed_strength"] = gr.Slider(**slider_args("subseed_strength"), label="Variation strength",
                                                elem_id="txt2img_subseed_strength")
     with gr.Accordion("Resize seed from", open=False, elem_id="txt2img_seed_resize"), gr.Row():
-        fields["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+        fields["seed_resize_from_w"] = gr.Slider(**slider_args("seed_resize_from_w"), label="Resize seed from width",
                                                  elem_id="txt2img_seed_resize_from_w")
-        fields["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+        fields["seed_resize_from_h"] = gr.Slider(**slider_args("seed_resize_from_h"), label="Resize seed from height",
                                                  elem_id="txt2img_seed_resize_from_h")
     return random_seed, reuse_seed
 
@@ -362,8 +370,9 @@ def _wire_generation(context, top: _PromptRow, scripts, results: _ResultsColumn,
     async def on_generate(*values):
         field_values, script_values = values[:len(TXT2IMG_FIELDS)], values[len(TXT2IMG_FIELDS):]
         try:
-            request = build_request(dict(zip(TXT2IMG_FIELDS, field_values)))
-            job = submit_txt2img(context, request, scripts.selection(script_values))
+            submission = GenerationSubmission(build_request(dict(zip(TXT2IMG_FIELDS, field_values))),
+                                              selection=scripts.selection(script_values))
+            job = submit_generation(context, submission)
         except (RequestError, PromptTooLongError) as error:
             yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip()
             return
@@ -371,9 +380,7 @@ def _wire_generation(context, top: _PromptRow, scripts, results: _ResultsColumn,
         async for update in follow_job_async(job, loading=lambda: context.load_state.loading):
             preview = [update.preview] if update.preview is not None else gr.skip()
             yield preview, gr.skip(), update.progress_html, gr.skip(), job.id
-        settings = context.settings.current()
-        outcome = outcome_of(job, show_grid=settings["return_grid"], grid_batch_size=request.batch_size,
-                             grid_n_rows=settings["n_rows"], grid_prevent_empty_spots=settings["grid_prevent_empty_spots"])
+        outcome = outcome_of(context.settings.current(), submission, job)
         # The id is kept: Interrupt pressed just after the job ended must not reach the next one.
         yield outcome.images, outcome.info_html(0), "", outcome.to_state(), job.id
 

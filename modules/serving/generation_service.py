@@ -1,0 +1,138 @@
+"""Running a generation request as a job: what the txt2img tab, `/sdapi/v1/txt2img` and the X/Y/Z
+plot (a script run by either) share, so they cannot drift apart, as `modules.merging.service` does
+for merges.
+
+- `submit_generation` turns a `GenerationSubmission` into a job on the queue. The job loads the
+  start-up checkpoint when none is loaded (unless the request overrides the checkpoint), runs the
+  request with the extensions' scripts, and keeps the overrides the API asked to keep.
+- `finished_generation` turns the finished job into what every caller shows: the images with their
+  infotexts, the grid first when A1111 would return one, and the job's images released (the queue
+  keeps the last jobs for status queries, and a hundred finished batches would pin gigabytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from modules.generation.engine import GenerationRequest, GenerationResult, check_prompt_length
+
+if TYPE_CHECKING:
+    from modules.extension_host.scripts import ScriptSelection
+    from modules.serving.app_context import AppContext
+    from modules.serving.jobs import Job, JobControl
+
+GENERATION_JOB_KIND = "txt2img"
+
+
+@dataclass(frozen=True)
+class GenerationSubmission:
+    """One request as a caller hands it over.
+
+    `save`: None follows the `samples_save` setting (the web UI); the API says (its `save_images`).
+    `save_grid`: whether a grid may be made and returned (A1111's `do_not_save_grid` negated; the API
+    ties it to `save_images`). `keep_overrides`: settings to store once the job has run (the API's
+    `override_settings_restore_afterwards=false`).
+    """
+
+    request: GenerationRequest
+    selection: ScriptSelection | None = None
+    save: bool | None = None
+    save_grid: bool = True
+    keep_overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def describe(self) -> str:
+        """A short job description for the queue and the console."""
+        prompt = " ".join(self.request.prompt.split())
+        return (prompt[:60] + "…") if len(prompt) > 60 else prompt
+
+
+@dataclass
+class FinishedGeneration:
+    """A finished generation job as the callers show it. `images[i]` goes with `infotexts[i]`; with a
+    grid first, it carries the first image's infotext, seed and subseed (A1111's gallery).
+    `images` is empty for a job that failed before making any."""
+
+    images: list = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+    index_of_first_image: int = 0
+    result: GenerationResult = field(default_factory=GenerationResult)  # prompts, warnings
+
+
+def submit_generation(context: AppContext, submission: GenerationSubmission) -> Job:
+    """Queue `submission` on the job queue and return its job at once. A prompt over the
+    `prompt_max_length` setting raises `PromptTooLongError` (a ValueError) and nothing is queued."""
+    request = submission.request
+    check_prompt_length(request.prompt, request.negative_prompt, context.settings.current()["prompt_max_length"])
+    return context.jobs.submit(lambda control: run_generation(context, submission, control),
+                               kind=GENERATION_JOB_KIND, description=submission.describe())
+
+
+def run_generation(context: AppContext, submission: GenerationSubmission, control: JobControl) -> GenerationResult:
+    """The job's work, on the worker thread with the GPU to itself."""
+    from modules.extension_host.scripts import run_txt2img
+
+    request = submission.request
+    control.set_info("job_count", request.n_iter)  # /sdapi/v1/progress reports "Batch i out of n"
+    if "sd_model_checkpoint" not in request.override_settings:
+        # The loaded model; with none (start-up load skipped or failed, or unloaded), the start-up
+        # choice, loaded as A1111 does on first use (an error that says why when none loads).
+        context.load_default_model()
+    result = run_txt2img(context, request, control, save=submission.save, selection=submission.selection)
+    if submission.keep_overrides:
+        _keep_overrides(context, submission.keep_overrides)
+    return result
+
+
+def _keep_overrides(context: AppContext, overrides: Mapping[str, Any]) -> None:
+    """`override_settings_restore_afterwards=false`: the overrides become the settings (A1111)."""
+    kept = dict(overrides)
+    info = context.models.current_info()
+    if "sd_model_checkpoint" in kept and info is not None:
+        kept["sd_model_checkpoint"] = info.title
+        kept["sd_checkpoint_hash"] = info.sha256 or ""
+    context.settings.apply(kept)
+
+
+def returns_grid(settings: Mapping[str, Any], submission: GenerationSubmission, result: GenerationResult) -> bool:
+    """A1111's rule: a grid of several images comes first when `return_grid` is on and the grid is
+    not turned off for the request (the API's `save_images`). A script that put its own grids first
+    (the X/Y/Z plot) gets none added; one that ran the generation itself gets the grid A1111's
+    `process_images` would have made for it."""
+    return (settings["return_grid"] and submission.save_grid and len(result.images) > 1
+            and result.index_of_first_image == 0 and bool(result.infotexts))
+
+
+def finished_generation(settings: Mapping[str, Any], submission: GenerationSubmission, job: Job) -> FinishedGeneration:
+    """The finished `job`'s images for the caller (see the module's docstring). `settings`: the
+    current ones; with the request's overrides they decide the grid and its layout (`return_grid`,
+    `n_rows`, `grid_prevent_empty_spots`)."""
+    result = job.result if isinstance(job.result, GenerationResult) else GenerationResult()
+    finished = FinishedGeneration(images=list(result.images), infotexts=list(result.infotexts),
+                                  seeds=list(result.seeds), subseeds=list(result.subseeds),
+                                  index_of_first_image=result.index_of_first_image, result=result)
+    for image, infotext in zip(finished.images, finished.infotexts):
+        image.info["parameters"] = infotext  # written into the PNG the gallery serves
+    settings = {**settings, **submission.request.override_settings}
+    if returns_grid(settings, submission, result):
+        _put_grid_first(finished, submission.request.batch_size, settings)
+    result.images.clear()
+    return finished
+
+
+def _put_grid_first(finished: FinishedGeneration, batch_size: int, settings: Mapping[str, Any]) -> None:
+    from modules.outputs.images import image_grid
+
+    grid = image_grid(finished.images, batch_size=batch_size, n_rows=settings["n_rows"],
+                      prevent_empty_spots=settings["grid_prevent_empty_spots"])
+    grid.info["parameters"] = finished.infotexts[0]
+    finished.images.insert(0, grid)
+    finished.infotexts.insert(0, finished.infotexts[0])
+    for values in (finished.seeds, finished.subseeds):
+        if values:
+            values.insert(0, values[0])
+    finished.index_of_first_image = 1
