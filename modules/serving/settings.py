@@ -294,7 +294,7 @@ class Settings(Mapping[str, Any]):
         return dict(self._values)
 
 
-def _validate_each(changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def validate_each(changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """(valid values, {key: message} for the invalid ones). Unknown keys pass through as given."""
     clean, errors = {}, {}
     for key, value in changes.items():
@@ -309,7 +309,7 @@ def _validate_each(changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
 def validate_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Validate known keys; unknown keys (an extension's, A1111's) pass through as given.
     Raises `SettingsValidationError` naming every bad field."""
-    clean, errors = _validate_each(changes)
+    clean, errors = validate_each(changes)
     if errors:
         raise SettingsValidationError(errors)
     return clean
@@ -399,8 +399,29 @@ class SettingsStore:
     def apply_valid(self, changes: Mapping[str, Any]) -> ApplyResult:
         """Persist the valid values of `changes` and refuse the others, each with its reason
         (the Settings tab's Apply: one bad field does not throw away the rest)."""
-        clean, errors = _validate_each(changes)
+        clean, errors = validate_each(changes)
         return ApplyResult(changed=tuple(self._store(clean)), refused=MappingProxyType(errors))
+
+    def stored(self) -> Mapping[str, Any]:
+        """What config.json holds (no defaults filled in), as a read-only copy."""
+        with self._lock:
+            return MappingProxyType(dict(self._stored))
+
+    def put_back(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+        """Undo a change whose application failed (A1111's `opts.set` restores the old value when the
+        setting's onchange raises). `after` holds the values the change stored, `before` the stored
+        values it replaced (a key absent from `before` was not in config.json: it is removed again,
+        so its default applies). A key that no longer holds its `after` value was changed since by
+        someone else and is left alone. Returns the keys put back; saved before they take effect."""
+        with self._lock:
+            keys = [key for key in after if key in self._stored and self._stored[key] == after[key]]
+            if keys:
+                # In place, so config.json keeps its order.
+                stored = {key: before[key] if key in keys else value for key, value in self._stored.items()
+                          if key not in keys or key in before}
+                self._save_locked(stored)
+                self._stored = stored
+        return keys
 
     def _store(self, clean: Mapping[str, Any]) -> list[str]:
         with self._lock:

@@ -1,0 +1,135 @@
+"""The one way a user changes settings: `POST /sdapi/v1/options`, the top bar and the Settings tab
+all call `change_settings`, so a change that cannot be applied behaves the same from each of them.
+
+A change goes through these steps, in A1111's order (its API loads the checkpoint first, then sets
+each other key through `opts.set`, which stores the value, runs the setting's onchange and puts
+the old value back when onchange raises):
+1. read-only keys (the checkpoint's hash) are dropped;
+2. refusals: the settings policy (modules.serving.settings_policy; API or UI rules), each value's
+   rules (modules.serving.settings), and an SD VAE that is not among the listed files;
+3. the checkpoint, when one is asked for: looked up (a name that matches nothing raises
+   `CheckpointNotFoundError`, a file known not to load `BrokenCheckpointError`, before anything
+   changes) and loaded between jobs; if loading fails, the previous model stays and nothing else
+   is changed;
+4. the other values are stored in config.json;
+5. applied to the loaded model between jobs (`AppContext.settings_changed`: the VAE settings). If
+   that fails, the keys it applied get their previous values back, in config.json too, and the
+   report says which and why (`reverted`). The model keeps the VAE it had.
+
+Refusals differ by caller on purpose. Through the API a change is all or nothing: one refused key
+and nothing is stored (the route answers 422 naming every refused key). The Settings tab stores the
+valid fields and lists the refused ones, so one typo does not throw away the rest of the page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from modules.common.atomic_files import DiskFullError
+from modules.serving.app_context import VAE_SETTINGS, AppContext
+from modules.serving.settings import validate_each
+
+# Kept by the program (the loaded checkpoint's hash): a client posting back GET options sends it.
+READ_ONLY_SETTINGS = frozenset({"sd_checkpoint_hash"})
+CHECKPOINT_SETTING = "sd_model_checkpoint"
+
+
+@dataclass(frozen=True)
+class SettingsChangeReport:
+    """What `change_settings` did.
+
+    `changed`: keys stored with a new value (and applied). `refused`: {key: why} for keys not
+    stored (policy, invalid value, unknown VAE). `reverted`: {key: why} for keys whose new value
+    could not be applied and whose previous value is back. `notes`: what else the user should know.
+    `failure`: the exception that caused the reverts, for a caller that maps it to a status.
+    """
+
+    changed: tuple[str, ...] = ()
+    refused: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    reverted: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    notes: tuple[str, ...] = ()
+    failure: BaseException | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused and not self.reverted
+
+
+def change_settings(context: AppContext, changes: Mapping[str, Any], *, api: bool) -> SettingsChangeReport:
+    """Validate, store and apply `changes` (see the module docstring for the steps). `api`: the
+    change comes through the API (its policy rules; refusals change nothing at all). Raises
+    `CheckpointNotFoundError` / `BrokenCheckpointError` for a checkpoint that cannot be used, and
+    OSError (e.g. `DiskFullError`) when config.json cannot be written."""
+    changes = {key: value for key, value in changes.items() if key not in READ_ONLY_SETTINGS}
+    wanted = changes.pop(CHECKPOINT_SETTING, None)
+    before = context.settings.current()
+    refused = context.settings_policy.refusals(changes, before, api=api)
+    clean, invalid = validate_each(changes)
+    for key, why in invalid.items():  # a refused key's value is checked too: the answer names both problems
+        refused[key] = f"{refused[key]}; {why}" if key in refused else why
+    if "sd_vae" in clean and "sd_vae" not in refused and clean["sd_vae"] != before["sd_vae"]:
+        problem = _vae_problem(context, clean["sd_vae"], api=api)
+        if problem:
+            refused["sd_vae"] = problem
+    clean = {key: value for key, value in clean.items() if key not in refused}
+    if api and refused:
+        return SettingsChangeReport(refused=MappingProxyType(refused))
+
+    if wanted:
+        # A1111 loads the checkpoint before setting the rest.
+        title = context.checkpoints.check_loadable(context.checkpoints.find(wanted)).title
+        try:
+            context.between_jobs(lambda: context.switch_checkpoint(title))
+        except DiskFullError:  # loaded, but config.json could not remember it: not a failed load
+            raise
+        except Exception as error:  # noqa: BLE001 - the model manager keeps the previous model; reported
+            info = context.models.current_info()
+            kept = f"{info.title!r} stays loaded" if info is not None else "no checkpoint is loaded"
+            why = f"setting {CHECKPOINT_SETTING!r} is unchanged ({kept}): loading {title!r} failed: {_reason(error)}"
+            notes = ("Nothing else was changed.",) if clean else ()
+            return SettingsChangeReport(refused=MappingProxyType(refused),
+                                        reverted=MappingProxyType({CHECKPOINT_SETTING: why}), notes=notes,
+                                        failure=error)
+
+    stored_before = context.settings.stored()
+    changed = context.settings.apply(clean)
+    return replace(_apply_to_model(context, changed, before, stored_before, clean), refused=MappingProxyType(refused))
+
+
+def _vae_problem(context: AppContext, name: str, *, api: bool) -> str | None:
+    """Why `name` cannot be the SD VAE (it is not a listed file), or None; says how to refresh."""
+    choices = context.vaes.choices()
+    if name in choices:
+        return None
+    if api:
+        return (f"setting 'sd_vae' must be one of {choices}, got {name!r}; POST /sdapi/v1/refresh-vae after "
+                "adding a file")
+    from modules.library.vae_files import UnknownVaeError
+
+    return str(UnknownVaeError(name, choices))
+
+
+def _apply_to_model(context: AppContext, changed: list[str], before: Mapping[str, Any],
+                    stored_before: Mapping[str, Any], clean: Mapping[str, Any]) -> SettingsChangeReport:
+    """Apply the stored `changed` keys to the loaded model (A1111's onchange); on failure put their
+    previous values back and report why."""
+    applied = [key for key in changed if key in VAE_SETTINGS]
+    if not applied or context.models.current() is None:
+        return SettingsChangeReport(changed=tuple(changed))
+    try:
+        context.settings_changed(applied)
+    except Exception as error:  # noqa: BLE001 - any failure to apply puts the previous value back; reported
+        context.settings.put_back({key: stored_before[key] for key in applied if key in stored_before},
+                                  {key: clean[key] for key in applied})
+        reverted = {key: f"setting {key!r} is back to {before[key]!r}: applying {clean[key]!r} failed: "
+                         f"{_reason(error)}" for key in applied}
+        return SettingsChangeReport(changed=tuple(key for key in changed if key not in applied),
+                                    reverted=MappingProxyType(reverted), failure=error)
+    return SettingsChangeReport(changed=tuple(changed), notes=("The VAE of the current model was updated.",))
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
