@@ -16,10 +16,9 @@ from modules.api.errors import ApiError, bad_request, exception_to_api_error
 from modules.api.schemas import MergeResponse, SDModelItem, SDVaeItem
 from modules.api.state import ApiState, require_running_queue
 from modules.merging.merger import MergeRequest
-from modules.serving.settings import validate_changes
+from modules.serving.settings import describe_changes
+from modules.serving.settings_change import change_settings
 
-
-READ_ONLY_SETTINGS = frozenset({"sd_checkpoint_hash"})
 OptionsBody = Annotated[dict[str, Any], Body(examples=[{"sd_model_checkpoint": "model.safetensors"}])]
 
 
@@ -41,24 +40,22 @@ def api_setting_errors(context, changes: dict[str, Any]) -> list[str]:
 
 
 def set_options(context, changes: dict[str, Any]) -> None:
-    """Validate everything first (422/404 before anything changes), then switch and store."""
-    changes = {k: v for k, v in changes.items() if k not in READ_ONLY_SETTINGS}
-    wanted = changes.pop("sd_model_checkpoint", None)
-    errors = api_setting_errors(context, changes)
-    try:
-        changes = validate_changes(changes)
-    except ValueError as e:
-        errors.append(str(e))
-    if "sd_vae" in changes and changes["sd_vae"] not in context.vaes.choices():
-        errors.append(f"setting 'sd_vae' must be one of {context.vaes.choices()}, got {changes['sd_vae']!r}; "
-                      "POST /sdapi/v1/refresh-vae after adding a file")
-    if errors:
-        raise bad_request("; ".join(errors))
-    # CheckpointNotFoundError -> 404; a file known not to load -> 422 (BrokenCheckpointError)
-    title = context.checkpoints.check_loadable(context.checkpoints.find(wanted)).title if wanted else None
-    if title is not None:
-        context.between_jobs(lambda: context.switch_checkpoint(title))
-    context.settings_changed(context.settings.apply(changes))
+    """Change settings through the one settings-change path (modules.serving.settings_change).
+
+    Refused keys: 422 naming each, before anything changes. A checkpoint that does not exist: 404;
+    one known not to load: 422. A value that could not be applied (a broken VAE file, a checkpoint
+    that fails to load) is put back, and the answer is an error naming the key and why, with the
+    status of the cause (422 for a bad file, 500 for a fault of the server); keys applied beside it
+    stay changed, and the message lists them."""
+    report = change_settings(context, changes, api=True)
+    if report.refused:
+        raise bad_request("; ".join(report.refused.values()))
+    if report.reverted:
+        cause = exception_to_api_error(report.failure)
+        detail = "; ".join([*report.reverted.values(), *report.notes])
+        if report.changed:
+            detail += f"; {describe_changes(report.changed)}"
+        raise ApiError(cause.status_code, detail, name=cause.name)
 
 
 def build_router(context, state: ApiState) -> APIRouter:
