@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from modules.api.server import create_app
 from modules.serving.cmd_args import parse_args
+from modules.serving.settings_change import change_settings
 from modules.ui import top_bar
 from modules.ui.settings_tab import SettingsHandlers, tab_specs
 from tests.test_api_support import WAIT, make_context
@@ -295,7 +296,7 @@ def test_listen_refuses_extension_settings_through_the_api_as_the_ui_does(contex
         assert_refused(client.post("/sdapi/v1/txt2img", json={"prompt": "x", "override_settings": change, **SMALL}),
                        "--enable-insecure-extension-access")
         # The UI's own way in refuses it too.
-        refused = dataclasses.replace(context, args=parse_args(flags)).apply_user_settings(change).refused
+        refused = change_settings(dataclasses.replace(context, args=parse_args(flags)), change, api=False).refused
         assert "--enable-insecure-extension-access" in refused[key]
     assert context.settings.current()[key] in ((), "none")
     # As for the Extensions tab: allowed with the flag, and on a local server.

@@ -23,7 +23,7 @@ from modules.library.model_manager import ModelManager, configure_allocator, def
 from modules.generation.engine import Txt2ImgEngine
 from modules.networks.textual_inversion import EmbeddingDatabase
 from modules.serving.paths import Paths
-from modules.serving.settings import ApplyResult, SettingsStore
+from modules.serving.settings import SettingsStore
 from modules.serving.settings_policy import SettingsPolicy
 from modules.library.vae_files import VaeRegistry
 
@@ -153,14 +153,6 @@ class AppContext:
     def settings_policy(self) -> SettingsPolicy:
         """What UI and API users may change in the settings on this server (from the flags)."""
         return SettingsPolicy.from_args(self.args, self.paths.data_dir)
-
-    def apply_user_settings(self, changes) -> ApplyResult:
-        """Save what a UI user changed (Settings tab, top bar): the changes the settings policy refuses
-        and the invalid values are reported, the rest saved. Raises OSError (e.g. `DiskFullError`)
-        when config.json cannot be written; nothing is then changed."""
-        refused = self.settings_policy.refusals(changes, self.settings.current(), api=False)
-        result = self.settings.apply_valid({key: value for key, value in changes.items() if key not in refused})
-        return ApplyResult(changed=result.changed, refused={**refused, **result.refused})
 
     def refresh(self) -> None:
         self.refresh_listings()
@@ -295,7 +287,9 @@ class AppContext:
 
     def settings_changed(self, changed) -> None:
         """What a saved change must set off now (A1111's onchange): a VAE setting re-applies the VAE
-        to the loaded model, between jobs. Raises what applying raised; the setting stays saved."""
+        to the loaded model, between jobs. Raises what applying raised (the model keeps its VAE);
+        users' changes come through modules.serving.settings_change, which then puts the previous
+        value back."""
         if VAE_SETTINGS.intersection(changed) and self.models.current() is not None:
             self.between_jobs(self.models.refresh_vae)
 

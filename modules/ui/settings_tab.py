@@ -3,11 +3,13 @@
 
 Apply saves `config.json` through the `SettingsStore` (A1111's flat format) and reports, as A1111
 does, "N settings changed: a, b."; a value that breaks its setting's rule is refused with the field
-named, while the other fields are saved. Only the fields edited on this page are applied, so a page
-opened before another client (the API, another browser) changed a setting does not put the old
-value back. The settings shown at the top of the page (`quicksettings_list`: checkpoint, VAE and
-Clip skip by default) are edited there, not here, as in A1111 where quicksettings leave the
-Settings tab.
+named, while the other fields are saved; a change that cannot be applied to the loaded model (a
+broken VAE file) is put back, in config.json and in its field, and the report says why (the one
+settings-change path, modules.serving.settings_change). Only the fields edited on this page are
+applied, so a page opened before another client (the API, another browser) changed a setting does
+not put the old value back. The settings shown at the top of the page (`quicksettings_list`:
+checkpoint, VAE and Clip skip by default) are edited there, not here, as in A1111 where
+quicksettings leave the Settings tab.
 
 Widget values are read back from the store each time the page loads, so Reload UI (a page reload)
 shows the values in effect. The Blocks are built once at start-up, so a setting read while building
@@ -25,6 +27,7 @@ from typing import Any
 import gradio as gr
 
 from modules.serving.settings import SCHEMA, SCHEMA_BY_KEY, SECTIONS, SettingSpec, describe_changes, locked_settings
+from modules.serving.settings_change import change_settings
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ def widget_value(spec: SettingSpec, value: Any) -> Any:
     return list(value) if isinstance(spec.default, tuple) else value
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_widget_value(a: Any, b: Any) -> bool:
     """Whether a widget still holds the value it was loaded with (1 and 1.0 are the same number)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return list(a) == list(b)
@@ -98,32 +101,35 @@ class SettingsHandlers:
 
     def apply(self, loaded: Mapping[str, Any] | None, *values: Any) -> list:
         """Apply settings: saves the fields edited since the page loaded; returns (report html, snapshot)."""
+        return self._apply(loaded, values)[:2]
+
+    def apply_and_show(self, loaded: Mapping[str, Any] | None, *values: Any) -> list:
+        """`apply`, then each widget's value: a setting put back because applying it failed shows
+        its value in effect again; every other widget keeps what it holds (`gr.skip()`), a refused
+        field included, so it can be fixed."""
+        report_html, snapshot, reverted = self._apply(loaded, values)
+        return [report_html, snapshot,
+                *(snapshot[spec.key] if spec.key in reverted else gr.skip() for spec in self.specs)]
+
+    def _apply(self, loaded: Mapping[str, Any] | None, values: Sequence[Any]) -> tuple[str, Any, frozenset[str]]:
+        """(report html, snapshot, keys put back) after saving the edited fields through the one
+        settings-change path (modules.serving.settings_change): the valid ones are saved, the refused
+        ones listed; a change that cannot be applied to the model is put back and said why."""
         edited = {spec.key: value for spec, value in zip(self.specs, values)
-                  if loaded is None or spec.key not in loaded or not _same(loaded[spec.key], value)}
+                  if loaded is None or spec.key not in loaded or not same_widget_value(loaded[spec.key], value)}
         try:
             # The page's user is not the operator: the settings policy applies (output folders).
-            result = self.context.apply_user_settings(edited)
+            report = change_settings(self.context, edited, api=False)
         except OSError as error:  # config.json could not be written (a full disk): nothing changed
             log.error("Saving settings failed: %s", error)
-            return [f"<div class='error'><b>Not saved</b>: {html.escape(str(error))}</div>", loaded]
-        notes = self._after_apply(result.changed)
-        return [self.report_html(result.changed, result.refused, notes), self.snapshot()]
+            return f"<div class='error'><b>Not saved</b>: {html.escape(str(error))}</div>", loaded, frozenset()
+        if report.reverted:
+            log.error("Settings put back because applying them failed: %s", "; ".join(report.reverted.values()))
+        html_report = self.report_html(report.changed, report.refused, report.notes, report.reverted)
+        return html_report, self.snapshot(), frozenset(report.reverted)
 
-    def _after_apply(self, changed: Sequence[str]) -> list[str]:
-        """What a change must set off now (A1111's onchange, `AppContext.settings_changed`); returns
-        notes for the report."""
-        from modules.serving.app_context import VAE_SETTINGS
-
-        if not VAE_SETTINGS.intersection(changed) or self.context.models.current() is None:
-            return []
-        try:
-            self.context.settings_changed(changed)
-        except (OSError, ValueError, RuntimeError) as e:
-            log.error("Re-applying the VAE after a settings change failed: %s", e)
-            return [f"The setting is saved, but the VAE could not be applied to the current model: {e}"]
-        return ["The VAE of the current model was updated."]
-
-    def report_html(self, changed: Sequence[str], refused: Mapping[str, str], notes: Sequence[str] = ()) -> str:
+    def report_html(self, changed: Sequence[str], refused: Mapping[str, str], notes: Sequence[str] = (),
+                    reverted: Mapping[str, str] | None = None) -> str:
         def label(key: str) -> str:
             spec = SCHEMA_BY_KEY.get(key)
             return spec.label if spec else key
@@ -133,10 +139,16 @@ class SettingsHandlers:
         if restart:
             parts.append(f"<p>Restart Atelier for {html.escape(', '.join(restart))} to take effect.</p>")
         parts += [f"<p>{html.escape(note)}</p>" for note in notes]
-        if refused:
+
+        def listed(title: str, problems: Mapping[str, str]) -> str:
             items = "".join(f"<li><b>{html.escape(label(key))}</b> ({html.escape(key)}): "
-                            f"{html.escape(message)}</li>" for key, message in refused.items())
-            parts.append(f"<div class='error'><b>Not saved</b><ul>{items}</ul></div>")
+                            f"{html.escape(message)}</li>" for key, message in problems.items())
+            return f"<div class='error'><b>{title}</b><ul>{items}</ul></div>"
+
+        if reverted:
+            parts.append(listed("Could not be applied; the previous value is back", reverted))
+        if refused:
+            parts.append(listed("Not saved", refused))
         return "".join(parts)
 
 
@@ -182,7 +194,8 @@ def build(context, shared) -> None:
                         components.append(setting_component(spec, current[spec.key], choices))
 
     private = {"api_visibility": "private"}
-    submit.click(handlers.apply, inputs=[loaded, *components], outputs=[result, loaded], **private)
+    submit.click(handlers.apply_and_show, inputs=[loaded, *components], outputs=[result, loaded, *components],
+                 **private)
     # A page reload: the page's load events read the values in effect again (see SettingsHandlers.load).
     reload_ui.click(None, js="() => { window.location.reload(); }", **private)
     shared.page_loads.append((handlers.load, [loaded, *components]))

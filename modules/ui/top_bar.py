@@ -14,11 +14,13 @@ import html
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
 from modules.serving.app_context import DEMO_CHECKPOINT_NAME
 from modules.serving.jobs import JobState
+from modules.serving.settings_change import SettingsChangeReport, change_settings
 from modules.ui.generation import error_html
 from modules.ui.shared import UiShared
 
@@ -123,46 +125,55 @@ def switch_checkpoint(context, title: str, poll_seconds: float = POLL_SECONDS) -
                        previous.title if previous is not None else None)
 
 
+def _change_setting(context, key: str, value) -> tuple[str, SettingsChangeReport | None]:
+    """Change one setting through the settings-change path (modules.serving.settings_change: the
+    settings policy, the value's rules, applied to the loaded model, put back when that fails).
+    Returns the status line and the report (None when config.json could not be written)."""
+    try:
+        report = change_settings(context, {key: value}, api=False)
+    except OSError as error:  # config.json could not be written (a full disk): nothing changed
+        return error_html(f"Not saved: {error}"), None
+    if report.refused:
+        return error_html(report.refused[key]), report
+    if report.reverted:
+        return error_html(report.reverted[key]), report
+    return model_status(context)[0], report
+
+
 def apply_vae(context, name: str) -> tuple[str, str]:
     """Set the SD VAE setting and re-apply the VAE to the loaded model, between jobs. Returns the
-    status line and the VAE in effect: on failure the previous choice comes back, in the setting and
-    in the dropdown (A1111 reverts a setting whose change fails)."""
-    from modules.library.vae_files import UnknownVaeError
-
-    previous = context.settings.current()["sd_vae"]
-    choices = context.vaes.choices()
-    if name not in choices:
-        return error_html(str(UnknownVaeError(name, choices))), previous
-    try:
-        context.settings_changed(context.settings.apply({"sd_vae": name}))
-    except Exception as error:  # noqa: BLE001 - shown to the user; the model keeps its VAE
-        context.settings.apply({"sd_vae": previous})
-        return error_html(f"Could not apply VAE {name}: {type(error).__name__}: {error}. Kept {previous}."), previous
-    return model_status(context)[0], name
+    status line and the VAE in effect: after a refusal or a failure to apply, the previous choice,
+    in the setting and in the dropdown (A1111 puts back a setting whose change fails)."""
+    status, report = _change_setting(context, "sd_vae", name)
+    if report is not None and report.reverted:
+        status = error_html(f"Could not apply VAE {name}: {report.reverted['sd_vae']}")
+    return status, context.settings.current()["sd_vae"]
 
 
 def apply_quicksetting(context, key: str, value) -> str:
     """A setting from `quicksettings_list` other than the checkpoint, VAE and Clip skip: saved at
-    once, or refused with the rule it breaks (or the settings policy, e.g. an output folder)."""
-    try:
-        result = context.apply_user_settings({key: value})
-    except OSError as error:  # config.json could not be written (a full disk): nothing changed
-        return error_html(f"Not saved: {error}")
-    if result.refused:
-        return error_html(result.refused[key])
-    try:
-        context.settings_changed(result.changed)
-    except Exception as error:  # noqa: BLE001 - shown to the user; the setting is saved
-        return error_html(f"Saved {key}, but applying it failed: {type(error).__name__}: {error}")
-    return model_status(context)[0]
+    once, refused with the rule it breaks (or the settings policy's, e.g. an output folder), or put
+    back with the reason when applying it fails."""
+    return _change_setting(context, key, value)[0]
+
+
+def quicksetting_changed(context, key: str, value) -> tuple[str, Any]:
+    """The handler of a quicksetting widget: (status line, the widget's value). When the change was
+    put back, the widget shows the value in effect again; otherwise it keeps what it holds
+    (`gr.skip()`), so a refused typed value can be fixed."""
+    from modules.serving.settings import SCHEMA_BY_KEY
+    from modules.ui.settings_tab import widget_value
+
+    status, report = _change_setting(context, key, value)
+    if report is None or not report.reverted:
+        return status, gr.skip()
+    return status, widget_value(SCHEMA_BY_KEY[key], context.settings.current()[key])
 
 
 def apply_clip_skip(context, value: float) -> str:
-    try:
-        context.settings.apply({"CLIP_stop_at_last_layers": int(value)})
-    except ValueError as error:
-        return error_html(str(error))
-    return model_status(context)[0]
+    """Clip skip from the top bar's slider, through the same path as every setting (the settings
+    policy and the setting's range: 1 to 12, whole numbers)."""
+    return _change_setting(context, "CLIP_stop_at_last_layers", value)[0]
 
 
 # --- gradio ---------------------------------------------------------------------------------------
@@ -248,11 +259,13 @@ def _wire_quicksettings(context, row: _QuickSettings, status: gr.HTML):
                       concurrency_limit=None)
         row.refresh_vaes.click(lambda: _refreshed_vaes(context), outputs=row.vae, show_progress="hidden")
     if row.clip_skip is not None:
-        row.clip_skip.release(lambda value: apply_clip_skip(context, value), inputs=row.clip_skip, outputs=status,
-                              show_progress="hidden")
+        # The slider shows the value in effect afterwards: the previous one after a refusal.
+        row.clip_skip.release(
+            lambda value: (apply_clip_skip(context, value), context.settings.current()["CLIP_stop_at_last_layers"]),
+            inputs=row.clip_skip, outputs=[status, row.clip_skip], show_progress="hidden")
     for key, component in row.others.items():
-        component.input(lambda value, key=key: apply_quicksetting(context, key, value), inputs=component,
-                        outputs=status, show_progress="hidden")
+        component.input(lambda value, key=key: quicksetting_changed(context, key, value), inputs=component,
+                        outputs=[status, component], show_progress="hidden")
     return switched
 
 
