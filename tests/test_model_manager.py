@@ -133,6 +133,44 @@ def test_vae_choice_is_applied_and_restored(library, tmp_path):
     assert model.vae is model.builtin_vae and model.vae_file is None
 
 
+class RecordingRuntime:
+    """A model runtime that only counts how often each model is attached and detached."""
+
+    may_offload = False
+
+    def __init__(self):
+        self.attached: dict[int, int] = {}
+
+    def attach(self, model) -> None:
+        self.attached[id(model)] = self.attached.get(id(model), 0) + 1
+
+    def detach(self, model) -> None:
+        self.attached[id(model)] -= 1
+
+    def is_offloaded(self, model) -> bool:
+        return False
+
+
+def test_a_vae_that_fails_to_load_leaves_the_model_attached_to_its_runtime(library, tmp_path):
+    """The runtime (offload hooks, attention processors) is detached while the VAE is swapped; a VAE
+    file that fails to load must not leave the model without it (with --medvram it would lose its
+    offload hooks)."""
+    _, registry = library
+    broken = tmp_path / "broken.vae.safetensors"
+    broken.write_bytes(b"not a safetensors file" * 8)
+    choice = {"path": None}
+    runtime = RecordingRuntime()
+    manager = ModelManager(registry, LoadOptions(), vae_resolver=lambda info: choice["path"],
+                           runtime=lambda options: runtime)
+    model = manager.load("a")
+    assert runtime.attached[id(model)] == 1
+    choice["path"] = broken
+    with pytest.raises(CheckpointLoadError):
+        manager.refresh_vae()
+    assert runtime.attached[id(model)] == 1
+    assert model.vae is model.builtin_vae and model.vae_file is None  # the VAE it had
+
+
 def _rss() -> int:
     gc.collect()
     return psutil.Process().memory_info().rss

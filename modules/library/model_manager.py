@@ -387,16 +387,19 @@ class ModelManager:
         loaded = self._runtime is not None and any(m is model for m in self._loaded.values())
         if loaded:
             self._runtime.detach(model)
-        if vae_file is None:
-            model.vae = model.builtin_vae
-        else:
-            from modules.library.model_loader import load_vae_file
+        try:
+            if vae_file is None:
+                model.vae = model.builtin_vae
+            else:
+                from modules.library.model_loader import load_vae_file
 
-            model.vae = load_vae_file(vae_file, model, self.options.allow_unsafe_pickle)
-            log.info("VAE %s applied to %s", Path(vae_file).name, model.name)
-        model.vae_file = vae_file
-        if loaded:
-            self._runtime.attach(model)
+                model.vae = load_vae_file(vae_file, model, self.options.allow_unsafe_pickle)
+                log.info("VAE %s applied to %s", Path(vae_file).name, model.name)
+            model.vae_file = vae_file
+        finally:
+            # Also when the VAE file fails to load: the model keeps its VAE and needs its hooks back.
+            if loaded:
+                self._runtime.attach(model)
         release_memory(model.device)
 
 
