@@ -19,6 +19,7 @@ from modules.merging.blocks import (
 from modules.merging.methods import (
     MERGE_METHODS,
     MergeOptions,
+    MergeParams,
     dare_seed,
     get_method,
     merge_tensor,
@@ -34,7 +35,7 @@ OPTS = MergeOptions()
 
 
 def merge(name: str, a, b=None, c=None, *, alpha=0.5, beta=0.0, options=OPTS, key="k") -> torch.Tensor:
-    return merge_tensor(get_method(name), a, b, c, alpha=alpha, beta=beta, options=options, key=key)
+    return merge_tensor(get_method(name), a, b, c, MergeParams(alpha, beta, options), key=key)
 
 
 # ---------------------------------------------------------------- hand-computed values
@@ -393,9 +394,10 @@ def test_same_dtype_kernels_equal_float32_maths_then_one_rounding(dtype, alpha):
     assert with_kernel  # Weighted sum at least
     for method in with_kernel:
         assert method.elementwise
-        expected = method.fn(a, b, c, alpha=alpha, beta=0.2, options=options, key="k").to(dtype)
+        params = MergeParams(alpha, 0.2, options)
+        expected = method.fn(a, b, c, params=params, key="k").to(dtype)
         out = torch.empty_like(a)
-        method.same_dtype_kernel(a, b, c, alpha, 0.2, out)
+        method.same_dtype_kernel(a, b, c, params, out)
         assert torch.equal(out.view(torch.int16), expected.view(torch.int16)), method.name
 
 
@@ -404,8 +406,9 @@ def test_elementwise_methods_merge_slices_as_they_merge_wholes():
     a, b, c = (torch.randn(1000, generator=generator) for _ in range(3))
     options = MergeOptions()
     for method in MERGE_METHODS.values():
-        whole = method.fn(a, b, c, alpha=0.4, beta=0.3, options=options, key="k")
-        parts = torch.cat([method.fn(a[i:i + 77], b[i:i + 77], c[i:i + 77], alpha=0.4, beta=0.3, options=options,
-                                     key="k") for i in range(0, 1000, 77)])
+        params = MergeParams(0.4, 0.3, options)
+        whole = method.fn(a, b, c, params=params, key="k")
+        parts = torch.cat([method.fn(a[i:i + 77], b[i:i + 77], c[i:i + 77], params=params, key="k")
+                           for i in range(0, 1000, 77)])
         if method.elementwise:
             assert torch.equal(whole, parts), method.name

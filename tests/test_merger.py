@@ -281,7 +281,7 @@ def small_blocks(monkeypatch):
 ])
 def test_block_by_block_merge_equals_whole_tensor_merge(library, small_blocks, method, names, half):
     """The block/step path gives bit for bit what the method gives on whole tensors, then a cast."""
-    from modules.merging.methods import MergeOptions, get_method, merge_tensor
+    from modules.merging.methods import MergeParams, get_method, merge_tensor
 
     folder, registry = library
     request = MergeRequest(primary_model_name=names[0], secondary_model_name=names[1],
@@ -294,7 +294,7 @@ def test_block_by_block_merge_equals_whole_tensor_merge(library, small_blocks, m
     assert big, "the tiny checkpoint should have tensors larger than one block"
     for key in merged_keys(a):
         expected = merge_tensor(get_method(method), *(t[key] if t is not None else None for t in inputs),
-                                alpha=0.4, beta=0.25, options=MergeOptions(), key=key)
+                                MergeParams(alpha=0.4, beta=0.25), key=key)
         expected = expected.to(torch.float16 if half else torch.float32)
         assert torch.equal(out[key], expected), key
 

@@ -1,9 +1,10 @@
 """Checkpoint merging that streams: one tensor of each input at a time, written as it is computed.
 
-Peers load two or three whole checkpoints into RAM (A1111 §6); here the output header is planned from
-the inputs' headers, then every key is read from A/B/C, merged in float32 by a per-tensor method
-(`modules.merging.methods`), checked for NaN/Inf, cast to the output dtype and written, so peak memory
-is a few tensors whatever the model size. The output is written to a temp file and renamed only
+Peers load two or three whole checkpoints into RAM (A1111 §6); here `plan_merge` first decides, from
+the inputs' headers alone, everything that is the same for every key (a frozen `MergePlan`: the output
+header, how each key is produced, each key's multiplier), then `write_merge` reads every key from
+A/B/C, merges it in float32 by a per-tensor method (`modules.merging.methods`), checks it for NaN/Inf,
+casts it to the output dtype and writes it, so peak memory is a few tensors whatever the model size. The output is written to a temp file and renamed only
 when complete; its sha256 is computed while writing, so the new checkpoint is listed at once
 without being read again.
 """
@@ -17,9 +18,10 @@ import re
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -28,6 +30,8 @@ from modules.library.model_detection import ModelFamily, detect_architecture, no
 
 if TYPE_CHECKING:
     import torch
+
+    from modules.merging.methods import MergeMethod, MergeParams
 
 # torch is imported by the functions that use it: the merge request types are imported while the
 # server starts, before torch is imported (tests/test_startup_imports.py).
@@ -203,31 +207,55 @@ def merge_checkpoints(request: MergeRequest, registry, output_dir: Path, *, vae_
     work for inputs that cannot be merged; leaves nothing behind on failure or interrupt.
 
     `register=False` leaves the result out of the checkpoint list (a "merge and load" trial written
-    to a scratch folder; see `merge_and_load`)."""
-    from modules.merging.methods import get_method
-
+    to a scratch folder; see `merge_and_load`). The work is `plan_merge` once, then `write_merge`:
+    a loop over the planned keys."""
     started = time.perf_counter()
-    try:
-        method = get_method(request.interpolation_method)
-    except ValueError as e:
-        raise MergeError(str(e)) from e
-    names = [request.primary_model_name, request.secondary_model_name, request.tertiary_model_name]
-    if method.needs_b and not request.secondary_model_name:
-        raise MergeError(f"Interpolation method ({method.name}) requires a secondary model.")
-    if method.needs_c and not request.tertiary_model_name:
-        raise MergeError(f"Interpolation method ({method.name}) requires a tertiary model.")
-    wanted = [n if (i == 0 or (i == 1 and method.needs_b) or (i == 2 and method.needs_c)) else None
-              for i, n in enumerate(names)]
-    infos = [registry.ensure_hash(registry.find(n)) if n else None for n in wanted]
-    inputs = [_open(info, allow_unsafe_pickle) if info else None for info in infos]
-    a, b, c = inputs
+    method = _method_of(request)
+    inputs = _open_inputs(request, method, registry, allow_unsafe_pickle)
     try:
         with _compute_threads():
-            return _merge(request, method, a, b, c, registry, output_dir, vae_files, control, started, register)
+            plan = plan_merge(request, method, inputs, output_dir, vae_files=vae_files, control=control)
+            sha256 = write_merge(plan)
+        title = registry.add_file(plan.path, sha256=sha256).title if register else f"{plan.path.name} [{sha256[:10]}]"
+        _copy_config(request.config_source, list(inputs), plan.path)
+        return MergeResult(path=plan.path, title=title, sha256=sha256,
+                           timings={"total": time.perf_counter() - started})
     finally:
         for item in inputs:
             if item is not None:
                 item.source.close()
+
+
+def _method_of(request: MergeRequest) -> MergeMethod:
+    """The request's method, refused here when a model it needs was not given."""
+    from modules.merging.methods import get_method
+
+    try:
+        method = get_method(request.interpolation_method)
+    except ValueError as e:
+        raise MergeError(str(e)) from e
+    if method.needs_b and not request.secondary_model_name:
+        raise MergeError(f"Interpolation method ({method.name}) requires a secondary model.")
+    if method.needs_c and not request.tertiary_model_name:
+        raise MergeError(f"Interpolation method ({method.name}) requires a tertiary model.")
+    return method
+
+
+class _Inputs(NamedTuple):
+    """The opened models in their roles; B and C are None when the method does not use them (a
+    name given for a model the method ignores is not even opened)."""
+
+    a: _Input
+    b: _Input | None
+    c: _Input | None
+
+
+def _open_inputs(request: MergeRequest, method: MergeMethod, registry, allow_unsafe_pickle: bool) -> _Inputs:
+    names = (request.primary_model_name,
+             request.secondary_model_name if method.needs_b else None,
+             request.tertiary_model_name if method.needs_c else None)
+    infos = [registry.ensure_hash(registry.find(n)) if n else None for n in names]
+    return _Inputs(*(_open(info, allow_unsafe_pickle) if info else None for info in infos))
 
 
 @contextmanager
@@ -264,82 +292,182 @@ def _check_compatible(a: _Input, others: list[_Input]) -> dict[str, bool]:
     return flags
 
 
-def _merge(request, method, a, b, c, registry, output_dir, vae_files, control, started, register) -> MergeResult:
-    import torch
+class Route(Enum):
+    """How one output tensor is produced; decided per key when the merge is planned."""
 
+    BAKE = "bake"  # the baked-in VAE's tensor
+    COPY = "copy"  # A's tensor, cast: keys A1111 does not merge, integer buffers, No interpolation
+    BLOCKS = "blocks"  # an elementwise method on inputs of one shape: merged block by block as it is written
+    WHOLE = "whole"  # whole tensors in memory: a method that is not elementwise, or an inpainting A's wider conv
+
+
+@dataclass(frozen=True)
+class PlannedKey:
+    """One tensor of the output: its name, dtype and shape in the file, and how it is produced."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    route: Route
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """Everything about one merge that is the same for every key, decided once before the first
+    tensor is read. The per-key stages take this plan and one key; and every check that can refuse
+    the merge (families, channels, block weights, method options, VAE, output name) has run before
+    the output file is created."""
+
+    method: MergeMethod
+    inputs: _Inputs
+    params: MergeParams  # M, N and the method options
+    block_weight: Callable[[str], float | None] | None  # a key's M from block weights; None: M for all
+    vae: Mapping[str, torch.Tensor] | None  # the VAE to bake in, keyed as inside `first_stage_model.`
+    keys: tuple[PlannedKey, ...]  # the output in A's key order: discarded keys left out, save-as-half applied
+    path: Path
+    stage: Path | None  # `.ckpt` output: the safetensors file streamed first, then rewritten as a pickle
+    metadata: dict[str, str]
+    overwrite: bool
+    control: Any = None  # progress and interrupt (a JobControl); None: neither
+
+    def params_for(self, key: str) -> MergeParams:
+        """What `key` is merged with: its block's weight as M where block weights are given (keys in
+        no block, e.g. EMA's, keep M)."""
+        if self.block_weight is not None:
+            weight = self.block_weight(key)
+            if weight is not None:
+                return replace(self.params, alpha=weight)
+        return self.params
+
+    def operands(self, key: str) -> tuple[_Input, ...]:
+        return _operands_of(key, self.inputs, self.method)
+
+
+def plan_merge(request: MergeRequest, method: MergeMethod, inputs: _Inputs, output_dir: Path, *,
+               vae_files: Mapping[str, Path] | None = None, control=None) -> MergePlan:
+    """Check `request` against the opened inputs and decide everything the key loop needs. Raises
+    `MergeError` for inputs or options that cannot be merged (ValueError for a block-weight list of
+    the wrong length), before any file is written."""
     from modules.merging.blocks import block_weights_for
-    from modules.merging.methods import MergeOptions
-    from modules.library.safetensors_io import SafetensorsWriter
+    from modules.merging.methods import MergeOptions, MergeParams
 
+    a, b, c = inputs
     flags = _check_compatible(a, [x for x in (b, c) if x is not None])
-    weight_for: Callable[[str], float | None] | None = None
+    block_weight = None
     if request.block_weights is not None:
-        weight_for = block_weights_for(a.family.value, request.block_weights)
+        block_weight = block_weights_for(a.family.value, request.block_weights)
     try:
         options = MergeOptions.from_mapping(request.method_options or {})
     except (TypeError, ValueError) as e:
         raise MergeError(f"method_options: {e}") from e
     discard = re.compile(request.discard_weights) if request.discard_weights else None
     vae = _vae_tensors(request.bake_in_vae, vae_files) if request.bake_in_vae not in ("", "None") else None
+    keys = tuple(_plan_key(key, inputs, method, vae, request.save_as_half) for key in a.source.shapes
+                 if discard is None or not discard.search(key))
 
-    a_keys = list(a.source.shapes)
-    b_keys = set(b.source.shapes) if b else set()
-    c_keys = set(c.source.shapes) if c else set()
-    out_dtype: dict[str, torch.dtype] = {}
-    specs = []
-    for key in a_keys:
-        if discard is not None and discard.search(key):
-            continue
-        dtype = a.source.dtype(key)
-        # A1111's save-as-half: float32 tensors become float16 when they are merged or baked (every
-        # key with No interpolation); the rest (e.g. `alphas_cumprod`) keep their dtype.
-        if request.save_as_half and dtype == torch.float32 and (
-                b is None or _is_merged(key, a, b, b_keys, method) or _is_baked(key, vae)):
-            dtype = torch.float16
-        out_dtype[key] = dtype
-        specs.append((key, dtype, tuple(a.source.shapes[key])))
-
+    infos = (a.info, b.info if b else None, c.info if c else None)
     flag = "inpainting" if flags["is_inpainting"] else "instruct-pix2pix" if flags["is_instruct_pix2pix"] else None
-    filename = output_name(request, a.info, b.info if b else None, c.info if c else None, flag)
-    path = Path(output_dir) / filename
+    path = Path(output_dir) / output_name(request, *infos, flag)
     if path.exists() and not request.overwrite:
         raise MergeError(f"{path} already exists; choose another custom name, or replace it with "
                          "\"overwrite\": true (API) / --overwrite (scripts/merge_checkpoints.py)")
-    recipe = _recipe(request, a.info, b.info if b else None, c.info if c else None, flags)
-    metadata = _metadata(request, [x for x in (a, b, c) if x is not None], recipe)
+    metadata = _metadata(request, [x for x in inputs if x is not None], _recipe(request, *infos, flags))
     # `.ckpt` output: the merge streams into a safetensors stage file next to the output, which is
     # then rewritten as a pickle (modules.merging.ckpt_writer); the stage file never outlives the merge.
     # It is a hidden temp file (modules.common.atomic_files), so a checkpoint refresh meanwhile does not
     # list it, and the next start removes it if the server is killed before the end.
     stage = temp_path_for(path.with_name(f"{path.name}.stage")) if request.checkpoint_format == "ckpt" else None
-    total = len(specs)
-    warnings: list[str] = []
+    return MergePlan(method=method, inputs=inputs, params=MergeParams(request.multiplier, request.multiplier2, options),
+                     block_weight=block_weight, vae=vae, keys=keys, path=path, stage=stage, metadata=metadata,
+                     overwrite=request.overwrite, control=control)
+
+
+def _plan_key(key: str, inputs: _Inputs, method: MergeMethod, vae, save_as_half: bool) -> PlannedKey:
+    import torch
+
+    a = inputs.a
+    route = _route(key, inputs, method, vae)
+    dtype = a.source.dtype(key)
+    # A1111's save-as-half: float32 tensors become float16 when they are merged or baked (every key
+    # with No interpolation, which merges nothing); the rest (e.g. `alphas_cumprod`) keep their dtype.
+    if save_as_half and dtype == torch.float32 and (inputs.b is None or route is not Route.COPY):
+        dtype = torch.float16
+    return PlannedKey(key, dtype, tuple(a.source.shapes[key]), route)
+
+
+def _route(key: str, inputs: _Inputs, method: MergeMethod, vae) -> Route:
+    a, b, _ = inputs
+    if _is_baked(key, vae):
+        return Route.BAKE
+    if b is None or not _is_merged(key, a, b, method):
+        return Route.COPY
+    shape = a.source.shapes[key]
+    if method.elementwise and all(item.source.shapes[key] == shape for item in _operands_of(key, inputs, method)):
+        return Route.BLOCKS
+    return Route.WHOLE
+
+
+def _operands_of(key: str, inputs: _Inputs, method: MergeMethod) -> tuple[_Input, ...]:
+    """The models in the roles of `method` for `key`: A and B, and C for methods that use it; a key
+    C lacks takes B's value as C, a zero difference (A1111)."""
+    a, b, c = inputs
+    if not method.needs_c:
+        return (a, b)
+    return (a, b, c if key in c.source.shapes else b)
+
+
+def write_merge(plan: MergePlan) -> str:
+    """Write every planned key, in order, and return the output's sha256 (computed while writing).
+    Nothing is left behind on failure or interrupt."""
+    from modules.library.safetensors_io import SafetensorsWriter
+
+    specs = [(planned.name, planned.dtype, planned.shape) for planned in plan.keys]
     buffers = _BlockBuffers()
     try:
-        with SafetensorsWriter(stage or path, specs, metadata, overwrite=request.overwrite or stage is not None,
-                               what=f"the checkpoint {path.name}") as writer:
-            if stage is not None:  # the stage file and the .ckpt written from it exist together at the end
-                ensure_space(path.parent, 2 * writer.size, f"the checkpoint {path.name} (and its stage file)")
-            for index, (key, dtype, shape) in enumerate(specs):
-                if control is not None:
-                    if getattr(control, "interrupted", False):
-                        raise MergeInterrupted("merge interrupted; nothing was written")
-                    control.report(index + 1, total)
-                _write_merged(writer, key, dtype, shape, a, b, c, b_keys, c_keys, method, request, weight_for,
-                              options, vae, buffers)
+        with SafetensorsWriter(plan.stage or plan.path, specs, plan.metadata,
+                               overwrite=plan.overwrite or plan.stage is not None,
+                               what=f"the checkpoint {plan.path.name}") as writer:
+            if plan.stage is not None:  # the stage file and the .ckpt written from it exist together at the end
+                ensure_space(plan.path.parent, 2 * writer.size, f"the checkpoint {plan.path.name} (and its stage file)")
+            for index, planned in enumerate(plan.keys):
+                _check_in(plan, index)
+                _write_key(plan, writer, planned, buffers)
             writer.commit()
         sha256 = writer.sha256
-        if stage is not None:
+        if plan.stage is not None:
             from modules.merging.ckpt_writer import safetensors_to_ckpt
 
-            sha256 = safetensors_to_ckpt(stage, path, overwrite=request.overwrite)
+            sha256 = safetensors_to_ckpt(plan.stage, plan.path, overwrite=plan.overwrite)
     finally:
-        if stage is not None:
-            stage.unlink(missing_ok=True)
-    title = registry.add_file(path, sha256=sha256).title if register else f"{path.name} [{sha256[:10]}]"
-    _copy_config(request.config_source, [x for x in (a, b, c)], path)
-    return MergeResult(path=path, title=title, sha256=sha256,
-                       timings={"total": time.perf_counter() - started}, warnings=warnings)
+        if plan.stage is not None:
+            plan.stage.unlink(missing_ok=True)
+    return sha256
+
+
+def _check_in(plan: MergePlan, index: int) -> None:
+    """Stop if the job was interrupted; else report that key `index` (0-based) is under way."""
+    if plan.control is None:
+        return
+    if getattr(plan.control, "interrupted", False):
+        raise MergeInterrupted("merge interrupted; nothing was written")
+    plan.control.report(index + 1, len(plan.keys))
+
+
+def _write_key(plan: MergePlan, writer, planned: PlannedKey, buffers: _BlockBuffers) -> None:
+    """Compute the output tensor `planned` and hand it to `writer`."""
+    import torch
+
+    key, dtype, shape = planned.name, planned.dtype, planned.shape
+    if planned.route is Route.BAKE:
+        writer.write(key, plan.vae[key[len("first_stage_model."):]].to(dtype).reshape(shape))
+    elif planned.route is Route.COPY:
+        writer.write(key, plan.inputs.a.source.read(key, dtype, torch.device("cpu")).to(dtype).reshape(shape))
+    elif planned.route is Route.BLOCKS:
+        writer.write_blocks(key, dtype, shape, _elementwise_filler(plan, key, buffers))
+    else:
+        merged = _merge_whole(plan, key).to(dtype)
+        _check_finite(key, merged)
+        writer.write(key, merged.reshape(shape))
 
 
 def _read(item: _Input, key: str) -> torch.Tensor:
@@ -363,56 +491,31 @@ def _check_finite(key: str, tensor: torch.Tensor) -> None:
                          "multiplier (nothing was saved)")
 
 
-def _is_merged(key: str, a: _Input, b: _Input, b_keys: set[str], method) -> bool:
+def _is_merged(key: str, a: _Input, b: _Input, method: MergeMethod) -> bool:
     """A1111 merges only keys whose name contains "model" and that B has; others keep A's value.
     Integer tensors (CLIP position_ids of any family, EMA's update counter) are always A's:
     interpolating them breaks the model (A1111 skips only SD1's position_ids by name)."""
     return (a.source.dtype(key).is_floating_point and not key.endswith(POSITION_IDS_SUFFIX) and "model" in key
-            and (key in b_keys or not method.needs_b))
+            and (key in b.source.shapes or not method.needs_b))
 
 
 def _is_baked(key: str, vae: Mapping[str, torch.Tensor] | None) -> bool:
     return vae is not None and key.startswith("first_stage_model.") and key[len("first_stage_model."):] in vae
 
 
-def _write_merged(writer, key, out_dtype, shape, a, b, c, b_keys, c_keys, method, request, weight_for, options,
-                  vae, buffers: _BlockBuffers) -> None:
-    """Compute the output tensor `key` and hand it to `writer`."""
-    import torch
-
+def _merge_whole(plan: MergePlan, key: str) -> torch.Tensor:
+    """`key` merged from whole float32 tensors (the result in float32)."""
     from modules.merging.methods import merge_tensor
 
-    if _is_baked(key, vae):
-        writer.write(key, vae[key[len("first_stage_model."):]].to(out_dtype).reshape(shape))
-        return
-    if b is None or not _is_merged(key, a, b, b_keys, method):
-        writer.write(key, a.source.read(key, out_dtype, torch.device("cpu")).to(out_dtype).reshape(shape))
-        return
-    alpha = request.multiplier
-    if weight_for is not None:
-        weight = weight_for(key)
-        if weight is not None:
-            alpha = weight
-    has_c = method.needs_c and key in c_keys
-    same_shape = key in b_keys and b.source.shapes[key] == a.source.shapes[key] and (
-        not has_c or c.source.shapes[key] == a.source.shapes[key])
-    if method.elementwise and same_shape:
-        roles = [a, b] + ([c if has_c else b] if method.needs_c else [])  # no C value: a zero difference (A1111)
-        fill = _elementwise_filler(method, key, roles, buffers, alpha=alpha, beta=request.multiplier2, options=options)
-        writer.write_blocks(key, out_dtype, shape, fill)
-        return
-    ta = _read(a, key)
-    tb = _read(b, key) if key in b_keys else None
+    operands = plan.operands(key)
+    ta, tb = _read(operands[0], key), _read(operands[1], key)
     tc = None
-    if method.needs_c:
-        tc = _read(c, key) if has_c else tb
-    if tb is not None and tb.shape != ta.shape:
-        merged = _merge_first_channels(key, ta, tb, tc, method, alpha, request, options)
-    else:
-        merged = merge_tensor(method, ta, tb, tc, alpha=alpha, beta=request.multiplier2, options=options, key=key)
-    merged = merged.to(out_dtype)
-    _check_finite(key, merged)
-    writer.write(key, merged.reshape(shape))
+    if len(operands) == 3:
+        tc = tb if operands[2] is operands[1] else _read(operands[2], key)  # B as C: read once
+    params = plan.params_for(key)
+    if tb.shape != ta.shape:
+        return _merge_first_channels(plan.method, key, (ta, tb, tc), params)
+    return merge_tensor(plan.method, ta, tb, tc, params, key=key)
 
 
 # Elements per step of an elementwise merge in float32: the temporaries of one step (a few times
@@ -439,14 +542,15 @@ class _BlockBuffers:
         return self._buffers[index][:nbytes].view(dtype)
 
 
-def _elementwise_filler(method, key, inputs, buffers: _BlockBuffers, *, alpha, beta, options):
+def _elementwise_filler(plan: MergePlan, key: str, buffers: _BlockBuffers):
     """A `fill(out, start, end)` for `SafetensorsWriter.write_blocks`: reads elements [start, end) of
-    `key` from each input into a reused buffer (pread: no fresh pages), merges them with `method`
-    (in cache-sized float32 steps, or with its exact same-dtype kernel where every input already has
-    the output's dtype), casts into `out` and checks for NaN/Inf. Equal to merging whole tensors
+    `key` from each input into a reused buffer (pread: no fresh pages), merges them with the plan's
+    method (in cache-sized float32 steps, or with its exact same-dtype kernel where every input already
+    has the output's dtype), casts into `out` and checks for NaN/Inf. Equal to merging whole tensors
     because the method is elementwise."""
     from modules.merging.methods import merge_tensor
 
+    method, params, inputs = plan.method, plan.params_for(key), plan.operands(key)
     dtypes = [item.source.dtype(key) for item in inputs]
 
     def fill(out: torch.Tensor, start: int, end: int) -> None:
@@ -457,29 +561,28 @@ def _elementwise_filler(method, key, inputs, buffers: _BlockBuffers, *, alpha, b
             parts.append(part)
         parts += [None] * (3 - len(parts))
         if method.same_dtype_kernel is not None and all(d == out.dtype for d in dtypes):
-            method.same_dtype_kernel(*parts, alpha, beta, out)
+            method.same_dtype_kernel(*parts, params, out)
         else:
             for step in range(0, end - start, CHUNK_ELEMENTS):
                 stop = min(end - start, step + CHUNK_ELEMENTS)
                 part_a, part_b, part_c = (p[step:stop] if p is not None else None for p in parts)
-                merged = merge_tensor(method, part_a, part_b, part_c, alpha=alpha, beta=beta, options=options, key=key)
-                out[step:stop].copy_(merged)
+                out[step:stop].copy_(merge_tensor(method, part_a, part_b, part_c, params, key=key))
         _check_finite(key, out)
 
     return fill
 
 
-def _merge_first_channels(key, ta, tb, tc, method, alpha, request, options) -> torch.Tensor:
+def _merge_first_channels(method: MergeMethod, key: str, tensors: tuple, params: MergeParams) -> torch.Tensor:
     """Inpainting/pix2pix A with a 4-channel B: merge A's first 4 input channels (A1111)."""
     from modules.merging.methods import merge_tensor
 
+    ta, tb, tc = tensors
     if ta.ndim < 2 or ta.shape[0] != tb.shape[0] or ta.shape[2:] != tb.shape[2:] or tb.shape[1] > ta.shape[1]:
         raise MergeError(f"bad dimensions for merged layer {key}: A {list(ta.shape)}, B {list(tb.shape)}")
     width = tb.shape[1]
     out = ta.clone()
     tc_part = tc if tc is None or tc.shape == tb.shape else tc[:, :width]
-    out[:, :width] = merge_tensor(method, ta[:, :width], tb, tc_part, alpha=alpha, beta=request.multiplier2,
-                                  options=options, key=key)
+    out[:, :width] = merge_tensor(method, ta[:, :width], tb, tc_part, params, key=key)
     return out
 
 

@@ -1,15 +1,15 @@
 """Per-tensor merge methods for the checkpoint merger: small pure functions behind one signature.
 
-The streaming engine (`modules/merger.py`) reads one key at a time from A, B and C and calls
-`MergeMethod.fn(a, b, c, alpha=M, beta=N, options=..., key=...)`. Every function:
+The streaming engine (`modules/merging/merger.py`) reads one key at a time from A, B and C and calls
+`MergeMethod.fn(a, b, c, params=MergeParams(alpha=M, beta=N, options=...), key=...)`. Every function:
 - takes floating-point tensors of one shape, computes in float32 and returns float32 (the engine
   casts to the output dtype);
 - rejects integer/bool tensors with a TypeError: those are buffers such as `position_ids`, which
   the engine copies from A instead of merging;
 - is pure: no state is kept between calls, so keys can be merged in any order or in parallel.
   Only DARE is random, and its generator is seeded from (options.seed, key) alone.
-`alpha` is A1111's multiplier M (per key when block weights are used), `beta` the second
-multiplier N of supermerger's three-model sums.
+`params.alpha` is A1111's multiplier M (per key when block weights are used), `params.beta` the
+second multiplier N of supermerger's three-model sums.
 
 Sources are named in each docstring; no code is taken from A1111 (AGPL) or supermerger (AGPL).
 SLERP's norm handling follows sd-mecha (MIT, ljleb), its near-parallel threshold the common
@@ -37,6 +37,7 @@ __all__ = [
     "MergeFunction",
     "MergeMethod",
     "MergeOptions",
+    "MergeParams",
     "dare_seed",
     "get_method",
     "merge_tensor",
@@ -91,18 +92,19 @@ class MergeOptions:
         return cls(**values)  # type: ignore[arg-type]  # types are checked in __post_init__
 
 
+@dataclass(frozen=True)
+class MergeParams:
+    """The numbers one key is merged with, passed as one value so every method has the same short
+    signature: `alpha` is M (the block's weight where block weights apply), `beta` is N, `options`
+    the method settings of the whole merge."""
+
+    alpha: float
+    beta: float = 0.0
+    options: MergeOptions = MergeOptions()
+
+
 class MergeFunction(Protocol):
-    def __call__(
-        self,
-        a: Tensor,
-        b: Tensor | None,
-        c: Tensor | None,
-        *,
-        alpha: float,
-        beta: float,
-        options: MergeOptions,
-        key: str,
-    ) -> Tensor: ...
+    def __call__(self, a: Tensor, b: Tensor | None, c: Tensor | None, *, params: MergeParams, key: str) -> Tensor: ...
 
 
 def _operands(key: str, **tensors: Tensor | None) -> list[Tensor]:
@@ -125,7 +127,7 @@ def _operands(key: str, **tensors: Tensor | None) -> list[Tensor]:
 
 
 def no_interpolation(
-    a: Tensor, b: Tensor | None, c: Tensor | None, *, alpha: float, beta: float, options: MergeOptions, key: str
+    a: Tensor, b: Tensor | None, c: Tensor | None, *, params: MergeParams, key: str
 ) -> Tensor:
     """A unchanged (A1111 "No interpolation": the merger only converts, bakes a VAE or prunes).
 
@@ -136,35 +138,35 @@ def no_interpolation(
 
 
 def weighted_sum(
-    a: Tensor, b: Tensor | None, c: Tensor | None, *, alpha: float, beta: float, options: MergeOptions, key: str
+    a: Tensor, b: Tensor | None, c: Tensor | None, *, params: MergeParams, key: str
 ) -> Tensor:
     """A·(1−M) + B·M (A1111 "Weighted sum"), computed as one fused `lerp` (A + M·(B − A)): the same
     value up to float rounding, in one pass over memory instead of three."""
     import torch
 
     a, b = _operands(key, A=a, B=b)
-    return torch.lerp(a, b, alpha)
+    return torch.lerp(a, b, params.alpha)
 
 
-def _lerp_into(a: Tensor, b: Tensor, c: Tensor | None, alpha: float, beta: float, out: Tensor) -> None:
+def _lerp_into(a: Tensor, b: Tensor, c: Tensor | None, params: MergeParams, out: Tensor) -> None:
     # torch's CPU lerp on float16/bfloat16 computes in float32 and rounds once, so this equals
     # `weighted_sum` then a cast, without the float32 copies (tests compare the two).
     import torch
 
-    torch.lerp(a, b, alpha, out=out)
+    torch.lerp(a, b, params.alpha, out=out)
 
 
 def add_difference(
-    a: Tensor, b: Tensor | None, c: Tensor | None, *, alpha: float, beta: float, options: MergeOptions, key: str
+    a: Tensor, b: Tensor | None, c: Tensor | None, *, params: MergeParams, key: str
 ) -> Tensor:
     """A + (B − C)·M (A1111 "Add difference"; B − C is the task vector of Ilharco et al. 2023)."""
     a, b, c = _operands(key, A=a, B=b, C=c)
     difference = b - c
-    return difference.mul_(alpha).add_(a)  # in place on the temporary: one allocation
+    return difference.mul_(params.alpha).add_(a)  # in place on the temporary: one allocation
 
 
 def slerp(
-    a: Tensor, b: Tensor | None, c: Tensor | None, *, alpha: float, beta: float, options: MergeOptions, key: str
+    a: Tensor, b: Tensor | None, c: Tensor | None, *, params: MergeParams, key: str
 ) -> Tensor:
     """Spherical interpolation of the flattened tensors (Shoemake 1985), norm interpolated linearly.
 
@@ -176,6 +178,7 @@ def slerp(
     """
     import torch
 
+    alpha = params.alpha
     a, b = _operands(key, A=a, B=b)
     norm_a, norm_b = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
     if norm_a == 0 or norm_b == 0:
@@ -190,7 +193,7 @@ def slerp(
 
 
 def train_difference(
-    a: Tensor, b: Tensor | None, c: Tensor | None, *, alpha: float, beta: float, options: MergeOptions, key: str
+    a: Tensor, b: Tensor | None, c: Tensor | None, *, params: MergeParams, key: str
 ) -> Tensor:
     """A + 1.8·M·(B − C)·|B − A| / (|B − A| + |B − C|), the ratio 0 where both distances are 0.
 
@@ -204,7 +207,7 @@ def train_difference(
     dist_a, dist_c = (b - a).abs(), (b - c).abs()
     # 0/0 (A, B and C equal at that element) is the only NaN; the delta is 0 there anyway.
     ratio = torch.nan_to_num(dist_a / (dist_a + dist_c), nan=0.0)
-    return a + (b - c) * ratio * (TRAIN_DIFFERENCE_GAIN * alpha)
+    return a + (b - c) * ratio * (TRAIN_DIFFERENCE_GAIN * params.alpha)
 
 
 def _trim_top_magnitudes(delta: Tensor, density: float) -> Tensor:
@@ -242,7 +245,7 @@ def ties_merge_deltas(deltas: Sequence[Tensor], density: float) -> Tensor:
 
 
 def ties_add_difference(
-    a: Tensor, b: Tensor | None, c: Tensor | None, *, alpha: float, beta: float, options: MergeOptions, key: str
+    a: Tensor, b: Tensor | None, c: Tensor | None, *, params: MergeParams, key: str
 ) -> Tensor:
     """A + M·TIES(B − C) (Yadav et al. 2023) with one task vector.
 
@@ -251,7 +254,7 @@ def ties_add_difference(
     step, which drops the small, mostly redundant changes of the fine-tune.
     """
     a, b, c = _operands(key, A=a, B=b, C=c)
-    return a + ties_merge_deltas([b - c], options.ties_density) * alpha
+    return a + ties_merge_deltas([b - c], params.options.ties_density) * params.alpha
 
 
 def dare_seed(seed: int, key: str) -> int:
@@ -264,7 +267,7 @@ def dare_seed(seed: int, key: str) -> int:
 
 
 def dare_add_difference(
-    a: Tensor, b: Tensor | None, c: Tensor | None, *, alpha: float, beta: float, options: MergeOptions, key: str
+    a: Tensor, b: Tensor | None, c: Tensor | None, *, params: MergeParams, key: str
 ) -> Tensor:
     """A + M·DARE(B − C) (Yu et al. 2023, "Language Models are Super Mario", Drop And REscale).
 
@@ -276,24 +279,26 @@ def dare_add_difference(
     import torch
 
     a, b, c = _operands(key, A=a, B=b, C=c)
-    p = options.dare_drop_rate
-    generator = torch.Generator().manual_seed(dare_seed(options.seed, key))
+    p = params.options.dare_drop_rate
+    generator = torch.Generator().manual_seed(dare_seed(params.options.seed, key))
     keep = (torch.rand(a.shape, generator=generator) >= p).to(a.device)
-    return a + torch.where(keep, b - c, 0.0) * (alpha / (1.0 - p))
+    return a + torch.where(keep, b - c, 0.0) * (params.alpha / (1.0 - p))
 
 
 def triple_sum(
-    a: Tensor, b: Tensor | None, c: Tensor | None, *, alpha: float, beta: float, options: MergeOptions, key: str
+    a: Tensor, b: Tensor | None, c: Tensor | None, *, params: MergeParams, key: str
 ) -> Tensor:
     """A·(1 − M − N) + B·M + C·N (supermerger "Triple sum")."""
+    alpha, beta = params.alpha, params.beta
     a, b, c = _operands(key, A=a, B=b, C=c)
     return a * (1.0 - alpha - beta) + b * alpha + c * beta
 
 
 def sum_twice(
-    a: Tensor, b: Tensor | None, c: Tensor | None, *, alpha: float, beta: float, options: MergeOptions, key: str
+    a: Tensor, b: Tensor | None, c: Tensor | None, *, params: MergeParams, key: str
 ) -> Tensor:
     """(A·(1 − M) + B·M)·(1 − N) + C·N (supermerger "sum Twice")."""
+    alpha, beta = params.alpha, params.beta
     a, b, c = _operands(key, A=a, B=b, C=c)
     return (a * (1.0 - alpha) + b * alpha) * (1.0 - beta) + c * beta
 
@@ -311,7 +316,7 @@ class MergeMethod:
     # Each output element depends only on the same element of A, B and C, so the engine may run
     # `fn` over slices of a tensor (cache-sized chunks) with the same result as over the whole.
     elementwise: bool = False
-    # Optional exact shortcut `(a, b, c, alpha, beta, out)` for inputs that all share the output's
+    # Optional exact shortcut `(a, b, c, params, out)` for inputs that all share the output's
     # floating dtype: it must give bit-for-bit what `fn` followed by a cast gives (tested), and
     # exists where one torch kernel already computes in float32 internally and rounds once.
     same_dtype_kernel: Callable[..., None] | None = None
@@ -355,15 +360,7 @@ def get_method(name: str) -> MergeMethod:
 
 
 def merge_tensor(
-    method: MergeMethod,
-    a: Tensor,
-    b: Tensor | None,
-    c: Tensor | None,
-    *,
-    alpha: float,
-    beta: float,
-    options: MergeOptions,
-    key: str,
+    method: MergeMethod, a: Tensor, b: Tensor | None, c: Tensor | None, params: MergeParams, *, key: str
 ) -> Tensor:
     """Merge one key's tensors with `method` (the engine's single call into this module)."""
-    return method.fn(a, b, c, alpha=alpha, beta=beta, options=options, key=key)
+    return method.fn(a, b, c, params=params, key=key)
