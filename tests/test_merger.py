@@ -222,7 +222,7 @@ def test_merge_and_load_tries_a_merge_without_saving_it(library, tmp_path):
     from modules.merging.merger import merge_and_load
     from modules.library.model_loader import LoadOptions
     from modules.library.model_manager import ModelManager
-    from modules.generation.engine import GenerationRequest, generate
+    from modules.generation.engine import GenerationRequest, GenerationResources, generate
 
     folder, registry = library
     models = ModelManager(registry, LoadOptions())
@@ -238,7 +238,7 @@ def test_merge_and_load_tries_a_merge_without_saving_it(library, tmp_path):
     a, b = load(folder / "a.safetensors")[key], load(folder / "b.safetensors")[key]
     assert torch.allclose(model.unet.conv_out.weight, torch.lerp(a, b, 0.4), atol=1e-6)
     image = generate(model, GenerationRequest(prompt="x", steps=2, width=64, height=64, seed=1),
-                     checkpoint_info=models.current_info()).infotexts[0]
+                     resources=GenerationResources(checkpoint_info=models.current_info())).infotexts[0]
     assert f"Model hash: {result.sha256[:10]}" in image
     # Saving is the same request as a normal merge: identical weights.
     saved = merge_checkpoints(request, registry, folder)

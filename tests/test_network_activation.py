@@ -98,11 +98,11 @@ def test_lora_hashes_are_quoted_once_in_the_infotext(setup):
     """A1111 writes `Lora hashes: "style: <12 hex>"`: the value plain, quoted once by the infotext
     writer; reading the infotext back gives the plain value."""
     from modules.outputs.infotext import parse_generation_parameters
-    from modules.generation.engine import GenerationRequest, generate
+    from modules.generation.engine import GenerationRequest, GenerationResources, generate
 
     model, _, loras, _ = setup
     result = generate(model, GenerationRequest(prompt="a cat <lora:style:0.8>", width=64, height=64, steps=1,
-                                               seed=1), loras=loras)
+                                               seed=1), resources=GenerationResources(loras=loras))
     value = parse_generation_parameters(result.infotexts[0])["Lora hashes"]
     name, _, short = value.partition(": ")
     assert name == "style" and len(short) == 12 and int(short, 16) >= 0

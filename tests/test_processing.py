@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from modules.common.atomic_files import TEMP_MARK
 from modules.outputs.infotext import parse_generation_parameters
 from modules.library.model_loader import load_checkpoint
-from modules.generation.engine import GenerationRequest, SaveTarget, generate
+from modules.generation.engine import GenerationRequest, GenerationResources, SaveTarget, generate
 from modules.generation.sampling.registry import SAMPLERS
 from modules.library.synthetic_checkpoints import write_checkpoint
 
@@ -354,7 +354,7 @@ def test_ti_hashes_list_each_use_once_per_prompt(sd1, tmp_path):
 
     def infotext(prompt, negative=""):
         return generate(sd1, GenerationRequest(**SMALL, prompt=prompt, negative_prompt=negative, seed=1),
-                        embeddings=database).infotexts[0]
+                        resources=GenerationResources(embeddings=database)).infotexts[0]
 
     both = infotext("a tinyemb cat", "tinyemb, blurry")
     assert f'TI hashes: "tinyemb: {short}, tinyemb: {short}"' in both

@@ -570,19 +570,20 @@ class Txt2ImgEngine:
                 target = (SaveTarget(self.save_dir, options=SaveOptions.from_settings(snapshot))
                           if do_save and self.save_dir else None)
                 return generate(self.models.require_current(), request, EngineSettings.from_settings(snapshot),
-                                control or NullControl(), embeddings=self.embeddings,
-                                hypernetworks=self.hypernetworks, loras=self.loras,
-                                checkpoint_info=self.models.current_info(), save=target, hooks=hooks)
+                                control or NullControl(), save=target, hooks=hooks,
+                                resources=GenerationResources(self.embeddings, self.hypernetworks, self.loras,
+                                                              self.models.current_info()))
             finally:
                 if wanted and previous is not None and snapshot["override_settings_restore_afterwards"]:
                     self.models.load(previous.title)
 
 
 def generate(model, request: GenerationRequest, settings: EngineSettings = EngineSettings(), control=None, *,
-             embeddings=None, hypernetworks=None, loras=None, checkpoint_info=None,
-             save: SaveTarget | None = None, hooks: GenerationHooks | None = None) -> GenerationResult:
+             resources: GenerationResources | None = None, save: SaveTarget | None = None,
+             hooks: GenerationHooks | None = None) -> GenerationResult:
     """Generate every image of `request` with `model`; see the module docstring for the path.
-    `hooks` lets extensions see and change the generation (GenerationHooks)."""
+    `resources`: the embeddings and networks the prompt may name; `hooks` lets extensions see and
+    change the generation (GenerationHooks)."""
     import torch
 
     from modules.generation.sampling.unet_sizes import a1111_upsample_sizes
@@ -592,8 +593,7 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
     started = time.perf_counter()
     result = GenerationResult()
     plan = _make_plan(request, settings, hooks)
-    run = _prepare_run(model, plan, settings, control, hooks,
-                       _Resources(embeddings, hypernetworks, loras, checkpoint_info))
+    run = _prepare_run(model, plan, settings, control, hooks, resources or GenerationResources())
     result.seeds, result.subseeds = list(run.seeds), list(run.subseeds)
     empty_cond = None  # the empty prompt's conditioning, for the "Pad conds" setting; made once
     with seamless_tiling(model, run.request.tiling), a1111_upsample_sizes(model.unet), torch.inference_mode():
@@ -609,8 +609,9 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
 
 
 @dataclass(frozen=True)
-class _Resources:
-    """What a caller lends a generation besides the model."""
+class GenerationResources:
+    """What a caller lends a generation besides the model: the embedding, hypernetwork and LoRA
+    registries, and the checkpoint's listing (name and hash for the infotext)."""
 
     embeddings: Any = None
     hypernetworks: Any = None
@@ -687,7 +688,7 @@ def _make_plan(request: GenerationRequest, settings: EngineSettings, hooks: Gene
 
 
 def _prepare_run(model, plan: GenerationPlan, settings: EngineSettings, control, hooks: GenerationHooks,
-                 resources: _Resources) -> _Run:
+                 resources: GenerationResources) -> _Run:
     """The sampler, text conditioner, noise schedule and progress totals of the run."""
     from modules.generation.sampling.registry import resolve_sampler
     from modules.networks.activation import embedding_widths
