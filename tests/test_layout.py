@@ -15,7 +15,8 @@ import pytest
 
 MODULES = Path(__file__).resolve().parent.parent / "modules"
 # A1111's names that extensions import; each re-exports the core.
-FACADES = {"processing", "images", "infotext_utils", "prompt_parser", "extra_networks", "scripts", "script_callbacks"}
+FACADES = {"processing", "images", "infotext_utils", "prompt_parser", "extra_networks", "scripts", "script_callbacks",
+           "ui_components"}
 
 
 def _module_name(path: Path) -> str:
@@ -69,6 +70,8 @@ def test_the_top_level_holds_only_a1111_facades():
     ("infotext_utils", ["parse_generation_parameters"]),
     ("prompt_parser", ["parse_prompt_attention", "get_learned_conditioning_prompt_schedules"]),
     ("extra_networks", ["parse_prompt"]),
+    ("ui_components", ["InputAccordion", "ToolButton", "FormRow", "FormColumn", "FormGroup", "FormHTML",
+                       "FormColorPicker", "FormComponent", "ResizeHandleRow", "DropdownMulti", "DropdownEditable"]),
 ])
 def test_facades_expose_a1111s_names(name, names):
     module = importlib.import_module(f"modules.{name}")
