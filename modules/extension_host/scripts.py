@@ -7,7 +7,8 @@ A script is a `Script` subclass in an extension's `scripts/*.py` (A1111.md §11)
   ui(is_img2img)     Gradio components; their values are the script's `*args`
   run(p, *args)      selectable scripts: do the whole job, return a `Processed` (usually from
                      `process_images(p)`)
-  setup, before_process, process, before_process_batch, process_batch, postprocess_image,
+  setup, before_process, process, before_process_batch, process_batch, before_hr, post_sample,
+  postprocess_batch, postprocess_batch_list, postprocess_image,
   postprocess        hooks of always-on scripts, in A1111's order (modules.generation.engine.GenerationHooks)
 
 `ScriptRunner.generate(engine, request, control, save=..., selection=...)` runs one request: the
@@ -174,8 +175,7 @@ class Script:
 
 
 # A1111 Script hooks with no matching point in Atelier's engine yet (docs/EXTENSIONS.md lists them).
-HOOKS_NOT_CALLED_YET = ("after_extra_networks_activate", "process_before_every_sampling", "post_sample",
-                        "postprocess_batch", "postprocess_batch_list", "before_hr")
+HOOKS_NOT_CALLED_YET = ("after_extra_networks_activate", "process_before_every_sampling")
 
 
 class ScriptError(RuntimeError):
@@ -605,6 +605,48 @@ class ScriptHooks(GenerationHooks):
             self.callbacks.cfg_denoiser(CFGDenoiserParams(x, None, sigma, step, total_steps, text_cond, text_uncond))
         return observe
 
+    def before_hr(self, plan: GenerationPlan) -> None:
+        self._bind(plan)
+        self._each("before_hr")
+
+    def post_sample(self, plan: GenerationPlan, samples):
+        import torch
+
+        self._bind(plan)
+        args = PostSampleArgs(samples)
+        for script, script_args in self.execution.alwayson:
+            before = args.samples
+            self.execution.call(script, "post_sample", self.p, args, *script_args)
+            if not (isinstance(args.samples, torch.Tensor) and args.samples.ndim == 4):
+                self._reject(script, "post_sample", "ps.samples must stay a 4-dimensional latent tensor "
+                             f"(batch, channels, height/8, width/8), got {_describe(args.samples)}")
+                args.samples = before
+        return args.samples
+
+    def postprocess_batch(self, plan: GenerationPlan, images) -> None:
+        self._bind(plan)
+        for script, script_args in self.execution.alwayson:
+            self.execution.call(script, "postprocess_batch", self.p, *script_args, images=images,
+                                batch_number=plan.iteration)
+
+    def postprocess_batch_list(self, plan: GenerationPlan, images: list) -> list:
+        self._bind(plan)
+        args = PostprocessBatchListArgs(images)
+        for script, script_args in self.execution.alwayson:
+            before = list(args.images)
+            self.execution.call(script, "postprocess_batch_list", self.p, args, *script_args,
+                                batch_number=plan.iteration)
+            problem = _batch_list_problem(args.images)
+            if problem:
+                self._reject(script, "postprocess_batch_list", problem)
+                args.images = before
+        return list(args.images)
+
+    def _reject(self, script: Script, method: str, problem: str) -> None:
+        log.error("Extension %s: script %r: %s; its change is ignored", script.extension, script.title(), problem)
+        self.execution.warn(f"Script {script.title()!r} ({script.extension}) in {method}(): {problem}; "
+                            "its change is ignored")
+
     def postprocess_image(self, plan: GenerationPlan, index: int, image):
         self._bind(plan)
         self.p.batch_index = index % self.p.batch_size
@@ -626,6 +668,28 @@ class ScriptHooks(GenerationHooks):
         self._bind(plan)
         self.processed = Processed.from_result(self.p, result)
         self._each("postprocess", self.processed)
+
+
+def _describe(value) -> str:
+    shape = getattr(value, "shape", None)
+    return f"{type(value).__name__} of shape {tuple(shape)}" if shape is not None else type(value).__name__
+
+
+def _batch_list_problem(images) -> str | None:
+    """Why `pp.images` after a postprocess_batch_list hook cannot be used, or None: it must be a list
+    of (3, H, W) tensors in [0, 1] (as A1111 gives them) or of PIL images."""
+    import torch
+    from PIL import Image
+
+    if not isinstance(images, list):
+        return f"pp.images must stay a list, got {type(images).__name__}"
+    for position, image in enumerate(images):
+        if isinstance(image, Image.Image):
+            continue
+        if not (isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3):
+            return (f"pp.images[{position}] must be a (3, height, width) tensor in [0, 1] or a PIL image, "
+                    f"got {_describe(image)}")
+    return None
 
 
 def run_txt2img(context, request: GenerationRequest, control=None, *, save: bool | None = None,

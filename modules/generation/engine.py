@@ -214,8 +214,9 @@ class GenerationHooks:
 
     Every method is a no-op here; `generate` calls them in A1111's order: process, then per batch
     before_process_batch (prompts with extra-network tags) and process_batch (tags removed, networks
-    active), the denoiser observer at each model evaluation, postprocess_image per image, the image
-    save events, postprocess after the last image.
+    active), the denoiser observer at each model evaluation, before_hr before a hires pass, post_sample
+    after sampling, postprocess_batch and postprocess_batch_list after decoding, postprocess_image per
+    image, the image save events, postprocess after the last image.
     """
 
     def process(self, plan: GenerationPlan) -> None:
@@ -231,6 +232,21 @@ class GenerationHooks:
         """None, or `observer(x, sigma, step, text_cond, text_uncond)` called at each model evaluation
         of this sampling pass; an observer, its return value is ignored."""
         return None
+
+    def before_hr(self, plan: GenerationPlan) -> None:
+        """Batch `plan.iteration`'s hires pass is about to sample (latents upscaled, conds made)."""
+
+    def post_sample(self, plan: GenerationPlan, samples):
+        """The batch's latents after sampling (hires pass included); returns the latents to decode."""
+        return samples
+
+    def postprocess_batch(self, plan: GenerationPlan, images) -> None:
+        """The decoded batch: a (B, 3, H, W) tensor in [0, 1] on the CPU; it may be edited in place."""
+
+    def postprocess_batch_list(self, plan: GenerationPlan, images: list) -> list:
+        """The decoded batch as a list of (3, H, W) tensors (or PIL images); returns the list to keep,
+        which may be longer or shorter (see `_collect_images` for the seeds and infotexts then)."""
+        return images
 
     def postprocess_image(self, plan: GenerationPlan, index: int, image):
         """Image `index` as decoded; returns the image to keep (the same one by default)."""
@@ -757,9 +773,10 @@ def _run_batch(run: _Run, iteration: int, result: GenerationResult, empty_cond):
             samples, stopped = _first_pass(run, batch, x)
             if run.request.enable_hr and stopped is None:
                 samples, stopped = _hires_pass(run, batch, samples)
+        samples = run.hooks.post_sample(plan, samples)
         with _timed(result, "decode"):
-            images = _decode(run.model, samples, result)
-    _collect_images(run, batch, images, active.infotext, result)
+            decoded = _decode(run.model, samples, result)
+    _collect_images(run, batch, _postprocess_batch(run, decoded), active.infotext, result)
     if stopped is not None and stopped.interrupted:
         result.interrupted = True
         return batch.empty_cond, True
@@ -849,11 +866,36 @@ def _step_callback(run: _Run, progress_offset: int):
     return callback
 
 
+def _postprocess_batch(run: _Run, decoded) -> list:
+    """The decoded batch (a tensor) through `postprocess_batch`, then as a list through
+    `postprocess_batch_list` (which may replace, drop or add images); returns PIL images."""
+    run.hooks.postprocess_batch(run.plan, decoded)
+    return [_to_pil(image) for image in run.hooks.postprocess_batch_list(run.plan, list(decoded))]
+
+
+def _to_pil(image):
+    """A (3, H, W) tensor in [0, 1] as a PIL image; a PIL image (one a script added) as it is."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    return Image.fromarray(image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+
+
 def _collect_images(run: _Run, batch: _Batch, images: list, network_fields: dict, result: GenerationResult) -> None:
-    """The batch's images through the `postprocess_image` hook into `result`, with their infotexts."""
+    """The batch's images through the `postprocess_image` hook into `result`, with their infotexts.
+
+    `images` may hold more or fewer images than the batch (a `postprocess_batch_list` hook): image j
+    then takes the prompt, seeds and infotext of the batch's image min(j, batch size - 1), so every
+    image keeps one seed, prompt and infotext (A1111 reads past the batch, into the next one's)."""
     plan = run.plan
-    for j, image in enumerate(images):
-        index = batch.iteration * run.request.batch_size + j
+    size, first = len(batch.seeds), batch.iteration * run.request.batch_size
+    sources = [first + min(j, size - 1) for j in range(len(images))]
+    if len(images) != size:  # result.seeds holds every image's seed from the start: resize this batch's share
+        start = len(result.images)
+        result.seeds[start:start + size] = [run.seeds[index] for index in sources]
+        result.subseeds[start:start + size] = [run.subseeds[index] for index in sources]
+    for image, index in zip(images, sources):
         result.images.append(run.hooks.postprocess_image(plan, index, image))
         result.prompts.append(plan.all_prompts[index])
         result.negative_prompts.append(plan.all_negative_prompts[index])
@@ -991,19 +1033,19 @@ def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor):
     # The first pass's time ids and empty-prompt cond stay, as in A1111.
     hires = dataclasses.replace(batch, cond=cond, uncond=uncond,
                                 progress_offset=batch.progress_offset + request.steps)
+    # After this the pass's steps, size and strength are fixed: changes a hook makes to them are not read.
+    run.hooks.before_hr(run.plan)
     return _sample(run, hires, latents + noise * sigma_sched[0], sigma_sched, noise_fn)
 
 
-def _decode(model, samples: torch.Tensor, result: GenerationResult) -> list:
-    from PIL import Image
-
+def _decode(model, samples: torch.Tensor, result: GenerationResult) -> torch.Tensor:
+    """The batch decoded: (B, 3, H, W) in [0, 1] on the CPU, as A1111's `postprocess_batch` gets it."""
     from modules.generation.vae_decode import decode_latents
 
     decoded = decode_latents(model, samples)
     if decoded.message and decoded.message not in result.warnings:
         result.warnings.append(decoded.message)
-    images = decoded.images.mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(array) for array in images]
+    return decoded.images.cpu()
 
 
 def _eta_field(sampler, eta: float | None) -> dict[str, float]:
