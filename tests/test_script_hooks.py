@@ -42,8 +42,21 @@ class Recorder(scripts.Script):
     def ui(self, is_img2img):
         return []
 
+    def after_extra_networks_activate(self, p, *args, batch_number, prompts, seeds, subseeds, extra_network_data):
+        if MODE.get("networks"):
+            networks = {name: [params.items for params in value] for name, value in extra_network_data.items()}
+            CALLS.append(("after_extra_networks_activate", batch_number, list(prompts), networks))
+
     def process_batch(self, p, *args, batch_number, prompts, seeds, subseeds):
         CALLS.append(("process_batch", batch_number))
+
+    def process_before_every_sampling(self, p, *args, x, noise, c, uc, **kwargs):
+        if MODE.get("sampling"):
+            CALLS.append(("process_before_every_sampling", p.iteration, tuple(x.shape), noise is x))
+            if p.iteration == 0 and "start" not in MODE:
+                MODE["start"] = x.clone()
+            elif p.iteration == 1 and x.shape == MODE["start"].shape:
+                x.copy_(MODE["start"])  # batch 1's first pass starts from batch 0's noise
 
     def before_hr(self, p, *args):
         CALLS.append(("before_hr", p.iteration, p.enable_hr))
@@ -82,7 +95,7 @@ def run_with(data_dir, model, mode: dict, **fields):
     runtime = load(data_dir)
     module = sys.modules["atelier_extensions.hooks.x"]
     module.MODE.update(mode)
-    request = GenerationRequest(prompt="a cat", **{**SMALL, **fields})
+    request = GenerationRequest(**{"prompt": "a cat", **SMALL, **fields})
     return runtime.scripts.generate(DirectEngine(model), request), module.CALLS, request
 
 
@@ -135,6 +148,27 @@ def test_before_hr_once_per_batch_and_post_sample_replaces_latents(tmp_path, mod
     assert np.array_equal(np.asarray(result.images[1]), np.asarray(plain.images[0]))
     assert np.array_equal(np.asarray(result.images[0]), np.asarray(plain.images[0]))
     assert result.infotexts == plain.infotexts
+
+
+def test_networks_and_every_sampling_pass_reach_the_scripts(tmp_path, model):
+    hires = dict(enable_hr=True, hr_scale=2.0, hr_upscaler="Latent", denoising_strength=0.5, hr_second_pass_steps=1)
+    result, calls, request = run_with(tmp_path, model, {"networks": True, "sampling": True}, n_iter=2,
+                                      **{**hires, "prompt": "a cat <hypernet:nowhere:0.5>"})
+    names = [call[0] for call in calls]
+    assert names == ["after_extra_networks_activate", "process_batch", "process_before_every_sampling",
+                     "before_hr", "process_before_every_sampling", "post_sample", "postprocess_batch",
+                     "postprocess_batch_list", "postprocess_image"] * 2
+    assert calls[0] == ("after_extra_networks_activate", 0, ["a cat "], {"hypernet": [["nowhere", "0.5"]]})
+    sampling = [call for call in calls if call[0] == "process_before_every_sampling"]
+    assert sampling == [("process_before_every_sampling", n, shape, first)
+                        for n in (0, 1) for shape, first in (((1, 4, 8, 8), True), ((1, 4, 16, 16), False))]
+    # Euler is deterministic given its start: batch 1 started from batch 0's noise makes batch 0's
+    # first pass; its hires pass draws batch 1's own noise, so compare without hires.
+    plain_request = request.model_copy(update={"enable_hr": False})
+    result, _, _ = run_with(tmp_path / "again", model, {"sampling": True}, n_iter=2, prompt="a cat")
+    plain = generate(model, plain_request.model_copy(update={"prompt": "a cat"}))
+    assert np.array_equal(np.asarray(result.images[1]), np.asarray(plain.images[0]))
+    assert not np.array_equal(np.asarray(plain.images[1]), np.asarray(plain.images[0]))
 
 
 def test_unusable_batch_list_is_reported_and_ignored(tmp_path, model):

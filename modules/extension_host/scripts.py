@@ -7,7 +7,8 @@ A script is a `Script` subclass in an extension's `scripts/*.py` (A1111.md §11)
   ui(is_img2img)     Gradio components; their values are the script's `*args`
   run(p, *args)      selectable scripts: do the whole job, return a `Processed` (usually from
                      `process_images(p)`)
-  setup, before_process, process, before_process_batch, process_batch, before_hr, post_sample,
+  setup, before_process, process, before_process_batch, after_extra_networks_activate, process_batch,
+  process_before_every_sampling, before_hr, post_sample,
   postprocess_batch, postprocess_batch_list, postprocess_image,
   postprocess        hooks of always-on scripts, in A1111's order (modules.generation.engine.GenerationHooks)
 
@@ -175,7 +176,7 @@ class Script:
 
 
 # A1111 Script hooks with no matching point in Atelier's engine yet (docs/EXTENSIONS.md lists them).
-HOOKS_NOT_CALLED_YET = ("after_extra_networks_activate", "process_before_every_sampling")
+HOOKS_NOT_CALLED_YET: tuple[str, ...] = ()
 
 
 class ScriptError(RuntimeError):
@@ -584,12 +585,20 @@ class ScriptHooks(GenerationHooks):
         self._collect(plan)
         plan.request = self.execution.request_of(self.p, "process")
 
-    def _batch(self, plan: GenerationPlan, method: str) -> None:
+    def _batch(self, plan: GenerationPlan, method: str, **extra) -> None:
         self._bind(plan)
         for script, script_args in self.execution.alwayson:
             self.execution.call(script, method, self.p, *script_args, batch_number=plan.iteration,
-                                prompts=self.p.prompts, seeds=self.p.seeds, subseeds=self.p.subseeds)
+                                prompts=self.p.prompts, seeds=self.p.seeds, subseeds=self.p.subseeds, **extra)
         self._collect(plan)
+
+    def after_extra_networks_activate(self, plan: GenerationPlan, networks) -> None:
+        self.p.extra_network_data = networks
+        self._batch(plan, "after_extra_networks_activate", extra_network_data=networks)
+
+    def before_every_sampling(self, plan: GenerationPlan, x, noise, cond, uncond) -> None:
+        self._bind(plan)
+        self._each("process_before_every_sampling", x=x, noise=noise, c=cond, uc=uncond)
 
     def before_process_batch(self, plan: GenerationPlan) -> None:
         self._batch(plan, "before_process_batch")

@@ -213,8 +213,9 @@ class GenerationHooks:
     """The points where extensions join a generation (modules.extension_host.scripts implements them).
 
     Every method is a no-op here; `generate` calls them in A1111's order: process, then per batch
-    before_process_batch (prompts with extra-network tags) and process_batch (tags removed, networks
-    active), the denoiser observer at each model evaluation, before_hr before a hires pass, post_sample
+    before_process_batch (prompts with extra-network tags), after_extra_networks_activate and
+    process_batch (tags removed, networks active), before_every_sampling before each sampling pass, the
+    denoiser observer at each model evaluation, before_hr before a hires pass, post_sample
     after sampling, postprocess_batch and postprocess_batch_list after decoding, postprocess_image per
     image, the image save events, postprocess after the last image.
     """
@@ -225,8 +226,15 @@ class GenerationHooks:
     def before_process_batch(self, plan: GenerationPlan) -> None:
         """Before batch `plan.iteration`'s extra networks are parsed: `plan.prompts` may be edited."""
 
+    def after_extra_networks_activate(self, plan: GenerationPlan, networks) -> None:
+        """Batch `plan.iteration`'s networks are active; `networks`: {type: [ExtraNetworkParams]}."""
+
     def process_batch(self, plan: GenerationPlan) -> None:
         """Before batch `plan.iteration`'s conditioning: `plan.prompts` may be edited."""
+
+    def before_every_sampling(self, plan: GenerationPlan, x, noise, cond, uncond) -> None:
+        """A sampling pass (the first, or the hires one) is about to start from the latents `x` with
+        `noise` (the same tensor in the first pass); editing either in place changes that pass."""
 
     def denoiser_observer(self, plan: GenerationPlan, total_steps: int):
         """None, or `observer(x, sigma, step, text_cond, text_uncond)` called at each model evaluation
@@ -759,6 +767,7 @@ def _run_batch(run: _Run, iteration: int, result: GenerationResult, empty_cond):
     plan.prompts, networks = parse_prompts(plan.prompts)
     seeds = (plan.seeds, plan.subseeds)
     with activate_extra_networks(run.model, networks, run.hypernetworks, run.loras) as active:
+        run.hooks.after_extra_networks_activate(plan, networks)
         run.hooks.process_batch(plan)
         for warning in active.warnings:
             if warning not in result.warnings:
@@ -823,6 +832,7 @@ def _first_pass(run: _Run, batch: _Batch, x: torch.Tensor):
     from modules.generation.sampling.timesteps import a1111_timesteps
 
     sampler = run.sampler
+    run.hooks.before_every_sampling(run.plan, x, x, batch.cond, batch.uncond)
     if sampler.kind == "sigmas":
         sigmas = build_sigmas(sampler, run.scheduler, run.request.steps, run.schedule).to(run.model.device)
         noise_fn = _noise_source(sampler, batch.rng, x, batch.seeds, sigmas)
@@ -1035,6 +1045,7 @@ def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor):
                                 progress_offset=batch.progress_offset + request.steps)
     # After this the pass's steps, size and strength are fixed: changes a hook makes to them are not read.
     run.hooks.before_hr(run.plan)
+    run.hooks.before_every_sampling(run.plan, latents, noise, cond, uncond)
     return _sample(run, hires, latents + noise * sigma_sched[0], sigma_sched, noise_fn)
 
 
