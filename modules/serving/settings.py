@@ -315,14 +315,6 @@ def validate_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     return clean
 
 
-@dataclass(frozen=True)
-class ApplyResult:
-    """What `SettingsStore.apply_valid` did: keys saved with a new value, and refused keys with why."""
-
-    changed: tuple[str, ...]
-    refused: Mapping[str, str]
-
-
 def describe_changes(changed: list[str] | tuple[str, ...]) -> str:
     """A1111's report after Apply: `2 settings changed: a, b.`"""
     noun = "setting" if len(changed) == 1 else "settings"
@@ -395,12 +387,6 @@ class SettingsStore:
         """Validate and persist `changes`, all or nothing; returns the keys whose value changed.
         Raises `SettingsValidationError` (nothing saved) when any value is invalid."""
         return self._store(validate_changes(changes))
-
-    def apply_valid(self, changes: Mapping[str, Any]) -> ApplyResult:
-        """Persist the valid values of `changes` and refuse the others, each with its reason
-        (the Settings tab's Apply: one bad field does not throw away the rest)."""
-        clean, errors = validate_each(changes)
-        return ApplyResult(changed=tuple(self._store(clean)), refused=MappingProxyType(errors))
 
     def stored(self) -> Mapping[str, Any]:
         """What config.json holds (no defaults filled in), as a read-only copy."""

@@ -38,10 +38,6 @@ FIELD_LABELS: Mapping[str, str] = {
     "hr_resize_y": "Resize height to", "override_settings": "Override settings",
 }
 
-# Infotext key -> setting: what "Override settings" entries (`"Clip skip: 2"`) may name.
-OVERRIDE_SETTING_KEYS: Mapping[str, str] = OVERRIDE_SETTINGS
-
-
 def slider_args(name: str) -> dict[str, Any]:
     """`minimum`, `maximum`, `step` and `value` of the slider for request field `name`, read from
     `GenerationRequest` (its bounds, its `ui_step` and its default), so the tab offers exactly what
@@ -107,10 +103,10 @@ def parse_override_entries(entries: Iterable[str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for entry in entries:
         key, separator, text = str(entry).partition(": ")
-        setting = OVERRIDE_SETTING_KEYS.get(key)
+        setting = OVERRIDE_SETTINGS.get(key)
         if not separator or setting is None:
             raise ValueError(f"{entry!r} is not an override Atelier knows; known: "
-                             f"{', '.join(OVERRIDE_SETTING_KEYS)} (written as 'Clip skip: 2')")
+                             f"{', '.join(OVERRIDE_SETTINGS)} (written as 'Clip skip: 2')")
         overrides[setting] = setting_value(setting, text)
     return overrides
 
