@@ -29,15 +29,20 @@ def build_app(args: argparse.Namespace, context):
     from modules.api.request_guards import install_request_guards, max_body_bytes
     from modules.api.server import create_app
 
+    from modules.extension_host.environment import AppScopeMiddleware, app_scope
+
     app = create_app(context, api=args.api or args.nowebui, ui=not args.nowebui)
     blocks = None
-    if not args.nowebui:
-        # Imported only when the UI is wanted: importing gradio takes seconds.
-        from modules.ui.app import mount_ui
+    with app_scope(context):  # extensions' UI code and on_app_started read shared.opts & co.
+        if not args.nowebui:
+            # Imported only when the UI is wanted: importing gradio takes seconds.
+            from modules.ui.app import mount_ui
 
-        blocks = mount_ui(app, context, max_upload_bytes=max_body_bytes(args))
-    if context.extensions is not None:
-        context.extensions.app_started(blocks, app)
+            blocks = mount_ui(app, context, max_upload_bytes=max_body_bytes(args))
+        if context.extensions is not None:
+            context.extensions.app_started(blocks, app)
+    # Routes, Gradio's handlers and its queue workers run extension code that reads shared.opts & co.
+    app.add_middleware(AppScopeMiddleware, context=context)
     install_request_guards(app, args)
     install_auth(app, args)
     return app
@@ -62,10 +67,13 @@ def compose(args: argparse.Namespace):
     from modules.serving.console_progress import install_console_progress
 
     context = AppContext.from_args(args)
+    from modules.extension_host.environment import app_scope
+
     context.refresh_listings()
     context.ensure_demo_checkpoint()
-    load_extensions(context, args)
-    context.jobs.start()
+    with app_scope(context):  # extensions read shared.opts at import; the job worker inherits the scope
+        load_extensions(context, args)
+        context.jobs.start()
     install_console_progress(context.jobs)
     return context, build_app(args, context)
 

@@ -29,6 +29,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import logging
 import threading
@@ -362,8 +363,11 @@ class JobQueue:
                 raise RuntimeError(f"job queue {self.name!r} was shut down; create a new JobQueue")
             if self._thread is not None:
                 return
-            # Daemon: a job stuck in native code must not keep the process alive at exit.
-            self._thread = threading.Thread(target=self._run, name=f"jobs-{self.name}", daemon=True)
+            # Daemon: a job stuck in native code must not keep the process alive at exit. The worker
+            # runs in a copy of the starting context, so it sees the app the starter was in
+            # (modules.extension_host.environment).
+            self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
+                                            name=f"jobs-{self.name}", daemon=True)
             self._thread.start()
 
     @property
