@@ -312,7 +312,7 @@ def test_selectable_script_through_api_fields_and_callbacks(sample, sd1, tmp_pat
     from modules.extension_host.scripts import run_txt2img
 
     runtime = load(sample)
-    module = sys.modules["atelier_extensions.sample.x"]
+    module = sys.modules["atelier_extensions.sample.scripts.x"]
     events = module.EVENTS
     assert module.BASEDIR == str(sample / "extensions" / "sample")
     context = SimpleNamespace(extensions=runtime, engine=DirectEngine(sd1, tmp_path / "out"))

@@ -93,7 +93,7 @@ class Recorder(scripts.Script):
 def run_with(data_dir, model, mode: dict, **fields):
     write_extension(data_dir / "extensions", "hooks", {"scripts/x.py": HOOKS_SCRIPT})
     runtime = load(data_dir)
-    module = sys.modules["atelier_extensions.hooks.x"]
+    module = sys.modules["atelier_extensions.hooks.scripts.x"]
     module.MODE.update(mode)
     request = GenerationRequest(**{"prompt": "a cat", **SMALL, **fields})
     return runtime.scripts.generate(DirectEngine(model), request), module.CALLS, request

@@ -41,7 +41,7 @@ from typing import Any, Mapping, Sequence
 
 from modules.generation.engine import GenerationHooks, GenerationPlan, GenerationRequest, GenerationResult, ImageSaveEvent
 from modules.extension_host.processing_objects import Processed, StableDiffusionProcessingTxt2Img, process_images
-from modules.extension_host.module_files import REPO_ROOT, import_file_as_module, module_name_part
+from modules.extension_host.module_files import REPO_ROOT
 from modules.extension_host.callbacks import CallbackRegistry, CFGDenoiserParams, ImageSaveParams, registry_scope, script_scope
 
 log = logging.getLogger(__name__)
@@ -237,26 +237,48 @@ class ScriptRunner:
     # --- loading ---------------------------------------------------------------------------------
 
     def load_extension(self, extension) -> list[Script]:
-        """Import `extension`'s scripts/*.py (the extension's folder first on sys.path meanwhile, as
-        A1111) and instantiate the Script subclasses they define. Raises on the first failure; the
-        caller (modules.extension_host.extensions.load_extensions) isolates it."""
+        """Import `extension`'s scripts/*.py and instantiate the Script subclasses they hold. Raises on
+        the first failure; the caller (modules.extension_host.extensions.load_extensions) isolates it.
 
+        As in A1111, while a file imports the extension's folder is first on sys.path and
+        `basedir()` is that folder. `from scripts.<file> import X` imports the extension's own
+        `scripts/<file>.py` (modules.extension_host.script_imports). Every Script subclass in a
+        file's namespace is registered, imported ones included (A1111), each class once: a class
+        imported from a sibling script file counts for that file, and a class that does not define
+        title() (a base class) is skipped with a note in the log (A1111 lists it, titled by its file)."""
+
+        from modules.extension_host.script_imports import ExtensionImports
+
+        imports = ExtensionImports(extension.name, extension.path)
+        files = extension.script_files()
+        file_modules = {f"{imports.package}.{path.stem}" for path in files}
+        known = {type(script) for script in self.scripts}
         loaded = []
-        package = f"atelier_extensions.{module_name_part(extension.name)}"
-        for path in extension.script_files():
-            saved_path = list(sys.path)
-            sys.path.insert(0, str(extension.path))
-            token = _current_basedir.set(str(extension.path))
-            try:
-                with script_scope(str(path)):
-                    module = import_file_as_module(f"{package}.{module_name_part(path.stem)}", path)
-            finally:
-                _current_basedir.reset(token)
-                sys.path[:] = saved_path
-            for value in list(vars(module).values()):
-                if isinstance(value, type) and issubclass(value, Script) and value is not Script \
-                        and value.__module__ == module.__name__:
+        try:
+            for path in files:
+                saved_path = list(sys.path)
+                sys.path.insert(0, str(extension.path))
+                token = _current_basedir.set(str(extension.path))
+                try:
+                    with script_scope(str(path)):
+                        module = imports.load_script_file(path)
+                finally:
+                    _current_basedir.reset(token)
+                    sys.path[:] = saved_path
+                for value in list(vars(module).values()):
+                    if not (isinstance(value, type) and issubclass(value, Script)) or value is Script or value in known:
+                        continue
+                    if value.__module__ != module.__name__ and value.__module__ in file_modules:
+                        continue  # registered with its own file
+                    if value.title is Script.title:
+                        log.info("Extension %s: %s has %s, which defines no title() (a base class?); not "
+                                 "registered as a script", extension.name, path.name, value.__name__)
+                        continue
+                    known.add(value)
                     loaded.append(self._instantiate(value, path, extension.name))
+        except BaseException:
+            imports.forget()
+            raise
         for script in loaded:
             script.app = self.app
         self.scripts.extend(loaded)
