@@ -20,7 +20,6 @@ from modules.api.schemas import (
     SchedulerItem,
     ScriptsList,
 )
-from modules.api.styles import read_styles
 
 # Flags whose values are credentials or point at them: never echoed (A1111's cmd-flags shows them).
 SECRET_FLAGS = frozenset({"api_auth", "gradio_auth", "gradio_auth_path", "tls_keyfile"})
@@ -145,7 +144,7 @@ def build_router(context) -> APIRouter:
     @router.get("/prompt-styles", response_model=list[PromptStyleItem])
     def prompt_styles() -> list[PromptStyleItem]:
         """The styles in `styles.csv`; txt2img's `styles` applies them by name."""
-        styles = read_styles(context.paths.data_dir / "styles.csv")
+        styles = context.prompt_styles.styles
         return [PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
                 for s in styles.values()]
 

@@ -23,7 +23,6 @@ from modules.api.images import encode_png
 from modules.api.routes_models import api_setting_errors
 from modules.api.schemas import TextToImageResponse, Txt2ImgApiRequest
 from modules.api.state import require_running_queue
-from modules.api.styles import apply_styles, read_styles
 from modules.extension_host.scripts import ScriptSelection
 from modules.generation.engine import GenerationRequest, PromptTooLongError, check_prompt_length
 from modules.serving.generation_service import (
@@ -158,8 +157,10 @@ def prepare(body: Txt2ImgApiRequest, context) -> PreparedTxt2Img:
     _refuse_unsupported(body)
     prompt, negative = body.prompt, body.negative_prompt
     if body.styles:
-        prompt, negative = apply_styles(prompt, negative, body.styles,
-                                        read_styles(context.paths.data_dir / "styles.csv"))
+        try:
+            prompt, negative = context.prompt_styles.styled_prompts(prompt, negative, body.styles)
+        except ValueError as error:
+            raise bad_request(str(error)) from None
     if body.disable_extra_networks:
         from modules.networks.syntax import parse_prompt
 

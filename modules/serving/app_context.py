@@ -6,6 +6,7 @@ This is the only place that wires services together; nothing reaches them throug
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import threading
@@ -29,6 +30,7 @@ from modules.library.vae_files import VaeRegistry
 
 if TYPE_CHECKING:
     from modules.extension_host.extensions import ExtensionRuntime
+    from modules.generation.styles import StyleDatabase
     from modules.library.model_loader import StableDiffusionModel
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,16 @@ class AppContext:
     def settings_policy(self) -> SettingsPolicy:
         """What UI and API users may change in the settings on this server (from the flags)."""
         return SettingsPolicy.from_args(self.args, self.paths.data_dir)
+
+    @functools.cached_property
+    def prompt_styles(self) -> "StyleDatabase":
+        """The prompt styles of `styles.csv` (or the `--styles-file` files): A1111's
+        `shared.prompt_styles`. Made at first use; the prompt_max_length setting caps a style's text."""
+        from modules.generation.styles import StyleDatabase, configured_styles_paths
+
+        return StyleDatabase(configured_styles_paths(getattr(self.args, "styles_file", None) or [],
+                                                     self.paths.data_dir),
+                             max_text_length=lambda: self.settings.current()["prompt_max_length"])
 
     def refresh(self) -> None:
         self.refresh_listings()

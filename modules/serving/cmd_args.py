@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--hypernetwork-dir", type=str, default=None,
                        help="hypernetworks folder (default: <models-dir>/hypernetworks)")
     paths.add_argument("--lora-dir", type=str, default=None, help="LoRA folder (default: <models-dir>/Lora)")
+    paths.add_argument("--styles-file", type=str, action="append", default=[], metavar="FILE",
+                       help="prompt styles file, or a wildcard such as styles/*.csv; may be given several times "
+                            "(default: <data-dir>/styles.csv); new styles are saved in the first")
 
     server = parser.add_argument_group("server")
     server.add_argument("--port", type=int, default=None, help="port to listen on (default 7860)")
