@@ -53,10 +53,16 @@ def load_extensions(context, args: argparse.Namespace) -> None:
     on_model_loaded callbacks hear every checkpoint load."""
     from modules.extension_host.extensions import load_extensions as load
 
+    from modules.extension_host.shared_names import model_view
+
     runtime = load(context.settings, args)
     runtime.scripts.bind_app(context)
-    context.models.add_load_listener(runtime.callbacks.model_loaded)
+    # A1111's on_model_loaded callbacks read sd_checkpoint_info & co.: they get shared.sd_model's view.
+    context.models.add_load_listener(lambda model: runtime.callbacks.model_loaded(model_view(context, model)))
     context.extensions = runtime
+    # on_ui_settings runs now, not when the Settings tab is built: the extensions' options have their
+    # defaults from the start, API-only runs included.
+    context.extension_options.collect(runtime.callbacks)
 
 
 def compose(args: argparse.Namespace):

@@ -16,7 +16,7 @@ import pytest
 MODULES = Path(__file__).resolve().parent.parent / "modules"
 # A1111's names that extensions import; each re-exports the core.
 FACADES = {"processing", "images", "infotext_utils", "prompt_parser", "extra_networks", "scripts", "script_callbacks",
-           "ui_components"}
+           "ui_components", "shared"}
 
 
 def _module_name(path: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import gradio as gr
@@ -41,7 +42,11 @@ def _parents(demo: gr.Blocks) -> dict[int, int]:
 def _call(demo: gr.Blocks, target: tuple[int, str], inputs: list):
     """Run the event handler bound to `target` (block id, event name) as the server would for a browser."""
     [fn] = [fn for fn in demo.fns.values() if fn.targets and fn.targets[0] == target]
-    return asyncio.run(demo.process_api(block_fn=fn, inputs=inputs, state=SessionState(demo)))["data"]
+    # On a thread of its own: asyncio.run refuses to start where an event loop is already running
+    # (a CI run hit that here), and the server runs handlers off the caller's thread anyway.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, demo.process_api(block_fn=fn, inputs=inputs,
+                                                         state=SessionState(demo))).result()["data"]
 
 
 def test_extension_style_import_builds_each_component_as_its_gradio_widget():

@@ -117,6 +117,9 @@ class CallbackRegistry:
     def __init__(self):
         self._callbacks: dict[str, list[RegisteredCallback]] = {kind: [] for kind in KINDS}
         self._warned_not_called: set[str] = set()
+        # The AppContext these callbacks belong to (ScriptRunner.bind_app sets it): extension code run
+        # in `registry_scope` sees it as the app of shared.opts & co. (modules.extension_host.environment).
+        self.app = None
 
     def add(self, kind: str, callback: Callable, *, extension: str, name: str | None = None,
             script: str | None = None) -> None:
@@ -225,9 +228,12 @@ _current: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("atelie
 def registry_scope(registry: CallbackRegistry, extension: str) -> Iterator[None]:
     """Make `registry` the target of A1111's module-level `on_*` functions, on behalf of
     `extension`, for the duration of the block (this thread / task only)."""
+    from modules.extension_host.environment import app_scope
+
     token = _current.set(_Scope(registry, extension))
     try:
-        yield
+        with app_scope(registry.app):
+            yield
     finally:
         _current.reset(token)
 
@@ -245,6 +251,11 @@ def script_scope(script: str) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
+
+
+def current_scope_or_none() -> _Scope | None:
+    """The extension scope in effect, if any (see `registry_scope`)."""
+    return _current.get()
 
 
 def current_scope() -> _Scope:

@@ -231,6 +231,7 @@ class ScriptRunner:
         ui() choices and run(); run_txt2img does it on each call, the app should once it has loaded
         the extensions, before the UI is built."""
         self.app = context
+        self.callbacks.app = context
         for script in self.scripts:
             script.app = context
 

@@ -31,6 +31,7 @@ from modules.library.vae_files import VaeRegistry
 if TYPE_CHECKING:
     from modules.extension_host.extensions import ExtensionRuntime
     from modules.generation.styles import StyleDatabase
+    from modules.extension_host.options import ExtensionOptions
     from modules.library.model_loader import StableDiffusionModel
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,14 @@ class AppContext:
     # Loaded by webui.main after the context exists (scripts see the context); None in tests and
     # tools that run without extensions.
     extensions: "ExtensionRuntime | None" = None
+    # The extensions' options (A1111's opts.add_option): their settings, onchange and Settings widgets.
+    extension_options: "ExtensionOptions | None" = None
+
+    def __post_init__(self) -> None:
+        if self.extension_options is None:
+            from modules.extension_host.options import ExtensionOptions
+
+            self.extension_options = ExtensionOptions(self.settings)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "AppContext":
@@ -297,13 +306,18 @@ class AppContext:
         queue is not started (tests, tools)."""
         return self.jobs.run_exclusive(fn) if self.jobs.running else fn()
 
+    def applies_change(self, key: str) -> bool:
+        """Whether storing a new value of `key` sets something off (`settings_changed`)."""
+        return key in VAE_SETTINGS or self.extension_options.has_onchange(key)
+
     def settings_changed(self, changed) -> None:
         """What a saved change must set off now (A1111's onchange): a VAE setting re-applies the VAE
-        to the loaded model, between jobs. Raises what applying raised (the model keeps its VAE);
-        users' changes come through modules.serving.settings_change, which then puts the previous
-        value back."""
+        to the loaded model, between jobs; an extension option runs its onchange. Raises what
+        applying raised (the model keeps its VAE); users' changes come through
+        modules.serving.settings_change, which then puts the previous value back."""
         if VAE_SETTINGS.intersection(changed) and self.models.current() is not None:
             self.between_jobs(self.models.refresh_vae)
+        self.extension_options.run_onchange([key for key in changed if key not in VAE_SETTINGS], self)
 
     def switch_checkpoint(self, title: str) -> None:
         """Load `title`, make it current and remember it in config.json."""

@@ -266,8 +266,10 @@ class SettingsValidationError(ValueError):
 class Settings(Mapping[str, Any]):
     """An immutable snapshot of all settings (schema defaults + stored values + overrides)."""
 
-    def __init__(self, values: Mapping[str, Any]):
+    def __init__(self, values: Mapping[str, Any], extra_defaults: Mapping[str, Any] = MappingProxyType({})):
+        """`extra_defaults`: the defaults of settings registered at run time (extensions' options)."""
         merged = {spec.key: spec.default for spec in SCHEMA}
+        merged.update(extra_defaults)
         merged.update(values)
         self._values = MappingProxyType(merged)
 
@@ -286,19 +288,23 @@ class Settings(Mapping[str, Any]):
         except KeyError:
             raise AttributeError(f"no setting named {key!r}") from None
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
-        """A new snapshot with `overrides` applied (validated); this one is unchanged."""
-        return Settings({**self._values, **validate_changes(overrides)})
+    def with_overrides(self, overrides: Mapping[str, Any],
+                       specs: Mapping[str, SettingSpec] = SCHEMA_BY_KEY) -> "Settings":
+        """A new snapshot with `overrides` applied (validated by `specs`); this one is unchanged."""
+        return Settings({**self._values, **validate_changes(overrides, specs)})
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self._values)
 
 
-def validate_each(changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """(valid values, {key: message} for the invalid ones). Unknown keys pass through as given."""
+def validate_each(changes: Mapping[str, Any],
+                  specs: Mapping[str, SettingSpec] = SCHEMA_BY_KEY) -> tuple[dict[str, Any], dict[str, str]]:
+    """(valid values, {key: message} for the invalid ones) by the rules of `specs` (the built-in
+    settings; `SettingsStore.specs_by_key()` adds the extensions' options). Unknown keys pass
+    through as given."""
     clean, errors = {}, {}
     for key, value in changes.items():
-        spec = SCHEMA_BY_KEY.get(key)
+        spec = specs.get(key)
         try:
             clean[key] = spec.validate(value) if spec else value
         except ValueError as e:
@@ -306,10 +312,10 @@ def validate_each(changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     return clean, errors
 
 
-def validate_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+def validate_changes(changes: Mapping[str, Any], specs: Mapping[str, SettingSpec] = SCHEMA_BY_KEY) -> dict[str, Any]:
     """Validate known keys; unknown keys (an extension's, A1111's) pass through as given.
     Raises `SettingsValidationError` naming every bad field."""
-    clean, errors = validate_each(changes)
+    clean, errors = validate_each(changes, specs)
     if errors:
         raise SettingsValidationError(errors)
     return clean
@@ -337,6 +343,40 @@ class SettingsStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._stored = self._read()
+        # Settings registered at run time (extensions' options, modules.extension_host.options), in
+        # registration order. Their stored values were kept unvalidated by `_read` (unknown keys).
+        self._registered: dict[str, SettingSpec] = {}
+
+    def register(self, spec: SettingSpec) -> None:
+        """Add a setting at run time (an extension's option): it has its default from now on, and
+        its stored value is checked by its rules (a bad one is ignored with a warning, as at load).
+        A built-in setting cannot be redefined: ValueError."""
+        if spec.key in SCHEMA_BY_KEY:
+            raise ValueError(f"setting {spec.key!r} is one of Atelier's own settings; an extension cannot "
+                             "redefine it: choose another key (A1111 extensions prefix theirs with their name)")
+        with self._lock:
+            self._registered[spec.key] = spec
+            if spec.key in self._stored:
+                try:
+                    self._stored = {**self._stored, spec.key: spec.validate(self._stored[spec.key])}
+                except ValueError as e:
+                    log.warning("%s: bad setting value ignored, the default is used: %s", self.path, e)
+                    self._stored = {key: value for key, value in self._stored.items() if key != spec.key}
+
+    def specs(self) -> tuple[SettingSpec, ...]:
+        """Every setting: the built-in schema, then the ones registered at run time."""
+        with self._lock:
+            return SCHEMA + tuple(self._registered.values())
+
+    def specs_by_key(self) -> Mapping[str, SettingSpec]:
+        with self._lock:
+            if not self._registered:
+                return SCHEMA_BY_KEY
+            return MappingProxyType({**SCHEMA_BY_KEY, **self._registered})
+
+    def validate_each(self, changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """`validate_each` by the rules of every setting this store knows."""
+        return validate_each(changes, self.specs_by_key())
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -381,12 +421,12 @@ class SettingsStore:
 
     def current(self) -> Settings:
         with self._lock:
-            return Settings(self._stored)
+            return Settings(self._stored, {key: spec.default for key, spec in self._registered.items()})
 
     def apply(self, changes: Mapping[str, Any]) -> list[str]:
         """Validate and persist `changes`, all or nothing; returns the keys whose value changed.
         Raises `SettingsValidationError` (nothing saved) when any value is invalid."""
-        return self._store(validate_changes(changes))
+        return self._store(validate_changes(changes, self.specs_by_key()))
 
     def stored(self) -> Mapping[str, Any]:
         """What config.json holds (no defaults filled in), as a read-only copy."""
@@ -411,7 +451,7 @@ class SettingsStore:
 
     def _store(self, clean: Mapping[str, Any]) -> list[str]:
         with self._lock:
-            current = Settings(self._stored)
+            current = Settings(self._stored, {key: spec.default for key, spec in self._registered.items()})
             changed = [k for k, v in clean.items() if k not in current or current[k] != v]
             if changed:
                 stored = {**self._stored, **{k: clean[k] for k in changed}}

@@ -12,9 +12,10 @@ the old value back when onchange raises):
    changes) and loaded between jobs; if loading fails, the previous model stays and nothing else
    is changed;
 4. the other values are stored in config.json;
-5. applied to the loaded model between jobs (`AppContext.settings_changed`: the VAE settings). If
-   that fails, the keys it applied get their previous values back, in config.json too, and the
-   report says which and why (`reverted`). The model keeps the VAE it had.
+5. applied (`AppContext.settings_changed`): the VAE settings to the loaded model between jobs, and
+   an extension option to its `onchange` (modules.extension_host.options). If that fails, the keys
+   it applied get their previous values back, in config.json too, and the report says which and
+   why (`reverted`). The model keeps the VAE it had.
 
 Refusals differ by caller on purpose. Through the API a change is all or nothing: one refused key
 and nothing is stored (the route answers 422 naming every refused key). The Settings tab stores the
@@ -30,7 +31,6 @@ from typing import Any
 
 from modules.common.atomic_files import DiskFullError
 from modules.serving.app_context import VAE_SETTINGS, AppContext
-from modules.serving.settings import validate_each
 
 # Kept by the program (the loaded checkpoint's hash): a client posting back GET options sends it.
 READ_ONLY_SETTINGS = frozenset({"sd_checkpoint_hash"})
@@ -66,8 +66,8 @@ def change_settings(context: AppContext, changes: Mapping[str, Any], *, api: boo
     changes = {key: value for key, value in changes.items() if key not in READ_ONLY_SETTINGS}
     wanted = changes.pop(CHECKPOINT_SETTING, None)
     before = context.settings.current()
-    refused = context.settings_policy.refusals(changes, before, api=api)
-    clean, invalid = validate_each(changes)
+    refused = context.settings_policy.refusals(changes, before, api=api, specs=context.settings.specs_by_key())
+    clean, invalid = context.settings.validate_each(changes)
     for key, why in invalid.items():  # a refused key's value is checked too: the answer names both problems
         refused[key] = f"{refused[key]}; {why}" if key in refused else why
     if "sd_vae" in clean and "sd_vae" not in refused and clean["sd_vae"] != before["sd_vae"]:
@@ -116,8 +116,8 @@ def _apply_to_model(context: AppContext, changed: list[str], before: Mapping[str
                     stored_before: Mapping[str, Any], clean: Mapping[str, Any]) -> SettingsChangeReport:
     """Apply the stored `changed` keys to the loaded model (A1111's onchange); on failure put their
     previous values back and report why."""
-    applied = [key for key in changed if key in VAE_SETTINGS]
-    if not applied or context.models.current() is None:
+    applied = [key for key in changed if context.applies_change(key)]
+    if not applied:
         return SettingsChangeReport(changed=tuple(changed))
     try:
         context.settings_changed(applied)
@@ -128,7 +128,9 @@ def _apply_to_model(context: AppContext, changed: list[str], before: Mapping[str
                          f"{_reason(error)}" for key in applied}
         return SettingsChangeReport(changed=tuple(key for key in changed if key not in applied),
                                     reverted=MappingProxyType(reverted), failure=error)
-    return SettingsChangeReport(changed=tuple(changed), notes=("The VAE of the current model was updated.",))
+    vae = VAE_SETTINGS.intersection(applied) and context.models.current() is not None
+    notes = ("The VAE of the current model was updated.",) if vae else ()
+    return SettingsChangeReport(changed=tuple(changed), notes=notes)
 
 
 def _reason(error: BaseException) -> str:

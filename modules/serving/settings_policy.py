@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modules.outputs.output_paths import OutputDirRules
-from modules.serving.settings import DIR_CONFIG_SETTINGS, SCHEMA_BY_KEY
+from modules.serving.settings import DIR_CONFIG_SETTINGS, SCHEMA_BY_KEY, SettingSpec
 
 # Which extensions load at the next start (modules.extension_host.extensions); changing them changes what code runs.
 EXTENSION_SETTINGS = frozenset({"disabled_extensions", "disable_all_extensions"})
@@ -47,14 +47,16 @@ class SettingsPolicy:
         return cls(dir_config_locked=locked, extension_access=extension_access_allowed(args),
                    output_dirs=OutputDirRules.from_args(args, data_dir), dir_lock_flag=flag if locked else "")
 
-    def refusals(self, changes: Mapping[str, Any], current: Mapping[str, Any], *, api: bool) -> dict[str, str]:
+    def refusals(self, changes: Mapping[str, Any], current: Mapping[str, Any], *, api: bool,
+                 specs: Mapping[str, SettingSpec] = SCHEMA_BY_KEY) -> dict[str, str]:
         """{key: why} for each change in `changes` a user may not make; `current` holds the values in
         effect (a key sent with its current value always passes). `api`: the change comes through
-        the API, where `restrict_api` settings and unknown keys are refused too."""
+        the API, where `restrict_api` settings and unknown keys are refused too. `specs`: every
+        setting known (`SettingsStore.specs_by_key()`: extensions' options included)."""
         refused: dict[str, str] = {}
         changed = {key: value for key, value in changes.items() if not (key in current and current[key] == value)}
         for key in changed:
-            spec = SCHEMA_BY_KEY.get(key)
+            spec = specs.get(key)
             if key in DIR_CONFIG_SETTINGS and self.dir_config_locked:
                 refused[key] = (f"setting {key!r} is locked on this server ({self.dir_lock_flag}); its owner "
                                 "sets it in config.json")
@@ -67,7 +69,7 @@ class SettingsPolicy:
                 refused[key] = (f"setting {key!r} cannot be changed through the API; change it in the Settings "
                                 "tab or in config.json")
             elif api and spec is None and key not in current:
-                close = difflib.get_close_matches(key, list(SCHEMA_BY_KEY), n=3)
+                close = difflib.get_close_matches(key, list(specs), n=3)
                 hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
                     "; GET /sdapi/v1/options lists the settings"
                 refused[key] = f"there is no setting {key!r}{hint}"

@@ -91,18 +91,19 @@ def build_ui(context) -> gr.Blocks:
         top_bar.build(context, shared)
         with gr.Tabs(elem_id="tabs") as tabs:
             shared.tabs = tabs
-            with gr.Tab("txt2img", id=TAB_IDS["txt2img"], elem_id="tab_txt2img"):
+            with gr.Tab("txt2img", id=TAB_IDS["txt2img"], elem_id="tab_txt2img", render_children=True):
                 txt2img.build(context, shared)
-            with gr.Tab("PNG Info", id=TAB_IDS["PNG Info"], elem_id="tab_pnginfo"):
+            with gr.Tab("PNG Info", id=TAB_IDS["PNG Info"], elem_id="tab_pnginfo", render_children=True):
                 pnginfo.build(context, shared)
-            with gr.Tab("Checkpoint Merger", id=TAB_IDS["Checkpoint Merger"], elem_id="tab_modelmerger"):
+            with gr.Tab("Checkpoint Merger", id=TAB_IDS["Checkpoint Merger"], elem_id="tab_modelmerger", render_children=True):
                 merger_tab.build(context, shared)
             extensions_tab.render_extension_tabs(extension_tabs)
-            with gr.Tab("Settings", id=TAB_IDS["Settings"], elem_id="tab_settings"):
-                if callbacks is not None:
-                    callbacks.ui_settings()
+            with gr.Tab("Settings", id=TAB_IDS["Settings"], elem_id="tab_settings", render_children=True):
+                # The extensions' options were registered when they loaded (webui.load_extensions);
+                # an app built without that step registers them now.
+                context.extension_options.collect(callbacks)
                 settings_tab.build(context, shared)
-            with gr.Tab("Extensions", id=TAB_IDS["Extensions"], elem_id="tab_extensions"):
+            with gr.Tab("Extensions", id=TAB_IDS["Extensions"], elem_id="tab_extensions", render_children=True):
                 extensions_tab.build(context, shared)
         for load, outputs in shared.page_loads:
             blocks.load(load, outputs=outputs, show_progress="hidden", queue=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import gradio as gr
@@ -46,17 +47,21 @@ def top_bar_keys(current: Mapping[str, Any], locked: frozenset[str] = frozenset(
     return keys
 
 
-def tab_specs(current: Mapping[str, Any], locked: frozenset[str] = frozenset()) -> list[SettingSpec]:
+def tab_specs(current: Mapping[str, Any], locked: frozenset[str] = frozenset(),
+              specs: Sequence[SettingSpec] = SCHEMA) -> list[SettingSpec]:
     """The settings this tab shows (not those at the top of the page, nor `locked` ones, which
-    A1111 hides too), grouped by section in SECTIONS' order (unknown sections last)."""
+    A1111 hides too), grouped by section: SECTIONS' order, then the extensions' sections in the
+    order they were first used. `specs`: every setting (`SettingsStore.specs()` adds the
+    extensions' options)."""
     hidden = set(top_bar_keys(current)) | locked
-    shown = [spec for spec in SCHEMA if spec.visible and spec.key not in hidden]
-    sections = list(SECTIONS) + sorted({spec.section for spec in shown} - set(SECTIONS))
+    shown = [spec for spec in specs if spec.visible and spec.key not in hidden]
+    sections = list(SECTIONS) + [section for section in dict.fromkeys(spec.section for spec in shown)
+                                 if section not in SECTIONS]
     return [spec for section in sections for spec in shown if spec.section == section]
 
 
-def section_title(section: str) -> str:
-    return SECTIONS.get(section, section.replace("-", " ").capitalize())
+def section_title(section: str, extension_titles: Mapping[str, str] = MappingProxyType({})) -> str:
+    return SECTIONS.get(section) or extension_titles.get(section) or section.replace("-", " ").capitalize()
 
 
 def widget_value(spec: SettingSpec, value: Any) -> Any:
@@ -130,12 +135,14 @@ class SettingsHandlers:
 
     def report_html(self, changed: Sequence[str], refused: Mapping[str, str], notes: Sequence[str] = (),
                     reverted: Mapping[str, str] | None = None) -> str:
+        specs = self.context.settings.specs_by_key()
+
         def label(key: str) -> str:
-            spec = SCHEMA_BY_KEY.get(key)
+            spec = specs.get(key)
             return spec.label if spec else key
 
         parts = [f"<p>{html.escape(describe_changes(list(changed)))}</p>"]
-        restart = [label(key) for key in changed if key in SCHEMA_BY_KEY and SCHEMA_BY_KEY[key].needs_restart]
+        restart = [label(key) for key in changed if key in specs and specs[key].needs_restart]
         if restart:
             parts.append(f"<p>Restart Atelier for {html.escape(', '.join(restart))} to take effect.</p>")
         parts += [f"<p>{html.escape(note)}</p>" for note in notes]
@@ -174,9 +181,13 @@ def setting_component(spec: SettingSpec, value: Any, choices: Sequence[str] | No
 
 def build(context, shared) -> None:
     """Build the tab inside the current `gr.Tab` (element ids: modules.ui.shared)."""
+    from modules.ui.extension_settings import extension_setting_component
+
     current = context.settings.current()
-    specs = tab_specs(current, locked_settings(context.args))
+    specs = tab_specs(current, locked_settings(context.args), context.settings.specs())
     handlers = SettingsHandlers(context, specs)
+    options = context.extension_options
+    titles = options.section_titles()
 
     with gr.Row():
         submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
@@ -187,11 +198,19 @@ def build(context, shared) -> None:
     components = []
     with gr.Tabs(elem_id="settings"):
         for section in dict.fromkeys(spec.section for spec in specs):
-            with gr.Tab(section_title(section), elem_id=f"settings_section_{section}"):
+            with gr.Tab(section_title(section, titles), elem_id=f"settings_section_{section}"):
                 for spec in specs:
-                    if spec.section == section:
-                        choices = quicksettings_choices(current) if spec.key == "quicksettings_list" else None
-                        components.append(setting_component(spec, current[spec.key], choices))
+                    if spec.section != section:
+                        continue
+                    option = options.get(spec.key)
+                    if option is not None:
+                        components.append(extension_setting_component(context, option, spec, current[spec.key]))
+                        continue
+                    choices = quicksettings_choices(current) if spec.key == "quicksettings_list" else None
+                    components.append(setting_component(spec, current[spec.key], choices))
+                for block in options.html_blocks():
+                    if block.section[0] == section:
+                        gr.HTML(str(block.info.default), elem_classes="settings-info")
 
     private = {"api_visibility": "private"}
     submit.click(handlers.apply_and_show, inputs=[loaded, *components], outputs=[result, loaded, *components],

@@ -1,0 +1,329 @@
+"""The values behind A1111's `modules.shared`: `state` over the job queue, `sd_model` as a read-only
+view of the current model, and the other per-app names (`cmd_opts`, `device`, `prompt_styles`, ...),
+each looked up in the running app (modules.extension_host.environment) when read."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from modules.extension_host.environment import current_app
+from modules.extension_host.options import Options
+
+if TYPE_CHECKING:
+    from modules.library.checkpoints import CheckpointInfo
+    from modules.library.model_loader import StableDiffusionModel
+
+log = logging.getLogger(__name__)
+
+
+class SdModelView:
+    """`shared.sd_model` (and what `on_model_loaded` callbacks receive): the names A1111 extensions
+    read from A1111's model, over Atelier's `StableDiffusionModel`. Other attributes are the Atelier
+    model's own (`unet`, `vae`, `text_encoders`, `architecture`, ...); A1111's LDM internals
+    (`cond_stage_model`, `first_stage_model`, `model.diffusion_model`) do not exist here."""
+
+    def __init__(self, model: "StableDiffusionModel", info: "CheckpointInfo | None"):
+        self._model = model
+        self._info = info
+
+    @property
+    def atelier_model(self) -> "StableDiffusionModel":
+        return self._model
+
+    @property
+    def sd_checkpoint_info(self) -> "CheckpointInfo | None":
+        return self._info
+
+    @property
+    def sd_model_hash(self) -> str | None:
+        return self._info.shorthash if self._info is not None else None
+
+    @property
+    def sd_model_checkpoint(self) -> str:
+        return str(self._info.filename if self._info is not None else self._model.path)
+
+    def _family(self) -> str:
+        return self._model.architecture.family.name
+
+    @property
+    def is_sd1(self) -> bool:
+        return self._family() == "SD1"
+
+    @property
+    def is_sd2(self) -> bool:
+        return self._family() == "SD2"
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self._family() == "SDXL"
+
+    @property
+    def is_sdxl_inpaint(self) -> bool:
+        return self.is_sdxl and "inpaint" in self._model.architecture.name
+
+    is_ssd = False
+    is_sd3 = False
+    latent_channels = 4
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return getattr(self._model, name)
+        except AttributeError:
+            raise AttributeError(
+                f"shared.sd_model has no {name!r}: Atelier's model is not A1111's LatentDiffusion (it has "
+                "sd_checkpoint_info, sd_model_hash, sd_model_checkpoint, is_sd1/is_sd2/is_sdxl, and Atelier's "
+                "unet, vae, text_encoders, tokenizers, architecture)") from None
+
+    def __repr__(self) -> str:
+        return f"<shared.sd_model {self._info.title if self._info else self._model.name}>"
+
+
+def model_view(context, model: "StableDiffusionModel") -> SdModelView:
+    """The view of `model`, a model of `context`'s model manager."""
+    info = context.models.current_info() if context.models.current() is model else None
+    if info is None:
+        info = next((i for i in context.checkpoints.list() if i.filename == model.path), None)
+    return SdModelView(model, info)
+
+
+def current_sd_model() -> SdModelView | None:
+    """A1111's lazy `shared.sd_model`: the current model; with none, the start-up choice is loaded
+    (as A1111 loads one on first read). None when nothing can be loaded (logged)."""
+    context = current_app()
+    model = context.models.current()
+    if model is None:
+        try:
+            model = context.load_default_model()
+        except (ValueError, OSError) as error:
+            log.warning("shared.sd_model: no checkpoint could be loaded: %s", error)
+            return None
+    return model_view(context, model)
+
+
+class State:
+    """`shared.state`: A1111's State, read from the job the queue is running. Holds no state of its
+    own. Extensions' writes to the progress fields (`job_count`, `job_no`, `textinfo`, ...) are
+    accepted and ignored: Atelier's progress comes from the sampler; setting `interrupted` or
+    `skipped` to True interrupts or skips the current job."""
+
+    _WRITES_IGNORED = frozenset({"job", "job_no", "job_count", "processing_has_refined_job_count", "job_timestamp",
+                                 "sampling_step", "sampling_steps", "current_latent", "current_image",
+                                 "current_image_sampling_step", "id_live_preview", "textinfo", "time_start",
+                                 "stopping_generation", "server_start", "server_command"})
+
+    @staticmethod
+    def _job():
+        return current_app().jobs.current()
+
+    @property
+    def interrupted(self) -> bool:
+        job = self._job()
+        return bool(job and job.interrupt_requested)
+
+    @property
+    def skipped(self) -> bool:
+        job = self._job()
+        return bool(job and job.skip_requested)
+
+    @property
+    def stopping_generation(self) -> bool:
+        return self.interrupted
+
+    @property
+    def job(self) -> str:
+        job = self._job()
+        return job.kind if job else ""
+
+    @property
+    def job_count(self) -> int:
+        job = self._job()
+        if job is None:
+            return 0
+        return max(1, int(job.info.get("job_count", 1)))
+
+    @property
+    def job_no(self) -> int:
+        job = self._job()
+        if job is None or not job.total_steps:
+            return 0
+        count = self.job_count
+        per_job = job.total_steps / count
+        return min(int(job.step // per_job), count - 1) if per_job else 0
+
+    @property
+    def sampling_steps(self) -> int:
+        job = self._job()
+        if job is None or not job.total_steps:
+            return 0
+        return int(job.total_steps / self.job_count)
+
+    @property
+    def sampling_step(self) -> int:
+        job = self._job()
+        if job is None:
+            return 0
+        return int(job.step - self.job_no * self.sampling_steps)
+
+    @property
+    def time_start(self) -> float | None:
+        job = self._job()
+        return job.started_at if job else None
+
+    @property
+    def job_timestamp(self) -> str:
+        start = self.time_start
+        return time.strftime("%Y%m%d%H%M%S", time.localtime(start)) if start else "0"
+
+    @property
+    def current_image(self):
+        job = self._job()
+        return job.preview if job else None
+
+    @property
+    def id_live_preview(self) -> int:
+        job = self._job()
+        return (job.preview_step or 0) if job else 0
+
+    current_latent = None
+    textinfo = None
+    server_start = None
+    processing_has_refined_job_count = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "interrupted" and value:
+            self.interrupt()
+        elif name == "skipped" and value:
+            self.skip()
+        elif name not in self._WRITES_IGNORED and name not in ("interrupted", "skipped"):
+            raise AttributeError(f"shared.state has no field {name!r}")
+
+    def interrupt(self) -> None:
+        current_app().jobs.interrupt()
+
+    def stop_generating(self) -> None:
+        self.interrupt()
+
+    def skip(self) -> None:
+        current_app().jobs.skip()
+
+    def begin(self, job: str = "(unknown)") -> None:
+        """A1111 resets its progress fields here; Atelier's job queue keeps them."""
+
+    def end(self) -> None:
+        pass
+
+    def nextjob(self) -> None:
+        pass
+
+    def set_current_image(self) -> None:
+        pass
+
+    def do_set_current_image(self) -> None:
+        pass
+
+    def assign_current_image(self, image) -> None:
+        pass
+
+    def dict(self) -> dict[str, Any]:
+        """The `state` of A1111's `/sdapi/v1/progress`."""
+        return {"skipped": self.skipped, "interrupted": self.interrupted, "stopping_generation": self.stopping_generation,
+                "job": self.job, "job_count": self.job_count, "job_timestamp": self.job_timestamp,
+                "job_no": self.job_no, "sampling_step": self.sampling_step, "sampling_steps": self.sampling_steps}
+
+
+class _TotalProgress:
+    """A1111's `shared.total_tqdm` (a console progress bar extensions reset): Atelier's console
+    progress follows the job queue, so these do nothing."""
+
+    def reset(self) -> None:
+        pass
+
+    def update(self) -> None:
+        pass
+
+    def updateTotal(self, new_total) -> None:  # noqa: N802 - A1111's name
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+
+
+def _device():
+    context = current_app()
+    model = context.models.current()
+    if model is not None:
+        return model.device
+    from modules.library.model_manager import default_load_options
+
+    args = context.args
+    device_name = f"cuda:{args.device_id}" if getattr(args, "device_id", None) is not None else None
+    return default_load_options(use_cpu=bool(getattr(args, "use_cpu", None)), no_half=args.no_half,
+                                precision=args.precision, no_half_vae=args.no_half_vae,
+                                device_name=device_name).device
+
+
+def listfiles(dirname: str) -> list[str]:
+    """A1111: the files (not folders, not hidden) of `dirname`, sorted, as full paths."""
+    from modules.library.checkpoints import natural_sort_key
+
+    names = sorted((name for name in os.listdir(dirname) if not name.startswith(".")), key=natural_sort_key)
+    return [os.path.join(dirname, name) for name in names if os.path.isfile(os.path.join(dirname, name))]
+
+
+def walk_files(path: str, allowed_extensions=None):
+    """A1111: every file under `path` (following links), optionally only those extensions."""
+    if not os.path.exists(path):
+        return
+    allowed = {ext.lower() for ext in allowed_extensions} if allowed_extensions is not None else None
+    for root, _, files in os.walk(path, followlinks=True):
+        for filename in sorted(files):
+            if allowed is not None and os.path.splitext(filename)[1].lower() not in allowed:
+                continue
+            yield os.path.join(root, filename)
+
+
+def shared_value(name: str) -> Any:
+    """The per-app value of `modules.shared.<name>` (PEP 562 `__getattr__` of the façade)."""
+    if name == "sd_model":
+        return current_sd_model()
+    context = current_app()
+    if name == "cmd_opts":
+        return context.args
+    if name == "device":
+        return _device()
+    if name == "prompt_styles":
+        return context.styles
+    if name == "config_filename":
+        return str(context.paths.config_file)
+    if name == "styles_filename":
+        return str(context.paths.data_dir / "styles.csv")
+    if name == "hide_dirs":
+        return {"visible": not getattr(context.args, "hide_ui_dir_config", False)}
+    if name == "sd_upscalers":
+        return []
+    if name == "hypernetworks":
+        return {name: str(context.hypernetworks.path(name)) for name in context.hypernetworks.names()}
+    if name == "demo":
+        return None
+    if name == "settings_components":
+        return {}
+    raise AttributeError(f"module 'modules.shared' has no attribute {name!r} in Atelier (docs/EXTENSIONS.md lists "
+                         "what it has)")
+
+
+def module_getattr(name: str) -> Any:
+    """`modules.shared.__getattr__` (PEP 562): the names not defined there are per-app values."""
+    return shared_value(name)
+
+
+# The objects `modules.shared` exports. Views with no state of their own: constants.
+opts = Options()
+state = State()
+total_tqdm = _TotalProgress()
