@@ -132,6 +132,9 @@ def test_post_options_changes_an_extension_option_checks_it_and_persists_it(serv
     wrong_type = client.post("/sdapi/v1/options", json={"wcl_enabled": "yes"})
     assert wrong_type.status_code == 422 and "wcl_enabled" in wrong_type.text
     assert client.get("/sdapi/v1/options").json()["wcl_strength"] == 0.5
+    override = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2, "width": 64, "height": 64,
+                                                      "override_settings": {"wcl_strength": "high"}})
+    assert override.status_code == 422 and "wcl_strength" in override.text
 
 
 def test_an_extension_route_reads_the_loaded_model_through_shared(served):
@@ -168,6 +171,8 @@ def test_opts_reads_atelier_settings_and_refuses_unknown_keys(served):
         assert shared.opts.set("wcl_enabled", False) is True
         assert shared.opts.wcl_enabled is False and context.settings.current()["wcl_enabled"] is False
         shared.opts.wcl_enabled = True
+        assert shared.prompt_styles is context.prompt_styles
+        assert shared.config_filename == str(context.paths.config_file)
 
 
 def test_settings_tab_shows_extension_options_under_their_section(served):

@@ -36,7 +36,8 @@ def api_setting_errors(context, changes: dict[str, Any]) -> list[str]:
     folders outside the allowed ones, extension settings without extension access, `restrict_api`
     settings, keys that are no setting). Any key may be sent back with the value it has (clients
     post what GET options returned), keys of another program's in config.json included."""
-    return list(context.settings_policy.refusals(changes, context.settings.current(), api=True).values())
+    return list(context.settings_policy.refusals(changes, context.settings.current(), api=True,
+                                                 specs=context.settings.specs_by_key()).values())
 
 
 def set_options(context, changes: dict[str, Any]) -> None:

@@ -139,7 +139,7 @@ def _checked_overrides(body: Txt2ImgApiRequest, context) -> dict[str, Any]:
     errors = api_setting_errors(context, overrides)
     if errors:
         raise bad_request("override_settings: " + "; ".join(errors))
-    clean = validate_changes(overrides)  # ValueError naming key and rule -> 422
+    clean = validate_changes(overrides, context.settings.specs_by_key())  # ValueError naming key and rule -> 422
     wanted = clean.get("sd_model_checkpoint")
     if wanted:
         # CheckpointNotFoundError -> 404; a file known not to load -> 422 (BrokenCheckpointError)

@@ -299,11 +299,14 @@ def shared_value(name: str) -> Any:
     if name == "device":
         return _device()
     if name == "prompt_styles":
-        return context.styles
+        return context.prompt_styles
     if name == "config_filename":
         return str(context.paths.config_file)
     if name == "styles_filename":
-        return str(context.paths.data_dir / "styles.csv")
+        from modules.generation.styles import configured_styles_paths
+
+        return [str(path) for path in configured_styles_paths(getattr(context.args, "styles_file", None) or [],
+                                                              context.paths.data_dir)]
     if name == "hide_dirs":
         return {"visible": not getattr(context.args, "hide_ui_dir_config", False)}
     if name == "sd_upscalers":
