@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -37,6 +37,10 @@ NOT_CALLED_YET = frozenset({
     "image_grid", "infotext_pasted", "before_reload", "list_optimizers", "list_unets", "before_token_counter",
     "script_unloaded",
 })
+
+
+# Kinds whose callbacks build Gradio UI: they run inside the Gradio 3 compatibility context.
+UI_KINDS = frozenset({"ui_tabs", "ui_train_tabs", "ui_settings", "before_ui", "before_component", "after_component"})
 
 
 # --- the objects A1111 passes to callbacks ---------------------------------------------------------
@@ -162,7 +166,7 @@ class CallbackRegistry:
         results = []
         for entry in self.callbacks(kind):
             try:
-                with registry_scope(self, entry.extension):
+                with registry_scope(self, entry.extension), _ui_scope(kind):
                     results.append((entry, entry.callback(*args)))
             except (Exception, SystemExit):  # sys.exit() in an extension must not end the server
                 log.exception("Extension %s: on_%s callback %s failed", entry.extension, kind, entry.name)
@@ -212,6 +216,16 @@ class CallbackRegistry:
 
     def has(self, kind: str) -> bool:
         return bool(self._callbacks[kind])
+
+
+def _ui_scope(kind: str):
+    """Gradio 3.41 idioms translated for a UI callback (modules.extension_host.gradio3_compat);
+    imported here only for those kinds, so running the other callbacks never imports Gradio."""
+    if kind not in UI_KINDS:
+        return nullcontext()
+    from modules.extension_host.gradio3_compat import gradio3_compat
+
+    return gradio3_compat()
 
 
 @dataclass(frozen=True)

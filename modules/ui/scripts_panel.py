@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import gradio as gr
 
 from modules.extension_host.callbacks import registry_scope
+from modules.extension_host.gradio3_compat import gradio3_compat
 from modules.extension_host.scripts import Script, ScriptSelection
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class ScriptsPanel:
 
 def _script_controls(runner, script: Script) -> list:
     try:
-        with registry_scope(runner.callbacks, script.extension):
+        with registry_scope(runner.callbacks, script.extension), gradio3_compat():
             controls = list(script.ui(False) or [])
     except (Exception, SystemExit):
         log.exception("Extension %s: ui() of script %r failed; its controls are missing", script.extension,

@@ -1,0 +1,495 @@
+"""Gradio 3.41 idioms for A1111 extensions, on Gradio 6, only while extension code builds its UI.
+
+A1111 extensions are written against Gradio 3.41 (A1111.md §15.8). Gradio 6 removed the idioms
+they use most: `_js=` on event listeners, `gr.Dropdown.update(...)` and the other static updates,
+`gr.Box`, `.style(...)`, and `gr.Image(source=..., tool=...)`. `gradio3_compat()` is the context
+extension UI code runs in (Script `ui()`, `on_ui_tabs`, `on_ui_settings`, `on_before_ui`, the
+component callbacks): inside it those idioms are translated to their Gradio 6 equivalents, and the
+event handlers registered inside it run inside it again when Gradio calls them (their `.update`
+calls happen then). docs/EXTENSIONS.md ("Gradio 3 idioms") has the table of what is translated and
+what cannot be.
+
+How, without changing Gradio for Atelier's own UI:
+
+- The shims are installed into Gradio's classes when the first scope opens anywhere in the process
+  and removed when the last one closes (a reference count under a lock: handlers run in Gradio's
+  worker threads while another extension may be inside the scope).
+- While installed, every shim first asks whether *this* thread / task is inside a scope (a context
+  variable). Outside one it behaves exactly as Gradio: `_js=` is rejected, `Component.style` and
+  `Component.update` raise AttributeError, constructors see their keywords unchanged. So Atelier's
+  code running concurrently with an extension handler never sees a translation. The one name
+  visible to other threads while any scope is open is `gr.Box`.
+- Each translation is logged once per idiom per extension (the extension named by the callback
+  scope, modules.extension_host.callbacks, or the one that registered the running handler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import inspect
+import logging
+import re
+import threading
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+import gradio.events
+from gradio.blocks import Block, BlockContext
+from gradio.layouts import Accordion, Tabs
+from gradio.component_meta import ComponentMeta
+from gradio.events import Dependency
+
+from modules.extension_host.callbacks import current_scope
+
+log = logging.getLogger(__name__)
+
+# Depth of gradio3_compat scopes in this thread / task, and the extension a running handler belongs to.
+_depth: contextvars.ContextVar[int] = contextvars.ContextVar("atelier_gradio3_depth", default=0)
+_handler_extension: contextvars.ContextVar[str | None] = contextvars.ContextVar("atelier_gradio3_extension",
+                                                                                default=None)
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_$][\w$]*(\.[A-Za-z_$][\w$]*)*$")
+
+# 3.41 `source=` (one string) per class family → Gradio 6 `sources=[...]`.
+_IMAGE_SOURCES = {"upload": ["upload"], "webcam": ["webcam"], "canvas": ["upload"], "clipboard": ["clipboard"]}
+_AUDIO_SOURCES = {"upload": ["upload"], "microphone": ["microphone"]}
+# Gradio 3 keywords that have no Gradio 6 meaning (dropped, with the reason logged).
+_DROPPED_WITH_REASON = {
+    "tool": "the Image editor tools moved to gr.ImageEditor / gr.Sketchpad; this stays a plain Image",
+    "brush_radius": "the Image editor tools moved to gr.ImageEditor",
+    "brush_color": "the Image editor tools moved to gr.ImageEditor",
+    "mask_opacity": "the Image editor tools moved to gr.ImageEditor",
+    "shape": "Gradio 6 does not resize uploaded images; resize in the handler",
+    "invert_colors": "Gradio 6 has no invert_colors",
+}
+# .style() keys → constructor keyword (None: ignored). Anything else found in the class's
+# constructor signature is applied as is (height, width, container, columns, rows, preview, size, ...).
+_STYLE_RENAMES = {"grid": "columns"}
+_STYLE_IGNORED = frozenset({"rounded", "margin", "border", "mobile_collapse", "item_container", "full_height"})
+
+
+# --- the extension to name in logs, and the once-per-idiom log --------------------------------------
+
+
+def _extension_name() -> str:
+    running = _handler_extension.get()
+    if running is not None:
+        return running
+    try:
+        return current_scope().extension
+    except RuntimeError:  # no extension's callback scope: UI code run outside one
+        return "(unknown extension)"
+
+
+def in_scope() -> bool:
+    """True inside `gradio3_compat()` in this thread / task."""
+    return _depth.get() > 0
+
+
+class _Shims:
+    """The process-wide part: what is installed into Gradio, how many scopes hold it, and which
+    translations were already logged. One instance, `_SHIMS`: Gradio's classes are process-wide, so
+    the record of what was put into them is too."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._saved: list[tuple[Any, str, Any]] = []  # (owner, attribute, previous value or _MISSING)
+        self._logged: set[tuple[str, str]] = set()
+        self._log_lock = threading.Lock()
+
+    def note(self, idiom: str, message: str, *args: Any, level: int = logging.INFO) -> None:
+        extension = _extension_name()
+        with self._log_lock:
+            if (extension, idiom) in self._logged:
+                return
+            self._logged.add((extension, idiom))
+        log.log(level, "Extension %s uses Gradio 3 " + message, extension, *args)
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._holders == 0:
+                self._install()
+            self._holders += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                self._uninstall()
+
+    # --- installing and restoring ----------------------------------------------------------------
+
+    def _set(self, owner: Any, name: str, value: Any) -> None:
+        self._saved.append((owner, name, owner.__dict__.get(name, _MISSING) if isinstance(owner, type)
+                            else getattr(owner, name, _MISSING)))
+        setattr(owner, name, value)
+
+    def _install(self) -> None:
+        try:
+            self._set(ComponentMeta, "__call__", _construct)
+            self._set(Block, "style", _ScopedAttribute(_style_for))
+            self._set(Block, "update", _ScopedAttribute(_update_for))
+            self._set(ComponentMeta, "__dir__", _class_dir)
+            self._set(gr, "Box", _box)
+            self._set(gr, "on", _accepting_js(gradio.events.on))
+            for cls in _block_classes():
+                for name, value in list(cls.__dict__.items()):
+                    if inspect.isfunction(value) and hasattr(value, "event_name") and hasattr(value, "has_trigger"):
+                        self._set(cls, name, _accepting_js(value))
+        except BaseException:
+            self._uninstall()
+            raise
+
+    def _uninstall(self) -> None:
+        while self._saved:
+            owner, name, previous = self._saved.pop()
+            if previous is _MISSING:
+                with contextlib.suppress(AttributeError):
+                    delattr(owner, name)
+            else:
+                setattr(owner, name, previous)
+
+
+_MISSING = object()
+_SHIMS = _Shims()
+
+
+def _block_classes() -> list[type]:
+    seen: list[type] = []
+    pending = [Block]
+    while pending:
+        cls = pending.pop()
+        if cls not in seen:
+            seen.append(cls)
+            pending.extend(cls.__subclasses__())
+    return seen
+
+
+@contextlib.contextmanager
+def gradio3_compat() -> Iterator[None]:
+    """Translate Gradio 3.41 idioms for the code run in the block (this thread / task); re-entrant.
+    Enter it where extension code builds UI; Atelier's own UI never relies on it."""
+    _SHIMS.acquire()
+    token = _depth.set(_depth.get() + 1)
+    try:
+        yield
+    finally:
+        _depth.reset(token)
+        _SHIMS.release()
+
+
+# --- constructors: source=, tool=, and keywords Gradio 6 rejects ------------------------------------
+
+
+def _keywords_of(cls: type) -> tuple[set[str], bool]:
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return ({p.name for p in parameters}, any(p.kind is p.VAR_KEYWORD for p in parameters))
+
+
+def _sources(cls: type, source: Any) -> Any:
+    table = _AUDIO_SOURCES if issubclass(cls, gr.Audio) else _IMAGE_SOURCES
+    if isinstance(source, str):
+        return list(table.get(source, [source]))
+    return source
+
+
+def translate_keywords(cls: type, kwargs: dict[str, Any], what: str = "constructor") -> dict[str, Any]:
+    """`kwargs` of a 3.41 `cls(...)` (or `cls.update(...)`) in Gradio 6's terms: renamed where the
+    keyword was renamed, dropped (logged) where Gradio 6 has no such keyword."""
+    accepted, open_ended = _keywords_of(cls)
+    result = dict(kwargs)
+    name = cls.__name__
+    if "source" in result and "source" not in accepted and "sources" in accepted:
+        source = result.pop("source")
+        result.setdefault("sources", _sources(cls, source))
+        if source == "canvas":
+            _SHIMS.note(f"{name}.source=canvas", "gr.%s(source='canvas'): Gradio 6 has no blank-canvas Image; "
+                        "it accepts uploads (use gr.Sketchpad for drawing)", name, level=logging.WARNING)
+        else:
+            _SHIMS.note(f"{name}.source", "gr.%s(source=%r): translated to sources=%r", name, source,
+                        result["sources"])
+    if "mirror_webcam" in result and "mirror_webcam" not in accepted and "webcam_options" in accepted:
+        mirror = result.pop("mirror_webcam")
+        if mirror is not None:
+            result.setdefault("webcam_options", gr.WebcamOptions(mirror=bool(mirror)))
+    if "show_copy_button" in result and "show_copy_button" not in accepted and "buttons" in accepted:
+        if result.pop("show_copy_button"):
+            result.setdefault("buttons", ["copy"])
+    if result.get("type") == "file" and issubclass(cls, gr.File):
+        result["type"] = "filepath"
+        _SHIMS.note(f"{name}.type=file", "gr.%s(type='file'): Gradio 6 gives a file path (str), not a "
+                    "temporary file object", name, level=logging.WARNING)
+    if open_ended:
+        return result
+    for key in [key for key in result if key not in accepted]:
+        value = result.pop(key)
+        if key == "tool" and value:
+            _SHIMS.note(f"{name}.tool", "gr.%s(tool=%r): %s", name, value, _DROPPED_WITH_REASON["tool"],
+                        level=logging.WARNING)
+        elif key in _DROPPED_WITH_REASON:
+            _SHIMS.note(f"{name}.{key}", "gr.%s(%s=...): ignored (%s)", name, key, _DROPPED_WITH_REASON[key])
+        else:
+            _SHIMS.note(f"{name}.{key}", "gr.%s %s keyword %r: Gradio 6 has none; ignored", name, what, key,
+                        level=logging.WARNING)
+    return result
+
+
+def _construct(cls, *args, **kwargs):
+    """ComponentMeta.__call__ while installed: translate only inside a scope."""
+    if in_scope() and kwargs:
+        kwargs = translate_keywords(cls, kwargs)
+    return type.__call__(cls, *args, **kwargs)
+
+
+def _box(*args, **kwargs) -> gr.Group:
+    """3.41 `gr.Box(...)`: a `gr.Group` (a context manager, elem_id/elem_classes/visible kept)."""
+    _SHIMS.note("Box", "gr.Box: drawn as gr.Group")
+    return gr.Group(*args, **kwargs)
+
+
+_box.update = lambda *args, **kwargs: _update(gr.Group, *args, **kwargs)  # type: ignore[attr-defined]
+
+
+# --- Component.style(...) and Component.update(...) -------------------------------------------------
+
+
+class _ScopedAttribute:
+    """A class attribute that exists only inside a scope: elsewhere it raises AttributeError, so
+    `hasattr(component, "style")` is False there, as in plain Gradio 6."""
+
+    def __init__(self, factory: Callable[[Any, type], Any]):
+        self._factory = factory
+
+    def __get__(self, obj, owner=None):
+        if not in_scope():
+            raise AttributeError(f"{(owner or type(obj)).__name__!s} has no attribute (Gradio 3 idiom outside "
+                                 "an extension's UI)")
+        return self._factory(obj, owner if owner is not None else type(obj))
+
+
+def _class_dir(cls) -> list[str]:
+    """dir() of a component class while installed: without the scoped attributes outside a scope
+    (Gradio's Component.__init__ reads every name dir() lists)."""
+    names = type.__dir__(cls)
+    if in_scope():
+        return names
+    return [name for name in names if name not in ("style", "update") or not isinstance(_class_attribute(cls, name),
+                                                                                         _ScopedAttribute)]
+
+
+def _class_attribute(cls: type, name: str) -> Any:
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    return None
+
+
+def _style_for(obj, owner: type):
+    if obj is None:
+        return lambda self, **kwargs: _style(self, **kwargs)
+    return lambda *args, **kwargs: _style(obj, *args, **kwargs)
+
+
+def _style(block: Block, *args, **kwargs) -> Block:
+    """3.41 `.style(...)`: apply the keys Gradio 6 has as constructor keywords; return the block."""
+    accepted, _ = _keywords_of(type(block))
+    name = type(block).__name__
+    if args:
+        _SHIMS.note(f"{name}.style-positional", "%s.style() with positional arguments: ignored", name,
+                    level=logging.WARNING)
+    applied = {}
+    for key, value in kwargs.items():
+        if value is None:
+            continue
+        target = _STYLE_RENAMES.get(key, key)
+        if key == "full_width" and "scale" in accepted:
+            target, value = "scale", 1 if value else 0
+        if key in _STYLE_IGNORED or target not in accepted or not hasattr(block, target):
+            _SHIMS.note(f"{name}.style.{key}", "%s.style(%s=...): Gradio 6 has no equivalent; ignored", name, key,
+                        level=logging.WARNING)
+            continue
+        setattr(block, target, value)
+        applied[target] = value
+    if applied:
+        _SHIMS.note(f"{name}.style", "%s.style(...): applied as constructor keywords %s", name, sorted(applied))
+        constructor_args = getattr(block, "_constructor_args", None)
+        if constructor_args:
+            # Gradio rebuilds a component from these when a handler updates it; keep the styling.
+            constructor_args[0].update(applied)
+    return block
+
+
+def _update_for(obj, owner: type):
+    return functools.partial(_update, owner)
+
+
+def _update(cls: type, *args, **kwargs) -> dict[str, Any]:
+    """3.41 `gr.<Component>.update(...)` → `gr.update(...)`, with renamed keywords translated."""
+    if args:
+        # 3.41's update() took its main property first: `value`, or for layouts what they have.
+        kwargs.setdefault(_first_update_keyword(cls), args[0])
+    _SHIMS.note(f"{cls.__name__}.update", "gr.%s.update(...): returned as gr.update(...)", cls.__name__)
+    return gr.update(**translate_update(cls, kwargs))
+
+
+def _first_update_keyword(cls: type) -> str:
+    if issubclass(cls, Accordion):
+        return "open"
+    if issubclass(cls, Tabs):
+        return "selected"
+    if issubclass(cls, BlockContext):
+        return "visible"
+    return "value"
+
+
+def translate_update(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """An update's keywords for an output of class `cls`: what Gradio 6 can rebuild the component
+    with (`value` and the `__type__` marker pass through)."""
+    special = {key: kwargs[key] for key in ("value", "__type__") if key in kwargs}
+    rest = {key: value for key, value in kwargs.items() if key not in special}
+    return {**translate_keywords(cls, rest, what="update"), **special}
+
+
+# --- event listeners: _js=, and running handlers inside the scope -----------------------------------
+
+
+def js_source(js: str) -> str:
+    """3.41 `_js` (function source, or the name of a global function) as Gradio 6 `js=` source."""
+    stripped = js.strip()
+    if _IDENTIFIER.match(stripped):
+        return f"(...args) => {stripped}(...args)"
+    return js
+
+
+def _accepting_js(listener: Callable) -> Callable:
+    """`listener` (a Gradio event method, or gr.on) that, inside a scope, takes 3.41's `_js=` and
+    `every=` and wraps its handler to run inside the scope."""
+    signature = inspect.signature(listener)
+
+    @functools.wraps(listener)
+    def accepting(*args, **kwargs):
+        if not in_scope():
+            return listener(*args, **kwargs)
+        return _with_js(listener, signature, args, kwargs)
+
+    accepting.__wrapped_listener__ = listener  # type: ignore[attr-defined]
+    return accepting
+
+
+def _with_js(listener: Callable, signature: inspect.Signature, args: tuple, kwargs: dict) -> Any:
+    kwargs = dict(kwargs)
+    if "_js" in kwargs:
+        js = kwargs.pop("_js")
+        if js is not None:
+            if "js" in kwargs and kwargs["js"] is not None:
+                raise TypeError("both _js= and js= given; keep one")
+            kwargs["js"] = js_source(js) if isinstance(js, str) else js
+            _SHIMS.note("_js", "_js= on an event listener: passed as js=")
+    if "every" in kwargs:
+        kwargs.pop("every")
+        _SHIMS.note("every", "every= on an event listener: Gradio 6 runs repeating events with gr.Timer; "
+                    "this event runs once", level=logging.WARNING)
+    bound = signature.bind(*args, **kwargs)
+    fn = bound.arguments.get("fn")
+    if callable(fn):
+        bound.arguments["fn"] = run_in_scope(fn, _extension_name(), bound.arguments.get("outputs"))
+    dependency = listener(*bound.args, **bound.kwargs)
+    if isinstance(dependency, Dependency):
+        for name in ("then", "success", "failure"):
+            chained = getattr(dependency, name, None)
+            if chained is not None:
+                setattr(dependency, name, _accepting_js(chained))
+    return dependency
+
+
+def _output_classes(outputs: Any) -> list[type] | None:
+    if outputs is None:
+        return []
+    if isinstance(outputs, Block):
+        return [type(outputs)]
+    if isinstance(outputs, (list, tuple)):
+        return [type(block) for block in outputs]
+    return None  # a set: Gradio passes a dict keyed by component
+
+
+def _fix_updates(result: Any, classes: list[type] | None) -> Any:
+    """Handler results with 3.41 update keywords made acceptable to the output components."""
+    if classes is None:
+        if isinstance(result, dict) and not _is_update(result):
+            return {block: _fix_update(value, type(block)) if isinstance(block, Block) else value
+                    for block, value in result.items()}
+        return result
+    if len(classes) == 1:
+        return _fix_update(result, classes[0])
+    if isinstance(result, (list, tuple)) and len(result) == len(classes):
+        return type(result)(_fix_update(value, cls) for value, cls in zip(result, classes))
+    return result
+
+
+def _is_update(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("__type__") == "update"
+
+
+def _fix_update(value: Any, cls: type) -> Any:
+    if _is_update(value) and issubclass(cls, Block):
+        return translate_update(cls, value)
+    return value
+
+
+def run_in_scope(fn: Callable, extension: str, outputs: Any = None) -> Callable:
+    """`fn` (an event handler registered by `extension` inside a scope) running inside the scope
+    when Gradio calls it, its update results fitted to `outputs`. The signature, the kind of
+    function (plain, async, generator) and the name stay `fn`'s, so Gradio counts its inputs and
+    finds `gr.Request` / `gr.Progress` parameters as before."""
+    classes = _output_classes(outputs)
+
+    @contextlib.contextmanager
+    def scope():
+        token = _handler_extension.set(extension)
+        try:
+            with gradio3_compat():
+                yield
+        finally:
+            _handler_extension.reset(token)
+
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def wrapped(*args, **kwargs):
+            with scope():
+                iterator = fn(*args, **kwargs)
+            while True:
+                with scope():
+                    try:
+                        item = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    item = _fix_updates(item, classes)
+                yield item
+    elif inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            with scope():
+                iterator = fn(*args, **kwargs)
+            while True:
+                # Each step may run in another worker thread: enter and leave the scope around it.
+                with scope():
+                    try:
+                        item = next(iterator)
+                    except StopIteration as stop:
+                        return stop.value
+                    item = _fix_updates(item, classes)
+                yield item
+    elif inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def wrapped(*args, **kwargs):
+            with scope():
+                return _fix_updates(await fn(*args, **kwargs), classes)
+    else:
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            with scope():
+                return _fix_updates(fn(*args, **kwargs), classes)
+    return wrapped

@@ -1,0 +1,247 @@
+"""Gradio 3.41 idioms in an extension's UI (modules.extension_host.gradio3_compat): an extension
+written for A1111 on Gradio 3 loads through the real loader, its UI reaches the browser translated,
+its handlers run translated, and none of it leaks into Gradio outside the extension's code."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+from gradio.blocks import Block
+from gradio.component_meta import ComponentMeta
+from gradio.state_holder import SessionState
+
+from modules.extension_host import gradio3_compat as compat
+from modules.extension_host.extensions import ExtensionFolders, load_extensions, parser_with_preloads
+from modules.serving.settings import SettingsStore
+
+EXTENSION_SCRIPT = '''
+import gradio as gr
+
+from modules import script_callbacks, scripts
+
+
+def refresh_models(current):
+    # 3.41: a static update of the Dropdown, built at run time in the handler.
+    return gr.Dropdown.update(choices=["model-a", "model-b", current.upper()], value="model-b")
+
+
+def show_panel(flag):
+    return gr.Box.update(visible=bool(flag))
+
+
+class OldStyle(scripts.Script):
+    def title(self):
+        return "Old style"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        with gr.Box(elem_id="old_style_box", elem_classes="boxed") as box:
+            with gr.Row().style(equal_height=True):
+                model = gr.Dropdown(["model-a"], value="model-a", label="Model", elem_id="old_style_model")
+                refresh = gr.Button("Refresh", elem_id="old_style_refresh").style(full_width=False, rounded=False)
+            gallery = gr.Gallery(elem_id="old_style_gallery").style(grid=3, height=240)
+            image = gr.Image(source="upload", tool="sketch", type="pil", brush_color="#ffffff",
+                             label="Mask me", elem_id="old_style_image")
+        flag = gr.Checkbox(True, label="Show", elem_id="old_style_flag")
+        refresh.click(refresh_models, inputs=[model], outputs=[model], _js="old_style_before_refresh")
+        flag.change(show_panel, inputs=[flag], outputs=[box]).then(
+            fn=None, _js="(x) => { console.log(x); return x; }", inputs=[flag], outputs=[flag])
+        return [model, flag]
+
+
+def add_tab():
+    with gr.Blocks(analytics_enabled=False) as tab:
+        with gr.Box(elem_id="old_style_tab_box"):
+            gr.Textbox("", label="Notes", elem_id="old_style_notes").style(container=False)
+    return [(tab, "Old style", "old_style_tab")]
+
+
+script_callbacks.on_ui_tabs(add_tab)
+'''
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    folder = tmp_path / "extensions" / "old-style" / "scripts"
+    folder.mkdir(parents=True)
+    (folder / "old_style.py").write_text(textwrap.dedent(EXTENSION_SCRIPT), encoding="utf-8")
+    (tmp_path / "builtin").mkdir()
+    argv = ["--data-dir", str(tmp_path)]
+    loaded = load_extensions(SettingsStore(tmp_path / "config.json"), parser_with_preloads(argv).parse_args(argv),
+                             ExtensionFolders(user=tmp_path / "extensions", builtin=tmp_path / "builtin"))
+    assert [ext.name for ext in loaded.active()] == ["old-style"], loaded.failed()
+    return loaded
+
+
+def _components(demo: gr.Blocks) -> dict[str, dict]:
+    """What the browser is sent: {elem_id: {**props, "block": type, "id": id}}."""
+    return {component["props"]["elem_id"]: {**component["props"], "block": component["type"], "id": component["id"]}
+            for component in demo.get_config_file()["components"] if component["props"].get("elem_id")}
+
+
+def _dependency(demo: gr.Blocks, target_id: int, event: str) -> dict:
+    [dependency] = [dep for dep in demo.get_config_file()["dependencies"] if [target_id, event] in
+                    [list(target) for target in dep["targets"]]]
+    return dependency
+
+
+def _run(demo: gr.Blocks, target_id: int, event: str, inputs: list):
+    """The handler bound to (target_id, event), run as the server runs it for a browser: on a worker
+    thread with a fresh event loop (no loop may be running in the caller)."""
+    [fn] = [fn for fn in demo.fns.values() if fn.targets and fn.targets[0] == (target_id, event)]
+
+    def run():
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(demo.process_api(block_fn=fn, inputs=inputs, state=SessionState(demo)))
+        finally:
+            loop.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result()["data"]
+
+
+def _shims_absent() -> bool:
+    return (not hasattr(gr, "Box") and not hasattr(gr.Dropdown, "update") and not hasattr(Block, "style")
+            and "__call__" not in ComponentMeta.__dict__ and "__dir__" not in ComponentMeta.__dict__ and gr.on is gr.events.on)
+
+
+def _build_page(runtime):
+    from modules.ui import extensions_tab, scripts_panel
+
+    context = SimpleNamespace(extensions=runtime)
+    tabs = runtime.callbacks.ui_tabs()
+    with gr.Blocks() as demo:
+        panel = scripts_panel.build(context)
+        with gr.Tabs():
+            extensions_tab.render_extension_tabs(tabs)
+    return demo, panel
+
+
+def test_a_gradio3_extension_ui_reaches_the_browser_translated(runtime, caplog):
+    caplog.set_level(logging.INFO, logger=compat.__name__)
+    demo, panel = _build_page(runtime)
+    seen = _components(demo)
+
+    assert seen["old_style_box"]["block"] == "group" and seen["old_style_box"]["elem_classes"] == ["boxed"]
+    assert seen["old_style_tab_box"]["block"] == "group"
+    assert seen["old_style_notes"]["container"] is False
+    assert seen["old_style_refresh"]["scale"] == 0
+    assert (seen["old_style_gallery"]["columns"], seen["old_style_gallery"]["height"]) == (3, 240)
+    image = seen["old_style_image"]
+    assert (image["block"], image["sources"], image["type"], image["label"]) == ("image", ["upload"], "pil", "Mask me")
+    row_id = next(component["id"] for component in demo.get_config_file()["components"]
+                  if component["type"] == "row" and component["props"].get("equal_height"))
+    assert row_id  # the .style(equal_height=True) row
+
+    refresh = _dependency(demo, seen["old_style_refresh"]["id"], "click")
+    assert refresh["backend_fn"] is True
+    assert refresh["js"] == "(...args) => old_style_before_refresh(...args)"
+    then = [dep for dep in demo.get_config_file()["dependencies"] if dep["js"] and "console.log" in dep["js"]]
+    assert len(then) == 1 and then[0]["backend_fn"] is False
+
+    assert [type(control).__name__ for control in panel.inputs[1:]] == ["Dropdown", "Checkbox"]
+    messages = [record.getMessage() for record in caplog.records if record.name == compat.__name__]
+    assert any("old-style" in message and "gr.Box" in message for message in messages)
+    assert any("old-style" in message and "tool='sketch'" in message for message in messages)
+    assert sum("gr.Box" in message for message in messages) == 1  # once per idiom per extension
+    assert _shims_absent()
+
+
+def test_handlers_of_a_gradio3_extension_run_with_its_static_updates(runtime):
+    demo, _ = _build_page(runtime)
+    seen = _components(demo)
+    assert _shims_absent()  # outside the handlers, Gradio is plain Gradio 6 again
+
+    [update] = _run(demo, seen["old_style_refresh"]["id"], "click", ["model-a"])
+    assert update["__type__"] == "update" and update["value"] == "model-b"
+    assert [choice[0] for choice in update["choices"]] == ["model-a", "model-b", "MODEL-A"]
+    [visibility] = _run(demo, seen["old_style_flag"]["id"], "change", [False])
+    assert visibility == {"__type__": "update", "visible": False}
+    assert _shims_absent()
+
+
+def test_outside_the_scope_gradio3_idioms_are_rejected_as_plain_gradio_does():
+    with gr.Blocks():
+        button = gr.Button()
+        with pytest.raises(TypeError, match="_js"):
+            button.click(lambda: None, _js="f")
+        with pytest.raises(TypeError, match="source"):
+            gr.Image(source="upload")
+    assert _shims_absent()
+
+
+def test_the_scope_is_reentrant_and_other_threads_keep_plain_gradio():
+    inside, release = threading.Event(), threading.Event()
+    outcome = {}
+
+    def extension_thread():
+        with compat.gradio3_compat():
+            with compat.gradio3_compat():
+                pass
+            outcome["nested_exit_kept_shims"] = hasattr(gr.Dropdown, "update")
+            inside.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=extension_thread)
+    worker.start()
+    try:
+        assert inside.wait(10)
+        # Another thread (Atelier's own code) while the extension is inside: Gradio 6 as usual.
+        assert not hasattr(gr.Dropdown, "update") and not hasattr(gr.Textbox(render=False), "style")
+        with gr.Blocks():
+            with pytest.raises(TypeError, match="_js"):
+                gr.Button().click(lambda: None, _js="f")
+        with pytest.raises(TypeError, match="source"):
+            gr.Image(source="upload", render=False)
+    finally:
+        release.set()
+        worker.join(10)
+    assert outcome["nested_exit_kept_shims"] is True
+    assert _shims_absent()
+
+
+def test_wrapped_handlers_keep_what_gradio_reads_from_them():
+    def handler(text: str, request: gr.Request):
+        return text
+
+    def stream(text):
+        yield gr.Textbox.update(value=text + "1")
+        yield gr.Textbox.update(value=text + "2", show_copy_button=True, not_a_keyword=1)
+
+    async def coroutine(text):
+        return text
+
+    with gr.Blocks(), compat.gradio3_compat():
+        box = gr.Textbox()
+        wrapped = compat.run_in_scope(handler, "ext", box)
+        assert inspect.signature(wrapped) == inspect.signature(handler) and wrapped.__name__ == "handler"
+        assert inspect.iscoroutinefunction(compat.run_in_scope(coroutine, "ext", box))
+        streamed = compat.run_in_scope(stream, "ext", box)
+    assert inspect.isgeneratorfunction(streamed)
+    # Outside any scope, as Gradio's worker thread calls it: each step runs inside the scope, and the
+    # 3.41 keywords of the update are made ones the Textbox takes.
+    first, second = list(streamed("x"))
+    assert first == {"__type__": "update", "value": "x1"}
+    assert second == {"__type__": "update", "value": "x2", "buttons": ["copy"]}
+    assert _shims_absent()
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("switch_to_txt2img", "(...args) => switch_to_txt2img(...args)"),
+    ("gradioApp.helpers.go", "(...args) => gradioApp.helpers.go(...args)"),
+    ("(x) => x", "(x) => x"),
+    ("function(a, b){ return [b, a]; }", "function(a, b){ return [b, a]; }"),
+])
+def test_js_names_of_global_functions_become_calls(given, expected):
+    assert compat.js_source(given) == expected
