@@ -173,6 +173,11 @@ def test_opts_reads_atelier_settings_and_refuses_unknown_keys(served):
         shared.opts.wcl_enabled = True
         assert shared.prompt_styles is context.prompt_styles
         assert shared.config_filename == str(context.paths.config_file)
+        # A1111's folder flags have defaults extensions build paths from; Atelier's resolved ones.
+        assert shared.cmd_opts.embeddings_dir == str(context.paths.embeddings_dir)
+        assert shared.cmd_opts.lora_dir == str(context.paths.lora_dir)
+        assert shared.cmd_opts.hypernetwork_dir == str(context.paths.hypernetwork_dir)
+        assert shared.cmd_opts.nowebui is True and context.args.embeddings_dir is None
 
 
 def test_settings_tab_shows_extension_options_under_their_section(served):

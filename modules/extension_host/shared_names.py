@@ -4,6 +4,7 @@ each looked up in the running app (modules.extension_host.environment) when read
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
@@ -289,13 +290,30 @@ def walk_files(path: str, allowed_extensions=None):
             yield os.path.join(root, filename)
 
 
+def cmd_opts_view(context) -> argparse.Namespace:
+    """`shared.cmd_opts`: the parsed flags (extensions' preload flags included), with the folders
+    A1111 gives defaults to filled in as Atelier resolved them (A1111's `--embeddings-dir` defaults to
+    `<data>/embeddings`, `--lora-dir` to `<models>/Lora`, ...; extensions build paths from them). A
+    copy: changing it changes nothing."""
+    paths = context.paths
+    view = argparse.Namespace(**vars(context.args))
+    view.data_dir = str(paths.data_dir)
+    view.models_dir = str(paths.models_dir)
+    view.embeddings_dir = str(paths.embeddings_dir)
+    view.hypernetwork_dir = str(paths.hypernetwork_dir)
+    view.lora_dir = str(paths.lora_dir)
+    if getattr(view, "lyco_dir_backcompat", None) is None:
+        view.lyco_dir_backcompat = str(paths.models_dir / "LyCORIS")
+    return view
+
+
 def shared_value(name: str) -> Any:
     """The per-app value of `modules.shared.<name>` (PEP 562 `__getattr__` of the façade)."""
     if name == "sd_model":
         return current_sd_model()
     context = current_app()
     if name == "cmd_opts":
-        return context.args
+        return cmd_opts_view(context)
     if name == "device":
         return _device()
     if name == "prompt_styles":
