@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import sys
 
-from tests.test_extensions import data_dir, load, write_extension  # noqa: F401  (data_dir: a fixture)
+import pytest
+
+from tests.test_extensions import load, write_extension
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    (tmp_path / "builtin").mkdir()  # no built-in extensions (tests.test_extensions.folders_for)
+    return tmp_path
 
 HELPERS = '''
 from modules import scripts

@@ -487,6 +487,11 @@ class CheckpointRegistry:
         return [info.title for info in self.list()
                 if info.problem is None and (excluding is None or info.filename != excluding.filename)]
 
+    def alias_map(self) -> dict[str, CheckpointInfo]:
+        """Every alias → its checkpoint (A1111's `checkpoint_aliases`), a snapshot."""
+        with self._lock:
+            return dict(self._aliases)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)

@@ -67,6 +67,16 @@ class SamplerInfo:
     def implemented(self) -> bool:
         return self.implementation is not None
 
+    @property
+    def a1111_options(self) -> dict[str, Any]:
+        """A1111's `SamplerData.options` (the API's sampler `options`): the default scheduler and the
+        flags that are set."""
+        options: dict[str, Any] = {"scheduler": self.default_scheduler} if self.default_scheduler else {}
+        for flag in ("second_order", "uses_ensd", "discard_next_to_last_sigma", "brownian_noise"):
+            if getattr(self, flag):
+                options[flag] = True
+        return options
+
 
 @cache
 def _implementation(reference: str) -> Callable[..., Any]:

@@ -1,0 +1,199 @@
+"""A1111's `modules.sd_models` for extensions: the running app's checkpoint list (its
+CheckpointRegistry) and model switching (its ModelManager), with A1111's names.
+
+`checkpoints_list` (title → CheckpointInfo), `checkpoint_aliases` (and A1111's misspelt
+`checkpoint_alisases`) are read on each access from the app in scope
+(modules.extension_host.environment). The CheckpointInfo values carry A1111's attributes
+(`filename` as a string, `name`, `name_for_extra`, `model_name`, `title`, `short_title`, `hash`,
+`sha256`, `shorthash`, `metadata`, `ids`); hashing goes through the app's registry and hash cache.
+
+Differences from A1111:
+- `reload_model_weights(info=...)` loads only files in the app's checkpoint list: a file outside
+  the checkpoint folders is refused with a ValueError (A1111 loads any path an info names). The
+  switch runs between jobs (after the jobs already queued; at once from inside a job), like a
+  change of the checkpoint setting, and is remembered in config.json unless inside
+  `SkipWritingToConfig()`.
+- `select_checkpoint()` raises FileNotFoundError when there is no checkpoint (A1111 exits).
+- the model returned and `model_data.sd_model` are Atelier's StableDiffusionModel, not A1111's
+  LatentDiffusion.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from modules.extension_host.environment import current_app
+
+_skip_writing_to_config: contextvars.ContextVar[bool] = contextvars.ContextVar("atelier_skip_writing_to_config",
+                                                                                default=False)
+
+
+@dataclass(frozen=True, eq=False)
+class CheckpointInfo:
+    """One listed checkpoint with A1111's attribute names (a view of Atelier's CheckpointInfo)."""
+
+    info: Any  # modules.library.checkpoints.CheckpointInfo
+
+    filename = property(lambda self: str(self.info.filename))
+    name = property(lambda self: self.info.name)
+    name_for_extra = property(lambda self: self.info.name_for_extra)
+    model_name = property(lambda self: self.info.model_name)
+    title = property(lambda self: self.info.title)
+    short_title = property(lambda self: self.info.short_title)
+    hash = property(lambda self: self.info.hash)
+    sha256 = property(lambda self: self.info.sha256)
+    shorthash = property(lambda self: self.info.shorthash)
+    metadata = property(lambda self: dict(self.info.metadata))
+    ids = property(lambda self: list(self.info.aliases))
+    is_safetensors = property(lambda self: self.info.is_safetensors)
+
+    def calculate_shorthash(self) -> str | None:
+        """Hash the file (through the app's hash cache) and return its short hash."""
+        return current_app().checkpoints.ensure_hash(self.info).shorthash
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CheckpointInfo) and self.info.filename == other.info.filename
+
+    def __hash__(self) -> int:
+        return hash(self.info.filename)
+
+    def __repr__(self) -> str:
+        return f"CheckpointInfo({self.title!r}, filename={self.filename!r})"
+
+
+class SkipWritingToConfig:
+    """`with sd_models.SkipWritingToConfig():` model loads inside do not change the
+    `sd_model_checkpoint` setting (X/Y/Z-style scripts that switch and restore)."""
+
+    def __enter__(self):
+        self._token = _skip_writing_to_config.set(True)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        _skip_writing_to_config.reset(self._token)
+
+
+def _view(info) -> CheckpointInfo:
+    return CheckpointInfo(info)
+
+
+def list_models() -> None:
+    """Rescan the checkpoint folders."""
+    current_app().checkpoints.refresh()
+
+
+def checkpoint_tiles(use_short: bool = False) -> list[str]:
+    return [info.short_title if use_short else info.title for info in current_app().checkpoints.list()]
+
+
+def get_closet_checkpoint_match(search_string: str) -> CheckpointInfo | None:
+    """A1111's (misspelt) lookup: an exact alias, else the shortest title containing the text."""
+    from modules.library.checkpoints import CheckpointNotFoundError
+
+    if not search_string:
+        return None
+    try:
+        return _view(current_app().checkpoints.find(search_string))
+    except CheckpointNotFoundError:
+        return None
+
+
+def model_hash(filename: str | os.PathLike) -> str:
+    """A1111's old 8-hex hash of a file (64 KiB at 1 MiB); "NOFILE" when it cannot be read."""
+    from modules.library.hashes import legacy_model_hash
+
+    try:
+        return legacy_model_hash(filename)
+    except OSError:
+        return "NOFILE"
+
+
+def select_checkpoint() -> CheckpointInfo:
+    """The checkpoint the app loads when asked for "the" model: the loaded one, else the user's
+    choice (`--ckpt`, then the `sd_model_checkpoint` setting), else the first listed that loads."""
+    context = current_app()
+    current = context.models.current_info()
+    if current is not None:
+        return _view(current)
+    chosen = context.chosen_checkpoint()
+    if chosen is not None:
+        return _view(chosen[0])
+    loadable = context.checkpoints.loadable_titles()
+    if not loadable:
+        folders = ", ".join(str(folder) for folder in context.paths.checkpoint_dirs)
+        raise FileNotFoundError(f"No checkpoints found. Put a .safetensors or .ckpt file in {folders}, then call "
+                                "sd_models.list_models() or press refresh.")
+    return _view(context.checkpoints.get(loadable[0]))
+
+
+def _listed(context, info) -> Any:
+    """The app's listed checkpoint `info` means (an A1111 or Atelier CheckpointInfo, anything with
+    `.filename`, or a title); ValueError for a file outside the checkpoint list."""
+    if isinstance(info, str):
+        return context.checkpoints.find(info)
+    filename = getattr(info, "filename", None)
+    if filename is None:
+        raise TypeError(f"reload_model_weights: info must be a CheckpointInfo (from sd_models.checkpoints_list), "
+                        f"got {type(info).__name__}")
+    wanted = os.path.abspath(str(filename))
+    for listed in context.checkpoints.list():
+        if str(listed.filename) == wanted or os.path.realpath(listed.filename) == os.path.realpath(wanted):
+            return listed
+    folders = ", ".join(str(folder) for folder in context.paths.checkpoint_dirs)
+    raise ValueError(f"reload_model_weights: {wanted} is not in the checkpoint list; only checkpoints in "
+                     f"{folders} are loaded. Put the file there and call sd_models.list_models().")
+
+
+def reload_model_weights(sd_model=None, info=None, forced_reload: bool = False):
+    """Load the checkpoint `info` (default: `select_checkpoint()`) and make it current; nothing to do
+    when it is the loaded one, unless `forced_reload`. Returns the current model."""
+    context = current_app()
+    listed = _listed(context, info) if info is not None else select_checkpoint().info
+    skip_config = _skip_writing_to_config.get()
+
+    def switch():
+        current = context.models.current_info()
+        if current is not None and current.filename == listed.filename:
+            return context.models.reload_current() if forced_reload else context.models.current()
+        if skip_config:
+            return context.models.load(listed.title)
+        context.switch_checkpoint(listed.title)
+        return context.models.current()
+
+    return context.between_jobs(switch)
+
+
+def unload_model_weights(sd_model=None, info=None) -> None:
+    """Free every loaded checkpoint; the next generation loads one again."""
+    context = current_app()
+    context.between_jobs(context.models.unload_all)
+
+
+class _ModelData:
+    """A1111's `sd_models.model_data`: the app's current model."""
+
+    @property
+    def sd_model(self):
+        return current_app().models.current()
+
+    def get_sd_model(self):
+        """The current model, loading the start-up choice when none is loaded (A1111's lazy load)."""
+        return current_app().load_default_model()
+
+
+model_data = _ModelData()
+
+
+def __getattr__(name: str):
+    if name == "checkpoints_list":
+        return {info.title: _view(info) for info in current_app().checkpoints.list()}
+    if name in ("checkpoint_aliases", "checkpoint_alisases"):
+        return {alias: _view(info) for alias, info in current_app().checkpoints.alias_map().items()}
+    raise AttributeError(f"module 'modules.sd_models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "checkpoints_list", "checkpoint_aliases", "checkpoint_alisases"])
