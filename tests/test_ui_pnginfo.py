@@ -47,11 +47,13 @@ def test_images_without_parameters_and_non_images(tmp_path):
     assert read_png_info(None).infotext is None
 
 
-def test_send_to_txt2img_fills_the_fields():
+def test_send_to_txt2img_fills_the_fields(tmp_path):
+    from modules.generation.styles import StyleDatabase
     from modules.ui.txt2img import paste_updates
 
     context = SimpleNamespace(models=SimpleNamespace(current_info=lambda: None),
-                              settings=SimpleNamespace(current=lambda: Settings({})))
+                              settings=SimpleNamespace(current=lambda: Settings({})),
+                              prompt_styles=StyleDatabase(tmp_path / "styles.csv"))
     updates, note = paste_updates(context, INFOTEXT)
     values = dict(zip(TXT2IMG_FIELDS, updates))
     assert values["prompt"] == "a lighthouse at dusk" and values["negative_prompt"] == "text, watermark"

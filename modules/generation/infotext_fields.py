@@ -10,7 +10,7 @@ RNG, Eta, ...), which become per-request overrides when they differ from the cur
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +100,8 @@ def hires_fix_used(parameters: Mapping[str, Any]) -> bool:
 
 
 def read_infotext(text: str, current_settings: Mapping[str, Any], *,
-                  current_model_hash: str | None = None) -> InfotextReading:
+                  current_model_hash: str | None = None,
+                  extract_styles: Callable[[str, str], tuple[list[str], str, str]] | None = None) -> InfotextReading:
     """Read `text` (an A1111 infotext) as request values and overrides, the way A1111's paste does:
 
     - only what the infotext states is set; "Sampler: DPM++ 2M Karras" (an old infotext) sets the
@@ -109,12 +110,16 @@ def read_infotext(text: str, current_settings: Mapping[str, Any], *,
       resize, and off otherwise;
     - a setting is overridden when its recorded value differs from `current_settings`;
     - the checkpoint is never switched (A1111's default `disable_weights_auto_swap`); a note says
-      when the image was made with another one (`current_model_hash`: the loaded model's short hash).
+      when the image was made with another one (`current_model_hash`: the loaded model's short hash);
+    - with `extract_styles` (the style database's `extract_styles_from_prompt`), styles whose text
+      the prompts carry are taken out of them and set as `styles` (A1111's "Styles array").
     """
     from modules.outputs.infotext import parse_generation_parameters
 
-    reading = InfotextReading(parameters=parse_generation_parameters(text))
+    reading = InfotextReading(parameters=parse_generation_parameters(text, extract_styles=extract_styles))
     params = reading.parameters
+    if params.get("Styles array"):
+        reading.values["styles"] = list(params["Styles array"])
     for key, (name, kind) in REQUEST_FIELDS.items():
         if key not in params:
             continue

@@ -8,7 +8,7 @@ and the tabs stay thin. The mapping from infotext keys to fields is the API's to
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ TXT2IMG_FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height", "n_iter", "batch_size",
     "cfg_scale", "seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "enable_hr",
     "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_resize_x", "hr_resize_y",
-    "override_settings",
+    "override_settings", "styles",
 )
 
 # Widget labels, so an error names what the user sees ("Width", not "width").
@@ -35,7 +35,7 @@ FIELD_LABELS: Mapping[str, str] = {
     "seed_resize_from_w": "Resize seed from width", "seed_resize_from_h": "Resize seed from height",
     "enable_hr": "Hires. fix", "hr_upscaler": "Upscaler", "hr_second_pass_steps": "Hires steps",
     "denoising_strength": "Denoising strength", "hr_scale": "Upscale by", "hr_resize_x": "Resize width to",
-    "hr_resize_y": "Resize height to", "override_settings": "Override settings",
+    "hr_resize_y": "Resize height to", "override_settings": "Override settings", "styles": "Styles",
 }
 
 def slider_args(name: str) -> dict[str, Any]:
@@ -122,15 +122,18 @@ class PastedParameters:
 
 def paste_parameters(text: str, current_settings: Mapping[str, Any], *,
                      available_samplers: Iterable[str] | None = None,
-                     current_model_hash: str | None = None) -> PastedParameters:
+                     current_model_hash: str | None = None,
+                     extract_styles: Callable[[str, str], tuple[list[str], str, str]] | None = None) -> PastedParameters:
     """Read an A1111 infotext into txt2img widget values, as A1111's paste button does
     (`modules.generation.infotext_fields.read_infotext`, which the API's `infotext` also reads).
 
     Fields the infotext does not mention are left out (the widgets keep their values), except the
     override settings, which are replaced. A value Atelier cannot use is skipped with a note; so is a
-    sampler missing from `available_samplers` (the dropdown's choices, when given).
+    sampler missing from `available_samplers` (the dropdown's choices, when given). With
+    `extract_styles`, styles found in the prompts are taken out of them and selected (`styles`).
     """
-    reading = read_infotext(text, current_settings, current_model_hash=current_model_hash)
+    reading = read_infotext(text, current_settings, current_model_hash=current_model_hash,
+                            extract_styles=extract_styles)
     result = PastedParameters(values=dict(reading.values), notes=[*reading.problems, *reading.notes],
                               parameters=reading.parameters)
     if available_samplers is not None and result.values.get("sampler_name") not in (None, *available_samplers):

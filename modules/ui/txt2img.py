@@ -21,7 +21,8 @@ from typing import Any
 import gradio as gr
 
 from modules.generation.engine import LATENT_UPSCALE_MODES, PromptTooLongError
-from modules.ui import extra_networks_panel, scripts_panel
+from modules.generation.styles import StyleError, apply_request_styles
+from modules.ui import extra_networks_panel, scripts_panel, styles_panel
 from modules.serving.generation_service import GenerationSubmission, submit_generation
 from modules.ui.generation import error_html, follow_job_async, infotext_html, outcome_of, render_progress
 from modules.ui.icons import icon_label
@@ -91,7 +92,8 @@ def paste_values(context, text: str):
     """`PastedParameters` for `text`, against the current settings, samplers and checkpoint."""
     info = context.models.current_info()
     return paste_parameters(text, context.settings.current(), available_samplers=sampler_choices(),
-                            current_model_hash=info.shorthash if info is not None else None)
+                            current_model_hash=info.shorthash if info is not None else None,
+                            extract_styles=context.prompt_styles.extract_styles_from_prompt)
 
 
 def reused_seed(state: dict | None) -> int | None:
@@ -180,6 +182,9 @@ def paste_updates(context, text: str | None) -> tuple[list, str]:
         if name == "override_settings":
             entries = pasted.values.get(name, [])
             updates.append(gr.update(value=entries, choices=entries, visible=bool(entries)))
+        elif name == "styles":  # the styles found in the infotext's prompts (A1111's "Styles array")
+            styles = pasted.values.get(name)
+            updates.append(gr.update(value=styles, choices=context.prompt_styles.names()) if styles else gr.skip())
         elif name in pasted.values:
             updates.append(pasted.values[name])
         else:
@@ -201,6 +206,7 @@ class _PromptRow:
     interrupt: gr.Button
     skip: gr.Button
     paste: gr.Button
+    styles: Any = None  # modules.ui.styles_panel.StylesPicker, under the buttons as in A1111
 
 
 @dataclass
@@ -228,12 +234,14 @@ def build(context, shared: UiShared) -> None:
     counter = TokenCounter()
     fields: dict[str, Any] = {}
 
-    top = _build_prompt_row()
+    top = _build_prompt_row(context)
+    styles_dialog = styles_panel.build_dialog(context)
     with gr.Row(elem_id="txt2img_main", equal_height=False):
         settings = _build_settings_column(context, shared, fields, top)
         results = _build_results_column()
 
     fields["prompt"], fields["negative_prompt"] = top.prompt, top.negative
+    fields["styles"] = top.styles.dropdown
     field_components = [fields[name] for name in TXT2IMG_FIELDS]
     generation_state = gr.State({})
     job_id_state = gr.State(None)
@@ -241,6 +249,7 @@ def build(context, shared: UiShared) -> None:
     _wire_generation(context, top, settings.scripts, results, field_components, generation_state, job_id_state)
     _wire_form_tools(context, counter, top, settings, results, fields, field_components, generation_state)
 
+    styles_panel.wire(context, top.styles, styles_dialog, top.prompt, top.negative, shared.page_loads)
     shared.txt2img_fields = fields
     shared.txt2img_html_info = results.info
     # A page opened later shows the folders as they are then, not as they were at start-up.
@@ -248,7 +257,7 @@ def build(context, shared: UiShared) -> None:
                               [settings.networks_panel]))
 
 
-def _build_prompt_row() -> _PromptRow:
+def _build_prompt_row(context) -> _PromptRow:
     with gr.Row(elem_id="txt2img_toprow"):
         with gr.Column(scale=6, elem_id="txt2img_prompt_container"):
             with gr.Group(elem_classes=["prompt-box"]):
@@ -268,7 +277,8 @@ def _build_prompt_row() -> _PromptRow:
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt", min_width=60)
                 skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
             paste = gr.Button(icon_label("paste", "Read parameters"), elem_id="paste", size="sm")
-    return _PromptRow(prompt, token_counter, negative, negative_counter, generate, interrupt, skip, paste)
+            styles = styles_panel.build_picker(context)
+    return _PromptRow(prompt, token_counter, negative, negative_counter, generate, interrupt, skip, paste, styles)
 
 
 def _build_settings_column(context, shared: UiShared, fields: dict[str, Any], top: _PromptRow) -> _SettingsColumn:
@@ -370,10 +380,12 @@ def _wire_generation(context, top: _PromptRow, scripts, results: _ResultsColumn,
     async def on_generate(*values):
         field_values, script_values = values[:len(TXT2IMG_FIELDS)], values[len(TXT2IMG_FIELDS):]
         try:
-            submission = GenerationSubmission(build_request(dict(zip(TXT2IMG_FIELDS, field_values))),
+            request = apply_request_styles(build_request(dict(zip(TXT2IMG_FIELDS, field_values))),
+                                           context.prompt_styles)
+            submission = GenerationSubmission(request,
                                               selection=scripts.selection(script_values))
             job = submit_generation(context, submission)
-        except (RequestError, PromptTooLongError) as error:
+        except (RequestError, PromptTooLongError, StyleError) as error:
             yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip()
             return
         yield gr.skip(), "", render_progress(job), gr.skip(), job.id
