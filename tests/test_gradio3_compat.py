@@ -12,10 +12,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
+from PIL import Image
+
 import gradio as gr
+import numpy as np
 import pytest
 from gradio.blocks import Block
 from gradio.component_meta import ComponentMeta
+from gradio.components.image_editor import EditorData
+from gradio.data_classes import FileData
 from gradio.state_holder import SessionState
 
 from modules.extension_host import gradio3_compat as compat
@@ -139,7 +144,9 @@ def test_a_gradio3_extension_ui_reaches_the_browser_translated(runtime, caplog):
     assert seen["old_style_refresh"]["scale"] == 0
     assert (seen["old_style_gallery"]["columns"], seen["old_style_gallery"]["height"]) == (3, 240)
     image = seen["old_style_image"]
-    assert (image["block"], image["sources"], image["type"], image["label"]) == ("image", ["upload"], "pil", "Mask me")
+    assert (image["block"], image["sources"], image["type"], image["label"]) == ("imageeditor", ["upload"], "pil",
+                                                                                 "Mask me")
+    assert image["brush"]["colors"] == ["#ffffff"] and image["brush"]["color_mode"] == "fixed"
     row_id = next(component["id"] for component in demo.get_config_file()["components"]
                   if component["type"] == "row" and component["props"].get("equal_height"))
     assert row_id  # the .style(equal_height=True) row
@@ -245,3 +252,34 @@ def test_wrapped_handlers_keep_what_gradio_reads_from_them():
 ])
 def test_js_names_of_global_functions_become_calls(given, expected):
     assert compat.js_source(given) == expected
+
+
+def _png(path, image) -> FileData:
+    image.save(path)
+    return FileData(path=str(path), orig_name=path.name)
+
+
+def test_sketch_images_hand_their_handler_gradio3_values(tmp_path):
+    background = Image.new("RGB", (8, 6), (200, 30, 30))
+    strokes = Image.new("RGBA", (8, 6), (0, 0, 0, 0))
+    for x, y in [(1, 1), (2, 1), (5, 4)]:
+        strokes.putpixel((x, y), (255, 255, 255, 255))
+    painted = background.copy()
+    painted.paste(strokes, mask=strokes)
+    payload = EditorData(background=_png(tmp_path / "bg.png", background), layers=[_png(tmp_path / "l.png", strokes)],
+                         composite=_png(tmp_path / "c.png", painted))
+
+    with gr.Blocks(), compat.gradio3_compat():
+        sketch = gr.Image(source="upload", tool="sketch", type="numpy", brush_radius=12)
+        colour = gr.Image(source="upload", tool="color-sketch", type="pil", brush_color="#00ff00")
+    assert sketch.get_config()["name"] == "imageeditor" and sketch.brush.default_size == 12
+    assert colour.brush.default_color == "#00ff00" and colour.brush.color_mode == "defaults"
+
+    value = sketch.preprocess(payload)
+    assert np.array_equal(value["image"], np.asarray(background))
+    expected_mask = np.zeros((6, 8, 3), dtype=np.uint8)
+    for x, y in [(1, 1), (2, 1), (5, 4)]:
+        expected_mask[y, x] = 255
+    assert np.array_equal(value["mask"], expected_mask)
+    assert np.array_equal(np.asarray(colour.preprocess(payload)), np.asarray(painted))
+    assert sketch.preprocess(None) is None

@@ -41,6 +41,7 @@ from gradio.layouts import Accordion, Tabs
 from gradio.component_meta import ComponentMeta
 from gradio.events import Dependency
 
+from modules.extension_host import gradio3_sketch
 from modules.extension_host.callbacks import current_scope
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ _IMAGE_SOURCES = {"upload": ["upload"], "webcam": ["webcam"], "canvas": ["upload
 _AUDIO_SOURCES = {"upload": ["upload"], "microphone": ["microphone"]}
 # Gradio 3 keywords that have no Gradio 6 meaning (dropped, with the reason logged).
 _DROPPED_WITH_REASON = {
-    "tool": "the Image editor tools moved to gr.ImageEditor / gr.Sketchpad; this stays a plain Image",
+    "tool": "Gradio 6 has no crop/select editor on gr.Image; this stays a plain Image",
     "brush_radius": "the Image editor tools moved to gr.ImageEditor",
     "brush_color": "the Image editor tools moved to gr.ImageEditor",
     "mask_opacity": "the Image editor tools moved to gr.ImageEditor",
@@ -190,6 +191,8 @@ def _keywords_of(cls: type) -> tuple[set[str], bool]:
 
 
 def _sources(cls: type, source: Any) -> Any:
+    if source == "canvas" and issubclass(cls, gr.ImageEditor):
+        return []  # an editor with no source starts on a blank canvas, as 3.41's
     table = _AUDIO_SOURCES if issubclass(cls, gr.Audio) else _IMAGE_SOURCES
     if isinstance(source, str):
         return list(table.get(source, [source]))
@@ -205,7 +208,7 @@ def translate_keywords(cls: type, kwargs: dict[str, Any], what: str = "construct
     if "source" in result and "source" not in accepted and "sources" in accepted:
         source = result.pop("source")
         result.setdefault("sources", _sources(cls, source))
-        if source == "canvas":
+        if source == "canvas" and not issubclass(cls, gr.ImageEditor):
             _SHIMS.note(f"{name}.source=canvas", "gr.%s(source='canvas'): Gradio 6 has no blank-canvas Image; "
                         "it accepts uploads (use gr.Sketchpad for drawing)", name, level=logging.WARNING)
         else:
@@ -240,6 +243,11 @@ def translate_keywords(cls: type, kwargs: dict[str, Any], what: str = "construct
 def _construct(cls, *args, **kwargs):
     """ComponentMeta.__call__ while installed: translate only inside a scope."""
     if in_scope() and kwargs:
+        tool = kwargs.get("tool")
+        if cls is gr.Image and tool in gradio3_sketch.EDITORS:
+            _SHIMS.note(f"Image.tool={tool}", "gr.Image(tool=%r): drawn as gr.ImageEditor; the handler gets 3.41's "
+                        "value (%s)", tool, "{'image', 'mask'}" if tool == "sketch" else "the painted image")
+            cls, kwargs = gradio3_sketch.EDITORS[tool], gradio3_sketch.editor_keywords(tool, kwargs)
         kwargs = translate_keywords(cls, kwargs)
     return type.__call__(cls, *args, **kwargs)
 
@@ -305,6 +313,10 @@ def _style(block: Block, *args, **kwargs) -> Block:
         if value is None:
             continue
         target = _STYLE_RENAMES.get(key, key)
+        if key == "grid" and isinstance(value, (list, tuple)):
+            value = value[-1] if value else None  # 3.41: columns per screen width; Gradio 6 has one
+            if value is None:
+                continue
         if key == "full_width" and "scale" in accepted:
             target, value = "scale", 1 if value else 0
         if key in _STYLE_IGNORED or target not in accepted or not hasattr(block, target):
