@@ -33,7 +33,7 @@ KINDS = (
     "list_optimizers", "list_unets", "before_token_counter",
 )
 NOT_CALLED_YET = frozenset({
-    "ui_train_tabs", "extra_noise", "cfg_denoised", "cfg_after_cfg", "before_component", "after_component",
+    "ui_train_tabs", "extra_noise", "before_component", "after_component",
     "image_grid", "infotext_pasted", "before_reload", "list_optimizers", "list_unets", "before_token_counter",
     "script_unloaded",
 })
@@ -59,10 +59,13 @@ class ImageSaveParams:
 
 
 class CFGDenoiserParams:
-    """`on_cfg_denoiser`, once per model evaluation: the latent `x`, `sigma`, `sampling_step` (model
-    evaluations so far in this pass), `total_sampling_steps`, `text_cond` and `text_uncond` (the
-    cross-attention contexts of the step, one row per AND part / per image). An observer in
-    Atelier: changing these fields does not change the sampling."""
+    """`on_cfg_denoiser`, once per model evaluation, before the UNet: `x` (one row per AND sub-prompt
+    of each image, then one unconditional row per image), `image_cond`, `sigma` (one per row of `x`),
+    `sampling_step` (model evaluations so far in this pass), `total_sampling_steps`, `text_cond` and
+    `text_uncond` (the cross-attention contexts of the cond and uncond rows; SDXL: dicts with
+    `crossattn` and `vector`), `denoiser` (`.p`, `.step`, `.mask`, `.init_latent`, `.inner_model`).
+    `x`, `image_cond`, `sigma`, `text_cond` and `text_uncond` are read back (the row layout is in
+    modules.generation.cfg_step.CFGStep)."""
 
     def __init__(self, x, image_cond, sigma, sampling_step: int, total_sampling_steps: int, text_cond, text_uncond,
                  denoiser=None):
@@ -77,6 +80,9 @@ class CFGDenoiserParams:
 
 
 class CFGDenoisedParams:
+    """`on_cfg_denoised`, after the UNet and before the guidance combine: `x` holds the predictions in
+    `CFGDenoiserParams.x`'s rows. Only in-place edits of `x` count (as in A1111)."""
+
     def __init__(self, x, sampling_step: int, total_sampling_steps: int, inner_model=None):
         self.x = x
         self.sampling_step = sampling_step
@@ -85,6 +91,8 @@ class CFGDenoisedParams:
 
 
 class AfterCFGCallbackParams:
+    """`on_cfg_after_cfg`, after the combine: `x` has one row per image and is read back."""
+
     def __init__(self, x, sampling_step: int, total_sampling_steps: int):
         self.x = x
         self.sampling_step = sampling_step
@@ -124,6 +132,9 @@ class CallbackRegistry:
         # The AppContext these callbacks belong to (ScriptRunner.bind_app sets it): extension code run
         # in `registry_scope` sees it as the app of shared.opts & co. (modules.extension_host.environment).
         self.app = None
+        # The ScriptRunner these callbacks share (it sets this): A1111's `scripts.scripts_data` while
+        # extensions load, before the app holds the runtime.
+        self.scripts = None
 
     def add(self, kind: str, callback: Callable, *, extension: str, name: str | None = None,
             script: str | None = None) -> None:
@@ -160,6 +171,16 @@ class CallbackRegistry:
         with the extension's name and does not stop the others. Returns the results of those that
         returned."""
         return [result for _, result in self.run_each(kind, *args)]
+
+    def call(self, entry: RegisteredCallback, *args: Any) -> bool:
+        """Call one callback in its extension's scope; False (logged) when it raised."""
+        try:
+            with registry_scope(self, entry.extension), _ui_scope(entry.kind):
+                entry.callback(*args)
+            return True
+        except (Exception, SystemExit):
+            log.exception("Extension %s: on_%s callback %s failed", entry.extension, entry.kind, entry.name)
+            return False
 
     def run_each(self, kind: str, *args: Any) -> list[tuple[RegisteredCallback, Any]]:
         """`run`, keeping which callback returned what (to blame the right extension for a bad value)."""
@@ -210,9 +231,6 @@ class CallbackRegistry:
 
     def image_saved(self, params: ImageSaveParams) -> None:
         self.run("image_saved", params)
-
-    def cfg_denoiser(self, params: CFGDenoiserParams) -> None:
-        self.run("cfg_denoiser", params)
 
     def has(self, kind: str) -> bool:
         return bool(self._callbacks[kind])
@@ -330,15 +348,18 @@ def on_extra_noise(callback, *, name=None):
 
 
 def on_cfg_denoiser(callback, *, name=None):
-    """`callback(CFGDenoiserParams)` at each model evaluation (an observer in Atelier)."""
+    """`callback(CFGDenoiserParams)` at each model evaluation, before the UNet; may replace `x`,
+    `image_cond`, `sigma`, `text_cond` and `text_uncond` (same rows)."""
     _register("cfg_denoiser", callback, name)
 
 
 def on_cfg_denoised(callback, *, name=None):
+    """`callback(CFGDenoisedParams)` after the UNet, before the guidance combine (in-place edits)."""
     _register("cfg_denoised", callback, name)
 
 
 def on_cfg_after_cfg(callback, *, name=None):
+    """`callback(AfterCFGCallbackParams)` after the guidance combine; may replace `x` (same shape)."""
     _register("cfg_after_cfg", callback, name)
 
 

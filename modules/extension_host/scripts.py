@@ -37,12 +37,13 @@ import logging
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from modules.generation.engine import GenerationHooks, GenerationPlan, GenerationRequest, GenerationResult, ImageSaveEvent
 from modules.extension_host.processing_objects import Processed, StableDiffusionProcessingTxt2Img, process_images
 from modules.extension_host.module_files import REPO_ROOT
-from modules.extension_host.callbacks import CallbackRegistry, CFGDenoiserParams, ImageSaveParams, registry_scope, script_scope
+from modules.extension_host.callbacks import CallbackRegistry, ImageSaveParams, registry_scope, script_scope
+from modules.extension_host.cfg_callbacks import CFG_KINDS, CFGCallbackHooks
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,38 @@ class Script:
 HOOKS_NOT_CALLED_YET: tuple[str, ...] = ()
 
 
+class ScriptClassData(NamedTuple):
+    """A1111's entry of `scripts.scripts_data`: the class, its file, its extension's folder and the
+    module the file was loaded as (the X/Y/Z script's holds `axis_options`)."""
+
+    script_class: type
+    path: str
+    basedir: str | None
+    module: Any
+
+
+def current_scripts_data() -> list[ScriptClassData]:
+    """`modules.scripts.scripts_data` as extensions read it: the scripts of the app being loaded (in
+    an extension's import or callback), else of the running app (modules.extension_host.environment)."""
+    from modules.extension_host.callbacks import current_scope_or_none
+    from modules.extension_host.environment import current_app
+
+    scope = current_scope_or_none()
+    runner = getattr(scope.registry, "scripts", None) if scope is not None else None
+    if runner is None:
+        runtime = getattr(current_app(), "extensions", None)
+        runner = runtime.scripts if runtime is not None else None
+    return runner.scripts_data() if runner is not None else []
+
+
+def module_getattr(name: str):
+    """The façade `modules.scripts`' module `__getattr__`: A1111's process-wide `scripts_data`,
+    resolved per app when read (no module global)."""
+    if name == "scripts_data":
+        return current_scripts_data()
+    raise AttributeError(f"module 'modules.scripts' has no attribute {name!r}")
+
+
 class ScriptError(RuntimeError):
     """A selected script's run() failed; the message names the script and its extension."""
 
@@ -225,6 +258,7 @@ class ScriptRunner:
         self.callbacks = callbacks
         self.scripts: list[Script] = []
         self.app = None  # the AppContext these scripts run in; see bind_app
+        callbacks.scripts = self
 
     def bind_app(self, context) -> None:
         """Make `context` (the AppContext owning these scripts) `Script.app` of every script, for
@@ -277,6 +311,8 @@ class ScriptRunner:
                         continue
                     known.add(value)
                     loaded.append(self._instantiate(value, path, extension.name))
+                    loaded[-1]._atelier_module = module  # for A1111's scripts_data
+                    loaded[-1]._atelier_basedir = str(extension.path)
         except BaseException:
             imports.forget()
             raise
@@ -302,6 +338,11 @@ class ScriptRunner:
 
     def remove_extension(self, extension: str) -> None:
         self.scripts = [script for script in self.scripts if script.extension != extension]
+
+    def scripts_data(self) -> list[ScriptClassData]:
+        """A1111's `scripts.scripts_data`: one entry per loaded script class, in load order."""
+        return [ScriptClassData(type(script), script.filename, getattr(script, "_atelier_basedir", None),
+                                getattr(script, "_atelier_module", None)) for script in self.scripts]
 
     # --- lists and lookup ------------------------------------------------------------------------
 
@@ -412,7 +453,7 @@ class ScriptRunner:
 
     def needed_for(self, selection: ScriptSelection) -> bool:
         return bool(selection.script or self.alwayson or any(
-            self.callbacks.has(kind) for kind in ("cfg_denoiser", "before_image_saved", "image_saved")))
+            self.callbacks.has(kind) for kind in (*CFG_KINDS, "before_image_saved", "image_saved")))
 
     def generate(self, engine, request: GenerationRequest, control=None, *, save: bool | None = None,
                  selection: ScriptSelection | None = None) -> GenerationResult:
@@ -519,12 +560,17 @@ class _Execution:
         self.interrupted |= result.interrupted
         return hooks.processed or Processed.from_result(p, result)
 
-    def generate_request(self, request: GenerationRequest, control, save: bool | None) -> GenerationResult:
+    def generate_request(self, request: GenerationRequest, control, save: bool | None,
+                         p_attributes: Mapping[str, Any] | None = None) -> GenerationResult:
         """One more generation of this job (a selected script's grid cell): `request` on a fresh `p`,
-        with the always-on scripts' hooks, reporting to `control`."""
+        with the always-on scripts' hooks, reporting to `control`. `p_attributes`: more attributes
+        for that `p` (what an extension's X/Y/Z axis set; a dict value is merged into p's dict)."""
         p = self.base_p.copy_with(request) if self.base_p is not None else \
             StableDiffusionProcessingTxt2Img.from_request(request)
         self._join(p)
+        for name, value in (p_attributes or {}).items():
+            current = getattr(p, name, None)
+            setattr(p, name, {**current, **value} if isinstance(value, dict) and isinstance(current, dict) else value)
         return self._generate(p, control, save)[0]
 
     def _generate(self, p, control, save) -> tuple[GenerationResult, ScriptHooks]:
@@ -566,8 +612,9 @@ class _HookedEngine:
     def save_dir(self):
         return getattr(self._execution.engine, "save_dir", None)
 
-    def generate(self, request: GenerationRequest, control=None, *, save: bool | None = None) -> GenerationResult:
-        return self._execution.generate_request(request, control, save)
+    def generate(self, request: GenerationRequest, control=None, *, save: bool | None = None,
+                 p_attributes: Mapping[str, Any] | None = None) -> GenerationResult:
+        return self._execution.generate_request(request, control, save, p_attributes)
 
 
 class ScriptHooks(GenerationHooks):
@@ -629,13 +676,16 @@ class ScriptHooks(GenerationHooks):
     def process_batch(self, plan: GenerationPlan) -> None:
         self._batch(plan, "process_batch")
 
-    def denoiser_observer(self, plan: GenerationPlan, total_steps: int):
-        if not self.callbacks.has("cfg_denoiser"):
-            return None
+    def cfg_hooks(self, plan: GenerationPlan, total_steps: int):
+        if not any(self.callbacks.has(kind) for kind in CFG_KINDS):
+            return None  # the denoiser's plain path: no params objects, no checks
+        self._bind(plan)
+        return CFGCallbackHooks(self.callbacks, self.p, self._warn_once)
 
-        def observe(x, sigma, step, text_cond, text_uncond) -> None:
-            self.callbacks.cfg_denoiser(CFGDenoiserParams(x, None, sigma, step, total_steps, text_cond, text_uncond))
-        return observe
+    def _warn_once(self, message: str) -> None:
+        if message not in self.execution.warnings:
+            log.error("%s", message)
+        self.execution.warn(message)
 
     def before_hr(self, plan: GenerationPlan) -> None:
         self._bind(plan)

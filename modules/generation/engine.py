@@ -31,6 +31,7 @@ from modules.generation.conditioning import (
     get_multicond_learned_conditioning,
     sdxl_time_ids,
 )
+from modules.generation.cfg_step import CFGHooks, CFGStep
 from modules.library.model_detection import ModelFamily
 
 if TYPE_CHECKING:
@@ -215,7 +216,7 @@ class GenerationHooks:
     Every method is a no-op here; `generate` calls them in A1111's order: process, then per batch
     before_process_batch (prompts with extra-network tags), after_extra_networks_activate and
     process_batch (tags removed, networks active), before_every_sampling before each sampling pass, the
-    denoiser observer at each model evaluation, before_hr before a hires pass, post_sample
+    CFG hooks at each model evaluation, before_hr before a hires pass, post_sample
     after sampling, postprocess_batch and postprocess_batch_list after decoding, postprocess_image per
     image, the image save events, postprocess after the last image.
     """
@@ -236,9 +237,9 @@ class GenerationHooks:
         """A sampling pass (the first, or the hires one) is about to start from the latents `x` with
         `noise` (the same tensor in the first pass); editing either in place changes that pass."""
 
-    def denoiser_observer(self, plan: GenerationPlan, total_steps: int):
-        """None, or `observer(x, sigma, step, text_cond, text_uncond)` called at each model evaluation
-        of this sampling pass; an observer, its return value is ignored."""
+    def cfg_hooks(self, plan: GenerationPlan, total_steps: int) -> "CFGHooks | None":
+        """None (nobody listens: the denoiser's plain path), or the `CFGHooks` told about each model
+        evaluation of this sampling pass of `total_steps` steps (modules.generation.cfg_step)."""
         return None
 
     def before_hr(self, plan: GenerationPlan) -> None:
@@ -357,12 +358,15 @@ class CFGDenoiser:
     would add keys to cross-attention and change its softmax, so the image would differ. With equal
     lengths there is one batched call. `cond_padding` selects A1111's optional paddings
     (`pad_cond_uncond`); `padded` tells whether one was applied (the infotext records it).
+    `cfg_hooks` (None when nobody listens) sees each evaluation in A1111's row layout and may change
+    its inputs and the combined result (modules.generation.cfg_step).
     """
 
-    def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None, observer=None, *,
-                 cond_padding: str = "none", empty_cond: torch.Tensor | None = None):
+    def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None, cfg_hooks: CFGHooks | None = None, *,
+                 cond_padding: str = "none", empty_cond: torch.Tensor | None = None, total_steps: int = 0):
         self.inner = inner
-        self.observer = observer  # GenerationHooks.denoiser_observer
+        self.cfg_hooks = cfg_hooks  # GenerationHooks.cfg_hooks; None: nobody listens
+        self.total_steps = total_steps
         self.cond = cond  # MulticondLearnedConditioning for this batch
         self.uncond = uncond  # per image: schedules
         self.cfg_scale = cfg_scale
@@ -385,39 +389,78 @@ class CFGDenoiser:
         unconds = [conditioning_at_step(self.uncond[i], self.step) for i in range(batch)]
         cond_context = _pad_to_length([c.crossattn for c in conds])
         uncond_context = _pad_to_length([u.crossattn for u in unconds])
-        # As A1111, `padded` tells about the last evaluation.
+        pooled_cond = pooled_uncond = None
+        if self.sdxl_vector is not None:
+            pooled_cond, pooled_uncond = torch.cat([c.pooled for c in conds]), torch.cat([u.pooled for u in unconds])
+
+        rows = torch.tensor(image_of_row, device=x.device)
+        x_cond, x_uncond = x[rows], x
+        sigma_cond = sigma[rows] if sigma.ndim else sigma.expand(len(rows))
+        sigma_uncond = sigma if sigma.ndim else sigma.expand(batch)
+        step = None
+        if self.cfg_hooks is not None:
+            step = self._before_unet(x_cond, x, sigma_cond, sigma_uncond, cond_context, uncond_context,
+                                     pooled_cond, pooled_uncond)
+            n = step.cond_rows
+            x_cond, x_uncond = step.x[:n], step.x[n:]
+            sigma_cond, sigma_uncond = step.sigma[:n], step.sigma[n:]
+            cond_context, pooled_cond = _context_parts(step.text_cond)
+            uncond_context, pooled_uncond = _context_parts(step.text_uncond)
+
+        # As A1111, padding comes after the callbacks, and `padded` tells about the last evaluation.
         self.padded = cond_context.shape[1] != uncond_context.shape[1] and self.cond_padding != "none"
         if self.padded:
             cond_context, uncond_context = pad_cond_uncond(cond_context, uncond_context, self.cond_padding,
                                                            self.empty_cond)
-        if self.observer is not None:
-            self.observer(x, sigma, self.step, cond_context, uncond_context)
-
-        rows = torch.tensor(image_of_row, device=x.device)
-        x_cond = x[rows]
-        sigma_cond = sigma[rows] if sigma.ndim else sigma.expand(len(rows))
-        sigma_uncond = sigma if sigma.ndim else sigma.expand(batch)
         added_cond = added_uncond = None
         if self.sdxl_vector is not None:
             time_ids = self.sdxl_vector.to(x.device)
-            added_cond = {"text_embeds": torch.cat([c.pooled for c in conds]),
-                          "time_ids": time_ids.expand(len(rows), -1)}
-            added_uncond = {"text_embeds": torch.cat([u.pooled for u in unconds]),
-                            "time_ids": time_ids.expand(batch, -1)}
+            added_cond = {"text_embeds": pooled_cond, "time_ids": time_ids.expand(len(rows), -1)}
+            added_uncond = {"text_embeds": pooled_uncond, "time_ids": time_ids.expand(batch, -1)}
         if cond_context.shape[1] == uncond_context.shape[1]:
             added = None if added_cond is None else {key: torch.cat([added_cond[key], added_uncond[key]])
                                                      for key in added_cond}
-            out = self.inner(torch.cat([x_cond, x]), torch.cat([sigma_cond, sigma_uncond]),
+            out = self.inner(torch.cat([x_cond, x_uncond]), torch.cat([sigma_cond, sigma_uncond]),
                              torch.cat([cond_context, uncond_context]), added)
-            out_cond, out_uncond = out[:len(rows)], out[len(rows):]
         else:
+            out = None
             out_cond = self.inner(x_cond, sigma_cond, cond_context, added_cond)
-            out_uncond = self.inner(x, sigma_uncond, uncond_context, added_uncond)
+            out_uncond = self.inner(x_uncond, sigma_uncond, uncond_context, added_uncond)
+        if step is not None:
+            out = torch.cat([out_cond, out_uncond]) if out is None else out
+            self.cfg_hooks.after_unet(step, out)
+        if out is not None:
+            out_cond, out_uncond = out[:len(rows)], out[len(rows):]
         denoised = out_uncond.clone()
         for row, (image, weight) in enumerate(zip(image_of_row, weights)):
             denoised[image] += (out_cond[row] - out_uncond[image]) * (weight * self.cfg_scale)
+        if step is not None:
+            denoised = self.cfg_hooks.after_cfg(step, denoised)
         self.step += 1
         return denoised
+
+    def _before_unet(self, x_cond, x, sigma_cond, sigma_uncond, cond_context, uncond_context,
+                     pooled_cond, pooled_uncond) -> CFGStep:
+        """The evaluation in A1111's layout (cf. `CFGStep`), after the `before_unet` listeners."""
+        import torch
+
+        x_in = torch.cat([x_cond, x])
+        text_cond, text_uncond = cond_context, uncond_context
+        if self.sdxl_vector is not None:
+            text_cond = {"crossattn": cond_context, "vector": pooled_cond}
+            text_uncond = {"crossattn": uncond_context, "vector": pooled_uncond}
+        step = CFGStep(x=x_in, image_cond=x_in.new_zeros(x_in.shape[0], 5, 1, 1),
+                       sigma=torch.cat([sigma_cond, sigma_uncond]), text_cond=text_cond, text_uncond=text_uncond,
+                       step=self.step, total_steps=self.total_steps, cond_rows=x_cond.shape[0])
+        self.cfg_hooks.before_unet(step)
+        return step
+
+
+def _context_parts(text) -> tuple:
+    """A `CFGStep` text context → (cross-attention tensor, pooled vector or None)."""
+    if isinstance(text, dict):
+        return text["crossattn"], text.get("vector")
+    return text, None
 
 
 def _unet_call(model):
@@ -845,12 +888,12 @@ def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, no
     """One sampler run on `batch`'s conds; returns (samples, StopSampling or None). An interrupt or a
     skip stops it early with the latent at that step."""
     sampler, settings, plan = run.sampler, run.settings, run.plan
+    total_steps = len(sigmas_or_steps) - (sampler.kind == "sigmas")
     denoiser = CFGDenoiser(
         _sigma_inner(run.model, run.schedule, run.is_lcm) if sampler.kind == "sigmas" else
         _timestep_inner(run.model, run.alphas_cumprod), batch.cond, batch.uncond,
-        run.request.cfg_scale, batch.time_ids,
-        run.hooks.denoiser_observer(plan, len(sigmas_or_steps) - (sampler.kind == "sigmas")),
-        cond_padding=settings.cond_padding, empty_cond=batch.empty_cond)
+        run.request.cfg_scale, batch.time_ids, run.hooks.cfg_hooks(plan, total_steps),
+        cond_padding=settings.cond_padding, empty_cond=batch.empty_cond, total_steps=total_steps)
     try:
         return _call_sampler(run, denoiser, x_start, sigmas_or_steps, _step_callback(run, batch.progress_offset),
                              noise_fn), None

@@ -12,6 +12,11 @@ Script shape around it. `script_args`, as A1111's API sends them (docs/EXTENSION
 
 A type is an axis name (any case) or an index into A1111's txt2img axis list, for the indices that
 list fixes (`A1111_TXT2IMG_AXES`).
+
+Extensions add axes as in A1111: this module (found through `scripts.scripts_data`, where this
+Script's `__module__` is A1111's "xyz_grid.py") has `axis_options`, `AxisOption` and the `apply_*` /
+`format_*` helpers (modules.extension_host.xyz.extension_axes). The module is loaded once per app,
+so `axis_options` is that app's list: Atelier's axes first, then what extensions appended.
 """
 
 from __future__ import annotations
@@ -22,6 +27,21 @@ from typing import Any
 
 from modules import scripts
 from modules.processing import GenerationResult, Processed
+from modules.extension_host.xyz.extension_axes import (  # noqa: F401 - A1111's names, for extensions
+    AxisOption,
+    AxisOptionImg2Img,
+    AxisOptionTxt2Img,
+    apply_field,
+    apply_override,
+    boolean_choice,
+    do_nothing,
+    extension_axis_types,
+    format_nothing,
+    format_remove_path,
+    format_value,
+    format_value_add_label,
+    format_value_join_list,
+)
 from modules.extension_host.xyz_grid import (
     MERGE_MULTIPLIER,
     NOTHING,
@@ -50,6 +70,14 @@ A1111_TXT2IMG_AXES = (
     "Denoising", "Initial noise multiplier", "Extra noise", "Hires upscaler",
 )
 MERGE_METHOD_CHOICES = ("Weighted sum", "Add difference")
+
+# A1111's list, this app's (see the module docstring); extensions append AxisOptions to it.
+axis_options: list = list(axis_types())
+
+
+def extra_axes() -> tuple:
+    """The axes extensions appended to `axis_options`, as Atelier axis types."""
+    return extension_axis_types(axis_options)
 FILL_VALUES_SYMBOL = "\U0001f4d2"  # 📒, A1111's "fill values" button
 
 
@@ -59,7 +87,7 @@ def axis_label(letter: str, axis_type: Any) -> str:
     if isinstance(axis_type, bool) or not isinstance(axis_type, (int, str)):
         raise AxisValueError(f"{letter} type must be an axis name or A1111's index, got {axis_type!r}")
     if isinstance(axis_type, str):
-        return find_axis(axis_type).label if axis_type.strip() else NOTHING
+        return find_axis(axis_type, extra_axes()).label if axis_type.strip() else NOTHING
     if not 0 <= axis_type < len(A1111_TXT2IMG_AXES):
         raise AxisValueError(
             f"{letter} type {axis_type} is not one of A1111's axis indices Atelier knows "
@@ -68,7 +96,7 @@ def axis_label(letter: str, axis_type: Any) -> str:
     try:
         return find_axis(label).label
     except AxisValueError:
-        available = ", ".join(axis.label for axis in axis_types())
+        available = ", ".join(axis.label for axis in axis_types(extra_axes()))
         raise AxisValueError(f"{letter} type {axis_type} is A1111's {label!r}, which Atelier's X/Y/Z plot "
                              f"does not have yet; available: {available}") from None
 
@@ -109,7 +137,7 @@ class XyzArguments:
 def axis_values(label: str, text: Any, chosen: Any, csv_mode: bool) -> str | list:
     """A1111's rule, lenient: an axis with choices takes the dropdown's list unless csv_mode is on;
     an empty list falls back to the text (API clients often send only the text)."""
-    if find_axis(label).choices is not None and not csv_mode and chosen:
+    if find_axis(label, extra_axes()).choices is not None and not csv_mode and chosen:
         if not isinstance(chosen, (list, tuple)):
             raise AxisValueError(f"{label} values_dropdown must be a list, got {type(chosen).__name__}")
         return list(chosen)
@@ -121,7 +149,7 @@ def grid_services(job: scripts.ScriptJob) -> GridServices:
     if job.context is None:
         raise RuntimeError(f"{SCRIPT_TITLE} runs inside the app (run_txt2img with its AppContext): it needs "
                            "the checkpoint list and model manager")
-    return replace(GridServices.of(job.context), engine=job.engine)
+    return replace(GridServices.of(job.context), engine=job.engine, extra_axes=extra_axes())
 
 
 def processed_of(p, result: GridResult, options: GridOptions) -> Processed:
@@ -148,6 +176,8 @@ def processed_of(p, result: GridResult, options: GridOptions) -> Processed:
 class Script(scripts.Script):
     """A1111's "X/Y/Z plot" (selectable, txt2img)."""
 
+    __module__ = "xyz_grid.py"  # A1111's module name, which extensions look for in scripts_data
+
     def title(self):
         return SCRIPT_TITLE
 
@@ -157,7 +187,7 @@ class Script(scripts.Script):
     def ui(self, is_img2img):
         import gradio as gr  # here, not at import: gradio takes seconds to import
 
-        labels = [axis.label for axis in axis_types()]
+        labels = [axis.label for axis in axis_types(extra_axes())]
         rows = []
         with gr.Column(elem_id=self.elem_id("axes")):
             for letter, default in (("x", "Seed"), ("y", NOTHING), ("z", NOTHING)):
@@ -267,10 +297,10 @@ class Script(scripts.Script):
 
     def _choices(self, label: str) -> list[str] | None:
         """The dropdown values of axis `label`, or None: no choices, or no app bound to list them."""
-        axis = find_axis(label)
-        if axis.choices is None or self.app is None:
+        axis = find_axis(label, extra_axes())
+        if axis.choices is None or (self.app is None and axis.p_apply is None):
             return None
-        return list(axis.choices(GridServices.of(self.app)))
+        return list(axis.choices(GridServices.of(self.app) if self.app is not None else None))
 
     def run(self, p, *args):
         job = scripts.job_of(p)

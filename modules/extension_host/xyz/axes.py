@@ -81,7 +81,9 @@ class AxisType:
     values that cannot work, before anything is generated; `choices(services)` lists dropdown
     values; `cost` orders the loops (the costliest axis runs outermost, A1111's rule);
     `builds_merge` makes the runner merge and load a model per value; `seeds` makes -1 values a
-    fixed random seed unless the grid keeps -1.
+    fixed random seed unless the grid keeps -1. `p_apply(p, value, values)` is set for an axis an
+    extension added (A1111's `AxisOption.apply`, on A1111's `p`; modules.extension_host.xyz.extension_axes):
+    the planner runs it on a `p` made from the cell's request and keeps what it changed.
     """
 
     label: str
@@ -93,6 +95,7 @@ class AxisType:
     cost: float = 0.0
     builds_merge: bool = False
     seeds: bool = False
+    p_apply: Callable[[Any, Any, list], None] | None = None
 
     def label_for(self, value: Any) -> str:
         return self.format_value(self, value)
@@ -310,19 +313,32 @@ BUILTIN_AXES: tuple[AxisType, ...] = (
     AxisType(MERGE_MULTIPLIER, float, _apply_merge, confirm=_confirm_merge, cost=1.0, builds_merge=True),
 )
 
-# A constant: the grid's axis types are Atelier's (extensions cannot add axes yet; see docs/EXTENSIONS.md).
+# A constant: Atelier's own axis types. Axes extensions add are the app's (the X/Y/Z script module's
+# `axis_options`, loaded per app) and are passed to `axis_types`/`find_axis` as `extra`.
 _AXES: Mapping[str, AxisType] = MappingProxyType({axis.label.casefold(): axis for axis in BUILTIN_AXES})
 
 
-def axis_types() -> list[AxisType]:
-    """Every axis type, in the order the axis dropdowns list them."""
-    return list(_AXES.values())
+def _with_extra(extra: Sequence[AxisType]) -> Mapping[str, AxisType]:
+    if not extra:
+        return _AXES
+    axes = dict(_AXES)
+    for axis in extra:
+        axes.setdefault(axis.label.casefold(), axis)  # a label already taken keeps its first axis
+    return axes
 
 
-def find_axis(label: str) -> AxisType:
-    """The axis type called `label` (case-insensitive, as A1111's API matches script names)."""
-    axis = _AXES.get(str(label).casefold())
-    labels = [a.label for a in _AXES.values()]
+def axis_types(extra: Sequence[AxisType] = ()) -> list[AxisType]:
+    """Every axis type, in the order the axis dropdowns list them: Atelier's, then `extra` (the
+    axes extensions added)."""
+    return list(_with_extra(extra).values())
+
+
+def find_axis(label: str, extra: Sequence[AxisType] = ()) -> AxisType:
+    """The axis type called `label` (case-insensitive, as A1111's API matches script names), among
+    Atelier's and `extra`."""
+    axes = _with_extra(extra)
+    axis = axes.get(str(label).casefold())
+    labels = [a.label for a in axes.values()]
     if axis is None:
         import difflib
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from modules.generation.rng import get_fixed_seed
@@ -87,6 +87,9 @@ class PlannedCell:
     request: Any  # processing.GenerationRequest
     merge: Any = None  # merger.MergeRequest for a Merge multiplier cell
     steps: int = 0  # sampling steps it reports (its share of the grid's progress)
+    # What extension axes set on `p` beyond the request's fields (set on the cell's `p` before its
+    # always-on scripts run); dict values are merged into the `p`'s own dict.
+    p_attributes: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def model_key(self) -> tuple[str, Any] | None:
@@ -126,7 +129,7 @@ class GridPlan:
 
 
 def _resolve_axis(letter: str, spec: AxisSpec, services: GridServices, request, fix_seeds: bool) -> ResolvedAxis:
-    axis = find_axis(spec.type)
+    axis = find_axis(spec.type, services.extra_axes)
     if axis.label == NOTHING:
         return ResolvedAxis(letter, axis, (None,), ("",), "")
     try:
@@ -176,6 +179,36 @@ def _check_size(pixels: int) -> None:
                              "use fewer values or smaller images")
 
 
+def _apply_on_p(axis: ResolvedAxis, value, request, p_attributes: dict):
+    """An extension axis: A1111's `apply(p, x, xs)` on a `p` made from `request`. Returns the request
+    `p` then describes (validated now, so a bad value fails before any image) and adds to
+    `p_attributes` the other attributes the axis set or changed (dicts: only the changed keys)."""
+    from modules.extension_host.processing_objects import REQUEST_FIELDS, StableDiffusionProcessingTxt2Img
+
+    p = StableDiffusionProcessingTxt2Img.from_request(request)
+    for name, attribute in p_attributes.items():
+        setattr(p, name, dict(attribute) if isinstance(attribute, dict) else attribute)
+    before = {name: dict(attribute) if isinstance(attribute, dict) else attribute
+              for name, attribute in vars(p).items()}
+    try:
+        axis.axis.p_apply(p, value, list(axis.values))
+    except ValueError:
+        raise
+    except Exception as e:  # an extension's apply: any failure is the value's
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    skip = set(REQUEST_FIELDS) | {"styles", "override_settings"}
+    for name, attribute in vars(p).items():
+        if name in skip or (name in before and before[name] is attribute and not isinstance(attribute, dict)):
+            continue
+        if isinstance(attribute, dict) and isinstance(before.get(name), dict):
+            changed = {k: v for k, v in attribute.items() if k not in before[name] or before[name][k] is not v}
+            if changed:
+                p_attributes[name] = {**p_attributes.get(name, {}), **changed}
+        elif name not in before or before[name] is not attribute:
+            p_attributes[name] = attribute
+    return p.to_request()
+
+
 def plan_grid(services: Any, base_request, x: AxisSpec, y: AxisSpec | None = None, z: AxisSpec | None = None,
               options: GridOptions | None = None) -> GridPlan:
     """Every cell's request, in run order; raises `AxisValueError` before any work for bad values.
@@ -201,11 +234,14 @@ def plan_grid(services: Any, base_request, x: AxisSpec, y: AxisSpec | None = Non
         position = [0, 0, 0]
         for axis_index, value_index in zip(order, indices):
             position[axis_index] = value_index
-        cell_request, merge = request, None
+        cell_request, merge, p_attributes = request, None, {}
         for axis, index in zip(axes, position):
             value = axis.values[index]
             try:
-                cell_request = axis.axis.apply(cell_request, value, AxisContext(axis.values, services, axis.merge))
+                if axis.axis.p_apply is not None:
+                    cell_request = _apply_on_p(axis, value, cell_request, p_attributes)
+                else:
+                    cell_request = axis.axis.apply(cell_request, value, AxisContext(axis.values, services, axis.merge))
             except ValueError as e:  # pydantic's ValidationError included
                 raise AxisValueError(f"{axis.letter} axis: {axis.axis.label} = {value!r} gives a request that "
                                      f"cannot run: {e}") from None
@@ -215,7 +251,7 @@ def plan_grid(services: Any, base_request, x: AxisSpec, y: AxisSpec | None = Non
                      for i, index in enumerate(position) if vary[i])
         if offset and cell_request.seed != -1:
             cell_request = cell_request.model_copy(update={"seed": cell_request.seed + offset})
-        cells.append(PlannedCell(*position, cell_request, merge, _cell_steps(cell_request)))
+        cells.append(PlannedCell(*position, cell_request, merge, _cell_steps(cell_request), p_attributes))
     _check_size(sum(c.request.width * c.request.height for c in cells))  # with the Size axis's sizes
     params = {"Script": SCRIPT_TITLE}
     for axis in axes:

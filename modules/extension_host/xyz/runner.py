@@ -180,7 +180,10 @@ class _Runner:
                             vae_scope.enter_context(self.models.temporary_vae(self._vae_file(planned.vae_key)))
                         vae_key = planned.vae_key
                     child = _CellControl(self.control, offset, planned.steps, total)
-                    result = self.services.engine.generate(planned.request, child, save=None if self.save else False)
+                    # Only for a cell an extension axis edited: a bare engine has no `p` to put them on.
+                    extra = {"p_attributes": planned.p_attributes} if planned.p_attributes else {}
+                    result = self.services.engine.generate(planned.request, child, save=None if self.save else False,
+                                                           **extra)
                     offset += planned.steps
                     if result.interrupted:
                         interrupted = True

@@ -19,6 +19,7 @@ class GridServices:
     merge_scratch_dir: Path | None = None  # None: no Merge multiplier axis
     merge_options: Mapping[str, Any] = field(default_factory=dict)  # vae_files, allow_unsafe_pickle
     data_dir: Path | None = None  # where grids are saved (outputs/txt2img-grids under it)
+    extra_axes: tuple = ()  # AxisTypes extensions added (the X/Y/Z script's axis_options)
 
     @classmethod
     def of(cls, source: Any) -> GridServices:
