@@ -43,7 +43,7 @@ def test_checkpoints_list_has_a1111s_titles_and_attributes(app):
     tiny = data_dir / "models" / "Stable-diffusion" / "tiny.safetensors"
     with app_scope(context):
         info = sd_models.get_closet_checkpoint_match("tiny")
-        assert info.calculate_shorthash() == _sha256(tiny)[:10]
+        assert info.calculate_shorthash() == _sha256(tiny)[:10] == info.shorthash
         listed = sd_models.checkpoints_list
         title = f"tiny.safetensors [{_sha256(tiny)[:10]}]"  # A1111: "<relative path> [<sha256[:10]>]"
         assert title in listed
@@ -113,6 +113,11 @@ def test_reload_model_weights_refuses_files_outside_the_checkpoint_folders(app, 
                 sd_models.reload_model_weights(info=SimpleNamespace(filename=filename))
         with pytest.raises(TypeError, match="CheckpointInfo"):
             sd_models.reload_model_weights(info=42)
+        # A1111 extensions build infos from a path: a listed file gives its entry, another is refused.
+        listed = context.checkpoints.list()[0]
+        assert sd_models.CheckpointInfo(str(listed.filename)).title == listed.title
+        with pytest.raises(ValueError, match="not in the checkpoint list"):
+            sd_models.CheckpointInfo(str(outside))
     assert context.models.current_info() == before
 
 

@@ -30,16 +30,6 @@ def public_flags(args) -> dict[str, Any]:
     return {key: (REDACTED if key in SECRET_FLAGS and value else value) for key, value in vars(args).items()}
 
 
-def _sampler_options(sampler) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if sampler.default_scheduler:
-        options["scheduler"] = sampler.default_scheduler
-    for flag in ("second_order", "uses_ensd", "discard_next_to_last_sigma", "brownian_noise"):
-        if getattr(sampler, flag):
-            options[flag] = True
-    return options
-
-
 def _json_safe_items(items: dict[str, Any]) -> dict[str, Any]:
     """An image's other metadata, without binary blobs (EXIF, ICC profiles) that JSON cannot carry."""
     safe: dict[str, Any] = {}
@@ -83,7 +73,7 @@ def build_router(context) -> APIRouter:
         """The samplers txt2img accepts, in A1111's order (those Atelier lacks are left out)."""
         from modules.generation.sampling.registry import SAMPLERS
 
-        return [SamplerItem(name=s.name, aliases=list(s.aliases), options=_sampler_options(s))
+        return [SamplerItem(name=s.name, aliases=list(s.aliases), options=s.a1111_options)
                 for s in SAMPLERS if s.implemented]
 
     @router.get("/schedulers", response_model=list[SchedulerItem])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from modules.extension_host.environment import current_app
@@ -31,11 +30,25 @@ _skip_writing_to_config: contextvars.ContextVar[bool] = contextvars.ContextVar("
                                                                                 default=False)
 
 
-@dataclass(frozen=True, eq=False)
 class CheckpointInfo:
-    """One listed checkpoint with A1111's attribute names (a view of Atelier's CheckpointInfo)."""
+    """One listed checkpoint with A1111's attribute names (a view of Atelier's CheckpointInfo).
 
-    info: Any  # modules.library.checkpoints.CheckpointInfo
+    `CheckpointInfo(filename)`, as A1111 extensions build one, gives the listed checkpoint of that
+    file; a file outside the checkpoint list is refused (ValueError): Atelier lists and loads only
+    the checkpoint folders' files. `register()` has nothing to do (the file is listed already)."""
+
+    __slots__ = ("info",)
+
+    def __init__(self, info):
+        if isinstance(info, (str, os.PathLike)):
+            info = _listed_file(current_app(), info, "sd_models.CheckpointInfo")
+        object.__setattr__(self, "info", info)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"CheckpointInfo is read-only ({name}); its values come from the checkpoint list")
+
+    def register(self) -> None:
+        pass
 
     filename = property(lambda self: str(self.info.filename))
     name = property(lambda self: self.info.name)
@@ -51,8 +64,10 @@ class CheckpointInfo:
     is_safetensors = property(lambda self: self.info.is_safetensors)
 
     def calculate_shorthash(self) -> str | None:
-        """Hash the file (through the app's hash cache) and return its short hash."""
-        return current_app().checkpoints.ensure_hash(self.info).shorthash
+        """Hash the file (through the app's hash cache) and return its short hash; this view's
+        `sha256`, `title` & co. then show it, as the checkpoint list does."""
+        object.__setattr__(self, "info", current_app().checkpoints.ensure_hash(self.info))
+        return self.info.shorthash
 
     def __eq__(self, other) -> bool:
         return isinstance(other, CheckpointInfo) and self.info.filename == other.info.filename
@@ -129,6 +144,17 @@ def select_checkpoint() -> CheckpointInfo:
     return _view(context.checkpoints.get(loadable[0]))
 
 
+def _listed_file(context, filename, who: str) -> Any:
+    """The app's listed checkpoint of `filename`; ValueError for a file outside the checkpoint list."""
+    wanted = os.path.abspath(str(filename))
+    for listed in context.checkpoints.list():
+        if str(listed.filename) == wanted or os.path.realpath(listed.filename) == os.path.realpath(wanted):
+            return listed
+    folders = ", ".join(str(folder) for folder in context.paths.checkpoint_dirs)
+    raise ValueError(f"{who}: {wanted} is not in the checkpoint list; only checkpoints in {folders} are used. Put "
+                     "the file there and call sd_models.list_models().")
+
+
 def _listed(context, info) -> Any:
     """The app's listed checkpoint `info` means (an A1111 or Atelier CheckpointInfo, anything with
     `.filename`, or a title); ValueError for a file outside the checkpoint list."""
@@ -138,13 +164,7 @@ def _listed(context, info) -> Any:
     if filename is None:
         raise TypeError(f"reload_model_weights: info must be a CheckpointInfo (from sd_models.checkpoints_list), "
                         f"got {type(info).__name__}")
-    wanted = os.path.abspath(str(filename))
-    for listed in context.checkpoints.list():
-        if str(listed.filename) == wanted or os.path.realpath(listed.filename) == os.path.realpath(wanted):
-            return listed
-    folders = ", ".join(str(folder) for folder in context.paths.checkpoint_dirs)
-    raise ValueError(f"reload_model_weights: {wanted} is not in the checkpoint list; only checkpoints in "
-                     f"{folders} are loaded. Put the file there and call sd_models.list_models().")
+    return _listed_file(context, filename, "reload_model_weights")
 
 
 def reload_model_weights(sd_model=None, info=None, forced_reload: bool = False):
