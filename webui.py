@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 
@@ -115,6 +116,12 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    install_root = os.path.dirname(os.path.abspath(__file__))
+    if os.path.realpath(os.getcwd()) != os.path.realpath(install_root):
+        # launch.py changes folder as A1111's webui.sh does; run directly, webui.py does not.
+        log.warning("The working folder is %s, not the Atelier folder %s: extensions that open relative paths "
+                    "(extensions/<name>/..., models/...) will not find their files. Start from the Atelier "
+                    "folder, or with launch.py.", os.getcwd(), install_root)
     # The extensions' preload.py add their flags before the command line is parsed (A1111's order).
     args = parse_args(argv, parser=parser_with_preloads(argv))
     tls = TlsFiles.from_args(args)  # parse_args has checked the files
