@@ -209,3 +209,37 @@ def test_settings_tab_shows_extension_options_under_their_section(served):
     assert section["props"]["label"] == "Wildcards lite"
     assert section["id"] in path_to(config["layout"], slider["id"])
     assert section["id"] not in path_to(config["layout"], by_id["setting_samples_save"]["id"])
+
+
+def test_an_extension_option_in_quicksettings_is_edited_in_the_top_bar(served):
+    from modules.extension_host.environment import app_scope
+    from modules.ui.app import build_ui
+    from modules.ui.top_bar import quicksetting_changed
+
+    context = served[0]
+    before = list(context.settings.current()["quicksettings_list"])
+    context.settings.apply({"quicksettings_list": [*before, "wcl_strength"]})
+    try:
+        with app_scope(context):
+            blocks = build_ui(context)
+        config = blocks.get_config_file()
+        ids = [c["props"].get("elem_id") for c in config["components"]]
+        assert ids.count("setting_wcl_strength") == 1  # in the top bar, no longer in the Settings tab
+        by_id = {c["props"].get("elem_id"): c for c in config["components"]}
+
+        def path_to(node, target):
+            if node["id"] == target:
+                return [node["id"]]
+            for child in node.get("children", []):
+                found = path_to(child, target)
+                if found:
+                    return [node["id"], *found]
+            return []
+
+        assert by_id["quicksettings"]["id"] in path_to(config["layout"], by_id["setting_wcl_strength"]["id"])
+        status, _ = quicksetting_changed(context, "wcl_strength", 0.75)
+        assert context.settings.current()["wcl_strength"] == 0.75, status
+        status, _ = quicksetting_changed(context, "wcl_strength", 3)
+        assert context.settings.current()["wcl_strength"] == 0.75 and "between 0 and 1" in status
+    finally:
+        context.settings.apply({"quicksettings_list": before, "wcl_strength": 0.5})

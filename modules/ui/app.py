@@ -85,6 +85,9 @@ def build_ui(context) -> gr.Blocks:
     callbacks = context.extensions.callbacks if getattr(context, "extensions", None) is not None else None
     if callbacks is not None:
         callbacks.before_ui()
+    # The extensions' options were registered when they loaded (webui.load_extensions); an app built
+    # without that step registers them now, before the quicksettings row may show one.
+    context.extension_options.collect(callbacks)
     # A1111 builds the extensions' tabs before the page, each in a Blocks of its own.
     extension_tabs = extensions_tab.extension_tabs(context)
     with gr.Blocks(title="Atelier", analytics_enabled=False) as blocks:
@@ -99,9 +102,6 @@ def build_ui(context) -> gr.Blocks:
                 merger_tab.build(context, shared)
             extensions_tab.render_extension_tabs(extension_tabs)
             with gr.Tab("Settings", id=TAB_IDS["Settings"], elem_id="tab_settings", render_children=True):
-                # The extensions' options were registered when they loaded (webui.load_extensions);
-                # an app built without that step registers them now.
-                context.extension_options.collect(callbacks)
                 settings_tab.build(context, shared)
             with gr.Tab("Extensions", id=TAB_IDS["Extensions"], elem_id="tab_extensions", render_children=True):
                 extensions_tab.build(context, shared)

@@ -35,13 +35,15 @@ log = logging.getLogger(__name__)
 RESTART_MARK = " (requires restart)"
 
 
-def top_bar_keys(current: Mapping[str, Any], locked: frozenset[str] = frozenset()) -> list[str]:
+def top_bar_keys(current: Mapping[str, Any], locked: frozenset[str] = frozenset(),
+                 specs: Mapping[str, SettingSpec] = SCHEMA_BY_KEY) -> list[str]:
     """The settings the top bar edits (A1111's quicksettings; their `setting_<key>` element ids are the
-    top bar's): the checkpoint, then the `quicksettings_list` settings this schema knows, in order;
-    never a `locked` one (modules.serving.settings.locked_settings)."""
+    top bar's): the checkpoint, then the `quicksettings_list` settings known to `specs` (the store's:
+    extensions' options included), in order; never a `locked` one
+    (modules.serving.settings.locked_settings)."""
     keys = ["sd_model_checkpoint"]
     for key in current["quicksettings_list"]:
-        spec = SCHEMA_BY_KEY.get(key)
+        spec = specs.get(key)
         if spec is not None and spec.visible and key not in keys and key not in locked:
             keys.append(key)
     return keys
@@ -53,7 +55,7 @@ def tab_specs(current: Mapping[str, Any], locked: frozenset[str] = frozenset(),
     A1111 hides too), grouped by section: SECTIONS' order, then the extensions' sections in the
     order they were first used. `specs`: every setting (`SettingsStore.specs()` adds the
     extensions' options)."""
-    hidden = set(top_bar_keys(current)) | locked
+    hidden = set(top_bar_keys(current, specs={spec.key: spec for spec in specs})) | locked
     shown = [spec for spec in specs if spec.visible and spec.key not in hidden]
     sections = list(SECTIONS) + [section for section in dict.fromkeys(spec.section for spec in shown)
                                  if section not in SECTIONS]
@@ -78,9 +80,10 @@ def same_widget_value(a: Any, b: Any) -> bool:
     return a == b
 
 
-def quicksettings_choices(current: Mapping[str, Any]) -> list[str]:
-    """Every setting key, and keys already in the list that this schema does not know (extensions')."""
-    keys = [spec.key for spec in SCHEMA if spec.visible]
+def quicksettings_choices(current: Mapping[str, Any], specs: Sequence[SettingSpec] = SCHEMA) -> list[str]:
+    """Every setting key (`specs`: the store's, extensions' options included), and keys already in
+    the list that none of them is (an extension not loaded now)."""
+    keys = [spec.key for spec in specs if spec.visible]
     return keys + [key for key in current["quicksettings_list"] if key not in keys]
 
 
@@ -206,7 +209,8 @@ def build(context, shared) -> None:
                     if option is not None:
                         components.append(extension_setting_component(context, option, spec, current[spec.key]))
                         continue
-                    choices = quicksettings_choices(current) if spec.key == "quicksettings_list" else None
+                    choices = quicksettings_choices(current, context.settings.specs()) \
+                        if spec.key == "quicksettings_list" else None
                     components.append(setting_component(spec, current[spec.key], choices))
                 for block in options.html_blocks():
                     if block.section[0] == section:

@@ -161,13 +161,12 @@ def quicksetting_changed(context, key: str, value) -> tuple[str, Any]:
     """The handler of a quicksetting widget: (status line, the widget's value). When the change was
     put back, the widget shows the value in effect again; otherwise it keeps what it holds
     (`gr.skip()`), so a refused typed value can be fixed."""
-    from modules.serving.settings import SCHEMA_BY_KEY
     from modules.ui.settings_tab import widget_value
 
     status, report = _change_setting(context, key, value)
     if report is None or not report.reverted:
         return status, gr.skip()
-    return status, widget_value(SCHEMA_BY_KEY[key], context.settings.current()[key])
+    return status, widget_value(context.settings.specs_by_key()[key], context.settings.current()[key])
 
 
 def apply_clip_skip(context, value: float) -> str:
@@ -207,11 +206,13 @@ def build(context, shared: UiShared) -> None:
 
 def _build_quicksettings_row(context) -> _QuickSettings:
     """Checkpoint dropdown with refresh, then one widget per `quicksettings_list` entry."""
-    from modules.serving.settings import SCHEMA_BY_KEY, locked_settings
+    from modules.serving.settings import locked_settings
+    from modules.ui.extension_settings import extension_setting_component
     from modules.ui.settings_tab import setting_component, top_bar_keys
 
     settings = context.settings.current()
-    keys = top_bar_keys(settings, locked_settings(context.args))
+    specs = context.settings.specs_by_key()
+    keys = top_bar_keys(settings, locked_settings(context.args), specs)
     vae_locked = bool(getattr(context.args, "vae_path", None))
     with gr.Row(elem_id="quicksettings", equal_height=True):
         checkpoint = gr.Dropdown(choices=checkpoint_choices(context), value=current_checkpoint_title(context),
@@ -231,8 +232,11 @@ def _build_quicksettings_row(context) -> _QuickSettings:
                 row.clip_skip = gr.Slider(1, 12, value=settings["CLIP_stop_at_last_layers"], step=1,
                                           label="Clip skip", elem_id="setting_CLIP_stop_at_last_layers", scale=2,
                                           min_width=200)
+            elif context.extension_options.get(key) is not None:
+                row.others[key] = extension_setting_component(context, context.extension_options.get(key),
+                                                              specs[key], settings[key])
             else:
-                row.others[key] = setting_component(SCHEMA_BY_KEY[key], settings[key])
+                row.others[key] = setting_component(specs[key], settings[key])
     return row
 
 
@@ -271,7 +275,6 @@ def _wire_quicksettings(context, row: _QuickSettings, status: gr.HTML):
 
 def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status: gr.HTML, timer: gr.Timer) -> None:
     """Keep the row current: the timer follows a load in progress, and each page load re-reads it all."""
-    from modules.serving.settings import SCHEMA_BY_KEY
     from modules.ui.settings_tab import widget_value
 
     checkpoint, vae, clip_skip, others = row.checkpoint, row.vae, row.clip_skip, row.others
@@ -294,7 +297,8 @@ def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status:
             updates.append(gr.update(choices=context.vaes.choices(), value=current["sd_vae"]))
         if clip_skip is not None:
             updates.append(current["CLIP_stop_at_last_layers"])
-        updates += [widget_value(SCHEMA_BY_KEY[key], current[key]) for key in others]
+        specs = context.settings.specs_by_key()
+        updates += [widget_value(specs[key], current[key]) for key in others]
         return updates
 
     outputs = [checkpoint, status, timer, *(c for c in (vae, clip_skip) if c is not None), *others.values()]
