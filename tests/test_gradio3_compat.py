@@ -283,3 +283,18 @@ def test_sketch_images_hand_their_handler_gradio3_values(tmp_path):
     assert np.array_equal(value["mask"], expected_mask)
     assert np.array_equal(np.asarray(colour.preprocess(payload)), np.asarray(painted))
     assert sketch.preprocess(None) is None
+
+
+def test_keywords_of_an_extensions_own_component_class_reach_it():
+    from modules.ui_components import ToolButton
+
+    class RatioButton(ToolButton):  # as aspect-ratio extensions subclass A1111's ToolButton
+        def __init__(self, ratio=1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.ratio = ratio
+
+    with gr.Blocks(), compat.gradio3_compat():
+        button = RatioButton(ratio=1.5, value="3:2", elem_id="ratio_3_2")
+        dropped = gr.Button("plain", no_such_keyword=True)  # Gradio's own class: a 3.x-only keyword is dropped
+    assert (button.ratio, button.value, button.elem_id) == (1.5, "3:2", "ratio_3_2")
+    assert dropped.value == "plain"

@@ -186,8 +186,14 @@ def gradio3_compat() -> Iterator[None]:
 
 
 def _keywords_of(cls: type) -> tuple[set[str], bool]:
-    parameters = inspect.signature(cls.__init__).parameters.values()
-    return ({p.name for p in parameters}, any(p.kind is p.VAR_KEYWORD for p in parameters))
+    """The keywords the Gradio class under `cls` takes, and whether `cls` may take others. A class
+    of an extension (or of modules.ui_components, whose signatures show their Gradio class's) may
+    take keywords of its own, which cannot be told from outside: those are never dropped."""
+    gradio_class = next(klass for klass in cls.__mro__ if klass.__module__.split(".")[0] == "gradio")
+    parameters = inspect.signature(gradio_class.__init__).parameters.values()
+    own_init = next(klass for klass in cls.__mro__ if "__init__" in klass.__dict__)
+    open_ended = own_init.__module__.split(".")[0] != "gradio" or any(p.kind is p.VAR_KEYWORD for p in parameters)
+    return {p.name for p in parameters}, open_ended
 
 
 def _sources(cls: type, source: Any) -> Any:
