@@ -243,3 +243,26 @@ def test_an_extension_option_in_quicksettings_is_edited_in_the_top_bar(served):
         assert context.settings.current()["wcl_strength"] == 0.75 and "between 0 and 1" in status
     finally:
         context.settings.apply({"quicksettings_list": before, "wcl_strength": 0.5})
+
+
+def test_sd_model_encodes_prompts_as_a1111_extensions_ask_it(served):
+    from modules import shared
+    from modules.extension_host.environment import app_scope
+    from modules.prompt_parser import SdConditioning
+
+    context = served[0]
+    prompts = SdConditioning(["a cat", ""], is_negative_prompt=True, width=64, height=64)
+    assert (prompts.is_negative_prompt, prompts.width) == (True, 64)
+    assert SdConditioning(["x"], copy_from=prompts).height == 64
+    with app_scope(context):
+        cond = shared.sd_model.get_learned_conditioning(prompts)
+        # One clip-skip step changes the encoding: the settings in effect are used.
+        context.settings.apply({"CLIP_stop_at_last_layers": 2})
+        try:
+            skipped = shared.sd_model.get_learned_conditioning(["a cat"])
+        finally:
+            context.settings.apply({"CLIP_stop_at_last_layers": 1})
+    width = context.models.current().text_encoders[0].config.hidden_size
+    assert tuple(cond.shape) == (2, 77, width)
+    assert not torch.equal(cond[0], cond[1])
+    assert not torch.equal(skipped[0], cond[0])

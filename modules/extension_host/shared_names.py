@@ -69,6 +69,29 @@ class SdModelView:
     is_sd3 = False
     latent_channels = 4
 
+    def get_learned_conditioning(self, prompts):
+        """A1111's model method: `prompts` (a list, e.g. `prompt_parser.SdConditioning`) encoded with
+        the settings in effect (clip skip, emphasis) and the loaded embeddings, no prompt editing.
+        SD1/SD2: a tensor [len(prompts), 77 * chunks, width]; SDXL: `{"crossattn": ..., "vector":
+        pooled}` (Atelier's `vector` holds the pooled text embedding only; A1111 appends the size
+        embeddings), the layouts `on_cfg_denoiser`'s `text_cond`/`text_uncond` have."""
+        import torch
+
+        from modules.generation.conditioning import ConditioningOptions, TextConditioner
+        from modules.networks.activation import embedding_widths
+
+        context = current_app()
+        settings = context.settings.current()
+        options = ConditioningOptions(comma_padding_backtrack=settings["comma_padding_backtrack"],
+                                      emphasis=settings["emphasis"], clip_skip=settings["CLIP_stop_at_last_layers"],
+                                      sdxl_clip_l_skip=settings["sdxl_clip_l_skip"])
+        embeddings = context.embeddings.for_model(embedding_widths(self._model)).loaded
+        with torch.no_grad():
+            cond = TextConditioner(self._model, embeddings, options).encode([str(prompt) for prompt in prompts])
+        if self.is_sdxl:
+            return {"crossattn": cond.crossattn, "vector": cond.pooled}
+        return cond.crossattn
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)

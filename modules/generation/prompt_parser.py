@@ -90,6 +90,21 @@ class ComposablePromptPart:
     schedule: tuple[ScheduledPrompt, ...]
 
 
+class SdConditioning(list):
+    """A1111's list of prompts that also says what they are for: `is_negative_prompt` and the image
+    size (`width`, `height`), copied from `copy_from` unless given (extensions build one to encode
+    prompts with `shared.sd_model.get_learned_conditioning`)."""
+
+    def __init__(self, prompts, is_negative_prompt: bool = False, width: int | None = None,
+                 height: int | None = None, copy_from=None):
+        super().__init__(prompts)
+        if copy_from is None:
+            copy_from = prompts
+        self.is_negative_prompt = is_negative_prompt or getattr(copy_from, "is_negative_prompt", False)
+        self.width = width or getattr(copy_from, "width", None)
+        self.height = height or getattr(copy_from, "height", None)
+
+
 class PromptSyntaxError(ValueError):
     """The prompt-editing grammar does not accept a prompt (callers then use the prompt as is)."""
 
