@@ -14,8 +14,8 @@ Differences from A1111:
   change of the checkpoint setting, and is remembered in config.json unless inside
   `SkipWritingToConfig()`.
 - `select_checkpoint()` raises FileNotFoundError when there is no checkpoint (A1111 exits).
-- the model returned and `model_data.sd_model` are Atelier's StableDiffusionModel, not A1111's
-  LatentDiffusion.
+- the model returned and `model_data.sd_model` are what `shared.sd_model` gives (A1111's names over
+  Atelier's model), not A1111's LatentDiffusion.
 """
 
 from __future__ import annotations
@@ -183,7 +183,14 @@ def reload_model_weights(sd_model=None, info=None, forced_reload: bool = False):
         context.switch_checkpoint(listed.title)
         return context.models.current()
 
-    return context.between_jobs(switch)
+    return _view_of_model(context, context.between_jobs(switch))
+
+
+def _view_of_model(context, model):
+    """What `shared.sd_model` gives for `model` (A1111's attributes over Atelier's model)."""
+    from modules.extension_host.shared_names import model_view
+
+    return model_view(context, model) if model is not None else None
 
 
 def unload_model_weights(sd_model=None, info=None) -> None:
@@ -197,11 +204,14 @@ class _ModelData:
 
     @property
     def sd_model(self):
-        return current_app().models.current()
+        """The current model as `shared.sd_model` shows it; None when none is loaded."""
+        context = current_app()
+        return _view_of_model(context, context.models.current())
 
     def get_sd_model(self):
         """The current model, loading the start-up choice when none is loaded (A1111's lazy load)."""
-        return current_app().load_default_model()
+        context = current_app()
+        return _view_of_model(context, context.load_default_model())
 
 
 model_data = _ModelData()
