@@ -26,7 +26,12 @@ hook, in a Gradio handler. So:
 
 Imports of any other name go to Python's import unchanged. Modules at the extension's root
 (`mylib/`) are ordinary top-level modules, as in A1111: two extensions with a root package of the
-same name share the first one imported.
+same name share the first one imported, and such a module that itself imports `scripts.<x>` gets
+Python's namespace package, as in A1111.
+
+The modules' `__builtins__` is a copy of the builtins taken when the extension loads, with its own
+`__import__`: a name added to the `builtins` module later (gettext's `install()` adding `_`) is not
+seen by code in the extension's `scripts/` folder.
 """
 
 from __future__ import annotations
