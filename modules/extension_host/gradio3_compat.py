@@ -325,6 +325,10 @@ def _style(block: Block, *args, **kwargs) -> Block:
                 continue
         if key == "full_width" and "scale" in accepted:
             target, value = "scale", 1 if value else 0
+        if key == "show_copy_button" and "buttons" in accepted:
+            if not value:
+                continue
+            target, value = "buttons", ["copy"]
         if key in _STYLE_IGNORED or target not in accepted or not hasattr(block, target):
             _SHIMS.note(f"{name}.style.{key}", "%s.style(%s=...): Gradio 6 has no equivalent; ignored", name, key,
                         level=logging.WARNING)
@@ -441,6 +445,8 @@ def _fix_updates(result: Any, classes: list[type] | None) -> Any:
                     for block, value in result.items()}
         return result
     if len(classes) == 1:
+        if isinstance(result, (list, tuple)) and len(result) == 1:
+            return type(result)([_fix_update(result[0], classes[0])])
         return _fix_update(result, classes[0])
     if isinstance(result, (list, tuple)) and len(result) == len(classes):
         return type(result)(_fix_update(value, cls) for value, cls in zip(result, classes))
