@@ -37,9 +37,9 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 import gradio.events
 from gradio.blocks import Block, BlockContext
-from gradio.layouts import Accordion, Tabs
 from gradio.component_meta import ComponentMeta
 from gradio.events import Dependency
+from gradio.layouts import Accordion, Tabs
 
 from modules.extension_host import gradio3_sketch
 from modules.extension_host.callbacks import current_scope
@@ -65,8 +65,8 @@ _DROPPED_WITH_REASON = {
     "shape": "Gradio 6 does not resize uploaded images; resize in the handler",
     "invert_colors": "Gradio 6 has no invert_colors",
 }
-# .style() keys → constructor keyword (None: ignored). Anything else found in the class's
-# constructor signature is applied as is (height, width, container, columns, rows, preview, size, ...).
+# .style() keys renamed to a constructor keyword, and keys with no Gradio 6 equivalent. Any other key
+# the class's constructor takes is applied as is (height, width, container, columns, rows, size, ...).
 _STYLE_RENAMES = {"grid": "columns"}
 _STYLE_IGNORED = frozenset({"rounded", "margin", "border", "mobile_collapse", "item_container", "full_height"})
 
@@ -131,8 +131,8 @@ class _Shims:
     def _install(self) -> None:
         try:
             self._set(ComponentMeta, "__call__", _construct)
-            self._set(Block, "style", _ScopedAttribute(_style_for))
-            self._set(Block, "update", _ScopedAttribute(_update_for))
+            self._set(Block, "style", _ScopedAttribute("style", _style_for))
+            self._set(Block, "update", _ScopedAttribute("update", _update_for))
             self._set(ComponentMeta, "__dir__", _class_dir)
             self._set(gr, "Box", _box)
             self._set(gr, "on", _accepting_js(gradio.events.on))
@@ -274,13 +274,14 @@ class _ScopedAttribute:
     """A class attribute that exists only inside a scope: elsewhere it raises AttributeError, so
     `hasattr(component, "style")` is False there, as in plain Gradio 6."""
 
-    def __init__(self, factory: Callable[[Any, type], Any]):
+    def __init__(self, name: str, factory: Callable[[Any, type], Any]):
+        self._name = name
         self._factory = factory
 
     def __get__(self, obj, owner=None):
         if not in_scope():
-            raise AttributeError(f"{(owner or type(obj)).__name__!s} has no attribute (Gradio 3 idiom outside "
-                                 "an extension's UI)")
+            raise AttributeError(f"type object {(owner or type(obj)).__name__!r} has no attribute {self._name!r} "
+                                 "(a Gradio 3 idiom, translated only in an extension's UI code)")
         return self._factory(obj, owner if owner is not None else type(obj))
 
 
