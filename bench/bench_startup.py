@@ -61,12 +61,15 @@ def in_virtualenv(python: str) -> bool:
     return probe.stdout.strip() == "True"
 
 
-def prepare_data_dir(template: Path) -> Path:
-    """A fresh data folder per run (no config.json, no hash cache), holding a copy of the checkpoint."""
+def prepare_data_dir(template: Path, extensions: Path | None = None) -> Path:
+    """A fresh data folder per run (no config.json, no hash cache), holding a copy of the checkpoint,
+    and a copy of the `extensions` folder when given."""
     data_dir = Path(tempfile.mkdtemp(prefix="atelier-startup-", dir=OUT_DIR))
     folder = data_dir / "models" / "Stable-diffusion"
     folder.mkdir(parents=True)
     (folder / template.name).write_bytes(template.read_bytes())
+    if extensions is not None:
+        shutil.copytree(extensions, data_dir / "extensions")
     return data_dir
 
 
@@ -83,8 +86,8 @@ def stop(process: subprocess.Popen) -> None:
         pass
 
 
-def one_run(python: str, template: Path, steps: int, px: int, log_path: Path) -> dict:
-    data_dir = prepare_data_dir(template)
+def one_run(python: str, template: Path, steps: int, px: int, log_path: Path, extensions: Path | None = None) -> dict:
+    data_dir = prepare_data_dir(template, extensions)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
