@@ -36,6 +36,12 @@ ICONS = {
     "paste": Icon("\u2199\ufe0f", "<path d='M18 6 6 18'/><path d='M6 9v9h9'/>"),
     "folder": Icon("\U0001f4c2", "<path d='M3 7a2 2 0 0 1 2-2h4l2 2.5h8a2 2 0 0 1 2 2V17a2 2 0 0 1-2 2H5a2 2 0 0 1-2-2z'/>"),
     "swap": Icon("\u21c5", "<path d='M8 20V4'/><path d='m4 8 4-4 4 4'/><path d='M16 4v16'/><path d='m12 16 4 4 4-4'/>"),
+    "brush": Icon("\U0001f58c\ufe0f", "<path d='M19 3 9.5 12.5'/><path d='m8 11 5 5'/>"
+                  "<path d='M8.5 14.5c-2.5 0-4 1.5-4 3.5 0 1.2-.8 2-1.5 2.5 3 .5 7 0 7-4'/>"),
+    "clipboard": Icon("\U0001f4cb", "<rect x='5' y='4' width='14' height='17' rx='2'/><path d='M9 4V3h6v1'/>"
+                      "<path d='M9 10h6'/><path d='M9 14h6'/><path d='M9 18h4'/>"),
+    "memo": Icon("\U0001f4dd", "<path d='M14 3H6a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2V9z'/>"
+                 "<path d='M14 3v6h6'/><path d='M8 13h8'/><path d='M8 17h5'/>"),
 }
 
 
@@ -59,6 +65,11 @@ ICON_BUTTONS = {
                                  "prompt is empty, into the fields", icon_only=False),
     "open_folder_txt2img": IconButton("folder", "Open the folder the images are saved in", icon_only=False),
     "txt2img_res_switch_btn": IconButton("swap", "Swap width and height"),
+    "txt2img_styles_edit_button": IconButton("brush", "Edit styles"),
+    "refresh_txt2img_styles": IconButton("refresh", "Read the styles file again"),
+    "txt2img_style_apply_dialog": IconButton("clipboard", "Apply all selected styles to the prompts (and clear the "
+                                                          "selection)"),
+    "txt2img_style_copy": IconButton("memo", "Copy the main prompts into the style"),
 }
 
 

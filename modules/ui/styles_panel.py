@@ -25,11 +25,8 @@ import gradio as gr
 
 from modules.generation.styles import StyleDatabase, StyleError
 from modules.ui.generation import error_html
+from modules.ui.icons import icon_label
 
-EDIT_SYMBOL = "\U0001f58c\ufe0f"  # 🖌️, A1111's label for the edit button
-APPLY_SYMBOL = "\U0001f4cb"  # 📋
-COPY_SYMBOL = "\U0001f4dd"  # 📝
-REFRESH_SYMBOL = "\U0001f504"  # 🔄
 STYLE_HELP = ("Styles add text to the prompt. Put {prompt} in a style's text and the prompt replaces it when "
               "the style is applied; otherwise the style's text is added at the end of the prompt.")
 
@@ -122,14 +119,18 @@ class StylesDialog:
     status: gr.HTML
 
 
+def _tool_button(elem_id: str) -> gr.Button:
+    """A small icon button (its SVG icon and tooltip are in modules.ui.icons, under `elem_id`)."""
+    return gr.Button(icon_label(elem_id), elem_id=elem_id, elem_classes=["tool"], scale=0, min_width=40)
+
+
 def build_picker(context, tabname: str = "txt2img") -> StylesPicker:
     """The Styles multiselect and the 🖌️ button, in the current layout."""
     with gr.Row(elem_id=f"{tabname}_styles_row", equal_height=True):
         dropdown = gr.Dropdown(style_choices(context.prompt_styles), value=[], multiselect=True, label="Styles",
                                show_label=False, elem_id=f"{tabname}_styles", scale=4,
                                min_width=120)
-        edit_button = gr.Button(EDIT_SYMBOL, elem_id=f"{tabname}_styles_edit_button", elem_classes=["tool"],
-                                scale=0, min_width=40)
+        edit_button = _tool_button(f"{tabname}_styles_edit_button")
     return StylesPicker(dropdown, edit_button)
 
 
@@ -140,12 +141,9 @@ def build_dialog(context, tabname: str = "txt2img") -> StylesDialog:
         with gr.Row(equal_height=True):
             selection = gr.Dropdown(choices, value=None, allow_custom_value=True, label="Styles", info=STYLE_HELP,
                                     elem_id=f"{tabname}_styles_edit_select", scale=4)
-            refresh = gr.Button(REFRESH_SYMBOL, elem_id=f"refresh_{tabname}_styles", elem_classes=["tool"], scale=0,
-                                min_width=40)
-            materialize = gr.Button(APPLY_SYMBOL, elem_id=f"{tabname}_style_apply_dialog", elem_classes=["tool"],
-                                    scale=0, min_width=40)
-            copy = gr.Button(COPY_SYMBOL, elem_id=f"{tabname}_style_copy", elem_classes=["tool"], scale=0,
-                             min_width=40)
+            refresh = _tool_button(f"refresh_{tabname}_styles")
+            materialize = _tool_button(f"{tabname}_style_apply_dialog")
+            copy = _tool_button(f"{tabname}_style_copy")
         prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tabname}_edit_style_prompt", elem_classes=["prompt"])
         negative_prompt = gr.Textbox(label="Negative prompt", lines=3, elem_id=f"{tabname}_edit_style_neg_prompt",
                                      elem_classes=["prompt"])
@@ -214,10 +212,10 @@ def wire(context, picker: StylesPicker, dialog: StylesDialog, main_prompt: gr.Te
     dialog.delete.click(on_delete, inputs=[dialog.selection, picker.dropdown],
                         outputs=[dialog.status, dialog.selection, dialog.prompt, dialog.negative_prompt,
                                  picker.dropdown],
-                        js="(name, selected) => [(name && confirm('Delete style ' + name + '?')) ? name : '', selected]",
+                        js="(name, selected) => [(name && confirm(`Delete style ${name}?`)) ? name : '', selected]",
                         show_progress="hidden")
-    dialog.refresh.click(on_refresh, inputs=picker.dropdown, outputs=[dialog.status, picker.dropdown, dialog.selection],
-                         show_progress="hidden")
+    dialog.refresh.click(on_refresh, inputs=picker.dropdown,
+                         outputs=[dialog.status, picker.dropdown, dialog.selection], show_progress="hidden")
     dialog.materialize.click(on_materialize, inputs=[main_prompt, main_negative, picker.dropdown],
                              outputs=[main_prompt, main_negative, picker.dropdown, dialog.panel],
                              show_progress="hidden")
