@@ -619,6 +619,14 @@ def _routes_before_catch_all_mounts(app) -> None:
         routes.append(route)
 
 
+def _gradio3_scope():
+    """The context the UI callbacks (on_ui_tabs, on_ui_settings, ...) run in: Gradio 3.41 idioms
+    translated. Imported when first needed, so a server without a web UI never imports Gradio here."""
+    from modules.extension_host.gradio3_compat import gradio3_compat
+
+    return gradio3_compat()
+
+
 def load_extensions(settings, args: argparse.Namespace | None = None,
                     folders: ExtensionFolders | None = None) -> ExtensionRuntime:
     """Discover and load the enabled extensions (see the module docstring). `settings` is the
@@ -629,7 +637,7 @@ def load_extensions(settings, args: argparse.Namespace | None = None,
     if folders is None:
         folders = ExtensionFolders.for_data_dir(getattr(args, "data_dir", None))
     extensions = discover_extensions(folders, settings.current(), args)
-    callbacks = CallbackRegistry()
+    callbacks = CallbackRegistry(ui_scope=_gradio3_scope)
     runner = ScriptRunner(callbacks)
     runtime = ExtensionRuntime(folders, extensions, callbacks, runner)
     if not any(ext.enabled for ext in extensions):
