@@ -186,7 +186,8 @@ def test_unreadable_file_is_an_error_not_a_crash_and_is_never_overwritten(tmp_pa
     path = tmp_path / "styles.csv"
     path.write_bytes(content)
     db = StyleDatabase(path)
-    assert db.styles == {} and len(db.errors) == 1 and fragment in db.errors[0] and str(path) in db.errors[0]
+    assert db.styles == {} and len(db.errors) == 1 and fragment in db.errors[0] and "styles.csv" in db.errors[0]
+    assert str(tmp_path) not in db.errors[0]  # no server paths in what the page shows
     with pytest.raises(StylesFileError, match="not saved"):
         db.set_style("x", "y", "")
     assert path.read_bytes() == content
@@ -275,3 +276,15 @@ def test_styles_file_flag(tmp_path):
     context = AppContext.from_args(parse_args(["--data-dir", str(tmp_path), "--no-demo-checkpoint",
                                                "--styles-file", str(own)]))
     assert list(context.prompt_styles.styles) == ["mine"] and context.prompt_styles.default_path == own
+
+
+def test_a_save_over_the_file_cap_writes_nothing_and_keeps_memory_as_on_disk(tmp_path, monkeypatch):
+    import modules.generation.styles as styles_module
+
+    path = write(tmp_path / "styles.csv", A1111_CSV)
+    db = StyleDatabase(path)
+    monkeypatch.setattr(styles_module, "MAX_FILE_BYTES", len(A1111_CSV.encode()) + 20)
+    with pytest.raises(StyleError, match="styles.csv would be .* bytes; styles files are limited"):
+        db.set_style("big", "x" * 100, "")
+    assert path.read_bytes() == A1111_CSV.encode() and "big" not in db.styles
+    assert not (tmp_path / "styles.csv.bak").exists()

@@ -161,19 +161,19 @@ def read_styles_file(path: Path, *, max_text_length: int = 0) -> StylesFile:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise StylesFileError(f"{path} is {size:,} bytes; styles files are limited to {MAX_FILE_BYTES:,}. "
+            raise StylesFileError(f"{path.name} is {size:,} bytes; styles files are limited to {MAX_FILE_BYTES:,}. "
                                   "Split it or remove styles")
         raw = path.read_bytes()
     except OSError as error:
-        raise StylesFileError(f"{path} could not be read: {error.strerror or error}") from None
+        raise StylesFileError(f"{path.name} could not be read: {error.strerror or error}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise StylesFileError(
-            f"{path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}); save it as UTF-8 "
+            f"{path.name} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}); save it as UTF-8 "
             "(\"CSV UTF-8\" in Excel, or convert it with iconv), then refresh the styles") from None
     if "\x00" in text:
-        raise StylesFileError(f"{path} contains NUL bytes: it is not a CSV text file; replace it with A1111's "
+        raise StylesFileError(f"{path.name} contains NUL bytes: it is not a CSV text file; replace it with A1111's "
                               "styles.csv format (header line name,prompt,negative_prompt)")
     reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
     try:
@@ -183,7 +183,7 @@ def read_styles_file(path: Path, *, max_text_length: int = 0) -> StylesFile:
         text_column = "prompt" if "prompt" in columns else "text" if "text" in columns else None
         if "name" not in columns or text_column is None:
             raise StylesFileError(
-                f"{path} does not start with A1111's header line name,prompt,negative_prompt (its first line has "
+                f"{path.name} does not start with A1111's header line name,prompt,negative_prompt (its first line has "
                 f"{', '.join(repr(c) for c in columns[:6])}); add that line, or fix the file, then refresh the styles")
         extra_columns = [c for c in columns if c not in (*FIELDS, "text") and c]
         file = StylesFile([], extra_columns, {}, [])
@@ -215,7 +215,7 @@ def read_styles_file(path: Path, *, max_text_length: int = 0) -> StylesFile:
             if any(extras.values()):
                 file.extras[name] = extras
     except csv.Error as error:
-        raise StylesFileError(f"{path} is not valid CSV ({error}, line {reader.line_num}); fix that line "
+        raise StylesFileError(f"{path.name} is not valid CSV ({error}, line {reader.line_num}); fix that line "
                               "(a quote left open?), then refresh the styles") from None
     return file
 
@@ -344,7 +344,7 @@ class StyleDatabase:
             self._styles, self.errors, self.warnings, self._signature = styles, errors, warnings, signature
             self.all_styles_files = [f for f in files if f.is_file()]
             for message in errors:
-                log.error("Styles: %s", message)
+                log.error("Styles (in %s): %s", ", ".join(str(f.parent) for f in files[:1]), message)
             for message in warnings:
                 log.warning("Styles: %s", message)
 
@@ -430,15 +430,22 @@ class StyleDatabase:
             for style in self._styles.values():
                 target = self._target(style, allowed)
                 by_file.setdefault(target, []).append(style._replace(path=target))
-            for file, styles in by_file.items():
-                self._write_file(Path(file), styles)
+            contents = {Path(file): self._file_bytes(Path(file), styles) for file, styles in by_file.items()}
+            for file, data in contents.items():  # checked before anything is written
+                if len(data) > MAX_FILE_BYTES:
+                    raise StyleError(f"{file.name} would be {len(data):,} bytes; styles files are limited to "
+                                     f"{MAX_FILE_BYTES:,}. Delete styles you no longer use")
+            for file, data in contents.items():
+                self._write_file(file, data)
             self._styles = {s.name: s._replace(path=self._target(s, allowed)) for s in self._styles.values()}
             self._signature = self._stat_signature(self._files())
 
-    def _write_file(self, path: Path, styles: list[PromptStyle]) -> None:
+    def _file_bytes(self, path: Path, styles: list[PromptStyle]) -> bytes:
         key = str(path)
         # With a BOM, as A1111 writes it: Excel then opens the file as UTF-8.
-        data = styles_csv_text(styles, self._extra_columns.get(key, ()), self._extras.get(key, {})).encode("utf-8-sig")
+        return styles_csv_text(styles, self._extra_columns.get(key, ()), self._extras.get(key, {})).encode("utf-8-sig")
+
+    def _write_file(self, path: Path, data: bytes) -> None:
         if path.is_file():
             if path.read_bytes() == data:
                 return  # unchanged: no write, and the backup keeps the previous version
@@ -454,8 +461,7 @@ class StyleDatabase:
             self.refresh()  # another user's save, or an edit in a text editor, is kept
             existing = self._styles.get(style.name)
             style = style._replace(path=existing.path if existing is not None else None)
-            self._styles = {**self._styles, style.name: style}
-            self.save_styles()
+            self._save_changed({**self._styles, style.name: style})
             return self._styles[style.name]
 
     def delete_style(self, name: str) -> bool:
@@ -464,9 +470,17 @@ class StyleDatabase:
             self.refresh()
             if name not in self._styles:
                 return False
-            self._styles = {k: v for k, v in self._styles.items() if k != name}
-            self.save_styles()
+            self._save_changed({k: v for k, v in self._styles.items() if k != name})
             return True
+
+    def _save_changed(self, styles: dict[str, PromptStyle]) -> None:
+        """Save `styles` as the new set; when saving fails, the set in memory stays what is on disk."""
+        previous, self._styles = self._styles, styles
+        try:
+            self.save_styles()
+        except BaseException:
+            self._styles = previous
+            raise
 
 
 def apply_request_styles(request: GenerationRequest, database: StyleDatabase) -> GenerationRequest:
