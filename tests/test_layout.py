@@ -17,7 +17,7 @@ MODULES = Path(__file__).resolve().parent.parent / "modules"
 # A1111's names that extensions import; each re-exports the core.
 FACADES = {"processing", "images", "infotext_utils", "prompt_parser", "extra_networks", "scripts", "script_callbacks",
            "ui_components", "shared", "sd_models", "sd_samplers", "paths", "paths_internal", "devices", "launch_utils",
-           "ui_common", "hashes"}
+           "ui_common", "generation_parameters_copypaste", "hashes"}
 
 
 def _module_name(path: Path) -> str:
@@ -68,7 +68,10 @@ def test_the_top_level_holds_only_a1111_facades():
     ("scripts", ["Script", "AlwaysVisible", "basedir"]),
     ("script_callbacks", ["on_ui_tabs", "on_app_started", "on_before_image_saved", "on_cfg_denoiser"]),
     ("images", ["save_image"]),
-    ("infotext_utils", ["parse_generation_parameters"]),
+    ("infotext_utils", ["parse_generation_parameters", "ParamBinding", "PasteField", "register_paste_params_button",
+                        "add_paste_fields", "create_buttons", "bind_buttons", "connect_paste_params_buttons"]),
+    ("generation_parameters_copypaste", ["parse_generation_parameters", "ParamBinding", "register_paste_params_button",
+                                         "create_buttons", "bind_buttons"]),
     ("prompt_parser", ["parse_prompt_attention", "get_learned_conditioning_prompt_schedules"]),
     ("extra_networks", ["parse_prompt"]),
     ("sd_models", ["checkpoints_list", "checkpoint_aliases", "checkpoint_alisases", "list_models", "checkpoint_tiles",

@@ -44,6 +44,7 @@ from modules.extension_host.processing_objects import Processed, StableDiffusion
 from modules.extension_host.module_files import REPO_ROOT
 from modules.extension_host.callbacks import CallbackRegistry, ImageSaveParams, registry_scope, script_scope
 from modules.extension_host.cfg_callbacks import CFG_KINDS, CFGCallbackHooks
+from modules.extension_host.paste_fields import PasteRegistry
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,8 @@ class ScriptRunner:
         self.scripts: list[Script] = []
         self.app = None  # the AppContext these scripts run in; see bind_app
         callbacks.scripts = self
+        # The app's paste destinations and "send to" buttons (A1111's infotext_utils registrations).
+        self.paste = PasteRegistry()
 
     def bind_app(self, context) -> None:
         """Make `context` (the AppContext owning these scripts) `Script.app` of every script, for

@@ -101,7 +101,8 @@ def hires_fix_used(parameters: Mapping[str, Any]) -> bool:
 
 def read_infotext(text: str, current_settings: Mapping[str, Any], *,
                   current_model_hash: str | None = None,
-                  extract_styles: Callable[[str, str], tuple[list[str], str, str]] | None = None) -> InfotextReading:
+                  extract_styles: Callable[[str, str], tuple[list[str], str, str]] | None = None,
+                  on_parsed: Callable[[str, dict[str, Any]], None] | None = None) -> InfotextReading:
     """Read `text` (an A1111 infotext) as request values and overrides, the way A1111's paste does:
 
     - only what the infotext states is set; "Sampler: DPM++ 2M Karras" (an old infotext) sets the
@@ -112,11 +113,15 @@ def read_infotext(text: str, current_settings: Mapping[str, Any], *,
     - the checkpoint is never switched (A1111's default `disable_weights_auto_swap`); a note says
       when the image was made with another one (`current_model_hash`: the loaded model's short hash);
     - with `extract_styles` (the style database's `extract_styles_from_prompt`), styles whose text
-      the prompts carry are taken out of them and set as `styles` (A1111's "Styles array").
+      the prompts carry are taken out of them and set as `styles` (A1111's "Styles array");
+    - `on_parsed(text, params)` may edit the parsed parameters before they are read (the paste
+      button passes the extensions' `on_infotext_pasted` callbacks).
     """
     from modules.outputs.infotext import parse_generation_parameters
 
     reading = InfotextReading(parameters=parse_generation_parameters(text, extract_styles=extract_styles))
+    if on_parsed is not None:
+        on_parsed(text, reading.parameters)
     params = reading.parameters
     if params.get("Styles array"):
         reading.values["styles"] = list(params["Styles array"])

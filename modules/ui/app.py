@@ -17,7 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from modules.ui import extensions_tab, merger_tab, pnginfo, settings_tab, top_bar, txt2img
+from modules.ui import extensions_tab, merger_tab, paste_buttons, pnginfo, settings_tab, top_bar, txt2img
 from modules.ui.file_rules import apply_file_rules, prepare_gradio_cache
 from modules.ui.icons import icon_css, tooltip_js
 from modules.ui.shared import UiShared
@@ -105,6 +105,7 @@ def build_ui(context) -> gr.Blocks:
                 settings_tab.build(context, shared)
             with gr.Tab("Extensions", id=TAB_IDS["Extensions"], elem_id="tab_extensions", render_children=True):
                 extensions_tab.build(context, shared)
+        paste_buttons.connect_bindings(context, shared)  # the extensions' "Send to" buttons
         for load, outputs in shared.page_loads:
             blocks.load(load, outputs=outputs, show_progress="hidden", queue=False)
     # Gradio's queue is on from the start, one run at a time per event (default_concurrency_limit 1,

@@ -91,8 +91,7 @@ def _table(values: dict[str, Any]) -> str:
 
 def build(context, shared: UiShared) -> None:
     """Build the tab inside the current `gr.Tab`; needs `shared.txt2img_fields` (txt2img is built first)."""
-    from modules.ui.request_fields import TXT2IMG_FIELDS
-    from modules.ui.txt2img import paste_updates
+    from modules.ui.txt2img import wire_send_to_txt2img
 
     with gr.Row(equal_height=False):
         with gr.Column():
@@ -110,12 +109,4 @@ def build(context, shared: UiShared) -> None:
 
     image.change(on_image, inputs=image, outputs=[parameters, generation_info], show_progress="hidden")
 
-    fields = [shared.txt2img_fields[name] for name in TXT2IMG_FIELDS]
-
-    def on_send(text: str):
-        updates, note = paste_updates(context, text)
-        tab = gr.Tabs(selected="txt2img") if text and text.strip() else gr.skip()
-        return (*updates, tab, note)
-
-    send.click(on_send, inputs=generation_info, outputs=[*fields, shared.tabs, shared.txt2img_html_info],
-               show_progress="hidden")
+    wire_send_to_txt2img(context, shared, send, generation_info)

@@ -123,7 +123,8 @@ class PastedParameters:
 def paste_parameters(text: str, current_settings: Mapping[str, Any], *,
                      available_samplers: Iterable[str] | None = None,
                      current_model_hash: str | None = None,
-                     extract_styles: Callable[[str, str], tuple[list[str], str, str]] | None = None) -> PastedParameters:
+                     extract_styles: Callable[[str, str], tuple[list[str], str, str]] | None = None,
+                     on_parsed: Callable[[str, dict[str, Any]], None] | None = None) -> PastedParameters:
     """Read an A1111 infotext into txt2img widget values, as A1111's paste button does
     (`modules.generation.infotext_fields.read_infotext`, which the API's `infotext` also reads).
 
@@ -131,9 +132,10 @@ def paste_parameters(text: str, current_settings: Mapping[str, Any], *,
     override settings, which are replaced. A value Atelier cannot use is skipped with a note; so is a
     sampler missing from `available_samplers` (the dropdown's choices, when given). With
     `extract_styles`, styles found in the prompts are taken out of them and selected (`styles`).
+    `on_parsed(text, params)` may edit the parsed parameters first (`on_infotext_pasted`).
     """
     reading = read_infotext(text, current_settings, current_model_hash=current_model_hash,
-                            extract_styles=extract_styles)
+                            extract_styles=extract_styles, on_parsed=on_parsed)
     result = PastedParameters(values=dict(reading.values), notes=[*reading.problems, *reading.notes],
                               parameters=reading.parameters)
     if available_samplers is not None and result.values.get("sampler_name") not in (None, *available_samplers):

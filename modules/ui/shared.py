@@ -44,6 +44,8 @@ class UiShared:
     txt2img_fields: dict[str, Any] = field(default_factory=dict)  # GenerationRequest field -> component
     txt2img_html_info: Any = None  # txt2img: the HTML under the gallery (notes after a paste)
     tabs: Any = None  # the gr.Tabs, to switch to txt2img after "send to txt2img"
+    # txt2img: the scripts' `infotext_fields`, `(component, infotext key or function)`, that a paste fills
+    txt2img_paste_fields: list = field(default_factory=list)
     # (function, outputs) run when a page opens: the Blocks are built once at start-up, so anything
     # that changes later (checkpoint lists, loaded model) is refreshed here. Any builder may append.
     page_loads: list[tuple[Callable[[], Any], list[Any]]] = field(default_factory=list)

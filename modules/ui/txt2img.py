@@ -16,7 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import gradio as gr
 
@@ -36,6 +36,7 @@ from modules.ui.request_fields import (
 )
 from modules.ui.shared import UiShared
 from modules.ui.token_counter import TokenCounter, format_token_count
+from modules.extension_host.paste_fields import pasted_updates, script_infotext_fields
 
 
 # --- plain functions -----------------------------------------------------------------------------
@@ -89,11 +90,15 @@ def paste_source(prompt: str, state: dict | None) -> str | None:
 
 
 def paste_values(context, text: str):
-    """`PastedParameters` for `text`, against the current settings, samplers and checkpoint."""
+    """`PastedParameters` for `text`, against the current settings, samplers and checkpoint; the
+    extensions' `on_infotext_pasted` callbacks see (and may edit) the parsed parameters first."""
     info = context.models.current_info()
+    runtime = getattr(context, "extensions", None)
+    callbacks = runtime.callbacks if runtime is not None else None
+    on_parsed = callbacks.infotext_pasted if callbacks is not None and callbacks.has("infotext_pasted") else None
     return paste_parameters(text, context.settings.current(), available_samplers=sampler_choices(),
                             current_model_hash=info.shorthash if info is not None else None,
-                            extract_styles=context.prompt_styles.extract_styles_from_prompt)
+                            extract_styles=context.prompt_styles.extract_styles_from_prompt, on_parsed=on_parsed)
 
 
 def reused_seed(state: dict | None) -> int | None:
@@ -169,13 +174,14 @@ def _open_in_file_manager(folder: Path) -> bool:
 # --- gradio ---------------------------------------------------------------------------------------
 
 
-def paste_updates(context, text: str | None) -> tuple[list, str]:
-    """Component updates for every txt2img field (in `TXT2IMG_FIELDS` order) from an infotext, and
-    the HTML note to show. Fields the text does not set are skipped."""
+def paste_updates(context, text: str | None, script_fields: Sequence[tuple[Any, Any]] = ()) -> tuple[list, str]:
+    """Component updates for every txt2img field (in `TXT2IMG_FIELDS` order), then for each of the
+    scripts' `script_fields` (`(component, infotext key or function)`, A1111's `infotext_fields`),
+    from an infotext, and the HTML note to show. Fields the text does not set are skipped."""
     if not text or not text.strip():
         note = ("<p class='job-note'>Nothing to paste: put an infotext (a picture's parameters) into the prompt "
                 "box, or generate first.</p>")
-        return [gr.skip()] * len(TXT2IMG_FIELDS), note
+        return [gr.skip()] * (len(TXT2IMG_FIELDS) + len(script_fields)), note
     pasted = paste_values(context, text)
     updates: list = []
     for name in TXT2IMG_FIELDS:
@@ -190,8 +196,25 @@ def paste_updates(context, text: str | None) -> tuple[list, str]:
         else:
             updates.append(gr.skip())
     set_count = sum(1 for name in TXT2IMG_FIELDS if name in pasted.values and name != "override_settings")
+    script_updates = pasted_updates(script_fields, pasted.parameters)
+    set_count += sum(1 for update in script_updates if "value" in update)
     notes = "".join(f"<p class='job-note'>{html.escape(note)}</p>" for note in pasted.notes)
-    return updates, f"<p class='job-note'>Pasted {set_count} parameters.</p>{notes}"
+    return [*updates, *script_updates], f"<p class='job-note'>Pasted {set_count} parameters.</p>{notes}"
+
+
+def wire_send_to_txt2img(context, shared: UiShared, button, source) -> None:
+    """`button` pastes the infotext in `source` (a text component) into the txt2img tab, its
+    scripts' controls included, and switches to it (PNG Info's and the extensions' "Send to txt2img")."""
+    fields = [shared.txt2img_fields[name] for name in TXT2IMG_FIELDS]
+    script_fields = list(shared.txt2img_paste_fields)
+
+    def on_send(text: str):
+        updates, note = paste_updates(context, text, script_fields)
+        tab = gr.Tabs(selected="txt2img") if text and text.strip() else gr.skip()
+        return (*updates, tab, note)
+
+    button.click(on_send, inputs=source, outputs=[*fields, *(component for component, _ in script_fields),
+                                                  shared.tabs, shared.txt2img_html_info], show_progress="hidden")
 
 
 @dataclass
@@ -243,11 +266,13 @@ def build(context, shared: UiShared) -> None:
     fields["prompt"], fields["negative_prompt"] = top.prompt, top.negative
     fields["styles"] = top.styles.dropdown
     field_components = [fields[name] for name in TXT2IMG_FIELDS]
+    shared.txt2img_paste_fields = _register_paste_fields(context, fields)
     generation_state = gr.State({})
     job_id_state = gr.State(None)
 
     _wire_generation(context, top, settings.scripts, results, field_components, generation_state, job_id_state)
-    _wire_form_tools(context, counter, top, settings, results, fields, field_components, generation_state)
+    _wire_form_tools(context, counter, top, settings, results, fields, field_components, generation_state,
+                     shared.txt2img_paste_fields)
 
     styles_panel.wire(context, top.styles, styles_dialog, top.prompt, top.negative, shared.page_loads)
     shared.txt2img_fields = fields
@@ -255,6 +280,22 @@ def build(context, shared: UiShared) -> None:
     # A page opened later shows the folders as they are then, not as they were at start-up.
     shared.page_loads.append((lambda: extra_networks_panel.render_html(extra_networks_panel.list_networks(context)),
                               [settings.networks_panel]))
+
+
+def _register_paste_fields(context, fields: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """The scripts' `infotext_fields` (what a paste fills besides the request fields), and the tab as
+    A1111's paste destination "txt2img" (`infotext_utils.paste_fields`), for extensions that read it."""
+    from modules.generation.infotext_fields import REQUEST_FIELDS
+
+    runtime = getattr(context, "extensions", None)
+    if runtime is None:
+        return []
+    script_fields, field_names = script_infotext_fields(runtime.scripts.txt2img_scripts)
+    own = [(fields["prompt"], "Prompt"), (fields["negative_prompt"], "Negative prompt")]
+    own += [(fields[name], key) for key, (name, _) in REQUEST_FIELDS.items() if name in fields]
+    runtime.scripts.paste.add_paste_fields("txt2img", None, [*own, *script_fields], fields["override_settings"])
+    runtime.scripts.paste.paste_fields["txt2img"]["paste_field_names"] = field_names
+    return script_fields
 
 
 def _build_prompt_row(context) -> _PromptRow:
@@ -415,7 +456,7 @@ def _wire_generation(context, top: _PromptRow, scripts, results: _ResultsColumn,
 
 def _wire_form_tools(context, counter: TokenCounter, top: _PromptRow, settings: _SettingsColumn,
                      results: _ResultsColumn, fields: dict[str, Any], field_components: list,
-                     generation_state: gr.State) -> None:
+                     generation_state: gr.State, script_fields: Sequence[tuple[Any, Any]] = ()) -> None:
     """Token counters, paste, the hires. fix toggle, the seed and size buttons and the output folder."""
     for box, counter_html, positive in ((top.prompt, top.token_counter, True),
                                         (top.negative, top.negative_counter, False)):
@@ -425,10 +466,11 @@ def _wire_form_tools(context, counter: TokenCounter, top: _PromptRow, settings: 
                    trigger_mode="always_last", queue=False)
 
     def on_paste(prompt_text: str, state: dict):
-        updates, note = paste_updates(context, paste_source(prompt_text, state))
+        updates, note = paste_updates(context, paste_source(prompt_text, state), script_fields)
         return (*updates, note)
 
-    top.paste.click(on_paste, inputs=[top.prompt, generation_state], outputs=[*field_components, results.info],
+    top.paste.click(on_paste, inputs=[top.prompt, generation_state],
+                    outputs=[*field_components, *(component for component, _ in script_fields), results.info],
                     show_progress="hidden")
     fields["enable_hr"].change(lambda enabled: gr.Column(visible=bool(enabled)), inputs=fields["enable_hr"],
                                outputs=settings.hires_group, show_progress="hidden", queue=False)

@@ -1,0 +1,43 @@
+"""The extensions' "Send to <tab>" buttons (A1111's `infotext_utils.register_paste_params_button`),
+wired once the page is built (A1111's `connect_paste_params_buttons`).
+
+A button sending to "txt2img" pastes like PNG Info's "Send to txt2img" (request fields, the scripts'
+`infotext_fields`, the `on_infotext_pasted` callbacks) and switches to the tab; one sending to a tab an
+extension registered with `add_paste_fields` fills that tab's fields. Atelier has no img2img, Extras
+or inpaint tab: a button for one of those is left without an event, with a note in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from modules.extension_host.paste_fields import connect_paste
+from modules.ui.shared import UiShared
+
+log = logging.getLogger(__name__)
+
+
+def connect_bindings(context, shared: UiShared) -> None:
+    """Wire every registered binding not wired yet; call inside the page's Blocks, after the tabs."""
+    from modules.ui.txt2img import wire_send_to_txt2img
+
+    runtime = getattr(context, "extensions", None)
+    if runtime is None:
+        return
+    registry = runtime.scripts.paste
+    for binding in registry.bindings:
+        if id(binding) in registry.connected:
+            continue
+        registry.connected.add(id(binding))
+        button, source = binding.paste_button, binding.source_text_component
+        if button is None or source is None:
+            log.info("A 'send to %s' button has no infotext component to read (a tab-to-tab copy, which "
+                     "needs a second generation tab); it does nothing in Atelier", binding.tabname)
+        elif binding.tabname == "txt2img":
+            wire_send_to_txt2img(context, shared, button, source)
+        elif binding.tabname in registry.paste_fields:
+            connect_paste(button, registry.paste_fields[binding.tabname]["fields"], source,
+                          callbacks=runtime.callbacks)
+        else:
+            log.info("A 'send to %s' button was registered; Atelier has no such tab, so it does nothing",
+                     binding.tabname)
