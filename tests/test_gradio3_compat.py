@@ -298,3 +298,17 @@ def test_keywords_of_an_extensions_own_component_class_reach_it():
         dropped = gr.Button("plain", no_such_keyword=True)  # Gradio's own class: a 3.x-only keyword is dropped
     assert (button.ratio, button.value, button.elem_id) == (1.5, "3:2", "ratio_3_2")
     assert dropped.value == "plain"
+
+
+def test_ui_callbacks_run_in_the_scope_and_the_others_do_not(runtime):
+    seen = {}
+    registry = runtime.callbacks
+    registry.add("ui_settings", lambda: seen.setdefault("ui_settings", compat.in_scope()), extension="old-style")
+    registry.add("before_ui", lambda: seen.setdefault("before_ui", compat.in_scope()), extension="old-style")
+    registry.add("app_started", lambda demo, app: seen.setdefault("app_started", compat.in_scope()),
+                 extension="old-style")
+    registry.ui_settings()
+    registry.before_ui()
+    registry.app_started(None, None)
+    assert seen == {"ui_settings": True, "before_ui": True, "app_started": False}
+    assert _shims_absent()
