@@ -165,14 +165,26 @@ def test_bad_rows_are_skipped_with_a_warning(tmp_path):
     text = ("name,prompt,negative_prompt\n"
             "good,a,b\n"
             ",orphan text,\n"  # no name
-            '"two\nlines",x,\n'  # a name with a line break
+            "long,x,y,surplus,fields\n"  # more fields than the header: kept, the surplus dropped
             "#note,comment row,\n"  # A1111's comment: skipped silently
             "short\n"  # fewer fields: the missing ones are empty
             "good2,c,d\n")
     db = StyleDatabase(write(tmp_path / "styles.csv", text))
-    assert list(db.styles) == ["good", "short", "good2"] and db.styles["short"][:3] == ("short", "", "")
-    assert len(db.warnings) == 2 and "line 3" in db.warnings[0] and "line 5" in db.warnings[1]
-    assert db.errors == []
+    assert list(db.styles) == ["good", "long", "short", "good2"] and db.styles["short"][:3] == ("short", "", "")
+    assert db.styles["long"][:3] == ("long", "x", "y")
+    assert len(db.warnings) == 2 and "line 3" in db.warnings[0] and "line 4" in db.warnings[1]
+    assert "2 field(s) more" in db.warnings[1] and db.errors == []
+
+
+def test_rows_the_editor_would_refuse_are_kept_through_a_save(tmp_path):
+    # A1111 writes whatever it was given; a row skipped on reading would vanish at the next save.
+    text = ('name,prompt,negative_prompt\n"two\nlines",x,\nlong,' + "y" * 50 + ",\n")
+    path = write(tmp_path / "styles.csv", text)
+    db = StyleDatabase(path, max_text_length=10)
+    assert list(db.styles) == ["two\nlines", "long"] and db.warnings == []
+    db.set_style("new", "z", "")
+    assert [r["name"] for r in rows_of(path)] == ["two\nlines", "long", "new"]
+    assert rows_of(path)[1]["prompt"] == "y" * 50
 
 
 @pytest.mark.parametrize("content, fragment", [

@@ -20,8 +20,10 @@ A1111's `shared.prompt_styles` for extensions). It keeps A1111's public surface 
   other file is saved in the default file.
 - **A bad file is an error the UI shows, not a crash**: a file that is not UTF-8 or not CSV with
   A1111's header is listed in `errors` and contributes no styles, and nothing is saved over it
-  (saving would throw its contents away); rows that cannot be used (no name, a name with a line
-  break, text over the length cap) are skipped and listed in `warnings`.
+  (saving would throw its contents away); rows without a name are skipped and rows with more
+  fields than the header lose the extra ones, each listed in `warnings`. Names and sizes are
+  validated where styles are made (`set_style`), not when a file is read, so that no row is lost
+  at the next save.
 - Columns other than A1111's three are kept when the file is saved again (A1111 drops them).
 
 Differences from A1111 kept on purpose: no "divider" pseudo-styles between files when several are
@@ -155,7 +157,7 @@ class StylesFile(NamedTuple):
     warnings: list[str]
 
 
-def read_styles_file(path: Path, *, max_text_length: int = 0) -> StylesFile:
+def read_styles_file(path: Path) -> StylesFile:
     """Read one A1111 styles file (UTF-8, optional BOM; also A1111's old `name,text` columns).
     Raises `StylesFileError` when the file as a whole cannot be read."""
     try:
@@ -197,14 +199,12 @@ def read_styles_file(path: Path, *, max_text_length: int = 0) -> StylesFile:
                 continue
             if name.startswith("#"):
                 continue  # A1111's comment rows
-            try:
-                check_style(name, row.get(text_column) or "", row.get("negative_prompt") or "",
-                            max_text_length=max_text_length)
-                if name != name.strip():
-                    raise StyleError(f"style name {name!r}: spaces around the name")
-            except StyleError as error:
-                file.warnings.append(f"{where}: skipped: {error}")
-                continue
+            # Everything else is kept as written, even what the editor would refuse (a name with a line
+            # break, a text over today's prompt_max_length): a row skipped here would be lost at the
+            # next save. Prompts are checked against the limit when a request uses them.
+            if row.get(None):
+                file.warnings.append(f"{where}: {len(row[None])} field(s) more than the header has; they are "
+                                     "ignored (and not saved again)")
             if name in seen:
                 file.warnings.append(f"{where}: a second style named {name!r}; this one is used")
                 file.styles[:] = [s for s in file.styles if s.name != name]
@@ -323,12 +323,11 @@ class StyleDatabase:
             errors: list[str] = []
             warnings: list[str] = []
             self._extras, self._extra_columns = {}, {}
-            limit = self.max_text_length
             for file in files:
                 if not file.is_file():
                     continue
                 try:
-                    content = read_styles_file(file, max_text_length=limit)
+                    content = read_styles_file(file)
                 except StylesFileError as error:
                     errors.append(str(error))
                     continue
