@@ -153,7 +153,10 @@ def test_a_gradio3_extension_ui_reaches_the_browser_translated(runtime, caplog):
 
     refresh = _dependency(demo, seen["old_style_refresh"]["id"], "click")
     assert refresh["backend_fn"] is True
-    assert refresh["js"] == "(...args) => old_style_before_refresh(...args)"
+    # 3.41 called the function with the inputs' values and then the outputs': the output is an input too.
+    assert "(...args) => old_style_before_refresh(...args)" in refresh["js"]
+    model_id = seen["old_style_model"]["id"]
+    assert refresh["inputs"] == [model_id, model_id] and refresh["outputs"] == [model_id]
     then = [dep for dep in demo.get_config_file()["dependencies"] if dep["js"] and "console.log" in dep["js"]]
     assert len(then) == 1 and then[0]["backend_fn"] is False
 
@@ -170,7 +173,8 @@ def test_handlers_of_a_gradio3_extension_run_with_its_static_updates(runtime):
     seen = _components(demo)
     assert _shims_absent()  # outside the handlers, Gradio is plain Gradio 6 again
 
-    [update] = _run(demo, seen["old_style_refresh"]["id"], "click", ["model-a"])
+    # The page sends the _js function's result: the input's value, then a null in place of the output's.
+    [update] = _run(demo, seen["old_style_refresh"]["id"], "click", ["model-a", None])
     assert update["__type__"] == "update" and update["value"] == "model-b"
     assert [choice[0] for choice in update["choices"]] == ["model-a", "model-b", "MODEL-A"]
     [visibility] = _run(demo, seen["old_style_flag"]["id"], "change", [False])

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 import gradio.events
 from gradio.blocks import Block, BlockContext
+from gradio.components import Component
 from gradio.component_meta import ComponentMeta
 from gradio.events import Dependency
 from gradio.layouts import Accordion, Tabs
@@ -404,21 +405,24 @@ def _accepting_js(listener: Callable) -> Callable:
 
 def _with_js(listener: Callable, signature: inspect.Signature, args: tuple, kwargs: dict) -> Any:
     kwargs = dict(kwargs)
-    if "_js" in kwargs:
-        js = kwargs.pop("_js")
-        if js is not None:
-            if "js" in kwargs and kwargs["js"] is not None:
-                raise TypeError("both _js= and js= given; keep one")
-            kwargs["js"] = js_source(js) if isinstance(js, str) else js
-            _SHIMS.note("_js", "_js= on an event listener: passed as js=")
+    gradio3_js = kwargs.pop("_js", None)
+    if gradio3_js is not None and kwargs.get("js") is not None:
+        raise TypeError("both _js= and js= given; keep one")
     if "every" in kwargs:
         kwargs.pop("every")
         _SHIMS.note("every", "every= on an event listener: Gradio 6 runs repeating events with gr.Timer; "
                     "this event runs once", level=logging.WARNING)
     bound = signature.bind(*args, **kwargs)
     fn = bound.arguments.get("fn")
+    output_arguments = 0
+    if isinstance(gradio3_js, str):
+        _SHIMS.note("_js", "_js= on an event listener: passed as js=")
+        bound.arguments["js"], output_arguments = _gradio3_js(bound, js_source(gradio3_js), callable(fn))
+    elif gradio3_js is not None:
+        bound.arguments["js"] = gradio3_js
     if callable(fn):
-        bound.arguments["fn"] = run_in_scope(fn, _extension_name(), bound.arguments.get("outputs"))
+        bound.arguments["fn"] = run_in_scope(fn, _extension_name(), bound.arguments.get("outputs"),
+                                             drop_trailing=output_arguments)
     dependency = listener(*bound.args, **bound.kwargs)
     if isinstance(dependency, Dependency):
         for name in ("then", "success", "failure"):
@@ -426,6 +430,36 @@ def _with_js(listener: Callable, signature: inspect.Signature, args: tuple, kwar
             if chained is not None:
                 setattr(dependency, name, _accepting_js(chained))
     return dependency
+
+
+def _gradio3_js(bound: inspect.BoundArguments, js: str, has_fn: bool) -> tuple[str, int]:
+    """3.41's call of an `_js` function, where Gradio 6 can express it: the function gets the values
+    of the inputs *and then of the outputs* (Gradio 6 passes the inputs only), so the outputs are
+    added to the event's inputs. With a Python handler, what the function returns replaces the
+    inputs (3.41 sent the rest along and ignored it; here it becomes nulls), and the handler is
+    called without the added values. Returns the js source and how many values were added; none
+    when an output cannot be an input (a layout) or the inputs are not a plain list."""
+    inputs, outputs = _as_list(bound.arguments.get("inputs")), _as_list(bound.arguments.get("outputs"))
+    if inputs is None or not outputs or not all(isinstance(block, Component) for block in outputs):
+        return js, 0
+    bound.arguments["inputs"] = inputs + outputs
+    if has_fn:
+        # As 3.41: a non-array result is the one input's value.
+        body = (f"const values = Array.isArray(result) ? result.slice(0, {len(inputs)}) : [result]; "
+                f"while (values.length < {len(inputs) + len(outputs)}) values.push(null); return values;")
+    else:
+        body = f"return ({len(outputs)} === 1 && !Array.isArray(result)) ? [result] : result;"
+    return f"async (...args) => {{ const result = await ({js})(...args); {body} }}", len(outputs)
+
+
+def _as_list(blocks: Any) -> list | None:
+    if blocks is None:
+        return []
+    if isinstance(blocks, Block):
+        return [blocks]
+    if isinstance(blocks, (list, tuple)):
+        return list(blocks)
+    return None  # a set or a dict (Gradio 4+ forms, not 3.41's)
 
 
 def _output_classes(outputs: Any) -> list[type] | None:
@@ -464,12 +498,15 @@ def _fix_update(value: Any, cls: type) -> Any:
     return value
 
 
-def run_in_scope(fn: Callable, extension: str, outputs: Any = None) -> Callable:
+def run_in_scope(fn: Callable, extension: str, outputs: Any = None, drop_trailing: int = 0) -> Callable:
     """`fn` (an event handler registered by `extension` inside a scope) running inside the scope
     when Gradio calls it, its update results fitted to `outputs`. The signature, the kind of
     function (plain, async, generator) and the name stay `fn`'s, so Gradio counts its inputs and
-    finds `gr.Request` / `gr.Progress` parameters as before."""
+    finds `gr.Request` / `gr.Progress` parameters as before. `drop_trailing`: positional values
+    Gradio passes after `fn`'s own (the outputs `_gradio3_js` added to the inputs), not given to `fn`."""
     classes = _output_classes(outputs)
+    if drop_trailing:
+        fn = _dropping_trailing(fn, drop_trailing)
 
     @contextlib.contextmanager
     def scope():
@@ -518,3 +555,34 @@ def run_in_scope(fn: Callable, extension: str, outputs: Any = None) -> Callable:
             with scope():
                 return _fix_updates(fn(*args, **kwargs), classes)
     return wrapped
+
+
+def _dropping_trailing(fn: Callable, count: int) -> Callable:
+    """`fn` called without the last `count` positional arguments; its signature takes them as
+    `*gradio3_outputs` (so Gradio expects them), its kind and name stay `fn`'s."""
+    signature = inspect.signature(fn)
+    parameters = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    keywords = [p for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+    if not any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        parameters = [p for p in parameters if p.kind is not p.KEYWORD_ONLY] + [
+            inspect.Parameter("gradio3_outputs", inspect.Parameter.VAR_POSITIONAL)] + [
+            p for p in parameters if p.kind is p.KEYWORD_ONLY]
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def dropping(*args, **kwargs):
+            async for item in fn(*args[:len(args) - count], **kwargs):
+                yield item
+    elif inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def dropping(*args, **kwargs):
+            return (yield from fn(*args[:len(args) - count], **kwargs))
+    elif inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def dropping(*args, **kwargs):
+            return await fn(*args[:len(args) - count], **kwargs)
+    else:
+        @functools.wraps(fn)
+        def dropping(*args, **kwargs):
+            return fn(*args[:len(args) - count], **kwargs)
+    dropping.__signature__ = signature.replace(parameters=parameters + keywords)  # type: ignore[attr-defined]
+    return dropping

@@ -40,19 +40,20 @@ class JsProbe(scripts.Script):
                 go = gr.Button("Go", elem_id="js_probe_go").style(full_width=False)
                 bang = gr.Button("Bang", elem_id="js_probe_bang")
                 grow = gr.Button("Grow", elem_id="js_probe_grow")
-            out = gr.Textbox("", label="Probe output", elem_id="js_probe_out")
+            out = gr.Textbox("seed", label="Probe output", elem_id="js_probe_out")
             choice = gr.Dropdown(["one"], value="one", label="Probe choice", elem_id="js_probe_choice")
-        # The browser function runs first; what it returns is what the Python handler receives.
+        # The browser function runs first with the inputs' and then the outputs' values (3.41); what it
+        # returns is what the Python handler receives.
         go.click(shout, inputs=[text], outputs=[out], _js="js_probe_double")
         # No Python handler: the function is the whole event.
-        bang.click(None, inputs=[text], outputs=[out], _js="(x) => [x + '!']")
+        bang.click(None, inputs=[text], outputs=[out], _js="(x, current) => [x + '!' + current]")
         grow.click(more_choices, inputs=[choice], outputs=[choice])
         return [text]
 '''
 
 PAGE_SCRIPT = '''
-function js_probe_double(text) {
-    return [text + text];
+function js_probe_double(text, previous) {
+    return [text + text + "|" + previous];
 }
 '''
 
@@ -83,12 +84,12 @@ def test_gradio3_js_and_static_updates_run_in_the_page(gradio3_page: Page, gradi
     fill(page, "js_probe_in", "ab")
 
     page.locator("#js_probe_go").click()
-    expect(field(page, "js_probe_out")).to_have_value("ABAB")  # doubled in the page, then upper-cased
+    # Doubled in the page with the output's value appended, then upper-cased by the handler.
+    expect(field(page, "js_probe_out")).to_have_value("ABAB|SEED")
 
     page.locator("#js_probe_bang").click()
-    expect(field(page, "js_probe_out")).to_have_value("ab!")
+    expect(field(page, "js_probe_out")).to_have_value("ab!ABAB|SEED")
 
     page.locator("#js_probe_grow").click()
     expect(page.locator("#js_probe_choice input").first).to_have_value("three")
     assert dropdown_choices(page, "js_probe_choice") == ["one", "two", "three"]
-    assert "uses Gradio 3 _js=" in gradio3_server.log_tail(200_000)
