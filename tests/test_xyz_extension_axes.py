@@ -32,6 +32,7 @@ def add_axes():
         xyz.AxisOption("Example mood", str, xyz.apply_field("example_mood"), choices=lambda: ["calm", "wild"],
                        confirm=confirm_mood),
         xyz.AxisOptionImg2Img("Example img2img only", int, xyz.apply_field("example_ignored")),
+        xyz.AxisOption("Example clip skip", int, xyz.apply_override("CLIP_stop_at_last_layers")),
     ]
     xyz.axis_options.extend(axes)
     ADDED.append(len(xyz.axis_options))
@@ -121,7 +122,7 @@ def test_appended_axes_show_in_the_dropdowns_txt2img_only(context):
     with gr.Blocks():
         components = script.ui(False)
     labels = [choice[0] if isinstance(choice, tuple) else choice for choice in components[0].choices]
-    assert labels[-3:] == ["Example multiplier", "Example steps", "Example mood"]
+    assert labels[-4:] == ["Example multiplier", "Example steps", "Example mood", "Example clip skip"]
     assert "Example img2img only" not in labels
     assert script._choices("Example mood") == ["calm", "wild"]
 
@@ -154,3 +155,10 @@ def test_choices_and_confirm_of_an_extension_axis(context):
         run(context, script_args("Example mood", "calm, angry"))
     with pytest.raises(ValueError, match="Example multiplier: 'lots' is not a number"):
         run(context, script_args("Example multiplier", "lots"))
+
+
+def test_an_override_from_an_extension_axis_is_checked_and_applied(context):
+    with pytest.raises(ValueError, match="Example clip skip = 13 gives a request that cannot run"):
+        run(context, script_args("Example clip skip", "1, 13"))
+    result = run(context, script_args("Example clip skip", "1, 2", include_lone_images=True))
+    assert sorted(parse_generation_parameters(t).get("Clip skip", "1") for t in result.infotexts[1:]) == ["1", "2"]

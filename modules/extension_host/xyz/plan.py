@@ -206,7 +206,11 @@ def _apply_on_p(axis: ResolvedAxis, value, request, p_attributes: dict):
                 p_attributes[name] = {**p_attributes.get(name, {}), **changed}
         elif name not in before or before[name] is not attribute:
             p_attributes[name] = attribute
-    return p.to_request()
+    new = p.to_request()
+    # Overrides it set (apply_override) are checked like the built-in axes' (with_fields).
+    changed = {key: value for key, value in new.override_settings.items()
+               if key not in request.override_settings or request.override_settings[key] != value}
+    return with_fields(new, override_settings=changed) if changed else new
 
 
 def plan_grid(services: Any, base_request, x: AxisSpec, y: AxisSpec | None = None, z: AxisSpec | None = None,
