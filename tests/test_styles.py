@@ -203,6 +203,8 @@ def test_unreadable_file_is_an_error_not_a_crash_and_is_never_overwritten(tmp_pa
     with pytest.raises(StylesFileError, match="not saved"):
         db.set_style("x", "y", "")
     assert path.read_bytes() == content
+    with pytest.raises(StyleError, match=f"unknown style 'x'; known styles: none.*{fragment}"):
+        db.styled_prompts("", "", ["x"])  # a request naming a style says why there is none
 
 
 def test_external_edits_are_picked_up(tmp_path):

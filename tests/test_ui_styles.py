@@ -153,12 +153,15 @@ def test_refresh_reads_edits_and_reports_a_broken_file(page, styles_file):
     assert "not saved" in status and styles_file.read_bytes() == "name,prompt\ncafé,x\n".encode("latin-1")
 
 
-def test_page_load_refreshes_the_choices(page, styles_file):
+def test_page_load_refreshes_the_choices_and_the_problems(page, styles_file):
     [(load, outputs)] = page.page_loads
-    assert outputs == [page.picker.dropdown, page.dialog.selection]
+    assert outputs == [page.picker.dropdown, page.dialog.selection, page.dialog.status]
     styles_file.write_text(STYLES_CSV + "late,added later,\n", encoding="utf-8")
-    picker, selection = load()
-    assert [value for _, value in picker.choices] == ["noir", "frame", "late"]
+    picker, selection, status = load()
+    assert [value for _, value in picker.choices] == ["noir", "frame", "late"] and status == ""
+    styles_file.write_bytes(b"\xff\xfe garbage")
+    picker, selection, status = load()
+    assert picker.choices == [] and "not UTF-8" in status
 
 
 # --- the txt2img tab -------------------------------------------------------------------------------

@@ -378,7 +378,8 @@ class StyleDatabase:
         unknown = [name for name in names if name not in current]
         if unknown:
             known = ", ".join(repr(n) for n in current) or "none (no styles.csv)"
-            raise StyleError(f"styles: unknown style {unknown[0]!r}; known styles: {known}")
+            broken = f" ({self.errors[0]})" if self.errors else ""
+            raise StyleError(f"styles: unknown style {unknown[0]!r}; known styles: {known}{broken}")
         return (apply_styles_to_prompt(prompt, (current[n].prompt for n in names)),
                 apply_styles_to_prompt(negative_prompt, (current[n].negative_prompt for n in names)))
 

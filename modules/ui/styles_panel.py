@@ -221,5 +221,8 @@ def wire(context, picker: StylesPicker, dialog: StylesDialog, main_prompt: gr.Te
                              show_progress="hidden")
     dialog.copy.click(lambda prompt, negative: (prompt, negative), inputs=[main_prompt, main_negative],
                       outputs=[dialog.prompt, dialog.negative_prompt], show_progress="hidden", queue=False)
+    def on_page_load():
+        return (*choices_updates(), problems_html(database))
+
     if page_loads is not None:
-        page_loads.append((choices_updates, [picker.dropdown, dialog.selection]))
+        page_loads.append((on_page_load, [picker.dropdown, dialog.selection, dialog.status]))
