@@ -54,7 +54,7 @@ def load_extensions(context, args: argparse.Namespace) -> None:
     on_model_loaded callbacks hear every checkpoint load."""
     from modules.extension_host.extensions import load_extensions as load
 
-    from modules.extension_host.shared_names import model_view
+    from modules.extension_host.a1111_models import model_view
 
     runtime = load(context.settings, args)
     runtime.scripts.bind_app(context)

@@ -7,5 +7,6 @@
 
 # ruff: noqa: F401
 from modules.extension_host.options import OptionHTML, OptionInfo, Options, options_section
-from modules.extension_host.shared_names import SdModelView, State, listfiles, opts, state, total_tqdm, walk_files
+from modules.extension_host.a1111_models import SdModelView
+from modules.extension_host.shared_names import State, listfiles, opts, state, total_tqdm, walk_files
 from modules.extension_host.shared_names import module_getattr as __getattr__

@@ -89,7 +89,7 @@ def test_reload_model_weights_switches_between_jobs_and_is_a_no_op_for_the_loade
         other = next(info for info in sd_models.checkpoints_list.values() if info != first)
         model = sd_models.reload_model_weights(info=other)
         assert context.models.current_info().filename == Path(other.filename)
-        assert model.sd_checkpoint_info.filename == Path(other.filename) and model.sd_model_hash == other.shorthash
+        assert model.sd_checkpoint_info.filename == other.filename and model.sd_model_hash == other.shorthash
         assert context.settings.current()["sd_model_checkpoint"] == other.title
         again = sd_models.reload_model_weights(info=other)  # already loaded: nothing to do
         assert again.atelier_model is model.atelier_model is context.models.current()

@@ -47,7 +47,8 @@ def on_app_started(demo, app):
     def model():
         model = shared.sd_model
         return {"title": model.sd_checkpoint_info.title, "is_sd1": model.is_sd1, "is_sdxl": model.is_sdxl,
-                "hash": model.sd_model_hash, "data_dir": shared.cmd_opts.data_dir}
+                "hash": model.sd_model_hash, "data_dir": shared.cmd_opts.data_dir,
+                "filename": model.sd_checkpoint_info.filename, "checkpoint": model.sd_model_checkpoint}
 
 
 script_callbacks.on_app_started(on_app_started)
@@ -142,7 +143,7 @@ def test_an_extension_route_reads_the_loaded_model_through_shared(served):
     body = client.get("/wildcards-lite/model").json()
     info = context.models.current_info()
     assert body == {"title": info.title, "is_sd1": True, "is_sdxl": False, "hash": info.shorthash,
-                    "data_dir": str(root)}
+                    "data_dir": str(root), "filename": str(info.filename), "checkpoint": str(info.filename)}
 
 
 def test_shared_outside_an_app_says_where_to_read_it():

@@ -21,10 +21,13 @@ Differences from A1111:
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 from typing import Any
 
 from modules.extension_host.environment import current_app
+
+log = logging.getLogger(__name__)
 
 _skip_writing_to_config: contextvars.ContextVar[bool] = contextvars.ContextVar("atelier_skip_writing_to_config",
                                                                                 default=False)
@@ -188,8 +191,6 @@ def reload_model_weights(sd_model=None, info=None, forced_reload: bool = False):
 
 def _view_of_model(context, model):
     """What `shared.sd_model` gives for `model` (A1111's attributes over Atelier's model)."""
-    from modules.extension_host.shared_names import model_view
-
     return model_view(context, model) if model is not None else None
 
 
@@ -227,3 +228,113 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted([*globals(), "checkpoints_list", "checkpoint_aliases", "checkpoint_alisases"])
+
+
+class SdModelView:
+    """`shared.sd_model` (and what `on_model_loaded` callbacks receive): the names A1111 extensions
+    read from A1111's model, over Atelier's `StableDiffusionModel`. Other attributes are the Atelier
+    model's own (`unet`, `vae`, `text_encoders`, `architecture`, ...); A1111's LDM internals
+    (`cond_stage_model`, `first_stage_model`, `model.diffusion_model`) do not exist here."""
+
+    def __init__(self, model: Any, info: Any):
+        self._model = model
+        self._info = info
+
+    @property
+    def atelier_model(self) -> Any:
+        return self._model
+
+    @property
+    def sd_checkpoint_info(self) -> "CheckpointInfo | None":
+        """The checkpoint with A1111's attributes (`filename` is text)."""
+        return CheckpointInfo(self._info) if self._info is not None else None
+
+    @property
+    def sd_model_hash(self) -> str | None:
+        return self._info.shorthash if self._info is not None else None
+
+    @property
+    def sd_model_checkpoint(self) -> str:
+        return str(self._info.filename if self._info is not None else self._model.path)
+
+    def _family(self) -> str:
+        return self._model.architecture.family.name
+
+    @property
+    def is_sd1(self) -> bool:
+        return self._family() == "SD1"
+
+    @property
+    def is_sd2(self) -> bool:
+        return self._family() == "SD2"
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self._family() == "SDXL"
+
+    @property
+    def is_sdxl_inpaint(self) -> bool:
+        return self.is_sdxl and "inpaint" in self._model.architecture.name
+
+    is_ssd = False
+    is_sd3 = False
+    latent_channels = 4
+
+    def get_learned_conditioning(self, prompts):
+        """A1111's model method: `prompts` (a list, e.g. `prompt_parser.SdConditioning`) encoded with
+        the settings in effect (clip skip, emphasis) and the loaded embeddings, no prompt editing.
+        SD1/SD2: a tensor [len(prompts), 77 * chunks, width]; SDXL: `{"crossattn": ..., "vector":
+        pooled}` (Atelier's `vector` holds the pooled text embedding only; A1111 appends the size
+        embeddings), the layouts `on_cfg_denoiser`'s `text_cond`/`text_uncond` have."""
+        import torch
+
+        from modules.generation.conditioning import ConditioningOptions, TextConditioner
+        from modules.networks.activation import embedding_widths
+
+        context = current_app()
+        settings = context.settings.current()
+        options = ConditioningOptions(comma_padding_backtrack=settings["comma_padding_backtrack"],
+                                      emphasis=settings["emphasis"], clip_skip=settings["CLIP_stop_at_last_layers"],
+                                      sdxl_clip_l_skip=settings["sdxl_clip_l_skip"])
+        embeddings = context.embeddings.for_model(embedding_widths(self._model)).loaded
+        with torch.no_grad():
+            cond = TextConditioner(self._model, embeddings, options).encode([str(prompt) for prompt in prompts])
+        if self.is_sdxl:
+            return {"crossattn": cond.crossattn, "vector": cond.pooled}
+        return cond.crossattn
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return getattr(self._model, name)
+        except AttributeError:
+            raise AttributeError(
+                f"shared.sd_model has no {name!r}: Atelier's model is not A1111's LatentDiffusion (it has "
+                "sd_checkpoint_info, sd_model_hash, sd_model_checkpoint, is_sd1/is_sd2/is_sdxl, and Atelier's "
+                "unet, vae, text_encoders, tokenizers, architecture)") from None
+
+    def __repr__(self) -> str:
+        return f"<shared.sd_model {self._info.title if self._info else self._model.name}>"
+
+
+def model_view(context, model: Any) -> SdModelView:
+    """The view of `model`, a model of `context`'s model manager."""
+    info = context.models.current_info() if context.models.current() is model else None
+    if info is None:
+        info = next((i for i in context.checkpoints.list() if i.filename == model.path), None)
+    return SdModelView(model, info)
+
+
+def current_sd_model() -> SdModelView | None:
+    """A1111's lazy `shared.sd_model`: the current model; with none, the start-up choice is loaded
+    (as A1111 loads one on first read). None when nothing can be loaded (logged)."""
+    context = current_app()
+    model = context.models.current()
+    if model is None:
+        try:
+            model = context.load_default_model()
+        except (ValueError, OSError) as error:
+            log.warning("shared.sd_model: no checkpoint could be loaded: %s", error)
+            return None
+    return model_view(context, model)

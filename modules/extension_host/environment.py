@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import Any, Iterator
 
-if TYPE_CHECKING:
-    from modules.serving.app_context import AppContext
-
-_current_app: contextvars.ContextVar["AppContext | None"] = contextvars.ContextVar("atelier_app", default=None)
+# The AppContext (modules.serving.app_context), not imported here: the serving layer imports this one.
+_current_app: contextvars.ContextVar[Any] = contextvars.ContextVar("atelier_app", default=None)
 
 
 @contextmanager
-def app_scope(context: "AppContext | None") -> Iterator[None]:
+def app_scope(context: Any) -> Iterator[None]:
     """Make `context` the app A1111's module-level names refer to, in this thread or task and what
     it starts (asyncio tasks and anyio worker threads copy the context). None: leave it as it is."""
     if context is None:
@@ -38,11 +36,11 @@ def app_scope(context: "AppContext | None") -> Iterator[None]:
         _current_app.reset(token)
 
 
-def current_app_or_none() -> "AppContext | None":
+def current_app_or_none() -> Any:
     return _current_app.get()
 
 
-def current_app() -> "AppContext":
+def current_app() -> Any:
     context = _current_app.get()
     if context is None:
         raise RuntimeError(
@@ -56,7 +54,7 @@ def current_app() -> "AppContext":
 class AppScopeMiddleware:
     """ASGI middleware: every call into the app (HTTP, websocket, lifespan) runs in `app_scope`."""
 
-    def __init__(self, app, context: "AppContext"):
+    def __init__(self, app, context: Any):
         self.app = app
         self.context = context
 

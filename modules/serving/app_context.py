@@ -31,7 +31,7 @@ from modules.library.vae_files import VaeRegistry
 if TYPE_CHECKING:
     from modules.extension_host.extensions import ExtensionRuntime
     from modules.generation.styles import StyleDatabase
-    from modules.extension_host.options import ExtensionOptions
+    from modules.extension_host.option_registry import ExtensionOptions
     from modules.library.model_loader import StableDiffusionModel
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class AppContext:
 
     def __post_init__(self) -> None:
         if self.extension_options is None:
-            from modules.extension_host.options import ExtensionOptions
+            from modules.extension_host.option_registry import ExtensionOptions
 
             self.extension_options = ExtensionOptions(self.settings)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules.extension_host.options import RegisteredOption, _component_args
+from modules.extension_host.option_registry import RegisteredOption, _component_args
 from modules.serving.settings import SettingSpec
 
 log = logging.getLogger(__name__)
