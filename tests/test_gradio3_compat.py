@@ -316,3 +316,18 @@ def test_ui_callbacks_run_in_the_scope_and_the_others_do_not(runtime):
     registry.app_started(None, None)
     assert seen == {"ui_settings": True, "before_ui": True, "app_started": False}
     assert _shims_absent()
+
+
+def test_a_handler_with_js_still_gets_gradio_request_and_only_its_inputs():
+    def handler(text, request: gr.Request):
+        return f"{text}:{type(request).__name__}"
+
+    with gr.Blocks() as demo, compat.gradio3_compat():
+        source, target = gr.Textbox(), gr.Textbox()
+        button = gr.Button()
+        button.click(handler, inputs=[source], outputs=[target], _js="probe")
+    dependency = _dependency(demo, button._id, "click")
+    assert dependency["inputs"] == [source._id, target._id]
+    # Gradio puts the request where the signature has it, before the output's (null) value.
+    [result] = _run(demo, button._id, "click", ["abc", None])
+    assert result == "abc:NoneType"  # no HTTP request in this direct call; the null output is not passed
