@@ -288,3 +288,13 @@ def test_an_extension_reads_the_facades_at_import(app):
     assert samplers[0] == "DPM++ 2M" and device == "cpu"
     assert Path(module.OWN_FILE).read_text() == Path(module.BASEDIR_FILE).read_text() == "hi"
     assert Path(module.BASEDIR_FILE).parent == folder
+
+
+def test_ui_common_helpers_extensions_import():
+    from modules import ui_common
+
+    # A1111's: escaped, one paragraph, lines joined by <br> and a newline.
+    assert ui_common.plaintext_to_html("a <b>\nc & d") == "<p>a &lt;b&gt;<br>\nc &amp; d</p>"
+    assert ui_common.plaintext_to_html("x", classname="info") == "<p class='info'>x</p>"
+    with pytest.raises(NotImplementedError, match="save_files"):
+        ui_common.save_files("{}", [], False, 0)
