@@ -397,13 +397,13 @@ def _accepting_js(listener: Callable) -> Callable:
     def accepting(*args, **kwargs):
         if not in_scope():
             return listener(*args, **kwargs)
-        return _with_js(listener, signature, args, kwargs)
+        return _register_gradio3(listener, signature, args, kwargs)
 
-    accepting.__wrapped_listener__ = listener  # type: ignore[attr-defined]
     return accepting
 
 
-def _with_js(listener: Callable, signature: inspect.Signature, args: tuple, kwargs: dict) -> Any:
+def _register_gradio3(listener: Callable, signature: inspect.Signature, args: tuple, kwargs: dict) -> Any:
+    """`listener(*args, **kwargs)` with 3.41's listener keywords translated and the handler wrapped."""
     kwargs = dict(kwargs)
     gradio3_js = kwargs.pop("_js", None)
     if gradio3_js is not None and kwargs.get("js") is not None:
