@@ -33,9 +33,18 @@ def add_axes():
                        confirm=confirm_mood),
         xyz.AxisOptionImg2Img("Example img2img only", int, xyz.apply_field("example_ignored")),
         xyz.AxisOption("Example clip skip", int, xyz.apply_override("CLIP_stop_at_last_layers")),
+        xyz.AxisOption("Example broken", int, broken_apply, format_value=broken_format),
     ]
     xyz.axis_options.extend(axes)
     ADDED.append(len(xyz.axis_options))
+
+
+def broken_apply(p, x, xs):
+    raise SystemExit(f"cannot use {x}")
+
+
+def broken_format(p, opt, x):
+    raise KeyError(x)
 
 
 def confirm_mood(p, xs):
@@ -122,7 +131,8 @@ def test_appended_axes_show_in_the_dropdowns_txt2img_only(context):
     with gr.Blocks():
         components = script.ui(False)
     labels = [choice[0] if isinstance(choice, tuple) else choice for choice in components[0].choices]
-    assert labels[-4:] == ["Example multiplier", "Example steps", "Example mood", "Example clip skip"]
+    assert labels[-5:] == ["Example multiplier", "Example steps", "Example mood", "Example clip skip",
+                           "Example broken"]
     assert "Example img2img only" not in labels
     assert script._choices("Example mood") == ["calm", "wild"]
 
@@ -162,3 +172,10 @@ def test_an_override_from_an_extension_axis_is_checked_and_applied(context):
         run(context, script_args("Example clip skip", "1, 13"))
     result = run(context, script_args("Example clip skip", "1, 2", include_lone_images=True))
     assert sorted(parse_generation_parameters(t).get("Clip skip", "1") for t in result.infotexts[1:]) == ["1", "2"]
+
+
+def test_an_extension_axis_that_fails_is_a_request_error(context):
+    """apply() that even calls sys.exit fails the grid before any image, naming the axis; a legend
+    formatter that raises falls back to "label: value"."""
+    with pytest.raises(ValueError, match="Example broken = 3 gives a request that cannot run: SystemExit: cannot use 3"):
+        run(context, script_args("Example broken", "3"))

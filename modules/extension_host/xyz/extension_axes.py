@@ -15,6 +15,7 @@ A1111's signatures.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,8 +111,6 @@ def extension_axis_types(options: Sequence[Any]) -> tuple[AxisType, ...]:
     """The txt2img axes among `options` (an `axis_options` list: Atelier's own `AxisType`s, which are
     skipped, and the `AxisOption`s extensions appended), as `AxisType`s. An entry that is not an
     axis option is skipped with an error in the log naming its type."""
-    import logging
-
     log = logging.getLogger(__name__)
     axes = []
     for option in options:
@@ -135,7 +134,11 @@ def _to_axis_type(option) -> AxisType:
         from modules.extension_host.processing_objects import StableDiffusionProcessingTxt2Img
 
         formatter = option.format_value or format_value_add_label
-        return str(formatter(StableDiffusionProcessingTxt2Img(), option, value))
+        try:
+            return str(formatter(StableDiffusionProcessingTxt2Img(), option, value))
+        except (Exception, SystemExit):  # the extension's formatter: the legend falls back to A1111's default
+            logging.getLogger(__name__).exception("X/Y/Z plot: format_value of axis %r failed", option.label)
+            return format_value_add_label(None, option, value)
 
     confirm = None
     if option.confirm is not None:
@@ -144,7 +147,7 @@ def _to_axis_type(option) -> AxisType:
 
             try:
                 option.confirm(StableDiffusionProcessingTxt2Img.from_request(request), list(values))
-            except Exception as e:  # A1111's confirm raises anything for a bad value
+            except (Exception, SystemExit) as e:  # A1111's confirm raises anything for a bad value
                 raise AxisValueError(f"{option.label}: {e}") from None
 
     choices = None

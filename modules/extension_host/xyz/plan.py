@@ -194,7 +194,7 @@ def _apply_on_p(axis: ResolvedAxis, value, request, p_attributes: dict):
         axis.axis.p_apply(p, value, list(axis.values))
     except ValueError:
         raise
-    except Exception as e:  # an extension's apply: any failure is the value's
+    except (Exception, SystemExit) as e:  # an extension's apply: any failure is the value's
         raise ValueError(f"{type(e).__name__}: {e}") from None
     skip = set(REQUEST_FIELDS) | {"styles", "override_settings"}
     for name, attribute in vars(p).items():
