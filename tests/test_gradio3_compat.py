@@ -31,6 +31,13 @@ EXTENSION_SCRIPT = '''
 import gradio as gr
 
 from modules import script_callbacks, scripts
+from modules.ui_components import ToolButton
+
+
+class RatioButton(ToolButton):  # as aspect-ratio extensions subclass A1111's ToolButton
+    def __init__(self, ratio=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.ratio = ratio
 
 
 def refresh_models(current):
@@ -55,6 +62,7 @@ class OldStyle(scripts.Script):
                 model = gr.Dropdown(["model-a"], value="model-a", label="Model", elem_id="old_style_model")
                 refresh = gr.Button("Refresh", elem_id="old_style_refresh").style(full_width=False, rounded=False)
             gallery = gr.Gallery(elem_id="old_style_gallery").style(grid=3, height=240)
+            RatioButton(ratio=1.5, value="3:2", elem_id="old_style_ratio")
             image = gr.Image(source="upload", tool="sketch", type="pil", brush_color="#ffffff",
                              label="Mask me", elem_id="old_style_image")
         flag = gr.Checkbox(True, label="Show", elem_id="old_style_flag")
@@ -289,19 +297,13 @@ def test_sketch_images_hand_their_handler_gradio3_values(tmp_path):
     assert sketch.preprocess(None) is None
 
 
-def test_keywords_of_an_extensions_own_component_class_reach_it():
-    from modules.ui_components import ToolButton
-
-    class RatioButton(ToolButton):  # as aspect-ratio extensions subclass A1111's ToolButton
-        def __init__(self, ratio=1.0, **kwargs):
-            super().__init__(**kwargs)
-            self.ratio = ratio
-
+def test_keywords_of_an_extensions_own_component_class_reach_it(runtime):
+    demo, _ = _build_page(runtime)
+    [ratio] = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "old_style_ratio"]
+    assert (ratio.ratio, ratio.value) == (1.5, "3:2")  # its own keyword reached it, Gradio's too
     with gr.Blocks(), compat.gradio3_compat():
-        button = RatioButton(ratio=1.5, value="3:2", elem_id="ratio_3_2")
-        dropped = gr.Button("plain", no_such_keyword=True)  # Gradio's own class: a 3.x-only keyword is dropped
-    assert (button.ratio, button.value, button.elem_id) == (1.5, "3:2", "ratio_3_2")
-    assert dropped.value == "plain"
+        plain = gr.Button("plain", no_such_keyword=True)  # Gradio's own class: a 3.x-only keyword is dropped
+    assert plain.value == "plain"
 
 
 def test_ui_callbacks_run_in_the_scope_and_the_others_do_not(runtime):
