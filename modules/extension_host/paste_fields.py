@@ -122,7 +122,7 @@ def pasted_value(key, params: Mapping[str, Any], current: Any) -> Any:
         if kind is int:
             return float(value)  # A1111's rule: a slider's int value takes "7.5"
         return kind(value)
-    except (TypeError, ValueError):
+    except Exception:  # pasted text into an arbitrary value type (a list, a file, ...): leave it
         return SKIP
 
 
