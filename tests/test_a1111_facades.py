@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -298,3 +299,20 @@ def test_ui_common_helpers_extensions_import():
     assert ui_common.plaintext_to_html("x", classname="info") == "<p class='info'>x</p>"
     with pytest.raises(NotImplementedError, match="save_files"):
         ui_common.save_files("{}", [], False, 0)
+
+
+def test_extras_run_pnginfo_reads_an_images_infotext():
+    from PIL import Image, PngImagePlugin
+
+    from modules import extras
+
+    chunk = PngImagePlugin.PngInfo()
+    chunk.add_text("parameters", "a <cat>\nSteps: 2, Seed: 1")
+    chunk.add_text("Software", "Atelier")
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=chunk)
+    buffer.seek(0)
+    first, geninfo, info = extras.run_pnginfo(Image.open(buffer))
+    assert (first, geninfo) == ("", "a <cat>\nSteps: 2, Seed: 1")
+    assert "a &lt;cat&gt;" in info and "<b>Software</b>" in info and "<b>parameters</b>" in info
+    assert extras.run_pnginfo(Image.new("RGB", (8, 8)))[1:] == ("", "<div><p>Nothing found in the image.</p></div>")

@@ -17,7 +17,7 @@ MODULES = Path(__file__).resolve().parent.parent / "modules"
 # A1111's names that extensions import; each re-exports the core.
 FACADES = {"processing", "images", "infotext_utils", "prompt_parser", "extra_networks", "scripts", "script_callbacks",
            "ui_components", "shared", "sd_models", "sd_samplers", "paths", "paths_internal", "devices", "launch_utils",
-           "ui_common", "generation_parameters_copypaste", "hashes", "styles"}
+           "ui_common", "generation_parameters_copypaste", "hashes", "styles", "extras"}
 
 
 def _module_name(path: Path) -> str:

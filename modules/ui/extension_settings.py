@@ -21,20 +21,16 @@ _TAB_KEYS = ("label", "value", "elem_id")
 
 
 def _extension_scope(context, option: RegisteredOption):
-    """The scope extension UI code runs in: its callback registry, and the Gradio 3 idioms when
-    that compatibility layer is present."""
+    """The scope extension UI code runs in: its callback registry and the Gradio 3 idioms."""
     stack = contextlib.ExitStack()
     runtime = getattr(context, "extensions", None)
     if runtime is not None and option.extension is not None:
         from modules.extension_host.callbacks import registry_scope
 
         stack.enter_context(registry_scope(runtime.callbacks, option.extension))
-    try:
-        from modules.extension_host.gradio3_compat import gradio3_idioms
-    except ImportError:  # the compatibility layer is optional here
-        pass
-    else:
-        stack.enter_context(gradio3_idioms())
+    from modules.extension_host.gradio3_compat import gradio3_compat
+
+    stack.enter_context(gradio3_compat())
     return stack
 
 
