@@ -1,0 +1,128 @@
+"""A1111's `/file=<path>` URLs: extensions' own files (their scripts, images, JSON) and output images.
+
+Extensions build URLs like `file=extensions/<name>/images/x.png?1700000000` (a path relative to the
+install folder, or absolute; the query, usually the file's mtime, only defeats caches). Atelier serves
+a file only when its real path (symbolic links followed) lies inside:
+
+  - the built-in or the user's extensions folder, or an extension's own folder (one linked into
+    `extensions/` from elsewhere included);
+  - the txt2img images or grids folder in effect (the `outdir_*` settings).
+
+Refused with 403 (A1111's answer): a path part starting with "." (hidden files, `..`), a backslash, a
+NUL byte, a path outside those folders (also when it does not exist: whether a file exists outside is
+nobody's business), a link leading out of them, a folder, anything but a regular file, and the
+private files (config.json, cache.json, ui-config.json, the auth file). A missing file inside them is
+404. The route sits behind the server's HTTP Basic auth like every route (modules.api.auth).
+Gradio's own `/gradio_api/file=` is separate and keeps its own rules (modules.ui.file_rules).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+
+from modules.serving.paths import REPO_ROOT
+
+ROUTE = "/file={path:path}"
+
+
+class FileRefused(Exception):
+    """403: the path may not be served. The message is for the log, never the client."""
+
+
+class FileMissing(Exception):
+    """404: an allowed path with no file."""
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def served_roots(context) -> list[Path]:
+    """The folders whose files `/file=` serves, as real paths."""
+    from modules.extension_host.extensions import ExtensionFolders
+    from modules.outputs.images import SaveOptions, txt2img_output_dirs
+
+    runtime = getattr(context, "extensions", None)
+    folders = runtime.folders if runtime is not None else ExtensionFolders.for_data_dir(context.paths.data_dir)
+    roots = [folders.builtin, folders.user]
+    roots += [ext.path for ext in (runtime.extensions if runtime is not None else [])]
+    roots += list(txt2img_output_dirs(context.paths.data_dir, SaveOptions.from_settings(context.settings.current())))
+    unique: list[Path] = []
+    for root in roots:
+        real = _real(Path(root))
+        if real not in unique:
+            unique.append(real)
+    return unique
+
+
+def private_files(context) -> set[Path]:
+    paths = context.paths
+    private = {paths.config_file, paths.cache_file, paths.data_dir / "ui-config.json"}
+    auth_file = getattr(getattr(context, "args", None), "gradio_auth_path", None)
+    if auth_file:
+        private.add(Path(auth_file).expanduser())
+    return {_real(Path(path)) for path in private}
+
+
+def resolve_file(raw: str, roots: Iterable[Path], private: set[Path], base: Path = REPO_ROOT) -> Path:
+    """The real path of the file `raw` names (relative to `base`, A1111's working folder, or
+    absolute); FileRefused or FileMissing as the module docstring says."""
+    if not raw or "\x00" in raw or "\\" in raw:
+        raise FileRefused(f"bad characters in {raw!r}")
+    parts = PurePosixPath(raw).parts
+    if any(part.startswith(".") for part in parts if part != "/"):
+        raise FileRefused(f"{raw!r} has a part starting with '.'")
+    requested = Path(raw) if raw.startswith("/") else base / raw
+    real = _real(requested)
+    root = next((root for root in roots if real == root or real.is_relative_to(root)), None)
+    if root is None or real == root:
+        raise FileRefused(f"{raw!r} is {real}, outside the served folders")
+    if any(part.startswith(".") for part in real.relative_to(root).parts):
+        raise FileRefused(f"{raw!r} leads to a hidden file ({real})")
+    if real in private:
+        raise FileRefused(f"{raw!r} is a private file")
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        raise FileMissing(raw) from None
+    except OSError as error:
+        raise FileRefused(f"{raw!r}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise FileRefused(f"{raw!r} is not a regular file")
+    return real
+
+
+def file_url(path: Path, base: Path = REPO_ROOT) -> str:
+    """A1111's URL for `path`: `file=<path relative to the install folder, else absolute>?<mtime>`
+    (relative to the page, as A1111 writes it)."""
+    path = Path(path)
+    try:
+        shown = path.relative_to(base).as_posix()
+    except ValueError:
+        shown = path.as_posix()
+    try:
+        mtime = int(path.stat().st_mtime)
+    except OSError:
+        mtime = 0
+    return f"file={shown}?{mtime}"
+
+
+def install_file_route(app: FastAPI, context) -> None:
+    """Add `GET/HEAD /file=<path>` to `app`. Call before Gradio is mounted at "/" (a route added
+    after the mount is never reached)."""
+
+    @app.api_route(ROUTE, methods=["GET", "HEAD"], include_in_schema=False)
+    def serve_file(path: str, request: Request) -> Response:
+        try:
+            real = resolve_file(path, served_roots(context), private_files(context))
+        except FileRefused:
+            return PlainTextResponse("Forbidden", status_code=403)
+        except FileMissing:
+            return PlainTextResponse("Not Found", status_code=404)
+        return FileResponse(real, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
