@@ -174,3 +174,24 @@ def test_paste_registrations_belong_to_the_app(app):
 def test_values_are_converted_to_the_controls_type_as_a1111_does(key, params, current, expected):
     assert pasted_value(key, params, current) == expected if expected is not SKIP else \
         pasted_value(key, params, current) is SKIP
+
+
+def test_the_apis_infotext_sets_the_always_on_scripts_arguments(app):
+    """A1111's API: `infotext` fills what the request left out, the scripts' controls it names
+    included; arguments the request gives a script win."""
+    from modules.api.schemas import Txt2ImgApiRequest
+    from modules.api.txt2img import prepare
+
+    context, _ = app
+    infotext = generated_infotext(context)
+    with app_scope(context):
+        prepared = prepare(Txt2ImgApiRequest(infotext=infotext), context)
+        assert prepared.submission.selection.alwayson_args["style template"] == (True, 1.5, "ink wash")
+        given = prepare(Txt2ImgApiRequest(infotext=infotext, alwayson_scripts={"Style template": {"args": [False]}}),
+                        context)
+        assert given.submission.selection.alwayson_args["style template"] == (False, 1.5, "ink wash")
+        plain = prepare(Txt2ImgApiRequest(infotext="a dog\nSteps: 3, Seed: 1"), context)
+        # The callable key says "off" when the infotext has no Template strength: the defaults.
+        assert plain.submission.selection.alwayson_args.get("style template", (False, 1.0, "")) == (False, 1.0, "")
+        result = run_txt2img(context, prepared.generation, selection=prepared.submission.selection, save=False)
+    assert "Template strength: 1.5, Template: ink wash" in result.infotexts[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import APIRouter
@@ -125,9 +125,19 @@ def script_selection(body: Txt2ImgApiRequest, context) -> ScriptSelection | None
                               f"found; {why}")
         return None
     try:
-        return runtime.scripts.selection_from_api(body.script_name, body.script_args, body.alwayson_scripts)
+        selection = runtime.scripts.selection_from_api(body.script_name, body.script_args, body.alwayson_scripts)
     except ValueError as error:
         raise bad_request(f"{error}; GET /sdapi/v1/scripts lists the scripts") from None
+    if body.infotext:
+        # A1111: the infotext also sets the always-on scripts' controls it names (their infotext_fields).
+        from modules.extension_host.paste_fields import infotext_script_args
+        from modules.outputs.infotext import parse_generation_parameters
+
+        from_infotext = infotext_script_args(runtime.scripts, parse_generation_parameters(body.infotext),
+                                             selection.alwayson_args)
+        if from_infotext:
+            selection = replace(selection, alwayson_args={**selection.alwayson_args, **from_infotext})
+    return selection
 
 
 def _checked_overrides(body: Txt2ImgApiRequest, context) -> dict[str, Any]:

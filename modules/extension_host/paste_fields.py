@@ -60,12 +60,18 @@ class ParamBinding:
 
 
 class PasteRegistry:
-    """One app's paste destinations (`paste_fields`, by tab name) and "send to" buttons."""
+    """One app's paste destinations (`paste_fields`, by tab name) and "send to" buttons, and for each
+    script whose controls the page built, those controls and its `infotext_fields` (for the API's
+    `infotext`, `infotext_script_args`)."""
 
     def __init__(self):
         self.paste_fields: dict[str, dict[str, Any]] = {}
         self.bindings: list[ParamBinding] = []
         self.connected: set[int] = set()  # ids of the bindings already wired
+        self.script_controls: dict[Any, tuple[tuple, list]] = {}  # Script -> (ui() components, infotext_fields)
+
+    def record_controls(self, script, components) -> None:
+        self.script_controls[script] = (tuple(components), list(getattr(script, "infotext_fields", None) or ()))
 
     def add_paste_fields(self, tabname: str, init_img, fields, override_settings_component=None) -> None:
         fields = list(fields or [])
@@ -135,6 +141,36 @@ def pasted_updates(fields: Sequence[tuple[Any, Any]], params: Mapping[str, Any])
         value = pasted_value(key, params, getattr(component, "value", None))
         updates.append(gr.skip() if value is SKIP else value if isinstance(value, dict) else gr.update(value=value))
     return updates
+
+
+def infotext_script_args(runner, params: Mapping[str, Any], given: Mapping[str, Sequence[Any]]) -> dict[str, tuple]:
+    """A1111's API `infotext` for always-on scripts: each script whose controls the page built and
+    whose `infotext_fields` the infotext mentions gets its default arguments with those values (as
+    the paste button converts them), then the arguments the request gave it (`given`, by lowercase
+    title) on top. Returns only the scripts the infotext changed."""
+    result = {}
+    for script in runner.alwayson:
+        components, fields = runner.paste.script_controls.get(script, ((), []))
+        if not fields:
+            continue
+        args = list(runner.default_args(script))
+        changed = False
+        for entry in fields:
+            component, key = entry[0], entry[1]
+            index = next((i for i, control in enumerate(components) if control is component), None)
+            if index is None or index >= len(args):
+                continue
+            value = pasted_value(key, params, args[index])
+            if isinstance(value, dict):  # gr.update(value=...)
+                value = value.get("value", SKIP)
+            if value is SKIP:
+                continue
+            args[index], changed = value, True
+        if changed:
+            explicit = list(given.get(script.name, ()))
+            args[:len(explicit)] = explicit
+            result[script.name] = tuple(args)
+    return result
 
 
 # --- A1111's module-level functions (modules.infotext_utils) ----------------------------------------

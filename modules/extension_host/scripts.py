@@ -391,6 +391,7 @@ class ScriptRunner:
     def record_ui(self, script: Script, components: Sequence[Any]) -> None:
         """The UI built `components` for `script`: their values are its default arguments."""
         script._atelier_defaults = tuple(getattr(component, "value", None) for component in components)
+        self.paste.record_controls(script, components)
 
     def args_for(self, script: Script, given: Sequence[Any] = ()) -> tuple:
         """`given`, then the defaults of the arguments not given. Extra values (a client written for
