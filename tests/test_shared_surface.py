@@ -165,6 +165,9 @@ def test_opts_reads_atelier_settings_and_refuses_unknown_keys(served):
         assert shared.opts.quicksettings_list == list(context.settings.current()["quicksettings_list"])
         assert shared.opts.data_labels["wcl_strength"].component_args["maximum"] == 1
         assert shared.opts.get_default("wcl_suffix") == "masterpiece"
+        # A1111 settings Atelier lacks read as A1111's defaults (extensions browse these folders).
+        assert shared.opts.outdir_img2img_samples == "outputs/img2img-images"
+        assert shared.opts.data.get("hide_samplers") == [] and "outdir_save" not in context.settings.current()
         with pytest.raises(AttributeError, match="no option 'no_such_option'"):
             shared.opts.no_such_option  # noqa: B018
         with pytest.raises(ValueError, match="wcl_enabled"):

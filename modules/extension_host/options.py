@@ -12,6 +12,7 @@ import json
 import logging
 from typing import Any, Callable, Iterator, Mapping, MutableMapping
 
+from modules.extension_host.a1111_defaults import A1111_ONLY_DEFAULTS
 from modules.extension_host.environment import current_app
 from modules.extension_host.option_registry import OptionHTML, OptionInfo, options_section  # noqa: F401 - A1111's names
 
@@ -31,7 +32,7 @@ class OptionsData(MutableMapping):
         self._options = options
 
     def _values(self) -> Mapping[str, Any]:
-        return current_app().settings.current()
+        return {**A1111_ONLY_DEFAULTS, **current_app().settings.current()}
 
     def __getitem__(self, key: str) -> Any:
         return _plain(self._values()[key])
@@ -59,6 +60,8 @@ class Options:
         settings = current_app().settings.current()
         if key in settings:
             return _plain(settings[key])
+        if key in A1111_ONLY_DEFAULTS:
+            return _plain(A1111_ONLY_DEFAULTS[key])
         raise AttributeError(f"shared.opts has no option {key!r}: it is not one of Atelier's settings and no "
                              "extension registered it (opts.add_option in on_ui_settings)")
 

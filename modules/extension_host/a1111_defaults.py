@@ -1,0 +1,40 @@
+"""A1111 settings Atelier does not have, with A1111's defaults, for extensions that read them through
+`shared.opts` (output folders of tabs Atelier lacks, live-preview and sampler options). They are
+read-only: `opts.<key>` and `opts.data.get(key)` give the default; they are not saved, not in the
+Settings tab and not in the API's options."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+A1111_ONLY_DEFAULTS = MappingProxyType({
+    "outdir_img2img_samples": "outputs/img2img-images",
+    "outdir_img2img_grids": "outputs/img2img-grids",
+    "outdir_extras_samples": "outputs/extras-images",
+    "outdir_save": "log/images",
+    "outdir_init_images": "outputs/init-images",
+    "temp_dir": "",
+    "clean_temp_dir_at_start": False,
+    "hide_samplers": [],
+    "show_progress_every_n_steps": 10,
+    "live_previews_enable": True,
+    "show_progressbar": True,
+    "do_not_show_images": False,
+    "js_modal_lightbox": True,
+    "hidden_tabs": [],
+    "ui_reorder_list": [],
+    "grid_only_if_multiple": True,
+    "use_save_to_dirs_for_ui": False,
+    "save_selected_only": True,
+    "img2img_fix_steps": False,
+    "extra_networks_default_multiplier": 1.0,
+    "lora_preferred_name": "Alias from file",
+    "keyedit_precision_attention": 0.1,
+    "keyedit_precision_extra": 0.05,
+    "keyedit_delimiters": r".,\/!?%^*;:{}=`~() ",
+    "uni_pc_variant": "bh1",
+    "uni_pc_skip_type": "time_uniform",
+    "uni_pc_order": 3,
+    "uni_pc_lower_order_final": True,
+    "ui_config_file": "ui-config.json",
+})
