@@ -33,7 +33,7 @@ KINDS = (
     "list_optimizers", "list_unets", "before_token_counter",
 )
 NOT_CALLED_YET = frozenset({
-    "ui_train_tabs", "extra_noise", "before_component", "after_component",
+    "ui_train_tabs", "extra_noise", 
     "image_grid", "before_reload", "list_optimizers", "list_unets", "before_token_counter",
     "script_unloaded",
 })
@@ -182,13 +182,13 @@ class CallbackRegistry:
             log.exception("Extension %s: on_%s callback %s failed", entry.extension, entry.kind, entry.name)
             return False
 
-    def run_each(self, kind: str, *args: Any) -> list[tuple[RegisteredCallback, Any]]:
+    def run_each(self, kind: str, *args: Any, **kwargs: Any) -> list[tuple[RegisteredCallback, Any]]:
         """`run`, keeping which callback returned what (to blame the right extension for a bad value)."""
         results = []
         for entry in self.callbacks(kind):
             try:
                 with registry_scope(self, entry.extension), _ui_scope(kind):
-                    results.append((entry, entry.callback(*args)))
+                    results.append((entry, entry.callback(*args, **kwargs)))
             except (Exception, SystemExit):  # sys.exit() in an extension must not end the server
                 log.exception("Extension %s: on_%s callback %s failed", entry.extension, kind, entry.name)
         return results
@@ -235,6 +235,17 @@ class CallbackRegistry:
     def infotext_pasted(self, infotext: str, params: dict) -> None:
         """A pasted infotext was parsed into `params`; callbacks may edit it before the fields are set."""
         self.run("infotext_pasted", infotext, params)
+
+    def before_component(self, component, **kwargs: Any) -> None:
+        """Before a component of the txt2img tab is created: `component` is a stand-in carrying the
+        constructor's keyword arguments as attributes (modules.ui.component_hooks), `kwargs` those
+        arguments (`elem_id` included)."""
+        self.run_each("before_component", component, **kwargs)
+
+    def after_component(self, component, **kwargs: Any) -> None:
+        """After a component of the txt2img tab is created, with the constructor's keyword arguments;
+        components an extension creates here are placed right after it in the layout."""
+        self.run_each("after_component", component, **kwargs)
 
     def has(self, kind: str) -> bool:
         return bool(self._callbacks[kind])
@@ -368,10 +379,13 @@ def on_cfg_after_cfg(callback, *, name=None):
 
 
 def on_before_component(callback, *, name=None):
+    """`callback(component, **kwargs)` before each component of the txt2img tab is created (the
+    component is a stand-in holding its keyword arguments; `kwargs["elem_id"]` names it)."""
     _register("before_component", callback, name)
 
 
 def on_after_component(callback, *, name=None):
+    """`callback(component, **kwargs)` after each component of the txt2img tab is created."""
     _register("after_component", callback, name)
 
 

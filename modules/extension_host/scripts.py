@@ -99,6 +99,8 @@ class Script:
     api_info = None
     name: str | None = None  # title().lower(), set when loaded
     controls = None
+    on_before_component_elem_id: list | None = None  # [(elem_id, callback)] from on_before_component
+    on_after_component_elem_id: list | None = None  # [(elem_id, callback)] from on_after_component
     _atelier_shown = False  # shown in txt2img (selectable or always-on); set when loaded
     _atelier_defaults: tuple | None = None  # the ui() components' values, once known
     app = None  # Atelier: the AppContext the scripts run in (ScriptRunner.bind_app); None until bound
@@ -158,10 +160,19 @@ class Script:
         pass
 
     def on_before_component(self, callback, *, elem_id):
-        pass
+        """Call `callback(OnComponent(component=...))` before the txt2img component `elem_id` is
+        created (the component is then a stand-in holding its keyword arguments). Call it from
+        `__init__` or `ui()`, as A1111's scripts do."""
+        if self.on_before_component_elem_id is None:
+            self.on_before_component_elem_id = []
+        self.on_before_component_elem_id.append((elem_id, callback))
 
     def on_after_component(self, callback, *, elem_id):
-        pass
+        """Call `callback(OnComponent(component=...))` right after the txt2img component `elem_id` is
+        created; components made in the callback are placed after it."""
+        if self.on_after_component_elem_id is None:
+            self.on_after_component_elem_id = []
+        self.on_after_component_elem_id.append((elem_id, callback))
 
     def describe(self) -> str:
         return ""
@@ -179,6 +190,13 @@ class Script:
 
 # A1111 Script hooks with no matching point in Atelier's engine yet (docs/EXTENSIONS.md lists them).
 HOOKS_NOT_CALLED_YET: tuple[str, ...] = ()
+
+
+@dataclass
+class OnComponent:
+    """What `Script.on_before_component` / `on_after_component` callbacks receive (A1111's name)."""
+
+    component: Any
 
 
 class ScriptClassData(NamedTuple):
@@ -402,6 +420,40 @@ class ScriptRunner:
                      len(given) - len(defaults))
             given = given[:len(defaults)]
         return tuple(given) + tuple(defaults[len(given):])
+
+    # --- component hooks (fired by modules.ui.component_hooks while the txt2img tab is built) ---------
+
+    def before_component(self, component, **kwargs) -> None:
+        """A1111's order: the `on_before_component` callbacks for this elem_id, then every txt2img
+        script's `before_component`. Each runs in its extension's scope; one that raises is logged
+        with the extension's name and the others still run."""
+        elem_id = kwargs.get("elem_id")
+        for script in self.txt2img_scripts:
+            for wanted, callback in script.on_before_component_elem_id or ():
+                if wanted == elem_id:
+                    self._component_hook(script, "on_before_component", callback, OnComponent(component))
+        for script in self.txt2img_scripts:
+            self._component_hook(script, "before_component", script.before_component, component, **kwargs)
+
+    def after_component(self, component, **kwargs) -> None:
+        """The `on_after_component` callbacks for the component's elem_id, then every txt2img script's
+        `after_component`."""
+        elem_id = getattr(component, "elem_id", None) or kwargs.get("elem_id")
+        for script in self.txt2img_scripts:
+            for wanted, callback in script.on_after_component_elem_id or ():
+                if wanted == elem_id:
+                    self._component_hook(script, "on_after_component", callback, OnComponent(component))
+        for script in self.txt2img_scripts:
+            self._component_hook(script, "after_component", script.after_component, component, **kwargs)
+
+    def _component_hook(self, script: Script, hook: str, function, *args, **kwargs) -> None:
+        try:
+            with registry_scope(self.callbacks, script.extension):
+                function(*args, **kwargs)
+        except (Exception, SystemExit):
+            log.exception("Extension %s: %s of script %r failed for component %r; the page is built without "
+                          "what it adds", script.extension, hook, script.title(),
+                          kwargs.get("elem_id") or getattr(args[0], "elem_id", None))
 
     def layout(self) -> int:
         """A1111's flat args layout: index 0 is the selected script (0 = None), then each txt2img

@@ -18,8 +18,10 @@ from pathlib import Path
 import gradio as gr
 
 from modules.ui import extensions_tab, merger_tab, paste_buttons, pnginfo, settings_tab, top_bar, txt2img
+from modules.ui.file_route import install_file_route
 from modules.ui.file_rules import apply_file_rules, prepare_gradio_cache
 from modules.ui.icons import icon_css, tooltip_js
+from modules.ui.page_script import install_options_route, page_head
 from modules.ui.shared import UiShared
 
 log = logging.getLogger(__name__)
@@ -124,10 +126,13 @@ def mount_ui(app, context, *, max_upload_bytes: int | None = None) -> gr.Blocks:
     own errors), never a message that names server paths.
     """
     prepare_gradio_cache(context.paths.data_dir)
+    # Before the mount at "/", which would otherwise answer these paths itself.
+    install_file_route(app, context)
+    install_options_route(app, context)
     blocks = build_ui(context)
     css = "\n".join(filter(None, [CSS, icon_css(), extensions_tab.extension_css(context)]))
     js = JS.replace("%TOOLTIPS%", tooltip_js())
-    gr.mount_gradio_app(app, blocks, path="/", css=css, js=js, head=extensions_tab.extension_head(context),
+    gr.mount_gradio_app(app, blocks, path="/", css=css, js=js, head=page_head(context),
                         ssr_mode=False, footer_links=["settings"], run_history=False, show_error=False,
                         max_file_size=max_upload_bytes)
     apply_file_rules(blocks, blocked=_private_files(context))

@@ -130,7 +130,7 @@ def render_extension_tabs(tabs: list[tuple[Any, str, str, str]]) -> None:
     """Inside `gr.Tabs`: one tab per extension tab, between Checkpoint Merger and Settings. A tab
     that cannot be rendered says so in its place; the page is still built."""
     for blocks, title, elem_id, extension in tabs:
-        with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
+        with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}", render_children=True):
             try:
                 blocks.render()
             except Exception as error:
@@ -140,9 +140,15 @@ def render_extension_tabs(tabs: list[tuple[Any, str, str, str]]) -> None:
 
 
 def extension_css(context) -> str:
+    """Each extension's style.css in load order, then `<data-dir>/user.css` if present (A1111's
+    order; the caller puts Atelier's own CSS first)."""
     runtime = _runtime(context)
+    paths = list(runtime.stylesheets()) if runtime is not None else []
+    user_css = context.paths.data_dir / "user.css"
+    if user_css.is_file():
+        paths.append(user_css)
     parts = []
-    for path in runtime.stylesheets() if runtime is not None else []:
+    for path in paths:
         try:
             parts.append(f"/* {path} */\n{path.read_text(encoding='utf-8')}")
         except OSError as error:
@@ -151,17 +157,20 @@ def extension_css(context) -> str:
 
 
 def extension_head(context) -> str:
-    """Each extension's javascript/*.js as a script element (inline, so no file route is needed)."""
+    """A1111's order: every extension's javascript/*.js (extensions in load order, files by name),
+    then their *.mjs as modules, each as `<script src="file=...?<mtime>">` (modules.ui.file_route
+    serves them). Gradio re-creates these in order with `async = false`, so they run one after the
+    other, after Atelier's inline globals (modules.ui.page_script)."""
+    from modules.ui.file_route import file_url
+
     runtime = _runtime(context)
+    files = runtime.javascript_files() if runtime is not None else []
+    ordered = [path for path in files if path.suffix == ".js"] + [path for path in files if path.suffix == ".mjs"]
     parts = []
-    for path in runtime.javascript_files() if runtime is not None else []:
-        try:
-            source = path.read_text(encoding="utf-8").replace("</script", "<\\/script")
-        except OSError as error:
-            log.warning("Cannot read %s: %s", path, error)
-            continue
+    for path in ordered:
         kind = ' type="module"' if path.suffix == ".mjs" else ""
-        parts.append(f"<script{kind} data-extension-file=\"{html.escape(path.name)}\">\n{source}\n</script>")
+        parts.append(f'<script{kind} src="{html.escape(file_url(path))}" '
+                     f'data-extension-file="{html.escape(path.name)}"></script>')
     return "\n".join(parts)
 
 

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import gradio as gr
 
 from modules.extension_host.callbacks import registry_scope
-from modules.extension_host.gradio3_compat import gradio3_compat
 from modules.extension_host.scripts import Script, ScriptSelection
+from modules.ui.component_hooks import ComponentHooks, extension_ui_scope, next_block_id
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,10 @@ class ScriptsPanel:
         return ScriptSelection(script=chosen, script_args=script_args, alwayson_args=alwayson)
 
 
-def _script_controls(runner, script: Script) -> list:
+def _script_controls(runner, script: Script, hooks: ComponentHooks | None = None) -> list:
+    first_id = next_block_id()
     try:
-        with registry_scope(runner.callbacks, script.extension), gradio3_compat():
+        with registry_scope(runner.callbacks, script.extension), extension_ui_scope():
             controls = list(script.ui(False) or [])
     except (Exception, SystemExit):
         log.exception("Extension %s: ui() of script %r failed; its controls are missing", script.extension,
@@ -59,6 +60,9 @@ def _script_controls(runner, script: Script) -> list:
                   "with its default arguments", script.extension, script.title(), controls)
         controls = []
     runner.record_ui(script, controls)
+    if hooks is not None:
+        # A1111 fires the component hooks while ui() builds; here, once it has returned.
+        hooks.fire_after_for_new_blocks(first_id)
     return controls
 
 
@@ -69,9 +73,10 @@ def build(context, shared=None) -> ScriptsPanel:
         return ScriptsPanel()
     panel = ScriptsPanel()
     components: list = []
+    hooks = ComponentHooks.for_context(context)
 
     def add(script: Script) -> None:
-        controls = _script_controls(runner, script)
+        controls = _script_controls(runner, script, hooks)
         panel.slices[script] = (len(components), len(components) + len(controls))
         components.extend(controls)
 
@@ -79,8 +84,9 @@ def build(context, shared=None) -> ScriptsPanel:
         for script in runner.alwayson:
             add(script)
         selectable = runner.selectable
-        panel.dropdown = gr.Dropdown([NONE_TITLE, *(script.title() for script in selectable)], value=NONE_TITLE,
-                                     label="Script", elem_id="script_list", visible=bool(selectable))
+        panel.dropdown = hooks.create(gr.Dropdown, choices=[NONE_TITLE, *(script.title() for script in selectable)],
+                                      value=NONE_TITLE, label="Script", elem_id="script_list",
+                                      visible=bool(selectable))
         groups = []
         for script in selectable:
             with gr.Group(visible=False) as group:

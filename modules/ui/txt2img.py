@@ -23,6 +23,7 @@ import gradio as gr
 from modules.generation.engine import LATENT_UPSCALE_MODES, PromptTooLongError
 from modules.generation.styles import StyleError, apply_request_styles
 from modules.ui import extra_networks_panel, scripts_panel, styles_panel
+from modules.ui.component_hooks import ComponentHooks
 from modules.serving.generation_service import GenerationSubmission, submit_generation
 from modules.ui.generation import error_html, follow_job_async, infotext_html, outcome_of, render_progress
 from modules.ui.icons import icon_label
@@ -257,11 +258,12 @@ def build(context, shared: UiShared) -> None:
     counter = TokenCounter()
     fields: dict[str, Any] = {}
 
-    top = _build_prompt_row(context)
+    hooks = ComponentHooks.for_context(context)
+    top = _build_prompt_row(hooks, context)
     styles_dialog = styles_panel.build_dialog(context)
     with gr.Row(elem_id="txt2img_main", equal_height=False):
-        settings = _build_settings_column(context, shared, fields, top)
-        results = _build_results_column()
+        settings = _build_settings_column(context, shared, fields, top, hooks)
+        results = _build_results_column(hooks)
 
     fields["prompt"], fields["negative_prompt"] = top.prompt, top.negative
     fields["styles"] = top.styles.dropdown
@@ -298,119 +300,120 @@ def _register_paste_fields(context, fields: dict[str, Any]) -> list[tuple[Any, A
     return script_fields
 
 
-def _build_prompt_row(context) -> _PromptRow:
+def _build_prompt_row(hooks: ComponentHooks, context) -> _PromptRow:
     with gr.Row(elem_id="txt2img_toprow"):
         with gr.Column(scale=6, elem_id="txt2img_prompt_container"):
             with gr.Group(elem_classes=["prompt-box"]):
-                prompt = gr.Textbox(label="Prompt", lines=3, max_lines=20, elem_id="txt2img_prompt",
-                                    placeholder="Prompt (Ctrl+Enter to generate, ↙️ to read parameters from an "
-                                                "infotext pasted here)")
-                token_counter = gr.HTML(format_token_count(0, 75), elem_id="txt2img_token_counter",
-                                        elem_classes=["token-counter-box"], js_on_load=None)
+                prompt = hooks.create(gr.Textbox, label="Prompt", lines=3, max_lines=20, elem_id="txt2img_prompt",
+                                                  placeholder="Prompt (Ctrl+Enter to generate, ↙️ to read parameters from an "
+                                                              "infotext pasted here)")
+                token_counter = hooks.create(gr.HTML, value=format_token_count(0, 75), elem_id="txt2img_token_counter",
+                                                      elem_classes=["token-counter-box"], js_on_load=None)
             with gr.Group(elem_classes=["prompt-box"]):
-                negative = gr.Textbox(label="Negative prompt", lines=2, max_lines=20, elem_id="txt2img_neg_prompt",
-                                      placeholder="Negative prompt")
-                negative_counter = gr.HTML(format_token_count(0, 75), elem_id="txt2img_negative_token_counter",
-                                           elem_classes=["token-counter-box"], js_on_load=None)
-        with gr.Column(scale=1, min_width=220, elem_id="txt2img_actions"):
-            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+                negative = hooks.create(gr.Textbox, label="Negative prompt", lines=2, max_lines=20, elem_id="txt2img_neg_prompt",
+                                                    placeholder="Negative prompt")
+                negative_counter = hooks.create(gr.HTML, value=format_token_count(0, 75), elem_id="txt2img_negative_token_counter",
+                                                         elem_classes=["token-counter-box"], js_on_load=None)
+        with gr.Column(scale=1, min_width=220, elem_id="txt2img_actions_column"):
+            generate = hooks.create(gr.Button, value="Generate", variant="primary", elem_id="txt2img_generate")
             with gr.Row():
-                interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img_interrupt", min_width=60)
-                skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
-            paste = gr.Button(icon_label("paste", "Read parameters"), elem_id="paste", size="sm")
+                interrupt = hooks.create(gr.Button, value="Interrupt", variant="stop", elem_id="txt2img_interrupt", min_width=60)
+                skip = hooks.create(gr.Button, value="Skip", elem_id="txt2img_skip", min_width=60)
+            paste = hooks.create(gr.Button, value=icon_label("paste", "Read parameters"), elem_id="paste", size="sm")
             styles = styles_panel.build_picker(context)
     return _PromptRow(prompt, token_counter, negative, negative_counter, generate, interrupt, skip, paste, styles)
 
 
-def _build_settings_column(context, shared: UiShared, fields: dict[str, Any], top: _PromptRow) -> _SettingsColumn:
+def _build_settings_column(context, shared: UiShared, fields: dict[str, Any], top: _PromptRow,
+                           hooks: ComponentHooks) -> _SettingsColumn:
     """The left column: A1111's generation parameters (into `fields`), scripts and extra networks."""
     with gr.Column(scale=1, elem_id="txt2img_settings"):
-        hires_group = _build_sampling_fields(fields)
-        res_switch = _build_size_fields(fields)
-        fields["cfg_scale"] = gr.Slider(**slider_args("cfg_scale"), label="CFG Scale", elem_id="txt2img_cfg_scale")
-        random_seed, reuse_seed = _build_seed_fields(fields)
-        fields["override_settings"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
-                                                  label="Override settings", visible=False,
-                                                  elem_id="txt2img_override_settings")
+        hires_group = _build_sampling_fields(fields, hooks)
+        res_switch = _build_size_fields(fields, hooks)
+        fields["cfg_scale"] = hooks.create(gr.Slider, **slider_args("cfg_scale"), label="CFG Scale", elem_id="txt2img_cfg_scale")
+        random_seed, reuse_seed = _build_seed_fields(fields, hooks)
+        fields["override_settings"] = hooks.create(gr.Dropdown, choices=[], value=[], multiselect=True, allow_custom_value=True,
+                                                                label="Override settings", visible=False,
+                                                                elem_id="txt2img_override_settings")
         scripts = scripts_panel.build(context, shared)
         networks_panel = extra_networks_panel.build(context, shared, top.prompt, top.negative)
     return _SettingsColumn(hires_group, res_switch, random_seed, reuse_seed, scripts, networks_panel)
 
 
-def _build_sampling_fields(fields: dict[str, Any]) -> gr.Column:
+def _build_sampling_fields(fields: dict[str, Any], hooks: ComponentHooks) -> gr.Column:
     """Sampler, schedule, steps and the hires. fix group; returns that group (hidden until enabled)."""
     with gr.Row():
-        fields["sampler_name"] = gr.Dropdown(sampler_choices(), value=field_default("sampler_name"), label="Sampling method",
-                                             elem_id="txt2img_sampling")
-        fields["scheduler"] = gr.Dropdown(scheduler_choices(), value=field_default("scheduler"), label="Schedule type",
-                                          elem_id="txt2img_scheduler")
-    fields["steps"] = gr.Slider(**slider_args("steps"), label="Sampling steps", elem_id="txt2img_steps")
-    fields["enable_hr"] = gr.Checkbox(field_default("enable_hr"), label="Hires. fix", elem_id="txt2img_hr")
+        fields["sampler_name"] = hooks.create(gr.Dropdown, choices=sampler_choices(), value=field_default("sampler_name"), label="Sampling method",
+                                                           elem_id="txt2img_sampling")
+        fields["scheduler"] = hooks.create(gr.Dropdown, choices=scheduler_choices(), value=field_default("scheduler"), label="Schedule type",
+                                                        elem_id="txt2img_scheduler")
+    fields["steps"] = hooks.create(gr.Slider, **slider_args("steps"), label="Sampling steps", elem_id="txt2img_steps")
+    fields["enable_hr"] = hooks.create(gr.Checkbox, value=field_default("enable_hr"), label="Hires. fix", elem_id="txt2img_hr")
     with gr.Column(visible=False, elem_id="txt2img_hires_fix") as hires_group:
         with gr.Row():
-            fields["hr_upscaler"] = gr.Dropdown(list(LATENT_UPSCALE_MODES), value=field_default("hr_upscaler"), label="Upscaler",
-                                                elem_id="txt2img_hr_upscaler")
-            fields["hr_second_pass_steps"] = gr.Slider(**slider_args("hr_second_pass_steps"), label="Hires steps",
-                                                       elem_id="txt2img_hires_steps")
-            fields["denoising_strength"] = gr.Slider(**slider_args("denoising_strength"), label="Denoising strength",
-                                                     elem_id="txt2img_denoising_strength")
+            fields["hr_upscaler"] = hooks.create(gr.Dropdown, choices=list(LATENT_UPSCALE_MODES), value=field_default("hr_upscaler"), label="Upscaler",
+                                                              elem_id="txt2img_hr_upscaler")
+            fields["hr_second_pass_steps"] = hooks.create(gr.Slider, **slider_args("hr_second_pass_steps"), label="Hires steps",
+                                                                     elem_id="txt2img_hires_steps")
+            fields["denoising_strength"] = hooks.create(gr.Slider, **slider_args("denoising_strength"), label="Denoising strength",
+                                                                   elem_id="txt2img_denoising_strength")
         with gr.Row():
-            fields["hr_scale"] = gr.Slider(**slider_args("hr_scale"), label="Upscale by",
-                                           elem_id="txt2img_hr_scale")
-            fields["hr_resize_x"] = gr.Slider(**slider_args("hr_resize_x"), label="Resize width to",
-                                              elem_id="txt2img_hr_resize_x")
-            fields["hr_resize_y"] = gr.Slider(**slider_args("hr_resize_y"), label="Resize height to",
-                                              elem_id="txt2img_hr_resize_y")
+            fields["hr_scale"] = hooks.create(gr.Slider, **slider_args("hr_scale"), label="Upscale by",
+                                                         elem_id="txt2img_hr_scale")
+            fields["hr_resize_x"] = hooks.create(gr.Slider, **slider_args("hr_resize_x"), label="Resize width to",
+                                                            elem_id="txt2img_hr_resize_x")
+            fields["hr_resize_y"] = hooks.create(gr.Slider, **slider_args("hr_resize_y"), label="Resize height to",
+                                                            elem_id="txt2img_hr_resize_y")
     return hires_group
 
 
-def _build_size_fields(fields: dict[str, Any]) -> gr.Button:
+def _build_size_fields(fields: dict[str, Any], hooks: ComponentHooks) -> gr.Button:
     """Width/height with the swap button, batch count and size; returns the swap button."""
     with gr.Row(equal_height=True):
         with gr.Column(scale=4):
-            fields["width"] = gr.Slider(**slider_args("width"), label="Width", elem_id="txt2img_width")
-            fields["height"] = gr.Slider(**slider_args("height"), label="Height", elem_id="txt2img_height")
-        res_switch = gr.Button(icon_label("txt2img_res_switch_btn"), elem_id="txt2img_res_switch_btn", elem_classes=["tool"],
-                               scale=0, min_width=40)
+            fields["width"] = hooks.create(gr.Slider, **slider_args("width"), label="Width", elem_id="txt2img_width")
+            fields["height"] = hooks.create(gr.Slider, **slider_args("height"), label="Height", elem_id="txt2img_height")
+        res_switch = hooks.create(gr.Button, value=icon_label("txt2img_res_switch_btn"), elem_id="txt2img_res_switch_btn", elem_classes=["tool"],
+                                             scale=0, min_width=40)
         with gr.Column(scale=2):
-            fields["n_iter"] = gr.Slider(**slider_args("n_iter"), label="Batch count",
-                                         elem_id="txt2img_batch_count")
-            fields["batch_size"] = gr.Slider(**slider_args("batch_size"), label="Batch size",
-                                             elem_id="txt2img_batch_size")
+            fields["n_iter"] = hooks.create(gr.Slider, **slider_args("n_iter"), label="Batch count",
+                                                       elem_id="txt2img_batch_count")
+            fields["batch_size"] = hooks.create(gr.Slider, **slider_args("batch_size"), label="Batch size",
+                                                           elem_id="txt2img_batch_size")
     return res_switch
 
 
-def _build_seed_fields(fields: dict[str, Any]) -> tuple[gr.Button, gr.Button]:
+def _build_seed_fields(fields: dict[str, Any], hooks: ComponentHooks) -> tuple[gr.Button, gr.Button]:
     """Seed with its 🎲/♻️ buttons, the variation seed and "Resize seed from"; returns the two buttons."""
     with gr.Row(equal_height=True, elem_id="txt2img_seed_row"):
-        fields["seed"] = gr.Number(field_default("seed"), label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
-        random_seed = gr.Button(icon_label("txt2img_random_seed"), elem_id="txt2img_random_seed", elem_classes=["tool"],
-                                scale=0, min_width=40)
-        reuse_seed = gr.Button(icon_label("txt2img_reuse_seed"), elem_id="txt2img_reuse_seed", elem_classes=["tool"],
-                               scale=0, min_width=40)
+        fields["seed"] = hooks.create(gr.Number, value=field_default("seed"), label="Seed", precision=0, elem_id="txt2img_seed", scale=4)
+        random_seed = hooks.create(gr.Button, value=icon_label("txt2img_random_seed"), elem_id="txt2img_random_seed", elem_classes=["tool"],
+                                              scale=0, min_width=40)
+        reuse_seed = hooks.create(gr.Button, value=icon_label("txt2img_reuse_seed"), elem_id="txt2img_reuse_seed", elem_classes=["tool"],
+                                             scale=0, min_width=40)
     with gr.Row(equal_height=True, elem_id="txt2img_subseed_row"):
-        fields["subseed"] = gr.Number(field_default("subseed"), label="Variation seed", precision=0, elem_id="txt2img_subseed")
-        fields["subseed_strength"] = gr.Slider(**slider_args("subseed_strength"), label="Variation strength",
-                                               elem_id="txt2img_subseed_strength")
+        fields["subseed"] = hooks.create(gr.Number, value=field_default("subseed"), label="Variation seed", precision=0, elem_id="txt2img_subseed")
+        fields["subseed_strength"] = hooks.create(gr.Slider, **slider_args("subseed_strength"), label="Variation strength",
+                                                             elem_id="txt2img_subseed_strength")
     with gr.Accordion("Resize seed from", open=False, elem_id="txt2img_seed_resize"), gr.Row():
-        fields["seed_resize_from_w"] = gr.Slider(**slider_args("seed_resize_from_w"), label="Resize seed from width",
-                                                 elem_id="txt2img_seed_resize_from_w")
-        fields["seed_resize_from_h"] = gr.Slider(**slider_args("seed_resize_from_h"), label="Resize seed from height",
-                                                 elem_id="txt2img_seed_resize_from_h")
+        fields["seed_resize_from_w"] = hooks.create(gr.Slider, **slider_args("seed_resize_from_w"), label="Resize seed from width",
+                                                               elem_id="txt2img_seed_resize_from_w")
+        fields["seed_resize_from_h"] = hooks.create(gr.Slider, **slider_args("seed_resize_from_h"), label="Resize seed from height",
+                                                               elem_id="txt2img_seed_resize_from_h")
     return random_seed, reuse_seed
 
 
-def _build_results_column() -> _ResultsColumn:
+def _build_results_column(hooks: ComponentHooks) -> _ResultsColumn:
     """The right column: progress, gallery, the output-folder button and the infotext."""
     with gr.Column(scale=1, elem_id="txt2img_results"):
-        progress = gr.HTML("", elem_id="txt2img_progress", js_on_load=None)
-        gallery = gr.Gallery(format="png", label="Output", show_label=False, elem_id="txt2img_gallery",
-                             columns=4, object_fit="contain", interactive=False,
-                             buttons=["download", "fullscreen"])
+        progress = hooks.create(gr.HTML, value="", elem_id="txt2img_progress", js_on_load=None)
+        gallery = hooks.create(gr.Gallery, format="png", label="Output", show_label=False, elem_id="txt2img_gallery",
+                                           columns=4, object_fit="contain", interactive=False,
+                                           buttons=["download", "fullscreen"])
         with gr.Row():
-            open_folder = gr.Button(icon_label("open_folder_txt2img", "Output folder"), elem_id="open_folder_txt2img", size="sm",
-                                    scale=0)
-        info = gr.HTML("", elem_id="html_info_txt2img", js_on_load=None)
+            open_folder = hooks.create(gr.Button, value=icon_label("open_folder_txt2img", "Output folder"), elem_id="open_folder_txt2img", size="sm",
+                                                  scale=0)
+        info = hooks.create(gr.HTML, value="", elem_id="html_info_txt2img", js_on_load=None)
     return _ResultsColumn(progress, gallery, open_folder, info)
 
 
