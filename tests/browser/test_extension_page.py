@@ -1,0 +1,59 @@
+"""The page as A1111 extensions see it, with a UI-only sample extension installed: its JavaScript ran
+from `onUiLoaded` and found `txt2img_width` through `gradioApp()`, `opts` holds the settings, the
+txt2img fields are in the page whichever tab is open, its ToolButtons (added by `after_component`
+on `txt2img_width`) set the width, and its own files load through `/file=`."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.harness import CHECKPOINTS, open_page, start_server, write_tiny_checkpoints
+from tests.browser.ui import field, open_ui, select_tab
+from tests.extension_samples import WIDE, write_sample
+
+
+@pytest.fixture(scope="module")
+def extension_server(browser, tmp_path_factory, artifacts_dir):
+    data_dir = tmp_path_factory.mktemp("atelier-extension-page")
+    write_tiny_checkpoints(data_dir, CHECKPOINTS[:1])
+    write_sample(data_dir / "extensions")
+    server = start_server(data_dir, artifacts_dir / "server-extension-page.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ext_page(browser, request, artifacts_dir, extension_server):
+    yield from open_page(browser, request, artifacts_dir, extension_server)
+
+
+def test_extension_javascript_globals_and_buttons(ext_page: Page, extension_server):
+    page = ext_page
+    open_ui(page, extension_server.url)
+    body = page.locator("body")
+    expect(body).to_have_attribute("data-sample-aspect", "width-found")  # onUiLoaded ran, gradioApp() found it
+    expect(body).to_have_attribute("data-sample-opts", "png")  # onOptionsAvailable, with opts filled
+    assert page.evaluate("() => typeof opts === 'object' && opts.samples_format") == "png"
+    assert page.evaluate("() => get_uiCurrentTab() && get_uiCurrentTab().textContent.trim()") == "txt2img"
+
+    select_tab(page, "PNG Info")  # another tab open: the txt2img fields are still in the page
+    assert page.evaluate("() => gradioApp().getElementById('txt2img_width') !== null")
+    assert page.evaluate("() => get_uiCurrentTabContent() && get_uiCurrentTabContent().id") == "tab_pnginfo"
+    select_tab(page, "txt2img")
+
+    page.locator("#sample_aspect_wide").click()
+    expect(field(page, "txt2img_width")).to_have_value(str(WIDE[0]))
+    expect(field(page, "txt2img_height")).to_have_value(str(WIDE[1]))
+
+
+def test_extension_files_load_through_file_urls(ext_page: Page, extension_server):
+    page = ext_page
+    open_ui(page, extension_server.url)
+    src = page.evaluate("() => document.querySelector('script[data-extension-file=\"aspect.js\"]').src")
+    assert "/file=" in src
+    answer = page.request.get(src)
+    assert answer.status == 200 and "onUiLoaded" in answer.text()
+    config = extension_server.data_dir / "config.json"
+    refused = page.request.get(f"{extension_server.url}/file={config}")
+    assert refused.status == 403
