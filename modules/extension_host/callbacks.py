@@ -20,7 +20,7 @@ import contextvars
 import logging
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ KINDS = (
     "list_optimizers", "list_unets", "before_token_counter",
 )
 NOT_CALLED_YET = frozenset({
-    "ui_train_tabs", "extra_noise", 
+    "ui_train_tabs", "extra_noise",
     "image_grid", "before_reload", "list_optimizers", "list_unets", "before_token_counter",
     "script_unloaded",
 })
@@ -126,8 +126,11 @@ class RegisteredCallback:
 class CallbackRegistry:
     """The callbacks of one running app, in registration order per kind."""
 
-    def __init__(self):
+    def __init__(self, ui_scope: Callable[[], ContextManager] | None = None):
         self._callbacks: dict[str, list[RegisteredCallback]] = {kind: [] for kind in KINDS}
+        # The context UI_KINDS callbacks run in (the extension runtime passes the Gradio 3
+        # compatibility context, modules.extension_host.gradio3_compat); none when not given.
+        self._ui_scope = ui_scope
         self._warned_not_called: set[str] = set()
         # The AppContext these callbacks belong to (ScriptRunner.bind_app sets it): extension code run
         # in `registry_scope` sees it as the app of shared.opts & co. (modules.extension_host.environment).
@@ -148,6 +151,9 @@ class CallbackRegistry:
                         "on_%s callbacks yet", extension, kind, kind)
         label = name or f"{extension}/{getattr(callback, '__name__', type(callback).__name__)}"
         self._callbacks[kind].append(RegisteredCallback(kind, callback, extension, label, script))
+
+    def _scope_for(self, kind: str) -> ContextManager:
+        return self._ui_scope() if kind in UI_KINDS and self._ui_scope is not None else nullcontext()
 
     def callbacks(self, kind: str) -> list[RegisteredCallback]:
         return list(self._callbacks[kind])
@@ -175,7 +181,7 @@ class CallbackRegistry:
     def call(self, entry: RegisteredCallback, *args: Any) -> bool:
         """Call one callback in its extension's scope; False (logged) when it raised."""
         try:
-            with registry_scope(self, entry.extension), _ui_scope(entry.kind):
+            with registry_scope(self, entry.extension), self._scope_for(entry.kind):
                 entry.callback(*args)
             return True
         except (Exception, SystemExit):
@@ -187,7 +193,7 @@ class CallbackRegistry:
         results = []
         for entry in self.callbacks(kind):
             try:
-                with registry_scope(self, entry.extension), _ui_scope(kind):
+                with registry_scope(self, entry.extension), self._scope_for(kind):
                     results.append((entry, entry.callback(*args, **kwargs)))
             except (Exception, SystemExit):  # sys.exit() in an extension must not end the server
                 log.exception("Extension %s: on_%s callback %s failed", entry.extension, kind, entry.name)
@@ -232,10 +238,6 @@ class CallbackRegistry:
     def image_saved(self, params: ImageSaveParams) -> None:
         self.run("image_saved", params)
 
-    def infotext_pasted(self, infotext: str, params: dict) -> None:
-        """A pasted infotext was parsed into `params`; callbacks may edit it before the fields are set."""
-        self.run("infotext_pasted", infotext, params)
-
     def before_component(self, component, **kwargs: Any) -> None:
         """Before a component of the txt2img tab is created: `component` is a stand-in carrying the
         constructor's keyword arguments as attributes (modules.ui.component_hooks), `kwargs` those
@@ -247,18 +249,12 @@ class CallbackRegistry:
         components an extension creates here are placed right after it in the layout."""
         self.run_each("after_component", component, **kwargs)
 
+    def infotext_pasted(self, infotext: str, params: dict) -> None:
+        """A pasted infotext was parsed into `params`; callbacks may edit it before the fields are set."""
+        self.run("infotext_pasted", infotext, params)
+
     def has(self, kind: str) -> bool:
         return bool(self._callbacks[kind])
-
-
-def _ui_scope(kind: str):
-    """Gradio 3.41 idioms translated for a UI callback (modules.extension_host.gradio3_compat);
-    imported here only for those kinds, so running the other callbacks never imports Gradio."""
-    if kind not in UI_KINDS:
-        return nullcontext()
-    from modules.extension_host.gradio3_compat import gradio3_compat
-
-    return gradio3_compat()
 
 
 @dataclass(frozen=True)
