@@ -316,3 +316,23 @@ def test_extras_run_pnginfo_reads_an_images_infotext():
     assert (first, geninfo) == ("", "a <cat>\nSteps: 2, Seed: 1")
     assert "a &lt;cat&gt;" in info and "<b>Software</b>" in info and "<b>parameters</b>" in info
     assert extras.run_pnginfo(Image.new("RGB", (8, 8)))[1:] == ("", "<div><p>Nothing found in the image.</p></div>")
+
+
+def test_list_scripts_finds_the_script_files_of_the_loaded_extensions(tmp_path):
+    from modules import scripts
+    from modules.extension_host.environment import app_scope
+    from tests.test_api_support import make_context
+    from tests.test_extensions import folders_for, write_extension
+
+    (tmp_path / "builtin").mkdir()
+    write_extension(tmp_path / "extensions", "lister", {"scripts/b_second.py": "X = 1\n", "scripts/a_first.py": "",
+                                                        "scripts/notes.txt": "not a script"})
+    context = make_context(tmp_path, load=False, start_jobs=False)
+    from modules.extension_host.extensions import load_extensions
+
+    context.extensions = load_extensions(context.settings, context.args, folders_for(tmp_path))
+    with app_scope(context):
+        found = [entry for entry in scripts.list_scripts("scripts", ".py")
+                 if entry.basedir == str(tmp_path / "extensions" / "lister")]
+    assert [entry.filename for entry in found] == ["a_first.py", "b_second.py"]
+    assert found[0].path == str(tmp_path / "extensions" / "lister" / "scripts" / "a_first.py")

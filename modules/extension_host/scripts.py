@@ -37,6 +37,7 @@ import logging
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from modules.generation.engine import GenerationHooks, GenerationPlan, GenerationRequest, GenerationResult, ImageSaveEvent
@@ -221,6 +222,32 @@ def current_scripts_data() -> list[ScriptClassData]:
         runtime = getattr(current_app(), "extensions", None)
         runner = runtime.scripts if runtime is not None else None
     return runner.scripts_data() if runner is not None else []
+
+
+class ScriptFile(NamedTuple):
+    """A1111's `(basedir, filename, path)` of a script file."""
+
+    basedir: str
+    filename: str
+    path: str
+
+
+def list_scripts(scriptdirname: str, extension: str, *, include_extensions: bool = True) -> list[ScriptFile]:
+    """A1111: the files ending with `extension` in the install's `<scriptdirname>/` folder, then in
+    each loaded extension's (built-in ones first), by file name within each folder."""
+    from modules.extension_host.environment import current_app
+
+    folders = [REPO_ROOT]
+    runtime = getattr(current_app(), "extensions", None)
+    if include_extensions and runtime is not None:
+        folders += [ext.path for ext in runtime.active()]
+    found = []
+    for basedir in folders:
+        folder = Path(basedir) / scriptdirname
+        if folder.is_dir():
+            found += [ScriptFile(str(basedir), path.name, str(path)) for path in sorted(folder.iterdir())
+                      if path.is_file() and path.name.lower().endswith(extension.lower())]
+    return found
 
 
 def module_getattr(name: str):
