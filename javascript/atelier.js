@@ -169,13 +169,151 @@ function atelierRefreshOptions() {
         new MutationObserver(refreshOptionsSoon).observe(result, {childList: true, subtree: true, characterData: true});
     }
 
-    var observer = new MutationObserver(function(mutations) {
-        if (!loaded && gradioApp().getElementById('txt2img_prompt')) {
-            loaded = true;
-            executeCallbacks(uiLoadedCallbacks);
-            var quicksettings = gradioApp().getElementById('quicksettings');
-            if (quicksettings) quicksettings.addEventListener('change', refreshOptionsSoon);
+    // Gradio 6 mounts the page in steps, and mounts a tab's content only when the tab is first
+    // opened (Tab's render_children is not read by its front end). A1111's page had every tab in the
+    // DOM, so before onUiLoaded Atelier opens each main tab once (its content then stays, hidden),
+    // returns to the first one, and waits until every element id the page's config says is shown
+    // exists. The ids come from window.gradio_config; hidden components, closed accordions and
+    // unselected inner tabs are not mounted by Gradio and are not waited for.
+    var mounting = false;
+    var WAIT_PER_TAB_MS = 10000;
+
+    function configIndex() {
+        var config = window.gradio_config;
+        if (!config || !config.layout || !config.components) return null;
+        var byId = {};
+        config.components.forEach(function(component) {
+            byId[component.id] = component;
+        });
+        return {layout: config.layout, byId: byId};
+    }
+
+    function findNode(node, predicate) {
+        if (predicate(node)) return node;
+        var children = node.children || [];
+        for (var i = 0; i < children.length; i++) {
+            var found = findNode(children[i], predicate);
+            if (found) return found;
         }
+        return null;
+    }
+
+    // The elem_ids under `node` that Gradio shows once its tab is open.
+    function shownIds(node, byId, out) {
+        var component = byId[node.id] || {type: 'root', props: {}};
+        var props = component.props || {};
+        if (props.visible === false) return out;
+        if (props.elem_id) out.push(props.elem_id);
+        if (component.type === 'accordion' && props.open === false) return out;
+        var children = node.children || [];
+        if (component.type === 'tabs') {
+            var selected = props.selected;
+            var first = children.find(function(child) {
+                var childProps = (byId[child.id] || {}).props || {};
+                return childProps.visible !== false && (selected === undefined || selected === null ||
+                    childProps.id === selected || child.id === selected);
+            });
+            children = first ? [first] : [];
+        }
+        children.forEach(function(child) {
+            shownIds(child, byId, out);
+        });
+        return out;
+    }
+
+    function allPresent(ids) {
+        var app = gradioApp();
+        return ids.every(function(id) {
+            return app.getElementById(id) !== null;
+        });
+    }
+
+    function waitFor(condition, timeoutMs, then) {
+        var started = Date.now();
+        (function poll() {
+            if (condition() || Date.now() - started > timeoutMs) {
+                then();
+                return;
+            }
+            setTimeout(poll, 30);
+        })();
+    }
+
+    function mainTabButtons() {
+        var tabs = gradioApp().getElementById('tabs');
+        if (!tabs) return [];
+        return Array.from(tabs.querySelectorAll('button[role="tab"]')).filter(function(button) {
+            return !button.closest('.tabitem');
+        });
+    }
+
+    function mountAllTabs(done) {
+        var index = configIndex();
+        var tabsNode = index && findNode(index.layout, function(node) {
+            var component = index.byId[node.id];
+            return component && component.type === 'tabs' && (component.props || {}).elem_id === 'tabs';
+        });
+        if (!tabsNode) {
+            done();
+            return;
+        }
+        var tabItems = (tabsNode.children || []).filter(function(child) {
+            var component = index.byId[child.id];
+            return component && component.type === 'tabitem' && (component.props || {}).visible !== false;
+        });
+        var buttons = mainTabButtons();
+        var start = buttons.find(function(button) {
+            return button.getAttribute('aria-selected') === 'true';
+        });
+        var step = 0;
+        (function next() {
+            if (step >= tabItems.length) {
+                if (start) start.click();
+                waitFor(function() {
+                    return !start || start.getAttribute('aria-selected') === 'true';
+                }, WAIT_PER_TAB_MS, done);
+                return;
+            }
+            var item = tabItems[step++];
+            var label = ((index.byId[item.id] || {}).props || {}).label;
+            var ids = shownIds(item, index.byId, []);
+            if (allPresent(ids)) {
+                next();
+                return;
+            }
+            var button = mainTabButtons().find(function(candidate) {
+                return candidate.textContent.trim() === String(label).trim();
+            });
+            if (!button) {
+                next();
+                return;
+            }
+            button.click();
+            waitFor(function() {
+                return allPresent(ids);
+            }, WAIT_PER_TAB_MS, next);
+        })();
+    }
+
+    function fireLoaded() {
+        if (loaded) return;
+        loaded = true;
+        // For tests and user scripts: every tab's content is in the page from here on.
+        document.body.setAttribute('data-atelier-ui-loaded', 'true');
+        executeCallbacks(uiLoadedCallbacks);
+        var quicksettings = gradioApp().getElementById('quicksettings');
+        if (quicksettings) quicksettings.addEventListener('change', refreshOptionsSoon);
+        watchSettingsResult();
+    }
+
+    function checkLoaded() {
+        if (loaded || mounting || !gradioApp().getElementById('txt2img_prompt')) return;
+        mounting = true;
+        mountAllTabs(fireLoaded);
+    }
+
+    var observer = new MutationObserver(function(mutations) {
+        checkLoaded();
         if (loaded) watchSettingsResult();
 
         executeCallbacks(uiUpdateCallbacks, mutations);

@@ -6,7 +6,9 @@
 `switch_to_txt2img`, `uiElementIsVisible`, `executeCallbacks`). `page_head(context)` puts it inline
 first in `<head>`, then the extensions' scripts (modules.ui.extensions_tab.extension_head), so their
 top-level code finds those names. Gradio 6 re-creates the head's scripts in order (`async = false`);
-an inline script runs as soon as it is added, before any `src` script after it.
+an inline script runs as soon as it is added, before any `src` script after it. Gradio 6 mounts a
+tab's content only when the tab is first opened, so before `onUiLoaded` the script opens each main
+tab once and waits for the elements the page's config shows (A1111's page had every tab mounted).
 
 `opts` is filled from `GET /atelier/opts.json` (behind the server's auth like every route): the
 settings in effect, as the Settings tab shows them, read again after Settings or a quicksetting are

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.harness import CHECKPOINTS, open_page, start_server, write_tiny_checkpoints
-from tests.browser.ui import field, open_ui, select_tab
+from tests.browser.ui import field, fill, open_ui, select_tab
 from tests.extension_samples import WIDE, write_sample
 
 
@@ -37,6 +37,10 @@ def test_extension_javascript_globals_and_buttons(ext_page: Page, extension_serv
     assert page.evaluate("() => typeof opts === 'object' && opts.samples_format") == "png"
     assert page.evaluate("() => get_uiCurrentTab() && get_uiCurrentTab().textContent.trim()") == "txt2img"
 
+    # Every tab's content is in the page before any tab was opened by hand (A1111's page had them all).
+    for other_tab_id in ("pnginfo_image", "modelmerger_primary_model_name", "settings_submit", "extensions_table"):
+        assert page.evaluate(f"() => gradioApp().getElementById('{other_tab_id}') !== null"), other_tab_id
+
     select_tab(page, "PNG Info")  # another tab open: the txt2img fields are still in the page
     assert page.evaluate("() => gradioApp().getElementById('txt2img_width') !== null")
     assert page.evaluate("() => get_uiCurrentTabContent() && get_uiCurrentTabContent().id") == "tab_pnginfo"
@@ -57,3 +61,18 @@ def test_extension_files_load_through_file_urls(ext_page: Page, extension_server
     config = extension_server.data_dir / "config.json"
     refused = page.request.get(f"{extension_server.url}/file={config}")
     assert refused.status == 403
+
+
+def test_opts_follow_settings_applied_in_the_settings_tab(ext_page: Page, extension_server):
+    page = ext_page
+    open_ui(page, extension_server.url)
+    page.wait_for_function("() => Object.keys(opts).length > 0")
+    page.evaluate("() => { window.sampleChanges = 0; onOptionsChanged(() => { window.sampleChanges += 1; }); }")
+    key, section = "comma_padding_backtrack", "Sampling"
+    new_value = 17 if page.evaluate(f"() => opts.{key}") != 17 else 18
+    select_tab(page, "Settings")
+    select_tab(page, section)
+    fill(page, f"setting_{key}", new_value)
+    page.locator("#settings_submit").click()
+    expect(page.locator("#settings_result")).to_contain_text(key)
+    page.wait_for_function(f"() => opts.{key} === {new_value} && window.sampleChanges > 0")

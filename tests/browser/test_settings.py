@@ -29,6 +29,7 @@ def test_changed_setting_persists_after_reload(page: Page, atelier_server):
 
     page.reload()
     expect(page.locator("#txt2img_prompt textarea")).to_be_visible(timeout=60_000)
+    expect(page.locator("body")).to_have_attribute("data-atelier-ui-loaded", "true", timeout=60_000)
     select_tab(page, "Settings")
     select_tab(page, SECTION)
     expect(field(page, f"setting_{KEY}")).to_have_value(new_value)

@@ -19,6 +19,9 @@ def open_ui(page: Page, url: str) -> None:
     response = page.goto(url + "/")
     assert response is not None and response.status == 200, f"GET / answered {response and response.status}"
     expect(page.locator("#txt2img_prompt textarea")).to_be_visible(timeout=60_000)
+    # The page opens each tab once at load (so A1111 extensions find every tab's elements) and then
+    # marks the body; acting before that could click a tab the page is about to leave.
+    expect(page.locator("body")).to_have_attribute("data-atelier-ui-loaded", "true", timeout=60_000)
 
 
 def select_tab(page: Page, label: str) -> None:
