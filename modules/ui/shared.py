@@ -5,9 +5,12 @@ Each tab has one builder, `build(context, shared)`, called inside its `gr.Tab` b
 must list the result; PNG Info sends parameters to txt2img's fields). Builders fill in what they own.
 
 Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps working:
-  top bar     setting_sd_model_checkpoint, refresh_sd_model_checkpoint, setting_sd_vae,
+  page        tabs, tab_txt2img, tab_pnginfo, tab_modelmerger, tab_<extension tab id>, tab_settings,
+              tab_extensions (A1111's tab panels)
+  top bar     quicksettings (the row), setting_sd_model_checkpoint, refresh_sd_model_checkpoint, setting_sd_vae,
               refresh_sd_vae, setting_CLIP_stop_at_last_layers, model_status
-  txt2img     txt2img_prompt, txt2img_neg_prompt, txt2img_token_counter,
+  txt2img     txt2img_toprow, txt2img_actions_column, txt2img_settings (the left column),
+              txt2img_script_container, script_list, txt2img_prompt, txt2img_neg_prompt, txt2img_token_counter,
               txt2img_negative_token_counter, txt2img_generate, txt2img_interrupt, txt2img_skip,
               txt2img_sampling, txt2img_scheduler, txt2img_steps, txt2img_width, txt2img_height,
               txt2img_batch_count, txt2img_batch_size, txt2img_cfg_scale, txt2img_seed,
