@@ -265,13 +265,35 @@ function atelierRefreshOptions() {
         var start = buttons.find(function(button) {
             return button.getAttribute('aria-selected') === 'true';
         });
+        // While the other tabs mount, the first one stays on screen and they are kept out of sight.
+        var startId = null;
+        var hiddenIds = [];
+        tabItems.forEach(function(item) {
+            var elemId = ((index.byId[item.id] || {}).props || {}).elem_id;
+            if (!elemId) return;
+            if (startId === null && start && ((index.byId[item.id] || {}).props || {}).label === start.textContent.trim()) {
+                startId = elemId;
+            } else {
+                hiddenIds.push(elemId);
+            }
+        });
+        var style = document.createElement('style');
+        style.textContent = (startId ? '#' + CSS.escape(startId) + ' { display: flex !important; }\n' : '') +
+            hiddenIds.map(function(id) {
+                return '#' + CSS.escape(id);
+            }).join(', ') + ' { position: absolute !important; left: -100000px !important; visibility: hidden !important; }';
+        if (hiddenIds.length) document.head.appendChild(style);
+        var finish = function() {
+            style.remove();
+            done();
+        };
         var step = 0;
         (function next() {
             if (step >= tabItems.length) {
                 if (start) start.click();
                 waitFor(function() {
                     return !start || start.getAttribute('aria-selected') === 'true';
-                }, WAIT_PER_TAB_MS, done);
+                }, WAIT_PER_TAB_MS, finish);
                 return;
             }
             var item = tabItems[step++];
@@ -325,7 +347,7 @@ function atelierRefreshOptions() {
         var newTab = get_uiCurrentTab();
         if (newTab && newTab !== uiCurrentTab) {
             uiCurrentTab = newTab;
-            executeCallbacks(uiTabChangeCallbacks);
+            if (loaded) executeCallbacks(uiTabChangeCallbacks);  // not for the page's own tab visits at load
         }
     });
 
