@@ -107,7 +107,9 @@ function selected_gallery_index() {
     var content = get_uiCurrentTabContent() || gradioApp();
     var gallery = content.querySelector('.gradio-gallery, [id$="_gallery"]');
     if (!gallery) return -1;
-    var buttons = gallery.querySelectorAll('.thumbnail-item.thumbnail-small, button.thumbnail-item');
+    // Gradio 6: the strip under an opened image (thumbnail-small), else the grid (thumbnail-lg).
+    var buttons = gallery.querySelectorAll('.thumbnail-item.thumbnail-small');
+    if (!buttons.length) buttons = gallery.querySelectorAll('.thumbnail-item');
     for (var i = 0; i < buttons.length; i++) {
         if (buttons[i].classList.contains('selected')) return i;
     }

@@ -9,7 +9,17 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.harness import CHECKPOINTS, open_page, start_server, write_tiny_checkpoints
-from tests.browser.ui import field, fill, open_ui, select_tab
+from tests.browser.ui import (
+    CHECKPOINT_DROPDOWN,
+    choose,
+    field,
+    fill,
+    generate,
+    open_ui,
+    select_tab,
+    small_job,
+    unique_prompt,
+)
 from tests.extension_samples import WIDE, write_sample
 
 
@@ -76,3 +86,16 @@ def test_opts_follow_settings_applied_in_the_settings_tab(ext_page: Page, extens
     page.locator("#settings_submit").click()
     expect(page.locator("#settings_result")).to_contain_text(key)
     page.wait_for_function(f"() => opts.{key} === {new_value} && window.sampleChanges > 0")
+
+
+def test_selected_gallery_index_follows_the_picked_image(ext_page: Page, extension_server):
+    page = ext_page
+    open_ui(page, extension_server.url)
+    choose(page, CHECKPOINT_DROPDOWN, "alpha")
+    small_job(page, steps=2, batch_count=2)
+    assert page.evaluate("() => selected_gallery_index()") == -1
+    generate(page, unique_prompt("two kites"))
+    thumbnails = page.locator("#txt2img_gallery button[aria-label^='Thumbnail']")
+    expect(thumbnails).to_have_count(3)  # the grid, then the two images
+    thumbnails.nth(2).click()
+    page.wait_for_function("() => selected_gallery_index() === 2")
