@@ -136,13 +136,18 @@ function atelierOptionsUrl() {
     return 'atelier/opts.json';
 }
 
+var atelierOptionsText = null;
+
+// Read the settings; onOptionsChanged runs only when they differ from the last read.
 function atelierRefreshOptions() {
     return fetch(atelierOptionsUrl(), {credentials: 'same-origin'}).then(function(response) {
         if (!response.ok) throw new Error('HTTP ' + response.status);
-        return response.json();
-    }).then(function(data) {
+        return response.text();
+    }).then(function(text) {
+        if (text === atelierOptionsText) return;
+        atelierOptionsText = text;
         var first = Object.keys(opts).length === 0;
-        opts = data;
+        opts = JSON.parse(text);
         if (first) {
             var queue = optionsAvailableCallbacks;
             optionsAvailableCallbacks = [];
@@ -327,6 +332,9 @@ function atelierRefreshOptions() {
         executeCallbacks(uiLoadedCallbacks);
         var quicksettings = gradioApp().getElementById('quicksettings');
         if (quicksettings) quicksettings.addEventListener('change', refreshOptionsSoon);
+        // A quicksetting applied from a dropdown fires no DOM change event; its status line changes.
+        var status = gradioApp().getElementById('model_status');
+        if (status) new MutationObserver(refreshOptionsSoon).observe(status, {childList: true, subtree: true, characterData: true});
         watchSettingsResult();
     }
 

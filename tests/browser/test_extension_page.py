@@ -99,3 +99,12 @@ def test_selected_gallery_index_follows_the_picked_image(ext_page: Page, extensi
     expect(thumbnails).to_have_count(3)  # the grid, then the two images
     thumbnails.nth(2).click()
     page.wait_for_function("() => selected_gallery_index() === 2")
+
+
+def test_opts_follow_a_quicksetting(ext_page: Page, extension_server):
+    page = ext_page
+    open_ui(page, extension_server.url)
+    page.wait_for_function("() => Object.keys(opts).length > 0")
+    new_value = 3 if page.evaluate("() => opts.CLIP_stop_at_last_layers") != 3 else 2
+    fill(page, "setting_CLIP_stop_at_last_layers", new_value)
+    page.wait_for_function(f"() => opts.CLIP_stop_at_last_layers === {new_value}")
