@@ -14,6 +14,9 @@ var uiCurrentTab = null;
 // The settings in effect, as a plain object: filled from the server once the page has loaded, and
 // again after Settings (or a quicksetting) are applied, firing onOptionsChanged.
 var opts = {};
+// Tooltips by the element's text (A1111's `titles`): extensions add entries (`titles["⇅"] = "Swap"`)
+// or merge their own dictionary into it; buttons and labels whose text is a key get it as title.
+var titles = {};
 
 // The root extensions query: the <gradio-app> element (its shadow root if it has one) with
 // getElementById working on it, else the document.
@@ -366,6 +369,17 @@ function atelierRefreshOptions() {
         observer.observe(root.host ? root : document.body, {childList: true, subtree: true});
         atelierRefreshOptions();
     }
+
+    // A1111's hints: an element without a title whose text (or value) is a key of `titles` gets it.
+    onAfterUiUpdate(function() {
+        if (!titles || typeof titles !== 'object') return;
+        gradioApp().querySelectorAll('span, button, select > option, input[type=button]').forEach(function(el) {
+            if (el.title) return;
+            var text = (el.textContent || el.value || '').trim();
+            var tooltip = Object.prototype.hasOwnProperty.call(titles, text) ? titles[text] : null;
+            if (typeof tooltip === 'string' && tooltip) el.title = tooltip;
+        });
+    });
 
     if (document.readyState === 'loading') {
         document.addEventListener('DOMContentLoaded', start);

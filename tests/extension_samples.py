@@ -65,6 +65,7 @@ script_callbacks.on_after_component(after)
 '''
 
 JAVASCRIPT = '''
+titles["3:2"] = "Sample: a 3:2 picture";
 onUiLoaded(function() {
     var width = gradioApp().getElementById('txt2img_width');
     document.body.setAttribute('data-sample-aspect', width ? 'width-found' : 'width-missing');

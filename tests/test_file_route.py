@@ -232,3 +232,23 @@ def test_file_url_is_a1111s_form(site):
     assert url == f"file={path.as_posix()}?{int(path.stat().st_mtime)}"
     inside = REPO_ROOT / "webui.py"
     assert file_url(inside).startswith("file=webui.py?")
+
+
+def test_the_install_folders_tmp_serves_only_text_lists(site):
+    """Extensions write lists their page reads into the working folder's tmp/ (tag autocomplete's
+    tmp/tagAutocompletePath.txt); a settings file moved aside there stays private."""
+    tmp = site.data / "tmp"
+    tmp.mkdir()
+    (tmp / "tagAutocompletePath.txt").write_text("extensions/sample/tags")
+    (tmp / "tags.csv").write_text("cat,0")
+    (tmp / "config.json").write_text('{"moved": "aside"}')
+    (tmp / "notes.py").write_text("x = 1")
+    roots, private = served_roots(site.context, base=site.data), private_files(site.context)
+    assert resolve_file("tmp/tagAutocompletePath.txt", roots, private, base=site.data) == \
+        (tmp / "tagAutocompletePath.txt").resolve()
+    assert resolve_file("tmp/tags.csv", roots, private, base=site.data) == (tmp / "tags.csv").resolve()
+    for refused in ("tmp/config.json", "tmp/notes.py", "tmp"):
+        with pytest.raises(FileRefused):
+            resolve_file(refused, roots, private, base=site.data)
+    with pytest.raises(FileMissing):
+        resolve_file("tmp/gone.txt", roots, private, base=site.data)

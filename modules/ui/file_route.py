@@ -6,7 +6,11 @@ a file only when its real path (symbolic links followed) lies inside:
 
   - the built-in or the user's extensions folder, or an extension's own folder (one linked into
     `extensions/` from elsewhere included);
-  - the txt2img images or grids folder in effect (the `outdir_*` settings).
+  - the txt2img images or grids folder in effect (the `outdir_*` settings);
+  - the install folder's `tmp/`, for `.txt` and `.csv` files only: A1111 serves its whole working
+    folder, and extensions write the lists their page scripts read there (tag autocomplete's
+    `tmp/tagAutocompletePath.txt`); other files there (a settings file moved aside when it could
+    not be read, with the default data folder) stay private.
 
 Refused with 403 (A1111's answer): a path part starting with "." (hidden files, `..`), a backslash, a
 NUL byte, a path outside those folders (also when it does not exist: whether a file exists outside is
@@ -29,6 +33,8 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response
 from modules.serving.paths import REPO_ROOT
 
 ROUTE = "/file={path:path}"
+TEMP_FOLDER = "tmp"  # in the install folder (A1111's working folder)
+TEMP_SUFFIXES = frozenset({".txt", ".csv"})
 
 
 class FileRefused(Exception):
@@ -43,8 +49,8 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def served_roots(context) -> list[Path]:
-    """The folders whose files `/file=` serves, as real paths."""
+def served_roots(context, base: Path = REPO_ROOT) -> list[Path]:
+    """The folders whose files `/file=` serves, as real paths (`base`: the install folder)."""
     from modules.extension_host.extensions import ExtensionFolders
     from modules.outputs.images import SaveOptions, txt2img_output_dirs
 
@@ -53,6 +59,7 @@ def served_roots(context) -> list[Path]:
     roots = [folders.builtin, folders.user]
     roots += [ext.path for ext in (runtime.extensions if runtime is not None else [])]
     roots += list(txt2img_output_dirs(context.paths.data_dir, SaveOptions.from_settings(context.settings.current())))
+    roots.append(base / TEMP_FOLDER)
     unique: list[Path] = []
     for root in roots:
         real = _real(Path(root))
@@ -87,6 +94,8 @@ def resolve_file(raw: str, roots: Iterable[Path], private: set[Path], base: Path
         raise FileRefused(f"{raw!r} leads to a hidden file ({real})")
     if real in private:
         raise FileRefused(f"{raw!r} is a private file")
+    if root == _real(base / TEMP_FOLDER) and real.suffix.lower() not in TEMP_SUFFIXES:
+        raise FileRefused(f"{raw!r}: only {sorted(TEMP_SUFFIXES)} files are served from {TEMP_FOLDER}/")
     try:
         mode = os.stat(real).st_mode
     except FileNotFoundError:

@@ -56,6 +56,8 @@ def test_extension_javascript_globals_and_buttons(ext_page: Page, extension_serv
     assert page.evaluate("() => get_uiCurrentTabContent() && get_uiCurrentTabContent().id") == "tab_pnginfo"
     select_tab(page, "txt2img")
 
+    # A1111's `titles`: the extension's tooltip lands on the button whose text is its key.
+    expect(page.locator("#sample_aspect_wide")).to_have_attribute("title", "Sample: a 3:2 picture")
     page.locator("#sample_aspect_wide").click()
     expect(field(page, "txt2img_width")).to_have_value(str(WIDE[0]))
     expect(field(page, "txt2img_height")).to_have_value(str(WIDE[1]))
