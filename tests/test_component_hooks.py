@@ -27,7 +27,8 @@ HOOKED_IDS = ("txt2img_prompt", "txt2img_neg_prompt", "txt2img_sampling", "txt2i
               "txt2img_width", "txt2img_height", "txt2img_batch_count", "txt2img_batch_size", "txt2img_cfg_scale",
               "txt2img_seed", "txt2img_subseed", "txt2img_generate", "txt2img_interrupt", "txt2img_skip",
               "txt2img_gallery", "script_list", "txt2img_hr", "txt2img_hr_upscaler", "txt2img_hires_steps",
-              "txt2img_denoising_strength", "txt2img_hr_scale", "txt2img_hr_resize_x", "txt2img_hr_resize_y")
+              "txt2img_denoising_strength", "txt2img_hr_scale", "txt2img_hr_resize_x", "txt2img_hr_resize_y",
+              "txt2img_generation_info_button")
 
 
 def _build(data_dir: Path, *, broken: bool = False):

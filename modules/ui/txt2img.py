@@ -414,6 +414,9 @@ def _build_results_column(hooks: ComponentHooks) -> _ResultsColumn:
             open_folder = hooks.create(gr.Button, value=icon_label("open_folder_txt2img", "Output folder"), elem_id="open_folder_txt2img", size="sm",
                                                   scale=0)
         info = hooks.create(gr.HTML, value="", elem_id="html_info_txt2img", js_on_load=None)
+        # A1111's hidden button at the very bottom of the results: extensions hook after_component on
+        # it to add their controls under the gallery (Config Presets, ...).
+        hooks.create(gr.Button, visible=False, elem_id="txt2img_generation_info_button")
     return _ResultsColumn(progress, gallery, open_folder, info)
 
 
