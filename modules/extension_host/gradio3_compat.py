@@ -101,6 +101,9 @@ class _Shims:
         self._saved: list[tuple[Any, str, Any]] = []  # (owner, attribute, previous value or _MISSING)
         self._logged: set[tuple[str, str]] = set()
         self._log_lock = threading.Lock()
+        # Gradio's listener -> its `_js=`-accepting wrapper, made once: the scope is entered for
+        # every hooked component, and reading ~200 listeners' signatures each time cost seconds.
+        self._wrappers: dict[Callable, Callable] = {}
 
     def note(self, idiom: str, message: str, *args: Any, level: int = logging.INFO) -> None:
         extension = _extension_name()
@@ -136,14 +139,21 @@ class _Shims:
             self._set(Block, "update", _ScopedAttribute("update", _update_for))
             self._set(ComponentMeta, "__dir__", _class_dir)
             self._set(gr, "Box", _box)
-            self._set(gr, "on", _accepting_js(gradio.events.on))
+            self._set(gr, "on", self._wrapper(gradio.events.on))
             for cls in _block_classes():
                 for name, value in list(cls.__dict__.items()):
                     if inspect.isfunction(value) and hasattr(value, "event_name") and hasattr(value, "has_trigger"):
-                        self._set(cls, name, _accepting_js(value))
+                        self._set(cls, name, self._wrapper(value))
         except BaseException:
             self._uninstall()
             raise
+
+    def _wrapper(self, listener: Callable) -> Callable:
+        """`_accepting_js(listener)`, made once per listener (called with the lock held)."""
+        wrapper = self._wrappers.get(listener)
+        if wrapper is None:
+            wrapper = self._wrappers[listener] = _accepting_js(listener)
+        return wrapper
 
     def _uninstall(self) -> None:
         while self._saved:

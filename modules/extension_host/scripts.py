@@ -450,6 +450,14 @@ class ScriptRunner:
 
     # --- component hooks (fired by modules.ui.component_hooks while the txt2img tab is built) ---------
 
+    def has_component_hooks(self) -> bool:
+        """Whether a txt2img script defines `before_component`/`after_component` or registered an
+        `on_*_component` callback (else building a component needs no hook, nor their scope)."""
+        return any(type(script).before_component is not Script.before_component
+                   or type(script).after_component is not Script.after_component
+                   or script.on_before_component_elem_id or script.on_after_component_elem_id
+                   for script in self.txt2img_scripts)
+
     def before_component(self, component, **kwargs) -> None:
         """A1111's order: the `on_before_component` callbacks for this elem_id, then every txt2img
         script's `before_component`. Each runs in its extension's scope; one that raises is logged

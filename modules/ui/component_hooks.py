@@ -77,7 +77,7 @@ class ComponentHooks:
         """Whether any hook could run (without extensions, creating a component costs nothing extra)."""
         has_callbacks = self.callbacks is not None and (self.callbacks.has("before_component")
                                                        or self.callbacks.has("after_component"))
-        return has_callbacks or bool(self.runner is not None and self.runner.txt2img_scripts)
+        return has_callbacks or bool(self.runner is not None and self.runner.has_component_hooks())
 
     def create(self, component_class: type, *args: Any, **kwargs: Any):
         """`component_class(*args, **kwargs)` with the before and after hooks around it (A1111 passes
