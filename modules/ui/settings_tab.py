@@ -199,9 +199,12 @@ def build(context, shared) -> None:
     gr.HTML("<p>The checkpoint, the VAE and Clip skip are set at the top of the page.</p>")
     loaded = gr.State(None)
     components = []
-    with gr.Tabs(elem_id="settings"):
+    # Sections are open accordions, not tabs: Gradio 6 puts a tab's content in the page only once the
+    # tab is opened, and extensions' page scripts look up `setting_<key>` elements at load, as A1111's
+    # page had them all.
+    with gr.Column(elem_id="settings"):
         for section in dict.fromkeys(spec.section for spec in specs):
-            with gr.Tab(section_title(section, titles), elem_id=f"settings_section_{section}"):
+            with gr.Accordion(section_title(section, titles), open=True, elem_id=f"settings_section_{section}"):
                 for spec in specs:
                     if spec.section != section:
                         continue

@@ -48,7 +48,9 @@ def test_extension_javascript_globals_and_buttons(ext_page: Page, extension_serv
     assert page.evaluate("() => get_uiCurrentTab() && get_uiCurrentTab().textContent.trim()") == "txt2img"
 
     # Every tab's content is in the page before any tab was opened by hand (A1111's page had them all).
-    for other_tab_id in ("pnginfo_image", "modelmerger_primary_model_name", "settings_submit", "extensions_table"):
+    # Every setting too, whatever its section (extensions read `setting_<key>` at load).
+    for other_tab_id in ("pnginfo_image", "modelmerger_primary_model_name", "settings_submit", "extensions_table",
+                         "setting_comma_padding_backtrack", "setting_save_txt"):
         assert page.evaluate(f"() => gradioApp().getElementById('{other_tab_id}') !== null"), other_tab_id
 
     select_tab(page, "PNG Info")  # another tab open: the txt2img fields are still in the page
@@ -80,10 +82,9 @@ def test_opts_follow_settings_applied_in_the_settings_tab(ext_page: Page, extens
     open_ui(page, extension_server.url)
     page.wait_for_function("() => Object.keys(opts).length > 0")
     page.evaluate("() => { window.sampleChanges = 0; onOptionsChanged(() => { window.sampleChanges += 1; }); }")
-    key, section = "comma_padding_backtrack", "Sampling"
+    key = "comma_padding_backtrack"
     new_value = 17 if page.evaluate(f"() => opts.{key}") != 17 else 18
     select_tab(page, "Settings")
-    select_tab(page, section)
     fill(page, f"setting_{key}", new_value)
     page.locator("#settings_submit").click()
     expect(page.locator("#settings_result")).to_contain_text(key)
