@@ -333,3 +333,17 @@ def test_a_handler_with_js_still_gets_gradio_request_and_only_its_inputs():
     # Gradio puts the request where the signature has it, before the output's (null) value.
     [result] = _run(demo, button._id, "click", ["abc", None])
     assert result == "abc:NoneType"  # no HTTP request in this direct call; the null output is not passed
+
+
+def test_invisible_blocks_of_an_extension_stay_in_the_page_hidden_as_in_gradio3():
+    """3.41 put `visible=False` blocks in the page (display: none) and extensions' scripts clone or
+    click them; inside the scope they become Gradio 6's `visible="hidden"`, outside nothing changes."""
+    with gr.Blocks() as demo:
+        with compat.gradio3_compat():
+            gr.Checkbox(False, visible=False, elem_id="ext_template")
+            gr.Button("go", elem_id="ext_shown")
+        gr.Button(visible=False, elem_id="core_hidden")
+    props = {c["props"].get("elem_id"): c["props"] for c in demo.get_config_file()["components"]}
+    assert props["ext_template"]["visible"] == "hidden"
+    assert props["ext_shown"]["visible"] is True
+    assert props["core_hidden"]["visible"] is False

@@ -238,6 +238,11 @@ def translate_keywords(cls: type, kwargs: dict[str, Any], what: str = "construct
     if "show_copy_button" in result and "show_copy_button" not in accepted and "buttons" in accepted:
         if result.pop("show_copy_button"):
             result.setdefault("buttons", ["copy"])
+    if what == "constructor" and result.get("visible") is False and "visible" in accepted:
+        # 3.41 kept invisible blocks in the page (display: none); extensions' page scripts read and
+        # clone them (a hidden checkbox as a template, a hidden button to click). Gradio 6 leaves
+        # `visible=False` out of the page and keeps `"hidden"` in it, invisible.
+        result["visible"] = "hidden"
     if result.get("type") == "file" and issubclass(cls, gr.File):
         result["type"] = "filepath"
         _SHIMS.note(f"{name}.type=file", "gr.%s(type='file'): Gradio 6 gives a file path (str), not a "
