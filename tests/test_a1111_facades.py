@@ -4,13 +4,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +18,7 @@ import torch
 
 from modules.extension_host.environment import app_scope
 from modules.library.synthetic_checkpoints import write_checkpoint
-from tests.ui_support import make_context
+from tests.ui_support import make_context, run_event
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -216,21 +214,8 @@ def test_launch_utils_is_launchs_install_api():
 
 
 def _click(demo: gr.Blocks, button, context):
-    """Run the button's click handler as the server would, on a new event loop in a worker thread."""
-    from gradio.state_holder import SessionState
-
-    [fn] = [fn for fn in demo.fns.values() if fn.targets and fn.targets[0] == (button._id, "click")]
-
-    def run():
-        loop = asyncio.new_event_loop()
-        try:
-            with app_scope(context):
-                return loop.run_until_complete(demo.process_api(block_fn=fn, inputs=[], state=SessionState(demo)))
-        finally:
-            loop.close()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(run).result()["data"]
+    """Run the button's click handler as the server would."""
+    return run_event(demo, button._id, "click", [], context=context)
 
 
 def test_create_refresh_button_refreshes_the_dropdowns_choices(app):

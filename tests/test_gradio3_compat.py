@@ -4,12 +4,10 @@ its handlers run translated, and none of it leaks into Gradio outside the extens
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import textwrap
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 from PIL import Image
@@ -21,11 +19,11 @@ from gradio.blocks import Block
 from gradio.component_meta import ComponentMeta
 from gradio.components.image_editor import EditorData
 from gradio.data_classes import FileData
-from gradio.state_holder import SessionState
 
 from modules.extension_host import gradio3_compat as compat
 from modules.extension_host.extensions import ExtensionFolders, load_extensions, parser_with_preloads
 from modules.serving.settings import SettingsStore
+from tests.ui_support import run_event
 
 EXTENSION_SCRIPT = '''
 import gradio as gr
@@ -109,19 +107,8 @@ def _dependency(demo: gr.Blocks, target_id: int, event: str) -> dict:
 
 
 def _run(demo: gr.Blocks, target_id: int, event: str, inputs: list):
-    """The handler bound to (target_id, event), run as the server runs it for a browser: on a worker
-    thread with a fresh event loop (no loop may be running in the caller)."""
-    [fn] = [fn for fn in demo.fns.values() if fn.targets and fn.targets[0] == (target_id, event)]
-
-    def run():
-        loop = asyncio.new_event_loop()
-        try:
-            return loop.run_until_complete(demo.process_api(block_fn=fn, inputs=inputs, state=SessionState(demo)))
-        finally:
-            loop.close()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(run).result()["data"]
+    """The handler bound to (target_id, event), run as the server runs it for a browser."""
+    return run_event(demo, target_id, event, inputs)
 
 
 def _shims_absent() -> bool:

@@ -84,6 +84,17 @@ def _data_dir(root: Path) -> Path:
     return root
 
 
+def path_to(node: dict, target: int) -> list[int]:
+    """The block ids from the layout node `node` down to the block `target` (empty: not under it)."""
+    if node["id"] == target:
+        return [node["id"]]
+    for child in node.get("children", []):
+        found = path_to(child, target)
+        if found:
+            return [node["id"], *found]
+    return []
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The API-only server as webui.main composes it, and the extension's module."""
@@ -199,16 +210,6 @@ def test_settings_tab_shows_extension_options_under_their_section(served):
     assert "(requires restart)" in by_id["setting_wcl_enabled"]["props"]["label"]
     assert by_id["setting_wcl_suffix"]["props"]["value"] == context.settings.current()["wcl_suffix"]
 
-    def path_to(node, target):
-        """The ids from the layout's root down to `target`."""
-        if node["id"] == target:
-            return [node["id"]]
-        for child in node.get("children", []):
-            found = path_to(child, target)
-            if found:
-                return [node["id"], *found]
-        return []
-
     section = by_id["settings_section_wildcards_lite"]
     assert section["props"]["label"] == "Wildcards lite"
     assert section["id"] in path_to(config["layout"], slider["id"])
@@ -230,15 +231,6 @@ def test_an_extension_option_in_quicksettings_is_edited_in_the_top_bar(served):
         ids = [c["props"].get("elem_id") for c in config["components"]]
         assert ids.count("setting_wcl_strength") == 1  # in the top bar, no longer in the Settings tab
         by_id = {c["props"].get("elem_id"): c for c in config["components"]}
-
-        def path_to(node, target):
-            if node["id"] == target:
-                return [node["id"]]
-            for child in node.get("children", []):
-                found = path_to(child, target)
-                if found:
-                    return [node["id"], *found]
-            return []
 
         assert by_id["quicksettings"]["id"] in path_to(config["layout"], by_id["setting_wcl_strength"]["id"])
         status, _ = quicksetting_changed(context, "wcl_strength", 0.75)

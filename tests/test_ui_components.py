@@ -3,17 +3,15 @@ class (read from the Blocks config), and InputAccordion as an input whose value 
 
 from __future__ import annotations
 
-import asyncio
 import textwrap
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import gradio as gr
 import pytest
-from gradio.state_holder import SessionState
 
 from modules.extension_host.extensions import ExtensionFolders, load_extensions, parser_with_preloads
 from modules.serving.settings import SettingsStore
+from tests.ui_support import run_event
 
 
 def _components(demo: gr.Blocks) -> dict[str, dict]:
@@ -41,12 +39,7 @@ def _parents(demo: gr.Blocks) -> dict[int, int]:
 
 def _call(demo: gr.Blocks, target: tuple[int, str], inputs: list):
     """Run the event handler bound to `target` (block id, event name) as the server would for a browser."""
-    [fn] = [fn for fn in demo.fns.values() if fn.targets and fn.targets[0] == target]
-    # On a thread of its own: asyncio.run refuses to start where an event loop is already running
-    # (a CI run hit that here), and the server runs handlers off the caller's thread anyway.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, demo.process_api(block_fn=fn, inputs=inputs,
-                                                         state=SessionState(demo))).result()["data"]
+    return run_event(demo, *target, inputs)
 
 
 def test_extension_style_import_builds_each_component_as_its_gradio_widget():

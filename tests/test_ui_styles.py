@@ -4,11 +4,9 @@ the prompts and the infotext, and pasting that infotext selecting the styles aga
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import html
 import io
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import gradio as gr
@@ -17,6 +15,7 @@ from gradio.state_holder import SessionState
 
 from modules.generation.styles import StyleDatabase
 from modules.ui import styles_panel
+from tests.ui_support import run_event
 
 STYLES_CSV = ("name,prompt,negative_prompt\n"
               'noir,"black and white, film grain",color\n'
@@ -43,17 +42,7 @@ class Page:
         self.state = SessionState(self.demo)
 
     def run(self, component, event: str, inputs: list) -> list:
-        [fn] = [fn for fn in self.demo.fns.values() if fn.targets and fn.targets[0] == (component._id, event)]
-
-        def call():
-            loop = asyncio.new_event_loop()
-            try:
-                return loop.run_until_complete(self.demo.process_api(block_fn=fn, inputs=inputs, state=self.state))
-            finally:
-                loop.close()
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(call).result()["data"]
+        return run_event(self.demo, component._id, event, inputs, state=self.state)
 
 
 def choices_of(update: dict) -> list[str]:

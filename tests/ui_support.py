@@ -29,3 +29,29 @@ def make_context(data_dir: Path, checkpoints: tuple[str, ...] = ("tiny.safetenso
         context.load_startup_model()
         assert context.models.current() is not None, context.load_state.error
     return context
+
+
+def run_event(demo, target_id: int, event: str, inputs: list, *, state=None, context=None) -> list:
+    """The handler bound to (`target_id`, `event`) in `demo`, run as the server runs it for a browser:
+    on a worker thread with a fresh event loop (asyncio.run refuses to start where a loop is already
+    running, which a CI run hit), inside `context`'s app scope when given. Returns its output data."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio.state_holder import SessionState
+
+    from modules.extension_host.environment import app_scope
+
+    [fn] = [fn for fn in demo.fns.values() if fn.targets and fn.targets[0] == (target_id, event)]
+    session = state if state is not None else SessionState(demo)
+
+    def run():
+        loop = asyncio.new_event_loop()
+        try:
+            with app_scope(context):
+                return loop.run_until_complete(demo.process_api(block_fn=fn, inputs=inputs, state=session))
+        finally:
+            loop.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result()["data"]
