@@ -25,6 +25,7 @@ def connect_bindings(context, shared: UiShared) -> None:
     if runtime is None:
         return
     registry = runtime.scripts.paste
+    missing_tabs: dict[str, int] = {}  # tab name -> buttons that send there, logged once below
     for binding in registry.bindings:
         if id(binding) in registry.connected:
             continue
@@ -39,5 +40,7 @@ def connect_bindings(context, shared: UiShared) -> None:
             connect_paste(button, registry.paste_fields[binding.tabname]["fields"], source,
                           callbacks=runtime.callbacks)
         else:
-            log.info("A 'send to %s' button was registered; Atelier has no such tab, so it does nothing",
-                     binding.tabname)
+            missing_tabs[binding.tabname] = missing_tabs.get(binding.tabname, 0) + 1
+    for tabname, count in missing_tabs.items():
+        log.info("%d 'send to %s' button(s) registered by extensions do nothing: Atelier has no such tab",
+                 count, tabname)
