@@ -28,7 +28,7 @@ HOOKED_IDS = ("txt2img_prompt", "txt2img_neg_prompt", "txt2img_sampling", "txt2i
               "txt2img_seed", "txt2img_subseed", "txt2img_generate", "txt2img_interrupt", "txt2img_skip",
               "txt2img_gallery", "script_list", "txt2img_hr", "txt2img_hr_upscaler", "txt2img_hires_steps",
               "txt2img_denoising_strength", "txt2img_hr_scale", "txt2img_hr_resize_x", "txt2img_hr_resize_y",
-              "txt2img_generation_info_button")
+              "txt2img_generation_info_button", "txt2img_styles")
 
 
 def _build(data_dir: Path, *, broken: bool = False):

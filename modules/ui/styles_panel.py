@@ -124,12 +124,13 @@ def _tool_button(elem_id: str) -> gr.Button:
     return gr.Button(icon_label(elem_id), elem_id=elem_id, elem_classes=["tool"], scale=0, min_width=40)
 
 
-def build_picker(context, tabname: str = "txt2img") -> StylesPicker:
-    """The Styles multiselect and the 🖌️ button, in the current layout."""
+def build_picker(context, tabname: str = "txt2img", create=None) -> StylesPicker:
+    """The Styles multiselect and the 🖌️ button, in the current layout. `create(cls, *args, **kwargs)`
+    makes the dropdown (the tab's component hooks, so extensions see `txt2img_styles`)."""
+    create = create or (lambda cls, *args, **kwargs: cls(*args, **kwargs))
     with gr.Row(elem_id=f"{tabname}_styles_row", equal_height=True):
-        dropdown = gr.Dropdown(style_choices(context.prompt_styles), value=[], multiselect=True, label="Styles",
-                               show_label=False, elem_id=f"{tabname}_styles", scale=4,
-                               min_width=120)
+        dropdown = create(gr.Dropdown, style_choices(context.prompt_styles), value=[], multiselect=True,
+                          label="Styles", show_label=False, elem_id=f"{tabname}_styles", scale=4, min_width=120)
         edit_button = _tool_button(f"{tabname}_styles_edit_button")
     return StylesPicker(dropdown, edit_button)
 

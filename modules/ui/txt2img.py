@@ -320,7 +320,7 @@ def _build_prompt_row(hooks: ComponentHooks, context) -> _PromptRow:
                 interrupt = hooks.create(gr.Button, value="Interrupt", variant="stop", elem_id="txt2img_interrupt", min_width=60)
                 skip = hooks.create(gr.Button, value="Skip", elem_id="txt2img_skip", min_width=60)
             paste = hooks.create(gr.Button, value=icon_label("paste", "Read parameters"), elem_id="paste", size="sm")
-            styles = styles_panel.build_picker(context)
+            styles = styles_panel.build_picker(context, create=hooks.create)
     return _PromptRow(prompt, token_counter, negative, negative_counter, generate, interrupt, skip, paste, styles)
 
 
