@@ -262,3 +262,17 @@ def test_sd_model_encodes_prompts_as_a1111_extensions_ask_it(served):
     assert tuple(cond.shape) == (2, 77, width)
     assert not torch.equal(cond[0], cond[1])
     assert not torch.equal(skipped[0], cond[0])
+
+
+def test_an_option_without_a_plain_type_takes_json_values_of_bounded_size():
+    from modules.extension_host.option_registry import MAX_TEXT_VALUE, ExtensionSettingSpec
+
+    spec = ExtensionSettingSpec("ext_presets", None, "Presets", "ext")
+    assert spec.validate({"a": [1, 2]}) == {"a": [1, 2]}
+    for bad in (object(), float("nan"), {"x": "y" * MAX_TEXT_VALUE}):
+        with pytest.raises(ValueError, match="ext_presets"):
+            spec.validate(bad)
+    listed = ExtensionSettingSpec("ext_tags", ["a"], "Tags", "ext")
+    assert listed.validate(("b", "c")) == ["b", "c"]
+    with pytest.raises(ValueError, match="must be a list"):
+        listed.validate("b")

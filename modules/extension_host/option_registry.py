@@ -98,7 +98,7 @@ def comment_text(markup: str) -> str:
     return html.unescape(re.sub(r"<[^>]*>", "", markup or "")).strip()
 
 
-def _component_args(info: OptionInfo) -> dict:
+def component_args(info: OptionInfo) -> dict:
     args = info.component_args
     if callable(args):
         try:
@@ -140,19 +140,18 @@ class ExtensionSettingSpec(SettingSpec):
                 raise ValueError(f"setting {self.key!r} must be a list, got {value!r}")
             value = list(value)
         try:
-            if len(json.dumps(value)) > MAX_TEXT_VALUE:
-                raise ValueError(f"setting {self.key!r} is larger than {MAX_TEXT_VALUE} characters as JSON")
-        except (TypeError, ValueError) as error:
-            if isinstance(error, ValueError) and "larger" in str(error):
-                raise
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
             raise ValueError(f"setting {self.key!r} must be a JSON value (text, number, true/false, list, "
                              f"object), got {value!r}") from None
+        if len(text) > MAX_TEXT_VALUE:
+            raise ValueError(f"setting {self.key!r} is larger than {MAX_TEXT_VALUE} characters as JSON")
         return value
 
 
 def _spec_for(key: str, info: OptionInfo) -> ExtensionSettingSpec:
     section = info.section if isinstance(info.section, (tuple, list)) and len(info.section) >= 2 else UNCATEGORIZED
-    args = _component_args(info)
+    args = component_args(info)
     slider = getattr(info.component, "__name__", "") == "Slider"
     minimum = args.get("minimum") if slider and isinstance(args.get("minimum"), (int, float)) else None
     maximum = args.get("maximum") if slider and isinstance(args.get("maximum"), (int, float)) else None

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from modules.extension_host.option_registry import RegisteredOption, _component_args
+from modules.extension_host.option_registry import RegisteredOption, component_args
 from modules.serving.settings import SettingSpec
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def extension_setting_component(context, option: RegisteredOption, spec: Setting
     component = None
     with gr.Row() if info.refresh else contextlib.nullcontext():
         if info.component is not None:
-            args = {key: item for key, item in _component_args(info).items() if key not in _TAB_KEYS}
+            args = {key: item for key, item in component_args(info).items() if key not in _TAB_KEYS}
             try:
                 with _extension_scope(context, option):
                     component = info.component(value=value, **common, **args)
@@ -78,7 +78,7 @@ def _refresh_button(context, option: RegisteredOption, component) -> None:
     def refresh():
         with _extension_scope(context, option):
             option.info.refresh()
-            args = _component_args(option.info)
+            args = component_args(option.info)
         return gr.update(**{key: item for key, item in args.items() if key not in _TAB_KEYS})
 
     button = ToolButton("🔄", elem_id=f"refresh_setting_{option.key}", tooltip="Refresh the choices")
