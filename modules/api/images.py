@@ -14,17 +14,15 @@ import base64
 import binascii
 import http.client
 import io
-import ipaddress
-import socket
-import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
 from modules.api.errors import ApiError, bad_request
+from modules.common.net_guard import Resolver, is_public_address, pinned_connection, resolve
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -32,8 +30,6 @@ USER_AGENT = "Atelier (A1111-compatible API)"
 # 8192x8192: four times A1111's largest generation size in each direction, far below what would
 # strain memory when decoded (256 MiB as RGBA).
 MAX_API_IMAGE_PIXELS = 8192 * 8192
-
-Resolver = Callable[[str, int], list[str]]
 
 
 def encode_png(image: Image.Image, infotext: str | None = None) -> str:
@@ -83,39 +79,6 @@ def decode_image(value: str, settings: Mapping[str, Any], *, field: str = "image
     return image
 
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, 6to4, Teredo, NAT64, IPv4-compatible), which
-    is where a packet to it may end up."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-def is_public_address(address: str) -> bool:
-    """False for loopback, private, link-local (cloud metadata), multicast, reserved and unspecified
-    addresses, and for IPv6 forms that embed such an IPv4 address (mapped, 6to4, Teredo, NAT64)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = _embedded_ipv4(ip)
-        if embedded is not None and not (embedded.is_global and not embedded.is_multicast):
-            return False
-    return ip.is_global and not ip.is_multicast
-
-
-def _resolve(host: str, port: int) -> list[str]:
-    return list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
-
-
 def fetch_url(url: str, *, forbid_local: bool = True, field: str = "image", resolver: Resolver | None = None,
               max_bytes: int = MAX_DOWNLOAD_BYTES, timeout: float = DOWNLOAD_TIMEOUT_S) -> bytes:
     """GET `url` (http or https), connecting only to an address that passed the guard."""
@@ -128,7 +91,7 @@ def fetch_url(url: str, *, forbid_local: bool = True, field: str = "image", reso
         raise bad_request(f"{field}: {_shown(url)!r} has an invalid port") from None
     url = _shown(url)  # messages below never carry credentials written into the URL
     try:
-        addresses = (resolver or _resolve)(parts.hostname, port)
+        addresses = (resolver or resolve)(parts.hostname, port)
     except OSError as e:
         raise bad_request(f"{field}: cannot resolve {parts.hostname!r} ({e})") from None
     if not addresses:
@@ -142,7 +105,7 @@ def fetch_url(url: str, *, forbid_local: bool = True, field: str = "image", reso
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    connection = _pinned_connection(parts.scheme, parts.hostname, addresses[0], port, timeout)
+    connection = pinned_connection(parts.scheme, parts.hostname, addresses[0], port, timeout)
     try:
         connection.request("GET", path, headers={"Host": parts.netloc.rsplit("@", 1)[-1],
                                                  "User-Agent": USER_AGENT, "Accept": "image/*"})
@@ -182,31 +145,3 @@ def _read_within(response, limit: int, *, deadline: float, chunk: int = 64 * 102
             break
         data += piece
     return bytes(data)
-
-
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to a fixed, already checked address; the Host header still names the host."""
-
-    def __init__(self, host: str, address: str, port: int, timeout: float):
-        super().__init__(host, port, timeout=timeout)
-        self._address = address
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
-
-
-class _PinnedHTTPSConnection(_PinnedHTTPConnection):
-    """The same over TLS, with the certificate checked against the host name (SNI too)."""
-
-    def __init__(self, host: str, address: str, port: int, timeout: float):
-        super().__init__(host, address, port, timeout)
-        self._tls = ssl.create_default_context()
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self.host)
-
-
-def _pinned_connection(scheme: str, host: str, address: str, port: int, timeout: float) -> http.client.HTTPConnection:
-    cls = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
-    return cls(host, address, port, timeout)
