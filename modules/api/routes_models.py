@@ -16,14 +16,16 @@ from modules.api.errors import ApiError, bad_request, exception_to_api_error
 from modules.api.schemas import MergeResponse, SDModelItem, SDVaeItem
 from modules.api.state import ApiState, require_running_queue
 from modules.merging.merger import MergeRequest
-from modules.serving.settings import describe_changes
+from modules.serving.settings import describe_changes, redact_secrets
 from modules.serving.settings_change import change_settings
 
 OptionsBody = Annotated[dict[str, Any], Body(examples=[{"sd_model_checkpoint": "model.safetensors"}])]
 
 
 def current_options(context) -> dict[str, Any]:
-    values = context.settings.current().to_dict()
+    """The settings in effect; secret ones (tokens) masked as "<redacted>", which a POST of the same
+    body leaves unchanged."""
+    values = redact_secrets(context.settings.current(), context.settings.specs_by_key())
     info = context.models.current_info()
     if info is not None:
         values["sd_model_checkpoint"] = info.title

@@ -30,6 +30,7 @@ from modules.library.vae_files import VaeRegistry
 
 if TYPE_CHECKING:
     from modules.extension_host.extensions import ExtensionRuntime
+    from modules.model_sources.service import ModelSources
     from modules.generation.styles import StyleDatabase
     from modules.extension_host.option_registry import ExtensionOptions
     from modules.library.model_loader import StableDiffusionModel
@@ -174,6 +175,14 @@ class AppContext:
         return StyleDatabase(configured_styles_paths(getattr(self.args, "styles_file", None) or [],
                                                      self.paths.data_dir),
                              max_text_length=lambda: self.settings.current()["prompt_max_length"])
+
+    @functools.cached_property
+    def model_sources(self) -> "ModelSources":
+        """Look-ups, downloads, cards and checkpoint tools of the Models tab and /atelier/v1/models:
+        the owner of the downloads' state. Made at first use."""
+        from modules.model_sources.service import ModelSources
+
+        return ModelSources(self)
 
     def refresh(self) -> None:
         self.refresh_listings()

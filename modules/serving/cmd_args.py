@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--no-hashing", action="store_true", help="do not compute sha256 of checkpoints")
     models.add_argument("--skip-load-model-at-start", action="store_true",
                         help="start the server without loading a checkpoint")
+    models.add_argument("--enable-model-downloads", action="store_true",
+                        help="allow downloading models and writing converted checkpoints from the Models tab and "
+                             "/atelier/v1/models on a server others can reach (with --listen); needs an auth flag. "
+                             "--enable-insecure-extension-access allows it too")
     models.add_argument("--no-demo-checkpoint", action="store_true",
                         help="with no checkpoints found, do not create the random-weights demo checkpoint")
 
@@ -191,3 +195,22 @@ def extension_access_allowed(args: argparse.Namespace) -> bool:
     """Installing or updating extensions (code from the network) from the UI: only on a local server,
     unless `--enable-insecure-extension-access` (A1111's rule)."""
     return not is_non_local(args) or args.enable_insecure_extension_access
+
+
+def model_downloads_refusal(args: argparse.Namespace) -> str | None:
+    """Why downloading models and writing converted checkpoints is refused on this server, or None.
+
+    Like extension installs (it fills the disk and fetches from the network on the server's behalf):
+    always on a local server; beyond localhost only behind an auth flag and with
+    `--enable-model-downloads` or `--enable-insecure-extension-access`."""
+    if not is_non_local(args):
+        return None
+    authed = any(getattr(args, flag, None) for flag in ("gradio_auth", "gradio_auth_path", "api_auth"))
+    allowed = getattr(args, "enable_model_downloads", False) or getattr(args, "enable_insecure_extension_access", False)
+    if authed and allowed:
+        return None
+    missing = [text for ok, text in ((authed, "an auth flag (--gradio-auth or --api-auth)"),
+                                     (allowed, "--enable-model-downloads")) if not ok]
+    return ("model downloads and checkpoint conversions are off on this server: it listens beyond localhost "
+            f"(--listen or --server-name); its owner can allow them by starting it with {' and '.join(missing)}, "
+            "or put model files into the models folders on the server")

@@ -50,6 +50,9 @@ class SettingSpec:
     needs_restart: bool = False  # read when the UI is built, so it takes effect after a restart
     # Not changeable through the API (A1111's restrict_api): settings that guard the API itself.
     restrict_api: bool = False
+    # A credential (a token, an API key): shown and returned as SECRET_MASK, never as its value; the
+    # mask sent back means "unchanged" (modules.serving.settings_change).
+    secret: bool = False
     check: Callable[[Any], str | None] | None = field(default=None, compare=False, repr=False)
 
     def validate(self, value: Any) -> Any:
@@ -135,7 +138,17 @@ SECTIONS: Mapping[str, str] = MappingProxyType({
     "sampling": "Sampling",
     "ui": "User interface",
     "api": "API",
+    "model-sources": "Model sources",
 })
+
+SECRET_MASK = "<redacted>"  # what a secret setting shows instead of its value (the API's cmd-flags mark too)
+
+
+def _no_line_breaks(value: str) -> str | None:
+    """Problem with a token sent as an HTTP header value, or None."""
+    if any(ch in value for ch in "\r\n\0") or value != value.strip():
+        return "must be one line without surrounding spaces (it is sent as an HTTP header)"
+    return None
 
 SCHEMA: tuple[SettingSpec, ...] = (
     # Checkpoints
@@ -230,6 +243,19 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 restrict_api=True),
     SettingSpec("api_forbid_local_requests", True, "Forbid URLs to local resources", "api", restrict_api=True,
                 info="Refuses image URLs that resolve to loopback, private or link-local addresses"),
+    # Model sources (modules.model_sources: the Models tab's look-ups and downloads)
+    SettingSpec("hf_token", "", "Hugging Face token", "model-sources", secret=True, check=_no_line_breaks,
+                info="For gated and private repositories; sent only to the Hugging Face host. Empty: the HF_TOKEN "
+                     "environment variable"),
+    SettingSpec("civitai_api_key", "", "Civitai API key", "model-sources", secret=True, check=_no_line_breaks,
+                info="For files that need a login on Civitai; sent only to civitai.com. Empty: the CIVITAI_API_KEY "
+                     "environment variable"),
+    SettingSpec("model_preview_max_rating", "PG-13", "Highest content rating of a downloaded preview image",
+                "model-sources", choices=("PG", "PG-13", "R", "X", "XXX"),
+                info="Civitai's ratings; the first preview of the model within it is saved, videos never"),
+    SettingSpec("model_sources_allow_private", False, "Allow model downloads from local and private addresses",
+                "model-sources", restrict_api=True,
+                info="For a mirror on your LAN; off, every hop of every redirect must be a public address"),
     # Extensions (edited in the Extensions tab; modules.extension_host.extensions)
     SettingSpec("disabled_extensions", (), "Disabled extensions", "ui", visible=False),
     SettingSpec("disable_all_extensions", "none", "Disable all extensions", "ui", choices=("none", "extra", "all"),
@@ -250,6 +276,19 @@ def locked_settings(args) -> frozenset[str]:
     from modules.serving.cmd_args import dir_config_locked
 
     return DIR_CONFIG_SETTINGS if dir_config_locked(args) else frozenset()
+
+
+def redact_secrets(values: Mapping[str, Any], specs: Mapping[str, SettingSpec] = SCHEMA_BY_KEY) -> dict[str, Any]:
+    """`values` with every secret setting that holds something replaced by SECRET_MASK (what the API's
+    options, the page's `opts` and the Settings tab show)."""
+    return {key: (SECRET_MASK if value and key in specs and specs[key].secret else value)
+            for key, value in values.items()}
+
+
+def secrets_unchanged(changes: Mapping[str, Any], specs: Mapping[str, SettingSpec] = SCHEMA_BY_KEY) -> dict[str, Any]:
+    """`changes` without secret settings sent back as SECRET_MASK (a client posting what it read)."""
+    return {key: value for key, value in changes.items()
+            if not (value == SECRET_MASK and key in specs and specs[key].secret)}
 
 
 class SettingsValidationError(ValueError):

@@ -31,6 +31,7 @@ from typing import Any
 
 from modules.common.atomic_files import DiskFullError
 from modules.serving.app_context import VAE_SETTINGS, AppContext
+from modules.serving.settings import secrets_unchanged
 
 # Kept by the program (the loaded checkpoint's hash): a client posting back GET options sends it.
 READ_ONLY_SETTINGS = frozenset({"sd_checkpoint_hash"})
@@ -64,6 +65,7 @@ def change_settings(context: AppContext, changes: Mapping[str, Any], *, api: boo
     `CheckpointNotFoundError` / `BrokenCheckpointError` for a checkpoint that cannot be used, and
     OSError (e.g. `DiskFullError`) when config.json cannot be written."""
     changes = {key: value for key, value in changes.items() if key not in READ_ONLY_SETTINGS}
+    changes = secrets_unchanged(changes, context.settings.specs_by_key())
     wanted = changes.pop(CHECKPOINT_SETTING, None)
     before = context.settings.current()
     refused = context.settings_policy.refusals(changes, before, api=api, specs=context.settings.specs_by_key())

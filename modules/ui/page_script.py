@@ -26,6 +26,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from modules.serving.settings import redact_secrets
 from modules.ui.extensions_tab import extension_head
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,10 @@ def page_head(context) -> str:
 
 def options_json(context) -> str:
     """The settings in effect as a JSON object (the browser's `opts`). Values JSON cannot hold
-    (NaN, objects) are written as null / text, so one odd value never breaks the whole object."""
+    (NaN, objects) are written as null / text, so one odd value never breaks the whole object.
+    Secret settings (tokens) are masked."""
     values: dict[str, Any] = {}
-    for key, value in context.settings.current().items():
+    for key, value in redact_secrets(context.settings.current(), context.settings.specs_by_key()).items():
         if isinstance(value, float) and not math.isfinite(value):
             value = None
         values[key] = value

@@ -27,7 +27,15 @@ from typing import Any
 
 import gradio as gr
 
-from modules.serving.settings import SCHEMA, SCHEMA_BY_KEY, SECTIONS, SettingSpec, describe_changes, locked_settings
+from modules.serving.settings import (
+    SCHEMA,
+    SCHEMA_BY_KEY,
+    SECRET_MASK,
+    SECTIONS,
+    SettingSpec,
+    describe_changes,
+    locked_settings,
+)
 from modules.serving.settings_change import change_settings
 
 log = logging.getLogger(__name__)
@@ -67,7 +75,10 @@ def section_title(section: str, extension_titles: Mapping[str, str] = MappingPro
 
 
 def widget_value(spec: SettingSpec, value: Any) -> Any:
-    """A setting's value as its widget holds it (lists for list settings)."""
+    """A setting's value as its widget holds it (lists for list settings; a secret that is set as the
+    mask, so the page never holds it and an untouched field is no edit)."""
+    if spec.secret:
+        return SECRET_MASK if value else ""
     return list(value) if isinstance(spec.default, tuple) else value
 
 
@@ -175,7 +186,7 @@ def setting_component(spec: SettingSpec, value: Any, choices: Sequence[str] | No
     if isinstance(spec.default, str):
         if spec.choices is not None:
             return gr.Radio(list(spec.choices), value=value, **common)
-        return gr.Textbox(value=value, lines=1, **common)
+        return gr.Textbox(value=value, lines=1, type="password" if spec.secret else "text", **common)
     if spec.step is not None and spec.minimum is not None and spec.maximum is not None:
         return gr.Slider(spec.minimum, spec.maximum, value=value, step=spec.step, **common)
     # No minimum/maximum on the widget: the store's check names the rule instead of a bare refusal.
