@@ -1,0 +1,361 @@
+"""Atelier's model-source routes, `/atelier/v1/models/...`: look a model up on Civitai, Hugging Face or
+a plain https URL, download it (a job with an id and progress), cancel, fetch cards for files already
+here, inspect a checkpoint and convert it.
+
+Our own namespace, not A1111's `/sdapi/v1`: A1111 has no such routes, and the Models tab of the web UI
+and `/docs` need them also when the server runs without `--api`. Auth applies as to every route
+(modules.api.auth). The routes are thin: `context.model_sources` (modules.model_sources.service) owns
+the downloads, the folder rules and the write policy; a `ModelSourceError` answers with its own status
+(400 for a source that is no source, 403 for writes this server refuses, 404, 422, 502 ...).
+Calls that wait on the network or the disk run on a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from enum import Enum
+from pathlib import PurePath
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import APIRouter, Body, status
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from modules.api.errors import ApiError, not_found
+from modules.model_sources.types import ModelSourceError
+
+T = TypeVar("T")
+
+PREFIX = "/atelier/v1/models"
+# The service's folder kinds (modules.model_sources.service.MODEL_KINDS); repeated here as a type so
+# /docs lists them and a wrong value is a 422 naming the field before the service is called.
+ModelKind = Literal["checkpoint", "lora", "embedding", "hypernetwork", "vae"]
+ToolName = Literal["convert", "prune-ema", "fp16"]
+SOURCE_EXAMPLES = [
+    "https://civitai.com/models/4201?modelVersionId=130072",
+    "civitai: 4201@130072",
+    "urn:air:sd1:checkpoint:civitai:4201@130072",
+    "stabilityai/stable-diffusion-xl-base-1.0",
+    "https://huggingface.co/runwayml/stable-diffusion-v1-5/blob/main/v1-5-pruned-emaonly.safetensors",
+    "https://example.com/models/my-model.safetensors",
+]
+MAX_SOURCE_CHARS = 2048
+# Named request examples for /docs.
+LOOKUP_EXAMPLES = {
+    "civitai": {"summary": "A Civitai page URL", "value": {"source": SOURCE_EXAMPLES[0]}},
+    "air": {"summary": "A Civitai AIR URN", "value": {"source": SOURCE_EXAMPLES[2]}},
+    "huggingface": {"summary": "A Hugging Face repo", "value": {"source": SOURCE_EXAMPLES[3]}},
+    "url": {"summary": "Any https URL of a model file", "value": {"source": SOURCE_EXAMPLES[5]}},
+}
+DOWNLOAD_EXAMPLES = {
+    "civitai": {"summary": "The default file of a Civitai version", "value": {"source": SOURCE_EXAMPLES[0]}},
+    "huggingface": {"summary": "One file of a Hugging Face repo", "value": {
+        "source": "stabilityai/stable-diffusion-xl-base-1.0", "file_name": "sd_xl_base_1.0.safetensors"}},
+    "url": {"summary": "A plain URL, saved as a LoRA", "value": {
+        "source": SOURCE_EXAMPLES[5], "model_type": "lora"}},
+}
+
+
+# -- requests ------------------------------------------------------------------------------------------
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+
+class LookupRequest(_Request):
+    source: str = Field(min_length=1, max_length=MAX_SOURCE_CHARS, description=(
+        "A Civitai model or version id, page URL, `/api/download/models/{versionId}` URL, `{modelId}@{versionId}` "
+        "or AIR URN; a Hugging Face repo id (`org/name`, optionally `org/name/file.safetensors`) or "
+        "`huggingface.co` URL; or any https URL of a model file."), examples=SOURCE_EXAMPLES)
+
+
+class DownloadRequest(LookupRequest):
+    file_name: str | None = Field(None, max_length=1024, description=(
+        "Which of the version's files to download (a name from the look-up's `files`); default: "
+        "the primary SafeTensor."), examples=["realisticVision_v51.safetensors"])
+    model_type: ModelKind | None = Field(None, description=(
+        "The folder kind, for sources that do not say what the file is (a plain URL); a Civitai or Hugging "
+        "Face model's own type is used otherwise."))
+
+
+class CardsRequest(_Request):
+    kind: ModelKind = Field(description="Which folder's files to look up on Civitai.")
+    name: str | None = Field(None, max_length=1024, description=(
+        "One file of that folder (as listed by the Models tab); omit it for every file of the kind."),
+        examples=["myLora.safetensors"])
+
+
+class InspectRequest(_Request):
+    name: str = Field(min_length=1, max_length=1024, description="A checkpoint's title or file name.",
+                      examples=["v1-5-pruned-emaonly.safetensors"])
+
+
+class ConvertRequest(InspectRequest):
+    tool: ToolName = Field(description=(
+        "`convert`: a `.ckpt` to `.safetensors` through the safe unpickler; `prune-ema`: drop the EMA weights; "
+        "`fp16`: save the float weights as float16. Each writes a new file beside the original and lists it."))
+
+
+# -- responses -----------------------------------------------------------------------------------------
+
+
+class RemoteFileItem(BaseModel):
+    name: str
+    size: int | None = Field(None, description="Bytes as published (Civitai rounds to kilobytes).")
+    sha256: str | None = None
+    format: str = Field(description="Civitai's format name: SafeTensor, PickleTensor, Diffusers, Other ...")
+    precision: str | None = Field(None, description="fp16, fp32 or bf16, when published.")
+    size_kind: str | None = Field(None, description="pruned or full, when published.")
+    pickle_scan: str | None = Field(None, description="Civitai's pickle scan result (Success, Danger ...).")
+    virus_scan: str | None = None
+    primary: bool = False
+    file_type: str = "Model"
+    existing: str | None = Field(None, description="A local file with this sha256, if one is already here.")
+
+
+class LookupResponse(BaseModel):
+    source: str = Field(description="civitai, huggingface or url")
+    name: str
+    model_type: str | None = Field(None, description="The source's type name (Checkpoint, LORA, TextualInversion ...).")
+    kind: str | None = Field(None, description="The folder kind it goes to; null when it cannot be downloaded "
+                                               "or the source does not say (then send `model_type`).")
+    folder: str | None = Field(None, description="Where the file will be saved.")
+    refusal: str | None = Field(None, description="Why it cannot be downloaded, if it cannot.")
+    version_name: str | None = None
+    base_model: str | None = None
+    description: str = Field("", description="As the source gives it (HTML or Markdown written by the model's "
+                                             "author): untrusted, sanitize before showing it.")
+    trigger_words: list[str] = []
+    license: str = ""
+    page_url: str = ""
+    model_id: str | None = None
+    version_id: str | None = None
+    preview_url: str | None = Field(None, description="The preview chosen under the content-level setting.")
+    default_file: str
+    files: list[RemoteFileItem]
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "source": "civitai", "name": "Tiny Model", "model_type": "Checkpoint", "kind": "checkpoint",
+        "folder": "/data/models/Stable-diffusion", "refusal": None, "version_name": "v1",
+        "base_model": "SD 1.5", "description": "<p>A model.</p>", "trigger_words": ["tiny style"],
+        "license": "", "page_url": "https://civitai.com/models/1", "model_id": "1", "version_id": "11",
+        "preview_url": None, "default_file": "tiny.safetensors",
+        "files": [{"name": "tiny.safetensors", "size": 2048, "sha256": "ab12...", "format": "SafeTensor",
+                   "precision": "fp16", "size_kind": "pruned", "pickle_scan": "Success", "virus_scan": "Success",
+                   "primary": True, "file_type": "Model", "existing": None}]}]})
+
+
+class DownloadItem(BaseModel):
+    id: str
+    source: str
+    model_name: str
+    file_name: str
+    kind: str
+    state: Literal["queued", "running", "verifying", "done", "failed", "cancelled", "exists"]
+    bytes_done: int
+    total: int | None = Field(None, description="Bytes expected, when known.")
+    speed: float = Field(description="Bytes per second (smoothed).")
+    eta: float | None = Field(None, description="Seconds left, when known.")
+    destination: str | None = None
+    error: str | None = None
+    message: str = ""
+    started: float = Field(description="Unix time.")
+    finished: float | None = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "3f2a9c", "source": "https://civitai.com/models/1", "model_name": "Tiny Model",
+        "file_name": "tiny.safetensors", "kind": "checkpoint", "state": "running", "bytes_done": 1048576,
+        "total": 4194304, "speed": 524288.0, "eta": 6.0, "destination": None, "error": None, "message": "",
+        "started": 1764835200.0, "finished": None}]})
+
+
+class DownloadList(BaseModel):
+    downloads: list[DownloadItem] = Field(description="Newest first: running ones and the recent finished ones.")
+
+
+class CardOutcome(BaseModel):
+    file: str
+    outcome: str = Field(description="What happened for this file: cards written, not found on Civitai, ...")
+
+
+class CardsResponse(BaseModel):
+    kind: str
+    results: list[CardOutcome]
+
+
+class InspectResponse(BaseModel):
+    name: str
+    report: dict[str, Any] = Field(description=(
+        "architecture, dtypes {dtype: tensor count}, tensor_count, total_bytes, has_ema, has_baked_vae, "
+        "clip_position_ids, merge_recipe, training_metadata, metadata, format"))
+
+
+class ToolResponse(BaseModel):
+    name: str
+    tool: str
+    result: dict[str, Any] = Field(description="What the tool wrote (its path and title) and what it says.")
+
+
+# -- plumbing ------------------------------------------------------------------------------------------
+
+
+def model_sources_of(context):
+    """The context's ModelSources service; 503 when this server has none."""
+    service = getattr(context, "model_sources", None)
+    if service is None:
+        raise ApiError(503, "model sources are not available on this server", name="ServiceUnavailable")
+    return service
+
+
+async def call_service(fn: Callable[[], T]) -> T:
+    """Run a service call on a worker thread; a ModelSourceError answers with its own status."""
+    try:
+        return await run_in_threadpool(fn)
+    except ModelSourceError as e:
+        raise ApiError(e.status, str(e), name="ModelSourceError") from None
+
+
+def plain(value: Any) -> Any:
+    """A service result as JSON values: dataclasses to dicts, paths to strings, tuples to lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def lookup_response(result) -> LookupResponse:
+    """A service `LookupResult` as the API's look-up card."""
+    remote = result.remote
+    existing = dict(result.existing or {})
+    files = [RemoteFileItem(name=f.name, size=f.size, sha256=f.sha256, format=f.format, precision=f.precision,
+                            size_kind=f.size_kind, pickle_scan=f.pickle_scan, virus_scan=f.virus_scan,
+                            primary=f.primary, file_type=f.file_type, existing=existing.get(f.name))
+             for f in remote.files]
+    return LookupResponse(
+        source=remote.source, name=remote.name, model_type=remote.model_type, kind=result.kind,
+        folder=str(result.folder) if result.folder else None, refusal=result.refusal,
+        version_name=remote.version_name, base_model=remote.base_model, description=remote.description or "",
+        trigger_words=list(remote.trigger_words), license=remote.license or "", page_url=remote.page_url or "",
+        model_id=remote.model_id, version_id=remote.version_id, preview_url=result.preview_url,
+        default_file=result.default_file, files=files)
+
+
+def download_item(download) -> DownloadItem:
+    return DownloadItem(**download.to_json())
+
+
+def _unknown_download(download_id: str) -> ApiError:
+    return not_found(f"no download with id {download_id!r}; GET {PREFIX}/downloads lists the recent ones",
+                     name="DownloadNotFound")
+
+
+# -- routes --------------------------------------------------------------------------------------------
+
+
+def build_router(context) -> APIRouter:
+    router = APIRouter(prefix=PREFIX, tags=["model sources"])
+
+    @router.post("/lookup", response_model=LookupResponse)
+    async def lookup(body: Annotated[LookupRequest, Body(openapi_examples=LOOKUP_EXAMPLES)]) -> LookupResponse:
+        """What the source says about the model, before anything is downloaded: name, type, base
+        model, version, files (size, format, precision, pruned/full, pickle scan, a copy already here),
+        trigger words, license, the preview, the folder it goes to, or why it cannot be downloaded."""
+        service = model_sources_of(context)
+        return lookup_response(await call_service(lambda: service.lookup(body.source)))
+
+    @router.post("/downloads", response_model=DownloadItem, status_code=status.HTTP_202_ACCEPTED)
+    async def start_download(body: Annotated[DownloadRequest, Body(openapi_examples=DOWNLOAD_EXAMPLES)]
+                             ) -> DownloadItem:
+        """Start downloading a model file; answers at once with the download's id and state. Follow it
+        with `GET /downloads/{id}`. The file is verified (size, sha256 as published) before it is
+        renamed into its folder, with its cards beside it; a file whose sha256 is already here is not
+        downloaded again (state `exists`, `destination` says where)."""
+        service = model_sources_of(context)
+
+        def start():
+            service.check_write_access()
+            return service.start_download(body.source, file_name=body.file_name, model_type=body.model_type)
+
+        return download_item(await call_service(start))
+
+    @router.get("/downloads", response_model=DownloadList)
+    def downloads() -> DownloadList:
+        """Running downloads and the recent finished ones, newest first."""
+        return DownloadList(downloads=[download_item(d) for d in model_sources_of(context).downloads()])
+
+    @router.get("/downloads/{download_id}", response_model=DownloadItem)
+    def download(download_id: str) -> DownloadItem:
+        """One download's progress: state, bytes done of total, speed (bytes/s), ETA (s), and where
+        the file went or why it failed."""
+        try:
+            return download_item(model_sources_of(context).download_status(download_id))
+        except KeyError:
+            raise _unknown_download(download_id) from None
+
+    async def _cancel(download_id: str) -> DownloadItem:
+        service = model_sources_of(context)
+
+        def cancel():
+            try:
+                return service.cancel(download_id)
+            except KeyError:
+                raise _unknown_download(download_id) from None
+
+        return download_item(await call_service(cancel))
+
+    @router.post("/downloads/{download_id}/cancel", response_model=DownloadItem)
+    async def cancel_download(download_id: str) -> DownloadItem:
+        """Stop a download. The partial `.part` file stays, so the same download started again resumes."""
+        return await _cancel(download_id)
+
+    @router.delete("/downloads/{download_id}", response_model=DownloadItem)
+    async def delete_download(download_id: str) -> DownloadItem:
+        """The same as `POST /downloads/{id}/cancel`."""
+        return await _cancel(download_id)
+
+    @router.post("/cards", response_model=CardsResponse)
+    async def fetch_cards(body: CardsRequest) -> CardsResponse:
+        """Cards for files already here: each file is looked up on Civitai by its sha256, and what is
+        found is written beside it (`<name>.json` merged with the user's, `<name>.civitai.info`, a preview)."""
+        service = model_sources_of(context)
+
+        def fetch():
+            service.check_write_access()
+            return service.fetch_cards(body.kind, body.name)
+
+        results = await call_service(fetch)
+        return CardsResponse(kind=body.kind, results=[CardOutcome(file=f, outcome=o) for f, o in results])
+
+    @router.post("/inspect", response_model=InspectResponse)
+    async def inspect(body: InspectRequest) -> InspectResponse:
+        """What a checkpoint holds: architecture, dtypes, tensor count and size, EMA weights, a baked
+        VAE, broken CLIP `position_ids`, merge recipe and training metadata. Pickled files are read
+        through the safe unpickler."""
+        service = model_sources_of(context)
+        report = await call_service(lambda: service.inspect(body.name))
+        return InspectResponse(name=body.name, report=plain(report))
+
+    @router.post("/convert", response_model=ToolResponse)
+    async def convert(body: ConvertRequest) -> ToolResponse:
+        """Run a checkpoint tool; the new file is written atomically beside the original and listed."""
+        service = model_sources_of(context)
+
+        def run():
+            service.check_write_access()
+            return service.run_tool(body.tool, body.name)
+
+        result = await call_service(run)
+        return ToolResponse(name=body.name, tool=body.tool, result=plain(result))
+
+    return router
