@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from modules.library.hashes import sha256_of_file
 from modules.library.safetensors_io import save_file
 from modules.library.synthetic_checkpoints import write_checkpoint
 from modules.model_sources.checkpoint_tools import (
+    CheckpointToolCancelled,
     CheckpointToolError,
     convert_to_safetensors,
     inspect_checkpoint,
@@ -430,3 +432,19 @@ def test_errors_name_the_problem(tmp_path: Path, sd1: Path):
     empty = _save_ckpt(tmp_path / "empty.ckpt", {"step": 3})
     with pytest.raises(CheckpointToolError, match="no tensors"):
         inspect_checkpoint(empty)
+
+
+def test_progress_counts_the_bytes_written_and_cancel_leaves_nothing(sd1: Path, tmp_path: Path):
+    seen: list[tuple[int, int]] = []
+    result = save_fp16(sd1, progress=lambda done, total: seen.append((done, total)))
+    out = load_file(result.path)
+    total = sum(t.numel() * t.element_size() for t in out.values())
+    assert len(seen) == len(out)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert seen[-1] == (total, total)
+
+    cancel = threading.Event()
+    before = _files(tmp_path)
+    with pytest.raises(CheckpointToolCancelled):
+        save_fp16(sd1, progress=lambda done, total: cancel.set(), cancel=cancel)
+    assert _files(tmp_path) == before

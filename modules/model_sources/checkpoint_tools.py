@@ -45,6 +45,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,14 @@ class CheckpointToolError(ModelSourceError):
     def __init__(self, message: str, *, status: int = 422, forbidden: Iterable[str] = ()):
         super().__init__(message, status=status)
         self.forbidden = tuple(forbidden)
+
+
+class CheckpointToolCancelled(CheckpointToolError):
+    """The caller's `cancel` event was set; nothing was written."""
+
+
+# `progress(bytes_written, total_bytes)` after each tensor of the output.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -197,7 +206,8 @@ class _Source:
     dtypes: dict[str, torch.dtype]
     shapes: dict[str, tuple[int, ...]]
     metadata: dict[str, str]  # raw `__metadata__` strings (safetensors only)
-    read: Callable[[str], torch.Tensor]  # a tensor the caller may keep, in its stored dtype
+    # `read(name, dtype=None)`: a tensor the caller may keep, floating ones cast to `dtype` if given
+    read: Callable[..., torch.Tensor]
     close: Callable[[], None]
     dropped: tuple[str, ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)  # a pickle's global_step / epoch
@@ -254,9 +264,10 @@ def _open_pickle(path: Path, allow_unsafe: bool) -> _Source:
             raise CheckpointToolError(f"{path.name}: tensor {name!r} is {tensor.layout} / quantized; the tools "
                                       "convert plain (dense) checkpoints only", status=400)
 
-    def read(name: str) -> torch.Tensor:
+    def read(name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         # A zip pickle is memory-mapped: hand out the view; the writer copies its bytes out.
-        return tensors[name]
+        tensor = tensors[name]
+        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
     def close() -> None:
         tensors.clear()
@@ -422,7 +433,8 @@ class _Planned:
 
 
 def convert_to_safetensors(path: str | os.PathLike, destination: str | os.PathLike | None = None, *,
-                           allow_unsafe_pickle: bool = False, fix_position_ids: bool = True) -> ToolResult:
+                           allow_unsafe_pickle: bool = False, fix_position_ids: bool = True,
+                           progress: Progress | None = None, cancel: threading.Event | None = None) -> ToolResult:
     """Write the tensors of a pickled checkpoint (`.ckpt`, `.pt`, `.pth`, `.bin`) as `.safetensors`
     (default `<stem>.safetensors` beside it). Loaded through the safe unpickler; the `state_dict`
     wrapper is unwrapped; non-tensor entries (optimizer state, step counters) are left out and listed."""
@@ -433,11 +445,12 @@ def convert_to_safetensors(path: str | os.PathLike, destination: str | os.PathLi
         plan, fixed = _copy_plan(source, source.shapes, fix_position_ids)
         target = _destination(path, destination, "")
         note = f"converted to safetensors{_fixed_note(fixed)}"
-        return _write(source, target, plan, "ckpt to safetensors", source.dropped, fixed, note)
+        return _write(source, target, plan, "ckpt to safetensors", source.dropped, fixed, note, progress, cancel)
 
 
 def prune_ema(path: str | os.PathLike, destination: str | os.PathLike | None = None, *, use_ema: bool = False,
-              allow_unsafe_pickle: bool = False, fix_position_ids: bool = True) -> ToolResult:
+              allow_unsafe_pickle: bool = False, fix_position_ids: bool = True,
+              progress: Progress | None = None, cancel: threading.Event | None = None) -> ToolResult:
     """Write a copy without the EMA weights (`model_ema.*`) as `.safetensors` (default
     `<stem>-pruned.safetensors`). With `use_ema` the EMA copies replace the UNet weights first
     ("emaonly", default `<stem>-emaonly.safetensors`)."""
@@ -457,11 +470,12 @@ def prune_ema(path: str | os.PathLike, destination: str | os.PathLike | None = N
         what = f"EMA weights used as the UNet's ({swapped} tensors)" if use_ema else "EMA weights dropped"
         note = f"{what}, {len(ema_keys)} model_ema.* tensors left out{_fixed_note(fixed)}"
         kind = "EMA pruned, EMA weights kept as the model" if use_ema else "EMA pruned, regular weights kept"
-        return _write(source, target, plan, kind, dropped, fixed, note)
+        return _write(source, target, plan, kind, dropped, fixed, note, progress, cancel)
 
 
 def save_fp16(path: str | os.PathLike, destination: str | os.PathLike | None = None, *, include_bf16: bool = False,
-              allow_unsafe_pickle: bool = False, fix_position_ids: bool = True) -> ToolResult:
+              allow_unsafe_pickle: bool = False, fix_position_ids: bool = True,
+              progress: Progress | None = None, cancel: threading.Event | None = None) -> ToolResult:
     """Write a copy with float32 (and, with `include_bf16`, bfloat16) tensors cast to float16 as
     `.safetensors` (default `<stem>-fp16.safetensors`). Integer buffers keep their dtype."""
     import torch
@@ -482,7 +496,7 @@ def save_fp16(path: str | os.PathLike, destination: str | os.PathLike | None = N
                                       status=400)
         target = _destination(path, destination, "-fp16")
         note = f"{cast} tensors cast to float16{_fixed_note(fixed)}"
-        return _write(source, target, plan, "fp16", source.dropped, fixed, note)
+        return _write(source, target, plan, "fp16", source.dropped, fixed, note, progress, cancel)
 
 
 def _copy_plan(source: _Source, shapes: Mapping[str, tuple[int, ...]],
@@ -537,9 +551,12 @@ def _half_maker(source: _Source, name: str, path: Path) -> Callable[[], torch.Te
     def make() -> torch.Tensor:
         import torch
 
-        tensor = source.read(name)
-        half = tensor.to(torch.float16)
-        if not bool(torch.isfinite(half).all()) and bool(torch.isfinite(tensor).all()):
+        # Cast while reading: no full-precision copy of the tensor is made.
+        half = source.read(name, torch.float16)
+        if bool(torch.isfinite(half).all()):
+            return half
+        tensor = source.read(name)  # rare: was it finite before the cast?
+        if bool(torch.isfinite(tensor).all()):
             largest = float(tensor.abs().max())
             raise CheckpointToolError(
                 f"{path.name}: tensor {name!r} holds values up to {largest:.6g}, beyond float16's range (65504); "
@@ -592,18 +609,26 @@ def _output_metadata(source: _Source, kind: str) -> dict[str, str]:
 
 
 def _write(source: _Source, target: Path, plan: list[_Planned], kind: str, dropped: tuple[str, ...],
-           fixed: tuple[str, ...], note: str) -> ToolResult:
+           fixed: tuple[str, ...], note: str, progress: Progress | None, cancel: threading.Event | None) -> ToolResult:
     """Stream `plan` into a stage file beside `target`, then give it the first free name from
     `target` on (see `_place`)."""
     from modules.library.safetensors_io import SafetensorsWriter
 
     stage = temp_path_for(target)  # hidden and marked like any temp file: never listed, swept at start
     specs = [(item.name, item.dtype, item.shape) for item in plan]
+    total = sum(_numel(item.shape) * item.dtype.itemsize for item in plan)
+    done = 0
     try:
         with SafetensorsWriter(stage, specs, _output_metadata(source, kind), overwrite=True,
                                what=f"the checkpoint {target.name}") as writer:
             for item in plan:
+                if cancel is not None and cancel.is_set():
+                    raise CheckpointToolCancelled(f"{kind} of {source.path.name} cancelled; nothing was written",
+                                                  status=409)
                 writer.write(item.name, item.make())
+                done += _numel(item.shape) * item.dtype.itemsize
+                if progress is not None:
+                    progress(done, total)
             writer.commit()
         sha256, size = writer.sha256, writer.size
         assert sha256 is not None
