@@ -1,7 +1,7 @@
 """The web UI: one `gr.Blocks` in A1111's shape, mounted at "/" of the server's FastAPI app.
 
     top bar     checkpoint, SD VAE, clip skip, model status        modules.ui.top_bar
-    tabs        txt2img | PNG Info | Checkpoint Merger | <extension tabs> | Settings | Extensions
+    tabs        txt2img | PNG Info | Checkpoint Merger | Models | <extension tabs> | Settings | Extensions
                                                                     one builder each
 
 Each tab builder is `build(context, shared)`, called inside its `gr.Tab`; `UiShared` carries the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from modules.ui import extensions_tab, merger_tab, paste_buttons, pnginfo, settings_tab, top_bar, txt2img
+from modules.ui import extensions_tab, merger_tab, models_tab, paste_buttons, pnginfo, settings_tab, top_bar, txt2img
 from modules.ui.file_route import install_file_route
 from modules.ui.file_rules import apply_file_rules, prepare_gradio_cache
 from modules.ui.icons import icon_css, tooltip_js
@@ -26,8 +26,8 @@ from modules.ui.shared import UiShared
 
 log = logging.getLogger(__name__)
 
-TAB_IDS = {"txt2img": "txt2img", "PNG Info": "pnginfo", "Checkpoint Merger": "modelmerger", "Settings": "settings",
-           "Extensions": "extensions"}
+TAB_IDS = {"txt2img": "txt2img", "PNG Info": "pnginfo", "Checkpoint Merger": "modelmerger", "Models": "models",
+           "Settings": "settings", "Extensions": "extensions"}
 
 CSS = """
 #quicksettings { align-items: flex-end; gap: 0.5em; }
@@ -57,6 +57,12 @@ CSS = """
                       background: var(--button-secondary-background-fill); }
 .extra-network-item:hover { border-color: var(--color-accent); }
 .extra-network-item .description { font-size: 0.75em; opacity: 0.7; }
+.extra-network-item { max-width: 12em; text-align: left; }
+.extra-network-item img.preview { width: 100%; max-height: 10em; object-fit: cover; border-radius: 0.3em;
+                                  margin-bottom: 0.25em; }
+.extra-network-item .about { font-size: 0.75em; opacity: 0.85; display: -webkit-box; -webkit-line-clamp: 3;
+                             -webkit-box-orient: vertical; overflow: hidden; }
+.extra-network-item .trigger-words { font-size: 0.75em; font-family: var(--font-mono); opacity: 0.85; }
 .extra-network-empty, .extra-network-note { font-size: 0.85em; opacity: 0.7; margin: 0.2em 0; }
 .extra-network-skipped-list { font-size: 0.85em; margin-top: 0.3em; }
 .extra-network-skipped { opacity: 0.75; }
@@ -102,6 +108,8 @@ def build_ui(context) -> gr.Blocks:
                 pnginfo.build(context, shared)
             with gr.Tab("Checkpoint Merger", id=TAB_IDS["Checkpoint Merger"], elem_id="tab_modelmerger", render_children=True):
                 merger_tab.build(context, shared)
+            with gr.Tab("Models", id=TAB_IDS["Models"], elem_id="tab_models", render_children=True):
+                models_tab.build(context, shared)
             extensions_tab.render_extension_tabs(extension_tabs)
             with gr.Tab("Settings", id=TAB_IDS["Settings"], elem_id="tab_settings", render_children=True):
                 settings_tab.build(context, shared)
@@ -130,7 +138,7 @@ def mount_ui(app, context, *, max_upload_bytes: int | None = None) -> gr.Blocks:
     install_file_route(app, context)
     install_options_route(app, context)
     blocks = build_ui(context)
-    css = "\n".join(filter(None, [CSS, icon_css(), extensions_tab.extension_css(context)]))
+    css = "\n".join(filter(None, [CSS, models_tab.TAB_CSS, icon_css(), extensions_tab.extension_css(context)]))
     js = JS.replace("%TOOLTIPS%", tooltip_js())
     gr.mount_gradio_app(app, blocks, path="/", css=css, js=js, head=page_head(context),
                         ssr_mode=False, footer_links=["settings"], run_history=False, show_error=False,

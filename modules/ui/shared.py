@@ -5,7 +5,7 @@ Each tab has one builder, `build(context, shared)`, called inside its `gr.Tab` b
 must list the result; PNG Info sends parameters to txt2img's fields). Builders fill in what they own.
 
 Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps working:
-  page        tabs, tab_txt2img, tab_pnginfo, tab_modelmerger, tab_<extension tab id>, tab_settings,
+  page        tabs, tab_txt2img, tab_pnginfo, tab_modelmerger, tab_models, tab_<extension tab id>, tab_settings,
               tab_extensions (A1111's tab panels)
   top bar     quicksettings (the row), setting_sd_model_checkpoint, refresh_sd_model_checkpoint, setting_sd_vae,
               refresh_sd_vae, setting_CLIP_stop_at_last_layers, model_status
@@ -26,7 +26,9 @@ Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps wo
               modelmerger_save_metadata, modelmerger_block_weights, modelmerger_merge,
               modelmerger_merge_and_load, modelmerger_result
   Settings    settings_submit, settings_result, settings_restart_gradio (Reload UI), and setting_<key> per setting
-Tab labels: "txt2img", "PNG Info", "Checkpoint Merger", "Settings".
+  Models      models_source, models_lookup, models_card, models_file, models_download, models_downloads,
+              models_cancel_id, models_cancel (the rest: modules.ui.models_tab)
+Tab labels: "txt2img", "PNG Info", "Checkpoint Merger", "Models", "Settings".
 """
 
 from __future__ import annotations
