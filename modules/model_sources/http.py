@@ -190,8 +190,13 @@ class GuardedHttp:
 
     def __init__(self, *, allow_private: bool = False, credentials: Sequence[HostCredential] = (),
                  timeout: float = 30.0, user_agent: str = USER_AGENT, resolver: Resolver | None = None,
-                 max_redirects: int = 10, sleep: Callable[[float], None] = time.sleep):
+                 max_redirects: int = 10, sleep: Callable[[float], None] = time.sleep,
+                 address_allowed: Callable[[str], bool] | None = None):
+        """`address_allowed(address)` decides which resolved addresses a request may reach; by default
+        public ones (`is_public_address`), or any with `allow_private`. Tests pass a policy that
+        counts one loopback address as "the internet" to test refusals further down a chain."""
         self.allow_private = allow_private
+        self._address_allowed = address_allowed or ((lambda address: True) if allow_private else is_public_address)
         self.credentials = tuple(credentials)
         self.timeout = timeout
         self.user_agent = user_agent
@@ -275,13 +280,12 @@ class GuardedHttp:
                                      "network") from None
         if not addresses:
             raise TransientHttpError(f"{host!r}{via} has no address")
-        if not self.allow_private:
-            refused = [a for a in addresses if not is_public_address(a)]
-            if refused:
-                raise ModelSourceError(
-                    f"{host!r}{via} resolves to a non-public address ({refused[0]}); model downloads from "
-                    f"local or private hosts are refused. To allow a LAN mirror, turn on the setting "
-                    f"{PRIVATE_SETTING} (Settings → Model sources)", status=403)
+        refused = [a for a in addresses if not self._address_allowed(a)]
+        if refused:
+            raise ModelSourceError(
+                f"{host!r}{via} resolves to a non-public address ({refused[0]}); model downloads from "
+                f"local or private hosts are refused. To allow a LAN mirror, turn on the setting "
+                f"{PRIVATE_SETTING} (Settings → Model sources)", status=403)
         return addresses
 
     def _request(self, parts, method: str, headers: dict[str, str], caller_secrets: list[str], requested: str):

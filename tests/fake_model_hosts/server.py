@@ -108,7 +108,9 @@ class FakeHost:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name=f"fake-{name}", daemon=True)
+        # A short poll interval: shutdown() waits for it, and tests close hosts often.
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name=f"fake-{name}", daemon=True)
         self._thread.start()
 
     def route(self, method: str, pattern: str, handler: Handler) -> None:
