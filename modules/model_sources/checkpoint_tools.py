@@ -246,6 +246,8 @@ def _open_safetensors(path: Path) -> _Source:
 
 
 def _open_pickle(path: Path, allow_unsafe: bool) -> _Source:
+    import torch
+
     from modules.library.safe_unpickle import (PickledCheckpointError, UnsafeCheckpointError,
                                                load_pickled_checkpoint, unwrap_state_dict)
 
@@ -257,8 +259,6 @@ def _open_pickle(path: Path, allow_unsafe: bool) -> _Source:
     except PickledCheckpointError as error:
         raise CheckpointToolError(str(error)) from error
     dropped, extras = _non_tensor_entries(obj, tensors)
-    import torch
-
     for name, tensor in tensors.items():
         if tensor.layout != torch.strided or tensor.is_quantized:
             raise CheckpointToolError(f"{path.name}: tensor {name!r} is {tensor.layout} / quantized; the tools "
@@ -280,16 +280,17 @@ def _non_tensor_entries(obj: Any, tensors: Mapping[str, Any]) -> tuple[tuple[str
     """What `unwrap_state_dict` leaves out (optimizer state, step counters...), as `name (type)`,
     and the training counters worth reporting. Mirrors its rule: the `state_dict` entry, when it is
     a dict, holds the weights; everything else is left out."""
-    inner = obj.get("state_dict")
-    outer_kept = "state_dict" if isinstance(inner, Mapping) else None
-    state = inner if isinstance(inner, Mapping) else obj
-    dropped = [f"{key} ({type(value).__name__})" for key, value in obj.items()
-               if outer_kept is not None and key != outer_kept]
-    dropped += [f"{key!r} ({type(value).__name__})" if not isinstance(key, str) else f"{key} ({type(value).__name__})"
-                for key, value in state.items() if key not in tensors]
-    extras = {label: obj[key] for key, label in (("global_step", "global step"), ("epoch", "epoch"))
-              if outer_kept is not None and isinstance(obj.get(key), int) and not isinstance(obj.get(key), bool)}
-    return tuple(dropped), extras
+    def described(key: Any, value: Any) -> str:
+        return f"{key if isinstance(key, str) else repr(key)} ({type(value).__name__})"
+
+    wrapped = isinstance(obj.get("state_dict"), Mapping)
+    state = obj["state_dict"] if wrapped else obj
+    outer = [described(key, value) for key, value in obj.items() if key != "state_dict"] if wrapped else []
+    inner = [described(key, value) for key, value in state.items() if key not in tensors]
+    counters = (("global_step", "global step"), ("epoch", "epoch"))
+    extras = {label: obj[key] for key, label in counters
+              if wrapped and isinstance(obj.get(key), int) and not isinstance(obj.get(key), bool)}
+    return tuple(outer + inner), extras
 
 
 # ------------------------------------------------------------------------------------------------
