@@ -10,7 +10,10 @@ a file only when its real path (symbolic links followed) lies inside:
   - the install folder's `tmp/`, for `.txt` and `.csv` files only: A1111 serves its whole working
     folder, and extensions write the lists their page scripts read there (tag autocomplete's
     `tmp/tagAutocompletePath.txt`); other files there (a settings file moved aside when it could
-    not be read, with the default data folder) stay private.
+    not be read, with the default data folder) stay private;
+  - the previews of the models listed now (`<stem>.png`, `<stem>.preview.png`, ... beside a listed
+    checkpoint, LoRA, hypernetwork or embedding: modules.ui.model_previews), for the cards; nothing
+    else in the model folders (not the weights, not their `.json`).
 
 Refused with 403 (A1111's answer): a path part starting with "." (hidden files, `..`), a backslash, a
 NUL byte, a path outside those folders (also when it does not exist: whether a file exists outside is
@@ -24,13 +27,14 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 
 from modules.serving.paths import REPO_ROOT
+from modules.ui.model_previews import is_listed_preview, listed_model_files
 
 ROUTE = "/file={path:path}"
 TEMP_FOLDER = "tmp"  # in the install folder (A1111's working folder)
@@ -77,9 +81,11 @@ def private_files(context) -> set[Path]:
     return {_real(Path(path)) for path in private}
 
 
-def resolve_file(raw: str, roots: Iterable[Path], private: set[Path], base: Path = REPO_ROOT) -> Path:
+def resolve_file(raw: str, roots: Iterable[Path], private: set[Path], base: Path = REPO_ROOT, *,
+                 is_preview: Callable[[Path], bool] | None = None) -> Path:
     """The real path of the file `raw` names (relative to `base`, A1111's working folder, or
-    absolute); FileRefused or FileMissing as the module docstring says."""
+    absolute); FileRefused or FileMissing as the module docstring says. `is_preview(real path)`
+    allows a file outside `roots` that is a listed model's preview."""
     if not raw or "\x00" in raw or "\\" in raw:
         raise FileRefused(f"bad characters in {raw!r}")
     parts = PurePosixPath(raw).parts
@@ -88,6 +94,8 @@ def resolve_file(raw: str, roots: Iterable[Path], private: set[Path], base: Path
     requested = Path(raw) if raw.startswith("/") else base / raw
     real = _real(requested)
     root = next((root for root in roots if real == root or real.is_relative_to(root)), None)
+    if root is None and is_preview is not None and is_preview(real):
+        root = real.parent
     if root is None or real == root:
         raise FileRefused(f"{raw!r} is {real}, outside the served folders")
     if any(part.startswith(".") for part in real.relative_to(root).parts):
@@ -129,7 +137,8 @@ def install_file_route(app: FastAPI, context) -> None:
     @app.api_route(ROUTE, methods=["GET", "HEAD"], include_in_schema=False)
     def serve_file(path: str, request: Request) -> Response:
         try:
-            real = resolve_file(path, served_roots(context), private_files(context))
+            real = resolve_file(path, served_roots(context), private_files(context),
+                                is_preview=lambda real: is_listed_preview(real, listed_model_files(context)))
         except FileRefused:
             return PlainTextResponse("Forbidden", status_code=403)
         except FileMissing:
