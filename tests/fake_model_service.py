@@ -14,11 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modules.library.checkpoints import CheckpointNotFoundError
+from modules.model_sources import placement
+from modules.model_sources.placement import MODEL_KINDS as KINDS
 from modules.model_sources.types import ModelSourceError, PreviewImage, RemoteFile, RemoteModel
-
-KINDS = ("checkpoint", "lora", "embedding", "hypernetwork", "vae")
-TYPE_KINDS = {"Checkpoint": "checkpoint", "LORA": "lora", "TextualInversion": "embedding",
-              "Hypernetwork": "hypernetwork", "VAE": "vae"}
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,8 @@ class FakeReport:
 @dataclass(frozen=True)
 class FakeToolResult:
     path: Path
-    title: str
-    message: str
+    size: int
+    report_line: str
 
 
 def civitai_model(name: str = "Tiny <b>Model</b>", model_type: str | None = "Checkpoint",
@@ -112,17 +111,20 @@ class FakeModelSources:
         model = self.models.get(source)
         if model is None:
             raise ModelSourceError(f"not a model source: {source!r}", status=400)
-        kind = TYPE_KINDS.get(model.model_type or "")
-        refusal = None if kind or model.model_type is None else f"{model.model_type} models are not used by Atelier"
+        kind = refusal = None
+        try:  # the real folder rules
+            kind = placement.kind_for(model.model_type, model.default_file())
+        except ModelSourceError as e:
+            refusal = str(e)
         return FakeLookup(model, kind, self.folders.get(kind) if kind else None, refusal,
                           model.default_file().name, dict(self.existing),
                           model.previews[0].url if model.previews else None)
 
-    def preview_bytes(self, url: str) -> tuple[bytes, str]:
+    def preview_bytes(self, url: str) -> bytes:
         self.calls.append(("preview_bytes", url))
         if self.preview is None:
             raise ModelSourceError("no preview", status=404)
-        return self.preview, "image/png"
+        return self.preview
 
     def check_write_access(self) -> None:
         if self.write_refusal:
@@ -133,12 +135,8 @@ class FakeModelSources:
         self.calls.append(("start_download", source, file_name, model_type))
         self.check_write_access()
         lookup = self.lookup(source)
-        kind = lookup.kind or model_type
-        if lookup.refusal:
-            raise ModelSourceError(lookup.refusal, status=422)
-        if kind is None:
-            raise ModelSourceError("say what kind of model this is: model_type", status=422)
         chosen = lookup.remote.file_named(file_name) if file_name else lookup.remote.default_file()
+        kind = placement.kind_for(model_type or lookup.remote.model_type, chosen)
         status = FakeStatus(id=f"dl{next(self._ids)}", source=source, model_name=lookup.remote.name,
                             file_name=chosen.name, kind=kind, state="queued", bytes_done=0, total=chosen.size,
                             speed=0.0, eta=None, destination=None, error=None, message="", started=time.time(),
@@ -191,7 +189,7 @@ class FakeModelSources:
     def inspect(self, name: str) -> FakeReport:
         self.calls.append(("inspect", name))
         if name not in self.local["checkpoint"]:
-            raise ModelSourceError(f"no checkpoint named {name!r}", status=404)
+            raise CheckpointNotFoundError(name)
         return FakeReport("SD1", {"float16": 10, "float32": 2}, 12, 3000, True, "safetensors")
 
     def run_tool(self, tool: str, name: str) -> FakeToolResult:
@@ -200,4 +198,4 @@ class FakeModelSources:
         self.inspect(name)
         stem = name.rsplit(".", 1)[0]
         new = f"{stem}-{tool}.safetensors"
-        return FakeToolResult(Path(self.folders["checkpoint"]) / new, f"{new} [0123456789]", f"wrote {new}")
+        return FakeToolResult(Path(self.folders["checkpoint"]) / new, 1234, f"wrote {new}")

@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from modules.api.errors import install_error_handlers
-from modules.api.routes_model_sources import PREFIX, build_router
+from modules.api.routes_model_sources import (PREFIX, TYPE_NAME_BY_KIND, ModelKind, ModelTypeName, ToolName,
+                                              build_router)
 from modules.model_sources.types import ModelSourceError
 from tests.fake_model_service import FakeModelSources, civitai_model, url_model
 from tests.test_api_support import basic_auth
@@ -95,6 +96,7 @@ def test_a_download_passes_the_chosen_file_and_type_on(client, service):
     response = client.post(f"{PREFIX}/downloads", json={"source": "https://example.com/model.safetensors",
                                                         "model_type": "lora"})
     assert response.status_code == 202 and response.json()["kind"] == "lora"
+    assert ("start_download", "https://example.com/model.safetensors", None, "LORA") in service.calls  # a kind: its type
     chosen = client.post(f"{PREFIX}/downloads", json={"source": CIVITAI_URL, "file_name": "tiny-full.ckpt"})
     assert chosen.json()["file_name"] == "tiny-full.ckpt"
     assert ("start_download", CIVITAI_URL, "tiny-full.ckpt", None) in service.calls
@@ -152,6 +154,17 @@ def test_inspect_and_tools_answer_plain_json(client, service):
     assert converted["result"]["path"] == "/data/checkpoint/a-prune-ema.safetensors"  # a Path, as a string
     bad_tool = client.post(f"{PREFIX}/convert", json={"name": "a.safetensors", "tool": "rm -rf"})
     assert bad_tool.status_code == 422 and "tool" in bad_tool.json()["errors"]
+
+
+def test_the_routes_choices_are_the_services():
+    from typing import get_args
+
+    from modules.model_sources import placement, service
+
+    assert get_args(ModelKind) == placement.MODEL_KINDS and get_args(ToolName) == service.TOOLS
+    assert get_args(ModelTypeName) == placement.TYPE_CHOICES
+    assert {kind: placement.kind_for_type_name(name) for kind, name in TYPE_NAME_BY_KIND.items()} == \
+        {kind: kind for kind in placement.MODEL_KINDS}
 
 
 def test_without_a_service_the_routes_say_so(service):

@@ -126,7 +126,7 @@ def test_lookup_errors_and_refusals_are_shown(handlers):
     assert "class='error'" in outputs[4] and "no such thing" in outputs[4] and outputs[5] is None
     assert "Paste a model" in handlers.lookup("   ")[4]
     card = handlers.lookup("controlnet")[0]
-    assert "Cannot be downloaded" in card and "Controlnet models are not used" in card
+    assert "Cannot be downloaded: Controlnet models cannot be downloaded here" in card
 
 
 # -- downloading ---------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_lookup_errors_and_refusals_are_shown(handlers):
 
 def test_download_takes_the_file_chosen_on_the_card(handlers, service):
     looked_up = handlers.lookup(CIVITAI)[5]
-    message, html, cancel, view = handlers.download(looked_up, CIVITAI, "tiny-full.ckpt", "lora", None)
+    message, html, cancel, view = handlers.download(looked_up, CIVITAI, "tiny-full.ckpt", "LORA", None)
     # The type is the source's own for a Civitai model: the hidden dropdown's value is not sent.
     assert ("start_download", CIVITAI, "tiny-full.ckpt", None) in service.calls
     assert "Downloading tiny-full.ckpt" in message
@@ -145,16 +145,16 @@ def test_download_takes_the_file_chosen_on_the_card(handlers, service):
 
 def test_download_of_a_url_sends_the_chosen_type_and_an_edited_source_its_default(handlers, service):
     looked_up = handlers.lookup(URL)[5]
-    handlers.download(looked_up, URL, "model.safetensors", "lora", None)
-    assert ("start_download", URL, "model.safetensors", "lora") in service.calls
+    handlers.download(looked_up, URL, "model.safetensors", "LORA", None)
+    assert ("start_download", URL, "model.safetensors", "LORA") in service.calls
     # The address was changed after the look-up: the old card's choices do not apply to it.
-    handlers.download(looked_up, CIVITAI, "model.safetensors", "lora", None)
+    handlers.download(looked_up, CIVITAI, "model.safetensors", "LORA", None)
     assert ("start_download", CIVITAI, None, None) in service.calls
 
 
 def test_download_errors_and_refused_writes_are_shown(handlers, service):
     message = handlers.download(None, URL, None, None, None)[0]
-    assert "class='error'" in message and "model_type" in message
+    assert "class='error'" in message and "choose its type" in message
     service.write_refusal = "this server listens on the network: downloads need --enable-insecure-extension-access"
     message = handlers.download(None, CIVITAI, None, None, None)[0]
     assert "--enable-insecure-extension-access" in message and not service.downloads()
@@ -190,7 +190,7 @@ def test_a_finished_download_refreshes_the_file_lists(handlers, service, context
 def test_the_panel_is_the_services_state_so_it_survives_a_reload(context, service):
     status = service.start_download(CIVITAI)
     service.advance(status.id, 512)
-    failed = service.start_download(URL, model_type="vae")
+    failed = service.start_download(URL, model_type="VAE")
     service.finish(failed.id, state="failed", error="the server sent an HTML page instead of the model")
     # A new page (a reload, or another browser) has no state of its own: it reads the service.
     outputs = ModelsTabHandlers(context).on_page_load()
@@ -219,7 +219,7 @@ def test_refused_writes_disable_the_buttons_with_the_reason(handlers, service):
 
 def test_downloads_html_escapes_names_and_shows_unknown_totals():
     service = FakeModelSources(models={URL: url_model()})
-    status = service.start_download(URL, model_type="lora")
+    status = service.start_download(URL, model_type="LORA")
     service._downloads[status.id] = status.__class__(**{**status.to_json(), "model_name": "<b>x</b>", "total": None,
                                                         "state": "running", "bytes_done": 3000})
     html = downloads_html(service.downloads())
@@ -242,7 +242,7 @@ def test_cards_for_one_file_or_all(handlers, service):
 def test_inspect_shows_the_report_and_tools_list_their_result(handlers, service, context):
     report = handlers.inspect("tiny.safetensors")
     assert "has ema" in report and "yes" in report and "float16" in report and "2.9 KB (3,000 bytes)" in report
-    assert "no checkpoint named" in handlers.inspect("missing.ckpt")
+    assert "Checkpoint &#x27;missing.ckpt&#x27; not found" in handlers.inspect("missing.ckpt")
     assert "Choose a checkpoint" in handlers.inspect(None)
     line, tools, cards_file, top_bar = handlers.run_tool("fp16", "tiny.safetensors")
     assert "Save as fp16: wrote tiny-fp16.safetensors" in line

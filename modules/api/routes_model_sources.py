@@ -28,10 +28,14 @@ from modules.model_sources.types import ModelSourceError
 T = TypeVar("T")
 
 PREFIX = "/atelier/v1/models"
-# The service's folder kinds (modules.model_sources.service.MODEL_KINDS); repeated here as a type so
-# /docs lists them and a wrong value is a 422 naming the field before the service is called.
+# The service's folder kinds, type names and tools (modules.model_sources.placement.MODEL_KINDS and
+# TYPE_CHOICES, service.TOOLS; a test holds them equal) as types, so /docs lists them and a wrong value
+# is a 422 naming the field before the service is called.
 ModelKind = Literal["checkpoint", "lora", "embedding", "hypernetwork", "vae"]
+ModelTypeName = Literal["Checkpoint", "LORA", "TextualInversion", "Hypernetwork", "VAE"]
 ToolName = Literal["convert", "prune-ema", "fp16"]
+TYPE_NAME_BY_KIND = {"checkpoint": "Checkpoint", "lora": "LORA", "embedding": "TextualInversion",
+                     "hypernetwork": "Hypernetwork", "vae": "VAE"}
 SOURCE_EXAMPLES = [
     "https://civitai.com/models/4201?modelVersionId=130072",
     "civitai: 4201@130072",
@@ -53,7 +57,7 @@ DOWNLOAD_EXAMPLES = {
     "huggingface": {"summary": "One file of a Hugging Face repo", "value": {
         "source": "stabilityai/stable-diffusion-xl-base-1.0", "file_name": "sd_xl_base_1.0.safetensors"}},
     "url": {"summary": "A plain URL, saved as a LoRA", "value": {
-        "source": SOURCE_EXAMPLES[5], "model_type": "lora"}},
+        "source": SOURCE_EXAMPLES[5], "model_type": "LORA"}},
 }
 
 
@@ -75,9 +79,10 @@ class DownloadRequest(LookupRequest):
     file_name: str | None = Field(None, max_length=1024, description=(
         "Which of the version's files to download (a name from the look-up's `files`); default: "
         "the primary SafeTensor."), examples=["realisticVision_v51.safetensors"])
-    model_type: ModelKind | None = Field(None, description=(
-        "The folder kind, for sources that do not say what the file is (a plain URL); a Civitai or Hugging "
-        "Face model's own type is used otherwise."))
+    model_type: ModelTypeName | ModelKind | None = Field(None, description=(
+        "What the file is, for sources that do not say (a plain URL, some Hugging Face repos): a Civitai type "
+        "name or the folder kind (`lora` is `LORA`). It replaces the source's own type when given."),
+        examples=["LORA"])
 
 
 class CardsRequest(_Request):
@@ -153,7 +158,8 @@ class DownloadItem(BaseModel):
     model_name: str
     file_name: str
     kind: str
-    state: Literal["queued", "running", "verifying", "done", "failed", "cancelled", "exists"]
+    state: str = Field(description="queued, checking (for the same file among yours), running, verifying; "
+                                   "then done, failed, cancelled, or exists (the same sha256 is already here)")
     bytes_done: int
     total: int | None = Field(None, description="Bytes expected, when known.")
     speed: float = Field(description="Bytes per second (smoothed).")
@@ -285,7 +291,8 @@ def build_router(context) -> APIRouter:
 
         def start():
             service.check_write_access()
-            return service.start_download(body.source, file_name=body.file_name, model_type=body.model_type)
+            model_type = TYPE_NAME_BY_KIND.get(body.model_type, body.model_type)
+            return service.start_download(body.source, file_name=body.file_name, model_type=model_type)
 
         return download_item(await call_service(start))
 

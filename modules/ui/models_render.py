@@ -17,10 +17,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from modules.common.safe_html import safe_link, sanitize_html
+from modules.model_sources.service import ACTIVE_STATES
 
-ACTIVE_STATES = frozenset({"queued", "running", "verifying"})
-STATE_LABELS = {"queued": "Queued", "running": "Downloading", "verifying": "Verifying", "done": "Done",
-                "failed": "Failed", "cancelled": "Cancelled", "exists": "Already here"}
+STATE_LABELS = {"queued": "Queued", "checking": "Looking for the same file among yours", "running": "Downloading",
+                "verifying": "Verifying", "done": "Done", "failed": "Failed", "cancelled": "Cancelled",
+                "exists": "Already here"}
 # Image types a preview may have, by their first bytes; anything else (SVG above all: it can carry
 # script) is not shown.
 IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
@@ -95,12 +96,12 @@ def card_html(result, preview_uri: str | None = None) -> str:
     if remote.trigger_words:
         words = " ".join(f"<code class='models-trigger-word'>{esc(w)}</code>" for w in remote.trigger_words)
         table += f"<tr><th>Trigger words</th><td class='models-trigger-words'>{words}</td></tr>"
-    if result.refusal:
+    if remote.model_type is None:
+        table += "<tr><th>Saved to</th><td>the source does not say what this is: choose its type below</td></tr>"
+    elif result.refusal:
         table += f"<tr><th>Saved to</th><td class='models-refusal'>Cannot be downloaded: {esc(result.refusal)}</td></tr>"
     elif result.folder:
         table += f"<tr><th>Saved to</th><td>{esc(result.folder)}</td></tr>"
-    else:
-        table += "<tr><th>Saved to</th><td>the source does not say what this is: choose its type below</td></tr>"
     preview = (f"<img class='models-preview' alt='preview' src='{preview_uri}'>" if preview_uri
                else "<div class='models-preview-none'>no preview</div>")
     description = ""
@@ -212,8 +213,8 @@ def report_html(name: str, report: Any) -> str:
 
 
 def tool_result_text(result: Any) -> str:
-    """One line for what a checkpoint tool did: its own message, else the file it wrote."""
-    for attribute in ("message", "title", "path"):
+    """One line for what a checkpoint tool did: its own sentence, else the file it wrote."""
+    for attribute in ("report_line", "path"):
         value = getattr(result, attribute, None)
         if value:
             return str(value)

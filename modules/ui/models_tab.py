@@ -23,6 +23,8 @@ from typing import Any
 
 import gradio as gr
 
+from modules.library.checkpoints import CheckpointNotFoundError
+from modules.model_sources.placement import MODEL_KINDS, TYPE_CHOICES
 from modules.model_sources.types import ModelSourceError
 from modules.ui.generation import error_html
 from modules.ui.models_render import (ACTIVE_STATES, card_html, cancel_choices, cards_table_html, downloads_html,
@@ -31,9 +33,12 @@ from modules.ui.models_render import (ACTIVE_STATES, card_html, cancel_choices, 
 
 log = logging.getLogger(__name__)
 
-KINDS = ("checkpoint", "lora", "embedding", "hypernetwork", "vae")  # the service's MODEL_KINDS
 KIND_LABELS = {"checkpoint": "Checkpoint", "lora": "LoRA", "embedding": "Embedding (textual inversion)",
                "hypernetwork": "Hypernetwork", "vae": "VAE"}
+TYPE_LABELS = {"Checkpoint": "Checkpoint", "LORA": "LoRA", "TextualInversion": "Embedding (textual inversion)",
+               "Hypernetwork": "Hypernetwork", "VAE": "VAE"}
+# What a tool or a card look-up may raise for a file that is not what it should be: shown, not raised.
+FILE_ERRORS = (ValueError, CheckpointNotFoundError, OSError)
 ALL_FILES = "(all files)"
 TOOLS = {"convert": "Convert to safetensors", "prune-ema": "Prune EMA", "fp16": "Save as fp16"}
 POLL_SECONDS = 1.0
@@ -117,13 +122,13 @@ class ModelsTabHandlers:
             return self._lookup_failed(str(e))
         remote = result.remote
         names = [f.name for f in remote.files]
-        choose_type = remote.source == "url" or (result.kind is None and not result.refusal)
+        choose_type = remote.source == "url" or remote.model_type is None
         message = ""
         if result.existing:
             message = "\n".join(f"{name} is already here: {path}" for name, path in result.existing.items())
         return [card_html(result, self._preview(result.preview_url)), files_table_html(result),
                 gr.update(choices=names, value=result.default_file, interactive=bool(names)),
-                gr.update(visible=choose_type, value=result.kind),
+                gr.update(visible=choose_type, value=remote.model_type if remote.model_type in TYPE_CHOICES else None),
                 message_html(message) if message else "", LookedUp(source, choose_type)]
 
     def _lookup_failed(self, message: str) -> list:
@@ -137,27 +142,28 @@ class ModelsTabHandlers:
         if not url or fetch is None:
             return None
         try:
-            data, _content_type = fetch(url)
+            data = fetch(url)
         except ModelSourceError as e:
             log.info("Preview not shown: %s", e)
             return None
         return preview_data_uri(data)
 
-    def download(self, looked_up: LookedUp | None, source: str, file_name: str | None, kind: str | None,
+    def download(self, looked_up: LookedUp | None, source: str, file_name: str | None, model_type: str | None,
                  view: DownloadsView | None) -> list:
-        """Download: (message, downloads, cancel dropdown, view). The file chosen on the card of the
-        last look-up; without a look-up (or after the address was changed), the source's default file."""
+        """Download: (message, downloads, cancel dropdown, view). The file and type chosen on the card
+        of the last look-up; without a look-up (or after the address was changed), the source's default
+        file. `model_type` is a type name (TYPE_CHOICES), sent only where the type can be chosen."""
         source = (source or "").strip()
         if looked_up is None or looked_up.source != source:
             file_name = None
-            kind = None
+            model_type = None
         elif not looked_up.choose_type:
-            kind = None
+            model_type = None
         if not source:
             message = error_html("Paste a model's address or id first, then Look up.")
             return [message, *self._downloads_outputs(view, force=True)[:3]]
         try:
-            status = self.service.start_download(source, file_name=file_name or None, model_type=kind or None)
+            status = self.service.start_download(source, file_name=file_name or None, model_type=model_type or None)
         except ModelSourceError as e:
             return [error_html(str(e)), *self._downloads_outputs(view, force=True)[:3]]
         if status.state == "exists":
@@ -220,11 +226,11 @@ class ModelsTabHandlers:
         return gr.update(choices=[ALL_FILES, *self._local_files(kind)], value=ALL_FILES)
 
     def fetch_cards(self, kind: str, name: str | None) -> str:
-        if kind not in KINDS:
-            return error_html(f"Choose what kind of files to look up: one of {', '.join(KINDS)}.")
+        if kind not in MODEL_KINDS:
+            return error_html(f"Choose what kind of files to look up: one of {', '.join(MODEL_KINDS)}.")
         try:
             results = self.service.fetch_cards(kind, None if not name or name == ALL_FILES else name)
-        except ModelSourceError as e:
+        except FILE_ERRORS as e:
             return error_html(str(e))
         return cards_table_html(results)
 
@@ -233,7 +239,7 @@ class ModelsTabHandlers:
             return error_html("Choose a checkpoint to inspect.")
         try:
             return report_html(name, self.service.inspect(name))
-        except ModelSourceError as e:
+        except FILE_ERRORS as e:
             return error_html(str(e))
 
     def run_tool(self, tool: str, name: str | None) -> list:
@@ -243,7 +249,7 @@ class ModelsTabHandlers:
                     *[gr.skip()] * (2 + self.list_updates)]
         try:
             result = self.service.run_tool(tool, name)
-        except ModelSourceError as e:
+        except FILE_ERRORS as e:
             return [error_html(str(e)), *[gr.skip()] * (2 + self.list_updates)]
         tools_update, *top = self._list_refresh(True)[1:]
         return [message_html(f"{TOOLS[tool]}: {tool_result_text(result)}"), tools_update, gr.skip(), *top]
@@ -318,7 +324,8 @@ def _build_layout() -> _Controls:
             files = gr.HTML(elem_id="models_files")
             with gr.Row():
                 file = gr.Dropdown([], value=None, label="File", elem_id="models_file", interactive=True, scale=3)
-                kind = gr.Dropdown([(KIND_LABELS[k], k) for k in KINDS], value=None, label="Type (the source does not say)",
+                kind = gr.Dropdown([(TYPE_LABELS[t], t) for t in TYPE_CHOICES], value=None,
+                                   label="Type (the source does not say)",
                                    elem_id="models_type", visible=False, scale=2)
                 download = gr.Button("Download", variant="primary", elem_id="models_download", scale=1, min_width=100)
             message = gr.HTML(elem_id="models_message")
@@ -331,7 +338,7 @@ def _build_layout() -> _Controls:
     with gr.Accordion("Cards for files you have (looked up on Civitai by sha256)", open=False,
                       elem_id="models_cards_accordion"):
         with gr.Row():
-            cards_kind = gr.Dropdown([(KIND_LABELS[k], k) for k in KINDS], value="checkpoint", label="Kind",
+            cards_kind = gr.Dropdown([(KIND_LABELS[k], k) for k in MODEL_KINDS], value="checkpoint", label="Kind",
                                      elem_id="models_cards_kind", scale=1)
             cards_file = gr.Dropdown([ALL_FILES], value=ALL_FILES, label="File", elem_id="models_cards_file", scale=2)
             cards_fetch = gr.Button("Look up on Civitai", elem_id="models_cards_fetch", scale=1, min_width=100)
