@@ -252,7 +252,7 @@ class _Download:
             head = self._read_head(response, view)
             try:
                 check_body(self.kind, bytes(view[:head]), status=response.status,
-                           content_type=response.content_type, url=shown_url(response.url))
+                           content_type=response.content_type, url=shown_url(response.url), hint=self.spec.hint_401)
             except BodyRefused:
                 if not self.restarting:  # a refused restart leaves an earlier good .part alone
                     self.reset_part()

@@ -135,10 +135,10 @@ def _refusal(kind: str, head: bytes, text: str, *, status: int, media: str, url:
     elif media.startswith("text/") or "json" in media:
         what, advice = f"text ({describe_body(status, media, head)})", "the host sent a message, not the file"
     elif not head:
-        what, advice = "an empty body", "the host sent nothing; try again later"
-    else:
+        what, advice, hint = "an empty body", "the host sent nothing; try again later", ""
+    else:  # binary, but not this kind: an access hint would mislead
         what = f"bytes that do not start like one ({head[:16]!r})"
-        advice = "the file is damaged or not what its name says; check the source"
+        advice, hint = "the file is damaged or not what its name says; check the source", ""
     return (f"{where}{sent} — {what} — instead of a {_KIND_NAMES[kind]}; nothing was saved. "
             f"{(hint or advice).rstrip('.')}.")
 
