@@ -448,3 +448,12 @@ def test_progress_counts_the_bytes_written_and_cancel_leaves_nothing(sd1: Path, 
     with pytest.raises(CheckpointToolCancelled):
         save_fp16(sd1, progress=lambda done, total: cancel.set(), cancel=cancel)
     assert _files(tmp_path) == before
+
+
+def test_a_tensor_named_like_the_metadata_entry_is_refused(tmp_path: Path):
+    # In a safetensors header "__metadata__" is the metadata: writing a tensor under that name
+    # would make a file whose readers lose the tensor or the metadata.
+    ckpt = _save_ckpt(tmp_path / "odd.ckpt", {"__metadata__": torch.zeros(2), "w": torch.ones(2)})
+    with pytest.raises(CheckpointToolError, match="__metadata__"):
+        convert_to_safetensors(ckpt)
+    assert _files(tmp_path) == {"odd.ckpt"}

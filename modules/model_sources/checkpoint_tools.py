@@ -510,6 +510,10 @@ def _copy_plan(source: _Source, shapes: Mapping[str, tuple[int, ...]],
     fixed: list[str] = []
     for name, shape in shapes.items():
         dtype = source.dtypes[name]
+        if name == "__metadata__":  # only a pickle can name a tensor so; in a header it is the metadata
+            raise CheckpointToolError(f"{source.path.name}: a tensor is named '__metadata__', which a safetensors "
+                                      "header reserves for metadata; this file cannot be converted as it is",
+                                      status=400)
         if dtype not in storable:
             raise CheckpointToolError(f"{source.path.name}: tensor {name!r} is {dtype}, which the safetensors "
                                       "format used here cannot store", status=400)
