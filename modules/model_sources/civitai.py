@@ -52,12 +52,12 @@ class CivitaiClient:
     def model_info(self, model_id: str | int) -> dict[str, Any]:
         """`GET /api/v1/models/{id}` as Civitai answers it."""
         model_id = _checked_id(model_id, "model id")
-        return self._get(f"/api/v1/models/{model_id}", f"a model with id {model_id}")
+        return self._get(f"/api/v1/models/{model_id}", f"model with id {model_id}")
 
     def version_info(self, version_id: str | int) -> dict[str, Any]:
         """`GET /api/v1/model-versions/{id}` as Civitai answers it."""
         version_id = _checked_id(version_id, "model-version id")
-        return self._get(f"/api/v1/model-versions/{version_id}", f"a model version with id {version_id}")
+        return self._get(f"/api/v1/model-versions/{version_id}", f"model version with id {version_id}")
 
     def _get(self, path: str, what: str) -> dict[str, Any]:
         try:
@@ -76,10 +76,11 @@ class CivitaiClient:
                                     "?modelVersionId=<version>", status=404)
         if error.status_code in (401, 403):
             if self._key_sent():
-                return ModelSourceError(f"Civitai refused {what} with the API key in Settings → Model sources "
-                                        f"(HTTP {error.status_code}): check the key is current, or the creator "
-                                        "restricts this model", status=403)
-            return ModelSourceError(f"Civitai refused {what} (HTTP {error.status_code}): {NEEDS_KEY}", status=403)
+                return ModelSourceError(f"Civitai refused the request for the {what} with the API key in Settings → "
+                                        f"Model sources (HTTP {error.status_code}): check the key is current, or "
+                                        "the creator restricts this model", status=403)
+            return ModelSourceError(f"Civitai refused the request for the {what} (HTTP {error.status_code}): "
+                                    f"{NEEDS_KEY}", status=403)
         return error
 
     def _key_sent(self) -> bool:
@@ -119,7 +120,7 @@ class CivitaiClient:
         except HttpStatusError as error:
             if error.status_code == 404:
                 return None
-            raise self._explain(error, f"the file with hash {digest[:12]}…") from None
+            raise self._explain(error, f"file with hash {digest[:12]}…") from None
         if not isinstance(version, dict) or "id" not in version:
             raise ModelSourceError("Civitai answered a hash look-up with something that is not a model version",
                                    status=502)

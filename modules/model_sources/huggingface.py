@@ -131,7 +131,9 @@ class HuggingFaceClient:
             raise ModelSourceError(f"{repo_id} has no model files (.safetensors, .ckpt, .bin, .pt, .pth); its files: "
                                    f"{sorted(siblings)[:20]}", status=422)
         configs = [name for name in siblings if _extension(name) in CONFIG_EXTENSIONS]
-        return sorted(weights) + sorted(configs)
+        # root files first: the repo's main model is at its root, variants and extras in folders
+        by_place = lambda name: (name.count("/"), name)  # noqa: E731
+        return sorted(weights, key=by_place) + sorted(configs, key=by_place)
 
     def _file(self, repo_id: str, sibling: Any, commit: str) -> RemoteFile:
         name = sibling.rfilename

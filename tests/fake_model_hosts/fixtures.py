@@ -1,12 +1,15 @@
-"""Pytest fixtures for the fake model hosts. Import the ones a test module uses:
+"""Pytest fixtures for the fake model hosts. A test module that uses them says
 
-    from tests.fake_model_hosts.fixtures import fake_civitai, fake_hub, guarded_http_for  # noqa: F401
+    pytest_plugins = ["tests.fake_model_hosts.fixtures"]
+
+(importing this module as well makes pytest warn that it cannot rewrite its asserts: use the fixtures)
 
 - `fake_civitai`: a started `FakeCivitai` (API + storage ports), closed after the test.
 - `fake_hub`: a started `FakeHub` (Hub + CDN ports), closed after the test; for its duration
   huggingface_hub is online (tests/conftest.py sets HF_HUB_OFFLINE=1, which it reads at import),
   Xet is off (it would ignore the endpoint) and HF_ENDPOINT points at the fake.
-- `guarded_http_for(civitai=..., civitai_key=..., hub=..., hf_token=...)`: a GuardedHttp that allows
+- `guarded_http_for`: a factory, `guarded_http_for(civitai=..., civitai_key=..., hub=..., hf_token=...,
+  **GuardedHttp keywords)` gives a GuardedHttp that allows
   loopback addresses and sends each secret only to its fake host's port, as the app binds them to
   civitai.com / the HF endpoint.
 """
@@ -45,7 +48,12 @@ def fake_hub(monkeypatch):
         hub.close()
 
 
-def guarded_http_for(*, civitai: FakeCivitai | None = None, civitai_key: str | None = None,
+@pytest.fixture
+def guarded_http_for():
+    return make_guarded_http
+
+
+def make_guarded_http(*, civitai: FakeCivitai | None = None, civitai_key: str | None = None,
                      hub: FakeHub | None = None, hf_token: str | None = None, **kwargs) -> GuardedHttp:
     credentials = []
     if civitai is not None and civitai_key:
