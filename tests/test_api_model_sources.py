@@ -19,6 +19,8 @@ from modules.model_sources.types import ModelSourceError
 from tests.fake_model_service import FakeModelSources, civitai_model, url_model
 from tests.test_api_support import basic_auth
 
+pytest_plugins = ["tests.fake_model_hosts.fixtures"]
+
 CIVITAI_URL = "https://civitai.com/models/1?modelVersionId=11"
 
 
@@ -232,3 +234,59 @@ def test_the_routes_take_the_api_credentials(base_context, service):
     assert not [c for c in service.calls if c[0] == "start_download"]
     accepted = client.post(f"{PREFIX}/downloads", json=body, headers=basic_auth("api", "pw-api"))
     assert accepted.status_code == 202
+
+
+# -- the real service against a fake Civitai on loopback ------------------------------------------------------
+
+
+def test_lookup_download_and_listing_through_the_real_service(tmp_path, fake_civitai):
+    """Paste a Civitai page URL, download its default file, follow the job to `done`: the file is in
+    the checkpoint folder with the published sha256, listed by `/sdapi/v1/sd-models`, and a second
+    download of the same file answers `exists` with where it is."""
+    import hashlib
+    import time
+
+    from modules.api.server import create_app
+    from modules.model_sources.service import ModelSources
+    from tests.fake_model_hosts.civitai import random_safetensors, tiny_png
+    from tests.test_api_support import WAIT, make_context
+
+    data = random_safetensors(seed=3)
+    model_id, version_id = fake_civitai.add_model(
+        "Real Service Model", type="Checkpoint", files=[("real-service.safetensors", data)],
+        trained_words=["rsm style"], images=[(tiny_png(), 1)], description="<p>From <b>fake</b> Civitai</p>")
+    context = make_context(tmp_path, load=False, start_jobs=False)
+    context.settings.apply({"model_sources_allow_private": True})
+    context.model_sources = ModelSources(context, civitai_base_url=fake_civitai.base_url)
+    try:
+        client = TestClient(create_app(context, api=True))
+        source = f"https://civitai.com/models/{model_id}?modelVersionId={version_id}"
+        card = client.post(f"{PREFIX}/lookup", json={"source": source})
+        assert card.status_code == 200, card.text
+        card = card.json()
+        assert (card["name"], card["kind"], card["trigger_words"]) == ("Real Service Model", "checkpoint", ["rsm style"])
+        assert card["files"][0]["sha256"].lower() == hashlib.sha256(data).hexdigest()
+
+        def finished(download_id: str) -> dict:
+            deadline = time.monotonic() + WAIT
+            while True:
+                status = client.get(f"{PREFIX}/downloads/{download_id}").json()
+                if status["state"] not in ("queued", "checking", "running", "verifying"):
+                    return status
+                assert time.monotonic() < deadline, status
+                time.sleep(0.05)
+
+        started = client.post(f"{PREFIX}/downloads", json={"source": source})
+        assert started.status_code == 202, started.text
+        done = finished(started.json()["id"])
+        assert done["state"] == "done", done
+        path = context.paths.checkpoints_dir / "real-service.safetensors"
+        assert done["destination"] == str(path) and path.read_bytes() == data
+        assert done["bytes_done"] == len(data)
+        listed = client.get("/sdapi/v1/sd-models").json()
+        assert any(item["filename"] == str(path) for item in listed)
+
+        again = finished(client.post(f"{PREFIX}/downloads", json={"source": source}).json()["id"])
+        assert again["state"] == "exists" and again["destination"] == str(path)
+    finally:
+        context.model_sources.close()

@@ -38,7 +38,7 @@ TYPE_NAME_BY_KIND = {"checkpoint": "Checkpoint", "lora": "LORA", "embedding": "T
                      "hypernetwork": "Hypernetwork", "vae": "VAE"}
 SOURCE_EXAMPLES = [
     "https://civitai.com/models/4201?modelVersionId=130072",
-    "civitai: 4201@130072",
+    "4201@130072",
     "urn:air:sd1:checkpoint:civitai:4201@130072",
     "stabilityai/stable-diffusion-xl-base-1.0",
     "https://huggingface.co/runwayml/stable-diffusion-v1-5/blob/main/v1-5-pruned-emaonly.safetensors",
