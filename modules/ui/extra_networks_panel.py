@@ -362,7 +362,7 @@ def _wire_checkpoint_cards(context, shared: UiShared, panel: Any) -> None:
     job, status line and dropdown value), then re-renders the cards (which embeddings fit)."""
     if shared.checkpoint_dropdown is None or shared.model_status is None:
         return
-    from modules.ui.top_bar import checkpoint_choices, switch_checkpoint
+    from modules.ui.top_bar import switch_outputs
 
     def on_checkpoint(event: gr.EventData):
         data = event._data if isinstance(getattr(event, "_data", None), dict) else {}
@@ -370,11 +370,7 @@ def _wire_checkpoint_cards(context, shared: UiShared, panel: Any) -> None:
         if title is None:
             yield gr.skip(), gr.skip()
             return
-        for update in switch_checkpoint(context, title):
-            if update.finished:
-                yield update.status_html, gr.update(choices=checkpoint_choices(context), value=update.title)
-            else:
-                yield update.status_html, gr.skip()
+        yield from switch_outputs(context, title)
 
     panel.submit(on_checkpoint, outputs=[shared.model_status, shared.checkpoint_dropdown], show_progress="hidden",
                  concurrency_limit=None).then(lambda: render_html(list_networks(context)), outputs=panel,

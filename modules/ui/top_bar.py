@@ -240,15 +240,21 @@ def _build_quicksettings_row(context) -> _QuickSettings:
     return row
 
 
+def switch_outputs(context, title: str):
+    """`switch_checkpoint` as (status line, checkpoint dropdown) updates, for any control that
+    switches the checkpoint (the dropdown, a checkpoint card)."""
+    for update in switch_checkpoint(context, title):
+        if update.finished:
+            yield update.status_html, gr.update(choices=checkpoint_choices(context), value=update.title)
+        else:
+            yield update.status_html, gr.skip()
+
+
 def _wire_quicksettings(context, row: _QuickSettings, status: gr.HTML):
     """What choosing a checkpoint, VAE, Clip skip or other quicksetting does; returns the checkpoint
     switch's event (other tabs chain on it)."""
     def on_switch(title: str):
-        for update in switch_checkpoint(context, title):
-            if update.finished:
-                yield update.status_html, gr.update(choices=checkpoint_choices(context), value=update.title)
-            else:
-                yield update.status_html, gr.skip()
+        yield from switch_outputs(context, title)
 
     checkpoint = row.checkpoint
     switched = checkpoint.input(on_switch, inputs=checkpoint, outputs=[status, checkpoint], show_progress="hidden",
