@@ -111,6 +111,13 @@ def test_civitai_version_of_another_model_is_refused(catalogue, client_for):
         client_for(civitai).lookup(CivitaiRef(str(other_model), str(old_version)))
 
 
+def test_civitai_archived_model_says_why_nothing_can_be_downloaded(fake_civitai, client_for):
+    model_id, _ = fake_civitai.add_model("Gone", files=[])
+    fake_civitai.models[model_id]["mode"] = "Archived"
+    with pytest.raises(ModelSourceError, match="Gone v1.0 has nothing to download: the creator archived it"):
+        client_for(fake_civitai).lookup(CivitaiRef(str(model_id), None))
+
+
 def test_civitai_unknown_ids_say_they_do_not_exist(fake_civitai, client_for):
     client = client_for(fake_civitai)
     with pytest.raises(ModelSourceError, match="Civitai has no model with id 999999") as caught:
@@ -251,6 +258,17 @@ def test_hf_repo_lists_weights_and_configs_with_sha256_and_exact_sizes(hub_repo)
     assert remote.description == "# Tiny LoRA\nTrained on tiny things."
     assert remote.page_url == f"{hub.endpoint}/org/tiny-lora"
     assert [p.url for p in remote.previews] == [f"{hub.endpoint}/org/tiny-lora/resolve/{commit}/images/cat.png"]
+
+
+def test_hf_listing_without_lfs_details_takes_the_sha256_from_the_file_answer(hub_repo):
+    hub, _ = hub_repo
+    hub.repos["org/tiny-lora"].list_lfs = False
+    remote = HuggingFaceClient(endpoint=hub.endpoint).lookup(HuggingFaceRef("org/tiny-lora", None))
+    by_name = {f.name: f for f in remote.files}
+    # X-Linked-Etag / X-Linked-Size of the default file's HEAD; the others stay unknown
+    assert (by_name["tiny.safetensors"].sha256, by_name["tiny.safetensors"].size) == (sha256(MAIN), len(MAIN))
+    assert by_name["tiny.safetensors"].exact_size
+    assert by_name["sub/tiny-fp16.safetensors"].sha256 is None
 
 
 def test_hf_link_to_one_file_gives_that_file(hub_repo):

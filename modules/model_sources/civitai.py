@@ -107,7 +107,13 @@ class CivitaiClient:
                 raise ModelSourceError(f"Civitai model {ref.model_id} ({model.get('name', '?')}) has no published "
                                        "versions to download", status=404)
             version = _with_model(versions[0], model)
-        return self._remote(version, model, ref)
+        remote = self._remote(version, model, ref)
+        if not remote.files:
+            why = {"Archived": "the creator archived it", "TakenDown": "Civitai took it down"}.get(
+                str((model or {}).get("mode")), "Civitai lists no files for it")
+            raise ModelSourceError(f"{remote.name} {remote.version_name or ''} has nothing to download: {why}",
+                                   status=404)
+        return remote
 
     def by_hash(self, sha256: str) -> RemoteModel | None:
         """The version holding a file with this hash (SHA256; AutoV2 and CRC32 work too), or None

@@ -19,6 +19,7 @@ name from Content-Disposition or the path, exact size, and a refusal when it ans
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import replace
 from email.message import Message
 from typing import Any, Iterable
@@ -37,6 +38,7 @@ DIFFUSERS_FOLDERS = frozenset({"unet", "vae", "text_encoder", "text_encoder_2", 
                                "transformer", "image_encoder", "prior", "decoder", "movq"})
 CHECKPOINT_MIN_BYTES = 1_900_000_000  # SD 1.5 pruned fp16 is ~2.0 GB; LoRAs and VAEs stay below
 README_MAX_BYTES = 256 << 10
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Hugging Face base-model repos -> the base-model names Civitai uses (and the cards' "sd version")
 BASE_MODELS = {
     "runwayml/stable-diffusion-v1-5": "SD 1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5": "SD 1.5",
@@ -114,7 +116,13 @@ class HuggingFaceClient:
         # One HEAD for the file a user gets by default: a gated or private repo shows here, with the
         # way to get access, and not halfway into a download.
         wanted = remote.default_file()
-        self.file_metadata(ref.repo_id, wanted.name, commit)
+        metadata = self.file_metadata(ref.repo_id, wanted.name, commit)
+        if wanted.sha256 is None and metadata.etag and _SHA256.fullmatch(metadata.etag):
+            # an LFS file the listing gave no hash for: its X-Linked-Etag is the sha256
+            size = wanted.size if wanted.size is not None else metadata.size
+            filled = replace(wanted, sha256=metadata.etag, size=size, exact_size=size is not None)
+            remote = replace(remote, files=tuple(filled if f is wanted else f for f in remote.files))
+            wanted = filled
         tags = [*(info.tags or []), *(card.get("tags") or [])]
         return replace(remote, model_type=infer_type(tags, wanted))
 

@@ -22,7 +22,8 @@ Use (see `fake_hub` in tests/fake_model_hosts/fixtures.py for a pytest fixture):
                         card={"license": "openrail++", "tags": ["stable-diffusion"], "instance_prompt": "tnyx"})
     hub.endpoint                      # give to HuggingFaceClient(endpoint=...) and set HF_ENDPOINT
     hub.token                         # the token that opens private and gated repos
-    repo.gated = "auto"               # knobs: gated ("auto"/"manual"/False), private, granted (token has access)
+    repo.gated = "auto"               # knobs: gated ("auto"/"manual"/False), private, granted (token has access),
+                                      # list_lfs=False (the listing without sizes and sha256)
     hub.blob("org/tiny-sd", "tiny.safetensors")   # the CDN's Blob: .sha256, .knobs (drop_after, ...)
     hub.hub.log / hub.cdn.log         # requests seen (headers lower-case)
     hub.close()
@@ -71,6 +72,7 @@ class FakeRepo:
     private: bool = False
     granted: bool = True  # whether FakeHub.token has accepted a gated repo's terms
     branches: tuple[str, ...] = ("main",)
+    list_lfs: bool = True  # the listing gives LFS sha256/size with ?blobs=true (the Hub does; a mirror may not)
     blobs: dict[str, Blob] = field(default_factory=dict)
 
     @property
@@ -154,7 +156,7 @@ class FakeHub:
         if isinstance(found, Reply):
             return found
         repo = found
-        blobs = request.query.get("blobs", "").lower() in ("true", "1")
+        blobs = request.query.get("blobs", "").lower() in ("true", "1") and repo.list_lfs
         siblings = []
         for path, data in sorted(repo.files.items()):
             sibling: dict[str, Any] = {"rfilename": path}
