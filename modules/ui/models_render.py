@@ -2,7 +2,7 @@
 cards results and a checkpoint's report. Plain functions (values in, HTML text out, no gradio).
 
 Everything that came from the network is untrusted: names, trigger words, licenses and file names are
-escaped, a description keeps only allow-listed tags (modules.common.safe_html), and the preview is
+escaped, a description keeps only formatting tags and http(s) links (modules.ui.safe_html), and the preview is
 never an address the browser would load from a stranger's host: it is shown from bytes the server
 fetched through its guarded client (a `data:` URI of a checked image type), or not at all.
 """
@@ -16,8 +16,10 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from modules.common.safe_html import safe_link, sanitize_html
+from urllib.parse import urlsplit
+
 from modules.model_sources.service import ACTIVE_STATES
+from modules.ui.safe_html import sanitize_html
 
 STATE_LABELS = {"queued": "Queued", "checking": "Looking for the same file among yours", "running": "Downloading",
                 "verifying": "Verifying", "done": "Done", "failed": "Failed", "cancelled": "Cancelled",
@@ -27,6 +29,18 @@ STATE_LABELS = {"queued": "Queued", "checking": "Looking for the same file among
 IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
                     (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
 MAX_PREVIEW_BYTES = 8 << 20
+MAX_DESCRIPTION_CHARS = 20_000
+
+
+def page_link(url: str | None) -> str | None:
+    """`url` when it is an http(s) address without user info (a model's page); None otherwise."""
+    try:
+        parts = urlsplit((url or "").strip())
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return None
+    return parts.geturl()
 
 
 def esc(value: Any) -> str:
@@ -86,7 +100,7 @@ def card_html(result, preview_uri: str | None = None) -> str:
     """The look-up card: name, type, base model, version, license, trigger words, where it goes (or
     why it cannot be downloaded), the preview and the description."""
     remote = result.remote
-    page = safe_link(remote.page_url)
+    page = page_link(remote.page_url)
     title = esc(remote.name)
     if page:
         title = f"<a href='{esc(page)}' target='_blank' rel='noopener noreferrer nofollow'>{title}</a>"
@@ -109,7 +123,8 @@ def card_html(result, preview_uri: str | None = None) -> str:
         # Civitai writes HTML, Hugging Face cards Markdown: the allow-list keeps the former's formatting
         # and shows the latter as text with its line breaks.
         style = " style='white-space: pre-wrap'" if remote.source == "huggingface" else ""
-        description = f"<div class='models-description'{style}>{sanitize_html(remote.description)}</div>"
+        clean = sanitize_html(remote.description, links=True, max_chars=MAX_DESCRIPTION_CHARS)
+        description = f"<div class='models-description'{style}>{clean}</div>"
     return (f"<div class='models-card'><div class='models-card-preview'>{preview}</div>"
             f"<div class='models-card-body'><h3 class='models-name'>{title}</h3>"
             f"<table class='models-card-table'>{table}</table>{description}</div></div>")
