@@ -23,14 +23,12 @@ from typing import Any, Mapping
 from urllib.parse import quote, urlsplit
 
 from modules.model_sources.http import GuardedHttp, HttpStatusError
-from modules.model_sources.refs import CivitaiRef
+from modules.model_sources.refs import CIVITAI_ID, SHA256_HEX, CivitaiRef
 from modules.model_sources.types import CONTENT_LEVELS, ModelSourceError, PreviewImage, RemoteFile, RemoteModel
 
 CIVITAI_URL = "https://civitai.com"
 NEEDS_KEY = "this file/model needs a Civitai API key: Settings → Model sources"
-_ID = re.compile(r"[1-9][0-9]{0,15}")
 _HASH = re.compile(r"[0-9A-Fa-f]{8}|[0-9A-Fa-f]{10}|[0-9A-Fa-f]{64}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Civitai's older image rating strings -> nsfwLevel
 _LEGACY_NSFW = {"none": CONTENT_LEVELS["PG"], "soft": CONTENT_LEVELS["PG-13"], "mature": CONTENT_LEVELS["R"],
                 "x": CONTENT_LEVELS["X"]}
@@ -140,7 +138,7 @@ class CivitaiClient:
 
     def _model_or_none(self, model_id: str) -> dict[str, Any] | None:
         """The model, for its license and description; a version is still usable without them."""
-        if not _ID.fullmatch(model_id):
+        if not CIVITAI_ID.fullmatch(model_id):
             return None
         try:
             return self.model_info(model_id)
@@ -180,7 +178,7 @@ class CivitaiClient:
         return RemoteFile(
             name=str(file.get("name") or f"civitai-{version_id}"), download_url=url,
             size=round(size_kb * 1024) if isinstance(size_kb, (int, float)) and size_kb >= 0 else None,
-            sha256=sha256 if _SHA256.fullmatch(sha256) else None, format=str(metadata.get("format") or "Other"),
+            sha256=sha256 if SHA256_HEX.fullmatch(sha256) else None, format=str(metadata.get("format") or "Other"),
             precision=metadata.get("fp") or None, size_kind=metadata.get("size") or None,
             pickle_scan=file.get("pickleScanResult"), virus_scan=file.get("virusScanResult"),
             primary=bool(file.get("primary")), file_type=str(file.get("type") or "Model"), exact_size=False)
@@ -188,7 +186,7 @@ class CivitaiClient:
 
 def _checked_id(value: str | int | None, what: str) -> str:
     text = str(value) if value is not None else ""
-    if not _ID.fullmatch(text):
+    if not CIVITAI_ID.fullmatch(text):
         raise ModelSourceError(f"{value!r} is not a Civitai {what} (a positive number)", status=400)
     return text
 

@@ -19,14 +19,13 @@ name from Content-Disposition or the path, exact size, and a refusal when it ans
 from __future__ import annotations
 
 import posixpath
-import re
 from dataclasses import replace
 from email.message import Message
 from typing import Any, Iterable
 from urllib.parse import unquote, urlsplit
 
 from modules.model_sources.http import GuardedHttp, shown_url
-from modules.model_sources.refs import HuggingFaceRef, UrlRef
+from modules.model_sources.refs import SHA256_HEX, HuggingFaceRef, UrlRef
 from modules.model_sources.types import CONTENT_LEVELS, ModelSourceError, PreviewImage, RemoteFile, RemoteModel
 
 NEEDS_TOKEN = "needs a Hugging Face token: Settings → Model sources"
@@ -38,7 +37,6 @@ DIFFUSERS_FOLDERS = frozenset({"unet", "vae", "text_encoder", "text_encoder_2", 
                                "transformer", "image_encoder", "prior", "decoder", "movq"})
 CHECKPOINT_MIN_BYTES = 1_900_000_000  # SD 1.5 pruned fp16 is ~2.0 GB; LoRAs and VAEs stay below
 README_MAX_BYTES = 256 << 10
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Hugging Face base-model repos -> the base-model names Civitai uses (and the cards' "sd version")
 BASE_MODELS = {
     "runwayml/stable-diffusion-v1-5": "SD 1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5": "SD 1.5",
@@ -117,7 +115,7 @@ class HuggingFaceClient:
         # way to get access, and not halfway into a download.
         wanted = remote.default_file()
         metadata = self.file_metadata(ref.repo_id, wanted.name, commit)
-        if wanted.sha256 is None and metadata.etag and _SHA256.fullmatch(metadata.etag):
+        if wanted.sha256 is None and metadata.etag and SHA256_HEX.fullmatch(metadata.etag):
             # an LFS file the listing gave no hash for: its X-Linked-Etag is the sha256
             size = wanted.size if wanted.size is not None else metadata.size
             filled = replace(wanted, sha256=metadata.etag, size=size, exact_size=size is not None)

@@ -50,7 +50,8 @@ _FILE_PATH = re.compile(r"(?!.*(?:^|/)\.\.?(?:/|$))[^\x00-\x1f\\:*?\"<>|]{1,400}
 FILE_EXTENSIONS = frozenset({"safetensors", "ckpt", "bin", "pt", "pth", "yaml", "yml", "gguf", "sft"})
 _HF_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
 _CIVITAI_HOSTS = frozenset({"civitai.com", "www.civitai.com", "civitai.green", "www.civitai.green"})
-_ID = re.compile(r"[1-9][0-9]{0,15}")
+CIVITAI_ID = re.compile(r"[1-9][0-9]{0,15}")  # Civitai's ids: positive integers
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # a sha256 as sources publish it, lower-cased
 _AIR_CIVITAI_ID = re.compile(r"([1-9][0-9]{0,15})(?:@([1-9][0-9]{0,15}))?(?:\+([1-9][0-9]{0,15}))?(?:\.([A-Za-z]+))?")
 
 # AIR's format names -> Civitai's file format names
@@ -135,7 +136,7 @@ def parse_source(text: str) -> SourceRef:
         return _parse_url("https://" + stripped)
     if lowered.startswith(("urn:", "air:")) or re.match(r"[a-z0-9_.-]+:[a-z0-9_.-]+:(civitai|huggingface):", lowered):
         return _parse_air(stripped)
-    if _ID.fullmatch(stripped):
+    if CIVITAI_ID.fullmatch(stripped):
         return CivitaiRef(model_id=stripped, version_id=None)
     match = re.fullmatch(r"([1-9][0-9]{0,15})@([1-9][0-9]{0,15})", stripped)
     if match:
@@ -236,7 +237,7 @@ def _single(query: dict[str, list[str]], key: str) -> str | None:
 def _civitai_id(text: str, value: str | None, what: str) -> str | None:
     if value is None:
         return None
-    if not _ID.fullmatch(value):
+    if not CIVITAI_ID.fullmatch(value):
         raise _refuse(text, f"{what} {value!r} is not a Civitai id (a positive number)")
     return value
 
