@@ -208,6 +208,19 @@ def test_civitai_fresh_download_url_gives_a_new_signed_url_after_expiry(catalogu
         assert fresh.status == 200 and fresh.url != signed and sha256(fresh.read()) == sha256(MAIN)
 
 
+def test_fake_civitai_signed_urls_can_be_made_single_use(catalogue, guarded_http_for):
+    """The knob a resume test needs: the signed URL of a dropped transfer no longer works."""
+    civitai, model_id, _, new_version = catalogue
+    civitai.signed_url_max_uses = 1
+    http = guarded_http_for(civitai=civitai)
+    with http.open(f"{civitai.base_url}/api/download/models/{new_version}") as first:
+        assert first.status == 200 and sha256(first.read()) == sha256(MAIN)
+    with http.open(first.url) as again:
+        assert again.status == 403 and again.content_type == "application/xml"
+    with http.open(f"{civitai.base_url}/api/download/models/{new_version}?fp=fp32") as other:
+        assert other.status == 200 and sha256(other.read()) == sha256(FULL)  # the query picks the file
+
+
 def test_civitai_legacy_and_missing_image_ratings(fake_civitai, client_for):
     model_id, _ = fake_civitai.add_model("Old API", files=[("a.safetensors", MAIN)], legacy_nsfw=True,
                                          images=[(PNG, 1), (PNG, 2), (PNG, 4), (PNG, 8)])
