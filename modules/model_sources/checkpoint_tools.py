@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import threading
 from collections import Counter
@@ -558,7 +559,9 @@ def _half_maker(source: _Source, name: str, path: Path) -> Callable[[], torch.Te
 
         # Cast while reading: no full-precision copy of the tensor is made.
         half = source.read(name, torch.float16)
-        if bool(torch.isfinite(half).all()):
+        # One min/max pass finds inf (and NaN, which propagates): `isfinite` on float16 took 6.8 s
+        # of a 16 s SD1.5 conversion on the bench machine.
+        if not half.numel() or all(math.isfinite(float(v)) for v in torch.aminmax(half)):
             return half
         tensor = source.read(name)  # rare: was it finite before the cast?
         if bool(torch.isfinite(tensor).all()):
