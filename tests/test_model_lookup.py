@@ -221,6 +221,21 @@ def test_fake_civitai_signed_urls_can_be_made_single_use(catalogue, guarded_http
         assert other.status == 200 and sha256(other.read()) == sha256(FULL)  # the query picks the file
 
 
+def test_civitai_answers_of_unexpected_shape_do_not_crash_the_look_up(catalogue, client_for):
+    civitai, model_id, _, _ = catalogue
+    version = civitai.models[model_id]["modelVersions"][0]
+    version["files"][0]["hashes"] = ["not", "a", "mapping"]
+    version["files"].append("not a file")
+    version["images"] = "not a list"
+    version["trainedWords"] = {"not": "a list"}
+    remote = client_for(civitai).lookup(CivitaiRef(str(model_id), None))
+    assert [f.sha256 for f in remote.files] == [None, sha256(FULL)]
+    assert (remote.previews, remote.trigger_words) == ((), ())
+    civitai.models[model_id]["modelVersions"] = "nothing"
+    with pytest.raises(ModelSourceError, match="no published versions"):
+        client_for(civitai).lookup(CivitaiRef(str(model_id), None))
+
+
 def test_civitai_legacy_and_missing_image_ratings(fake_civitai, client_for):
     model_id, _ = fake_civitai.add_model("Old API", files=[("a.safetensors", MAIN)], legacy_nsfw=True,
                                          images=[(PNG, 1), (PNG, 2), (PNG, 4), (PNG, 8)])

@@ -100,8 +100,8 @@ class CivitaiClient:
             model = self._model_or_none(model_id)
         else:
             model = self.model_info(ref.model_id)
-            versions = model.get("modelVersions") or []
-            if not versions:
+            versions = model.get("modelVersions")
+            if not isinstance(versions, list) or not versions or not isinstance(versions[0], Mapping):
                 raise ModelSourceError(f"Civitai model {ref.model_id} ({model.get('name', '?')}) has no published "
                                        "versions to download", status=404)
             version = _with_model(versions[0], model)
@@ -154,9 +154,10 @@ class CivitaiClient:
         version_id = str(version.get("id", ""))
         model_id = str(version.get("modelId", "") or (model or {}).get("id", ""))
         about = version.get("model") if isinstance(version.get("model"), Mapping) else (model or {})
-        files = [self._file(f, version_id) for f in version.get("files") or [] if isinstance(f, Mapping)]
+        raw_files = [f for f in _listed(version.get("files")) if isinstance(f, Mapping)]
+        files = [self._file(f, version_id) for f in raw_files]
         if ref is not None and ref.names_a_file:
-            files = _select_files(files, version.get("files") or [], ref)
+            files = _select_files(files, raw_files, ref)
         name = str(about.get("name") or (model or {}).get("name") or f"Civitai model {model_id}")
         description = version.get("description") or (model or {}).get("description") or ""
         return RemoteModel(
@@ -165,13 +166,14 @@ class CivitaiClient:
             description=str(description), trigger_words=_trigger_words(version.get("trainedWords")),
             license=license_summary(model) if model else "",
             page_url=f"{self.base_url}/models/{quote(model_id)}?modelVersionId={quote(version_id)}",
-            previews=tuple(p for p in (_preview(i) for i in version.get("images") or []) if p is not None),
+            previews=tuple(p for p in (_preview(i) for i in _listed(version.get("images"))) if p is not None),
             model_id=model_id or None, version_id=version_id or None, raw_version=dict(version))
 
     def _file(self, file: Mapping[str, Any], version_id: str) -> RemoteFile:
         metadata = file.get("metadata") if isinstance(file.get("metadata"), Mapping) else {}
         size_kb = file.get("sizeKB")
-        sha256 = str((file.get("hashes") or {}).get("SHA256") or "").lower()
+        hashes = file.get("hashes") if isinstance(file.get("hashes"), Mapping) else {}
+        sha256 = str(hashes.get("SHA256") or "").lower()
         url = str(file.get("downloadUrl") or "")
         if urlsplit(url).scheme not in ("http", "https"):
             url = f"{self.base_url}/api/download/models/{version_id}"
@@ -182,6 +184,11 @@ class CivitaiClient:
             precision=metadata.get("fp") or None, size_kind=metadata.get("size") or None,
             pickle_scan=file.get("pickleScanResult"), virus_scan=file.get("virusScanResult"),
             primary=bool(file.get("primary")), file_type=str(file.get("type") or "Model"), exact_size=False)
+
+
+def _listed(value: Any) -> list:
+    """A JSON list field, or [] when the answer has something else there."""
+    return value if isinstance(value, list) else []
 
 
 def _checked_id(value: str | int | None, what: str) -> str:
@@ -237,13 +244,13 @@ def license_summary(model: Mapping[str, Any]) -> str:
     return ("Civitai permissions: " + "; ".join(parts)) if parts else ""
 
 
-def _select_files(files: list[RemoteFile], raw: list[Any], ref: CivitaiRef) -> list[RemoteFile]:
+def _select_files(files: list[RemoteFile], raw: list[Mapping[str, Any]], ref: CivitaiRef) -> list[RemoteFile]:
     """The files matching what `ref` names (file id, type, format, fp, size), as Civitai's download
     endpoint matches its query; ModelSourceError listing the version's files when none does."""
     def same(a: Any, b: str | None) -> bool:
         return b is None or str(a or "").casefold() == b.casefold()
 
-    ids = [str(f.get("id")) if isinstance(f, Mapping) else "" for f in raw if isinstance(f, Mapping)]
+    ids = [str(f.get("id")) for f in raw]
     chosen = [f for f, file_id in zip(files, ids)
               if same(file_id, ref.file_id) and same(f.file_type, ref.file_type) and same(f.format, ref.file_format)
               and same(f.precision, ref.file_precision) and same(f.size_kind, ref.file_size_kind)]
