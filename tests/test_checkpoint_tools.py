@@ -189,15 +189,16 @@ def test_merge_recipe_and_training_metadata_are_read_back(tmp_path: Path):
 # .ckpt: safe unpickler only
 
 
-def _save_ckpt(path: Path, state: dict, **outer) -> Path:
-    torch.save({"state_dict": state, **outer}, path)
+def _save_ckpt(path: Path, state: dict, legacy: bool = False, **outer) -> Path:
+    torch.save({"state_dict": state, **outer}, path, _use_new_zipfile_serialization=not legacy)
     return path
 
 
-def test_convert_ckpt_round_trip(sd1: Path, tmp_path: Path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_convert_ckpt_round_trip(sd1: Path, tmp_path: Path, legacy: bool):
     tensors = load_file(sd1)
-    ckpt = _save_ckpt(tmp_path / "trained.ckpt", {**tensors, "not_a_tensor": 3}, global_step=470000, epoch=6,
-                      optimizer_states=[{"state": {}}])
+    ckpt = _save_ckpt(tmp_path / "trained.ckpt", {**tensors, "not_a_tensor": 3}, legacy, global_step=470000,
+                      epoch=6, optimizer_states=[{"state": {}}])
 
     report = inspect_checkpoint(ckpt)
     assert report.format == "pickle" and report.architecture == "SD 1.x"
