@@ -4,6 +4,7 @@ Expected values come from what the test gave the fakes (bytes, names, flags), ha
 """
 
 import hashlib
+import re
 
 import pytest
 
@@ -366,6 +367,18 @@ def test_hf_token_goes_to_the_hub_only_not_to_the_cdn(hub_repo, guarded_http_for
         assert response.url.startswith(hub.cdn.base_url)
     assert all(r.headers.get("authorization") == f"Bearer {hub.token}" for r in hub.hub.log)
     assert hub.cdn.log and all("authorization" not in r.headers for r in hub.cdn.log)
+
+
+def test_hf_bad_repo_id_or_listing_is_a_clear_error(fake_hub):
+    client = HuggingFaceClient(endpoint=fake_hub.endpoint)
+    with pytest.raises(ModelSourceError, match="not a Hugging Face repo id") as caught:
+        client.lookup(HuggingFaceRef("org/../../etc", None))
+    assert caught.value.status == 400
+    # a listing whose file entry lacks `rfilename`, answered before the fake's own route
+    fake_hub.hub.routes.insert(0, ("GET", re.compile(r"/api/models/org/broken"),
+                                   lambda r: Reply.json({"id": "org/broken", "siblings": [{"size": 1}]})))
+    with pytest.raises(ModelSourceError, match="not a model listing"):
+        client.lookup(HuggingFaceRef("org/broken", None))
 
 
 def test_hf_offline_mode_is_explained(hub_repo, monkeypatch):

@@ -212,6 +212,7 @@ class _HubErrors:
         import httpx2
         from huggingface_hub.errors import (
             GatedRepoError,
+            HFValidationError,
             HfHubHTTPError,
             OfflineModeIsEnabled,
             RemoteEntryNotFoundError,
@@ -245,6 +246,12 @@ class _HubErrors:
             hint = "; the Hub is rate-limiting, try again in a minute" if status == 429 else ""
             raise ModelSourceError(f"Hugging Face answered HTTP {status} for {self.repo_id}{hint}",
                                    status=429 if status == 429 else 502) from None
+        if isinstance(error, HFValidationError):
+            raise ModelSourceError(f"{self.repo_id!r} is not a Hugging Face repo id ('org/name'): {error}",
+                                   status=400) from None
+        if isinstance(error, (KeyError, TypeError, ValueError)) and not isinstance(error, ModelSourceError):
+            raise ModelSourceError(f"{self.client.endpoint} answered about {self.repo_id} with something that is not "
+                                   f"a model listing ({type(error).__name__})", status=502) from None
         if isinstance(error, httpx2.HTTPError):
             raise ModelSourceError(f"could not reach {self.client.endpoint} ({type(error).__name__}); check the "
                                    "connection and try again", status=502) from None
