@@ -108,7 +108,7 @@ def card_html(result, preview_uri: str | None = None) -> str:
             ("Base model", remote.base_model), ("Version", remote.version_name), ("License", remote.license)]
     table = "".join(f"<tr><th>{esc(label)}</th><td>{esc(value)}</td></tr>" for label, value in rows if value)
     if remote.trigger_words:
-        words = " ".join(f"<code class='models-trigger-word'>{esc(w)}</code>" for w in remote.trigger_words)
+        words = ", ".join(f"<code class='models-trigger-word'>{esc(w)}</code>" for w in remote.trigger_words)
         table += f"<tr><th>Trigger words</th><td class='models-trigger-words'>{words}</td></tr>"
     if remote.model_type is None:
         table += "<tr><th>Saved to</th><td>the source does not say what this is: choose its type below</td></tr>"
@@ -176,13 +176,12 @@ def downloads_html(downloads: Sequence) -> str:
         else:
             percent = 100.0 if d.state in ("done", "exists") else 0.0
         label = f"{percent:.0f}% · {download_line(d)}" if d.state in ACTIVE_STATES and d.total else download_line(d)
-        note = f"<div class='models-download-note'>{esc(d.message)}</div>" if d.message and d.state in ACTIVE_STATES else ""
         blocks.append(
             f"<div class='models-download state-{esc(d.state)}' data-id='{esc(d.id)}' data-state='{esc(d.state)}'>"
             f"<div class='models-download-title'><b>{esc(d.model_name)}</b> — {esc(d.file_name)} "
             f"<span class='models-kind'>({esc(d.kind)})</span></div>"
-            f"<div class='progress-bar'><div class='progress-fill' style='width: {percent:.1f}%'></div>"
-            f"<div class='progress-text'>{esc(label)}</div></div>{note}</div>")
+            f"<progress class='models-progress' max='100' value='{percent:.1f}'>{percent:.0f}%</progress>"
+            f"<div class='models-download-line'>{esc(label)}</div></div>")
     return "<div class='models-downloads'>" + "".join(blocks) + "</div>"
 
 

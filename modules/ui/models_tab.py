@@ -55,12 +55,13 @@ TAB_CSS = """
 .models-card-table th, .models-files th, .models-report th, .models-cards-results th { text-align: left;
     padding-right: 1em; vertical-align: top; white-space: nowrap; }
 .models-description { max-height: 16em; overflow-y: auto; font-size: 0.9em; margin-top: 0.5em; }
-.models-trigger-word { margin-right: 0.4em; }
+.models-trigger-word { padding: 0 0.3em; border-radius: 0.3em; background: var(--block-background-fill); }
 .models-refusal, .models-danger { color: #d33; }
-.models-download { margin: 0.4em 0; }
-.models-download-title { font-size: 0.9em; margin-bottom: 0.2em; }
-.models-download.state-failed .progress-fill { background: #d33; }
-.models-download.state-done .progress-fill, .models-download.state-exists .progress-fill { opacity: 0.3; }
+.models-download { margin: 0.5em 0; }
+.models-download-title { font-size: 0.9em; }
+.models-progress { width: 100%; height: 0.8em; accent-color: var(--color-accent); }
+.models-download-line { font-size: 0.85em; opacity: 0.85; word-break: break-all; }
+.models-download.state-failed .models-download-line { color: #d33; opacity: 1; }
 .models-report pre { margin: 0; font-size: 0.85em; max-height: 12em; overflow: auto; }
 """
 
