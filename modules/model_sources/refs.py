@@ -115,9 +115,10 @@ def _refuse(text: str, why: str) -> ModelSourceError:
     return ModelSourceError(f"Not a model source: {_shown(text)}: {why}. {EXAMPLES}", status=400)
 
 
-def parse_source(text: str) -> SourceRef:
+def parse_source(text: str, *, allow_http: bool = False) -> SourceRef:
     """Read a model source from what a user typed or pasted; raises ModelSourceError (400) that says
-    why and shows the accepted forms."""
+    why and shows the accepted forms. `allow_http`: accept plain http:// links too (a mirror on the
+    LAN, with the `model_sources_allow_private` setting)."""
     if not isinstance(text, str):
         raise ModelSourceError(f"A model source must be text, not {type(text).__name__}. {EXAMPLES}", status=400)
     if len(text) > MAX_SOURCE_LENGTH:
@@ -130,7 +131,7 @@ def parse_source(text: str) -> SourceRef:
 
     lowered = stripped.lower()
     if "://" in stripped or lowered.startswith(("javascript:", "data:", "file:", "vbscript:", "mailto:")):
-        return _parse_url(stripped)
+        return _parse_url(stripped, allow_http)
     first = lowered.split("/", 1)[0]
     if first in _HF_HOSTS or first in _CIVITAI_HOSTS:  # a link pasted without its scheme
         return _parse_url("https://" + stripped)
@@ -176,7 +177,7 @@ def _check_path(text: str, path: str) -> str:
     return path
 
 
-def _parse_url(text: str) -> SourceRef:
+def _parse_url(text: str, allow_http: bool = False) -> SourceRef:
     try:
         parts = urlsplit(text)
         port = parts.port  # raises ValueError for a bad port
@@ -195,7 +196,7 @@ def _parse_url(text: str) -> SourceRef:
         return _parse_hf_url(text, parts.path)
     if host in _CIVITAI_HOSTS:
         return _parse_civitai_url(text, parts.path, parts.query)
-    if scheme == "http":
+    if scheme == "http" and not allow_http:
         raise _refuse(text, "plain http:// is not accepted (a file fetched over http can be altered on the way); "
                             "use the https:// address")
     if port == 0:

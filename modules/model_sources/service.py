@@ -190,7 +190,7 @@ class ModelSources:
         """What `source` (any form modules.model_sources.refs accepts) says about its model."""
         from modules.model_sources.refs import CivitaiRef, HuggingFaceRef, parse_source
 
-        ref = parse_source(source)
+        ref = parse_source(source, allow_http=bool(self._setting("model_sources_allow_private")))
         if isinstance(ref, CivitaiRef):
             return self._civitai().lookup(ref)
         if isinstance(ref, HuggingFaceRef):
