@@ -22,7 +22,6 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -134,7 +133,9 @@ class ModelSources:
         self._lock = threading.Lock()
         self._downloads: dict[str, _Download] = {}
         self._ids = itertools.count(1)
-        self._executor = ThreadPoolExecutor(max_parallel, thread_name_prefix="model-download")
+        # At most `max_parallel` transfers at once; the threads are daemons, so stopping the server
+        # never waits for a download (its `.part` stays, and the next download of it resumes).
+        self._slots = threading.BoundedSemaphore(max_parallel)
 
     # ----- access and clients
 
@@ -320,7 +321,8 @@ class ModelSources:
             record = _Download(status, remote, file, destination=destination)
             self._downloads[download_id] = record
             self._forget_old()
-        self._executor.submit(self._run, record)
+        threading.Thread(target=self._run_in_slot, args=(record,), name=f"model-download-{download_id}",
+                         daemon=True).start()
         return status
 
     def download_status(self, download_id: str) -> DownloadStatus:
@@ -356,9 +358,12 @@ class ModelSources:
         for key in finished[:max(0, len(finished) - KEEP_FINISHED)]:
             del self._downloads[key]
 
+    def _run_in_slot(self, record: _Download) -> None:
+        with self._slots:
+            if not record.cancel.is_set():
+                self._run(record)
+
     def _run(self, record: _Download) -> None:
-        if record.cancel.is_set():
-            return
         from modules.model_sources.downloader import DownloadCancelled
 
         try:
@@ -522,9 +527,10 @@ class ModelSources:
         return result
 
     def close(self) -> None:
-        for record in list(self._downloads.values()):
-            record.cancel.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Cancel every download (tests; a server that stops simply leaves its `.part` files)."""
+        with self._lock:
+            for record in self._downloads.values():
+                record.cancel.set()
 
 
 def _credential(credential_type, base_url: str, token: str):
