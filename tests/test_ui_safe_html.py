@@ -56,3 +56,11 @@ def test_unclosed_tags_are_closed_and_text_is_cut():
     assert sanitize_html("<b>abcdef</b>ghij", max_chars=4) == "<b>abcd…</b>"
     assert html_to_text("<p>a &amp;  <b>b</b></p>\n<p>c</p><script>x</script>") == "a & b c"
     assert html_to_text("abcdef", max_chars=3) == "abc…"
+
+
+def test_long_descriptions_are_cut_without_reading_them_to_the_end():
+    long = "<p>" + "word " * 50_000 + "</p><script>alert(1)</script>"
+    out = sanitize_html(long, inline=True, max_chars=100)
+    assert out.endswith("…") and len(out) < 120 and "script" not in out
+    assert html_to_text("a" + " " * 5000 + "b", max_chars=10) == "a…"
+    assert html_to_text("<b>x</b>" * 3) == "xxx"

@@ -33,7 +33,7 @@ import gradio as gr
 
 from modules.model_sources.cards import find_preview, read_user_metadata
 from modules.ui.icons import icon_label
-from modules.ui.safe_html import html_to_text, sanitize_html
+from modules.ui.safe_html import sanitize_html
 from modules.ui.shared import UiShared
 
 TEXTUAL_INVERSION = "textual_inversion"
@@ -46,7 +46,7 @@ DEFAULT_MULTIPLIER_SETTING = "extra_networks_default_multiplier"  # A1111's sett
 # A1111's description files beside a model, read when its user metadata has no description.
 DESCRIPTION_SUFFIXES = (".txt", ".description.txt")
 MAX_DESCRIPTION_BYTES = 64 << 10
-CARD_DESCRIPTION_CHARS = 300  # a card shows the start; the tooltip a little more
+CARD_DESCRIPTION_CHARS = 300  # a card (and its tooltip) shows the start
 
 
 @dataclass(frozen=True)
@@ -259,9 +259,10 @@ def card_html(card: NetworkCard) -> str:
     """One card: a button with the preview, the name, what Atelier knows, the description
     (sanitized, shortened) and the trigger words."""
     tooltip = card.text or f"Load {card.name}"
-    about_text = html_to_text(card.about, max_chars=600) if card.about else ""
-    if about_text:
-        tooltip += "\n\n" + about_text
+    about = sanitize_html(card.about, inline=True, max_chars=CARD_DESCRIPTION_CHARS) if card.about else ""
+    if about.strip():
+        # The sanitized text has bare tags only (no attributes), so a tag is everything in <...>.
+        tooltip += "\n\n" + " ".join(html.unescape(re.sub(r"<[^>]*>", " ", about)).split())
     parts = [f"<button type='button' class='extra-network-item' data-kind='{card.kind}' "
              f"data-name='{html.escape(card.name, quote=True)}' title='{html.escape(tooltip, quote=True)}'>"]
     if card.preview is not None:
@@ -270,10 +271,8 @@ def card_html(card: NetworkCard) -> str:
     parts.append(f"<span class='name'>{html.escape(card.label or card.name)}</span>")
     if card.description:
         parts.append(f"<span class='description'>{html.escape(card.description)}</span>")
-    if card.about:
-        about = sanitize_html(card.about, inline=True, max_chars=CARD_DESCRIPTION_CHARS)
-        if about.strip():
-            parts.append(f"<span class='about'>{about}</span>")
+    if about.strip():
+        parts.append(f"<span class='about'>{about}</span>")
     if card.trigger_words:
         parts.append(f"<span class='trigger-words' title='Activation text'>{html.escape(card.trigger_words)}</span>")
     parts.append("</button>")

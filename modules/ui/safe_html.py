@@ -23,6 +23,7 @@ BLOCK_TAGS = frozenset({"p", "div", "ul", "ol", "li", "pre", "blockquote", "hr",
 DROPPED_WITH_CONTENT = frozenset({"script", "style", "iframe", "object", "template", "noscript", "svg", "math",
                                   "textarea", "select", "title", "head", "frameset", "applet", "audio", "video"})
 _VOID = frozenset({"br", "hr"})
+_CHUNK = 512
 _VOID_DROPPED = frozenset({"embed", "frame", "img", "input", "link", "meta", "base", "source", "track", "param"})
 
 
@@ -108,17 +109,28 @@ def sanitize_html(text: str, *, inline: bool = False, links: bool = False, max_c
     """`text` (HTML or plain text) with only formatting tags left (see the module docstring).
     `inline`: phrasing tags only, blocks become spaces (for a card, which is a button); `links`:
     keep http(s) links; `max_chars`: cut the text after so many characters, with "…"."""
-    parser = _Sanitizer(inline=inline, links=links, max_chars=max_chars)
-    parser.feed(text or "")
+    return _run(_Sanitizer(inline=inline, links=links, max_chars=max_chars), text)
+
+
+def _run(parser: _Sanitizer, text: str) -> str:
+    # Fed in pieces, so that a long description cut after a few hundred characters is not parsed
+    # to its end (a card shows the start of each of hundreds of descriptions).
+    text = text or ""
+    for start in range(0, len(text), _CHUNK):
+        parser.feed(text[start:start + _CHUNK])
+        if parser.truncated:
+            break
     return parser.result()
 
 
 def html_to_text(text: str, *, max_chars: int | None = None) -> str:
     """The text of `text` without any markup, whitespace collapsed (for tooltips and search)."""
-    parser = _Sanitizer(inline=True, links=False, max_chars=None)
+    # Whitespace collapses afterwards: twice the characters leave enough to cut from.
+    parser = _Sanitizer(inline=True, links=False, max_chars=None if max_chars is None else 2 * max_chars + 64)
     parser.allowed = frozenset()
-    parser.feed(text or "")
-    plain = " ".join(html.unescape("".join(parser.result())).split())
-    if max_chars is not None and len(plain) > max_chars:
+    plain = " ".join(html.unescape(_run(parser, text)).split())
+    if parser.truncated:
+        plain = plain.removesuffix("…")  # the parser's mark; the cut below puts it back
+    if max_chars is not None and (len(plain) > max_chars or parser.truncated):
         plain = plain[:max_chars].rstrip() + "…"
     return plain
