@@ -48,7 +48,7 @@ import math
 import os
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
@@ -210,6 +210,9 @@ class _Source:
     # `read(name, dtype=None)`: a tensor the caller may keep, floating ones cast to `dtype` if given
     read: Callable[..., torch.Tensor]
     close: Callable[[], None]
+    # `read_into(name, start, out)`: elements [start, start + len(out)) of `name` into the 1-D `out`
+    # of its stored dtype, by `pread` (safetensors only)
+    read_into: Callable[[str, int, torch.Tensor], None] | None = None
     dropped: tuple[str, ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)  # a pickle's global_step / epoch
 
@@ -243,7 +246,7 @@ def _open_safetensors(path: Path) -> _Source:
     specs = reader.header.tensors
     return _Source(path, "safetensors", {name: spec.dtype for name, spec in specs.items()},
                    {name: spec.shape for name, spec in specs.items()}, dict(reader.header.metadata),
-                   reader.read, reader.close)
+                   reader.read, reader.close, reader.read_into)
 
 
 def _open_pickle(path: Path, allow_unsafe: bool) -> _Source:
@@ -274,7 +277,7 @@ def _open_pickle(path: Path, allow_unsafe: bool) -> _Source:
         tensors.clear()
 
     return _Source(path, "pickle", {n: t.dtype for n, t in tensors.items()},
-                   {n: tuple(t.shape) for n, t in tensors.items()}, {}, read, close, dropped, extras)
+                   {n: tuple(t.shape) for n, t in tensors.items()}, {}, read, close, None, dropped, extras)
 
 
 def _non_tensor_entries(obj: Any, tensors: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -426,12 +429,14 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 @dataclass(frozen=True)
 class _Planned:
-    """One tensor of the output: its name, dtype and shape, and how to make it."""
+    """One tensor of the output: its name, dtype and shape, and where it comes from: the stored
+    tensor `stored` (cast to `dtype` if that differs), or, when `stored` is None, `make()`."""
 
     name: str
     dtype: torch.dtype
     shape: tuple[int, ...]
-    make: Callable[[], torch.Tensor]
+    stored: str | None
+    make: Callable[[], torch.Tensor] | None = None
 
 
 def convert_to_safetensors(path: str | os.PathLike, destination: str | os.PathLike | None = None, *,
@@ -490,7 +495,7 @@ def save_fp16(path: str | os.PathLike, destination: str | os.PathLike | None = N
         for index, item in enumerate(plan):
             # position_ids are never cast: even damaged ones stay as stored when not fixed.
             if item.dtype in castable and not item.name.endswith(POSITION_IDS_SUFFIX):
-                plan[index] = _Planned(item.name, torch.float16, item.shape, _half_maker(source, item.name, path))
+                plan[index] = replace(item, dtype=torch.float16)
                 cast += 1
         if not cast and not fixed and source.format == "safetensors":
             kinds = "float32 or bfloat16" if include_bf16 else "float32"
@@ -520,11 +525,11 @@ def _copy_plan(source: _Source, shapes: Mapping[str, tuple[int, ...]],
                                       "format used here cannot store", status=400)
         if fix_position_ids and name.endswith(POSITION_IDS_SUFFIX) and position_ids_problem(source.read(name)):
             n = shape[-1]
-            plan.append(_Planned(name, torch.int64, shape,
+            plan.append(_Planned(name, torch.int64, shape, None,
                                  lambda n=n, shape=shape: torch.arange(n, dtype=torch.int64).expand(shape).clone()))
             fixed.append(name)
             continue
-        plan.append(_Planned(name, dtype, shape, lambda name=name: source.read(name)))
+        plan.append(_Planned(name, dtype, shape, name))
     return plan, tuple(fixed)
 
 
@@ -540,8 +545,7 @@ def _use_ema_weights(source: _Source, plan: list[_Planned]) -> tuple[list[_Plann
                     f"{source.path.name}: the EMA copy {ema_name} is {source.dtypes[ema_name]} "
                     f"{list(source.shapes[ema_name])}, but {item.name} is {item.dtype} {list(item.shape)}; the "
                     "file's EMA weights do not belong to its model. Prune with use_ema off instead", status=400)
-            out.append(_Planned(item.name, source.dtypes[ema_name], item.shape,
-                                lambda ema_name=ema_name: source.read(ema_name)))
+            out.append(_Planned(item.name, source.dtypes[ema_name], item.shape, ema_name))
             swapped += 1
         else:
             out.append(item)
@@ -553,26 +557,70 @@ def _use_ema_weights(source: _Source, plan: list[_Planned]) -> tuple[list[_Plann
     return out, swapped
 
 
-def _half_maker(source: _Source, name: str, path: Path) -> Callable[[], torch.Tensor]:
-    def make() -> torch.Tensor:
+def _whole(source: _Source, item: _Planned) -> torch.Tensor:
+    """The output tensor `item`, read whole (a pickle's tensors are already in memory or mapped)."""
+    if item.stored is None:
+        assert item.make is not None
+        return item.make()
+    stored_dtype = source.dtypes[item.stored]
+    if stored_dtype == item.dtype:
+        return source.read(item.stored)
+    tensor = source.read(item.stored, item.dtype)  # cast while reading: no full-precision copy
+    _check_cast(tensor, lambda: source.read(item.stored), item.stored, source.path)
+    return tensor
+
+
+class _BlockCopier:
+    """Fills the writer's output blocks (`SafetensorsWriter.write_blocks`) from a safetensors
+    source with `pread`, casting through one reused staging buffer when the dtype changes: no
+    mapped pages and no fresh buffer per tensor, which is what made the merger fast
+    (docs/BENCHMARKS.md, "Checkpoint merging")."""
+
+    def __init__(self, source: _Source):
+        self.source = source
+        self.staging: dict[torch.dtype, torch.Tensor] = {}
+
+    def filler(self, item: _Planned) -> Callable[[torch.Tensor, int, int], None]:
+        assert item.stored is not None and self.source.read_into is not None
+        stored, read_into = item.stored, self.source.read_into
+        stored_dtype = self.source.dtypes[stored]
+
+        def fill(out: torch.Tensor, start: int, end: int) -> None:
+            if stored_dtype == item.dtype:
+                read_into(stored, start, out)
+                return
+            staging = self._staging(stored_dtype, end - start)
+            read_into(stored, start, staging)
+            out.copy_(staging)
+            _check_cast(out, lambda: staging, stored, self.source.path)
+
+        return fill
+
+    def _staging(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
         import torch
 
-        # Cast while reading: no full-precision copy of the tensor is made.
-        half = source.read(name, torch.float16)
-        # One min/max pass finds inf (and NaN, which propagates): `isfinite` on float16 took 6.8 s
-        # of a 16 s SD1.5 conversion on the bench machine.
-        if not half.numel() or all(math.isfinite(float(v)) for v in torch.aminmax(half)):
-            return half
-        tensor = source.read(name)  # rare: was it finite before the cast?
-        if bool(torch.isfinite(tensor).all()):
-            largest = float(tensor.abs().max())
-            raise CheckpointToolError(
-                f"{path.name}: tensor {name!r} holds values up to {largest:.6g}, beyond float16's range (65504); "
-                "an fp16 copy would hold inf there. Keep this model in float32 (or bfloat16). Nothing was written",
-                status=400)
-        return half
+        buffer = self.staging.get(dtype)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self.staging[dtype] = torch.empty(numel, dtype=dtype)
+        return buffer[:numel]
 
-    return make
+
+def _check_cast(cast: torch.Tensor, stored: Callable[[], torch.Tensor], name: str, path: Path) -> None:
+    """Refuse a cast that turned finite values into inf (float16 ends at 65504)."""
+    import torch
+
+    # One min/max pass finds inf (and NaN, which propagates); `isfinite` on float16 took 6.8 s of a
+    # 16 s SD1.5 conversion on the bench machine.
+    if not cast.is_floating_point() or not cast.numel() or all(math.isfinite(float(v)) for v in torch.aminmax(cast)):
+        return
+    values = stored()  # rare: was it finite before the cast?
+    if bool(torch.isfinite(values).all()):
+        dtype = str(cast.dtype).removeprefix("torch.")
+        largest = float(values.abs().max())
+        raise CheckpointToolError(
+            f"{path.name}: tensor {name!r} holds values up to {largest:.6g}, beyond {dtype}'s range "
+            f"(±{torch.finfo(cast.dtype).max:.6g}); a {dtype} copy would hold inf there. Keep this model in float32 (or bfloat16). Nothing was written",
+            status=400)
 
 
 def _fixed_note(fixed: tuple[str, ...]) -> str:
@@ -626,6 +674,7 @@ def _write(source: _Source, target: Path, plan: list[_Planned], kind: str, dropp
     specs = [(item.name, item.dtype, item.shape) for item in plan]
     total = sum(_numel(item.shape) * item.dtype.itemsize for item in plan)
     done = 0
+    blocks = _BlockCopier(source) if source.read_into is not None else None
     try:
         with SafetensorsWriter(stage, specs, _output_metadata(source, kind), overwrite=True,
                                what=f"the checkpoint {target.name}") as writer:
@@ -633,7 +682,10 @@ def _write(source: _Source, target: Path, plan: list[_Planned], kind: str, dropp
                 if cancel is not None and cancel.is_set():
                     raise CheckpointToolCancelled(f"{kind} of {source.path.name} cancelled; nothing was written",
                                                   status=409)
-                writer.write(item.name, item.make())
+                if blocks is not None and item.stored is not None:
+                    writer.write_blocks(item.name, item.dtype, item.shape, blocks.filler(item))
+                else:
+                    writer.write(item.name, _whole(source, item))
                 done += _numel(item.shape) * item.dtype.itemsize
                 if progress is not None:
                     progress(done, total)
