@@ -5,7 +5,8 @@ here, inspect a checkpoint and convert it.
 Our own namespace, not A1111's `/sdapi/v1`: A1111 has no such routes, and the Models tab of the web UI
 and `/docs` need them also when the server runs without `--api`. Auth applies as to every route
 (modules.api.auth). The routes are thin: `context.model_sources` (modules.model_sources.service) owns
-the downloads, the folder rules and the write policy; a `ModelSourceError` answers with its own status
+the downloads, the folder rules and the write policy (its writing methods refuse with a 403 where this
+server allows no downloads or conversions); a `ModelSourceError` answers with its own status
 (400 for a source that is no source, 403 for writes this server refuses, 404, 422, 502 ...).
 Calls that wait on the network or the disk run on a worker thread, never on the event loop.
 """
@@ -288,13 +289,9 @@ def build_router(context) -> APIRouter:
         renamed into its folder, with its cards beside it; a file whose sha256 is already here is not
         downloaded again (state `exists`, `destination` says where)."""
         service = model_sources_of(context)
-
-        def start():
-            service.check_write_access()
-            model_type = TYPE_NAME_BY_KIND.get(body.model_type, body.model_type)
-            return service.start_download(body.source, file_name=body.file_name, model_type=model_type)
-
-        return download_item(await call_service(start))
+        model_type = TYPE_NAME_BY_KIND.get(body.model_type, body.model_type)
+        return download_item(await call_service(
+            lambda: service.start_download(body.source, file_name=body.file_name, model_type=model_type)))
 
     @router.get("/downloads", response_model=DownloadList)
     def downloads() -> DownloadList:
@@ -336,12 +333,7 @@ def build_router(context) -> APIRouter:
         """Cards for files already here: each file is looked up on Civitai by its sha256, and what is
         found is written beside it (`<name>.json` merged with the user's, `<name>.civitai.info`, a preview)."""
         service = model_sources_of(context)
-
-        def fetch():
-            service.check_write_access()
-            return service.fetch_cards(body.kind, body.name)
-
-        results = await call_service(fetch)
+        results = await call_service(lambda: service.fetch_cards(body.kind, body.name))
         return CardsResponse(kind=body.kind, results=[CardOutcome(file=f, outcome=o) for f, o in results])
 
     @router.post("/inspect", response_model=InspectResponse)
@@ -357,12 +349,7 @@ def build_router(context) -> APIRouter:
     async def convert(body: ConvertRequest) -> ToolResponse:
         """Run a checkpoint tool; the new file is written atomically beside the original and listed."""
         service = model_sources_of(context)
-
-        def run():
-            service.check_write_access()
-            return service.run_tool(body.tool, body.name)
-
-        result = await call_service(run)
+        result = await call_service(lambda: service.run_tool(body.tool, body.name))
         return ToolResponse(name=body.name, tool=body.tool, result=plain(result))
 
     return router

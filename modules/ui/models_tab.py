@@ -37,8 +37,9 @@ KIND_LABELS = {"checkpoint": "Checkpoint", "lora": "LoRA", "embedding": "Embeddi
                "hypernetwork": "Hypernetwork", "vae": "VAE"}
 TYPE_LABELS = {"Checkpoint": "Checkpoint", "LORA": "LoRA", "TextualInversion": "Embedding (textual inversion)",
                "Hypernetwork": "Hypernetwork", "VAE": "VAE"}
-# What a tool or a card look-up may raise for a file that is not what it should be: shown, not raised.
-FILE_ERRORS = (ValueError, CheckpointNotFoundError, OSError)
+# What the service raises for a source, a file or a checkpoint that is not what it should be (its
+# ModelSourceError is a ValueError; a full disk an OSError): shown on the page with its message.
+SHOWN_ERRORS = (ValueError, CheckpointNotFoundError, OSError)
 ALL_FILES = "(all files)"
 TOOLS = {"convert": "Convert to safetensors", "prune-ema": "Prune EMA", "fp16": "Save as fp16"}
 POLL_SECONDS = 1.0
@@ -119,7 +120,7 @@ class ModelsTabHandlers:
             return self._lookup_failed("Paste a model's address or id first: " + SOURCE_LABEL + ".")
         try:
             result = self.service.lookup(source)
-        except ModelSourceError as e:
+        except SHOWN_ERRORS as e:
             return self._lookup_failed(str(e))
         remote = result.remote
         names = [f.name for f in remote.files]
@@ -144,7 +145,7 @@ class ModelsTabHandlers:
             return None
         try:
             data = fetch(url)
-        except ModelSourceError as e:
+        except SHOWN_ERRORS as e:
             log.info("Preview not shown: %s", e)
             return None
         return preview_data_uri(data)
@@ -165,12 +166,12 @@ class ModelsTabHandlers:
             return [message, *self._downloads_outputs(view, force=True)[:3]]
         try:
             status = self.service.start_download(source, file_name=file_name or None, model_type=model_type or None)
-        except ModelSourceError as e:
+        except SHOWN_ERRORS as e:
             return [error_html(str(e)), *self._downloads_outputs(view, force=True)[:3]]
         if status.state == "exists":
             message = message_html(f"{status.file_name} is already here: {status.destination}")
         else:
-            message = message_html(f"Downloading {status.file_name} ({status.kind}); progress below.")
+            message = message_html(f"Downloading {status.file_name} ({status.kind}); its progress is under Downloads.")
         return [message, *self._downloads_outputs(view, force=True)[:3]]
 
     # -- the downloads panel ------------------------------------------------------------------------
@@ -231,7 +232,7 @@ class ModelsTabHandlers:
             return error_html(f"Choose what kind of files to look up: one of {', '.join(MODEL_KINDS)}.")
         try:
             results = self.service.fetch_cards(kind, None if not name or name == ALL_FILES else name)
-        except FILE_ERRORS as e:
+        except SHOWN_ERRORS as e:
             return error_html(str(e))
         return cards_table_html(results)
 
@@ -240,7 +241,7 @@ class ModelsTabHandlers:
             return error_html("Choose a checkpoint to inspect.")
         try:
             return report_html(name, self.service.inspect(name))
-        except FILE_ERRORS as e:
+        except SHOWN_ERRORS as e:
             return error_html(str(e))
 
     def run_tool(self, tool: str, name: str | None) -> list:
@@ -250,7 +251,7 @@ class ModelsTabHandlers:
                     *[gr.skip()] * (2 + self.list_updates)]
         try:
             result = self.service.run_tool(tool, name)
-        except FILE_ERRORS as e:
+        except SHOWN_ERRORS as e:
             return [error_html(str(e)), *[gr.skip()] * (2 + self.list_updates)]
         tools_update, *top = self._list_refresh(True)[1:]
         return [message_html(f"{TOOLS[tool]}: {tool_result_text(result)}"), tools_update, gr.skip(), *top]
