@@ -350,12 +350,22 @@ def test_fp16_keeps_bf16_unless_asked(tmp_path: Path):
     assert torch.equal(both["wbf"], load_file(path)["wbf"].to(torch.float16))
 
 
-def test_fp16_refuses_values_beyond_its_range_and_leaves_nothing(tmp_path: Path):
-    path = tmp_path / "big.safetensors"
-    save_file({"ok": torch.ones(3), "huge": torch.tensor([1.0, 70000.0])}, path)
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_fp16_refuses_values_beyond_its_range_and_leaves_nothing(tmp_path: Path, suffix: str):
+    path = tmp_path / f"big{suffix}"
+    tensors = {"ok": torch.ones(3), "huge": torch.tensor([1.0, 70000.0]), "nan": torch.tensor([float("nan")])}
+    if suffix == ".ckpt":
+        _save_ckpt(path, tensors)
+    else:
+        save_file(tensors, path)
     with pytest.raises(CheckpointToolError, match="'huge'.*65504"):
         save_fp16(path)
-    assert _files(tmp_path) == {"big.safetensors"}
+    assert _files(tmp_path) == {path.name}
+
+    # A NaN that was there before the cast is the file's own business, not an overflow.
+    del tensors["huge"]
+    save_file(tensors, tmp_path / "nan.safetensors")
+    assert load_file(save_fp16(tmp_path / "nan.safetensors").path)["nan"].isnan().all()
 
 
 def test_fp16_of_an_fp16_file_is_refused(tmp_path: Path):
