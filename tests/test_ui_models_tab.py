@@ -289,3 +289,38 @@ def test_the_tab_is_in_the_ui_and_its_look_up_runs_as_the_server_runs_it(context
         assert elem_id in ids, elem_id
     data = run_event(blocks, ids["models_lookup"], "click", ["https://civitai.com/models/77"], context=context)
     assert "Through Gradio" in data[0] and data[2]["value"] == "tiny.safetensors"
+
+
+# -- the real service ---------------------------------------------------------------------------------------
+
+
+def test_inspect_and_save_as_fp16_through_the_real_service(tmp_path):
+    context = make_context(tmp_path, load=False)
+    try:
+        handlers = ModelsTabHandlers(context, list_updates=1)
+        assert handlers.on_page_load()[-1]["choices"] == ["tiny.safetensors"]
+        report = handlers.inspect("tiny.safetensors")
+        assert "SD 1" in report and "float32" in report and "tensor count" in report
+        line, tools, _, top_bar = handlers.run_tool("fp16", "tiny.safetensors")
+        assert "class='error'" not in line, line
+        [new] = [name for name in tools["choices"] if name != "tiny.safetensors"]
+        assert (tmp_path / "models" / "Stable-diffusion" / new).is_file()
+        assert any(title.startswith(new) for _, title in top_bar["choices"])
+        assert "float16" in handlers.inspect(new)
+    finally:
+        context.jobs.shutdown()
+
+
+def test_a_server_that_listens_without_auth_turns_the_writing_buttons_off(tmp_path):
+    context = make_context(tmp_path, load=False, extra_args=("--listen",))
+    try:
+        handlers = ModelsTabHandlers(context)
+        outputs = handlers.on_page_load()
+        assert "--enable-model-downloads" in outputs[3]
+        assert all(update["interactive"] is False for update in outputs[4:9])
+        message = handlers.download(None, "https://civitai.com/models/1", None, None, None)[0]
+        assert "class='error'" in message and "--enable-model-downloads" in message
+        assert not context.model_sources.downloads()
+        assert "class='error'" not in handlers.inspect("tiny.safetensors")  # reading stays allowed
+    finally:
+        context.jobs.shutdown()
