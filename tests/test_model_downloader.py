@@ -303,6 +303,18 @@ def test_a_wrong_hash_removes_the_file_and_says_so(cdn, http, tmp_path):
     assert not destination.exists() and not part_path(destination).exists()
 
 
+def test_a_kept_part_that_is_not_the_file_fails_the_hash_and_is_removed(cdn, http, tmp_path):
+    data = model_bytes()
+    blob = serve(cdn, data)
+    destination = tmp_path / "m.safetensors"
+    part_path(destination).write_bytes(bytes(MiB))  # zeros: the start of some other file
+    with pytest.raises(ModelSourceError, match="sha256 mismatch"):
+        download(DownloadSpec(f"{cdn.base_url}/files/model.safetensors", destination, expected_sha256=blob.sha256),
+                 http)
+    assert ranges(cdn) == [f"bytes={MiB}-"]  # resumed after the kept bytes, which the hash covered
+    assert not part_path(destination).exists() and not destination.exists()
+
+
 def test_an_existing_destination_is_never_overwritten(cdn, http, tmp_path):
     data = model_bytes(1)
     blob = serve(cdn, data)

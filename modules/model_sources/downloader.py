@@ -1,10 +1,10 @@
 """One downloader for every model source: stream to `<name>.part`, resume, verify, rename.
 
 - The body goes to `<destination>.part` beside the final name, hashed (sha256) as it streams; a
-  `.part` left by a cancelled, failed or killed download is hashed first and resumed with
-  `Range: bytes=<size>-`. A server that ignores Range (200 instead of 206) restarts cleanly from
-  byte 0 with the `.part` truncated; a 416 means the `.part` already holds everything (verified) or
-  is stale (restarted).
+  `.part` left by a cancelled, failed or killed download is resumed with `Range: bytes=<size>-`
+  (and hashed in the background while the rest arrives). A server that ignores Range (200 instead
+  of 206) restarts cleanly from byte 0 with the `.part` truncated; a 416 means the `.part` already
+  holds everything (verified) or is stale (restarted).
 - Dropped connections (reset, short body, timeout) are retried from what is on disk; a retry or a
   resume first asks `refresh_url` for a new URL (Civitai's signed storage URLs expire after a
   while: a 403/410 on an old one refreshes it too).
@@ -16,9 +16,10 @@
 - The verified `.part` is hard-linked to the final name, which fails if a file appeared there
   meanwhile: an existing file is never overwritten.
 
-Reads go through a few reused 1 MiB buffers (`readinto`) into an unbuffered file: the bytes are
-copied once from the socket; sha256 runs on a second thread over the same buffers, and the disk
-gets the bytes as they come (see WRITEBACK_BYTES), so the final fsync is short.
+Reads go through one reused 1 MiB buffer (`readinto`) into an unbuffered file: the bytes are
+copied once from the socket; sha256 runs on a second thread that reads the `.part` back from the
+page cache (`_PartHasher`), and the disk gets the bytes as they come (see WRITEBACK_BYTES), so the
+final fsync is short.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import hashlib
 import http.client
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from modules.common.atomic_files import DiskFullError, ensure_space, free_space, is_disk_full
 from modules.model_sources.http import GuardedHttp, GuardedResponse, TransientHttpError, parse_retry_after, shown_url
-from modules.model_sources.sniff import SNIFF_BYTES, BodyRefused, check_body, expected_kind
+from modules.model_sources.sniff import KINDS, SNIFF_BYTES, BodyRefused, check_body, expected_kind
 from modules.model_sources.types import ModelSourceError
 
 log = logging.getLogger(__name__)
@@ -105,37 +105,68 @@ def _start_writeback(f, offset: int, length: int) -> None:
         pass
 
 
-class _HashPipe:
-    """sha256 on a worker thread: `take` a free buffer, fill and write it, `give` it to be hashed;
-    buffers come back once hashed. Chunks are hashed in the order given."""
+class _PartHasher:
+    """sha256 of the `.part`, read back from the file on a worker thread as the download writes it.
 
-    def __init__(self, hasher, buffers: int = 4, size: int = CHUNK):
-        self.hasher = hasher
-        self._free: queue.SimpleQueue = queue.SimpleQueue()
-        self._work: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(buffers):
-            self._free.put(memoryview(bytearray(size)))
+    Reading back (from the page cache) rather than hashing the socket's buffers lets a resume hash
+    the kept part while the rest is already arriving, keeps the socket reader from ever waiting for
+    the hash, and hashes what is in the file, not what was meant to be written. The main thread
+    says how far the file is written (`advance`); `digest(size)` waits until that much is hashed.
+    """
+
+    def __init__(self, path: Path, available: int):
+        self.path = path
+        self._sha = hashlib.sha256()
+        self._cond = threading.Condition()
+        self._available, self._hashed = available, 0
+        self._stopped = False
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="download-sha256", daemon=True)
+        self._thread.start()
 
-    def take(self) -> memoryview:
-        return self._free.get()
+    def advance(self, available: int) -> None:
+        with self._cond:
+            self._available = available
+            self._cond.notify_all()
 
-    def give(self, buffer: memoryview, n: int) -> None:
-        self._work.put((buffer, n))
+    def digest(self, size: int) -> str:
+        with self._cond:
+            self._available = max(self._available, size)
+            self._cond.notify_all()
+            while self._hashed < size and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+        return self._sha.hexdigest()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join()
 
     def _run(self) -> None:
-        while (item := self._work.get()) is not None:
-            buffer, n = item
-            self.hasher.update(buffer[:n])
-            self._free.put(buffer)
-
-    def __enter__(self) -> "_HashPipe":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._work.put(None)
-        self._thread.join()
+        try:
+            buffer = memoryview(bytearray(CHUNK))
+            with open(self.path, "rb", buffering=0) as f:
+                while True:
+                    with self._cond:
+                        while self._hashed >= self._available and not self._stopped:
+                            self._cond.wait()
+                        if self._stopped:
+                            return
+                        want = min(self._available - self._hashed, CHUNK)
+                    n = f.readinto(buffer[:want])
+                    if not n:
+                        raise OSError(f"{self.path} is shorter than the bytes written to it ({self._hashed})")
+                    self._sha.update(buffer[:n])  # releases the GIL: runs beside the socket reads
+                    with self._cond:
+                        self._hashed += n
+                        self._cond.notify_all()
+        except BaseException as e:  # handed to the main thread by digest()
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
 
 
 class _Restart(Exception):
@@ -195,8 +226,8 @@ class _Download:
         # True right after `refresh_url` gave this URL: a 403/410 then means "forbidden", not "expired".
         self.url_is_fresh = False
         self.restarting = False  # a 200 answered a Range request: the body replaces the .part
-        self.hasher = hashlib.sha256()
-        self.size = 0  # bytes in .part, all hashed
+        self.hasher: _PartHasher | None = None  # hashes the .part from byte 0 while it grows
+        self.size = 0  # bytes written to the .part
         self.reused = 0  # bytes of an earlier .part this call kept (0 once it restarts from byte 0)
         self.total: int | None = spec.expected_size
         self.buffer = bytearray(CHUNK)
@@ -204,7 +235,7 @@ class _Download:
     # -- the .part -----------------------------------------------------------------------------------
 
     def adopt_part(self) -> int:
-        """Hash an existing `.part` so that the download continues after it; returns its size."""
+        """Continue after an existing `.part` (hashed in the background from now on); returns its size."""
         if not self.part.exists():
             return 0
         size = self.part.stat().st_size
@@ -212,22 +243,19 @@ class _Download:
             log.info("%s is larger than the file; starting again", self.part)
             self.reset_part()
             return 0
-        view = memoryview(self.buffer)
-        with open(self.part, "rb", buffering=0) as f:
-            while True:
-                if self.cancel.is_set():
-                    raise DownloadCancelled(f"download of {self.destination.name} cancelled")
-                n = f.readinto(view)
-                if not n:
-                    break
-                self.hasher.update(view[:n])
-                self.size += n
-        self.reused = self.size
-        return self.size
+        self.size = self.reused = size
+        self.hasher = _PartHasher(self.part, size) if size else None
+        return size
+
+    def forget_part(self) -> None:
+        """Stop hashing: the .part's bytes are about to be replaced."""
+        if self.hasher is not None:
+            self.hasher.stop()
+        self.hasher, self.size, self.reused = None, 0, 0
 
     def reset_part(self) -> None:
+        self.forget_part()
         self.part.unlink(missing_ok=True)
-        self.hasher, self.size, self.reused = hashlib.sha256(), 0, 0
 
     # -- one attempt ---------------------------------------------------------------------------------
 
@@ -255,7 +283,7 @@ class _Download:
                 log.info("%s ignores Range; downloading %s from the start", shown_url(response.url),
                          self.destination.name)
                 self.restarting = True  # the .part is replaced once the body passed the first-bytes check
-                self.hasher, self.size, self.reused = hashlib.sha256(), 0, 0
+                self.forget_part()
             length = response.content_length
             self.set_total(length)
             return
@@ -308,30 +336,26 @@ class _Download:
         with _open_part(self.part, "ab" if self.size else "wb") as f:
             if head:
                 self.write(f, view[:head])
-                self.hasher.update(view[:head])
+            if self.hasher is None:
+                self.hasher = _PartHasher(self.part, self.size)
             self.meter.start(self.size, self.total)
-            # Hashing runs beside the socket reads and file writes (hashlib releases the GIL): a
-            # second core keeps sha256 from halving the throughput. Leaving the block waits for
-            # every written chunk to be hashed, so the hash always matches the .part.
             written_back = self.size
-            with _HashPipe(self.hasher) as pipe:
-                while True:
-                    if self.cancel.is_set():
-                        raise DownloadCancelled(f"download of {self.destination.name} cancelled at {self.size} "
-                                                "bytes; the partial file is kept and the next download resumes it")
-                    buffer = pipe.take()
-                    try:
-                        n = response.readinto(buffer)
-                    except (OSError, http.client.HTTPException) as e:
-                        raise _Retry(f"the connection dropped at {self.size} bytes ({type(e).__name__})") from None
-                    if not n:
-                        break
-                    self.write(f, buffer[:n])
-                    pipe.give(buffer, n)
-                    if self.size - written_back >= WRITEBACK_BYTES:
-                        _start_writeback(f, written_back, self.size - written_back)
-                        written_back = self.size
-                    self.meter.update(self.size)
+            while True:
+                if self.cancel.is_set():
+                    raise DownloadCancelled(f"download of {self.destination.name} cancelled at {self.size} "
+                                            "bytes; the partial file is kept and the next download resumes it")
+                try:
+                    n = response.readinto(view)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _Retry(f"the connection dropped at {self.size} bytes ({type(e).__name__})") from None
+                if not n:
+                    break
+                self.write(f, view[:n])
+                self.hasher.advance(self.size)
+                if self.size - written_back >= WRITEBACK_BYTES:
+                    _start_writeback(f, written_back, self.size - written_back)
+                    written_back = self.size
+                self.meter.update(self.size)
         if self.total is not None and self.size < self.total:
             raise _Retry(f"the body ended at {self.size} of {self.total} bytes")
 
@@ -367,7 +391,9 @@ class _Download:
 
     def verify_and_place(self) -> str:
         spec = self.spec
-        sha256 = self.hasher.hexdigest()
+        sha256 = self.hasher.digest(self.size) if self.hasher is not None else hashlib.sha256().hexdigest()
+        if self.hasher is not None:
+            self.hasher.stop()
         if spec.expected_size is not None and self.size != spec.expected_size:
             self.reset_part()
             raise ModelSourceError(f"{self.destination.name}: downloaded {self.size} bytes, the source published "
@@ -416,11 +442,22 @@ def download(spec: DownloadSpec, http: GuardedHttp, *, progress: Callable[[Downl
     or DownloadCancelled. `retries` counts failed attempts in a row (an attempt that moved the
     download forward resets it); `backoff` is the first wait between them, doubled each time."""
     destination = Path(spec.destination)
+    if spec.expect not in KINDS:
+        raise ValueError(f"DownloadSpec.expect must be one of {KINDS}, not {spec.expect!r}")
     if destination.exists():
         raise ModelSourceError(f"{destination} already exists; it is never overwritten (choose another name)",
                                status=409)
     destination.parent.mkdir(parents=True, exist_ok=True)
     state = _Download(spec, http, _Meter(progress), cancel or threading.Event())
+    try:
+        return _run(state, retries=retries, backoff=backoff)
+    finally:
+        if state.hasher is not None:
+            state.hasher.stop()
+
+
+def _run(state: _Download, *, retries: int, backoff: float) -> DownloadResult:
+    spec, destination = state.spec, state.destination
     on_disk = state.adopt_part()
     if spec.expected_size is not None:
         ensure_space(destination.parent, spec.expected_size - on_disk, destination.name)
