@@ -59,6 +59,15 @@ def test_redirect_across_ports_sends_the_credential_only_to_its_host(hosts):
     assert cdn.log[0].query == {"X-Amz-Signature": "abc"}
 
 
+def test_the_credential_replaces_a_callers_header_of_the_same_name(hosts):
+    api, _ = hosts
+    api.route("GET", "/x", lambda r: Reply.json({}))
+    http = GuardedHttp(allow_private=True,
+                       credentials=[HostCredential("127.0.0.1", "Authorization", "Bearer right", port=api.port)])
+    http.get_json(f"{api.base_url}/x", headers={"authorization": "Bearer wrong"})
+    assert api.log[0].headers["authorization"] == "Bearer right"
+
+
 def test_a_credential_without_port_goes_over_https_only(hosts):
     api, _ = hosts
     api.route("GET", "/x", lambda r: Reply.json({}))

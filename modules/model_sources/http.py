@@ -296,6 +296,8 @@ class GuardedHttp:
         sent.update(headers)
         for credential in self.credentials:
             if credential.matches(parts.scheme, hostname, port):
+                # The credential wins over a caller's header of the same name, in any case.
+                sent = {k: v for k, v in sent.items() if k.lower() != credential.header.lower()}
                 sent[credential.header] = credential.value
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         last_error: BaseException | None = None
