@@ -356,6 +356,7 @@ class _Download:
                     _start_writeback(f, written_back, self.size - written_back)
                     written_back = self.size
                 self.meter.update(self.size)
+            self.meter.update(self.size, force=True)  # all received: what follows is verification
         if self.total is not None and self.size < self.total:
             raise _Retry(f"the body ended at {self.size} of {self.total} bytes")
 
