@@ -35,7 +35,6 @@ from modules.model_sources.types import CONTENT_LEVELS, ModelSourceError, Remote
 
 if TYPE_CHECKING:
     from modules.model_sources.http import GuardedHttp
-    from modules.serving.app_context import AppContext
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +121,11 @@ class _Download:
 
 
 class ModelSources:
-    """See the module docstring. `civitai_base_url` / `hf_endpoint`: another Civitai or Hugging Face
+    """See the module docstring. `context`: the AppContext (its paths, settings, hash cache and
+    lists; not imported here, since the context makes this service). `civitai_base_url` / `hf_endpoint`: another Civitai or Hugging Face
     (a mirror, or the tests' fake hosts); default Civitai's, and huggingface_hub's (HF_ENDPOINT)."""
 
-    def __init__(self, context: AppContext, *, civitai_base_url: str | None = None, hf_endpoint: str | None = None,
+    def __init__(self, context: Any, *, civitai_base_url: str | None = None, hf_endpoint: str | None = None,
                  max_parallel: int = 2):
         self._context = context
         self.civitai_base_url = (civitai_base_url or os.environ.get(CIVITAI_ENDPOINT_ENV) or CIVITAI_URL).rstrip("/")
