@@ -172,6 +172,15 @@ def test_previews_that_are_not_sane_images_are_refused():
         convert_preview(_image_bytes("BMP"))
 
 
+def test_a_png_with_a_lying_chunk_length_is_refused():
+    # Pillow reports this damage as SyntaxError ("broken PNG file"), not OSError.
+    data = bytearray(_image_bytes("PNG"))
+    idat = data.find(b"IDAT")
+    data[idat - 4:idat] = (3).to_bytes(4, "big")  # the image data chunk says it is 3 bytes long
+    with pytest.raises(PreviewRefused, match="could not be decoded"):
+        convert_preview(bytes(data))
+
+
 def test_an_image_claiming_too_many_pixels_is_refused_before_decoding():
     # A tiny file whose header claims a huge image (a decompression bomb): 1-bit PNG compresses to little.
     side = int(MAX_PREVIEW_PIXELS ** 0.5) + 100

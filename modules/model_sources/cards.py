@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -268,11 +269,15 @@ def convert_preview(data: bytes, *, output_format: str = "PNG") -> bytes:
     claims more than MAX_PREVIEW_PIXELS (checked from the header, before decoding)."""
     from PIL import Image, UnidentifiedImageError
 
+    # What Pillow's decoders raise on damaged data (SyntaxError: "broken PNG file"; struct.error and
+    # EOFError from short headers); DecompressionBombError is an Exception, not an OSError.
+    decode_errors = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
     if len(data) > MAX_PREVIEW_BYTES:
         raise PreviewRefused(f"the preview is {len(data)} bytes, more than {MAX_PREVIEW_BYTES}; not stored")
     try:
         image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, *decode_errors) as error:
         start = data[:16]
         raise PreviewRefused(f"the preview is not an image Pillow can read ({error}); it starts with {start!r}") \
             from None
@@ -287,7 +292,7 @@ def convert_preview(data: bytes, *, output_format: str = "PNG") -> bytes:
             image.seek(0)  # the first frame of an animation
             image.load()
             frame = image.convert("RGBA" if _has_alpha(image) else "RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+        except decode_errors as error:
             raise PreviewRefused(f"the preview image could not be decoded ({error})") from None
     frame.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE), Image.Resampling.LANCZOS)
     if output_format == "JPEG" and frame.mode == "RGBA":
