@@ -207,12 +207,11 @@ class _Source:
     dtypes: dict[str, torch.dtype]
     shapes: dict[str, tuple[int, ...]]
     metadata: dict[str, str]  # raw `__metadata__` strings (safetensors only)
-    # `read(name, dtype=None)`: a tensor the caller may keep, floating ones cast to `dtype` if given
-    read: Callable[..., torch.Tensor]
+    read: Callable[[str], torch.Tensor]  # a whole tensor, in its stored dtype (position_ids)
+    # `read_into(name, start, out)`: elements [start, start + len(out)) of the flattened `name` into
+    # the 1-D `out` of its stored dtype
+    read_into: Callable[[str, int, torch.Tensor], None]
     close: Callable[[], None]
-    # `read_into(name, start, out)`: elements [start, start + len(out)) of `name` into the 1-D `out`
-    # of its stored dtype, by `pread` (safetensors only)
-    read_into: Callable[[str, int, torch.Tensor], None] | None = None
     dropped: tuple[str, ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)  # a pickle's global_step / epoch
 
@@ -246,7 +245,7 @@ def _open_safetensors(path: Path) -> _Source:
     specs = reader.header.tensors
     return _Source(path, "safetensors", {name: spec.dtype for name, spec in specs.items()},
                    {name: spec.shape for name, spec in specs.items()}, dict(reader.header.metadata),
-                   reader.read, reader.close, reader.read_into)
+                   reader.read, reader.read_into, reader.close)
 
 
 def _open_pickle(path: Path, allow_unsafe: bool) -> _Source:
@@ -268,16 +267,21 @@ def _open_pickle(path: Path, allow_unsafe: bool) -> _Source:
             raise CheckpointToolError(f"{path.name}: tensor {name!r} is {tensor.layout} / quantized; the tools "
                                       "convert plain (dense) checkpoints only", status=400)
 
-    def read(name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        # A zip pickle is memory-mapped: hand out the view; the writer copies its bytes out.
-        tensor = tensors[name]
-        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+    flat: dict[str, torch.Tensor] = {}  # the tensor being copied, flattened (a view unless non-contiguous)
+
+    def read_into(name: str, start: int, out: torch.Tensor) -> None:
+        if name not in flat:
+            flat.clear()
+            flat[name] = tensors[name].reshape(-1)
+        _serial_copy(out, flat[name][start:start + out.numel()])
 
     def close() -> None:
         tensors.clear()
+        flat.clear()
 
     return _Source(path, "pickle", {n: t.dtype for n, t in tensors.items()},
-                   {n: tuple(t.shape) for n, t in tensors.items()}, {}, read, close, None, dropped, extras)
+                   {n: tuple(t.shape) for n, t in tensors.items()}, {}, tensors.__getitem__, read_into, close,
+                   dropped, extras)
 
 
 def _non_tensor_entries(obj: Any, tensors: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -557,23 +561,23 @@ def _use_ema_weights(source: _Source, plan: list[_Planned]) -> tuple[list[_Plann
     return out, swapped
 
 
-def _whole(source: _Source, item: _Planned) -> torch.Tensor:
-    """The output tensor `item`, read whole (a pickle's tensors are already in memory or mapped)."""
-    if item.stored is None:
-        assert item.make is not None
-        return item.make()
-    stored_dtype = source.dtypes[item.stored]
-    if stored_dtype == item.dtype:
-        return source.read(item.stored)
-    tensor = source.read(item.stored, item.dtype)  # cast while reading: no full-precision copy
-    _check_cast(tensor, lambda: source.read(item.stored), item.stored, source.path)
-    return tensor
+# Slices one torch call works on stay below its intra-op grain size (32768 elements), so torch runs
+# them on the calling thread: on two busy cores its worker threads spin against the writer's and
+# other processes' (a cast of a 2 Mi-element block took 8 ms with 2 threads, 0.3 ms with one). The
+# same rule as the safetensors reader's; torch's thread setting is process-wide, so not changed here.
+_SERIAL_ELEMENTS = 32767
+
+
+def _serial_copy(out: torch.Tensor, source: torch.Tensor) -> None:
+    """`out.copy_(source)` for 1-D tensors, casting as needed, on this thread only."""
+    for start in range(0, out.numel(), _SERIAL_ELEMENTS):
+        out[start:start + _SERIAL_ELEMENTS].copy_(source[start:start + _SERIAL_ELEMENTS])
 
 
 class _BlockCopier:
-    """Fills the writer's output blocks (`SafetensorsWriter.write_blocks`) from a safetensors
-    source with `pread`, casting through one reused staging buffer when the dtype changes: no
-    mapped pages and no fresh buffer per tensor, which is what made the merger fast
+    """Fills the writer's output blocks (`SafetensorsWriter.write_blocks`) from the source
+    (`pread` for safetensors), casting through one reused staging buffer when the dtype changes:
+    no mapped pages and no fresh buffer per tensor, which is what made the merger fast
     (docs/BENCHMARKS.md, "Checkpoint merging")."""
 
     def __init__(self, source: _Source):
@@ -581,7 +585,7 @@ class _BlockCopier:
         self.staging: dict[torch.dtype, torch.Tensor] = {}
 
     def filler(self, item: _Planned) -> Callable[[torch.Tensor, int, int], None]:
-        assert item.stored is not None and self.source.read_into is not None
+        assert item.stored is not None
         stored, read_into = item.stored, self.source.read_into
         stored_dtype = self.source.dtypes[stored]
 
@@ -591,7 +595,7 @@ class _BlockCopier:
                 return
             staging = self._staging(stored_dtype, end - start)
             read_into(stored, start, staging)
-            out.copy_(staging)
+            _serial_copy(out, staging)
             _check_cast(out, lambda: staging, stored, self.source.path)
 
         return fill
@@ -609,9 +613,14 @@ def _check_cast(cast: torch.Tensor, stored: Callable[[], torch.Tensor], name: st
     """Refuse a cast that turned finite values into inf (float16 ends at 65504)."""
     import torch
 
-    # One min/max pass finds inf (and NaN, which propagates); `isfinite` on float16 took 6.8 s of a
-    # 16 s SD1.5 conversion on the bench machine.
-    if not cast.is_floating_point() or not cast.numel() or all(math.isfinite(float(v)) for v in torch.aminmax(cast)):
+    # Min/max find inf (and NaN, which propagates); `isfinite` on float16 took 6.8 s of a 16 s
+    # SD1.5 conversion on the bench machine.
+    if not cast.is_floating_point():
+        return
+    for start in range(0, cast.numel(), _SERIAL_ELEMENTS):
+        if not all(math.isfinite(float(v)) for v in torch.aminmax(cast[start:start + _SERIAL_ELEMENTS])):
+            break
+    else:
         return
     values = stored()  # rare: was it finite before the cast?
     if bool(torch.isfinite(values).all()):
@@ -674,7 +683,7 @@ def _write(source: _Source, target: Path, plan: list[_Planned], kind: str, dropp
     specs = [(item.name, item.dtype, item.shape) for item in plan]
     total = sum(_numel(item.shape) * item.dtype.itemsize for item in plan)
     done = 0
-    blocks = _BlockCopier(source) if source.read_into is not None else None
+    blocks = _BlockCopier(source)
     try:
         with SafetensorsWriter(stage, specs, _output_metadata(source, kind), overwrite=True,
                                what=f"the checkpoint {target.name}") as writer:
@@ -682,10 +691,11 @@ def _write(source: _Source, target: Path, plan: list[_Planned], kind: str, dropp
                 if cancel is not None and cancel.is_set():
                     raise CheckpointToolCancelled(f"{kind} of {source.path.name} cancelled; nothing was written",
                                                   status=409)
-                if blocks is not None and item.stored is not None:
+                if item.stored is not None:
                     writer.write_blocks(item.name, item.dtype, item.shape, blocks.filler(item))
                 else:
-                    writer.write(item.name, _whole(source, item))
+                    assert item.make is not None
+                    writer.write(item.name, item.make())
                 done += _numel(item.shape) * item.dtype.itemsize
                 if progress is not None:
                     progress(done, total)
