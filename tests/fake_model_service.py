@@ -1,6 +1,7 @@
 """A stand-in for `ModelSources` (modules.model_sources.service) for the route and tab tests: the same
 method names and result shapes, answers from memory, and a record of what it was asked. Downloads
-stay where the test puts them (`advance`, `finish`), so progress can be asserted step by step.
+stay where the test puts them (`advance`, `finish`), so progress can be asserted step by step. Its
+answers are the service's own types (`LookupResult`, `DownloadStatus`).
 
 The real service is tested with fake hosts on loopback (tests/fake_model_hosts); here the routes and
 the tab are tested for what they add: statuses, shapes, rendering and escaping."""
@@ -17,40 +18,8 @@ from pathlib import Path
 from modules.library.checkpoints import CheckpointNotFoundError
 from modules.model_sources import placement
 from modules.model_sources.placement import MODEL_KINDS as KINDS
+from modules.model_sources.service import DownloadStatus, LookupResult
 from modules.model_sources.types import ModelSourceError, PreviewImage, RemoteFile, RemoteModel
-
-
-@dataclass(frozen=True)
-class FakeLookup:
-    remote: RemoteModel
-    kind: str | None
-    folder: str | None
-    refusal: str | None
-    default_file: str
-    existing: Mapping[str, str]
-    preview_url: str | None
-
-
-@dataclass(frozen=True)
-class FakeStatus:
-    id: str
-    source: str
-    model_name: str
-    file_name: str
-    kind: str
-    state: str
-    bytes_done: int
-    total: int | None
-    speed: float
-    eta: float | None
-    destination: str | None
-    error: str | None
-    message: str
-    started: float
-    finished: float | None
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -101,12 +70,12 @@ class FakeModelSources:
     write_refusal: str | None = None
     preview: bytes | None = None
     calls: list[tuple] = field(default_factory=list)
-    _downloads: dict[str, FakeStatus] = field(default_factory=dict)
+    _downloads: dict[str, DownloadStatus] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     # -- look-up and downloads ---------------------------------------------------------------------
 
-    def lookup(self, source: str) -> FakeLookup:
+    def lookup(self, source: str) -> LookupResult:
         self.calls.append(("lookup", source))
         model = self.models.get(source)
         if model is None:
@@ -116,7 +85,7 @@ class FakeModelSources:
             kind = placement.kind_for(model.model_type, model.default_file())
         except ModelSourceError as e:
             refusal = str(e)
-        return FakeLookup(model, kind, self.folders.get(kind) if kind else None, refusal,
+        return LookupResult(model, kind, self.folders.get(kind) if kind else None, refusal,
                           model.default_file().name, dict(self.existing),
                           model.previews[0].url if model.previews else None)
 
@@ -131,20 +100,20 @@ class FakeModelSources:
             raise ModelSourceError(self.write_refusal, status=403)
 
     def start_download(self, source: str, *, file_name: str | None = None,
-                       model_type: str | None = None) -> FakeStatus:
+                       model_type: str | None = None) -> DownloadStatus:
         self.calls.append(("start_download", source, file_name, model_type))
         self.check_write_access()
         lookup = self.lookup(source)
         chosen = lookup.remote.file_named(file_name) if file_name else lookup.remote.default_file()
         kind = placement.kind_for(model_type or lookup.remote.model_type, chosen)
-        status = FakeStatus(id=f"dl{next(self._ids)}", source=source, model_name=lookup.remote.name,
+        status = DownloadStatus(id=f"dl{next(self._ids)}", source=source, model_name=lookup.remote.name,
                             file_name=chosen.name, kind=kind, state="queued", bytes_done=0, total=chosen.size,
                             speed=0.0, eta=None, destination=None, error=None, message="", started=time.time(),
                             finished=None)
         self._downloads[status.id] = status
         return status
 
-    def advance(self, download_id: str, bytes_done: int, speed: float = 1000.0) -> FakeStatus:
+    def advance(self, download_id: str, bytes_done: int, speed: float = 1000.0) -> DownloadStatus:
         status = self._downloads[download_id]
         eta = (status.total - bytes_done) / speed if status.total and speed else None
         self._downloads[download_id] = dataclasses.replace(status, state="running", bytes_done=bytes_done,
@@ -152,20 +121,20 @@ class FakeModelSources:
         return self._downloads[download_id]
 
     def finish(self, download_id: str, state: str = "done", destination: str | None = None,
-               error: str | None = None) -> FakeStatus:
+               error: str | None = None) -> DownloadStatus:
         status = self._downloads[download_id]
         self._downloads[download_id] = dataclasses.replace(
             status, state=state, bytes_done=status.total or status.bytes_done, speed=0.0, eta=None,
             destination=destination, error=error, finished=time.time())
         return self._downloads[download_id]
 
-    def download_status(self, download_id: str) -> FakeStatus:
+    def download_status(self, download_id: str) -> DownloadStatus:
         return self._downloads[download_id]
 
-    def downloads(self) -> list[FakeStatus]:
+    def downloads(self) -> list[DownloadStatus]:
         return sorted(self._downloads.values(), key=lambda s: s.id, reverse=True)
 
-    def cancel(self, download_id: str) -> FakeStatus:
+    def cancel(self, download_id: str) -> DownloadStatus:
         self.calls.append(("cancel", download_id))
         status = self._downloads[download_id]
         if status.finished is None:

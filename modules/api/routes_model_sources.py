@@ -117,19 +117,20 @@ class RemoteFileItem(BaseModel):
     pickle_scan: str | None = Field(None, description="Civitai's pickle scan result (Success, Danger ...).")
     virus_scan: str | None = None
     primary: bool = False
-    file_type: str = "Model"
+    type: str = Field("Model", description="Civitai's file type: Model, Pruned Model, Negative, Config, VAE ...")
     existing: str | None = Field(None, description="A local file with this sha256, if one is already here.")
 
 
 class LookupResponse(BaseModel):
     source: str = Field(description="civitai, huggingface or url")
     name: str
-    model_type: str | None = Field(None, description="The source's type name (Checkpoint, LORA, TextualInversion ...).")
+    type: str | None = Field(None, description="The source's type name (Checkpoint, LORA, TextualInversion ...); "
+                                               "null when the source does not say.")
     kind: str | None = Field(None, description="The folder kind it goes to; null when it cannot be downloaded "
                                                "or the source does not say (then send `model_type`).")
     folder: str | None = Field(None, description="Where the file will be saved.")
     refusal: str | None = Field(None, description="Why it cannot be downloaded, if it cannot.")
-    version_name: str | None = None
+    version: str | None = None
     base_model: str | None = None
     description: str = Field("", description="As the source gives it (HTML or Markdown written by the model's "
                                              "author): untrusted, sanitize before showing it.")
@@ -143,14 +144,14 @@ class LookupResponse(BaseModel):
     files: list[RemoteFileItem]
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "source": "civitai", "name": "Tiny Model", "model_type": "Checkpoint", "kind": "checkpoint",
-        "folder": "/data/models/Stable-diffusion", "refusal": None, "version_name": "v1",
+        "source": "civitai", "name": "Tiny Model", "type": "Checkpoint", "kind": "checkpoint",
+        "folder": "/data/models/Stable-diffusion", "refusal": None, "version": "v1",
         "base_model": "SD 1.5", "description": "<p>A model.</p>", "trigger_words": ["tiny style"],
         "license": "", "page_url": "https://civitai.com/models/1", "model_id": "1", "version_id": "11",
         "preview_url": None, "default_file": "tiny.safetensors",
         "files": [{"name": "tiny.safetensors", "size": 2048, "sha256": "ab12...", "format": "SafeTensor",
                    "precision": "fp16", "size_kind": "pruned", "pickle_scan": "Success", "virus_scan": "Success",
-                   "primary": True, "file_type": "Model", "existing": None}]}]})
+                   "primary": True, "type": "Model", "existing": None}]}]})
 
 
 class DownloadItem(BaseModel):
@@ -172,7 +173,7 @@ class DownloadItem(BaseModel):
     finished: float | None = None
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "3f2a9c", "source": "https://civitai.com/models/1", "model_name": "Tiny Model",
+        "id": "dl-3-1764835200", "source": "https://civitai.com/models/1", "model_name": "Tiny Model",
         "file_name": "tiny.safetensors", "kind": "checkpoint", "state": "running", "bytes_done": 1048576,
         "total": 4194304, "speed": 524288.0, "eta": 6.0, "destination": None, "error": None, "message": "",
         "started": 1764835200.0, "finished": None}]})
@@ -202,7 +203,9 @@ class InspectResponse(BaseModel):
 class ToolResponse(BaseModel):
     name: str
     tool: str
-    result: dict[str, Any] = Field(description="What the tool wrote (its path and title) and what it says.")
+    result: dict[str, Any] = Field(description=(
+        "What the tool wrote: path, size, report_line (one sentence), tensor_count, dropped (what the copy left "
+        "out), position_ids_fixed"))
 
 
 # -- plumbing ------------------------------------------------------------------------------------------
@@ -242,24 +245,12 @@ def plain(value: Any) -> Any:
 
 
 def lookup_response(result) -> LookupResponse:
-    """A service `LookupResult` as the API's look-up card."""
-    remote = result.remote
-    existing = dict(result.existing or {})
-    files = [RemoteFileItem(name=f.name, size=f.size, sha256=f.sha256, format=f.format, precision=f.precision,
-                            size_kind=f.size_kind, pickle_scan=f.pickle_scan, virus_scan=f.virus_scan,
-                            primary=f.primary, file_type=f.file_type, existing=existing.get(f.name))
-             for f in remote.files]
-    return LookupResponse(
-        source=remote.source, name=remote.name, model_type=remote.model_type, kind=result.kind,
-        folder=str(result.folder) if result.folder else None, refusal=result.refusal,
-        version_name=remote.version_name, base_model=remote.base_model, description=remote.description or "",
-        trigger_words=list(remote.trigger_words), license=remote.license or "", page_url=remote.page_url or "",
-        model_id=remote.model_id, version_id=remote.version_id, preview_url=result.preview_url,
-        default_file=result.default_file, files=files)
+    """A service `LookupResult` as the API's look-up card (its own JSON, checked against the schema)."""
+    return LookupResponse.model_validate(result.to_json())
 
 
 def download_item(download) -> DownloadItem:
-    return DownloadItem(**download.to_json())
+    return DownloadItem.model_validate(download.to_json())
 
 
 def _unknown_download(download_id: str) -> ApiError:
