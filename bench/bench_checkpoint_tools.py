@@ -5,7 +5,9 @@
 Input: a full-size random float32 checkpoint with the exact key set of the released file (SD1.5:
 4.3 GB). "whole-dict" is what conversion scripts usually do: `safetensors.torch.load_file`, `.half()`
 on every float32 tensor, `save_file`, then a sha256 of the new file (Atelier computes it while
-writing, and the new file is listed with it). Each measurement is a fresh process (wall time and its
+writing, and the new file is listed with it; it also fsyncs before the rename, which the script does
+not). The I/O floor reads the input and writes a file of the output's size (half the input) with an
+fsync, doing no maths and no hashing. Each measurement is a fresh process (wall time and its
 own peak RSS); peers alternate within each run; medians.
 """
 
@@ -42,6 +44,20 @@ def child(kind: str, source: str, output: str) -> dict:
         with open(output, "rb") as f:
             while block := f.read(1 << 20):
                 digest.update(block)
+    elif kind == "io-floor":
+        # Read the input once and write a file of the output's size with one reused buffer and an
+        # fsync: no casting, no hashing.
+        buffer = bytearray(1 << 24)
+        view = memoryview(buffer)
+        with open(source, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
+        size = os.path.getsize(source) // 2
+        with open(output, "wb", buffering=0) as f:
+            for _ in range(size // len(buffer)):
+                f.write(view)
+            f.write(view[: size % len(buffer)])
+            os.fsync(f.fileno())
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "peak_rss": peak_rss_bytes(), "output_bytes": os.path.getsize(output)}
 
@@ -50,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="sd1", choices=("sd1", "sdxl"))
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--peers", nargs="*", default=["atelier", "whole-dict"])
+    parser.add_argument("--peers", nargs="*", default=["atelier", "whole-dict", "io-floor"])
     parser.add_argument("--settle", type=float, default=6.0, help="seconds after deleting each output (disk trim)")
     parser.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -6,10 +6,11 @@ Inspecting a `.safetensors` file reads its header and, of the tensor data, only 
 (`modules.library.safe_unpickle`; zip-format files are memory-mapped, legacy ones cannot be), never
 through a plain `torch.load`, unless the operator started with `--disable-safe-unpickle`.
 
-The writers stream: one tensor is read, changed if need be, and queued to a
-`SafetensorsWriter` (which hashes and writes it on its own thread) before the next is read, so
-peak memory is a few tensors whatever the size of the model. Every tool writes a new file and
-never replaces one:
+The writers stream: each tensor is copied block by block into the recycled 4 MiB blocks of
+`SafetensorsWriter.write_blocks` (`pread` from a `.safetensors` input, cast on the way if need be),
+and the writer hashes and writes each block on its own thread, so peak memory does not grow with the
+model (docs/BENCHMARKS.md, "Checkpoint tools"). A legacy (non-zip) `.ckpt` is the exception: torch
+reads it whole. Every tool writes a new file and never replaces one:
 
 - the data goes to a hidden temp file beside the destination (`temp_path_for`: never listed,
   removed at the next start if a kill leaves it), and appears under its final name only when
