@@ -97,6 +97,18 @@ def test_inspect_sdxl(sdxl: Path):
     assert report.has_baked_vae is True
 
 
+@pytest.mark.parametrize("arch", ["sd1-inpaint", "sd2", "sdxl-refiner", "sdxl-inpaint"])
+def test_inspect_names_each_architecture(tmp_path: Path, arch: str):
+    path = write_checkpoint(tmp_path / f"{arch}.safetensors", arch)
+    report = inspect_checkpoint(path)
+    assert report.architecture_name == arch
+    # CLIP-L (SD1, SDXL base) has position_ids; OpenCLIP (SD2, the SDXL refiner) has none.
+    has_clip_l = any(k.endswith("embeddings.position_ids") for k in load_file(path))
+    assert report.clip_position_ids == ("ok" if has_clip_l else "absent")
+    if arch == "sd2":  # its two variants differ only in what the UNet predicts
+        assert "v-prediction" in report.architecture
+
+
 def test_inspect_reads_no_tensor_but_the_position_ids(sd1: Path, monkeypatch):
     read: list[str] = []
     original = safetensors_io.SafetensorsReader.read
