@@ -629,8 +629,8 @@ def _check_cast(cast: torch.Tensor, stored: Callable[[], torch.Tensor], name: st
         largest = float(values.abs().max())
         raise CheckpointToolError(
             f"{path.name}: tensor {name!r} holds values up to {largest:.6g}, beyond {dtype}'s range "
-            f"(±{torch.finfo(cast.dtype).max:.6g}); a {dtype} copy would hold inf there. Keep this model in float32 (or bfloat16). Nothing was written",
-            status=400)
+            f"(±{torch.finfo(cast.dtype).max:.6g}); a {dtype} copy would hold inf there. Keep this model in "
+            "float32 (or bfloat16). Nothing was written", status=400)
 
 
 def _fixed_note(fixed: tuple[str, ...]) -> str:
