@@ -166,8 +166,15 @@ def test_start_up_removes_the_unfinished_files_a_killed_run_left(tmp_path):
         tmp_path / "outputs" / "txt2img-images" / "2024-07-27" / f".00012-5.png{other_run}",
         tmp_path / "outputs" / "txt2img-grids" / "2024-07-27" / f".grid-0003.png{other_run}",
         tmp_path / "outputs" / "mine" / "2024-07-27" / f".00001-5.txt{other_run}",
+        # cards the Models tab writes beside model files, in subfolders too
+        tmp_path / "models" / "Stable-diffusion" / "sdxl" / f".model.json{other_run}",
+        tmp_path / "models" / "Lora" / "styles" / f".style.preview.png{other_run}",
+        tmp_path / "embeddings" / f".neg.civitai.info{other_run}",
+        tmp_path / "models" / "hypernetworks" / f".h.json{other_run}",
+        tmp_path / "models" / "VAE" / f".v.json{other_run}",
     ]
     kept = [tmp_path / "models" / "Stable-diffusion" / "notes.tmp", tmp_path / "outputs" / ".hidden",
+            tmp_path / "models" / "Lora" / "styles" / "style.safetensors.part",  # a download to resume
             tmp_path / "outputs" / "txt2img-images" / "2024-07-27" / "00011-5.png",
             tmp_path / "outputs" / "txt2img-images" / f"looks{TEMP_MARK}.png"]
     for path in leftovers + kept:

@@ -73,7 +73,7 @@ def test_a_checkpoint_arrives_listed_with_its_hash_config_and_cards(context, sou
     assert (context.paths.checkpoints_dir / "cards.yaml").read_bytes() == config
     user_metadata = json.loads((context.paths.checkpoints_dir / "cards.json").read_text())
     assert user_metadata["activation text"] == "cardstyle, cardword"
-    assert user_metadata["sd version"] == "SDXL"
+    assert user_metadata["sd version"] == "SDXL" and hashlib.sha256(data).hexdigest() in user_metadata["notes"]
     info_file = json.loads((context.paths.checkpoints_dir / "cards.civitai.info").read_text())
     assert info_file["id"] == version_id and info_file["files"][0]["name"] == "cards.safetensors"
 
@@ -136,6 +136,8 @@ def test_a_file_already_here_is_not_downloaded_again_and_a_clash_gets_a_suffix(c
 
     status = finished(sources, sources.start_download(page(other_id, other_version)).id)
     assert status.state == "done" and status.destination == str(folder / "clash-1.safetensors")
+    notes = json.loads((folder / "clash-1.json").read_text())["notes"]  # the renamed file keeps its hash line
+    assert hashlib.sha256(random_safetensors(17)).hexdigest() in notes
     assert (folder / "clash.safetensors").read_bytes() == random_safetensors(seed=16)
 
 

@@ -422,7 +422,7 @@ class ModelSources:
         if kind == CHECKPOINT:
             notes += self._fetch_config(record, path)
         try:
-            self._write_cards(path, record.remote)
+            self._write_cards(path, record.remote, record.file)
         except Exception as error:  # noqa: BLE001 - a card is a nicety; the model is what was asked for
             notes.append(f"cards not written: {_error_text(error)}")
         self.register(kind, path, sha256)
@@ -444,7 +444,7 @@ class ModelSources:
             return [f"config {configs[0].name} not saved: {_error_text(error)}"]
         return [f"config saved as {destination.name}"]
 
-    def _write_cards(self, path: Path, remote: RemoteModel) -> list[Path]:
+    def _write_cards(self, path: Path, remote: RemoteModel, file: RemoteFile | None = None) -> list[Path]:
         from modules.model_sources.cards import write_sidecars
 
         preview = self.choose_preview(remote)
@@ -454,7 +454,7 @@ class ModelSources:
                 data = self.preview_bytes(preview.url)
             except ModelSourceError as error:
                 log.info("Preview of %s not fetched: %s", path.name, error)
-        return write_sidecars(path, remote, preview=data)
+        return write_sidecars(path, remote, preview=data, file=file)
 
     def register(self, kind: str, path: Path, sha256: str | None) -> None:
         """List a new file at once, its sha256 already in cache.json (no re-read to hash it)."""
@@ -494,7 +494,8 @@ class ModelSources:
                 if remote is None:
                     outcomes.append((item, "not found on Civitai"))
                     continue
-                self._write_cards(path, remote)
+                same = next((f for f in remote.files if f.sha256 and f.sha256.lower() == digest.lower()), None)
+                self._write_cards(path, remote, same)
                 outcomes.append((item, f"card written: {remote.name}"
                                        + (f" ({remote.version_name})" if remote.version_name else "")))
             except ModelSourceError as error:
