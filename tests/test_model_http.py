@@ -18,7 +18,8 @@ from PIL import Image
 from safetensors.numpy import save as save_safetensors
 
 from modules.common.net_guard import is_public_address
-from modules.model_sources.http import GuardedHttp, HostCredential, HttpStatusError, redact, shown_url
+from modules.model_sources.http import (GuardedHttp, HostCredential, HttpStatusError, TransientHttpError, redact,
+                                        shown_url)
 from modules.model_sources.sniff import BodyRefused, check_body, expected_kind
 from modules.model_sources.types import ModelSourceError
 from tests.fake_model_hosts.server import FakeHost, Reply
@@ -130,6 +131,33 @@ def test_a_redirect_to_a_private_address_is_refused_mid_chain(hosts):
         http.open(f"{api.base_url}/download")
     assert "a redirect from" in str(refused.value)
     assert len(api.log) == 1 and cdn.log == []
+
+
+def test_a_certificate_that_does_not_verify_is_a_refusal_not_a_network_error(tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a self-signed certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ModelSourceError, match="certificate that does not verify") as refused:
+            GuardedHttp(allow_private=True).open(f"https://127.0.0.1:{server.server_address[1]}/m.safetensors")
+        assert not isinstance(refused.value, TransientHttpError)  # a downloader does not retry it
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_urls_with_userinfo_or_other_schemes_are_refused_without_echoing_passwords():

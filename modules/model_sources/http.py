@@ -23,6 +23,7 @@ import http.client
 import json
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -229,12 +230,13 @@ class GuardedHttp:
         redirects: list[str] = []
         current = url
         while True:
-            parts = self._check_url(current, url)
+            via = f" (a redirect from {shown_url(url)})" if redirects else ""
+            parts = self._check_url(current, via)
             origin = _origin(current)
             first_origin = first_origin or origin
             hop_headers = {k: v for k, v in caller_headers.items()
                            if origin == first_origin or k.lower() not in SECRET_HEADERS}
-            connection, response = self._request(parts, method, hop_headers, caller_secrets, url)
+            connection, response = self._request(parts, method, hop_headers, caller_secrets, via)
             location = response.getheader("Location")
             if response.status not in REDIRECT_STATUSES or not location:
                 return GuardedResponse(connection, response, current, redirects)
@@ -252,9 +254,8 @@ class GuardedHttp:
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                 method = "GET"
 
-    def _check_url(self, url: str, requested: str) -> Any:
+    def _check_url(self, url: str, via: str) -> Any:
         """The parsed URL if it may be requested; ModelSourceError saying why not."""
-        via = "" if url == requested else f" (a redirect from {shown_url(requested)})"
         try:
             parts = urlsplit(url)
             _port(parts)
@@ -270,9 +271,8 @@ class GuardedHttp:
                                    "Settings → Model sources instead", status=400)
         return parts
 
-    def _addresses(self, parts, requested: str) -> list[str]:
+    def _addresses(self, parts, via: str) -> list[str]:
         host, port = parts.hostname, _port(parts)
-        via = "" if parts.geturl() == requested else f" (a redirect from {shown_url(requested)})"
         try:
             addresses = self._resolver(host, port)
         except (OSError, UnicodeError) as e:
@@ -288,9 +288,9 @@ class GuardedHttp:
                 f"{PRIVATE_SETTING} (Settings → Model sources)", status=403)
         return addresses
 
-    def _request(self, parts, method: str, headers: dict[str, str], caller_secrets: list[str], requested: str):
+    def _request(self, parts, method: str, headers: dict[str, str], caller_secrets: list[str], via: str):
         url = parts.geturl()
-        addresses = self._addresses(parts, requested)
+        addresses = self._addresses(parts, via)
         hostname, port = parts.hostname, _port(parts)
         sent = {"Host": parts.netloc, "User-Agent": self.user_agent, "Accept": "*/*"}
         sent.update(headers)
@@ -306,6 +306,10 @@ class GuardedHttp:
             try:
                 connection.request(method, target, headers=sent)
                 return connection, connection.getresponse()
+            except ssl.SSLCertVerificationError as e:  # not transient: retrying cannot help
+                connection.close()
+                raise ModelSourceError(f"{hostname!r}{via} presented a certificate that does not verify "
+                                       f"({e.verify_message}); the connection was refused", status=502) from None
             except (OSError, http.client.HTTPException) as e:
                 connection.close()
                 last_error = e
