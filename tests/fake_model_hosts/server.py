@@ -57,6 +57,16 @@ class Reply:
 Handler = Callable[[Request], Reply]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that hang up early (a cancelled download, a refused body) are normal here: no traceback."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class FakeHost:
     """One HTTP server on 127.0.0.1:<free port>. `routes` are tried in order: (method, regex on the
     path without query, handler). Every request is appended to `log`."""
@@ -104,7 +114,7 @@ class FakeHost:
 
             do_GET = do_HEAD = do_POST = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
