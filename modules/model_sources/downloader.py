@@ -97,8 +97,9 @@ def _open_part(path: Path, mode: str):
 
 
 def _start_writeback(f, offset: int, length: int) -> None:
-    """Start writing a range of the file to disk without waiting (Linux: POSIX_FADV_DONTNEED
-    starts writeback of dirty pages and drops the clean ones, which a download never reads again)."""
+    """Start writing a range of the file to disk without waiting. On Linux POSIX_FADV_DONTNEED starts
+    writeback of the range's dirty pages and drops only clean ones: the range was just written, so
+    its pages are dirty and stay cached for `_PartHasher` to read back."""
     try:
         os.posix_fadvise(f.fileno(), offset, length, os.POSIX_FADV_DONTNEED)
     except (AttributeError, OSError, ValueError):  # no fadvise (macOS, Windows) or a test double
