@@ -522,7 +522,8 @@ def color_correction_reference(image: Image.Image) -> np.ndarray:
 
 
 def _luminosity(rgb: np.ndarray) -> np.ndarray:
-    return rgb @ np.array([0.3, 0.59, 0.11])
+    # Rec. 601 weights, as the blend-modes library A1111 uses (the W3C spec says 0.3/0.59/0.11).
+    return rgb @ np.array([0.299, 0.587, 0.114])
 
 
 def _with_luminosity(colour: np.ndarray, luminosity: np.ndarray) -> np.ndarray:
