@@ -108,7 +108,8 @@ def test_the_requirements_txt_attack_through_the_options_route_is_refused(contex
 ])
 def test_output_folders_outside_outputs_are_refused_naming_the_key(context, folder, problem):
     client = client_with(context)
-    for key in ("outdir_samples", "outdir_txt2img_samples", "outdir_grids", "outdir_txt2img_grids"):
+    for key in ("outdir_samples", "outdir_txt2img_samples", "outdir_grids", "outdir_txt2img_grids",
+                "outdir_img2img_samples", "outdir_img2img_grids"):
         assert_refused(client.post("/sdapi/v1/options", json={key: folder}), f"setting {key!r}", problem)
         assert_refused(client.post("/sdapi/v1/txt2img", json={"prompt": "x", "override_settings": {key: folder},
                                                                  **SMALL}), "override_settings", key, problem)

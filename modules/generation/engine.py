@@ -1,4 +1,5 @@
-"""txt2img: from a typed `GenerationRequest` to images, seeds and A1111 infotexts.
+"""txt2img and img2img: from a typed `GenerationRequest` (or `Img2ImgRequest`, modules.generation.requests)
+to images, seeds and A1111 infotexts.
 
 One module owns the denoise loop. The path of a request: seeds per image → per batch: prompt tags
 parsed and extra networks attached for the batch → conditioning (schedules, AND, negative) → the
@@ -7,6 +8,8 @@ evaluation (one batched UNet call for every AND part and the negative prompt, tw
 lengths differ, as in A1111) → optional hires pass
 (latent upscale, renoise to the denoising strength, second sampler run) → VAE decode → infotext.
 Progress, previews, interrupt and skip go through a `JobControl`-like object (modules.serving.jobs).
+img2img takes the same path with the first noise added to its encoded init images instead of
+starting from noise alone (modules.generation.img2img has its stages).
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modules.generation.conditioning import (
     ConditioningCache,
@@ -32,6 +33,7 @@ from modules.generation.conditioning import (
     sdxl_time_ids,
 )
 from modules.generation.cfg_step import CFGHooks, CFGStep
+from modules.generation.requests import LATENT_UPSCALE_MODES, GenerationRequest, Img2ImgRequest
 from modules.library.model_detection import ModelFamily
 
 if TYPE_CHECKING:
@@ -41,91 +43,6 @@ if TYPE_CHECKING:
 # the server starts, before torch is imported (tests/test_startup_imports.py).
 
 log = logging.getLogger(__name__)
-
-LATENT_UPSCALE_MODES = {  # A1111's latent upscalers → torch interpolate mode and antialias
-    "Latent": ("bilinear", False),
-    "Latent (antialiased)": ("bilinear", True),
-    "Latent (bicubic)": ("bicubic", False),
-    "Latent (bicubic antialiased)": ("bicubic", True),
-    "Latent (nearest)": ("nearest", False),
-    "Latent (nearest-exact)": ("nearest-exact", False),
-}
-
-
-class GenerationRequest(BaseModel):
-    """One txt2img request, as the UI and the API both build it. Validated here, at the boundary."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    styles: tuple[str, ...] = ()
-    seed: int = -1
-    subseed: int = -1
-    # `ui_step`: the step of the field's slider in the txt2img tab, which reads its range, step and
-    # default from here (modules.ui.request_fields.slider_args), so the two cannot disagree.
-    subseed_strength: float = Field(0.0, ge=0.0, le=1.0, json_schema_extra={"ui_step": 0.01})
-    seed_resize_from_h: int = Field(0, ge=0, le=2048, json_schema_extra={"ui_step": 8})
-    seed_resize_from_w: int = Field(0, ge=0, le=2048, json_schema_extra={"ui_step": 8})
-    sampler_name: str = "DPM++ 2M"
-    scheduler: str = "Automatic"
-    steps: int = Field(20, ge=1, le=150, json_schema_extra={"ui_step": 1})
-    # 0 is allowed (A1111's API takes it); A1111's slider starts at 1.
-    cfg_scale: float = Field(7.0, ge=0.0, le=30.0, json_schema_extra={"ui_step": 0.5})
-    width: int = Field(512, ge=64, le=2048, json_schema_extra={"ui_step": 8})
-    height: int = Field(512, ge=64, le=2048, json_schema_extra={"ui_step": 8})
-    batch_size: int = Field(1, ge=1, le=8, json_schema_extra={"ui_step": 1})
-    n_iter: int = Field(1, ge=1, le=100, json_schema_extra={"ui_step": 1})
-    clip_skip: int | None = Field(None, ge=1, le=12)
-    eta: float | None = Field(None, ge=0.0, le=1.0)
-    tiling: bool = False
-    enable_hr: bool = False
-    hr_scale: float = Field(2.0, ge=1.0, le=4.0, json_schema_extra={"ui_step": 0.05})
-    hr_upscaler: str = "Latent"
-    hr_second_pass_steps: int = Field(0, ge=0, le=150, json_schema_extra={"ui_step": 1})
-    hr_resize_x: int = Field(0, ge=0, le=4096, json_schema_extra={"ui_step": 8})
-    hr_resize_y: int = Field(0, ge=0, le=4096, json_schema_extra={"ui_step": 8})
-    denoising_strength: float = Field(0.7, ge=0.0, le=1.0, json_schema_extra={"ui_step": 0.01})
-    override_settings: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("width", "height", "seed_resize_from_h", "seed_resize_from_w", "hr_resize_x", "hr_resize_y")
-    @classmethod
-    def _multiple_of_8(cls, value: int, info) -> int:
-        if value % 8:
-            raise ValueError(f"{info.field_name} must be a multiple of 8, got {value}; "
-                             f"use {value - value % 8} or {value - value % 8 + 8}")
-        return value
-
-    @field_validator("sampler_name")
-    @classmethod
-    def _known_sampler(cls, value: str) -> str:
-        from modules.generation.sampling.registry import resolve_sampler
-
-        sampler, _ = resolve_sampler(value)  # raises with the list of valid names
-        if not sampler.implemented:
-            raise ValueError(f"sampler {sampler.name!r} is not available yet in Atelier")
-        return value
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str) -> str:
-        from modules.generation.sampling.registry import find_scheduler
-
-        find_scheduler(value)
-        return value
-
-    @field_validator("hr_upscaler")
-    @classmethod
-    def _known_upscaler(cls, value: str) -> str:
-        if value not in LATENT_UPSCALE_MODES:
-            raise ValueError(f"hires upscaler {value!r} is not available; use one of {list(LATENT_UPSCALE_MODES)}")
-        return value
-
-    @model_validator(mode="after")
-    def _sane_total(self) -> "GenerationRequest":
-        if self.batch_size * self.n_iter > 800:
-            raise ValueError(f"batch size × count = {self.batch_size * self.n_iter} images; at most 800 per request")
-        return self
 
 
 class PromptTooLongError(ValueError):
@@ -360,10 +277,18 @@ class CFGDenoiser:
     (`pad_cond_uncond`); `padded` tells whether one was applied (the infotext records it).
     `cfg_hooks` (None when nobody listens) sees each evaluation in A1111's row layout and may change
     its inputs and the combined result (modules.generation.cfg_step).
+
+    img2img adds two things. `image_cond` (one row per image, or None): the extra UNet input channels
+    of inpainting and instruct-pix2pix checkpoints, concatenated to the latent inside the UNet call
+    (after the sampler's input scaling), the same for an image's conditional and unconditional rows.
+    `blend` (or None): the latent-mask blend of inpainting with an ordinary mask
+    (img2img.LatentBlend), applied to the latent before the model and to the combined result after
+    guidance, before the `after_cfg` listeners (A1111's order).
     """
 
     def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None, cfg_hooks: CFGHooks | None = None, *,
-                 cond_padding: str = "none", empty_cond: torch.Tensor | None = None, total_steps: int = 0):
+                 cond_padding: str = "none", empty_cond: torch.Tensor | None = None, total_steps: int = 0,
+                 image_cond: torch.Tensor | None = None, blend=None):
         self.inner = inner
         self.cfg_hooks = cfg_hooks  # GenerationHooks.cfg_hooks; None: nobody listens
         self.total_steps = total_steps
@@ -375,11 +300,15 @@ class CFGDenoiser:
         self.empty_cond = empty_cond  # the empty prompt's [1, 77, width], for cond_padding "empty"
         self.padded = False
         self.step = 0
+        self.image_cond = image_cond
+        self.blend = blend
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
         import torch
 
         batch = x.shape[0]
+        if self.blend is not None:
+            x = self.blend.before_model(x, sigma)
         conds, weights, image_of_row = [], [], []
         for i in range(batch):
             for part in self.cond.batch[i]:
@@ -397,15 +326,19 @@ class CFGDenoiser:
         x_cond, x_uncond = x[rows], x
         sigma_cond = sigma[rows] if sigma.ndim else sigma.expand(len(rows))
         sigma_uncond = sigma if sigma.ndim else sigma.expand(batch)
+        image_cond = self.image_cond
+        image_cond_rows = None if image_cond is None else (image_cond[rows], image_cond)
         step = None
         if self.cfg_hooks is not None:
             step = self._before_unet(x_cond, x, sigma_cond, sigma_uncond, cond_context, uncond_context,
-                                     pooled_cond, pooled_uncond)
+                                     pooled_cond, pooled_uncond, image_cond_rows)
             n = step.cond_rows
             x_cond, x_uncond = step.x[:n], step.x[n:]
             sigma_cond, sigma_uncond = step.sigma[:n], step.sigma[n:]
             cond_context, pooled_cond = _context_parts(step.text_cond)
             uncond_context, pooled_uncond = _context_parts(step.text_uncond)
+            if image_cond_rows is not None:  # a listener may have replaced it (A1111's image_cond)
+                image_cond_rows = step.image_cond[:n], step.image_cond[n:]
 
         # As A1111, padding comes after the callbacks, and `padded` tells about the last evaluation.
         self.padded = cond_context.shape[1] != uncond_context.shape[1] and self.cond_padding != "none"
@@ -417,6 +350,9 @@ class CFGDenoiser:
             time_ids = self.sdxl_vector.to(x.device)
             added_cond = {"text_embeds": pooled_cond, "time_ids": time_ids.expand(len(rows), -1)}
             added_uncond = {"text_embeds": pooled_uncond, "time_ids": time_ids.expand(batch, -1)}
+        if image_cond_rows is not None:
+            added_cond = {**(added_cond or {}), "c_concat": image_cond_rows[0]}
+            added_uncond = {**(added_uncond or {}), "c_concat": image_cond_rows[1]}
         if cond_context.shape[1] == uncond_context.shape[1]:
             added = None if added_cond is None else {key: torch.cat([added_cond[key], added_uncond[key]])
                                                      for key in added_cond}
@@ -434,13 +370,15 @@ class CFGDenoiser:
         denoised = out_uncond.clone()
         for row, (image, weight) in enumerate(zip(image_of_row, weights)):
             denoised[image] += (out_cond[row] - out_uncond[image]) * (weight * self.cfg_scale)
+        if self.blend is not None:
+            denoised = self.blend.after_guidance(denoised)
         if step is not None:
             denoised = self.cfg_hooks.after_cfg(step, denoised)
         self.step += 1
         return denoised
 
     def _before_unet(self, x_cond, x, sigma_cond, sigma_uncond, cond_context, uncond_context,
-                     pooled_cond, pooled_uncond) -> CFGStep:
+                     pooled_cond, pooled_uncond, image_cond_rows=None) -> CFGStep:
         """The evaluation in A1111's layout (cf. `CFGStep`), after the `before_unet` listeners."""
         import torch
 
@@ -449,7 +387,9 @@ class CFGDenoiser:
         if self.sdxl_vector is not None:
             text_cond = {"crossattn": cond_context, "vector": pooled_cond}
             text_uncond = {"crossattn": uncond_context, "vector": pooled_uncond}
-        step = CFGStep(x=x_in, image_cond=x_in.new_zeros(x_in.shape[0], 5, 1, 1),
+        image_cond = (x_in.new_zeros(x_in.shape[0], 5, 1, 1) if image_cond_rows is None
+                      else torch.cat(image_cond_rows))
+        step = CFGStep(x=x_in, image_cond=image_cond,
                        sigma=torch.cat([sigma_cond, sigma_uncond]), text_cond=text_cond, text_uncond=text_uncond,
                        step=self.step, total_steps=self.total_steps, cond_rows=x_cond.shape[0])
         self.cfg_hooks.before_unet(step)
@@ -469,8 +409,14 @@ def _unet_call(model):
     dtype = model.dtype
 
     def call(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, added) -> torch.Tensor:
+        import torch
+
         kwargs = {}
-        if added is not None:
+        if added is not None and "c_concat" in added:
+            # Inpainting / instruct-pix2pix: the image conditioning joins the (scaled) latent's channels.
+            added = dict(added)
+            x = torch.cat([x, added.pop("c_concat").to(x.dtype)], dim=1)
+        if added:
             kwargs["added_cond_kwargs"] = {k: v.to(dtype) for k, v in added.items()}
         out = model.unet(x.to(dtype), t, encoder_hidden_states=context.to(dtype), **kwargs).sample
         return out.to(x.dtype)
@@ -571,6 +517,9 @@ class EngineSettings:
     add_model_hash_to_info: bool = True
     add_model_name_to_info: bool = True
     add_vae_name_to_info: bool = True
+    img2img_fix_steps: bool = False
+    initial_noise_multiplier: float = 1.0
+    img2img_background_color: str = "#ffffff"
 
     @classmethod
     def from_settings(cls, settings) -> "EngineSettings":
@@ -584,7 +533,9 @@ class EngineSettings:
                    prompt_max_length=settings["prompt_max_length"],
                    add_model_hash_to_info=settings["add_model_hash_to_info"],
                    add_model_name_to_info=settings["add_model_name_to_info"],
-                   add_vae_name_to_info=settings["add_vae_name_to_info"])
+                   add_vae_name_to_info=settings["add_vae_name_to_info"],
+                   img2img_fix_steps=settings["img2img_fix_steps"],
+                   initial_noise_multiplier=settings["initial_noise_multiplier"])
 
     @property
     def cond_padding(self) -> str:
@@ -599,6 +550,8 @@ def _call_sampler(run: _Run, denoiser, x, schedule_or_timesteps, callback, noise
     parameters = inspect.signature(sampler.function).parameters
     if run.eta is not None and "eta" in parameters:
         kwargs["eta"] = run.eta
+    if run.img2img is not None and "is_img2img" in parameters:
+        kwargs["is_img2img"] = True  # UniPC starts at the truncated grid's end instead of t = 1
     if sampler.kind == "timesteps":
         return sampler.function(denoiser, x, schedule_or_timesteps, alphas_cumprod=run.alphas_cumprod,
                                 callback=callback, noise=noise, **kwargs)
@@ -664,6 +617,9 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
     result.seeds, result.subseeds = list(run.seeds), list(run.subseeds)
     empty_cond = None  # the empty prompt's conditioning, for the "Pad conds" setting; made once
     with seamless_tiling(model, run.request.tiling), a1111_upsample_sizes(model.unet), torch.inference_mode():
+        if run.img2img is not None:
+            with _timed(result, "encode"):
+                run = _with_init_latents(run)
         for iteration in range(run.request.n_iter):
             empty_cond, stop = _run_batch(run, iteration, result, empty_cond)
             if stop:
@@ -718,6 +674,9 @@ class _Run:
     hypernetworks: Any
     loras: Any
     checkpoint_info: Any
+    # img2img (modules.generation.img2img): its step plan from `_prepare_run`, then the encoded init
+    # latents (`Img2ImgInit`) once `_with_init_latents` ran; None for txt2img.
+    img2img: Any = None
 
 
 @dataclass(frozen=True)
@@ -775,6 +734,12 @@ def _prepare_run(model, plan: GenerationPlan, settings: EngineSettings, control,
     eta = request.eta if request.eta is not None else (settings.eta_ddim if sampler.kind == "timesteps"
                                                          else settings.eta_ancestral)
     per_iteration = request.steps + (_hires_steps(request) if request.enable_hr else 0)
+    img2img_plan = None
+    if _is_img2img(request):
+        from modules.generation.img2img import img2img_steps, steps_run
+
+        img2img_plan = img2img_steps(request.steps, request.denoising_strength, settings.img2img_fix_steps)
+        per_iteration = steps_run(img2img_plan, sampler.kind)
     return _Run(model=model, request=request, settings=settings, control=control, hooks=hooks, plan=plan,
                 seeds=plan.all_seeds, subseeds=plan.all_subseeds, sampler=sampler,
                 scheduler=scheduler_from_name or request.scheduler, clip_skip=clip_skip,
@@ -783,7 +748,25 @@ def _prepare_run(model, plan: GenerationPlan, settings: EngineSettings, control,
                 is_lcm=sampler.name == "LCM", family=model.architecture.family, eta=eta,
                 per_iteration=per_iteration, total=request.n_iter * per_iteration,
                 hypernetworks=resources.hypernetworks, loras=resources.loras,
-                checkpoint_info=resources.checkpoint_info)
+                checkpoint_info=resources.checkpoint_info, img2img=img2img_plan)
+
+
+def _is_img2img(request: GenerationRequest) -> bool:
+    return isinstance(request, Img2ImgRequest)
+
+
+def _with_init_latents(run: _Run) -> _Run:
+    """`run` with its img2img init latents encoded (once per request, as A1111's `init()`)."""
+    import dataclasses
+
+    from modules.generation.img2img import prepare_init
+
+    settings = run.settings
+    multiplier = run.request.initial_noise_multiplier
+    init = prepare_init(run.model, run.request, fix_steps=settings.img2img_fix_steps,
+                        noise_multiplier=settings.initial_noise_multiplier if multiplier is None else multiplier,
+                        background=settings.img2img_background_color)
+    return dataclasses.replace(run, img2img=init)
 
 
 def _sampling_schedule(sampler, alphas_cumprod: torch.Tensor, device):
@@ -875,6 +858,8 @@ def _first_pass(run: _Run, batch: _Batch, x: torch.Tensor):
     from modules.generation.sampling.timesteps import a1111_timesteps
 
     sampler = run.sampler
+    if run.img2img is not None:
+        return _img2img_pass(run, batch, x)
     run.hooks.before_every_sampling(run.plan, x, x, batch.cond, batch.uncond)
     if sampler.kind == "sigmas":
         sigmas = build_sigmas(sampler, run.scheduler, run.request.steps, run.schedule).to(run.model.device)
@@ -882,6 +867,32 @@ def _first_pass(run: _Run, batch: _Batch, x: torch.Tensor):
         return _sample(run, batch, x * sigmas[0], sigmas, noise_fn)
     noise_fn = _noise_source(sampler, batch.rng, x, batch.seeds, None)
     return _sample(run, batch, x, a1111_timesteps(run.request.steps), noise_fn)
+
+
+def _img2img_pass(run: _Run, batch: _Batch, noise: torch.Tensor):
+    """Sample the batch from its init latents noised to the denoising strength, over the tail of the
+    schedule (A1111's `sample_img2img`, A1111.md §13.4); `noise` is the batch's first seeded noise.
+    Returns (samples, StopSampling or None)."""
+    from modules.generation.img2img import noised_start_sigmas, noised_start_timesteps
+    from modules.generation.sampling.registry import build_sigmas
+    from modules.generation.sampling.timesteps import a1111_timesteps
+
+    init, sampler, device = run.img2img, run.sampler, run.model.device
+    latent = init.latent
+    if init.noise_multiplier != 1.0:
+        noise = noise * init.noise_multiplier
+    run.hooks.before_every_sampling(run.plan, latent, noise, batch.cond, batch.uncond)
+    plan = init.steps
+    if sampler.kind == "sigmas":
+        sigmas = build_sigmas(sampler, run.scheduler, plan.schedule_steps, run.schedule).to(device)
+        tail = sigmas[plan.sigma_start_index:]
+        # The SDE samplers' Brownian tree spans the whole schedule, as in A1111.
+        noise_fn = _noise_source(sampler, batch.rng, latent, batch.seeds, sigmas)
+        return _sample(run, batch, noised_start_sigmas(latent, noise, tail[0]), tail, noise_fn)
+    timesteps = a1111_timesteps(plan.schedule_steps)
+    alpha = run.alphas_cumprod[timesteps[plan.t_enc]].to(device=device, dtype=latent.dtype)
+    noise_fn = _noise_source(sampler, batch.rng, latent, batch.seeds, None)
+    return _sample(run, batch, noised_start_timesteps(latent, noise, alpha), timesteps[:plan.t_enc], noise_fn)
 
 
 def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, noise_fn):
@@ -961,11 +972,19 @@ def _save_all(run: _Run, result: GenerationResult, save: SaveTarget) -> None:
     """Each image as `outputs/txt2img-images/<date>/NNNNN-<seed>.png`, then the grid (A1111's layout)."""
     import datetime as dt
 
-    from modules.outputs.images import FilenameContext, SaveOptions, image_grid, save_image, txt2img_output_dirs
+    from modules.outputs.images import (
+        FilenameContext,
+        SaveOptions,
+        image_grid,
+        img2img_output_dirs,
+        save_image,
+        txt2img_output_dirs,
+    )
 
     request, sampler, checkpoint_info, hooks, plan = run.request, run.sampler, run.checkpoint_info, run.hooks, run.plan
     options = save.options or SaveOptions()
-    images_dir, grids_dir = txt2img_output_dirs(save.data_dir, options)
+    output_dirs = img2img_output_dirs if run.img2img is not None else txt2img_output_dirs
+    images_dir, grids_dir = output_dirs(save.data_dir, options)
     timestamp = dt.datetime.now().strftime("%Y%m%d%H%M%S")
     common = dict(all_seeds=tuple(result.seeds), negative_prompt=request.negative_prompt, steps=request.steps,
                   cfg_scale=request.cfg_scale, width=request.width, height=request.height,
@@ -1137,11 +1156,15 @@ def _infotext(run: _Run, index: int, network_fields: dict, ti_hashes: str | None
         if request.hr_second_pass_steps:
             extra["Hires steps"] = request.hr_second_pass_steps
         extra["Hires upscaler"] = request.hr_upscaler
+    if run.img2img is not None:
+        extra.update(run.img2img.infotext)  # A1111 adds these in init(), before networks activate
     extra.update(network_fields)
     if ti_hashes:  # after Lora hashes: A1111 adds it when the prompts are encoded, after networks activate
         extra["TI hashes"] = ti_hashes
     if settings.emphasis != "Original" and any(c in prompt for c in "(["):
         extra["Emphasis"] = settings.emphasis
+    if run.img2img is not None and run.img2img.noise_multiplier != 1.0:
+        extra["Noise multiplier"] = run.img2img.noise_multiplier
     extra.update(_eta_field(sampler, eta))
     name = checkpoint_info.name_for_extra if checkpoint_info else model.path.stem
     shorthash = checkpoint_info.shorthash if checkpoint_info else None

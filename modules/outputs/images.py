@@ -74,6 +74,8 @@ class SaveOptions:
     outdir_txt2img_samples: str = "outputs/txt2img-images"
     outdir_grids: str = ""
     outdir_txt2img_grids: str = "outputs/txt2img-grids"
+    outdir_img2img_samples: str = "outputs/img2img-images"
+    outdir_img2img_grids: str = "outputs/img2img-grids"
     samples_format: str = "png"
     grid_format: str = "png"
     save_to_dirs: bool = True
@@ -114,6 +116,13 @@ def txt2img_output_dirs(data_dir: str | os.PathLike, options: SaveOptions) -> tu
     which is the install folder)."""
     samples = options.outdir_samples or options.outdir_txt2img_samples or SaveOptions.outdir_txt2img_samples
     grids = options.outdir_grids or options.outdir_txt2img_grids or SaveOptions.outdir_txt2img_grids
+    return Path(data_dir, samples), Path(data_dir, grids)
+
+
+def img2img_output_dirs(data_dir: str | os.PathLike, options: SaveOptions) -> tuple[Path, Path]:
+    """(images folder, grids folder) for img2img, by the same rules as `txt2img_output_dirs`."""
+    samples = options.outdir_samples or options.outdir_img2img_samples or SaveOptions.outdir_img2img_samples
+    grids = options.outdir_grids or options.outdir_img2img_grids or SaveOptions.outdir_img2img_grids
     return Path(data_dir, samples), Path(data_dir, grids)
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 # The settings that name a folder the server writes into.
-OUTPUT_DIR_SETTINGS = frozenset({"outdir_samples", "outdir_txt2img_samples", "outdir_grids", "outdir_txt2img_grids"})
+OUTPUT_DIR_SETTINGS = frozenset({"outdir_samples", "outdir_txt2img_samples", "outdir_grids", "outdir_txt2img_grids",
+                                 "outdir_img2img_samples", "outdir_img2img_grids"})
 OUTPUTS_FOLDER = "outputs"
 
 

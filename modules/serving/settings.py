@@ -188,6 +188,11 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 minimum=0, maximum=10_000_000, restrict_api=True,
                 info="Longer prompts and negative prompts are refused before they reach the queue: encoding a "
                      "huge prompt holds the one worker for seconds"),
+    SettingSpec("img2img_fix_steps", False, "With img2img, do exactly the amount of steps the slider specifies",
+                "sampling", info="Off: denoising strength d runs about d × steps steps; on: the schedule is stretched "
+                                 "so all of them run"),
+    SettingSpec("initial_noise_multiplier", 1.0, "Noise multiplier for img2img", "sampling", minimum=0.0,
+                maximum=1.5, step=0.01, info="Scales the noise added to the init image; below 1 keeps more of it"),
     # Saving images/grids
     SettingSpec("samples_save", True, "Always save all generated images", "saving"),
     SettingSpec("samples_format", "png", "File format for images", "saving", check=_image_format),
@@ -220,6 +225,8 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("outdir_txt2img_samples", "outputs/txt2img-images", "Output directory for txt2img images", "paths"),
     SettingSpec("outdir_grids", "", "Output directory for grids; if empty, defaults to the folder below", "paths"),
     SettingSpec("outdir_txt2img_grids", "outputs/txt2img-grids", "Output directory for txt2img grids", "paths"),
+    SettingSpec("outdir_img2img_samples", "outputs/img2img-images", "Output directory for img2img images", "paths"),
+    SettingSpec("outdir_img2img_grids", "outputs/img2img-grids", "Output directory for img2img grids", "paths"),
     # Saving to a directory
     SettingSpec("save_to_dirs", True, "Save images to a subdirectory", "saving-to-dirs"),
     SettingSpec("grid_save_to_dirs", True, "Save grids to a subdirectory", "saving-to-dirs"),
@@ -266,7 +273,7 @@ SCHEMA_BY_KEY: Mapping[str, SettingSpec] = MappingProxyType({spec.key: spec for 
 # where files are written on the server.
 DIR_CONFIG_SETTINGS = frozenset({
     "samples_filename_pattern", "directories_filename_pattern", "outdir_samples", "outdir_txt2img_samples",
-    "outdir_grids", "outdir_txt2img_grids",
+    "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_samples", "outdir_img2img_grids",
 })
 
 

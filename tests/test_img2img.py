@@ -1,0 +1,252 @@
+"""img2img in the txt2img core, on a tiny SD1 checkpoint in the real layout: each rule of A1111.md
+§13.4 checked against values computed here from the formula (the init latent from the VAE's own
+encoder, the noise from the seed's generator, the sigmas from the schedule), not read back from the
+engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from modules.generation.cfg_step import CFGHooks
+from modules.generation.engine import EngineSettings, GenerationHooks, SaveTarget, generate
+from modules.generation.img2img import img2img_steps
+from modules.generation.requests import Img2ImgRequest
+from modules.generation.rng import ImageRNG
+from modules.generation.sampling.registry import build_sigmas, find_sampler
+from modules.generation.sampling.schedules import DiscreteSchedule, alphas_cumprod_scaled_linear
+from modules.generation.sampling.timesteps import a1111_timesteps
+from modules.generation.vae_decode import decode_latents
+from modules.library.model_loader import load_checkpoint
+from modules.library.synthetic_checkpoints import write_checkpoint
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def sd1(tmp_path_factory):
+    return load_checkpoint(write_checkpoint(tmp_path_factory.mktemp("i2i") / "tiny.safetensors", "sd1",
+                                            dtype=torch.float32))
+
+
+def picture(width: int = SIZE, height: int = SIZE, seed: int = 0) -> Image.Image:
+    """A smooth colour picture (gradients plus a little noise), so the VAE sees structure."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x / width * 255, y / height * 255, (x + y) / (width + height) * 255], axis=-1)
+    rgb = np.clip(rgb + rng.normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+def request(**fields) -> Img2ImgRequest:
+    return Img2ImgRequest(**{"init_images": [picture()], "width": SIZE, "height": SIZE, "steps": 20,
+                             "prompt": "a cat", "seed": 7, "sampler_name": "Euler", **fields})
+
+
+def vae_mean_latent(model, image: Image.Image) -> torch.Tensor:
+    """The scaled posterior mean of `image`, straight from the diffusers VAE."""
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
+    with torch.no_grad():
+        return model.vae.encode(pixels).latent_dist.mean * model.vae.config.scaling_factor
+
+
+def seed_noise(seeds, size: int = SIZE) -> torch.Tensor:
+    return ImageRNG((4, size // 8, size // 8), seeds).first()
+
+
+def sigmas_for(model, sampler: str, steps: int) -> torch.Tensor:
+    config = model.config.scheduler
+    alphas = alphas_cumprod_scaled_linear(config["beta_start"], config["beta_end"], config["num_train_timesteps"])
+    return build_sigmas(find_sampler(sampler), None, steps, DiscreteSchedule.from_alphas_cumprod(alphas))
+
+
+def alphas_for(model) -> torch.Tensor:
+    config = model.config.scheduler
+    return alphas_cumprod_scaled_linear(config["beta_start"], config["beta_end"], config["num_train_timesteps"])
+
+
+class Recorder(CFGHooks):
+    """Each model evaluation's latent (the unconditional rows: one per image) and sigma/timestep."""
+
+    def __init__(self):
+        self.x, self.sigma = [], []
+
+    def before_unet(self, step):
+        self.x.append(step.x[step.cond_rows:].clone())
+        self.sigma.append(step.sigma[step.cond_rows:].clone())
+
+
+class Hooks(GenerationHooks):
+    def __init__(self):
+        self.recorder = Recorder()
+        self.sampling = []  # (x, noise) at before_every_sampling
+        self.samples = None
+
+    def cfg_hooks(self, plan, total_steps):
+        return self.recorder
+
+    def before_every_sampling(self, plan, x, noise, cond, uncond):
+        self.sampling.append((x.clone(), noise.clone()))
+
+    def post_sample(self, plan, samples):
+        self.samples = samples.clone()
+        return samples
+
+
+def run(model, settings=EngineSettings(), **fields):
+    hooks = Hooks()
+    return generate(model, request(**fields), settings, hooks=hooks), hooks
+
+
+# --- the request -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.01])
+def test_denoising_strength_outside_0_1_is_refused_naming_the_field(strength):
+    with pytest.raises(ValidationError) as error:
+        request(denoising_strength=strength)
+    assert error.value.errors()[0]["loc"] == ("denoising_strength",)
+
+
+def test_init_images_must_be_images():
+    with pytest.raises(ValidationError, match=r"init_images\[1\] is a str, not an image"):
+        request(init_images=[picture(), "x.png"], batch_size=2)
+    with pytest.raises(ValidationError, match="at least one image"):
+        request(init_images=[])
+
+
+def test_image_count_sets_or_limits_the_batch():
+    assert request(init_images=[picture(), picture(seed=1)], batch_size=4).batch_size == 2  # A1111's rule
+    with pytest.raises(ValidationError, match="3 images for a batch of 2"):
+        Img2ImgRequest(init_images=[picture()] * 3, batch_size=2)
+
+
+def test_hires_is_refused():
+    with pytest.raises(ValidationError, match="enable_hr"):
+        request(enable_hr=True)
+
+
+# --- strength → steps (A1111's setup_img2img_steps) -----------------------------------------------
+
+
+def test_steps_from_strength():
+    assert img2img_steps(20, 0.75, False) == img2img_steps(20, 0.75, False)
+    plan = img2img_steps(20, 0.75, False)
+    assert (plan.schedule_steps, plan.t_enc + 1) == (20, 16)  # int(0.75·20) = 15 → 16 steps
+    assert img2img_steps(20, 0.0, False).t_enc + 1 == 1
+    assert img2img_steps(20, 1.0, False).t_enc + 1 == 20  # int(0.999·20) = 19
+    fixed = img2img_steps(20, 0.75, True)
+    assert (fixed.schedule_steps, fixed.t_enc + 1) == (26, 20)  # int(20 / 0.75) = 26, exactly 20 run
+    with pytest.raises(ValueError, match="img2img_fix_steps"):
+        img2img_steps(20, 0.0, True)
+
+
+def test_k_diffusion_start_is_init_plus_noise_times_sigma(sd1):
+    """Strength 0.75 of 20 Euler steps: 16 evaluations, the first on init + noise·sigmas[4]."""
+    result, hooks = run(sd1, denoising_strength=0.75)
+    sigmas = sigmas_for(sd1, "Euler", 20)
+    expected = vae_mean_latent(sd1, picture()) + seed_noise(result.seeds) * sigmas[20 - 15 - 1]
+    recorded = hooks.recorder
+    assert len(recorded.x) == 16
+    torch.testing.assert_close(recorded.sigma[0], sigmas[4].expand(1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(recorded.x[0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack([s[0] for s in recorded.sigma]), sigmas[4:-1], rtol=0, atol=1e-6)
+    assert "Denoising strength: 0.75" in result.infotexts[0]
+    assert "Noise multiplier" not in result.infotexts[0]
+
+
+def test_fix_steps_runs_exactly_the_requested_steps_on_a_longer_schedule(sd1):
+    result, hooks = run(sd1, EngineSettings(img2img_fix_steps=True), denoising_strength=0.75)
+    sigmas = sigmas_for(sd1, "Euler", 26)
+    assert len(hooks.recorder.x) == 20
+    torch.testing.assert_close(hooks.recorder.sigma[0], sigmas[26 - 19 - 1].expand(1), rtol=0, atol=1e-6)
+
+
+def test_noise_multiplier_scales_the_noise_and_is_written(sd1):
+    result, hooks = run(sd1, denoising_strength=0.5, initial_noise_multiplier=0.5)
+    sigmas = sigmas_for(sd1, "Euler", 20)
+    expected = vae_mean_latent(sd1, picture()) + seed_noise(result.seeds) * 0.5 * sigmas[20 - 10 - 1]
+    torch.testing.assert_close(hooks.recorder.x[0], expected, rtol=1e-5, atol=1e-5)
+    assert "Noise multiplier: 0.5" in result.infotexts[0]
+
+
+def test_timestep_sampler_start_is_the_ddpm_forward_process(sd1):
+    """DDIM at strength 0.75 of 20: noised to timesteps[15] (√ᾱ·x + √(1−ᾱ)·noise), then A1111's loop
+    over timesteps[:15] from its last entry down: 14 evaluations."""
+    result, hooks = run(sd1, sampler_name="DDIM", denoising_strength=0.75)
+    timesteps = a1111_timesteps(20)
+    alpha = alphas_for(sd1)[timesteps[15]].float()
+    expected = vae_mean_latent(sd1, picture()) * alpha.sqrt() + seed_noise(result.seeds) * (1 - alpha).sqrt()
+    torch.testing.assert_close(hooks.recorder.x[0], expected, rtol=1e-5, atol=1e-5)
+    assert hooks.recorder.sigma[0].item() == timesteps[14].item()
+    assert len(hooks.recorder.x) == 14
+
+
+@pytest.mark.parametrize("sampler", ["UniPC", "PLMS", "DPM++ 2M", "Euler a", "DPM++ SDE"])
+def test_other_samplers_run(sd1, sampler):
+    result, _ = run(sd1, sampler_name=sampler, steps=8, denoising_strength=0.6)
+    assert result.images[0].size == (SIZE, SIZE)
+
+
+def test_strength_0_is_the_vae_round_trip(sd1):
+    """Strength 0: one step at the smallest non-zero sigma. With no noise (multiplier 0) and a UNet
+    that predicts zero noise, that step changes nothing: the image is exactly the input decoded from
+    its own latent."""
+    handle = sd1.unet.register_forward_hook(lambda module, args, out: type(out)(sample=torch.zeros_like(out.sample)))
+    try:
+        result, hooks = run(sd1, denoising_strength=0.0, initial_noise_multiplier=0.0)
+    finally:
+        handle.remove()
+    sigmas = sigmas_for(sd1, "Euler", 20)
+    assert len(hooks.recorder.x) == 1
+    torch.testing.assert_close(hooks.recorder.sigma[0], sigmas[-2].expand(1), rtol=0, atol=1e-6)
+    latent = vae_mean_latent(sd1, picture())
+    torch.testing.assert_close(hooks.samples, latent, rtol=1e-5, atol=1e-5)
+    round_trip = (decode_latents(sd1, latent).images[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    assert np.abs(np.asarray(result.images[0], dtype=np.int16) - round_trip).max() <= 1
+
+
+def test_strength_0_with_the_model_stays_within_one_small_sigma_step(sd1):
+    """The real UNet at strength 0: the one Euler step from init + σ·noise lands on D(x) = x − σ·ε̂, so
+    the latent moves from the init by σ·(noise − ε̂) with σ the smallest sigma (≈ 0.03)."""
+    result, hooks = run(sd1, denoising_strength=0.0)
+    sigma = sigmas_for(sd1, "Euler", 20)[-2]
+    latent, noise = vae_mean_latent(sd1, picture()), seed_noise(result.seeds)
+    start = hooks.recorder.x[0]
+    torch.testing.assert_close(start, latent + noise * sigma, rtol=1e-5, atol=1e-5)
+    eps_hat = (start - hooks.samples) / sigma  # the guided noise prediction the step removed
+    torch.testing.assert_close(hooks.samples - latent, sigma * (noise - eps_hat), rtol=1e-4, atol=1e-5)
+    assert (hooks.samples - latent).abs().max() <= sigma * (noise.abs().max() + eps_hat.abs().max())
+
+
+def test_batch_images_reproduce_single_runs_with_the_next_seed(sd1):
+    batch, _ = run(sd1, sampler_name="Euler a", batch_size=2, seed=10, steps=6)
+    single, _ = run(sd1, sampler_name="Euler a", seed=11, steps=6)
+    assert batch.seeds == [10, 11]
+    assert np.abs(np.asarray(batch.images[1], dtype=np.int16) - np.asarray(single.images[0], dtype=np.int16)).max() <= 1
+
+
+def test_one_init_image_per_batch_image(sd1):
+    images = [picture(seed=1), picture(seed=2)]
+    result, hooks = run(sd1, init_images=images, batch_size=2, steps=4)
+    init, _ = hooks.sampling[0]
+    for index, image in enumerate(images):
+        torch.testing.assert_close(init[index:index + 1], vae_mean_latent(sd1, image), rtol=1e-5, atol=1e-5)
+
+
+def test_latent_upscale_mode_resizes_the_latent_bilinearly(sd1):
+    small = picture(32, 32)
+    result, hooks = run(sd1, init_images=[small], resize_mode=3, steps=4)
+    init, _ = hooks.sampling[0]
+    expected = torch.nn.functional.interpolate(vae_mean_latent(sd1, small), size=(8, 8), mode="bilinear")
+    torch.testing.assert_close(init, expected, rtol=1e-5, atol=1e-5)
+    assert result.images[0].size == (SIZE, SIZE)
+
+
+def test_images_are_saved_to_the_img2img_folder(sd1, tmp_path):
+    result = generate(sd1, request(steps=4), save=SaveTarget(str(tmp_path)))
+    assert len(result.saved_paths) == 1
+    assert "outputs/img2img-images" in result.saved_paths[0].replace("\\", "/")
