@@ -18,6 +18,7 @@ behaviour notes and where this module deliberately differs):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -455,51 +456,135 @@ def flatten_alpha(image: Image.Image, background: str = "#ffffff") -> Image.Imag
 # colour correction
 
 
-# sRGB (D65) ↔ XYZ, with X and Z divided by the white point, as OpenCV's Lab conversion.
-_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
-                        [0.212671, 0.715160, 0.072169],
-                        [0.019334, 0.119193, 0.950227]], dtype=np.float64)
-_WHITE = np.array([0.950456, 1.0, 1.088754], dtype=np.float64)
-_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
-_LAB_EPSILON = 0.008856
-_LAB_KAPPA = 903.3
+# 8-bit sRGB ↔ L*a*b* as OpenCV's `cvtColor(COLOR_RGB2LAB / COLOR_LAB2RGB)` computes it for uint8
+# images (its bit-exact integer path; OpenCV is Apache-2.0, imgproc/src/color_lab.cpp): gamma and
+# cube-root lookup tables, 12/14/15-bit fixed-point matrices, the same roundings. A float conversion
+# differs from it by up to 2 levels in LAB, and histogram matching turns such a step into a jump
+# wherever a histogram is sparse, so colour correction would not reproduce A1111's images.
+# Layout: L·255/100, a + 128, b + 128.
+_SRGB_TO_XYZ = ((0.412453, 0.357580, 0.180423),
+                (0.212671, 0.715160, 0.072169),
+                (0.019334, 0.119193, 0.950227))
+_XYZ_TO_SRGB = ((3.240479, -1.53715, -0.498535),
+                (-0.969256, 1.875991, 0.041556),
+                (0.055648, -0.204043, 1.057311))
+_D65 = (0.950456, 1.0, 1.088754)
+_XYZ_SHIFT = 12          # RGB → XYZ matrix precision
+_GAMMA_SHIFT = 3         # linear RGB table precision (×8)
+_LAB_SHIFT2 = _XYZ_SHIFT + _GAMMA_SHIFT
+_LAB_BASE = 1 << 14      # Lab → RGB precision
+_INV_GAMMA_SHIFT = 12
+_MIN_AB_INDEX = -8145
 
 
-def _srgb_to_linear(values: np.ndarray) -> np.ndarray:
-    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
+def _f32(value) -> np.ndarray:
+    return np.asarray(value, dtype=np.float32)
 
 
-def _linear_to_srgb(values: np.ndarray) -> np.ndarray:
-    values = np.clip(values, 0.0, 1.0)
-    return np.where(values <= 0.0031308, values * 12.92, 1.055 * values ** (1 / 2.4) - 0.055)
+def _srgb_gamma(values: np.ndarray) -> np.ndarray:
+    x = values.astype(np.float64)
+    return np.where(x <= 809 / 20000, x / (323 / 25), ((x + 11 / 200) / (1 + 11 / 200)) ** (12 / 5))
+
+
+def _srgb_inverse_gamma(values: np.ndarray) -> np.ndarray:
+    x = values.astype(np.float64)
+    return np.where(x <= 7827 / 2500000, x * (323 / 25), x ** (1 / (12 / 5)) * (1 + 11 / 200) - 11 / 200)
+
+
+def _cube_root_f32(values: np.ndarray) -> np.ndarray:
+    """OpenCV's float cube root (Turkowski's quartic rational approximation on the mantissa,
+    evaluated in double, rounded to float): not always the correctly rounded cube root, and the
+    8-bit Lab tables round some of its values on a tie, so np.cbrt would not do."""
+    bits = _f32(values).view(np.int32).astype(np.int64)
+    magnitude = bits & 0x7FFFFFFF
+    exponent = (magnitude >> 23) - 127
+    shift = np.fmod(exponent, 3)
+    shift = np.where(shift >= 0, shift - 3, shift)
+    exponent = (exponent - shift) // 3
+    mantissa = ((magnitude & ((1 << 23) - 1)) | ((shift + 127) << 23)).astype(np.int32).view(np.float32)
+    fr = mantissa.astype(np.float64)  # in [0.125, 1)
+    fr = (((((45.2548339756803022511987494 * fr + 192.2798368355061050458134625) * fr
+             + 119.1654824285581628956914143) * fr + 13.43250139086239872172837314) * fr
+           + 0.1636161226585754240958355063)
+          / ((((14.80884093219134573786480845 * fr + 151.9714051044435648658557668) * fr
+               + 168.5254414101568283957668343) * fr + 33.9905941350215598754191872) * fr + 1.0))
+    root_bits = _f32(fr).view(np.int32).astype(np.int64) + (exponent << 23) + (bits & ~0x7FFFFFFF)
+    root = root_bits.astype(np.int32).view(np.float32)
+    return np.where(magnitude == 0, _f32(0), root)
+
+
+@functools.cache
+def _lab_tables() -> dict[str, np.ndarray]:
+    """OpenCV's lookup tables for 8-bit Lab, built once (pure functions of constants)."""
+    f255 = _f32(255)
+    codes = np.arange(256)
+    # linear RGB ×2040 for each sRGB code
+    gamma = np.rint(_f32(255 * (1 << _GAMMA_SHIFT)) * _f32(_srgb_gamma(_f32(codes) / f255))).astype(np.int64)
+    # f(t) ×32768 for t = i/2040, the CIE cube root with its linear toe
+    lthresh, lscale, lbias = _f32(216) / _f32(24389), _f32(841) / _f32(108), _f32(16) / _f32(116)
+    t = (_f32(1) / (f255 * _f32(1 << _GAMMA_SHIFT))) * _f32(np.arange(256 * 3 // 2 * (1 << _GAMMA_SHIFT)))
+    toe = _f32(t.astype(np.float64) * lscale.astype(np.float64) + lbias.astype(np.float64))
+    cube_root = _f32(np.where(t < lthresh, toe, _cube_root_f32(t)))
+    cbrt_tab = np.rint(_f32(1 << _LAB_SHIFT2) * cube_root).astype(np.int64)
+    # Entry 324 is 17745.5 here and rounds to even (17746); OpenCV's soft-float cube root lands one
+    # ulp lower and stores 17745 (found by comparing all 2^24 colours with cv2; no other reachable
+    # entry differs).
+    cbrt_tab[324] = 17745
+    # L code → (Y, f(Y)) in 1/16384
+    base = _f32(_LAB_BASE)
+    low = codes <= 20
+    y_low = np.rint(_f32(codes * _LAB_BASE * 20 * 9) / _f32(17 * 29 ** 3))
+    fy_low = np.rint(base * (_f32(16) / _f32(116) + _f32(codes * 5) / _f32(3 * 17 * 29)))
+    fy = _f32(codes * 100 * _LAB_BASE) / _f32(255 * 116) + _f32(16 * _LAB_BASE) / _f32(116)
+    y_high = np.rint(fy * fy * fy / _f32(_LAB_BASE * _LAB_BASE))
+    lab_to_y = np.where(low, y_low, y_high).astype(np.int64)
+    lab_to_fy = np.where(low, fy_low, np.rint(fy)).astype(np.int64)
+    # f(X), f(Z) in 1/16384 → X, Z (C integer division truncates towards zero)
+    i = np.arange(_MIN_AB_INDEX, _LAB_BASE * 9 // 4 + _MIN_AB_INDEX, dtype=np.int64)
+    toe_xz = np.trunc(i * 108 / 841).astype(np.int64) - (_LAB_BASE * 16 // 116 * 108 // 841)
+    ab_to_xz = np.where(i <= 3390, toe_xz, (i * i // _LAB_BASE) * i // _LAB_BASE)
+    # linear RGB in 1/4096 → sRGB code
+    linear = (_f32(1) / _f32(1 << _INV_GAMMA_SHIFT)) * _f32(np.arange(1 << _INV_GAMMA_SHIFT))
+    inverse_gamma = np.rint(f255 * _f32(_srgb_inverse_gamma(linear))).astype(np.int64)
+    to_xyz = np.array([[round((1 << _XYZ_SHIFT) * c / w) for c in row] for row, w in zip(_SRGB_TO_XYZ, _D65)],
+                      dtype=np.int64)
+    to_rgb = np.array([[round((1 << _XYZ_SHIFT) * c * w) for c, w in zip(row, _D65)] for row in _XYZ_TO_SRGB],
+                      dtype=np.int64)
+    return dict(gamma=gamma, cbrt=cbrt_tab, lab_to_y=lab_to_y, lab_to_fy=lab_to_fy, ab_to_xz=ab_to_xz,
+                inverse_gamma=inverse_gamma, to_xyz=to_xyz, to_rgb=to_rgb)
+
+
+def _descale(values: np.ndarray, shift: int) -> np.ndarray:
+    return (values + (1 << (shift - 1))) >> shift
 
 
 def rgb_to_lab8(image: Image.Image) -> np.ndarray:
-    """CIE L*a*b* (D65) in OpenCV's 8-bit layout: L·255/100, a + 128, b + 128, uint8 (H, W, 3)."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
-    xyz = (_srgb_to_linear(rgb) @ _RGB_TO_XYZ.T) / _WHITE
-    f = np.where(xyz > _LAB_EPSILON, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
-    y = xyz[..., 1]
-    lightness = np.where(y > _LAB_EPSILON, 116 * np.cbrt(y) - 16, _LAB_KAPPA * y)
-    lab = np.stack([lightness * 255 / 100,
-                    500 * (f[..., 0] - f[..., 1]) + 128,
-                    200 * (f[..., 1] - f[..., 2]) + 128], axis=-1)
-    return np.clip(np.rint(lab), 0, 255).astype(np.uint8)
+    """8-bit L*a*b* (D65) of an image, uint8 (H, W, 3), as OpenCV's `COLOR_RGB2LAB` on uint8."""
+    tables = _lab_tables()
+    linear = tables["gamma"][np.asarray(image.convert("RGB"))]
+    xyz = _descale(linear @ tables["to_xyz"].T, _XYZ_SHIFT)
+    fx, fy, fz = (tables["cbrt"][xyz[..., k]] for k in range(3))
+    lightness = _descale(((116 * 255 + 50) // 100) * fy - (16 * 255 * (1 << _LAB_SHIFT2) + 50) // 100, _LAB_SHIFT2)
+    a = _descale(500 * (fx - fy) + (128 << _LAB_SHIFT2), _LAB_SHIFT2)
+    b = _descale(200 * (fy - fz) + (128 << _LAB_SHIFT2), _LAB_SHIFT2)
+    return np.clip(np.stack([lightness, a, b], axis=-1), 0, 255).astype(np.uint8)
 
 
 def lab8_to_rgb(lab: np.ndarray) -> Image.Image:
-    """Inverse of `rgb_to_lab8`: an RGB image from 8-bit L*a*b*."""
-    lab = np.asarray(lab, dtype=np.float64)
-    lightness = lab[..., 0] * 100 / 255
-    fy = (lightness + 16) / 116
-    fx = fy + (lab[..., 1] - 128) / 500
-    fz = fy - (lab[..., 2] - 128) / 200
-    y = np.where(lightness > _LAB_KAPPA * _LAB_EPSILON, fy ** 3, lightness / _LAB_KAPPA)
-    f = np.stack([fx, fz], axis=-1)
-    xz = np.where(f > 6 / 29, f ** 3, (f - 16 / 116) / 7.787)
-    xyz = np.stack([xz[..., 0], y, xz[..., 1]], axis=-1) * _WHITE
-    rgb = _linear_to_srgb(xyz @ _XYZ_TO_RGB.T)
-    return Image.fromarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8), mode="RGB")
+    """Inverse of `rgb_to_lab8`, as OpenCV's `COLOR_LAB2RGB` on uint8."""
+    tables = _lab_tables()
+    lab = np.asarray(lab, dtype=np.int64)
+    lightness, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
+    y, fy = tables["lab_to_y"][lightness], tables["lab_to_fy"][lightness]
+    a_step = ((5 * a * 53687 + (1 << 7)) >> 13) - 128 * _LAB_BASE // 500   # ≈ (a − 128)/500 in 1/16384
+    b_step = ((b * 41943 + (1 << 4)) >> 9) - 128 * _LAB_BASE // 200 + 1    # ≈ (b − 128)/200 in 1/16384
+    x = tables["ab_to_xz"][fy + a_step - _MIN_AB_INDEX]
+    z = tables["ab_to_xz"][fy - b_step - _MIN_AB_INDEX]
+    xyz = np.stack([x, y, z], axis=-1)
+    shift = _XYZ_SHIFT + (14 - _INV_GAMMA_SHIFT)
+    linear = np.clip(_descale(xyz @ tables["to_rgb"].T, shift), 0, (1 << _INV_GAMMA_SHIFT) - 1)
+    rgb = np.clip(tables["inverse_gamma"][linear], 0, 255).astype(np.uint8)
+    return Image.fromarray(rgb, mode="RGB")
 
 
 def match_histogram_channel(source: np.ndarray, template: np.ndarray) -> np.ndarray:
