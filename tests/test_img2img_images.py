@@ -14,6 +14,7 @@ from PIL import Image
 from modules.generation import img2img_images as ops
 from modules.generation.img2img_images import (
     BLANK_MASK_MESSAGE,
+    MASKED_CONTENT,
     RESIZE_MODES,
     apply_color_correction,
     apply_overlay,
@@ -26,6 +27,7 @@ from modules.generation.img2img_images import (
     latent_mask,
     make_overlay,
     prepare_mask,
+    prepare_masked_init,
     resize_image,
 )
 
@@ -97,6 +99,15 @@ def test_resize_and_fill_stretches_the_outer_column_over_side_bands():
     out = np.asarray(resize_image(2, source, 4, 4))
     for col in range(4):
         assert out[:, col, 0].tolist() == [5, 90, 180, 240], col
+
+
+def test_resize_and_fill_band_is_the_bicubic_sample_at_the_edge():
+    # Rows 100 and 180; the band samples the picture at its top edge (y = 0) with PIL's default
+    # bicubic (a = −0.5): pixels at distances 0.5 and 1.5 weigh 0.5625 and −0.0625, normalised by
+    # their sum 0.5 → 1.125·100 − 0.125·180 = 90 on top, 1.125·180 − 0.125·100 = 190 below.
+    source = Image.fromarray(np.repeat(np.array([[100] * 4, [180] * 4], dtype=np.uint8)[..., None], 3, axis=2))
+    out = np.asarray(resize_image(2, source, 4, 4))[..., 0]
+    assert out[:, 0].tolist() == [90, 100, 180, 190]
 
 
 def test_resize_and_fill_bands_are_one_repeated_line_for_any_content():
@@ -449,6 +460,70 @@ def test_pixels_outside_a_hard_mask_survive_whole_picture_paste_back():
     keep = np.asarray(mask) == 0
     assert np.array_equal(result[keep], np.asarray(original)[keep])
     assert (result[~keep] == 9).all()
+
+
+def random_image(size, seed):
+    width, height = size
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("masked_content", [0, 1, 2, 3])
+@pytest.mark.parametrize("full_res", [True, False])
+def test_end_to_end_paste_back_keeps_every_pixel_outside_a_hard_mask(full_res, masked_content):
+    original = random_image((64, 48), seed=21)
+    mask = rect_mask((64, 48), (24, 12, 40, 30))
+    prepared = prepare_mask(mask, **mask_kwargs(full_res=full_res, padding=4, width=32, height=32))
+    init = prepare_masked_init(original, prepared, width=32, height=32, resize_mode=0,
+                               masked_content=masked_content)
+    assert init.image.size == (32, 32) and init.image.mode == "RGB"
+    generated = random_image((32, 32), seed=22)
+    result = np.asarray(apply_overlay(generated, prepared.paste_to, init.overlay))
+    if full_res:
+        # Only masked returns the original's size; outside the mask, the original's own pixels.
+        keep = np.asarray(mask) == 0
+        assert result.shape == (48, 64, 3)
+        assert np.array_equal(result[keep], np.asarray(original)[keep])
+    else:
+        # Whole picture returns W×H; where the resized overlay mask is 0 the resized original shows.
+        keep = np.asarray(prepared.overlay_mask) == 0
+        resized = np.asarray(resize_image(0, original, 32, 32))
+        assert result.shape == (32, 32, 3) and keep.any()
+        assert np.array_equal(result[keep], resized[keep])
+    assert init.infotext == ({} if masked_content == 1 else {"Masked content": MASKED_CONTENT[masked_content]})
+
+
+def test_masked_init_crops_the_region_and_fills_only_masked_pixels():
+    original = Image.new("RGB", (64, 48), (200, 30, 30))
+    original.paste((0, 255, 0), (28, 20, 36, 28))
+    mask = rect_mask((64, 48), (28, 20, 36, 28))
+    prepared = prepare_mask(mask, **mask_kwargs(padding=8, width=32, height=32))
+    assert prepared.crop_region == (20, 12, 44, 36)  # 8×8 box ± 8 = 24×24, already 1:1
+    kept = prepare_masked_init(original, prepared, width=32, height=32, resize_mode=0, masked_content=1)
+    filled = prepare_masked_init(original, prepared, width=32, height=32, resize_mode=0, masked_content=0)
+    assert np.asarray(kept.image)[16, 16].tolist() == [0, 255, 0]  # the crop's centre, upscaled 24 → 32
+    # Filled from the surrounding red; the crop's upscale softens the mask edge (LANCZOS), so edge
+    # pixels that are partly green still weigh a little in the blur.
+    centre = np.asarray(filled.image)[16, 16].astype(int)
+    assert np.abs(centre - [200, 30, 30]).max() < 30 and np.abs(centre - [0, 255, 0]).max() > 150
+    overlay_alpha = np.asarray(kept.overlay.getchannel("A"))
+    assert np.array_equal(overlay_alpha, 255 - np.asarray(mask))  # the original shows where not masked
+
+
+def test_masked_init_in_latent_upscale_mode_keeps_the_native_size():
+    original = random_image((48, 40), seed=3)
+    mask = rect_mask((48, 40), (10, 10, 20, 20))
+    prepared = prepare_mask(mask, **mask_kwargs(full_res=False, resize_mode=3, width=32, height=32,
+                                                image_size=(48, 40)))
+    init = prepare_masked_init(original, prepared, width=32, height=32, resize_mode=3, masked_content=0)
+    assert init.image.size == (48, 40) and init.overlay.size == (48, 40)
+
+
+@pytest.mark.parametrize("value", [4, -1, True, 1.0, "fill"])
+def test_masked_content_must_be_one_of_the_four(value):
+    prepared = prepare_mask(rect_mask((64, 48), (1, 1, 9, 9)), **mask_kwargs())
+    with pytest.raises(ValueError, match="latent nothing"):
+        prepare_masked_init(random_image((64, 48), 1), prepared, width=32, height=32, resize_mode=0,
+                            masked_content=value)
 
 
 def test_apply_overlay_without_overlay_returns_the_image_and_checks_sizes():

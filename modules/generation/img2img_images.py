@@ -28,6 +28,8 @@ import torch
 from PIL import Image, ImageColor, ImageFilter, ImageOps
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+# "Masked content" (inpainting_fill) by index, as A1111's radio and API number them.
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 
 BLANK_MASK_MESSAGE = 'Unable to perform "Inpaint Only mask" because mask is blank, switch to img2img mode.'
 
@@ -93,7 +95,7 @@ def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Imag
     """A1111's img2img resize modes (`RESIZE_MODES`), LANCZOS for every pixel resize.
 
     0 stretches to width×height. 1 covers the box, centred, and crops the overflow. 2 fits inside,
-    centred, and fills the empty bands by stretching the picture's outer edge (PIL's LANCZOS sample
+    centred, and fills the empty bands by stretching the picture's outer edge (PIL's bicubic sample
     along the outermost row/column, so content that does not change across the edge gives exactly
     that row/column). Modes 1 and 2 answer RGB whatever the input mode. 3 (latent upscale) does no
     pixel resize: the image comes back unchanged and the engine resizes the latent.
@@ -123,24 +125,22 @@ def _stretch_edges_into_bands(canvas: Image.Image, picture: Image.Image, left: i
     """Fill the bands around `picture` (pasted at left, top) with its outer row/column stretched.
 
     A resize from a zero-height (or zero-width) box samples the picture along that edge only, so
-    every row of a top/bottom band (column of a side band) is the same edge line."""
+    every row of a top/bottom band (column of a side band) is the same edge line. These resizes
+    use PIL's default filter (bicubic), as A1111's do."""
     width, height = canvas.size
     below = height - (top + picture.height)
     right = width - (left + picture.width)
+    bicubic = Image.Resampling.BICUBIC
     if top > 0:
-        band = picture.resize((picture.width, top), Image.Resampling.LANCZOS, box=(0, 0, picture.width, 0))
-        canvas.paste(band, (left, 0))
+        canvas.paste(picture.resize((picture.width, top), bicubic, box=(0, 0, picture.width, 0)), (left, 0))
     if below > 0:
         edge = (0, picture.height, picture.width, picture.height)
-        canvas.paste(picture.resize((picture.width, below), Image.Resampling.LANCZOS, box=edge),
-                     (left, top + picture.height))
+        canvas.paste(picture.resize((picture.width, below), bicubic, box=edge), (left, top + picture.height))
     if left > 0:
-        band = picture.resize((left, picture.height), Image.Resampling.LANCZOS, box=(0, 0, 0, picture.height))
-        canvas.paste(band, (0, top))
+        canvas.paste(picture.resize((left, picture.height), bicubic, box=(0, 0, 0, picture.height)), (0, top))
     if right > 0:
         edge = (picture.width, 0, picture.width, picture.height)
-        canvas.paste(picture.resize((right, picture.height), Image.Resampling.LANCZOS, box=edge),
-                     (left + picture.width, top))
+        canvas.paste(picture.resize((right, picture.height), bicubic, box=edge), (left + picture.width, top))
 
 
 def _mask_resize_mode(resize_mode: int) -> int:
@@ -410,6 +410,54 @@ def make_overlay(image: Image.Image, overlay_mask: Image.Image) -> Image.Image:
                          f"{image.width}×{image.height}")
     keep = ImageOps.invert(overlay_mask if overlay_mask.mode == "L" else overlay_mask.convert("L"))
     return _premultiplied_through(image, keep).convert("RGBA")
+
+
+@dataclass(frozen=True)
+class MaskedInit:
+    """One init image made ready for inpainting (A1111's per-image step, in its order).
+
+    image: RGB, what the VAE encodes — width×height (the crop resized with mode 2 for "Only
+        masked"; native size in mode 3 "Whole picture"), masked pixels filled unless "original".
+    overlay: RGBA original pixels for `apply_overlay`, transparent where the mask repaints.
+    infotext: `Masked content` for fill / latent noise / latent nothing (never for original).
+    """
+    image: Image.Image
+    overlay: Image.Image
+    infotext: dict[str, str]
+
+
+def prepare_masked_init(image: Image.Image, prepared: PreparedMask, *, width: int, height: int,
+                        resize_mode: int, masked_content: int) -> MaskedInit:
+    """A flattened init image → what inpainting encodes, and the overlay to paste back through.
+
+    "Whole picture" resizes with the resize mode (not in mode 3); the overlay is the original at
+    that size with alpha = 255 − overlay mask; "Only masked" then crops `crop_region` and resizes
+    it with mode 2. Every masked content but "original" (1) runs `fill_masked` first — A1111 also
+    fills for latent noise and latent nothing, whose latents are replaced afterwards anyway.
+    A blank mask is the caller's decision (see `PreparedMask.blank`); this function does not look."""
+    width, height = _positive_size("width", width), _positive_size("height", height)
+    resize_mode = _resize_mode(resize_mode)
+    if isinstance(masked_content, bool) or not isinstance(masked_content, (int, np.integer)) \
+            or not 0 <= masked_content < len(MASKED_CONTENT):
+        choices = ", ".join(f"{i} = {name}" for i, name in enumerate(MASKED_CONTENT))
+        raise ValueError(f"masked content (inpainting_fill) must be one of {choices}; got {masked_content!r}")
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    if prepared.crop_region is None and resize_mode != 3:
+        image = resize_image(resize_mode, image, width, height)
+    overlay_mask = prepared.overlay_mask
+    if overlay_mask.size != image.size:
+        overlay_mask = resize_image(_mask_resize_mode(resize_mode), overlay_mask, *image.size).convert("L")
+    overlay = make_overlay(image, overlay_mask)
+    if prepared.crop_region is not None:
+        image = resize_image(2, image.crop(prepared.crop_region), width, height)
+    infotext: dict[str, str] = {}
+    if masked_content != 1:
+        fill_mask = prepared.mask
+        if fill_mask.size != image.size:  # mode 3: the image keeps its size, the mask is W×H
+            fill_mask = resize_image(2, fill_mask, *image.size).convert("L")
+        image = fill_masked(image, fill_mask)
+        infotext["Masked content"] = MASKED_CONTENT[masked_content]
+    return MaskedInit(image=image, overlay=overlay, infotext=infotext)
 
 
 def apply_overlay(image: Image.Image, paste_to, overlay: Image.Image | None) -> Image.Image:
