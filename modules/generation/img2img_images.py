@@ -11,9 +11,12 @@ behaviour notes and where this module deliberately differs):
   ≥ 50 % blurred edge counts as fully regenerated.
 - `gaussian_blur_mask` is OpenCV's 8-bit `GaussianBlur` (the one A1111 calls) without OpenCV: the
   same kernel size rule and fixed-point kernel, reflect-101 borders, the same rounding.
+- `prepare_masked_init`: one init image made ready for inpainting (resize, overlay, crop, fill).
 - `fill_masked`: "Masked content: fill" — masked pixels become blurred surroundings.
+- `apply_overlay`: the result pasted back onto the original through the overlay.
 - `apply_color_correction`: LAB histogram match to the init image, keeping the generated
-  luminosity; LAB and the matching are done here in numpy (no OpenCV or scikit-image needed).
+  luminosity. LAB is OpenCV's 8-bit fixed-point conversion and the matching scikit-image's, both
+  reproduced here in numpy, so neither library is needed.
 """
 
 from __future__ import annotations
