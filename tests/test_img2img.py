@@ -250,3 +250,171 @@ def test_images_are_saved_to_the_img2img_folder(sd1, tmp_path):
     result = generate(sd1, request(steps=4), save=SaveTarget(str(tmp_path)))
     assert len(result.saved_paths) == 1
     assert "outputs/img2img-images" in result.saved_paths[0].replace("\\", "/")
+
+
+# --- inpainting ------------------------------------------------------------------------------------
+
+
+def left_half_mask(width: int = SIZE, height: int = SIZE) -> Image.Image:
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[:, : width // 2] = 255
+    return Image.fromarray(mask, mode="L")
+
+
+HARD_WHOLE = dict(mask_blur_x=0, mask_blur_y=0, inpaint_full_res=False, inpainting_fill=1)
+
+
+class BlendRecorder(Recorder):
+    def __init__(self):
+        super().__init__()
+        self.after = []
+
+    def after_cfg(self, step, denoised):
+        self.after.append(denoised.clone())
+        return denoised
+
+
+def test_hard_mask_keeps_every_pixel_outside_it(sd1):
+    """Whole picture, no blur: the right half is the input's pixels exactly after paste-back, the
+    left half is repainted."""
+    result, _ = run(sd1, mask=left_half_mask(), steps=6, **HARD_WHOLE)
+    out, original = np.asarray(result.images[0], dtype=np.int16), np.asarray(picture(), dtype=np.int16)
+    assert np.array_equal(out[:, SIZE // 2:], original[:, SIZE // 2:])
+    assert np.abs(out[:, : SIZE // 2] - original[:, : SIZE // 2]).max() > 10
+    info = result.infotexts[0]
+    assert "Denoising strength: 0.75" in info and "Mask blur" not in info and "Masked content" not in info
+
+
+def test_latent_outside_the_mask_is_the_init_after_every_step_and_at_the_end(sd1):
+    """Ordinary checkpoint: each guided x0 is blended with the init latent (before the after_cfg
+    listeners, A1111's order), and so are the final samples."""
+    hooks = Hooks()
+    hooks.recorder = BlendRecorder()
+    generate(sd1, request(mask=left_half_mask(), steps=6, **HARD_WHOLE), hooks=hooks)
+    latent = vae_mean_latent(sd1, picture())
+    keep = torch.zeros(1, 1, 8, 8)
+    keep[..., 4:] = 1  # the latent mask of the left-half mask, rounded: columns 0-3 repainted
+    for denoised in hooks.recorder.after + [hooks.samples]:
+        torch.testing.assert_close(denoised * keep, latent * keep, rtol=1e-5, atol=1e-5)
+    assert (hooks.samples * (1 - keep) - latent * (1 - keep)).abs().max() > 1e-2
+
+
+def test_latent_nothing_and_latent_noise_start_from_the_formula(sd1):
+    """`latent nothing`: zeros under the mask; `latent noise`: the first batch's seed noise there
+    (the same draw as the sampling noise, A1111's quirk); then + noise·σ as always. Both encode the
+    picture after "fill" blurred its masked pixels (A1111 fills for every content but original)."""
+    from modules.generation import img2img_images as ops
+
+    sigma = sigmas_for(sd1, "Euler", 20)[4]
+    latent = vae_mean_latent(sd1, ops.fill_masked(picture(), left_half_mask()))
+    keep = torch.zeros(1, 1, 8, 8)
+    keep[..., 4:] = 1
+    for fill, masked in ((3, lambda noise: 0), (2, lambda noise: noise)):
+        result, hooks = run(sd1, mask=left_half_mask(), **{**HARD_WHOLE, "inpainting_fill": fill})
+        noise = seed_noise(result.seeds)
+        expected = latent * keep + masked(noise) * (1 - keep) + noise * sigma
+        torch.testing.assert_close(hooks.recorder.x[0], expected, rtol=1e-5, atol=1e-5)
+        assert f"Masked content: {('fill', 'original', 'latent noise', 'latent nothing')[fill]}" in result.infotexts[0]
+
+
+def test_only_masked_returns_the_original_size_with_pixels_outside_the_mask_unchanged(sd1):
+    original = picture(96, 80, seed=3)
+    mask = np.zeros((80, 96), dtype=np.uint8)
+    mask[30:50, 40:60] = 255
+    result, _ = run(sd1, init_images=[original], mask=Image.fromarray(mask, mode="L"), mask_blur_x=0, mask_blur_y=0,
+                    inpaint_full_res=True, inpaint_full_res_padding=8, inpainting_fill=1, steps=6)
+    out = np.asarray(result.images[0], dtype=np.int16)
+    assert result.images[0].size == (96, 80)
+    outside = mask == 0
+    assert np.array_equal(out[outside], np.asarray(original, dtype=np.int16)[outside])
+    assert np.abs(out[~outside] - np.asarray(original, dtype=np.int16)[~outside]).max() > 10
+    assert "Inpaint area: Only masked" in result.infotexts[0] and "Masked area padding: 8" in result.infotexts[0]
+
+
+@pytest.mark.parametrize("full_res", [True, False])
+def test_empty_mask_is_refused(sd1, full_res):
+    from modules.generation.img2img import EmptyMaskError
+
+    with pytest.raises(EmptyMaskError, match="nothing to inpaint"):
+        generate(sd1, request(mask=Image.new("L", (SIZE, SIZE)), inpaint_full_res=full_res))
+    with pytest.raises(EmptyMaskError):  # all white, inverted
+        generate(sd1, request(mask=Image.new("L", (SIZE, SIZE), 255), inpainting_mask_invert=1,
+                              inpaint_full_res=full_res))
+
+
+def test_timestep_sampler_keeps_the_init_outside_the_mask(sd1):
+    result, hooks = run(sd1, sampler_name="DDIM", mask=left_half_mask(), steps=10, **HARD_WHOLE)
+    keep = torch.zeros(1, 1, 8, 8)
+    keep[..., 4:] = 1
+    latent = vae_mean_latent(sd1, picture())
+    torch.testing.assert_close(hooks.samples * keep, latent * keep, rtol=1e-5, atol=1e-5)
+    alphas = alphas_for(sd1)
+    # Each model input outside the mask is the init noised to that evaluation's timestep.
+    noise = seed_noise(result.seeds)
+    for x, t in zip(hooks.recorder.x, hooks.recorder.sigma):
+        alpha = alphas[int(t[0].item())].float()
+        expected = latent * alpha.sqrt() + noise * (1 - alpha).sqrt()
+        torch.testing.assert_close(x * keep, expected * keep, rtol=1e-5, atol=1e-5)
+
+
+def test_colour_correction_matches_the_init_colours(sd1):
+    from modules.generation import img2img_images as ops
+
+    plain, _ = run(sd1, steps=4)
+    corrected, _ = run(sd1, EngineSettings(img2img_color_correction=True), steps=4)
+    expected = ops.apply_color_correction(ops.color_correction_reference(picture()), plain.images[0])
+    assert np.array_equal(np.asarray(corrected.images[0]), np.asarray(expected))
+
+
+@pytest.fixture(scope="module")
+def sd1_inpaint(tmp_path_factory):
+    return load_checkpoint(write_checkpoint(tmp_path_factory.mktemp("i2i") / "inpaint.safetensors", "sd1-inpaint",
+                                            dtype=torch.float32))
+
+
+def test_inpainting_checkpoint_gets_mask_and_masked_image_latent(sd1_inpaint):
+    """9-channel UNet: channels 4..8 of every UNet input are [mask nearest-resized to 8×8 | the scaled
+    VAE mean of the image with the masked pixels set to 0 (mid-grey) at weight 1]."""
+    seen = []
+    handle = sd1_inpaint.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        result, _ = run(sd1_inpaint, mask=left_half_mask(), steps=3, **HARD_WHOLE)
+    finally:
+        handle.remove()
+    pixels = torch.from_numpy(np.asarray(picture(), dtype=np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
+    mask = torch.zeros(1, 1, SIZE, SIZE)
+    mask[..., : SIZE // 2] = 1
+    with torch.no_grad():
+        masked_latent = (sd1_inpaint.vae.encode(pixels * (1 - mask)).latent_dist.mean
+                         * sd1_inpaint.vae.config.scaling_factor)
+    small_mask = torch.zeros(1, 1, 8, 8)
+    small_mask[..., :4] = 1
+    assert seen and all(x.shape[1] == 9 for x in seen)
+    for x in seen:
+        for row in x:  # cond and uncond rows alike
+            torch.testing.assert_close(row[4:5], small_mask[0], rtol=0, atol=0)
+            # 1e-4: the engine's lerp(img, img·(1 − mask), 1) rounds differently from img·(1 − mask)
+            torch.testing.assert_close(row[5:], masked_latent[0], rtol=1e-4, atol=1e-4)
+    assert "Conditional mask weight: 1.0" in result.infotexts[0]
+
+
+def test_inpainting_mask_weight_shows_the_model_part_of_the_original(sd1_inpaint):
+    seen = []
+    handle = sd1_inpaint.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        result, _ = run(sd1_inpaint, mask=left_half_mask(), steps=2, inpainting_mask_weight=0.25, **HARD_WHOLE)
+    finally:
+        handle.remove()
+    pixels = torch.from_numpy(np.asarray(picture(), dtype=np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
+    mask = torch.zeros(1, 1, SIZE, SIZE)
+    mask[..., : SIZE // 2] = 1
+    with torch.no_grad():  # lerp(img, img·(1 − mask), 0.25) = img·(1 − 0.25·mask)
+        expected = sd1_inpaint.vae.encode(pixels * (1 - 0.25 * mask)).latent_dist.mean
+    torch.testing.assert_close(seen[0][0, 5:], expected[0] * sd1_inpaint.vae.config.scaling_factor,
+                               rtol=1e-4, atol=1e-4)
+    assert "Conditional mask weight: 0.25" in result.infotexts[0]
+
+
+def test_inpainting_checkpoint_without_a_mask_is_refused(sd1_inpaint):
+    with pytest.raises(ValueError, match="inpainting checkpoint .* needs a mask"):
+        generate(sd1_inpaint, request(steps=2))

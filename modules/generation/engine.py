@@ -520,6 +520,8 @@ class EngineSettings:
     img2img_fix_steps: bool = False
     initial_noise_multiplier: float = 1.0
     img2img_background_color: str = "#ffffff"
+    inpainting_mask_weight: float = 1.0
+    img2img_color_correction: bool = False
 
     @classmethod
     def from_settings(cls, settings) -> "EngineSettings":
@@ -535,7 +537,10 @@ class EngineSettings:
                    add_model_name_to_info=settings["add_model_name_to_info"],
                    add_vae_name_to_info=settings["add_vae_name_to_info"],
                    img2img_fix_steps=settings["img2img_fix_steps"],
-                   initial_noise_multiplier=settings["initial_noise_multiplier"])
+                   initial_noise_multiplier=settings["initial_noise_multiplier"],
+                   img2img_background_color=settings["img2img_background_color"],
+                   inpainting_mask_weight=settings["inpainting_mask_weight"],
+                   img2img_color_correction=settings["img2img_color_correction"])
 
     @property
     def cond_padding(self) -> str:
@@ -620,6 +625,9 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
         if run.img2img is not None:
             with _timed(result, "encode"):
                 run = _with_init_latents(run)
+            for note in run.img2img.notes:
+                result.warnings.append(note)
+                control.add_info(note)
         for iteration in range(run.request.n_iter):
             empty_cond, stop = _run_batch(run, iteration, result, empty_cond)
             if stop:
@@ -759,13 +767,18 @@ def _with_init_latents(run: _Run) -> _Run:
     """`run` with its img2img init latents encoded (once per request, as A1111's `init()`)."""
     import dataclasses
 
-    from modules.generation.img2img import prepare_init
+    from modules.generation.img2img import Img2ImgSettings, prepare_init
 
-    settings = run.settings
-    multiplier = run.request.initial_noise_multiplier
-    init = prepare_init(run.model, run.request, fix_steps=settings.img2img_fix_steps,
-                        noise_multiplier=settings.initial_noise_multiplier if multiplier is None else multiplier,
-                        background=settings.img2img_background_color)
+    settings, request = run.settings, run.request
+    options = Img2ImgSettings(
+        fix_steps=settings.img2img_fix_steps,
+        noise_multiplier=(settings.initial_noise_multiplier if request.initial_noise_multiplier is None
+                          else request.initial_noise_multiplier),
+        background=settings.img2img_background_color,
+        mask_weight=(settings.inpainting_mask_weight if request.inpainting_mask_weight is None
+                     else request.inpainting_mask_weight),
+        color_correction=settings.img2img_color_correction, randn_source=settings.randn_source)
+    init = prepare_init(run.model, request, options, fill_seeds=run.seeds[:request.batch_size])
     return dataclasses.replace(run, img2img=init)
 
 
@@ -888,23 +901,32 @@ def _img2img_pass(run: _Run, batch: _Batch, noise: torch.Tensor):
         tail = sigmas[plan.sigma_start_index:]
         # The SDE samplers' Brownian tree spans the whole schedule, as in A1111.
         noise_fn = _noise_source(sampler, batch.rng, latent, batch.seeds, sigmas)
-        return _sample(run, batch, noised_start_sigmas(latent, noise, tail[0]), tail, noise_fn)
-    timesteps = a1111_timesteps(plan.schedule_steps)
-    alpha = run.alphas_cumprod[timesteps[plan.t_enc]].to(device=device, dtype=latent.dtype)
-    noise_fn = _noise_source(sampler, batch.rng, latent, batch.seeds, None)
-    return _sample(run, batch, noised_start_timesteps(latent, noise, alpha), timesteps[:plan.t_enc], noise_fn)
+        blend = init.blend(noise, None)
+        samples, stop = _sample(run, batch, noised_start_sigmas(latent, noise, tail[0]), tail, noise_fn, blend)
+    else:
+        timesteps = a1111_timesteps(plan.schedule_steps)
+        alpha = run.alphas_cumprod[timesteps[plan.t_enc]].to(device=device, dtype=latent.dtype)
+        noise_fn = _noise_source(sampler, batch.rng, latent, batch.seeds, None)
+        blend = init.blend(noise, run.alphas_cumprod)
+        samples, stop = _sample(run, batch, noised_start_timesteps(latent, noise, alpha), timesteps[:plan.t_enc],
+                                noise_fn, blend)
+    if blend is not None:  # the unmasked area is the init's exactly, interrupted or not
+        samples = blend.final(samples)
+    return samples, stop
 
 
-def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, noise_fn):
+def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, noise_fn, blend=None):
     """One sampler run on `batch`'s conds; returns (samples, StopSampling or None). An interrupt or a
-    skip stops it early with the latent at that step."""
+    skip stops it early with the latent at that step. img2img passes its image conditioning (on
+    `run.img2img`) and its latent-mask `blend` to the denoiser."""
     sampler, settings, plan = run.sampler, run.settings, run.plan
     total_steps = len(sigmas_or_steps) - (sampler.kind == "sigmas")
     denoiser = CFGDenoiser(
         _sigma_inner(run.model, run.schedule, run.is_lcm) if sampler.kind == "sigmas" else
         _timestep_inner(run.model, run.alphas_cumprod), batch.cond, batch.uncond,
         run.request.cfg_scale, batch.time_ids, run.hooks.cfg_hooks(plan, total_steps),
-        cond_padding=settings.cond_padding, empty_cond=batch.empty_cond, total_steps=total_steps)
+        cond_padding=settings.cond_padding, empty_cond=batch.empty_cond, total_steps=total_steps,
+        image_cond=run.img2img.image_cond if run.img2img is not None else None, blend=blend)
     try:
         return _call_sampler(run, denoiser, x_start, sigmas_or_steps, _step_callback(run, batch.progress_offset),
                              noise_fn), None
@@ -959,8 +981,13 @@ def _collect_images(run: _Run, batch: _Batch, images: list, network_fields: dict
         start = len(result.images)
         result.seeds[start:start + size] = [run.seeds[index] for index in sources]
         result.subseeds[start:start + size] = [run.subseeds[index] for index in sources]
-    for image, index in zip(images, sources):
-        result.images.append(run.hooks.postprocess_image(plan, index, image))
+    for position, (image, index) in enumerate(zip(images, sources)):
+        image = run.hooks.postprocess_image(plan, index, image)
+        if run.img2img is not None:  # colour correction and paste-back onto the original (inpainting)
+            from modules.generation.img2img import finish_image
+
+            image = finish_image(run.img2img, min(position, size - 1), image)
+        result.images.append(image)
         result.prompts.append(plan.all_prompts[index])
         result.negative_prompts.append(plan.all_negative_prompts[index])
         # Read per image: a postprocess_image hook may add generation params.

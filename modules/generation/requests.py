@@ -125,6 +125,18 @@ class Img2ImgRequest(GenerationRequest):
     image_cfg_scale: float | None = Field(None, ge=0.0, le=3.0, json_schema_extra={"ui_step": 0.05})
     # None: the `initial_noise_multiplier` setting (1.0).
     initial_noise_multiplier: float | None = Field(None, ge=0.0, le=1.5, json_schema_extra={"ui_step": 0.01})
+    # Inpainting (A1111's API defaults: fill, Only masked, padding 0; its UI sends original, Whole picture, 32).
+    # `mask`: a PIL image, white (or opaque) = repaint; None = plain img2img.
+    mask: Any = None
+    mask_blur_x: int = Field(4, ge=0, le=64, json_schema_extra={"ui_step": 1})
+    mask_blur_y: int = Field(4, ge=0, le=64, json_schema_extra={"ui_step": 1})
+    mask_round: bool = True
+    inpainting_fill: int = Field(0, ge=0, le=3)  # INPAINTING_FILLS
+    inpaint_full_res: bool = True  # "Inpaint area: Only masked"
+    inpaint_full_res_padding: int = Field(0, ge=0, le=256, json_schema_extra={"ui_step": 4})
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    # None: the `inpainting_mask_weight` setting (1.0); read by inpainting checkpoints only.
+    inpainting_mask_weight: float | None = Field(None, ge=0.0, le=1.0, json_schema_extra={"ui_step": 0.01})
 
     @model_validator(mode="before")
     @classmethod
@@ -151,6 +163,15 @@ class Img2ImgRequest(GenerationRequest):
             if image.width < 1 or image.height < 1:
                 raise ValueError(f"init_images[{index}] is empty ({image.width}x{image.height})")
         return tuple(value)
+
+    @field_validator("mask", mode="before")
+    @classmethod
+    def _mask_image(cls, value: Any) -> Any:
+        if value is not None and not _is_image(value):
+            raise ValueError(f"mask is a {type(value).__name__}, not an image; white (or opaque) pixels are repainted")
+        if value is not None and (value.width < 1 or value.height < 1):
+            raise ValueError(f"mask is empty ({value.width}x{value.height})")
+        return value
 
     @model_validator(mode="after")
     def _img2img_rules(self) -> "Img2ImgRequest":

@@ -144,6 +144,17 @@ SECTIONS: Mapping[str, str] = MappingProxyType({
 SECRET_MASK = "<redacted>"  # what a secret setting shows instead of its value (the API's cmd-flags mark too)
 
 
+def _colour(value: str) -> str | None:
+    """Problem with a colour such as '#ffffff', or None."""
+    from PIL import ImageColor
+
+    try:
+        ImageColor.getrgb(value)
+    except ValueError:
+        return "must be a colour such as '#ffffff'"
+    return None
+
+
 def _no_line_breaks(value: str) -> str | None:
     """Problem with a token sent as an HTTP header value, or None."""
     if any(ch in value for ch in "\r\n\0") or value != value.strip():
@@ -193,6 +204,13 @@ SCHEMA: tuple[SettingSpec, ...] = (
                                  "so all of them run"),
     SettingSpec("initial_noise_multiplier", 1.0, "Noise multiplier for img2img", "sampling", minimum=0.0,
                 maximum=1.5, step=0.01, info="Scales the noise added to the init image; below 1 keeps more of it"),
+    SettingSpec("inpainting_mask_weight", 1.0, "Inpainting conditioning mask strength", "sampling", minimum=0.0,
+                maximum=1.0, step=0.01, info="Inpainting checkpoints: 1 hides the masked area from the model, 0 "
+                                             "shows it the whole original"),
+    SettingSpec("img2img_color_correction", False, "Apply color correction to img2img results to match original "
+                "colors", "sampling"),
+    SettingSpec("img2img_background_color", "#ffffff", "With img2img, fill transparent parts of the input image "
+                "with this color", "sampling", check=_colour),
     # Saving images/grids
     SettingSpec("samples_save", True, "Always save all generated images", "saving"),
     SettingSpec("samples_format", "png", "File format for images", "saving", check=_image_format),
