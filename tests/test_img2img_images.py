@@ -225,6 +225,26 @@ def test_blur_matches_a_float_gaussian_within_fixed_point_rounding(sigma_x, sigm
     assert np.abs(out - expected).mean() < 0.5
 
 
+@pytest.mark.parametrize("sigma", [4, 9, 40])
+def test_blur_by_fft_equals_the_direct_sum(monkeypatch, sigma):
+    # Wide kernels go through a folded circular correlation by FFT; both ways must give the same
+    # integers, including a kernel (σ = 40: 201 taps) far wider than the 23-pixel side.
+    rng = np.random.default_rng(int(sigma))
+    mask = Image.fromarray(rng.integers(0, 256, (23, 37), dtype=np.uint8))
+    monkeypatch.setattr(ops, "_DIRECT_TAPS", 10 ** 6)
+    direct = np.asarray(gaussian_blur_mask(mask, sigma, sigma))
+    monkeypatch.setattr(ops, "_DIRECT_TAPS", 1)
+    by_fft = np.asarray(gaussian_blur_mask(mask, sigma, sigma))
+    assert np.array_equal(direct, by_fft)
+
+
+def test_a_huge_blur_is_refused_before_building_its_kernel():
+    with pytest.raises(ValueError, match="1000000000"):
+        gaussian_blur_mask(Image.new("L", (8, 8)), 10 ** 9, 0)
+    with pytest.raises(ValueError, match=str(ops.MAX_MASK_BLUR)):
+        prepare_mask(rect_mask((64, 48), (1, 1, 9, 9)), **mask_kwargs(blur_y=ops.MAX_MASK_BLUR + 1))
+
+
 def test_blur_handles_a_kernel_wider_than_the_image_and_keeps_constants():
     flat = Image.new("L", (3, 2), 77)
     assert set(np.asarray(gaussian_blur_mask(flat, 16, 16)).ravel()) == {77}

@@ -42,6 +42,10 @@ BLANK_MASK_MESSAGE = 'Unable to perform "Inpaint Only mask" because mask is blan
 _FILL_BLURS = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))
 
 _FIXED_POINT_ONE = 256  # OpenCV blurs 8-bit images with kernels in 8.8 fixed point
+_DIRECT_TAPS = 21  # wider kernels (σ > 4) are applied by FFT, faster from about there
+# The UI offers 0–64; the API takes any number. A cap keeps a huge σ from allocating a kernel of
+# billions of taps; beyond a few thousand pixels the blur is already the image's mean.
+MAX_MASK_BLUR = 4096
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,18 +194,30 @@ def _blur_axis(values: np.ndarray, sigma: float, axis: int) -> np.ndarray:
     if size == 1:
         return values
     fixed = gaussian_kernel_fixed_point(size, sigma)
-    half = size // 2
-    pad = [(0, 0), (0, 0)]
-    pad[axis] = (half, half)
-    # numpy's "reflect" mirrors without repeating the edge pixel: OpenCV's BORDER_REFLECT_101,
-    # including the repeated reflection when the kernel is wider than the image.
-    padded = np.pad(values.astype(np.int64), pad, mode="reflect")
-    total = np.zeros(values.shape, dtype=np.int64)
-    length = values.shape[axis]
-    for tap, weight in enumerate(fixed):
-        if weight:
-            total += weight * np.take(padded, np.arange(tap, tap + length), axis=axis)
-    return ((total + _FIXED_POINT_ONE // 2) >> 8).astype(np.uint8)  # round half up, as OpenCV
+    line = np.moveaxis(values.astype(np.int32), axis, -1)  # weighted sums stay below 2^17
+    length, half = line.shape[-1], size // 2
+    if length == 1:  # every neighbour is the pixel itself
+        total = line * _FIXED_POINT_ONE
+    elif size <= _DIRECT_TAPS:
+        # numpy's "reflect" mirrors without repeating the edge pixel: OpenCV's BORDER_REFLECT_101,
+        # including the repeated reflection when the kernel is wider than the image.
+        padded = np.pad(line, [(0, 0)] * (line.ndim - 1) + [(half, half)], mode="reflect")
+        total = np.zeros(line.shape, dtype=np.int32)
+        for tap, weight in enumerate(fixed):
+            if weight:
+                total += int(weight) * padded[..., tap:tap + length]
+    else:
+        # Reflect-101 makes a line periodic (period 2·(length − 1)), so the kernel folds onto one
+        # period and the blur becomes a circular correlation, done by FFT. Sums are integers below
+        # 2^17, far inside float64's exact range: rounding recovers them exactly.
+        period = 2 * (length - 1)
+        folded = np.zeros(period, dtype=np.float64)
+        np.add.at(folded, np.arange(-half, half + 1) % period, fixed)
+        mirrored = np.concatenate([line, line[..., -2:0:-1]], axis=-1).astype(np.float64)
+        spectrum = np.fft.rfft(mirrored, axis=-1) * np.conj(np.fft.rfft(folded))
+        total = np.rint(np.fft.irfft(spectrum, n=period, axis=-1)[..., :length]).astype(np.int32)
+    blurred = (total + _FIXED_POINT_ONE // 2) >> 8  # round half up, as OpenCV
+    return np.moveaxis(blurred, -1, axis).astype(np.uint8)
 
 
 def gaussian_blur_mask(mask: Image.Image, sigma_x: float, sigma_y: float) -> Image.Image:
@@ -211,6 +227,9 @@ def gaussian_blur_mask(mask: Image.Image, sigma_x: float, sigma_y: float) -> Ima
     A mask that is not mode L is converted to L first."""
     sigma_x = _non_negative("mask blur x (sigma_x)", sigma_x)
     sigma_y = _non_negative("mask blur y (sigma_y)", sigma_y)
+    for name, sigma in (("mask blur x", sigma_x), ("mask blur y", sigma_y)):
+        if sigma > MAX_MASK_BLUR:
+            raise ValueError(f"{name} must be at most {MAX_MASK_BLUR} pixels, got {sigma!r}")
     values = np.asarray(mask if mask.mode == "L" else mask.convert("L"), dtype=np.uint8)
     if sigma_x > 0:
         values = _blur_axis(values, sigma_x, axis=1)
