@@ -408,9 +408,10 @@ def test_a_colour_mask_is_converted_and_mode_3_masks_fill_like_mode_2():
 
 
 @pytest.mark.parametrize("field,value", [("width", 0), ("height", -8), ("image_size", (0, 48)),
-                                         ("padding", -1), ("blur_x", -2), ("resize_mode", 7)])
+                                         ("image_size", (64,)), ("padding", -1), ("blur_x", -2),
+                                         ("resize_mode", 7)])
 def test_prepare_mask_refuses_bad_values_by_name(field, value):
-    shown = str(value[0]) if isinstance(value, tuple) else str(value)
+    shown = str(value) if not isinstance(value, tuple) else "64," if len(value) == 1 else str(value[0])
     with pytest.raises(ValueError, match=shown):
         prepare_mask(rect_mask((64, 48), (1, 1, 5, 5)), **mask_kwargs(**{field: value}))
 

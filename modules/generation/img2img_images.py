@@ -165,12 +165,17 @@ def gaussian_kernel_size(sigma: float) -> int:
 
 
 def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
-    """OpenCV's `getGaussianKernel(size, sigma)` for sigma > 0: exp(−x²/2σ²) normalised to sum 1."""
-    half = size // 2
-    offsets = np.arange(-half, half + 1, dtype=np.float64)
-    weights = np.exp(offsets * offsets * (-0.5 / (sigma * sigma)))
-    weights[half] = 1.0
-    return weights / weights.sum()
+    """OpenCV's `getGaussianKernel(size, sigma)` for sigma > 0: exp(−x²/2σ²) normalised to sum 1,
+    summed and scaled in OpenCV's order (outer taps first, times the reciprocal of the sum) so the
+    last bits, which decide ties in the fixed-point rounding, are the same."""
+    offsets = np.arange(-(size // 2), 0, dtype=np.float64)  # one side, outermost first
+    side = np.exp(offsets * offsets * (-0.5 / (sigma * sigma)))
+    total = 0.0
+    for value in side:
+        total += float(value)
+    reciprocal = 1.0 / (2 * total + 1.0)
+    side = side * reciprocal
+    return np.concatenate([side, [reciprocal], side[::-1]])
 
 
 def gaussian_kernel_fixed_point(size: int, sigma: float) -> np.ndarray:
@@ -340,8 +345,9 @@ def prepare_mask(mask: Image.Image, *, width: int, height: int, resize_mode: int
     width, height = _positive_size("width", width), _positive_size("height", height)
     resize_mode = _resize_mode(resize_mode)
     padding = int(_non_negative("masked area padding", padding))
-    image_w, image_h = (_positive_size("image width", image_size[0]),
-                        _positive_size("image height", image_size[1]))
+    if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
+        raise ValueError(f"image_size must be (width, height), got {image_size!r}")
+    image_w, image_h = _positive_size("image width", image_size[0]), _positive_size("image height", image_size[1])
     notes: list[str] = []
     infotext: dict[str, str] = {}
 
@@ -395,8 +401,8 @@ def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
 
     The unmasked pixels (weighted by 255 − mask) are blurred with radii 256, 64, 16, 4, 2 and 0 and
     the layers alpha-composited in that order (premultiplied, so transparent pixels do not darken
-    the blur); radius 0 restores the unmasked pixels. Returns RGB. Not very effective on purpose-
-    ful detail, as in A1111: it only gives the sampler the surrounding colours to start from."""
+    the blur); radius 0 restores the unmasked pixels. Returns RGB. As in A1111 it brings no
+    detail, only the surrounding colours for the sampler to start from."""
     if mask.size != image.size:
         raise ValueError(f"fill_masked: the mask is {mask.width}×{mask.height} but the image is "
                          f"{image.width}×{image.height}; resize the mask to the image first")
