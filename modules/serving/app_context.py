@@ -217,7 +217,7 @@ class AppContext:
         })
         log.warning("No checkpoints found in %s. Created a DEMO checkpoint with RANDOM weights: %s — it only "
                     "makes noise. Put .safetensors/.ckpt files in %s (or use --ckpt-dir to point at an A1111 "
-                    "models/Stable-diffusion folder) and press refresh.",
+                    "models/Stable-diffusion folder) and press refresh, or download one in the Models tab.",
                     ", ".join(str(d) for d in self.paths.checkpoint_dirs), path.name, self.paths.checkpoints_dir)
         self.checkpoints.refresh()
         return path
