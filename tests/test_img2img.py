@@ -418,3 +418,45 @@ def test_inpainting_mask_weight_shows_the_model_part_of_the_original(sd1_inpaint
 def test_inpainting_checkpoint_without_a_mask_is_refused(sd1_inpaint):
     with pytest.raises(ValueError, match="inpainting checkpoint .* needs a mask"):
         generate(sd1_inpaint, request(steps=2))
+
+
+@pytest.fixture(scope="module")
+def sd1_pix2pix(tmp_path_factory):
+    return load_checkpoint(write_checkpoint(tmp_path_factory.mktemp("i2i") / "p2p.safetensors", "sd1-pix2pix",
+                                            dtype=torch.float32))
+
+
+class EditRecorder(CFGHooks):
+    def __init__(self):
+        self.steps = []
+
+    def after_unet(self, step, out):
+        self.steps.append([step.x.clone(), step.image_cond.clone(), out.clone()])
+
+    def after_cfg(self, step, denoised):
+        self.steps[-1].append(denoised.clone())
+        return denoised
+
+
+def test_instruct_pix2pix_image_cfg_combines_three_predictions(sd1_pix2pix):
+    """Rows (prompt, image), (negative, image), (negative, zeros); the unscaled image latent as the 4
+    extra channels; denoised = uncond + cfg·(cond − img) + image_cfg·(img − uncond)."""
+    hooks = Hooks()
+    hooks.recorder = EditRecorder()
+    result = generate(sd1_pix2pix, request(steps=3, cfg_scale=6.0, image_cfg_scale=1.5), hooks=hooks)
+    with torch.no_grad():
+        pixels = torch.from_numpy(np.asarray(picture(), dtype=np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
+        image_latent = sd1_pix2pix.vae.encode(pixels).latent_dist.mean
+    assert hooks.recorder.steps
+    for x, image_cond, out, denoised in hooks.recorder.steps:
+        assert x.shape[0] == 3 and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+        torch.testing.assert_close(image_cond[:2], image_latent.expand(2, -1, -1, -1), rtol=1e-5, atol=1e-5)
+        assert torch.count_nonzero(image_cond[2]) == 0
+        cond, img, uncond = out[0:1], out[1:2], out[2:3]
+        torch.testing.assert_close(denoised, uncond + 6.0 * (cond - img) + 1.5 * (img - uncond), rtol=1e-5, atol=1e-5)
+    assert "Image CFG scale: 1.5" in result.infotexts[0]
+
+
+def test_instruct_pix2pix_refuses_and_with_image_cfg(sd1_pix2pix):
+    with pytest.raises(ValueError, match="AND is not supported"):
+        generate(sd1_pix2pix, request(steps=2, prompt="a AND b", image_cfg_scale=1.5))

@@ -283,12 +283,13 @@ class CFGDenoiser:
     (after the sampler's input scaling), the same for an image's conditional and unconditional rows.
     `blend` (or None): the latent-mask blend of inpainting with an ordinary mask
     (img2img.LatentBlend), applied to the latent before the model and to the combined result after
-    guidance, before the `after_cfg` listeners (A1111's order).
+    guidance, before the `after_cfg` listeners (A1111's order). `image_cfg_scale` (instruct-pix2pix,
+    None otherwise) switches to image CFG (`_edit_call`).
     """
 
     def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None, cfg_hooks: CFGHooks | None = None, *,
                  cond_padding: str = "none", empty_cond: torch.Tensor | None = None, total_steps: int = 0,
-                 image_cond: torch.Tensor | None = None, blend=None):
+                 image_cond: torch.Tensor | None = None, blend=None, image_cfg_scale: float | None = None):
         self.inner = inner
         self.cfg_hooks = cfg_hooks  # GenerationHooks.cfg_hooks; None: nobody listens
         self.total_steps = total_steps
@@ -302,6 +303,7 @@ class CFGDenoiser:
         self.step = 0
         self.image_cond = image_cond
         self.blend = blend
+        self.image_cfg_scale = image_cfg_scale
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
         import torch
@@ -309,6 +311,8 @@ class CFGDenoiser:
         batch = x.shape[0]
         if self.blend is not None:
             x = self.blend.before_model(x, sigma)
+        if self.image_cfg_scale is not None:
+            return self._edit_call(x, sigma)
         conds, weights, image_of_row = [], [], []
         for i in range(batch):
             for part in self.cond.batch[i]:
@@ -370,6 +374,52 @@ class CFGDenoiser:
         denoised = out_uncond.clone()
         for row, (image, weight) in enumerate(zip(image_of_row, weights)):
             denoised[image] += (out_cond[row] - out_uncond[image]) * (weight * self.cfg_scale)
+        if self.blend is not None:
+            denoised = self.blend.after_guidance(denoised)
+        if step is not None:
+            denoised = self.cfg_hooks.after_cfg(step, denoised)
+        self.step += 1
+        return denoised
+
+    def _edit_call(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """instruct-pix2pix image CFG (Brooks et al. 2023, "InstructPix2Pix", arXiv:2211.09800, eq. 3),
+        as A1111: three rows per image — (prompt, image), (negative prompt, image), (negative prompt,
+        zero image) — combined as `uncond + cfg·(cond − img) + image_cfg·(img − uncond)`. AND is
+        refused (A1111 refuses it too). The listeners see the three groups in that order: `x` has
+        3·batch rows, `cond_rows` = batch, `text_uncond` one row per image (used by groups 2 and 3)."""
+        import torch
+
+        batch = x.shape[0]
+        if any(len(self.cond.batch[i]) != 1 for i in range(batch)):
+            raise ValueError("AND is not supported with image CFG for instruct-pix2pix checkpoints; write one "
+                             "prompt, or set image_cfg_scale to 1")
+        conds = [conditioning_at_step(self.cond.batch[i][0].schedules, self.step) for i in range(batch)]
+        unconds = [conditioning_at_step(self.uncond[i], self.step) for i in range(batch)]
+        cond_context = _pad_to_length([c.crossattn for c in conds])
+        uncond_context = _pad_to_length([u.crossattn for u in unconds])
+        sigma_rows = sigma if sigma.ndim else sigma.expand(batch)
+        image = self.image_cond
+        x_in, sigma_in = torch.cat([x, x, x]), torch.cat([sigma_rows] * 3)
+        image_in = torch.cat([image, image, torch.zeros_like(image)])
+        step = None
+        if self.cfg_hooks is not None:
+            step = CFGStep(x=x_in, image_cond=image_in, sigma=sigma_in, text_cond=cond_context,
+                           text_uncond=uncond_context, step=self.step, total_steps=self.total_steps, cond_rows=batch)
+            self.cfg_hooks.before_unet(step)
+            x_in, sigma_in, image_in = step.x, step.sigma, step.image_cond
+            cond_context, uncond_context = _context_parts(step.text_cond)[0], _context_parts(step.text_uncond)[0]
+        if cond_context.shape[1] == uncond_context.shape[1]:
+            out = self.inner(x_in, sigma_in, torch.cat([cond_context, uncond_context, uncond_context]),
+                             {"c_concat": image_in})
+        else:  # the prompt rows alone, then both negative-prompt groups at their own length
+            out = torch.cat([
+                self.inner(x_in[:batch], sigma_in[:batch], cond_context, {"c_concat": image_in[:batch]}),
+                self.inner(x_in[batch:], sigma_in[batch:], torch.cat([uncond_context, uncond_context]),
+                           {"c_concat": image_in[batch:]})])
+        if step is not None:
+            self.cfg_hooks.after_unet(step, out)
+        out_cond, out_img, out_uncond = out.chunk(3)
+        denoised = out_uncond + self.cfg_scale * (out_cond - out_img) + self.image_cfg_scale * (out_img - out_uncond)
         if self.blend is not None:
             denoised = self.blend.after_guidance(denoised)
         if step is not None:
@@ -891,7 +941,7 @@ def _img2img_pass(run: _Run, batch: _Batch, noise: torch.Tensor):
     from modules.generation.sampling.timesteps import a1111_timesteps
 
     init, sampler, device = run.img2img, run.sampler, run.model.device
-    latent = init.latent
+    latent = init.latent.clone()  # a hook's in-place edit changes this pass, not the next batch's
     if init.noise_multiplier != 1.0:
         noise = noise * init.noise_multiplier
     run.hooks.before_every_sampling(run.plan, latent, noise, batch.cond, batch.uncond)
@@ -926,7 +976,8 @@ def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, no
         _timestep_inner(run.model, run.alphas_cumprod), batch.cond, batch.uncond,
         run.request.cfg_scale, batch.time_ids, run.hooks.cfg_hooks(plan, total_steps),
         cond_padding=settings.cond_padding, empty_cond=batch.empty_cond, total_steps=total_steps,
-        image_cond=run.img2img.image_cond if run.img2img is not None else None, blend=blend)
+        image_cond=run.img2img.image_cond if run.img2img is not None else None, blend=blend,
+        image_cfg_scale=run.img2img.image_cfg_scale if run.img2img is not None else None)
     try:
         return _call_sampler(run, denoiser, x_start, sigmas_or_steps, _step_callback(run, batch.progress_offset),
                              noise_fn), None

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from modules.generation.requests import INPAINTING_FILLS, LATENT_UPSCALE_RESIZE_MODE, Img2ImgRequest
+from modules.generation.requests import LATENT_UPSCALE_RESIZE_MODE, Img2ImgRequest
 
 if TYPE_CHECKING:
     import torch
@@ -105,6 +105,7 @@ class Img2ImgInit:
     infotext: dict[str, Any] = field(default_factory=dict)  # A1111's init-time keys, in its order
     repaint: torch.Tensor | None = None  # (1, 1, H/8, W/8) in [0, 1]
     image_cond: torch.Tensor | None = None
+    image_cfg_scale: float | None = None  # instruct-pix2pix image CFG; None: plain CFG
     overlays: tuple = ()  # per batch image: the original pixels kept (RGBA) or None
     paste_to: tuple[int, int, int, int] | None = None
     color_references: tuple = ()  # per batch image, with img2img_color_correction
@@ -221,9 +222,6 @@ def prepare_init(model, request: Img2ImgRequest, settings: Img2ImgSettings = Img
     if extra_channels == 5 and request.mask is None:
         raise ValueError("mask: this is an inpainting checkpoint (9-channel UNet); it needs a mask (white = "
                          "repaint). For img2img without a mask, pick an ordinary checkpoint")
-    if extra_channels == 4 and request.image_cfg_scale not in (None, 1.0):
-        raise ValueError("image_cfg_scale: image CFG for instruct-pix2pix checkpoints is not available yet; "
-                         "leave it empty or 1")
     if extra_channels not in (0, 4, 5):
         raise ValueError(f"the checkpoint's UNet takes {int(model.unet.config.in_channels)} input channels; "
                          "img2img knows 4 (ordinary), 8 (instruct-pix2pix) and 9 (inpainting)")
@@ -243,15 +241,14 @@ def prepare_init(model, request: Img2ImgRequest, settings: Img2ImgSettings = Img
             raise EmptyMaskError("mask: the mask selects nothing (after invert and blur), so there is nothing to "
                                  "inpaint; paint the area to repaint in white, or send no mask for img2img")
         infotext.update(prepared.infotext)
-        if request.inpainting_fill != 1:
-            infotext["Masked content"] = INPAINTING_FILLS[request.inpainting_fill]
 
     pictures, overlays, references = [], [], []
     done: dict[int, tuple] = {}  # a repeated image is prepared once
     for image in images:
         if id(image) not in done:
             done[id(image)] = _prepare_image(image, request, settings, prepared, ops)
-        picture, overlay, reference = done[id(image)]
+        picture, overlay, reference, image_infotext = done[id(image)]
+        infotext.update(image_infotext)  # Masked content, the same for every image
         pictures.append(picture)
         overlays.append(overlay)
         references.append(reference)
@@ -277,7 +274,7 @@ def prepare_init(model, request: Img2ImgRequest, settings: Img2ImgSettings = Img
         elif request.inpainting_fill == 3:  # latent nothing
             latent = latent * (1 - repaint)
 
-    image_cond = None
+    image_cond, image_cfg_scale = None, None
     if extra_channels == 5:
         image_cond = inpainting_conditioning(model, pictures, prepared.mask, round_mask=request.mask_round,
                                              weight=settings.mask_weight, latent_size=latent.shape[-2:])
@@ -286,10 +283,14 @@ def prepare_init(model, request: Img2ImgRequest, settings: Img2ImgSettings = Img
         # instruct-pix2pix: the image's latent *unscaled* (its training used the first stage's output as
         # it is), before any latent fill; A1111 takes the posterior mode, which is the mean.
         image_cond = torch.cat([latents[id(picture)] for picture in pictures]) / model.vae.config.scaling_factor
+        if request.image_cfg_scale is not None:
+            infotext["Image CFG scale"] = request.image_cfg_scale
+            # A1111 combines three predictions only when the scale is not 1 (at 1 plain CFG is used).
+            image_cfg_scale = request.image_cfg_scale if request.image_cfg_scale != 1.0 else None
     return Img2ImgInit(latent=latent, steps=img2img_steps(request.steps, request.denoising_strength,
                                                           settings.fix_steps),
                        noise_multiplier=settings.noise_multiplier, infotext=infotext, repaint=repaint,
-                       image_cond=image_cond, overlays=tuple(overlays),
+                       image_cond=image_cond, image_cfg_scale=image_cfg_scale, overlays=tuple(overlays),
                        paste_to=prepared.paste_to if prepared is not None else None,
                        color_references=tuple(references) if settings.color_correction else (),
                        notes=prepared.notes if prepared is not None else ())
@@ -297,25 +298,25 @@ def prepare_init(model, request: Img2ImgRequest, settings: Img2ImgSettings = Img
 
 def _prepare_image(image, request: Img2ImgRequest, settings: Img2ImgSettings, prepared, ops) -> tuple:
     """One init image as A1111's `init()` treats it: (picture to encode, overlay or None, colour
-    correction reference or None)."""
+    correction reference or None, infotext keys)."""
     image = ops.flatten_alpha(image, settings.background)
     latent_upscale = request.resize_mode == LATENT_UPSCALE_RESIZE_MODE
-    if (prepared is None or prepared.crop_region is None) and not latent_upscale:
-        image = ops.resize_image(request.resize_mode, image, request.width, request.height)
-    overlay = None
-    if prepared is not None:
-        if image.size != prepared.overlay_mask.size:
-            raise ValueError(f"resize_mode: {ops.RESIZE_MODES[request.resize_mode]!r} with a mask needs the init "
-                             f"image at {request.width}x{request.height} (it is {image.width}x{image.height}); "
-                             "pick another resize mode or resize the image first")
-        overlay = ops.make_overlay(image, prepared.overlay_mask)
-        if prepared.crop_region is not None:
-            image = ops.resize_image(2, image.crop(prepared.crop_region), request.width, request.height)
-        if request.inpainting_fill != 1:
-            image = ops.fill_masked(image.convert("RGB"), prepared.mask)
+    overlay, infotext = None, {}
+    if prepared is None:
+        if not latent_upscale:
+            image = ops.resize_image(request.resize_mode, image, request.width, request.height)
+    else:
+        if latent_upscale and prepared.crop_region is None and image.size != (request.width, request.height):
+            # The result is W×H and could not be pasted onto an original of another size (A1111 fails later).
+            raise ValueError(f"resize_mode: {ops.RESIZE_MODES[request.resize_mode]!r} with a mask over the whole "
+                             f"picture needs the init image at {request.width}x{request.height} (it is "
+                             f"{image.width}x{image.height}); pick another resize mode or resize the image first")
+        masked = ops.prepare_masked_init(image, prepared, width=request.width, height=request.height,
+                                         resize_mode=request.resize_mode, masked_content=request.inpainting_fill)
+        image, overlay, infotext = masked.image, masked.overlay, masked.infotext
     image = image.convert("RGB")
     reference = ops.color_correction_reference(image) if settings.color_correction else None
-    return image, overlay, reference
+    return image, overlay, reference, infotext
 
 
 def inpainting_conditioning(model, pictures: list, mask, *, round_mask: bool, weight: float,

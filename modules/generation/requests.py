@@ -99,7 +99,6 @@ class GenerationRequest(BaseModel):
 
 
 LATENT_UPSCALE_RESIZE_MODE = 3  # "Just resize (latent upscale)" (img2img_images.RESIZE_MODES)
-INPAINTING_FILLS = ("fill", "original", "latent noise", "latent nothing")
 
 
 def _is_image(value: Any) -> bool:
@@ -131,7 +130,7 @@ class Img2ImgRequest(GenerationRequest):
     mask_blur_x: int = Field(4, ge=0, le=64, json_schema_extra={"ui_step": 1})
     mask_blur_y: int = Field(4, ge=0, le=64, json_schema_extra={"ui_step": 1})
     mask_round: bool = True
-    inpainting_fill: int = Field(0, ge=0, le=3)  # INPAINTING_FILLS
+    inpainting_fill: int = Field(0, ge=0, le=3)  # fill, original, latent noise, latent nothing
     inpaint_full_res: bool = True  # "Inpaint area: Only masked"
     inpaint_full_res_padding: int = Field(0, ge=0, le=256, json_schema_extra={"ui_step": 4})
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
