@@ -934,7 +934,7 @@ def _first_pass(run: _Run, batch: _Batch, x: torch.Tensor):
 
 def _img2img_pass(run: _Run, batch: _Batch, noise: torch.Tensor):
     """Sample the batch from its init latents noised to the denoising strength, over the tail of the
-    schedule (A1111's `sample_img2img`, A1111.md §13.4); `noise` is the batch's first seeded noise.
+    schedule (A1111's `sample_img2img`); `noise` is the batch's first seeded noise.
     Returns (samples, StopSampling or None)."""
     from modules.generation.img2img import noised_start_sigmas, noised_start_timesteps
     from modules.generation.sampling.registry import build_sigmas

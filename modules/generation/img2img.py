@@ -1,18 +1,20 @@
-"""img2img in the txt2img core: the stages `engine.generate` runs for an `Img2ImgRequest`.
+"""img2img and inpainting in the txt2img core: the stages `engine.generate` runs for an
+`Img2ImgRequest` (modules.generation.requests), a `GenerationRequest` with init images. The same
+denoise loop (`engine._sample`, `CFGDenoiser`) samples both. What img2img adds, in A1111's order
+(docs/IMG2IMG.md has the table):
 
-An `Img2ImgRequest` (modules.generation.requests) is a `GenerationRequest` with init images; `engine.generate` takes either, and
-the same denoise loop (`engine._sample`, `CFGDenoiser`) samples both. What img2img adds, in A1111's
-order (A1111.md §13.3-13.5):
-
-1. `prepare_init`, once per request: each init image flattened onto the background colour, resized
-   (`resize_mode`), VAE-encoded (the posterior *mean*: deterministic; A1111 samples the posterior
-   from torch's unseeded global RNG), and for "Just resize (latent upscale)" the latent resized
-   bilinearly to the request's size.
+1. `prepare_init`, once per request: the mask prepared; each init image flattened onto the
+   background colour, resized (`resize_mode`) or cropped to the masked area, filled, VAE-encoded
+   (the posterior *mean*: deterministic; A1111 samples the posterior from torch's unseeded global
+   RNG); for "Just resize (latent upscale)" the latent resized bilinearly to the request's size; the
+   latent mask and the image conditioning of inpainting / instruct-pix2pix checkpoints.
 2. `img2img_steps`: denoising strength → the schedule length and the number of steps skipped
    (A1111's `setup_img2img_steps`, with the `img2img_fix_steps` setting).
 3. Per batch, `engine._img2img_pass`: the batch's seeded first noise × `initial_noise_multiplier`,
    added to the init latent at the schedule's start (`noised_start_sigmas` for the k-diffusion
-   samplers, `noised_start_timesteps` for DDIM/PLMS/UniPC), then the tail of the schedule.
+   samplers, `noised_start_timesteps` for DDIM/PLMS/UniPC), then the tail of the schedule, with
+   the `LatentBlend` of a mask at every model evaluation and on the samples.
+4. `finish_image` per decoded image: colour correction, paste-back onto the original.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Img2ImgSteps:
 
 
 def img2img_steps(steps: int, strength: float, fix_steps: bool) -> Img2ImgSteps:
-    """A1111's `setup_img2img_steps` (A1111.md §13.4).
+    """A1111's `setup_img2img_steps`.
 
     Default: `t_enc = int(min(d, 0.999) * steps)` on a normal `steps` schedule: t_enc + 1 steps run
     (20 steps, d = 0.75 → 16; d = 0 → one step at the smallest sigma; d = 1 → all 20).
@@ -121,7 +123,7 @@ class Img2ImgInit:
 @dataclass(frozen=True)
 class LatentBlend:
     """Inpainting with an ordinary checkpoint: what lies outside the mask is put back from the init
-    latent at every model evaluation, so only the masked area is denoised (A1111.md §13.4).
+    latent at every model evaluation, so only the masked area is denoised.
 
     k-diffusion samplers: the guided x0 prediction becomes `denoised · repaint + init · (1 − repaint)`
     after each evaluation (A1111's order). Timestep samplers predict noise, where that blend has no
@@ -161,15 +163,6 @@ def _images_for_batch(request: Img2ImgRequest) -> list:
     return images * request.batch_size if len(images) == 1 else images
 
 
-def preprocess_image(image: Image.Image, request: Img2ImgRequest, background: str) -> Image.Image:
-    """Transparency flattened onto `background` (setting `img2img_background_color`), then resized
-    to the request's size with its resize mode (mode 3 keeps the native size: the latent is resized)."""
-    from modules.generation.img2img_images import flatten_alpha, resize_image
-
-    image = flatten_alpha(image, background)
-    return resize_image(request.resize_mode, image, request.width, request.height).convert("RGB")
-
-
 def _pixels(images: list) -> torch.Tensor:
     """RGB PIL images of one size → (B, 3, H, W) float32 in [−1, 1]."""
     import numpy as np
@@ -207,7 +200,7 @@ def unet_extra_channels(model) -> int:
 
 def prepare_init(model, request: Img2ImgRequest, settings: Img2ImgSettings = Img2ImgSettings(), *,
                  fill_seeds: list[int] | tuple[int, ...] = ()) -> Img2ImgInit:
-    """A1111's img2img `init()` (A1111.md §13.3, §13.5): mask preparation, each init image flattened,
+    """A1111's img2img `init()`: mask preparation, each init image flattened,
     resized (or cropped to the masked area), filled and encoded once per request; the latent mask
     with "latent noise" (seeded by `fill_seeds`, the first batch's seeds, as A1111) or "latent
     nothing"; the image conditioning of inpainting / instruct-pix2pix checkpoints; the init-time
@@ -321,7 +314,7 @@ def _prepare_image(image, request: Img2ImgRequest, settings: Img2ImgSettings, pr
 
 def inpainting_conditioning(model, pictures: list, mask, *, round_mask: bool, weight: float,
                             latent_size) -> torch.Tensor:
-    """The 5 extra UNet channels of an inpainting checkpoint (A1111.md §13.5): the W×H mask (rounded
+    """The 5 extra UNet channels of an inpainting checkpoint: the W×H mask (rounded
     with `round_mask`) nearest-resized to the latent size, then the latent of the masked image
     `lerp(img, img · (1 − mask), weight)` in [−1, 1] (masked pixels go to mid-grey at weight 1)."""
     import numpy as np
@@ -342,7 +335,7 @@ def inpainting_conditioning(model, pictures: list, mask, *, round_mask: bool, we
 
 
 def finish_image(init: Img2ImgInit, index: int, image: Image.Image) -> Image.Image:
-    """A decoded image as img2img returns it (A1111.md §13.7): colour-corrected to its init image
+    """A decoded image as img2img returns it: colour-corrected to its init image
     (setting `img2img_color_correction`), then pasted back onto the original through the mask's
     overlay (inpainting; "Only masked" returns the original's size)."""
     from modules.generation import img2img_images as ops
