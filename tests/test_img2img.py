@@ -124,6 +124,13 @@ def test_image_count_sets_or_limits_the_batch():
         Img2ImgRequest(init_images=[picture()] * 3, batch_size=2)
 
 
+def test_latent_upscale_refuses_an_image_too_large_to_encode_at_its_size():
+    huge = Image.new("RGB", (4096, 1025))
+    with pytest.raises(ValidationError, match=r"init_images\[0\] is 4096x1025.*at most 4,194,304 pixels"):
+        request(init_images=[huge], resize_mode=3)
+    assert request(init_images=[huge], resize_mode=0).resize_mode == 0  # resized before encoding
+
+
 def test_hires_is_refused():
     with pytest.raises(ValidationError, match="enable_hr"):
         request(enable_hr=True)

@@ -99,6 +99,9 @@ class GenerationRequest(BaseModel):
 
 
 LATENT_UPSCALE_RESIZE_MODE = 3  # "Just resize (latent upscale)" (img2img_images.RESIZE_MODES)
+# "Just resize (latent upscale)" VAE-encodes an init image at its own size: the request's size limit
+# (2048²) holds for it too, so a huge upload cannot make the encoder allocate without bound.
+MAX_NATIVE_ENCODE_PIXELS = 2048 * 2048
 
 
 def _is_image(value: Any) -> bool:
@@ -179,4 +182,10 @@ class Img2ImgRequest(GenerationRequest):
                              "give one image, or at most batch_size images")
         if self.enable_hr:
             raise ValueError("enable_hr (hires fix) is a txt2img option; img2img has no hires pass")
+        if self.resize_mode == LATENT_UPSCALE_RESIZE_MODE:
+            for index, image in enumerate(self.init_images):
+                if image.width * image.height > MAX_NATIVE_ENCODE_PIXELS:
+                    raise ValueError(f"init_images[{index}] is {image.width}x{image.height}; \"Just resize (latent "
+                                     f"upscale)\" encodes it at that size, at most {MAX_NATIVE_ENCODE_PIXELS:,} pixels "
+                                     "(2048x2048): pick another resize mode or send a smaller image")
         return self
