@@ -467,3 +467,23 @@ def test_instruct_pix2pix_image_cfg_combines_three_predictions(sd1_pix2pix):
 def test_instruct_pix2pix_refuses_and_with_image_cfg(sd1_pix2pix):
     with pytest.raises(ValueError, match="AND is not supported"):
         generate(sd1_pix2pix, request(steps=2, prompt="a AND b", image_cfg_scale=1.5))
+
+
+def test_txt2img_on_an_inpainting_checkpoint_masks_everything(sd1_inpaint):
+    """A1111's txt2img conditioning for inpainting checkpoints: an all-ones mask and the latent of a
+    mid-grey image (0 in [−1, 1])."""
+    from modules.generation.engine import GenerationRequest
+
+    seen = []
+    handle = sd1_inpaint.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        result = generate(sd1_inpaint, GenerationRequest(prompt="a cat", width=SIZE, height=SIZE, steps=2, seed=3))
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        grey = (sd1_inpaint.vae.encode(torch.zeros(1, 3, SIZE, SIZE)).latent_dist.mean
+                * sd1_inpaint.vae.config.scaling_factor)
+    assert result.images[0].size == (SIZE, SIZE)
+    for x in seen:
+        assert x.shape[1] == 9 and torch.equal(x[:, 4], torch.ones_like(x[:, 4]))
+        torch.testing.assert_close(x[:, 5:], grey.expand(x.shape[0], -1, -1, -1), rtol=1e-5, atol=1e-5)

@@ -924,12 +924,27 @@ def _first_pass(run: _Run, batch: _Batch, x: torch.Tensor):
     if run.img2img is not None:
         return _img2img_pass(run, batch, x)
     run.hooks.before_every_sampling(run.plan, x, x, batch.cond, batch.uncond)
+    image_cond = _txt2img_image_cond(run, x)
     if sampler.kind == "sigmas":
         sigmas = build_sigmas(sampler, run.scheduler, run.request.steps, run.schedule).to(run.model.device)
         noise_fn = _noise_source(sampler, batch.rng, x, batch.seeds, sigmas)
-        return _sample(run, batch, x * sigmas[0], sigmas, noise_fn)
+        return _sample(run, batch, x * sigmas[0], sigmas, noise_fn, image_cond=image_cond)
     noise_fn = _noise_source(sampler, batch.rng, x, batch.seeds, None)
-    return _sample(run, batch, x, a1111_timesteps(run.request.steps), noise_fn)
+    return _sample(run, batch, x, a1111_timesteps(run.request.steps), noise_fn, image_cond=image_cond)
+
+
+def _txt2img_image_cond(run: _Run, x: torch.Tensor):
+    """txt2img on an inpainting checkpoint: everything is "masked" (A1111's `txt2img_image_conditioning`);
+    None for the other checkpoints."""
+    from modules.generation.img2img import txt2img_inpainting_conditioning, unet_extra_channels
+
+    extra = unet_extra_channels(run.model)
+    if extra == 5:
+        return txt2img_inpainting_conditioning(run.model, x.shape[0], x.shape[-2] * 8, x.shape[-1] * 8)
+    if extra:
+        raise ValueError(f"this checkpoint's UNet takes {extra} extra input channels (instruct-pix2pix): it edits an "
+                         "image; use img2img with an init image")
+    return None
 
 
 def _img2img_pass(run: _Run, batch: _Batch, noise: torch.Tensor):
@@ -952,23 +967,25 @@ def _img2img_pass(run: _Run, batch: _Batch, noise: torch.Tensor):
         # The SDE samplers' Brownian tree spans the whole schedule, as in A1111.
         noise_fn = _noise_source(sampler, batch.rng, latent, batch.seeds, sigmas)
         blend = init.blend(noise, None)
-        samples, stop = _sample(run, batch, noised_start_sigmas(latent, noise, tail[0]), tail, noise_fn, blend)
+        samples, stop = _sample(run, batch, noised_start_sigmas(latent, noise, tail[0]), tail, noise_fn, blend,
+                                image_cond=init.image_cond)
     else:
         timesteps = a1111_timesteps(plan.schedule_steps)
         alpha = run.alphas_cumprod[timesteps[plan.t_enc]].to(device=device, dtype=latent.dtype)
         noise_fn = _noise_source(sampler, batch.rng, latent, batch.seeds, None)
         blend = init.blend(noise, run.alphas_cumprod)
         samples, stop = _sample(run, batch, noised_start_timesteps(latent, noise, alpha), timesteps[:plan.t_enc],
-                                noise_fn, blend)
+                                noise_fn, blend, image_cond=init.image_cond)
     if blend is not None:  # the unmasked area is the init's exactly, interrupted or not
         samples = blend.final(samples)
     return samples, stop
 
 
-def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, noise_fn, blend=None):
+def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, noise_fn, blend=None, *,
+            image_cond=None):
     """One sampler run on `batch`'s conds; returns (samples, StopSampling or None). An interrupt or a
-    skip stops it early with the latent at that step. img2img passes its image conditioning (on
-    `run.img2img`) and its latent-mask `blend` to the denoiser."""
+    skip stops it early with the latent at that step. `image_cond` (inpainting / instruct-pix2pix
+    checkpoints) and img2img's latent-mask `blend` go to the denoiser."""
     sampler, settings, plan = run.sampler, run.settings, run.plan
     total_steps = len(sigmas_or_steps) - (sampler.kind == "sigmas")
     denoiser = CFGDenoiser(
@@ -976,7 +993,7 @@ def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, no
         _timestep_inner(run.model, run.alphas_cumprod), batch.cond, batch.uncond,
         run.request.cfg_scale, batch.time_ids, run.hooks.cfg_hooks(plan, total_steps),
         cond_padding=settings.cond_padding, empty_cond=batch.empty_cond, total_steps=total_steps,
-        image_cond=run.img2img.image_cond if run.img2img is not None else None, blend=blend,
+        image_cond=image_cond, blend=blend,
         image_cfg_scale=run.img2img.image_cfg_scale if run.img2img is not None else None)
     try:
         return _call_sampler(run, denoiser, x_start, sigmas_or_steps, _step_callback(run, batch.progress_offset),
@@ -1186,7 +1203,8 @@ def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor):
     # After this the pass's steps, size and strength are fixed: changes a hook makes to them are not read.
     run.hooks.before_hr(run.plan)
     run.hooks.before_every_sampling(run.plan, latents, noise, cond, uncond)
-    return _sample(run, hires, latents + noise * sigma_sched[0], sigma_sched, noise_fn)
+    return _sample(run, hires, latents + noise * sigma_sched[0], sigma_sched, noise_fn,
+                   image_cond=_txt2img_image_cond(run, latents))
 
 
 def _decode(model, samples: torch.Tensor, result: GenerationResult) -> torch.Tensor:

@@ -334,6 +334,16 @@ def inpainting_conditioning(model, pictures: list, mask, *, round_mask: bool, we
     return torch.cat([small_mask, masked_latent], dim=1)
 
 
+def txt2img_inpainting_conditioning(model, batch: int, width: int, height: int) -> torch.Tensor:
+    """What an inpainting checkpoint gets in txt2img (A1111's `txt2img_image_conditioning`): an
+    all-ones mask and the latent of a mid-grey image (0 in [−1, 1]), i.e. "repaint everything"."""
+    import torch
+
+    grey = encode_pixels(model, torch.zeros(1, 3, height, width))
+    ones = torch.ones(1, 1, *grey.shape[-2:], device=grey.device)
+    return torch.cat([ones, grey], dim=1).expand(batch, -1, -1, -1)
+
+
 def finish_image(init: Img2ImgInit, index: int, image: Image.Image) -> Image.Image:
     """A decoded image as img2img returns it: colour-corrected to its init image
     (setting `img2img_color_correction`), then pasted back onto the original through the mask's
