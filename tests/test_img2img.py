@@ -487,3 +487,13 @@ def test_txt2img_on_an_inpainting_checkpoint_masks_everything(sd1_inpaint):
     for x in seen:
         assert x.shape[1] == 9 and torch.equal(x[:, 4], torch.ones_like(x[:, 4]))
         torch.testing.assert_close(x[:, 5:], grey.expand(x.shape[0], -1, -1, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_variation_seed_noise_is_txt2img_s(sd1):
+    """Seeds, variation seeds and their strength make the same first noise as in txt2img."""
+    result, hooks = run(sd1, seed=5, subseed=9, subseed_strength=0.4, denoising_strength=0.5)
+    noise = ImageRNG((4, SIZE // 8, SIZE // 8), [5], [9], 0.4).first()
+    sigma = sigmas_for(sd1, "Euler", 20)[20 - 10 - 1]
+    torch.testing.assert_close(hooks.recorder.x[0], vae_mean_latent(sd1, picture()) + noise * sigma,
+                               rtol=1e-5, atol=1e-5)
+    assert "Variation seed: 9" in result.infotexts[0] and "Variation seed strength: 0.4" in result.infotexts[0]
