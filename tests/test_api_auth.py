@@ -164,6 +164,11 @@ def test_credentials_open_their_own_side_only(guarded_app):
     assert client.get("/", headers=ui).status_code == 200
     assert client.get("/", headers=api).status_code == 401
     assert client.get("/my-ext/hello", headers=ui).json() == {"hello": "world"}
+    # Atelier's API takes the API's credentials; the page's own opts route the browser's (the UI's).
+    assert client.get("/atelier/v1/models/downloads", headers=api).status_code == 200
+    assert client.get("/atelier/v1/models/downloads", headers=ui).status_code == 401
+    assert client.get("/atelier/opts.json", headers=ui).status_code == 200
+    assert client.get("/atelier/opts.json", headers=api).status_code == 401
     for header in ({"Authorization": "Bearer abc"}, {"Authorization": "Basic %%%"},
                    {"Authorization": "Basic " + "YXBp"}):  # "api" without a colon
         assert client.get("/sdapi/v1/samplers", headers=header).status_code == 401

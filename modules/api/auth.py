@@ -6,8 +6,9 @@ alike), so no route can be added that skips it. Two credential sets (A1111's fla
 - `--gradio-auth "u:p,u2:p2"` and `--gradio-auth-path FILE` (pairs separated by commas or
   newlines, each split on its first `:`; both sources combine) guard the UI side: everything that is
   not the API.
-- `--api-auth "u:p,..."` guards the API side: `/sdapi/*`, Atelier's own `/atelier/*` routes and the
-  OpenAPI docs (`/docs`, `/redoc`, `/openapi.json`).
+- `--api-auth "u:p,..."` guards the API side: `/sdapi/*`, Atelier's own API `/atelier/v1/*` and the
+  OpenAPI docs (`/docs`, `/redoc`, `/openapi.json`). The page's own routes under `/atelier/`
+  (`/atelier/opts.json`) are the UI's.
 
 Where A1111 leaves a side open, Atelier does not: without `--api-auth` the API takes the UI's
 credentials, and without `--gradio-auth` the UI takes the API's, so with any auth flag given no route
@@ -37,8 +38,9 @@ REALM = "Atelier"
 
 
 def is_api_path(path: str) -> bool:
-    """A1111's `/sdapi`, Atelier's own `/atelier` routes and the API docs."""
-    return (path in ("/sdapi", "/atelier") or path.startswith(("/sdapi/", "/atelier/"))
+    """A1111's `/sdapi`, Atelier's own API `/atelier/v1` and the API docs (not the page's routes
+    under `/atelier/`, which the browser calls with the UI's credentials)."""
+    return (path in ("/sdapi", "/atelier/v1") or path.startswith(("/sdapi/", "/atelier/v1/"))
             or path in API_DOC_PATHS)
 
 
