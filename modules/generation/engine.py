@@ -374,6 +374,11 @@ class CFGDenoiser:
         denoised = out_uncond.clone()
         for row, (image, weight) in enumerate(zip(image_of_row, weights)):
             denoised[image] += (out_cond[row] - out_uncond[image]) * (weight * self.cfg_scale)
+        return self._finish_step(step, denoised)
+
+    def _finish_step(self, step: CFGStep | None, denoised: torch.Tensor) -> torch.Tensor:
+        """After guidance: the inpainting blend (A1111's on_mask_blend point), then the after-CFG
+        listeners; counts the step."""
         if self.blend is not None:
             denoised = self.blend.after_guidance(denoised)
         if step is not None:
@@ -420,12 +425,7 @@ class CFGDenoiser:
             self.cfg_hooks.after_unet(step, out)
         out_cond, out_img, out_uncond = out.chunk(3)
         denoised = out_uncond + self.cfg_scale * (out_cond - out_img) + self.image_cfg_scale * (out_img - out_uncond)
-        if self.blend is not None:
-            denoised = self.blend.after_guidance(denoised)
-        if step is not None:
-            denoised = self.cfg_hooks.after_cfg(step, denoised)
-        self.step += 1
-        return denoised
+        return self._finish_step(step, denoised)
 
     def _before_unet(self, x_cond, x, sigma_cond, sigma_uncond, cond_context, uncond_context,
                      pooled_cond, pooled_uncond, image_cond_rows=None) -> CFGStep:
