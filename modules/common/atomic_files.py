@@ -134,6 +134,39 @@ def write_bytes(final: str | os.PathLike, data: bytes, *, what: str,
     return target
 
 
+# Errors of a file system that has no hard links (FAT, some network mounts) or refuses one here.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
+
+
+def place_without_replacing(source: str | os.PathLike, final: str | os.PathLike) -> bool:
+    """Give the finished file `source` the name `final` only if no file has that name: True when
+    placed (`source` is gone), False when the name is taken (`source` stays). A hard link fails on a
+    taken name where a rename would silently replace a file that appeared since the name was
+    chosen; on a file system without hard links, an existence check and a rename."""
+    try:
+        os.link(source, final)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(final):
+            return False
+        os.replace(source, final)
+        return True
+    os.unlink(source)
+    return True
+
+
+def numbered_names(final: str | os.PathLike, limit: int = 10_000) -> Iterable[Path]:
+    """`final`, then `<stem>-1<suffix>`, `<stem>-2<suffix>`, ...: the names tried, in order, for a
+    new file that must not replace another."""
+    final = Path(final)
+    yield final
+    for number in range(1, limit):
+        yield final.with_name(f"{final.stem}-{number}{final.suffix}")
+
+
 def remove_stale_temp_files(folders: Iterable[tuple[str | os.PathLike, int]]) -> list[Path]:
     """Remove the temp files that earlier (killed) processes left in each `(folder, depth)`:
     `depth` 0 looks in the folder only, 1 also in its subfolders, and so on. Folders that do not

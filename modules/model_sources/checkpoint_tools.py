@@ -43,7 +43,6 @@ Decisions, and their price:
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -53,7 +52,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from modules.common.atomic_files import format_size, temp_path_for
+from modules.common.atomic_files import format_size, numbered_names, place_without_replacing, temp_path_for
 from modules.library.hashes import decode_safetensors_metadata
 from modules.library.model_detection import UnsupportedCheckpointError, detect_architecture, normalize_keys
 from modules.library.safetensors_io import SafetensorsFormatError, SafetensorsReader, torch_dtypes
@@ -654,16 +653,11 @@ def _destination(source: Path, destination: str | os.PathLike | None, tag: str) 
 
 def free_name(path: Path) -> Path:
     """`path` if nothing is there, else `<stem>-1<suffix>`, `<stem>-2<suffix>`, ... (the first free)."""
-    for number in range(_MAX_NAME_NUMBER):
-        candidate = _numbered(path, number)
+    for candidate in numbered_names(path, _MAX_NAME_NUMBER):
         if not os.path.lexists(candidate):
             return candidate
     raise CheckpointToolError(f"{path.parent} already holds {path.stem}-1 ... -{_MAX_NAME_NUMBER - 1}; choose "
                               "another name", status=409)
-
-
-def _numbered(path: Path, number: int) -> Path:
-    return path if number == 0 else path.with_name(f"{path.stem}-{number}{path.suffix}")
 
 
 def _output_metadata(source: _Source, kind: str) -> dict[str, str]:
@@ -714,22 +708,9 @@ def _write(source: _Source, target: Path, plan: list[_Planned], kind: str, dropp
 
 def _place(stage: Path, target: Path) -> Path:
     """Give the finished `stage` file the first free name from `target` on, never replacing a file
-    that appeared since the name was chosen: a hard link fails on a taken name where a rename would
-    replace it. File systems without hard links get a rename after an existence check."""
-    for number in range(_MAX_NAME_NUMBER):
-        candidate = _numbered(target, number)
-        try:
-            os.link(stage, candidate)
-        except FileExistsError:
-            continue
-        except OSError as error:
-            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
-                raise
-            if os.path.lexists(candidate):
-                continue
-            os.replace(stage, candidate)
+    that appeared since the name was chosen (modules.common.atomic_files.place_without_replacing)."""
+    for candidate in numbered_names(target, _MAX_NAME_NUMBER):
+        if place_without_replacing(stage, candidate):
             return candidate
-        stage.unlink()
-        return candidate
     raise CheckpointToolError(f"{target.parent} already holds {target.stem}-1 ... -{_MAX_NAME_NUMBER - 1}; "
                               "choose another name", status=409)

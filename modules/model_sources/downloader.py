@@ -24,7 +24,6 @@ final fsync is short.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import logging
@@ -35,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from modules.common.atomic_files import DiskFullError, ensure_space, free_space, is_disk_full
+from modules.common.atomic_files import DiskFullError, ensure_space, free_space, is_disk_full, place_without_replacing
 from modules.model_sources.http import GuardedHttp, GuardedResponse, TransientHttpError, parse_retry_after, shown_url
 from modules.model_sources.sniff import KINDS, SNIFF_BYTES, BodyRefused, check_body, expected_kind
 from modules.model_sources.types import ModelSourceError
@@ -408,19 +407,9 @@ class _Download:
                 "try again, and if it repeats, the source's file has changed: look the model up again", status=502)
         with open(self.part, "rb") as f:
             os.fsync(f.fileno())
-        try:
-            os.link(self.part, self.destination)  # fails if the name is taken: never overwrites
-        except FileExistsError:
+        if not place_without_replacing(self.part, self.destination):
             raise ModelSourceError(f"{self.destination} appeared while downloading; it was not overwritten. The "
-                                   f"verified download is kept as {self.part.name}", status=409) from None
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP):
-                raise
-            if self.destination.exists():  # a file system without hard links: check, then rename
-                raise ModelSourceError(f"{self.destination} already exists; it was not overwritten", status=409)
-            os.replace(self.part, self.destination)
-        else:
-            self.part.unlink()
+                                   f"verified download is kept as {self.part.name}", status=409)
         return sha256
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
+from modules.common.atomic_files import numbered_names
 from modules.model_sources.types import ModelSourceError, RemoteFile
 
 CHECKPOINT, LORA, EMBEDDING, HYPERNETWORK, VAE, CONFIG = \
@@ -113,18 +113,11 @@ def safe_file_name(name: str, kind: str) -> str:
     return stem + extension.lower()
 
 
-def _candidates(folder: Path, name: str) -> Iterator[Path]:
-    stem, extension = os.path.splitext(name)
-    yield folder / name
-    for number in range(1, 10_000):
-        yield folder / f"{stem}-{number}{extension}"
-
-
 def free_destination(folder: Path, name: str, taken: set[Path] = frozenset()) -> Path:
     """The first of `name`, `name-1`, `name-2`, ... in `folder` that no file holds (and no download
     in progress has `taken`). A `.part` of the same name is kept: it is this file's earlier,
     interrupted download, which the downloader resumes (and verifies)."""
-    for candidate in _candidates(folder, name):
+    for candidate in numbered_names(folder / name):
         if candidate in taken or candidate.exists() or _sidecar_clash(candidate):
             continue
         return candidate
