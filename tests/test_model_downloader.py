@@ -469,3 +469,17 @@ def test_progress_is_throttled_with_a_smoothed_speed_and_eta():
     now[0] = 0.75  # a slower interval: 5 bytes in 0.25 s = 20 bytes/s, smoothed with the past
     meter.update(45)
     assert seen[-1].speed == pytest.approx(0.3 * 20 + 0.7 * 80)
+
+
+def test_a_body_of_unknown_size_stops_at_the_cap_and_leaves_nothing(cdn, http, tmp_path):
+    data = model_bytes(3)
+    cdn.route("GET", "/endless.safetensors", lambda request: Reply(
+        200, [("Content-Type", "application/octet-stream")], data, send_length=False))
+    destination = tmp_path / "endless.safetensors"
+    spec = DownloadSpec(f"{cdn.base_url}/endless.safetensors", destination, max_unknown_size=MiB)
+    with pytest.raises(ModelSourceError, match="without saying how large"):
+        download(spec, http, retries=0)
+    assert not destination.exists() and not part_path(destination).exists()
+    # Under the cap, the same unsized body is accepted.
+    result = download(DownloadSpec(spec.url, destination, max_unknown_size=4 * MiB), http)
+    assert result.path.read_bytes() == data

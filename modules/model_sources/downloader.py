@@ -52,6 +52,9 @@ MAX_WAIT_S = 60.0
 # Written bytes are handed to the disk every so often rather than all at the final fsync, which
 # would otherwise stall for seconds after a multi-gigabyte download.
 WRITEBACK_BYTES = 16 << 20
+# A body whose size neither the source nor the server says (chunked, no Content-Length) stops here
+# rather than at a full disk: far above any Stable Diffusion file (SDXL fp32 is ~14 GB).
+MAX_UNKNOWN_SIZE = 64 << 30
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class DownloadSpec:
     expect: str = "model"  # "safetensors" | "pickle" | "yaml" | "image" | "model" (= by destination suffix)
     refresh_url: Callable[[], str] | None = None  # a new short-lived signed URL, asked before a resume/retry
     hint_401: str = ""  # appended to 401/403 errors, e.g. "this file needs a Civitai API key: Settings → Model sources"
+    max_unknown_size: int = MAX_UNKNOWN_SIZE  # cap for a body of unknown size (see MAX_UNKNOWN_SIZE)
 
 
 @dataclass(frozen=True)
@@ -351,6 +355,12 @@ class _Download:
                 if not n:
                     break
                 self.write(f, view[:n])
+                if self.total is None and self.size > self.spec.max_unknown_size:
+                    self.reset_part()
+                    raise ModelSourceError(
+                        f"{shown_url(self.spec.url)} sent more than {self.spec.max_unknown_size} bytes without saying "
+                        "how large the file is; the download was stopped and its partial file removed. If the file "
+                        "really is that large, download it by hand into the models folder", status=502)
                 self.hasher.advance(self.size)
                 if self.size - written_back >= WRITEBACK_BYTES:
                     _start_writeback(f, written_back, self.size - written_back)
