@@ -304,3 +304,20 @@ def test_listen_refuses_extension_settings_through_the_api_as_the_ui_does(contex
     for flags in (["--listen", "--enable-insecure-extension-access"], []):
         assert client_with(context, *flags).post("/sdapi/v1/options", json=change).status_code == 200
         context.settings.apply({"disabled_extensions": (), "disable_all_extensions": "none"})
+
+
+# -------------------------------------------------------------------- guards on local addresses
+
+
+@pytest.mark.parametrize("change", [{"model_sources_allow_private": True}, {"api_forbid_local_requests": False}])
+def test_a_server_others_reach_keeps_the_local_address_guards_with_the_operator(context, change, settings_restored):
+    """A logged-in user on the LAN must not open the server's view of its own network (routers,
+    other hosts, metadata services) to model look-ups or image URLs from the Settings tab."""
+    [(key, value)] = change.items()
+    listening = dataclasses.replace(context, args=parse_args(["--listen", "--gradio-auth", "u:p"]))
+    refused = change_settings(listening, change, api=False).refused
+    assert key in refused and "config.json" in refused[key]
+    assert context.settings.current()[key] != value
+    # On a local server the Settings tab may change them (the operator is the user).
+    assert not change_settings(context, change, api=False).refused
+    assert context.settings.current()[key] == value
