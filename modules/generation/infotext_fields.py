@@ -36,6 +36,24 @@ REQUEST_FIELDS: Mapping[str, tuple[str, type]] = {
     "Hires resize-2": ("hr_resize_y", int),
 }
 
+# Infotext key -> (Img2ImgRequest field, type): what A1111's img2img paste fields add (§13.8). The
+# parser (modules.outputs.infotext) fills A1111's paste defaults for the mask keys an infotext lacks:
+# Inpaint masked, original, Whole picture, padding 32.
+IMG2IMG_FIELDS: Mapping[str, tuple[str, type]] = {
+    "Image CFG scale": ("image_cfg_scale", float),
+    "Masked area padding": ("inpaint_full_res_padding", int),
+}
+
+# Infotext key -> {the radio's text: the request value}, for img2img's index radios.
+IMG2IMG_CHOICES: Mapping[str, tuple[str, Mapping[str, Any]]] = {
+    "Mask mode": ("inpainting_mask_invert", {"Inpaint masked": 0, "Inpaint not masked": 1}),
+    "Masked content": ("inpainting_fill", {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}),
+    "Inpaint area": ("inpaint_full_res", {"Whole picture": False, "Only masked": True}),
+}
+
+# txt2img's hires fields: an img2img request has no hires pass, so img2img paste leaves them out.
+HIRES_FIELDS = ("enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_upscaler")
+
 # Infotext key -> setting, for the settings A1111 records in the infotext and overrides on paste
 # (its `infotext=` option labels), limited to the settings Atelier has.
 OVERRIDE_SETTINGS: Mapping[str, str] = {
@@ -47,6 +65,8 @@ OVERRIDE_SETTINGS: Mapping[str, str] = {
     "Eta DDIM": "eta_ddim",
     "Pad conds": "pad_cond_uncond",
     "Pad conds v0": "pad_cond_uncond_v0",
+    "Noise multiplier": "initial_noise_multiplier",
+    "Conditional mask weight": "inpainting_mask_weight",
 }
 
 # Any of these with a denoising strength means the image was made with hires fix (A1111's rule).
@@ -102,7 +122,8 @@ def hires_fix_used(parameters: Mapping[str, Any]) -> bool:
 def read_infotext(text: str, current_settings: Mapping[str, Any], *,
                   current_model_hash: str | None = None,
                   extract_styles: Callable[[str, str], tuple[list[str], str, str]] | None = None,
-                  on_parsed: Callable[[str, dict[str, Any]], None] | None = None) -> InfotextReading:
+                  on_parsed: Callable[[str, dict[str, Any]], None] | None = None,
+                  img2img: bool = False) -> InfotextReading:
     """Read `text` (an A1111 infotext) as request values and overrides, the way A1111's paste does:
 
     - only what the infotext states is set; "Sampler: DPM++ 2M Karras" (an old infotext) sets the
@@ -115,7 +136,9 @@ def read_infotext(text: str, current_settings: Mapping[str, Any], *,
     - with `extract_styles` (the style database's `extract_styles_from_prompt`), styles whose text
       the prompts carry are taken out of them and set as `styles` (A1111's "Styles array");
     - `on_parsed(text, params)` may edit the parsed parameters before they are read (the paste
-      button passes the extensions' `on_infotext_pasted` callbacks).
+      button passes the extensions' `on_infotext_pasted` callbacks);
+    - `img2img`: the values are an `Img2ImgRequest`'s: the denoising strength always (not only with
+      hires fix), the image CFG scale and the mask keys, and none of the hires fields.
     """
     from modules.outputs.infotext import parse_generation_parameters
 
@@ -135,6 +158,8 @@ def read_infotext(text: str, current_settings: Mapping[str, Any], *,
     _read_sampler(params, reading)
     _read_hires_upscaler(params, reading)
     reading.values["enable_hr"] = hires_fix_used(params)
+    if img2img:
+        _read_img2img(params, reading)
     for key, setting in OVERRIDE_SETTINGS.items():
         if key not in params:
             continue
@@ -151,6 +176,30 @@ def read_infotext(text: str, current_settings: Mapping[str, Any], *,
         reading.notes.append(f"made with checkpoint {params.get('Model', made_with)} [{made_with}]; the current "
                              "one is kept (pick it at the top to match)")
     return reading
+
+
+def _read_img2img(params: Mapping[str, Any], reading: InfotextReading) -> None:
+    for name in HIRES_FIELDS:
+        reading.values.pop(name, None)
+    for key, (name, kind) in IMG2IMG_FIELDS.items():
+        if key in params:
+            try:
+                reading.values[name] = number(params[key], kind)
+            except (TypeError, ValueError):
+                reading.problems.append(f"{key}: {params[key]!r} is not a number")
+    if "Mask blur" in params:  # one value for both axes (A1111 writes it only when they are equal)
+        try:
+            reading.values["mask_blur_x"] = reading.values["mask_blur_y"] = number(params["Mask blur"], int)
+        except (TypeError, ValueError):
+            reading.problems.append(f"Mask blur: {params['Mask blur']!r} is not a number")
+    for key, (name, choices) in IMG2IMG_CHOICES.items():
+        if key not in params:
+            continue
+        text = str(params[key])
+        if text in choices:
+            reading.values[name] = choices[text]
+        else:
+            reading.problems.append(f"{key}: {text!r} is not one of {', '.join(choices)}")
 
 
 def _read_sampler(params: Mapping[str, Any], reading: InfotextReading) -> None:
