@@ -55,8 +55,18 @@ def main() -> None:
                                   mask=Image.fromarray(mask, mode="L"), inpaint_full_res=False, inpainting_fill=0),
     }
 
+    from modules.library.devices import memory_stats, reset_peak_memory
+
+    device = torch.device(args.device)
+    peaks: dict[str, int] = {}
+
     def timed(request) -> tuple[float, float]:
+        reset_peak_memory(device)
         timings = generate(model, request).timings
+        if device.type == "cuda":  # the engine's timings end where its tensors do; the peak is per kind
+            torch.cuda.synchronize(device)
+            kind = next(name for name, value in requests.items() if value is request)
+            peaks[kind] = max(peaks.get(kind, 0), memory_stats(device).peak_allocated or 0)
         prepare = timings.get("encode", 0.0)
         return prepare + timings["conditioning"] + timings["sampling"], prepare
 
@@ -73,7 +83,7 @@ def main() -> None:
     base = medians["txt2img"]
     report = {"machine": machine_description(), "arch": args.arch, "size": args.size, "px": args.px,
               "steps": args.steps, "runs": args.runs, "device": args.device, "samples": samples,
-              "prepare": prepare,
+              "prepare": prepare, "peak_vram_bytes": peaks,
               "per_step_s": {name: value / args.steps for name, value in medians.items()},
               "overhead_vs_txt2img": {name: value / base - 1 for name, value in medians.items()}}
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -84,7 +94,8 @@ def main() -> None:
     for name in requests:
         print(f"  {name:8s} {medians[name] / args.steps * 1000:8.1f} ms/step  "
               f"{[round(x, 3) for x in samples[name]]}  prepare {[round(x, 3) for x in prepare[name]]}  "
-              f"{report['overhead_vs_txt2img'][name] * 100:+.1f}%")
+              f"{report['overhead_vs_txt2img'][name] * 100:+.1f}%"
+              + (f"  peak VRAM {peaks[name] / 2**30:.2f} GiB" if name in peaks else ""))
 
 
 if __name__ == "__main__":

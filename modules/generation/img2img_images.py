@@ -199,28 +199,41 @@ def _blur_axis(values: np.ndarray, sigma: float, axis: int) -> np.ndarray:
     if size == 1:
         return values
     fixed = gaussian_kernel_fixed_point(size, sigma)
-    line = np.moveaxis(values.astype(np.int32), axis, -1)  # weighted sums stay below 2^17
-    length, half = line.shape[-1], size // 2
+    length, half = values.shape[axis], size // 2
     if length == 1:  # every neighbour is the pixel itself
-        total = line * _FIXED_POINT_ONE
-    elif size <= _DIRECT_TAPS:
+        return values
+    if size <= _DIRECT_TAPS:
         # numpy's "reflect" mirrors without repeating the edge pixel: OpenCV's BORDER_REFLECT_101,
-        # including the repeated reflection when the kernel is wider than the image.
-        padded = np.pad(line, [(0, 0)] * (line.ndim - 1) + [(half, half)], mode="reflect")
-        total = np.zeros(line.shape, dtype=np.int32)
-        for tap, weight in enumerate(fixed):
+        # including the repeated reflection when the kernel is wider than the image. Slices along
+        # the blurred axis itself (no transposed copy), and the symmetric kernel's taps in pairs:
+        # at 1024² this is about 3× faster than tap by tap on a moved axis.
+        widths = [(0, 0)] * values.ndim
+        widths[axis] = (half, half)
+        padded = np.pad(values, widths, mode="reflect").astype(np.int32)  # sums stay below 2^17
+
+        def taps(start: int) -> np.ndarray:
+            index = [slice(None)] * values.ndim
+            index[axis] = slice(start, start + length)
+            return padded[tuple(index)]
+
+        total = int(fixed[half]) * taps(half)
+        for offset in range(1, half + 1):
+            weight = int(fixed[half + offset])
             if weight:
-                total += int(weight) * padded[..., tap:tap + length]
-    else:
-        # Reflect-101 makes a line periodic (period 2·(length − 1)), so the kernel folds onto one
-        # period and the blur becomes a circular correlation, done by FFT. Sums are integers below
-        # 2^17, far inside float64's exact range: rounding recovers them exactly.
-        period = 2 * (length - 1)
-        folded = np.zeros(period, dtype=np.float64)
-        np.add.at(folded, np.arange(-half, half + 1) % period, fixed)
-        mirrored = np.concatenate([line, line[..., -2:0:-1]], axis=-1).astype(np.float64)
-        spectrum = np.fft.rfft(mirrored, axis=-1) * np.conj(np.fft.rfft(folded))
-        total = np.rint(np.fft.irfft(spectrum, n=period, axis=-1)[..., :length]).astype(np.int32)
+                pair = taps(half - offset) + taps(half + offset)
+                pair *= weight
+                total += pair
+        return ((total + _FIXED_POINT_ONE // 2) >> 8).astype(np.uint8)
+    line = np.moveaxis(values.astype(np.int32), axis, -1)
+    # Reflect-101 makes a line periodic (period 2·(length − 1)), so the kernel folds onto one
+    # period and the blur becomes a circular correlation, done by FFT. Sums are integers below
+    # 2^17, far inside float64's exact range: rounding recovers them exactly.
+    period = 2 * (length - 1)
+    folded = np.zeros(period, dtype=np.float64)
+    np.add.at(folded, np.arange(-half, half + 1) % period, fixed)
+    mirrored = np.concatenate([line, line[..., -2:0:-1]], axis=-1).astype(np.float64)
+    spectrum = np.fft.rfft(mirrored, axis=-1) * np.conj(np.fft.rfft(folded))
+    total = np.rint(np.fft.irfft(spectrum, n=period, axis=-1)[..., :length]).astype(np.int32)
     blurred = (total + _FIXED_POINT_ONE // 2) >> 8  # round half up, as OpenCV
     return np.moveaxis(blurred, -1, axis).astype(np.uint8)
 
