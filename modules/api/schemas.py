@@ -11,8 +11,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class Txt2ImgApiRequest(BaseModel):
-    """A1111's txt2img request (`StableDiffusionProcessingTxt2Img` fields + API extras, A1111.md §8).
+class GenerationApiRequest(BaseModel):
+    """What A1111's txt2img and img2img requests share: the `StableDiffusionProcessing` fields and
+    the API extras (A1111.md §8, §13.9).
 
     Defaults are A1111's API defaults, not the UI's: Euler (through `sampler_index`), 50 steps,
     `save_images` false. Unknown fields are accepted and ignored, as A1111 does (clients send fields
@@ -53,8 +54,22 @@ class Txt2ImgApiRequest(BaseModel):
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
     disable_extra_networks: bool = False
-    firstpass_image: str | None = None
     comments: dict[str, Any] | None = None
+    force_task_id: str | None = None
+    sampler_index: str = "Euler"
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = None
+
+
+class Txt2ImgApiRequest(GenerationApiRequest):
+    """A1111's txt2img request (`StableDiffusionProcessingTxt2Img` fields + API extras, A1111.md §8):
+    the shared fields plus the hires fix's."""
+
+    firstpass_image: str | None = None
     enable_hr: bool = False
     firstphase_width: int = 0
     firstphase_height: int = 0
@@ -68,20 +83,44 @@ class Txt2ImgApiRequest(BaseModel):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
-    force_task_id: str | None = None
-    sampler_index: str = "Euler"
-    script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
-    send_images: bool = True
-    save_images: bool = False
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: str | None = None
+
+
+class Img2ImgApiRequest(GenerationApiRequest):
+    """A1111's img2img request (`StableDiffusionProcessingImg2Img` fields + API extras, A1111.md
+    §13.2, §13.9). No hires fields (A1111's img2img model has none: sent, they are ignored as unknown).
+
+    The size is the request's (512x512 by default), never the image's. The inpainting defaults are
+    the API's, not the UI's: fill, Only masked, padding 0. Images are base64 (optionally a
+    `data:image/...;base64,` URL) or http(s) URLs when the server allows them.
+    """
+
+    init_images: list[str] | None = Field(None, description="base64 images (a data: URL prefix is allowed) or "
+                                                            "http(s) URLs; one is used for the whole batch")
+    resize_mode: int = Field(0, description="0 just resize, 1 crop and resize, 2 resize and fill, "
+                                            "3 just resize (latent upscale)")
+    image_cfg_scale: float | None = Field(None, description="instruct-pix2pix checkpoints only")
+    mask: str | None = Field(None, description="base64 mask (or URL): white (or opaque) pixels are repainted")
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = Field(None, description="sets mask_blur_x and mask_blur_y; null keeps them")
+    mask_round: bool = True
+    inpainting_fill: int = Field(0, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = Field(True, description="true: Only masked; false: Whole picture")
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = Field(0, description="1 repaints what the mask leaves out")
+    initial_noise_multiplier: float | None = Field(None, description="null: the setting of that name")
+    latent_mask: str | None = Field(None, description="not supported: only null (A1111 never decodes it either)")
+    include_init_images: bool = Field(False, description="echo init_images and mask in the response's parameters")
 
 
 class TextToImageResponse(BaseModel):
     images: list[str] | None = Field(None, description="base64 PNGs (the grid first, when one was made)")
     parameters: dict[str, Any]
     info: str = Field(description="JSON text: A1111's Processed.js() plus Atelier's job_id and warnings")
+
+
+class ImageToImageResponse(TextToImageResponse):
+    """As txt2img's; `parameters.init_images` and `mask` are null unless `include_init_images`."""
 
 
 class PNGInfoRequest(BaseModel):

@@ -2,102 +2,47 @@
 
 The mapping is explicit, field by field, and applies A1111's API defaults (Euler through
 `sampler_index`, 50 steps, denoising 0.75, images not saved). What Atelier cannot do yet (face
-restoration, refiner, hires with another checkpoint/sampler/prompt, scripts) is refused with 422 and
-a message naming the field, never silently ignored. The handler submits to the job queue and waits
-in a worker thread, so the event loop stays free and requests run in FIFO order.
+restoration, refiner, hires with another checkpoint/sampler/prompt) is refused with 422 and a
+message naming the field, never silently ignored. What txt2img shares with img2img (the common
+fields, overrides, scripts, the answer) lives in `modules.api.generation_api`. The handler submits
+to the job queue and waits in a worker thread, so the event loop stays free and requests run in
+FIFO order.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import logging
-from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import ValidationError
 
-from modules.api.errors import bad_request, describe_validation_error, exception_to_api_error
-from modules.api.images import encode_png
-from modules.api.routes_models import api_setting_errors
+from modules.api import generation_api as shared
+from modules.api.errors import bad_request, describe_validation_error
+from modules.api.generation_api import PreparedGeneration
 from modules.api.schemas import TextToImageResponse, Txt2ImgApiRequest
-from modules.api.state import require_running_queue
-from modules.extension_host.scripts import ScriptSelection
-from modules.generation.engine import GenerationRequest, PromptTooLongError, check_prompt_length
-from modules.serving.generation_service import (
-    FinishedGeneration,
-    GenerationSubmission,
-    finished_generation,
-    submit_generation,
-)
-from modules.serving.settings import validate_changes
+from modules.generation.engine import GenerationRequest
 
-log = logging.getLogger(__name__)
-
-ATELIER_VERSION = "atelier"
+# Kept under its old name: a prepared txt2img request is a PreparedGeneration.
+PreparedTxt2Img = PreparedGeneration
 
 # "Use same ..." values A1111's UI sends for the hires fields; None and "" mean the same.
 _SAME = {"hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use same sampler",
          "hr_scheduler": "Use same scheduler"}
 
-# Settings a request may not override (yet), with the way to get the same effect.
-_UNSUPPORTED_OVERRIDES = {
-    "sd_vae": "a per-request VAE is not supported yet; choose the VAE with POST /sdapi/v1/options {\"sd_vae\": ...}",
-}
-
-
-@dataclass(frozen=True)
-class PreparedTxt2Img:
-    """A validated API request: the body as sent, and what goes to the generation service."""
-
-    body: Txt2ImgApiRequest
-    submission: GenerationSubmission
-
-    @property
-    def generation(self) -> GenerationRequest:
-        return self.submission.request
-
 
 def apply_infotext(body: Txt2ImgApiRequest, current_settings) -> Txt2ImgApiRequest:
-    """A1111's `infotext` field, read as the paste button reads it
-    (`modules.generation.infotext_fields`): the parameters it holds fill the fields the request left
-    unset, and its setting fields become overrides unless equal to the current value or already
-    overridden. A value Atelier cannot use is a 422 naming its key."""
-    if not body.infotext:
-        return body
-    from modules.generation.infotext_fields import read_infotext
-
-    reading = read_infotext(body.infotext, current_settings)
-    if reading.problems:
-        raise bad_request("infotext: " + "; ".join(reading.problems))
-    given = body.model_dump(exclude_unset=True)
-    filled = {name: value for name, value in reading.values.items() if name not in given}
-    overrides = {**reading.overrides, **(body.override_settings or {})}
-    try:
-        return Txt2ImgApiRequest.model_validate({**filled, **given, "override_settings": overrides or None})
-    except ValidationError as e:
-        raise bad_request(f"infotext: {describe_validation_error(e)}") from None
+    """A1111's `infotext` field for txt2img (see `generation_api.apply_infotext`)."""
+    return shared.apply_infotext(body, current_settings)
 
 
 def _refuse_unsupported(body: Txt2ImgApiRequest) -> None:
+    shared.refuse_unsupported(body)
+
     def refuse(field: str, why: str) -> None:
         raise bad_request(f"{field}: {why}")
 
-    if body.restore_faces:
-        refuse("restore_faces", "face restoration is not available in Atelier; send false or leave it out")
-    if body.refiner_checkpoint not in (None, "", "None"):
-        refuse("refiner_checkpoint", f"the refiner is not supported yet (got {body.refiner_checkpoint!r}); "
-                                     "leave it out")
     if body.firstpass_image:
         refuse("firstpass_image", "a first-pass image is not supported yet; leave it out")
-    if body.s_churn:
-        refuse("s_churn", f"sigma churn is not supported yet (got {body.s_churn}); send 0 or leave it out")
-    if body.s_noise not in (None, 1, 1.0):
-        refuse("s_noise", f"only 1.0 is supported (got {body.s_noise})")
-    if body.s_min_uncond:
-        refuse("s_min_uncond", f"skipping the negative prompt at low sigma is not supported yet "
-                               f"(got {body.s_min_uncond}); send 0 or leave it out")
     sampler = body.sampler_name or body.sampler_index
     for field, same in _SAME.items():
         value = getattr(body, field)
@@ -112,186 +57,31 @@ def _refuse_unsupported(body: Txt2ImgApiRequest) -> None:
             refuse(field, "a separate hires prompt is not supported yet; leave it empty")
 
 
-def script_selection(body: Txt2ImgApiRequest, context) -> ScriptSelection | None:
-    """`script_name`, `script_args` and `alwayson_scripts` as the request's ScriptSelection; a name
-    this server does not have is a 422 that says where the list is."""
-    runtime = getattr(context, "extensions", None)
-    if runtime is None:
-        why = "no extensions are loaded in this server (started with --disable-all-extensions?)"
-        if body.script_name:
-            raise bad_request(f"script_name: script {body.script_name!r} not found; {why}")
-        if body.alwayson_scripts:
-            raise bad_request(f"alwayson_scripts: always-on script {next(iter(body.alwayson_scripts))!r} not "
-                              f"found; {why}")
-        return None
-    try:
-        selection = runtime.scripts.selection_from_api(body.script_name, body.script_args, body.alwayson_scripts)
-    except ValueError as error:
-        raise bad_request(f"{error}; GET /sdapi/v1/scripts lists the scripts") from None
-    if body.infotext:
-        # A1111: the infotext also sets the always-on scripts' controls it names (their infotext_fields).
-        from modules.extension_host.paste_fields import infotext_script_args
-        from modules.outputs.infotext import parse_generation_parameters
-
-        from_infotext = infotext_script_args(runtime.scripts, parse_generation_parameters(body.infotext),
-                                             selection.alwayson_args)
-        if from_infotext:
-            selection = replace(selection, alwayson_args={**selection.alwayson_args, **from_infotext})
-    return selection
-
-
-def _checked_overrides(body: Txt2ImgApiRequest, context) -> dict[str, Any]:
-    overrides = dict(body.override_settings or {})
-    for key, why in _UNSUPPORTED_OVERRIDES.items():
-        if key in overrides:
-            raise bad_request(f"override_settings.{key}: {why}")
-    checkpoints = context.checkpoints
-    errors = api_setting_errors(context, overrides)
-    if errors:
-        raise bad_request("override_settings: " + "; ".join(errors))
-    clean = validate_changes(overrides, context.settings.specs_by_key())  # ValueError naming key and rule -> 422
-    wanted = clean.get("sd_model_checkpoint")
-    if wanted:
-        # CheckpointNotFoundError -> 404; a file known not to load -> 422 (BrokenCheckpointError)
-        clean["sd_model_checkpoint"] = checkpoints.check_loadable(checkpoints.find(wanted)).title
-        # The field, not the stored setting, decides for this request (A1111's API default is true).
-        clean["override_settings_restore_afterwards"] = body.override_settings_restore_afterwards
-    return clean
-
-
-def prepare(body: Txt2ImgApiRequest, context) -> PreparedTxt2Img:
+def prepare(body: Txt2ImgApiRequest, context) -> PreparedGeneration:
     """Validate `body` and map it onto a `GenerationRequest`; raises ApiError (422/404)."""
-    if body.model_extra:
-        log.info("txt2img: ignoring fields Atelier does not know: %s", ", ".join(sorted(body.model_extra)))
+    shared.log_unknown_fields("txt2img", body)
     body = apply_infotext(body, context.settings.current())
     _refuse_unsupported(body)
-    prompt, negative = body.prompt, body.negative_prompt
-    if body.styles:
-        try:
-            prompt, negative = context.prompt_styles.styled_prompts(prompt, negative, body.styles)
-        except ValueError as error:
-            raise bad_request(str(error)) from None
-    if body.disable_extra_networks:
-        from modules.networks.syntax import parse_prompt
-
-        prompt = parse_prompt(prompt)[0]
-    try:  # first: the length, not an override the request may not make, is what is wrong with it
-        check_prompt_length(prompt, negative, context.settings.current()["prompt_max_length"])
-    except PromptTooLongError as error:
-        raise bad_request(str(error)) from None
-    overrides = _checked_overrides(body, context)
-    resize = body.seed_resize_from_w > 0 and body.seed_resize_from_h > 0
+    prompt, negative = shared.prompts(body, context)
+    overrides = shared.checked_overrides(body, context)
     try:
         generation = GenerationRequest(
-            prompt=prompt,
-            negative_prompt=negative,
-            styles=tuple(body.styles or ()),
-            seed=body.seed,
-            subseed=body.subseed,
-            subseed_strength=body.subseed_strength,
-            seed_resize_from_w=body.seed_resize_from_w if resize else 0,
-            seed_resize_from_h=body.seed_resize_from_h if resize else 0,
-            sampler_name=body.sampler_name or body.sampler_index,
-            scheduler=body.scheduler or "Automatic",
-            steps=body.steps,
-            cfg_scale=body.cfg_scale,
-            width=body.width,
-            height=body.height,
-            batch_size=body.batch_size,
-            n_iter=body.n_iter,
-            eta=body.eta,
-            tiling=bool(body.tiling),
+            **shared.common_request_fields(body, prompt, negative, overrides),
             enable_hr=body.enable_hr,
             hr_scale=body.hr_scale,
             hr_upscaler=body.hr_upscaler or "Latent",
             hr_second_pass_steps=body.hr_second_pass_steps,
             hr_resize_x=body.hr_resize_x,
             hr_resize_y=body.hr_resize_y,
-            denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength,
-            override_settings=overrides,
         )
     except ValidationError as e:
         raise bad_request(describe_validation_error(e)) from None
-    keep = {} if body.override_settings_restore_afterwards else {
-        k: v for k, v in overrides.items() if k != "override_settings_restore_afterwards"}
-    # A1111's API saves samples and grids only with `save_images` (do_not_save_grid = not save_images).
-    submission = GenerationSubmission(generation, selection=script_selection(body, context),
-                                      save=body.save_images and not body.do_not_save_samples,
-                                      save_grid=body.save_images, keep_overrides=keep)
-    return PreparedTxt2Img(body, submission)
-
-
-def build_response(context, prepared: PreparedTxt2Img, job) -> dict[str, Any]:
-    """A1111's `{images, parameters, info}`; `info` is the JSON text of Processed.js()."""
-    if job.exception is not None:
-        raise exception_to_api_error(job.exception)
-    finished = finished_generation(context.settings.current(), prepared.submission, job)
-    encoded = ([encode_png(image, text) for image, text in zip(finished.images, finished.infotexts)]
-               if prepared.body.send_images else [])
-    info = processed_info(prepared, job, finished)
-    parameters = prepared.body.model_dump(exclude=set(prepared.body.model_extra or ()))
-    return {"images": encoded, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
-
-
-def processed_info(prepared: PreparedTxt2Img, job, finished: FinishedGeneration) -> dict[str, Any]:
-    from modules.outputs.infotext import parse_generation_parameters
-    from modules.generation.sampling.registry import resolve_sampler
-
-    generation, result = prepared.generation, finished.result
-    # What the images were made with, read back from their infotext (the override checkpoint may
-    # already have been swapped back when the job returns).
-    used = parse_generation_parameters(result.infotexts[0]) if result.infotexts else {}
-    sampler, _ = resolve_sampler(generation.sampler_name)
-    seeds, subseeds = result.seeds or [generation.seed], result.subseeds or [generation.subseed]
-    started = dt.datetime.fromtimestamp(job.started_at or job.created_at)
-    return {
-        "prompt": result.prompts[0] if result.prompts else generation.prompt,
-        "all_prompts": list(result.prompts),
-        "negative_prompt": result.negative_prompts[0] if result.negative_prompts else generation.negative_prompt,
-        "all_negative_prompts": list(result.negative_prompts),
-        "seed": seeds[0],
-        "all_seeds": list(seeds),
-        "subseed": subseeds[0],
-        "all_subseeds": list(subseeds),
-        "subseed_strength": generation.subseed_strength,
-        "width": generation.width,
-        "height": generation.height,
-        "sampler_name": sampler.name,
-        "cfg_scale": generation.cfg_scale,
-        "steps": generation.steps,
-        "batch_size": generation.batch_size,
-        "restore_faces": False,
-        "face_restoration_model": None,
-        "sd_model_name": used.get("Model"),
-        "sd_model_hash": used.get("Model hash"),
-        "sd_vae_name": used.get("VAE"),
-        "sd_vae_hash": used.get("VAE hash"),
-        "seed_resize_from_w": prepared.body.seed_resize_from_w,
-        "seed_resize_from_h": prepared.body.seed_resize_from_h,
-        "denoising_strength": generation.denoising_strength,
-        "extra_generation_params": {},
-        "index_of_first_image": finished.index_of_first_image,
-        "infotexts": finished.infotexts,
-        "styles": list(generation.styles),
-        "job_timestamp": started.strftime("%Y%m%d%H%M%S"),
-        "clip_skip": int(used.get("Clip skip", 1)),
-        "is_using_inpainting_conditioning": False,
-        "version": ATELIER_VERSION,
-        # Atelier's additions: which job made the images, and what went wrong on the way.
-        "job_id": job.id,
-        "interrupted": result.interrupted or job.state.value == "interrupted",
-        "warnings": list(result.warnings),
-    }
+    selection = shared.script_selection(body, context)
+    return PreparedGeneration(body, shared.submission(body, generation, overrides, selection))
 
 
 def submit_and_wait(context, state, body: Txt2ImgApiRequest) -> dict[str, Any]:
-    prepared = prepare(body, context)
-    require_running_queue(context.jobs)
-    job = submit_generation(context, prepared.submission)
-    if body.force_task_id:
-        state.client_task_ids.remember(body.force_task_id, job.id)
-    job.wait()
-    return build_response(context, prepared, job)
+    return shared.submit_and_wait(context, state, prepare(body, context))
 
 
 def build_router(context, state) -> APIRouter:
