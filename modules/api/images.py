@@ -19,12 +19,15 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from modules.api.errors import ApiError, bad_request
 from modules.common.net_guard import Resolver, is_public_address, pinned_connection, resolve
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+# An image sent as base64 may be as large as one fetched from a URL; the text is 4/3 of that. (The
+# request body cap, --max-body-size, usually refuses such a body before any route reads it.)
+MAX_IMAGE_FILE_BYTES = MAX_DOWNLOAD_BYTES
 DOWNLOAD_TIMEOUT_S = 30.0
 USER_AGENT = "Atelier (A1111-compatible API)"
 # 8192x8192: four times A1111's largest generation size in each direction, far below what would
@@ -42,41 +45,75 @@ def encode_png(image: Image.Image, infotext: str | None = None) -> str:
 
 
 def image_bytes(value: str, settings: Mapping[str, Any], *, field: str = "image",
-                resolver: Resolver | None = None) -> bytes:
+                resolver: Resolver | None = None, max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes:
     """The image file's bytes, from base64 (a `data:` prefix is allowed) or, when the settings allow
-    it, a URL."""
+    it, a URL. Either is refused beyond `max_bytes`, base64 text before it is decoded."""
     value = value.strip()
     if value.startswith(("http://", "https://")):
         if not settings.get("api_enable_requests", True):
             raise bad_request(f"{field}: image URLs are turned off on this server (setting "
                               "api_enable_requests); send the image as base64 instead")
         return fetch_url(value, forbid_local=settings.get("api_forbid_local_requests", True),
-                         field=field, resolver=resolver)
+                         field=field, resolver=resolver, max_bytes=max_bytes)
     if value.startswith("data:"):
         value = value.split(",", 1)[1] if "," in value else ""
+    limit = 4 * -(-max_bytes // 3)  # base64 characters of a max_bytes file
+    if len(value) > limit:
+        raise bad_request(f"{field}: the base64 text is {len(value):,} characters; images of at most "
+                          f"{_size_text(max_bytes)} ({limit:,} base64 characters) are accepted")
     try:
-        return base64.b64decode(value, validate=True)
+        # Line breaks (MIME-wrapped base64, as `base64` prints it) are dropped as A1111's decoder does.
+        return base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
         raise bad_request(f"{field}: not valid base64 (nor an http(s) URL); send the image file's bytes "
                           "base64-encoded, optionally as a data:image/png;base64,... URL") from None
 
 
 def decode_image(value: str, settings: Mapping[str, Any], *, field: str = "image",
-                 resolver: Resolver | None = None, max_pixels: int = MAX_API_IMAGE_PIXELS) -> Image.Image:
+                 resolver: Resolver | None = None, max_pixels: int = MAX_API_IMAGE_PIXELS,
+                 max_bytes: int = MAX_IMAGE_FILE_BYTES) -> Image.Image:
     """The decoded image `value` holds (see `image_bytes`). Its size is checked from the header before
     any pixel is decoded: more than `max_pixels` is refused, since a small compressed file can
     decode into gigabytes."""
-    data = image_bytes(value, settings, field=field, resolver=resolver)
+    data = image_bytes(value, settings, field=field, resolver=resolver, max_bytes=max_bytes)
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > max_pixels:
-            raise bad_request(f"{field}: the image is {width}x{height} ({width * height / 1e6:.0f} megapixels); "
-                              f"the API takes at most {max_pixels / 1e6:.0f} megapixels, scale it down first")
+            raise bad_request(f"{field}: the image is {width}x{height} ({width * height:,} pixels); the API "
+                              f"takes at most {max_pixels:,} pixels ({_pixels_text(max_pixels)}), scale it down first")
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+    # A corrupt file fails in the decoder with whatever it hit: truncated data, a bad header field.
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, EOFError, SyntaxError) as e:
         raise bad_request(f"{field}: the data is not an image Pillow can read ({e})") from None
     return image
+
+
+def decode_input_image(value: str, settings: Mapping[str, Any], *, field: str,
+                       resolver: Resolver | None = None, max_pixels: int = MAX_API_IMAGE_PIXELS,
+                       max_bytes: int = MAX_IMAGE_FILE_BYTES) -> Image.Image:
+    """An image a generation starts from (init image, mask), as A1111's `fix_image` leaves it: turned
+    upright by its EXIF orientation (a phone photo is stored sideways), in a mode the image code
+    handles (1, L, P, RGB and their alpha variants; 16-bit and CMYK files are converted)."""
+    image = decode_image(value, settings, field=field, resolver=resolver, max_pixels=max_pixels,
+                         max_bytes=max_bytes)
+    try:
+        image = ImageOps.exif_transpose(image)
+        if image.mode not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA"):
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    except (ValueError, OSError) as e:
+        raise bad_request(f"{field}: the image cannot be converted to RGB (mode {image.mode}: {e}); "
+                          "send an 8-bit PNG or JPEG") from None
+    return image
+
+
+def _pixels_text(pixels: int) -> str:
+    side = int(pixels ** 0.5)
+    return f"{side}x{side}" if side * side == pixels else f"{pixels / 1e6:.1f} megapixels"
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size:,} bytes"
 
 
 def fetch_url(url: str, *, forbid_local: bool = True, field: str = "image", resolver: Resolver | None = None,
@@ -121,7 +158,7 @@ def fetch_url(url: str, *, forbid_local: bool = True, field: str = "image", reso
     finally:
         connection.close()
     if len(data) > max_bytes:
-        raise bad_request(f"{field}: {url} is larger than {max_bytes // (1024 * 1024)} MiB")
+        raise bad_request(f"{field}: {url} is larger than {_size_text(max_bytes)}")
     return data
 
 
