@@ -1,7 +1,7 @@
 """The web UI: one `gr.Blocks` in A1111's shape, mounted at "/" of the server's FastAPI app.
 
     top bar     checkpoint, SD VAE, clip skip, model status        modules.ui.top_bar
-    tabs        txt2img | PNG Info | Checkpoint Merger | Models | <extension tabs> | Settings | Extensions
+    tabs        txt2img | img2img | PNG Info | Checkpoint Merger | Models | <extension tabs> | Settings | Extensions
                                                                     one builder each
 
 Each tab builder is `build(context, shared)`, called inside its `gr.Tab`; `UiShared` carries the
@@ -17,7 +17,17 @@ from pathlib import Path
 
 import gradio as gr
 
-from modules.ui import extensions_tab, merger_tab, models_tab, paste_buttons, pnginfo, settings_tab, top_bar, txt2img
+from modules.ui import (
+    extensions_tab,
+    img2img,
+    merger_tab,
+    models_tab,
+    paste_buttons,
+    pnginfo,
+    settings_tab,
+    top_bar,
+    txt2img,
+)
 from modules.ui.file_route import install_file_route
 from modules.ui.file_rules import apply_file_rules, prepare_gradio_cache
 from modules.ui.icons import icon_css, tooltip_js
@@ -26,7 +36,7 @@ from modules.ui.shared import UiShared
 
 log = logging.getLogger(__name__)
 
-TAB_IDS = {"txt2img": "txt2img", "PNG Info": "pnginfo", "Checkpoint Merger": "modelmerger", "Models": "models",
+TAB_IDS = {"txt2img": "txt2img", "img2img": "img2img", "PNG Info": "pnginfo", "Checkpoint Merger": "modelmerger", "Models": "models",
            "Settings": "settings", "Extensions": "extensions"}
 
 CSS = """
@@ -40,13 +50,13 @@ CSS = """
 .token-counter { font-size: 0.8em; opacity: 0.75; padding: 0 0.4em; border-radius: 0.4em;
                  background: var(--block-background-fill); }
 .token-counter.over { color: var(--color-accent); opacity: 1; }
-#txt2img_generate { min-height: 4.5em; font-size: 1.2em; }
+#txt2img_generate, #img2img_generate { min-height: 4.5em; font-size: 1.2em; }
 .progress-bar { position: relative; height: 1.6em; border-radius: 0.4em; overflow: hidden;
                 background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
 .progress-fill { height: 100%; background: var(--color-accent); opacity: 0.55; transition: width 0.2s; }
 .progress-text { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
                  font-size: 0.85em; }
-#html_info_txt2img .infotext { font-family: var(--font-mono); font-size: 0.85em; white-space: pre-wrap;
+#html_info_txt2img .infotext, #html_info_img2img .infotext { font-family: var(--font-mono); font-size: 0.85em; white-space: pre-wrap;
                                word-break: break-word; }
 .job-note { font-size: 0.85em; opacity: 0.85; margin: 0.2em 0; }
 .error { border: 1px solid #d33; border-radius: 0.4em; padding: 0.4em 0.6em; color: #d33; margin: 0.3em 0; }
@@ -68,17 +78,22 @@ CSS = """
 .extra-network-skipped { opacity: 0.75; }
 .pnginfo-table th { text-align: left; padding-right: 1em; vertical-align: top; white-space: nowrap; }
 .pnginfo-table td { word-break: break-word; }
+#img2img_outpaint { align-self: center; }
+/* The brush paints with pointer events: without this a finger on the canvas scrolls the page instead. */
+#img2maskimg canvas, #inpaint_sketch canvas, #img2img_sketch canvas { touch-action: none; }
 """
 
-# Ctrl+Enter in a prompt box generates (A1111's shortcut).
+# Ctrl+Enter in a prompt box generates in that box's tab (A1111's shortcut).
 JS = """
 () => {
     document.addEventListener('keydown', (event) => {
         if (!(event.ctrlKey || event.metaKey) || event.key !== 'Enter') return;
-        const box = event.target && event.target.closest && event.target.closest('#txt2img_prompt, #txt2img_neg_prompt');
+        const box = event.target && event.target.closest &&
+            event.target.closest('#txt2img_prompt, #txt2img_neg_prompt, #img2img_prompt, #img2img_neg_prompt');
         if (!box) return;
         event.preventDefault();
-        const button = document.querySelector('#txt2img_generate');
+        const tab = box.id.startsWith('img2img') ? 'img2img' : 'txt2img';
+        const button = document.querySelector('#' + tab + '_generate');
         if (button) button.click();
     });
     %TOOLTIPS%
@@ -104,6 +119,9 @@ def build_ui(context) -> gr.Blocks:
             shared.tabs = tabs
             with gr.Tab("txt2img", id=TAB_IDS["txt2img"], elem_id="tab_txt2img", render_children=True):
                 txt2img.build(context, shared)
+            with gr.Tab("img2img", id=TAB_IDS["img2img"], elem_id="tab_img2img", render_children=True):
+                img2img.build(context, shared)
+            img2img.wire_send_from_txt2img(context, shared)
             with gr.Tab("PNG Info", id=TAB_IDS["PNG Info"], elem_id="tab_pnginfo", render_children=True):
                 pnginfo.build(context, shared)
             with gr.Tab("Checkpoint Merger", id=TAB_IDS["Checkpoint Merger"], elem_id="tab_modelmerger", render_children=True):

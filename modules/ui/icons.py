@@ -40,6 +40,11 @@ ICONS = {
                   "<path d='M8.5 14.5c-2.5 0-4 1.5-4 3.5 0 1.2-.8 2-1.5 2.5 3 .5 7 0 7-4'/>"),
     "clipboard": Icon("\U0001f4cb", "<rect x='5' y='4' width='14' height='17' rx='2'/><path d='M9 4V3h6v1'/>"
                       "<path d='M9 10h6'/><path d='M9 14h6'/><path d='M9 18h4'/>"),
+    "image": Icon("\U0001f5bc\ufe0f", "<rect x='3' y='4' width='18' height='16' rx='2'/><circle cx='9' cy='9.5' r='1.5'/>"
+                  "<path d='m21 16-5-5-9 9'/>"),
+    "palette": Icon("\U0001f3a8\ufe0f", "<path d='M12 3a9 9 0 1 0 0 18c1.1 0 1.6-.8 1.6-1.6 0-.9-.7-1.3-.7-2.2 "
+                    "0-1 .8-1.7 1.8-1.7H17a4 4 0 0 0 4-4C21 6.6 17 3 12 3z'/><circle cx='7.5' cy='11' r='1'/>"
+                    "<circle cx='10' cy='7' r='1'/><circle cx='15' cy='7.5' r='1'/>"),
     "memo": Icon("\U0001f4dd", "<path d='M14 3H6a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2V9z'/>"
                  "<path d='M14 3v6h6'/><path d='M8 13h8'/><path d='M8 17h5'/>"),
 }
@@ -70,6 +75,24 @@ ICON_BUTTONS = {
     "txt2img_style_apply_dialog": IconButton("clipboard", "Apply all selected styles to the prompts (and clear the "
                                                           "selection)"),
     "txt2img_style_copy": IconButton("memo", "Copy the main prompts into the style"),
+    "txt2img_send_to_img2img": IconButton("image", "Send the selected image to img2img (with prompt, steps, seed "
+                                                   "and size)"),
+    "txt2img_send_to_inpaint": IconButton("palette", "Send the selected image to img2img's Inpaint tab (with "
+                                                     "prompt, steps and seed)"),
+    # The img2img tab: the same buttons as txt2img's, with its prefix.
+    "img2img_random_seed": IconButton("dice", "Set the seed to -1: a new random seed for every generation"),
+    "img2img_reuse_seed": IconButton("recycle", "Reuse the seed of the selected image (or of the last generation)"),
+    "img2img_paste": IconButton("paste", "Read generation parameters from the prompt, or from the last generation "
+                                         "if the prompt is empty, into the fields", icon_only=False),
+    "open_folder_img2img": IconButton("folder", "Open the folder the images are saved in", icon_only=False),
+    "img2img_res_switch_btn": IconButton("swap", "Swap width and height"),
+    "img2img_styles_edit_button": IconButton("brush", "Edit styles"),
+    "refresh_img2img_styles": IconButton("refresh", "Read the styles file again"),
+    "img2img_style_apply_dialog": IconButton("clipboard", "Apply all selected styles to the prompts (and clear "
+                                                          "the selection)"),
+    "img2img_style_copy": IconButton("memo", "Copy the main prompts into the style"),
+    "img2img_send_to_img2img": IconButton("image", "Send the selected image to img2img"),
+    "img2img_send_to_inpaint": IconButton("palette", "Send the selected image to img2img's Inpaint tab"),
 }
 
 

@@ -1,5 +1,6 @@
 """The PNG Info tab: drop an image, see the A1111 parameters it carries (PNG `parameters` chunk,
-JPEG/WebP EXIF comment, NovelAI PNGs), parsed into a table, and send them to txt2img.
+JPEG/WebP EXIF comment, NovelAI PNGs), parsed into a table, and send them to txt2img, or with the
+image to img2img / inpaint.
 
 The image arrives as the uploaded file itself (`type="filepath"`, no mode conversion), so nothing
 re-encodes it and its text chunks survive.
@@ -90,7 +91,8 @@ def _table(values: dict[str, Any]) -> str:
 
 
 def build(context, shared: UiShared) -> None:
-    """Build the tab inside the current `gr.Tab`; needs `shared.txt2img_fields` (txt2img is built first)."""
+    """Build the tab inside the current `gr.Tab`; needs `shared.txt2img_fields` and `shared.img2img`
+    (txt2img and img2img are built first)."""
     from modules.ui.txt2img import wire_send_to_txt2img
 
     with gr.Row(equal_height=False):
@@ -101,7 +103,10 @@ def build(context, shared: UiShared) -> None:
             parameters = gr.HTML("", elem_id="pnginfo_parameters", js_on_load=None)
             generation_info = gr.Textbox(label="Parameters (infotext)", lines=6, interactive=False,
                                          elem_id="pnginfo_generation_info", buttons=["copy"])
-            send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo_send_to_txt2img")
+            with gr.Row():
+                send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo_send_to_txt2img")
+                send_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img")
+                send_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_to_inpaint")
 
     def on_image(path: str | None):
         info = read_png_info(path)
@@ -110,3 +115,8 @@ def build(context, shared: UiShared) -> None:
     image.change(on_image, inputs=image, outputs=[parameters, generation_info], show_progress="hidden")
 
     wire_send_to_txt2img(context, shared, send, generation_info)
+    if shared.img2img is not None:
+        from modules.ui.img2img import IMG2IMG_MODE, INPAINT_MODE, wire_send_infotext
+
+        wire_send_infotext(context, shared, send_img2img, generation_info, image, IMG2IMG_MODE)
+        wire_send_infotext(context, shared, send_inpaint, generation_info, image, INPAINT_MODE)

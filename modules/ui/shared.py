@@ -18,7 +18,18 @@ Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps wo
               txt2img_hr, txt2img_gallery, html_info_txt2img, txt2img_progress, paste (A1111's id for the ↙️ button),
               open_folder_txt2img, txt2img_extra_networks (items: class `extra-network-item`,
               attribute data-name)
-  PNG Info    pnginfo_image, pnginfo_generation_info, pnginfo_send_to_txt2img
+              txt2img_send_to_img2img, txt2img_send_to_inpaint (under the gallery)
+  img2img     the same ids as txt2img with the img2img_ prefix (img2img_prompt, img2img_generate, img2img_gallery,
+              img2img_seed, html_info_img2img, img2img_paste, open_folder_img2img, img2img_send_to_img2img,
+              img2img_send_to_inpaint, ...), mode_img2img (the mode sub-tabs) with img2img_img2img_tab
+              (img2img_image), img2img_img2img_sketch_tab (img2img_sketch), img2img_inpaint_tab (img2maskimg),
+              img2img_inpaint_sketch_tab (inpaint_sketch), img2img_inpaint_upload_tab (img_inpaint_base,
+              img_inpaint_mask), img2img_batch_tab; resize_mode, img2img_denoising_strength,
+              img2img_image_cfg_scale, img2img_mask_blur, img2img_mask_mode, img2img_inpainting_fill,
+              img2img_inpaint_full_res, img2img_inpaint_full_res_padding, img2img_mask_alpha,
+              img2img_scale, img2img_outpaint
+  PNG Info    pnginfo_image, pnginfo_generation_info, pnginfo_send_to_txt2img, pnginfo_send_to_img2img,
+              pnginfo_send_to_inpaint
   Merger      modelmerger_primary_model_name, modelmerger_secondary_model_name,
               modelmerger_tertiary_model_name, modelmerger_interp_method, modelmerger_interp_amount,
               modelmerger_custom_name, modelmerger_checkpoint_format, modelmerger_save_as_half,
@@ -28,7 +39,7 @@ Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps wo
   Settings    settings_submit, settings_result, settings_restart_gradio (Reload UI), and setting_<key> per setting
   Models      models_source, models_lookup, models_card, models_file, models_download, models_downloads,
               models_cancel_id, models_cancel (the rest: modules.ui.models_tab)
-Tab labels: "txt2img", "PNG Info", "Checkpoint Merger", "Models", "Settings".
+Tab labels: "txt2img", "img2img", "PNG Info", "Checkpoint Merger", "Models", "Settings".
 """
 
 from __future__ import annotations
@@ -51,6 +62,10 @@ class UiShared:
     tabs: Any = None  # the gr.Tabs, to switch to txt2img after "send to txt2img"
     # txt2img: the scripts' `infotext_fields`, `(component, infotext key or function)`, that a paste fills
     txt2img_paste_fields: list = field(default_factory=list)
+    txt2img_results: Any = None  # txt2img: modules.ui.generation_form.ResultsColumn (its send-to buttons)
+    txt2img_generation_state: Any = None  # txt2img: the gr.State of the last generation (selected image)
+    # img2img (modules.ui.img2img.Img2ImgTab): its fields, image inputs and sub-tabs, for the send-to buttons
+    img2img: Any = None
     # (function, outputs) run when a page opens: the Blocks are built once at start-up, so anything
     # that changes later (checkpoint lists, loaded model) is refreshed here. Any builder may append.
     page_loads: list[tuple[Callable[[], Any], list[Any]]] = field(default_factory=list)
