@@ -316,7 +316,9 @@ def test_selectable_script_through_api_fields_and_callbacks(sample, sd1, tmp_pat
     events = module.EVENTS
     assert module.BASEDIR == str(sample / "extensions" / "sample")
     context = SimpleNamespace(extensions=runtime, engine=DirectEngine(sd1, tmp_path / "out"))
-    assert runtime.scripts.api_titles() == {"txt2img": ["sample always-on", "sample steps"], "img2img": []}
+    # Neither script's show() depends on the tab: both tabs list both (A1111's GET /sdapi/v1/scripts).
+    assert runtime.scripts.api_titles() == {"txt2img": ["sample always-on", "sample steps"],
+                                            "img2img": ["sample always-on", "sample steps"]}
     selection = runtime.scripts.selection_from_api("sample STEPS", [3], {})
     result = run_txt2img(context, GenerationRequest(prompt="a dog", **SMALL), save=True, selection=selection)
     params = parse_generation_parameters(result.infotexts[0])

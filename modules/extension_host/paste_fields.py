@@ -2,11 +2,14 @@
 `modules.generation_parameters_copypaste`): which component an infotext key fills, and the buttons
 that send an infotext to a tab.
 
-- `Script.infotext_fields = [(component, "Infotext key" or callable(params))]`, set in `ui()`: the
-  txt2img paste button and PNG Info's "Send to txt2img" fill those controls from a pasted infotext
-  (`pasted_updates`), after the `on_infotext_pasted(infotext, params)` callbacks edited the parsed
-  dict. `Script.paste_field_names` (infotext keys) are collected with them (A1111 copies those
-  between tabs; Atelier has one generation tab, so they only travel with `paste_fields["txt2img"]`).
+- `Script.infotext_fields = [(component, "Infotext key" or callable(params))]`, set in `ui()`: a
+  tab's paste button and PNG Info's "Send to txt2img"/"Send to img2img" fill those controls from a
+  pasted infotext (`pasted_updates`), after the `on_infotext_pasted(infotext, params)` callbacks
+  edited the parsed dict. Each tab has its own script instances, so its own fields. The
+  `Script.paste_field_names` (infotext keys) are collected with them, in `paste_fields[tab]`.
+- `register_generation_tab(runner, "txt2img" | "img2img", init_img, own_fields, override_component)`
+  makes a generation tab A1111's destination of that name, its fields followed by its scripts'
+  `infotext_fields` (call it once the tab's scripts panel is built).
 - `add_paste_fields(tabname, init_img, fields, override_settings_component=None)` makes a tab a
   destination; `register_paste_params_button(ParamBinding(...))`, `create_buttons` and
   `bind_buttons` add "Send to <tab>" buttons; the app wires them once its page is built
@@ -84,8 +87,22 @@ class PasteRegistry:
         self.bindings.append(binding)
 
 
+def register_generation_tab(runner, tabname: str, init_img, own_fields: Sequence[tuple[Any, Any]],
+                            override_settings_component=None) -> list[tuple[Any, Any]]:
+    """Make the generation tab `tabname` ("txt2img" or "img2img") A1111's paste destination of that
+    name (`paste_fields[tabname]`): `own_fields` (`(component, infotext key)` pairs), then the
+    `infotext_fields` of the scripts that tab shows, with their `paste_field_names`. `runner`: the
+    app's ScriptRunner. Returns the scripts' fields (what a paste fills besides the tab's own)."""
+    if tabname not in ("txt2img", "img2img"):
+        raise ValueError(f"tabname must be 'txt2img' or 'img2img', got {tabname!r}")
+    script_fields, field_names = script_infotext_fields(runner.tab(tabname == "img2img").scripts)
+    runner.paste.add_paste_fields(tabname, init_img, [*own_fields, *script_fields], override_settings_component)
+    runner.paste.paste_fields[tabname]["paste_field_names"] = field_names
+    return script_fields
+
+
 def script_infotext_fields(scripts) -> tuple[list[tuple[Any, Any]], list[str]]:
-    """The `(component, key)` pairs and `paste_field_names` of `scripts` (those shown in txt2img),
+    """The `(component, key)` pairs and `paste_field_names` of `scripts` (those one tab shows),
     in load order. A malformed entry is logged with its extension and left out."""
     import gradio as gr
 
@@ -143,13 +160,15 @@ def pasted_updates(fields: Sequence[tuple[Any, Any]], params: Mapping[str, Any])
     return updates
 
 
-def infotext_script_args(runner, params: Mapping[str, Any], given: Mapping[str, Sequence[Any]]) -> dict[str, tuple]:
-    """A1111's API `infotext` for always-on scripts: each script whose controls the page built and
-    whose `infotext_fields` the infotext mentions gets its default arguments with those values (as
-    the paste button converts them), then the arguments the request gave it (`given`, by lowercase
-    title) on top. Returns only the scripts the infotext changed."""
+def infotext_script_args(runner, params: Mapping[str, Any], given: Mapping[str, Sequence[Any]], *,
+                         is_img2img: bool = False) -> dict[str, tuple]:
+    """A1111's API `infotext` for always-on scripts of the txt2img tab (the img2img tab's with
+    `is_img2img`): each script whose controls the page built and whose `infotext_fields` the
+    infotext mentions gets its default arguments with those values (as the paste button converts
+    them), then the arguments the request gave it (`given`, by lowercase title) on top. Returns only
+    the scripts the infotext changed. `runner`: the app's ScriptRunner."""
     result = {}
-    for script in runner.alwayson:
+    for script in runner.tab(is_img2img).alwayson:
         components, fields = runner.paste.script_controls.get(script, ((), []))
         if not fields:
             continue

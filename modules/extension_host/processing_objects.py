@@ -1,9 +1,11 @@
 """A1111's processing objects for extension scripts: `p`, `Processed` and `process_images`.
 
-`StableDiffusionProcessingTxt2Img` is a plain mutable object with A1111's field names, built from a
-`GenerationRequest` (`from_request`) and turned back into one (`to_request`) wherever the engine
-takes a request: at `process_images(p)` (after `before_process`) and after the always-on scripts'
-`process`. While a generation runs, the per-image lists (`all_prompts`, `all_negative_prompts`,
+`StableDiffusionProcessingTxt2Img` (and `StableDiffusionProcessingImg2Img`) is a plain mutable
+object with A1111's field names, built from a `GenerationRequest` (an `Img2ImgRequest`) with
+`from_request` and turned back into one with `to_request` wherever the engine takes a request: at
+`process_images(p)` (after `before_process`) and after the always-on scripts' `process`, so a
+script that changes `p.init_images` or `p.denoising_strength` there is seen by the engine.
+`processing_for(request)` makes the right class for a request. While a generation runs, the per-image lists (`all_prompts`, `all_negative_prompts`,
 `all_seeds`, `all_subseeds`), the current batch's (`prompts`, `seeds`, ...) and
 `extra_generation_params` mirror the engine's `GenerationPlan` (modules.generation.engine), so what a
 script writes there reaches conditioning, noise and the infotext.
@@ -20,8 +22,10 @@ import json
 from typing import Any
 
 from modules.generation.engine import GenerationRequest, GenerationResult
+from modules.generation.requests import Img2ImgRequest
 
 REQUEST_FIELDS = tuple(GenerationRequest.model_fields)
+IMG2IMG_REQUEST_FIELDS = tuple(Img2ImgRequest.model_fields)
 
 # A1111 fields without a GenerationRequest counterpart, with A1111's defaults.
 _A1111_DEFAULTS: dict[str, Any] = {
@@ -45,6 +49,10 @@ _A1111_DEFAULTS: dict[str, Any] = {
 class StableDiffusionProcessing:
     """A1111's `p`. Construct with keyword arguments of A1111's names, or `from_request`."""
 
+    request_type: type[GenerationRequest] = GenerationRequest
+    # Request fields held under another attribute name (A1111's img2img `p` keeps `mask` as `image_mask`).
+    field_attributes: dict[str, str] = {}
+
     def __init__(self, **fields: Any):
         for name, spec in GenerationRequest.model_fields.items():
             setattr(self, name, spec.get_default(call_default_factory=True))
@@ -57,35 +65,48 @@ class StableDiffusionProcessing:
             setattr(self, name, value)
 
     @classmethod
+    def request_fields(cls) -> tuple[str, ...]:
+        return tuple(cls.request_type.model_fields)
+
+    @classmethod
     def from_request(cls, request: GenerationRequest, **fields: Any):
-        values = {name: getattr(request, name) for name in REQUEST_FIELDS}
-        values["styles"] = list(request.styles)
-        values["override_settings"] = dict(request.override_settings)
+        values = {cls.field_attributes.get(name, name): _mutable(getattr(request, name))
+                  for name in cls.request_fields()}
         return cls(**values, **fields)
 
     def copy_with(self, request: GenerationRequest) -> "StableDiffusionProcessing":
         """A shallow copy of this `p` holding `request`'s fields (A1111's scripts run each grid cell on
-        `copy(p)`, so what always-on scripts put on `p` in setup() reaches every cell)."""
+        `copy(p)`, so what always-on scripts put on `p` in setup() reaches every cell). A request of
+        the other kind (an Img2ImgRequest for a txt2img `p`) gives a `p` of its kind, with this one's
+        other attributes."""
         p = copy.copy(self)
-        for name in REQUEST_FIELDS:
-            setattr(p, name, getattr(request, name))
-        p.styles = list(request.styles)
-        p.override_settings = dict(request.override_settings)
+        cls = processing_class_for(request)
+        if type(p) is not cls:
+            fresh = cls()
+            own = set(self.request_fields()) | set(self.field_attributes.values())
+            p.__class__ = cls
+            for name, value in vars(fresh).items():
+                if name in own or name not in vars(p):
+                    setattr(p, name, value)
+            for name in own.difference(vars(fresh)):
+                vars(p).pop(name, None)  # the other kind's fields (init_images on a txt2img p)
+        for name in cls.request_fields():
+            setattr(p, cls.field_attributes.get(name, name), _mutable(getattr(request, name)))
         p.extra_generation_params = dict(getattr(self, "extra_generation_params", None) or {})
         return p
 
     def to_request(self) -> GenerationRequest:
         """The request these fields describe; pydantic's ValidationError (a ValueError) names a
         field a script set to an unusable value."""
-        values = {name: getattr(self, name) for name in REQUEST_FIELDS}
+        values = {name: getattr(self, self.field_attributes.get(name, name)) for name in self.request_fields()}
         values["styles"] = tuple(values["styles"] or ())
         values["override_settings"] = dict(values["override_settings"] or {})
         values["sampler_name"] = values["sampler_name"] or GenerationRequest.model_fields["sampler_name"].default
         values["scheduler"] = values["scheduler"] or "Automatic"
-        for name in ("seed", "subseed", "steps", "width", "height", "batch_size", "n_iter"):
-            if isinstance(values[name], float) and values[name].is_integer():
+        for name in _INT_FIELDS:
+            if isinstance(values.get(name), (float, bool)) and float(values[name]).is_integer():
                 values[name] = int(values[name])
-        return GenerationRequest(**values)
+        return self.request_type(**values)
 
     # A1111 helpers scripts call.
 
@@ -101,22 +122,88 @@ class StableDiffusionProcessing:
         pass
 
     def js(self) -> str:
-        return json.dumps({name: getattr(self, name) for name in REQUEST_FIELDS}, default=str)
+        return json.dumps({name: getattr(self, self.field_attributes.get(name, name), None)
+                           for name in self.request_fields() if name not in _IMAGE_FIELDS}, default=str)
+
+
+# Fields scripts may set to a float or bool (a slider's 3.0, a checkbox's True) that the request takes as int.
+_INT_FIELDS = ("seed", "subseed", "steps", "width", "height", "batch_size", "n_iter", "resize_mode", "mask_blur_x",
+               "mask_blur_y", "inpainting_fill", "inpaint_full_res_padding", "inpainting_mask_invert")
+_IMAGE_FIELDS = ("init_images", "mask")  # left out of `js()`: pixels, not parameters
+
+
+def _mutable(value: Any) -> Any:
+    """A request's value as A1111's `p` holds it: lists and dicts a script may edit in place."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
 
 
 class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     pass
 
 
+# A1111's img2img attributes that are not request fields: set by its `init()` (the latent masks, the
+# crop for "Only masked", the overlays and colour references), read by some scripts. Atelier's
+# engine keeps them to itself: they stay None here, except `init_latent` (set before sampling).
+_IMG2IMG_STATE: dict[str, Any] = {
+    "mask": None, "latent_mask": None, "nmask": None, "init_latent": None, "image_conditioning": None,
+    "paste_to": None, "overlay_images": None, "mask_for_overlay": None, "color_corrections": None,
+}
+
+
 class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
-    """Exists so `isinstance(p, StableDiffusionProcessingImg2Img)` checks work; Atelier has no img2img yet."""
+    """A1111's img2img `p` (A1111.md §13.2): `init_images` (a list of PIL images), `image_mask` (the
+    request's `mask`: A1111 moves the constructor's `mask` there; `p.mask` is its latent keep-mask,
+    None here), `mask_blur_x`/`mask_blur_y` and the `mask_blur` property, `mask_round`,
+    `resize_mode`, `denoising_strength`, `image_cfg_scale`, `inpainting_fill`, `inpaint_full_res`,
+    `inpaint_full_res_padding`, `inpainting_mask_invert`, `initial_noise_multiplier`,
+    `inpainting_mask_weight`; `to_request()` gives an `Img2ImgRequest`.
+
+    `latent_mask` (a separate mask for the latent blend) is accepted and not used: the engine blends
+    through `image_mask` (a script that sets it gets a warning from the script host)."""
+
+    request_type = Img2ImgRequest
+    field_attributes = {"mask": "image_mask"}
 
     def __init__(self, **fields: Any):
-        super().__init__(**fields)
-        for name in ("init_images", "mask", "image_mask"):
-            setattr(self, name, fields.get(name))
-        self.resize_mode = fields.get("resize_mode", 0)
-        self.inpainting_fill = fields.get("inpainting_fill", 0)
+        mask_blur = fields.pop("mask_blur", None)
+        if "mask" in fields:  # A1111's constructor argument; `p.mask` is the latent keep-mask later
+            fields.setdefault("image_mask", fields.pop("mask"))
+        defaults = {name: spec.get_default(call_default_factory=True) for name, spec in Img2ImgRequest.model_fields.items()
+                    if name not in GenerationRequest.model_fields and spec.is_required() is False}
+        defaults.pop("mask", None)
+        defaults["denoising_strength"] = Img2ImgRequest.model_fields["denoising_strength"].default
+        super().__init__(**{"init_images": None, "image_mask": None, **defaults, **_IMG2IMG_STATE, **fields})
+        if mask_blur is not None:
+            self.mask_blur = mask_blur
+
+    @property
+    def mask_blur(self) -> int | None:
+        """A1111: both axes' blur when they are equal, else None."""
+        return self.mask_blur_x if self.mask_blur_x == self.mask_blur_y else None
+
+    @mask_blur.setter
+    def mask_blur(self, value: int) -> None:
+        if value is not None:
+            self.mask_blur_x = self.mask_blur_y = value
+
+    def to_request(self) -> Img2ImgRequest:
+        if self.init_images is None or (isinstance(self.init_images, (list, tuple)) and not self.init_images):
+            raise ValueError("init_images is empty; an img2img p needs at least one image")
+        return super().to_request()
+
+
+def processing_class_for(request: GenerationRequest) -> type[StableDiffusionProcessing]:
+    """The `p` class for `request`: img2img for an Img2ImgRequest, else txt2img."""
+    return StableDiffusionProcessingImg2Img if isinstance(request, Img2ImgRequest) else StableDiffusionProcessingTxt2Img
+
+
+def processing_for(request: GenerationRequest, **fields: Any) -> StableDiffusionProcessing:
+    """A1111's `p` for `request` (`StableDiffusionProcessingImg2Img` for an Img2ImgRequest)."""
+    return processing_class_for(request).from_request(request, **fields)
 
 
 class Processed:

@@ -2,7 +2,7 @@
 them and joins them to a generation.
 
 A script is a `Script` subclass in an extension's `scripts/*.py` (A1111.md §11):
-  title()            its name in the txt2img "Script" dropdown and for the API (case-insensitive)
+  title()            its name in a tab's "Script" dropdown and for the API (case-insensitive)
   show(is_img2img)   False (hidden), True (selectable in the dropdown) or `AlwaysVisible` (always on)
   ui(is_img2img)     Gradio components; their values are the script's `*args`
   run(p, *args)      selectable scripts: do the whole job, return a `Processed` (usually from
@@ -12,7 +12,15 @@ A script is a `Script` subclass in an extension's `scripts/*.py` (A1111.md §11)
   postprocess_batch, postprocess_batch_list, postprocess_image,
   postprocess        hooks of always-on scripts, in A1111's order (modules.generation.engine.GenerationHooks)
 
-`ScriptRunner.generate(engine, request, control, save=..., selection=...)` runs one request: the
+As in A1111, every class is instantiated once per tab (`ScriptRunner.txt2img_tab` and
+`img2img_tab`, A1111's `scripts_txt2img` and `scripts_img2img`): `is_txt2img`/`is_img2img` are set on
+the instance, `show(is_img2img)` decides whether the tab offers it, `ui(is_img2img)` builds its
+controls there, and each tab has its own args layout (`args_from:args_to`) and default arguments.
+The callbacks (one CallbackRegistry) are shared. `ScriptRunner`'s own lists and lookups
+(`txt2img_scripts`, `selectable`, `alwayson`, `find`, `layout`, ...) are the txt2img tab's.
+
+`ScriptRunner.generate(engine, request, control, save=..., selection=...)` runs one request (the
+img2img tab's scripts for an `Img2ImgRequest`, whose `p` is a `StableDiffusionProcessingImg2Img`): the
 selected script's `run`, else `process_images(p)`, with every always-on script's hooks and the
 generation callbacks (on_cfg_denoiser, on_before_image_saved, on_image_saved). A hook of an
 always-on script that raises is logged with the extension's name, added to the result's warnings,
@@ -20,7 +28,9 @@ and the generation goes on (A1111 does the same); a selected script's `run` that
 job with a `ScriptError` naming the script and extension. With no script and no generation
 callback, the engine runs exactly as without extensions.
 
-What the UI and the API call: `run_txt2img(context, request, control, save=..., selection=...)`.
+What the UI and the API call: `run_txt2img(context, request, control, save=..., selection=...)` and
+`run_img2img(...)` (the same for an `Img2ImgRequest`), through
+`modules.serving.generation_service.run_generation`.
 
 Atelier additions for selectable scripts that run a job of their own (the built-in X/Y/Z plot):
 `job_of(p)` inside `run(p, *args)` gives a `ScriptJob` (the AppContext, an engine whose every
@@ -41,7 +51,13 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from modules.generation.engine import GenerationHooks, GenerationPlan, GenerationRequest, GenerationResult, ImageSaveEvent
-from modules.extension_host.processing_objects import Processed, StableDiffusionProcessingTxt2Img, process_images
+from modules.generation.requests import Img2ImgRequest
+from modules.extension_host.processing_objects import (
+    Processed,
+    StableDiffusionProcessingImg2Img,
+    process_images,
+    processing_for,
+)
 from modules.extension_host.module_files import REPO_ROOT
 from modules.extension_host.callbacks import CallbackRegistry, ImageSaveParams, registry_scope, script_scope
 from modules.extension_host.cfg_callbacks import CFG_KINDS, CFGCallbackHooks
@@ -102,7 +118,7 @@ class Script:
     controls = None
     on_before_component_elem_id: list | None = None  # [(elem_id, callback)] from on_before_component
     on_after_component_elem_id: list | None = None  # [(elem_id, callback)] from on_after_component
-    _atelier_shown = False  # shown in txt2img (selectable or always-on); set when loaded
+    _atelier_shown = False  # shown in its tab (selectable or always-on); set when loaded
     _atelier_defaults: tuple | None = None  # the ui() components' values, once known
     app = None  # Atelier: the AppContext the scripts run in (ScriptRunner.bind_app); None until bound
 
@@ -161,16 +177,16 @@ class Script:
         pass
 
     def on_before_component(self, callback, *, elem_id):
-        """Call `callback(OnComponent(component=...))` before the txt2img component `elem_id` is
-        created (the component is then a stand-in holding its keyword arguments). Call it from
+        """Call `callback(OnComponent(component=...))` before the component `elem_id` of this script's tab
+        is created (the component is then a stand-in holding its keyword arguments). Call it from
         `__init__` or `ui()`, as A1111's scripts do."""
         if self.on_before_component_elem_id is None:
             self.on_before_component_elem_id = []
         self.on_before_component_elem_id.append((elem_id, callback))
 
     def on_after_component(self, callback, *, elem_id):
-        """Call `callback(OnComponent(component=...))` right after the txt2img component `elem_id` is
-        created; components made in the callback are placed after it."""
+        """Call `callback(OnComponent(component=...))` right after the component `elem_id` of this
+        script's tab is created; components made in the callback are placed after it."""
         if self.on_after_component_elem_id is None:
             self.on_after_component_elem_id = []
         self.on_after_component_elem_id.append((elem_id, callback))
@@ -297,16 +313,201 @@ class ScriptSelection:
     alwayson_args: Mapping[str, tuple] = field(default_factory=dict)
 
 
+class ScriptTab:
+    """One tab's scripts (A1111's `scripts_txt2img` or `scripts_img2img`): an instance of every loaded
+    Script class made for this tab (`is_img2img` set on it), in load order, and what depends on the
+    tab: which are shown (`show(is_img2img)`), the "Script" dropdown's entries, the flat args layout,
+    the API's names, and the component hooks fired while the tab is built."""
+
+    def __init__(self, runner: "ScriptRunner", is_img2img: bool):
+        self.runner = runner
+        self.is_img2img = is_img2img
+        self.all_scripts: list[Script] = []  # every loaded class's instance for this tab, shown or not
+
+    @property
+    def name(self) -> str:
+        return "img2img" if self.is_img2img else "txt2img"
+
+    @property
+    def callbacks(self) -> CallbackRegistry:
+        return self.runner.callbacks
+
+    # --- lists and lookup ------------------------------------------------------------------------
+
+    @property
+    def scripts(self) -> list[Script]:
+        """Scripts shown in this tab (selectable and always-on), in load order: A1111's args layout."""
+        return [script for script in self.all_scripts if script._atelier_shown]
+
+    @property
+    def selectable(self) -> list[Script]:
+        return [script for script in self.scripts if not script.alwayson]
+
+    @property
+    def alwayson(self) -> list[Script]:
+        return [script for script in self.scripts if script.alwayson]
+
+    # A1111's attribute names on a runner (`p.scripts.alwayson_scripts`, ...).
+    alwayson_scripts = alwayson
+    selectable_scripts = selectable
+
+    @property
+    def titles(self) -> list[str]:
+        return [script.title() for script in self.selectable]
+
+    def script(self, title: str) -> Script | None:
+        """A1111: the shown script titled `title` (case-insensitive), else None."""
+        try:
+            return self.find(title)
+        except KeyError:
+            return None
+
+    def find(self, title: str, among: Sequence[Script] | None = None) -> Script:
+        """The script titled `title` (case-insensitive); KeyError listing the titles otherwise."""
+        among = self.scripts if among is None else among
+        wanted = title.strip().lower()
+        for script in among:
+            if script.name == wanted:
+                return script
+        raise KeyError(f"script {title!r} not found in {self.name}; available: "
+                       f"{[script.title() for script in among] or 'none'}")
+
+    # --- arguments -------------------------------------------------------------------------------
+
+    def default_args(self, script: Script) -> tuple:
+        return self.runner.default_args(script)
+
+    def record_ui(self, script: Script, components: Sequence[Any]) -> None:
+        self.runner.record_ui(script, components)
+
+    def args_for(self, script: Script, given: Sequence[Any] = ()) -> tuple:
+        return self.runner.args_for(script, given)
+
+    def layout(self) -> int:
+        """A1111's flat args layout: index 0 is the selected script (0 = None), then each shown
+        script's slice `args_from:args_to`. Returns the total length."""
+        start = 1
+        for script in self.scripts:
+            script.args_from, script.args_to = start, start + len(self.default_args(script))
+            start = script.args_to
+        return start
+
+    def flat_args(self, selected: Script | None, args: Mapping[Script, tuple]) -> list:
+        flat = [None] * self.layout()
+        flat[0] = self.selectable.index(selected) + 1 if selected is not None else 0
+        for script in self.scripts:
+            width = script.args_to - script.args_from
+            values = list(args.get(script, self.default_args(script)))[:width]
+            flat[script.args_from:script.args_from + len(values)] = values
+        return flat
+
+    def selection_from_api(self, script_name: str | None, script_args: Sequence[Any] | None,
+                           alwayson_scripts: Mapping[str, Any] | None) -> ScriptSelection:
+        """A1111's API fields as a ScriptSelection for this tab; ValueError (a 422) naming what is wrong."""
+        selected = None
+        if script_name:
+            try:
+                selected = self.find(script_name, self.selectable)
+            except KeyError as error:
+                raise ValueError(f"script_name: {error.args[0]}") from None
+        alwayson: dict[str, tuple] = {}
+        for name, value in (alwayson_scripts or {}).items():
+            try:
+                script = self.find(name)
+            except KeyError:
+                raise ValueError(f"alwayson_scripts: always on script {name!r} not found in {self.name}; always-on "
+                                 f"scripts: {[s.title() for s in self.alwayson] or 'none'}") from None
+            if not script.alwayson:
+                raise ValueError(f"alwayson_scripts: cannot have a selectable script ({script.title()!r}) in the "
+                                 "always on scripts params; send it as script_name")
+            if not isinstance(value, Mapping):
+                raise ValueError(f"alwayson_scripts.{name}: expected an object like {{\"args\": [...]}}")
+            args = value.get("args", [])
+            if not isinstance(args, (list, tuple)):
+                raise ValueError(f"alwayson_scripts.{name}.args: expected a list, got {type(args).__name__}")
+            alwayson[script.name] = tuple(args)
+        return ScriptSelection(script=selected.title() if selected else None, script_args=tuple(script_args or ()),
+                               alwayson_args=alwayson)
+
+    def api_titles(self) -> list[str]:
+        """Lowercase titles of the scripts shown in this tab (A1111's GET /sdapi/v1/scripts)."""
+        return [script.name for script in self.scripts]
+
+    # --- component hooks (fired by modules.ui.component_hooks while this tab is built) -----------
+
+    def has_component_hooks(self) -> bool:
+        """Whether a script of this tab defines `before_component`/`after_component` or registered an
+        `on_*_component` callback (else building a component needs no hook, nor their scope)."""
+        return any(type(script).before_component is not Script.before_component
+                   or type(script).after_component is not Script.after_component
+                   or script.on_before_component_elem_id or script.on_after_component_elem_id
+                   for script in self.scripts)
+
+    def before_component(self, component, **kwargs) -> None:
+        """A1111's order: the `on_before_component` callbacks for this elem_id, then every script's
+        `before_component` (this tab's scripts). Each runs in its extension's scope; one that raises
+        is logged with the extension's name and the others still run."""
+        elem_id = kwargs.get("elem_id")
+        for script in self.scripts:
+            for wanted, callback in script.on_before_component_elem_id or ():
+                if wanted == elem_id:
+                    self._component_hook(script, "on_before_component", callback, OnComponent(component))
+        for script in self.scripts:
+            self._component_hook(script, "before_component", script.before_component, component, **kwargs)
+
+    def after_component(self, component, **kwargs) -> None:
+        """The `on_after_component` callbacks for the component's elem_id, then every script's
+        `after_component` (this tab's scripts)."""
+        elem_id = getattr(component, "elem_id", None) or kwargs.get("elem_id")
+        for script in self.scripts:
+            for wanted, callback in script.on_after_component_elem_id or ():
+                if wanted == elem_id:
+                    self._component_hook(script, "on_after_component", callback, OnComponent(component))
+        for script in self.scripts:
+            self._component_hook(script, "after_component", script.after_component, component, **kwargs)
+
+    def _component_hook(self, script: Script, hook: str, function, *args, **kwargs) -> None:
+        try:
+            with registry_scope(self.callbacks, script.extension):
+                function(*args, **kwargs)
+        except (Exception, SystemExit):
+            log.exception("Extension %s: %s of script %r (%s) failed for component %r; the page is built "
+                          "without what it adds", script.extension, hook, script.title(), self.name,
+                          kwargs.get("elem_id") or getattr(args[0], "elem_id", None))
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def needed_for(self, selection: ScriptSelection) -> bool:
+        return bool(selection.script or self.alwayson or any(
+            self.callbacks.has(kind) for kind in (*CFG_KINDS, "before_image_saved", "image_saved")))
+
+
 class ScriptRunner:
-    """The loaded scripts of one app, in load order, and the code that runs them."""
+    """The loaded scripts of one app, in load order, and the code that runs them. Holds one
+    `ScriptTab` per generation tab (`txt2img_tab`, `img2img_tab`); the list and lookup methods
+    without a tab argument are the txt2img tab's (Atelier's callers before img2img)."""
 
     def __init__(self, callbacks: CallbackRegistry):
         self.callbacks = callbacks
-        self.scripts: list[Script] = []
+        self.txt2img_tab = ScriptTab(self, is_img2img=False)
+        self.img2img_tab = ScriptTab(self, is_img2img=True)
         self.app = None  # the AppContext these scripts run in; see bind_app
         callbacks.scripts = self
         # The app's paste destinations and "send to" buttons (A1111's infotext_utils registrations).
         self.paste = PasteRegistry()
+
+    def tab(self, is_img2img: bool = False) -> ScriptTab:
+        """The txt2img or img2img tab's scripts."""
+        return self.img2img_tab if is_img2img else self.txt2img_tab
+
+    @property
+    def tabs(self) -> tuple[ScriptTab, ScriptTab]:
+        return self.txt2img_tab, self.img2img_tab
+
+    @property
+    def scripts(self) -> list[Script]:
+        """Every loaded script class's txt2img instance, in load order (shown there or not)."""
+        return self.txt2img_tab.all_scripts
 
     def bind_app(self, context) -> None:
         """Make `context` (the AppContext owning these scripts) `Script.app` of every script, for
@@ -314,8 +515,9 @@ class ScriptRunner:
         the extensions, before the UI is built."""
         self.app = context
         self.callbacks.app = context
-        for script in self.scripts:
-            script.app = context
+        for tab in self.tabs:
+            for script in tab.all_scripts:
+                script.app = context
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -358,63 +560,70 @@ class ScriptRunner:
                                  "registered as a script", extension.name, path.name, value.__name__)
                         continue
                     known.add(value)
-                    loaded.append(self._instantiate(value, path, extension.name))
-                    loaded[-1]._atelier_module = module  # for A1111's scripts_data
-                    loaded[-1]._atelier_basedir = str(extension.path)
+                    pair = [self._instantiate(value, path, extension.name, is_img2img=tab.is_img2img)
+                            for tab in self.tabs]
+                    for script in pair:
+                        script._atelier_module = module  # for A1111's scripts_data
+                        script._atelier_basedir = str(extension.path)
+                    loaded.append(pair)
         except BaseException:
             imports.forget()
             raise
-        for script in loaded:
-            script.app = self.app
-        self.scripts.extend(loaded)
-        return loaded
+        for pair in loaded:
+            for tab, script in zip(self.tabs, pair):
+                script.app = self.app
+                tab.all_scripts.append(script)
+        return [pair[0] for pair in loaded]
 
     @staticmethod
-    def _instantiate(script_class: type[Script], path, extension: str) -> Script:
+    def _instantiate(script_class: type[Script], path, extension: str, *, is_img2img: bool = False) -> Script:
+        """The script's instance for one tab (A1111 makes one per tab: `show` and `ui` are asked with
+        that tab's `is_img2img`, and the instance keeps that tab's state)."""
         skipped = [hook for hook in HOOKS_NOT_CALLED_YET if getattr(script_class, hook) is not getattr(Script, hook)]
-        if skipped:
+        if skipped and not is_img2img:
             log.warning("Extension %s: script %s defines %s, which Atelier does not call yet; that part of it "
                         "does nothing here", extension, script_class.__name__, ", ".join(skipped))
         script = script_class()
         script.filename, script.extension = str(path), extension
-        script.is_txt2img, script.is_img2img = True, False
+        script.is_txt2img, script.is_img2img = not is_img2img, is_img2img
         script.name = str(script.title()).lower()
-        visibility = script.show(False)
+        visibility = script.show(is_img2img)
         script.alwayson = visibility is AlwaysVisible
         script._atelier_shown = bool(visibility)
         return script
 
     def remove_extension(self, extension: str) -> None:
-        self.scripts = [script for script in self.scripts if script.extension != extension]
+        for tab in self.tabs:
+            tab.all_scripts = [script for script in tab.all_scripts if script.extension != extension]
 
     def scripts_data(self) -> list[ScriptClassData]:
         """A1111's `scripts.scripts_data`: one entry per loaded script class, in load order."""
         return [ScriptClassData(type(script), script.filename, getattr(script, "_atelier_basedir", None),
                                 getattr(script, "_atelier_module", None)) for script in self.scripts]
 
-    # --- lists and lookup ------------------------------------------------------------------------
+    # --- the txt2img tab's lists and lookup (callers from before img2img) ------------------------
 
     @property
     def txt2img_scripts(self) -> list[Script]:
         """Scripts shown in txt2img (selectable and always-on), in load order: A1111's args layout."""
-        return [script for script in self.scripts if script._atelier_shown]
+        return self.txt2img_tab.scripts
+
+    @property
+    def img2img_scripts(self) -> list[Script]:
+        """Scripts shown in img2img, in load order (their img2img instances)."""
+        return self.img2img_tab.scripts
 
     @property
     def selectable(self) -> list[Script]:
-        return [script for script in self.txt2img_scripts if not script.alwayson]
+        return self.txt2img_tab.selectable
 
     @property
     def alwayson(self) -> list[Script]:
-        return [script for script in self.txt2img_scripts if script.alwayson]
+        return self.txt2img_tab.alwayson
 
     def find(self, title: str, among: Sequence[Script] | None = None) -> Script:
-        """The script titled `title` (case-insensitive); KeyError listing the titles otherwise."""
-        among = self.txt2img_scripts if among is None else among
-        wanted = title.strip().lower()
-        for script in among:
-            if script.name == wanted:
-                return script
-        raise KeyError(f"script {title!r} not found; available: {[script.title() for script in among] or 'none'}")
+        """The txt2img script titled `title` (case-insensitive); KeyError listing the titles otherwise."""
+        return self.txt2img_tab.find(title, among)
 
     # --- arguments -------------------------------------------------------------------------------
 
@@ -448,121 +657,57 @@ class ScriptRunner:
             given = given[:len(defaults)]
         return tuple(given) + tuple(defaults[len(given):])
 
-    # --- component hooks (fired by modules.ui.component_hooks while the txt2img tab is built) ---------
+    # --- the txt2img tab's component hooks and layout (ScriptTab has each tab's) -----------------
 
     def has_component_hooks(self) -> bool:
-        """Whether a txt2img script defines `before_component`/`after_component` or registered an
-        `on_*_component` callback (else building a component needs no hook, nor their scope)."""
-        return any(type(script).before_component is not Script.before_component
-                   or type(script).after_component is not Script.after_component
-                   or script.on_before_component_elem_id or script.on_after_component_elem_id
-                   for script in self.txt2img_scripts)
+        return self.txt2img_tab.has_component_hooks()
 
     def before_component(self, component, **kwargs) -> None:
-        """A1111's order: the `on_before_component` callbacks for this elem_id, then every txt2img
-        script's `before_component`. Each runs in its extension's scope; one that raises is logged
-        with the extension's name and the others still run."""
-        elem_id = kwargs.get("elem_id")
-        for script in self.txt2img_scripts:
-            for wanted, callback in script.on_before_component_elem_id or ():
-                if wanted == elem_id:
-                    self._component_hook(script, "on_before_component", callback, OnComponent(component))
-        for script in self.txt2img_scripts:
-            self._component_hook(script, "before_component", script.before_component, component, **kwargs)
+        self.txt2img_tab.before_component(component, **kwargs)
 
     def after_component(self, component, **kwargs) -> None:
-        """The `on_after_component` callbacks for the component's elem_id, then every txt2img script's
-        `after_component`."""
-        elem_id = getattr(component, "elem_id", None) or kwargs.get("elem_id")
-        for script in self.txt2img_scripts:
-            for wanted, callback in script.on_after_component_elem_id or ():
-                if wanted == elem_id:
-                    self._component_hook(script, "on_after_component", callback, OnComponent(component))
-        for script in self.txt2img_scripts:
-            self._component_hook(script, "after_component", script.after_component, component, **kwargs)
-
-    def _component_hook(self, script: Script, hook: str, function, *args, **kwargs) -> None:
-        try:
-            with registry_scope(self.callbacks, script.extension):
-                function(*args, **kwargs)
-        except (Exception, SystemExit):
-            log.exception("Extension %s: %s of script %r failed for component %r; the page is built without "
-                          "what it adds", script.extension, hook, script.title(),
-                          kwargs.get("elem_id") or getattr(args[0], "elem_id", None))
+        self.txt2img_tab.after_component(component, **kwargs)
 
     def layout(self) -> int:
-        """A1111's flat args layout: index 0 is the selected script (0 = None), then each txt2img
-        script's slice `args_from:args_to`. Returns the total length."""
-        start = 1
-        for script in self.txt2img_scripts:
-            script.args_from, script.args_to = start, start + len(self.default_args(script))
-            start = script.args_to
-        return start
+        return self.txt2img_tab.layout()
 
     def flat_args(self, selected: Script | None, args: Mapping[Script, tuple]) -> list:
-        flat = [None] * self.layout()
-        flat[0] = self.selectable.index(selected) + 1 if selected is not None else 0
-        for script in self.txt2img_scripts:
-            width = script.args_to - script.args_from
-            values = list(args.get(script, self.default_args(script)))[:width]
-            flat[script.args_from:script.args_from + len(values)] = values
-        return flat
+        return self.txt2img_tab.flat_args(selected, args)
 
     def selection_from_api(self, script_name: str | None, script_args: Sequence[Any] | None,
-                           alwayson_scripts: Mapping[str, Any] | None) -> ScriptSelection:
-        """A1111's API fields as a ScriptSelection; ValueError (a 422) naming what is wrong."""
-        selected = None
-        if script_name:
-            try:
-                selected = self.find(script_name, self.selectable)
-            except KeyError as error:
-                raise ValueError(f"script_name: {error.args[0]}") from None
-        alwayson: dict[str, tuple] = {}
-        for name, value in (alwayson_scripts or {}).items():
-            try:
-                script = self.find(name)
-            except KeyError:
-                raise ValueError(f"alwayson_scripts: always on script {name!r} not found; always-on scripts: "
-                                 f"{[s.title() for s in self.alwayson] or 'none'}") from None
-            if not script.alwayson:
-                raise ValueError(f"alwayson_scripts: cannot have a selectable script ({script.title()!r}) in the "
-                                 "always on scripts params; send it as script_name")
-            if not isinstance(value, Mapping):
-                raise ValueError(f"alwayson_scripts.{name}: expected an object like {{\"args\": [...]}}")
-            args = value.get("args", [])
-            if not isinstance(args, (list, tuple)):
-                raise ValueError(f"alwayson_scripts.{name}.args: expected a list, got {type(args).__name__}")
-            alwayson[script.name] = tuple(args)
-        return ScriptSelection(script=selected.title() if selected else None, script_args=tuple(script_args or ()),
-                               alwayson_args=alwayson)
+                           alwayson_scripts: Mapping[str, Any] | None, *, is_img2img: bool = False) -> ScriptSelection:
+        """A1111's API fields (`script_name`, `script_args`, `alwayson_scripts`) as the ScriptSelection
+        of the txt2img or img2img tab; ValueError (a 422) naming what is wrong."""
+        return self.tab(is_img2img).selection_from_api(script_name, script_args, alwayson_scripts)
 
     def api_titles(self) -> dict[str, list[str]]:
-        """A1111's GET /sdapi/v1/scripts: lowercase titles of the txt2img scripts."""
-        return {"txt2img": [script.name for script in self.txt2img_scripts], "img2img": []}
+        """A1111's GET /sdapi/v1/scripts: lowercase titles of the scripts each tab shows."""
+        return {"txt2img": self.txt2img_tab.api_titles(), "img2img": self.img2img_tab.api_titles()}
 
     # --- running ---------------------------------------------------------------------------------
 
-    def needed_for(self, selection: ScriptSelection) -> bool:
-        return bool(selection.script or self.alwayson or any(
-            self.callbacks.has(kind) for kind in (*CFG_KINDS, "before_image_saved", "image_saved")))
+    def needed_for(self, selection: ScriptSelection, *, is_img2img: bool = False) -> bool:
+        return self.tab(is_img2img).needed_for(selection)
 
     def generate(self, engine, request: GenerationRequest, control=None, *, save: bool | None = None,
                  selection: ScriptSelection | None = None) -> GenerationResult:
-        """Run `request` on `engine` (a Txt2ImgEngine) with the scripts; see the module docstring."""
+        """Run `request` on `engine` (a Txt2ImgEngine) with the scripts of its tab (img2img for an
+        Img2ImgRequest); see the module docstring."""
         selection = selection or ScriptSelection()
-        if not self.needed_for(selection):
+        tab = self.tab(isinstance(request, Img2ImgRequest))
+        if not tab.needed_for(selection):
             return engine.generate(request, control, save=save)
         selected = None
         if selection.script:
             try:
-                selected = self.find(selection.script, self.selectable)
+                selected = tab.find(selection.script, tab.selectable)
             except KeyError as error:
                 raise ValueError(error.args[0]) from None
         alwayson = [(script, self.args_for(script, selection.alwayson_args.get(script.name, ())))
-                    for script in self.alwayson]
+                    for script in tab.alwayson]
         selected_args = self.args_for(selected, selection.script_args) if selected else ()
-        execution = _Execution(self, engine, control, save, alwayson)
-        p = StableDiffusionProcessingTxt2Img.from_request(request)
+        execution = _Execution(self, engine, control, save, alwayson, tab)
+        p = processing_for(request)
         execution.attach(p, selected, {**dict(alwayson), **({selected: selected_args} if selected else {})})
         for script, args in alwayson:
             execution.call(script, "setup", p, *args)
@@ -586,8 +731,10 @@ class ScriptRunner:
 class _Execution:
     """One request's run of the scripts: what `process_images(p)` needs, and the warnings."""
 
-    def __init__(self, runner: ScriptRunner, engine, control, save, alwayson: list[tuple[Script, tuple]]):
+    def __init__(self, runner: ScriptRunner, engine, control, save, alwayson: list[tuple[Script, tuple]],
+                 tab: ScriptTab | None = None):
         self.runner = runner
+        self.tab = tab or runner.txt2img_tab  # the request's tab (img2img for an Img2ImgRequest)
         self.engine = engine
         self.control = control
         self.save = save
@@ -599,7 +746,7 @@ class _Execution:
         self.base_p = None  # the request's p, after the always-on scripts' setup()
 
     def attach(self, p, selected: Script | None, args: Mapping[Script, tuple]) -> None:
-        self.script_args = tuple(self.runner.flat_args(selected, args))
+        self.script_args = tuple(self.tab.flat_args(selected, args))
         self.base_p = p
         self._join(p)
 
@@ -613,13 +760,14 @@ class _Execution:
         save_dir = getattr(self.engine, "save_dir", None)
         settings = getattr(self.engine, "settings", None)
         if save_dir and settings is not None:
-            from modules.outputs.images import SaveOptions, txt2img_output_dirs
+            from modules.outputs.images import SaveOptions, img2img_output_dirs, txt2img_output_dirs
 
             # Where this request's images go: the outdir_* settings, with the request's overrides.
             snapshot = settings.current().with_overrides(p.override_settings or {})
-            images_dir, grids_dir = txt2img_output_dirs(save_dir, SaveOptions.from_settings(snapshot))
+            output_dirs = img2img_output_dirs if isinstance(p, StableDiffusionProcessingImg2Img) else txt2img_output_dirs
+            images_dir, grids_dir = output_dirs(save_dir, SaveOptions.from_settings(snapshot))
             p.outpath_samples, p.outpath_grids = str(images_dir), str(grids_dir)
-        p.scripts = self.runner
+        p.scripts = self.tab  # A1111's p.scripts: the tab's runner (`alwayson_scripts`, `script(title)`)
         p.script_args = self.script_args
         p._atelier_execution = self
 
@@ -640,6 +788,9 @@ class _Execution:
             return None
 
     def request_of(self, p, stage: str) -> GenerationRequest:
+        if getattr(p, "latent_mask", None) is not None:
+            self.warn("p.latent_mask (a separate mask for the latent blend) is not supported by Atelier; the "
+                      "image mask (p.image_mask) is used for it")
         try:
             return p.to_request()
         except ValueError as error:
@@ -656,8 +807,7 @@ class _Execution:
         """One more generation of this job (a selected script's grid cell): `request` on a fresh `p`,
         with the always-on scripts' hooks, reporting to `control`. `p_attributes`: more attributes
         for that `p` (what an extension's X/Y/Z axis set; a dict value is merged into p's dict)."""
-        p = self.base_p.copy_with(request) if self.base_p is not None else \
-            StableDiffusionProcessingTxt2Img.from_request(request)
+        p = self.base_p.copy_with(request) if self.base_p is not None else processing_for(request)
         self._join(p)
         for name, value in (p_attributes or {}).items():
             current = getattr(p, name, None)
@@ -759,6 +909,8 @@ class ScriptHooks(GenerationHooks):
 
     def before_every_sampling(self, plan: GenerationPlan, x, noise, cond, uncond) -> None:
         self._bind(plan)
+        if isinstance(self.p, StableDiffusionProcessingImg2Img):
+            self.p.init_latent = x  # A1111's p.init_latent: the encoded init images, before noising
         self._each("process_before_every_sampling", x=x, noise=noise, c=cond, uc=uncond)
 
     def before_process_batch(self, plan: GenerationPlan) -> None:
@@ -868,7 +1020,8 @@ def _batch_list_problem(images) -> str | None:
 def run_txt2img(context, request: GenerationRequest, control=None, *, save: bool | None = None,
                 selection: ScriptSelection | None = None) -> GenerationResult:
     """What the UI and the API call instead of `context.engine.generate`: the request with the
-    loaded extensions' scripts and callbacks (`context.extensions`, when extensions are loaded)."""
+    loaded extensions' scripts and callbacks (`context.extensions`, when extensions are loaded). An
+    Img2ImgRequest runs with the img2img tab's scripts (as `run_img2img`)."""
     runtime = getattr(context, "extensions", None)
     if runtime is None:
         if selection is not None and selection.script:
@@ -877,3 +1030,12 @@ def run_txt2img(context, request: GenerationRequest, control=None, *, save: bool
     if runtime.scripts.app is not context:
         runtime.scripts.bind_app(context)
     return runtime.scripts.generate(context.engine, request, control, save=save, selection=selection)
+
+
+def run_img2img(context, request: Img2ImgRequest, control=None, *, save: bool | None = None,
+                selection: ScriptSelection | None = None) -> GenerationResult:
+    """`run_txt2img` for an img2img request: the img2img tab's scripts (A1111's `scripts_img2img`),
+    with `p` a `StableDiffusionProcessingImg2Img`."""
+    if not isinstance(request, Img2ImgRequest):
+        raise TypeError(f"run_img2img takes an Img2ImgRequest, got {type(request).__name__}; use run_txt2img")
+    return run_txt2img(context, request, control, save=save, selection=selection)

@@ -1,10 +1,12 @@
-"""Running a generation request as a job: what the txt2img tab, `/sdapi/v1/txt2img` and the X/Y/Z
-plot (a script run by either) share, so they cannot drift apart, as `modules.merging.service` does
-for merges.
+"""Running a generation request as a job: what the txt2img and img2img tabs, `/sdapi/v1/txt2img`,
+`/sdapi/v1/img2img` and the X/Y/Z plot (a script run by any of them) share, so they cannot drift
+apart, as `modules.merging.service` does for merges.
 
 - `submit_generation` turns a `GenerationSubmission` into a job on the queue. The job loads the
   start-up checkpoint when none is loaded (unless the request overrides the checkpoint), runs the
-  request with the extensions' scripts, and keeps the overrides the API asked to keep.
+  request with the extensions' scripts of its tab (`run_txt2img`, or `run_img2img` for an
+  `Img2ImgRequest`), and keeps the overrides the API asked to keep. The job's kind is "txt2img" or
+  "img2img" (`job_kind`): a tab's Interrupt button without a job of its own stops only its kind.
 - `finished_generation` turns the finished job into what every caller shows: the images with their
   infotexts, the grid first when A1111 would return one, and the job's images released (the queue
   keeps the last jobs for status queries, and a hundred finished batches would pin gigabytes).
@@ -18,6 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from modules.generation.engine import GenerationRequest, GenerationResult, check_prompt_length
+from modules.generation.requests import Img2ImgRequest
 
 if TYPE_CHECKING:
     from modules.extension_host.scripts import ScriptSelection
@@ -25,6 +28,12 @@ if TYPE_CHECKING:
     from modules.serving.jobs import Job, JobControl
 
 GENERATION_JOB_KIND = "txt2img"
+IMG2IMG_JOB_KIND = "img2img"
+
+
+def job_kind(request: GenerationRequest) -> str:
+    """The queue's kind for a job running `request`."""
+    return IMG2IMG_JOB_KIND if isinstance(request, Img2ImgRequest) else GENERATION_JOB_KIND
 
 
 @dataclass(frozen=True)
@@ -69,12 +78,13 @@ def submit_generation(context: AppContext, submission: GenerationSubmission) -> 
     request = submission.request
     check_prompt_length(request.prompt, request.negative_prompt, context.settings.current()["prompt_max_length"])
     return context.jobs.submit(lambda control: run_generation(context, submission, control),
-                               kind=GENERATION_JOB_KIND, description=submission.describe())
+                               kind=job_kind(request), description=submission.describe())
 
 
 def run_generation(context: AppContext, submission: GenerationSubmission, control: JobControl) -> GenerationResult:
-    """The job's work, on the worker thread with the GPU to itself."""
-    from modules.extension_host.scripts import run_txt2img
+    """The job's work, on the worker thread with the GPU to itself: the request with its tab's
+    scripts (img2img's for an Img2ImgRequest)."""
+    from modules.extension_host.scripts import run_img2img, run_txt2img
 
     request = submission.request
     control.set_info("job_count", request.n_iter)  # /sdapi/v1/progress reports "Batch i out of n"
@@ -82,7 +92,8 @@ def run_generation(context: AppContext, submission: GenerationSubmission, contro
         # The loaded model; with none (start-up load skipped or failed, or unloaded), the start-up
         # choice, loaded as A1111 does on first use (an error that says why when none loads).
         context.load_default_model()
-    result = run_txt2img(context, request, control, save=submission.save, selection=submission.selection)
+    run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
+    result = run(context, request, control, save=submission.save, selection=submission.selection)
     if submission.keep_overrides:
         _keep_overrides(context, submission.keep_overrides)
     return result

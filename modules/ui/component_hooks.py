@@ -1,15 +1,19 @@
 """A1111's component hooks, fired from Atelier's own builders.
 
-A1111 patches Gradio's component constructor so that every component built in the txt2img tab runs,
-in this order (A1111.md §15.5):
+A1111 patches Gradio's component constructor so that every component built in the txt2img or the
+img2img tab runs, in this order (A1111.md §15.5):
 
-  1. the scripts' `on_before_component(elem_id=...)` callbacks, then every script's `before_component`
+  1. the tab's scripts' `on_before_component(elem_id=...)` callbacks, then each of their `before_component`
   2. the `script_callbacks.on_before_component` callbacks
   3. the component is created
   4. the `script_callbacks.on_after_component` callbacks
-  5. the scripts' `on_after_component(elem_id=...)` callbacks, then every script's `after_component`
+  5. the tab's scripts' `on_after_component(elem_id=...)` callbacks, then each of their `after_component`
 
-Gradio 6 has no creation hook and Atelier does not patch Gradio, so the txt2img builders create their
+The scripts are the tab's own instances (A1111 makes one per tab; `ScriptRunner.tab(is_img2img)`):
+`ComponentHooks.for_context(context, is_img2img=True)` gives the img2img tab's hooks. The
+`script_callbacks` ones are the app's, the same for both tabs.
+
+Gradio 6 has no creation hook and Atelier does not patch Gradio, so the tabs' builders create their
 components through `ComponentHooks.create(gr.Slider, ..., elem_id="txt2img_width")`. Components an
 extension makes in an after hook land in the layout block being built, right after the component
 (aspect-ratio buttons after `txt2img_width`). Before creation there is no component yet: A1111 passes
@@ -60,17 +64,23 @@ def extension_ui_scope():
 
 @dataclass
 class ComponentHooks:
-    """The hooks of one app's extensions: its callback registry and script runner (either may be None)."""
+    """The hooks of one app's extensions for one tab: its callback registry and that tab's scripts
+    (either may be None)."""
 
     callbacks: Any = None  # modules.extension_host.callbacks.CallbackRegistry
-    runner: Any = None  # modules.extension_host.scripts.ScriptRunner
+    # The tab's scripts: a modules.extension_host.scripts.ScriptTab (a ScriptRunner stands for its
+    # txt2img tab); anything with has_component_hooks, before_component and after_component.
+    runner: Any = None
 
     @classmethod
-    def for_context(cls, context) -> "ComponentHooks":
+    def for_context(cls, context, *, is_img2img: bool = False) -> "ComponentHooks":
+        """The hooks fired while the txt2img tab (or, with `is_img2img`, the img2img tab) is built."""
         runtime = getattr(context, "extensions", None)
         if runtime is None:
             return cls()
-        return cls(getattr(runtime, "callbacks", None), getattr(runtime, "scripts", None))
+        scripts = getattr(runtime, "scripts", None)
+        tab = scripts.tab(is_img2img) if scripts is not None else None
+        return cls(getattr(runtime, "callbacks", None), tab)
 
     @property
     def active(self) -> bool:

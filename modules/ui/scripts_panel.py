@@ -1,7 +1,10 @@
-"""The scripts part of the txt2img tab: the always-on scripts' controls, then A1111's "Script"
-dropdown with each selectable script's controls shown when it is picked.
+"""The scripts part of the txt2img or img2img tab: the always-on scripts' controls, then A1111's
+"Script" dropdown with each selectable script's controls shown when it is picked.
 
-`build(context, shared)` renders it where it is called and returns a `ScriptsPanel`: add
+`build(context, shared, is_img2img=...)` renders it where it is called, from that tab's script
+instances (`ScriptRunner.tab(is_img2img)`: `ui(is_img2img)` per tab, each tab its own defaults and
+args layout), inside `#txt2img_script_container` or `#img2img_script_container`; the dropdown is
+`#script_list` in both tabs, as in A1111. It returns a `ScriptsPanel`: add
 `panel.inputs` to the Generate button's inputs and turn their values into the request's
 `ScriptSelection` with `panel.selection(values)`. Each script's `ui()` runs in its extension's
 callback scope; one that raises is logged with the extension's name and the script runs with no
@@ -49,7 +52,7 @@ def _script_controls(runner, script: Script, hooks: ComponentHooks | None = None
     first_id = next_block_id()
     try:
         with registry_scope(runner.callbacks, script.extension), extension_ui_scope():
-            controls = list(script.ui(False) or [])
+            controls = list(script.ui(script.is_img2img) or [])
     except (Exception, SystemExit):
         log.exception("Extension %s: ui() of script %r failed; its controls are missing", script.extension,
                       script.title())
@@ -66,21 +69,23 @@ def _script_controls(runner, script: Script, hooks: ComponentHooks | None = None
     return controls
 
 
-def build(context, shared=None) -> ScriptsPanel:
+def build(context, shared=None, *, is_img2img: bool = False) -> ScriptsPanel:
+    """The txt2img tab's scripts panel, or with `is_img2img` the img2img tab's; an empty panel (no
+    inputs, `selection` gives None) when the tab shows no script."""
     runtime = getattr(context, "extensions", None)
-    runner = runtime.scripts if runtime is not None else None
-    if runner is None or not runner.txt2img_scripts:
+    runner = runtime.scripts.tab(is_img2img) if runtime is not None and runtime.scripts is not None else None
+    if runner is None or not runner.scripts:
         return ScriptsPanel()
     panel = ScriptsPanel()
     components: list = []
-    hooks = ComponentHooks.for_context(context)
+    hooks = ComponentHooks.for_context(context, is_img2img=is_img2img)
 
     def add(script: Script) -> None:
         controls = _script_controls(runner, script, hooks)
         panel.slices[script] = (len(components), len(components) + len(controls))
         components.extend(controls)
 
-    with gr.Group(elem_id="txt2img_script_container"):
+    with gr.Group(elem_id=f"{runner.name}_script_container"):
         for script in runner.alwayson:
             add(script)
         selectable = runner.selectable
