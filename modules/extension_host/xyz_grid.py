@@ -5,14 +5,19 @@
                       control=job_control)
     result.grid, result.images, result.infotexts, result.cells
 
+An `Img2ImgRequest` as the base request makes an img2img grid: img2img's axis list (Denoising,
+Image CFG Scale, Cond. Image Mask Weight, ...), every cell with the base's init images and mask.
+
 The parts live in `modules.extension_host.xyz`: values (A1111's value syntax), axes (the axis types), plan (`plan_grid`: cells checked before any work), runner (`run_grid`),
 drawing (grids with legends).
 """
 
 from modules.extension_host.xyz.axes import (
     BUILTIN_AXES,
+    IMG2IMG,
     MERGE_MULTIPLIER,
     NOTHING,
+    TXT2IMG,
     AxisContext,
     AxisType,
     MergeAxisSettings,
@@ -42,7 +47,7 @@ from modules.extension_host.xyz.services import GridServices
 from modules.extension_host.xyz.values import AxisValueError, join_csv, split_csv
 
 __all__ = [
-    "BUILTIN_AXES", "MERGE_MULTIPLIER", "NOTHING", "SCRIPT_TITLE",
+    "BUILTIN_AXES", "IMG2IMG", "MERGE_MULTIPLIER", "NOTHING", "SCRIPT_TITLE", "TXT2IMG",
     "AxisContext", "AxisSpec", "AxisType", "AxisValueError", "GridCell", "GridLayout", "GridOptions", "GridPlan",
     "GridResult", "GridServices", "MergeAxisSettings", "PlannedCell", "ResolvedAxis",
     "add_infotext_params", "apply_field", "apply_override", "axis_types", "draw_grid", "find_axis",

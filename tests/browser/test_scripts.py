@@ -18,7 +18,7 @@ from tests.browser.ui import (
     unique_prompt,
 )
 
-XYZ = "script_xyz_plot"  # A1111's ids: no tab name for a txt2img-only script
+XYZ = "script_txt2img_xyz_plot"  # A1111's ids: a script shown in both tabs has the tab name
 
 
 def test_xyz_plot_from_the_script_dropdown(page: Page, atelier_server):

@@ -10,8 +10,11 @@ Script shape around it. `script_args`, as A1111's API sends them (docs/EXTENSION
     16 margin_size  17 csv_mode  then Atelier's: 18 merge_method  19 merge_primary (A)
     20 merge_secondary (B)  21 merge_tertiary (C)
 
-A type is an axis name (any case) or an index into A1111's txt2img axis list, for the indices that
-list fixes (`A1111_TXT2IMG_AXES`).
+A type is an axis name (any case) or an index into A1111's axis list of the tab, for the indices
+that list fixes (`A1111_TXT2IMG_AXES`, `A1111_IMG2IMG_AXES`): A1111 filters one list per tab, so an
+index means another axis in img2img (there 5 is CFG Scale, 6 Image CFG Scale, 24 Denoising).
+The tab is the request's: an img2img `p` (its request an `Img2ImgRequest`) plans with img2img's
+axes, and each cell keeps the init images and the mask.
 
 Extensions add axes as in A1111: this module (found through `scripts.scripts_data`, where this
 Script's `__module__` is A1111's "xyz_grid.py") has `axis_options`, `AxisOption` and the `apply_*` /
@@ -26,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from modules import scripts
+from modules.generation.requests import Img2ImgRequest
 from modules.processing import GenerationResult, Processed
 from modules.extension_host.xyz.extension_axes import (  # noqa: F401 - A1111's names, for extensions
     AxisOption,
@@ -59,15 +63,27 @@ from modules.extension_host.xyz_grid import (
     split_csv,
 )
 
-# A1111's txt2img axis dropdown, indices 0-28 (A1111.md §11; "Nothing" first, as A1111's Y and Z
-# default to index 0). From there on (VAE, Styles, ..., Size) the index depends on the A1111 version
-# (an img2img-only axis sits in the list, and dev adds "Skip Early CFG"), so those go by name only.
+# A1111's axis dropdowns (A1111.md §11, §13.11): one master list filtered per tab, "Nothing" first
+# (A1111's Y and Z default to index 0). Fixed here up to the last entry before VAE: from VAE on
+# (VAE, Styles, ..., Size) the index depends on the A1111 version (dev adds "Skip Early CFG"), so
+# those go by name only. txt2img's list, indices 0-28:
 A1111_TXT2IMG_AXES = (
     NOTHING, "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
     "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Negative Guidance minimum sigma",
     "Sigma Churn", "Sigma min", "Sigma max", "Sigma noise", "Schedule type", "Schedule min sigma",
     "Schedule max sigma", "Schedule rho", "Beta schedule alpha", "Beta schedule beta", "Eta", "Clip skip",
     "Denoising", "Initial noise multiplier", "Extra noise", "Hires upscaler",
+)
+# img2img's, indices 0-27: the same master list without the txt2img-only entries (Hires steps, Hires
+# sampler, Hires upscaler) and with the img2img-only ones where the master list has them: Image CFG
+# Scale after CFG Scale, img2img's Sampler after Hires sampler (so at txt2img's Sampler place), Cond.
+# Image Mask Weight after Hires upscaler.
+A1111_IMG2IMG_AXES = (
+    NOTHING, "Seed", "Var. seed", "Var. strength", "Steps", "CFG Scale", "Image CFG Scale", "Prompt S/R",
+    "Prompt order", "Sampler", "Checkpoint name", "Negative Guidance minimum sigma", "Sigma Churn",
+    "Sigma min", "Sigma max", "Sigma noise", "Schedule type", "Schedule min sigma", "Schedule max sigma",
+    "Schedule rho", "Beta schedule alpha", "Beta schedule beta", "Eta", "Clip skip", "Denoising",
+    "Initial noise multiplier", "Extra noise", "Cond. Image Mask Weight",
 )
 MERGE_METHOD_CHOICES = ("Weighted sum", "Add difference")
 
@@ -81,23 +97,37 @@ def extra_axes() -> tuple:
 FILL_VALUES_SYMBOL = "\U0001f4d2"  # 📒, A1111's "fill values" button
 
 
-def axis_label(letter: str, axis_type: Any) -> str:
-    """The Atelier axis label an API `x_type`/`y_type`/`z_type` names: an A1111 index or a name.
-    AxisValueError names the type and what to send instead."""
+def a1111_axes(is_img2img: bool) -> tuple[str, ...]:
+    """A1111's axis list of the tab, as far as its indices are fixed."""
+    return A1111_IMG2IMG_AXES if is_img2img else A1111_TXT2IMG_AXES
+
+
+def axis_label(letter: str, axis_type: Any, is_img2img: bool = False) -> str:
+    """The Atelier axis label an API `x_type`/`y_type`/`z_type` names: an index into A1111's list of
+    the tab, or a name. AxisValueError names the type and what to send instead."""
+    tab = "img2img" if is_img2img else "txt2img"
     if isinstance(axis_type, bool) or not isinstance(axis_type, (int, str)):
         raise AxisValueError(f"{letter} type must be an axis name or A1111's index, got {axis_type!r}")
     if isinstance(axis_type, str):
-        return find_axis(axis_type, extra_axes()).label if axis_type.strip() else NOTHING
-    if not 0 <= axis_type < len(A1111_TXT2IMG_AXES):
+        if not axis_type.strip():
+            return NOTHING
+        try:
+            return find_axis(axis_type, extra_axes(), is_img2img=is_img2img).label
+        except AxisValueError as error:
+            raise AxisValueError(f"{letter} type: {error}") from None
+    known = a1111_axes(is_img2img)
+    if not 0 <= axis_type < len(known):
         raise AxisValueError(
-            f"{letter} type {axis_type} is not one of A1111's axis indices Atelier knows "
-            f"(0-{len(A1111_TXT2IMG_AXES) - 1}); send the type by name instead, e.g. \"VAE\" or \"Size\"")
-    label = A1111_TXT2IMG_AXES[axis_type]
+            f"{letter} type {axis_type} is not one of A1111's {tab} axis indices Atelier knows "
+            f"(0-{len(known) - 1}); send the type by name instead, e.g. \"VAE\" or \"Size\"")
+    label = known[axis_type]
     try:
-        return find_axis(label).label
-    except AxisValueError:
-        available = ", ".join(axis.label for axis in axis_types(extra_axes()))
-        raise AxisValueError(f"{letter} type {axis_type} is A1111's {label!r}, which Atelier's X/Y/Z plot "
+        return find_axis(label, is_img2img=is_img2img).label
+    except AxisValueError as error:
+        if label.casefold() in {axis.label.casefold() for axis in axis_types()}:  # the other tab's axis
+            raise AxisValueError(f"{letter} type {axis_type} is A1111's {tab} {label!r}: {error}") from None
+        available = ", ".join(axis.label for axis in axis_types(extra_axes(), is_img2img=is_img2img))
+        raise AxisValueError(f"{letter} type {axis_type} is A1111's {tab} {label!r}, which Atelier's X/Y/Z plot "
                              f"does not have yet; available: {available}") from None
 
 
@@ -111,8 +141,9 @@ class XyzArguments:
     options: GridOptions
 
     @classmethod
-    def from_script_args(cls, args: Sequence[Any]) -> XyzArguments:
-        """From A1111's positional `script_args` (module docstring); AxisValueError names the bad one."""
+    def from_script_args(cls, args: Sequence[Any], is_img2img: bool = False) -> XyzArguments:
+        """From A1111's positional `script_args` (module docstring), axis indices in the tab's list;
+        AxisValueError names the bad one."""
         args = list(args) + [None] * max(0, 22 - len(args))
         csv_mode = bool(args[17])
         method, primary, secondary, tertiary = args[18:22]
@@ -120,8 +151,8 @@ class XyzArguments:
                                   str(method or MERGE_METHOD_CHOICES[0])) if primary and secondary else None
         axes = []
         for offset, letter in zip((0, 3, 6), "XYZ"):
-            label = axis_label(letter, args[offset] if args[offset] is not None else NOTHING)
-            values = axis_values(label, args[offset + 1], args[offset + 2], csv_mode)
+            label = axis_label(letter, args[offset] if args[offset] is not None else NOTHING, is_img2img)
+            values = axis_values(label, args[offset + 1], args[offset + 2], csv_mode, is_img2img)
             axes.append(AxisSpec(label, values, merge if label == MERGE_MULTIPLIER else None))
         try:
             margin = int(args[16] or 0)
@@ -134,10 +165,10 @@ class XyzArguments:
         return cls(*axes, options)
 
 
-def axis_values(label: str, text: Any, chosen: Any, csv_mode: bool) -> str | list:
+def axis_values(label: str, text: Any, chosen: Any, csv_mode: bool, is_img2img: bool = False) -> str | list:
     """A1111's rule, lenient: an axis with choices takes the dropdown's list unless csv_mode is on;
     an empty list falls back to the text (API clients often send only the text)."""
-    if find_axis(label, extra_axes()).choices is not None and not csv_mode and chosen:
+    if find_axis(label, extra_axes(), is_img2img=is_img2img).choices is not None and not csv_mode and chosen:
         if not isinstance(chosen, (list, tuple)):
             raise AxisValueError(f"{label} values_dropdown must be a list, got {type(chosen).__name__}")
         return list(chosen)
@@ -174,7 +205,7 @@ def processed_of(p, result: GridResult, options: GridOptions) -> Processed:
 
 
 class Script(scripts.Script):
-    """A1111's "X/Y/Z plot" (selectable, txt2img)."""
+    """A1111's "X/Y/Z plot" (selectable in txt2img and img2img, each with its tab's axes)."""
 
     __module__ = "xyz_grid.py"  # A1111's module name, which extensions look for in scripts_data
 
@@ -182,12 +213,13 @@ class Script(scripts.Script):
         return SCRIPT_TITLE
 
     def show(self, is_img2img):
-        return not is_img2img
+        return True
 
     def ui(self, is_img2img):
         import gradio as gr  # here, not at import: gradio takes seconds to import
 
-        labels = [axis.label for axis in axis_types(extra_axes())]
+        is_img2img = bool(is_img2img)
+        labels = [axis.label for axis in axis_types(extra_axes(), is_img2img=is_img2img)]
         rows = []
         with gr.Column(elem_id=self.elem_id("axes")):
             for letter, default in (("x", "Seed"), ("y", NOTHING), ("z", NOTHING)):
@@ -233,17 +265,21 @@ class Script(scripts.Script):
             swaps = [(gr.Button(f"Swap {a.upper()}/{b.upper()} axes", elem_id=f"{a}{b}_grid_swap_axes_button"), i, j)
                      for a, b, i, j in (("x", "y", 0, 1), ("y", "z", 1, 2), ("x", "z", 0, 2))]
 
-        self._wire(gr, rows, csv_mode, merge_group, merge_models, swaps)
+        self._wire(gr, rows, csv_mode, merge_group, merge_models, swaps, is_img2img)
         x, y, z = ([axis_type, values, values_dropdown] for axis_type, values, values_dropdown, _ in rows)
         return [*x, *y, *z, draw_legend, include_lone_images, include_sub_grids, no_fixed_seeds, *vary_seeds,
                 margin_size, csv_mode, merge_method, *merge_models]
 
-    def _wire(self, gr, rows, csv_mode, merge_group, merge_models, swaps) -> None:
+    def _wire(self, gr, rows, csv_mode, merge_group, merge_models, swaps, is_img2img: bool = False) -> None:
         """The events: a type change shows the textbox or the dropdown (with the axis's choices), the
-        fill button, and the merge settings while an axis is Merge multiplier; swaps exchange axes."""
+        fill button, and the merge settings while an axis is Merge multiplier; swaps exchange axes.
+        The handlers look axes up in the list of the tab this UI is for."""
+
+        def select_axis(label, text, chosen, text_mode):
+            return self.select_axis(label, text, chosen, text_mode, is_img2img)
 
         def fill(label, text_mode):
-            choices = self._choices(label) or []
+            choices = self._choices(label, is_img2img) or []
             return (gr.update(value=join_csv(choices)), gr.update()) if text_mode else (gr.update(), choices)
 
         def show_merge(*labels):
@@ -255,7 +291,7 @@ class Script(scripts.Script):
 
         types = [row[0] for row in rows]
         for axis_type, values, values_dropdown, fill_button in rows:
-            axis_type.change(self.select_axis, inputs=[axis_type, values, values_dropdown, csv_mode],
+            axis_type.change(select_axis, inputs=[axis_type, values, values_dropdown, csv_mode],
                              outputs=[fill_button, values, values_dropdown], show_progress="hidden", queue=False)
             axis_type.change(show_merge, inputs=types, outputs=[merge_group, *merge_models],
                              show_progress="hidden", queue=False)
@@ -265,7 +301,7 @@ class Script(scripts.Script):
         def change_mode(text_mode, *state):
             updates = []
             for index in range(3):
-                updates += self.select_axis(*state[index * 3:index * 3 + 3], text_mode)
+                updates += select_axis(*state[index * 3:index * 3 + 3], text_mode)
             return updates
 
         state = [component for row in rows for component in row[:3]]
@@ -280,12 +316,12 @@ class Script(scripts.Script):
             pair = [*rows[i][:3], *rows[j][:3]]
             button.click(swap, inputs=pair, outputs=pair, show_progress="hidden", queue=False)
 
-    def select_axis(self, label, text, chosen, text_mode):
+    def select_axis(self, label, text, chosen, text_mode, is_img2img: bool = False):
         """Updates for (fill button, values textbox, values dropdown) when axis `label` is chosen or the
         text mode changes: A1111's rule, values moved between the two and kept where they are choices."""
         import gradio as gr
 
-        choices = self._choices(label)
+        choices = self._choices(label, is_img2img)
         if choices is None:
             return gr.update(visible=False), gr.update(visible=True, value=text), gr.update(visible=False)
         if text_mode and chosen:
@@ -295,18 +331,22 @@ class Script(scripts.Script):
         return (gr.update(visible=True), gr.update(visible=text_mode, value=text),
                 gr.update(choices=choices, visible=not text_mode, value=chosen or []))
 
-    def _choices(self, label: str) -> list[str] | None:
-        """The dropdown values of axis `label`, or None: no choices, or no app bound to list them."""
-        axis = find_axis(label, extra_axes())
+    def _choices(self, label: str, is_img2img: bool = False) -> list[str] | None:
+        """The dropdown values of axis `label` (in the tab's list), or None: no choices, or no app
+        bound to list them."""
+        axis = find_axis(label, extra_axes(), is_img2img=is_img2img)
         if axis.choices is None or (self.app is None and axis.p_apply is None):
             return None
         return list(axis.choices(GridServices.of(self.app) if self.app is not None else None))
 
     def run(self, p, *args):
         job = scripts.job_of(p)
+        request = p.to_request()
         try:
-            arguments = XyzArguments.from_script_args(args)
-            result = run_grid(grid_services(job), p.to_request(), arguments.x, arguments.y, arguments.z,
+            # The tab is the request's: img2img's axis list (and A1111's img2img indices) for an
+            # Img2ImgRequest; every cell is built from it, init images and mask included.
+            arguments = XyzArguments.from_script_args(args, is_img2img=isinstance(request, Img2ImgRequest))
+            result = run_grid(grid_services(job), request, arguments.x, arguments.y, arguments.z,
                               arguments.options, job.control,
                               save=job.save is not False and not p.do_not_save_samples)
         except AxisValueError as error:

@@ -10,15 +10,21 @@ model loads, ordered so each model is loaded or merged once.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 from modules.extension_host.xyz.values import AxisValueError, parse_values
 
 NOTHING = "Nothing"
 MERGE_MULTIPLIER = "Merge multiplier"
+# The tab an axis belongs to (A1111's AxisOptionTxt2Img / AxisOptionImg2Img); None: both tabs.
+TXT2IMG = "txt2img"
+IMG2IMG = "img2img"
+
+
+def tab_name(is_img2img: bool) -> str:
+    return IMG2IMG if is_img2img else TXT2IMG
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,9 @@ class AxisType:
     fixed random seed unless the grid keeps -1. `p_apply(p, value, values)` is set for an axis an
     extension added (A1111's `AxisOption.apply`, on A1111's `p`; modules.extension_host.xyz.extension_axes):
     the planner runs it on a `p` made from the cell's request and keeps what it changed.
+    `tab`: the one tab whose list offers the axis (TXT2IMG or IMG2IMG), None for both. `field`: the
+    request field the axis sets, whose bounds the planner checks against every value before any cell
+    is built, so "Denoising: 1.5" fails naming the axis, the value and the range.
     """
 
     label: str
@@ -96,9 +105,15 @@ class AxisType:
     builds_merge: bool = False
     seeds: bool = False
     p_apply: Callable[[Any, Any, list], None] | None = None
+    tab: str | None = None
+    field: str | None = None
 
     def label_for(self, value: Any) -> str:
         return self.format_value(self, value)
+
+    def offered_in(self, is_img2img: bool | None) -> bool:
+        """Whether the list of that tab offers this axis (None: the list of every axis)."""
+        return is_img2img is None or self.tab is None or self.tab == tab_name(is_img2img)
 
 
 # ----------------------------------------------------------------------------------- request edits
@@ -135,6 +150,51 @@ def apply_infotext_key(key: str) -> ApplyFn:
     if key in OVERRIDE_SETTINGS:
         return apply_override(OVERRIDE_SETTINGS[key])
     return apply_field(REQUEST_FIELDS[key][0])
+
+
+def _infotext_field(key: str) -> str | None:
+    """The request field an infotext key sets, None for a setting override."""
+    from modules.generation.infotext_fields import OVERRIDE_SETTINGS, REQUEST_FIELDS
+
+    return None if key in OVERRIDE_SETTINGS else REQUEST_FIELDS[key][0]
+
+
+def field_bounds(model: type, name: str) -> tuple[Any, Any, bool, bool]:
+    """(low, high, low_inclusive, high_inclusive) of request model `model`'s field `name`, from its
+    pydantic constraints; None for a side without a bound."""
+    low = high = None
+    low_inclusive = high_inclusive = True
+    for constraint in model.model_fields[name].metadata:
+        for attribute, is_low, inclusive in (("ge", True, True), ("gt", True, False), ("le", False, True),
+                                             ("lt", False, False)):
+            bound = getattr(constraint, attribute, None)
+            if bound is None:
+                continue
+            if is_low:
+                low, low_inclusive = bound, inclusive
+            else:
+                high, high_inclusive = bound, inclusive
+    return low, high, low_inclusive, high_inclusive
+
+
+def check_field_values(axis: AxisType, values: Sequence[Any], request) -> None:
+    """Raises `AxisValueError` naming the axis, the first value outside the range of the field the
+    axis sets on `request`'s type, and that range."""
+    model = type(request)
+    if axis.field is None or axis.field not in model.model_fields:
+        return
+    low, high, low_inclusive, high_inclusive = field_bounds(model, axis.field)
+    for value in values:
+        if not isinstance(value, (int, float)):
+            continue
+        below = low is not None and (value < low if low_inclusive else value <= low)
+        above = high is not None and (value > high if high_inclusive else value >= high)
+        if below or above:
+            allowed = (f"{'from' if low_inclusive else 'above'} {low}" if low is not None else "") + \
+                (" " if low is not None and high is not None else "") + \
+                (f"{'to' if high_inclusive else 'below'} {high}" if high is not None else "")
+            raise AxisValueError(f"{axis.label} = {show_value(value)!r} is out of range: {axis.field} takes values "
+                                 f"{allowed}")
 
 
 def _apply_nothing(request, value, context):
@@ -291,61 +351,80 @@ def _confirm_merge(values, context, request) -> None:
 
 # -------------------------------------------------------------------------------------- registry
 
+def _infotext_axis(label: str, type_: type, key: str, **options: Any) -> AxisType:
+    """An axis that sets what pasting the infotext's `key` sets (apply_infotext_key)."""
+    return AxisType(label, type_, apply_infotext_key(key), field=_infotext_field(key), **options)
+
+
+def _field_axis(label: str, type_: type, name: str, **options: Any) -> AxisType:
+    return AxisType(label, type_, apply_field(name), field=name, **options)
+
+
+# In A1111's relative order (A1111.md §11, §13.11): its img2img-only axes sit where its list has them
+# (Image CFG Scale after CFG Scale; Initial noise multiplier after Denoising; Cond. Image Mask Weight
+# after them). A1111's two Sampler entries (one per tab, the same samplers since 1.6) are one axis
+# here. "Initial noise multiplier" is img2img's only here: A1111 lists it in txt2img too, where
+# nothing reads it; Atelier's txt2img request has no such field, so naming it there is an error
+# that says which tab has it rather than a column of identical images.
 BUILTIN_AXES: tuple[AxisType, ...] = (
     AxisType(NOTHING, str, _apply_nothing, format_nothing),
-    AxisType("Seed", int, apply_infotext_key("Seed"), seeds=True),
-    AxisType("Var. seed", int, apply_infotext_key("Variation seed"), seeds=True),
-    AxisType("Var. strength", float, apply_infotext_key("Variation seed strength")),
-    AxisType("Steps", int, apply_infotext_key("Steps")),
-    AxisType("Hires steps", int, apply_infotext_key("Hires steps")),
-    AxisType("CFG Scale", float, apply_infotext_key("CFG scale")),
+    _infotext_axis("Seed", int, "Seed", seeds=True),
+    _infotext_axis("Var. seed", int, "Variation seed", seeds=True),
+    _infotext_axis("Var. strength", float, "Variation seed strength"),
+    _infotext_axis("Steps", int, "Steps"),
+    _infotext_axis("Hires steps", int, "Hires steps", tab=TXT2IMG),
+    _infotext_axis("CFG Scale", float, "CFG scale"),
+    _field_axis("Image CFG Scale", float, "image_cfg_scale", tab=IMG2IMG),
     AxisType("Prompt S/R", str, _apply_prompt_sr, format_plain, confirm=_confirm_prompt_sr),
     AxisType("Sampler", str, apply_field("sampler_name"), format_plain, confirm=_confirm_samplers,
              choices=_sampler_choices),
     AxisType("Checkpoint name", str, _apply_checkpoint, format_basename, confirm=_confirm_checkpoints,
              choices=_checkpoint_choices, cost=1.0),
     AxisType("Schedule type", str, apply_field("scheduler"), confirm=_confirm_schedulers, choices=_scheduler_choices),
-    AxisType("Clip skip", int, apply_infotext_key("Clip skip")),
-    AxisType("Denoising", float, apply_infotext_key("Denoising strength")),
-    AxisType("Eta", float, apply_field("eta")),
+    _field_axis("Eta", float, "eta"),
+    _infotext_axis("Clip skip", int, "Clip skip"),
+    _infotext_axis("Denoising", float, "Denoising strength"),
+    _field_axis("Initial noise multiplier", float, "initial_noise_multiplier", tab=IMG2IMG),
+    _field_axis("Cond. Image Mask Weight", float, "inpainting_mask_weight", tab=IMG2IMG),
     AxisType("VAE", str, apply_override("sd_vae"), confirm=_confirm_vaes, choices=_vae_choices, cost=0.7),
     AxisType("Size", str, _apply_size, confirm=_confirm_sizes),
     AxisType(MERGE_MULTIPLIER, float, _apply_merge, confirm=_confirm_merge, cost=1.0, builds_merge=True),
 )
 
-# A constant: Atelier's own axis types. Axes extensions add are the app's (the X/Y/Z script module's
-# `axis_options`, loaded per app) and are passed to `axis_types`/`find_axis` as `extra`.
-_AXES: Mapping[str, AxisType] = MappingProxyType({axis.label.casefold(): axis for axis in BUILTIN_AXES})
-
-
-def _with_extra(extra: Sequence[AxisType]) -> Mapping[str, AxisType]:
-    if not extra:
-        return _AXES
-    axes = dict(_AXES)
-    for axis in extra:
-        axes.setdefault(axis.label.casefold(), axis)  # a label already taken keeps its first axis
+def _with_extra(extra: Sequence[AxisType], is_img2img: bool | None) -> dict[str, AxisType]:
+    """Label (casefolded) → axis, for the list of one tab (or of every axis with None): Atelier's
+    axes, then `extra` (the axes extensions added). A label already taken keeps its first axis."""
+    axes: dict[str, AxisType] = {}
+    for axis in (*BUILTIN_AXES, *extra):
+        if axis.offered_in(is_img2img):
+            axes.setdefault(axis.label.casefold(), axis)
     return axes
 
 
-def axis_types(extra: Sequence[AxisType] = ()) -> list[AxisType]:
-    """Every axis type, in the order the axis dropdowns list them: Atelier's, then `extra` (the
-    axes extensions added)."""
-    return list(_with_extra(extra).values())
+def axis_types(extra: Sequence[AxisType] = (), *, is_img2img: bool | None = None) -> list[AxisType]:
+    """Every axis type of a tab's list (txt2img with False, img2img with True; None: both tabs'), in
+    the order the axis dropdowns list them: Atelier's, then `extra` (the axes extensions added)."""
+    return list(_with_extra(extra, is_img2img).values())
 
 
-def find_axis(label: str, extra: Sequence[AxisType] = ()) -> AxisType:
+def find_axis(label: str, extra: Sequence[AxisType] = (), *, is_img2img: bool | None = None) -> AxisType:
     """The axis type called `label` (case-insensitive, as A1111's API matches script names), among
-    Atelier's and `extra`."""
-    axes = _with_extra(extra)
+    Atelier's and `extra`, in the tab's list (None: any tab). An axis of the other tab is an
+    AxisValueError saying which tab has it."""
+    axes = _with_extra(extra, is_img2img)
     axis = axes.get(str(label).casefold())
+    if axis is not None:
+        return axis
     labels = [a.label for a in axes.values()]
-    if axis is None:
-        import difflib
+    elsewhere = _with_extra(extra, None).get(str(label).casefold())
+    if elsewhere is not None:
+        raise AxisValueError(f"X/Y/Z axis {elsewhere.label!r} is for {elsewhere.tab} only; the "
+                             f"{tab_name(bool(is_img2img))} axes are: {', '.join(labels)}")
+    import difflib
 
-        close = difflib.get_close_matches(str(label), labels, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise AxisValueError(f"unknown X/Y/Z axis type {label!r}.{hint} Valid types: {', '.join(labels)}")
-    return axis
+    close = difflib.get_close_matches(str(label), labels, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise AxisValueError(f"unknown X/Y/Z axis type {label!r}.{hint} Valid types: {', '.join(labels)}")
 
 
 def parse_axis_values(axis: AxisType | str, values: str | Sequence[Any]) -> list[Any]:

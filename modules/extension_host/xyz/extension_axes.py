@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from modules.extension_host.xyz.axes import AxisType
+from modules.extension_host.xyz.axes import IMG2IMG, TXT2IMG, AxisType
 from modules.extension_host.xyz.values import AxisValueError
 
 
@@ -107,10 +107,24 @@ class AxisOptionTxt2Img(AxisOption):
         self.is_img2img = False
 
 
+def processing_for(request):
+    """A1111's `p` for `request`: the img2img one for an `Img2ImgRequest`, else txt2img's."""
+    from modules.extension_host.processing_objects import (
+        StableDiffusionProcessingImg2Img,
+        StableDiffusionProcessingTxt2Img,
+    )
+    from modules.generation.requests import Img2ImgRequest
+
+    if isinstance(request, Img2ImgRequest):
+        return StableDiffusionProcessingImg2Img.from_request(request)
+    return StableDiffusionProcessingTxt2Img.from_request(request)
+
+
 def extension_axis_types(options: Sequence[Any]) -> tuple[AxisType, ...]:
-    """The txt2img axes among `options` (an `axis_options` list: Atelier's own `AxisType`s, which are
-    skipped, and the `AxisOption`s extensions appended), as `AxisType`s. An entry that is not an
-    axis option is skipped with an error in the log naming its type."""
+    """The axes among `options` (an `axis_options` list: Atelier's own `AxisType`s, which are
+    skipped, and the `AxisOption`s extensions appended), as `AxisType`s: an `AxisOptionImg2Img` is
+    offered in img2img's list only, an `AxisOptionTxt2Img` in txt2img's only (their `tab`). An
+    entry that is not an axis option is skipped with an error in the log naming its type."""
     log = logging.getLogger(__name__)
     axes = []
     for option in options:
@@ -118,8 +132,6 @@ def extension_axis_types(options: Sequence[Any]) -> tuple[AxisType, ...]:
             continue
         if not (hasattr(option, "label") and callable(getattr(option, "apply", None))):
             log.error("X/Y/Z plot: axis_options holds %r, not an AxisOption(label, type, apply); left out", option)
-            continue
-        if getattr(option, "is_img2img", False):
             continue
         if getattr(option, "type", None) not in (int, float, str):
             log.error("X/Y/Z plot: axis %r has type %r; Atelier parses int, float and str values; left out",
@@ -143,10 +155,8 @@ def _to_axis_type(option) -> AxisType:
     confirm = None
     if option.confirm is not None:
         def confirm(values, context, request):
-            from modules.extension_host.processing_objects import StableDiffusionProcessingTxt2Img
-
             try:
-                option.confirm(StableDiffusionProcessingTxt2Img.from_request(request), list(values))
+                option.confirm(processing_for(request), list(values))
             except (Exception, SystemExit) as e:  # A1111's confirm raises anything for a bad value
                 raise AxisValueError(f"{option.label}: {e}") from None
 
@@ -158,12 +168,15 @@ def _to_axis_type(option) -> AxisType:
     def not_on_request(request, value, context):  # never called: the planner uses p_apply
         raise AssertionError("extension axes apply on p")
 
+    tab = None
+    if hasattr(option, "is_img2img"):  # A1111's AxisOptionImg2Img / AxisOptionTxt2Img
+        tab = IMG2IMG if option.is_img2img else TXT2IMG
     return AxisType(str(option.label), option.type, not_on_request, label_of, confirm=confirm, choices=choices,
-                    cost=float(option.cost or 0.0), p_apply=option.apply)
+                    cost=float(option.cost or 0.0), p_apply=option.apply, tab=tab)
 
 
 __all__ = [
     "AxisOption", "AxisOptionImg2Img", "AxisOptionTxt2Img", "apply_field", "apply_override", "boolean_choice",
-    "do_nothing", "extension_axis_types", "format_nothing", "format_remove_path", "format_value",
+    "do_nothing", "extension_axis_types", "processing_for", "format_nothing", "format_remove_path", "format_value",
     "format_value_add_label", "format_value_join_list",
 ]

@@ -1,6 +1,11 @@
 """Planning an X/Y/Z plot: every cell's request built and validated before anything is generated.
 
-- Values are parsed and checked (`AxisType.confirm`), the seed and the -1 values of seed axes fixed
+- The tab is the base request's type: an `Img2ImgRequest` plans with the img2img axis list (Image CFG
+  Scale, Cond. Image Mask Weight, ...; no hires axes), anything else with txt2img's. Every cell is the
+  base request with the axes' values (`with_fields`, `model_copy`), so an img2img cell keeps the init
+  images, the mask and the other img2img fields.
+- Values are parsed and checked (`AxisType.confirm`, and the range of the request field an axis
+  sets), the seed and the -1 values of seed axes fixed
   once (unless "keep -1 for seeds"), "vary seeds" offsets added, and each cell's request validated,
   so a bad value fails at once with its axis named.
 - Order: the axis with the highest cost runs outermost (Checkpoint name and Merge multiplier 1.0,
@@ -16,7 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules.generation.rng import get_fixed_seed
-from modules.extension_host.xyz.axes import NOTHING, AxisContext, AxisType, MergeAxisSettings, find_axis, with_fields
+from modules.extension_host.xyz.axes import (
+    NOTHING,
+    AxisContext,
+    AxisType,
+    MergeAxisSettings,
+    check_field_values,
+    find_axis,
+    with_fields,
+)
 from modules.extension_host.xyz.services import GridServices
 from modules.extension_host.xyz.values import AxisValueError, join_csv, parse_values
 
@@ -128,8 +141,18 @@ class GridPlan:
 # -------------------------------------------------------------------------------------------- plan
 
 
+def is_img2img_request(request) -> bool:
+    """Whether `request` is img2img's (the plan then uses the img2img axis list)."""
+    from modules.generation.requests import Img2ImgRequest
+
+    return isinstance(request, Img2ImgRequest)
+
+
 def _resolve_axis(letter: str, spec: AxisSpec, services: GridServices, request, fix_seeds: bool) -> ResolvedAxis:
-    axis = find_axis(spec.type, services.extra_axes)
+    try:
+        axis = find_axis(spec.type, services.extra_axes, is_img2img=is_img2img_request(request))
+    except AxisValueError as e:
+        raise AxisValueError(f"{letter} axis: {e}") from None
     if axis.label == NOTHING:
         return ResolvedAxis(letter, axis, (None,), ("",), "")
     try:
@@ -139,11 +162,12 @@ def _resolve_axis(letter: str, spec: AxisSpec, services: GridServices, request, 
     if not values:
         raise AxisValueError(f"{letter} axis ({axis.label}) has no values; write them like 1, 2, 3 or 1-3")
     context = AxisContext(tuple(values), services, spec.merge)
-    if axis.confirm is not None:
-        try:
+    try:
+        check_field_values(axis, values, request)
+        if axis.confirm is not None:
             axis.confirm(values, context, request)
-        except AxisValueError as e:
-            raise AxisValueError(f"{letter} axis: {e}") from None
+    except AxisValueError as e:
+        raise AxisValueError(f"{letter} axis: {e}") from None
     text = spec.values if isinstance(spec.values, str) else join_csv(values)
     fixed = False
     if axis.seeds and fix_seeds:
@@ -182,10 +206,11 @@ def _check_size(pixels: int) -> None:
 def _apply_on_p(axis: ResolvedAxis, value, request, p_attributes: dict):
     """An extension axis: A1111's `apply(p, x, xs)` on a `p` made from `request`. Returns the request
     `p` then describes (validated now, so a bad value fails before any image) and adds to
-    `p_attributes` the other attributes the axis set or changed (dicts: only the changed keys)."""
-    from modules.extension_host.processing_objects import REQUEST_FIELDS, StableDiffusionProcessingTxt2Img
+    `p_attributes` the other attributes the axis set or changed (dicts: only the changed keys). An
+    img2img request gets A1111's img2img `p`."""
+    from modules.extension_host.xyz.extension_axes import processing_for
 
-    p = StableDiffusionProcessingTxt2Img.from_request(request)
+    p = processing_for(request)
     for name, attribute in p_attributes.items():
         setattr(p, name, dict(attribute) if isinstance(attribute, dict) else attribute)
     before = {name: dict(attribute) if isinstance(attribute, dict) else attribute
@@ -196,7 +221,8 @@ def _apply_on_p(axis: ResolvedAxis, value, request, p_attributes: dict):
         raise
     except (Exception, SystemExit) as e:  # an extension's apply: any failure is the value's
         raise ValueError(f"{type(e).__name__}: {e}") from None
-    skip = set(REQUEST_FIELDS) | {"styles", "override_settings"}
+    fields = set(type(request).model_fields)
+    skip = fields | {"styles", "override_settings"}
     for name, attribute in vars(p).items():
         if name in skip or (name in before and before[name] is attribute and not isinstance(attribute, dict)):
             continue
@@ -207,6 +233,14 @@ def _apply_on_p(axis: ResolvedAxis, value, request, p_attributes: dict):
         elif name not in before or before[name] is not attribute:
             p_attributes[name] = attribute
     new = p.to_request()
+    if not isinstance(new, type(request)):
+        # A `p` that describes only txt2img's fields: the request keeps its own img2img fields (init
+        # images, mask, ...), with those the axis changed on `p`.
+        values = {name: getattr(new, name) for name in type(new).model_fields}
+        values.update({name: getattr(p, name) for name in fields - set(values)
+                       if name in vars(p) and (name not in before or before[name] is not getattr(p, name))})
+        overrides = values.pop("override_settings")
+        new = with_fields(request, **values).model_copy(update={"override_settings": overrides})
     # Overrides it set (apply_override) are checked like the built-in axes' (with_fields).
     changed = {key: value for key, value in new.override_settings.items()
                if key not in request.override_settings or request.override_settings[key] != value}

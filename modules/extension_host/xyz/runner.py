@@ -302,15 +302,24 @@ class _Runner:
         return self.options.include_sub_grids and grid is not sub_grids[0]
 
     def _save_grids(self, result: GridResult) -> list[str]:
-        """The grid (and the sub grids shown with it) in `outputs/txt2img-grids`, as A1111's
-        `xyz_grid-NNNN-<seed>.png`, when the `grid_save` setting is on."""
-        from modules.outputs.images import FilenameContext, SaveOptions, save_image, txt2img_output_dirs
+        """The grid (and the sub grids shown with it) in `outputs/txt2img-grids` (img2img's:
+        `outputs/img2img-grids`), as A1111's `xyz_grid-NNNN-<seed>.png`, when the `grid_save` setting
+        is on."""
+        from modules.extension_host.xyz.plan import is_img2img_request
+        from modules.outputs.images import (
+            FilenameContext,
+            SaveOptions,
+            img2img_output_dirs,
+            save_image,
+            txt2img_output_dirs,
+        )
 
         settings = self.services.engine.settings.current()
         if not settings["grid_save"] or self.services.data_dir is None:
             return []
         options = SaveOptions.from_settings(settings)
-        _, grids_dir = txt2img_output_dirs(self.services.data_dir, options)
+        output_dirs = img2img_output_dirs if is_img2img_request(self.plan.request) else txt2img_output_dirs
+        _, grids_dir = output_dirs(self.services.data_dir, options)
         request = self.plan.request
         context = FilenameContext(seed=result.cells[0].seeds[0] if result.cells[0].seeds else request.seed,
                                   prompt=request.prompt, negative_prompt=request.negative_prompt,
@@ -328,6 +337,8 @@ def run_grid(services: Any, base_request, x: AxisSpec, y: AxisSpec | None = None
     """Run the X/Y/Z plot of `base_request` as one job; see the module docstring.
 
     `services`: an `AppContext`, a `Txt2ImgEngine` or `GridServices`; an axis left None is `Nothing`.
+    `base_request`: a `GenerationRequest` (txt2img's axes) or an `Img2ImgRequest` (img2img's axes;
+    every cell keeps its init images and mask).
     `control`: the job's `JobControl` (progress over all cells, interrupt, skip); None for direct calls.
     `on_cell(cell)` is called after each finished cell (live galleries). With `save`, cells are saved as the
     `samples_save` setting says and the grid as `grid_save` says; otherwise nothing is written.
