@@ -72,12 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow installing, updating, enabling and disabling extensions from the UI (and "
                              "the extension settings from the API) even with --listen")
     server.add_argument("--hide-ui-dir-config", action="store_true",
-                        help="output folders and filename patterns cannot be changed from the UI or the API "
-                             "(for a server others use; edit config.json instead); implied by --listen and "
-                             "--server-name unless --allow-ui-dir-config")
+                        help="output folders and filename patterns cannot be changed from the UI or the API, "
+                             "and img2img Batch takes uploads only, no server folders (for a server others use; "
+                             "edit config.json instead); implied by --listen and --server-name unless "
+                             "--allow-ui-dir-config")
     server.add_argument("--allow-ui-dir-config", action="store_true",
                         help="with --listen or --server-name, still let UI and API users change output folders "
-                             "and filename patterns (within the rules of --allow-output-dir)")
+                             "and filename patterns (within the rules of --allow-output-dir), and name server "
+                             "folders in img2img Batch (read any folder the server can read, write outside the "
+                             "program's own folders)")
     server.add_argument("--allow-output-dir", action="append", default=[], metavar="DIR",
                         help="a folder (with its subfolders) that UI and API users may set as an output folder, "
                              "besides <data-dir>/outputs; repeat for more")
