@@ -7,9 +7,12 @@ import dataclasses
 import json
 import threading
 
+import numpy as np
 import pytest
 import torch
 import webuiapi  # the real A1111 client from PyPI (requirements-test.txt); never skipped
+
+from PIL import Image
 
 from modules.api.server import create_app
 from modules.library.synthetic_checkpoints import write_checkpoint
@@ -229,3 +232,33 @@ def test_samplers_schedulers_and_the_rest_of_the_read_routes(api):
     assert memory["ram"]["used"] > 0
     assert ("system" in memory["cuda"]) == torch.cuda.is_available()
     assert api.get_cmd_flags()["nowebui"] is False
+
+
+def _picture(width: int, height: int) -> Image.Image:
+    """Gradients plus noise: a repainted area differs visibly from it."""
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x / width * 255, y / height * 255, (x + y) / (width + height) * 255], axis=-1)
+    return Image.fromarray(np.clip(rgb + rng.normal(0, 8, rgb.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("full_res", "size"), [(False, (64, 64)), (True, (96, 80))])
+def test_img2img_with_a_mask_repaints_only_the_masked_area(api, full_res, size):
+    """webuiapi's img2img (a data-URL image and mask, its own defaults for the rest): pixels outside
+    a hard mask come back unchanged; Whole picture returns width x height, Only masked the
+    original's size (A1111.md §13.7)."""
+    width, height = size
+    original = _picture(width, height)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[20:50, 24:56] = 255
+    result = api.img2img(images=[original], mask_image=Image.fromarray(mask, mode="L"), inpainting_fill=1,
+                         mask_blur=0, inpaint_full_res=full_res, inpaint_full_res_padding=8, denoising_strength=0.9,
+                         prompt="a red cube", seed=21, sampler_name="Euler", **SMALL)
+    assert len(result.images) == 1 and result.image.size == size
+    out, before = np.asarray(result.image.convert("RGB"), dtype=np.int16), np.asarray(original, dtype=np.int16)
+    outside = mask == 0
+    assert np.array_equal(out[outside], before[outside])
+    assert np.abs(out[~outside] - before[~outside]).max() > 10
+    assert result.info["all_seeds"] == [21] and result.info["denoising_strength"] == 0.9
+    assert "Denoising strength: 0.9" in result.image.info["parameters"]
+    assert result.parameters["init_images"] is None and result.parameters["mask"] is None

@@ -1,6 +1,6 @@
 """The FastAPI app: A1111's `/sdapi/v1` API (when enabled) and, without a web UI, a status page.
 
-`create_app` only assembles; the routes live in one module per area (txt2img, models and options,
+`create_app` only assembles; the routes live in one module per area (txt2img, img2img, models and options,
 networks, progress and jobs, info). Handlers translate HTTP to calls on the AppContext and never
 touch torch; generation and anything that changes the loaded model go through the job queue.
 Auth is added by `modules.api.auth.install_auth` once everything is mounted (webui.py).
@@ -14,7 +14,7 @@ import threading
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from modules.api import progress, routes_info, routes_model_sources, routes_models, routes_networks, txt2img
+from modules.api import img2img, progress, routes_info, routes_model_sources, routes_models, routes_networks, txt2img
 from modules.api.errors import ApiError, install_error_handlers
 from modules.api.middleware import ProcessTimeMiddleware
 from modules.api.state import ApiState
@@ -35,6 +35,7 @@ def create_app(context: AppContext, *, api: bool = True, ui: bool = False) -> Fa
         state = ApiState()
         app.state.api = state
         app.include_router(txt2img.build_router(context, state))
+        app.include_router(img2img.build_router(context, state))
         app.include_router(progress.build_router(context.jobs, state))
         app.include_router(routes_models.build_router(context, state))
         app.include_router(routes_networks.build_router(context))
