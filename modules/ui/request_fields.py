@@ -147,6 +147,8 @@ def paste_parameters(text: str, current_settings: Mapping[str, Any], *,
                             "kept the current sampler")
     result.values["override_settings"] = [override_entry(reading.override_keys[setting], reading.parameters[
         reading.override_keys[setting]]) for setting in reading.overrides]
+    if img2img:
+        _img2img_widget_values(result.values)
     return result
 
 
