@@ -304,3 +304,102 @@ def test_mask_weight_grid_on_an_inpainting_checkpoint_keeps_the_mask(app, tmp_pa
         assert float(cell_params(result, ix)["Conditional mask weight"]) == weight
     grids = [path for path in result.saved_paths]
     assert len(grids) == 1 and "/outputs/img2img-grids/" in grids[0].replace("\\", "/")
+
+
+# ---------------------------------------------------------------- through the script host and the API
+
+ALWAYS_ON = """
+from modules import scripts
+
+
+class CellProbe(scripts.Script):
+    def title(self):
+        return "Cell probe"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process(self, p):
+        p.extra_generation_params["Cell p"] = type(p).__name__
+        p.extra_generation_params["Cell init images"] = len(p.init_images or ())
+        p.extra_generation_params["Cell mask"] = p.image_mask is not None
+"""
+
+
+def script_args(x_type, x_values, y_type="Nothing", y_values="", include_lone_images=True):
+    """A1111's 18 positional X/Y/Z arguments (API order)."""
+    return [x_type, x_values, [], y_type, y_values, [], "Nothing", "", [], True, include_lone_images, False, False,
+            False, False, False, 0, False]
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    from modules.extension_host.extensions import ExtensionFolders, load_extensions, parser_with_preloads
+    from modules.library.synthetic_checkpoints import write_checkpoint
+    from modules.serving.app_context import AppContext
+
+    data_dir = tmp_path_factory.mktemp("xyz-img2img-app")
+    folder = data_dir / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    write_checkpoint(folder / "pix2pix.safetensors", "sd1-pix2pix", dtype=torch.float32)
+    argv = ["--data-dir", str(data_dir), "--no-demo-checkpoint"]
+    context = AppContext.from_args(parser_with_preloads(argv).parse_args(argv))
+    context.refresh()
+    context.models.load("pix2pix")
+    (data_dir / "extensions" / "cell-probe" / "scripts").mkdir(parents=True)
+    (data_dir / "extensions" / "cell-probe" / "scripts" / "cell_probe.py").write_text(ALWAYS_ON, encoding="utf-8")
+    folders = ExtensionFolders(user=data_dir / "extensions", builtin=BUILTIN_DIR)
+    context.extensions = load_extensions(context.settings, context.args, folders)
+    context.jobs.start()
+    yield context
+    context.jobs.shutdown(timeout=60)
+
+
+def test_the_img2img_tab_runs_the_plot_with_a1111s_img2img_indices(context):
+    """run_img2img with the script_args an A1111 client sends for img2img: 24 is Denoising and 6
+    Image CFG Scale in that tab's list. Every cell runs on an img2img p holding the init image and
+    the mask, and its infotext carries both axis values."""
+    from modules.extension_host.scripts import run_img2img
+
+    runner = context.extensions.scripts
+    assert "X/Y/Z plot" in [script.title() for script in runner.img2img_scripts]
+    selection = runner.selection_from_api("x/y/z plot", script_args(24, "0.5, 1", 6, "1, 1.5"), {}, is_img2img=True)
+    request = img2img(mask=left_half_mask(), inpaint_full_res=False)
+    result = run_img2img(context, request, selection=selection, save=False)
+    assert len(result.images) == 5  # the grid, then the 4 cells row by row
+    cells = [parse_generation_parameters(text) for text in result.infotexts[1:]]
+    assert [(float(c["Denoising strength"]), float(c["Image CFG scale"])) for c in cells] == \
+        [(0.5, 1.0), (1.0, 1.0), (0.5, 1.5), (1.0, 1.5)]
+    assert all(c["Cell p"] == "StableDiffusionProcessingImg2Img" and c["Cell init images"] == "1"
+               and c["Cell mask"] == "True" for c in cells)
+    grid = parse_generation_parameters(result.infotexts[0])
+    assert (grid["X Type"], grid["Y Type"]) == ("Denoising", "Image CFG Scale")
+
+
+def test_the_img2img_api_runs_the_plot_and_refuses_a_bad_value_by_name(context):
+    import base64
+    import io
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from modules.api.server import create_app
+
+    def encoded(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    client = TestClient(create_app(context, api=True))
+    body = {"prompt": "a cat", "steps": 3, "width": SIZE, "height": SIZE, "seed": 7, "sampler_name": "Euler",
+            "init_images": [encoded(picture())], "denoising_strength": 0.75, "script_name": "x/y/z plot",
+            "script_args": script_args("Denoising", "0.25, 0.75")}
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    cells = [parse_generation_parameters(text) for text in info["infotexts"][1:]]
+    assert [c["Denoising strength"] for c in cells] == ["0.25", "0.75"]
+    bad = client.post("/sdapi/v1/img2img", json={**body, "script_args": script_args("Denoising", "0.5, 1.5")})
+    assert bad.status_code == 422 and "Denoising = 1.5 is out of range" in bad.json()["detail"]
+    hires = client.post("/sdapi/v1/img2img", json={**body, "script_args": script_args("Hires steps", "3")})
+    assert hires.status_code == 422 and "'Hires steps' is for txt2img only" in hires.json()["detail"]
