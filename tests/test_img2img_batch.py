@@ -325,6 +325,22 @@ def test_the_tab_shows_why_folders_are_off_on_a_shared_server(context):
     assert [getattr(c, "elem_id", None) for c in tab.inputs] == [
         "img2img_batch_source_type", "img2img_image_batch", "img2img_batch_use_png_info",
         "img2img_batch_png_info_props"]
-    # Even a crafted "from dir" value has no folder to name: the spec is refused.
-    with pytest.raises(ValueError, match="Input directory: empty"):
+    # Even a crafted "from dir" value has no folder to name: the spec is refused, saying why.
+    with pytest.raises(ValueError, match="Input directory: batch folders are off"):
         tab.spec("from dir", None, False, [])
+
+
+def test_an_uploaded_path_that_is_a_device_is_skipped(context, tmp_path):
+    good = save(tmp_path / "good.png")
+    _, result = run(context, BatchSpec.upload(["/dev/zero", str(good)]))
+    assert len(result.images) == 1
+    assert any(w.startswith("/dev/zero: not a regular file") for w in result.warnings)
+
+
+def test_resize_by_scales_each_file_to_a_multiple_of_8(context, tmp_path):
+    files = [str(save(tmp_path / "wide.png", picture(size=96).resize((96, 128)))),
+             str(save(tmp_path / "small.png", picture(size=64)))]
+    job = submit_batch(context, TEMPLATE, BatchSpec.upload(files), scale_by=0.75)
+    result = job.wait(WAIT).result
+    # 96x128 x 0.75 = 72x96; 64x64 x 0.75 = 48x48, raised to the smallest request size, 64.
+    assert ["Size: 72x96" in result.infotexts[0], "Size: 64x64" in result.infotexts[1]] == [True, True]

@@ -35,8 +35,8 @@ Security (DESIGN.md "Security": a logged-in user on `--listen` is not the operat
   refused when `cmd_args.dir_config_locked` holds: with `--hide-ui-dir-config` (A1111's rule), and on
   a server others can reach (`--listen`, `--server-name`) unless started with `--allow-ui-dir-config`.
   Uploads (which Gradio's own file rules limit to files the user uploaded) always work.
-- Where folders are allowed, each is resolved (symbolic links followed, `..` collapsed) before it is
-  checked. The output folder may not lie inside the install folder, the data folder or the Python
+- Where folders are allowed, each is resolved (symbolic links followed, `..` collapsed; a relative
+  path is taken from the data folder, as the output folder settings are) before it is checked. The output folder may not lie inside the install folder, the data folder or the Python
   environment, except in `<data-dir>/outputs` or an `--allow-output-dir` folder: a `<stem>.txt`
   (`save_txt`) written there could become a `requirements.txt` that the next start installs from.
   Special file systems (`/dev`, `/proc`, `/sys`) are refused too.
@@ -311,6 +311,21 @@ def _with_masks(images: Sequence[Path], input_dir: Path, mask_dir: Path, warning
     return files
 
 
+def _open_regular(real: Path, shown: Path):
+    """`real` opened for reading, or `_Skip` when it is not a regular file. Opened without blocking
+    and checked on the open file: a FIFO swapped in after a check would block `open`, and a device
+    such as /dev/zero never ends."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as error:
+        raise _Skip(f"{shown}: cannot read it ({error.strerror}); skipped") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _Skip(f"{shown}: not a regular file (a device, pipe or folder); skipped")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def read_image(path: Path, root: Path | None, what: str = "image") -> Image.Image:
     """The image at `path`, decoded, EXIF-rotated, transparency kept (A1111's `images.read`);
     `_Skip` with the reason when it is not a regular file inside `root`, not an image, or too large."""
@@ -318,19 +333,15 @@ def read_image(path: Path, root: Path | None, what: str = "image") -> Image.Imag
     if root is not None and not _inside(real, root):
         raise _Skip(f"{path}: its symbolic link leads out of {root}; skipped")
     try:
-        info = os.stat(real)
-    except OSError as error:
-        raise _Skip(f"{path}: cannot read the {what} ({error.strerror}); skipped") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise _Skip(f"{path}: not a regular file (a device, pipe or folder); skipped")
-    try:
-        with open(real, "rb") as file:
+        with _open_regular(real, path) as file:
             image = Image.open(file)
             width, height = image.size
             if width * height > MAX_BATCH_IMAGE_PIXELS:
                 raise _Skip(f"{path}: the {what} is {width}x{height} ({width * height / 1e6:.0f} megapixels), more "
                             f"than the {MAX_BATCH_IMAGE_PIXELS / 1e6:.0f} megapixels allowed; skipped")
             image.load()
+    except _Skip:
+        raise
     except Image.DecompressionBombError:
         raise _Skip(f"{path}: the {what} decodes to more pixels than allowed; skipped") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
@@ -523,13 +534,11 @@ def _infotext_of(item: BatchFile, plan: BatchPlan) -> str | None:
     real = Path(os.path.realpath(source))
     if root is not None and not _inside(real, root):
         raise _Skip(f"{source}: its symbolic link leads out of {root}")
+    if not os.path.lexists(real):
+        raise _Skip(f"{source}: not found")
     try:
-        if not stat.S_ISREG(os.stat(real).st_mode):
-            raise _Skip(f"{source}: not a regular file")
-        with open(real, "rb") as file:
+        with _open_regular(real, source) as file:
             return read_image_metadata(file)[0]
-    except FileNotFoundError:
-        raise _Skip(f"{source}: not found") from None
     except (OSError, ImageMetadataError) as error:
         raise _Skip(f"{source}: {error}") from None
 

@@ -67,6 +67,8 @@ class BatchTab:
         if len(values) != len(self.names):
             raise ValueError(f"the Batch tab has {len(self.names)} inputs ({', '.join(self.names)}), got {len(values)}")
         given = dict(zip(self.names, values))
+        if given.get("source") == SOURCE_DIRECTORY and self.refusal is not None:
+            raise ValueError(f"{LABELS['input_dir']}: {self.refusal}")
         return spec_from_values(given)
 
 
