@@ -5,10 +5,12 @@ object with A1111's field names, built from a `GenerationRequest` (an `Img2ImgRe
 `from_request` and turned back into one with `to_request` wherever the engine takes a request: at
 `process_images(p)` (after `before_process`) and after the always-on scripts' `process`, so a
 script that changes `p.init_images` or `p.denoising_strength` there is seen by the engine.
-`processing_for(request)` makes the right class for a request. While a generation runs, the per-image lists (`all_prompts`, `all_negative_prompts`,
-`all_seeds`, `all_subseeds`), the current batch's (`prompts`, `seeds`, ...) and
-`extra_generation_params` mirror the engine's `GenerationPlan` (modules.generation.engine), so what a
-script writes there reaches conditioning, noise and the infotext.
+`processing_for(request)` makes the right class for a request.
+
+While a generation runs, the per-image lists (`all_prompts`, `all_negative_prompts`, `all_seeds`,
+`all_subseeds`), the current batch's (`prompts`, `seeds`, ...) and `extra_generation_params` mirror
+the engine's `GenerationPlan` (modules.generation.engine), so what a script writes there reaches
+conditioning, noise and the infotext.
 
 Fields A1111 has and Atelier does not use (restore_faces, s_churn, refiner, ...) are accepted and
 kept on the object, and have no effect. `modules.generation.engine` re-exports these names, so
@@ -172,8 +174,9 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         mask_blur = fields.pop("mask_blur", None)
         if "mask" in fields:  # A1111's constructor argument; `p.mask` is the latent keep-mask later
             fields.setdefault("image_mask", fields.pop("mask"))
-        defaults = {name: spec.get_default(call_default_factory=True) for name, spec in Img2ImgRequest.model_fields.items()
-                    if name not in GenerationRequest.model_fields and spec.is_required() is False}
+        defaults = {name: spec.get_default(call_default_factory=True)
+                    for name, spec in Img2ImgRequest.model_fields.items()
+                    if name not in GenerationRequest.model_fields and not spec.is_required()}
         defaults.pop("mask", None)
         defaults["denoising_strength"] = Img2ImgRequest.model_fields["denoising_strength"].default
         super().__init__(**{"init_images": None, "image_mask": None, **defaults, **_IMG2IMG_STATE, **fields})

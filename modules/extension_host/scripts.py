@@ -764,7 +764,8 @@ class _Execution:
 
             # Where this request's images go: the outdir_* settings, with the request's overrides.
             snapshot = settings.current().with_overrides(p.override_settings or {})
-            output_dirs = img2img_output_dirs if isinstance(p, StableDiffusionProcessingImg2Img) else txt2img_output_dirs
+            is_img2img = isinstance(p, StableDiffusionProcessingImg2Img)
+            output_dirs = img2img_output_dirs if is_img2img else txt2img_output_dirs
             images_dir, grids_dir = output_dirs(save_dir, SaveOptions.from_settings(snapshot))
             p.outpath_samples, p.outpath_grids = str(images_dir), str(grids_dir)
         p.scripts = self.tab  # A1111's p.scripts: the tab's runner (`alwayson_scripts`, `script(title)`)
