@@ -269,3 +269,69 @@ def test_txt2img_still_answers_as_before(client):
     body, info = ok(response)
     assert "enable_hr" in body["parameters"] and "init_images" not in body["parameters"]
     assert info["is_using_inpainting_conditioning"] is False and info["extra_generation_params"] == {}
+
+
+STAMP_SCRIPTS = """
+import gradio as gr
+
+from modules import scripts
+from modules.processing import process_images
+
+
+class Stamp(scripts.Script):
+    def title(self):
+        return "Stamp"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible if is_img2img else False
+
+    def ui(self, is_img2img):
+        return [gr.Textbox(value="none", label="Word")]
+
+    def process(self, p, word):
+        p.extra_generation_params["Stamp"] = f"{word} on {type(p).__name__}"
+
+
+class Halve(scripts.Script):
+    def title(self):
+        return "Halve strength"
+
+    def show(self, is_img2img):
+        return is_img2img
+
+    def ui(self, is_img2img):
+        return [gr.Slider(0, 1, value=0.5, label="Factor")]
+
+    def run(self, p, factor):
+        p.denoising_strength = p.denoising_strength * factor
+        return process_images(p)
+"""
+
+
+def test_img2img_scripts_run_through_the_api(tmp_path):
+    """script_name, script_args and alwayson_scripts name the img2img tab's scripts; a script the
+    img2img tab does not show is refused, as is an img2img-only one in txt2img."""
+    from modules.extension_host.environment import app_scope
+    from modules.extension_host.extensions import ExtensionFolders, load_extensions
+    from tests.test_extensions import write_extension
+
+    write_extension(tmp_path / "extensions", "stamp", {"scripts/stamp.py": STAMP_SCRIPTS})
+    (tmp_path / "builtin").mkdir()
+    context = make_context(tmp_path)
+    try:
+        with app_scope(context):
+            context.extensions = load_extensions(context.settings, context.args, ExtensionFolders(
+                user=tmp_path / "extensions", builtin=tmp_path / "builtin"))
+            client = TestClient(create_app(context, api=True))
+            listed = client.get("/sdapi/v1/scripts").json()
+            assert listed["img2img"] == ["stamp", "halve strength"] and "halve strength" not in listed["txt2img"]
+            body, info = ok(img2img(client, init_images=[png_base64(picture())], denoising_strength=0.8,
+                                    script_name="Halve strength", script_args=[0.25],
+                                    alwayson_scripts={"Stamp": {"args": ["hello"]}}, **SMALL))
+            infotext = info["infotexts"][0]
+            assert "Stamp: hello on StableDiffusionProcessingImg2Img" in infotext
+            assert "Denoising strength: 0.2," in infotext  # 0.8 × 0.25, set by the selected script
+            assert_error(client.post("/sdapi/v1/txt2img", json={"script_name": "Halve strength", **SMALL}), 422,
+                         "script_name")
+    finally:
+        context.jobs.shutdown(timeout=WAIT)

@@ -134,11 +134,8 @@ def script_selection(body: GenerationApiRequest, context, *, is_img2img: bool = 
                               f"found; {why}")
         return None
     try:
-        if is_img2img:
-            selection = runtime.scripts.selection_from_api(body.script_name, body.script_args, body.alwayson_scripts,
-                                                           is_img2img=True)
-        else:
-            selection = runtime.scripts.selection_from_api(body.script_name, body.script_args, body.alwayson_scripts)
+        selection = runtime.scripts.selection_from_api(body.script_name, body.script_args, body.alwayson_scripts,
+                                                       is_img2img=is_img2img)
     except ValueError as error:
         raise bad_request(f"{error}; GET /sdapi/v1/scripts lists the scripts") from None
     if body.infotext:
@@ -147,7 +144,7 @@ def script_selection(body: GenerationApiRequest, context, *, is_img2img: bool = 
         from modules.outputs.infotext import parse_generation_parameters
 
         from_infotext = infotext_script_args(runtime.scripts, parse_generation_parameters(body.infotext),
-                                             selection.alwayson_args)
+                                             selection.alwayson_args, is_img2img=is_img2img)
         if from_infotext:
             selection = replace(selection, alwayson_args={**selection.alwayson_args, **from_infotext})
     return selection
