@@ -403,3 +403,16 @@ def test_the_img2img_api_runs_the_plot_and_refuses_a_bad_value_by_name(context):
     assert bad.status_code == 422 and "Denoising = 1.5 is out of range" in bad.json()["detail"]
     hires = client.post("/sdapi/v1/img2img", json={**body, "script_args": script_args("Hires steps", "3")})
     assert hires.status_code == 422 and "'Hires steps' is for txt2img only" in hires.json()["detail"]
+
+
+def test_the_page_has_the_plot_in_both_tabs_with_each_tabs_axes(context):
+    """A1111's ids for a script shown in both tabs carry the tab name; each tab's X type dropdown
+    lists that tab's axes."""
+    from modules.ui.app import build_ui
+
+    config = build_ui(context).get_config_file()
+    by_id = {c["props"]["elem_id"]: c["props"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+    for tab, is_img2img in (("txt2img", False), ("img2img", True)):
+        choices = [c[0] if isinstance(c, (list, tuple)) else c for c in by_id[f"script_{tab}_xyz_plot_x_type"]["choices"]]
+        assert choices == labels(axis_types(is_img2img=is_img2img))
+        assert ("Image CFG Scale" in choices) is is_img2img and ("Hires steps" in choices) is not is_img2img
