@@ -192,6 +192,38 @@ def test_timestep_sampler_start_is_the_ddpm_forward_process(sd1):
     assert len(hooks.recorder.x) == 14
 
 
+def test_extra_noise_adds_its_share_of_the_same_noise_and_is_written(sd1):
+    """`img2img_extra_noise` e: σ samplers start at init + noise·σ + noise·e; the timestep ones at the
+    forward process + noise·e·√ᾱ (A1111's sample_img2img)."""
+    settings = EngineSettings(img2img_extra_noise=0.25)
+    result, hooks = run(sd1, settings, denoising_strength=0.75)
+    sigma = sigmas_for(sd1, "Euler", 20)[20 - 15 - 1]
+    noise = seed_noise(result.seeds)
+    expected = vae_mean_latent(sd1, picture()) + noise * sigma + noise * 0.25
+    torch.testing.assert_close(hooks.recorder.x[0], expected, rtol=1e-5, atol=1e-5)
+    assert "Extra noise: 0.25" in result.infotexts[0]
+
+    result, hooks = run(sd1, settings, sampler_name="DDIM", denoising_strength=0.75)
+    alpha = alphas_for(sd1)[a1111_timesteps(20)[15]].float()
+    expected = (vae_mean_latent(sd1, picture()) * alpha.sqrt() + noise * (1 - alpha).sqrt()
+                + noise * 0.25 * alpha.sqrt())
+    torch.testing.assert_close(hooks.recorder.x[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_extra_noise_hook_replaces_the_extra_noise_only(sd1):
+    class ZeroExtra(Hooks):
+        def extra_noise(self, plan, noise, x, xi):
+            self.seen = (x.clone(), xi.clone())
+            return torch.zeros_like(noise)
+
+    hooks = ZeroExtra()
+    result = generate(sd1, request(denoising_strength=0.75), EngineSettings(img2img_extra_noise=0.5), hooks=hooks)
+    plain, plain_hooks = run(sd1, denoising_strength=0.75)
+    torch.testing.assert_close(hooks.recorder.x[0], plain_hooks.recorder.x[0], rtol=0, atol=0)
+    torch.testing.assert_close(hooks.seen[1], plain_hooks.recorder.x[0], rtol=0, atol=0)  # xi before extra
+    assert "Extra noise: 0.5" in result.infotexts[0] and "Extra noise" not in plain.infotexts[0]
+
+
 @pytest.mark.parametrize("sampler", ["UniPC", "PLMS", "DPM++ 2M", "Euler a", "DPM++ SDE"])
 def test_other_samplers_run(sd1, sampler):
     result, _ = run(sd1, sampler_name=sampler, steps=8, denoising_strength=0.6)
@@ -497,3 +529,17 @@ def test_variation_seed_noise_is_txt2img_s(sd1):
     torch.testing.assert_close(hooks.recorder.x[0], vae_mean_latent(sd1, picture()) + noise * sigma,
                                rtol=1e-5, atol=1e-5)
     assert "Variation seed: 9" in result.infotexts[0] and "Variation seed strength: 0.4" in result.infotexts[0]
+
+
+def test_extra_noise_reaches_the_hires_pass_and_not_plain_txt2img(sd1):
+    from modules.generation.engine import GenerationRequest
+
+    settings = EngineSettings(img2img_extra_noise=0.3)
+    base = dict(prompt="a cat", width=SIZE, height=SIZE, steps=2, seed=3, sampler_name="Euler")
+    plain = generate(sd1, GenerationRequest(**base), settings)
+    assert "Extra noise" not in plain.infotexts[0]
+    hires = {**base, "enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5}
+    with_extra = generate(sd1, GenerationRequest(**hires), settings)
+    without = generate(sd1, GenerationRequest(**hires))
+    assert "Extra noise: 0.3" in with_extra.infotexts[0]
+    assert not np.array_equal(np.asarray(with_extra.images[0]), np.asarray(without.images[0]))

@@ -154,6 +154,11 @@ class GenerationHooks:
         """A sampling pass (the first, or the hires one) is about to start from the latents `x` with
         `noise` (the same tensor in the first pass); editing either in place changes that pass."""
 
+    def extra_noise(self, plan: GenerationPlan, noise, x, xi):
+        """Before `img2img_extra_noise` is added to the noised start `xi` of an img2img or hires
+        pass (init latent `x`): returns the noise to add (A1111's on_extra_noise callbacks)."""
+        return noise
+
     def cfg_hooks(self, plan: GenerationPlan, total_steps: int) -> "CFGHooks | None":
         """None (nobody listens: the denoiser's plain path), or the `CFGHooks` told about each model
         evaluation of this sampling pass of `total_steps` steps (modules.generation.cfg_step)."""
@@ -572,6 +577,7 @@ class EngineSettings:
     img2img_background_color: str = "#ffffff"
     inpainting_mask_weight: float = 1.0
     img2img_color_correction: bool = False
+    img2img_extra_noise: float = 0.0
 
     @classmethod
     def from_settings(cls, settings) -> "EngineSettings":
@@ -590,7 +596,8 @@ class EngineSettings:
                    initial_noise_multiplier=settings["initial_noise_multiplier"],
                    img2img_background_color=settings["img2img_background_color"],
                    inpainting_mask_weight=settings["inpainting_mask_weight"],
-                   img2img_color_correction=settings["img2img_color_correction"])
+                   img2img_color_correction=settings["img2img_color_correction"],
+                   img2img_extra_noise=settings["img2img_extra_noise"])
 
     @property
     def cond_padding(self) -> str:
@@ -967,18 +974,30 @@ def _img2img_pass(run: _Run, batch: _Batch, noise: torch.Tensor):
         # The SDE samplers' Brownian tree spans the whole schedule, as in A1111.
         noise_fn = _noise_source(sampler, batch.rng, latent, batch.seeds, sigmas)
         blend = init.blend(noise, None)
-        samples, stop = _sample(run, batch, noised_start_sigmas(latent, noise, tail[0]), tail, noise_fn, blend,
-                                image_cond=init.image_cond)
+        start = _with_extra_noise(run, noise, latent, noised_start_sigmas(latent, noise, tail[0]))
+        samples, stop = _sample(run, batch, start, tail, noise_fn, blend, image_cond=init.image_cond)
     else:
         timesteps = a1111_timesteps(plan.schedule_steps)
         alpha = run.alphas_cumprod[timesteps[plan.t_enc]].to(device=device, dtype=latent.dtype)
         noise_fn = _noise_source(sampler, batch.rng, latent, batch.seeds, None)
         blend = init.blend(noise, run.alphas_cumprod)
-        samples, stop = _sample(run, batch, noised_start_timesteps(latent, noise, alpha), timesteps[:plan.t_enc],
-                                noise_fn, blend, image_cond=init.image_cond)
+        start = _with_extra_noise(run, noise, latent, noised_start_timesteps(latent, noise, alpha), alpha.sqrt())
+        samples, stop = _sample(run, batch, start, timesteps[:plan.t_enc], noise_fn, blend,
+                                image_cond=init.image_cond)
     if blend is not None:  # the unmasked area is the init's exactly, interrupted or not
         samples = blend.final(samples)
     return samples, stop
+
+
+def _with_extra_noise(run: _Run, noise: torch.Tensor, x: torch.Tensor, xi: torch.Tensor, scale=1.0) -> torch.Tensor:
+    """`xi` plus the `img2img_extra_noise` setting's share of noise (A1111: `extra · noise` for the
+    σ samplers, `extra · noise · √ᾱ` (`scale`) for the timestep ones), after the extensions'
+    on_extra_noise callbacks may have replaced that noise. Unchanged when the setting is 0."""
+    extra = run.settings.img2img_extra_noise
+    if extra <= 0:
+        return xi
+    noise = run.hooks.extra_noise(run.plan, noise, x, xi)
+    return xi + noise * extra * scale
 
 
 def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, noise_fn, blend=None, *,
@@ -1203,8 +1222,8 @@ def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor):
     # After this the pass's steps, size and strength are fixed: changes a hook makes to them are not read.
     run.hooks.before_hr(run.plan)
     run.hooks.before_every_sampling(run.plan, latents, noise, cond, uncond)
-    return _sample(run, hires, latents + noise * sigma_sched[0], sigma_sched, noise_fn,
-                   image_cond=_txt2img_image_cond(run, latents))
+    start = _with_extra_noise(run, noise, latents, latents + noise * sigma_sched[0])
+    return _sample(run, hires, start, sigma_sched, noise_fn, image_cond=_txt2img_image_cond(run, latents))
 
 
 def _decode(model, samples: torch.Tensor, result: GenerationResult) -> torch.Tensor:
@@ -1261,6 +1280,8 @@ def _infotext(run: _Run, index: int, network_fields: dict, ti_hashes: str | None
         extra["Emphasis"] = settings.emphasis
     if run.img2img is not None and run.img2img.noise_multiplier != 1.0:
         extra["Noise multiplier"] = run.img2img.noise_multiplier
+    if (run.img2img is not None or request.enable_hr) and settings.img2img_extra_noise > 0:
+        extra["Extra noise"] = settings.img2img_extra_noise  # it noises img2img and hires passes only
     extra.update(_eta_field(sampler, eta))
     name = checkpoint_info.name_for_extra if checkpoint_info else model.path.stem
     shorthash = checkpoint_info.shorthash if checkpoint_info else None

@@ -66,6 +66,7 @@ OVERRIDE_SETTINGS: Mapping[str, str] = {
     "Pad conds": "pad_cond_uncond",
     "Pad conds v0": "pad_cond_uncond_v0",
     "Noise multiplier": "initial_noise_multiplier",
+    "Extra noise": "img2img_extra_noise",
     "Conditional mask weight": "inpainting_mask_weight",
 }
 

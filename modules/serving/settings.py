@@ -207,6 +207,8 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("inpainting_mask_weight", 1.0, "Inpainting conditioning mask strength", "sampling", minimum=0.0,
                 maximum=1.0, step=0.01, info="Inpainting checkpoints: 1 hides the masked area from the model, 0 "
                                              "shows it the whole original"),
+    SettingSpec("img2img_extra_noise", 0.0, "Extra noise multiplier for img2img and hires fix", "sampling",
+                minimum=0.0, maximum=1.0, step=0.01, info="0 = off; more adds detail (A1111's infotext \"Extra noise\")"),
     SettingSpec("img2img_color_correction", False, "Apply color correction to img2img results to match original "
                 "colors", "sampling"),
     SettingSpec("img2img_background_color", "#ffffff", "With img2img, fill transparent parts of the input image "
