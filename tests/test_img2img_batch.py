@@ -344,3 +344,18 @@ def test_resize_by_scales_each_file_to_a_multiple_of_8(context, tmp_path):
     result = job.wait(WAIT).result
     # 96x128 x 0.75 = 72x96; 64x64 x 0.75 = 48x48, raised to the smallest request size, 64.
     assert ["Size: 72x96" in result.infotexts[0], "Size: 64x64" in result.infotexts[1]] == [True, True]
+
+
+def test_the_gallery_lists_a_bounded_number_of_warnings(context, tmp_path):
+    from modules.generation.img2img_batch import MAX_WARNINGS_SHOWN
+
+    source = tmp_path / "in"
+    count = MAX_WARNINGS_SHOWN + 5
+    for index in range(count):
+        (source / f"{index}.png").parent.mkdir(exist_ok=True)
+        (source / f"{index}.png").write_bytes(b"broken")
+    save(source / "z.png")
+    _, result = run(context, BatchSpec.directory(str(source)))
+    assert len(result.images) == 1
+    assert len(result.warnings) == MAX_WARNINGS_SHOWN + 1
+    assert result.warnings[-1].startswith(f"... and {count - MAX_WARNINGS_SHOWN} more warnings")

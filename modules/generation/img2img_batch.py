@@ -78,6 +78,9 @@ MAX_BATCH_IMAGE_PIXELS = 8192 * 8192
 # "/" would otherwise walk the whole disk); a long video's frames still fit.
 MAX_BATCH_FILES = 100_000
 BATCH_JOB_KIND = "img2img"
+# The gallery's notes list this many of a batch's warnings (a folder of 5000 images without masks
+# would give 5000); the console has them all.
+MAX_WARNINGS_SHOWN = 20
 SOURCES = ("upload", "directory")
 # Request fields the batch sets per file; a template that carries them is a caller's mistake.
 PER_FILE_FIELDS = ("init_images", "mask")
@@ -421,6 +424,7 @@ def run_batch(context: AppContext, template: Mapping[str, Any], plan: BatchPlan,
     limit = int(context.settings.current()["img2img_batch_show_results_limit"])
     combined = GenerationResult(warnings=list(plan.warnings))
     for warning in plan.warnings:
+        log.warning("img2img batch: %s", warning)
         control.add_info(warning)
     if hasattr(control, "set_info"):
         control.set_info("job_count", count * int(base.get("n_iter", 1)))
@@ -454,7 +458,18 @@ def run_batch(context: AppContext, template: Mapping[str, Any], plan: BatchPlan,
         if result.interrupted:
             combined.interrupted = True
             break
+    combined.warnings = _shown_warnings(combined.warnings)
     return combined
+
+
+def _shown_warnings(warnings: Sequence[str]) -> list[str]:
+    """The warnings for the gallery: each once (every file repeats the engine's notes), at most
+    `MAX_WARNINGS_SHOWN` of them; the log has every one."""
+    unique = list(dict.fromkeys(warnings))
+    if len(unique) <= MAX_WARNINGS_SHOWN:
+        return unique
+    rest = len(unique) - MAX_WARNINGS_SHOWN
+    return [*unique[:MAX_WARNINGS_SHOWN], f"... and {rest} more warning{'s' if rest != 1 else ''} (see the console)"]
 
 
 def _warn(result: GenerationResult, control, message: str) -> None:
@@ -464,17 +479,10 @@ def _warn(result: GenerationResult, control, message: str) -> None:
 
 
 def _run_one(context, request: Img2ImgRequest, control, save: bool | None, selection) -> GenerationResult:
-    """One file through the path of a single img2img: the extensions' scripts when the script host
-    has img2img."""
-    from modules.extension_host import scripts
+    """One file through the path of a single img2img: the img2img tab's scripts and callbacks."""
+    from modules.extension_host.scripts import run_img2img
 
-    run_img2img = getattr(scripts, "run_img2img", None)
-    if run_img2img is not None:
-        return run_img2img(context, request, control, save=save, selection=selection)
-    # TODO(issue 16, helper B): remove once modules.extension_host.scripts.run_img2img is on main.
-    if selection is not None and getattr(selection, "script", None):
-        raise ValueError(f"script {selection.script!r}: img2img scripts are not available yet")
-    return context.engine.generate(request, control, save=save)
+    return run_img2img(context, request, control, save=save, selection=selection)
 
 
 def _collect(combined: GenerationResult, result: GenerationResult, limit: int) -> None:
