@@ -147,9 +147,14 @@ def test_every_file_shares_the_one_seed(context, tmp_path):
 def test_uploads_run_and_the_gallery_keeps_the_first_n(context, settings, tmp_path):
     settings.apply({"img2img_batch_show_results_limit": 3, "samples_save": False})
     files = [str(save(tmp_path / f"up{i}.png", picture(i))) for i in range(2)]
-    _, result = run(context, BatchSpec.upload(files), batch_size=2)
+    job, result = run(context, BatchSpec.upload(files + [str(tmp_path / "gone.png")]), batch_size=2)
     assert len(result.images) == 3 and len(result.infotexts) == 3 and len(result.seeds) == 3
     assert result.saved_paths == []  # samples_save off and no output folder: nothing written
+    # The gallery: no grid in front (return_grid is on), each image with its infotext, the skip as a note.
+    assert context.settings.current()["return_grid"]
+    outcome = img2img_batch_tab.batch_outcome(context, job)
+    assert [image.info["parameters"] for image in outcome.images] == outcome.infotexts[:3]
+    assert len(outcome.images) == 3 and any("gone.png" in note for note in outcome.notes)
 
 
 def test_png_info_is_appended_and_replaces_the_ticked_keys(context, tmp_path):
