@@ -137,6 +137,14 @@ def test_clip_skip_axis_sets_what_a_pasted_clip_skip_sets(app):
         plan_grid(app.services, BASE, AxisSpec("Clip skip", "1, 13"))
 
 
+def test_extra_noise_axis_overrides_the_setting_per_cell(app):
+    plan = plan_grid(app.services, BASE, AxisSpec("Extra noise", "0, 0.25"))
+    assert [c.request.override_settings for c in plan.cells] == [{"img2img_extra_noise": 0.0},
+                                                                  {"img2img_extra_noise": 0.25}]
+    with pytest.raises(ValueError, match="img2img_extra_noise"):
+        plan_grid(app.services, BASE, AxisSpec("Extra noise", "1.5"))
+
+
 def test_seeds_fixed_once_unless_kept_and_varied(app):
     request = BASE.model_copy(update={"seed": -1})
     fixed = plan_grid(app.services, request, AxisSpec("CFG Scale", "5, 9"))

@@ -128,8 +128,8 @@ def test_the_api_indices_follow_each_tabs_a1111_list(xyz_script):
     assert label("X", 5, False) == "Hires steps" and label("X", 5, True) == "CFG Scale"
     assert label("Y", img2img_fixed.index("Cond. Image Mask Weight"), True) == "Cond. Image Mask Weight"
     assert label("Y", img2img_fixed.index("Initial noise multiplier"), True) == "Initial noise multiplier"
-    with pytest.raises(AxisValueError, match="img2img 'Extra noise', which Atelier's X/Y/Z plot does not have"):
-        label("X", img2img_fixed.index("Extra noise"), True)
+    for tab, listed in (("txt2img", txt2img_fixed), ("img2img", img2img_fixed)):
+        assert label("X", listed.index("Extra noise"), tab == "img2img") == "Extra noise"
     with pytest.raises(AxisValueError, match="A1111's txt2img 'Initial noise multiplier': .* is for img2img only"):
         label("X", txt2img_fixed.index("Initial noise multiplier"), False)
     with pytest.raises(AxisValueError, match="img2img axis indices .* by name"):

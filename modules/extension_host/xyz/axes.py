@@ -385,6 +385,8 @@ BUILTIN_AXES: tuple[AxisType, ...] = (
     _infotext_axis("Clip skip", int, "Clip skip"),
     _infotext_axis("Denoising", float, "Denoising strength"),
     _field_axis("Initial noise multiplier", float, "initial_noise_multiplier", tab=IMG2IMG),
+    # A setting override (img2img_extra_noise): it noises img2img and the hires pass, so both tabs.
+    _infotext_axis("Extra noise", float, "Extra noise"),
     _field_axis("Cond. Image Mask Weight", float, "inpainting_mask_weight", tab=IMG2IMG),
     AxisType("VAE", str, apply_override("sd_vae"), confirm=_confirm_vaes, choices=_vae_choices, cost=0.7),
     AxisType("Size", str, _apply_size, confirm=_confirm_sizes),
