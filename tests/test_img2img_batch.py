@@ -234,7 +234,8 @@ def test_output_folders_inside_the_program_are_refused(context, tmp_path):
     link = tmp_path / "innocent"
     link.symlink_to(REPO_ROOT / "modules")
     refused = [str(REPO_ROOT / "modules"), str(REPO_ROOT / "extensions"), str(REPO_ROOT / "outputs" / ".." / "venv"),
-               "outputs/../models", f"outputs/../../{data.name}/x", str(data), str(link), str(link / "new-sub"), "/dev/shm/x", "/proc/self"]
+               "outputs/../models", f"outputs/../../{data.name}/x", str(data), str(link), str(link / "new-sub"),
+               "/dev/shm/x", "/proc/self"]
     for value in refused:
         with pytest.raises(BatchRefused, match="Output directory: .* is inside"):
             plan_batch(BatchSpec.directory(str(tmp_path / "in"), value), context.args, data)

@@ -36,8 +36,9 @@ Security (DESIGN.md "Security": a logged-in user on `--listen` is not the operat
   a server others can reach (`--listen`, `--server-name`) unless started with `--allow-ui-dir-config`.
   Uploads (which Gradio's own file rules limit to files the user uploaded) always work.
 - Where folders are allowed, each is resolved (symbolic links followed, `..` collapsed; a relative
-  path is taken from the data folder, as the output folder settings are) before it is checked. The output folder may not lie inside the install folder, the data folder or the Python
-  environment, except in `<data-dir>/outputs` or an `--allow-output-dir` folder: a `<stem>.txt`
+  path is taken from the data folder, as the output folder settings are) before it is checked. The
+  output folder may not lie inside the install folder, the data folder or the Python environment,
+  except in `<data-dir>/outputs` or an `--allow-output-dir` folder: a `<stem>.txt`
   (`save_txt`) written there could become a `requirements.txt` that the next start installs from.
   Special file systems (`/dev`, `/proc`, `/sys`) are refused too.
 - Only regular files are read (no device, FIFO or socket: reading `/dev/zero` never ends), and only
@@ -199,8 +200,9 @@ def plan_batch(spec: BatchSpec, args, data_dir: Path) -> BatchPlan:
     if refusal is not None:
         raise BatchRefused(f"{', '.join(spec.folders())}: {refusal}")
     warnings: list[str] = []
-    png_info_dir = _existing_dir(spec.png_info_dir, "PNG info directory", data_dir) if spec.use_png_info and spec.png_info_dir \
-        else None
+    png_info_dir = None
+    if spec.use_png_info and spec.png_info_dir:
+        png_info_dir = _existing_dir(spec.png_info_dir, "PNG info directory", data_dir)
     if spec.source == "upload":
         files = [BatchFile(Path(path)) for path in spec.uploaded_files]
         return BatchPlan(files, None, png_info_dir, spec.png_info_props if spec.use_png_info else (), warnings)
@@ -213,8 +215,9 @@ def plan_batch(spec: BatchSpec, args, data_dir: Path) -> BatchPlan:
     else:
         files = [BatchFile(path, input_dir) for path in images]
     if not files:
+        first = f"; {warnings[0]}" if warnings else ""
         raise BatchRefused(f"Input directory: no images to process in {input_dir} (looked for "
-                           f"{' '.join(IMAGE_EXTENSIONS)}, in subfolders too)" + (f"; {warnings[0]}" if warnings else ""))
+                           f"{' '.join(IMAGE_EXTENSIONS)}, in subfolders too){first}")
     return BatchPlan(files, output_dir, png_info_dir, spec.png_info_props if spec.use_png_info else (), warnings)
 
 
