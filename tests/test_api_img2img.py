@@ -5,8 +5,10 @@ the 422s that name the field, masks of another size, paste-back outside a hard m
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from modules.api.errors import ApiError
-from modules.api.images import MAX_API_IMAGE_PIXELS, decode_input_image
+from modules.api.images import MAX_API_IMAGE_PIXELS, PixelBudget, decode_input_image
 from modules.api.server import create_app
 from modules.library.synthetic_checkpoints import write_checkpoint
 from tests.test_api_support import WAIT, decode_png, make_context, png_base64
@@ -127,7 +129,7 @@ def _huge_png() -> str:
 
 @pytest.mark.parametrize(("fields", "fragments"), [
     ({"init_images": ["not base64!"]}, ["init_images[0]: not valid base64"]),
-    ({"init_images": ["IMAGE", base64.b64encode(b"hello, not an image").decode()]},
+    ({"init_images": ["IMAGE", base64.b64encode(b"hello, not an image").decode()], "batch_size": 2},
      ["init_images[1]: the data is not an image Pillow can read"]),
     ({"mask": base64.b64encode(b"GIF89a?").decode()}, ["mask: the data is not an image"]),
     ({"init_images": ["HUGE"]}, ["init_images[0]: the image is 8193x8193 (67,125,249 pixels)",
@@ -148,6 +150,58 @@ def test_bad_input_is_a_422_naming_the_field(client, fields, fragments):
     if fields.get("latent_mask") == "IMAGE":
         fields["latent_mask"] = image
     assert_error(img2img(client, **{**SMALL, **fields}), 422, *fragments)
+
+
+def test_more_images_than_the_batch_are_refused_before_decoding(client):
+    assert_error(img2img(client, init_images=["not decoded"] * 3, batch_size=2, **SMALL), 422,
+                 "init_images: 3 images for a batch of 2")
+
+
+def test_the_images_of_one_request_share_a_pixel_budget():
+    text = png_base64(picture())  # 64x64 = 4,096 pixels
+    budget = PixelBudget(3 * SIZE * SIZE - 1)
+    decode_input_image(text, {}, field="init_images[0]", budget=budget)
+    decode_input_image(text, {}, field="init_images[1]", budget=budget)
+    with pytest.raises(ApiError, match=r"mask: with this 64x64 image the request's images come to 12,288 pixels; "
+                                       r"one request's images together may have at most 12,287"):
+        decode_input_image(text, {}, field="mask", budget=budget)
+
+
+def test_image_urls_are_fetched_when_the_settings_allow_them(client, context):
+    """The guard of modules.api.images: a local address is refused by default (api_forbid_local_requests);
+    allowed by the operator, the URL's image is used; api_enable_requests off refuses every URL."""
+    original = picture(seed=6)
+    payload = base64.b64decode(png_base64(original))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/picture.png"
+    mask = box_mask(SIZE, SIZE, (0, 0, 32, 32))
+    try:
+        assert_error(img2img(client, init_images=[url], **SMALL), 422, "init_images[0]: '127.0.0.1' resolves to a "
+                                                                        "non-public address")
+        context.settings.apply({"api_forbid_local_requests": False})
+        body, _ = ok(img2img(client, init_images=[url], mask=png_base64(mask), **HARD, **SMALL))
+        outside = np.asarray(mask) == 0
+        assert np.array_equal(pixels(decode_png(body["images"][0]))[outside], pixels(original)[outside])
+        context.settings.apply({"api_enable_requests": False})
+        assert_error(img2img(client, init_images=[png_base64(original)], mask=url, **SMALL), 422,
+                     "mask: image URLs are turned off")
+    finally:
+        context.settings.apply({"api_forbid_local_requests": True, "api_enable_requests": True})
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_base64_text_is_limited_before_it_is_decoded():

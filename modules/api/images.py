@@ -35,6 +35,23 @@ USER_AGENT = "Atelier (A1111-compatible API)"
 MAX_API_IMAGE_PIXELS = 8192 * 8192
 
 
+class PixelBudget:
+    """The pixels all images of one request may decode into together (init images and mask): each
+    image's own limit alone would let one request hold several of the largest images at once."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+
+    def take(self, field: str, width: int, height: int) -> None:
+        """Count `field`'s width x height pixels, or raise a 422 before any of them is decoded."""
+        if self.used + width * height > self.total:
+            raise bad_request(f"{field}: with this {width}x{height} image the request's images come to "
+                              f"{self.used + width * height:,} pixels; one request's images together may have at "
+                              f"most {self.total:,}; send fewer or smaller images")
+        self.used += width * height
+
+
 def encode_png(image: Image.Image, infotext: str | None = None) -> str:
     """Base64 PNG; the infotext goes in the `parameters` text chunk, as in a saved file."""
     from modules.outputs.images import SaveOptions, write_image_with_geninfo
@@ -71,10 +88,10 @@ def image_bytes(value: str, settings: Mapping[str, Any], *, field: str = "image"
 
 def decode_image(value: str, settings: Mapping[str, Any], *, field: str = "image",
                  resolver: Resolver | None = None, max_pixels: int = MAX_API_IMAGE_PIXELS,
-                 max_bytes: int = MAX_IMAGE_FILE_BYTES) -> Image.Image:
+                 max_bytes: int = MAX_IMAGE_FILE_BYTES, budget: PixelBudget | None = None) -> Image.Image:
     """The decoded image `value` holds (see `image_bytes`). Its size is checked from the header before
     any pixel is decoded: more than `max_pixels` is refused, since a small compressed file can
-    decode into gigabytes."""
+    decode into gigabytes; with `budget`, so is more than the request's images may have left."""
     data = image_bytes(value, settings, field=field, resolver=resolver, max_bytes=max_bytes)
     try:
         image = Image.open(io.BytesIO(data))
@@ -82,6 +99,8 @@ def decode_image(value: str, settings: Mapping[str, Any], *, field: str = "image
         if width * height > max_pixels:
             raise bad_request(f"{field}: the image is {width}x{height} ({width * height:,} pixels); the API "
                               f"takes at most {max_pixels:,} pixels ({_pixels_text(max_pixels)}), scale it down first")
+        if budget is not None:
+            budget.take(field, width, height)
         image.load()
     # A corrupt file fails in the decoder with whatever it hit: truncated data, a bad header field.
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError, EOFError, SyntaxError) as e:
@@ -91,12 +110,12 @@ def decode_image(value: str, settings: Mapping[str, Any], *, field: str = "image
 
 def decode_input_image(value: str, settings: Mapping[str, Any], *, field: str,
                        resolver: Resolver | None = None, max_pixels: int = MAX_API_IMAGE_PIXELS,
-                       max_bytes: int = MAX_IMAGE_FILE_BYTES) -> Image.Image:
+                       max_bytes: int = MAX_IMAGE_FILE_BYTES, budget: PixelBudget | None = None) -> Image.Image:
     """An image a generation starts from (init image, mask), as A1111's `fix_image` leaves it: turned
     upright by its EXIF orientation (a phone photo is stored sideways), in a mode the image code
     handles (1, L, P, RGB and their alpha variants; 16-bit and CMYK files are converted)."""
     image = decode_image(value, settings, field=field, resolver=resolver, max_pixels=max_pixels,
-                         max_bytes=max_bytes)
+                         max_bytes=max_bytes, budget=budget)
     try:
         image = ImageOps.exif_transpose(image)
         if image.mode not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA"):

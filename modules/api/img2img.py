@@ -28,9 +28,12 @@ from pydantic import ValidationError
 from modules.api import generation_api as shared
 from modules.api.errors import bad_request, describe_validation_error, not_found
 from modules.api.generation_api import PreparedGeneration
-from modules.api.images import decode_input_image
+from modules.api.images import MAX_API_IMAGE_PIXELS, PixelBudget, decode_input_image
 from modules.api.schemas import ImageToImageResponse, Img2ImgApiRequest
 from modules.generation.requests import Img2ImgRequest
+
+# All images of one request together: the largest image the API takes and a mask of its size.
+MAX_REQUEST_PIXELS = 2 * MAX_API_IMAGE_PIXELS
 
 # Echoed as null in `parameters` unless the request sets include_init_images (A1111).
 IMAGE_PARAMETERS = frozenset({"init_images", "mask"})
@@ -44,10 +47,17 @@ def _refuse_unsupported(body: Img2ImgApiRequest) -> None:
 
 
 def _images(body: Img2ImgApiRequest, settings) -> tuple[list, Any]:
-    """The decoded init images and mask (None without one); each failure a 422 naming its field."""
-    images = [decode_input_image(value, settings, field=f"init_images[{index}]")
+    """The decoded init images and mask (None without one); each failure a 422 naming its field.
+    Counted first: more images than the batch is refused before any is decoded (A1111's rule,
+    which Img2ImgRequest checks too), and the pixels of all of them share one budget."""
+    count, batch = len(body.init_images), max(body.batch_size, 1)
+    if count > batch:
+        raise bad_request(f"init_images: {count} images for a batch of {batch}; send one image (used for every "
+                          "image of the batch) or at most batch_size images")
+    budget = PixelBudget(MAX_REQUEST_PIXELS)
+    images = [decode_input_image(value, settings, field=f"init_images[{index}]", budget=budget)
               for index, value in enumerate(body.init_images)]
-    mask = decode_input_image(body.mask, settings, field="mask") if body.mask else None
+    mask = decode_input_image(body.mask, settings, field="mask", budget=budget) if body.mask else None
     return images, mask
 
 
