@@ -138,6 +138,8 @@ def _huge_png() -> str:
     ({"denoising_strength": -0.1}, ["denoising_strength: Input should be greater than or equal to 0"]),
     ({"latent_mask": "IMAGE"}, ["latent_mask: a separate mask for the latent blend is not supported"]),
     ({"inpainting_fill": 4}, ["inpainting_fill: Input should be less than or equal to 3"]),
+    ({"mask_blur": -1}, ["mask_blur: Input should be greater than or equal to 0"]),
+    ({"mask_blur_y": 65}, ["mask_blur_y: Input should be less than or equal to 64"]),
     ({"resize_mode": 7}, ["resize_mode: Input should be less than or equal to 3"]),
     ({"init_images": ["http://127.0.0.1:9/x.png"]}, ["init_images[0]: '127.0.0.1' resolves to a non-public address"]),
     ({"script_name": "SD upscale"}, ["script_name: script 'SD upscale' not found"]),

@@ -102,7 +102,7 @@ class Img2ImgApiRequest(GenerationApiRequest):
     mask: str | None = Field(None, description="base64 mask (or URL): white (or opaque) pixels are repainted")
     mask_blur_x: int = 4
     mask_blur_y: int = 4
-    mask_blur: int | None = Field(None, description="sets mask_blur_x and mask_blur_y; null keeps them")
+    mask_blur: int | None = Field(None, ge=0, le=64, description="sets mask_blur_x and mask_blur_y; null keeps them")
     mask_round: bool = True
     inpainting_fill: int = Field(0, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
     inpaint_full_res: bool = Field(True, description="true: Only masked; false: Whole picture")
