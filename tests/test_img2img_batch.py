@@ -365,3 +365,48 @@ def test_the_gallery_lists_a_bounded_number_of_warnings(context, tmp_path):
     assert len(result.images) == 1
     assert len(result.warnings) == MAX_WARNINGS_SHOWN + 1
     assert result.warnings[-1].startswith(f"... and {count - MAX_WARNINGS_SHOWN} more warnings")
+
+
+RECORDER = '''
+from modules import scripts
+
+SEEN = []  # (init image size, p.outpath_samples, seed, mask given) per process()
+
+
+class BatchRecorder(scripts.Script):
+    def title(self):
+        return "Batch recorder"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible if is_img2img else False
+
+    def process(self, p, *args):
+        SEEN.append((p.init_images[0].size, p.outpath_samples, p.seed, p.image_mask is not None))
+'''
+
+
+def test_each_file_runs_with_the_img2img_tabs_scripts(tmp_path):
+    """With extensions loaded, every file is one img2img run of the script host: an always-on script's
+    process() sees that file's image, the batch's output folder and the shared seed."""
+    import sys
+
+    from modules.extension_host.environment import app_scope
+    from modules.extension_host.extensions import ExtensionFolders, load_extensions
+    from tests.test_extensions import write_extension
+
+    write_extension(tmp_path / "extensions", "recorder", {"scripts/recorder.py": RECORDER})
+    (tmp_path / "builtin").mkdir()
+    context = make_context(tmp_path / "data")
+    try:
+        folders = ExtensionFolders(user=tmp_path / "extensions", builtin=tmp_path / "builtin")
+        context.extensions = load_extensions(context.settings, context.args, folders)
+        source, out, masks = tmp_path / "in", tmp_path / "out", tmp_path / "masks"
+        save(source / "1.png", picture(1, size=64)), save(source / "2.png", picture(2, size=72))
+        save(masks / "only.png", square_mask())
+        with app_scope(context):
+            job, result = run(context, BatchSpec.directory(str(source), str(out), str(masks)), seed=77)
+        seen = sys.modules["atelier_extensions.recorder.scripts.recorder"].SEEN
+        assert seen == [((64, 64), str(out), 77, True), ((72, 72), str(out), 77, True)]
+        assert len(result.images) == 2 and all(Path(p).parent == out for p in result.saved_paths)
+    finally:
+        context.jobs.shutdown(timeout=WAIT)
