@@ -321,14 +321,16 @@ def _open_regular(real: Path, shown: Path):
     """`real` opened for reading, or `_Skip` when it is not a regular file. Opened without blocking
     and checked on the open file: a FIFO swapped in after a check would block `open`, and a device
     such as /dev/zero never ends."""
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to block on
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(real, os.O_RDONLY | nonblocking | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
     except OSError as error:
         raise _Skip(f"{shown}: cannot read it ({error.strerror}); skipped") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise _Skip(f"{shown}: not a regular file (a device, pipe or folder); skipped")
-    os.set_blocking(fd, True)
+    if nonblocking:
+        os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
 
