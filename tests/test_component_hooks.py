@@ -29,6 +29,9 @@ HOOKED_IDS = ("txt2img_prompt", "txt2img_neg_prompt", "txt2img_sampling", "txt2i
               "txt2img_gallery", "script_list", "txt2img_hr", "txt2img_hr_upscaler", "txt2img_hires_steps",
               "txt2img_denoising_strength", "txt2img_hr_scale", "txt2img_hr_resize_x", "txt2img_hr_resize_y",
               "txt2img_generation_info_button", "txt2img_styles")
+# Some of the img2img tab's: its scripts' instances (A1111's scripts_img2img) get the hooks there.
+IMG2IMG_HOOKED_IDS = ("img2img_prompt", "img2img_neg_prompt", "img2img_generate", "img2img_denoising_strength",
+                      "img2img_width", "img2img_mask_blur", "img2img_gallery")
 
 
 def _build(data_dir: Path, *, broken: bool = False):
@@ -99,11 +102,13 @@ def test_every_main_tab_is_rendered_while_hidden(page):
 def test_component_hooks_run_in_a1111_order_around_each_core_component(page):
     context, _, _ = page
     seen = _seen(context)
-    for elem_id in HOOKED_IDS:
+    for elem_id in (*HOOKED_IDS, *IMG2IMG_HOOKED_IDS):
         calls = [who for who, seen_id in seen if seen_id == elem_id]
         expected = ["script.before", "callback.before", "callback.after", "script.after"]
         if elem_id == "txt2img_generate":  # the script's on_after_component(elem_id=...) runs before after_component
             expected = ["script.before", "callback.before", "callback.after", "on_after_component", "script.after"]
+        if elem_id == "script_list":  # A1111's id of both tabs' Script dropdown: hooked in each tab
+            expected = expected * 2
         assert calls == expected, elem_id
 
 
@@ -131,7 +136,7 @@ def test_components_of_an_extension_ui_get_the_after_hooks(page):
     has returned (the before hooks cannot run for components it did not create)."""
     context, _, _ = page
     calls = [who for who, seen_id in _seen(context) if seen_id == "sample_aspect_enabled"]
-    assert calls == ["callback.after", "script.after"]
+    assert calls == ["callback.after", "script.after"] * 2  # always-on in both tabs: its ui() runs in each
 
 
 def test_a_hook_that_raises_is_logged_with_its_extension_and_the_page_builds(tmp_path, caplog):
