@@ -303,6 +303,21 @@ def test_infotext_fills_the_img2img_fields_the_request_left_out(client):
     assert "Denoising strength: 0.3" in info["infotexts"][0]
 
 
+def test_infotext_sets_only_the_mask_keys_it_states(context):
+    """A1111's API takes the inpaint fields from an infotext only where it states them; the others
+    keep the API's defaults (fill, Only masked, padding 0), not the paste button's."""
+    from modules.api.img2img import prepare
+    from modules.api.schemas import Img2ImgApiRequest
+
+    base = "a lamp\nSteps: 2, Sampler: Euler, CFG scale: 5, Seed: 9, Size: 64x64, Denoising strength: 0.3"
+    plain = prepare(Img2ImgApiRequest(init_images=[png_base64(picture())], infotext=base), context).generation
+    assert (plain.inpainting_fill, plain.inpaint_full_res, plain.inpaint_full_res_padding) == (0, True, 0)
+    stated = prepare(Img2ImgApiRequest(init_images=[png_base64(picture())],
+                                       infotext=base + ", Masked content: original, Inpaint area: Whole picture"),
+                     context).generation
+    assert (stated.inpainting_fill, stated.inpaint_full_res, stated.inpaint_full_res_padding) == (1, False, 0)
+
+
 def test_images_are_saved_to_img2img_images_only_with_save_images(client, context):
     folder = context.paths.data_dir / "outputs" / "img2img-images"
 

@@ -94,3 +94,12 @@ def test_an_unknown_mask_value_is_a_problem_naming_the_key(key, value):
     text = f"a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, {key}: {value}"
     reading = read_infotext(text, {}, img2img=True)
     assert any(problem.startswith(f"{key}:") for problem in reading.problems), reading.problems
+
+
+def test_without_mask_defaults_only_the_stated_mask_keys_are_read():
+    """The API's `infotext` (mask_defaults=False) leaves unstated mask keys to the request's own
+    (API) defaults instead of the paste button's."""
+    text = "a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Masked content: latent noise"
+    reading = read_infotext(text, {}, img2img=True, mask_defaults=False)
+    assert reading.values["inpainting_fill"] == 2
+    assert not {"inpainting_mask_invert", "inpaint_full_res", "inpaint_full_res_padding"} & set(reading.values)

@@ -69,7 +69,7 @@ def apply_infotext(body: GenerationApiRequest, current_settings, *, img2img: boo
         return body
     from modules.generation.infotext_fields import read_infotext
 
-    reading = read_infotext(body.infotext, current_settings, img2img=img2img)
+    reading = read_infotext(body.infotext, current_settings, img2img=img2img, mask_defaults=False)
     if reading.problems:
         raise bad_request("infotext: " + "; ".join(reading.problems))
     given = body.model_dump(exclude_unset=True)

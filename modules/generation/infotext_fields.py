@@ -124,7 +124,7 @@ def read_infotext(text: str, current_settings: Mapping[str, Any], *,
                   current_model_hash: str | None = None,
                   extract_styles: Callable[[str, str], tuple[list[str], str, str]] | None = None,
                   on_parsed: Callable[[str, dict[str, Any]], None] | None = None,
-                  img2img: bool = False) -> InfotextReading:
+                  img2img: bool = False, mask_defaults: bool = True) -> InfotextReading:
     """Read `text` (an A1111 infotext) as request values and overrides, the way A1111's paste does:
 
     - only what the infotext states is set; "Sampler: DPM++ 2M Karras" (an old infotext) sets the
@@ -139,7 +139,9 @@ def read_infotext(text: str, current_settings: Mapping[str, Any], *,
     - `on_parsed(text, params)` may edit the parsed parameters before they are read (the paste
       button passes the extensions' `on_infotext_pasted` callbacks);
     - `img2img`: the values are an `Img2ImgRequest`'s: the denoising strength always (not only with
-      hires fix), the image CFG scale and the mask keys, and none of the hires fields.
+      hires fix), the image CFG scale and the mask keys, and none of the hires fields; with
+      `mask_defaults` False only the mask keys the text states (A1111's API leaves the others to the
+      request's own defaults; its paste button fills A1111's paste defaults).
     """
     from modules.outputs.infotext import parse_generation_parameters
 
@@ -160,6 +162,12 @@ def read_infotext(text: str, current_settings: Mapping[str, Any], *,
     _read_hires_upscaler(params, reading)
     reading.values["enable_hr"] = hires_fix_used(params)
     if img2img:
+        if not mask_defaults:
+            from modules.outputs.infotext import stated_keys
+
+            stated = stated_keys(text)
+            params = {key: value for key, value in params.items()
+                      if key in stated or (key not in IMG2IMG_CHOICES and key != "Masked area padding")}
         _read_img2img(params, reading)
     for key, setting in OVERRIDE_SETTINGS.items():
         if key not in params:

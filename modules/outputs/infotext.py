@@ -420,6 +420,11 @@ def parse_generation_parameters(
     return {k: v for k, v in res.items() if k not in skip}
 
 
+def stated_keys(text: str) -> set[str]:
+    """The keys `text`'s settings line states (the parser adds A1111's defaults for others)."""
+    return set(_parse_settings_line(_split_infotext(text)[2]))
+
+
 # ---------------------------------------------------------------------------------- image metadata
 
 
