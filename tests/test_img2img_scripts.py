@@ -95,6 +95,8 @@ class BothTabs(scripts.Script):
 
     def process(self, p, enabled, *rest):
         SEEN.append((self.title(), tab_of(self), "process", type(p).__name__, (enabled, *rest)))
+        SEEN.append((self.title(), tab_of(self), "p.scripts", [s.title() for s in p.scripts.scripts],
+                     p.script_args[self.args_from:self.args_to]))
         if enabled and isinstance(p, StableDiffusionProcessingImg2Img):
             p.denoising_strength = rest[0]
             p.init_images = [REPLACEMENT["image"]]
@@ -164,6 +166,15 @@ def test_each_tab_has_its_own_instances_shown_by_show_is_img2img(runtime):
     assert [entry.script_class.__name__ for entry in scripts.scripts_data()] == ["OnlyImg2Img", "OnlyTxt2Img",
                                                                                  "BothTabs"]
     assert scripts.selectable == scripts.txt2img_tab.selectable and scripts.find("both tabs") is both_txt
+    # A1111's module globals for the two runners, resolved for the running app.
+    import modules.scripts as a1111_scripts
+    from modules.extension_host.environment import app_scope
+
+    with app_scope(SimpleNamespace(extensions=runtime)):
+        assert a1111_scripts.scripts_img2img is scripts.img2img_tab
+        assert a1111_scripts.scripts_txt2img is scripts.txt2img_tab
+        assert _titles(a1111_scripts.scripts_img2img.alwayson_scripts) == ["Both tabs"]
+        assert a1111_scripts.scripts_img2img.script("only img2img").is_img2img
 
 
 def test_api_names_and_selection_per_tab(runtime):
@@ -200,6 +211,9 @@ def test_always_on_process_edits_of_init_images_and_strength_reach_the_engine(ru
     process_calls = [entry for entry in module.SEEN if entry[2] == "process"]
     assert process_calls == [("Both tabs", "img2img", "process", "StableDiffusionProcessingImg2Img",
                               (True, REPLACED_STRENGTH))]
+    # p.scripts is the img2img tab's runner, p.script_args its flat args (A1111's layout).
+    assert [entry for entry in module.SEEN if entry[2] == "p.scripts"] == [
+        ("Both tabs", "img2img", "p.scripts", ["Only img2img", "Both tabs"], (True, REPLACED_STRENGTH))]
     images_dir, _ = img2img_output_dirs(tmp_path / "out", SaveOptions.from_settings(engine.settings.current()))
     [sampling] = [entry for entry in module.SEEN if entry[2] == "init_latent"]
     assert sampling == ("Both tabs", "img2img", "init_latent", True, str(images_dir))

@@ -226,9 +226,9 @@ class ScriptClassData(NamedTuple):
     module: Any
 
 
-def current_scripts_data() -> list[ScriptClassData]:
-    """`modules.scripts.scripts_data` as extensions read it: the scripts of the app being loaded (in
-    an extension's import or callback), else of the running app (modules.extension_host.environment)."""
+def _current_runner() -> "ScriptRunner | None":
+    """The scripts of the app being loaded (in an extension's import or callback), else of the
+    running app (modules.extension_host.environment)."""
     from modules.extension_host.callbacks import current_scope_or_none
     from modules.extension_host.environment import current_app
 
@@ -237,6 +237,12 @@ def current_scripts_data() -> list[ScriptClassData]:
     if runner is None:
         runtime = getattr(current_app(), "extensions", None)
         runner = runtime.scripts if runtime is not None else None
+    return runner
+
+
+def current_scripts_data() -> list[ScriptClassData]:
+    """`modules.scripts.scripts_data` as extensions read it (see `_current_runner`)."""
+    runner = _current_runner()
     return runner.scripts_data() if runner is not None else []
 
 
@@ -268,9 +274,13 @@ def list_scripts(scriptdirname: str, extension: str, *, include_extensions: bool
 
 def module_getattr(name: str):
     """The façade `modules.scripts`' module `__getattr__`: A1111's process-wide `scripts_data`,
+    `scripts_txt2img` and `scripts_img2img` (the tabs' ScriptTab; None without extensions),
     resolved per app when read (no module global)."""
     if name == "scripts_data":
         return current_scripts_data()
+    if name in ("scripts_txt2img", "scripts_img2img"):
+        runner = _current_runner()
+        return runner.tab(name == "scripts_img2img") if runner is not None else None
     raise AttributeError(f"module 'modules.scripts' has no attribute {name!r}")
 
 
