@@ -236,7 +236,9 @@ def _build_mode_tabs(hooks: ComponentHooks) -> dict[str, Any]:
     """The mode sub-tabs and the hidden number holding the open one (A1111's `mode`)."""
     editor = {"type": "pil", "image_mode": "RGBA", "format": "png", "sources": ["upload", "clipboard"],
               "transforms": [], "height": 480}
-    mask_brush = gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed")
+    # Semi-transparent white, so the picture shows through the mask; its alpha (0.6 → 153) is above
+    # create_binary_mask's threshold of 128, so a stroke is fully masked.
+    mask_brush = gr.Brush(colors=[("#ffffff", 0.6)], default_color=("#ffffff", 0.6), color_mode="fixed")
     parts: dict[str, Any] = {}
     with gr.Tabs(elem_id="mode_img2img", selected=MODE_TAB_IDS[0]) as tabs:
         with gr.Tab("img2img", id=MODE_TAB_IDS[0], elem_id="img2img_img2img_tab") as tab0:
