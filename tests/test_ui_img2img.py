@@ -334,3 +334,67 @@ def test_the_ui_builds_with_img2imgs_ids(context):
     assert by_id["img2img_inpaint_full_res"]["value"] == "Whole picture"
     assert by_id["img2img_inpaint_full_res_padding"]["value"] == 32
     assert by_id["img2img_image_cfg_scale"]["visible"] is False  # a plain SD1 checkpoint
+
+
+# --- events on the built page ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def page(context):
+    from modules.ui.app import build_ui
+
+    blocks = build_ui(context)
+    return blocks, {block.elem_id: block for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
+
+
+def _click(page, context, elem_id: str, inputs: list) -> list:
+    """The click handler of `elem_id` called with Python values (what Gradio passes after its
+    preprocessing); returns its outputs as the handler gives them."""
+    blocks, by_id = page
+    [fn] = [fn for fn in blocks.fns.values() if fn.targets and fn.targets[0] == (by_id[elem_id]._id, "click")]
+    return list(fn.fn(*inputs))
+
+
+def _selected(update) -> str:
+    return update.selected if hasattr(update, "selected") else update["selected"]
+
+
+def test_png_info_sends_the_infotext_and_image_to_inpaint(page, context, tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    text = ("a lighthouse\nNegative prompt: fog\nSteps: 7, Sampler: Euler, CFG scale: 5, Seed: 42, Size: 64x64, "
+            "Denoising strength: 0.35, Mask blur: 8, Inpaint area: Only masked, Masked area padding: 24, "
+            "Masked content: fill")
+    info = PngInfo()
+    info.add_text("parameters", text)
+    path = tmp_path / "sent.png"
+    _noise_image((64, 64)).save(path, pnginfo=info)
+    data = _click(page, context, "pnginfo_send_to_inpaint", [text, str(path)])
+    values = dict(zip(IMG2IMG_FIELDS, data))
+    assert values["prompt"] == "a lighthouse" and values["negative_prompt"] == "fog" and values["steps"] == 7
+    assert values["denoising_strength"] == 0.35 and values["mask_blur"] == 8
+    assert (values["inpaint_full_res"], values["inpaint_full_res_padding"], values["inpainting_fill"]) == (
+        "Only masked", 24, "fill")
+    image, main_tab, mode_tab, mode, note = data[-5:]
+    assert np.asarray(image).tobytes() == np.asarray(_noise_image((64, 64))).tobytes()  # the picture, decoded
+    assert _selected(main_tab) == "img2img" and _selected(mode_tab) == "mode_inpaint" and mode == 2
+    assert "Pasted" in note
+
+
+def test_the_paste_button_reads_an_infotext_into_the_img2img_fields(page, context):
+    text = "a boat\nSteps: 9, Seed: 3, Size: 64x64, Denoising strength: 0.2, Mask mode: Inpaint not masked"
+    data = _click(page, context, "img2img_paste", [text, {}])
+    values = dict(zip(IMG2IMG_FIELDS, data))
+    assert values["steps"] == 9 and values["denoising_strength"] == 0.2
+    assert values["inpainting_mask_invert"] == "Inpaint not masked" and values["inpainting_fill"] == "original"
+
+
+def test_the_outpaint_button_opens_inpaint_upload_with_the_border_mask(page, context):
+    image = _noise_image((64, 64))
+    data = _click(page, context, "img2img_outpaint", [0, image, None, None, 128, 64])
+    canvas, mask, resize_mode, fill, mode_tab, mode, note = data
+    assert resize_mode == "Resize and fill" and fill == "fill" and mode == 4
+    assert _selected(mode_tab) == "mode_inpaint_upload" and "Outpaint" in note
+    assert canvas.size == mask.size == (128, 64) and np.asarray(mask)[:, 0].min() == 255
+    error = _click(page, context, "img2img_outpaint", [0, image, None, None, 64, 64])[-1]
+    assert "no border" in error

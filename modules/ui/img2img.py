@@ -35,6 +35,9 @@ from modules.ui.component_hooks import ComponentHooks
 from modules.ui.generation_form import ResultsColumn, paste_updates, selected_image
 from modules.ui.img2img_inputs import (
     INPAINT_MODES,
+    MAX_SIZE,
+    MIN_SIZE,
+    SIZE_STEP,
     INPAINT_SKETCH_MODE,
     InputError,
     mode_inputs,
@@ -157,11 +160,24 @@ def _editor_background(value) -> Any:
 
 
 def _open_image(item) -> Any:
-    """A gallery item (a file path, or already an image) as a loaded PIL image, or None."""
+    """What a send-to button sends, as a loaded PIL image (or None): a gallery's value (its selected
+    item is picked by the caller), a file path, a numpy array or a PIL image."""
     from PIL import Image
 
+    if isinstance(item, (list, tuple)):  # a gallery value: its first item
+        item = selected_image(item, None)
+    if isinstance(item, dict):
+        item = item.get("path") or item.get("background")
     if item is None or isinstance(item, Image.Image):
         return item
+    if not isinstance(item, str):
+        try:
+            import numpy as np
+
+            return Image.fromarray(np.asarray(item).astype("uint8"))
+        except (TypeError, ValueError) as error:
+            log.warning("send to img2img: cannot read a %s as an image: %s", type(item).__name__, error)
+            return None
     try:
         with Image.open(item) as image:
             image.load()
@@ -383,22 +399,32 @@ def _register_paste_fields(context, fields: dict[str, Any], init_image) -> list[
     return script_fields
 
 
+def _request_side(pixels: int) -> int:
+    """An image side as the Width/Height sliders take it: a multiple of 8 in 64–2048."""
+    return min(MAX_SIZE, max(MIN_SIZE, pixels - pixels % SIZE_STEP))
+
+
 def _target(tab: Img2ImgTab, mode: int):
     return tab.inpaint if mode == INPAINT_MODE else tab.image
 
 
 def wire_send_image(context, shared: UiShared, button, gallery, state, mode: int, *, copy_from: dict | None = None):
-    """`button` sends the gallery's selected image to img2img (`mode` 0, `#img2img_image`) or
-    inpaint (`mode` 2, `#img2maskimg`) and opens that tab and sub-tab. Sending to img2img also sets
-    Width/Height to the image's size (A1111's `send_size`). `copy_from` (txt2img's fields by request
+    """`button` sends the gallery's selected image (or an image component's image) to img2img (`mode`
+    0, `#img2img_image`) or inpaint (`mode` 2, `#img2maskimg`) and opens that tab and sub-tab.
+    Sending to img2img also sets Width/Height to the image's size (A1111's `send_size`; rounded down
+    to the multiple of 8 a request needs). `copy_from` (txt2img's fields by request
     name): prompt, negative prompt, steps and (with `send_seed`) the seed are copied too (A1111 copies
     them from txt2img only)."""
     tab: Img2ImgTab = shared.img2img
     copied = [name for name in ("prompt", "negative_prompt", "steps", "seed") if copy_from]
     sizes = mode != INPAINT_MODE
 
-    def on_send(images, state_value, *values):
-        image = _open_image(selected_image(images, state_value))
+    has_state = state is not None
+
+    def on_send(images, *rest):
+        state_value, values = (rest[0], rest[1:]) if has_state else (None, rest)
+        picked = selected_image(images, state_value) if isinstance(images, (list, tuple)) else images
+        image = _open_image(picked)
         if image is None:
             note = "<p class='job-note'>Nothing to send: generate an image first.</p>"
             return (gr.skip(),) * (1 + len(copied) + 2 * sizes + 3) + (note,)
@@ -408,31 +434,32 @@ def wire_send_image(context, shared: UiShared, button, gallery, state, mode: int
             updates.append(gr.skip() if skip_seed else value)
         if sizes:
             send_size = _setting(context, "send_size", True)
-            updates += [image.width, image.height] if send_size else [gr.skip(), gr.skip()]
+            updates += [_request_side(image.width), _request_side(image.height)] if send_size else [gr.skip()] * 2
         return (*updates, gr.Tabs(selected="img2img"), gr.Tabs(selected=MODE_TAB_IDS[mode]), mode, "")
 
     outputs = [_target(tab, mode), *(tab.fields[name] for name in copied)]
     if sizes:
         outputs += [tab.fields["width"], tab.fields["height"]]
     outputs += [shared.tabs, tab.mode_tabs, tab.mode, tab.results.info]
-    button.click(on_send, inputs=[gallery, state, *(copy_from[name] for name in copied)], outputs=outputs,
-                 show_progress="hidden")
+    button.click(on_send, inputs=[gallery, *([state] if has_state else []), *(copy_from[name] for name in copied)],
+                 outputs=outputs, show_progress="hidden")
 
 
 def wire_send_infotext(context, shared: UiShared, button, source, image_path, mode: int) -> None:
-    """PNG Info's "Send to img2img" / "Send to inpaint": the whole infotext in `source` pasted into
-    the img2img fields (img2img keys included), the image at `image_path` (a file component) into
-    `#img2img_image` or `#img2maskimg`, and the tab and sub-tab opened."""
+    """PNG Info's (and extensions') "Send to img2img" / "Send to inpaint": the whole infotext in
+    `source` pasted into the img2img fields (img2img keys included), the image of `image_path` (an
+    image or file component, or None) into `#img2img_image` or `#img2maskimg`, and the tab and
+    sub-tab opened."""
     tab: Img2ImgTab = shared.img2img
     script_fields = list(tab.paste_fields)
 
-    def on_send(text: str, path):
+    def on_send(text: str, path=None):
         updates, note = paste_updates(context, text, IMG2IMG_FIELDS, script_fields, img2img=True)
-        image = _open_image(path) if path else None
+        image = _open_image(path) if path is not None else None
         return (*updates, image if image is not None else gr.skip(), gr.Tabs(selected="img2img"),
                 gr.Tabs(selected=MODE_TAB_IDS[mode]), mode, note)
 
-    button.click(on_send, inputs=[source, image_path],
+    button.click(on_send, inputs=[source, *([image_path] if image_path is not None else [])],
                  outputs=[*(tab.fields[name] for name in IMG2IMG_FIELDS), *(component for component, _ in script_fields),
                           _target(tab, mode), shared.tabs, tab.mode_tabs, tab.mode, tab.results.info],
                  show_progress="hidden")

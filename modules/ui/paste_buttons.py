@@ -31,7 +31,18 @@ def connect_bindings(context, shared: UiShared) -> None:
             continue
         registry.connected.add(id(binding))
         button, source = binding.paste_button, binding.source_text_component
-        if button is None or source is None:
+        image = getattr(binding, "source_image_component", None)
+        if binding.tabname in ("img2img", "inpaint") and button is not None and shared.img2img is not None:
+            from modules.ui.img2img import IMG2IMG_MODE, INPAINT_MODE, wire_send_image, wire_send_infotext
+
+            mode = INPAINT_MODE if binding.tabname == "inpaint" else IMG2IMG_MODE
+            if source is not None:
+                wire_send_infotext(context, shared, button, source, image, mode)
+            elif image is not None:
+                wire_send_image(context, shared, button, image, None, mode)
+            else:
+                log.info("A 'send to %s' button has neither an infotext nor an image to send", binding.tabname)
+        elif button is None or source is None:
             log.info("A 'send to %s' button has no infotext component to read (a tab-to-tab copy, which "
                      "needs a second generation tab); it does nothing in Atelier", binding.tabname)
         elif binding.tabname == "txt2img":
