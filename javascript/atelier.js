@@ -134,6 +134,40 @@ function switch_to_txt2img() {
     return Array.from(arguments);
 }
 
+// Click a tab by its element id (Gradio 6 names the button `<elem_id>-button`): the main tab and
+// img2img's first mode sub-tab are both labelled "img2img".
+function atelierSelectTab(elemId) {
+    var button = gradioApp().querySelector('#' + elemId + '-button');
+    if (button) button.click();
+}
+
+function switch_to_img2img_tab(no) {
+    var modes = ['img2img_img2img_tab', 'img2img_img2img_sketch_tab', 'img2img_inpaint_tab',
+                 'img2img_inpaint_sketch_tab', 'img2img_inpaint_upload_tab', 'img2img_batch_tab'];
+    atelierSelectTab('tab_img2img');
+    if (modes[no]) atelierSelectTab(modes[no]);
+}
+
+function switch_to_img2img() {
+    switch_to_img2img_tab(0);
+    return Array.from(arguments);
+}
+
+function switch_to_sketch() {
+    switch_to_img2img_tab(1);
+    return Array.from(arguments);
+}
+
+function switch_to_inpaint() {
+    switch_to_img2img_tab(2);
+    return Array.from(arguments);
+}
+
+function switch_to_inpaint_sketch() {
+    switch_to_img2img_tab(3);
+    return Array.from(arguments);
+}
+
 function atelierOptionsUrl() {
     // Relative to the page, so a server behind a sub-path still finds it.
     return 'atelier/opts.json';
