@@ -273,7 +273,9 @@ def test_img2img_p_has_a1111_fields_and_round_trips():
     assert isinstance(txt, StableDiffusionProcessingTxt2Img)
     assert isinstance(txt.copy_with(request), StableDiffusionProcessingImg2Img)
     back = cell.copy_with(GenerationRequest(**SMALL))
-    assert type(back) is StableDiffusionProcessingTxt2Img and not hasattr(back, "init_images")
+    assert type(back) is StableDiffusionProcessingTxt2Img and back.from_setup == "kept"
+    assert not any(hasattr(back, name) for name in ("init_images", "image_mask", "latent_mask", "mask_blur"))
+    assert back.to_request() == GenerationRequest(**SMALL)
 
 
 def test_scripts_panel_and_component_hooks_per_tab(runtime):

@@ -84,14 +84,12 @@ class StableDiffusionProcessing:
         p = copy.copy(self)
         cls = processing_class_for(request)
         if type(p) is not cls:
-            fresh = cls()
-            own = set(self.request_fields()) | set(self.field_attributes.values())
+            before, fresh = type(self)(), cls()
             p.__class__ = cls
+            for name in set(vars(before)).difference(vars(fresh)):
+                vars(p).pop(name, None)  # the other kind's attributes (init_images, latent_mask on a txt2img p)
             for name, value in vars(fresh).items():
-                if name in own or name not in vars(p):
-                    setattr(p, name, value)
-            for name in own.difference(vars(fresh)):
-                vars(p).pop(name, None)  # the other kind's fields (init_images on a txt2img p)
+                vars(p).setdefault(name, value)
         for name in cls.request_fields():
             setattr(p, cls.field_attributes.get(name, name), _mutable(getattr(request, name)))
         p.extra_generation_params = dict(getattr(self, "extra_generation_params", None) or {})
