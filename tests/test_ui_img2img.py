@@ -323,7 +323,7 @@ def test_the_ui_builds_with_img2imgs_ids(context):
                 "img2img_skip", "img2img_gallery", "html_info_img2img", "img2img_seed", "mode_img2img",
                 "img2img_img2img_tab", "img2img_image", "img2img_img2img_sketch_tab", "img2img_sketch",
                 "img2img_inpaint_tab", "img2maskimg", "img2img_inpaint_sketch_tab", "inpaint_sketch",
-                "img2img_inpaint_upload_tab", "img_inpaint_base", "img_inpaint_mask", "resize_mode",
+                "img2img_inpaint_upload_tab", "img_inpaint_base", "img_inpaint_mask", "img2img_batch_tab", "resize_mode",
                 "img2img_denoising_strength", "img2img_image_cfg_scale", "img2img_mask_blur", "img2img_outpaint",
                 "txt2img_send_to_img2img", "txt2img_send_to_inpaint", "img2img_send_to_img2img",
                 "img2img_send_to_inpaint", "pnginfo_send_to_img2img", "pnginfo_send_to_inpaint", "img2img_paste"}
@@ -398,3 +398,28 @@ def test_the_outpaint_button_opens_inpaint_upload_with_the_border_mask(page, con
     assert canvas.size == mask.size == (128, 64) and np.asarray(mask)[:, 0].min() == 255
     error = _click(page, context, "img2img_outpaint", [0, image, None, None, 64, 64])[-1]
     assert "no border" in error
+
+
+def test_generate_on_the_batch_tab_queues_one_job_over_the_files(context, tmp_path):
+    from types import SimpleNamespace
+
+    from modules.ui.generation_form import QueuedWork
+    from modules.ui.img2img import batch_work
+    from modules.ui.img2img_batch_tab import spec_from_values
+
+    paths = []
+    for seed in range(2):
+        paths.append(str(tmp_path / f"in-{seed}.png"))
+        _noise_image((64, 64), seed).save(paths[-1])
+    batch = SimpleNamespace(spec=lambda *values: spec_from_values({"source": "upload", "upload": list(values)}))
+    values = {"prompt": "a batch", "steps": 2, "sampler_name": "Euler", "seed": 7, "width": 64, "height": 64}
+    work = batch_work(context, values, {"mode": 5}, batch, paths)
+    assert isinstance(work, QueuedWork)
+    job = work.submit(None)
+    job.wait(60)
+    outcome = work.outcome(job)
+    assert outcome.error is None, outcome.error
+    assert len(outcome.images) == 2 and outcome.seeds == [7, 7]  # one seed for every file (A1111)
+    assert all(text.startswith("a batch\n") for text in outcome.infotexts)
+    with pytest.raises(RequestError, match="no files uploaded"):
+        batch_work(context, values, {"mode": 5}, batch, [])

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -400,6 +400,17 @@ def build_results_column(hooks: ComponentHooks, tabname: str) -> ResultsColumn:
 # --- wiring --------------------------------------------------------------------------------------
 
 
+@dataclass
+class QueuedWork:
+    """What a tab queues itself instead of one request (img2img's Batch): `submit(selection)` queues
+    it and returns the job (raising one of `SHOWN_ERRORS`), `outcome(job)` is the finished job's
+    `GenerationOutcome`."""
+
+    submit: Callable[[Any], Any]
+    outcome: Callable[[Any], Any]
+    notes: list = field(default_factory=list)
+
+
 # Errors a handler shows in the tab's infotext area instead of failing the event (RequestError
 # includes img2img's InputError: no image, an empty mask).
 SHOWN_ERRORS = (RequestError, PromptTooLongError, StyleError)
@@ -411,17 +422,21 @@ def wire_generation(context, tabname: str, top: PromptRow, scripts, results: Res
     """Generate / Interrupt / Skip, and picking a gallery image (which shows its infotext).
 
     `inputs`: the tab's components whose values `make_request(values)` turns into a request (styles
-    applied), or into `(request, notes)` (notes shown with the result), raising one of `SHOWN_ERRORS`
-    with a message for the user; the scripts' inputs follow."""
+    applied), into `(request, notes)` (notes shown with the result) or into `QueuedWork`, raising one
+    of `SHOWN_ERRORS` with a message for the user; the scripts' inputs follow."""
     count = len(inputs)
 
     async def on_generate(*values):
         own, script_values = values[:count], values[count:]
         try:
             made = make_request(own)
-            request, notes = made if isinstance(made, tuple) else (made, [])
-            submission = GenerationSubmission(request, selection=scripts.selection(script_values))
-            job = submit_generation(context, submission)
+            if isinstance(made, QueuedWork):
+                job, notes, finish = made.submit(scripts.selection(script_values)), made.notes, made.outcome
+            else:
+                request, notes = made if isinstance(made, tuple) else (made, [])
+                submission = GenerationSubmission(request, selection=scripts.selection(script_values))
+                job = submit_generation(context, submission)
+                finish = lambda job, submission=submission: outcome_of(context.settings.current(), submission, job)  # noqa: E731
         except SHOWN_ERRORS as error:
             yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip()
             return
@@ -429,7 +444,7 @@ def wire_generation(context, tabname: str, top: PromptRow, scripts, results: Res
         async for update in follow_job_async(job, loading=lambda: context.load_state.loading):
             preview = [update.preview] if update.preview is not None else gr.skip()
             yield preview, gr.skip(), update.progress_html, gr.skip(), job.id
-        outcome = outcome_of(context.settings.current(), submission, job)
+        outcome = finish(job)
         outcome.notes[:0] = notes
         # The id is kept: Interrupt pressed just after the job ended must not reach the next one.
         yield outcome.images, outcome.info_html(0), "", outcome.to_state(), job.id

@@ -8,6 +8,9 @@ Handlers are thin: the mode's images -> init image and mask (modules.ui.img2img_
 functions) -> `Img2ImgRequest` with the UI's defaults (modules.ui.request_fields) -> the generation
 service's job queue -> gallery values.
 
+Batch (mode 5) is helper D's sub-tab (modules.ui.img2img_batch_tab): Generate there queues one job
+over the files (`batch_work`) with the tab's fields as every file's template.
+
 The brush (Inpaint) and the sketches are Gradio 6's ImageEditor, which draws from pointer events, so
 mouse, pen and touch all paint. The mask is the brush layer's alpha (any colour paints; the eraser
 unpaints).
@@ -30,7 +33,7 @@ import gradio as gr
 
 from modules.generation.requests import Img2ImgRequest
 from modules.generation.styles import apply_request_styles
-from modules.ui import generation_form, scripts_panel, styles_panel
+from modules.ui import generation_form, img2img_batch_tab, scripts_panel, styles_panel
 from modules.ui.component_hooks import ComponentHooks
 from modules.ui.generation_form import ResultsColumn, paste_updates, selected_image
 from modules.ui.img2img_inputs import (
@@ -51,6 +54,7 @@ from modules.ui.request_fields import (
     MASK_MODE_LABELS,
     MASKED_CONTENT_LABELS,
     RESIZE_MODE_LABELS,
+    RequestError,
     build_img2img_request,
     slider_args,
 )
@@ -63,8 +67,7 @@ TABNAME = "img2img"
 # Sub-tab ids inside `#mode_img2img` (gr.Tabs(selected=...) picks one), by A1111's mode index.
 MODE_TAB_IDS = ("mode_img2img", "mode_sketch", "mode_inpaint", "mode_inpaint_sketch", "mode_inpaint_upload",
                 "mode_batch")
-IMG2IMG_MODE, INPAINT_MODE = 0, 2
-UPLOAD_MODE = 4
+IMG2IMG_MODE, INPAINT_MODE, UPLOAD_MODE, BATCH_MODE = 0, 2, 4, 5
 OUTPAINT_OVERLAP = 8
 # The images a generation reads besides the fields, in this order (`_collect`).
 IMAGE_INPUTS = ("mode", "image", "sketch", "inpaint", "inpaint_sketch", "upload_base", "upload_mask", "mask_alpha",
@@ -138,6 +141,34 @@ def request_from_widgets(context, values: dict[str, Any], images: dict[str, Any]
     return apply_request_styles(request, context.prompt_styles), notes
 
 
+def batch_work(context, values: dict[str, Any], images: dict[str, Any], batch, batch_values: Sequence[Any]):
+    """The Batch sub-tab's Generate: every field of the tab as the template of each file's request
+    (the inpaint controls too: a mask folder makes it inpainting), "Resize by" applied per file, one
+    job over the files (modules.generation.img2img_batch)."""
+    from PIL import Image
+
+    from modules.generation.img2img_batch import submit_batch
+
+    stand_in = Image.new("RGB", (64, 64))  # the fields are checked now; each file brings its own image
+    request = build_img2img_request(values, [stand_in], None, edit_model=is_edit_model(context.models.current()))
+    template = apply_request_styles(request, context.prompt_styles).model_dump(exclude={"init_images", "mask"})
+    try:
+        spec = batch.spec(*batch_values)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    scale_by = float(images.get("scale") or 0) if images.get("resize_by") else None
+
+    def submit(selection):
+        try:
+            return submit_batch(context, template, spec, selection, scale_by=scale_by)
+        except RequestError:
+            raise
+        except ValueError as error:  # BatchRefused, a field the batch refuses, an over-long prompt
+            raise InputError(str(error)) from None
+
+    return generation_form.QueuedWork(submit, lambda job: img2img_batch_tab.batch_outcome(context, job))
+
+
 def outpaint_preset(image, width: int, height: int):
     """The Outpaint button: (canvas, mask) for `image` extended to width×height — the picture fitted
     and its edges stretched into the new bands ("Resize and fill"), the mask white over the bands and
@@ -199,7 +230,7 @@ def build(context, shared: UiShared) -> Img2ImgTab:
     styles_dialog = styles_panel.build_dialog(context, TABNAME)
     with gr.Row(elem_id="img2img_main", equal_height=False):
         with gr.Column(scale=1, elem_id="img2img_settings"):
-            modes = _build_mode_tabs(hooks)
+            modes = _build_mode_tabs(context, hooks)
             controls = _build_settings(context, shared, fields, hooks)
         results = generation_form.build_results_column(hooks, TABNAME)
 
@@ -215,14 +246,19 @@ def build(context, shared: UiShared) -> Img2ImgTab:
     image_inputs = [modes["mode"], modes["image"], modes["sketch"], modes["inpaint"], modes["inpaint_sketch"],
                     modes["upload_base"], modes["upload_mask"], controls["mask_alpha"], controls["resize_by"],
                     controls["scale"]]
-    count = len(IMG2IMG_FIELDS)
+    count, images_end = len(IMG2IMG_FIELDS), len(IMG2IMG_FIELDS) + len(image_inputs)
+    batch = modes["batch"]
 
     def make_request(values: Sequence[Any]):
-        return request_from_widgets(context, dict(zip(IMG2IMG_FIELDS, values[:count])),
-                                    dict(zip(IMAGE_INPUTS, values[count:])))
+        fields_values = dict(zip(IMG2IMG_FIELDS, values[:count]))
+        images = dict(zip(IMAGE_INPUTS, values[count:images_end]))
+        if int(images.get("mode") or 0) == BATCH_MODE:
+            return batch_work(context, fields_values, images, batch, values[images_end:])
+        return request_from_widgets(context, fields_values, images)
 
     generation_form.wire_generation(context, TABNAME, top, controls["scripts"], results,
-                                    [*(fields[name] for name in IMG2IMG_FIELDS), *image_inputs], make_request,
+                                    [*(fields[name] for name in IMG2IMG_FIELDS), *image_inputs, *batch.inputs],
+                                    make_request,
                                     generation_state, job_id_state)
     generation_form.wire_token_counters(context, counter, top, fields["steps"])
     generation_form.wire_paste(context, top, results, IMG2IMG_FIELDS, fields, generation_state, paste_fields,
@@ -248,7 +284,7 @@ def build(context, shared: UiShared) -> Img2ImgTab:
     return tab
 
 
-def _build_mode_tabs(hooks: ComponentHooks) -> dict[str, Any]:
+def _build_mode_tabs(context, hooks: ComponentHooks) -> dict[str, Any]:
     """The mode sub-tabs and the hidden number holding the open one (A1111's `mode`)."""
     editor = {"type": "pil", "image_mode": "RGBA", "format": "png", "sources": ["upload", "clipboard"],
               "transforms": [], "height": 480}
@@ -276,13 +312,11 @@ def _build_mode_tabs(hooks: ComponentHooks) -> dict[str, Any]:
                                                 sources=["upload", "clipboard"], elem_id="img_inpaint_base")
             parts["upload_mask"] = hooks.create(gr.Image, label="Mask", type="pil", image_mode="RGBA", format="png",
                                                 sources=["upload", "clipboard"], elem_id="img_inpaint_mask")
-        # TODO(lead): the Batch sub-tab (A1111 mode 5) — once helper D's modules/ui/img2img_batch_tab.py
-        # exists, add `with gr.Tab("Batch", id=MODE_TAB_IDS[5], elem_id="img2img_batch_tab"):
-        # batch = img2img_batch_tab.build(context)` here and route Generate in mode 5 to
-        # `img2img_batch.submit_batch(context, template, batch.spec(*values), selection)`.
+        with gr.Tab("Batch", id=MODE_TAB_IDS[5], elem_id="img2img_batch_tab") as tab5:
+            parts["batch"] = img2img_batch_tab.build(context)
     parts["tabs"] = tabs
     parts["mode"] = gr.Number(value=0, precision=0, visible=False, elem_id="img2img_selected_mode")
-    for index, tab in enumerate((tab0, tab1, tab2, tab3, tab4)):
+    for index, tab in enumerate((tab0, tab1, tab2, tab3, tab4, tab5)):
         tab.select(lambda index=index: index, outputs=parts["mode"], show_progress="hidden", queue=False)
     return parts
 
