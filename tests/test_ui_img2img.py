@@ -423,3 +423,19 @@ def test_generate_on_the_batch_tab_queues_one_job_over_the_files(context, tmp_pa
     assert all(text.startswith("a batch\n") for text in outcome.infotexts)
     with pytest.raises(RequestError, match="no files uploaded"):
         batch_work(context, values, {"mode": 5}, batch, [])
+
+
+def test_a_mask_of_another_size_is_resized_and_the_note_shown(context):
+    from modules.serving.generation_service import GenerationSubmission
+    from modules.ui.generation import follow_until_done
+    from modules.ui.img2img import request_from_widgets
+
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    values = {"prompt": "x", "steps": 2, "sampler_name": "Euler", "seed": 5, "width": 64, "height": 64}
+    request, _ = request_from_widgets(context, values, {"mode": 4, "upload_base": _noise_image((64, 64)),
+                                                        "upload_mask": mask})
+    outcome = follow_until_done(context, GenerationSubmission(request))
+    assert outcome.error is None and len(outcome.images) == 1
+    assert any("32×32" in note and "64×64" in note for note in outcome.notes), outcome.notes
+    assert "32×32" in outcome.info_html(0)
