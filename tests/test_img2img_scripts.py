@@ -342,3 +342,46 @@ def test_generation_service_runs_img2img_as_an_img2img_job(tmp_path):
         assert params["Denoising strength"] == str(REPLACED_STRENGTH)
     finally:
         context.jobs.shutdown()
+
+
+EXTRA_NOISE_EXTENSION = '''
+import torch
+
+from modules import script_callbacks
+
+SEEN = []
+
+
+def zero_the_extra_noise(params):
+    SEEN.append((tuple(params.noise.shape), tuple(params.x.shape), tuple(params.xi.shape)))
+    params.noise = torch.zeros_like(params.noise)
+
+
+script_callbacks.on_extra_noise(zero_the_extra_noise)
+'''
+
+
+def test_on_extra_noise_callbacks_replace_the_extra_noise(tmp_path, sd1):
+    """A1111's on_extra_noise: called with (noise, x, xi) when `img2img_extra_noise` > 0; the noise it
+    leaves is what is added, so zeroing it gives the run without extra noise."""
+    from modules.generation.engine import EngineSettings
+
+    write_extension(tmp_path / "extensions", "quiet", {"scripts/quiet.py": EXTRA_NOISE_EXTENSION})
+    runtime = load(tmp_path)
+    seen = next(module.SEEN for name, module in list(sys.modules.items())
+                if name.endswith("quiet") and hasattr(module, "SEEN"))
+
+    class ExtraNoiseEngine(DirectEngine):
+        def generate(self, request, control=None, *, save=None, hooks=None):
+            return generate(self.model, request, EngineSettings(img2img_extra_noise=0.5), hooks=hooks)
+
+    context = SimpleNamespace(extensions=runtime, engine=ExtraNoiseEngine(sd1))
+    request = Img2ImgRequest(init_images=[picture(1)], denoising_strength=0.6, **SMALL)
+    result = run_img2img(context, request)
+    latent = (1, 4, SIZE // 8, SIZE // 8)
+    assert seen == [(latent, latent, latent)]
+    plain = generate(sd1, request)
+    assert np.array_equal(np.asarray(result.images[0]), np.asarray(plain.images[0]))
+    assert "Extra noise: 0.5" in result.infotexts[0]
+    with_noise = generate(sd1, request, EngineSettings(img2img_extra_noise=0.5))
+    assert not np.array_equal(np.asarray(with_noise.images[0]), np.asarray(plain.images[0]))

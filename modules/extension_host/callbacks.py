@@ -33,7 +33,7 @@ KINDS = (
     "list_optimizers", "list_unets", "before_token_counter",
 )
 NOT_CALLED_YET = frozenset({
-    "ui_train_tabs", "extra_noise",
+    "ui_train_tabs",
     "image_grid", "before_reload", "list_optimizers", "list_unets", "before_token_counter",
     "script_unloaded",
 })
@@ -56,6 +56,17 @@ class ImageSaveParams:
         self.p = p
         self.filename = filename
         self.pnginfo = pnginfo
+
+
+class ExtraNoiseParams:
+    """`on_extra_noise`: before img2img's (and hires fix's) extra noise is added. `noise` is what
+    will be added (× the `img2img_extra_noise` setting; replace it to change that), `x` the clean
+    init latent, `xi` the start latent already noised to the denoising strength."""
+
+    def __init__(self, noise, x, xi):
+        self.noise = noise
+        self.x = x
+        self.xi = xi
 
 
 class CFGDenoiserParams:
@@ -237,6 +248,9 @@ class CallbackRegistry:
 
     def image_saved(self, params: ImageSaveParams) -> None:
         self.run("image_saved", params)
+
+    def extra_noise(self, params: ExtraNoiseParams) -> None:
+        self.run("extra_noise", params)
 
     def before_component(self, component, **kwargs: Any) -> None:
         """Before a component of the txt2img tab is created: `component` is a stand-in carrying the

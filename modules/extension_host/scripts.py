@@ -59,7 +59,13 @@ from modules.extension_host.processing_objects import (
     processing_for,
 )
 from modules.extension_host.module_files import REPO_ROOT
-from modules.extension_host.callbacks import CallbackRegistry, ImageSaveParams, registry_scope, script_scope
+from modules.extension_host.callbacks import (
+    CallbackRegistry,
+    ExtraNoiseParams,
+    ImageSaveParams,
+    registry_scope,
+    script_scope,
+)
 from modules.extension_host.cfg_callbacks import CFG_KINDS, CFGCallbackHooks
 from modules.extension_host.paste_fields import PasteRegistry
 
@@ -489,7 +495,7 @@ class ScriptTab:
 
     def needed_for(self, selection: ScriptSelection) -> bool:
         return bool(selection.script or self.alwayson or any(
-            self.callbacks.has(kind) for kind in (*CFG_KINDS, "before_image_saved", "image_saved")))
+            self.callbacks.has(kind) for kind in (*CFG_KINDS, "before_image_saved", "image_saved", "extra_noise")))
 
 
 class ScriptRunner:
@@ -995,6 +1001,13 @@ class ScriptHooks(GenerationHooks):
             params = ImageSaveParams(event.image, self.p, None, event.pnginfo)
             self.callbacks.before_image_saved(params)
             event.image, event.pnginfo = params.image, dict(params.pnginfo)
+
+    def extra_noise(self, plan: GenerationPlan, noise, x, xi):
+        if not self.callbacks.has("extra_noise"):
+            return noise
+        params = ExtraNoiseParams(noise, x, xi)
+        self.callbacks.extra_noise(params)
+        return params.noise
 
     def image_saved(self, plan: GenerationPlan, event: ImageSaveEvent) -> None:
         if self.callbacks.has("image_saved"):
