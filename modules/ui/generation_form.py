@@ -397,6 +397,25 @@ def build_results_column(hooks: ComponentHooks, tabname: str) -> ResultsColumn:
     return ResultsColumn(progress, gallery, open_folder, send_to_img2img, send_to_inpaint, info)
 
 
+def register_paste_fields(context, tabname: str, fields: dict[str, Any], init_img=None) -> list[tuple[Any, Any]]:
+    """Make the tab A1111's paste destination `tabname` (`infotext_utils.paste_fields`, for
+    extensions that read it): its own fields by infotext key, then its scripts' `infotext_fields`,
+    which are returned (what a paste fills besides the request fields)."""
+    from modules.extension_host.paste_fields import register_generation_tab
+    from modules.generation.infotext_fields import IMG2IMG_CHOICES, IMG2IMG_FIELDS, REQUEST_FIELDS
+
+    runtime = getattr(context, "extensions", None)
+    if runtime is None or getattr(runtime, "scripts", None) is None:
+        return []
+    keys = {key: name for key, (name, _) in REQUEST_FIELDS.items()}
+    if tabname == "img2img":  # the radios hold the infotext's own words ("Only masked", "fill")
+        keys.update({key: name for key, (name, _) in {**IMG2IMG_FIELDS, **IMG2IMG_CHOICES}.items()})
+        keys["Mask blur"] = "mask_blur"
+    own = [(fields["prompt"], "Prompt"), (fields["negative_prompt"], "Negative prompt")]
+    own += [(fields[name], key) for key, name in keys.items() if name in fields]
+    return register_generation_tab(runtime.scripts, tabname, init_img, own, fields["override_settings"])
+
+
 # --- wiring --------------------------------------------------------------------------------------
 
 

@@ -238,7 +238,7 @@ def build(context, shared: UiShared) -> Img2ImgTab:
     fields["styles"] = top.styles.dropdown
     generation_state = gr.State({})
     job_id_state = gr.State(None)
-    paste_fields = _register_paste_fields(context, fields, modes["image"])
+    paste_fields = generation_form.register_paste_fields(context, TABNAME, fields, modes["image"])
     tab = Img2ImgTab(fields, modes["tabs"], modes["mode"], modes["image"], modes["sketch"], modes["inpaint"],
                      modes["inpaint_sketch"], modes["upload_base"], modes["upload_mask"], results, generation_state,
                      paste_fields)
@@ -414,23 +414,6 @@ def _wire_outpaint(tab: Img2ImgTab, controls: dict[str, Any]) -> None:
                                outputs=[tab.upload_base, tab.upload_mask, fields["resize_mode"],
                                         fields["inpainting_fill"], tab.mode_tabs, tab.mode, tab.results.info],
                                show_progress="hidden")
-
-
-def _register_paste_fields(context, fields: dict[str, Any], init_image) -> list[tuple[Any, Any]]:
-    """The img2img scripts' `infotext_fields`, and the tab as A1111's paste destination "img2img"."""
-    from modules.extension_host.paste_fields import script_infotext_fields
-    from modules.generation.infotext_fields import REQUEST_FIELDS
-
-    runtime = getattr(context, "extensions", None)
-    scripts = getattr(getattr(runtime, "scripts", None), "img2img_scripts", None)
-    if runtime is None or scripts is None:
-        return []
-    script_fields, field_names = script_infotext_fields(scripts)
-    own = [(fields["prompt"], "Prompt"), (fields["negative_prompt"], "Negative prompt")]
-    own += [(fields[name], key) for key, (name, _) in REQUEST_FIELDS.items() if name in fields]
-    runtime.scripts.paste.add_paste_fields("img2img", init_image, [*own, *script_fields], fields["override_settings"])
-    runtime.scripts.paste.paste_fields["img2img"]["paste_field_names"] = field_names
-    return script_fields
 
 
 def _request_side(pixels: int) -> int:

@@ -34,7 +34,6 @@ from modules.ui.generation_form import (  # noqa: F401  (re-exported: tests and 
 from modules.ui.request_fields import TXT2IMG_FIELDS, build_request, slider_args
 from modules.ui.shared import UiShared
 from modules.ui.token_counter import TokenCounter
-from modules.extension_host.paste_fields import script_infotext_fields
 
 TABNAME = "txt2img"
 
@@ -88,7 +87,7 @@ def build(context, shared: UiShared) -> None:
     fields["prompt"], fields["negative_prompt"] = top.prompt, top.negative
     fields["styles"] = top.styles.dropdown
     field_components = [fields[name] for name in TXT2IMG_FIELDS]
-    shared.txt2img_paste_fields = _register_paste_fields(context, fields)
+    shared.txt2img_paste_fields = generation_form.register_paste_fields(context, TABNAME, fields)
     generation_state = gr.State({})
     job_id_state = gr.State(None)
 
@@ -113,22 +112,6 @@ def build(context, shared: UiShared) -> None:
     # A page opened later shows the folders as they are then, not as they were at start-up.
     shared.page_loads.append((lambda: extra_networks_panel.render_html(extra_networks_panel.list_networks(context)),
                               [settings.networks_panel]))
-
-
-def _register_paste_fields(context, fields: dict[str, Any]) -> list[tuple[Any, Any]]:
-    """The scripts' `infotext_fields` (what a paste fills besides the request fields), and the tab as
-    A1111's paste destination "txt2img" (`infotext_utils.paste_fields`), for extensions that read it."""
-    from modules.generation.infotext_fields import REQUEST_FIELDS
-
-    runtime = getattr(context, "extensions", None)
-    if runtime is None:
-        return []
-    script_fields, field_names = script_infotext_fields(runtime.scripts.txt2img_scripts)
-    own = [(fields["prompt"], "Prompt"), (fields["negative_prompt"], "Negative prompt")]
-    own += [(fields[name], key) for key, (name, _) in REQUEST_FIELDS.items() if name in fields]
-    runtime.scripts.paste.add_paste_fields("txt2img", None, [*own, *script_fields], fields["override_settings"])
-    runtime.scripts.paste.paste_fields["txt2img"]["paste_field_names"] = field_names
-    return script_fields
 
 
 def _build_settings_column(context, shared: UiShared, fields: dict[str, Any], top: PromptRow,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +67,27 @@ def _result_pixels(page: Page, server_url: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
 
 
+def _editor_shows_a_picture(page: Page, elem_id: str = "img2maskimg", timeout_s: float = 30) -> None:
+    """Wait until the editor's canvas shows a picture (the noise images here; the txt2img output of
+    a tiny model): the middle of its screenshot is not one flat colour, as the empty canvas is. The
+    editor loads an image asynchronously; drawing before that paints on a blank canvas."""
+    deadline = time.monotonic() + timeout_s
+    spread = 0.0
+    while time.monotonic() < deadline:
+        shot = np.asarray(Image.open(io.BytesIO(page.locator(f"#{elem_id} canvas").first.screenshot())).convert("L"))
+        h, w = shot.shape
+        spread = float(shot[h // 3:2 * h // 3, w // 3:2 * w // 3].std())
+        if spread > 10:
+            return
+        page.wait_for_timeout(200)
+    raise AssertionError(f"#{elem_id} shows no picture after {timeout_s} s (middle's spread {spread:.1f})")
+
+
 def _open_inpaint_with(page: Page, image: Path) -> None:
     _select(page, "tab_img2img")
     _select(page, "img2img_inpaint_tab")
     page.locator("#img2maskimg input[type=file]").set_input_files(str(image))
+    _editor_shows_a_picture(page)
     expect(page.locator("#img2maskimg button[aria-label='Brush']")).to_be_visible()
     page.locator("#img2maskimg button[aria-label='Brush']").click()
     expect(page.locator("#inpaint_controls").first).to_be_visible()
@@ -180,7 +198,7 @@ def test_send_to_inpaint_from_txt2img(page: Page, atelier_server):
     expect(page.locator("#img2img_seed input")).to_have_value("1234")
     expect(page.locator("#img2img_steps input[type=number]")).to_have_value("4")
     expect(page.locator("#img2maskimg canvas").first).to_be_visible()
-    expect(page.locator("#img2maskimg button[aria-label='Brush']")).to_be_visible()  # an image is loaded
+    _editor_shows_a_picture(page)  # the generated image
     expect(page.locator("#inpaint_controls").first).to_be_visible()
 
 
