@@ -439,3 +439,30 @@ def test_a_mask_of_another_size_is_resized_and_the_note_shown(context):
     assert outcome.error is None and len(outcome.images) == 1
     assert any("32×32" in note and "64×64" in note for note in outcome.notes), outcome.notes
     assert "32×32" in outcome.info_html(0)
+
+
+def test_interrupt_on_a_page_without_its_own_job_stops_only_an_img2img_job(queue):
+    import threading
+    from types import SimpleNamespace
+
+    from modules.ui.generation_form import stop_job
+
+    page = SimpleNamespace(jobs=queue)
+    started, release = threading.Event(), threading.Event()
+
+    def work(control):
+        started.set()
+        assert release.wait(30)
+        control.check()
+
+    txt2img_job = queue.submit(work, kind="txt2img")
+    assert started.wait(30)
+    assert not stop_job(page, None, kind="img2img")  # img2img's button leaves a txt2img job alone
+    release.set()
+    assert txt2img_job.wait(30).state == "done"
+    started.clear(), release.clear()
+    img2img_job = queue.submit(work, kind="img2img")
+    assert started.wait(30)
+    assert stop_job(page, None, kind="img2img")
+    release.set()
+    assert img2img_job.wait(30).state == "interrupted"
