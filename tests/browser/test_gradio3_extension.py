@@ -31,7 +31,9 @@ class JsProbe(scripts.Script):
         return "JS probe"
 
     def show(self, is_img2img):
-        return scripts.AlwaysVisible
+        # txt2img only: its elem_ids are fixed, and a script shown in both tabs builds them twice
+        # (A1111 too), which the locators below would find twice.
+        return False if is_img2img else scripts.AlwaysVisible
 
     def ui(self, is_img2img):
         with gr.Box(elem_id="js_probe_box"):
