@@ -466,3 +466,16 @@ def test_interrupt_on_a_page_without_its_own_job_stops_only_an_img2img_job(queue
     assert stop_job(page, None, kind="img2img")
     release.set()
     assert img2img_job.wait(30).state == "interrupted"
+
+
+def test_a_send_to_button_never_opens_a_typed_path():
+    """An extension's send-to binding whose image source is a text box would hand a user's text to
+    Image.open: it is refused (the infotext path drops it and sends only the text)."""
+    import gradio as gr
+
+    from modules.ui.img2img import wire_send_image
+    from modules.ui.shared import UiShared
+
+    with gr.Blocks():
+        with pytest.raises(TypeError, match="Textbox"):
+            wire_send_image(None, UiShared(), gr.Button(), gr.Textbox(), None, 0)

@@ -12,10 +12,13 @@ Batch (mode 5) is helper D's sub-tab (modules.ui.img2img_batch_tab): Generate th
 over the files (`batch_work`) with the tab's fields as every file's template.
 
 The brush (Inpaint) and the sketches are Gradio 6's ImageEditor, which draws from pointer events, so
-mouse, pen and touch all paint. The mask is the brush layer's alpha (any colour paints; the eraser
+mouse, pen and touch all paint (a finger on the canvas does not scroll the page: `touch-action:
+none` in modules.ui.app's CSS). The Inpaint mask is the brush layer's alpha, thresholded as A1111's
+create_binary_mask (the brush is white at 60 % opacity, so the picture shows through; the eraser
 unpaints).
 
-Outpaint preset: the image of the current sub-tab is fitted into the "Resize to" width × height as
+Outpaint preset (the issue's; A1111 has only the Outpainting scripts): the image of the current
+sub-tab (img2img, Inpaint or Inpaint upload) is fitted into the "Resize to" width × height as
 "Resize and fill" places it (edges stretched into the new bands), and sent to Inpaint upload with a
 mask that is white over the new border and 8 px into the picture (so the seam is repainted); the
 resize mode is set to "Resize and fill" (the canvas already has the target size, so nothing is
@@ -38,10 +41,10 @@ from modules.ui.component_hooks import ComponentHooks
 from modules.ui.generation_form import ResultsColumn, paste_updates, selected_image
 from modules.ui.img2img_inputs import (
     INPAINT_MODES,
+    INPAINT_SKETCH_MODE,
     MAX_SIZE,
     MIN_SIZE,
     SIZE_STEP,
-    INPAINT_SKETCH_MODE,
     InputError,
     mode_inputs,
     outpaint_canvas,
@@ -51,6 +54,7 @@ from modules.ui.request_fields import (
     IMG2IMG_FIELDS,
     IMG2IMG_UI_DEFAULTS,
     INPAINT_AREA_LABELS,
+    INPAINT_FIELDS,
     MASK_MODE_LABELS,
     MASKED_CONTENT_LABELS,
     RESIZE_MODE_LABELS,
@@ -69,7 +73,7 @@ MODE_TAB_IDS = ("mode_img2img", "mode_sketch", "mode_inpaint", "mode_inpaint_ske
                 "mode_batch")
 IMG2IMG_MODE, INPAINT_MODE, UPLOAD_MODE, BATCH_MODE = 0, 2, 4, 5
 OUTPAINT_OVERLAP = 8
-# The images a generation reads besides the fields, in this order (`_collect`).
+# The images a generation reads besides the fields, in this order (`request_from_widgets`).
 IMAGE_INPUTS = ("mode", "image", "sketch", "inpaint", "inpaint_sketch", "upload_base", "upload_mask", "mask_alpha",
                 "resize_by", "scale")
 
@@ -133,8 +137,7 @@ def request_from_widgets(context, values: dict[str, Any], images: dict[str, Any]
         values["width"], values["height"] = scaled.size
         notes += [scaled.note] if scaled.note else []
     if picked.mask is None:  # plain img2img: the inpaint controls do not apply
-        for name in ("mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
-                     "inpaint_full_res_padding"):
+        for name in INPAINT_FIELDS:
             values.pop(name, None)
     request = build_img2img_request(values, [picked.image], picked.mask,
                                     edit_model=is_edit_model(context.models.current()))
@@ -421,6 +424,12 @@ def _request_side(pixels: int) -> int:
     return min(MAX_SIZE, max(MIN_SIZE, pixels - pixels % SIZE_STEP))
 
 
+def _reads_files_safely(component) -> bool:
+    """Whether a send-to source's value is an image or a file Gradio checked (uploads and outputs in
+    its cache), so it may be opened: a text box's "path" is whatever a user typed."""
+    return isinstance(component, (gr.Image, gr.Gallery, gr.ImageEditor, gr.File))
+
+
 def _target(tab: Img2ImgTab, mode: int):
     return tab.inpaint if mode == INPAINT_MODE else tab.image
 
@@ -432,6 +441,9 @@ def wire_send_image(context, shared: UiShared, button, gallery, state, mode: int
     to the multiple of 8 a request needs). `copy_from` (txt2img's fields by request
     name): prompt, negative prompt, steps and (with `send_seed`) the seed are copied too (A1111 copies
     them from txt2img only)."""
+    if not _reads_files_safely(gallery):
+        raise TypeError(f"send to img2img: the source is a {type(gallery).__name__}; it must be an image, gallery "
+                        "or file component")
     tab: Img2ImgTab = shared.img2img
     copied = [name for name in ("prompt", "negative_prompt", "steps", "seed") if copy_from]
     sizes = mode != INPAINT_MODE
@@ -469,6 +481,10 @@ def wire_send_infotext(context, shared: UiShared, button, source, image_path, mo
     sub-tab opened."""
     tab: Img2ImgTab = shared.img2img
     script_fields = list(tab.paste_fields)
+    if image_path is not None and not _reads_files_safely(image_path):
+        log.warning("send to img2img: the image source is a %s, not an image or file component; only the "
+                    "infotext is sent", type(image_path).__name__)
+        image_path = None
 
     def on_send(text: str, path=None):
         updates, note = paste_updates(context, text, IMG2IMG_FIELDS, script_fields, img2img=True)

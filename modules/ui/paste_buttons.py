@@ -39,7 +39,10 @@ def connect_bindings(context, shared: UiShared) -> None:
             if source is not None:
                 wire_send_infotext(context, shared, button, source, image, mode)
             elif image is not None:
-                wire_send_image(context, shared, button, image, None, mode)
+                try:
+                    wire_send_image(context, shared, button, image, None, mode)
+                except TypeError as error:  # not an image component: its value is no file to open
+                    log.warning("An extension's 'send to %s' button: %s", binding.tabname, error)
             else:
                 log.info("A 'send to %s' button has neither an infotext nor an image to send", binding.tabname)
         elif button is None or source is None:
