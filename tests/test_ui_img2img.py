@@ -479,3 +479,14 @@ def test_a_send_to_button_never_opens_a_typed_path():
     with gr.Blocks():
         with pytest.raises(TypeError, match="Textbox"):
             wire_send_image(None, UiShared(), gr.Button(), gr.Textbox(), None, 0)
+
+
+def test_image_cfg_shows_for_instruct_pix2pix_checkpoints_only():
+    from types import SimpleNamespace
+
+    from modules.library.model_detection import Architectures
+    from modules.ui.img2img import is_edit_model
+
+    assert is_edit_model(SimpleNamespace(architecture=Architectures.SD1_PIX2PIX))
+    assert not is_edit_model(SimpleNamespace(architecture=Architectures.SD1_INPAINT))
+    assert not is_edit_model(SimpleNamespace(architecture=Architectures.SD1)) and not is_edit_model(None)

@@ -93,9 +93,9 @@ def _open_inpaint_with(page: Page, image: Path) -> None:
     expect(page.locator("#inpaint_controls").first).to_be_visible()
 
 
-def _canvas_centre(page: Page) -> tuple[float, float]:
+def _canvas_centre(page: Page, elem_id: str = "img2maskimg") -> tuple[float, float]:
     """The editor shows the image fitted and centred in its canvas: the canvas's centre is the image's."""
-    box = page.locator("#img2maskimg canvas").first.bounding_box()
+    box = page.locator(f"#{elem_id} canvas").first.bounding_box()
     return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 
 
@@ -150,6 +150,30 @@ def test_inpaint_a_mask_drawn_with_the_mouse(page: Page, atelier_server, tmp_pat
     info = _generate_img2img(page, unique_prompt("a red door"))
     assert "Mask blur: 4" in info and "Denoising strength: 1" in info, info
     _assert_inpainted_centre_only(_result_pixels(page, atelier_server.url), original)
+
+
+def test_inpaint_sketch_repaints_where_the_sketch_differs(page: Page, atelier_server, tmp_path):
+    image, original = _noise_png(tmp_path, seed=3)
+    open_ui(page, atelier_server.url)
+    choose(page, CHECKPOINT_DROPDOWN, "alpha")
+    _select(page, "tab_img2img")
+    _select(page, "img2img_inpaint_sketch_tab")
+    page.locator("#inpaint_sketch input[type=file]").set_input_files(str(image))
+    _editor_shows_a_picture(page, "inpaint_sketch")
+    expect(page.locator("#img2img_mask_alpha")).to_be_visible()  # Mask transparency: this tab only
+    page.locator("#inpaint_sketch button[aria-label='Brush']").click()
+    x, y = _canvas_centre(page, "inpaint_sketch")
+    page.mouse.move(x - 3, y)
+    page.mouse.down()
+    page.mouse.move(x + 3, y, steps=4)
+    page.mouse.up()
+    _img2img_job(page)
+    fill(page, "img2img_denoising_strength", 1)
+    info = _generate_img2img(page, unique_prompt("a green roof"))
+    assert "Mask blur: 4" in info, info
+    _assert_inpainted_centre_only(_result_pixels(page, atelier_server.url), original)
+    _select(page, "img2img_inpaint_tab")
+    expect(page.locator("#img2img_mask_alpha")).to_be_hidden()
 
 
 @pytest.fixture
