@@ -324,6 +324,8 @@ def test_the_ui_builds_with_img2imgs_ids(context):
                 "img2img_img2img_tab", "img2img_image", "img2img_img2img_sketch_tab", "img2img_sketch",
                 "img2img_inpaint_tab", "img2maskimg", "img2img_inpaint_sketch_tab", "inpaint_sketch",
                 "img2img_inpaint_upload_tab", "img_inpaint_base", "img_inpaint_mask", "img2img_batch_tab", "resize_mode",
+                "img2img_copy_to_img2img", "img2img_copy_to_sketch", "img2img_copy_to_inpaint",
+                "img2img_copy_to_inpaint_sketch",
                 "img2img_denoising_strength", "img2img_image_cfg_scale", "img2img_mask_blur", "img2img_outpaint",
                 "txt2img_send_to_img2img", "txt2img_send_to_inpaint", "img2img_send_to_img2img",
                 "img2img_send_to_inpaint", "pnginfo_send_to_img2img", "pnginfo_send_to_inpaint", "img2img_paste"}
@@ -490,3 +492,12 @@ def test_image_cfg_shows_for_instruct_pix2pix_checkpoints_only():
     assert is_edit_model(SimpleNamespace(architecture=Architectures.SD1_PIX2PIX))
     assert not is_edit_model(SimpleNamespace(architecture=Architectures.SD1_INPAINT))
     assert not is_edit_model(SimpleNamespace(architecture=Architectures.SD1)) and not is_edit_model(None)
+
+
+def test_copy_image_to_copies_the_picture_with_its_strokes():
+    from modules.ui.img2img import copied_image
+
+    background, composite = _noise_image((8, 8), 1), _noise_image((8, 8), 2)
+    assert copied_image({"background": background, "layers": [], "composite": composite}) is composite
+    assert copied_image({"background": background, "layers": [], "composite": None}) is background
+    assert copied_image(background) is background and copied_image(None) is None

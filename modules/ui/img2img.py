@@ -295,21 +295,26 @@ def _build_mode_tabs(context, hooks: ComponentHooks) -> dict[str, Any]:
     # create_binary_mask's threshold of 128, so a stroke is fully masked.
     mask_brush = gr.Brush(colors=[("#ffffff", 0.6)], default_color=("#ffffff", 0.6), color_mode="fixed")
     parts: dict[str, Any] = {}
+    copies: list[tuple[Any, int, int]] = []
     with gr.Tabs(elem_id="mode_img2img", selected=MODE_TAB_IDS[0]) as tabs:
         with gr.Tab("img2img", id=MODE_TAB_IDS[0], elem_id="img2img_img2img_tab") as tab0:
             parts["image"] = hooks.create(gr.Image, label="Image for img2img", type="pil", image_mode="RGBA",
                                           format="png", sources=["upload", "clipboard"], elem_id="img2img_image",
                                           height=480)
+            copies += _copy_row(0)
         with gr.Tab("Sketch", id=MODE_TAB_IDS[1], elem_id="img2img_img2img_sketch_tab") as tab1:
             parts["sketch"] = hooks.create(gr.ImageEditor, label="Image for img2img", elem_id="img2img_sketch",
                                            brush=gr.Brush(color_mode="defaults"), layers=False, **editor)
+            copies += _copy_row(1)
         with gr.Tab("Inpaint", id=MODE_TAB_IDS[2], elem_id="img2img_inpaint_tab") as tab2:
             parts["inpaint"] = hooks.create(gr.ImageEditor, label="Image for inpainting with mask",
                                             elem_id="img2maskimg", brush=mask_brush, layers=False, **editor)
+            copies += _copy_row(2)
         with gr.Tab("Inpaint sketch", id=MODE_TAB_IDS[3], elem_id="img2img_inpaint_sketch_tab") as tab3:
             parts["inpaint_sketch"] = hooks.create(gr.ImageEditor, label="Color sketch inpainting",
                                                    elem_id="inpaint_sketch", brush=gr.Brush(color_mode="defaults"),
                                                    layers=False, **editor)
+            copies += _copy_row(3)
         with gr.Tab("Inpaint upload", id=MODE_TAB_IDS[4], elem_id="img2img_inpaint_upload_tab") as tab4:
             parts["upload_base"] = hooks.create(gr.Image, label="Image", type="pil", image_mode="RGBA", format="png",
                                                 sources=["upload", "clipboard"], elem_id="img_inpaint_base")
@@ -321,7 +326,43 @@ def _build_mode_tabs(context, hooks: ComponentHooks) -> dict[str, Any]:
     parts["mode"] = gr.Number(value=0, precision=0, visible=False, elem_id="img2img_selected_mode")
     for index, tab in enumerate((tab0, tab1, tab2, tab3, tab4, tab5)):
         tab.select(lambda index=index: index, outputs=parts["mode"], show_progress="hidden", queue=False)
+    _wire_copies(parts, copies)
     return parts
+
+
+# A1111's "Copy image to:" rows, by mode: (button text, A1111's id part, the component's key in parts).
+COPY_TARGETS = {0: ("img2img", "img2img", "image"), 1: ("sketch", "sketch", "sketch"),
+                2: ("inpaint", "inpaint", "inpaint"), 3: ("inpaint sketch", "inpaint_sketch", "inpaint_sketch")}
+
+
+def _copy_row(source: int) -> list[tuple[Any, int, int]]:
+    """A1111's "Copy image to:" row of sub-tab `source` (modes 0–3, `#img2img_copy_to_<name>`): a
+    button per other mode; returns (button, source, target) for each."""
+    name = COPY_TARGETS[source][1]
+    buttons = []
+    with gr.Row(elem_id=f"img2img_copy_to_{name}", equal_height=True):
+        gr.HTML("Copy image to:", elem_id=f"img2img_label_copy_to_{name}", js_on_load=None)
+        for target, (title, _, _) in COPY_TARGETS.items():
+            if target != source:
+                buttons.append((gr.Button(title, size="sm", min_width=60), source, target))
+    return buttons
+
+
+def copied_image(value) -> Any:
+    """What "Copy image to" copies: an image as it is, an editor's picture with its strokes (its
+    composite, else its background)."""
+    if isinstance(value, dict):
+        composite = value.get("composite")
+        return composite if composite is not None else value.get("background")
+    return value
+
+
+def _wire_copies(parts: dict[str, Any], copies: list[tuple[Any, int, int]]) -> None:
+    for button, source, target in copies:
+        button.click(lambda value, target=target: (copied_image(value), gr.Tabs(selected=MODE_TAB_IDS[target]),
+                                                   target),
+                     inputs=parts[COPY_TARGETS[source][2]],
+                     outputs=[parts[COPY_TARGETS[target][2]], parts["tabs"], parts["mode"]], show_progress="hidden")
 
 
 def _build_settings(context, shared: UiShared, fields: dict[str, Any], hooks: ComponentHooks) -> dict[str, Any]:
