@@ -125,7 +125,7 @@ def test_img2img_from_an_uploaded_image(page: Page, atelier_server, tmp_path):
     assert "Mask blur" not in info  # plain img2img
     assert len(gallery_images(page, "img2img_gallery")) == 1
     # "Copy image to: inpaint" opens Inpaint with the picture.
-    page.locator("#img2img_copy_to_img2img button", has_text=re.compile(r"^inpaint$")).click()
+    page.locator("#img2img_copy_to_img2img").get_by_role("button", name="inpaint", exact=True).click()
     expect(page.locator("#img2img_inpaint_tab-button")).to_have_attribute("aria-selected", "true")
     _editor_shows_a_picture(page)
 
