@@ -501,3 +501,12 @@ def test_copy_image_to_copies_the_picture_with_its_strokes():
     assert copied_image({"background": background, "layers": [], "composite": composite}) is composite
     assert copied_image({"background": background, "layers": [], "composite": None}) is background
     assert copied_image(background) is background and copied_image(None) is None
+
+
+def test_resize_by_previews_the_size_it_gives():
+    from modules.ui.img2img import resize_by_preview
+
+    assert "Resize from 300x200 to 448x296" in resize_by_preview(_noise_image((300, 200)), 1.5)
+    assert "450x300 rounded" in resize_by_preview(_noise_image((300, 200)), 1.5)
+    assert "rounded" not in resize_by_preview(_noise_image((64, 64)), 2)
+    assert "upload one" in resize_by_preview(None, 2)

@@ -172,6 +172,27 @@ def batch_work(context, values: dict[str, Any], images: dict[str, Any], batch, b
     return generation_form.QueuedWork(submit, lambda job: img2img_batch_tab.batch_outcome(context, job))
 
 
+def resize_by_preview(image, scale: float) -> str:
+    """The line under "Resize by": the size it gives the open sub-tab's image."""
+    if image is None:
+        return "<p class='job-note'>Resize by scales the image of the open sub-tab; upload one.</p>"
+    try:
+        scaled = resize_by_size(image.size, float(scale or 0))
+    except ValueError as error:
+        return generation_form.error_html(str(error))
+    text = f"Resize from {image.width}x{image.height} to {scaled.size[0]}x{scaled.size[1]}"
+    if scaled.note:
+        text += f" ({scaled.exact[0]}x{scaled.exact[1]} rounded to multiples of {SIZE_STEP})"
+    return f"<p class='job-note'>{text}</p>"
+
+
+def _mode_image(mode, image, sketch, inpaint, inpaint_sketch, upload_base) -> Any:
+    """The picture of sub-tab `mode` (an editor's background), None when it has none."""
+    mode = int(mode or 0)
+    value = {0: image, 1: sketch, 2: inpaint, 3: inpaint_sketch, 4: upload_base}.get(mode)
+    return _editor_background(value) if isinstance(value, dict) else value
+
+
 def outpaint_preset(image, width: int, height: int):
     """The Outpaint button: (canvas, mask) for `image` extended to width×height — the picture fitted
     and its edges stretched into the new bands ("Resize and fill"), the mask white over the bands and
@@ -270,6 +291,14 @@ def build(context, shared: UiShared) -> Img2ImgTab:
                                                controls["reuse_seed"], controls["res_switch"], results,
                                                generation_state)
     _wire_mode_controls(modes, controls)
+    preview_inputs = [modes["mode"], modes["image"], modes["sketch"], modes["inpaint"], modes["inpaint_sketch"],
+                      modes["upload_base"], controls["scale"]]
+
+    def on_preview(*values):
+        return resize_by_preview(_mode_image(*values[:-1]), values[-1])
+
+    for event in (controls["scale"].release, controls["resize_by_tab"].select):
+        event(on_preview, inputs=preview_inputs, outputs=controls["scale_preview"], show_progress="hidden")
     _wire_outpaint(tab, controls)
     styles_panel.wire(context, top.styles, styles_dialog, top.prompt, top.negative, shared.page_loads)
 
@@ -385,10 +414,13 @@ def _build_settings(context, shared: UiShared, fields: dict[str, Any], hooks: Co
                 with gr.Tab("Resize by", elem_id="img2img_tab_resize_by") as resize_by_tab:
                     controls["scale"] = hooks.create(gr.Slider, minimum=0.05, maximum=4.0, step=0.05, value=1.0,
                                                      label="Scale", elem_id="img2img_scale")
+                    controls["scale_preview"] = gr.HTML("", elem_id="img2img_scale_resolution_preview",
+                                                        js_on_load=None)
         generation_form.build_batch_fields(fields, hooks, TABNAME)
     controls["resize_by"] = gr.State(False)
     resize_to_tab.select(lambda: False, outputs=controls["resize_by"], show_progress="hidden", queue=False)
     resize_by_tab.select(lambda: True, outputs=controls["resize_by"], show_progress="hidden", queue=False)
+    controls["resize_by_tab"] = resize_by_tab
     with gr.Row():
         fields["cfg_scale"] = hooks.create(gr.Slider, **slider_args("cfg_scale"), label="CFG Scale",
                                            elem_id="img2img_cfg_scale")
