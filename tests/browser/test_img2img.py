@@ -83,11 +83,18 @@ def _editor_shows_a_picture(page: Page, elem_id: str = "img2maskimg", timeout_s:
     raise AssertionError(f"#{elem_id} shows no picture after {timeout_s} s (middle's spread {spread:.1f})")
 
 
+def _upload_to_editor(page: Page, elem_id: str, image: Path) -> None:
+    """Upload into an ImageEditor once its canvas exists: the editor sets up its canvas after its
+    sub-tab opens (Gradio 6 mounts a tab when first opened), and an upload before that is lost."""
+    expect(page.locator(f"#{elem_id} canvas").first).to_be_attached(timeout=60_000)
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(image))
+    _editor_shows_a_picture(page, elem_id)
+
+
 def _open_inpaint_with(page: Page, image: Path) -> None:
     _select(page, "tab_img2img")
     _select(page, "img2img_inpaint_tab")
-    page.locator("#img2maskimg input[type=file]").set_input_files(str(image))
-    _editor_shows_a_picture(page)
+    _upload_to_editor(page, "img2maskimg", image)
     expect(page.locator("#img2maskimg button[aria-label='Brush']")).to_be_visible()
     page.locator("#img2maskimg button[aria-label='Brush']").click()
     expect(page.locator("#inpaint_controls").first).to_be_visible()
@@ -162,8 +169,7 @@ def test_inpaint_sketch_repaints_where_the_sketch_differs(page: Page, atelier_se
     choose(page, CHECKPOINT_DROPDOWN, "alpha")
     _select(page, "tab_img2img")
     _select(page, "img2img_inpaint_sketch_tab")
-    page.locator("#inpaint_sketch input[type=file]").set_input_files(str(image))
-    _editor_shows_a_picture(page, "inpaint_sketch")
+    _upload_to_editor(page, "inpaint_sketch", image)
     expect(page.locator("#img2img_mask_alpha")).to_be_visible()  # Mask transparency: this tab only
     page.locator("#inpaint_sketch button[aria-label='Brush']").click()
     x, y = _canvas_centre(page, "inpaint_sketch")
