@@ -3,8 +3,9 @@ Skip, a live progress bar with ETA and preview, the gallery with the infotext un
 parameters back, the output folder, and the extra-networks panel.
 
 Handlers are thin: widget values -> `GenerationRequest` (modules.ui.request_fields) -> a job through
-the generation service the API uses too (modules.serving.generation_service) -> gallery values. What
-they compute lives in plain functions here and in those modules, so tests call it without a browser.
+the generation service the API uses too (modules.serving.generation_service) -> gallery values. The
+builders and handlers are the img2img tab's too (modules.ui.generation_form, by tab name); what they
+compute lives in plain functions there and in those modules, so tests call it without a browser.
 """
 
 from __future__ import annotations
