@@ -8,7 +8,7 @@ Handlers are thin: the mode's images -> init image and mask (modules.ui.img2img_
 functions) -> `Img2ImgRequest` with the UI's defaults (modules.ui.request_fields) -> the generation
 service's job queue -> gallery values.
 
-Batch (mode 5) is helper D's sub-tab (modules.ui.img2img_batch_tab): Generate there queues one job
+Batch (mode 5) is its own sub-tab (modules.ui.img2img_batch_tab): Generate there queues one job
 over the files (`batch_work`) with the tab's fields as every file's template.
 
 The brush (Inpaint) and the sketches are Gradio 6's ImageEditor, which draws from pointer events, so
