@@ -543,3 +543,15 @@ def test_extra_noise_reaches_the_hires_pass_and_not_plain_txt2img(sd1):
     without = generate(sd1, GenerationRequest(**hires))
     assert "Extra noise: 0.3" in with_extra.infotexts[0]
     assert not np.array_equal(np.asarray(with_extra.images[0]), np.asarray(without.images[0]))
+
+
+@pytest.mark.parametrize("field", ["init_images", "mask"])
+def test_an_image_over_the_pixel_limit_is_refused_naming_the_field_and_the_limit(field):
+    """The UI, the API and Batch share the limit (the request checks it); a 1-bit image keeps the test small."""
+    from modules.generation.requests import MAX_INIT_IMAGE_PIXELS
+
+    huge = Image.new("1", (8193, 8192))
+    fields = {"mask": huge} if field == "mask" else {"init_images": [huge]}
+    with pytest.raises(ValidationError, match=rf"{field}.*8193x8192.*at most {MAX_INIT_IMAGE_PIXELS:,}"):
+        request(**fields)
+    request(mask=Image.new("1", (8192, 8192)))  # at the limit: accepted

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from modules.api.errors import ApiError, bad_request
 from modules.common.net_guard import Resolver, is_public_address, pinned_connection, resolve
+from modules.generation.requests import MAX_INIT_IMAGE_PIXELS
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 # An image sent as base64 may be as large as one fetched from a URL; the text is 4/3 of that. (The
@@ -32,7 +33,7 @@ DOWNLOAD_TIMEOUT_S = 30.0
 USER_AGENT = "Atelier (A1111-compatible API)"
 # 8192x8192: four times A1111's largest generation size in each direction, far below what would
 # strain memory when decoded (256 MiB as RGBA).
-MAX_API_IMAGE_PIXELS = 8192 * 8192
+MAX_API_IMAGE_PIXELS = MAX_INIT_IMAGE_PIXELS
 
 
 class PixelBudget:

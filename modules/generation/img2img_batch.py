@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from modules.generation.engine import GenerationResult, check_prompt_length
+from modules.generation.requests import MAX_INIT_IMAGE_PIXELS
 
 if TYPE_CHECKING:
     from modules.extension_host.scripts import ScriptSelection
@@ -72,9 +73,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 # A1111's "PNG info" checkbox group, in its order.
 PNG_INFO_PROPS = ("Prompt", "Negative prompt", "Seed", "CFG scale", "Sampler", "Steps", "Model hash")
-# The API's limit for an uploaded image (modules.api.images.MAX_API_IMAGE_PIXELS; a test keeps them
-# equal): a small compressed file can decode into gigabytes.
-MAX_BATCH_IMAGE_PIXELS = 8192 * 8192
+# Every caller's limit for an init image (checked here from the header, before decoding): a small
+# compressed file can decode into gigabytes.
+MAX_BATCH_IMAGE_PIXELS = MAX_INIT_IMAGE_PIXELS
 # A folder that lists more image files than this is refused before the job starts (a typo such as
 # "/" would otherwise walk the whole disk); a long video's frames still fit.
 MAX_BATCH_FILES = 100_000

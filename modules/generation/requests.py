@@ -102,12 +102,21 @@ LATENT_UPSCALE_RESIZE_MODE = 3  # "Just resize (latent upscale)" (img2img_images
 # "Just resize (latent upscale)" VAE-encodes an init image at its own size: the request's size limit
 # (2048²) holds for it too, so a huge upload cannot make the encoder allocate without bound.
 MAX_NATIVE_ENCODE_PIXELS = 2048 * 2048
+# The largest init image or mask any caller (UI, API, Batch) accepts: 8192x8192, four times A1111's
+# largest generation size each way. Resizing, the mask blur and the fill work on the full picture.
+MAX_INIT_IMAGE_PIXELS = 8192 * 8192
 
 
 def _is_image(value: Any) -> bool:
     from PIL import Image
 
     return isinstance(value, Image.Image)
+
+
+def _check_pixels(field: str, image) -> None:
+    if image.width * image.height > MAX_INIT_IMAGE_PIXELS:
+        raise ValueError(f"{field} is {image.width}x{image.height} ({image.width * image.height:,} pixels); at most "
+                         f"{MAX_INIT_IMAGE_PIXELS:,} (8192x8192) are accepted: scale it down first")
 
 
 class Img2ImgRequest(GenerationRequest):
@@ -164,6 +173,7 @@ class Img2ImgRequest(GenerationRequest):
                                  "decode uploads to PIL images before making the request")
             if image.width < 1 or image.height < 1:
                 raise ValueError(f"init_images[{index}] is empty ({image.width}x{image.height})")
+            _check_pixels(f"init_images[{index}]", image)
         return tuple(value)
 
     @field_validator("mask", mode="before")
@@ -173,6 +183,8 @@ class Img2ImgRequest(GenerationRequest):
             raise ValueError(f"mask is a {type(value).__name__}, not an image; white (or opaque) pixels are repainted")
         if value is not None and (value.width < 1 or value.height < 1):
             raise ValueError(f"mask is empty ({value.width}x{value.height})")
+        if value is not None:
+            _check_pixels("mask", value)
         return value
 
     @model_validator(mode="after")
