@@ -12,7 +12,6 @@ from PIL import Image
 from modules.serving.settings import Settings
 from modules.ui.img2img_inputs import (
     InputError,
-    binary_mask,
     brush_mask,
     fitted_box,
     is_blank,
@@ -67,14 +66,6 @@ def test_brush_layers_of_another_size_are_scaled_to_the_image_and_none_is_blank(
     mask = brush_mask([layer], (16, 16))
     assert mask.size == (16, 16) and mask.getbbox() == (0, 0, 8, 16)
     assert is_blank(brush_mask([], (16, 16))) and is_blank(brush_mask([None], (4, 4)))
-
-
-def test_binary_mask_uses_alpha_when_transparent_else_luminance():
-    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
-    rgba.putpixel((1, 1), (0, 0, 0, 200))  # black but opaque: masked (alpha counts, not colour)
-    assert np.asarray(binary_mask(rgba))[1, 1] == 255 and np.asarray(binary_mask(rgba))[0, 0] == 0
-    grey = Image.new("RGB", (2, 2), (100, 100, 100))
-    assert np.asarray(binary_mask(grey))[0, 0] == 100  # luminance, unthresholded (A1111)
 
 
 def test_sketch_mask_marks_changed_pixels_dimmed_by_transparency():

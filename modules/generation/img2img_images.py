@@ -24,11 +24,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageColor, ImageFilter, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 # "Masked content" (inpainting_fill) by index, as A1111's radio and API number them.
@@ -446,6 +448,8 @@ def latent_mask(mask: Image.Image, latent_width: int, latent_height: int, *, rou
     values = np.asarray(small, dtype=np.float32)[..., 0] / 255
     if round:
         values = np.around(values)
+    import torch  # here only: the web UI reads masks with this module before torch is imported
+
     return torch.from_numpy(np.ascontiguousarray(values))[None, None]
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from modules.generation.img2img_images import binary_mask
 from modules.ui.request_fields import RequestError
 
 MASK_THRESHOLD = 128  # A1111's create_binary_mask: alpha > 128 is masked when rounding
@@ -36,17 +37,6 @@ def fix_image(image: Image.Image | None) -> Image.Image | None:
     if image.mode in ("P", "RGB", "L") and "transparency" in image.info:
         image = image.convert("RGBA")
     return image
-
-
-def binary_mask(mask: Image.Image, *, round: bool = True) -> Image.Image:
-    """A1111's `create_binary_mask`: a mask with transparency (alpha not all 255) is its alpha,
-    thresholded at > 128 when `round`; any other mask is its luminance."""
-    if mask.mode in ("LA", "PA", "La", "RGBa") or (mask.mode == "P" and "transparency" in mask.info):
-        mask = mask.convert("RGBA")
-    if mask.mode == "RGBA" and mask.getextrema()[3] != (255, 255):
-        alpha = mask.getchannel("A")
-        return alpha.point(lambda v: 255 if v > MASK_THRESHOLD else 0) if round else alpha
-    return mask if mask.mode == "L" else mask.convert("L")
 
 
 def brush_mask(layers: Sequence[Image.Image | None], size: tuple[int, int], *, round: bool = True) -> Image.Image:
@@ -241,7 +231,7 @@ def mode_inputs(mode: int, *, image=None, sketch=None, inpaint=None, inpaint_ske
         if upload_mask is None:
             raise InputError("Inpaint upload: no mask; upload a mask (white = repaint)")
         mask = fix_image(upload_mask)
-        _refuse_blank(binary_mask(mask), invert, "Inpaint upload: the mask is black everywhere, so nothing would "
+        _refuse_blank(binary_mask(mask, round=True), invert, "Inpaint upload: the mask is black everywhere, so nothing would "
                                                  "be repainted; white (or opaque) pixels are repainted")
         return ModeInputs(fix_image(upload_base), mask)
     raise InputError(f"mode {mode!r}: the Batch tab has its own Generate path; pick img2img, Sketch, Inpaint, "
