@@ -5,10 +5,8 @@ the 422s that name the field, masks of another size, paste-back outside a hard m
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from modules.api.errors import ApiError
 from modules.api.images import MAX_API_IMAGE_PIXELS, PixelBudget, decode_input_image
 from modules.api.server import create_app
 from modules.library.synthetic_checkpoints import write_checkpoint
+from tests.http_support import serving_image
 from tests.test_api_support import WAIT, decode_png, make_context, png_base64
 
 SIZE = 64
@@ -175,35 +174,21 @@ def test_image_urls_are_fetched_when_the_settings_allow_them(client, context):
     original = picture(seed=6)
     payload = base64.b64decode(png_base64(original))
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/picture.png"
     mask = box_mask(SIZE, SIZE, (0, 0, 32, 32))
-    try:
-        assert_error(img2img(client, init_images=[url], **SMALL), 422, "init_images[0]: '127.0.0.1' resolves to a "
-                                                                        "non-public address")
-        context.settings.apply({"api_forbid_local_requests": False})
-        body, _ = ok(img2img(client, init_images=[url], mask=png_base64(mask), **HARD, **SMALL))
-        outside = np.asarray(mask) == 0
-        assert np.array_equal(pixels(decode_png(body["images"][0]))[outside], pixels(original)[outside])
-        context.settings.apply({"api_enable_requests": False})
-        assert_error(img2img(client, init_images=[png_base64(original)], mask=url, **SMALL), 422,
-                     "mask: image URLs are turned off")
-    finally:
-        context.settings.apply({"api_forbid_local_requests": True, "api_enable_requests": True})
-        server.shutdown()
-        server.server_close()
+    with serving_image(payload) as base:
+        url = f"{base}/picture.png"
+        try:
+            assert_error(img2img(client, init_images=[url], **SMALL), 422, "init_images[0]: '127.0.0.1' resolves to "
+                                                                            "a non-public address")
+            context.settings.apply({"api_forbid_local_requests": False})
+            body, _ = ok(img2img(client, init_images=[url], mask=png_base64(mask), **HARD, **SMALL))
+            outside = np.asarray(mask) == 0
+            assert np.array_equal(pixels(decode_png(body["images"][0]))[outside], pixels(original)[outside])
+            context.settings.apply({"api_enable_requests": False})
+            assert_error(img2img(client, init_images=[png_base64(original)], mask=url, **SMALL), 422,
+                         "mask: image URLs are turned off")
+        finally:
+            context.settings.apply({"api_forbid_local_requests": True, "api_enable_requests": True})
 
 
 def test_the_base64_text_is_limited_before_it_is_decoded():

@@ -5,7 +5,6 @@ SSRF guard on image URLs, and the OpenAPI docs."""
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import json
 import threading
 
@@ -15,6 +14,7 @@ from PIL import Image
 
 from modules.api.images import fetch_url, is_public_address
 from modules.api.server import create_app
+from tests.http_support import serving_image
 from tests.test_api_support import WAIT, make_context, png_base64
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
@@ -234,31 +234,10 @@ def image_server():
     """A local HTTP server with one PNG (and a redirect to it)."""
     png = png_base64(Image.new("RGB", (4, 4)), "from a url\nSteps: 1, Sampler: Euler, Seed: 2, Size: 4x4")
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path == "/redirect":
-                self.send_response(302)
-                self.send_header("Location", "/image.png")
-                self.end_headers()
-                return
-            import base64
+    import base64
 
-            data = base64.b64decode(png)
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving_image(base64.b64decode(png), redirects={"/redirect": "/image.png"}) as url:
+        yield url
 
 
 def test_image_urls_follow_the_settings_and_never_reach_local_hosts_by_default(client, context, image_server):
