@@ -2,9 +2,10 @@
 wired once the page is built (A1111's `connect_paste_params_buttons`).
 
 A button sending to "txt2img" pastes like PNG Info's "Send to txt2img" (request fields, the scripts'
-`infotext_fields`, the `on_infotext_pasted` callbacks) and switches to the tab; one sending to a tab an
-extension registered with `add_paste_fields` fills that tab's fields. Atelier has no img2img, Extras
-or inpaint tab: a button for one of those is left without an event, with a note in the log.
+`infotext_fields`, the `on_infotext_pasted` callbacks) and switches to the tab; one sending to
+"img2img" or "inpaint" pastes into the img2img tab, puts the image in that sub-tab and switches to it;
+one sending to a tab an extension registered with `add_paste_fields` fills that tab's fields. Atelier
+has no Extras tab yet: a button for it is left without an event, with a note in the log.
 """
 
 from __future__ import annotations
