@@ -1,5 +1,5 @@
 """A1111 settings Atelier does not have, with A1111's defaults, for extensions that read them through
-`shared.opts` (output folders of tabs Atelier lacks, live-preview and sampler options). They are
+`shared.opts` (output folders of tabs Atelier lacks (Extras, init images, Save), live-preview and sampler options). They are
 read-only: `opts.<key>` and `opts.data.get(key)` give the default; they are not saved, not in the
 Settings tab and not in the API's options."""
 
@@ -8,8 +8,6 @@ from __future__ import annotations
 from types import MappingProxyType
 
 A1111_ONLY_DEFAULTS = MappingProxyType({
-    "outdir_img2img_samples": "outputs/img2img-images",
-    "outdir_img2img_grids": "outputs/img2img-grids",
     "outdir_extras_samples": "outputs/extras-images",
     "outdir_save": "log/images",
     "outdir_init_images": "outputs/init-images",
@@ -26,7 +24,6 @@ A1111_ONLY_DEFAULTS = MappingProxyType({
     "grid_only_if_multiple": True,
     "use_save_to_dirs_for_ui": False,
     "save_selected_only": True,
-    "img2img_fix_steps": False,
     "extra_networks_default_multiplier": 1.0,
     "lora_preferred_name": "Alias from file",
     "keyedit_precision_attention": 0.1,

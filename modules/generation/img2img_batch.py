@@ -79,6 +79,8 @@ MAX_BATCH_IMAGE_PIXELS = MAX_INIT_IMAGE_PIXELS
 # A folder that lists more image files than this is refused before the job starts (a typo such as
 # "/" would otherwise walk the whole disk); a long video's frames still fit.
 MAX_BATCH_FILES = 100_000
+# cmd_args attributes naming model folders (checkpoints, VAEs, embeddings, ...) an output folder may not be in.
+MODEL_DIR_FLAGS = ("models_dir", "ckpt_dir", "vae_dir", "embeddings_dir", "hypernetwork_dir", "lora_dir")
 BATCH_JOB_KIND = "img2img"
 # The gallery's notes list this many of a batch's warnings (a folder of 5000 images without masks
 # would give 5000); the console has them all.
@@ -254,8 +256,10 @@ def _output_dir(value: str, args, data_dir: Path) -> Path:
     allowed = [Path(os.path.realpath(root)) for root in rules.roots()]
     if any(_inside(folder, root) for root in allowed):
         return folder
+    # The model folders the command line may put outside the data folder are the program's too.
+    model_dirs = [getattr(args, name, None) for name in MODEL_DIR_FLAGS]
     protected = {Path(os.path.realpath(p)) for p in (REPO_ROOT, data_dir, sys.prefix, sys.base_prefix,
-                                                      *SPECIAL_FILE_SYSTEMS)} - {Path("/")}
+                                                      *SPECIAL_FILE_SYSTEMS, *filter(None, model_dirs))} - {Path("/")}
     for root in sorted(protected, key=str):
         if _inside(folder, root):
             return _refuse_output(value, folder, root, allowed)
