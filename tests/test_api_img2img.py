@@ -19,12 +19,11 @@ from modules.api.images import MAX_API_IMAGE_PIXELS, PixelBudget, decode_input_i
 from modules.api.server import create_app
 from modules.library.synthetic_checkpoints import write_checkpoint
 from tests.http_support import serving_image
-from tests.test_api_support import WAIT, decode_png, make_context, png_base64
+from tests.test_api_support import WAIT, assert_error, decode_png, make_context, png_base64
 
 SIZE = 64
 SMALL = {"width": SIZE, "height": SIZE, "steps": 3, "seed": 11}
 HARD = {"mask_blur": 0, "inpainting_fill": 1}  # no blur, original content: the mask's edge is exact
-ERROR_KEYS = {"error", "detail", "body", "errors"}
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +66,6 @@ def ok(response) -> tuple[dict, dict]:
     assert response.status_code == 200, response.text
     body = response.json()
     return body, json.loads(body["info"])
-
-
-def assert_error(response, status: int, *fragments: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == ERROR_KEYS, body
-    for fragment in fragments:
-        assert fragment in body["errors"], body
-    return body
 
 
 def pixels(image: Image.Image) -> np.ndarray:

@@ -15,10 +15,9 @@ from PIL import Image
 from modules.api.images import fetch_url, is_public_address
 from modules.api.server import create_app
 from tests.http_support import serving_image
-from tests.test_api_support import WAIT, make_context, png_base64
+from tests.test_api_support import WAIT, assert_error, make_context, png_base64
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
-ERROR_KEYS = {"error", "detail", "body", "errors"}
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +39,6 @@ def txt2img(client, **fields):
 def info_of(response) -> dict:
     assert response.status_code == 200, response.text
     return json.loads(response.json()["info"])
-
-
-def assert_error(response, status: int, *fragments: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == ERROR_KEYS, body
-    for fragment in fragments:
-        assert fragment in body["errors"], body
-    return body
 
 
 def test_a1111_api_defaults_euler_50_steps_nothing_saved(client, context):

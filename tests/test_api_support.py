@@ -143,3 +143,16 @@ def png_base64(image: Image.Image, parameters: str | None = None) -> str:
 
 def basic_auth(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+ERROR_KEYS = {"error", "detail", "body", "errors"}  # A1111's error body
+
+
+def assert_error(response, status: int, *fragments: str) -> dict:
+    """`response` is an A1111-shaped error with `status` whose message holds every fragment."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == ERROR_KEYS, body
+    for fragment in fragments:
+        assert fragment in body["errors"], body
+    return body
