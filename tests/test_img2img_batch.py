@@ -422,3 +422,17 @@ def test_each_file_runs_with_the_img2img_tabs_scripts(tmp_path):
         assert len(result.images) == 2 and all(Path(p).parent == out for p in result.saved_paths)
     finally:
         context.jobs.shutdown(timeout=WAIT)
+
+
+def test_masks_are_matched_by_the_first_name_that_starts_with_the_stem_and_a_dot(context, tmp_path):
+    """A1111's rule, `<stem>.*`: "a.b.png" is masked by "a.b.png" (not "a.png"), a dotted mask name
+    matches its leading part, and the first match in natural order wins."""
+    images, masks = tmp_path / "in", tmp_path / "masks"
+    for name in ("a.png", "a.b.png", "c.png"):
+        save(images / name)
+    for name in ("a.b.png", "a.png", "a.z.png", "c.mask.png", "c.png"):
+        save(masks / name)
+    args = args_for(context)
+    plan = plan_batch(BatchSpec.directory(str(images), inpaint_mask_dir=str(masks)), args, context.paths.data_dir)
+    pairs = {file.path.name: file.mask.name for file in plan.files}
+    assert pairs == {"a.png": "a.b.png", "a.b.png": "a.b.png", "c.png": "c.mask.png"}

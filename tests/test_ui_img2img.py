@@ -182,10 +182,8 @@ def test_outpaint_preset_gives_the_filled_canvas_and_its_mask():
 # --- the request -----------------------------------------------------------------------------------
 
 
-def test_labels_match_the_engines():
-    from modules.generation.img2img_images import MASKED_CONTENT, RESIZE_MODES
-
-    assert RESIZE_MODE_LABELS == RESIZE_MODES and MASKED_CONTENT_LABELS == MASKED_CONTENT
+def test_img2img_fields_are_listed_once():
+    # (The radio labels are the engine's own tuples, RESIZE_MODES and MASKED_CONTENT.)
     assert len(IMG2IMG_FIELDS) == len(set(IMG2IMG_FIELDS))
 
 

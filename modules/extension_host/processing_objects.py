@@ -27,7 +27,6 @@ from modules.generation.engine import GenerationRequest, GenerationResult
 from modules.generation.requests import Img2ImgRequest
 
 REQUEST_FIELDS = tuple(GenerationRequest.model_fields)
-IMG2IMG_REQUEST_FIELDS = tuple(Img2ImgRequest.model_fields)
 
 # A1111 fields without a GenerationRequest counterpart, with A1111's defaults.
 _A1111_DEFAULTS: dict[str, Any] = {

@@ -57,10 +57,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from modules.generation.engine import GenerationResult, check_prompt_length
+from modules.generation.img2img_images import fix_image
 from modules.generation.requests import MAX_INIT_IMAGE_PIXELS
+from modules.serving.generation_service import IMG2IMG_JOB_KIND
 
 if TYPE_CHECKING:
     from modules.extension_host.scripts import ScriptSelection
@@ -81,7 +83,7 @@ MAX_BATCH_IMAGE_PIXELS = MAX_INIT_IMAGE_PIXELS
 MAX_BATCH_FILES = 100_000
 # cmd_args attributes naming model folders (checkpoints, VAEs, embeddings, ...) an output folder may not be in.
 MODEL_DIR_FLAGS = ("models_dir", "ckpt_dir", "vae_dir", "embeddings_dir", "hypernetwork_dir", "lora_dir")
-BATCH_JOB_KIND = "img2img"
+BATCH_JOB_KIND = IMG2IMG_JOB_KIND  # a batch is img2img work: the tab's Interrupt stops it
 # The gallery's notes list this many of a batch's warnings (a folder of 5000 images without masks
 # would give 5000); the console has them all.
 MAX_WARNINGS_SHOWN = 20
@@ -309,12 +311,19 @@ def _with_masks(images: Sequence[Path], input_dir: Path, mask_dir: Path, warning
     masks = [mask_dir / name for name in names if (mask_dir / name).is_file()]
     if not masks:  # A1111: an empty mask folder means no inpainting
         return [BatchFile(path, input_dir) for path in images]
+    # A1111's "first <stem>.*": every name prefix ending before a dot, first mask (natural order) wins;
+    # built once, so a big folder is not searched once per image.
+    by_stem: dict[str, Path] = {}
+    for mask in masks:
+        parts = mask.name.split(".")
+        for end in range(1, len(parts)):
+            by_stem.setdefault(".".join(parts[:end]), mask)
     files = []
     for image in images:
         if len(masks) == 1:
             mask = masks[0]
         else:
-            mask = next((m for m in masks if m.name.startswith(image.stem + ".")), None)
+            mask = by_stem.get(image.stem)
             if mask is None:
                 warnings.append(f"{image}: no mask named {image.stem}.* in {mask_dir}; skipped")
                 continue
@@ -359,10 +368,7 @@ def read_image(path: Path, root: Path | None, what: str = "image") -> Image.Imag
         raise _Skip(f"{path}: the {what} decodes to more pixels than allowed; skipped") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise _Skip(f"{path}: not an image Pillow can read ({type(error).__name__}); skipped") from None
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("P", "RGB") and "transparency" in image.info:
-        image = image.convert("RGBA")  # A1111's fix_image: keep the transparency as alpha
-    return image
+    return fix_image(image)
 
 
 def submit_batch(context: AppContext, template: Mapping[str, Any], spec: BatchSpec,

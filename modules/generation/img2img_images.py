@@ -262,6 +262,17 @@ def gaussian_blur_mask(mask: Image.Image, sigma_x: float, sigma_y: float) -> Ima
 # mask preparation
 
 
+def fix_image(image: Image.Image | None) -> Image.Image | None:
+    """A1111's `images.fix_image`: EXIF orientation applied; paletted or RGB images with
+    transparency become RGBA (so their transparency is a mask's alpha, or flattened later)."""
+    if image is None:
+        return None
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("P", "RGB", "L") and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image
+
+
 def binary_mask(mask: Image.Image, *, round: bool) -> Image.Image:
     """The L mask A1111 repaints through (white = repaint).
 

@@ -262,6 +262,8 @@ SCHEMA: tuple[SettingSpec, ...] = (
     # User interface
     SettingSpec("img2img_batch_show_results_limit", 32, "Show the first N batch img2img results in UI", "ui",
                 minimum=-1, maximum=1000, step=1, info="0: none, -1: all images; too many images can make the page slow"),
+    SettingSpec("send_seed", True, "Send seed when sending prompt or image to other interface", "ui"),
+    SettingSpec("send_size", True, "Send size when sending prompt or image to another interface", "ui"),
     SettingSpec("return_grid", True, "Show grid in gallery", "ui",
                 info="With more than one image, the gallery starts with their grid (as saved with the grid option)"),
     SettingSpec("quicksettings_list", ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"),

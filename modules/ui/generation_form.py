@@ -33,9 +33,7 @@ from modules.ui.request_fields import RequestError, field_default, paste_paramet
 from modules.ui.token_counter import TokenCounter, format_token_count
 from modules.extension_host.paste_fields import pasted_updates
 
-TABNAMES = ("txt2img", "img2img")
-# The job kinds the Interrupt / Skip buttons of a page without a job of its own may stop.
-JOB_KINDS = {"txt2img": "txt2img", "img2img": "img2img"}
+TABNAMES = ("txt2img", "img2img")  # also the job kinds (generation_service.job_kind) each tab's buttons stop
 
 
 # --- plain functions -----------------------------------------------------------------------------
@@ -468,7 +466,7 @@ def wire_generation(context, tabname: str, top: PromptRow, scripts, results: Res
         # The id is kept: Interrupt pressed just after the job ended must not reach the next one.
         yield outcome.images, outcome.info_html(0), "", outcome.to_state(), job.id
 
-    kind = JOB_KINDS[tabname]
+    kind = tabname
     top.generate.click(on_generate, inputs=[*inputs, *scripts.inputs],
                        outputs=[results.gallery, results.info, results.progress, generation_state, job_id_state],
                        show_progress="hidden", concurrency_limit=None)

@@ -86,13 +86,6 @@ def is_edit_model(model) -> bool:
     return model is not None and getattr(model, "architecture", None) == Architectures.SD1_PIX2PIX
 
 
-def _setting(context, key: str, default: Any) -> Any:
-    try:
-        return context.settings.current()[key]
-    except KeyError:  # A1111's option Atelier's settings do not list: A1111's default
-        return default
-
-
 @dataclass
 class Img2ImgTab:
     """The components other tabs send to (txt2img's and PNG Info's send-to buttons)."""
@@ -532,10 +525,10 @@ def wire_send_image(context, shared: UiShared, button, gallery, state, mode: int
             return (gr.skip(),) * (1 + len(copied) + 2 * sizes + 3) + (note,)
         updates: list = [image]
         for name, value in zip(copied, values):
-            skip_seed = name == "seed" and not _setting(context, "send_seed", True)
+            skip_seed = name == "seed" and not context.settings.current()["send_seed"]
             updates.append(gr.skip() if skip_seed else value)
         if sizes:
-            send_size = _setting(context, "send_size", True)
+            send_size = context.settings.current()["send_size"]
             updates += [_request_side(image.width), _request_side(image.height)] if send_size else [gr.skip()] * 2
         return (*updates, gr.Tabs(selected="img2img"), gr.Tabs(selected=MODE_TAB_IDS[mode]), mode, "")
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageEnhance, ImageFilter
 
-from modules.generation.img2img_images import binary_mask
+from modules.generation.img2img_images import binary_mask, fix_image
 from modules.ui.request_fields import RequestError
 
 MASK_THRESHOLD = 128  # A1111's create_binary_mask: alpha > 128 is masked when rounding
@@ -26,17 +26,6 @@ class InputError(RequestError):
 
 # The request's size rules (modules.generation.requests.GenerationRequest width/height).
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 2048, 8
-
-
-def fix_image(image: Image.Image | None) -> Image.Image | None:
-    """A1111's `images.fix_image`: EXIF orientation applied; paletted or RGB images with
-    transparency become RGBA (so their transparency is a mask's alpha, or flattened later)."""
-    if image is None:
-        return None
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("P", "RGB", "L") and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image
 
 
 def brush_mask(layers: Sequence[Image.Image | None], size: tuple[int, int], *, round: bool = True) -> Image.Image:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from modules.common.validation import validation_problems
 from modules.generation.engine import GenerationRequest
 from modules.generation.requests import Img2ImgRequest
+from modules.generation.img2img_images import MASKED_CONTENT, RESIZE_MODES
 from modules.generation.infotext_fields import OVERRIDE_SETTINGS, read_infotext, setting_value
 
 # The request fields the txt2img tab has a widget for, in the order the widgets are passed around.
@@ -167,11 +168,10 @@ IMG2IMG_FIELDS: tuple[str, ...] = (
 INPAINT_FIELDS = ("mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
                   "inpaint_full_res_padding")
 
-# A1111's radio labels; the index is the request's value (modules.generation.img2img_images has the
-# same tuples for the engine; tests/test_ui_img2img.py checks they agree).
-RESIZE_MODE_LABELS = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+# A1111's radio labels; the index is the request's value. The engine's tuples, so the two cannot drift.
+RESIZE_MODE_LABELS = RESIZE_MODES
 MASK_MODE_LABELS = ("Inpaint masked", "Inpaint not masked")
-MASKED_CONTENT_LABELS = ("fill", "original", "latent noise", "latent nothing")
+MASKED_CONTENT_LABELS = MASKED_CONTENT
 INPAINT_AREA_LABELS = ("Whole picture", "Only masked")
 IMG2IMG_RADIOS: Mapping[str, tuple[str, ...]] = {
     "resize_mode": RESIZE_MODE_LABELS, "inpainting_mask_invert": MASK_MODE_LABELS,
