@@ -673,23 +673,6 @@ class ScriptRunner:
             given = given[:len(defaults)]
         return tuple(given) + tuple(defaults[len(given):])
 
-    # --- the txt2img tab's component hooks and layout (ScriptTab has each tab's) -----------------
-
-    def has_component_hooks(self) -> bool:
-        return self.txt2img_tab.has_component_hooks()
-
-    def before_component(self, component, **kwargs) -> None:
-        self.txt2img_tab.before_component(component, **kwargs)
-
-    def after_component(self, component, **kwargs) -> None:
-        self.txt2img_tab.after_component(component, **kwargs)
-
-    def layout(self) -> int:
-        return self.txt2img_tab.layout()
-
-    def flat_args(self, selected: Script | None, args: Mapping[Script, tuple]) -> list:
-        return self.txt2img_tab.flat_args(selected, args)
-
     def selection_from_api(self, script_name: str | None, script_args: Sequence[Any] | None,
                            alwayson_scripts: Mapping[str, Any] | None, *, is_img2img: bool = False) -> ScriptSelection:
         """A1111's API fields (`script_name`, `script_args`, `alwayson_scripts`) as the ScriptSelection
@@ -701,9 +684,6 @@ class ScriptRunner:
         return {"txt2img": self.txt2img_tab.api_titles(), "img2img": self.img2img_tab.api_titles()}
 
     # --- running ---------------------------------------------------------------------------------
-
-    def needed_for(self, selection: ScriptSelection, *, is_img2img: bool = False) -> bool:
-        return self.tab(is_img2img).needed_for(selection)
 
     def generate(self, engine, request: GenerationRequest, control=None, *, save: bool | None = None,
                  selection: ScriptSelection | None = None) -> GenerationResult:

@@ -68,8 +68,8 @@ class ComponentHooks:
     (either may be None)."""
 
     callbacks: Any = None  # modules.extension_host.callbacks.CallbackRegistry
-    # The tab's scripts: a modules.extension_host.scripts.ScriptTab (a ScriptRunner stands for its
-    # txt2img tab); anything with has_component_hooks, before_component and after_component.
+    # The tab's scripts: a modules.extension_host.scripts.ScriptTab (anything with
+    # has_component_hooks, before_component and after_component).
     runner: Any = None
 
     @classmethod
