@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 # The settings that name a folder the server writes into.
 OUTPUT_DIR_SETTINGS = frozenset({"outdir_samples", "outdir_txt2img_samples", "outdir_grids", "outdir_txt2img_grids",
-                                 "outdir_img2img_samples", "outdir_img2img_grids"})
+                                 "outdir_img2img_samples", "outdir_img2img_grids", "outdir_extras_samples"})
 OUTPUTS_FOLDER = "outputs"
 
 

@@ -10,6 +10,12 @@ import argparse
 from typing import Sequence
 
 
+# Upscaler families with their own model folder: (A1111's class name minus "Upscaler", folder under models/).
+# A1111 names each flag after the family (--esrgan-models-path, ...); HAT has a folder but no flag.
+UPSCALER_FOLDERS = (("ESRGAN", "ESRGAN"), ("RealESRGAN", "RealESRGAN"), ("SwinIR", "SwinIR"), ("DAT", "DAT"),
+                    ("ScuNET", "ScuNET"), ("LDSR", "LDSR"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch.py",
@@ -32,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--hypernetwork-dir", type=str, default=None,
                        help="hypernetworks folder (default: <models-dir>/hypernetworks)")
     paths.add_argument("--lora-dir", type=str, default=None, help="LoRA folder (default: <models-dir>/Lora)")
+    # Upscaler model folders, A1111's flag per upscaler family: scanned before <models-dir>/<Family>.
+    for family, folder in UPSCALER_FOLDERS:
+        paths.add_argument(f"--{family.lower()}-models-path", type=str, default=None,
+                           help=f"extra folder with {family} upscaler models, scanned before <models-dir>/{folder}")
+    paths.add_argument("--bsrgan-models-path", type=str, default=None,
+                       help="accepted for A1111 compatibility; nothing uses it (as in A1111)")
     paths.add_argument("--styles-file", type=str, action="append", default=[], metavar="FILE",
                        help="prompt styles file, or a wildcard such as styles/*.csv; may be given several times "
                             "(default: <data-dir>/styles.csv); new styles are saved in the first")

@@ -6,6 +6,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from modules.serving.cmd_args import UPSCALER_FOLDERS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -22,6 +24,17 @@ class Paths:
     lora_dir: Path
     config_file: Path
     cache_file: Path
+    # --<family>-models-path flags that were given: ((family, folder), ...)
+    upscaler_flag_dirs: tuple[tuple[str, Path], ...] = ()
+
+    def upscaler_dirs(self, family: str) -> list[Path]:
+        """Folders scanned for one upscaler family's model files, in A1111's order (the flag's folder,
+        then <models>/<family>), without duplicates."""
+        dirs = [folder for name, folder in self.upscaler_flag_dirs if name == family]
+        default = self.models_dir / family
+        if default.resolve() not in {d.resolve() for d in dirs}:
+            dirs.append(default)
+        return dirs
 
     @property
     def checkpoint_dirs(self) -> list[Path]:
@@ -56,6 +69,9 @@ class Paths:
             lora_dir=optional(args.lora_dir) or models_dir / "Lora",
             config_file=data_dir / "config.json",
             cache_file=data_dir / "cache.json",
+            upscaler_flag_dirs=tuple(
+                (family, folder) for family, _ in UPSCALER_FOLDERS
+                if (folder := optional(getattr(args, f"{family.lower()}_models_path", None))) is not None),
         )
 
     def ensure_dirs(self) -> None:

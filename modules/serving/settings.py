@@ -139,6 +139,8 @@ SECTIONS: Mapping[str, str] = MappingProxyType({
     "ui": "User interface",
     "api": "API",
     "model-sources": "Model sources",
+    "upscaling": "Upscaling",
+    "postprocessing": "Postprocessing",
 })
 
 SECRET_MASK = "<redacted>"  # what a secret setting shows instead of its value (the API's cmd-flags mark too)
@@ -237,6 +239,10 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("img_downscale_threshold", 4.0, "File size limit for the above option, MB", "saving", minimum=0),
     SettingSpec("target_side_length", 4000, "Width/height limit for the above option, in pixels", "saving",
                 minimum=0),
+    SettingSpec("save_images_before_highres_fix", False, "Save copy of image before applying highres fix",
+                "saving"),
+    SettingSpec("use_original_name_batch", True, "Use original name for output filename during batch process in "
+                "extras tab", "saving"),
     SettingSpec("override_settings_restore_afterwards", True,
                 "Restore settings (and the checkpoint) after a request that overrides them", "saving"),
     # Paths for saving (relative paths are under the data folder)
@@ -247,6 +253,8 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("outdir_txt2img_grids", "outputs/txt2img-grids", "Output directory for txt2img grids", "paths"),
     SettingSpec("outdir_img2img_samples", "outputs/img2img-images", "Output directory for img2img images", "paths"),
     SettingSpec("outdir_img2img_grids", "outputs/img2img-grids", "Output directory for img2img grids", "paths"),
+    SettingSpec("outdir_extras_samples", "outputs/extras-images", "Output directory for images from extras tab",
+                "paths"),
     # Saving to a directory
     SettingSpec("save_to_dirs", True, "Save images to a subdirectory", "saving-to-dirs"),
     SettingSpec("grid_save_to_dirs", True, "Save grids to a subdirectory", "saving-to-dirs"),
@@ -287,6 +295,54 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("model_sources_allow_private", False, "Allow model downloads from local and private addresses",
                 "model-sources", restrict_api=True,
                 info="For a mirror on your LAN; off, every hop of every redirect must be a public address"),
+    # Upscaling (modules.upscaling; A1111's keys, ranges and defaults)
+    SettingSpec("ESRGAN_tile", 192, "Tile size for ESRGAN upscalers", "upscaling", minimum=0, maximum=512, step=16,
+                info="0 = no tiling (the whole image in one pass: fast, needs much more memory)"),
+    SettingSpec("ESRGAN_tile_overlap", 8, "Tile overlap for ESRGAN upscalers", "upscaling", minimum=0, maximum=48,
+                step=1, info="Low values = visible seam"),
+    SettingSpec("realesrgan_enabled_models", ("R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"),
+                "Select which Real-ESRGAN models to show in the web UI", "upscaling",
+                choices=("R-ESRGAN General 4xV3", "R-ESRGAN General WDN 4xV3", "R-ESRGAN AnimeVideo", "R-ESRGAN 4x+",
+                         "R-ESRGAN 4x+ Anime6B", "R-ESRGAN 2x+"),
+                info="Listed when their file (named as in A1111's download URL) is in models/RealESRGAN"),
+    SettingSpec("dat_enabled_models", ("DAT x2", "DAT x3", "DAT x4"), "Select which DAT models to show in the web UI",
+                "upscaling", choices=("DAT x2", "DAT x3", "DAT x4"),
+                info="Listed when their file (named as in A1111's download URL) is in models/DAT"),
+    SettingSpec("DAT_tile", 192, "Tile size for DAT upscalers", "upscaling", minimum=0, maximum=512, step=16,
+                info="0 = no tiling"),
+    SettingSpec("DAT_tile_overlap", 8, "Tile overlap for DAT upscalers", "upscaling", minimum=0, maximum=48, step=1,
+                info="Low values = visible seam"),
+    SettingSpec("SWIN_tile", 192, "Tile size for all SwinIR", "upscaling", minimum=16, maximum=512, step=16),
+    SettingSpec("SWIN_tile_overlap", 8, "Tile overlap, in pixels for SwinIR", "upscaling", minimum=0, maximum=48,
+                step=1, info="Low values = visible seam"),
+    SettingSpec("SCUNET_tile", 256, "Tile size for SCUNET upscalers", "upscaling", minimum=0, maximum=512, step=16,
+                info="0 = no tiling"),
+    SettingSpec("SCUNET_tile_overlap", 8, "Tile overlap for SCUNET upscalers", "upscaling", minimum=0, maximum=64,
+                step=1, info="Low values = visible seam"),
+    SettingSpec("upscaler_for_img2img", "None", "Upscaler for img2img", "upscaling",
+                info="Used by img2img's resize modes when the size changes; \"None\" = Lanczos"),
+    SettingSpec("set_scale_by_when_changing_upscaler", False,
+                "Automatically set the Scale by factor based on the name of the selected Upscaler", "upscaling"),
+    SettingSpec("upscale_max_pixels", 8192 * 8192, "Largest upscale result, in pixels", "upscaling", minimum=64 * 64,
+                maximum=2 ** 31 - 1, restrict_api=True,
+                info="Atelier's limit (A1111 has none): an upscale whose result would be larger is refused before "
+                     "any work; 8192×8192 by default"),
+    SettingSpec("upscaler_models_limit", 1, "Upscaler models kept loaded", "upscaling", minimum=0, maximum=16, step=1,
+                info="Loaded upscaler models stay in memory for the next image up to this many; 0 = load for "
+                     "every image"),
+    # Postprocessing (the Extras tab's scripts: modules.postprocessing)
+    SettingSpec("postprocessing_enable_in_main_ui", (), "Enable postprocessing operations in txt2img and img2img tabs",
+                "postprocessing", needs_restart=True),
+    SettingSpec("postprocessing_disable_in_extras", (), "Disable postprocessing operations in extras tab",
+                "postprocessing", needs_restart=True),
+    SettingSpec("postprocessing_operation_order", (), "Postprocessing operation order", "postprocessing",
+                needs_restart=True),
+    SettingSpec("upscaling_max_images_in_cache", 5, "Maximum number of images in upscaling cache", "postprocessing",
+                minimum=0, maximum=10, step=1),
+    SettingSpec("postprocessing_existing_caption_action", "Ignore",
+                "Action for existing captions", "postprocessing", choices=("Ignore", "Keep", "Prepend", "Append"),
+                info="when generating captions using postprocessing; Ignore = use generated; Keep = use original; "
+                     "Prepend/Append = combine both"),
     # Extensions (edited in the Extensions tab; modules.extension_host.extensions)
     SettingSpec("disabled_extensions", (), "Disabled extensions", "ui", visible=False),
     SettingSpec("disable_all_extensions", "none", "Disable all extensions", "ui", choices=("none", "extra", "all"),
@@ -297,7 +353,7 @@ SCHEMA_BY_KEY: Mapping[str, SettingSpec] = MappingProxyType({spec.key: spec for 
 # where files are written on the server.
 DIR_CONFIG_SETTINGS = frozenset({
     "samples_filename_pattern", "directories_filename_pattern", "outdir_samples", "outdir_txt2img_samples",
-    "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_samples", "outdir_img2img_grids",
+    "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_samples", "outdir_img2img_grids", "outdir_extras_samples",
 })
 
 
