@@ -39,6 +39,8 @@ from modules.library.model_detection import ModelFamily
 if TYPE_CHECKING:
     import torch
 
+    from modules.upscaling.service import Upscalers
+
 # torch is imported by the functions that use it: the request types and the engine are made while
 # the server starts, before torch is imported (tests/test_startup_imports.py).
 
@@ -629,13 +631,16 @@ class Txt2ImgEngine:
     """
 
     def __init__(self, models, settings, embeddings=None, hypernetworks=None, loras=None,
-                 save_dir: str | None = None):
+                 save_dir: str | None = None, upscalers: Upscalers | None = None):
         self.models = models
         self.settings = settings
         self.embeddings = embeddings
         self.hypernetworks = hypernetworks
         self.loras = loras
         self.save_dir = save_dir
+        # The owner of upscaler models (AppContext.upscalers): hires fix with a model upscaler uses
+        # it; None (direct calls, tests) leaves only the latent modes and Lanczos/Nearest.
+        self.upscalers = upscalers
 
     def generate(self, request: GenerationRequest, control=None, *, save: bool | None = None,
                  hooks: GenerationHooks | None = None) -> GenerationResult:
