@@ -248,6 +248,7 @@ class ResultsColumn:
     send_to_img2img: gr.Button
     send_to_inpaint: gr.Button
     info: gr.HTML
+    send_to_extras: Any = None  # 📐, wired by modules.ui.app once the Extras tab is built
 
 
 def paste_button_id(tabname: str) -> str:
@@ -387,12 +388,15 @@ def build_results_column(hooks: ComponentHooks, tabname: str) -> ResultsColumn:
             send_to_inpaint = hooks.create(gr.Button, value=icon_label(f"{tabname}_send_to_inpaint"),
                                            elem_id=f"{tabname}_send_to_inpaint", elem_classes=["tool"], size="sm",
                                            scale=0, min_width=40)
+            send_to_extras = hooks.create(gr.Button, value=icon_label(f"{tabname}_send_to_extras"),
+                                          elem_id=f"{tabname}_send_to_extras", elem_classes=["tool"], size="sm",
+                                          scale=0, min_width=40)
         info = hooks.create(gr.HTML, value="", elem_id=f"html_info_{tabname}", elem_classes=["html-info"],
                             js_on_load=None)
         # A1111's hidden button at the very bottom of the results: extensions hook after_component on
         # it to add their controls under the gallery (Config Presets, ...).
         hooks.create(gr.Button, visible=False, elem_id=f"{tabname}_generation_info_button")
-    return ResultsColumn(progress, gallery, open_folder, send_to_img2img, send_to_inpaint, info)
+    return ResultsColumn(progress, gallery, open_folder, send_to_img2img, send_to_inpaint, info, send_to_extras)
 
 
 def register_paste_fields(context, tabname: str, fields: dict[str, Any], init_img=None) -> list[tuple[Any, Any]]:

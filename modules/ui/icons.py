@@ -45,6 +45,8 @@ ICONS = {
     "palette": Icon("\U0001f3a8\ufe0f", "<path d='M12 3a9 9 0 1 0 0 18c1.1 0 1.6-.8 1.6-1.6 0-.9-.7-1.3-.7-2.2 "
                     "0-1 .8-1.7 1.8-1.7H17a4 4 0 0 0 4-4C21 6.6 17 3 12 3z'/><circle cx='7.5' cy='11' r='1'/>"
                     "<circle cx='10' cy='7' r='1'/><circle cx='15' cy='7.5' r='1'/>"),
+    "ruler": Icon("\U0001f4d0", "<path d='M4 20V4l16 16z'/><path d='M8 16v-4l4 4z'/><path d='M4 8h2'/>"
+                  "<path d='M4 12h2'/><path d='M4 16h2'/>"),
     "memo": Icon("\U0001f4dd", "<path d='M14 3H6a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2V9z'/>"
                  "<path d='M14 3v6h6'/><path d='M8 13h8'/><path d='M8 17h5'/>"),
 }
@@ -93,6 +95,9 @@ ICON_BUTTONS = {
     "img2img_style_copy": IconButton("memo", "Copy the main prompts into the style"),
     "img2img_send_to_img2img": IconButton("image", "Send the selected image to img2img"),
     "img2img_send_to_inpaint": IconButton("palette", "Send the selected image to img2img's Inpaint tab"),
+    "txt2img_send_to_extras": IconButton("ruler", "Send the selected image to the Extras tab"),
+    "img2img_send_to_extras": IconButton("ruler", "Send the selected image to the Extras tab"),
+    "upscaling_res_switch_btn": IconButton("swap", "Swap width and height"),
 }
 
 

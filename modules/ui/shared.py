@@ -66,6 +66,7 @@ class UiShared:
     txt2img_generation_state: Any = None  # txt2img: the gr.State of the last generation (selected image)
     # img2img (modules.ui.img2img.Img2ImgTab): its fields, image inputs and sub-tabs, for the send-to buttons
     img2img: Any = None
+    extras: Any = None  # modules.ui.extras_tab.ExtrasTab: its image and sub-tabs, for "Send to Extras"
     # (function, outputs) run when a page opens: the Blocks are built once at start-up, so anything
     # that changes later (checkpoint lists, loaded model) is refreshed here. Any builder may append.
     page_loads: list[tuple[Callable[[], Any], list[Any]]] = field(default_factory=list)
