@@ -27,6 +27,8 @@ from modules.serving.paths import Paths
 from modules.serving.settings import SettingsStore
 from modules.serving.settings_policy import SettingsPolicy
 from modules.library.vae_files import VaeRegistry
+from modules.upscaling.registry import UpscalerRegistry
+from modules.upscaling.service import Upscalers
 
 if TYPE_CHECKING:
     from modules.extension_host.extensions import ExtensionRuntime
@@ -60,6 +62,19 @@ def folders_written(paths: Paths, settings) -> list[tuple[Path, int]]:
                                           paths.vae_dir, *([paths.extra_vae_dir] if paths.extra_vae_dir else []))]
     folders += [(folder, 1) for folder in txt2img_output_dirs(paths.data_dir, SaveOptions.from_settings(settings))]
     return folders
+
+
+def upscalers_from_args(args: argparse.Namespace, paths: Paths, settings: SettingsStore) -> Upscalers:
+    """The upscaler owner: files listed now (names only), the device decided at the first load
+    (probing CUDA imports torch), pickles only through the safe unpickler unless
+    --disable-safe-unpickle."""
+    def device():
+        from modules.upscaling.loader import UpscalerDevice
+
+        return UpscalerDevice.from_args(args)
+
+    registry = UpscalerRegistry(paths.upscaler_dirs, settings.current)
+    return Upscalers(registry, settings.current, device=device, allow_unsafe_pickle=args.disable_safe_unpickle)
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,8 @@ class AppContext:
     loras: LoraRegistry
     jobs: JobQueue
     engine: Txt2ImgEngine
+    # The upscaler models (hires fix, Extras): listed at start-up without torch, loaded at first use.
+    upscalers: Upscalers | None = None
     load_state: ModelLoadState = field(default_factory=ModelLoadState)
     # Loaded by webui.main after the context exists (scripts see the context); None in tests and
     # tools that run without extensions.
@@ -162,9 +179,11 @@ class AppContext:
                                        allow_unsafe_pickle=unsafe)
         hypernetworks = HypernetworkRegistry(paths.hypernetwork_dir, allow_unsafe_pickle=unsafe)
         loras = LoraRegistry([paths.lora_dir], hash_cache=hash_cache, allow_unsafe_pickle=unsafe)
-        engine = Txt2ImgEngine(models, settings, embeddings, hypernetworks, loras, save_dir=str(paths.data_dir))
+        upscalers = upscalers_from_args(args, paths, settings)
+        engine = Txt2ImgEngine(models, settings, embeddings, hypernetworks, loras, save_dir=str(paths.data_dir),
+                               upscalers=upscalers)
         return cls(args, paths, settings, hash_cache, checkpoints, vaes, models, embeddings, hypernetworks, loras,
-                   JobQueue(), engine)
+                   JobQueue(), engine, upscalers=upscalers)
 
     @property
     def settings_policy(self) -> SettingsPolicy:
@@ -194,13 +213,15 @@ class AppContext:
         self.embeddings.refresh()
 
     def refresh_listings(self) -> None:
-        """The checkpoint, VAE, hypernetwork and LoRA lists, from file names and headers: no file is
+        """The checkpoint, VAE, hypernetwork, LoRA and upscaler lists, from file names and headers: no file is
         read through torch, so the server's first page does not wait for it. Embeddings are read, not
         just listed (`embeddings.refresh()`, which the start-up runs in the background)."""
         self.checkpoints.refresh()
         self.vaes.refresh()
         self.hypernetworks.refresh()
         self.loras.refresh()
+        if self.upscalers is not None:
+            self.upscalers.registry.refresh()
 
     def ensure_demo_checkpoint(self) -> Path | None:
         """With no checkpoint anywhere, write a tiny random-weights SD1 checkpoint so the whole flow
