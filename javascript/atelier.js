@@ -168,6 +168,11 @@ function switch_to_inpaint_sketch() {
     return Array.from(arguments);
 }
 
+function switch_to_extras() {
+    atelierSelectTab('tab_extras');
+    return Array.from(arguments);
+}
+
 function atelierOptionsUrl() {
     // Relative to the page, so a server behind a sub-path still finds it.
     return 'atelier/opts.json';

@@ -4,8 +4,9 @@ wired once the page is built (A1111's `connect_paste_params_buttons`).
 A button sending to "txt2img" pastes like PNG Info's "Send to txt2img" (request fields, the scripts'
 `infotext_fields`, the `on_infotext_pasted` callbacks) and switches to the tab; one sending to
 "img2img" or "inpaint" pastes into the img2img tab, puts the image in that sub-tab and switches to it;
-one sending to a tab an extension registered with `add_paste_fields` fills that tab's fields. Atelier
-has no Extras tab yet: a button for it is left without an event, with a note in the log.
+one sending to "extras" puts the image into the Extras tab's Single Image and switches to it (the
+image only, as A1111); one sending to a tab an extension registered with `add_paste_fields` fills
+that tab's fields.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def connect_bindings(context, shared: UiShared) -> None:
                     log.warning("An extension's 'send to %s' button: %s", binding.tabname, error)
             else:
                 log.info("A 'send to %s' button has neither an infotext nor an image to send", binding.tabname)
+        elif binding.tabname == "extras" and button is not None and shared.extras is not None:
+            from modules.ui.extras_tab import wire_send_to_extras
+
+            if image is None:
+                log.info("A 'send to extras' button has no image to send; it does nothing")
+                continue
+            try:
+                wire_send_to_extras(shared, button, image)
+            except TypeError as error:  # not an image component: its value is no file to open
+                log.warning("An extension's 'send to extras' button: %s", error)
         elif button is None or source is None:
             log.info("A 'send to %s' button has no infotext component to read (a tab-to-tab copy, which "
                      "needs a second generation tab); it does nothing in Atelier", binding.tabname)

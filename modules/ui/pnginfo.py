@@ -1,6 +1,6 @@
 """The PNG Info tab: drop an image, see the A1111 parameters it carries (PNG `parameters` chunk,
 JPEG/WebP EXIF comment, NovelAI PNGs), parsed into a table, and send them to txt2img, or with the
-image to img2img / inpaint.
+image to img2img / inpaint; "Send to extras" sends the image alone.
 
 The image arrives as the uploaded file itself (`type="filepath"`, no mode conversion), so nothing
 re-encodes it and its text chunks survive.
@@ -91,8 +91,8 @@ def _table(values: dict[str, Any]) -> str:
 
 
 def build(context, shared: UiShared) -> None:
-    """Build the tab inside the current `gr.Tab`; needs `shared.txt2img_fields` and `shared.img2img`
-    (txt2img and img2img are built first)."""
+    """Build the tab inside the current `gr.Tab`; needs `shared.txt2img_fields`, `shared.img2img` and
+    `shared.extras` (txt2img, img2img and Extras are built first)."""
     from modules.ui.txt2img import wire_send_to_txt2img
 
     with gr.Row(equal_height=False):
@@ -107,6 +107,7 @@ def build(context, shared: UiShared) -> None:
                 send = gr.Button("Send to txt2img", variant="primary", elem_id="pnginfo_send_to_txt2img")
                 send_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img")
                 send_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_to_inpaint")
+                send_extras = gr.Button("Send to extras", elem_id="pnginfo_send_to_extras")
 
     def on_image(path: str | None):
         info = read_png_info(path)
@@ -120,3 +121,7 @@ def build(context, shared: UiShared) -> None:
 
         wire_send_infotext(context, shared, send_img2img, generation_info, image, IMG2IMG_MODE)
         wire_send_infotext(context, shared, send_inpaint, generation_info, image, INPAINT_MODE)
+    if shared.extras is not None:  # the image only, as A1111's "Send to extras"
+        from modules.ui.extras_tab import wire_send_to_extras
+
+        wire_send_to_extras(shared, send_extras, image)

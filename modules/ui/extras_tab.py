@@ -1,0 +1,402 @@
+"""The Extras tab (A1111.md §14.5): upscale (and any extension's postprocessing steps) one image, a
+batch of uploads or a folder, in A1111's layout and element ids.
+
+    left    #mode_extras: Single Image #extras_single_tab (#extras_image, RGBA)
+                          Batch Process #extras_batch_process_tab (#extras_image_batch)
+                          Batch from Directory #extras_batch_directory_tab (#extras_batch_input_dir,
+                              #extras_batch_output_dir, #extras_show_extras_results)
+            the postprocessing steps in their preferred order: Upscale (modules.ui.extras_upscale_ui),
+            then each extension script's own `ui()`
+    right   #extras_generate, #extras_interrupt, #extras_skip; #extras_progress, #extras_gallery,
+            #html_info_extras
+
+The handler is thin: widget values -> `ExtrasRequest` (`extras_request`, a plain function) ->
+`submit_extras` (a job of kind "extras" on the queue every tab shares) -> gallery and infotext.
+Each step's widgets come back as a dict keyed by its `process()` keyword names, so the request's
+`script_args[step name]` is that dict's values (A1111's `script.controls`).
+
+On a server whose folders are closed to its users (`--hide-ui-dir-config`, or `--listen` without
+`--allow-ui-dir-config`) the folder fields are not made at all and the sub-tab says why; the core
+refuses folders there anyway.
+
+"Send to Extras" (`wire_send_to_extras`): the txt2img/img2img galleries' 📐 buttons, PNG Info's and
+the extensions' "extras" bindings put the image into #extras_image and open this tab (only the
+image is sent, as in A1111).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from modules.ui import extras_upscale_ui
+from modules.ui.generation import error_html, follow_job_async, render_progress
+from modules.ui.generation_form import selected_image, selected_info_html, stop_job
+from modules.ui.shared import UiShared
+
+log = logging.getLogger(__name__)
+
+TAB_ID = "extras"  # the main tab's id in modules.ui.app.TAB_IDS
+JOB_KIND = "extras"  # the kind of the jobs submit_extras queues (Interrupt stops only these)
+SINGLE, BATCH, DIRECTORY = 0, 1, 2  # A1111's `extras_mode`
+MODE_TAB_IDS = ("single_image", "batch_process", "batch_from_directory")
+LABELS = {
+    "image": "Single Image",
+    "files": "Batch Process",
+    "input_dir": "Input directory",
+    "output_dir": "Output directory",
+    "show_results": "Show result images",
+}
+
+
+class ExtrasInputError(ValueError):
+    """The tab's values make no request; the message names the widget and says what to do."""
+
+
+@dataclass
+class ScriptControls:
+    """One postprocessing step's widgets, by its `process()` keyword name."""
+
+    name: str
+    controls: dict[str, Any]
+
+
+@dataclass
+class ExtrasTab:
+    """The components other tabs send to, and what tests look up."""
+
+    mode_tabs: Any
+    mode: Any
+    image: Any
+    files: Any
+    input_dir: Any
+    output_dir: Any
+    show_results: Any
+    generate: Any
+    gallery: Any
+    info: Any
+    progress: Any
+    scripts: list[ScriptControls] = field(default_factory=list)
+    refusal: str | None = None
+
+    @property
+    def script_inputs(self) -> list:
+        return [component for script in self.scripts for component in script.controls.values()]
+
+
+# --- plain functions -----------------------------------------------------------------------------
+
+
+def directories_refusal(args) -> str | None:
+    """Why this server's users may not name folders (A1111 asserts `--hide-ui-dir-config` is off for
+    Batch from Directory), or None."""
+    from modules.serving.cmd_args import dir_config_locked
+
+    if not dir_config_locked(args):
+        return None
+    if getattr(args, "hide_ui_dir_config", False):
+        return ("Batch from Directory is off on this server (--hide-ui-dir-config); upload the images on the "
+                "Batch Process tab instead.")
+    return ("Batch from Directory is off on this server: it listens beyond localhost (--listen or --server-name), "
+            "and a folder would let users read and write the server's files. Upload the images on the Batch "
+            "Process tab, or ask its owner to start it with --allow-ui-dir-config.")
+
+
+def script_args(scripts: Sequence[ScriptControls], values: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """`script_args` for the request: each step's widget values (in `ExtrasTab.script_inputs` order)
+    keyed by its `process()` keyword names."""
+    expected = sum(len(script.controls) for script in scripts)
+    if len(values) != expected:
+        raise ValueError(f"the postprocessing steps have {expected} inputs, got {len(values)} values")
+    args: dict[str, dict[str, Any]] = {}
+    position = 0
+    for script in scripts:
+        names = list(script.controls)
+        args[script.name] = dict(zip(names, values[position:position + len(names)]))
+        position += len(names)
+    return args
+
+
+def open_uploads(files: Sequence[Any] | None) -> list[tuple[str, Any]]:
+    """The Batch Process uploads as (file name, image), in upload order; a file that is no readable
+    image (or too large) is named in an ExtrasInputError (A1111 fails the whole batch on it too)."""
+    from modules.postprocessing.extras import load_upload
+    from modules.ui.img2img_batch_tab import _file_path
+
+    if not files:
+        raise ExtrasInputError(f"{LABELS['files']}: no files uploaded; drop the images to process there, or use the "
+                               "Single Image tab")
+    opened = []
+    for item in files:
+        try:
+            path = _file_path(item)
+            opened.append(load_upload(path, Path(path).name))
+        except ValueError as error:
+            raise ExtrasInputError(f"{LABELS['files']}: {error}; remove it from the upload") from None
+    return opened
+
+
+def extras_request(mode: int, image: Any, files: Sequence[Any] | None, input_dir: str | None,
+                   output_dir: str | None, show_results: bool, args: dict[str, dict[str, Any]], *,
+                   refusal: str | None = None):
+    """The `ExtrasRequest` the Generate button sends for sub-tab `mode` (A1111's `extras_mode`):
+    the single image, the uploads, or the folders; results are saved (the Extras tab always saves,
+    A1111's `save_output`). Raises ExtrasInputError naming the widget."""
+    from modules.postprocessing.extras import ExtrasRequest
+
+    mode = int(mode or 0)
+    request: dict[str, Any] = {"mode": mode, "script_args": args, "save": True}
+    if mode == SINGLE:
+        if image is None:
+            raise ExtrasInputError(f"{LABELS['image']}: no image; upload one (or use the Batch Process tab)")
+        request["images"] = [("", image)]
+    elif mode == BATCH:
+        request["images"] = open_uploads(files)
+    elif mode == DIRECTORY:
+        if refusal is not None:
+            raise ExtrasInputError(refusal)
+        folder = (input_dir or "").strip()
+        if not folder:
+            raise ExtrasInputError(f"{LABELS['input_dir']}: empty; name a folder on the machine where the server "
+                                   "runs")
+        request.update(input_dir=folder, output_dir=(output_dir or "").strip(), show_results=bool(show_results))
+    else:
+        raise ExtrasInputError(f"unknown Extras mode {mode}; expected 0 (Single Image), 1 (Batch Process) or 2 "
+                               "(Batch from Directory)")
+    try:
+        return ExtrasRequest(**request)
+    except ValueError as error:  # pydantic's ValidationError is one: an image over the size limit, ...
+        raise ExtrasInputError(str(error)) from None
+
+
+def finished_view(job) -> tuple[list, str, dict[str, Any]]:
+    """The finished job as the tab shows it: (gallery images, html info, state for picking an image).
+    The info is the last image's postprocessing text, as A1111 shows, with the job's warnings."""
+    from modules.serving.jobs import JobState
+
+    result = job.result  # an ExtrasResult, also after an interrupt (what was finished by then)
+    images = list(getattr(result, "images", None) or [])
+    infotexts = list(getattr(result, "infotexts", None) or [])
+    notes = list(getattr(result, "warnings", None) or [])
+    error = None
+    if job.state is JobState.FAILED:
+        error = job.error or "the job failed; see the console"
+    elif job.state is JobState.INTERRUPTED or getattr(result, "interrupted", False):
+        notes.append(f"Interrupted; {len(images)} image{'s' if len(images) != 1 else ''} finished." if images
+                     else "Interrupted before an image was finished.")
+    if job.started_at is not None and job.finished_at is not None:
+        notes.append(f"Time taken: {job.finished_at - job.started_at:.1f} s")
+    state = {"infotexts": infotexts, "notes": notes, "error": error, "index": max(0, len(infotexts) - 1)}
+    return images, selected_info_html(state, state["index"]), state
+
+
+# --- gradio ---------------------------------------------------------------------------------------
+
+
+def _build_scripts(context) -> list[ScriptControls]:
+    """Each postprocessing step's widgets, in the preferred order; a step whose `ui()` fails or returns
+    no dict of components is left out with a note in the log (the others still show)."""
+    from modules.postprocessing.runner import postprocessing_scripts
+    from modules.postprocessing.upscale import UPSCALE_SCRIPT
+
+    built: list[ScriptControls] = []
+    for script in postprocessing_scripts(context):
+        name = getattr(script, "name", None) or type(script).__name__
+        if name == UPSCALE_SCRIPT:
+            controls = extras_upscale_ui.build(context)
+        else:
+            try:
+                with gr.Group(elem_classes=["extras-script"]):
+                    controls = script.ui()
+            except Exception:  # an extension's bug must not take the tab down
+                log.exception("The postprocessing script %r failed to build its controls; it is left out of Extras",
+                              name)
+                continue
+            controls = _components_only(name, controls)
+            if controls is None:
+                continue
+        script.controls = controls  # A1111 keeps them on the script (extensions read `controls`)
+        built.append(ScriptControls(name, controls))
+    return built
+
+
+def _components_only(name: str, controls: Any) -> dict[str, Any] | None:
+    if not controls:
+        return {}
+    if not isinstance(controls, dict):
+        log.warning("The postprocessing script %r: ui() returned a %s, not a dict of components by process() "
+                    "argument; it is left out of Extras", name, type(controls).__name__)
+        return None
+    kept = {}
+    for key, component in controls.items():
+        if isinstance(component, gr.components.Component):
+            kept[str(key)] = component
+        else:
+            log.warning("The postprocessing script %r: ui()[%r] is a %s, not a component; it is not passed to "
+                        "process()", name, key, type(component).__name__)
+    return kept
+
+
+def build(context, shared: UiShared) -> ExtrasTab:
+    """Build the tab inside the current `gr.Tab`; fills `shared.extras`."""
+    refusal = directories_refusal(context.args)
+    folders: dict[str, Any] = {"input_dir": None, "output_dir": None}
+    with gr.Row(equal_height=False, elem_id="extras_main"):
+        with gr.Column(scale=1, elem_id="extras_settings"):
+            with gr.Tabs(elem_id="mode_extras", selected=MODE_TAB_IDS[SINGLE]) as mode_tabs:
+                with gr.Tab("Single Image", id=MODE_TAB_IDS[SINGLE], elem_id="extras_single_tab") as single_tab:
+                    image = gr.Image(label="Source", type="pil", image_mode="RGBA", format="png",
+                                     sources=["upload", "clipboard"], elem_id="extras_image", height=480)
+                with gr.Tab("Batch Process", id=MODE_TAB_IDS[BATCH], elem_id="extras_batch_process_tab") as batch_tab:
+                    files = gr.Files(label=LABELS["files"], interactive=True, file_count="multiple",
+                                     type="filepath", elem_id="extras_image_batch")
+                with gr.Tab("Batch from Directory", id=MODE_TAB_IDS[DIRECTORY],
+                            elem_id="extras_batch_directory_tab") as directory_tab:
+                    if refusal is not None:
+                        gr.HTML(f"<p class='job-note'>{html.escape(refusal)}</p>", elem_id="extras_batch_dirs_refused")
+                    else:
+                        folders["input_dir"] = gr.Textbox(
+                            label=LABELS["input_dir"], elem_id="extras_batch_input_dir",
+                            placeholder="A directory on the same machine where the server is running.")
+                        folders["output_dir"] = gr.Textbox(
+                            label=LABELS["output_dir"], elem_id="extras_batch_output_dir",
+                            placeholder="Leave blank to save images to the default path.")
+                    show_results = gr.Checkbox(value=True, label=LABELS["show_results"],
+                                               elem_id="extras_show_extras_results", visible=refusal is None)
+            mode = gr.Number(value=SINGLE, precision=0, visible=False, elem_id="extras_selected_mode")
+            scripts = _build_scripts(context)
+        with gr.Column(scale=1, elem_id="extras_results"):
+            with gr.Row(elem_id="extras_generate_box"):
+                generate = gr.Button("Generate", variant="primary", elem_id="extras_generate", scale=3)
+                interrupt = gr.Button("Interrupt", variant="stop", elem_id="extras_interrupt", min_width=60)
+                skip = gr.Button("Skip", elem_id="extras_skip", min_width=60)
+            progress = gr.HTML("", elem_id="extras_progress", js_on_load=None)
+            gallery = gr.Gallery(format="png", label="Output", show_label=False, elem_id="extras_gallery", columns=4,
+                                 object_fit="contain", interactive=False, buttons=["download", "fullscreen"])
+            info = gr.HTML("", elem_id="html_info_extras", elem_classes=["html-info"], js_on_load=None)
+    for index, tab in enumerate((single_tab, batch_tab, directory_tab)):
+        tab.select(lambda index=index: index, outputs=mode, show_progress="hidden", queue=False)
+
+    tab = ExtrasTab(mode_tabs, mode, image, files, folders["input_dir"], folders["output_dir"], show_results,
+                    generate, gallery, info, progress, scripts, refusal)
+    _wire_generate(context, tab, interrupt, skip)
+    for script in scripts:
+        if extras_upscale_ui.is_upscale_controls(script.controls):
+            shared.page_loads.append(extras_upscale_ui.refresh_choices(context, script.controls))
+    image.change(lambda: _images_changed(context), inputs=None, outputs=None, show_progress="hidden", queue=False)
+    _register_paste_destination(context, image)
+    shared.extras = tab
+    return tab
+
+
+def _images_changed(context) -> None:
+    """A new single image: the steps drop what they cached for the last one (A1111's `image_changed`)."""
+    from modules.postprocessing.runner import postprocessing_of
+
+    postprocessing_of(context).image_changed()
+
+
+def _register_paste_destination(context, image) -> None:
+    """A1111's `add_paste_fields("extras", extras_image, None)`: extensions find the tab's image there."""
+    runtime = getattr(context, "extensions", None)
+    scripts = getattr(runtime, "scripts", None) if runtime is not None else None
+    if scripts is not None:
+        scripts.paste.add_paste_fields("extras", image, [])
+
+
+def _wire_generate(context, tab: ExtrasTab, interrupt, skip) -> None:
+    job_id_state = gr.State(None)
+    view_state = gr.State({})
+    own = [tab.mode, tab.image, tab.files, tab.input_dir, tab.output_dir, tab.show_results]
+    present = [component for component in own if component is not None]
+
+    async def on_generate(*values):
+        given = iter(values)
+        own_values = [next(given) if component is not None else None for component in own]
+        try:
+            request = extras_request(*own_values, script_args(tab.scripts, list(given)), refusal=tab.refusal)
+            job = _submit(context, request)
+        except ExtrasInputError as error:
+            yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip()
+            return
+        yield gr.skip(), "", render_progress(job), gr.skip(), job.id
+        async for update in follow_job_async(job, loading=lambda: False):
+            yield gr.skip(), gr.skip(), update.progress_html, gr.skip(), job.id
+        images, info_html, state = finished_view(job)
+        yield images, info_html, "", state, job.id
+
+    tab.generate.click(on_generate, inputs=[*present, *tab.script_inputs],
+                       outputs=[tab.gallery, tab.info, tab.progress, view_state, job_id_state],
+                       show_progress="hidden", concurrency_limit=None)
+    interrupt.click(lambda job_id: _discard(stop_job(context, job_id, kind=JOB_KIND)), inputs=job_id_state,
+                    outputs=None, show_progress="hidden", queue=False)
+    skip.click(lambda job_id: _discard(stop_job(context, job_id, skip=True, kind=JOB_KIND)), inputs=job_id_state,
+               outputs=None, show_progress="hidden", queue=False)
+
+    def on_select(state: dict, event: gr.SelectData):
+        state = dict(state or {})
+        state["index"] = int(event.index) if isinstance(event.index, int) else 0
+        return selected_info_html(state, state["index"]), state
+
+    tab.gallery.select(on_select, inputs=view_state, outputs=[tab.info, view_state], show_progress="hidden")
+
+
+def _submit(context, request):
+    """Queue the request; a refusal the core raises at submit (an unknown upscaler, a size over the
+    limit, a folder refused) is shown like the tab's own input errors."""
+    from modules.postprocessing.extras import submit_extras
+
+    try:
+        return submit_extras(context, request)
+    except ValueError as error:
+        raise ExtrasInputError(str(error)) from None
+
+
+def _discard(_: Any) -> None:
+    return None
+
+
+# --- Send to Extras ------------------------------------------------------------------------------
+
+
+def wire_send_to_extras(shared: UiShared, button, source, state=None) -> None:
+    """`button` puts the image of `source` (a gallery: its selected image, per `state`, else the first;
+    or an image/file component) into #extras_image and opens the Extras tab on Single Image. Nothing
+    else is sent (A1111's "Send to extras")."""
+    from modules.ui.img2img import _open_image, _reads_files_safely
+
+    tab: ExtrasTab | None = shared.extras
+    if tab is None:
+        return
+    if not _reads_files_safely(source):
+        raise TypeError(f"send to extras: the source is a {type(source).__name__}; it must be an image, gallery or "
+                        "file component")
+    has_state = state is not None
+
+    def on_send(value, state_value=None):
+        picked = selected_image(value, state_value) if isinstance(value, (list, tuple)) else value
+        image = _open_image(picked)
+        if image is None:
+            note = "<p class='job-note'>Nothing to send: there is no image yet.</p>"
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), note
+        return image, gr.Tabs(selected=TAB_ID), gr.Tabs(selected=MODE_TAB_IDS[SINGLE]), SINGLE, ""
+
+    button.click(on_send, inputs=[source, *([state] if has_state else [])],
+                 outputs=[tab.image, shared.tabs, tab.mode_tabs, tab.mode, tab.info], show_progress="hidden")
+
+
+
+def wire_send_from_generation_tabs(shared: UiShared) -> None:
+    """txt2img's and img2img's 📐 buttons under their galleries (call after the Extras tab is built)."""
+    sources = [(shared.txt2img_results, shared.txt2img_generation_state)]
+    if shared.img2img is not None:
+        sources.append((shared.img2img.results, shared.img2img.generation_state))
+    for results, state in sources:
+        if results is not None and results.send_to_extras is not None:
+            wire_send_to_extras(shared, results.send_to_extras, results.gallery, state)
