@@ -498,6 +498,31 @@ class ScriptTab:
             self.callbacks.has(kind) for kind in (*CFG_KINDS, "before_image_saved", "image_saved", "extra_noise")))
 
 
+def _postprocessing_steps(module, path, extension: str, file_modules: set[str], known: set[type]) -> list:
+    """Instances of the `ScriptPostprocessing` subclasses in a script file's namespace (A1111 loads
+    them from the same files as `Script`s), each class once: a class imported from a sibling script
+    file counts for that file; the base classes of `modules.postprocessing` are not steps."""
+    from modules.postprocessing.scripts import ScriptPostprocessing
+
+    steps = []
+    for value in list(vars(module).values()):
+        if not (isinstance(value, type) and issubclass(value, ScriptPostprocessing)) or value in known:
+            continue
+        if value.__module__.startswith("modules.postprocessing"):
+            continue  # the base class or a built-in step imported by the file
+        if value.__module__ != module.__name__ and value.__module__ in file_modules:
+            continue  # registered with its own file
+        known.add(value)
+        step = value()
+        step.filename, step.extension = str(path), extension
+        if step.name is None:
+            log.info("Extension %s: postprocessing step %s in %s has no name; named after its class",
+                     extension, value.__name__, path.name)
+            step.name = value.__name__
+        steps.append(step)
+    return steps
+
+
 class ScriptRunner:
     """The loaded scripts of one app, in load order, and the code that runs them. Holds one
     `ScriptTab` per generation tab (`txt2img_tab`, `img2img_tab`); the list and lookup methods
@@ -509,6 +534,9 @@ class ScriptRunner:
         self.img2img_tab = ScriptTab(self, is_img2img=True)
         self.app = None  # the AppContext these scripts run in; see bind_app
         callbacks.scripts = self
+        # The extensions' postprocessing steps (A1111's ScriptPostprocessing subclasses in the same
+        # scripts/ files), one instance each, in load order; modules.postprocessing runs them.
+        self.postprocessing_scripts: list = []
         # The app's paste destinations and "send to" buttons (A1111's infotext_utils registrations).
         self.paste = PasteRegistry()
 
@@ -554,7 +582,9 @@ class ScriptRunner:
         files = extension.script_files()
         file_modules = {f"{imports.package}.{path.stem}" for path in files}
         known = {type(script) for script in self.scripts}
+        known_steps = {type(step) for step in self.postprocessing_scripts}
         loaded = []
+        steps = []
         try:
             for path in files:
                 saved_path = list(sys.path)
@@ -566,6 +596,7 @@ class ScriptRunner:
                 finally:
                     _current_basedir.reset(token)
                     sys.path[:] = saved_path
+                steps += _postprocessing_steps(module, path, extension.name, file_modules, known_steps)
                 for value in list(vars(module).values()):
                     if not (isinstance(value, type) and issubclass(value, Script)) or value is Script or value in known:
                         continue
@@ -589,6 +620,9 @@ class ScriptRunner:
             for tab, script in zip(self.tabs, pair):
                 script.app = self.app
                 tab.all_scripts.append(script)
+        for step in steps:
+            step.app = self.app
+        self.postprocessing_scripts.extend(steps)
         return [pair[0] for pair in loaded]
 
     @staticmethod
@@ -611,6 +645,7 @@ class ScriptRunner:
     def remove_extension(self, extension: str) -> None:
         for tab in self.tabs:
             tab.all_scripts = [script for script in tab.all_scripts if script.extension != extension]
+        self.postprocessing_scripts = [step for step in self.postprocessing_scripts if step.extension != extension]
 
     def scripts_data(self) -> list[ScriptClassData]:
         """A1111's `scripts.scripts_data`: one entry per loaded script class, in load order."""

@@ -1,0 +1,363 @@
+"""The Extras tab's work as one request and one job (A1111's `run_postprocessing`, A1111.md §14.5).
+
+`ExtrasRequest` is what the Extras tab and the API send: the images (mode 0, single image; mode 1,
+uploads) as (source name, image) pairs, or a server folder (mode 2, `input_dir`, optional
+`output_dir`); each step's keyword arguments by step name (`script_args`, e.g. {"Upscale": {...}});
+whether to save. `submit_extras(context, request)` checks it and queues one job of kind "extras"; the
+job's result is an `ExtrasResult`.
+
+Per image: the steps run (modules.postprocessing.runner), then for the image and each extra image a
+step made:
+
+- the postprocessing text is `pp.info` written as an infotext parameter line
+  (`Postprocess upscale by: 4, Postprocess upscaler: Lanczos`);
+- the image keeps the source's text chunks (`parameters` and the others) and gets `postprocessing` =
+  that text (when `enable_pnginfo`); a saved PNG also gets `extras` = the text, a JPEG or WebP only an
+  EXIF UserComment with it (A1111: the original `parameters` is then lost);
+- saving (`save`): into `outdir_samples` when set, else `outdir_extras_samples`
+  (`outputs/extras-images`), or mode 2's output folder; no date subfolder; `NNNNN.<samples_format>`,
+  or with `use_original_name_batch` and a named source (modes 1 and 2) `<source stem><suffix>`, the
+  suffix from the image's name tags; a step's caption goes to `<file>.txt` by
+  `postprocessing_existing_caption_action`;
+- the gallery shows every image, except in mode 2 without `show_results`.
+`html_info` is the last image's text in a `<p>`.
+
+Mode 2 follows img2img Batch's folder rules (modules.generation.img2img_batch): refused where the
+server locks folder settings (`--hide-ui-dir-config`, or listening beyond localhost without
+`--allow-ui-dir-config`); folders resolved and checked (the output folder only where outputs may go).
+The listing is A1111's: not recursive, dotfiles skipped, natural order; a file that is not a readable
+image (or is too large) is skipped with a warning (A1111 skips it silently).
+
+Before anything is queued, the Upscale step's arguments are checked for every uploaded image: an
+unknown upscaler, or a result over `upscale_max_pixels`, is refused with its reason.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from modules.generation.requests import MAX_INIT_IMAGE_PIXELS
+from modules.postprocessing.control import NullControl
+from modules.postprocessing.runner import PostprocessingStopped, postprocessing_of
+from modules.postprocessing.scripts import PostprocessedImage
+from modules.postprocessing.upscale import UPSCALE_SCRIPT
+
+if TYPE_CHECKING:
+    from modules.serving.jobs import Job
+
+log = logging.getLogger(__name__)
+
+EXTRAS_JOB_KIND = "extras"
+MODES = (0, 1, 2)  # A1111's extras_mode: Single Image, Batch Process, Batch from Directory
+# The largest image a request may hold (and a folder's file may decode into): img2img's limit.
+MAX_EXTRAS_IMAGE_PIXELS = MAX_INIT_IMAGE_PIXELS
+MAX_FOLDER_FILES = 100_000
+CAPTION_ACTIONS = ("Ignore", "Keep", "Prepend", "Append")
+
+
+class ExtrasRequest(BaseModel):
+    """One Extras run (module docstring). Images are PIL images; `images[i][0]` is the source's name
+    (a file name; "" for the single image)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, extra="forbid")
+
+    mode: int = Field(0, description="0 = Single Image, 1 = Batch Process (uploads), 2 = Batch from Directory")
+    images: list[tuple[str, Image.Image]] = Field(default_factory=list)
+    input_dir: str = ""
+    output_dir: str = ""
+    show_results: bool = True
+    script_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    save: bool = True
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: int) -> int:
+        if value not in MODES:
+            raise ValueError(f"must be 0 (Single Image), 1 (Batch Process) or 2 (Batch from Directory), got {value!r}")
+        return value
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, value: list[tuple[str, Image.Image]]) -> list[tuple[str, Image.Image]]:
+        for name, image in value:
+            if image.width * image.height > MAX_EXTRAS_IMAGE_PIXELS:
+                raise ValueError(f"{name or 'the image'} is {image.width}x{image.height}; images of at most "
+                                 f"{MAX_EXTRAS_IMAGE_PIXELS:,} pixels (8192x8192) are accepted: scale it down first")
+        return value
+
+    @model_validator(mode="after")
+    def _inputs(self) -> ExtrasRequest:
+        if self.mode == 2:
+            if self.images:
+                raise ValueError("Batch from Directory takes a folder (input_dir), not images")
+            if not self.input_dir.strip():
+                raise ValueError("Input directory: empty; name the folder that holds the images")
+        else:
+            if self.input_dir or self.output_dir:
+                raise ValueError("input_dir and output_dir are for Batch from Directory (mode 2) only")
+            if not self.images:
+                raise ValueError("no image: " + ("drop an image on Source" if self.mode == 0 else
+                                                 "upload the images to process"))
+            if self.mode == 0 and len(self.images) != 1:
+                raise ValueError(f"Single Image takes one image, got {len(self.images)}; use Batch Process (mode 1)")
+        return self
+
+
+@dataclass
+class ExtrasResult:
+    """What an Extras job made: the gallery's images with their postprocessing texts, the HTML shown
+    under the gallery, the files written, and what was skipped."""
+
+    images: list[Image.Image] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    html_info: str = ""
+    saved_paths: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class _Source:
+    name: str | None  # the name files are named after (None: the single image, numbered)
+    image: Image.Image | None = None
+    path: Path | None = None  # mode 2: read on the worker
+    root: Path | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    request: ExtrasRequest
+    sources: tuple[_Source, ...]
+    output_dir: Path
+    warnings: tuple[str, ...] = ()
+
+
+def load_upload(path: str | os.PathLike, name: str | None = None) -> tuple[str, Image.Image]:
+    """(name, image) for an uploaded file, decoded and turned upright; a ValueError naming the file
+    when it is not an image Pillow can read or is too large (checked from the header first)."""
+    shown = name or os.path.basename(str(path))
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+            if width * height > MAX_EXTRAS_IMAGE_PIXELS:
+                raise ValueError(f"{shown}: the image is {width}x{height}; images of at most "
+                                 f"{MAX_EXTRAS_IMAGE_PIXELS:,} pixels (8192x8192) are accepted")
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            image.info = dict(opened.info)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, EOFError) as error:
+        raise ValueError(f"{shown}: not an image Pillow can read ({type(error).__name__}); upload a PNG, JPEG or "
+                         "WebP file") from None
+    return shown, image
+
+
+def _output_folder(context, request: ExtrasRequest) -> Path:
+    settings = context.settings.current()
+    if request.mode == 2 and request.output_dir.strip():
+        from modules.generation.img2img_batch import BatchRefused, _output_dir
+
+        try:
+            return _output_dir(request.output_dir.strip(), context.args, context.paths.data_dir)
+        except BatchRefused as error:
+            raise ValueError(str(error)) from None
+    folder = settings["outdir_samples"] or settings["outdir_extras_samples"] or "outputs/extras-images"
+    return Path(context.paths.data_dir, folder)
+
+
+def _folder_sources(context, request: ExtrasRequest, warnings: list[str]) -> list[_Source]:
+    """Mode 2's files (module docstring)."""
+    from modules.generation.img2img_batch import BatchRefused, _existing_dir, _inside, directories_refusal
+    from modules.library.checkpoints import natural_sort_key
+
+    refusal = directories_refusal(context.args)
+    if refusal is not None:
+        raise ValueError(f"Batch from Directory: {refusal}")
+    try:
+        folder = _existing_dir(request.input_dir.strip(), "Input directory", context.paths.data_dir)
+    except BatchRefused as error:
+        raise ValueError(str(error)) from None
+    try:
+        names = sorted((name for name in os.listdir(folder) if not name.startswith(".")), key=natural_sort_key)
+    except OSError as error:
+        raise ValueError(f"Input directory: cannot list {folder} ({error.strerror})") from None
+    if len(names) > MAX_FOLDER_FILES:
+        raise ValueError(f"Input directory: {folder} holds more than {MAX_FOLDER_FILES:,} files; split the batch")
+    sources = []
+    for name in names:
+        path = folder / name
+        if path.is_dir():
+            continue  # not recursive, as A1111
+        if not _inside(Path(os.path.realpath(path)), folder):
+            warnings.append(f"{path}: its symbolic link leads out of {folder}; skipped")
+            continue
+        sources.append(_Source(name, path=path, root=folder))
+    if not sources:
+        raise ValueError(f"Input directory: no files to process in {folder}")
+    return sources
+
+
+def plan_extras(context, request: ExtrasRequest) -> _Plan:
+    """Check `request` against the app (its steps, upscalers, folders) without doing any work."""
+    owner = postprocessing_of(context)
+    owner.check_args(request.script_args)
+    warnings: list[str] = []
+    if request.mode == 2:
+        sources = _folder_sources(context, request, warnings)
+    else:
+        sources = [_Source(name if request.mode == 1 else None, image=image) for name, image in request.images]
+        upscale_args = request.script_args.get(UPSCALE_SCRIPT)
+        if upscale_args is not None:
+            upscale = owner.find(UPSCALE_SCRIPT)
+            for source in sources:
+                try:
+                    upscale.check(source.image.width, source.image.height, **upscale_args)
+                except TypeError as error:
+                    raise ValueError(f"script_args[{UPSCALE_SCRIPT!r}]: {error}") from None
+                except ValueError as error:
+                    if not source.name:
+                        raise
+                    raise ValueError(f"{source.name}: {error}") from None
+    return _Plan(request, tuple(sources), _output_folder(context, request), tuple(warnings))
+
+
+def submit_extras(context, request: ExtrasRequest) -> Job:
+    """Check `request` (raises ValueError naming the problem; nothing is queued then) and queue it as
+    one job of kind "extras"; the job's result is an `ExtrasResult`."""
+    plan = plan_extras(context, request)
+    count = len(plan.sources)
+    description = f"extras: {count} image{'s' if count != 1 else ''}"
+    return context.jobs.submit(lambda control: run_extras_plan(context, plan, control), kind=EXTRAS_JOB_KIND,
+                               description=description)
+
+
+def _read_source(source: _Source) -> Image.Image:
+    if source.image is not None:
+        return source.image
+    from modules.generation.img2img_batch import _Skip, read_image
+
+    try:
+        return read_image(source.path, source.root)
+    except _Skip as skip:
+        raise ValueError(str(skip)) from None
+
+
+def postprocessing_text(info: dict[str, Any]) -> str:
+    """`pp.info` as an infotext parameter line (None values left out; a value equal to its key
+    written as the bare key)."""
+    from modules.outputs.infotext import format_parameters
+
+    return format_parameters(info)
+
+
+def run_extras_plan(context, plan: _Plan, control: Any = None) -> ExtrasResult:
+    """The job's work (module docstring)."""
+    from modules.outputs.images import FilenameContext, SaveOptions, save_image
+    from modules.outputs.infotext import read_info_from_image
+
+    control = control or NullControl()
+    request = plan.request
+    owner = postprocessing_of(context)
+    settings = context.settings.current()
+    options = SaveOptions.from_settings(settings)
+    use_original_name = bool(settings["use_original_name_batch"])
+    result = ExtrasResult(warnings=list(plan.warnings))
+    for warning in plan.warnings:
+        log.warning("extras: %s", warning)
+    count = len(plan.sources)
+    if hasattr(control, "set_info"):
+        control.set_info("job_count", count)
+    infotext = ""
+    for index, source in enumerate(plan.sources):
+        if control.interrupted:
+            result.interrupted = True
+            break
+        control.consume_skip()
+        control.report(index, count)
+        try:
+            image = _read_source(source)
+        except ValueError as error:
+            _warn(result, control, str(error))
+            continue
+        image = image if image.mode in ("RGBA", "RGB") else image.convert("RGB")
+        parameters, existing = read_info_from_image(image)
+        chunks = {key: value for key, value in existing.items() if isinstance(key, str) and isinstance(value, str)}
+        if parameters:
+            chunks["parameters"] = parameters
+        pp = PostprocessedImage(image)
+        try:
+            owner.run(pp, request.script_args, control=control, warnings=result.warnings)
+        except PostprocessingStopped:
+            result.interrupted = True
+            break
+        if control.skip_requested and control.consume_skip():
+            continue
+        used_suffixes: dict[str, int] = {}
+        for single in (pp, *pp.extra_images):
+            suffix = single.get_suffix(used_suffixes)
+            infotext = postprocessing_text(single.info)
+            info = dict(chunks)
+            if options.enable_pnginfo:
+                info["postprocessing"] = infotext
+            single.image.info = info
+            if request.save:
+                forced = None
+                if use_original_name and source.name:
+                    forced = os.path.splitext(os.path.basename(source.name))[0] + suffix
+                saved = save_image(single.image, plan.output_dir, "", context=FilenameContext(), options=options,
+                                   infotext=infotext, extension=settings["samples_format"], short_filename=True,
+                                   suffix=suffix, forced_filename=forced, save_to_dirs=False,
+                                   existing_pnginfo=info, pnginfo_section_name="extras")
+                result.saved_paths.append(saved.path)
+                if single.caption:
+                    _write_caption(saved.path, single.caption, settings["postprocessing_existing_caption_action"])
+            if request.mode != 2 or request.show_results:
+                result.images.append(single.image)
+                result.infotexts.append(infotext)
+    control.report(count, count)
+    result.html_info = f"<p>{html.escape(infotext)}</p>"
+    return result
+
+
+def _warn(result: ExtrasResult, control, message: str) -> None:
+    log.warning("extras: %s", message)
+    result.warnings.append(message)
+    control.add_info(message)
+
+
+def _write_caption(image_path: str, caption: str, action: str) -> None:
+    """`<image>.txt` with a step's caption, joined with an existing one by
+    `postprocessing_existing_caption_action` (A1111)."""
+    from modules.common.atomic_files import write_bytes
+
+    path = Path(os.path.splitext(image_path)[0] + ".txt")
+    existing = path.read_text(encoding="utf8").strip() if path.is_file() else ""
+    if existing and action == "Keep":
+        return
+    if existing and action == "Prepend":
+        caption = f"{caption} {existing}"
+    elif existing and action == "Append":
+        caption = f"{existing} {caption}"
+    write_bytes(path, caption.strip().encode("utf8"), what=f"the caption {path.name}")
+
+
+def run_extras_now(context, request: ExtrasRequest) -> ExtrasResult:
+    """Run `request` and wait for it: on the job worker when called from elsewhere (an extension's
+    handler), directly when already there (an extension's script inside a job)."""
+    plan = plan_extras(context, request)
+    if threading.current_thread().name == f"jobs-{context.jobs.name}":
+        return run_extras_plan(context, plan)
+    job = context.jobs.submit(lambda control: run_extras_plan(context, plan, control), kind=EXTRAS_JOB_KIND,
+                              description=f"extras: {len(plan.sources)} image(s)")
+    job.wait()
+    if job.exception is not None:
+        raise job.exception
+    return job.result

@@ -1,0 +1,386 @@
+"""The Extras core (modules.postprocessing): step order, the Upscale step's A1111 semantics (scale
+by / to / crop / max side, Upscaler 2 blend, cache, pixel limit), the text it writes into saved PNG
+and JPEG files, file names, Batch from Directory's folder rules, and an extension's step loaded from
+its scripts/ folder running in its place. Upscaling goes through the real `Upscalers` service with
+the built-in Lanczos and Nearest; expected pixels come from Pillow directly."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+from modules.extension_host.extensions import ExtensionFolders, load_extensions
+from modules.outputs.infotext import read_info_from_image
+from modules.postprocessing.extras import ExtrasRequest, load_upload, plan_extras, run_extras_plan, submit_extras
+from modules.postprocessing.runner import postprocessing_of, postprocessing_scripts
+from modules.postprocessing.scripts import PostprocessedImage, ScriptPostprocessing
+from modules.serving.cmd_args import parse_args
+from modules.serving.jobs import JobQueue
+from modules.serving.paths import Paths
+from modules.serving.settings import SettingsStore
+from modules.upscaling.registry import UpscalerRegistry
+from modules.upscaling.service import UpscaleTooLargeError, Upscalers
+
+LANCZOS, NEAREST = Image.Resampling.LANCZOS, Image.Resampling.NEAREST
+
+
+class CountingUpscalers(Upscalers):
+    """The real service, counting the upscales it was asked for (the cache test)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[str, float]] = []
+
+    def upscale(self, image, name, scale, *, control=None):
+        self.calls.append((name, scale))
+        return super().upscale(image, name, scale, control=control)
+
+
+def make_context(data_dir: Path, *flags: str, extensions=None):
+    args = parse_args(["--data-dir", str(data_dir), *flags])
+    settings = SettingsStore(data_dir / "config.json")
+    paths = Paths.from_args(args)
+    registry = UpscalerRegistry(paths.upscaler_dirs, settings.current)
+    context = SimpleNamespace(args=args, paths=paths, settings=settings, extensions=extensions,
+                              upscalers=CountingUpscalers(registry, settings.current), jobs=JobQueue("test-extras"))
+    return context
+
+
+@pytest.fixture
+def context(tmp_path):
+    context = make_context(tmp_path)
+    context.jobs.start()
+    yield context
+    context.jobs.shutdown(timeout=30)
+
+
+def picture(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, len(mode)), dtype=np.uint8), mode)
+
+
+def upscale_args(**kwargs):
+    args = {"upscale_enabled": True, "upscale_mode": 0, "upscale_by": 4, "max_side_length": 0,
+            "upscale_to_width": 512, "upscale_to_height": 512, "upscale_crop": True,
+            "upscaler_1_name": "Lanczos", "upscaler_2_name": "None", "upscaler_2_visibility": 0}
+    args.update(kwargs)
+    return args
+
+
+def run_one(context, image: Image.Image, save: bool = False, **kwargs):
+    request = ExtrasRequest(images=[("", image)], script_args={"Upscale": upscale_args(**kwargs)}, save=save)
+    job = submit_extras(context, request).wait(60)
+    assert job.exception is None, job.error
+    return job.result
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+# ------------------------------------------------------------------------------------------- order
+
+class Step(ScriptPostprocessing):
+    def __init__(self, name: str, order: int):
+        self.name, self.order, self.extension = name, order, "test"
+
+
+def test_preferred_order_setting_then_order_then_name(context):
+    runner = SimpleNamespace(postprocessing_scripts=[Step("Zeta", 4000), Step("Alpha", 4000), Step("Early", 10)])
+    context.extensions = SimpleNamespace(scripts=runner)
+    names = [script.name for script in postprocessing_scripts(context)]
+    assert names == ["Early", "Upscale", "Alpha", "Zeta"]  # Simple Upscale (900) is never in Extras
+    assert [s.name for s in postprocessing_scripts(context, extras=False)][:2] == ["Early", "Simple Upscale"]
+    context.settings.apply({"postprocessing_operation_order": ["Zeta", "Upscale"],
+                            "postprocessing_disable_in_extras": ["Early"]})
+    assert [script.name for script in postprocessing_scripts(context)] == ["Zeta", "Upscale", "Alpha"]
+    assert "Early" in [script.name for script in postprocessing_scripts(context, extras=False)]
+
+
+# ----------------------------------------------------------------------------------------- upscale
+
+def test_scale_by_uses_the_upscaler_and_writes_its_text(context):
+    source = picture(30, 20)
+    result = run_one(context, source, upscale_by=4)
+    (image,) = result.images
+    assert image.size == (120, 80)
+    assert np.array_equal(pixels(image), pixels(source.resize((120, 80), LANCZOS)))
+    assert result.infotexts == ["Postprocess upscale by: 4, Postprocess upscaler: Lanczos"]
+    assert result.html_info == "<p>Postprocess upscale by: 4, Postprocess upscaler: Lanczos</p>"
+
+
+def test_scale_by_rounds_down_to_multiples_of_8(context):
+    (image,) = run_one(context, picture(30, 21), upscale_by=1.5, upscaler_1_name="Nearest").images
+    assert image.size == (int(30 * 1.5) // 8 * 8, int(21 * 1.5) // 8 * 8)
+
+
+def test_scale_to_covers_the_box_and_crops_it_centred(context):
+    source = picture(40, 20)
+    result = run_one(context, source, upscale_mode=1, upscale_to_width=64, upscale_to_height=64, upscale_crop=True)
+    (image,) = result.images
+    factor = max(64 / 40, 64 / 20)
+    covered = source.resize((int(40 * factor), int(20 * factor)), LANCZOS)  # 128x64: the box covered
+    left = (covered.width - 64) // 2
+    assert image.size == (64, 64)
+    assert np.array_equal(pixels(image), pixels(covered.crop((left, 0, left + 64, 64))))
+    assert result.infotexts == ["Postprocess upscale to: 64x64, Postprocess crop to: 64x64, "
+                                "Postprocess upscaler: Lanczos"]
+
+
+def test_scale_to_without_crop_stays_larger_on_one_side(context):
+    result = run_one(context, picture(40, 20), upscale_mode=1, upscale_to_width=64, upscale_to_height=64,
+                     upscale_crop=False)
+    assert result.images[0].size == (128, 64)
+    assert "crop" not in result.infotexts[0]
+
+
+def test_max_side_length_switches_to_scale_to_without_crop(context):
+    result = run_one(context, picture(40, 20), upscale_by=4, max_side_length=100)
+    factor = 100 / 40
+    assert result.images[0].size == (int(40 * factor) // 8 * 8, int(20 * factor) // 8 * 8)
+    assert result.infotexts == ["Postprocess upscale by: 4, Max side length: 100, Postprocess upscaler: Lanczos"]
+    small = run_one(context, picture(10, 10), upscale_by=4, max_side_length=100)
+    assert small.images[0].size == (40, 40) and "Max side length" not in small.infotexts[0]
+
+
+def test_upscaler_1_none_skips_the_step(context):
+    source = picture(30, 20)
+    result = run_one(context, source, upscaler_1_name="None", upscaler_2_name="Lanczos", upscaler_2_visibility=1)
+    assert result.images[0].size == (30, 20)
+    assert np.array_equal(pixels(result.images[0]), pixels(source))
+    assert result.infotexts == [""] and context.upscalers.calls == []
+
+
+def test_upscaler_2_is_blended_by_visibility(context):
+    source = picture(16, 16)
+    result = run_one(context, source, upscale_by=2, upscaler_2_name="Nearest", upscaler_2_visibility=0.3)
+    expected = Image.blend(source.resize((32, 32), LANCZOS), source.resize((32, 32), NEAREST), 0.3)
+    assert np.array_equal(pixels(result.images[0]), pixels(expected))
+    assert result.infotexts[0].endswith("Postprocess upscaler: Lanczos, Postprocess upscaler 2: Nearest")
+
+
+def test_results_are_cached_by_pixels_and_arguments(context):
+    source = picture(16, 16)
+    run_one(context, source, upscale_by=2)
+    run_one(context, source.copy(), upscale_by=2)
+    assert context.upscalers.calls == [("Lanczos", 2.0)]
+    run_one(context, source, upscale_by=3)
+    run_one(context, picture(16, 16, seed=1), upscale_by=2)
+    assert len(context.upscalers.calls) == 3
+    context.settings.apply({"upscaling_max_images_in_cache": 1})
+    run_one(context, source, upscale_by=2)  # kept in the cache, but now the only one left
+    assert len(context.upscalers.calls) == 3
+    run_one(context, picture(16, 16, seed=1), upscale_by=2)  # evicted by the limit of 1
+    assert len(context.upscalers.calls) == 4
+    postprocessing_of(context).image_changed()
+    run_one(context, picture(16, 16, seed=1), upscale_by=2)
+    assert len(context.upscalers.calls) == 5
+
+
+def test_unknown_upscaler_is_refused_before_queueing(context):
+    request = ExtrasRequest(images=[("", picture(8, 8))], script_args={"Upscale": upscale_args(upscaler_1_name="X4")})
+    with pytest.raises(ValueError, match="could not find upscaler named 'X4'"):
+        submit_extras(context, request)
+    assert context.jobs.jobs() == []
+
+
+def test_a_result_over_the_pixel_limit_is_refused_before_any_work(context):
+    context.settings.apply({"upscale_max_pixels": 64 * 64})
+    request = ExtrasRequest(images=[("big.png", picture(40, 20))], mode=1,
+                            script_args={"Upscale": upscale_args(upscale_by=8)})
+    with pytest.raises(ValueError, match="big.png: .*upscale_max_pixels"):
+        submit_extras(context, request)
+    assert context.jobs.jobs() == [] and context.upscalers.calls == []
+    # A crop box within the limit does not hide an upscale beyond it.
+    request = ExtrasRequest(images=[("", picture(40, 8))], script_args={"Upscale": upscale_args(
+        upscale_mode=1, upscale_to_width=64, upscale_to_height=64)})
+    with pytest.raises(UpscaleTooLargeError):
+        submit_extras(context, request)
+
+
+def test_unknown_step_and_bad_requests_are_refused(context):
+    with pytest.raises(ValueError, match="no postprocessing step named \\['Upscal'\\]"):
+        submit_extras(context, ExtrasRequest(images=[("", picture(8, 8))], script_args={"Upscal": {}}))
+    with pytest.raises(ValueError, match="Single Image takes one image"):
+        ExtrasRequest(images=[("", picture(8, 8)), ("", picture(8, 8))])
+    with pytest.raises(ValueError, match="Input directory"):
+        ExtrasRequest(mode=2)
+
+
+# ---------------------------------------------------------------------------------- saving, text
+
+def _png_with_text(path: Path, image: Image.Image, **chunks: str) -> Path:
+    info = PngImagePlugin.PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value)
+    image.save(path, pnginfo=info)
+    return path
+
+
+def test_png_keeps_the_source_text_and_adds_postprocessing_and_extras(context, tmp_path):
+    source = _png_with_text(tmp_path / "src.png", picture(16, 16), parameters="a cat\nSteps: 20, Seed: 1",
+                            comment_by="someone")
+    name, image = load_upload(source)
+    result = run_one(context, image, save=True, upscale_by=2)
+    (path,) = result.saved_paths
+    assert Path(path) == tmp_path / "outputs" / "extras-images" / "00000.png"
+    with Image.open(path) as saved:
+        text = saved.text
+        assert saved.size == (32, 32)
+    expected = "Postprocess upscale by: 2, Postprocess upscaler: Lanczos"
+    assert text["parameters"] == "a cat\nSteps: 20, Seed: 1" and text["comment_by"] == "someone"
+    assert text["postprocessing"] == expected and text["extras"] == expected
+    # The next single image is numbered on.
+    again = run_one(context, image, save=True, upscale_by=2)
+    assert Path(again.saved_paths[0]).name == "00001.png"
+
+
+def test_jpeg_gets_the_postprocessing_text_as_its_user_comment(context, tmp_path):
+    context.settings.apply({"samples_format": "jpg"})
+    image = picture(16, 16)
+    image.info["parameters"] = "a dog\nSteps: 5"
+    result = run_one(context, image, save=True, upscale_by=2)
+    (path,) = result.saved_paths
+    assert path.endswith("00000.jpg")
+    with Image.open(path) as saved:
+        geninfo, _ = read_info_from_image(saved)
+    assert geninfo == "Postprocess upscale by: 2, Postprocess upscaler: Lanczos"
+
+
+def test_outdir_samples_wins_over_the_extras_folder(context, tmp_path):
+    context.settings.apply({"outdir_samples": "outputs/everything"})
+    result = run_one(context, picture(8, 8), save=True, upscale_by=1)
+    assert Path(result.saved_paths[0]).parent == tmp_path / "outputs" / "everything"
+
+
+# ------------------------------------------------------------------ an extension's step, in place
+
+EXTENSION_STEP = '''
+from PIL import ImageOps
+
+from modules import scripts_postprocessing
+from modules.scripts_postprocessing import PostprocessedImage
+
+
+class FlipCopies(scripts_postprocessing.ScriptPostprocessing):
+    name = "Create flipped copies"
+    order = 1500  # after Upscale (1000)
+
+    def ui(self):
+        return {"enable": None}
+
+    def process(self, pp, enable=False):
+        if not enable:
+            return
+        pp.info["Flipped"] = "yes"
+        copy = PostprocessedImage(ImageOps.mirror(pp.image))
+        copy.nametags.append("flipped")
+        pp.extra_images.append(copy)
+
+
+class SizeNote(scripts_postprocessing.ScriptPostprocessing):
+    name = "Size note"
+    order = 5000
+
+    def process(self, pp, **args):
+        pp.info["Seen"] = f"{pp.image.width}x{pp.image.height}"
+'''
+
+
+@pytest.fixture
+def extension_context(tmp_path):
+    folder = tmp_path / "extensions" / "flipper" / "scripts"
+    folder.mkdir(parents=True)
+    (folder / "flip.py").write_text(textwrap.dedent(EXTENSION_STEP), encoding="utf-8")
+    context = make_context(tmp_path)
+    folders = ExtensionFolders(user=tmp_path / "extensions", builtin=tmp_path / "builtin")
+    context.extensions = load_extensions(context.settings, context.args, folders)
+    context.jobs.start()
+    yield context
+    context.jobs.shutdown(timeout=30)
+
+
+def test_an_extensions_step_is_loaded_and_runs_in_its_place(extension_context, tmp_path):
+    context = extension_context
+    assert [s.name for s in postprocessing_scripts(context)] == ["Upscale", "Create flipped copies", "Size note"]
+    step = postprocessing_scripts(context)[1]
+    assert step.extension == "flipper" and step.filename.endswith("flip.py")
+    source = picture(10, 10)
+    request = ExtrasRequest(mode=1, images=[("photo.png", source)], save=True, script_args={
+        "Upscale": upscale_args(upscale_by=2), "Create flipped copies": {"enable": True}})
+    result = submit_extras(context, request).wait(60).result
+    first, flipped = result.images
+    # The copy was made from the upscaled image, and the later step saw both at the upscaled size.
+    assert np.array_equal(pixels(flipped), pixels(first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    assert result.infotexts[0] == ("Postprocess upscale by: 2, Postprocess upscaler: Lanczos, Flipped: yes, "
+                                   "Seen: 16x16")
+    assert result.infotexts[1] == "Seen: 16x16"
+    assert [Path(p).name for p in result.saved_paths] == ["photo.png", "photo-flipped.png"]
+
+
+def test_a_failing_extension_step_is_a_warning(context):
+    class Broken(ScriptPostprocessing):
+        name, order, extension = "Broken", 2000, "bad-ext"
+
+        def process(self, pp, **args):
+            raise RuntimeError("boom")
+
+    context.extensions = SimpleNamespace(scripts=SimpleNamespace(postprocessing_scripts=[Broken()]))
+    result = run_one(context, picture(8, 8), upscale_by=2)
+    assert result.images[0].size == (16, 16)
+    assert any("Broken" in w and "boom" in w for w in result.warnings)
+
+
+def test_suffixes_of_several_extra_images():
+    pp = PostprocessedImage(picture(4, 4))
+    used: dict[str, int] = {}
+    tagged = PostprocessedImage(picture(4, 4))
+    tagged.nametags = ["a", "b"]
+    assert [pp.get_suffix(used), tagged.get_suffix(used), tagged.get_suffix(used), pp.get_suffix(used)] == \
+        ["", "-a-b", "-a-b-1", "-1"]
+
+
+# -------------------------------------------------------------------------------- uploads, folders
+
+def test_a_non_image_upload_names_the_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt: not an image"):
+        load_upload(path)
+
+
+def test_batch_from_directory(tmp_path):
+    context = make_context(tmp_path)
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    picture(8, 8).save(inputs / "b.png")
+    picture(8, 8, seed=2).save(inputs / "a10.png")
+    picture(8, 8, seed=3).save(inputs / "a2.png")
+    picture(8, 8).save(inputs / ".hidden.png")
+    picture(8, 8).save(inputs / "sub" / "deeper.png")
+    (inputs / "readme.txt").write_text("not an image")
+    request = ExtrasRequest(mode=2, input_dir=str(inputs), output_dir="outputs/folder-out", show_results=False,
+                            script_args={"Upscale": upscale_args(upscale_by=2)})
+    plan = plan_extras(context, request)
+    assert [s.name for s in plan.sources] == ["a2.png", "a10.png", "b.png", "readme.txt"]
+    result = run_extras_plan(context, plan)
+    assert result.images == []  # "Show result images" off
+    assert sorted(Path(p).name for p in result.saved_paths) == ["a10.png", "a2.png", "b.png"]
+    assert all(Path(p).parent == tmp_path / "outputs" / "folder-out" for p in result.saved_paths)
+    assert any("readme.txt" in warning for warning in result.warnings)
+    # An output folder where outputs may not go is refused.
+    with pytest.raises(ValueError, match="Output directory"):
+        plan_extras(context, request.model_copy(update={"output_dir": str(tmp_path)}))
+
+
+def test_batch_from_directory_is_refused_where_folders_are_locked(tmp_path):
+    (tmp_path / "in").mkdir()
+    for flags in (("--hide-ui-dir-config",), ("--listen",)):
+        context = make_context(tmp_path, *flags)
+        with pytest.raises(ValueError, match="batch folders are off"):
+            plan_extras(context, ExtrasRequest(mode=2, input_dir=str(tmp_path / "in")))
