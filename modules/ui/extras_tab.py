@@ -8,7 +8,7 @@ batch of uploads or a folder, in A1111's layout and element ids.
             the postprocessing steps in their preferred order: Upscale (modules.ui.extras_upscale_ui),
             then each extension script's own `ui()`
     right   #extras_generate, #extras_interrupt, #extras_skip; #extras_progress, #extras_gallery,
-            #html_info_extras
+            #extras_send_to_img2img, #extras_send_to_inpaint (the image only), #html_info_extras
 
 The handler is thin: widget values -> `ExtrasRequest` (`extras_request`, a plain function) ->
 `submit_extras` (a job of kind "extras" on the queue every tab shares) -> gallery and infotext.
@@ -38,6 +38,7 @@ import gradio as gr
 from modules.ui import extras_upscale_ui
 from modules.ui.generation import error_html, follow_job_async, render_progress
 from modules.ui.generation_form import selected_image, selected_info_html, stop_job
+from modules.ui.icons import icon_label
 from modules.ui.shared import UiShared
 
 log = logging.getLogger(__name__)
@@ -279,13 +280,23 @@ def build(context, shared: UiShared) -> ExtrasTab:
             progress = gr.HTML("", elem_id="extras_progress", js_on_load=None)
             gallery = gr.Gallery(format="png", label="Output", show_label=False, elem_id="extras_gallery", columns=4,
                                  object_fit="contain", interactive=False, buttons=["download", "fullscreen"])
+            with gr.Row(elem_id="image_buttons_extras"):
+                send_buttons = {mode: gr.Button(value=icon_label(f"extras_send_to_{name}"),
+                                                elem_id=f"extras_send_to_{name}", elem_classes=["tool"], size="sm",
+                                                scale=0, min_width=40)
+                                for name, mode in (("img2img", 0), ("inpaint", 2))}
             info = gr.HTML("", elem_id="html_info_extras", elem_classes=["html-info"], js_on_load=None)
     for index, tab in enumerate((single_tab, batch_tab, directory_tab)):
         tab.select(lambda index=index: index, outputs=mode, show_progress="hidden", queue=False)
 
     tab = ExtrasTab(mode_tabs, mode, image, files, folders["input_dir"], folders["output_dir"], show_results,
                     generate, gallery, info, progress, scripts, refusal)
-    _wire_generate(context, tab, interrupt, skip)
+    view_state = _wire_generate(context, tab, interrupt, skip)
+    if shared.img2img is not None:  # the results' own 🖼️/🎨️ buttons (A1111's output panel): the image only
+        from modules.ui.img2img import wire_send_image
+
+        for img2img_mode, button in send_buttons.items():
+            wire_send_image(context, shared, button, gallery, view_state, img2img_mode)
     for script in scripts:
         if extras_upscale_ui.is_upscale_controls(script.controls):
             shared.page_loads.append(extras_upscale_ui.refresh_choices(context, script.controls))
@@ -310,7 +321,8 @@ def _register_paste_destination(context, image) -> None:
         scripts.paste.add_paste_fields("extras", image, [])
 
 
-def _wire_generate(context, tab: ExtrasTab, interrupt, skip) -> None:
+def _wire_generate(context, tab: ExtrasTab, interrupt, skip):
+    """Generate / Interrupt / Skip and picking a result; returns the state of the shown results."""
     job_id_state = gr.State(None)
     view_state = gr.State({})
     own = [tab.mode, tab.image, tab.files, tab.input_dir, tab.output_dir, tab.show_results]
@@ -345,6 +357,7 @@ def _wire_generate(context, tab: ExtrasTab, interrupt, skip) -> None:
         return selected_info_html(state, state["index"]), state
 
     tab.gallery.select(on_select, inputs=view_state, outputs=[tab.info, view_state], show_progress="hidden")
+    return view_state
 
 
 def _submit(context, request):

@@ -98,6 +98,8 @@ ICON_BUTTONS = {
     "txt2img_send_to_extras": IconButton("ruler", "Send the selected image to the Extras tab"),
     "img2img_send_to_extras": IconButton("ruler", "Send the selected image to the Extras tab"),
     "upscaling_res_switch_btn": IconButton("swap", "Swap width and height"),
+    "extras_send_to_img2img": IconButton("image", "Send the selected image to img2img"),
+    "extras_send_to_inpaint": IconButton("palette", "Send the selected image to img2img's Inpaint tab"),
 }
 
 
