@@ -17,7 +17,7 @@ MODULES = Path(__file__).resolve().parent.parent / "modules"
 # A1111's names that extensions import; each re-exports the core.
 FACADES = {"processing", "images", "infotext_utils", "prompt_parser", "extra_networks", "scripts", "script_callbacks",
            "ui_components", "shared", "sd_models", "sd_samplers", "paths", "paths_internal", "devices", "launch_utils",
-           "ui_common", "generation_parameters_copypaste", "hashes", "styles", "extras"}
+           "ui_common", "generation_parameters_copypaste", "hashes", "styles", "extras", "upscaler"}
 
 
 def _module_name(path: Path) -> str:
@@ -87,6 +87,7 @@ def test_the_top_level_holds_only_a1111_facades():
     ("launch_utils", ["run_pip", "is_installed", "run", "git_tag", "commit_hash", "python", "index_url", "repo_dir",
                       "git"]),
     ("ui_common", ["create_refresh_button"]),
+    ("upscaler", ["Upscaler", "UpscalerData", "UpscalerNone", "UpscalerLanczos", "UpscalerNearest", "LANCZOS"]),
     ("styles", ["PromptStyle", "StyleDatabase", "merge_prompts", "apply_styles_to_prompt",
                 "extract_style_text_from_prompt", "extract_original_prompts"]),
     ("ui_components", ["InputAccordion", "ToolButton", "FormRow", "FormColumn", "FormGroup", "FormHTML",

@@ -111,6 +111,16 @@ def test_each_type_goes_to_its_folder(tmp_path, model_type, file_type, kind):
     assert placement.folder_for(kind, paths) == expected[kind]
 
 
+def test_upscalers_go_to_the_esrgan_folder_or_its_flag(tmp_path):
+    # spandrel identifies any family's file, and models/ESRGAN lists .pth, .pt and .safetensors
+    assert placement.kind_for("Upscaler", _file("4x-Thing.pth")) == "upscaler"
+    paths = Paths.from_args(parse_args(["--data-dir", str(tmp_path)]))
+    assert placement.folder_for("upscaler", paths) == paths.models_dir / "ESRGAN"
+    flagged = Paths.from_args(parse_args(["--data-dir", str(tmp_path), "--esrgan-models-path", str(tmp_path / "up")]))
+    assert placement.folder_for("upscaler", flagged) == tmp_path / "up"
+    assert placement.safe_file_name("4x-Thing.PTH", "upscaler") == "4x-Thing.pth"
+
+
 def test_folder_flags_are_respected(tmp_path):
     args = parse_args(["--data-dir", str(tmp_path), "--ckpt-dir", str(tmp_path / "ck"), "--lora-dir",
                        str(tmp_path / "lo"), "--embeddings-dir", str(tmp_path / "em"), "--hypernetwork-dir",
@@ -120,7 +130,7 @@ def test_folder_flags_are_respected(tmp_path):
         == ["ck", "lo", "em", "hn", "va"]
 
 
-@pytest.mark.parametrize("model_type", ["Controlnet", "Upscaler", "MotionModule", "Poses", "Wildcards", "Other"])
+@pytest.mark.parametrize("model_type", ["Controlnet", "MotionModule", "Poses", "Wildcards", "Other"])
 def test_types_atelier_does_not_use_are_refused_with_the_reason(model_type):
     with pytest.raises(ModelSourceError, match=model_type):
         placement.kind_for(model_type, _file("x.safetensors"))

@@ -239,7 +239,9 @@ def shared_value(name: str) -> Any:
     if name == "hide_dirs":
         return {"visible": not getattr(context.args, "hide_ui_dir_config", False)}
     if name == "sd_upscalers":
-        return []
+        from modules.extension_host.a1111_upscaler import sd_upscalers
+
+        return sd_upscalers(context)
     if name == "hypernetworks":
         return {name: str(context.hypernetworks.path(name)) for name in context.hypernetworks.names()}
     if name == "demo":

@@ -3,7 +3,9 @@
 A1111's folders, with the folder flags respected (`--ckpt-dir`, `--lora-dir`, `--embeddings-dir`,
 `--hypernetwork-dir`, `--vae-dir`): Checkpoint → `models/Stable-diffusion`, LORA/LoCon/DoRA →
 `models/Lora`, TextualInversion (and Civitai's "Negative" files) → `embeddings/`, Hypernetwork →
-`models/hypernetworks`, VAE → `models/VAE`, a checkpoint's config `.yaml` beside it. Types Atelier
+`models/hypernetworks`, VAE → `models/VAE`, Upscaler → `models/ESRGAN` (or `--esrgan-models-path`:
+spandrel identifies the architecture, so every family's file works there), a checkpoint's config
+`.yaml` beside it. Types Atelier
 does not use are refused with the reason. A name is never reused: a clash gets `-1`, `-2`, ...
 """
 
@@ -19,20 +21,19 @@ from typing import Mapping
 from modules.common.atomic_files import numbered_names
 from modules.model_sources.types import ModelSourceError, RemoteFile
 
-CHECKPOINT, LORA, EMBEDDING, HYPERNETWORK, VAE, CONFIG = \
-    "checkpoint", "lora", "embedding", "hypernetwork", "vae", "config"
+CHECKPOINT, LORA, EMBEDDING, HYPERNETWORK, VAE, CONFIG, UPSCALER = \
+    "checkpoint", "lora", "embedding", "hypernetwork", "vae", "config", "upscaler"
 MODEL_KINDS = (CHECKPOINT, LORA, EMBEDDING, HYPERNETWORK, VAE)
 
 # Civitai's model types (and the names a user may pick for a plain URL) -> folder kind.
 KIND_BY_TYPE: Mapping[str, str] = MappingProxyType({
     "Checkpoint": CHECKPOINT, "LORA": LORA, "LoCon": LORA, "DoRA": LORA, "LyCORIS": LORA,
-    "TextualInversion": EMBEDDING, "Hypernetwork": HYPERNETWORK, "VAE": VAE,
+    "TextualInversion": EMBEDDING, "Hypernetwork": HYPERNETWORK, "VAE": VAE, "Upscaler": UPSCALER,
 })
 # What a user picks for a source that does not say (a plain URL, some Hugging Face repos).
 TYPE_CHOICES = ("Checkpoint", "LORA", "TextualInversion", "Hypernetwork", "VAE")
 _NOT_USED = MappingProxyType({
     "Controlnet": "ControlNet models need the ControlNet extension; put them in its models folder by hand",
-    "Upscaler": "upscaler models are not used by Atelier yet",
     "MotionModule": "motion modules are for video extensions (AnimateDiff), not used by Atelier",
     "AestheticGradient": "aesthetic gradients need an extension Atelier does not have",
     "Poses": "pose packs are images for ControlNet, not models",
@@ -47,6 +48,7 @@ EXTENSIONS_BY_KIND: Mapping[str, tuple[str, ...]] = MappingProxyType({
     HYPERNETWORK: (".pt",),
     VAE: (".safetensors", ".pt", ".ckpt"),
     CONFIG: (".yaml",),
+    UPSCALER: (".pth", ".pt", ".safetensors"),
 })
 MAX_NAME_LENGTH = 180  # below every file system's 255 bytes with room for "-NN", ".part" and sidecar suffixes
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
@@ -90,7 +92,9 @@ def folder_for(kind: str, paths) -> Path:
         return paths.hypernetwork_dir
     if kind == VAE:
         return paths.extra_vae_dir or paths.vae_dir
-    raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS + (CONFIG,)}")
+    if kind == UPSCALER:
+        return paths.upscaler_dirs("ESRGAN")[0]
+    raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS + (CONFIG, UPSCALER)}")
 
 
 def safe_file_name(name: str, kind: str) -> str:

@@ -474,6 +474,8 @@ class ModelSources:
             context.hypernetworks.refresh()
         elif kind == placement.VAE:
             context.vaes.refresh()
+        elif kind == placement.UPSCALER and context.upscalers is not None:
+            context.upscalers.registry.refresh()
 
     # ----- cards for files users already have
 

@@ -203,6 +203,14 @@ class Upscalers:
             image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
         return image
 
+    def single_pass(self, image: Image.Image, name: str, scale: float, *, control=None) -> Image.Image:
+        """One pass of the upscaler `name` (A1111's `do_upscale`): a model runs once at its own scale,
+        Lanczos/Nearest resize by `scale`, None returns the image. For A1111's `Upscaler` façade."""
+        entry = self.registry.get(name)
+        if entry.path is None:
+            self.check_size(int(image.width * scale), int(image.height * scale))
+        return self._one_pass(image, entry, scale, control)
+
     def _one_pass(self, image: Image.Image, entry: UpscalerEntry, scale: float, control) -> Image.Image:
         if entry.name == "None":
             return image
