@@ -141,13 +141,13 @@ def _family_entries(family: str, files: Sequence[Path], enabled: Mapping[str, Se
         path = by_filename.get(builtin.filename)
         if path is None:
             continue
+        claimed.add(path)
         if family in enabled and builtin.name not in enabled[family]:
             continue
         entries.append(UpscalerEntry(builtin.name, family, path, builtin.scale, model_name))
-        claimed.add(path)
     for path in files:
         # DAT files are listed by stem beside "DAT xN", as in A1111; the other families' built-in
-        # files are listed once, under the built-in name.
+        # files are listed only under the built-in name (and not at all when it is disabled).
         if path in claimed and family != "DAT":
             continue
         scale = None if family == "DAT" else DEFAULT_SCALE
@@ -173,6 +173,9 @@ class UpscalerRegistry:
         files = {family: tuple(_model_files([Path(f) for f in self._folders(family)])) for family in FAMILIES}
         with self._lock:
             self._files = files
+        for hidden, kept in self._listed()[1]:
+            log.warning("Upscaler %s (%s) has the name of %s; it is not listed. Rename the file to use it.",
+                        hidden.path, hidden.family, kept.path if kept is not None else "a built-in upscaler")
 
     def _enabled(self) -> dict[str, Sequence[str]]:
         if self._settings is None:
@@ -183,23 +186,27 @@ class UpscalerRegistry:
 
     def entries(self) -> list[UpscalerEntry]:
         """None, Lanczos, Nearest, then every model upscaler by lower-cased name (A1111's order). Of
-        two upscalers with one name the first found (family order, then folder order) is kept."""
+        two upscalers with one name the first found (family order, then folder order) is kept; the
+        others are logged by `refresh`."""
+        return self._listed()[0]
+
+    def _listed(self) -> tuple[list[UpscalerEntry], list[tuple[UpscalerEntry, UpscalerEntry | None]]]:
+        """(the entries, the (hidden, kept) pairs of duplicate names)."""
         with self._lock:
             files = dict(self._files)
         enabled = self._enabled()
-        seen = {name: None for name in BUILTIN_NAMES}
+        seen: dict[str, UpscalerEntry | None] = {name: None for name in BUILTIN_NAMES}
         models: list[UpscalerEntry] = []
+        duplicates: list[tuple[UpscalerEntry, UpscalerEntry | None]] = []
         for family in FAMILIES:
             for entry in _family_entries(family, files.get(family, ()), enabled):
                 if entry.name in seen:
-                    first = seen[entry.name]
-                    log.warning("Upscaler %s (%s) has the name of %s; it is not listed. Rename the file to use it.",
-                                entry.path, entry.family, first.path if first is not None else "a built-in upscaler")
+                    duplicates.append((entry, seen[entry.name]))
                     continue
                 seen[entry.name] = entry
                 models.append(entry)
         models.sort(key=lambda entry: entry.name.lower())
-        return builtin_entries() + models
+        return builtin_entries() + models, duplicates
 
     def names(self) -> list[str]:
         return [entry.name for entry in self.entries()]
