@@ -262,3 +262,28 @@ def test_img2img_with_a_mask_repaints_only_the_masked_area(api, full_res, size):
     assert result.info["all_seeds"] == [21] and result.info["denoising_strength"] == 0.9
     assert "Denoising strength: 0.9" in result.image.info["parameters"]
     assert result.parameters["init_images"] is None and result.parameters["mask"] is None
+
+
+def test_extra_single_image_scales_by_and_to(api):
+    """webuiapi's extra_single_image with its own defaults (scale by 2, crop on, 512x512 box): the
+    image upscaled by Lanczos as Pillow would, the postprocessing text in html_info and the PNG."""
+    source = _picture(40, 24)
+    result = api.extra_single_image(source, upscaler_1="Lanczos", upscaling_resize=2)
+    expected = source.resize((80, 48), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(result.image.convert("RGB")), np.asarray(expected))
+    assert result.info == "<p>Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos</p>"
+    assert result.image.info["postprocessing"] == "Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos"
+    boxed = api.extra_single_image(source, upscaler_1="Nearest", resize_mode=1, upscaling_resize_w=64,
+                                   upscaling_resize_h=64)
+    assert boxed.image.size == (64, 64) and "Postprocess crop to: 64x64" in boxed.info
+
+
+def test_extra_batch_images_and_a_bad_upscaler(api):
+    """webuiapi's extra_batch_images: one result per image, in order; an unknown upscaler comes back
+    as the client's RuntimeError carrying the 422 and the name."""
+    sources = [_picture(16, 16), _picture(24, 16)]
+    result = api.extra_batch_images(sources, name_list=["a.png", "b.png"], upscaler_1="Lanczos", upscaling_resize=2)
+    assert [image.size for image in result.images] == [(32, 32), (48, 32)]
+    with pytest.raises(RuntimeError) as failure:
+        api.extra_single_image(sources[0], upscaler_1="R-ESRGAN 9x")
+    assert failure.value.args[0] == 422 and "could not find upscaler named 'R-ESRGAN 9x'" in failure.value.args[1]

@@ -14,7 +14,8 @@ import threading
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from modules.api import img2img, progress, routes_info, routes_model_sources, routes_models, routes_networks, txt2img
+from modules.api import (extras, img2img, progress, routes_info, routes_model_sources, routes_models, routes_networks,
+                         txt2img)
 from modules.api.errors import ApiError, install_error_handlers
 from modules.api.middleware import ProcessTimeMiddleware
 from modules.api.state import ApiState
@@ -36,6 +37,7 @@ def create_app(context: AppContext, *, api: bool = True, ui: bool = False) -> Fa
         app.state.api = state
         app.include_router(txt2img.build_router(context, state))
         app.include_router(img2img.build_router(context, state))
+        app.include_router(extras.build_router(context, state))
         app.include_router(progress.build_router(context.jobs, state))
         app.include_router(routes_models.build_router(context, state))
         app.include_router(routes_networks.build_router(context))

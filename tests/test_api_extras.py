@@ -1,0 +1,144 @@
+"""The Extras API over HTTP (modules.api.extras): A1111's fields and defaults, base64 in and out with
+the text chunks, the bad inputs each answered with a 422 that names the problem, the upscaler lists,
+and one upscale through a tiny RRDBNet model file."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from modules.api.server import create_app
+from modules.upscaling.synthetic import rrdbnet_state_dict, write_state_dict
+from tests.test_api_support import WAIT, assert_error, decode_png, make_context, png_base64
+
+LANCZOS = Image.Resampling.LANCZOS
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("api-extras")
+    write_state_dict(data_dir / "models" / "ESRGAN" / "tiny4x.safetensors", rrdbnet_state_dict(seed=3))
+    context = make_context(data_dir, names=())
+    yield context
+    context.jobs.shutdown(timeout=WAIT)
+
+
+@pytest.fixture(scope="module")
+def client(context):
+    with TestClient(create_app(context, api=True)) as client:
+        yield client
+
+
+@pytest.fixture
+def settings(context):
+    before = dict(context.settings.stored())
+    yield context.settings
+    context.settings.put_back(before, dict(context.settings.stored()))
+
+
+def picture(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+
+
+def same_pixels(a: Image.Image, b: Image.Image) -> bool:
+    return a.size == b.size and np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+
+
+def test_defaults_return_the_image_unchanged_with_its_text(client):
+    source = picture(24, 16)
+    response = client.post("/sdapi/v1/extra-single-image", json={"image": png_base64(source, "a cat\nSteps: 3")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    image = decode_png(body["image"])
+    assert same_pixels(image, source)
+    assert image.text["parameters"] == "a cat\nSteps: 3"
+    assert body["html_info"] == "<p></p>"
+
+
+def test_scale_by_with_a_data_url(client):
+    source = picture(24, 16)
+    response = client.post("/sdapi/v1/extra-single-image", json={
+        "image": "data:image/png;base64," + png_base64(source), "upscaler_1": "Lanczos", "upscaling_resize": 2,
+        "upscale_first": True})
+    body = response.json()
+    image = decode_png(body["image"])
+    assert same_pixels(image, source.resize((48, 32), LANCZOS))
+    # A float field, as A1111's API model has it: 2.0, not 2.
+    expected = "Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos"
+    assert body["html_info"] == f"<p>{expected}</p>" and image.text["postprocessing"] == expected
+
+
+def test_scale_to_crops_by_default(client):
+    response = client.post("/sdapi/v1/extra-single-image", json={
+        "image": png_base64(picture(40, 20)), "upscaler_1": "Nearest", "resize_mode": 1,
+        "upscaling_resize_w": 64, "upscaling_resize_h": 48})
+    assert decode_png(response.json()["image"]).size == (64, 48)
+    assert "Postprocess crop to: 64x48" in response.json()["html_info"]
+
+
+def test_batch_images_with_upscaler_2(client):
+    sources = [picture(16, 16, seed) for seed in (1, 2)]
+    response = client.post("/sdapi/v1/extra-batch-images", json={
+        "imageList": [{"data": png_base64(image), "name": f"n{i}.png"} for i, image in enumerate(sources)],
+        "upscaler_1": "Lanczos", "upscaler_2": "Nearest", "extras_upscaler_2_visibility": 0.5})
+    assert response.status_code == 200, response.text
+    images = [decode_png(data) for data in response.json()["images"]]
+    for image, source in zip(images, sources):
+        expected = Image.blend(source.resize((32, 32), LANCZOS), source.resize((32, 32), Image.Resampling.NEAREST), 0.5)
+        assert same_pixels(image, expected)
+    assert response.json()["html_info"].endswith("Postprocess upscaler 2: Nearest</p>")
+
+
+def test_jpeg_results_follow_samples_format(client, settings):
+    settings.apply({"samples_format": "jpg"})
+    response = client.post("/sdapi/v1/extra-single-image", json={"image": png_base64(picture(16, 16))})
+    data = base64.b64decode(response.json()["image"])
+    assert Image.open(io.BytesIO(data)).format == "JPEG"
+
+
+def test_bad_input_is_a_422_naming_it(client, settings):
+    post = lambda **fields: client.post("/sdapi/v1/extra-single-image", json={"image": png_base64(picture(16, 16)),
+                                                                              **fields})
+    assert_error(post(image=base64.b64encode(b"not an image at all").decode()), 422, "image: the data is not an image")
+    assert_error(post(image=""), 422, "image: no image sent")
+    assert_error(post(upscaler_1="Nope 4x"), 422, "could not find upscaler named 'Nope 4x'")
+    assert_error(post(upscaler_1="Lanczos", upscaler_2="Nope", extras_upscaler_2_visibility=0.2), 422,
+                 "could not find upscaler named 'Nope'")
+    assert_error(post(gfpgan_visibility=0.5), 422, "gfpgan_visibility", "no face restoration")
+    assert_error(post(upscaling_resize=0), 422, "upscaling_resize")
+    assert_error(client.post("/sdapi/v1/extra-batch-images", json={"imageList": []}), 422, "imageList")
+    settings.apply({"upscale_max_pixels": 64 * 64})
+    assert_error(post(upscaler_1="Lanczos", upscaling_resize=8), 422, "128×128", "upscale_max_pixels")
+
+
+def test_an_image_over_the_api_limit_is_refused_from_its_header(client):
+    huge = Image.new("1", (8200, 8200))
+    buffer = io.BytesIO()
+    huge.save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    assert_error(client.post("/sdapi/v1/extra-single-image", json={"image": data}), 422, "8200x8200")
+
+
+def test_upscaler_lists(client):
+    rows = client.get("/sdapi/v1/upscalers").json()
+    assert [row["name"] for row in rows[:3]] == ["None", "Lanczos", "Nearest"]
+    assert "tiny4x" in [row["name"] for row in rows]
+    assert all(set(row) == {"name", "model_name", "model_path", "model_url", "scale"} for row in rows)
+    assert len(client.get("/sdapi/v1/realesrgan-models").json()) == 6
+
+
+def test_a_model_upscaler(client, context):
+    source = picture(12, 12)
+    response = client.post("/sdapi/v1/extra-single-image", json={
+        "image": png_base64(source), "upscaler_1": "tiny4x", "upscaling_resize": 2})
+    assert response.status_code == 200, response.text
+    image = decode_png(response.json()["image"])
+    assert image.size == (24, 24)
+    assert not same_pixels(image, source.resize((24, 24), LANCZOS))  # a random model is not Lanczos
+    assert "Postprocess upscaler: tiny4x" in response.json()["html_info"]
