@@ -1,7 +1,7 @@
 """The web UI: one `gr.Blocks` in A1111's shape, mounted at "/" of the server's FastAPI app.
 
     top bar     checkpoint, SD VAE, clip skip, model status        modules.ui.top_bar
-    tabs        txt2img | img2img | PNG Info | Checkpoint Merger | Models | <extension tabs> | Settings | Extensions
+    tabs        txt2img | img2img | Extras | PNG Info | Checkpoint Merger | Models | <extension tabs> | Settings | Extensions
                                                                     one builder each
 
 Each tab builder is `build(context, shared)`, called inside its `gr.Tab`; `UiShared` carries the
@@ -19,6 +19,7 @@ import gradio as gr
 
 from modules.ui import (
     extensions_tab,
+    extras_tab,
     img2img,
     merger_tab,
     models_tab,
@@ -36,7 +37,7 @@ from modules.ui.shared import UiShared
 
 log = logging.getLogger(__name__)
 
-TAB_IDS = {"txt2img": "txt2img", "img2img": "img2img", "PNG Info": "pnginfo", "Checkpoint Merger": "modelmerger", "Models": "models",
+TAB_IDS = {"txt2img": "txt2img", "img2img": "img2img", "Extras": extras_tab.TAB_ID, "PNG Info": "pnginfo", "Checkpoint Merger": "modelmerger", "Models": "models",
            "Settings": "settings", "Extensions": "extensions"}
 
 CSS = """
@@ -51,12 +52,13 @@ CSS = """
                  background: var(--block-background-fill); }
 .token-counter.over { color: var(--color-accent); opacity: 1; }
 #txt2img_generate, #img2img_generate { min-height: 4.5em; font-size: 1.2em; }
+#extras_generate { min-height: 3em; font-size: 1.2em; }
 .progress-bar { position: relative; height: 1.6em; border-radius: 0.4em; overflow: hidden;
                 background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
 .progress-fill { height: 100%; background: var(--color-accent); opacity: 0.55; transition: width 0.2s; }
 .progress-text { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
                  font-size: 0.85em; }
-#html_info_txt2img .infotext, #html_info_img2img .infotext { font-family: var(--font-mono); font-size: 0.85em; white-space: pre-wrap;
+#html_info_txt2img .infotext, #html_info_img2img .infotext, #html_info_extras .infotext { font-family: var(--font-mono); font-size: 0.85em; white-space: pre-wrap;
                                word-break: break-word; }
 .job-note { font-size: 0.85em; opacity: 0.85; margin: 0.2em 0; }
 .error { border: 1px solid #d33; border-radius: 0.4em; padding: 0.4em 0.6em; color: #d33; margin: 0.3em 0; }
@@ -122,6 +124,9 @@ def build_ui(context) -> gr.Blocks:
             with gr.Tab("img2img", id=TAB_IDS["img2img"], elem_id="tab_img2img", render_children=True):
                 img2img.build(context, shared)
             img2img.wire_send_from_txt2img(context, shared)
+            with gr.Tab("Extras", id=TAB_IDS["Extras"], elem_id="tab_extras", render_children=True):
+                extras_tab.build(context, shared)
+            extras_tab.wire_send_from_generation_tabs(shared)
             with gr.Tab("PNG Info", id=TAB_IDS["PNG Info"], elem_id="tab_pnginfo", render_children=True):
                 pnginfo.build(context, shared)
             with gr.Tab("Checkpoint Merger", id=TAB_IDS["Checkpoint Merger"], elem_id="tab_modelmerger", render_children=True):

@@ -26,6 +26,7 @@ image is sent, as in A1111).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 from collections.abc import Sequence
@@ -213,11 +214,11 @@ def _build_scripts(context) -> list[ScriptControls]:
             controls = extras_upscale_ui.build(context)
         else:
             try:
-                with gr.Group(elem_classes=["extras-script"]):
+                with _extension_scope(context, script), gr.Group(elem_classes=["extras-script"]):
                     controls = script.ui()
-            except Exception:  # an extension's bug must not take the tab down
-                log.exception("The postprocessing script %r failed to build its controls; it is left out of Extras",
-                              name)
+            except (Exception, SystemExit):  # an extension's bug must not take the tab down
+                log.exception("Extension %s: ui() of the postprocessing script %r failed; it is left out of Extras",
+                              getattr(script, "extension", None), name)
                 continue
             controls = _components_only(name, controls)
             if controls is None:
@@ -225,6 +226,22 @@ def _build_scripts(context) -> list[ScriptControls]:
         script.controls = controls  # A1111 keeps them on the script (extensions read `controls`)
         built.append(ScriptControls(name, controls))
     return built
+
+
+@contextlib.contextmanager
+def _extension_scope(context, script):
+    """Where an extension's `ui()` runs: its callback scope (A1111's module-level `on_*` and `shared`
+    reach this app) and the Gradio 3 compatibility context, as the txt2img scripts' `ui()`."""
+    from modules.extension_host.callbacks import registry_scope
+    from modules.ui.component_hooks import extension_ui_scope
+
+    runtime = getattr(context, "extensions", None)
+    callbacks = getattr(runtime, "callbacks", None) if runtime is not None else None
+    with contextlib.ExitStack() as stack:
+        if callbacks is not None:
+            stack.enter_context(registry_scope(callbacks, getattr(script, "extension", None)))
+        stack.enter_context(extension_ui_scope())
+        yield
 
 
 def _components_only(name: str, controls: Any) -> dict[str, Any] | None:
@@ -246,6 +263,9 @@ def _components_only(name: str, controls: Any) -> dict[str, Any] | None:
 
 def build(context, shared: UiShared) -> ExtrasTab:
     """Build the tab inside the current `gr.Tab`; fills `shared.extras`."""
+    from modules.ui.component_hooks import ComponentHooks, next_block_id
+
+    first_id = next_block_id()
     refusal = directories_refusal(context.args)
     folders: dict[str, Any] = {"input_dir": None, "output_dir": None}
     with gr.Row(equal_height=False, elem_id="extras_main"):
@@ -302,6 +322,10 @@ def build(context, shared: UiShared) -> ExtrasTab:
             shared.page_loads.append(extras_upscale_ui.refresh_choices(context, script.controls))
     image.change(lambda: _images_changed(context), inputs=None, outputs=None, show_progress="hidden", queue=False)
     _register_paste_destination(context, image)
+    # A1111 fires the extensions' on_after_component for every component of the page; here, for this
+    # tab's, once it is built (what a hook adds goes at the end of the tab).
+    runtime = getattr(context, "extensions", None)
+    ComponentHooks(callbacks=getattr(runtime, "callbacks", None)).fire_after_for_new_blocks(first_id)
     shared.extras = tab
     return tab
 

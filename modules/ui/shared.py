@@ -5,8 +5,8 @@ Each tab has one builder, `build(context, shared)`, called inside its `gr.Tab` b
 must list the result; PNG Info sends parameters to txt2img's fields). Builders fill in what they own.
 
 Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps working:
-  page        tabs, tab_txt2img, tab_pnginfo, tab_modelmerger, tab_models, tab_<extension tab id>, tab_settings,
-              tab_extensions (A1111's tab panels)
+  page        tabs, tab_txt2img, tab_img2img, tab_extras, tab_pnginfo, tab_modelmerger, tab_models,
+              tab_<extension tab id>, tab_settings, tab_extensions (A1111's tab panels)
   top bar     quicksettings (the row), setting_sd_model_checkpoint, refresh_sd_model_checkpoint, setting_sd_vae,
               refresh_sd_vae, setting_CLIP_stop_at_last_layers, model_status
   txt2img     txt2img_toprow, txt2img_actions_column, txt2img_settings (the left column),
@@ -28,8 +28,14 @@ Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps wo
               img2img_image_cfg_scale, img2img_mask_blur, img2img_mask_mode, img2img_inpainting_fill,
               img2img_inpaint_full_res, img2img_inpaint_full_res_padding, img2img_mask_alpha,
               img2img_scale, img2img_outpaint
+  Extras      tab_extras, mode_extras with extras_single_tab (extras_image), extras_batch_process_tab
+              (extras_image_batch), extras_batch_directory_tab (extras_batch_input_dir, extras_batch_output_dir,
+              extras_show_extras_results); extras_generate, extras_interrupt, extras_skip, extras_progress,
+              extras_gallery, html_info_extras, extras_send_to_img2img, extras_send_to_inpaint; the Upscale step's
+              extras_upscale, extras_upscaler_1, ... (modules.ui.extras_upscale_ui); txt2img_send_to_extras,
+              img2img_send_to_extras (under the galleries)
   PNG Info    pnginfo_image, pnginfo_generation_info, pnginfo_send_to_txt2img, pnginfo_send_to_img2img,
-              pnginfo_send_to_inpaint
+              pnginfo_send_to_inpaint, pnginfo_send_to_extras
   Merger      modelmerger_primary_model_name, modelmerger_secondary_model_name,
               modelmerger_tertiary_model_name, modelmerger_interp_method, modelmerger_interp_amount,
               modelmerger_custom_name, modelmerger_checkpoint_format, modelmerger_save_as_half,
@@ -39,7 +45,7 @@ Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps wo
   Settings    settings_submit, settings_result, settings_restart_gradio (Reload UI), and setting_<key> per setting
   Models      models_source, models_lookup, models_card, models_file, models_download, models_downloads,
               models_cancel_id, models_cancel (the rest: modules.ui.models_tab)
-Tab labels: "txt2img", "img2img", "PNG Info", "Checkpoint Merger", "Models", "Settings".
+Tab labels: "txt2img", "img2img", "Extras", "PNG Info", "Checkpoint Merger", "Models", "Settings".
 """
 
 from __future__ import annotations
