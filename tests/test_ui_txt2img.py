@@ -264,7 +264,7 @@ def test_ui_builds_with_the_contract_ids_and_tab_order(context):
     assert not [name for name in CONTRACT_IDS if name not in ids]
     tabs = [c["props"]["label"] for c in config["components"]
             if c.get("type") == "tabitem" and str(c["props"].get("elem_id")).startswith("tab_")]
-    assert tabs == ["txt2img", "img2img", "PNG Info", "Checkpoint Merger", "Models", "Settings", "Extensions"]
+    assert tabs == ["txt2img", "img2img", "Extras", "PNG Info", "Checkpoint Merger", "Models", "Settings", "Extensions"]
     gallery = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "txt2img_gallery")
     assert gallery["props"]["format"] == "png"
 
