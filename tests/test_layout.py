@@ -17,7 +17,8 @@ MODULES = Path(__file__).resolve().parent.parent / "modules"
 # A1111's names that extensions import; each re-exports the core.
 FACADES = {"processing", "images", "infotext_utils", "prompt_parser", "extra_networks", "scripts", "script_callbacks",
            "ui_components", "shared", "sd_models", "sd_samplers", "paths", "paths_internal", "devices", "launch_utils",
-           "ui_common", "generation_parameters_copypaste", "hashes", "styles", "extras", "upscaler"}
+           "ui_common", "generation_parameters_copypaste", "hashes", "styles", "extras", "upscaler",
+           "scripts_postprocessing"}
 
 
 def _module_name(path: Path) -> str:
@@ -88,6 +89,7 @@ def test_the_top_level_holds_only_a1111_facades():
                       "git"]),
     ("ui_common", ["create_refresh_button"]),
     ("upscaler", ["Upscaler", "UpscalerData", "UpscalerNone", "UpscalerLanczos", "UpscalerNearest", "LANCZOS"]),
+    ("scripts_postprocessing", ["ScriptPostprocessing", "PostprocessedImage", "PostprocessedImageSharedInfo"]),
     ("styles", ["PromptStyle", "StyleDatabase", "merge_prompts", "apply_styles_to_prompt",
                 "extract_style_text_from_prompt", "extract_original_prompts"]),
     ("ui_components", ["InputAccordion", "ToolButton", "FormRow", "FormColumn", "FormGroup", "FormHTML",
