@@ -384,3 +384,50 @@ def test_batch_from_directory_is_refused_where_folders_are_locked(tmp_path):
         context = make_context(tmp_path, *flags)
         with pytest.raises(ValueError, match="batch folders are off"):
             plan_extras(context, ExtrasRequest(mode=2, input_dir=str(tmp_path / "in")))
+
+
+# ------------------------------------------------------------------------- A1111's functions, main UI
+
+def test_a1111_run_extras_and_run_postprocessing(context, tmp_path):
+    import modules.postprocessing as postprocessing
+    from modules.extension_host.environment import app_scope
+
+    source = picture(16, 8)
+    with app_scope(context):
+        images, html, empty = postprocessing.run_extras(0, 0, source, None, "", "", True, 0, 0, 0, 2, 512, 512, True,
+                                                        "Nearest", "None", 0, False, save_output=False)
+        assert [image.size for image in images] == [(32, 16)] and empty == ""
+        assert html == "<p>Postprocess upscale by: 2.0, Postprocess upscaler: Nearest</p>"
+        with pytest.raises(ValueError, match="no face restoration"):
+            postprocessing.run_extras(0, 0, source, None, "", "", True, 0.5, 0, 0, 2, 512, 512, True, "Nearest",
+                                      "None", 0, False)
+        images, _, _ = postprocessing.run_postprocessing(
+            0, source, None, "", "", True, {"Upscale": upscale_args(upscale_by=3, upscaler_1_name="Nearest")},
+            save_output=True)
+        assert images[0].size == (48, 24)
+    assert (tmp_path / "outputs" / "extras-images" / "00000.png").is_file()
+
+
+def test_simple_upscale_runs_outside_extras_only(context):
+    owner = postprocessing_of(context)
+    pp = PostprocessedImage(picture(8, 8))
+    owner.run(pp, {"Upscale": {"upscale_enabled": False},
+                   "Simple Upscale": {"upscale_by": 2, "upscaler_name": "Nearest"}}, extras=False)
+    assert pp.image.size == (16, 16)
+    assert pp.info == {"Postprocess upscale by": 2, "Postprocess upscaler": "Nearest"}
+    with pytest.raises(ValueError, match="Simple Upscale"):
+        owner.check_args({"Simple Upscale": {}})
+
+
+def test_interrupt_stops_between_images(context):
+    class Interrupting(ScriptPostprocessing):
+        name, order, extension = "Interrupting", 2000, "test"
+
+        def process(self, pp, **args):
+            context.jobs.interrupt()
+
+    context.extensions = SimpleNamespace(scripts=SimpleNamespace(postprocessing_scripts=[Interrupting()]))
+    request = ExtrasRequest(mode=1, images=[("a.png", picture(8, 8)), ("b.png", picture(8, 8, 1))],
+                            script_args={"Upscale": upscale_args(upscale_by=2)}, save=False)
+    result = submit_extras(context, request).wait(60).result
+    assert result.interrupted and len(result.images) == 1
