@@ -431,3 +431,19 @@ def test_interrupt_stops_between_images(context):
                             script_args={"Upscale": upscale_args(upscale_by=2)}, save=False)
     result = submit_extras(context, request).wait(60).result
     assert result.interrupted and len(result.images) == 1
+
+
+def test_a_folder_file_too_large_to_upscale_is_skipped_and_names_are_checked_first(tmp_path):
+    context = make_context(tmp_path)
+    context.settings.apply({"upscale_max_pixels": 64 * 64})
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    picture(8, 8).save(inputs / "small.png")
+    picture(40, 40).save(inputs / "large.png")
+    request = ExtrasRequest(mode=2, input_dir=str(inputs), script_args={"Upscale": upscale_args(upscale_by=2)})
+    result = run_extras_plan(context, plan_extras(context, request))
+    assert [Path(p).name for p in result.saved_paths] == ["small.png"]
+    assert any(w.startswith("large.png: ") and "upscale_max_pixels" in w for w in result.warnings)
+    with pytest.raises(ValueError, match="could not find upscaler named 'Zzz'"):
+        plan_extras(context, request.model_copy(update={"script_args": {"Upscale": upscale_args(
+            upscaler_1_name="Zzz")}}))

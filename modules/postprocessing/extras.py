@@ -29,7 +29,9 @@ The listing is A1111's: not recursive, dotfiles skipped, natural order; a file t
 image (or is too large) is skipped with a warning (A1111 skips it silently).
 
 Before anything is queued, the Upscale step's arguments are checked for every uploaded image: an
-unknown upscaler, or a result over `upscale_max_pixels`, is refused with its reason.
+unknown upscaler, or a result over `upscale_max_pixels`, is refused with its reason (for a folder,
+the upscaler names). In a batch (modes 1 and 2), an image a step refuses while running (a folder's
+file too large to upscale) is skipped with a warning naming it; the others go on.
 """
 
 from __future__ import annotations
@@ -212,6 +214,9 @@ def plan_extras(context, request: ExtrasRequest) -> _Plan:
     warnings: list[str] = []
     if request.mode == 2:
         sources = _folder_sources(context, request, warnings)
+        upscale_args = request.script_args.get(UPSCALE_SCRIPT)
+        if upscale_args is not None:  # the images are read on the worker; their names can be checked now
+            owner.find(UPSCALE_SCRIPT).check_names(**upscale_args)
     else:
         sources = [_Source(name if request.mode == 1 else None, image=image) for name, image in request.images]
         upscale_args = request.script_args.get(UPSCALE_SCRIPT)
@@ -298,6 +303,13 @@ def run_extras_plan(context, plan: _Plan, control: Any = None) -> ExtrasResult:
         except PostprocessingStopped:
             result.interrupted = True
             break
+        except ValueError as error:
+            # One file of a batch the steps refuse (too large to upscale, ...) does not stop the others;
+            # a single image's refusal is the request's.
+            if request.mode == 0:
+                raise
+            _warn(result, control, f"{source.name}: {error}; skipped")
+            continue
         if control.skip_requested and control.consume_skip():
             continue
         used_suffixes: dict[str, int] = {}
@@ -307,6 +319,8 @@ def run_extras_plan(context, plan: _Plan, control: Any = None) -> ExtrasResult:
             info = dict(chunks)
             if options.enable_pnginfo:
                 info["postprocessing"] = infotext
+            if single.image is source.image:  # no step changed it: the caller's image keeps its own info
+                single.image = single.image.copy()
             single.image.info = info
             if request.save:
                 forced = None

@@ -223,14 +223,21 @@ class ScriptPostprocessingUpscale(_UpscaleBase):
               upscaler_1_name=None, upscaler_2_name=None, upscaler_2_visibility=0.0) -> None:
         """Everything `process` would refuse for a `width` x `height` image, without doing any work:
         an unknown upscaler, bad sizes, a result over the pixel limit."""
-        if not upscale_enabled or _upscaler_name(upscaler_1_name) is None:
+        if not self.check_names(upscale_enabled, upscaler_1_name, upscaler_2_name):
             return
-        self._entry_name(upscaler_1_name)
-        if _upscaler_name(upscaler_2_name) is not None:
-            self._entry_name(upscaler_2_name)
         plan = plan_upscale(width, height, int(upscale_mode), upscale_by, max_side_length, upscale_to_width,
                             upscale_to_height, upscale_crop)
         self.check_sizes(width, height, plan)
+
+    def check_names(self, upscale_enabled=True, upscaler_1_name=None, upscaler_2_name=None, **_) -> bool:
+        """Refuse an unknown upscaler name (the registry's error names the choices); whether the step
+        will upscale at all."""
+        if not upscale_enabled or _upscaler_name(upscaler_1_name) is None:
+            return False
+        self._entry_name(upscaler_1_name)
+        if _upscaler_name(upscaler_2_name) is not None:
+            self._entry_name(upscaler_2_name)
+        return True
 
     def process(self, pp: PostprocessedImage, upscale_enabled=True, upscale_mode=SCALE_TO, upscale_by=2.0,
                 max_side_length=0, upscale_to_width=None, upscale_to_height=None, upscale_crop=False,
