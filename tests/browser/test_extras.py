@@ -1,6 +1,6 @@
 """The Extras tab in Chromium: an uploaded image scaled by 2 with Lanczos comes back twice its size
 (and as Pillow's Lanczos makes it), and "Send to Extras" from PNG Info and from txt2img opens the tab
-with the picture."""
+with the picture (a generated one keeps its infotext through the upscale)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def test_send_to_extras_from_txt2img_then_upscale(page: Page, atelier_server):
     open_ui(page, atelier_server.url)
     choose(page, CHECKPOINT_DROPDOWN, "alpha")
     small_job(page)
-    generate(page, unique_prompt("a pebble"))
+    prompt = unique_prompt("a pebble")
+    generate(page, prompt)
     page.locator("#txt2img_send_to_extras").click()
     expect(page.locator("#tab_extras-button")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#extras_image img")).to_be_visible()
@@ -94,4 +95,8 @@ def test_send_to_extras_from_txt2img_then_upscale(page: Page, atelier_server):
     page.locator("#extras_generate").click()
     expect(page.locator("#html_info_extras")).to_contain_text("Postprocess upscaler: Nearest",
                                                               timeout=GENERATION_TIMEOUT_MS)
-    assert _gallery_image(page, atelier_server.url, "extras_gallery").size == (128, 128)  # the 64×64 image × 2
+    result = _gallery_image(page, atelier_server.url, "extras_gallery")
+    assert result.size == (128, 128)  # the 64×64 image × 2
+    # The source's infotext is kept and the postprocessing text added (A1111's PNG chunks).
+    assert prompt in result.info.get("parameters", ""), result.info
+    assert "Postprocess upscaler: Nearest" in result.info.get("postprocessing", "")
