@@ -91,6 +91,17 @@ def test_a_locked_server_refuses_the_folder_mode_even_if_a_value_arrives():
         extras_request(DIRECTORY, None, None, "/etc", "", True, _upscale_args(), refusal=refusal)
 
 
+def test_an_image_over_the_pixel_limit_is_refused_in_one_sentence():
+    from modules.postprocessing.extras import MAX_EXTRAS_IMAGE_PIXELS
+
+    huge = Image.new("1", (8193, 8192))  # 1 bit a pixel: 8 MB, yet over 8192² pixels
+    assert huge.width * huge.height > MAX_EXTRAS_IMAGE_PIXELS
+    with pytest.raises(ExtrasInputError) as raised:
+        extras_request(SINGLE, huge, None, "", "", True, _upscale_args())
+    message = str(raised.value)
+    assert message.startswith("images: ") and "8193x8192" in message and "validation error" not in message
+
+
 def test_uploads_are_opened_in_order_and_a_non_image_is_named(tmp_path):
     paths = []
     for seed in range(2):

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from pydantic import ValidationError
 
+from modules.postprocessing.extras import EXTRAS_JOB_KIND  # Interrupt/Skip stop only these jobs
 from modules.ui import extras_upscale_ui
 from modules.ui.generation import error_html, follow_job_async, render_progress
 from modules.ui.generation_form import selected_image, selected_info_html, stop_job
@@ -45,7 +47,6 @@ from modules.ui.shared import UiShared
 log = logging.getLogger(__name__)
 
 TAB_ID = "extras"  # the main tab's id in modules.ui.app.TAB_IDS
-JOB_KIND = "extras"  # the kind of the jobs submit_extras queues (Interrupt stops only these)
 SINGLE, BATCH, DIRECTORY = 0, 1, 2  # A1111's `extras_mode`
 MODE_TAB_IDS = ("single_image", "batch_process", "batch_from_directory")
 LABELS = {
@@ -173,8 +174,15 @@ def extras_request(mode: int, image: Any, files: Sequence[Any] | None, input_dir
                                "(Batch from Directory)")
     try:
         return ExtrasRequest(**request)
-    except ValueError as error:  # pydantic's ValidationError is one: an image over the size limit, ...
-        raise ExtrasInputError(str(error)) from None
+    except ValidationError as error:  # an image over the size limit, ...
+        raise ExtrasInputError("; ".join(_message(detail) for detail in error.errors())) from None
+
+
+def _message(detail: dict[str, Any]) -> str:
+    """One pydantic error as a sentence: the field, then the validator's own message."""
+    text = str(detail.get("msg", "")).removeprefix("Value error, ")
+    where = ".".join(str(part) for part in detail.get("loc", ()) if not isinstance(part, int))
+    return f"{where}: {text}" if where else text
 
 
 def finished_view(job) -> tuple[list, str, dict[str, Any]]:
@@ -370,10 +378,10 @@ def _wire_generate(context, tab: ExtrasTab, interrupt, skip):
     tab.generate.click(on_generate, inputs=[*present, *tab.script_inputs],
                        outputs=[tab.gallery, tab.info, tab.progress, view_state, job_id_state],
                        show_progress="hidden", concurrency_limit=None)
-    interrupt.click(lambda job_id: _discard(stop_job(context, job_id, kind=JOB_KIND)), inputs=job_id_state,
-                    outputs=None, show_progress="hidden", queue=False)
-    skip.click(lambda job_id: _discard(stop_job(context, job_id, skip=True, kind=JOB_KIND)), inputs=job_id_state,
-               outputs=None, show_progress="hidden", queue=False)
+    interrupt.click(lambda job_id: _discard(stop_job(context, job_id, kind=EXTRAS_JOB_KIND)),
+                    inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)
+    skip.click(lambda job_id: _discard(stop_job(context, job_id, skip=True, kind=EXTRAS_JOB_KIND)),
+               inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)
 
     def on_select(state: dict, event: gr.SelectData):
         state = dict(state or {})

@@ -89,8 +89,9 @@ def build(context) -> dict[str, Any]:
                         height = gr.Slider(minimum=64, maximum=8192, step=8, value=DEFAULTS["upscale_to_height"],
                                            label="Height", elem_id="extras_upscaling_resize_h")
                     with gr.Column(scale=1, min_width=120, elem_id="upscaling_dimensions_row"):
-                        swap = gr.Button(value=icon_label("upscaling_res_switch_btn"), elem_id="upscaling_res_switch_btn",
-                                         elem_classes=["tool"], size="sm", min_width=40)
+                        swap = gr.Button(value=icon_label("upscaling_res_switch_btn"),
+                                         elem_id="upscaling_res_switch_btn", elem_classes=["tool"], size="sm",
+                                         min_width=40)
                         crop = gr.Checkbox(value=DEFAULTS["upscale_crop"], label="Crop to fit",
                                            elem_id="extras_upscaling_crop")
     # A1111 keeps the open tab in a hidden number, passed to the step as `upscale_mode`.
