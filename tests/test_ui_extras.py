@@ -376,3 +376,29 @@ def test_an_extension_steps_controls_map_to_its_arguments(context, monkeypatch):
     upscale_values = [DEFAULTS[name] for name in built[0].controls]
     args = script_args(built, [*upscale_values, False, "x"])
     assert args["Flip"] == {"enabled": False, "axis": "x"} and args[UPSCALE] == DEFAULTS
+
+
+def test_generate_on_batch_process_upscales_every_upload(page, context, tmp_path):
+    paths = []
+    for seed in range(2):
+        paths.append(str(tmp_path / f"up-{seed}.png"))
+        _noise_image((16, 8), seed, "RGB").save(paths[-1])
+    gallery, info, *_ = _generate(page, context, {"extras_selected_mode": BATCH, "extras_image_batch": paths},
+                                  {"upscaler_1_name": "Lanczos", "upscale_by": 2})
+    assert [image.size for image in gallery] == [(32, 16), (32, 16)], info
+    expected = _noise_image((16, 8), 1, "RGB").resize((32, 16), Image.LANCZOS)
+    assert np.abs(np.asarray(gallery[1].convert("RGB"), dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
+
+
+def test_generate_from_a_directory_saves_there_and_hides_results_when_asked(page, context, tmp_path):
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for seed in range(2):
+        _noise_image((16, 8), seed, "RGB").save(source / f"dir-{seed}.png")
+    gallery, info, *_ = _generate(
+        page, context, {"extras_selected_mode": DIRECTORY, "extras_batch_input_dir": str(source),
+                        "extras_batch_output_dir": str(target), "extras_show_extras_results": False},
+        {"upscaler_1_name": "Nearest", "upscale_by": 2})
+    assert gallery == [] and "error" not in info, info
+    saved = sorted(target.iterdir())
+    assert len(saved) == 2 and all(Image.open(path).size == (32, 16) for path in saved)
