@@ -79,12 +79,10 @@ def image_to_tensor(image: Image.Image, device: Any, dtype: Any):
 
 
 def tensor_to_image(tensor) -> Image.Image:
-    """A (1, 3, H, W) [0, 1] tensor as an RGB PIL image (rounded to 8 bits)."""
+    """A (1, 3, H, W) uint8 tensor (what `tiling` returns) as an RGB PIL image."""
     import numpy as np
-    import torch
 
-    array = (tensor[0].detach().float().cpu().clamp(0, 1) * 255).round().to(dtype=torch.uint8)
-    return Image.fromarray(np.ascontiguousarray(array.permute(1, 2, 0).numpy()), "RGB")
+    return Image.fromarray(np.ascontiguousarray(tensor[0].permute(1, 2, 0).numpy()), "RGB")
 
 
 class Upscalers:

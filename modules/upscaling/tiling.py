@@ -10,9 +10,10 @@ Two schemes, each the one A1111 uses for the family:
 - `upscale_averaged` (SwinIR, ScuNET): square tiles of `min(tile, h, w)` at a stride of `tile -
   overlap`, the last one edge-aligned; overlapping outputs are averaged.
 
-Images are RGB [0, 1] float tensors shaped (1, 3, H, W). Tile outputs are rounded to 8-bit values
-as A1111 does (it joins PIL tiles), so a tiled and an untiled run agree exactly away from the tile
-borders. Unlike A1111, a tile never extends past the image (A1111 pads an image smaller than one
+Images go in as RGB [0, 1] float tensors shaped (1, 3, H, W) and come out as 8-bit (uint8) tensors
+of the same layout: tile outputs are rounded to 8 bits as A1111 does (it joins PIL tiles), so a
+tiled and an untiled run agree exactly away from the tile borders, and the result costs a quarter
+of a float image (an 8192² result: 200 MB, not 800). Unlike A1111, a tile never extends past the image (A1111 pads an image smaller than one
 tile with black). Between tiles `should_stop()` is polled; when it answers True the function
 returns None and the caller keeps the input image (A1111's interrupt).
 """
@@ -62,8 +63,8 @@ def grid_tiles(width: int, height: int, tile: int, overlap: int) -> list[list[Gr
 
 
 def to_8bit(tensor: torch.Tensor) -> torch.Tensor:
-    """[0, 1] floats rounded to the 256 levels of an 8-bit image, as float32 on the CPU."""
-    return (tensor.detach().float().cpu().clamp(0, 1) * 255).round() / 255
+    """[0, 1] floats as an 8-bit (uint8) tensor on the CPU, rounded to the nearest level."""
+    return (tensor.detach().float().clamp(0, 1) * 255).round().to(device="cpu", dtype=torch.uint8)
 
 
 def ramp(length: int) -> torch.Tensor:
@@ -78,16 +79,16 @@ def _blend_into(canvas: torch.Tensor, piece: torch.Tensor, offset: int, overlap:
     overlap = min(overlap, length) if offset > 0 else 0
     if overlap:
         weights = ramp(overlap).view(-1, 1) if dim == -2 else ramp(overlap).view(1, -1)
-        old = canvas.narrow(dim, offset, overlap)
-        new = piece.narrow(dim, 0, overlap)
-        canvas.narrow(dim, offset, overlap).copy_(old * (1 - weights) + new * weights)
+        old = canvas.narrow(dim, offset, overlap).float()
+        new = piece.narrow(dim, 0, overlap).float()
+        canvas.narrow(dim, offset, overlap).copy_((old * (1 - weights) + new * weights).round().to(canvas.dtype))
     canvas.narrow(dim, offset + overlap, length - overlap).copy_(piece.narrow(dim, overlap, length - overlap))
 
 
 def upscale_grid(image: torch.Tensor, model: Model, *, tile: int, overlap: int,
                  should_stop: StopCheck | None = None) -> torch.Tensor | None:
-    """A1111's `upscale_with_model`: `image` (1, 3, H, W) → the upscaled (1, 3, H·s, W·s) float32 CPU
-    tensor in 8-bit steps, or None when `should_stop()` said so between tiles."""
+    """A1111's `upscale_with_model`: `image` (1, 3, H, W) → the upscaled (1, 3, H·s, W·s) uint8 CPU
+    tensor, or None when `should_stop()` said so between tiles."""
     _, channels, height, width = image.shape
     rows = grid_tiles(width, height, tile, overlap)
     canvas: torch.Tensor | None = None
@@ -100,10 +101,10 @@ def upscale_grid(image: torch.Tensor, model: Model, *, tile: int, overlap: int,
             out = to_8bit(model(image[..., cell.y:cell.y + cell.height, cell.x:cell.x + cell.width]))[0]
             scale = out.shape[-1] // cell.width
             if row_canvas is None:
-                row_canvas = torch.zeros(out.shape[0], out.shape[1], width * scale)
+                row_canvas = torch.zeros(out.shape[0], out.shape[1], width * scale, dtype=torch.uint8)
             _blend_into(row_canvas, out, cell.x * scale, overlap * scale, dim=-1)
         if canvas is None:
-            canvas = torch.zeros(row_canvas.shape[0], height * scale, width * scale)
+            canvas = torch.zeros(row_canvas.shape[0], height * scale, width * scale, dtype=torch.uint8)
         _blend_into(canvas, row_canvas, row[0].y * scale, overlap * scale, dim=-2)
     return canvas.unsqueeze(0)
 
@@ -118,7 +119,7 @@ def upscale_averaged(image: torch.Tensor, model: Model, *, tile: int, overlap: i
                      should_stop: StopCheck | None = None) -> torch.Tensor | None:
     """A1111's `upscale_2` for SwinIR/ScuNET: square tiles of `min(tile, H, W)`, stride `tile -
     overlap` (at least 1), outputs averaged where they overlap. Tile size 0 runs the whole image.
-    Returns a (1, 3, H·scale, W·scale) float32 CPU tensor in 8-bit steps, or None when stopped."""
+    Returns a (1, 3, H·scale, W·scale) uint8 CPU tensor, or None when stopped."""
     _, channels, height, width = image.shape
     tile = min(tile, height, width)
     if tile <= 0:
