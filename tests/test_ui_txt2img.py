@@ -94,9 +94,10 @@ def test_paste_back_reproduces_the_request(context):
 
 
 def test_a_failed_job_shows_its_error(context):
-    request = build_request({**SMALL_REQUEST, "prompt": "x", "enable_hr": True, "sampler_name": "DDIM"})
+    request = build_request({**SMALL_REQUEST, "prompt": "x"}).model_copy(
+        update={"override_settings": {"sd_model_checkpoint": "nowhere.safetensors"}})
     outcome = follow_until_done(context, GenerationSubmission(request))
-    assert outcome.images == [] and "hires fix with the timestep sampler DDIM" in outcome.error
+    assert outcome.images == [] and "nowhere.safetensors" in outcome.error
     assert "class='error'" in outcome.info_html()
 
 

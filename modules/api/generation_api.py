@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -59,17 +60,19 @@ class PreparedGeneration:
         return self.submission.request
 
 
-def apply_infotext(body: GenerationApiRequest, current_settings, *, img2img: bool = False) -> GenerationApiRequest:
+def apply_infotext(body: GenerationApiRequest, current_settings, *, img2img: bool = False,
+                   upscaler_names: Sequence[str] | None = None) -> GenerationApiRequest:
     """A1111's `infotext` field, read as the paste button reads it
     (`modules.generation.infotext_fields`, with img2img's keys for an img2img request): the
     parameters it holds fill the fields the request left unset, and its setting fields become
     overrides unless equal to the current value or already overridden. A value Atelier cannot use
-    is a 422 naming its key."""
+    is a 422 naming its key. `upscaler_names`: the upscaler library's names a "Hires upscaler" may give."""
     if not body.infotext:
         return body
     from modules.generation.infotext_fields import read_infotext
 
-    reading = read_infotext(body.infotext, current_settings, img2img=img2img, mask_defaults=False)
+    reading = read_infotext(body.infotext, current_settings, img2img=img2img, mask_defaults=False,
+                            upscaler_names=upscaler_names)
     if reading.problems:
         raise bad_request("infotext: " + "; ".join(reading.problems))
     given = body.model_dump(exclude_unset=True)

@@ -30,9 +30,11 @@ _SAME = {"hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use sa
          "hr_scheduler": "Use same scheduler"}
 
 
-def apply_infotext(body: Txt2ImgApiRequest, current_settings) -> Txt2ImgApiRequest:
-    """A1111's `infotext` field for txt2img (see `generation_api.apply_infotext`)."""
-    return shared.apply_infotext(body, current_settings)
+def apply_infotext(body: Txt2ImgApiRequest, current_settings, upscalers=None) -> Txt2ImgApiRequest:
+    """A1111's `infotext` field for txt2img (see `generation_api.apply_infotext`); its "Hires
+    upscaler" may name any of `upscalers`' (the upscaler library's) names."""
+    names = upscalers.registry.names() if upscalers is not None else None
+    return shared.apply_infotext(body, current_settings, upscaler_names=names)
 
 
 def _refuse_unsupported(body: Txt2ImgApiRequest) -> None:
@@ -60,7 +62,7 @@ def _refuse_unsupported(body: Txt2ImgApiRequest) -> None:
 def prepare(body: Txt2ImgApiRequest, context) -> PreparedGeneration:
     """Validate `body` and map it onto a `GenerationRequest`; raises ApiError (422/404)."""
     shared.log_unknown_fields("txt2img", body)
-    body = apply_infotext(body, context.settings.current())
+    body = apply_infotext(body, context.settings.current(), getattr(context, "upscalers", None))
     _refuse_unsupported(body)
     prompt, negative = shared.prompts(body, context)
     overrides = shared.checked_overrides(body, context)

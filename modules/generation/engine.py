@@ -14,6 +14,7 @@ starting from noise alone (modules.generation.img2img has its stages).
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import logging
 import time
@@ -580,6 +581,8 @@ class EngineSettings:
     inpainting_mask_weight: float = 1.0
     img2img_color_correction: bool = False
     img2img_extra_noise: float = 0.0
+    save_images_before_highres_fix: bool = False
+    upscaler_for_img2img: str = "None"
 
     @classmethod
     def from_settings(cls, settings) -> "EngineSettings":
@@ -599,7 +602,9 @@ class EngineSettings:
                    img2img_background_color=settings["img2img_background_color"],
                    inpainting_mask_weight=settings["inpainting_mask_weight"],
                    img2img_color_correction=settings["img2img_color_correction"],
-                   img2img_extra_noise=settings["img2img_extra_noise"])
+                   img2img_extra_noise=settings["img2img_extra_noise"],
+                   save_images_before_highres_fix=settings["save_images_before_highres_fix"],
+                   upscaler_for_img2img=settings["upscaler_for_img2img"])
 
     @property
     def cond_padding(self) -> str:
@@ -607,14 +612,15 @@ class EngineSettings:
         return "last" if self.pad_cond_uncond_v0 else "empty" if self.pad_cond_uncond else "none"
 
 
-def _call_sampler(run: _Run, denoiser, x, schedule_or_timesteps, callback, noise):
-    """`run.sampler`'s function with its options, and eta where it takes one."""
+def _call_sampler(run: _Run, denoiser, x, schedule_or_timesteps, callback, noise, *, from_image: bool = False):
+    """`run.sampler`'s function with its options, and eta where it takes one. `from_image`: the pass
+    starts from a noised image (img2img, a hires pass), not from pure noise."""
     sampler = run.sampler
     kwargs = dict(sampler.options)
     parameters = inspect.signature(sampler.function).parameters
     if run.eta is not None and "eta" in parameters:
         kwargs["eta"] = run.eta
-    if run.img2img is not None and "is_img2img" in parameters:
+    if (from_image or run.img2img is not None) and "is_img2img" in parameters:
         kwargs["is_img2img"] = True  # UniPC starts at the truncated grid's end instead of t = 1
     if sampler.kind == "timesteps":
         return sampler.function(denoiser, x, schedule_or_timesteps, alphas_cumprod=run.alphas_cumprod,
@@ -659,7 +665,7 @@ class Txt2ImgEngine:
                 return generate(self.models.require_current(), request, EngineSettings.from_settings(snapshot),
                                 control or NullControl(), save=target, hooks=hooks,
                                 resources=GenerationResources(self.embeddings, self.hypernetworks, self.loras,
-                                                              self.models.current_info()))
+                                                              self.models.current_info(), self.upscalers))
             finally:
                 if wanted and previous is not None and snapshot["override_settings_restore_afterwards"]:
                     self.models.load(previous.title)
@@ -680,7 +686,7 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
     started = time.perf_counter()
     result = GenerationResult()
     plan = _make_plan(request, settings, hooks)
-    run = _prepare_run(model, plan, settings, control, hooks, resources or GenerationResources())
+    run = _prepare_run(model, plan, settings, control, hooks, resources or GenerationResources(), save)
     result.seeds, result.subseeds = list(run.seeds), list(run.subseeds)
     empty_cond = None  # the empty prompt's conditioning, for the "Pad conds" setting; made once
     with seamless_tiling(model, run.request.tiling), a1111_upsample_sizes(model.unet), torch.inference_mode():
@@ -704,12 +710,14 @@ def generate(model, request: GenerationRequest, settings: EngineSettings = Engin
 @dataclass(frozen=True)
 class GenerationResources:
     """What a caller lends a generation besides the model: the embedding, hypernetwork and LoRA
-    registries, and the checkpoint's listing (name and hash for the infotext)."""
+    registries, the checkpoint's listing (name and hash for the infotext), and the upscaler owner
+    (`modules.upscaling.service.Upscalers`) a hires pass with a model upscaler uses."""
 
     embeddings: Any = None
     hypernetworks: Any = None
     loras: Any = None
     checkpoint_info: Any = None
+    upscalers: Any = None
 
 
 @dataclass(frozen=True)
@@ -747,6 +755,9 @@ class _Run:
     # img2img (modules.generation.img2img): its step plan from `_prepare_run`, then the encoded init
     # latents (`Img2ImgInit`) once `_with_init_latents` ran; None for txt2img.
     img2img: Any = None
+    upscalers: Any = None  # GenerationResources.upscalers
+    save: Any = None  # the SaveTarget, or None when nothing is saved
+    job_timestamp: str = ""  # when the run started, for [job_timestamp] in file names (A1111's)
 
 
 @dataclass(frozen=True)
@@ -784,7 +795,7 @@ def _make_plan(request: GenerationRequest, settings: EngineSettings, hooks: Gene
 
 
 def _prepare_run(model, plan: GenerationPlan, settings: EngineSettings, control, hooks: GenerationHooks,
-                 resources: GenerationResources) -> _Run:
+                 resources: GenerationResources, save: SaveTarget | None = None) -> _Run:
     """The sampler, text conditioner, noise schedule and progress totals of the run."""
     from modules.generation.sampling.registry import resolve_sampler
     from modules.networks.activation import embedding_widths
@@ -803,7 +814,7 @@ def _prepare_run(model, plan: GenerationPlan, settings: EngineSettings, control,
     alphas_cumprod = _alphas_cumprod(model)
     eta = request.eta if request.eta is not None else (settings.eta_ddim if sampler.kind == "timesteps"
                                                          else settings.eta_ancestral)
-    per_iteration = request.steps + (_hires_steps(request) if request.enable_hr else 0)
+    per_iteration = request.steps + (_hires_steps_run(request, sampler.kind) if request.enable_hr else 0)
     img2img_plan = None
     if _is_img2img(request):
         from modules.generation.img2img import img2img_steps, steps_run
@@ -818,7 +829,8 @@ def _prepare_run(model, plan: GenerationPlan, settings: EngineSettings, control,
                 is_lcm=sampler.name == "LCM", family=model.architecture.family, eta=eta,
                 per_iteration=per_iteration, total=request.n_iter * per_iteration,
                 hypernetworks=resources.hypernetworks, loras=resources.loras,
-                checkpoint_info=resources.checkpoint_info, img2img=img2img_plan)
+                checkpoint_info=resources.checkpoint_info, img2img=img2img_plan, upscalers=resources.upscalers,
+                save=save, job_timestamp=datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
 
 
 def _is_img2img(request: GenerationRequest) -> bool:
@@ -832,6 +844,7 @@ def _with_init_latents(run: _Run) -> _Run:
     from modules.generation.img2img import Img2ImgSettings, prepare_init
 
     settings, request = run.settings, run.request
+    upscale, note = _img2img_upscale(run)
     options = Img2ImgSettings(
         fix_steps=settings.img2img_fix_steps,
         noise_multiplier=(settings.initial_noise_multiplier if request.initial_noise_multiplier is None
@@ -839,9 +852,26 @@ def _with_init_latents(run: _Run) -> _Run:
         background=settings.img2img_background_color,
         mask_weight=(settings.inpainting_mask_weight if request.inpainting_mask_weight is None
                      else request.inpainting_mask_weight),
-        color_correction=settings.img2img_color_correction, randn_source=settings.randn_source)
+        color_correction=settings.img2img_color_correction, randn_source=settings.randn_source,
+        upscale=upscale)
     init = prepare_init(run.model, request, options, fill_seeds=run.seeds[:request.batch_size])
+    if note:
+        init = dataclasses.replace(init, notes=(*init.notes, note))
     return dataclasses.replace(run, img2img=init)
+
+
+def _img2img_upscale(run: _Run):
+    """Setting `upscaler_for_img2img` as (how init images are resized, a note or None). "None" is
+    LANCZOS. A name the library does not list (a model file since removed) falls back to LANCZOS
+    with a note, as A1111 falls back to its first upscaler (None)."""
+    name = run.settings.upscaler_for_img2img
+    if not name or name == "None":
+        return None, None
+    if run.upscalers is None or name not in run.upscalers.registry:
+        return None, (f"upscaler_for_img2img: upscaler {name!r} is not available; init images were resized with "
+                      "Lanczos (pick one in Settings > Upscaling)")
+    upscalers, control = run.upscalers, run.control
+    return (lambda image, width, height: upscalers.resize(image, width, height, name, control=control)), None
 
 
 def _sampling_schedule(sampler, alphas_cumprod: torch.Tensor, device):
@@ -882,7 +912,7 @@ def _run_batch(run: _Run, iteration: int, result: GenerationResult, empty_cond):
         with _timed(result, "sampling"):
             samples, stopped = _first_pass(run, batch, x)
             if run.request.enable_hr and stopped is None:
-                samples, stopped = _hires_pass(run, batch, samples)
+                samples, stopped = _hires_pass(run, batch, samples, result, active.infotext)
         samples = run.hooks.post_sample(plan, samples)
         with _timed(result, "decode"):
             decoded = _decode(run.model, samples, result)
@@ -1006,7 +1036,7 @@ def _with_extra_noise(run: _Run, noise: torch.Tensor, x: torch.Tensor, xi: torch
 
 
 def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, noise_fn, blend=None, *,
-            image_cond=None):
+            image_cond=None, from_image: bool = False):
     """One sampler run on `batch`'s conds; returns (samples, StopSampling or None). An interrupt or a
     skip stops it early with the latent at that step. `image_cond` (inpainting / instruct-pix2pix
     checkpoints) and img2img's latent-mask `blend` go to the denoiser."""
@@ -1021,7 +1051,7 @@ def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, no
         image_cfg_scale=run.img2img.image_cfg_scale if run.img2img is not None else None)
     try:
         return _call_sampler(run, denoiser, x_start, sigmas_or_steps, _step_callback(run, batch.progress_offset),
-                             noise_fn), None
+                             noise_fn, from_image=from_image), None
     except StopSampling as stop:
         return stop.x, stop
     finally:
@@ -1089,52 +1119,54 @@ def _collect_images(run: _Run, batch: _Batch, images: list, network_fields: dict
 
 def _save_all(run: _Run, result: GenerationResult, save: SaveTarget) -> None:
     """Each image as `outputs/txt2img-images/<date>/NNNNN-<seed>.png`, then the grid (A1111's layout)."""
-    import datetime as dt
+    from modules.outputs.images import SaveOptions, image_grid, img2img_output_dirs, txt2img_output_dirs
 
-    from modules.outputs.images import (
-        FilenameContext,
-        SaveOptions,
-        image_grid,
-        img2img_output_dirs,
-        save_image,
-        txt2img_output_dirs,
-    )
-
-    request, sampler, checkpoint_info, hooks, plan = run.request, run.sampler, run.checkpoint_info, run.hooks, run.plan
+    request = run.request
     options = save.options or SaveOptions()
     output_dirs = img2img_output_dirs if run.img2img is not None else txt2img_output_dirs
     images_dir, grids_dir = output_dirs(save.data_dir, options)
-    timestamp = dt.datetime.now().strftime("%Y%m%d%H%M%S")
-    common = dict(all_seeds=tuple(result.seeds), negative_prompt=request.negative_prompt, steps=request.steps,
-                  cfg_scale=request.cfg_scale, width=request.width, height=request.height,
-                  sampler_name=sampler.name, scheduler=request.scheduler,
-                  sampler_default_scheduler=sampler.default_scheduler,
-                  model_hash=checkpoint_info.shorthash if checkpoint_info else None,
-                  model_name=checkpoint_info.name_for_extra if checkpoint_info else run.model.path.stem,
-                  job_timestamp=timestamp, batch_size=request.batch_size, n_iter=request.n_iter,
-                  clip_skip=run.clip_skip)
-
-    def save_with_events(image, infotext, folder, basename="", *, grid=False, **kwargs) -> str:
-        event = ImageSaveEvent(image, {"parameters": infotext}, is_grid=grid)
-        hooks.before_image_saved(plan, event)
-        extra_chunks = {key: value for key, value in event.pnginfo.items() if key != "parameters"}
-        event.filename = save_image(event.image, folder, basename, options=options, grid=grid,
-                                    infotext=event.pnginfo.get("parameters"), existing_pnginfo=extra_chunks,
-                                    **kwargs).path
-        hooks.image_saved(plan, event)
-        return event.filename
-
     for index, (image, infotext) in enumerate(zip(result.images, result.infotexts)):
-        context = FilenameContext(seed=result.seeds[index], prompt=result.prompts[index],
-                                  batch_index=index % request.batch_size, iteration=index // request.batch_size,
-                                  **common)
-        result.saved_paths.append(save_with_events(image, infotext, images_dir, context=context))
+        context = _filename_context(run, result.seeds[index], result.prompts[index], result.seeds,
+                                    batch_index=index % request.batch_size, iteration=index // request.batch_size)
+        result.saved_paths.append(_save_with_events(run, image, infotext, images_dir, options, context=context))
     if len(result.images) > 1 and getattr(options, "grid_save", True):
         grid = image_grid(result.images, batch_size=request.batch_size, n_rows=options.n_rows,
                           prevent_empty_spots=options.grid_prevent_empty_spots)
-        context = FilenameContext(seed=result.seeds[0], prompt=result.prompts[0], **common)
-        result.saved_paths.append(save_with_events(grid, result.infotexts[0], grids_dir, "grid", context=context,
-                                                   grid=True, short_filename=True))
+        context = _filename_context(run, result.seeds[0], result.prompts[0], result.seeds)
+        result.saved_paths.append(_save_with_events(run, grid, result.infotexts[0], grids_dir, options, "grid",
+                                                    context=context, grid=True, short_filename=True))
+
+
+def _filename_context(run: _Run, seed: int, prompt: str, all_seeds, **fields):
+    """The `FilenameContext` of an image the run saves (its seed and prompt, the request's values)."""
+    from modules.outputs.images import FilenameContext
+
+    request, sampler, checkpoint_info = run.request, run.sampler, run.checkpoint_info
+    return FilenameContext(seed=seed, prompt=prompt, all_seeds=tuple(all_seeds),
+                           negative_prompt=request.negative_prompt, steps=request.steps,
+                           cfg_scale=request.cfg_scale, width=request.width, height=request.height,
+                           sampler_name=sampler.name, scheduler=request.scheduler,
+                           sampler_default_scheduler=sampler.default_scheduler,
+                           model_hash=checkpoint_info.shorthash if checkpoint_info else None,
+                           model_name=checkpoint_info.name_for_extra if checkpoint_info else run.model.path.stem,
+                           job_timestamp=run.job_timestamp, batch_size=request.batch_size, n_iter=request.n_iter,
+                           clip_skip=run.clip_skip, **fields)
+
+
+def _save_with_events(run: _Run, image, infotext: str, folder: str, options, basename: str = "", *,
+                      grid: bool = False, **kwargs) -> str:
+    """Save one image, the `before_image_saved` and `image_saved` hooks around it (A1111's save_image
+    fires them for every file it writes); returns the path."""
+    from modules.outputs.images import save_image
+
+    event = ImageSaveEvent(image, {"parameters": infotext}, is_grid=grid)
+    run.hooks.before_image_saved(run.plan, event)
+    extra_chunks = {key: value for key, value in event.pnginfo.items() if key != "parameters"}
+    event.filename = save_image(event.image, folder, basename, options=options, grid=grid,
+                                infotext=event.pnginfo.get("parameters"), existing_pnginfo=extra_chunks,
+                                **kwargs).path
+    run.hooks.image_saved(run.plan, event)
+    return event.filename
 
 
 def _scheduler_label(name: str) -> str:
@@ -1177,29 +1209,88 @@ def _hires_steps(request: GenerationRequest) -> int:
     return request.hr_second_pass_steps or request.steps
 
 
+def _hires_plan(request: GenerationRequest):
+    """The hires pass's steps: A1111's fixed-steps branch (§13.4), so exactly `hires steps` run on the
+    tail of a schedule stretched to `int(steps / strength)`; None at strength 0, when nothing runs
+    (the upscaled first pass is the result)."""
+    from modules.generation.img2img import img2img_steps
+
+    if request.denoising_strength == 0:
+        return None
+    return img2img_steps(_hires_steps(request), request.denoising_strength, fix_steps=True)
+
+
+def _hires_steps_run(request: GenerationRequest, sampler_kind: str) -> int:
+    """Sampler steps (progress units) of one hires pass."""
+    from modules.generation.img2img import steps_run
+
+    plan = _hires_plan(request)
+    return 0 if plan is None else steps_run(plan, sampler_kind)
+
+
 def _hires_size(request: GenerationRequest) -> tuple[int, int]:
-    if request.hr_resize_x or request.hr_resize_y:
-        width = request.hr_resize_x or int(request.hr_resize_y * request.width / request.height) // 8 * 8
-        height = request.hr_resize_y or int(request.hr_resize_x * request.height / request.width) // 8 * 8
-        return width, height
-    return int(request.width * request.hr_scale) // 8 * 8, int(request.height * request.hr_scale) // 8 * 8
+    """The hires pass's output size (what the infotext's "Hires resize" names)."""
+    if request.hr_resize_x and request.hr_resize_y:
+        return request.hr_resize_x, request.hr_resize_y
+    return _hires_upscale_size(request)
 
 
-def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor):
-    """A1111's hires fix with a latent upscaler: upscale the latents, renoise them to the denoising
-    strength, and sample again over the tail of a `hires steps` schedule."""
+def _hires_upscale_size(request: GenerationRequest) -> tuple[int, int]:
+    """The size the first pass is upscaled to. With both "Resize width/height to" set and another
+    aspect, A1111 scales to cover that box, keeping the first pass's aspect; the latent is then
+    centre-cropped to the box (`_crop_to`)."""
+    width, height = request.width, request.height
+    x, y = request.hr_resize_x, request.hr_resize_y
+    if x and y:
+        if width / height < x / y:
+            return x, int(x * height / width) // 8 * 8
+        return int(y * width / height) // 8 * 8, y
+    if x or y:
+        return x or int(y * width / height) // 8 * 8, y or int(x * height / width) // 8 * 8
+    return int(width * request.hr_scale) // 8 * 8, int(height * request.hr_scale) // 8 * 8
+
+
+def _crop_to(latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """The latent centre-cropped to `width`×`height` pixels (A1111's truncate_x/y: the odd row or
+    column goes from the end)."""
+    cut_y, cut_x = latents.shape[-2] - height // 8, latents.shape[-1] - width // 8
+    if cut_x <= 0 and cut_y <= 0:
+        return latents
+    return latents[..., cut_y // 2:latents.shape[-2] - (cut_y + 1) // 2, cut_x // 2:latents.shape[-1] - (cut_x + 1) // 2]
+
+
+def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor, result: GenerationResult, network_fields: dict):
+    """A1111's hires fix: upscale the first pass (its latents with a latent mode; else decoded,
+    upscaled with the named upscaler and encoded again), renoise to the denoising strength and sample
+    exactly `hires steps` more. Returns (samples, StopSampling or None); an interrupt before the pass
+    samples keeps the first pass's latents."""
     import dataclasses
 
     import torch
 
     from modules.generation.rng import ImageRNG
-    from modules.generation.sampling.registry import build_sigmas, total_steps
+    from modules.generation.sampling.registry import total_steps
 
     request, sampler, model = run.request, run.sampler, run.model
     width, height = _hires_size(request)
-    mode, antialias = LATENT_UPSCALE_MODES[request.hr_upscaler]
-    latents = torch.nn.functional.interpolate(samples.float(), size=(height // 8, width // 8), mode=mode,
-                                              antialias=antialias)
+    upscale_width, upscale_height = _hires_upscale_size(request)
+    if request.hr_upscaler in LATENT_UPSCALE_MODES:
+        _save_before_hires(run, batch, lambda: _decode(model, samples, result), network_fields)
+        mode, antialias = LATENT_UPSCALE_MODES[request.hr_upscaler]
+        latents = torch.nn.functional.interpolate(samples.float(), size=(upscale_height // 8, upscale_width // 8),
+                                                  mode=mode, antialias=antialias)
+        pixels = None
+    else:
+        decoded = _decode(model, samples, result)
+        _save_before_hires(run, batch, lambda: decoded, network_fields)
+        pixels = _upscale_pixels(run, batch, decoded, upscale_width, upscale_height)
+        if pixels is None:
+            return samples, StopSampling(samples, interrupted=True)  # the first pass's images are kept
+        from modules.generation.img2img import encode_pixels
+
+        latents = encode_pixels(model, pixels * 2 - 1)
+    latents = _crop_to(latents, width, height)
+    pixels = None if pixels is None else _crop_pixels(pixels, latents.shape[-1] * 8, latents.shape[-2] * 8)
     steps = _hires_steps(request)
     hires_total = total_steps(sampler, steps)
     base_total = total_steps(sampler, request.steps)
@@ -1210,25 +1301,126 @@ def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor):
                                                   cache=run.cache)
     except EncodingInterrupted:
         return samples, StopSampling(samples, interrupted=True)  # the first pass's image is kept
-    hr_rng = ImageRNG((4, height // 8, width // 8), batch.seeds, batch.subseeds, request.subseed_strength,
+    image_cond = _hires_image_cond(run, latents, pixels, result)
+    hr_rng = ImageRNG(tuple(latents.shape[1:]), batch.seeds, batch.subseeds, request.subseed_strength,
                       request.seed_resize_from_h, request.seed_resize_from_w, source=run.settings.randn_source,
                       device=model.device)
     noise = hr_rng.next().float()
-    if sampler.kind != "sigmas":
-        raise ValueError(f"hires fix with the timestep sampler {sampler.name} is not supported yet; "
-                         "pick a k-diffusion sampler (e.g. DPM++ 2M) for hires")
-    t_enc = min(int(request.denoising_strength * steps), steps - 1)
-    sigmas = build_sigmas(sampler, run.scheduler, steps, run.schedule).to(model.device)
-    sigma_sched = sigmas[steps - t_enc - 1:]
-    noise_fn = _noise_source(sampler, hr_rng, latents, batch.seeds, sigma_sched)
     # The first pass's time ids and empty-prompt cond stay, as in A1111.
     hires = dataclasses.replace(batch, cond=cond, uncond=uncond,
                                 progress_offset=batch.progress_offset + request.steps)
     # After this the pass's steps, size and strength are fixed: changes a hook makes to them are not read.
     run.hooks.before_hr(run.plan)
     run.hooks.before_every_sampling(run.plan, latents, noise, cond, uncond)
-    start = _with_extra_noise(run, noise, latents, latents + noise * sigma_sched[0])
-    return _sample(run, hires, start, sigma_sched, noise_fn, image_cond=_txt2img_image_cond(run, latents))
+    plan = _hires_plan(request)
+    if plan is None:  # strength 0: no step runs; the upscaled first pass is the image
+        return latents, None
+    return _sample_from(run, hires, latents, noise, hr_rng, plan, image_cond)
+
+
+def _sample_from(run: _Run, batch: _Batch, latents: torch.Tensor, noise: torch.Tensor, rng, plan, image_cond):
+    """Sample `latents` noised to `plan`'s start (an `img2img.Img2ImgSteps`), as img2img does without a
+    mask: the tail of a sigma schedule, or the first `t_enc` timesteps for DDIM/PLMS/UniPC."""
+    from modules.generation.img2img import noised_start_sigmas, noised_start_timesteps
+    from modules.generation.sampling.registry import build_sigmas
+    from modules.generation.sampling.timesteps import a1111_timesteps
+
+    sampler, device = run.sampler, run.model.device
+    if sampler.kind == "sigmas":
+        sigmas = build_sigmas(sampler, run.scheduler, plan.schedule_steps, run.schedule).to(device)
+        tail = sigmas[plan.sigma_start_index:]
+        # The SDE samplers' Brownian tree spans the whole schedule, as in A1111's sample_img2img.
+        noise_fn = _noise_source(sampler, rng, latents, batch.seeds, sigmas)
+        start = _with_extra_noise(run, noise, latents, noised_start_sigmas(latents, noise, tail[0]))
+        return _sample(run, batch, start, tail, noise_fn, image_cond=image_cond, from_image=True)
+    timesteps = a1111_timesteps(plan.schedule_steps)
+    alpha = run.alphas_cumprod[timesteps[plan.t_enc]].to(device=device, dtype=latents.dtype)
+    noise_fn = _noise_source(sampler, rng, latents, batch.seeds, None)
+    start = _with_extra_noise(run, noise, latents, noised_start_timesteps(latents, noise, alpha), alpha.sqrt())
+    return _sample(run, batch, start, timesteps[:plan.t_enc], noise_fn, image_cond=image_cond, from_image=True)
+
+
+def _upscale_pixels(run: _Run, batch: _Batch, decoded: torch.Tensor, width: int, height: int) -> torch.Tensor | None:
+    """The decoded first pass (B, 3, h, w) in [0, 1], each image resized to `width`×`height` through
+    the request's upscaler (A1111's `resize_image(0, ...)`: the model upscales by max(W/w, H/h), then
+    Lanczos to the exact size; "None" is plain Lanczos). None when the job was interrupted meanwhile."""
+    import numpy as np
+    import torch
+
+    name, control = run.request.hr_upscaler, run.control
+    control.add_info(f"Hires fix: upscaling {decoded.shape[0]} image(s) to {width}x{height} with {name}")
+    # The bar stays at the end of the first pass while the upscaler runs; the line says why.
+    control.report(batch.progress_offset + run.request.steps, run.total)
+    upscaled = []
+    for image in decoded:
+        if control.interrupted:
+            return None
+        picture = _resize_with_upscaler(run, _to_pil(image), width, height, name)
+        upscaled.append(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)
+    if control.interrupted:  # the upscaler hands back its input when interrupted between tiles
+        return None
+    return torch.from_numpy(np.stack(upscaled)).permute(0, 3, 1, 2)
+
+
+def _resize_with_upscaler(run: _Run, image, width: int, height: int, name: str):
+    """`image` at `width`×`height` through upscaler `name` (the upscaler owner's `resize`). Without an
+    owner (direct engine calls) only "None" and "Lanczos" can run: both are a Lanczos resize."""
+    if run.upscalers is not None:
+        return run.upscalers.resize(image, width, height, name, control=run.control)
+    if name in ("None", "Lanczos"):
+        from PIL import Image
+
+        return image.resize((width, height), resample=Image.LANCZOS)
+    raise ValueError(f"hires upscaler {name!r} needs the upscaler library, which this engine was not given; "
+                     f"use a latent mode ({', '.join(LATENT_UPSCALE_MODES)}) or run through the web UI or API")
+
+
+def _crop_pixels(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """The images centre-cropped as `_crop_to` crops their latents."""
+    cut_y, cut_x = (pixels.shape[-2] - height) // 8, (pixels.shape[-1] - width) // 8
+    if cut_x <= 0 and cut_y <= 0:
+        return pixels
+    top, left = cut_y // 2 * 8, cut_x // 2 * 8
+    return pixels[..., top:top + height, left:left + width]
+
+
+def _hires_image_cond(run: _Run, latents: torch.Tensor, pixels: torch.Tensor | None, result: GenerationResult):
+    """The extra UNet input of an inpainting checkpoint for the hires pass (A1111's): an all-ones mask
+    and the encoded image `pixels · (1 − weight)` (setting `inpainting_mask_weight`). The non-latent
+    path passes its [0, 1] pixels where img2img passes [−1, 1] ones (A1111's quirk, kept); the latent
+    path decodes its latents only when the weight is below 1, else takes txt2img's mid-grey image."""
+    import torch
+
+    from modules.generation.img2img import encode_pixels, unet_extra_channels
+
+    weight = run.settings.inpainting_mask_weight
+    if unet_extra_channels(run.model) != 5 or (pixels is None and weight >= 1):
+        return _txt2img_image_cond(run, latents)
+    if pixels is None:
+        pixels = _decode(run.model, latents, result) * 2 - 1
+    masked = torch.lerp(pixels, torch.zeros_like(pixels), weight)
+    encoded = encode_pixels(run.model, masked)
+    ones = torch.ones(encoded.shape[0], 1, *encoded.shape[-2:], device=encoded.device)
+    return torch.cat([ones, encoded], dim=1)
+
+
+def _save_before_hires(run: _Run, batch: _Batch, decode, network_fields: dict) -> None:
+    """Setting `save_images_before_highres_fix`: each first-pass image saved as
+    `NNNNN-<seed>-before-highres-fix.png` beside the results, when the results are saved."""
+    if run.save is None or not run.settings.save_images_before_highres_fix:
+        return
+    from modules.outputs.images import SaveOptions, txt2img_output_dirs
+
+    options = run.save.options or SaveOptions()
+    images_dir, _ = txt2img_output_dirs(run.save.data_dir, options)
+    first = batch.iteration * run.request.batch_size
+    fields = {**network_fields, **run.plan.extra_generation_params}
+    for position, image in enumerate(decode()):
+        index = first + position
+        context = _filename_context(run, run.seeds[index], run.plan.all_prompts[index], run.seeds,
+                                    batch_index=position, iteration=batch.iteration)
+        _save_with_events(run, _to_pil(image), _infotext(run, index, fields, batch.ti_hashes), images_dir,
+                          options, context=context, suffix="-before-highres-fix")
 
 
 def _decode(model, samples: torch.Tensor, result: GenerationResult) -> torch.Tensor:

@@ -19,6 +19,7 @@ denoise loop (`engine._sample`, `CFGDenoiser`) samples both. What img2img adds, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,9 @@ class Img2ImgSettings:
     mask_weight: float = 1.0  # the request's inpainting_mask_weight, else the setting
     color_correction: bool = False  # img2img_color_correction
     randn_source: str = "GPU"  # for "latent noise"
+    # upscaler_for_img2img: `upscale(image, w, h)` resizes init images (an upscaler model when it
+    # enlarges, `Upscalers.resize`); None: LANCZOS (the setting's "None").
+    upscale: Callable[[Image.Image, int, int], Image.Image] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -297,7 +301,8 @@ def _prepare_image(image, request: Img2ImgRequest, settings: Img2ImgSettings, pr
     overlay, infotext = None, {}
     if prepared is None:
         if not latent_upscale:
-            image = ops.resize_image(request.resize_mode, image, request.width, request.height)
+            image = ops.resize_image(request.resize_mode, image, request.width, request.height,
+                                     upscale=settings.upscale)
     else:
         if latent_upscale and prepared.crop_region is None and image.size != (request.width, request.height):
             # The result is W×H and could not be pasted onto an original of another size (A1111 fails later).
@@ -305,7 +310,8 @@ def _prepare_image(image, request: Img2ImgRequest, settings: Img2ImgSettings, pr
                              f"picture needs the init image at {request.width}x{request.height} (it is "
                              f"{image.width}x{image.height}); pick another resize mode or resize the image first")
         masked = ops.prepare_masked_init(image, prepared, width=request.width, height=request.height,
-                                         resize_mode=request.resize_mode, masked_content=request.inpainting_fill)
+                                         resize_mode=request.resize_mode, masked_content=request.inpainting_fill,
+                                         upscale=settings.upscale)
         image, overlay, infotext = masked.image, masked.overlay, masked.infotext
     image = image.convert("RGB")
     reference = ops.color_correction_reference(image) if settings.color_correction else None

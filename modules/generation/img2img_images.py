@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
@@ -100,8 +101,13 @@ def _scaled_size(image: Image.Image, width: int, height: int, *, cover: bool) ->
     return max(1, image.width * height // image.height), height
 
 
-def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Image.Image:
+def resize_image(mode: int, image: Image.Image, width: int, height: int, *,
+                 upscale: Callable[[Image.Image, int, int], Image.Image] | None = None) -> Image.Image:
     """A1111's img2img resize modes (`RESIZE_MODES`), LANCZOS for every pixel resize.
+
+    `upscale(image, w, h)`: how the picture is brought to w×h instead of LANCZOS (A1111's
+    `upscaler_name`, the setting `upscaler_for_img2img`: an upscaler model when it enlarges, see
+    `Upscalers.resize`); masks (mode "L") always use LANCZOS.
 
     0 stretches to width×height. 1 covers the box, centred, and crops the overflow. 2 fits inside,
     centred, and fills the empty bands by stretching the picture's outer edge (PIL's bicubic sample
@@ -118,16 +124,22 @@ def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Imag
     if mode == 3:
         return image
     if mode == 0:
-        return image.resize((width, height), Image.Resampling.LANCZOS)
+        return _resize(image, width, height, upscale)
 
     scaled_w, scaled_h = _scaled_size(image, width, height, cover=mode == 1)
-    scaled = image.resize((scaled_w, scaled_h), Image.Resampling.LANCZOS)
+    scaled = _resize(image, scaled_w, scaled_h, upscale)
     left, top = width // 2 - scaled_w // 2, height // 2 - scaled_h // 2
     canvas = Image.new("RGB", (width, height))
     canvas.paste(scaled, (left, top))
     if mode == 2:
         _stretch_edges_into_bands(canvas, scaled, left, top)
     return canvas
+
+
+def _resize(image: Image.Image, width: int, height: int, upscale) -> Image.Image:
+    if upscale is None or image.mode == "L":
+        return image.resize((width, height), Image.Resampling.LANCZOS)
+    return upscale(image, width, height)
 
 
 def _stretch_edges_into_bands(canvas: Image.Image, picture: Image.Image, left: int, top: int) -> None:
@@ -489,13 +501,15 @@ class MaskedInit:
 
 
 def prepare_masked_init(image: Image.Image, prepared: PreparedMask, *, width: int, height: int,
-                        resize_mode: int, masked_content: int) -> MaskedInit:
+                        resize_mode: int, masked_content: int,
+                        upscale: Callable[[Image.Image, int, int], Image.Image] | None = None) -> MaskedInit:
     """A flattened init image → what inpainting encodes, and the overlay to paste back through.
 
     "Whole picture" resizes with the resize mode (not in mode 3); the overlay is the original at
     that size with alpha = 255 − overlay mask; "Only masked" then crops `crop_region` and resizes
-    it with mode 2. Every masked content but "original" (1) runs `fill_masked` first — A1111 also
-    fills for latent noise and latent nothing, whose latents are replaced afterwards anyway.
+    it with mode 2 (both image resizes through `upscale`, see `resize_image`). Every masked content
+    but "original" (1) runs `fill_masked` first — A1111 also fills for latent noise and latent
+    nothing, whose latents are replaced afterwards anyway.
     A blank mask is the caller's decision (see `PreparedMask.blank`); this function does not look."""
     width, height = _positive_size("width", width), _positive_size("height", height)
     resize_mode = _resize_mode(resize_mode)
@@ -505,13 +519,13 @@ def prepare_masked_init(image: Image.Image, prepared: PreparedMask, *, width: in
         raise ValueError(f"masked content (inpainting_fill) must be one of {choices}; got {masked_content!r}")
     image = image if image.mode == "RGB" else image.convert("RGB")
     if prepared.crop_region is None and resize_mode != 3:
-        image = resize_image(resize_mode, image, width, height)
+        image = resize_image(resize_mode, image, width, height, upscale=upscale)
     overlay_mask = prepared.overlay_mask
     if overlay_mask.size != image.size:
         overlay_mask = resize_image(_mask_resize_mode(resize_mode), overlay_mask, *image.size).convert("L")
     overlay = make_overlay(image, overlay_mask)
     if prepared.crop_region is not None:
-        image = resize_image(2, image.crop(prepared.crop_region), width, height)
+        image = resize_image(2, image.crop(prepared.crop_region), width, height, upscale=upscale)
     infotext: dict[str, str] = {}
     if masked_content != 1:
         fill_mask = prepared.mask

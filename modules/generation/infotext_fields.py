@@ -10,7 +10,7 @@ RNG, Eta, ...), which become per-request overrides when they differ from the cur
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +124,8 @@ def read_infotext(text: str, current_settings: Mapping[str, Any], *,
                   current_model_hash: str | None = None,
                   extract_styles: Callable[[str, str], tuple[list[str], str, str]] | None = None,
                   on_parsed: Callable[[str, dict[str, Any]], None] | None = None,
-                  img2img: bool = False, mask_defaults: bool = True) -> InfotextReading:
+                  img2img: bool = False, mask_defaults: bool = True,
+                  upscaler_names: Sequence[str] | None = None) -> InfotextReading:
     """Read `text` (an A1111 infotext) as request values and overrides, the way A1111's paste does:
 
     - only what the infotext states is set; "Sampler: DPM++ 2M Karras" (an old infotext) sets the
@@ -141,7 +142,9 @@ def read_infotext(text: str, current_settings: Mapping[str, Any], *,
     - `img2img`: the values are an `Img2ImgRequest`'s: the denoising strength always (not only with
       hires fix), the image CFG scale and the mask keys, and none of the hires fields; with
       `mask_defaults` False only the mask keys the text states (A1111's API leaves the others to the
-      request's own defaults; its paste button fills A1111's paste defaults).
+      request's own defaults; its paste button fills A1111's paste defaults);
+    - "Hires upscaler" must be a latent mode or one of `upscaler_names` (the upscaler library's
+      names, `Upscalers.registry.names()`, when the caller has them); another name is a problem.
     """
     from modules.outputs.infotext import parse_generation_parameters
 
@@ -159,7 +162,8 @@ def read_infotext(text: str, current_settings: Mapping[str, Any], *,
         except (TypeError, ValueError):
             reading.problems.append(f"{key}: {params[key]!r} is not a number")
     _read_sampler(params, reading)
-    _read_hires_upscaler(params, reading)
+    if not img2img:  # img2img has no hires pass: its upscaler is not read (nor reported)
+        _read_hires_upscaler(params, reading, upscaler_names or ())
     reading.values["enable_hr"] = hires_fix_used(params)
     if img2img:
         if not mask_defaults:
@@ -233,14 +237,16 @@ def _read_sampler(params: Mapping[str, Any], reading: InfotextReading) -> None:
             reading.problems.append(f"Schedule type: {error}")
 
 
-def _read_hires_upscaler(params: Mapping[str, Any], reading: InfotextReading) -> None:
-    from modules.generation.engine import LATENT_UPSCALE_MODES
+def _read_hires_upscaler(params: Mapping[str, Any], reading: InfotextReading, upscaler_names: Sequence[str]) -> None:
+    from modules.generation.requests import LATENT_UPSCALE_MODES
 
     if "Hires upscaler" not in params:
         return
     upscaler = str(params["Hires upscaler"])
-    if upscaler in LATENT_UPSCALE_MODES:
+    choices = [*LATENT_UPSCALE_MODES, *(name for name in upscaler_names if name not in LATENT_UPSCALE_MODES)]
+    if upscaler in choices:
         reading.values["hr_upscaler"] = upscaler
     else:
-        reading.problems.append(f"Hires upscaler: {upscaler!r} is not available; Atelier has "
-                                f"{', '.join(LATENT_UPSCALE_MODES)}")
+        reading.problems.append(f"Hires upscaler: {upscaler!r} is not available (put its model file in "
+                                f"models/ESRGAN or another upscaler folder and refresh); Atelier has "
+                                f"{', '.join(choices)}")

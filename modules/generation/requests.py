@@ -86,9 +86,11 @@ class GenerationRequest(BaseModel):
 
     @field_validator("hr_upscaler")
     @classmethod
-    def _known_upscaler(cls, value: str) -> str:
-        if value not in LATENT_UPSCALE_MODES:
-            raise ValueError(f"hires upscaler {value!r} is not available; use one of {list(LATENT_UPSCALE_MODES)}")
+    def _named_upscaler(cls, value: str) -> str:
+        # Which names exist depends on the user's model folders: `check_hires_upscaler` checks the
+        # name against them when the request is submitted.
+        if not value.strip():
+            raise ValueError(f"hr_upscaler must name an upscaler, got {value!r}; e.g. 'Latent' or 'R-ESRGAN 4x+'")
         return value
 
     @model_validator(mode="after")
@@ -96,6 +98,24 @@ class GenerationRequest(BaseModel):
         if self.batch_size * self.n_iter > 800:
             raise ValueError(f"batch size × count = {self.batch_size * self.n_iter} images; at most 800 per request")
         return self
+
+
+def hires_upscaler_choices(upscalers: Any = None) -> list[str]:
+    """What `hr_upscaler` may name (A1111's order): the latent modes, then the upscaler library's
+    names (`modules.upscaling.service.Upscalers`; None: the latent modes only)."""
+    names = upscalers.registry.names() if upscalers is not None else []
+    return [*LATENT_UPSCALE_MODES, *(name for name in names if name not in LATENT_UPSCALE_MODES)]
+
+
+def check_hires_upscaler(request: GenerationRequest, upscalers: Any = None) -> None:
+    """Refuse a hires fix whose upscaler is not listed (A1111 fails the job with "could not find
+    upscaler named X"); the message names the choices. A request without hires fix is not checked."""
+    if not request.enable_hr:
+        return
+    choices = hires_upscaler_choices(upscalers)
+    if request.hr_upscaler not in choices:
+        raise ValueError(f"hr_upscaler: could not find upscaler named {request.hr_upscaler!r}; available: "
+                         f"{', '.join(choices)} (model files go in models/ESRGAN, models/RealESRGAN, ...)")
 
 
 LATENT_UPSCALE_RESIZE_MODE = 3  # "Just resize (latent upscale)" (img2img_images.RESIZE_MODES)

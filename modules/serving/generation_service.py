@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from modules.generation.engine import GenerationRequest, GenerationResult, check_prompt_length
-from modules.generation.requests import Img2ImgRequest
+from modules.generation.requests import Img2ImgRequest, check_hires_upscaler
 
 if TYPE_CHECKING:
     from modules.extension_host.scripts import ScriptSelection
@@ -74,9 +74,11 @@ class FinishedGeneration:
 
 def submit_generation(context: AppContext, submission: GenerationSubmission) -> Job:
     """Queue `submission` on the job queue and return its job at once. A prompt over the
-    `prompt_max_length` setting raises `PromptTooLongError` (a ValueError) and nothing is queued."""
+    `prompt_max_length` setting raises `PromptTooLongError` (a ValueError), a hires upscaler that is
+    not listed a ValueError naming the choices; nothing is queued then."""
     request = submission.request
     check_prompt_length(request.prompt, request.negative_prompt, context.settings.current()["prompt_max_length"])
+    check_hires_upscaler(request, getattr(context, "upscalers", None))
     return context.jobs.submit(lambda control: run_generation(context, submission, control),
                                kind=job_kind(request), description=submission.describe())
 

@@ -94,10 +94,11 @@ def paste_values(context, text: str, *, img2img: bool = False):
     runtime = getattr(context, "extensions", None)
     callbacks = runtime.callbacks if runtime is not None else None
     on_parsed = callbacks.infotext_pasted if callbacks is not None and callbacks.has("infotext_pasted") else None
+    upscalers = getattr(context, "upscalers", None)  # None: a context without the upscaler library
     return paste_parameters(text, context.settings.current(), available_samplers=sampler_choices(),
                             current_model_hash=info.shorthash if info is not None else None,
                             extract_styles=context.prompt_styles.extract_styles_from_prompt, on_parsed=on_parsed,
-                            img2img=img2img)
+                            img2img=img2img, upscaler_names=upscalers.registry.names() if upscalers else None)
 
 
 def reused_seed(state: dict | None) -> int | None:
@@ -285,9 +286,11 @@ def build_prompt_row(hooks: ComponentHooks, context, tabname: str) -> PromptRow:
 
 
 def build_sampling_fields(fields: dict[str, Any], hooks: ComponentHooks, tabname: str, *,
-                          hires: bool) -> gr.Column | None:
+                          hires: bool, hr_upscalers: Sequence[str] = ()) -> gr.Column | None:
     """Sampler, schedule and steps; with `hires` (txt2img), the hires. fix group too, returned
-    (hidden until enabled)."""
+    (hidden until enabled). `hr_upscalers`: the hires upscaler choices
+    (`requests.hires_upscaler_choices`: latent modes, then the upscaler library's names, as the
+    library was when the page was built, as A1111's); empty: the latent modes only."""
     with gr.Row():
         fields["sampler_name"] = hooks.create(gr.Dropdown, choices=sampler_choices(), value=field_default("sampler_name"),
                                               label="Sampling method", elem_id=f"{tabname}_sampling")
@@ -300,7 +303,7 @@ def build_sampling_fields(fields: dict[str, Any], hooks: ComponentHooks, tabname
                                        elem_id=f"{tabname}_hr")
     with gr.Column(visible=False, elem_id=f"{tabname}_hires_fix") as hires_group:
         with gr.Row():
-            fields["hr_upscaler"] = hooks.create(gr.Dropdown, choices=list(LATENT_UPSCALE_MODES),
+            fields["hr_upscaler"] = hooks.create(gr.Dropdown, choices=list(hr_upscalers or LATENT_UPSCALE_MODES),
                                                  value=field_default("hr_upscaler"), label="Upscaler",
                                                  elem_id=f"{tabname}_hr_upscaler")
             fields["hr_second_pass_steps"] = hooks.create(gr.Slider, **slider_args("hr_second_pass_steps"),

@@ -127,7 +127,7 @@ def paste_parameters(text: str, current_settings: Mapping[str, Any], *,
                      current_model_hash: str | None = None,
                      extract_styles: Callable[[str, str], tuple[list[str], str, str]] | None = None,
                      on_parsed: Callable[[str, dict[str, Any]], None] | None = None,
-                     img2img: bool = False) -> PastedParameters:
+                     img2img: bool = False, upscaler_names: Sequence[str] | None = None) -> PastedParameters:
     """Read an A1111 infotext into txt2img widget values, as A1111's paste button does
     (`modules.generation.infotext_fields.read_infotext`, which the API's `infotext` also reads).
 
@@ -137,10 +137,12 @@ def paste_parameters(text: str, current_settings: Mapping[str, Any], *,
     `extract_styles`, styles found in the prompts are taken out of them and selected (`styles`).
     `on_parsed(text, params)` may edit the parsed parameters first (`on_infotext_pasted`).
     `img2img`: the values are the img2img tab's (`IMG2IMG_FIELDS`: the denoising strength, the
-    mask keys as the radios' labels, one "Mask blur"; no hires fix).
+    mask keys as the radios' labels, one "Mask blur"; no hires fix). `upscaler_names`: the upscaler
+    library's names, which "Hires upscaler" may name besides the latent modes.
     """
     reading = read_infotext(text, current_settings, current_model_hash=current_model_hash,
-                            extract_styles=extract_styles, on_parsed=on_parsed, img2img=img2img)
+                            extract_styles=extract_styles, on_parsed=on_parsed, img2img=img2img,
+                            upscaler_names=upscaler_names)
     result = PastedParameters(values=dict(reading.values), notes=[*reading.problems, *reading.notes],
                               parameters=reading.parameters)
     if available_samplers is not None and result.values.get("sampler_name") not in (None, *available_samplers):

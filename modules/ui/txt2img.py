@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import gradio as gr
 
+from modules.generation.requests import hires_upscaler_choices
 from modules.generation.styles import apply_request_styles
 from modules.ui import extra_networks_panel, generation_form, scripts_panel, styles_panel
 from modules.ui.component_hooks import ComponentHooks
@@ -119,7 +120,8 @@ def _build_settings_column(context, shared: UiShared, fields: dict[str, Any], to
                            hooks: ComponentHooks) -> _SettingsColumn:
     """The left column: A1111's generation parameters (into `fields`), scripts and extra networks."""
     with gr.Column(scale=1, elem_id="txt2img_settings"):
-        hires_group = generation_form.build_sampling_fields(fields, hooks, TABNAME, hires=True)
+        hires_group = generation_form.build_sampling_fields(
+            fields, hooks, TABNAME, hires=True, hr_upscalers=hires_upscaler_choices(context.upscalers))
         res_switch = generation_form.build_size_fields(fields, hooks, TABNAME)
         fields["cfg_scale"] = hooks.create(gr.Slider, **slider_args("cfg_scale"), label="CFG Scale",
                                            elem_id="txt2img_cfg_scale")

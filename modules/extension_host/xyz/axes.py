@@ -298,6 +298,22 @@ def _checkpoint_choices(services) -> list[str]:
     return sorted(services.checkpoints.titles(), key=str.casefold)
 
 
+def _hires_upscaler_choices(services) -> list[str]:
+    """The latent modes and the upscaler library's names (the txt2img tab's hires dropdown's list)."""
+    from modules.generation.requests import hires_upscaler_choices
+
+    engine = services.engine if services is not None else None
+    return hires_upscaler_choices(getattr(engine, "upscalers", None))
+
+
+def _confirm_hires_upscalers(values, context, request) -> None:
+    choices = _hires_upscaler_choices(context.services)
+    for value in values:
+        if value not in choices:
+            raise AxisValueError(f"Hires upscaler: could not find upscaler named {value!r}; choose one of "
+                                 f"{', '.join(choices)}")
+
+
 def _vae_choices(services) -> list[str]:
     if services is None or services.vaes is None:
         return []
@@ -387,6 +403,8 @@ BUILTIN_AXES: tuple[AxisType, ...] = (
     _field_axis("Initial noise multiplier", float, "initial_noise_multiplier", tab=IMG2IMG),
     # A setting override (img2img_extra_noise): it noises img2img and the hires pass, so both tabs.
     _infotext_axis("Extra noise", float, "Extra noise"),
+    AxisType("Hires upscaler", str, apply_field("hr_upscaler"), confirm=_confirm_hires_upscalers,
+             choices=_hires_upscaler_choices, tab=TXT2IMG),
     _field_axis("Cond. Image Mask Weight", float, "inpainting_mask_weight", tab=IMG2IMG),
     AxisType("VAE", str, apply_override("sd_vae"), confirm=_confirm_vaes, choices=_vae_choices, cost=0.7),
     AxisType("Size", str, _apply_size, confirm=_confirm_sizes),
