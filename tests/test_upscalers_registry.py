@@ -194,5 +194,15 @@ def test_the_app_context_owns_the_upscalers_and_refreshes_them(tmp_path):
         assert (flagged.data_path, flagged.scale) == (str(flag / "flagged.pth"), 4)
         assert flagged.scaler.scalers[0].name == "flagged" and flagged.scaler.name == "ESRGAN"
         assert [e.data_path for e in entries[:3]] == [None, None, None]
+
+        # extensions upscale through the entry's scaler, as in A1111: the app's service does the work
+        from PIL import Image
+
+        image = Image.new("RGB", (16, 24), (200, 10, 30))
+        image.putpixel((3, 5), (0, 255, 0))
+        lanczos = entries[1]
+        with app_scope(context):
+            out = lanczos.scaler.upscale(image, 2, lanczos.data_path)
+        assert out.tobytes() == image.resize((32, 48), Image.Resampling.LANCZOS).tobytes()
     finally:
         context.jobs.shutdown()
