@@ -185,12 +185,18 @@ def _handler(page, elem_id: str, event: str = "click"):
 
 
 def _generate(page, context, values_by_id: dict[str, object], upscale: dict[str, object]) -> list:
+    return _generate_with(page, values_by_id, upscale)
+
+
+def _generate_with(page, values_by_id: dict[str, object], upscale: dict[str, object],
+                   values_by_block: dict[int, object] | None = None) -> list:
     """Run the Generate handler as Gradio would after preprocessing: each input by its element id
-    (the Upscale step's by argument name), the rest at their defaults; returns the last update."""
+    (the Upscale step's by argument name; blocks without one by block id), the rest at their
+    defaults; returns the last update."""
     from modules.ui.extras_upscale_ui import is_upscale_controls
 
     fn = _handler(page, "extras_generate")
-    _, by_id = page
+    values_by_block = values_by_block or {}
     upscale_ids = {"upscale_enabled": "extras_upscale-checkbox", "upscale_mode": "extras_upscale_mode",
                    "upscale_by": "extras_upscaling_resize", "max_side_length": "extras_upscale_max_side_length",
                    "upscale_to_width": "extras_upscaling_resize_w", "upscale_to_height": "extras_upscaling_resize_h",
@@ -200,7 +206,10 @@ def _generate(page, context, values_by_id: dict[str, object], upscale: dict[str,
     given = {**values_by_id, **{upscale_ids[name]: value for name, value in {**DEFAULTS, **upscale}.items()}}
     inputs = []
     for block in fn.inputs:
-        inputs.append(given[block.elem_id] if block.elem_id in given else getattr(block, "value", None))
+        if block._id in values_by_block:
+            inputs.append(values_by_block[block._id])
+        else:
+            inputs.append(given[block.elem_id] if block.elem_id in given else getattr(block, "value", None))
 
     async def run():
         updates = [update async for update in fn.fn(*inputs)]
@@ -402,3 +411,86 @@ def test_generate_from_a_directory_saves_there_and_hides_results_when_asked(page
     assert gallery == [] and "error" not in info, info
     saved = sorted(target.iterdir())
     assert len(saved) == 2 and all(Image.open(path).size == (32, 16) for path in saved)
+
+
+# --- an extension's postprocessing step and "Send to extras" button ---------------------------------
+
+FLIP_EXTENSION = '''
+import gradio as gr
+from PIL import ImageOps
+
+from modules import infotext_utils, script_callbacks, scripts_postprocessing
+from modules.ui_components import InputAccordion
+
+
+class ScriptPostprocessingFlip(scripts_postprocessing.ScriptPostprocessing):
+    name = "Flip"
+    order = 5000
+
+    def ui(self):
+        with InputAccordion(False, label="Flip", elem_id="flip_enabled") as enabled:
+            axis = gr.Radio(["horizontal", "vertical"], value="horizontal", label="Flip axis")
+        return {"enabled": enabled, "axis": axis}
+
+    def process(self, pp, enabled=False, axis="horizontal"):
+        if enabled:
+            pp.image = ImageOps.mirror(pp.image) if axis == "horizontal" else ImageOps.flip(pp.image)
+            pp.info["Flip"] = axis
+
+
+def on_ui_tabs():
+    with gr.Blocks(analytics_enabled=False) as tab:
+        picture = gr.Image(type="pil", elem_id="flip_picture")
+        buttons = infotext_utils.create_buttons(["extras"])
+        infotext_utils.bind_buttons(buttons, picture, None)
+    return [(tab, "Flip tools", "flip_tools")]
+
+
+script_callbacks.on_ui_tabs(on_ui_tabs)
+'''
+
+
+@pytest.fixture(scope="module")
+def extension_page(tmp_path_factory):
+    from modules.extension_host.environment import app_scope
+    from modules.extension_host.extensions import BUILTIN_DIR, ExtensionFolders, load_extensions
+    from modules.ui.app import build_ui
+    from tests.ui_support import make_context
+
+    data_dir = tmp_path_factory.mktemp("extras-extension")
+    context = make_context(data_dir, load=False)
+    folder = data_dir / "extensions" / "flip" / "scripts"
+    folder.mkdir(parents=True)
+    (folder / "flip.py").write_text(FLIP_EXTENSION, encoding="utf-8")
+    context.extensions = load_extensions(context.settings, context.args,
+                                         ExtensionFolders(user=data_dir / "extensions", builtin=BUILTIN_DIR))
+    context.extensions.scripts.bind_app(context)
+    with app_scope(context):
+        blocks = build_ui(context)
+    yield context, (blocks, {block.elem_id: block for block in blocks.blocks.values()
+                             if getattr(block, "elem_id", None)})
+    context.jobs.shutdown(timeout=60)
+
+
+def test_an_extension_step_shows_in_extras_and_gets_its_controls_values(extension_page):
+    context, page = extension_page
+    props = _props(page)
+    assert "flip_enabled" in props and props["flip_enabled-checkbox"]["value"] is False
+    fn = _handler(page, "extras_generate")
+    assert "flip_enabled-checkbox" in [block.elem_id for block in fn.inputs]
+    image = _noise_image((16, 8), 7)
+    axis = next(block for block in fn.inputs if getattr(block, "label", None) == "Flip axis")
+    values = {"extras_selected_mode": SINGLE, "extras_image": image, "flip_enabled-checkbox": True}
+    gallery, info, *_ = _generate_with(page, values, {"upscaler_1_name": "Lanczos", "upscale_by": 2},
+                                       {axis._id: "vertical"})
+    [result] = gallery
+    expected = image.convert("RGB").resize((32, 16), Image.LANCZOS).transpose(Image.FLIP_TOP_BOTTOM)
+    assert np.abs(np.asarray(result.convert("RGB"), dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
+    assert "Flip: vertical" in info and "Postprocess upscale by: 2" in info
+
+
+def test_an_extensions_send_to_extras_button_fills_the_extras_image(extension_page):
+    _, page = extension_page
+    picture = _noise_image((12, 12), 8, "RGB")
+    image, main_tab, mode_tab, mode, note = _handler(page, "extras_tab").fn(picture)
+    assert image is picture and _selected(main_tab) == "extras" and mode == SINGLE
