@@ -494,3 +494,27 @@ def test_an_extensions_send_to_extras_button_fills_the_extras_image(extension_pa
     picture = _noise_image((12, 12), 8, "RGB")
     image, main_tab, mode_tab, mode, note = _handler(page, "extras_tab").fn(picture)
     assert image is picture and _selected(main_tab) == "extras" and mode == SINGLE
+
+
+def test_interrupt_stops_a_running_extras_job_and_nothing_else(page, context):
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def work(control):
+        started.set()
+        assert release.wait(30)
+        control.check()
+
+    interrupt = _handler(page, "extras_interrupt").fn
+    other = context.jobs.submit(work, kind="txt2img")
+    assert started.wait(30)
+    interrupt(None)  # a page without a job of its own: only a running extras job is stopped
+    release.set()
+    assert other.wait(30).state == "done"
+    started.clear(), release.clear()
+    extras = context.jobs.submit(work, kind="extras")
+    assert started.wait(30)
+    interrupt(None)
+    release.set()
+    assert extras.wait(30).state == "interrupted"

@@ -69,6 +69,23 @@ def test_scale_by_2_with_lanczos_doubles_the_upload(page: Page, atelier_server, 
     assert "Postprocess upscale by: 2" in result.info.get("postprocessing", "")
 
 
+def test_scale_to_a_box_with_crop(page: Page, atelier_server, tmp_path):
+    path, _ = _noise_png(tmp_path, seed=2)
+    open_ui(page, atelier_server.url)
+    _select(page, "tab_extras")
+    page.locator("#extras_image input[type=file]").set_input_files(str(path))
+    expect(page.locator("#extras_image img")).to_be_visible()
+    choose(page, "extras_upscaler_1", "Lanczos")
+    _select(page, "extras_scale_to_tab")
+    fill(page, "extras_upscaling_resize_w", 96)
+    fill(page, "extras_upscaling_resize_h", 96)
+    page.locator("#extras_generate").click()
+    info = page.locator("#html_info_extras")
+    expect(info).to_contain_text("Postprocess crop to: 96x96", timeout=GENERATION_TIMEOUT_MS)
+    # 64×48 covers 96×96 at max(96/64, 96/48) = 2, and is then cropped to the box.
+    assert _gallery_image(page, atelier_server.url, "extras_gallery").size == (96, 96)
+
+
 def test_send_to_extras_from_png_info_opens_the_tab_with_the_image(page: Page, atelier_server, tmp_path):
     path, _ = _noise_png(tmp_path, seed=1)
     open_ui(page, atelier_server.url)
