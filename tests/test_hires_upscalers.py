@@ -299,3 +299,46 @@ def test_upscaler_for_img2img_naming_a_missing_model_falls_back_with_a_note(cont
     result = context.engine.generate(request, NullControl(), save=False)
     assert result.images[0].size == (64, 64)
     assert any("Gone-4x" in warning for warning in result.warnings)
+
+
+def test_strength_0_runs_no_hires_step(context, unet_calls):
+    """A1111's fixed-steps branch at strength 0 has an empty schedule: the upscaled first pass is the
+    image, and no hires step runs."""
+    result = run(context, hr_upscaler="Lanczos", **{**HIRES, "denoising_strength": 0.0})
+    assert result.images[0].size == (128, 128) and unet_calls.sizes == [(8, 8)] * 2
+
+
+@pytest.fixture(scope="module")
+def inpainting_model(tmp_path_factory):
+    from modules.library.model_loader import load_checkpoint
+    from modules.library.synthetic_checkpoints import write_checkpoint
+
+    path = tmp_path_factory.mktemp("inpaint") / "inpaint.safetensors"
+    return load_checkpoint(write_checkpoint(path, "sd1-inpaint", dtype=torch.float32))
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_an_inpainting_checkpoint_gets_a1111s_hires_conditioning(inpainting_model, upscaler):
+    """An all-ones mask and the encoded `image · (1 − weight)`: at weight 1 that is a black (0 in
+    [−1, 1], mid-grey) picture, txt2img's conditioning, at the cropped hires size (128×96 here)."""
+    from modules.generation.engine import EngineSettings
+    from modules.generation.img2img import encode_pixels
+
+    seen = []
+    handle = inpainting_model.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        request = GenerationRequest(**{**BASE, **HIRES, "hr_upscaler": upscaler, "hr_resize_x": 128,
+                                       "hr_resize_y": 96})
+        result = generate(inpainting_model, request, EngineSettings(inpainting_mask_weight=1.0))
+        half = [*seen]
+        seen.clear()
+        generate(inpainting_model, request, EngineSettings(inpainting_mask_weight=0.5))
+    finally:
+        handle.remove()
+    assert result.images[0].size == (128, 96)
+    hires = half[-1]
+    assert hires.shape[1:] == (9, 12, 16)
+    grey = encode_pixels(inpainting_model, torch.zeros(1, 3, 96, 128))
+    assert torch.equal(hires[:1, 4:5], torch.ones(1, 1, 12, 16))
+    assert torch.allclose(hires[:1, 5:], grey, atol=1e-5)
+    assert not torch.allclose(seen[-1][:1, 5:], grey, atol=1e-3)  # weight 0.5 keeps half the picture

@@ -982,7 +982,7 @@ def _txt2img_image_cond(run: _Run, x: torch.Tensor):
 
     extra = unet_extra_channels(run.model)
     if extra == 5:
-        return txt2img_inpainting_conditioning(run.model, x.shape[0], x.shape[-2] * 8, x.shape[-1] * 8)
+        return txt2img_inpainting_conditioning(run.model, x.shape[0], x.shape[-1] * 8, x.shape[-2] * 8)
     if extra:
         raise ValueError(f"this checkpoint's UNet takes {extra} extra input channels (instruct-pix2pix): it edits an "
                          "image; use img2img with an init image")
@@ -1359,7 +1359,9 @@ def _upscale_pixels(run: _Run, batch: _Batch, decoded: torch.Tensor, width: int,
         upscaled.append(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)
     if control.interrupted:  # the upscaler hands back its input when interrupted between tiles
         return None
-    return torch.from_numpy(np.stack(upscaled)).permute(0, 3, 1, 2)
+    # Contiguous (NCHW): the channels-last view of the permute changes GroupNorm's rounding on CPU,
+    # which flat regions amplify.
+    return torch.from_numpy(np.stack(upscaled)).permute(0, 3, 1, 2).contiguous()
 
 
 def _resize_with_upscaler(run: _Run, image, width: int, height: int, name: str):
@@ -1381,7 +1383,7 @@ def _crop_pixels(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
     if cut_x <= 0 and cut_y <= 0:
         return pixels
     top, left = cut_y // 2 * 8, cut_x // 2 * 8
-    return pixels[..., top:top + height, left:left + width]
+    return pixels[..., top:top + height, left:left + width].contiguous()
 
 
 def _hires_image_cond(run: _Run, latents: torch.Tensor, pixels: torch.Tensor | None, result: GenerationResult):
