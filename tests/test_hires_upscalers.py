@@ -21,9 +21,15 @@ from modules.extension_host.xyz.axes import find_axis
 from modules.extension_host.xyz.services import GridServices
 from modules.generation.engine import GenerationRequest, NullControl, _crop_to, _hires_upscale_size, generate
 from modules.generation.infotext_fields import read_infotext
-from modules.generation.requests import LATENT_UPSCALE_MODES, Img2ImgRequest, hires_upscaler_choices
+from modules.generation.requests import (
+    LATENT_UPSCALE_MODES,
+    Img2ImgRequest,
+    UnknownHiresUpscalerError,
+    hires_upscaler_choices,
+)
 from modules.outputs.infotext import parse_generation_parameters
 from modules.serving.generation_service import GenerationSubmission, submit_generation
+from modules.ui.generation_form import SHOWN_ERRORS
 from modules.upscaling.synthetic import rrdbnet_state_dict, write_state_dict
 from tests.test_api_support import WAIT, assert_error, make_context
 
@@ -172,8 +178,10 @@ def test_timestep_samplers_run_a_hires_pass(context, unet_calls, sampler):
 
 def test_an_unknown_upscaler_is_refused_at_submit(context):
     request = GenerationRequest(**BASE, **HIRES, hr_upscaler="4x-Nowhere")
-    with pytest.raises(ValueError, match="4x-Nowhere") as error:
+    # Its own ValueError, which the txt2img tab shows as a message (SHOWN_ERRORS), the API as a 422.
+    with pytest.raises(UnknownHiresUpscalerError, match="4x-Nowhere") as error:
         submit_generation(context, GenerationSubmission(request))
+    assert UnknownHiresUpscalerError in SHOWN_ERRORS and issubclass(UnknownHiresUpscalerError, ValueError)
     assert MODEL in str(error.value) and "Latent (nearest-exact)" in str(error.value)
     # Without hires fix the upscaler is not used, and not checked (as A1111).
     job = submit_generation(context, GenerationSubmission(GenerationRequest(**BASE, hr_upscaler="4x-Nowhere")))

@@ -107,6 +107,10 @@ def hires_upscaler_choices(upscalers: Any = None) -> list[str]:
     return [*LATENT_UPSCALE_MODES, *(name for name in names if name not in LATENT_UPSCALE_MODES)]
 
 
+class UnknownHiresUpscalerError(ValueError):
+    """A hires fix naming an upscaler that is neither a latent mode nor in the upscaler library."""
+
+
 def check_hires_upscaler(request: GenerationRequest, upscalers: Any = None) -> None:
     """Refuse a hires fix whose upscaler is not listed (A1111 fails the job with "could not find
     upscaler named X"); the message names the choices. A request without hires fix is not checked."""
@@ -114,7 +118,7 @@ def check_hires_upscaler(request: GenerationRequest, upscalers: Any = None) -> N
         return
     choices = hires_upscaler_choices(upscalers)
     if request.hr_upscaler not in choices:
-        raise ValueError(f"hr_upscaler: could not find upscaler named {request.hr_upscaler!r}; available: "
+        raise UnknownHiresUpscalerError(f"hr_upscaler: could not find upscaler named {request.hr_upscaler!r}; available: "
                          f"{', '.join(choices)} (model files go in models/ESRGAN, models/RealESRGAN, ...)")
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import gradio as gr
 
 from modules.generation.engine import LATENT_UPSCALE_MODES, PromptTooLongError
+from modules.generation.requests import UnknownHiresUpscalerError
 from modules.generation.styles import StyleError
 from modules.serving.generation_service import GenerationSubmission, submit_generation
 from modules.ui import styles_panel
@@ -437,7 +438,8 @@ class QueuedWork:
 
 # Errors a handler shows in the tab's infotext area instead of failing the event (RequestError
 # includes img2img's InputError: no image, an empty mask).
-SHOWN_ERRORS = (RequestError, PromptTooLongError, StyleError)
+# UnknownHiresUpscalerError: a model file removed since the page listed it.
+SHOWN_ERRORS = (RequestError, PromptTooLongError, StyleError, UnknownHiresUpscalerError)
 
 
 def wire_generation(context, tabname: str, top: PromptRow, scripts, results: ResultsColumn, inputs: list,
