@@ -142,3 +142,7 @@ def test_a_model_upscaler(client, context):
     assert image.size == (24, 24)
     assert not same_pixels(image, source.resize((24, 24), LANCZOS))  # a random model is not Lanczos
     assert "Postprocess upscaler: tiny4x" in response.json()["html_info"]
+    # The model stays loaded for the next image; unloading the checkpoints frees it too.
+    assert [path.name for path in context.upscalers.loaded()] == ["tiny4x.safetensors"]
+    assert client.post("/sdapi/v1/unload-checkpoint").status_code == 200
+    assert context.upscalers.loaded() == []

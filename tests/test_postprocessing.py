@@ -17,7 +17,7 @@ from PIL import Image, PngImagePlugin
 from modules.extension_host.extensions import ExtensionFolders, load_extensions
 from modules.outputs.infotext import read_info_from_image
 from modules.postprocessing.extras import ExtrasRequest, load_upload, plan_extras, run_extras_plan, submit_extras
-from modules.postprocessing.runner import postprocessing_of, postprocessing_scripts
+from modules.postprocessing.runner import Postprocessing, postprocessing_of, postprocessing_scripts
 from modules.postprocessing.scripts import PostprocessedImage, ScriptPostprocessing
 from modules.serving.cmd_args import parse_args
 from modules.serving.jobs import JobQueue
@@ -48,6 +48,7 @@ def make_context(data_dir: Path, *flags: str, extensions=None):
     registry = UpscalerRegistry(paths.upscaler_dirs, settings.current)
     context = SimpleNamespace(args=args, paths=paths, settings=settings, extensions=extensions,
                               upscalers=CountingUpscalers(registry, settings.current), jobs=JobQueue("test-extras"))
+    context.postprocessing = Postprocessing(context)  # AppContext makes it at first use
     return context
 
 

@@ -108,8 +108,12 @@ def build_router(context, state: ApiState) -> APIRouter:
 
     @router.post("/unload-checkpoint")
     async def unload_checkpoint() -> None:
-        """Free every loaded checkpoint; the next generation loads one again."""
-        await state.blocking(lambda: context.between_jobs(context.models.unload_all))
+        """Free every loaded checkpoint and upscaler model; the next generation loads one again."""
+        def unload() -> None:
+            context.models.unload_all()
+            context.upscalers.free()
+
+        await state.blocking(lambda: context.between_jobs(unload))
 
     @router.post("/merge-checkpoints", response_model=MergeResponse)
     async def merge(body: MergeRequest, load_without_saving: bool = False) -> MergeResponse:

@@ -97,7 +97,7 @@ class BatchRefused(ValueError):
     """The batch cannot run as given (a refused or missing folder, no images); nothing was queued."""
 
 
-class _Skip(Exception):
+class SkippedFile(Exception):
     """One file cannot be used; the message (naming it) becomes a warning and the batch goes on."""
 
 
@@ -207,15 +207,15 @@ def plan_batch(spec: BatchSpec, args, data_dir: Path) -> BatchPlan:
     warnings: list[str] = []
     png_info_dir = None
     if spec.use_png_info and spec.png_info_dir:
-        png_info_dir = _existing_dir(spec.png_info_dir, "PNG info directory", data_dir)
+        png_info_dir = existing_dir(spec.png_info_dir, "PNG info directory", data_dir)
     if spec.source == "upload":
         files = [BatchFile(Path(path)) for path in spec.uploaded_files]
         return BatchPlan(files, None, png_info_dir, spec.png_info_props if spec.use_png_info else (), warnings)
-    input_dir = _existing_dir(spec.input_dir, "Input directory", data_dir)
-    output_dir = _output_dir(spec.output_dir, args, data_dir) if spec.output_dir else None
+    input_dir = existing_dir(spec.input_dir, "Input directory", data_dir)
+    output_dir = batch_output_dir(spec.output_dir, args, data_dir) if spec.output_dir else None
     images = _list_images(input_dir, warnings)
     if spec.inpaint_mask_dir:
-        mask_dir = _existing_dir(spec.inpaint_mask_dir, "Inpaint batch mask directory", data_dir)
+        mask_dir = existing_dir(spec.inpaint_mask_dir, "Inpaint batch mask directory", data_dir)
         files = _with_masks(images, input_dir, mask_dir, warnings)
     else:
         files = [BatchFile(path, input_dir) for path in images]
@@ -234,7 +234,7 @@ def _resolved(value: str, label: str, data_dir: Path) -> Path:
     return Path(os.path.realpath(Path(data_dir, os.path.expanduser(value))))
 
 
-def _existing_dir(value: str, label: str, data_dir: Path) -> Path:
+def existing_dir(value: str, label: str, data_dir: Path) -> Path:
     folder = _resolved(value, label, data_dir)
     if not folder.is_dir():
         raise BatchRefused(f"{label}: {value!r} is not a folder on the server" +
@@ -242,11 +242,11 @@ def _existing_dir(value: str, label: str, data_dir: Path) -> Path:
     return folder
 
 
-def _inside(path: Path, root: Path) -> bool:
+def is_inside(path: Path, root: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
 
-def _output_dir(value: str, args, data_dir: Path) -> Path:
+def batch_output_dir(value: str, args, data_dir: Path) -> Path:
     """The output folder, resolved, once it passed the rule of the module docstring."""
     from modules.outputs.output_paths import OutputDirRules
     from modules.serving.paths import REPO_ROOT
@@ -256,14 +256,14 @@ def _output_dir(value: str, args, data_dir: Path) -> Path:
         raise BatchRefused(f"Output directory: {value!r} is a file, not a folder")
     rules = OutputDirRules.from_args(args, data_dir)
     allowed = [Path(os.path.realpath(root)) for root in rules.roots()]
-    if any(_inside(folder, root) for root in allowed):
+    if any(is_inside(folder, root) for root in allowed):
         return folder
     # The model folders the command line may put outside the data folder are the program's too.
     model_dirs = [getattr(args, name, None) for name in MODEL_DIR_FLAGS]
     protected = {Path(os.path.realpath(p)) for p in (REPO_ROOT, data_dir, sys.prefix, sys.base_prefix,
                                                       *SPECIAL_FILE_SYSTEMS, *filter(None, model_dirs))} - {Path("/")}
     for root in sorted(protected, key=str):
-        if _inside(folder, root):
+        if is_inside(folder, root):
             return _refuse_output(value, folder, root, allowed)
     return folder
 
@@ -283,7 +283,7 @@ def _list_images(root: Path, warnings: list[str]) -> list[Path]:
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             path = Path(folder, name)
-            if not _inside(Path(os.path.realpath(path)), root):
+            if not is_inside(Path(os.path.realpath(path)), root):
                 outside.append(str(path))
                 continue
             images.append(path)
@@ -332,17 +332,17 @@ def _with_masks(images: Sequence[Path], input_dir: Path, mask_dir: Path, warning
 
 
 def _open_regular(real: Path, shown: Path):
-    """`real` opened for reading, or `_Skip` when it is not a regular file. Opened without blocking
+    """`real` opened for reading, or `SkippedFile` when it is not a regular file. Opened without blocking
     and checked on the open file: a FIFO swapped in after a check would block `open`, and a device
     such as /dev/zero never ends."""
     nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to block on
     try:
         fd = os.open(real, os.O_RDONLY | nonblocking | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
     except OSError as error:
-        raise _Skip(f"{shown}: cannot read it ({error.strerror}); skipped") from None
+        raise SkippedFile(f"{shown}: cannot read it ({error.strerror}); skipped") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise _Skip(f"{shown}: not a regular file (a device, pipe or folder); skipped")
+        raise SkippedFile(f"{shown}: not a regular file (a device, pipe or folder); skipped")
     if nonblocking:
         os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
@@ -350,24 +350,24 @@ def _open_regular(real: Path, shown: Path):
 
 def read_image(path: Path, root: Path | None, what: str = "image") -> Image.Image:
     """The image at `path`, decoded, EXIF-rotated, transparency kept (A1111's `images.read`);
-    `_Skip` with the reason when it is not a regular file inside `root`, not an image, or too large."""
+    `SkippedFile` with the reason when it is not a regular file inside `root`, not an image, or too large."""
     real = Path(os.path.realpath(path))
-    if root is not None and not _inside(real, root):
-        raise _Skip(f"{path}: its symbolic link leads out of {root}; skipped")
+    if root is not None and not is_inside(real, root):
+        raise SkippedFile(f"{path}: its symbolic link leads out of {root}; skipped")
     try:
         with _open_regular(real, path) as file:
             image = Image.open(file)
             width, height = image.size
             if width * height > MAX_BATCH_IMAGE_PIXELS:
-                raise _Skip(f"{path}: the {what} is {width}x{height} ({width * height / 1e6:.0f} megapixels), more "
+                raise SkippedFile(f"{path}: the {what} is {width}x{height} ({width * height / 1e6:.0f} megapixels), more "
                             f"than the {MAX_BATCH_IMAGE_PIXELS / 1e6:.0f} megapixels allowed; skipped")
             image.load()
-    except _Skip:
+    except SkippedFile:
         raise
     except Image.DecompressionBombError:
-        raise _Skip(f"{path}: the {what} decodes to more pixels than allowed; skipped") from None
+        raise SkippedFile(f"{path}: the {what} decodes to more pixels than allowed; skipped") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise _Skip(f"{path}: not an image Pillow can read ({type(error).__name__}); skipped") from None
+        raise SkippedFile(f"{path}: not an image Pillow can read ({type(error).__name__}); skipped") from None
     return fix_image(image)
 
 
@@ -456,8 +456,8 @@ def run_batch(context: AppContext, template: Mapping[str, Any], plan: BatchPlan,
         notes: list[str] = []
         try:
             request = _file_request(context, base, plan, item, scale_by, notes)
-        except (_Skip, ValueError) as error:
-            _warn(combined, control, str(error) if isinstance(error, _Skip) else f"{item.path}: {error}; skipped")
+        except (SkippedFile, ValueError) as error:
+            _warn(combined, control, str(error) if isinstance(error, SkippedFile) else f"{item.path}: {error}; skipped")
             continue
         finally:
             for note in notes:
@@ -543,7 +543,7 @@ def _output_overrides(output_dir: Path, stem: str, fields: Mapping[str, Any]) ->
     pattern = f"{stem}-[generation_number]" if several else stem
     problem = pattern_problem(pattern)
     if problem is not None:
-        raise _Skip(f"{stem}: its name cannot name an output file ({problem}); rename it; skipped")
+        raise SkippedFile(f"{stem}: its name cannot name an output file ({problem}); rename it; skipped")
     return {"outdir_samples": "", "outdir_img2img_samples": str(output_dir), "save_to_dirs": False,
             "samples_filename_pattern": pattern, "save_images_replace_action": "Add number suffix"}
 
@@ -556,15 +556,15 @@ def _infotext_of(item: BatchFile, plan: BatchPlan) -> str | None:
     else:
         source, root = item.path, item.root
     real = Path(os.path.realpath(source))
-    if root is not None and not _inside(real, root):
-        raise _Skip(f"{source}: its symbolic link leads out of {root}")
+    if root is not None and not is_inside(real, root):
+        raise SkippedFile(f"{source}: its symbolic link leads out of {root}")
     if not os.path.lexists(real):
-        raise _Skip(f"{source}: not found")
+        raise SkippedFile(f"{source}: not found")
     try:
         with _open_regular(real, source) as file:
             return read_image_metadata(file)[0]
     except (OSError, ImageMetadataError) as error:
-        raise _Skip(f"{source}: {error}") from None
+        raise SkippedFile(f"{source}: {error}") from None
 
 
 def _apply_png_info(context, fields: dict[str, Any], item: BatchFile, plan: BatchPlan, base: Mapping[str, Any],
@@ -575,7 +575,7 @@ def _apply_png_info(context, fields: dict[str, Any], item: BatchFile, plan: Batc
 
     try:
         text = _infotext_of(item, plan)
-    except _Skip as error:
+    except SkippedFile as error:
         notes.append(f"{item.path}: no PNG info ({error}); the tab's values are used")
         return
     if not text:

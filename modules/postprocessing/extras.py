@@ -165,10 +165,10 @@ def load_upload(path: str | os.PathLike, name: str | None = None) -> tuple[str, 
 def _output_folder(context, request: ExtrasRequest) -> Path:
     settings = context.settings.current()
     if request.mode == 2 and request.output_dir.strip():
-        from modules.generation.img2img_batch import BatchRefused, _output_dir
+        from modules.generation.img2img_batch import BatchRefused, batch_output_dir
 
         try:
-            return _output_dir(request.output_dir.strip(), context.args, context.paths.data_dir)
+            return batch_output_dir(request.output_dir.strip(), context.args, context.paths.data_dir)
         except BatchRefused as error:
             raise ValueError(str(error)) from None
     folder = settings["outdir_samples"] or settings["outdir_extras_samples"] or "outputs/extras-images"
@@ -177,14 +177,14 @@ def _output_folder(context, request: ExtrasRequest) -> Path:
 
 def _folder_sources(context, request: ExtrasRequest, warnings: list[str]) -> list[_Source]:
     """Mode 2's files (module docstring)."""
-    from modules.generation.img2img_batch import BatchRefused, _existing_dir, _inside, directories_refusal
+    from modules.generation.img2img_batch import BatchRefused, existing_dir, is_inside, directories_refusal
     from modules.library.checkpoints import natural_sort_key
 
     refusal = directories_refusal(context.args)
     if refusal is not None:
         raise ValueError(f"Batch from Directory: {refusal}")
     try:
-        folder = _existing_dir(request.input_dir.strip(), "Input directory", context.paths.data_dir)
+        folder = existing_dir(request.input_dir.strip(), "Input directory", context.paths.data_dir)
     except BatchRefused as error:
         raise ValueError(str(error)) from None
     try:
@@ -198,7 +198,7 @@ def _folder_sources(context, request: ExtrasRequest, warnings: list[str]) -> lis
         path = folder / name
         if path.is_dir():
             continue  # not recursive, as A1111
-        if not _inside(Path(os.path.realpath(path)), folder):
+        if not is_inside(Path(os.path.realpath(path)), folder):
             warnings.append(f"{path}: its symbolic link leads out of {folder}; skipped")
             continue
         sources.append(_Source(name, path=path, root=folder))
@@ -247,11 +247,11 @@ def submit_extras(context, request: ExtrasRequest) -> Job:
 def _read_source(source: _Source) -> Image.Image:
     if source.image is not None:
         return source.image
-    from modules.generation.img2img_batch import _Skip, read_image
+    from modules.generation.img2img_batch import SkippedFile, read_image
 
     try:
         return read_image(source.path, source.root)
-    except _Skip as skip:
+    except SkippedFile as skip:
         raise ValueError(str(skip)) from None
 
 

@@ -148,16 +148,8 @@ def _control_values(script: ScriptPostprocessing) -> dict[str, Any]:
 
 
 def postprocessing_of(context: Any) -> Postprocessing:
-    """The app's `Postprocessing`: `context.postprocessing` when the context makes it, else made once
-    and kept on the context (stored where a `functools.cached_property` named `postprocessing` keeps
-    its value, so either way there is one per app)."""
-    owner = getattr(type(context), "postprocessing", None)
-    if owner is not None:
-        return context.postprocessing
-    state = vars(context)
-    if "postprocessing" not in state:
-        state.setdefault("postprocessing", Postprocessing(context))
-    return state["postprocessing"]
+    """The app's `Postprocessing` (`AppContext.postprocessing`, one per app)."""
+    return context.postprocessing
 
 
 def postprocessing_scripts(context: Any, *, extras: bool = True) -> list[ScriptPostprocessing]:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from modules.extension_host.extensions import ExtensionRuntime
     from modules.model_sources.service import ModelSources
     from modules.generation.styles import StyleDatabase
+    from modules.postprocessing.runner import Postprocessing
     from modules.extension_host.option_registry import ExtensionOptions
     from modules.library.model_loader import StableDiffusionModel
 
@@ -189,6 +190,14 @@ class AppContext:
     def settings_policy(self) -> SettingsPolicy:
         """What UI and API users may change in the settings on this server (from the flags)."""
         return SettingsPolicy.from_args(self.args, self.paths.data_dir)
+
+    @functools.cached_property
+    def postprocessing(self) -> "Postprocessing":
+        """The Extras tab's steps (A1111's postprocessing scripts: the built-in Upscale and the
+        extensions' ones) and their result cache; made at first use."""
+        from modules.postprocessing.runner import Postprocessing
+
+        return Postprocessing(self)
 
     @functools.cached_property
     def prompt_styles(self) -> "StyleDatabase":

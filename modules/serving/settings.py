@@ -331,8 +331,6 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 info="Loaded upscaler models stay in memory for the next image up to this many; 0 = load for "
                      "every image"),
     # Postprocessing (the Extras tab's scripts: modules.postprocessing)
-    SettingSpec("postprocessing_enable_in_main_ui", (), "Enable postprocessing operations in txt2img and img2img tabs",
-                "postprocessing", needs_restart=True),
     SettingSpec("postprocessing_disable_in_extras", (), "Disable postprocessing operations in extras tab",
                 "postprocessing", needs_restart=True),
     SettingSpec("postprocessing_operation_order", (), "Postprocessing operation order", "postprocessing",

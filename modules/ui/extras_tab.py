@@ -130,7 +130,7 @@ def open_uploads(files: Sequence[Any] | None) -> list[tuple[str, Any]]:
     """The Batch Process uploads as (file name, image), in upload order; a file that is no readable
     image (or too large) is named in an ExtrasInputError (A1111 fails the whole batch on it too)."""
     from modules.postprocessing.extras import load_upload
-    from modules.ui.img2img_batch_tab import _file_path
+    from modules.ui.img2img_batch_tab import upload_path
 
     if not files:
         raise ExtrasInputError(f"{LABELS['files']}: no files uploaded; drop the images to process there, or use the "
@@ -138,7 +138,7 @@ def open_uploads(files: Sequence[Any] | None) -> list[tuple[str, Any]]:
     opened = []
     for item in files:
         try:
-            path = _file_path(item)
+            path = upload_path(item)
             opened.append(load_upload(path, Path(path).name))
         except ValueError as error:
             raise ExtrasInputError(f"{LABELS['files']}: {error}; remove it from the upload") from None
@@ -414,19 +414,19 @@ def wire_send_to_extras(shared: UiShared, button, source, state=None) -> None:
     """`button` puts the image of `source` (a gallery: its selected image, per `state`, else the first;
     or an image/file component) into #extras_image and opens the Extras tab on Single Image. Nothing
     else is sent (A1111's "Send to extras")."""
-    from modules.ui.img2img import _open_image, _reads_files_safely
+    from modules.ui.img2img import open_gallery_image, reads_files_safely
 
     tab: ExtrasTab | None = shared.extras
     if tab is None:
         return
-    if not _reads_files_safely(source):
+    if not reads_files_safely(source):
         raise TypeError(f"send to extras: the source is a {type(source).__name__}; it must be an image, gallery or "
                         "file component")
     has_state = state is not None
 
     def on_send(value, state_value=None):
         picked = selected_image(value, state_value) if isinstance(value, (list, tuple)) else value
-        image = _open_image(picked)
+        image = open_gallery_image(picked)
         if image is None:
             note = "<p class='job-note'>Nothing to send: there is no image yet.</p>"
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), note

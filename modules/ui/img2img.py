@@ -207,7 +207,7 @@ def _editor_background(value) -> Any:
     return value.get("background") if isinstance(value, dict) else None
 
 
-def _open_image(item) -> Any:
+def open_gallery_image(item) -> Any:
     """What a send-to button sends, as a loaded PIL image (or None): a gallery's value (its selected
     item is picked by the caller), a file path, a numpy array or a PIL image."""
     from PIL import Image
@@ -490,7 +490,7 @@ def _request_side(pixels: int) -> int:
     return min(MAX_SIZE, max(MIN_SIZE, pixels - pixels % SIZE_STEP))
 
 
-def _reads_files_safely(component) -> bool:
+def reads_files_safely(component) -> bool:
     """Whether a send-to source's value is an image or a file Gradio checked (uploads and outputs in
     its cache), so it may be opened: a text box's "path" is whatever a user typed."""
     return isinstance(component, (gr.Image, gr.Gallery, gr.ImageEditor, gr.File))
@@ -507,7 +507,7 @@ def wire_send_image(context, shared: UiShared, button, gallery, state, mode: int
     to the multiple of 8 a request needs). `copy_from` (txt2img's fields by request
     name): prompt, negative prompt, steps and (with `send_seed`) the seed are copied too (A1111 copies
     them from txt2img only)."""
-    if not _reads_files_safely(gallery):
+    if not reads_files_safely(gallery):
         raise TypeError(f"send to img2img: the source is a {type(gallery).__name__}; it must be an image, gallery "
                         "or file component")
     tab: Img2ImgTab = shared.img2img
@@ -519,7 +519,7 @@ def wire_send_image(context, shared: UiShared, button, gallery, state, mode: int
     def on_send(images, *rest):
         state_value, values = (rest[0], rest[1:]) if has_state else (None, rest)
         picked = selected_image(images, state_value) if isinstance(images, (list, tuple)) else images
-        image = _open_image(picked)
+        image = open_gallery_image(picked)
         if image is None:
             note = "<p class='job-note'>Nothing to send: generate an image first.</p>"
             return (gr.skip(),) * (1 + len(copied) + 2 * sizes + 3) + (note,)
@@ -547,14 +547,14 @@ def wire_send_infotext(context, shared: UiShared, button, source, image_path, mo
     sub-tab opened."""
     tab: Img2ImgTab = shared.img2img
     script_fields = list(tab.paste_fields)
-    if image_path is not None and not _reads_files_safely(image_path):
+    if image_path is not None and not reads_files_safely(image_path):
         log.warning("send to img2img: the image source is a %s, not an image or file component; only the "
                     "infotext is sent", type(image_path).__name__)
         image_path = None
 
     def on_send(text: str, path=None):
         updates, note = paste_updates(context, text, IMG2IMG_FIELDS, script_fields, img2img=True)
-        image = _open_image(path) if path is not None else None
+        image = open_gallery_image(path) if path is not None else None
         return (*updates, image if image is not None else gr.skip(), gr.Tabs(selected="img2img"),
                 gr.Tabs(selected=MODE_TAB_IDS[mode]), mode, note)
 

@@ -81,7 +81,7 @@ def spec_from_values(given: dict[str, Any]) -> BatchSpec:
         return BatchSpec.directory(_text(given, "input_dir"), _text(given, "output_dir"),
                                    _text(given, "inpaint_mask_dir"), use_png_info=use_png_info,
                                    png_info_dir=png_info_dir, png_info_props=props)
-    files = [_file_path(item) for item in (given.get("upload") or ())]
+    files = [upload_path(item) for item in (given.get("upload") or ())]
     if not files:
         raise ValueError(f"{LABELS['upload']}: no files uploaded; drop the images to process on the Upload tab, or "
                          "pick the From directory tab")
@@ -97,7 +97,7 @@ def _text(given: dict[str, Any], name: str) -> str:
     return value.strip()
 
 
-def _file_path(item: Any) -> str:
+def upload_path(item: Any) -> str:
     """A `gr.Files` value's item: a path (Gradio 4+), or a file object with `.path`/`.name` (older)."""
     if isinstance(item, str):
         return item
