@@ -350,3 +350,17 @@ def test_an_inpainting_checkpoint_gets_a1111s_hires_conditioning(inpainting_mode
     assert torch.equal(hires[:1, 4:5], torch.ones(1, 1, 12, 16))
     assert torch.allclose(hires[:1, 5:], grey, atol=1e-5)
     assert not torch.allclose(seen[-1][:1, 5:], grey, atol=1e-3)  # weight 0.5 keeps half the picture
+
+
+def test_upscaler_for_img2img_pastes_an_only_masked_result_back_through_the_model(context, upscaler_calls):
+    """"Only masked": the 96×96 masked area is cropped and shrunk to 64×64 (no upscaler), then the
+    64×64 result is enlarged back into the 96×96 box: there the model runs (A1111's paste-back resizes
+    with its img2img upscaler too)."""
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (16, 16, 112, 112))
+    request = Img2ImgRequest(**BASE, init_images=[gradient(128)], mask=mask, inpaint_full_res=True,
+                             inpaint_full_res_padding=0, mask_blur_x=0, mask_blur_y=0, denoising_strength=0.5,
+                             override_settings={"upscaler_for_img2img": MODEL})
+    result = context.engine.generate(request, NullControl(), save=False)
+    assert result.images[0].size == (128, 128)
+    assert upscaler_calls == [(1, 3, 64, 64)]

@@ -116,6 +116,8 @@ class Img2ImgInit:
     paste_to: tuple[int, int, int, int] | None = None
     color_references: tuple = ()  # per batch image, with img2img_color_correction
     notes: tuple[str, ...] = ()  # what the user should be told (a resized mask, ...)
+    # Img2ImgSettings.upscale, for the paste-back of "Only masked" (A1111's img2img upscaler runs there too)
+    upscale: Callable[[Image.Image, int, int], Image.Image] | None = field(default=None, compare=False)
 
     def blend(self, noise: torch.Tensor, alphas_cumprod: torch.Tensor | None) -> "LatentBlend | None":
         """The batch's latent-mask blend; `alphas_cumprod` for the timestep samplers, None for σ ones."""
@@ -290,7 +292,7 @@ def prepare_init(model, request: Img2ImgRequest, settings: Img2ImgSettings = Img
                        image_cond=image_cond, image_cfg_scale=image_cfg_scale, overlays=tuple(overlays),
                        paste_to=prepared.paste_to if prepared is not None else None,
                        color_references=tuple(references) if settings.color_correction else (),
-                       notes=prepared.notes if prepared is not None else ())
+                       notes=prepared.notes if prepared is not None else (), upscale=settings.upscale)
 
 
 def _prepare_image(image, request: Img2ImgRequest, settings: Img2ImgSettings, prepared, ops) -> tuple:
@@ -359,5 +361,5 @@ def finish_image(init: Img2ImgInit, index: int, image: Image.Image) -> Image.Ima
     if init.color_references:
         image = ops.apply_color_correction(init.color_references[index], image)
     if init.overlays and init.overlays[index] is not None:
-        image = ops.apply_overlay(image, init.paste_to, init.overlays[index])
+        image = ops.apply_overlay(image, init.paste_to, init.overlays[index], upscale=init.upscale)
     return image

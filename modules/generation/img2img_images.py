@@ -536,7 +536,8 @@ def prepare_masked_init(image: Image.Image, prepared: PreparedMask, *, width: in
     return MaskedInit(image=image, overlay=overlay, infotext=infotext)
 
 
-def apply_overlay(image: Image.Image, paste_to, overlay: Image.Image | None) -> Image.Image:
+def apply_overlay(image: Image.Image, paste_to, overlay: Image.Image | None, *,
+                  upscale: Callable[[Image.Image, int, int], Image.Image] | None = None) -> Image.Image:
     """Put a generated image back onto the original (A1111's paste-back).
 
     With `paste_to` (x, y, w, h) the result is resized with mode 1 into that box on a transparent
@@ -550,7 +551,7 @@ def apply_overlay(image: Image.Image, paste_to, overlay: Image.Image | None) -> 
         _positive_size("paste_to width", w)
         _positive_size("paste_to height", h)
         canvas = Image.new("RGBA", overlay.size)
-        canvas.paste(resize_image(1, image, w, h), (x, y))
+        canvas.paste(resize_image(1, image, w, h, upscale=upscale), (x, y))
         image = canvas
     elif image.size != overlay.size:
         raise ValueError(f"the generated image is {image.width}×{image.height} but the overlay is "
