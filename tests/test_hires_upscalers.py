@@ -364,3 +364,12 @@ def test_upscaler_for_img2img_pastes_an_only_masked_result_back_through_the_mode
     result = context.engine.generate(request, NullControl(), save=False)
     assert result.images[0].size == (128, 128)
     assert upscaler_calls == [(1, 3, 64, 64)]
+
+
+def test_one_resize_side_is_written_as_given(context):
+    """Only "Resize width to" set: the height follows the first pass's aspect, and the infotext states
+    the fields as A1111 writes them (0 for the unset side), which reads back as the same request."""
+    result = run(context, hr_upscaler="Lanczos", **{**HIRES, "hr_scale": 1.0, "hr_resize_x": 128})
+    assert result.images[0].size == (128, 128)
+    params = parse_generation_parameters(result.infotexts[0])
+    assert (params["Hires resize-1"], params["Hires resize-2"]) == ("128", "0")

@@ -1229,7 +1229,7 @@ def _hires_steps_run(request: GenerationRequest, sampler_kind: str) -> int:
 
 
 def _hires_size(request: GenerationRequest) -> tuple[int, int]:
-    """The hires pass's output size (what the infotext's "Hires resize" names)."""
+    """The hires pass's output size (both "Resize width/height to" when set, else the upscaled size)."""
     if request.hr_resize_x and request.hr_resize_y:
         return request.hr_resize_x, request.hr_resize_y
     return _hires_upscale_size(request)
@@ -1461,10 +1461,10 @@ def _infotext(run: _Run, index: int, network_fields: dict, ti_hashes: str | None
     elif sampler.default_scheduler:
         extra["Schedule type"] = _scheduler_label(sampler.default_scheduler)
     if request.enable_hr:
-        width, height = _hires_size(request)
         extra["Denoising strength"] = request.denoising_strength
         if request.hr_resize_x or request.hr_resize_y:
-            extra["Hires resize"] = f"{width}x{height}"
+            # The fields as given, 0 for an unset side (A1111's text; pasted back, it means the same).
+            extra["Hires resize"] = f"{request.hr_resize_x}x{request.hr_resize_y}"
         else:
             extra["Hires upscale"] = request.hr_scale
         if request.hr_second_pass_steps:
