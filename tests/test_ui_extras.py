@@ -518,3 +518,31 @@ def test_interrupt_stops_a_running_extras_job_and_nothing_else(page, context):
     interrupt(None)
     release.set()
     assert extras.wait(30).state == "interrupted"
+
+
+def test_a_model_added_after_start_up_is_offered_when_a_page_opens(page, context):
+    """The page loads rescan the upscaler folders: the Extras dropdowns and txt2img's hires Upscaler
+    offer a file added while the server runs."""
+    from modules.upscaling.synthetic import rrdbnet_state_dict, write_state_dict
+
+    blocks, by_id = page
+    loads = [fn for fn in blocks.fns.values() if fn.targets and fn.targets[0][1] == "load"]
+
+    def offered(elem_id: str) -> list:
+        block_id = by_id[elem_id]._id
+        # Extras' load (which rescans) first, then whichever reads the list.
+        ordered = sorted(loads, key=lambda fn: by_id["extras_upscaler_1"]._id not in [o._id for o in fn.outputs])
+        choices = None
+        for fn in ordered:
+            updates = fn.fn()
+            updates = updates if isinstance(updates, (list, tuple)) else [updates]
+            for output, update in zip(fn.outputs, updates):
+                if output._id == block_id:
+                    choices = [c[0] if isinstance(c, (list, tuple)) else c for c in update["choices"]]
+        return choices
+
+    assert "late4x" not in offered("extras_upscaler_1")
+    write_state_dict(context.paths.models_dir / "ESRGAN" / "late4x.safetensors", rrdbnet_state_dict(seed=5))
+    assert "late4x" in offered("extras_upscaler_1")
+    assert "late4x" in offered("extras_upscaler_2")
+    assert "late4x" in offered("txt2img_hr_upscaler")

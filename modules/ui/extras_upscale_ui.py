@@ -129,9 +129,11 @@ def is_upscale_controls(controls: dict[str, Any]) -> bool:
 
 
 def refresh_choices(context, widgets: dict[str, Any]) -> tuple[Any, list]:
-    """`(function, outputs)` for `UiShared.page_loads`: both dropdowns list the upscalers as they are
-    when a page opens (a model file added after start-up shows once the registry was refreshed)."""
+    """`(function, outputs)` for `UiShared.page_loads`: the upscaler folders are scanned again when a
+    page opens (file names only: cheap), so a model file added since shows in both dropdowns."""
     def refresh():
+        if getattr(context, "upscalers", None) is not None:
+            context.upscalers.registry.refresh()
         names = upscaler_names(context)
         return gr.update(choices=names), gr.update(choices=names)
 

@@ -313,6 +313,8 @@ def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status:
 
 def _refreshed_checkpoints(context):
     context.checkpoints.refresh()
+    if context.upscalers is not None:  # A1111 rescans upscalers only on Reload UI; one button is handier
+        context.upscalers.registry.refresh()
     return gr.update(choices=checkpoint_choices(context), value=current_checkpoint_title(context))
 
 

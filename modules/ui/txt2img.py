@@ -114,6 +114,9 @@ def build(context, shared: UiShared) -> None:
     # A page opened later shows the folders as they are then, not as they were at start-up.
     shared.page_loads.append((lambda: extra_networks_panel.render_html(extra_networks_panel.list_networks(context)),
                               [settings.networks_panel]))
+    # The hires upscalers as they are then too (the Extras tab's page load rescans the folders).
+    shared.page_loads.append((lambda: gr.update(choices=hires_upscaler_choices(context.upscalers)),
+                              [fields["hr_upscaler"]]))
 
 
 def _build_settings_column(context, shared: UiShared, fields: dict[str, Any], top: PromptRow,
