@@ -39,7 +39,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -367,7 +366,7 @@ def run_extras_now(context, request: ExtrasRequest) -> ExtrasResult:
     """Run `request` and wait for it: on the job worker when called from elsewhere (an extension's
     handler), directly when already there (an extension's script inside a job)."""
     plan = plan_extras(context, request)
-    if threading.current_thread().name == f"jobs-{context.jobs.name}":
+    if context.jobs.on_worker():
         return run_extras_plan(context, plan)
     job = context.jobs.submit(lambda control: run_extras_plan(context, plan, control), kind=EXTRAS_JOB_KIND,
                               description=f"extras: {len(plan.sources)} image(s)")

@@ -432,6 +432,11 @@ class JobQueue:
         log.debug("Queued job %s (%s) %s", job.id, kind, description)
         return job
 
+    def on_worker(self) -> bool:
+        """Whether the caller runs on this queue's worker (inside a job), where waiting for another
+        job would deadlock."""
+        return threading.current_thread() is self._thread
+
     def run_exclusive(self, fn: Callable[[], T], timeout: float | None = None) -> T:
         """Run `fn` on the worker between jobs (after those queued before it) and return its result.
 
@@ -439,7 +444,7 @@ class JobQueue:
         runs at once, since waiting for the worker there would deadlock. If `timeout` seconds pass
         before `fn` started, it is withdrawn and TimeoutError raised; once started it runs to the end.
         """
-        if threading.current_thread() is self._thread:
+        if self.on_worker():
             return fn()
         future: Future = Future()
         with self._cond:
