@@ -19,7 +19,9 @@ from PIL import Image
 from modules.api.server import create_app
 from modules.extension_host.xyz.axes import find_axis
 from modules.extension_host.xyz.services import GridServices
-from modules.generation.engine import GenerationRequest, NullControl, _crop_to, _hires_upscale_size, generate
+from modules.generation.engine import GenerationRequest, NullControl, _crop_to, generate
+from modules.generation.requests import hires_upscale_size
+from modules.upscaling.service import UpscaleTooLargeError
 from modules.generation.infotext_fields import read_infotext
 from modules.generation.requests import (
     LATENT_UPSCALE_MODES,
@@ -157,7 +159,7 @@ def test_resize_to_another_aspect_crops_the_centre(context, unet_calls):
     assert (params["Hires resize-1"], params["Hires resize-2"]) == ("128", "96")
     # The crop itself: a 16-row latent loses 2 rows at the top and 2 at the bottom; 17 rows lose the
     # odd one at the bottom (A1111: [t // 2 : h − (t + 1) // 2]).
-    assert _hires_upscale_size(GenerationRequest(**BASE, **{**HIRES, "hr_resize_x": 128, "hr_resize_y": 96})) \
+    assert hires_upscale_size(GenerationRequest(**BASE, **{**HIRES, "hr_resize_x": 128, "hr_resize_y": 96})) \
         == (128, 128)
     rows = torch.arange(16.0).view(1, 1, 16, 1).expand(1, 4, 16, 16)
     assert _crop_to(rows, 128, 96)[0, 0, :, 0].tolist() == list(range(2, 14))
@@ -373,3 +375,19 @@ def test_one_resize_side_is_written_as_given(context):
     assert result.images[0].size == (128, 128)
     params = parse_generation_parameters(result.infotexts[0])
     assert (params["Hires resize-1"], params["Hires resize-2"]) == ("128", "0")
+
+
+def test_a_hires_upscale_over_the_pixel_limit_is_refused_before_the_first_pass(client, context):
+    """64×2048 resized to the 2048×64 box: covering it means upscaling the first pass to 2048×65536
+    (134 megapixels) before the crop, over upscale_max_pixels (8192², 67 megapixels). With a model
+    upscaler that is refused before anything runs (422 naming the limit); the latent path only
+    interpolates the small latent, so it is not limited."""
+    request = {**BASE, "width": 64, "height": 2048, **HIRES, "hr_resize_x": 2048, "hr_resize_y": 64}
+    assert hires_upscale_size(GenerationRequest(**request)) == (2048, 65536)
+    before = len(context.jobs.jobs())
+    response = client.post("/sdapi/v1/txt2img", json={**request, "hr_upscaler": MODEL})
+    assert_error(response, 422, "2048×65536", "upscale_max_pixels")
+    assert len(context.jobs.jobs()) == before  # nothing was queued
+    with pytest.raises(UpscaleTooLargeError):
+        submit_generation(context, GenerationSubmission(GenerationRequest(**request, hr_upscaler="Lanczos")))
+    assert UpscaleTooLargeError in SHOWN_ERRORS

@@ -252,9 +252,10 @@ def test_output_folders_inside_the_program_are_refused(context, tmp_path):
 def test_an_output_folder_inside_a_model_folder_given_on_the_command_line_is_refused(context, tmp_path):
     """--ckpt-dir / --lora-dir ... may lie outside the data folder: they are the program's folders too."""
     save(tmp_path / "in" / "x.png")
-    checkpoints, loras = tmp_path / "my-checkpoints", tmp_path / "my-loras"
-    args = args_for(context, "--ckpt-dir", str(checkpoints), "--lora-dir", str(loras))
-    for value in (str(checkpoints), str(checkpoints / "sub"), str(loras)):
+    checkpoints, loras, esrgan = tmp_path / "my-checkpoints", tmp_path / "my-loras", tmp_path / "my-esrgan"
+    args = args_for(context, "--ckpt-dir", str(checkpoints), "--lora-dir", str(loras),
+                    "--esrgan-models-path", str(esrgan))
+    for value in (str(checkpoints), str(checkpoints / "sub"), str(loras), str(esrgan)):
         with pytest.raises(BatchRefused, match="Output directory: .* is inside"):
             plan_batch(BatchSpec.directory(str(tmp_path / "in"), value), args, context.paths.data_dir)
     assert plan_batch(BatchSpec.directory(str(tmp_path / "in"), str(tmp_path / "out")), args,

@@ -120,6 +120,13 @@ def test_the_flag_folder_comes_first_and_a_duplicate_name_keeps_the_first(tmp_pa
     assert reg.get("same").path == first
     assert reg.get("Lanczos").path is None
     assert sum("has the name of" in r.getMessage() for r in caplog.records) == 3
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modules.upscaling.registry"):
+        reg.refresh()  # a page load rescans: the same clashes are not logged again
+        touch(tmp_path / "HAT" / "same.pth")
+        reg.refresh()  # a new one is
+    clashes = [r.getMessage() for r in caplog.records if "has the name of" in r.getMessage()]
+    assert len(clashes) == 1 and str(tmp_path / "HAT" / "same.pth") in clashes[0]
 
 
 def test_an_unknown_name_is_refused_with_the_choices(tmp_path):

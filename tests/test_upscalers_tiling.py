@@ -158,3 +158,17 @@ def test_a_real_model_on_a_two_by_two_grid_matches_untiled_outside_the_overlaps(
     keep[32:48] = False  # input rows/columns 16..23: the overlaps
     assert torch.allclose(tiled[..., keep, :][..., keep], whole[..., keep, :][..., keep], atol=1.0)
     assert (tiled - whole).abs().max() > 2  # the seams are blends, not the untiled values
+
+
+@pytest.mark.parametrize("tile, overlap", [(16, 48), (16, 15)])
+def test_an_overlap_over_half_the_tile_is_capped_and_leaves_no_seam(tile, overlap):
+    """The settings allow an overlap larger than the tile (48 with tiles of 16). The grid then uses half
+    a tile (8), so it advances and the call count stays bounded, and the ramps span what the previous
+    tiles wrote: a pointwise model gives exactly the untiled image, with no dark row or column."""
+    image = torch.rand(1, 3, 40, 40)
+    counted = Constant()
+    upscale_grid(image, counted, tile=tile, overlap=overlap)
+    assert counted.calls == len(grid_positions(40, 16, 8)) ** 2 == 16  # (40-8)/(16-8) = 4 per axis
+    expected = to_8bit(F.interpolate(image, scale_factor=2, mode="nearest"))
+    assert torch.equal(upscale_grid(image, nearest(2), tile=tile, overlap=overlap), expected)
+    assert torch.equal(upscale_averaged(image, nearest(2), tile=tile, overlap=overlap, scale=2), expected)

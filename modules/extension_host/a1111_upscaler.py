@@ -56,20 +56,10 @@ class Upscaler:
         raise NotImplementedError(f"{type(self).__name__}.do_upscale is not implemented")
 
     def upscale(self, img: Image.Image, scale: float, selected_model: Any = None) -> Image.Image:
-        from modules.upscaling.service import MAX_PASSES, destination_size
+        from modules.upscaling.service import repeat_passes
 
         self.scale = scale
-        dest_w, dest_h = destination_size(img.width, img.height, scale)
-        for index in range(MAX_PASSES):
-            if img.width >= dest_w and img.height >= dest_h and not (scale == 1 and index == 0):
-                break
-            shape = img.size
-            img = self.do_upscale(img, selected_model)
-            if img.size == shape:
-                break
-        if img.size != (dest_w, dest_h):
-            img = img.resize((dest_w, dest_h), resample=LANCZOS)
-        return img
+        return repeat_passes(img, scale, lambda current: self.do_upscale(current, selected_model))
 
     def load_model(self, path: str):
         raise NotImplementedError("Atelier loads upscaler models itself (context.upscalers)")

@@ -34,7 +34,7 @@ from modules.generation.conditioning import (
     sdxl_time_ids,
 )
 from modules.generation.cfg_step import CFGHooks, CFGStep
-from modules.generation.requests import LATENT_UPSCALE_MODES, GenerationRequest, Img2ImgRequest
+from modules.generation.requests import LATENT_UPSCALE_MODES, GenerationRequest, Img2ImgRequest, hires_upscale_size
 from modules.library.model_detection import ModelFamily
 
 if TYPE_CHECKING:
@@ -1232,22 +1232,7 @@ def _hires_size(request: GenerationRequest) -> tuple[int, int]:
     """The hires pass's output size (both "Resize width/height to" when set, else the upscaled size)."""
     if request.hr_resize_x and request.hr_resize_y:
         return request.hr_resize_x, request.hr_resize_y
-    return _hires_upscale_size(request)
-
-
-def _hires_upscale_size(request: GenerationRequest) -> tuple[int, int]:
-    """The size the first pass is upscaled to. With both "Resize width/height to" set and another
-    aspect, A1111 scales to cover that box, keeping the first pass's aspect; the latent is then
-    centre-cropped to the box (`_crop_to`)."""
-    width, height = request.width, request.height
-    x, y = request.hr_resize_x, request.hr_resize_y
-    if x and y:
-        if width / height < x / y:
-            return x, int(x * height / width) // 8 * 8
-        return int(y * width / height) // 8 * 8, y
-    if x or y:
-        return x or int(y * width / height) // 8 * 8, y or int(x * height / width) // 8 * 8
-    return int(width * request.hr_scale) // 8 * 8, int(height * request.hr_scale) // 8 * 8
+    return hires_upscale_size(request)
 
 
 def _crop_to(latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -1273,7 +1258,7 @@ def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor, result: Generat
 
     request, sampler, model = run.request, run.sampler, run.model
     width, height = _hires_size(request)
-    upscale_width, upscale_height = _hires_upscale_size(request)
+    upscale_width, upscale_height = hires_upscale_size(request)
     if request.hr_upscaler in LATENT_UPSCALE_MODES:
         _save_before_hires(run, batch, lambda: _decode(model, samples, result), network_fields)
         mode, antialias = LATENT_UPSCALE_MODES[request.hr_upscaler]

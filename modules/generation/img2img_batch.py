@@ -63,6 +63,7 @@ from modules.generation.engine import GenerationResult, check_prompt_length
 from modules.generation.img2img_images import fix_image
 from modules.generation.requests import MAX_INIT_IMAGE_PIXELS
 from modules.serving.generation_service import IMG2IMG_JOB_KIND
+from modules.serving.cmd_args import UPSCALER_FOLDERS
 
 if TYPE_CHECKING:
     from modules.extension_host.scripts import ScriptSelection
@@ -82,7 +83,8 @@ MAX_BATCH_IMAGE_PIXELS = MAX_INIT_IMAGE_PIXELS
 # "/" would otherwise walk the whole disk); a long video's frames still fit.
 MAX_BATCH_FILES = 100_000
 # cmd_args attributes naming model folders (checkpoints, VAEs, embeddings, ...) an output folder may not be in.
-MODEL_DIR_FLAGS = ("models_dir", "ckpt_dir", "vae_dir", "embeddings_dir", "hypernetwork_dir", "lora_dir")
+MODEL_DIR_FLAGS = ("models_dir", "ckpt_dir", "vae_dir", "embeddings_dir", "hypernetwork_dir", "lora_dir",
+                   *(f"{family.lower()}_models_path" for family, _ in UPSCALER_FOLDERS))
 BATCH_JOB_KIND = IMG2IMG_JOB_KIND  # a batch is img2img work: the tab's Interrupt stops it
 # The gallery's notes list this many of a batch's warnings (a folder of 5000 images without masks
 # would give 5000); the console has them all.

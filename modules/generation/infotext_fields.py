@@ -238,12 +238,12 @@ def _read_sampler(params: Mapping[str, Any], reading: InfotextReading) -> None:
 
 
 def _read_hires_upscaler(params: Mapping[str, Any], reading: InfotextReading, upscaler_names: Sequence[str]) -> None:
-    from modules.generation.requests import LATENT_UPSCALE_MODES
+    from modules.generation.requests import upscaler_choices
 
     if "Hires upscaler" not in params:
         return
     upscaler = str(params["Hires upscaler"])
-    choices = [*LATENT_UPSCALE_MODES, *(name for name in upscaler_names if name not in LATENT_UPSCALE_MODES)]
+    choices = upscaler_choices(upscaler_names)
     if upscaler in choices:
         reading.values["hr_upscaler"] = upscaler
     else:

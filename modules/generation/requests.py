@@ -8,6 +8,7 @@ imported (tests/test_startup_imports.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -103,8 +104,27 @@ class GenerationRequest(BaseModel):
 def hires_upscaler_choices(upscalers: Any = None) -> list[str]:
     """What `hr_upscaler` may name (A1111's order): the latent modes, then the upscaler library's
     names (`modules.upscaling.service.Upscalers`; None: the latent modes only)."""
-    names = upscalers.registry.names() if upscalers is not None else []
-    return [*LATENT_UPSCALE_MODES, *(name for name in names if name not in LATENT_UPSCALE_MODES)]
+    return upscaler_choices(upscalers.registry.names() if upscalers is not None else ())
+
+
+def upscaler_choices(upscaler_names: Sequence[str]) -> list[str]:
+    """The latent modes, then the listed upscaler names (A1111's hires upscaler list)."""
+    return [*LATENT_UPSCALE_MODES, *(name for name in upscaler_names if name not in LATENT_UPSCALE_MODES)]
+
+
+def hires_upscale_size(request: GenerationRequest) -> tuple[int, int]:
+    """The size the first pass is upscaled to. With both "Resize width/height to" set and another
+    aspect, A1111 scales to cover that box, keeping the first pass's aspect; the latent is then
+    centre-cropped to the box (`_crop_to`)."""
+    width, height = request.width, request.height
+    x, y = request.hr_resize_x, request.hr_resize_y
+    if x and y:
+        if width / height < x / y:
+            return x, int(x * height / width) // 8 * 8
+        return int(y * width / height) // 8 * 8, y
+    if x or y:
+        return x or int(y * width / height) // 8 * 8, y or int(x * height / width) // 8 * 8
+    return int(width * request.hr_scale) // 8 * 8, int(height * request.hr_scale) // 8 * 8
 
 
 class UnknownHiresUpscalerError(ValueError):
@@ -113,13 +133,17 @@ class UnknownHiresUpscalerError(ValueError):
 
 def check_hires_upscaler(request: GenerationRequest, upscalers: Any = None) -> None:
     """Refuse a hires fix whose upscaler is not listed (A1111 fails the job with "could not find
-    upscaler named X"); the message names the choices. A request without hires fix is not checked."""
+    upscaler named X"; the message names the choices), or whose upscaled image would exceed the
+    upscaler's pixel limit (`UpscaleTooLargeError`). A request without hires fix is not checked."""
     if not request.enable_hr:
         return
     choices = hires_upscaler_choices(upscalers)
     if request.hr_upscaler not in choices:
         raise UnknownHiresUpscalerError(f"hr_upscaler: could not find upscaler named {request.hr_upscaler!r}; available: "
                          f"{', '.join(choices)} (model files go in models/ESRGAN, models/RealESRGAN, ...)")
+    if request.hr_upscaler not in LATENT_UPSCALE_MODES and upscalers is not None:
+        # The decoded first pass is upscaled to cover the hires size: refused now, not after the first pass.
+        upscalers.check_size(*hires_upscale_size(request), what="The hires fix's upscaled image")
 
 
 LATENT_UPSCALE_RESIZE_MODE = 3  # "Just resize (latent upscale)" (img2img_images.RESIZE_MODES)

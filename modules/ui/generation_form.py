@@ -24,6 +24,7 @@ import gradio as gr
 
 from modules.generation.engine import LATENT_UPSCALE_MODES, PromptTooLongError
 from modules.generation.requests import UnknownHiresUpscalerError
+from modules.upscaling.service import UpscaleTooLargeError
 from modules.generation.styles import StyleError
 from modules.serving.generation_service import GenerationSubmission, submit_generation
 from modules.ui import styles_panel
@@ -438,8 +439,9 @@ class QueuedWork:
 
 # Errors a handler shows in the tab's infotext area instead of failing the event (RequestError
 # includes img2img's InputError: no image, an empty mask).
-# UnknownHiresUpscalerError: a model file removed since the page listed it.
-SHOWN_ERRORS = (RequestError, PromptTooLongError, StyleError, UnknownHiresUpscalerError)
+# UnknownHiresUpscalerError: a model file removed since the page listed it; UpscaleTooLargeError: a hires
+# size whose model upscale would exceed upscale_max_pixels.
+SHOWN_ERRORS = (RequestError, PromptTooLongError, StyleError, UnknownHiresUpscalerError, UpscaleTooLargeError)
 
 
 def wire_generation(context, tabname: str, top: PromptRow, scripts, results: ResultsColumn, inputs: list,

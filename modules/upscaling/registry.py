@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 FAMILIES = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT", "ScuNET")
 MODEL_EXTENSIONS = (".pt", ".pth", ".safetensors")
-PICKLE_EXTENSIONS = (".pt", ".pth")
 BUILTIN_NAMES = ("None", "Lanczos", "Nearest")
 DEFAULT_SCALE = 4
 
@@ -86,10 +85,6 @@ class UpscalerEntry:
     path: Path | None  # the model file; None for None/Lanczos/Nearest
     scale: float | None  # A1111's listed scale (a label: the model's own scale decides the output)
     model_name: str | None
-
-    @property
-    def is_model(self) -> bool:
-        return self.path is not None
 
     def api_row(self) -> dict[str, Any]:
         return {"name": self.name, "model_name": self.model_name,
@@ -167,15 +162,20 @@ class UpscalerRegistry:
         self._settings = settings
         self._lock = threading.Lock()
         self._files: dict[str, tuple[Path, ...]] = {}
+        self._warned: set[Path | None] = set()  # files whose name clash was logged
         self.refresh()
 
     def refresh(self) -> None:
         files = {family: tuple(_model_files([Path(f) for f in self._folders(family)])) for family in FAMILIES}
         with self._lock:
             self._files = files
-        for hidden, kept in self._listed()[1]:
+        hidden = self._listed()[1]
+        with self._lock:  # each clash is logged once, not at every rescan (a page load rescans)
+            new = [(entry, kept) for entry, kept in hidden if entry.path not in self._warned]
+            self._warned = {entry.path for entry, _ in hidden}
+        for entry, kept in new:
             log.warning("Upscaler %s (%s) has the name of %s; it is not listed. Rename the file to use it.",
-                        hidden.path, hidden.family, kept.path if kept is not None else "a built-in upscaler")
+                        entry.path, entry.family, kept.path if kept is not None else "a built-in upscaler")
 
     def _enabled(self) -> dict[str, Sequence[str]]:
         if self._settings is None:

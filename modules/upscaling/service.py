@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from spandrel import ImageModelDescriptor
 
 __all__ = ["UpscaleTooLargeError", "UpscalerModelError", "UnknownUpscalerError", "Upscalers",
-           "destination_size", "MAX_PASSES"]
+           "destination_size", "repeat_passes", "MAX_PASSES"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,24 @@ TILE_SETTINGS = {
     "SwinIR": ("SWIN_tile", "SWIN_tile_overlap", "averaged"),
     "ScuNET": ("SCUNET_tile", "SCUNET_tile_overlap", "averaged"),
 }
+
+
+def repeat_passes(image: Image.Image, scale: float, one_pass: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """A1111's `Upscaler.upscale` loop: `one_pass` until the image reaches `destination_size` (at most
+    MAX_PASSES, stopping when a pass leaves the size unchanged; at scale 1 exactly one), then LANCZOS
+    to that size. Also runs extensions' `Upscaler.do_upscale` (modules.upscaler)."""
+    dest_w, dest_h = destination_size(image.width, image.height, scale)
+    current = image
+    for index in range(MAX_PASSES):
+        if current.width >= dest_w and current.height >= dest_h and not (scale == 1 and index == 0):
+            break
+        before = current.size
+        current = one_pass(current)
+        if current.size == before:
+            break
+    if current.size != (dest_w, dest_h):
+        current = current.resize((dest_w, dest_h), resample=Image.Resampling.LANCZOS)
+    return current
 
 
 class UpscaleTooLargeError(ValueError):
@@ -174,17 +192,7 @@ class Upscalers:
             raise ValueError(f"Upscaling {image.width}×{image.height} by {scale} gives {dest_w}×{dest_h}: sides are "
                              "rounded down to a multiple of 8, so the result must be at least 8 pixels on each side.")
         self.check_size(dest_w, dest_h)
-        current = image
-        for index in range(MAX_PASSES):
-            if current.width >= dest_w and current.height >= dest_h and not (scale == 1 and index == 0):
-                break
-            before = current.size
-            current = self._one_pass(current, entry, scale, control)
-            if current.size == before:
-                break
-        if current.size != (dest_w, dest_h):
-            current = current.resize((dest_w, dest_h), resample=Image.Resampling.LANCZOS)
-        return current
+        return repeat_passes(image, scale, lambda current: self._one_pass(current, entry, scale, control))
 
     def resize(self, image: Image.Image, width: int, height: int, name: str, *, control=None) -> Image.Image:
         """A1111's `images.resize_image(0, image, width, height, name)`: an image smaller than the

@@ -50,14 +50,20 @@ def grid_positions(length: int, tile: int, overlap: int) -> list[int]:
     return [min(int(i * step), length - tile) for i in range(count)]
 
 
+def effective_overlap(tile: int, overlap: int) -> int:
+    """The overlap used with tiles of `tile` pixels: at most half a tile, so each tile advances the
+    grid by at least half its size (the settings allow an overlap of 48 with tiles of 16, where
+    A1111's grid breaks; a nearly full overlap would mean one model call per pixel)."""
+    return max(0, min(overlap, tile // 2))
+
+
 def grid_tiles(width: int, height: int, tile: int, overlap: int) -> list[list[GridTile]]:
     """A1111's grid for a `width`×`height` image, row by row. Tile size 0 (or one at least the
-    image) is the whole image; the overlap is kept below the tile size so the grid always advances."""
+    image) is the whole image; the overlap is at most half a tile (`effective_overlap`)."""
     if tile <= 0:
         return [[GridTile(0, 0, width, height)]]
     tile_w, tile_h = min(tile, width), min(tile, height)
-    overlap_w = max(0, min(overlap, tile_w - 1))
-    overlap_h = max(0, min(overlap, tile_h - 1))
+    overlap_w, overlap_h = effective_overlap(tile_w, overlap), effective_overlap(tile_h, overlap)
     return [[GridTile(x, y, tile_w, tile_h) for x in grid_positions(width, tile_w, overlap_w)]
             for y in grid_positions(height, tile_h, overlap_h)]
 
@@ -91,6 +97,8 @@ def upscale_grid(image: torch.Tensor, model: Model, *, tile: int, overlap: int,
     tensor, or None when `should_stop()` said so between tiles."""
     _, channels, height, width = image.shape
     rows = grid_tiles(width, height, tile, overlap)
+    # The ramps span the overlap the grid was laid out with.
+    overlap_x, overlap_y = effective_overlap(rows[0][0].width, overlap), effective_overlap(rows[0][0].height, overlap)
     canvas: torch.Tensor | None = None
     scale = 1
     for row in rows:
@@ -102,10 +110,10 @@ def upscale_grid(image: torch.Tensor, model: Model, *, tile: int, overlap: int,
             scale = out.shape[-1] // cell.width
             if row_canvas is None:
                 row_canvas = torch.zeros(out.shape[0], out.shape[1], width * scale, dtype=torch.uint8)
-            _blend_into(row_canvas, out, cell.x * scale, overlap * scale, dim=-1)
+            _blend_into(row_canvas, out, cell.x * scale, overlap_x * scale, dim=-1)
         if canvas is None:
             canvas = torch.zeros(row_canvas.shape[0], height * scale, width * scale, dtype=torch.uint8)
-        _blend_into(canvas, row_canvas, row[0].y * scale, overlap * scale, dim=-2)
+        _blend_into(canvas, row_canvas, row[0].y * scale, overlap_y * scale, dim=-2)
     return canvas.unsqueeze(0)
 
 
@@ -118,7 +126,7 @@ def averaged_positions(length: int, tile: int, stride: int) -> list[int]:
 def upscale_averaged(image: torch.Tensor, model: Model, *, tile: int, overlap: int, scale: int,
                      should_stop: StopCheck | None = None) -> torch.Tensor | None:
     """A1111's `upscale_2` for SwinIR/ScuNET: square tiles of `min(tile, H, W)`, stride `tile -
-    overlap` (at least 1), outputs averaged where they overlap. Tile size 0 runs the whole image.
+    overlap` (the overlap at most half a tile), outputs averaged where they overlap. Tile size 0 runs the whole image.
     Returns a (1, 3, H·scale, W·scale) uint8 CPU tensor, or None when stopped."""
     _, channels, height, width = image.shape
     tile = min(tile, height, width)
@@ -126,7 +134,7 @@ def upscale_averaged(image: torch.Tensor, model: Model, *, tile: int, overlap: i
         if should_stop is not None and should_stop():
             return None
         return to_8bit(model(image))
-    stride = max(1, tile - overlap)
+    stride = tile - effective_overlap(tile, overlap)
     result = torch.zeros(1, channels, height * scale, width * scale)
     weights = torch.zeros(1, 1, height * scale, width * scale)
     for y in averaged_positions(height, tile, stride):
