@@ -75,11 +75,13 @@ def test_scale_by_with_a_data_url(client):
 
 
 def test_scale_to_crops_by_default(client):
+    # 40x30 into 128x64: factor max(128/40, 64/30) = 3.2 covers the box (128x96); the crop cuts it to 128x64.
     response = client.post("/sdapi/v1/extra-single-image", json={
-        "image": png_base64(picture(40, 20)), "upscaler_1": "Nearest", "resize_mode": 1,
-        "upscaling_resize_w": 64, "upscaling_resize_h": 48})
-    assert decode_png(response.json()["image"]).size == (64, 48)
-    assert "Postprocess crop to: 64x48" in response.json()["html_info"]
+        "image": png_base64(picture(40, 30)), "upscaler_1": "Nearest", "resize_mode": 1,
+        "upscaling_resize_w": 128, "upscaling_resize_h": 64})
+    assert response.status_code == 200, response.text
+    assert decode_png(response.json()["image"]).size == (128, 64)
+    assert "Postprocess crop to: 128x64" in response.json()["html_info"]
 
 
 def test_batch_images_with_upscaler_2(client):
@@ -115,6 +117,55 @@ def test_bad_input_is_a_422_naming_it(client, settings):
     assert_error(client.post("/sdapi/v1/extra-batch-images", json={"imageList": []}), 422, "imageList")
     settings.apply({"upscale_max_pixels": 64 * 64})
     assert_error(post(upscaler_1="Lanczos", upscaling_resize=8), 422, "128×128", "upscale_max_pixels")
+
+
+def test_out_of_range_numbers_are_refused_naming_the_api_field(client):
+    post = lambda **fields: client.post("/sdapi/v1/extra-single-image", json={
+        "image": png_base64(picture(16, 16)), "upscaler_1": "Lanczos", **fields})
+    assert_error(post(resize_mode=1, upscaling_resize_w=9000, upscaling_resize_h=512), 422, "upscaling_resize_w",
+                 "9000", "64 to 8192")
+    assert_error(post(resize_mode=1, upscaling_resize_w=512, upscaling_resize_h=8), 422, "upscaling_resize_h")
+    # The box is Scale to's only: in Scale by it is not read (A1111's clients send any value there).
+    assert post(resize_mode=0, upscaling_resize=2, upscaling_resize_w=1).status_code == 200
+
+
+def test_upscaler_1_none_ignores_upscaler_2_as_a1111(client):
+    source = picture(16, 16)
+    response = client.post("/sdapi/v1/extra-single-image", json={
+        "image": png_base64(source), "upscaler_1": "None", "upscaler_2": "No Such Model",
+        "extras_upscaler_2_visibility": 0.5})
+    assert response.status_code == 200, response.text
+    assert same_pixels(decode_png(response.json()["image"]), source)
+
+
+def test_too_many_images_are_refused_before_any_is_decoded(client):
+    from modules.postprocessing.extras import MAX_EXTRAS_IMAGES
+
+    # Not base64 images at all: decoding the first would answer "imageList[0]: ...".
+    items = [{"data": "not an image", "name": f"{index}.png"} for index in range(MAX_EXTRAS_IMAGES + 1)]
+    body = assert_error(client.post("/sdapi/v1/extra-batch-images", json={"imageList": items}), 422, "imageList",
+                        f"at most {MAX_EXTRAS_IMAGES}")
+    assert "imageList[0]" not in body["errors"]
+
+
+def test_the_results_of_one_request_together_are_bounded(client, settings, context):
+    limit = 64 * 64
+    settings.apply({"upscale_max_pixels": limit})
+    # 16x16 by 4: 64x64 each, exactly the per-image limit; the request may make twice the limit.
+    per_image = (16 * 4) * (16 * 4)
+    fits = limit * 2 // per_image
+    post = lambda count: client.post("/sdapi/v1/extra-batch-images", json={
+        "imageList": [{"data": png_base64(picture(16, 16, seed)), "name": f"{seed}.png"} for seed in range(count)],
+        "upscaler_1": "Lanczos", "upscaling_resize": 4})
+    before = len(context.jobs.jobs())
+    assert_error(post(fits + 1), 422, f"{(fits + 1) * per_image:,} pixels", "upscale_max_pixels")
+    assert len(context.jobs.jobs()) == before  # refused before anything was queued
+    response = post(fits)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["images"]) == fits
+    # Delivered: the job the queue keeps in its history no longer holds the images.
+    [job] = context.jobs.jobs()[before:]
+    assert job.result.images == [] and len(job.result.infotexts) == fits
 
 
 def test_an_image_over_the_api_limit_is_refused_from_its_header(client):

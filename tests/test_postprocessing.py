@@ -448,3 +448,181 @@ def test_a_folder_file_too_large_to_upscale_is_skipped_and_names_are_checked_fir
     with pytest.raises(ValueError, match="could not find upscaler named 'Zzz'"):
         plan_extras(context, request.model_copy(update={"script_args": {"Upscale": upscale_args(
             upscaler_1_name="Zzz")}}))
+
+
+# ------------------------------------------------------------------ review fixes: A1111's None, ranges
+
+def test_upscaler_1_none_never_looks_at_upscaler_2_and_both_names_are_checked_at_submit(context):
+    # A1111 returns before resolving Upscaler 2 when Upscaler 1 is None: a bogus second name is harmless.
+    source = picture(16, 8)
+    result = run_one(context, source, upscaler_1_name="None", upscaler_2_name="Bogus 4x", upscaler_2_visibility=0.5)
+    assert np.array_equal(pixels(result.images[0]), pixels(source))
+    # With Upscaler 1 set, a bogus Upscaler 2 is refused at submit (A1111 asserts it), even at visibility 0.
+    request = ExtrasRequest(images=[("", source)], script_args={"Upscale": upscale_args(
+        upscaler_2_name="Bogus 4x", upscaler_2_visibility=0)})
+    with pytest.raises(ValueError, match="could not find upscaler named 'Bogus 4x'"):
+        submit_extras(context, request)
+    assert [job.result.images[0].size for job in context.jobs.jobs()] == [(16, 8)]  # only the first ran
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"max_side_length": -8}, "max_side_length"),
+    ({"upscale_by": 0}, "upscale_by"),
+    ({"upscale_by": -2}, "upscale_by"),
+    ({"upscale_by": float("nan")}, "upscale_by"),
+    ({"upscale_mode": 3}, "upscale_mode"),
+    ({"upscale_mode": 1, "upscale_to_width": 32, "upscale_to_height": 512}, "upscale_to_width"),
+    ({"upscale_mode": 1, "upscale_to_width": 512, "upscale_to_height": 8200}, "upscale_to_height"),
+    ({"upscaler_2_visibility": 1.5}, "upscaler_2_visibility"),
+])
+def test_out_of_range_numbers_are_refused_at_plan_time_naming_the_field(context, tmp_path, changes, field):
+    args = {"Upscale": upscale_args(**changes)}
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        submit_extras(context, ExtrasRequest(images=[("", picture(16, 16))], script_args=args))
+    with pytest.raises(ValueError, match=f"^a.png: {field}: "):
+        submit_extras(context, ExtrasRequest(mode=1, images=[("a.png", picture(16, 16))], script_args=args))
+    (tmp_path / "in").mkdir()
+    picture(8, 8).save(tmp_path / "in" / "a.png")
+    with pytest.raises(ValueError, match=f"^{field}: "):  # a folder: its files are read later, the numbers now
+        plan_extras(context, ExtrasRequest(mode=2, input_dir=str(tmp_path / "in"), script_args=args))
+    assert context.jobs.jobs() == [] and context.upscalers.calls == []
+
+
+def test_a_cached_result_is_a_copy_so_a_later_job_does_not_rewrite_an_earlier_result(context):
+    first_source = picture(16, 16)
+    first_source.info["parameters"] = "the first"
+    second_source = first_source.copy()
+    second_source.info["parameters"] = "the second"
+    first = run_one(context, first_source, upscale_by=2)
+    second = run_one(context, second_source, upscale_by=2)
+    assert context.upscalers.calls == [("Lanczos", 2.0)]  # the second job hit the cache
+    assert first.images[0].info["parameters"] == "the first"
+    assert second.images[0].info["parameters"] == "the second"
+    assert np.array_equal(pixels(first.images[0]), pixels(second.images[0]))
+
+
+def test_the_steps_get_the_jobs_control_for_the_run_only(context):
+    seen = []
+
+    class Recording(ScriptPostprocessing):
+        name, order, extension = "Recording", 2000, "test"
+
+        def process(self, pp, **args):
+            seen.append(self.job_control)
+
+    step = Recording()
+    context.extensions = SimpleNamespace(scripts=SimpleNamespace(postprocessing_scripts=[step]))
+    job = submit_extras(context, ExtrasRequest(images=[("", picture(8, 8))], save=False,
+                                               script_args={"Upscale": upscale_args(upscale_by=2)})).wait(60)
+    assert job.exception is None, job.error
+    [control] = seen
+    assert control is not None and control.job_id == job.id
+    assert step.job_control is None and postprocessing_of(context).builtins[0].job_control is None
+
+
+# ----------------------------------------------------------------- review fixes: one request's output
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says `width` x `height` but which holds almost no pixel data: decoding it
+    fails, so an answer that names its size came from the header alone."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_too_many_images_in_one_request_are_refused(context):
+    from modules.postprocessing.extras import MAX_EXTRAS_IMAGES
+
+    image = picture(8, 8)
+    with pytest.raises(ValueError, match=f"at most {MAX_EXTRAS_IMAGES}"):
+        ExtrasRequest(mode=1, images=[("a.png", image)] * (MAX_EXTRAS_IMAGES + 1))
+    with pytest.raises(ValueError, match=f"at most {MAX_EXTRAS_IMAGES}"):
+        ExtrasRequest(mode=1, files=[("a.png", "/nonexistent/a.png")] * (MAX_EXTRAS_IMAGES + 1))
+
+
+def test_the_planned_results_together_are_bounded_by_the_output_budget(context):
+    limit = 64 * 64
+    context.settings.apply({"upscale_max_pixels": limit})
+    per_image = (16 * 4) * (16 * 4)  # 16x16 by 4: exactly the per-image limit
+    fits = 2 * limit // per_image
+    images = [(f"{seed}.png", picture(16, 16, seed)) for seed in range(fits + 1)]
+    args = {"Upscale": upscale_args(upscale_by=4)}
+    with pytest.raises(ValueError, match=f"{(fits + 1) * per_image:,} pixels.*upscale_max_pixels"):
+        submit_extras(context, ExtrasRequest(mode=1, images=images, script_args=args))
+    assert context.jobs.jobs() == []
+    result = submit_extras(context, ExtrasRequest(mode=1, images=images[:fits], script_args=args,
+                                                  save=False)).wait(60).result
+    assert [image.size for image in result.images] == [(64, 64)] * fits
+    # Without an upscale the results are the sources' sizes, and they count too.
+    small = [(f"{seed}.png", picture(8, 8, seed)) for seed in range(2 * limit // (8 * 8) + 1)]
+    with pytest.raises(ValueError, match="upscale_max_pixels"):
+        submit_extras(context, ExtrasRequest(mode=1, images=small, script_args={"Upscale": upscale_args(
+            upscaler_1_name="None")}))
+
+
+def test_uploaded_files_are_measured_from_their_headers_and_read_on_the_worker(context, tmp_path):
+    huge = _png_header_only(tmp_path / "huge.png", 9000, 9000)
+    assert huge.stat().st_size < 100
+    request = ExtrasRequest(mode=1, files=[("huge.png", str(huge))], script_args={"Upscale": upscale_args(
+        upscaler_1_name="None")})
+    with pytest.raises(ValueError, match="huge.png: the image is 9000x9000"):
+        submit_extras(context, request)
+    # Within the per-image limit but over the request's budget, together: refused from the headers too.
+    context.settings.apply({"upscale_max_pixels": 4096 * 4096})
+    wide = [(f"w{index}.png", str(_png_header_only(tmp_path / f"w{index}.png", 4096, 4096))) for index in range(3)]
+    with pytest.raises(ValueError, match="the 3 results would come to .*upscale_max_pixels"):
+        submit_extras(context, ExtrasRequest(mode=1, files=wide, script_args={"Upscale": upscale_args(
+            upscaler_1_name="None")}))
+    assert context.jobs.jobs() == []
+    # Real files: decoded on the worker, in order, named after the uploads; a file that breaks only
+    # when decoded is skipped with a warning naming it.
+    paths = []
+    for seed in range(2):
+        paths.append(tmp_path / f"in-{seed}.png")
+        picture(16, 8, seed).save(paths[-1])
+    broken = _png_header_only(tmp_path / "broken.png", 16, 8)
+    files = [("in-0.png", str(paths[0])), ("broken.png", str(broken)), ("in-1.png", str(paths[1]))]
+    result = submit_extras(context, ExtrasRequest(mode=1, files=files, save=False, script_args={
+        "Upscale": upscale_args(upscale_by=2, upscaler_1_name="Nearest")})).wait(60).result
+    assert len(result.images) == 2
+    for image, seed in zip(result.images, range(2)):
+        assert np.array_equal(pixels(image), pixels(picture(16, 8, seed).resize((32, 16), NEAREST)))
+    assert [warning.split(":")[0] for warning in result.warnings] == ["broken.png"]
+
+
+def test_a_folders_results_beyond_the_budget_are_saved_not_kept_or_stop_the_run_unsaved(tmp_path):
+    context = make_context(tmp_path)
+    limit = 64 * 64
+    context.settings.apply({"upscale_max_pixels": limit})
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    count = 4
+    for seed in range(count):
+        picture(32, 32, seed).save(inputs / f"{seed}.png")
+    picture(8, 8).save(inputs / "9-small.png")  # would fit, yet comes after the gallery was closed
+    per_image = 64 * 64  # 32x32 by 2
+    fits = 2 * limit // per_image
+    request = ExtrasRequest(mode=2, input_dir=str(inputs), script_args={"Upscale": upscale_args(upscale_by=2)})
+    saved = run_extras_plan(context, plan_extras(context, request))
+    assert len(saved.saved_paths) == count + 1 and len(saved.images) == fits
+    assert all(image.size == (64, 64) for image in saved.images)
+    assert [w for w in saved.warnings if "upscale_max_pixels" in w and f"the first {fits} are shown" in w]
+    unsaved = run_extras_plan(context, plan_extras(context, request.model_copy(update={"save": False})))
+    assert unsaved.saved_paths == [] and len(unsaved.images) == fits
+    assert [w for w in unsaved.warnings if "upscale_max_pixels" in w and f"stopped after {fits}" in w]
+
+
+def test_a_delivered_result_is_released_from_the_jobs_history(context):
+    from modules.postprocessing.extras import take_extras_result
+
+    job = submit_extras(context, ExtrasRequest(images=[("", picture(8, 8))], save=False, script_args={
+        "Upscale": upscale_args(upscale_by=2)})).wait(60)
+    taken = take_extras_result(job)
+    assert [image.size for image in taken.images] == [(16, 16)] and taken.infotexts == job.result.infotexts
+    assert job.result.images == []

@@ -17,10 +17,9 @@ from modules.ui.extras_tab import (
     SINGLE,
     ExtrasInputError,
     ScriptControls,
-    directories_refusal,
     extras_request,
-    open_uploads,
     script_args,
+    upload_files,
 )
 from modules.ui.extras_upscale_ui import DEFAULTS, SCALE_BY, SCALE_TO, scale_in_name
 
@@ -52,15 +51,6 @@ def test_a_digit_beside_an_x_in_the_upscalers_name_is_its_scale():
     assert scale_in_name("4x-UltraSharp") == 4 and scale_in_name("R-ESRGAN 2x+") == 2
     assert scale_in_name("SwinIR x4") == 4 and scale_in_name("DAT X3") == 3
     assert scale_in_name("Lanczos") is None and scale_in_name("ScuNET GAN") is None and scale_in_name(None) is None
-
-
-def test_folders_are_refused_where_the_dir_config_is_locked():
-    from types import SimpleNamespace
-
-    assert directories_refusal(SimpleNamespace()) is None
-    assert directories_refusal(SimpleNamespace(listen=True, allow_ui_dir_config=True)) is None
-    assert "--allow-ui-dir-config" in directories_refusal(SimpleNamespace(listen=True))
-    assert "--hide-ui-dir-config" in directories_refusal(SimpleNamespace(hide_ui_dir_config=True))
 
 
 def test_each_mode_gives_its_request():
@@ -102,20 +92,15 @@ def test_an_image_over_the_pixel_limit_is_refused_in_one_sentence():
     assert message.startswith("images: ") and "8193x8192" in message and "validation error" not in message
 
 
-def test_uploads_are_opened_in_order_and_a_non_image_is_named(tmp_path):
-    paths = []
-    for seed in range(2):
-        paths.append(str(tmp_path / f"in-{seed}.png"))
-        _noise_image((16, 8), seed).save(paths[-1])
-    opened = open_uploads(paths)
-    assert [name for name, _ in opened] == ["in-0.png", "in-1.png"]
-    assert np.asarray(opened[1][1]).tobytes() == np.asarray(_noise_image((16, 8), 1)).tobytes()
-    text = tmp_path / "notes.txt"
-    text.write_text("not a picture")
-    with pytest.raises(ExtrasInputError, match="Batch Process: notes.txt: not an image"):
-        open_uploads([*paths, str(text)])
+def test_uploads_go_as_paths_in_order_and_too_many_are_refused_unread(tmp_path):
+    from modules.postprocessing.extras import MAX_EXTRAS_IMAGES
+
+    paths = [str(tmp_path / f"in-{seed}.png") for seed in range(2)]  # not even written: nothing is read here
+    assert upload_files(paths) == [("in-0.png", paths[0]), ("in-1.png", paths[1])]
     request = extras_request(BATCH, None, paths, "", "", True, _upscale_args())
-    assert [name for name, _ in request.images] == ["in-0.png", "in-1.png"]
+    assert request.files == [("in-0.png", paths[0]), ("in-1.png", paths[1])] and request.images == []
+    with pytest.raises(ExtrasInputError, match=f"Batch Process: {MAX_EXTRAS_IMAGES + 1} files uploaded.*at most"):
+        upload_files([paths[0]] * (MAX_EXTRAS_IMAGES + 1))
 
 
 # --- the built page --------------------------------------------------------------------------------
@@ -325,6 +310,7 @@ def test_send_to_extras_from_png_info_sends_the_file(page, tmp_path):
 
 
 def test_a_locked_server_has_no_folder_fields(tmp_path):
+    # The rule and its words are img2img Batch's (one place says why folders are off).
     from modules.ui.app import build_ui
     from tests.ui_support import make_context
 
@@ -397,6 +383,56 @@ def test_generate_on_batch_process_upscales_every_upload(page, context, tmp_path
     assert [image.size for image in gallery] == [(32, 16), (32, 16)], info
     expected = _noise_image((16, 8), 1, "RGB").resize((32, 16), Image.LANCZOS)
     assert np.abs(np.asarray(gallery[1].convert("RGB"), dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
+
+
+def _png_header_only(path, width: int, height: int):
+    """A PNG whose header says `width` x `height` with almost no pixel data (decoding it fails)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_batch_process_refuses_uploads_from_their_headers_off_the_event_loop(page, context, tmp_path, monkeypatch):
+    import modules.postprocessing.extras as postprocessing
+
+    checked_on = []
+    real_plan = postprocessing.plan_extras
+
+    def plan(context, request):
+        try:
+            asyncio.get_running_loop()
+            checked_on.append("the event loop")
+        except RuntimeError:
+            checked_on.append("a worker thread")
+        return real_plan(context, request)
+
+    monkeypatch.setattr(postprocessing, "plan_extras", plan)
+    small = tmp_path / "small.png"
+    _noise_image((16, 8), 1, "RGB").save(small)
+    huge = _png_header_only(tmp_path / "huge.png", 9000, 9000)  # 68 bytes on disk
+    before = len(context.jobs.jobs())
+    gallery, info, *_ = _generate(page, context, {"extras_selected_mode": BATCH,
+                                                  "extras_image_batch": [str(small), huge]},
+                                  {"upscaler_1_name": "Lanczos", "upscale_by": 2})
+    assert "huge.png: the image is 9000x9000" in info and "error" in info
+    assert checked_on == ["a worker thread"] and len(context.jobs.jobs()) == before
+    # Each within the limit, together over the request's output budget (twice upscale_max_pixels).
+    stored = dict(context.settings.stored())
+    context.settings.apply({"upscale_max_pixels": 4096 * 4096})
+    try:
+        wide = [_png_header_only(tmp_path / f"wide-{index}.png", 4096, 4096) for index in range(3)]
+        gallery, info, *_ = _generate(page, context, {"extras_selected_mode": BATCH, "extras_image_batch": wide},
+                                      {"upscaler_1_name": "None"})
+    finally:
+        context.settings.put_back(stored, dict(context.settings.stored()))
+    assert "the 3 results would come to" in info and "upscale_max_pixels" in info
+    assert len(context.jobs.jobs()) == before
 
 
 def test_generate_from_a_directory_saves_there_and_hides_results_when_asked(page, context, tmp_path):

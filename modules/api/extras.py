@@ -13,8 +13,13 @@ Where Atelier answers differently, on purpose:
 - `gfpgan_visibility` or `codeformer_visibility` above 0 is a 422: Atelier has no face restoration,
   and an image returned without it would look like success;
 - an upscale whose result would exceed `upscale_max_pixels` is a 422 before any work;
+- Scale to (`resize_mode` 1) takes `upscaling_resize_w` and `_h` of 64 to 8192 (the tab's range; A1111:
+  any number from 1); a number out of its range is a 422 naming the field;
 - images are decoded with the API's limits (modules.api.images: base64 or an allowed URL, at most
-  8192x8192 each, the images of one batch request together at most twice that).
+  8192x8192 each, the images of one batch request together at most twice that), and `imageList`
+  holds at most `MAX_EXTRAS_IMAGES` (checked before any is decoded);
+- the results of one request together may not exceed twice `upscale_max_pixels` (a 422 before any
+  work: modules.postprocessing.extras's output budget).
 """
 
 from __future__ import annotations
@@ -107,6 +112,18 @@ def _script_args(body: ExtrasBaseRequest) -> dict[str, dict[str, Any]]:
                                          body.upscaler_2, body.extras_upscaler_2_visibility)}
 
 
+# The Upscale step's argument names as this API's fields, for the step's refusals ("upscale_to_width:
+# 9000 is out of range" reads "upscaling_resize_w: ..." to an API client).
+API_FIELDS = {"upscale_mode": "resize_mode", "upscale_by": "upscaling_resize", "upscale_to_width": "upscaling_resize_w",
+              "upscale_to_height": "upscaling_resize_h", "upscaler_2_visibility": "extras_upscaler_2_visibility"}
+
+
+def _api_field_names(message: str) -> str:
+    for argument, api_field in API_FIELDS.items():
+        message = message.replace(f"{argument}: ", f"{api_field}: ")
+    return message
+
+
 def encode_result(image: Image.Image, settings) -> str:
     """`image` as base64 in `samples_format`, with its text (module docstring)."""
     from modules.outputs.images import SaveOptions, write_image_with_geninfo
@@ -125,7 +142,7 @@ def encode_result(image: Image.Image, settings) -> str:
 
 def run_request(context, body: ExtrasBaseRequest, images: list[tuple[str, Image.Image]], mode: int):
     """Queue the Extras run for `images` and wait for it; its ExtrasResult, or an ApiError."""
-    from modules.postprocessing.extras import ExtrasRequest, submit_extras
+    from modules.postprocessing.extras import ExtrasRequest, submit_extras, take_extras_result
 
     script_args = _script_args(body)
     try:
@@ -137,11 +154,11 @@ def run_request(context, body: ExtrasBaseRequest, images: list[tuple[str, Image.
     try:
         job = submit_extras(context, request)
     except ValueError as error:
-        raise bad_request(str(error)) from None
+        raise bad_request(_api_field_names(str(error))) from None
     job.wait()
     if job.exception is not None:
         raise exception_to_api_error(job.exception)
-    return job.result
+    return take_extras_result(job)
 
 
 def single_image(context, body: ExtrasSingleImageRequest) -> dict[str, Any]:
@@ -156,8 +173,13 @@ def single_image(context, body: ExtrasSingleImageRequest) -> dict[str, Any]:
 
 def batch_images(context, body: ExtrasBatchImagesRequest) -> dict[str, Any]:
     settings = context.settings.current()
+    from modules.postprocessing.extras import MAX_EXTRAS_IMAGES
+
     if not body.imageList:
         raise bad_request("imageList: no images sent; send a list of {data: <base64>, name: <file name>}")
+    if len(body.imageList) > MAX_EXTRAS_IMAGES:
+        raise bad_request(f"imageList: {len(body.imageList)} images; one request takes at most {MAX_EXTRAS_IMAGES}: "
+                          "split them into several requests")
     budget = PixelBudget(MAX_BATCH_REQUEST_PIXELS)
     images = [(item.name, decode_input_image(item.data, settings, field=f"imageList[{index}]", budget=budget))
               for index, item in enumerate(body.imageList)]

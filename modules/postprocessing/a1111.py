@@ -8,6 +8,7 @@ are saved unless `save_output=False`.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from PIL import Image
@@ -20,16 +21,25 @@ def _request(extras_mode: int, image: Any, image_folder: Any, input_dir: str, ou
     from modules.postprocessing.extras import ExtrasRequest, load_upload
 
     images: list[tuple[str, Image.Image]] = []
+    files: list[tuple[str, str]] = []
     if extras_mode == 1:
-        for item in image_folder or ():
+        items = list(image_folder or ())
+        # Gradio files: their temp paths, named by their original names when Gradio kept them; read
+        # on the worker one at a time. Mixed with images, they are decoded here to keep their order.
+        mixed = any(isinstance(item, Image.Image) for item in items)
+        for item in items:
             if isinstance(item, Image.Image):
                 images.append((getattr(item, "filename", "") or "", item))
-            else:  # a Gradio file: its temp path, named by its original name when Gradio kept it
-                path = getattr(item, "name", item)
-                images.append(load_upload(path, getattr(item, "orig_name", None)))
+                continue
+            path = str(getattr(item, "name", item))
+            name = getattr(item, "orig_name", None) or os.path.basename(path)
+            if mixed:
+                images.append(load_upload(path, name))
+            else:
+                files.append((name, path))
     elif extras_mode == 0 and image is not None:
         images.append(("", image))
-    return ExtrasRequest(mode=extras_mode, images=images, input_dir=input_dir if extras_mode == 2 else "",
+    return ExtrasRequest(mode=extras_mode, images=images, files=files, input_dir=input_dir if extras_mode == 2 else "",
                          output_dir=output_dir if extras_mode == 2 else "", show_results=bool(show_extras_results),
                          script_args=script_args, save=save_output)
 

@@ -1,14 +1,10 @@
-"""The job control the steps of one postprocessing run see (interrupt between tiles and images).
+"""The job control a postprocessing run uses when it runs outside any job.
 
-A step's `process(pp, **args)` has A1111's signature, which carries no job: the runner sets the
-control for the duration of a run in a context variable, and the built-in steps read it."""
+A step's `process(pp, **args)` has A1111's signature, which carries no job: `Postprocessing.run` sets
+the job's control on each step's `job_control` attribute for the duration of the run (no module
+state), and the built-in steps pass it to the upscaler (interrupt between tiles)."""
 
 from __future__ import annotations
-
-import contextlib
-import contextvars
-from collections.abc import Iterator
-from typing import Any
 
 
 class NullControl:
@@ -28,20 +24,3 @@ class NullControl:
 
     def add_info(self, line: str) -> None:
         pass
-
-
-_current: contextvars.ContextVar[Any] = contextvars.ContextVar("atelier_postprocessing_control", default=None)
-
-
-def current_control() -> Any:
-    """The running job's control, or a NullControl."""
-    return _current.get() or NullControl()
-
-
-@contextlib.contextmanager
-def control_scope(control: Any) -> Iterator[None]:
-    token = _current.set(control)
-    try:
-        yield
-    finally:
-        _current.reset(token)

@@ -1,10 +1,13 @@
 """The Extras tab's work as one request and one job (A1111's `run_postprocessing`, A1111.md §14.5).
 
 `ExtrasRequest` is what the Extras tab and the API send: the images (mode 0, single image; mode 1,
-uploads) as (source name, image) pairs, or a server folder (mode 2, `input_dir`, optional
-`output_dir`); each step's keyword arguments by step name (`script_args`, e.g. {"Upscale": {...}});
-whether to save. `submit_extras(context, request)` checks it and queues one job of kind "extras"; the
-job's result is an `ExtrasResult`.
+uploads) as (source name, image) pairs, or mode 1's uploaded files as (source name, path) pairs
+(`files`: only their headers are read at submit, each decoded on the worker when its turn comes), or
+a server folder (mode 2, `input_dir`, optional `output_dir`); each step's keyword arguments by step
+name (`script_args`, e.g. {"Upscale": {...}}); whether to save. At most `MAX_EXTRAS_IMAGES` images or
+files in one request. `submit_extras(context, request)` checks it and queues one job of kind
+"extras"; the job's result is an `ExtrasResult`, which its caller takes with `take_extras_result`
+(the job, kept in the queue's history, then no longer holds the images).
 
 Per image: the steps run (modules.postprocessing.runner), then for the image and each extra image a
 step made:
@@ -28,14 +31,21 @@ server locks folder settings (`--hide-ui-dir-config`, or listening beyond localh
 The listing is A1111's: not recursive, dotfiles skipped, natural order; a file that is not a readable
 image (or is too large) is skipped with a warning (A1111 skips it silently).
 
-Before anything is queued, the Upscale step's arguments are checked for every uploaded image: an
-unknown upscaler, or a result over `upscale_max_pixels`, is refused with its reason (for a folder,
-the upscaler names). In a batch (modes 1 and 2), an image a step refuses while running (a folder's
-file too large to upscale) is skipped with a warning naming it; the others go on.
+Before anything is queued, the Upscale step's arguments are checked for every image (an uploaded
+file from its header, without decoding it): an argument out of range, an unknown upscaler, or a
+result over `upscale_max_pixels`, is refused with its reason (for a folder, the arguments and the
+upscaler names). The results of one request together may not exceed the output budget, twice
+`upscale_max_pixels` (`output_budget`): modes 0 and 1 add up the final sizes before queueing and
+refuse a request over it. A folder's sizes are known only as its files are read, and extension steps
+may add images: while running, a result that would take the images kept for the gallery (or, unsaved,
+for the caller) over the budget is saved but not kept, with a warning; when nothing is saved, the run
+stops there with a warning. In a batch (modes 1 and 2), an image a step refuses while running (a
+folder's file too large to upscale) is skipped with a warning naming it; the others go on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
 import os
@@ -62,7 +72,13 @@ MODES = (0, 1, 2)  # A1111's extras_mode: Single Image, Batch Process, Batch fro
 # The largest image a request may hold (and a folder's file may decode into): img2img's limit.
 MAX_EXTRAS_IMAGE_PIXELS = MAX_INIT_IMAGE_PIXELS
 MAX_FOLDER_FILES = 100_000
-CAPTION_ACTIONS = ("Ignore", "Keep", "Prepend", "Append")
+# The most images (or uploaded files) one request may hold: each is a job step, a gallery entry and,
+# over the API, a decoded image; more belongs in a folder batch or several requests.
+MAX_EXTRAS_IMAGES = 1000
+# The results of one request together: this many times `upscale_max_pixels` (module docstring).
+OUTPUT_BUDGET_FACTOR = 2
+EXIF_ORIENTATION = 0x0112
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # the EXIF rotations by 90° that `exif_transpose` applies
 
 
 class ExtrasRequest(BaseModel):
@@ -73,6 +89,8 @@ class ExtrasRequest(BaseModel):
 
     mode: int = Field(0, description="0 = Single Image, 1 = Batch Process (uploads), 2 = Batch from Directory")
     images: list[tuple[str, Image.Image]] = Field(default_factory=list)
+    files: list[tuple[str, str]] = Field(default_factory=list, description="Batch Process: (name, path) of "
+                                         "uploaded files, read on the worker")
     input_dir: str = ""
     output_dir: str = ""
     show_results: bool = True
@@ -97,19 +115,23 @@ class ExtrasRequest(BaseModel):
 
     @model_validator(mode="after")
     def _inputs(self) -> ExtrasRequest:
+        count = len(self.images) + len(self.files)
         if self.mode == 2:
-            if self.images:
+            if count:
                 raise ValueError("Batch from Directory takes a folder (input_dir), not images")
             if not self.input_dir.strip():
                 raise ValueError("Input directory: empty; name the folder that holds the images")
         else:
             if self.input_dir or self.output_dir:
                 raise ValueError("input_dir and output_dir are for Batch from Directory (mode 2) only")
-            if not self.images:
+            if not count:
                 raise ValueError("no image: " + ("drop an image on Source" if self.mode == 0 else
                                                  "upload the images to process"))
-            if self.mode == 0 and len(self.images) != 1:
-                raise ValueError(f"Single Image takes one image, got {len(self.images)}; use Batch Process (mode 1)")
+            if self.mode == 0 and (self.files or len(self.images) != 1):
+                raise ValueError(f"Single Image takes one image, got {count}; use Batch Process (mode 1)")
+            if count > MAX_EXTRAS_IMAGES:
+                raise ValueError(f"{count} images in one request; at most {MAX_EXTRAS_IMAGES} are taken: split the "
+                                 "batch into several requests")
         return self
 
 
@@ -124,13 +146,15 @@ class ExtrasResult:
     saved_paths: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     interrupted: bool = False
+    over_budget: bool = False  # stopped: the next result would not fit the output budget
+    budget_noted: bool = False  # results beyond the budget were saved but not kept
 
 
 @dataclass(frozen=True)
 class _Source:
     name: str | None  # the name files are named after (None: the single image, numbered)
     image: Image.Image | None = None
-    path: Path | None = None  # mode 2: read on the worker
+    path: Path | None = None  # an uploaded file or (with `root`) a folder's: read on the worker
     root: Path | None = None
 
 
@@ -140,6 +164,17 @@ class _Plan:
     sources: tuple[_Source, ...]
     output_dir: Path
     warnings: tuple[str, ...] = ()
+    output_budget: int = 0
+
+
+def output_budget(settings) -> int:
+    """The pixels the results of one request may hold together (module docstring)."""
+    return OUTPUT_BUDGET_FACTOR * int(settings["upscale_max_pixels"])
+
+
+def _over_budget(what: str, pixels: int, budget: int) -> str:
+    return (f"{what} would come to {pixels:,} pixels, more than the {budget:,} one Extras request may make "
+            f"({OUTPUT_BUDGET_FACTOR} x the setting upscale_max_pixels)")
 
 
 def load_upload(path: str | os.PathLike, name: str | None = None) -> tuple[str, Image.Image]:
@@ -159,6 +194,32 @@ def load_upload(path: str | os.PathLike, name: str | None = None) -> tuple[str, 
         raise ValueError(f"{shown}: not an image Pillow can read ({type(error).__name__}); upload a PNG, JPEG or "
                          "WebP file") from None
     return shown, image
+
+
+def upload_size(path: str | os.PathLike, name: str | None = None) -> tuple[int, int]:
+    """The size an uploaded file decodes into (turned upright by its EXIF orientation when the header
+    states one), from its header only; a ValueError naming the file when it is not an image Pillow
+    can read or is over the per-image limit."""
+    shown = name or os.path.basename(str(path))
+    try:
+        with Image.open(path) as opened:  # reads the header; the pixels are not decoded
+            width, height = opened.size
+            raw_exif = opened.info.get("exif")
+            if isinstance(raw_exif, bytes):
+                exif = Image.Exif()
+                exif.load(raw_exif)
+                if exif.get(EXIF_ORIENTATION) in SWAPPING_ORIENTATIONS:
+                    width, height = height, width
+    except Image.DecompressionBombError:
+        raise ValueError(f"{shown}: the image is larger than Pillow's limit; images of at most "
+                         f"{MAX_EXTRAS_IMAGE_PIXELS:,} pixels (8192x8192) are accepted") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, ValueError) as error:
+        raise ValueError(f"{shown}: not an image Pillow can read ({type(error).__name__}); upload a PNG, JPEG or "
+                         "WebP file") from None
+    if width * height > MAX_EXTRAS_IMAGE_PIXELS:
+        raise ValueError(f"{shown}: the image is {width}x{height}; images of at most {MAX_EXTRAS_IMAGE_PIXELS:,} "
+                         "pixels (8192x8192) are accepted")
+    return width, height
 
 
 def _output_folder(context, request: ExtrasRequest) -> Path:
@@ -207,30 +268,48 @@ def _folder_sources(context, request: ExtrasRequest, warnings: list[str]) -> lis
 
 
 def plan_extras(context, request: ExtrasRequest) -> _Plan:
-    """Check `request` against the app (its steps, upscalers, folders) without doing any work."""
+    """Check `request` against the app (its steps, upscalers, folders, the output budget) without
+    doing any work: uploaded files are measured from their headers, nothing is decoded."""
     owner = postprocessing_of(context)
     owner.check_args(request.script_args)
+    budget = output_budget(context.settings.current())
     warnings: list[str] = []
+    upscale_args = request.script_args.get(UPSCALE_SCRIPT)
+    upscale = owner.find(UPSCALE_SCRIPT) if upscale_args is not None else None
     if request.mode == 2:
         sources = _folder_sources(context, request, warnings)
-        upscale_args = request.script_args.get(UPSCALE_SCRIPT)
-        if upscale_args is not None:  # the images are read on the worker; their names can be checked now
-            owner.find(UPSCALE_SCRIPT).check_names(**upscale_args)
+        if upscale is not None:  # the images are read on the worker; the arguments can be checked now
+            _step_check(None, lambda: upscale.check_names(**upscale_args))
     else:
-        sources = [_Source(name if request.mode == 1 else None, image=image) for name, image in request.images]
-        upscale_args = request.script_args.get(UPSCALE_SCRIPT)
-        if upscale_args is not None:
-            upscale = owner.find(UPSCALE_SCRIPT)
-            for source in sources:
-                try:
-                    upscale.check(source.image.width, source.image.height, **upscale_args)
-                except TypeError as error:
-                    raise ValueError(f"script_args[{UPSCALE_SCRIPT!r}]: {error}") from None
-                except ValueError as error:
-                    if not source.name:
-                        raise
-                    raise ValueError(f"{source.name}: {error}") from None
-    return _Plan(request, tuple(sources), _output_folder(context, request), tuple(warnings))
+        batch = request.mode == 1
+        sources = [_Source(name if batch else None, image=image) for name, image in request.images]
+        sources += [_Source(name, path=Path(path)) for name, path in request.files]
+        total = 0
+        for source in sources:
+            if source.image is not None:
+                size = source.image.size
+            else:
+                size = upload_size(source.path, source.name)
+            if upscale is not None:
+                size = _step_check(source.name, lambda size=size: upscale.final_size(*size, **upscale_args))
+            total += size[0] * size[1]
+        if total > budget:
+            count = len(sources)
+            raise ValueError(_over_budget(f"the {count} result{'s' if count != 1 else ''}", total, budget)
+                             + ": send fewer images, or upscale by a smaller factor")
+    return _Plan(request, tuple(sources), _output_folder(context, request), tuple(warnings), budget)
+
+
+def _step_check(name: str | None, check):
+    """`check()`'s answer; its refusal named after the source `name` (when it has one)."""
+    try:
+        return check()
+    except TypeError as error:  # an argument the step does not take
+        raise ValueError(f"script_args[{UPSCALE_SCRIPT!r}]: {error}") from None
+    except ValueError as error:
+        if not name:
+            raise
+        raise ValueError(f"{name}: {error}") from None
 
 
 def submit_extras(context, request: ExtrasRequest) -> Job:
@@ -243,9 +322,22 @@ def submit_extras(context, request: ExtrasRequest) -> Job:
                                description=description)
 
 
+def take_extras_result(job: Job) -> ExtrasResult:
+    """The finished `job`'s ExtrasResult for its caller (an empty one when it made none), the job's
+    own list of images emptied: the queue keeps the last jobs for status queries, and their images
+    would stay in memory after the tab or the API delivered them (as `finished_generation` does)."""
+    result = job.result if isinstance(job.result, ExtrasResult) else ExtrasResult()
+    taken = dataclasses.replace(result, images=list(result.images), infotexts=list(result.infotexts),
+                                saved_paths=list(result.saved_paths), warnings=list(result.warnings))
+    result.images.clear()
+    return taken
+
+
 def _read_source(source: _Source) -> Image.Image:
     if source.image is not None:
         return source.image
+    if source.root is None:  # an uploaded file
+        return load_upload(source.path, source.name)[1]
     from modules.generation.img2img_batch import SkippedFile, read_image
 
     try:
@@ -280,7 +372,10 @@ def run_extras_plan(context, plan: _Plan, control: Any = None) -> ExtrasResult:
     if hasattr(control, "set_info"):
         control.set_info("job_count", count)
     infotext = ""
+    kept_pixels = 0
     for index, source in enumerate(plan.sources):
+        if result.over_budget:
+            break
         if control.interrupted:
             result.interrupted = True
             break
@@ -333,11 +428,37 @@ def run_extras_plan(context, plan: _Plan, control: Any = None) -> ExtrasResult:
                 if single.caption:
                     _write_caption(saved.path, single.caption, settings["postprocessing_existing_caption_action"])
             if request.mode != 2 or request.show_results:
+                pixels = single.image.width * single.image.height
+                if not _may_keep(result, control, plan, request.save, kept_pixels + pixels):
+                    if result.over_budget:
+                        break
+                    continue
+                kept_pixels += pixels
                 result.images.append(single.image)
                 result.infotexts.append(infotext)
     control.report(count, count)
     result.html_info = f"<p>{html.escape(infotext)}</p>"
     return result
+
+
+def _may_keep(result: ExtrasResult, control, plan: _Plan, saved: bool, pixels: int) -> bool:
+    """Whether a result may join the kept ones, which would then hold `pixels`: not once they reached
+    the budget (module docstring); the first refusal is warned (saved: the rest are not shown; unsaved:
+    the run stops)."""
+    if result.over_budget or result.budget_noted:
+        return False
+    if not plan.output_budget or pixels <= plan.output_budget:
+        return True
+    shown = len(result.images)
+    if saved:
+        result.budget_noted = True
+        _warn(result, control, _over_budget("the results shown", pixels, plan.output_budget)
+              + f": the first {shown} are shown; the rest are saved but not shown")
+    else:
+        result.over_budget = True
+        _warn(result, control, _over_budget("the results", pixels, plan.output_budget)
+              + f": stopped after {shown}; process the rest in another request")
+    return False
 
 
 def _warn(result: ExtrasResult, control, message: str) -> None:
@@ -373,4 +494,4 @@ def run_extras_now(context, request: ExtrasRequest) -> ExtrasResult:
     job.wait()
     if job.exception is not None:
         raise job.exception
-    return job.result
+    return take_extras_result(job)

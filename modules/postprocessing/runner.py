@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from modules.postprocessing.control import NullControl, control_scope
+from modules.postprocessing.control import NullControl
 from modules.postprocessing.scripts import PostprocessedImage, ScriptPostprocessing
 from modules.postprocessing.upscale import (
     SIMPLE_UPSCALE_SCRIPT,
@@ -111,7 +111,11 @@ class Postprocessing:
         script_args = script_args or {}
         scripts = [(script, dict(script_args[script.name]) if script.name in script_args else _control_values(script))
                    for script in self.scripts_in_preferred_order(extras=extras)]
-        with control_scope(control):
+        # The steps reach the job through their `job_control` while this run lasts (A1111's
+        # `process` signature has no room for it); cleared after, so no step keeps a finished job.
+        for script, _ in scripts:
+            script.job_control = control
+        try:
             for script, args in scripts:
                 self._call(script, "process_firstpass", pp, args, warnings)
             images = [pp]
@@ -124,6 +128,9 @@ class Postprocessing:
                     for extra in single.extra_images:
                         images.append(extra if isinstance(extra, PostprocessedImage) else PostprocessedImage(extra))
                     single.extra_images.clear()
+        finally:
+            for script, _ in scripts:
+                script.job_control = None
         pp.extra_images = images[1:]
         return pp
 

@@ -14,6 +14,10 @@ run unchanged:
     process(pp, **args)  the step itself, on `pp.image` and then on every extra image
     image_changed()      the single image changed (steps drop their caches)
 
+Atelier's additions: `extension` (None for a built-in step), `app` (the AppContext), and
+`job_control`, the running job's control (`interrupted`, `report`...) while `Postprocessing.run`
+runs the step, else None.
+
 No Gradio here: the built-in steps' controls are built by the Extras tab (modules.ui).
 """
 
@@ -87,6 +91,7 @@ class ScriptPostprocessing:
     # Atelier: the extension the step came from (None for a built-in one) and the AppContext it runs in.
     extension: str | None = None
     app: Any = None
+    job_control: Any = None
 
     def ui(self) -> dict[str, Any] | None:
         """Gradio components keyed by the names of `process`'s keyword arguments."""

@@ -8,17 +8,27 @@ Upscale (order 1000), keyword arguments as A1111's `scripts/postprocessing_upsca
                            with `upscale_crop` it is centred onto a W x H RGB canvas)
     max_side_length        Scale by only: when the longest side would exceed it, the step scales to
                            that size instead, without crop (0 = no limit)
-    upscaler_1_name        "None" (or None) skips the whole step: no resize at all
+    upscaler_1_name        "None" (or None) skips the whole step: no resize at all, and Upscaler 2
+                           is not looked at (A1111 returns before resolving it)
     upscaler_2_name, upscaler_2_visibility
                            with visibility > 0 the source is upscaled again with Upscaler 2 and
-                           blended over the first result (`Image.blend`)
+                           blended over the first result (`Image.blend`); a name that is not "None"
+                           must exist whatever the visibility (A1111 asserts it)
+
+The numbers are checked before any work (`check_args`), each refusal naming its argument: the mode
+0 or 1; Scale by: `upscale_by` a finite number above 0, `max_side_length` 0 or more; Scale to: width
+and height within 64–8192 (the tab's sliders); `upscaler_2_visibility` within 0–1.
 
 The upscaling itself is `context.upscalers.upscale(image, name, factor)` (modules.upscaling): A1111's
 arithmetic, so its results are multiples of 8 on each side (and "Scale to" can therefore fall a few
 pixels short of the box; the crop canvas then shows a black border, as in A1111). Results are cached
 by (pixels, upscaler, mode, factor, W, H, crop), keeping `upscaling_max_images_in_cache` of them;
 `image_changed()` empties the cache. The size an upscale would reach is checked against
-`upscale_max_pixels` before any work (`check_sizes`).
+`upscale_max_pixels` before any work (`check_sizes`); `final_size` is what the request's output
+budget (modules.postprocessing.extras) adds up.
+
+The job's control (interrupt between tiles) is the step's `job_control` attribute, which the runner
+(`Postprocessing.run`) sets for the duration of a run; outside a run it is None (no job to stop).
 
 The text the step adds (`pp.info`): "Postprocess upscale by" or "Postprocess upscale to" (`WxH`),
 "Max side length", "Postprocess crop to", "Postprocess upscaler", "Postprocess upscaler 2".
@@ -27,27 +37,23 @@ The text the step adds (`pp.info`): "Postprocess upscale by" or "Postprocess ups
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from modules.postprocessing.control import current_control
 from modules.postprocessing.scripts import PostprocessedImage, ScriptPostprocessing
+from modules.upscaling.service import destination_size
 
 UPSCALE_SCRIPT = "Upscale"
 SIMPLE_UPSCALE_SCRIPT = "Simple Upscale"
 SCALE_BY, SCALE_TO = 0, 1
 DEFAULT_CACHE_LIMIT = 5  # upscaling_max_images_in_cache's default, for a step outside any app
-# The defaults of `process`'s keyword arguments (A1111's), for callers that fill in a partial set.
-UPSCALE_DEFAULTS: Mapping[str, Any] = {
-    "upscale_enabled": True, "upscale_mode": SCALE_TO, "upscale_by": 2.0, "max_side_length": 0,
-    "upscale_to_width": None, "upscale_to_height": None, "upscale_crop": False,
-    "upscaler_1_name": None, "upscaler_2_name": None, "upscaler_2_visibility": 0.0,
-}
+# Scale to's box: the range of the tab's Width and Height sliders.
+MIN_TO_SIDE, MAX_TO_SIDE = 64, 8192
 
 
 def limit_size_by_one_dimension(width: float, height: float, limit: float) -> tuple[int, int]:
@@ -58,12 +64,6 @@ def limit_size_by_one_dimension(width: float, height: float, limit: float) -> tu
     elif width > limit:
         width, height = limit, limit * height / width
     return int(width), int(height)
-
-
-def upscale_destination(width: int, height: int, factor: float) -> tuple[int, int]:
-    """The size an upscaler turns a `width` x `height` image into at `factor` (A1111's
-    `Upscaler.upscale`: each side rounded down to a multiple of 8)."""
-    return int((width * factor) // 8 * 8), int((height * factor) // 8 * 8)
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,43 @@ class UpscalePlan:
     limited: bool = False  # the max-side rule switched Scale by to Scale to
 
     def destination(self, width: int, height: int) -> tuple[int, int]:
-        return upscale_destination(width, height, self.factor)
+        return destination_size(width, height, self.factor)
 
     def final_size(self, width: int, height: int) -> tuple[int, int]:
         if self.mode == SCALE_TO and self.crop:
             return int(self.to_width), int(self.to_height)
         return self.destination(width, height)
+
+
+def _number(name: str, value: Any, what: str) -> float:
+    """`value` as a finite number; a ValueError naming the argument `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}: {value!r} is not a number; {what}")
+    return value
+
+
+def check_args(upscale_mode: Any = SCALE_TO, upscale_by: Any = 2.0, max_side_length: Any = 0,
+               upscale_to_width: Any = None, upscale_to_height: Any = None, upscaler_2_visibility: Any = 0.0,
+               **_: Any) -> None:
+    """Refuse an argument out of its range (module docstring), naming it; only the fields of the
+    chosen mode are read (A1111 ignores the others, and so do its API clients)."""
+    mode = _number("upscale_mode", upscale_mode, "0 = Scale by, 1 = Scale to")
+    if mode not in (SCALE_BY, SCALE_TO):
+        raise ValueError(f"upscale_mode: {upscale_mode!r}; 0 = Scale by, 1 = Scale to")
+    if mode == SCALE_TO:
+        for name, value in (("upscale_to_width", upscale_to_width), ("upscale_to_height", upscale_to_height)):
+            what = f"Scale to takes a width and height of {MIN_TO_SIDE} to {MAX_TO_SIDE} pixels"
+            if not MIN_TO_SIDE <= _number(name, value, what) <= MAX_TO_SIDE:
+                raise ValueError(f"{name}: {value!r} is out of range; {what}")
+    else:
+        if not _number("upscale_by", upscale_by, "Scale by takes a factor above 0") > 0:
+            raise ValueError(f"upscale_by: {upscale_by!r}; Scale by takes a factor above 0 (2 doubles each side)")
+        if max_side_length is not None and _number("max_side_length", max_side_length, "0 = no limit") < 0:
+            raise ValueError(f"max_side_length: {max_side_length!r} is negative; give the longest side in pixels, "
+                             "or 0 for no limit")
+    visibility = 0.0 if upscaler_2_visibility is None else upscaler_2_visibility
+    if not 0 <= _number("upscaler_2_visibility", visibility, "it takes 0 to 1") <= 1:
+        raise ValueError(f"upscaler_2_visibility: {upscaler_2_visibility!r}; it takes 0 (Upscaler 2 off) to 1")
 
 
 def plan_upscale(width: int, height: int, mode: int, upscale_by: float, max_side_length: int,
@@ -98,8 +129,11 @@ def plan_upscale(width: int, height: int, mode: int, upscale_by: float, max_side
                              f"{to_width!r} x {to_height!r}")
         return UpscalePlan(SCALE_TO, max(to_width / width, to_height / height), int(to_width), int(to_height), bool(crop))
     if not upscale_by or upscale_by <= 0:
-        raise ValueError(f"Scale by: {upscale_by!r} must be a number above 0")
+        raise ValueError(f"upscale_by: {upscale_by!r}; Scale by takes a factor above 0")
     max_side_length = int(max_side_length or 0)
+    if max_side_length < 0:
+        raise ValueError(f"max_side_length: {max_side_length!r} is negative; give the longest side in pixels, or 0 "
+                         "for no limit")
     if max_side_length and max(width, height) * upscale_by > max_side_length:
         factor = max_side_length / max(width, height)
         box = limit_size_by_one_dimension(width * factor, height * factor, max_side_length)
@@ -183,14 +217,16 @@ class _UpscaleBase(ScriptPostprocessing):
         key = (_pixel_key(image), upscaler, plan.mode, plan.factor, plan.to_width, plan.to_height, plan.crop)
         result = self.cache.pop(key)
         if result is None:
-            result = self._upscalers().upscale(image, upscaler, plan.factor, control=current_control())
+            result = self._upscalers().upscale(image, upscaler, plan.factor, control=self.job_control)
         self.cache.put(key, result, self._cache_limit())
         if plan.mode == SCALE_TO and plan.crop:
             canvas = Image.new("RGB", (plan.to_width, plan.to_height))
             canvas.paste(result, box=(plan.to_width // 2 - result.width // 2, plan.to_height // 2 - result.height // 2))
-            result = canvas
-            info["Postprocess crop to"] = f"{result.width}x{result.height}"
-        return result
+            info["Postprocess crop to"] = f"{canvas.width}x{canvas.height}"
+            return canvas
+        # The cache keeps its own object: what the caller does to the result (the run replaces its
+        # `info`) must not reach a later job that hits the cache.
+        return result.copy()
 
     def image_changed(self) -> None:
         self.cache.clear()
@@ -222,18 +258,32 @@ class ScriptPostprocessingUpscale(_UpscaleBase):
               max_side_length=0, upscale_to_width=None, upscale_to_height=None, upscale_crop=False,
               upscaler_1_name=None, upscaler_2_name=None, upscaler_2_visibility=0.0) -> None:
         """Everything `process` would refuse for a `width` x `height` image, without doing any work:
-        an unknown upscaler, bad sizes, a result over the pixel limit."""
-        if not self.check_names(upscale_enabled, upscaler_1_name, upscaler_2_name):
-            return
+        an argument out of range, an unknown upscaler, a result over the pixel limit."""
+        self.final_size(width, height, upscale_enabled, upscale_mode, upscale_by, max_side_length, upscale_to_width,
+                        upscale_to_height, upscale_crop, upscaler_1_name, upscaler_2_name, upscaler_2_visibility)
+
+    def final_size(self, width: int, height: int, upscale_enabled=True, upscale_mode=SCALE_TO, upscale_by=2.0,
+                   max_side_length=0, upscale_to_width=None, upscale_to_height=None, upscale_crop=False,
+                   upscaler_1_name=None, upscaler_2_name=None, upscaler_2_visibility=0.0) -> tuple[int, int]:
+        """The size the step turns a `width` x `height` image into, after `check`'s checks (the size
+        itself unchanged when the step does not upscale)."""
+        if not self.check_names(upscale_enabled, upscaler_1_name, upscaler_2_name, upscale_mode=upscale_mode,
+                                upscale_by=upscale_by, max_side_length=max_side_length,
+                                upscale_to_width=upscale_to_width, upscale_to_height=upscale_to_height,
+                                upscaler_2_visibility=upscaler_2_visibility):
+            return width, height
         plan = plan_upscale(width, height, int(upscale_mode), upscale_by, max_side_length, upscale_to_width,
                             upscale_to_height, upscale_crop)
         self.check_sizes(width, height, plan)
+        return plan.final_size(width, height)
 
-    def check_names(self, upscale_enabled=True, upscaler_1_name=None, upscaler_2_name=None, **_) -> bool:
-        """Refuse an unknown upscaler name (the registry's error names the choices); whether the step
-        will upscale at all."""
+    def check_names(self, upscale_enabled=True, upscaler_1_name=None, upscaler_2_name=None, **args) -> bool:
+        """Whether the step will upscale at all (as `process` decides it: off, or Upscaler 1 "None",
+        skips it without looking further); when it will, the numbers (`check_args`) and both upscaler
+        names (the registry's error names the choices) are refused as `process` would refuse them."""
         if not upscale_enabled or _upscaler_name(upscaler_1_name) is None:
             return False
+        check_args(**args)
         self._entry_name(upscaler_1_name)
         if _upscaler_name(upscaler_2_name) is not None:
             self._entry_name(upscaler_2_name)
@@ -245,12 +295,15 @@ class ScriptPostprocessingUpscale(_UpscaleBase):
         if not upscale_enabled:
             return
         first = _upscaler_name(upscaler_1_name)
-        second = _upscaler_name(upscaler_2_name)
-        # Both names are checked before any work, as A1111 asserts both before upscaling.
-        first = self._entry_name(first) if first is not None else None
-        second = self._entry_name(second) if second is not None else None
-        if first is None:
+        if first is None:  # A1111 returns here: Upscaler 2 is not even looked up
             return
+        check_args(upscale_mode=upscale_mode, upscale_by=upscale_by, max_side_length=max_side_length,
+                   upscale_to_width=upscale_to_width, upscale_to_height=upscale_to_height,
+                   upscaler_2_visibility=upscaler_2_visibility)
+        # Both names are resolved before any work, as A1111 asserts both before upscaling.
+        first = self._entry_name(first)
+        second = _upscaler_name(upscaler_2_name)
+        second = self._entry_name(second) if second is not None else None
         plan = self.plan(pp.image, upscale_mode, upscale_by, max_side_length, upscale_to_width, upscale_to_height,
                          upscale_crop)
         if upscale_mode == SCALE_BY:

@@ -11,13 +11,16 @@ batch of uploads or a folder, in A1111's layout and element ids.
             #extras_send_to_img2img, #extras_send_to_inpaint (the image only), #html_info_extras
 
 The handler is thin: widget values -> `ExtrasRequest` (`extras_request`, a plain function) ->
-`submit_extras` (a job of kind "extras" on the queue every tab shares) -> gallery and infotext.
+`submit_extras` (a job of kind "extras" on the queue every tab shares) -> gallery and infotext. The
+Batch Process uploads go as paths: at submit only their headers are read (each file's size against
+the per-image limit, all results against the request's output budget), and the worker decodes one
+file at a time. Building and submitting the request runs in a worker thread, off the event loop.
 Each step's widgets come back as a dict keyed by its `process()` keyword names, so the request's
 `script_args[step name]` is that dict's values (A1111's `script.controls`).
 
 On a server whose folders are closed to its users (`--hide-ui-dir-config`, or `--listen` without
-`--allow-ui-dir-config`) the folder fields are not made at all and the sub-tab says why; the core
-refuses folders there anyway.
+`--allow-ui-dir-config`; img2img Batch's rule, `img2img_batch.directories_refusal`) the folder
+fields are not made at all and the sub-tab says why; the core refuses folders there anyway.
 
 "Send to Extras" (`wire_send_to_extras`): the txt2img/img2img galleries' 📐 buttons, PNG Info's and
 the extensions' "extras" bindings put the image into #extras_image and open this tab (only the
@@ -26,6 +29,7 @@ image is sent, as in A1111).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import logging
@@ -37,6 +41,7 @@ from typing import Any
 import gradio as gr
 from pydantic import ValidationError
 
+from modules.generation.img2img_batch import directories_refusal
 from modules.postprocessing.extras import EXTRAS_JOB_KIND  # Interrupt/Skip stop only these jobs
 from modules.ui import extras_upscale_ui
 from modules.ui.generation import error_html, follow_job_async, render_progress
@@ -96,21 +101,6 @@ class ExtrasTab:
 # --- plain functions -----------------------------------------------------------------------------
 
 
-def directories_refusal(args) -> str | None:
-    """Why this server's users may not name folders (A1111 asserts `--hide-ui-dir-config` is off for
-    Batch from Directory), or None."""
-    from modules.serving.cmd_args import dir_config_locked
-
-    if not dir_config_locked(args):
-        return None
-    if getattr(args, "hide_ui_dir_config", False):
-        return ("Batch from Directory is off on this server (--hide-ui-dir-config); upload the images on the "
-                "Batch Process tab instead.")
-    return ("Batch from Directory is off on this server: it listens beyond localhost (--listen or --server-name), "
-            "and a folder would let users read and write the server's files. Upload the images on the Batch "
-            "Process tab, or ask its owner to start it with --allow-ui-dir-config.")
-
-
 def script_args(scripts: Sequence[ScriptControls], values: Sequence[Any]) -> dict[str, dict[str, Any]]:
     """`script_args` for the request: each step's widget values (in `ExtrasTab.script_inputs` order)
     keyed by its `process()` keyword names."""
@@ -126,23 +116,27 @@ def script_args(scripts: Sequence[ScriptControls], values: Sequence[Any]) -> dic
     return args
 
 
-def open_uploads(files: Sequence[Any] | None) -> list[tuple[str, Any]]:
-    """The Batch Process uploads as (file name, image), in upload order; a file that is no readable
-    image (or too large) is named in an ExtrasInputError (A1111 fails the whole batch on it too)."""
-    from modules.postprocessing.extras import load_upload
+def upload_files(files: Sequence[Any] | None) -> list[tuple[str, str]]:
+    """The Batch Process uploads as (file name, path), in upload order, nothing read yet: the core
+    checks each file's header at submit (a file that is no readable image, or too large, fails the
+    whole batch there, as in A1111) and decodes them one at a time on the worker."""
+    from modules.postprocessing.extras import MAX_EXTRAS_IMAGES
     from modules.ui.img2img_batch_tab import upload_path
 
     if not files:
         raise ExtrasInputError(f"{LABELS['files']}: no files uploaded; drop the images to process there, or use the "
                                "Single Image tab")
-    opened = []
+    if len(files) > MAX_EXTRAS_IMAGES:
+        raise ExtrasInputError(f"{LABELS['files']}: {len(files)} files uploaded; one run takes at most "
+                               f"{MAX_EXTRAS_IMAGES}: process them in several runs")
+    uploads = []
     for item in files:
         try:
             path = upload_path(item)
-            opened.append(load_upload(path, Path(path).name))
         except ValueError as error:
-            raise ExtrasInputError(f"{LABELS['files']}: {error}; remove it from the upload") from None
-    return opened
+            raise ExtrasInputError(str(error)) from None
+        uploads.append((Path(path).name, path))
+    return uploads
 
 
 def extras_request(mode: int, image: Any, files: Sequence[Any] | None, input_dir: str | None,
@@ -160,7 +154,7 @@ def extras_request(mode: int, image: Any, files: Sequence[Any] | None, input_dir
             raise ExtrasInputError(f"{LABELS['image']}: no image; upload one (or use the Batch Process tab)")
         request["images"] = [("", image)]
     elif mode == BATCH:
-        request["images"] = open_uploads(files)
+        request["files"] = upload_files(files)
     elif mode == DIRECTORY:
         if refusal is not None:
             raise ExtrasInputError(refusal)
@@ -188,12 +182,15 @@ def _message(detail: dict[str, Any]) -> str:
 def finished_view(job) -> tuple[list, str, dict[str, Any]]:
     """The finished job as the tab shows it: (gallery images, html info, state for picking an image).
     The info is the last image's postprocessing text, as A1111 shows, with the job's warnings."""
+    from modules.postprocessing.extras import take_extras_result
     from modules.serving.jobs import JobState
 
-    result = job.result  # an ExtrasResult, also after an interrupt (what was finished by then)
-    images = list(getattr(result, "images", None) or [])
-    infotexts = list(getattr(result, "infotexts", None) or [])
-    notes = list(getattr(result, "warnings", None) or [])
+    # An ExtrasResult, also after an interrupt (what was finished by then); taken, so the job kept in
+    # the queue's history no longer holds the images.
+    result = take_extras_result(job)
+    images = list(result.images)
+    infotexts = list(result.infotexts)
+    notes = list(result.warnings)
     error = None
     if job.state is JobState.FAILED:
         error = job.error or "the job failed; see the console"
@@ -360,12 +357,16 @@ def _wire_generate(context, tab: ExtrasTab, interrupt, skip):
     own = [tab.mode, tab.image, tab.files, tab.input_dir, tab.output_dir, tab.show_results]
     present = [component for component in own if component is not None]
 
-    async def on_generate(*values):
+    def submit(values):
         given = iter(values)
         own_values = [next(given) if component is not None else None for component in own]
+        request = extras_request(*own_values, script_args(tab.scripts, list(given)), refusal=tab.refusal)
+        return _submit(context, request)
+
+    async def on_generate(*values):
         try:
-            request = extras_request(*own_values, script_args(tab.scripts, list(given)), refusal=tab.refusal)
-            job = _submit(context, request)
+            # Reading the uploads' headers and checking the plan touch the disk: off the event loop.
+            job = await asyncio.to_thread(submit, values)
         except ExtrasInputError as error:
             yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip()
             return
