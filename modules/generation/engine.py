@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from modules.common.job_control import NullControl  # noqa: F401 - also imported from here (tests, X/Y/Z)
 from modules.generation.conditioning import (
     ConditioningCache,
     ConditioningOptions,
@@ -203,25 +204,6 @@ class StopSampling(Exception):
         super().__init__("stop sampling")
         self.x = x
         self.interrupted = interrupted
-
-
-class NullControl:
-    """A JobControl stand-in for direct calls (tests, scripts)."""
-
-    interrupted = False
-    skip_requested = False
-
-    def report(self, step, total, preview_factory=None) -> None:
-        pass
-
-    def check(self) -> None:
-        pass
-
-    def consume_skip(self) -> bool:
-        return False
-
-    def add_info(self, line: str) -> None:
-        pass
 
 
 def _pad_to_length(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

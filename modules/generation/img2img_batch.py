@@ -172,11 +172,11 @@ def directories_refusal(args) -> str | None:
     if not dir_config_locked(args):
         return None
     if getattr(args, "hide_ui_dir_config", False):
-        return ("batch folders are off on this server (--hide-ui-dir-config); upload the images on the Upload tab "
-                "instead")
+        return ("batch folders are off on this server (--hide-ui-dir-config); upload the images instead (img2img "
+                "Batch's Upload tab, Extras' Batch Process)")
     return ("batch folders are off on this server: it listens beyond localhost (--listen or --server-name), and a "
-            "folder would let users read and write the server's files; upload the images on the Upload tab, or "
-            "ask its owner to start it with --allow-ui-dir-config")
+            "folder would let users read and write the server's files; upload the images instead (img2img Batch's "
+            "Upload tab, Extras' Batch Process), or ask its owner to start it with --allow-ui-dir-config")
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modules.generation.requests import MAX_INIT_IMAGE_PIXELS
-from modules.postprocessing.control import NullControl
+from modules.common.job_control import NullControl
 from modules.postprocessing.runner import PostprocessingStopped, postprocessing_of
 from modules.postprocessing.scripts import PostprocessedImage
 from modules.postprocessing.upscale import UPSCALE_SCRIPT

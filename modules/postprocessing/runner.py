@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from modules.postprocessing.control import NullControl
+from modules.common.job_control import NullControl
 from modules.postprocessing.scripts import PostprocessedImage, ScriptPostprocessing
 from modules.postprocessing.upscale import (
     SIMPLE_UPSCALE_SCRIPT,
