@@ -118,8 +118,9 @@ def test_hires_fix_through_a_model_upscaler_runs_the_model_and_exactly_the_hires
     assert [image.size for image in result.images] == [(128, 128)]
     params = parse_generation_parameters(result.infotexts[0])
     assert params["Hires upscaler"] == MODEL and params["Hires steps"] == "3"
-    # The model upscaled the decoded 64×64 first pass once (its 4× output is then Lanczos-resized to 128).
-    assert upscaler_calls == [(1, 3, 64, 64)]
+    # The model upscaled the decoded 64×64 first pass once (its 4× output is then Lanczos-resized to 128),
+    # as one tile of ESRGAN_tile (192): A1111 pads an image smaller than a tile with black to the tile.
+    assert upscaler_calls == [(1, 3, 192, 192)]
     # Euler: one UNet call per step; 2 first-pass steps at 8×8 latents, then exactly 3 at 16×16.
     assert unet_calls.sizes == [(8, 8)] * 2 + [(16, 16)] * 3
     assert control.reports[-1] == (5, 5)  # progress counts the 3 hires steps it runs
@@ -295,7 +296,7 @@ def test_upscaler_for_img2img_enlarges_init_images_with_the_model(context, upsca
     assert upscaler_calls == []  # "None" (the default): LANCZOS
     upscaled = context.engine.generate(
         request.model_copy(update={"override_settings": {"upscaler_for_img2img": MODEL}}), NullControl(), save=False)
-    assert upscaler_calls == [(1, 3, 32, 32)]  # the 32×32 init image, enlarged to 64×64 through the model
+    assert upscaler_calls == [(1, 3, 192, 192)]  # the 32×32 init image (in one black-padded tile), enlarged to 64×64
     assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(upscaled.images[0]))
     # An image that is not enlarged does not run it (A1111's resize only upscales when scale > 1).
     context.engine.generate(request.model_copy(update={"init_images": [gradient(96)], "override_settings": {
@@ -365,7 +366,7 @@ def test_upscaler_for_img2img_pastes_an_only_masked_result_back_through_the_mode
                              override_settings={"upscaler_for_img2img": MODEL})
     result = context.engine.generate(request, NullControl(), save=False)
     assert result.images[0].size == (128, 128)
-    assert upscaler_calls == [(1, 3, 64, 64)]
+    assert upscaler_calls == [(1, 3, 192, 192)]  # the 64×64 crop, in one black-padded tile
 
 
 def test_one_resize_side_is_written_as_given(context):

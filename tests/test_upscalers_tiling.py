@@ -172,3 +172,21 @@ def test_an_overlap_over_half_the_tile_is_capped_and_leaves_no_seam(tile, overla
     expected = to_8bit(F.interpolate(image, scale_factor=2, mode="nearest"))
     assert torch.equal(upscale_grid(image, nearest(2), tile=tile, overlap=overlap), expected)
     assert torch.equal(upscale_averaged(image, nearest(2), tile=tile, overlap=overlap, scale=2), expected)
+
+
+def test_an_image_smaller_than_the_tile_is_padded_with_black_to_a_whole_tile():
+    """A1111 crops a whole tile from an image smaller than it; Pillow fills the part past the edge
+    with black, and the model sees it. A model that looks at the whole tile (here: its mean) shows
+    the difference; the result is cut back to the image."""
+    seen = []
+
+    def centred(tile: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(tile.shape[-2:]))
+        return (tile - tile.mean() + 0.5).clamp(0, 1)
+
+    image = torch.rand(1, 3, 20, 40)  # 20 high, 40 wide; tiles of 32: one row, two columns
+    out = upscale_grid(image, centred, tile=32, overlap=8)
+    assert out.shape == (1, 3, 20, 40) and seen == [(32, 32), (32, 32)]
+    first = F.pad(image[..., :, 0:32], (0, 0, 0, 12))  # black rows below, as A1111's crop
+    assert torch.equal(out[..., :, :8], to_8bit(centred(first))[..., :20, :8])
+    assert not torch.equal(out[..., :, :8], to_8bit(centred(image[..., :, 0:32]))[..., :, :8])

@@ -6,8 +6,7 @@ state dict's keys and shapes and builds the network. Files are read here, not by
 only through `library.safe_unpickle` (spandrel's loader would try TorchScript for `.pt` and uses
 its own, looser unpickler). `--disable-safe-unpickle` is the only way to a plain pickle load.
 
-Models take and give RGB [0, 1] tensors (spandrel's convention; A1111 feeds spandrel BGR, a
-leftover of its pre-spandrel loaders that swaps colours inside the network).
+Models are fed as A1111 feeds them, BGR [0, 1] tensors (modules.upscaling.service.image_to_tensor).
 """
 
 from __future__ import annotations

@@ -88,19 +88,24 @@ def destination_size(width: int, height: int, scale: float) -> tuple[int, int]:
 
 
 def image_to_tensor(image: Image.Image, device: Any, dtype: Any):
-    """An RGB PIL image as a (1, 3, H, W) [0, 1] tensor (spandrel's input)."""
+    """A PIL image as the (1, 3, H, W) [0, 1] tensor A1111 gives upscaler models: channels in BGR order.
+
+    Models are trained on RGB and spandrel's convention is RGB, but A1111 has always fed them BGR
+    (`pil_image_to_torch_bgr`, and its ESRGAN loader before spandrel) and flipped the output back.
+    Atelier keeps A1111's order so a model gives the pictures A1111 users know, pixel for pixel."""
     import numpy as np
     import torch
 
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=dtype)
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)[:, :, ::-1] / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=dtype)
 
 
 def tensor_to_image(tensor) -> Image.Image:
-    """A (1, 3, H, W) uint8 tensor (what `tiling` returns) as an RGB PIL image."""
+    """A (1, 3, H, W) uint8 BGR tensor (what `tiling` returns for `image_to_tensor`'s input) as an RGB
+    PIL image."""
     import numpy as np
 
-    return Image.fromarray(np.ascontiguousarray(tensor[0].permute(1, 2, 0).numpy()), "RGB")
+    return Image.fromarray(np.ascontiguousarray(tensor[0].permute(1, 2, 0).numpy()[:, :, ::-1]), "RGB")
 
 
 class Upscalers:

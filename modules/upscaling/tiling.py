@@ -10,11 +10,12 @@ Two schemes, each the one A1111 uses for the family:
 - `upscale_averaged` (SwinIR, ScuNET): square tiles of `min(tile, h, w)` at a stride of `tile -
   overlap`, the last one edge-aligned; overlapping outputs are averaged.
 
-Images go in as RGB [0, 1] float tensors shaped (1, 3, H, W) and come out as 8-bit (uint8) tensors
-of the same layout: tile outputs are rounded to 8 bits as A1111 does (it joins PIL tiles), so a
-tiled and an untiled run agree exactly away from the tile borders, and the result costs a quarter
-of a float image (an 8192² result: 200 MB, not 800). Unlike A1111, a tile never extends past the image (A1111 pads an image smaller than one
-tile with black). Between tiles `should_stop()` is polled; when it answers True the function
+Images go in as [0, 1] float tensors shaped (1, 3, H, W) (the caller decides the channel order) and
+come out as 8-bit (uint8) tensors of the same layout: tile outputs are rounded to 8 bits as A1111
+does (it joins PIL tiles), so a tiled and an untiled run agree exactly away from the tile borders,
+and the result costs a quarter of a float image (an 8192² result: 200 MB, not 800). Along a side
+shorter than the tile, the grid's tile is padded with black to its full size, as A1111's crop past
+the edge does (the model's output near that edge depends on it). Between tiles `should_stop()` is polled; when it answers True the function
 returns None and the caller keeps the input image (A1111's interrupt).
 """
 
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 StopCheck = Callable[[], bool]
@@ -94,7 +96,8 @@ def _blend_into(canvas: torch.Tensor, piece: torch.Tensor, offset: int, overlap:
 def upscale_grid(image: torch.Tensor, model: Model, *, tile: int, overlap: int,
                  should_stop: StopCheck | None = None) -> torch.Tensor | None:
     """A1111's `upscale_with_model`: `image` (1, 3, H, W) → the upscaled (1, 3, H·s, W·s) uint8 CPU
-    tensor, or None when `should_stop()` said so between tiles."""
+    tensor, or None when `should_stop()` said so between tiles. Along a side shorter than the tile,
+    the tile is padded with black to its full size, as A1111's crop does."""
     _, channels, height, width = image.shape
     rows = grid_tiles(width, height, tile, overlap)
     # The ramps span the overlap the grid was laid out with.
@@ -106,8 +109,15 @@ def upscale_grid(image: torch.Tensor, model: Model, *, tile: int, overlap: int,
         for cell in row:
             if should_stop is not None and should_stop():
                 return None
-            out = to_8bit(model(image[..., cell.y:cell.y + cell.height, cell.x:cell.x + cell.width]))[0]
-            scale = out.shape[-1] // cell.width
+            piece = image[..., cell.y:cell.y + cell.height, cell.x:cell.x + cell.width]
+            if tile > 0 and (cell.width < tile or cell.height < tile):
+                # An image smaller than the tile: A1111 crops a whole tile from it, which Pillow fills
+                # with black past the edge; the model sees that border, so its output near the edge
+                # depends on it. Done the same way for the same pixels, then cut back to the image.
+                piece = F.pad(piece, (0, max(0, tile - cell.width), 0, max(0, tile - cell.height)))
+            out = to_8bit(model(piece))[0]
+            scale = out.shape[-1] // piece.shape[-1]
+            out = out[:, :cell.height * scale, :cell.width * scale]
             if row_canvas is None:
                 row_canvas = torch.zeros(out.shape[0], out.shape[1], width * scale, dtype=torch.uint8)
             _blend_into(row_canvas, out, cell.x * scale, overlap_x * scale, dim=-1)
