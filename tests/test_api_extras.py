@@ -197,3 +197,10 @@ def test_a_model_upscaler(client, context):
     assert [path.name for path in context.upscalers.loaded()] == ["tiny4x.safetensors"]
     assert client.post("/sdapi/v1/unload-checkpoint").status_code == 200
     assert context.upscalers.loaded() == []
+
+
+def test_refresh_checkpoints_also_finds_a_new_upscaler(client, context):
+    assert "added4x" not in [row["name"] for row in client.get("/sdapi/v1/upscalers").json()]
+    write_state_dict(context.paths.models_dir / "ESRGAN" / "added4x.safetensors", rrdbnet_state_dict(seed=4))
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    assert "added4x" in [row["name"] for row in client.get("/sdapi/v1/upscalers").json()]

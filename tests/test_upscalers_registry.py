@@ -135,6 +135,17 @@ def test_an_unknown_name_is_refused_with_the_choices(tmp_path):
         registry(tmp_path).get("fake")
 
 
+
+def test_a1111s_downloadable_names_say_where_their_file_goes_or_which_setting_hides_it(tmp_path):
+    reg = registry(tmp_path, settings={"realesrgan_enabled_models": ["R-ESRGAN 4x+"]})
+    with pytest.raises(UnknownUpscalerError, match=r"RealESRGAN_x4plus\.pth .*models/RealESRGAN"):
+        reg.get("R-ESRGAN 4x+")
+    touch(tmp_path / "RealESRGAN" / "RealESRGAN_x4plus_anime_6B.pth")
+    reg.refresh()
+    with pytest.raises(UnknownUpscalerError, match=r"realesrgan_enabled_models hides it"):
+        reg.get("R-ESRGAN 4x+ Anime6B")
+
+
 def test_refresh_sees_new_and_removed_files(tmp_path):
     reg = registry(tmp_path)
     added = touch(tmp_path / "ESRGAN" / "new.pth")

@@ -74,7 +74,11 @@ def build_router(context, state: ApiState) -> APIRouter:
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
+        """Rescan the checkpoint folders, and the upscaler folders with them (A1111 has no upscaler
+        refresh route; it rescans those on Reload UI)."""
         context.checkpoints.refresh()
+        if context.upscalers is not None:
+            context.upscalers.registry.refresh()
 
     @router.get("/sd-vae", response_model=list[SDVaeItem])
     def sd_vae() -> list[SDVaeItem]:

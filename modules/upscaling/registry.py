@@ -95,12 +95,12 @@ class UpscalerEntry:
 class UnknownUpscalerError(ValueError):
     """An upscaler name that is not listed; names the choices."""
 
-    def __init__(self, name: str, available: Sequence[str]):
+    def __init__(self, name: str, available: Sequence[str], hint: str = ""):
         self.name = name
         self.available = list(available)
-        super().__init__(f"could not find upscaler named {name!r}; available: {', '.join(self.available)}. "
-                         "Model upscalers are files in models/ESRGAN, models/RealESRGAN, models/SwinIR, "
-                         "models/DAT, models/HAT or models/ScuNET (press refresh after adding one).")
+        hint = hint or ("Model upscalers are files in models/ESRGAN, models/RealESRGAN, models/SwinIR, "
+                        "models/DAT, models/HAT or models/ScuNET (press refresh after adding one).")
+        super().__init__(f"could not find upscaler named {name!r}; available: {', '.join(self.available)}. {hint}")
 
 
 def builtin_entries() -> list[UpscalerEntry]:
@@ -216,7 +216,21 @@ class UpscalerRegistry:
         for entry in entries:
             if entry.name == name:
                 return entry
-        raise UnknownUpscalerError(name, [entry.name for entry in entries])
+        raise UnknownUpscalerError(name, [entry.name for entry in entries], self._builtin_hint(name))
+
+    def _builtin_hint(self, name: str) -> str:
+        """For one of A1111's downloadable upscalers: where its file goes, or which setting hides it."""
+        builtin = next((b for b in (*REALESRGAN_BUILTINS, *DAT_BUILTINS, *OTHER_BUILTINS) if b.name == name), None)
+        if builtin is None:
+            return ""
+        with self._lock:
+            present = any(path.name == builtin.filename for path in self._files.get(builtin.family, ()))
+        if present:
+            setting = "realesrgan_enabled_models" if builtin.family == "RealESRGAN" else "dat_enabled_models"
+            return (f"Its file {builtin.filename} is there but the setting {setting} hides it: enable {name} in "
+                    "Settings → Upscaling.")
+        return (f"It is one of A1111's downloadable models; Atelier does not download at run time: put "
+                f"{builtin.filename} (from {builtin.url}) into models/{builtin.family} and press refresh.")
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.names()
