@@ -204,3 +204,12 @@ def test_refresh_checkpoints_also_finds_a_new_upscaler(client, context):
     write_state_dict(context.paths.models_dir / "ESRGAN" / "added4x.safetensors", rrdbnet_state_dict(seed=4))
     assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
     assert "added4x" in [row["name"] for row in client.get("/sdapi/v1/upscalers").json()]
+
+
+def test_upscaler_for_img2img_takes_a_listed_upscaler_only(client, context):
+    response = client.post("/sdapi/v1/options", json={"upscaler_for_img2img": "4x-Nowhere"})
+    assert_error(response, 422, "upscaler_for_img2img", "4x-Nowhere", "tiny4x")
+    assert context.settings.current()["upscaler_for_img2img"] == "None"
+    assert client.post("/sdapi/v1/options", json={"upscaler_for_img2img": "tiny4x"}).status_code == 200
+    assert context.settings.current()["upscaler_for_img2img"] == "tiny4x"
+    assert client.post("/sdapi/v1/options", json={"upscaler_for_img2img": "None"}).status_code == 200

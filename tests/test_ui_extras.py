@@ -582,3 +582,10 @@ def test_a_model_added_after_start_up_is_offered_when_a_page_opens(page, context
     assert "late4x" in offered("extras_upscaler_1")
     assert "late4x" in offered("extras_upscaler_2")
     assert "late4x" in offered("txt2img_hr_upscaler")
+
+
+def test_the_settings_tab_offers_the_listed_upscalers_for_img2img(page, context):
+    """A dropdown of the upscalers listed when the page was built (not a free text box)."""
+    props = _props(page)["setting_upscaler_for_img2img"]
+    choices = [c[0] if isinstance(c, (list, tuple)) else c for c in props["choices"]]
+    assert choices[:3] == ["None", "Lanczos", "Nearest"] and set(choices) <= set(context.upscalers.registry.names())

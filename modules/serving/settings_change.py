@@ -76,6 +76,11 @@ def change_settings(context: AppContext, changes: Mapping[str, Any], *, api: boo
         problem = _vae_problem(context, clean["sd_vae"], api=api)
         if problem:
             refused["sd_vae"] = problem
+    for key in UPSCALER_SETTINGS:
+        if key in clean and key not in refused and clean[key] != before[key] and context.upscalers is not None \
+                and clean[key] not in context.upscalers.registry:
+            refused[key] = (f"setting {key!r} must be one of {context.upscalers.registry.names()}, got {clean[key]!r} "
+                            "(upscaler model files go in models/ESRGAN, models/RealESRGAN, ...)")
     clean = {key: value for key, value in clean.items() if key not in refused}
     if api and refused:
         return SettingsChangeReport(refused=MappingProxyType(refused))
@@ -99,6 +104,10 @@ def change_settings(context: AppContext, changes: Mapping[str, Any], *, api: boo
     stored_before = context.settings.stored()
     changed = context.settings.apply(clean)
     return replace(_apply_to_model(context, changed, before, stored_before, clean), refused=MappingProxyType(refused))
+
+
+# Settings that name a listed upscaler (their choices are the model folders' files, so they are checked here).
+UPSCALER_SETTINGS = ("upscaler_for_img2img",)
 
 
 def _vae_problem(context: AppContext, name: str, *, api: bool) -> str | None:

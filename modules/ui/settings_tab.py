@@ -36,7 +36,7 @@ from modules.serving.settings import (
     describe_changes,
     locked_settings,
 )
-from modules.serving.settings_change import change_settings
+from modules.serving.settings_change import UPSCALER_SETTINGS, change_settings
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,15 @@ class SettingsHandlers:
         return "".join(parts)
 
 
+def _run_time_choices(context, key: str, current: Mapping[str, Any]) -> list[str] | None:
+    """The choices of a setting whose values depend on the server (its settings, its model files)."""
+    if key == "quicksettings_list":
+        return quicksettings_choices(current, context.settings.specs())
+    if key in UPSCALER_SETTINGS and getattr(context, "upscalers", None) is not None:
+        return context.upscalers.registry.names()
+    return None
+
+
 def setting_component(spec: SettingSpec, value: Any, choices: Sequence[str] | None = None):
     """The widget for one setting, with A1111's element id `setting_<key>`."""
     common = {"label": spec.label + (RESTART_MARK if spec.needs_restart else ""),
@@ -186,6 +195,8 @@ def setting_component(spec: SettingSpec, value: Any, choices: Sequence[str] | No
     if isinstance(spec.default, str):
         if spec.choices is not None:
             return gr.Radio(list(spec.choices), value=value, **common)
+        if choices is not None:  # choices known only at run time (the listed upscalers)
+            return gr.Dropdown(choices=list(choices), value=value, **common)
         return gr.Textbox(value=value, lines=1, type="password" if spec.secret else "text", **common)
     if spec.step is not None and spec.minimum is not None and spec.maximum is not None:
         return gr.Slider(spec.minimum, spec.maximum, value=value, step=spec.step, **common)
@@ -223,8 +234,7 @@ def build(context, shared) -> None:
                     if option is not None:
                         components.append(extension_setting_component(context, option, spec, current[spec.key]))
                         continue
-                    choices = quicksettings_choices(current, context.settings.specs()) \
-                        if spec.key == "quicksettings_list" else None
+                    choices = _run_time_choices(context, spec.key, current)
                     components.append(setting_component(spec, current[spec.key], choices))
                 for block in options.html_blocks():
                     if block.section[0] == section:
