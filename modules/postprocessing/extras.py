@@ -179,14 +179,11 @@ def _over_budget(what: str, pixels: int, budget: int) -> str:
 
 def load_upload(path: str | os.PathLike, name: str | None = None) -> tuple[str, Image.Image]:
     """(name, image) for an uploaded file, decoded and turned upright; a ValueError naming the file
-    when it is not an image Pillow can read or is too large (checked from the header first)."""
+    when it is not an image Pillow can read or is too large (`upload_size`, from the header first)."""
     shown = name or os.path.basename(str(path))
+    upload_size(path, shown)
     try:
         with Image.open(path) as opened:
-            width, height = opened.size
-            if width * height > MAX_EXTRAS_IMAGE_PIXELS:
-                raise ValueError(f"{shown}: the image is {width}x{height}; images of at most "
-                                 f"{MAX_EXTRAS_IMAGE_PIXELS:,} pixels (8192x8192) are accepted")
             opened.load()
             image = ImageOps.exif_transpose(opened)
             image.info = dict(opened.info)
