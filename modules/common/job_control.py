@@ -22,3 +22,6 @@ class NullControl:
 
     def add_info(self, line: str) -> None:
         pass
+
+    def set_info(self, key: str, value) -> None:
+        pass

@@ -444,8 +444,7 @@ def run_batch(context: AppContext, template: Mapping[str, Any], plan: BatchPlan,
     for warning in plan.warnings:
         log.warning("img2img batch: %s", warning)
         control.add_info(warning)
-    if hasattr(control, "set_info"):
-        control.set_info("job_count", count * int(base.get("n_iter", 1)))
+    control.set_info("job_count", count * int(base.get("n_iter", 1)))
     if "sd_model_checkpoint" not in base.get("override_settings", {}):
         context.load_default_model()
     save = True if plan.output_dir is not None else None

@@ -366,8 +366,7 @@ def run_extras_plan(context, plan: _Plan, control: Any = None) -> ExtrasResult:
     for warning in plan.warnings:
         log.warning("extras: %s", warning)
     count = len(plan.sources)
-    if hasattr(control, "set_info"):
-        control.set_info("job_count", count)
+    control.set_info("job_count", count)
     infotext = ""
     kept_pixels = 0
     for index, source in enumerate(plan.sources):
