@@ -121,25 +121,25 @@ class AtelierUpscaler(Upscaler):
                                                    control=_JobStop())
 
 
+def _builtin(name: str) -> list[Any]:
+    from modules.upscaling.registry import builtin_entries
+
+    return [entry for entry in builtin_entries() if entry.name == name]
+
+
 class UpscalerNone(AtelierUpscaler):
     def __init__(self, dirname: Any = None):
-        from modules.upscaling.registry import builtin_entries
-
-        super().__init__("None", [builtin_entries()[0]])
+        super().__init__("None", _builtin("None"))
 
 
 class UpscalerLanczos(AtelierUpscaler):
     def __init__(self, dirname: Any = None):
-        from modules.upscaling.registry import builtin_entries
-
-        super().__init__("Lanczos", [builtin_entries()[1]])
+        super().__init__("Lanczos", _builtin("Lanczos"))
 
 
 class UpscalerNearest(AtelierUpscaler):
     def __init__(self, dirname: Any = None):
-        from modules.upscaling.registry import builtin_entries
-
-        super().__init__("Nearest", [builtin_entries()[2]])
+        super().__init__("Nearest", _builtin("Nearest"))
 
 
 def sd_upscalers(context: Any) -> list[UpscalerData]:
