@@ -222,5 +222,9 @@ def test_the_app_context_owns_the_upscalers_and_refreshes_them(tmp_path):
         with app_scope(context):
             out = lanczos.scaler.upscale(image, 2, lanczos.data_path)
         assert out.tobytes() == image.resize((32, 48), Image.Resampling.LANCZOS).tobytes()
+        from modules.upscaler import UpscalerLanczos, UpscalerNearest, UpscalerNone
+
+        assert [[d.name for d in cls().scalers] for cls in (UpscalerNone, UpscalerLanczos, UpscalerNearest)] == \
+            [["None"], ["Lanczos"], ["Nearest"]]
     finally:
         context.jobs.shutdown()
