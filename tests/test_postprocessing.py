@@ -17,7 +17,7 @@ from PIL import Image, PngImagePlugin
 from modules.extension_host.extensions import ExtensionFolders, load_extensions
 from modules.outputs.infotext import read_info_from_image
 from modules.postprocessing.extras import ExtrasRequest, load_upload, plan_extras, run_extras_plan, submit_extras
-from modules.postprocessing.runner import Postprocessing, postprocessing_of, postprocessing_scripts
+from modules.postprocessing.runner import Postprocessing, postprocessing_scripts
 from modules.postprocessing.scripts import PostprocessedImage, ScriptPostprocessing
 from modules.serving.cmd_args import parse_args
 from modules.serving.jobs import JobQueue
@@ -178,7 +178,7 @@ def test_results_are_cached_by_pixels_and_arguments(context):
     assert len(context.upscalers.calls) == 3
     run_one(context, picture(16, 16, seed=1), upscale_by=2)  # evicted by the limit of 1
     assert len(context.upscalers.calls) == 4
-    postprocessing_of(context).image_changed()
+    context.postprocessing.image_changed()
     run_one(context, picture(16, 16, seed=1), upscale_by=2)
     assert len(context.upscalers.calls) == 5
 
@@ -410,7 +410,7 @@ def test_a1111_run_extras_and_run_postprocessing(context, tmp_path):
 
 
 def test_simple_upscale_runs_outside_extras_only(context):
-    owner = postprocessing_of(context)
+    owner = context.postprocessing
     pp = PostprocessedImage(picture(8, 8))
     owner.run(pp, {"Upscale": {"upscale_enabled": False},
                    "Simple Upscale": {"upscale_by": 2, "upscaler_name": "Nearest"}}, extras=False)
@@ -517,7 +517,7 @@ def test_the_steps_get_the_jobs_control_for_the_run_only(context):
     assert job.exception is None, job.error
     [control] = seen
     assert control is not None and control.job_id == job.id
-    assert step.job_control is None and postprocessing_of(context).builtins[0].job_control is None
+    assert step.job_control is None and context.postprocessing.builtins[0].job_control is None
 
 
 # ----------------------------------------------------------------- review fixes: one request's output

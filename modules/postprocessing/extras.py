@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from modules.generation.requests import MAX_INIT_IMAGE_PIXELS
 from modules.common.job_control import NullControl
-from modules.postprocessing.runner import PostprocessingStopped, postprocessing_of
+from modules.postprocessing.runner import PostprocessingStopped
 from modules.postprocessing.scripts import PostprocessedImage
 from modules.postprocessing.upscale import UPSCALE_SCRIPT
 
@@ -267,7 +267,7 @@ def _folder_sources(context, request: ExtrasRequest, warnings: list[str]) -> lis
 def plan_extras(context, request: ExtrasRequest) -> _Plan:
     """Check `request` against the app (its steps, upscalers, folders, the output budget) without
     doing any work: uploaded files are measured from their headers, nothing is decoded."""
-    owner = postprocessing_of(context)
+    owner = context.postprocessing
     owner.check_args(request.script_args)
     budget = output_budget(context.settings.current())
     warnings: list[str] = []
@@ -358,7 +358,7 @@ def run_extras_plan(context, plan: _Plan, control: Any = None) -> ExtrasResult:
 
     control = control or NullControl()
     request = plan.request
-    owner = postprocessing_of(context)
+    owner = context.postprocessing
     settings = context.settings.current()
     options = SaveOptions.from_settings(settings)
     use_original_name = bool(settings["use_original_name_batch"])

@@ -1,6 +1,6 @@
 """The postprocessing steps of one app and the order they run in (A1111's `ScriptPostprocessingRunner`).
 
-`Postprocessing` (one per AppContext, `postprocessing_of(context)`) holds the built-in steps (Upscale,
+`Postprocessing` (one per AppContext, `context.postprocessing`) holds the built-in steps (Upscale,
 Simple Upscale) with their upscale cache, and reaches the extensions' `ScriptPostprocessing` steps
 through the script runner that loaded them (`context.extensions.scripts.postprocessing_scripts`).
 
@@ -154,11 +154,6 @@ def _control_values(script: ScriptPostprocessing) -> dict[str, Any]:
     return {name: getattr(component, "value", None) for name, component in controls.items()}
 
 
-def postprocessing_of(context: Any) -> Postprocessing:
-    """The app's `Postprocessing` (`AppContext.postprocessing`, one per app)."""
-    return context.postprocessing
-
-
 def postprocessing_scripts(context: Any, *, extras: bool = True) -> list[ScriptPostprocessing]:
     """The app's postprocessing steps in their preferred order (for the Extras tab with `extras`)."""
-    return postprocessing_of(context).scripts_in_preferred_order(extras=extras)
+    return context.postprocessing.scripts_in_preferred_order(extras=extras)

@@ -337,9 +337,7 @@ def build(context, shared: UiShared) -> ExtrasTab:
 
 def _images_changed(context) -> None:
     """A new single image: the steps drop what they cached for the last one (A1111's `image_changed`)."""
-    from modules.postprocessing.runner import postprocessing_of
-
-    postprocessing_of(context).image_changed()
+    context.postprocessing.image_changed()
 
 
 def _register_paste_destination(context, image) -> None:
