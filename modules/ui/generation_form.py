@@ -291,8 +291,8 @@ def build_sampling_fields(fields: dict[str, Any], hooks: ComponentHooks, tabname
                           hires: bool, hr_upscalers: Sequence[str] = ()) -> gr.Column | None:
     """Sampler, schedule and steps; with `hires` (txt2img), the hires. fix group too, returned
     (hidden until enabled). `hr_upscalers`: the hires upscaler choices
-    (`requests.hires_upscaler_choices`: latent modes, then the upscaler library's names, as the
-    library was when the page was built, as A1111's); empty: the latent modes only."""
+    (`requests.hires_upscaler_choices`: latent modes, then the upscaler library's names; txt2img
+    lists them again when a page opens); empty: the latent modes only."""
     with gr.Row():
         fields["sampler_name"] = hooks.create(gr.Dropdown, choices=sampler_choices(), value=field_default("sampler_name"),
                                               label="Sampling method", elem_id=f"{tabname}_sampling")
