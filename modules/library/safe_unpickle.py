@@ -608,7 +608,9 @@ def _text_file_hint(path: Path) -> str | None:
     lowered = text.lstrip().lower()
     if lowered.startswith(("<!doctype html", "<html")):
         return "it is an HTML page (a failed or redirected download), not a checkpoint"
-    return f"it is a text file, not a checkpoint (it starts with {_first_line(text, 60)!r})"
+    # Its content is not quoted: the message reaches UI and API users, and the file (or a link named
+    # like a model) may hold anything the server can read.
+    return "it is a plain text file, not a checkpoint"
 
 
 def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:

@@ -54,6 +54,8 @@ SCALE_BY, SCALE_TO = 0, 1
 DEFAULT_CACHE_LIMIT = 5  # upscaling_max_images_in_cache's default, for a step outside any app
 # Scale to's box: the range of the tab's Width and Height sliders.
 MIN_TO_SIDE, MAX_TO_SIDE = 64, 8192
+# sqrt(2**31): past this factor a single pixel's result is over any upscale_max_pixels the setting allows.
+MAX_UPSCALE_FACTOR = 46341
 
 
 def limit_size_by_one_dimension(width: float, height: float, limit: float) -> tuple[int, int]:
@@ -110,6 +112,9 @@ def check_args(upscale_mode: Any = SCALE_TO, upscale_by: Any = 2.0, max_side_len
     else:
         if not _number("upscale_by", upscale_by, "Scale by takes a factor above 0") > 0:
             raise ValueError(f"upscale_by: {upscale_by!r}; Scale by takes a factor above 0 (2 doubles each side)")
+        if upscale_by > MAX_UPSCALE_FACTOR:
+            raise ValueError(f"upscale_by: {upscale_by!r} is too large; even a 1x1 image upscaled by more than "
+                             f"{MAX_UPSCALE_FACTOR} exceeds the largest upscale_max_pixels")
         if max_side_length is not None and _number("max_side_length", max_side_length, "0 = no limit") < 0:
             raise ValueError(f"max_side_length: {max_side_length!r} is negative; give the longest side in pixels, "
                              "or 0 for no limit")

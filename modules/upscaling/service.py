@@ -22,6 +22,7 @@ Upscaler work belongs on the job worker (inside a job), never on an HTTP or Grad
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -84,6 +85,8 @@ class UpscaleTooLargeError(ValueError):
 
 def destination_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """A1111's target: each side times `scale`, rounded down to a multiple of 8."""
+    if not (math.isfinite(width * scale) and math.isfinite(height * scale)):
+        raise ValueError(f"Upscaling {width}×{height} by {scale} gives no finite size; upscale by a smaller factor")
     return int((width * scale) // 8 * 8), int((height * scale) // 8 * 8)
 
 
