@@ -13,6 +13,10 @@ def test_cards_insert_and_remove_tags_and_skipped_embeddings_say_why(page: Page,
     choose(page, CHECKPOINT_DROPDOWN, "alpha")  # which embeddings fit is decided by the loaded model
     expect(page.locator("#model_status")).to_contain_text("Loaded alpha.safetensors", timeout=60_000)
     panel = page.locator("#txt2img_extra_networks")
+    # The cards are re-rendered once the model is loaded (which embeddings fit); a click sent while
+    # that re-render shifts the layout would land between cards, so wait for the new listing first.
+    skipped = panel.locator(".extra-network-skipped[data-name='too-wide']")
+    expect(skipped).to_contain_text("skipped", timeout=30_000)
     prompt = field(page, "txt2img_prompt")
     prompt.fill("a castle")
 
@@ -25,8 +29,6 @@ def test_cards_insert_and_remove_tags_and_skipped_embeddings_say_why(page: Page,
     panel.locator(".extra-network-item[data-kind='textual_inversion'][data-name='fits-tiny']").click()
     expect(prompt).to_have_value("a castle fits-tiny", timeout=30_000)
 
-    skipped = panel.locator(".extra-network-skipped[data-name='too-wide']")
-    expect(skipped).to_contain_text("skipped")
     assert not panel.locator(".extra-network-item[data-name='too-wide']").count()
 
 
