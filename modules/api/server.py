@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from modules.api import (extras, img2img, progress, routes_info, routes_model_sources, routes_models, routes_networks,
-                         txt2img)
+                         routes_workers, txt2img)
 from modules.api.errors import ApiError, install_error_handlers
 from modules.api.middleware import ProcessTimeMiddleware
 from modules.api.state import ApiState
@@ -32,6 +32,7 @@ def create_app(context: AppContext, *, api: bool = True, ui: bool = False) -> Fa
         _add_status_page(app, context)
     # Atelier's own namespace, with or without --api: the Models tab and /docs use it.
     app.include_router(routes_model_sources.build_router(context))
+    app.include_router(routes_workers.build_router(context))
     if api:
         state = ApiState()
         app.state.api = state

@@ -1,6 +1,7 @@
 """The web UI: one `gr.Blocks` in A1111's shape, mounted at "/" of the server's FastAPI app.
 
     top bar     checkpoint, SD VAE, clip skip, model status        modules.ui.top_bar
+                workers line (Ray mode only)                       modules.ui.workers_status
     tabs        txt2img | img2img | Extras | PNG Info | Checkpoint Merger | Models | <extension tabs> | Settings | Extensions
                                                                     one builder each
 
@@ -28,6 +29,7 @@ from modules.ui import (
     settings_tab,
     top_bar,
     txt2img,
+    workers_status,
 )
 from modules.ui.file_route import install_file_route
 from modules.ui.file_rules import apply_file_rules, prepare_gradio_cache
@@ -117,6 +119,7 @@ def build_ui(context) -> gr.Blocks:
     extension_tabs = extensions_tab.extension_tabs(context)
     with gr.Blocks(title="Atelier", analytics_enabled=False) as blocks:
         top_bar.build(context, shared)
+        workers_status.build(context, shared)  # Ray mode only: nothing in the embedded mode
         with gr.Tabs(elem_id="tabs") as tabs:
             shared.tabs = tabs
             with gr.Tab("txt2img", id=TAB_IDS["txt2img"], elem_id="tab_txt2img", render_children=True):
@@ -161,7 +164,8 @@ def mount_ui(app, context, *, max_upload_bytes: int | None = None) -> gr.Blocks:
     install_file_route(app, context)
     install_options_route(app, context)
     blocks = build_ui(context)
-    css = "\n".join(filter(None, [CSS, models_tab.TAB_CSS, icon_css(), extensions_tab.extension_css(context)]))
+    css = "\n".join(filter(None, [CSS, workers_status.CSS, models_tab.TAB_CSS, icon_css(),
+                                   extensions_tab.extension_css(context)]))
     js = JS.replace("%TOOLTIPS%", tooltip_js())
     gr.mount_gradio_app(app, blocks, path="/", css=css, js=js, head=page_head(context),
                         ssr_mode=False, footer_links=["settings"], run_history=False, show_error=False,
