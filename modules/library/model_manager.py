@@ -164,6 +164,13 @@ class ModelManager:
         with self._lock:
             return [model.name for model in self._loaded.values()]
 
+    def loaded_titles(self) -> list[str]:
+        """Titles of the loaded checkpoints, most recently used first. Read without the lock, like
+        `current_info` (a worker reports its cache between jobs and to status queries)."""
+        keys = list(self._loaded)  # one C-level copy: safe against a concurrent load
+        infos = self._infos
+        return [infos[key].title for key in reversed(keys) if key in infos]
+
     def add_load_listener(self, listener: Callable[[StableDiffusionModel], None]) -> None:
         """Call `listener(model)` after each checkpoint read from disk (A1111's on_model_loaded); not
         when a cached one becomes current. It runs on the loading thread, with the lock held."""
