@@ -1,30 +1,43 @@
-"""The job queue: one worker thread owns the GPU; HTTP and UI handlers only submit and observe.
+"""The job queue: only the queue's own threads touch the GPU; HTTP and UI handlers submit and observe.
 
 A handler builds a work function (`Callable[[JobControl], Any]`), calls `JobQueue.submit`, and gets a
-`Job` back at once. The worker runs jobs one at a time in submission order (FIFO; ids increase in
-that order). The work function reports progress through its `JobControl` and polls it for
-interrupt and skip requests; clients read the `Job` (state, progress, ETA, preview, result, error)
-and never touch the model themselves (ComfyUI's habit; A1111's `queue_lock` made explicit).
+`Job` back at once. A dispatcher thread starts jobs in submission order (FIFO; ids increase in that
+order), each on a thread of its own, at most `slots` at once (1 by default: one job at a time). The
+work function reports progress through its `JobControl` and polls it for interrupt and skip requests;
+clients read the `Job` (state, progress, ETA, preview, result, error) and never touch the model
+themselves (ComfyUI's habit; A1111's `queue_lock` made explicit).
 
 Decisions worth knowing:
-- Previews are lazy and always built on the worker thread. `JobControl.report` takes a
+- `slots` > 1 is for the Ray mode, where a running job only waits on a remote worker (the pool's
+  live worker count is passed as a callable). Jobs *start* in FIFO order: the head of the queue
+  waits for a free slot and nothing overtakes it; they may finish in any order. `slots` is read
+  by the dispatcher without the queue's lock (the pool may hold its own lock while calling
+  `capacity_changed()`), at every decision; `capacity_changed()` makes it decide again.
+- A slot stays taken until its job's FINISHED listeners have run, so with one slot the next job's
+  STARTED event always follows the previous job's FINISHED event, as with a single worker.
+- Each job thread runs in its own copy of the dispatcher's context (itself a copy of the context
+  that called `start()`): context variables a job sets do not leak into later jobs, while those an
+  exclusive function sets (it runs on the dispatcher) reach the jobs after it.
+- Previews are lazy and always built on the job's thread. `JobControl.report` takes a
   `preview_factory` (a cheap closure over the current latent); it is called only when a client
   has asked for a preview since the last one (reading `Job.preview` asks) or, if
   `JobQueue.preview_every_steps` > 0, every that many steps. A denoise loop therefore pays for a
   preview (a VAE/approx decode) only when someone looks, and the decode stays on the thread that
-  owns the GPU. The cost is one step of latency: a poll returns the preview made after the
+  runs the job. The cost is one step of latency: a poll returns the preview made after the
   previous poll.
 - `JobInterrupted` derives from `BaseException`, like A1111's `InterruptedException`, so a broad
   `except Exception` inside a sampler or an extension cannot swallow an interrupt.
 - A job that was interrupted while running ends in state `interrupted` even if the work function
   returns normally; whatever it returned is kept as `result` (finished images survive).
-- `run_exclusive(fn)` takes its place in the same FIFO as jobs: it runs after the running job and
-  after jobs submitted before it, so those jobs see the model they were submitted against
-  (A1111's FIFO `queue_lock` behaves the same way).
+- `run_exclusive(fn)` takes its place in the same FIFO as jobs: it runs on the dispatcher once every
+  job submitted before it has finished and no job runs, and jobs submitted after it wait for it,
+  so each job sees the model it was submitted against (A1111's FIFO `queue_lock` behaves the same
+  way).
 - Listeners (`add_listener`) observe every job's start, reported steps and end, e.g. the console
   progress bar (modules.serving.console_progress). They are called on the thread that caused the event
-  (the worker, or the caller of `interrupt`/`shutdown` for a job cancelled before it started), must
-  be quick, and a failing listener is logged and ignored.
+  (the job's thread, or the caller of `interrupt`/`shutdown` for a job cancelled before it started),
+  may run concurrently for different jobs when `slots` > 1, must be quick, and a failing listener is
+  logged and ignored.
 """
 
 from __future__ import annotations
@@ -334,23 +347,34 @@ class _QueuedJob:
 
 
 class JobQueue:
-    """A FIFO of jobs run by one worker thread. Thread-safe; every method may be called from any thread."""
+    """A FIFO of jobs started by a dispatcher thread, up to `slots` at once, each on a thread of its own.
+
+    Thread-safe; every method may be called from any thread.
+    """
 
     def __init__(self, name: str = "generation", *, history_limit: int = DEFAULT_HISTORY_LIMIT,
-                 preview_every_steps: int = 0):
+                 preview_every_steps: int = 0, slots: int | Callable[[], int] = 1):
         if history_limit < 0:
             raise ValueError(f"history_limit must be 0 or more, got {history_limit}")
+        if not callable(slots) and not isinstance(slots, int):
+            raise TypeError(f"slots must be an int or a callable returning one, got {type(slots).__name__}")
         self.name = name
         # 0: previews only on request (a client reading Job.preview). Settable at run time.
         self.preview_every_steps = preview_every_steps
         self._history_limit = history_limit
+        self._slots = slots
         self._cond = threading.Condition()
         self._pending: deque[_QueuedJob | _Exclusive] = deque()
         self._jobs: dict[str, Job] = {}  # every queued, running and remembered finished job
         self._history: deque[Job] = deque()
-        self._current: Job | None = None
+        self._running: list[Job] = []  # in start order; a job leaves it just before it is marked finished
+        # Job thread -> slot number. A thread holds its slot until its FINISHED listeners have run.
+        self._job_threads: dict[threading.Thread, int] = {}
+        # Bumped on every change the dispatcher waits for, so a change that happens while it reads
+        # `slots` (outside the lock) is not slept through.
+        self._changes = 0
         self._counter = 0
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the dispatcher
         self._stopping = False
         self._drain_on_stop = False
         self._listeners: tuple[JobListener, ...] = ()  # replaced whole, so notifying needs no lock
@@ -363,11 +387,11 @@ class JobQueue:
                 raise RuntimeError(f"job queue {self.name!r} was shut down; create a new JobQueue")
             if self._thread is not None:
                 return
-            # Daemon: a job stuck in native code must not keep the process alive at exit. The worker
-            # runs in a copy of the starting context, so it sees the app the starter was in
-            # (modules.extension_host.environment).
-            self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
-                                            name=f"jobs-{self.name}", daemon=True)
+            # Daemon: a job stuck in native code must not keep the process alive at exit. The
+            # dispatcher runs in a copy of the starting context, and each job in a copy of that, so
+            # they see the app the starter was in (modules.extension_host.environment).
+            self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._dispatch,),
+                                            name=f"jobs-{self.name}-dispatcher", daemon=True)
             self._thread.start()
 
     @property
@@ -375,11 +399,13 @@ class JobQueue:
         return self._thread is not None and self._thread.is_alive() and not self._stopping
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = True, timeout: float | None = None) -> None:
-        """Stop accepting work and stop the worker after the running job.
+        """Stop accepting work and stop the dispatcher once the running jobs finished.
 
         With `cancel_pending`, queued jobs end as interrupted and queued `run_exclusive` calls raise
-        RuntimeError; without it the worker first drains the queue. The running job is not
-        interrupted: call `interrupt()` first for that.
+        RuntimeError; without it the dispatcher first drains the queue. Running jobs are not
+        interrupted: call `interrupt()` first for that. With `wait`, blocks until the running (and,
+        when draining, the queued) jobs finished, at most `timeout` seconds; called from inside a
+        job it does not wait, since it would wait for itself.
         """
         with self._cond:
             self._stopping = True
@@ -388,10 +414,11 @@ class JobQueue:
             if cancel_pending:
                 self._pending.clear()
             thread = self._thread
-            self._cond.notify_all()
+            self._changed()
         for entry in cancelled:
             self._cancel_entry(entry, "the job queue was shut down")
-        if wait and thread is not None and thread is not threading.current_thread():
+        # The dispatcher leaves only after every job thread has ended, so joining it joins them too.
+        if wait and thread is not None and not self.on_worker():
             thread.join(timeout)
 
     # -- listeners -------------------------------------------------------------------------------
@@ -417,32 +444,36 @@ class JobQueue:
     # -- submitting ------------------------------------------------------------------------------
 
     def submit(self, work: Callable[[JobControl], Any], *, kind: str, description: str = "") -> Job:
-        """Queue `work` and return its Job at once. The work runs on the worker thread."""
+        """Queue `work` and return its Job at once. The work runs on a job thread of this queue."""
         if not callable(work):
             raise TypeError(f"work must be callable as work(control), got {type(work).__name__}")
         with self._cond:
             if self._stopping:
                 raise RuntimeError(f"job queue {self.name!r} is shut down; no new jobs are accepted")
-            # Id and queue slot are taken under one lock, so ids increase in execution order.
+            # Id and queue slot are taken under one lock, so ids increase in start order.
             self._counter += 1
             job = Job(f"task-{self._counter:06d}", kind, description, self)
             self._jobs[job.id] = job
             self._pending.append(_QueuedJob(job, work))
-            self._cond.notify_all()
+            self._changed()
         log.debug("Queued job %s (%s) %s", job.id, kind, description)
         return job
 
     def on_worker(self) -> bool:
-        """Whether the caller runs on this queue's worker (inside a job), where waiting for another
-        job would deadlock."""
-        return threading.current_thread() is self._thread
+        """Whether the caller runs on one of this queue's threads (inside a job, or an exclusive
+        function on the dispatcher), where waiting for the queue would deadlock."""
+        current = threading.current_thread()
+        with self._cond:
+            return current is self._thread or current in self._job_threads
 
     def run_exclusive(self, fn: Callable[[], T], timeout: float | None = None) -> T:
-        """Run `fn` on the worker between jobs (after those queued before it) and return its result.
+        """Run `fn` on the dispatcher once the jobs queued before it finished and no job runs, and
+        return its result; jobs queued after it start once it returned.
 
-        Its exception is re-raised here. Called from the worker itself (e.g. inside a job), `fn`
-        runs at once, since waiting for the worker there would deadlock. If `timeout` seconds pass
-        before `fn` started, it is withdrawn and TimeoutError raised; once started it runs to the end.
+        Its exception is re-raised here. Called from the queue's own threads (e.g. inside a job),
+        `fn` runs at once, since waiting for the queue there would deadlock. If `timeout` seconds
+        pass before `fn` started, it is withdrawn and TimeoutError raised; once started it runs to
+        the end.
         """
         if self.on_worker():
             return fn()
@@ -453,18 +484,25 @@ class JobQueue:
             if self._thread is None:
                 raise RuntimeError(f"job queue {self.name!r} is not started; call start() before run_exclusive()")
             self._pending.append(_Exclusive(fn, future))
-            self._cond.notify_all()
+            self._changed()
         try:
             return future.result(timeout)
         except TimeoutError:
-            # A cancelled future is dropped by the worker; one already running cannot be stopped.
-            future.cancel()
+            # A cancelled future is dropped by the dispatcher; one already running cannot be stopped.
+            if future.cancel():
+                with self._cond:
+                    self._changed()  # it may have held back the jobs behind it
             raise
+
+    def capacity_changed(self) -> None:
+        """Tell the dispatcher that `slots` may have changed (e.g. a Ray worker came or went)."""
+        with self._cond:
+            self._changed()
 
     # -- control ---------------------------------------------------------------------------------
 
     def interrupt(self, job_id: str | None = None) -> bool:
-        """Interrupt the running job (None: whichever runs now) or cancel a queued one.
+        """Interrupt a running job (None: `current()`) or cancel a queued one.
 
         Returns False when there is nothing to interrupt (no such job, or already finished).
         """
@@ -477,6 +515,7 @@ class JobQueue:
                 if entry is None:  # shutdown() took it out and is cancelling it right now
                     return False
                 self._pending.remove(entry)
+                self._changed()  # it may have been the head
             else:
                 job._interrupt_requested = True
                 return True
@@ -484,7 +523,7 @@ class JobQueue:
         return True
 
     def skip(self, job_id: str | None = None) -> bool:
-        """Ask the running job to skip its current image. Returns False when no job is running."""
+        """Ask a running job (None: `current()`) to skip its current image. False when it does not run."""
         with self._cond:
             job = self._resolve(job_id)
             if job is None or job.state is not JobState.RUNNING:
@@ -500,7 +539,14 @@ class JobQueue:
             return self._jobs.get(job_id)
 
     def current(self) -> Job | None:
-        return self._current
+        """The earliest-started running job, or None when none runs."""
+        with self._cond:
+            return self._running[0] if self._running else None
+
+    def running_jobs(self) -> list[Job]:
+        """The running jobs, in start order."""
+        with self._cond:
+            return list(self._running)
 
     def pending_count(self) -> int:
         with self._cond:
@@ -515,8 +561,15 @@ class JobQueue:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _changed(self) -> None:
+        """Wake the dispatcher; call with `_cond` held."""
+        self._changes += 1
+        self._cond.notify_all()
+
     def _resolve(self, job_id: str | None) -> Job | None:
-        return self._current if job_id is None else self._jobs.get(job_id)
+        if job_id is None:
+            return self._running[0] if self._running else None
+        return self._jobs.get(job_id)
 
     def _position_of(self, job: Job) -> int | None:
         with self._cond:
@@ -547,33 +600,74 @@ class JobQueue:
             while len(self._history) > self._history_limit:
                 self._jobs.pop(self._history.popleft().id, None)
 
-    def _next_entry(self) -> _QueuedJob | _Exclusive | None:
-        with self._cond:
-            while not self._pending:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            if self._stopping and not self._drain_on_stop:
-                return None
-            entry = self._pending.popleft()
-            if isinstance(entry, _QueuedJob):
-                # Marked under the queue lock so interrupt() never sees a job that is neither
-                # in the pending deque nor running.
-                entry.job._mark_running()
-                self._current = entry.job
-            return entry
+    def _slot_count(self) -> int:
+        """`slots` now, at least 1. Called without `_cond` held: a callable may take its own locks."""
+        if not callable(self._slots):
+            return max(1, self._slots)
+        try:
+            return max(1, int(self._slots()))
+        except Exception:  # a broken count must not stop the dispatcher; one slot always works
+            log.exception("Job queue %r: slots callable %r failed; running one job at a time", self.name, self._slots)
+            return 1
 
-    def _run(self) -> None:
-        log.debug("Job queue %r worker started", self.name)
+    def _next_entry(self) -> tuple[_QueuedJob, threading.Thread] | _Exclusive | None:
+        """Wait until the head of the queue may start and take it: a job comes with the (not yet
+        started) thread that will run it. None once the dispatcher should stop; it then has waited
+        for every job thread to end."""
         while True:
-            entry = self._next_entry()
-            if entry is None:
+            with self._cond:
+                seen = self._changes
+            slots = self._slot_count()
+            with self._cond:
+                if self._stopping and not (self._drain_on_stop and self._pending):
+                    while self._job_threads:
+                        self._cond.wait()
+                    return None
+                head = self._pending[0] if self._pending else None
+                if isinstance(head, _Exclusive):
+                    if head.future.cancelled():  # withdrawn after its timeout: must not hold back the queue
+                        self._pending.popleft()
+                        continue
+                    if not self._job_threads:
+                        return self._pending.popleft()
+                elif head is not None and len(self._job_threads) < slots:
+                    self._pending.popleft()
+                    # Marked under the queue lock so interrupt() never sees a job that is neither
+                    # in the pending deque nor running.
+                    head.job._mark_running()
+                    self._running.append(head.job)
+                    slot = min(set(range(len(self._job_threads) + 1)) - set(self._job_threads.values()))
+                    # Slot 0 keeps the single worker's name, so logs read as before with one slot.
+                    name = f"jobs-{self.name}" if slot == 0 else f"jobs-{self.name}-{slot + 1}"
+                    # Each job runs in a copy of the dispatcher's context: one Context cannot be
+                    # entered by two threads at once.
+                    thread = threading.Thread(target=contextvars.copy_context().run, args=(self._job_thread, head),
+                                              name=name, daemon=True)
+                    self._job_threads[thread] = slot  # before it starts, so on_worker() holds in the job
+                    return head, thread
+                if self._changes == seen:
+                    self._cond.wait()
+
+    def _dispatch(self) -> None:
+        log.debug("Job queue %r dispatcher started", self.name)
+        while True:
+            taken = self._next_entry()
+            if taken is None:
                 break
-            if isinstance(entry, _Exclusive):
-                self._run_exclusive_entry(entry)
-            else:
-                self._run_job(entry)
-        log.debug("Job queue %r worker stopped", self.name)
+            if isinstance(taken, _Exclusive):
+                self._run_exclusive_entry(taken)
+                continue
+            entry, thread = taken
+            try:
+                thread.start()
+            except BaseException as exc:  # noqa: BLE001 - e.g. "can't start new thread"; the job must still end
+                log.exception("Job %s (%s) could not start a thread", entry.job.id, entry.job.kind)
+                with self._cond:
+                    self._job_threads.pop(thread, None)
+                    self._changed()
+                self._end_job(entry.job, JobState.FAILED, error=f"{type(exc).__name__}: {exc}",
+                              exception=exc.with_traceback(None))
+        log.debug("Job queue %r dispatcher stopped", self.name)
 
     def _run_exclusive_entry(self, entry: _Exclusive) -> None:
         if not entry.future.set_running_or_notify_cancel():
@@ -582,6 +676,15 @@ class JobQueue:
             entry.future.set_result(entry.fn())
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller, who re-raises it
             entry.future.set_exception(exc)
+
+    def _job_thread(self, entry: _QueuedJob) -> None:
+        try:
+            self._run_job(entry)
+        finally:
+            # The slot is freed only now, after the FINISHED listeners (see the module docstring).
+            with self._cond:
+                self._job_threads.pop(threading.current_thread(), None)
+                self._changed()
 
     def _run_job(self, entry: _QueuedJob) -> None:
         job = entry.job
@@ -596,12 +699,16 @@ class JobQueue:
             state = JobState.INTERRUPTED if job._interrupt_requested else JobState.DONE
         except JobInterrupted:
             state = JobState.INTERRUPTED
-        except BaseException as exc:  # one failing job (even SystemExit) must not stop the worker
+        except BaseException as exc:  # one failing job (even SystemExit) must not stop the queue
             log.exception("Job %s (%s) failed", job.id, job.kind)
             # Kept without its traceback: the frames would pin the job's tensors in the history.
             state, error, exception = JobState.FAILED, f"{type(exc).__name__}: {exc}", exc.with_traceback(None)
+        self._end_job(job, state, result=result, error=error, exception=exception)
+
+    def _end_job(self, job: Job, state: JobState, *, result: Any = None, error: str | None = None,
+                 exception: BaseException | None = None) -> None:
         with self._cond:
-            self._current = None
+            self._running.remove(job)
         # Remembered before it is marked finished, so a client woken by wait() finds it in jobs().
         self._remember(job)
         job._finish(state, result=result, error=error, exception=exception)
