@@ -116,6 +116,8 @@ def build_router(context, state: ApiState) -> APIRouter:
         def unload() -> None:
             context.models.unload_all()
             context.upscalers.free()
+            if context.cluster is not None:  # and on every Ray worker
+                context.cluster.broadcast("unload")
 
         await state.blocking(lambda: context.between_jobs(unload))
 

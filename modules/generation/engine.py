@@ -1119,6 +1119,40 @@ def _save_all(run: _Run, result: GenerationResult, save: SaveTarget) -> None:
                                                     context=context, grid=True, short_filename=True))
 
 
+def save_grid_of(result: GenerationResult, request: GenerationRequest, snapshot, data_dir: str,
+                 checkpoint_info=None) -> str:
+    """Save the grid of `result` as `_save_all` saves a job's grid, for a job whose batches ran on
+    several Ray workers (modules.cluster.pool): each saved its images, none saw them all.
+    `snapshot`: the settings with the request's overrides. Returns the path."""
+    import datetime
+
+    from modules.generation.requests import Img2ImgRequest
+    from modules.generation.sampling.registry import resolve_sampler
+    from modules.outputs.images import (FilenameContext, SaveOptions, image_grid, img2img_output_dirs, save_image,
+                                        txt2img_output_dirs)
+
+    options = SaveOptions.from_settings(snapshot)
+    output_dirs = img2img_output_dirs if isinstance(request, Img2ImgRequest) else txt2img_output_dirs
+    _, grids_dir = output_dirs(data_dir, options)
+    grid = image_grid(result.images, batch_size=request.batch_size, n_rows=options.n_rows,
+                      prevent_empty_spots=options.grid_prevent_empty_spots)
+    sampler, scheduler_from_name = resolve_sampler(request.sampler_name)
+    info = checkpoint_info
+    context = FilenameContext(seed=result.seeds[0], prompt=result.prompts[0] if result.prompts else request.prompt,
+                              all_seeds=tuple(result.seeds), negative_prompt=request.negative_prompt,
+                              steps=request.steps, cfg_scale=request.cfg_scale, width=request.width,
+                              height=request.height, sampler_name=sampler.name,
+                              scheduler=scheduler_from_name or request.scheduler,
+                              sampler_default_scheduler=sampler.default_scheduler,
+                              model_hash=info.shorthash if info else None,
+                              model_name=info.name_for_extra if info else None,
+                              job_timestamp=datetime.datetime.now().strftime("%Y%m%d%H%M%S"),
+                              batch_size=request.batch_size, n_iter=request.n_iter,
+                              clip_skip=request.clip_skip or snapshot["CLIP_stop_at_last_layers"])
+    return save_image(grid, grids_dir, "grid", options=options, grid=True, infotext=result.infotexts[0],
+                      context=context, short_filename=True).path
+
+
 def _filename_context(run: _Run, seed: int, prompt: str, all_seeds, **fields):
     """The `FilenameContext` of an image the run saves (its seed and prompt, the request's values)."""
     from modules.outputs.images import FilenameContext

@@ -8,6 +8,7 @@ The work runs on the job queue's worker, after any generation already queued; ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,9 +46,9 @@ def merge_options(context: AppContext) -> dict:
             "allow_unsafe_pickle": bool(context.args.disable_safe_unpickle)}
 
 
-def submit_merge(context: AppContext, request: MergeRequest, *, load_without_saving: bool = False) -> Job:
-    """Queue `request` as a merge job. With `load_without_saving` the result is written to the trial
-    folder, not listed, and made the current model (see `merger.merge_and_load`)."""
+def merge_work(context: AppContext, request: MergeRequest, *, load_without_saving: bool = False
+               ) -> Callable[[JobControl], MergeResult]:
+    """The merge job's work function on `context` (the server's, or a Ray worker's)."""
     options = merge_options(context)
 
     def work(control: JobControl) -> MergeResult:
@@ -57,4 +58,18 @@ def submit_merge(context: AppContext, request: MergeRequest, *, load_without_sav
         return merge_checkpoints(request, context.checkpoints, merge_output_dir(context.paths), control=control,
                                  **options)
 
+    return work
+
+
+def submit_merge(context: AppContext, request: MergeRequest, *, load_without_saving: bool = False) -> Job:
+    """Queue `request` as a merge job. With `load_without_saving` the result is written to the trial
+    folder, not listed, and made the current model (see `merger.merge_and_load`). With Ray workers
+    (`context.cluster`) one worker merges; a saved merge is then listed here too."""
+    if context.cluster is not None:
+        cluster = context.cluster
+
+        def work(control: JobControl) -> MergeResult:
+            return cluster.run_merge(request, control, load_without_saving=load_without_saving)
+    else:
+        work = merge_work(context, request, load_without_saving=load_without_saving)
     return context.jobs.submit(work, kind=MERGE_JOB_KIND, description=describe_merge(request, load_without_saving))

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from modules.postprocessing.runner import Postprocessing
     from modules.extension_host.option_registry import ExtensionOptions
     from modules.library.model_loader import StableDiffusionModel
+    from modules.cluster.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,9 @@ class AppContext:
     extensions: "ExtensionRuntime | None" = None
     # The extensions' options (A1111's opts.add_option): their settings, onchange and Settings widgets.
     extension_options: "ExtensionOptions | None" = None
+    # The Ray workers (`--ray-address`, `--ray-local`; modules.cluster.pool): generation and merge
+    # jobs run there. None: the embedded mode, jobs run on this process's queue worker.
+    cluster: "WorkerPool | None" = None
 
     def __post_init__(self) -> None:
         if self.extension_options is None:
@@ -128,12 +132,16 @@ class AppContext:
             self.extension_options = ExtensionOptions(self.settings)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "AppContext":
+    def from_args(cls, args: argparse.Namespace, *, worker: bool = False) -> "AppContext":
+        """The server's context from its flags. `worker`: a Ray worker's (modules.cluster.worker):
+        its settings mirror the server's and are never written, and it leaves the temp files in the
+        shared folders alone (the server's start-up sweeps them; another worker may be writing one)."""
         configure_allocator()
         paths = Paths.from_args(args)
         paths.ensure_dirs()
-        settings = SettingsStore(paths.config_file)
-        remove_stale_temp_files(folders_written(paths, settings.current()))
+        settings = SettingsStore(paths.config_file, persist=not worker)
+        if not worker:
+            remove_stale_temp_files(folders_written(paths, settings.current()))
         hash_cache = HashCache(paths.cache_file)
         checkpoints = CheckpointRegistry(
             paths.checkpoint_dirs, hash_cache, hashing_enabled=not args.no_hashing, explicit_file=args.ckpt
@@ -328,14 +336,18 @@ class AppContext:
 
     def load_startup_model(self) -> None:
         """The start-up load (on a background thread): `load_default_model`, its outcome kept in
-        `load_state` for the status line; a failure is logged, never raised."""
+        `load_state` for the status line; a failure is logged, never raised. With Ray workers the
+        start-up checkpoint is loaded on one worker (this process loads none)."""
         if not len(self.checkpoints):
             log.warning("No checkpoint to load.")
             return
         with self.load_state.lock:
             self.load_state.loading, self.load_state.error = True, None
         try:
-            self.load_default_model()
+            if self.cluster is not None:
+                self._warm_up_workers()
+            else:
+                self.load_default_model()
         except Exception as e:  # reported on the status page and the API; the server keeps running
             log.error("Loading the start-up checkpoint failed: %s", e)
             with self.load_state.lock:
@@ -343,6 +355,26 @@ class AppContext:
         finally:
             with self.load_state.lock:
                 self.load_state.loading = False
+
+    def _warm_up_workers(self) -> None:
+        title = self.startup_checkpoint_title()
+        if title is None:
+            return
+        self.cluster.wait_ready(1)
+        self.switch_checkpoint(title)
+
+    def current_checkpoint_info(self) -> CheckpointInfo | None:
+        """The checkpoint a generation that names none uses: the loaded one; with Ray workers, the
+        selected one (the `sd_model_checkpoint` setting; workers load it when a job needs it)."""
+        if self.cluster is None:
+            return self.models.current_info()
+        title = self.settings.current()["sd_model_checkpoint"]
+        if not title:
+            return None
+        try:
+            return self.checkpoints.find(title)
+        except CheckpointNotFoundError:
+            return None
 
     def between_jobs(self, fn):
         """Run `fn` on the job worker after the jobs already queued (A1111's FIFO queue_lock), so a
@@ -364,7 +396,18 @@ class AppContext:
         self.extension_options.run_onchange([key for key in changed if key not in VAE_SETTINGS], self)
 
     def switch_checkpoint(self, title: str) -> None:
-        """Load `title`, make it current and remember it in config.json."""
+        """Load `title`, make it current and remember it in config.json. With Ray workers it is loaded
+        on one worker (the others load it when a job of theirs needs it)."""
+        if self.cluster is not None:
+            from modules.common.job_control import NullControl
+
+            info = self.checkpoints.find(title)
+            outcome = self.cluster.load_checkpoint(info.title, NullControl())
+            sha256 = outcome.current_checkpoint[1] if outcome.current_checkpoint else (info.sha256 or "")
+            with self.load_state.lock:
+                self.load_state.skipped = ()
+            self.settings.apply({"sd_model_checkpoint": info.title, "sd_checkpoint_hash": sha256})
+            return
         model = self.models.load(title)
         with self.load_state.lock:
             self.load_state.skipped = ()  # the start-up's note is old news once the user has chosen

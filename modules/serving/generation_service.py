@@ -79,6 +79,10 @@ def submit_generation(context: AppContext, submission: GenerationSubmission) -> 
     request = submission.request
     check_prompt_length(request.prompt, request.negative_prompt, context.settings.current()["prompt_max_length"])
     check_hires_upscaler(request, getattr(context, "upscalers", None))
+    if context.cluster is not None:  # Ray workers: the job's work waits on them (modules.cluster.pool)
+        cluster = context.cluster
+        return context.jobs.submit(lambda control: cluster.run_generation(submission, control),
+                                   kind=job_kind(request), description=submission.describe())
     return context.jobs.submit(lambda control: run_generation(context, submission, control),
                                kind=job_kind(request), description=submission.describe())
 

@@ -266,6 +266,14 @@ class JobControl:
         """A1111's "skip": stop the current image, go on with the next one. See `consume_skip`."""
         return self._job._skip_requested
 
+    @property
+    def preview_wanted(self) -> bool:
+        """A client asked for a preview since the last one, or `preview_every_steps` are nearly up (a
+        Ray relay asks its worker for one then)."""
+        job, every = self._job, self._queue.preview_every_steps
+        last = job._preview_step if job._preview_step is not None else 0
+        return job._preview_requested or (every > 0 and job._step + 1 - last >= every)
+
     def consume_skip(self) -> bool:
         """Return whether a skip was pending and clear it, so it applies to one image only."""
         with self._job._lock:
@@ -493,6 +501,13 @@ class JobQueue:
                 with self._cond:
                     self._changed()  # it may have held back the jobs behind it
             raise
+
+    def set_slots(self, slots: int | Callable[[], int]) -> None:
+        """Replace `slots` (the Ray mode passes its pool's live worker count) and wake the dispatcher."""
+        if not callable(slots) and not isinstance(slots, int):
+            raise TypeError(f"slots must be an int or a callable returning one, got {type(slots).__name__}")
+        self._slots = slots
+        self.capacity_changed()
 
     def capacity_changed(self) -> None:
         """Tell the dispatcher that `slots` may have changed (e.g. a Ray worker came or went)."""

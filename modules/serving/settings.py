@@ -463,8 +463,11 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
 class SettingsStore:
     """The single owner of `config.json`: load, validate, apply, save atomically."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, persist: bool = True):
         self.path = Path(path)
+        # False on a Ray worker: its settings mirror the server's (`mirror`) and config.json belongs to
+        # the server, so it is never written or moved aside from here.
+        self.persist = persist
         self._lock = threading.Lock()
         self._stored = self._read()
         # Settings registered at run time (extensions' options, modules.extension_host.options), in
@@ -516,6 +519,10 @@ class SettingsStore:
             if not isinstance(data, dict):
                 raise ValueError(f"its top level is a JSON {type(data).__name__}, not an object")
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if not self.persist:
+                log.warning("Could not load settings from %s (%s); using the defaults until the server's arrive",
+                            self.path, e)
+                return {}
             aside = self._move_aside()
             log.warning("Could not load settings: %s is likely corrupted (%s). It has been moved to %s; "
                         "using the default settings.", self.path, e, aside)
@@ -551,6 +558,17 @@ class SettingsStore:
         """Validate and persist `changes`, all or nothing; returns the keys whose value changed.
         Raises `SettingsValidationError` (nothing saved) when any value is invalid."""
         return self._store(validate_changes(changes, self.specs_by_key()))
+
+    def mirror(self, values: Mapping[str, Any]) -> list[str]:
+        """Take another store's stored values whole (a Ray worker takes the server's before each job);
+        returns the keys whose value in effect changed. Values the server validated are taken as
+        they are; keys this store does not know are kept too (an extension's option)."""
+        with self._lock:
+            before = Settings(self._stored, {key: spec.default for key, spec in self._registered.items()})
+            self._stored = dict(values)
+            after = Settings(self._stored, {key: spec.default for key, spec in self._registered.items()})
+        keys = set(before.keys()) | set(after.keys())
+        return sorted(key for key in keys if before.get(key) != after.get(key))
 
     def stored(self) -> Mapping[str, Any]:
         """What config.json holds (no defaults filled in), as a read-only copy."""
@@ -588,6 +606,8 @@ class SettingsStore:
         previous file as it was)."""
         from modules.common.atomic_files import write_bytes
 
+        if not self.persist:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps(stored, indent=4, ensure_ascii=False).encode("utf-8")
         write_bytes(self.path, data, what=f"the settings file {self.path.name}")

@@ -92,7 +92,7 @@ def paste_values(context, text: str, *, img2img: bool = False):
     """`PastedParameters` for `text`, against the current settings, samplers and checkpoint; the
     extensions' `on_infotext_pasted` callbacks see (and may edit) the parsed parameters first.
     `img2img`: the values are an img2img request's (denoising strength, mask keys; no hires fix)."""
-    info = context.models.current_info()
+    info = context.current_checkpoint_info()
     runtime = getattr(context, "extensions", None)
     callbacks = runtime.callbacks if runtime is not None else None
     on_parsed = callbacks.infotext_pasted if callbacks is not None and callbacks.has("infotext_pasted") else None

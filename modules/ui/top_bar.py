@@ -40,7 +40,7 @@ def checkpoint_choices(context) -> list[tuple[str, str]]:
 def current_checkpoint_title(context) -> str | None:
     """The loaded checkpoint's title; before a load, the one the start-up load picks (`--ckpt`, the
     setting, else the first listed)."""
-    info = context.models.current_info()
+    info = context.current_checkpoint_info()
     return info.title if info is not None else context.startup_checkpoint_title()
 
 
@@ -60,6 +60,8 @@ def model_status(context) -> tuple[str, bool]:
         loading, error, skipped = state.loading, state.error, state.skipped
     if loading:
         return "<span class='model-status loading'>Loading checkpoint…</span>", True
+    if context.cluster is not None and error is None:
+        return _workers_model_status(context, skipped), False
     model, info = context.models.current(), context.models.current_info()
     if model is not None:
         name = info.title if info is not None else model.name
@@ -81,6 +83,22 @@ def model_status(context) -> tuple[str, bool]:
     return "<span class='model-status empty'>No checkpoint loaded; pick one above.</span>", False
 
 
+def _workers_model_status(context, skipped) -> str:
+    """The status with Ray workers: the selected checkpoint and how many workers hold it."""
+    info = context.current_checkpoint_info()
+    if info is None:
+        if not checkpoint_choices(context):
+            folders = ", ".join(str(d) for d in context.paths.checkpoint_dirs)
+            return (f"<span class='model-status empty'>No checkpoints found. Put .safetensors or .ckpt files in "
+                    f"{html.escape(folders)} and press the refresh button beside the list.</span>")
+        return "<span class='model-status empty'>No checkpoint loaded; pick one above.</span>"
+    workers = [worker for worker in context.cluster.describe() if worker.state != "dead"]
+    holders = sum(1 for worker in workers if info.title in worker.loaded_checkpoints)
+    status = (f"<span class='model-status loaded'>Loaded <b>{html.escape(info.title)}</b> "
+              f"(on {holders} of {len(workers)} Ray workers; the others load it when they need it)</span>")
+    return status + skipped_note(skipped)
+
+
 @dataclass
 class SwitchUpdate:
     """One step of a checkpoint switch: the status to show and, once finished, the dropdown's value."""
@@ -92,7 +110,7 @@ class SwitchUpdate:
 
 def switch_checkpoint(context, title: str, poll_seconds: float = POLL_SECONDS) -> Iterator[SwitchUpdate]:
     """Switch to `title` through the job queue, yielding the status while it waits and loads."""
-    current = context.models.current_info()
+    current = context.current_checkpoint_info()
     if not title:
         yield SwitchUpdate(model_status(context)[0], True, current_checkpoint_title(context))
         return
@@ -118,7 +136,7 @@ def switch_checkpoint(context, title: str, poll_seconds: float = POLL_SECONDS) -
         yield SwitchUpdate(f"{status} <span class='model-status took'>in {took:.1f} s</span>", True,
                            current_checkpoint_title(context))
         return
-    previous = context.models.current_info()
+    previous = context.current_checkpoint_info()
     kept = f" Still using {previous.title}." if previous is not None else " No checkpoint is loaded."
     reason = job.error or "the load was cancelled"
     yield SwitchUpdate(error_html(f"Could not load {title}: {reason}.{kept}"), True,

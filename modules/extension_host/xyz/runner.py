@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 AUTOMATIC_VAE = "Automatic"  # the VAE the settings choose: nothing to swap
 
 
+class GridNeedsOneWorker(Exception):
+    """The grid cannot be spread over Ray workers cell by cell; the caller runs it whole on one."""
+
+
 @dataclass
 class GridCell:
     ix: int
@@ -151,6 +155,8 @@ class _Runner:
         self.warnings: list[str] = []
 
     def run(self) -> GridResult:
+        if self.services.cell_executor is not None:
+            return self._run_on_workers()
         cells: list[GridCell] = []
         interrupted = False
         total = max(1, self.plan.total_steps)
@@ -207,6 +213,36 @@ class _Runner:
         if self.save and result.grid is not None:
             result.saved_paths += self._save_grids(result)
         return result
+
+    def _run_on_workers(self) -> GridResult:
+        """The cells at once on the Ray workers (`services.cell_executor`), each request naming its
+        checkpoint; the grid is drawn and saved here as in `run`. A plan that needs this process's
+        model manager (a merge, a VAE swap, an extension's `p` attributes) raises GridNeedsOneWorker."""
+        for planned in self.plan.cells:
+            if ((planned.model_key is not None and planned.model_key[0] != "checkpoint")
+                    or planned.vae_key not in (None, AUTOMATIC_VAE) or planned.p_attributes):
+                raise GridNeedsOneWorker("this grid merges, swaps VAEs or sets extension attributes per cell")
+        if hasattr(self.control, "set_info"):
+            self.control.set_info("job_count", len(self.plan.cells))
+        results = self.services.cell_executor([planned.request for planned in self.plan.cells], self.control,
+                                              None if self.save else False)
+        cells: list[GridCell] = []
+        interrupted = False
+        for planned, result in zip(self.plan.cells, results):
+            if result is None or result.interrupted:
+                interrupted = True
+                continue
+            cell = GridCell(planned.ix, planned.iy, planned.iz, planned.request, list(result.images),
+                            [add_infotext_params(t, self.plan.infotext_params) for t in result.infotexts],
+                            list(result.seeds), list(result.warnings))
+            self.warnings += [warning for warning in result.warnings if warning not in self.warnings]
+            cells.append(cell)
+            if self.on_cell is not None:
+                self.on_cell(cell)
+        grid = self._assemble(cells, interrupted)
+        if self.save and grid.grid is not None:
+            grid.saved_paths += self._save_grids(grid)
+        return grid
 
     # -- models ----------------------------------------------------------------------------------
 

@@ -20,6 +20,9 @@ class GridServices:
     merge_options: Mapping[str, Any] = field(default_factory=dict)  # vae_files, allow_unsafe_pickle
     data_dir: Path | None = None  # where grids are saved (outputs/txt2img-grids under it)
     extra_axes: tuple = ()  # AxisTypes extensions added (the X/Y/Z script's axis_options)
+    # With Ray workers: `cell_executor(requests, control, save)` runs the cells at once and returns
+    # their GenerationResults in order (None for a cell an interrupt stopped before it ran).
+    cell_executor: Any = None
 
     @classmethod
     def of(cls, source: Any) -> GridServices:
@@ -39,6 +42,7 @@ class GridServices:
                 merge_scratch_dir=merge_trial_dir(source.paths) / "xyz",
                 merge_options=merge_options(source),
                 data_dir=source.paths.data_dir,
+                cell_executor=source.cluster.run_cells if source.cluster is not None else None,
             )
         if isinstance(source, Txt2ImgEngine):
             save_dir = Path(source.save_dir) if source.save_dir else None

@@ -1,0 +1,595 @@
+"""The server's side of the Ray workers: `WorkerPool` (`context.cluster`) owns the actors, decides
+which idle worker takes which job, and makes a remote job look like a local one to the queue.
+
+- **Workers** are `GenerationWorker` actors (modules.cluster.worker), one per GPU or N on CPUs
+  (`RayCluster.desired_workers`). Ray restarts a dead actor (`max_restarts=-1`); the monitor thread
+  notices when it answers again, and adds actors when the cluster grows (more GPUs), so a worker
+  that comes back or is added takes work without a server restart.
+- **Scheduling**: the queue starts jobs in FIFO order with as many slots as live workers; a job then
+  takes an idle worker by checkpoint affinity (modules.cluster.scheduler). Waiting for a worker is
+  FIFO too (tickets), so a fanned-out job cannot starve a later one forever.
+- **Fan-out**: a txt2img/img2img request with batch count > 1 and no selected script is split into
+  one request per batch, each with the seeds it would have had (seeds are fixed here first), run on
+  as many workers as are idle; the images come back in order, so they are the pictures one worker
+  would make. The grid, when one is saved, is saved here from all of them.
+- **Nothing lost**: a worker that dies mid-job (its process killed, its node gone) has the job run
+  again once on another worker, and the job's info says so; a job lost twice fails naming both
+  losses. Errors of the work itself (a bad request, a broken file) are raised as they are, not retried.
+- **Progress**: a relay loop polls the worker every `poll_interval` seconds, forwarding the local
+  job's interrupt, skip and preview requests and bringing back steps, previews and info lines.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from modules.cluster.scheduler import Candidate, choose_worker
+from modules.cluster.specs import GENERATION, LOAD, MERGE, RunStatus, WorkOutcome, WorkSpec
+from modules.cluster.types import WorkerInfo, workers_summary
+from modules.serving.jobs import JobInterrupted
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.1
+MONITOR_INTERVAL_S = 2.0
+POLL_TIMEOUT_S = 10.0  # a poll unanswered this long: the worker is treated as lost
+ACTOR_THREADS = 4  # `run` holds one; polls and status calls use the others
+
+
+class WorkerLost(RuntimeError):
+    """The worker running a job went away (process killed, node gone)."""
+
+
+@dataclass
+class _Slot:
+    """One worker as the pool tracks it. Changed under the pool's lock only."""
+
+    id: str
+    actor: Any
+    state: str = "starting"  # starting, idle, busy, dead
+    node: str = ""
+    device: str = ""
+    loaded: tuple[str, ...] = ()
+    current_job: str | None = None
+    jobs_done: int = 0
+    last_error: str | None = None
+    idle_since: float = field(default_factory=time.monotonic)
+    probing: bool = False
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(id=self.id, node=self.node, device=self.device, state=self.state,
+                          loaded_checkpoints=self.loaded, current_job=self.current_job, jobs_done=self.jobs_done,
+                          last_error=self.last_error)
+
+
+class _Progress:
+    """The job's progress over its parts (one part unless fanned out), reported to its control."""
+
+    def __init__(self, control, parts: int):
+        self.control = control
+        self.lock = threading.Lock()
+        self.steps = [0] * parts
+        self.totals = [0] * parts
+        self.done = [False] * parts
+        self.fanned_out = parts > 1
+
+    def update(self, index: int, status: RunStatus) -> None:
+        for line in status.info_lines:
+            self.control.add_info(line)
+        for key, value in status.info_values.items():
+            if not (self.fanned_out and key in ("job_count", "job_no")):
+                self.control.set_info(key, value)
+        with self.lock:
+            if status.total:
+                self.steps[index], self.totals[index] = status.step, status.total
+            step, total = self._aggregate()
+        if total:
+            preview = status.preview
+            self.control.report(step, total, (lambda: preview) if preview is not None else None)
+
+    def finish(self, index: int) -> None:
+        with self.lock:
+            self.steps[index] = self.totals[index]
+            self.done[index] = True
+            done = sum(self.done)
+            step, total = self._aggregate()
+        if self.fanned_out:
+            self.control.set_info("job_no", done)
+        if total:
+            self.control.report(step, total)
+
+    def _aggregate(self) -> tuple[int, int]:
+        known = [total for total in self.totals if total]
+        estimate = known[0] if known else 0
+        return sum(self.steps), sum(total or estimate for total in self.totals)
+
+
+def _preview_wanted(control) -> bool:
+    return bool(getattr(control, "preview_wanted", False))
+
+
+class WorkerPool:
+    """The Ray workers of one server (see the module docstring). `context`: the server's AppContext
+    (its settings, which workers mirror; its checkpoint list, for affinity and a merge's output).
+    `on_capacity`: called when the number of live workers changes (the queue's `capacity_changed`)."""
+
+    def __init__(self, cluster, context, *, on_capacity: Callable[[], None] = lambda: None,
+                 poll_interval: float = POLL_INTERVAL_S, monitor_interval: float = MONITOR_INTERVAL_S):
+        self.cluster = cluster
+        self._context = context
+        self._args = context.args
+        self._settings = context.settings
+        self._checkpoints = context.checkpoints
+        self._on_capacity = on_capacity
+        self.poll_interval = poll_interval
+        self._monitor_interval = monitor_interval
+        self._cond = threading.Condition()
+        self._slots: list[_Slot] = []
+        self._tickets: deque[object] = deque()
+        self._ids = itertools.count(1)
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._job_ids = itertools.count(1)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the workers (they load in the background) and the monitor."""
+        self._grow()
+        self._monitor = threading.Thread(target=self._watch, name="ray-worker-monitor", daemon=True)
+        self._monitor.start()
+
+    def wait_ready(self, count: int | None = None, timeout: float = 300.0) -> None:
+        """Block until `count` workers (default: all) are idle or busy; TimeoutError naming the others."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            wanted = len(self._slots) if count is None else count
+            while sum(1 for slot in self._slots if slot.state in ("idle", "busy")) < wanted:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    states = ", ".join(f"{slot.id}: {slot.state} {slot.last_error or ''}".strip() for slot in self._slots)
+                    raise TimeoutError(f"Ray workers not ready after {timeout:.0f} s ({states})")
+                self._cond.wait(min(left, 0.5))
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        import ray
+
+        with self._cond:
+            slots = list(self._slots)
+            self._cond.notify_all()
+        for slot in slots:
+            try:
+                ray.kill(slot.actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.cluster.shutdown()
+
+    # -- what the server asks --------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """Live workers (starting ones count: they take the job once ready); at least 1."""
+        with self._cond:
+            return max(1, sum(1 for slot in self._slots if slot.state != "dead"))
+
+    def describe(self) -> list[WorkerInfo]:
+        with self._cond:
+            return [slot.info() for slot in self._slots]
+
+    def summary(self) -> str:
+        return workers_summary(self.describe())
+
+    def loaded_anywhere(self) -> set[str]:
+        with self._cond:
+            return {title for slot in self._slots for title in slot.loaded}
+
+    def run_generation(self, submission, control):
+        """The generation job's work on the server: the request on the workers (fanned out when it
+        can be), its result as the embedded worker returns it."""
+        if self._grid_runs_here(submission):
+            from modules.extension_host.xyz.runner import GridNeedsOneWorker
+
+            try:
+                return self._run_scripts_here(submission, control)
+            except GridNeedsOneWorker as reason:
+                log.info("X/Y/Z plot on one worker: %s", reason)
+        settings = dict(self._settings.stored())
+        checkpoint = self._checkpoint_for(submission.request.override_settings.get("sd_model_checkpoint")
+                                          or settings.get("sd_model_checkpoint"))
+        parts = self._split(submission)
+        control.set_info("job_count", submission.request.n_iter)
+        if len(parts) == 1:
+            spec = WorkSpec(GENERATION, settings, checkpoint, submission=submission)
+            outcome = self._run_spec(spec, control, _Progress(control, 1), 0)
+            return self._generation_result(outcome, submission)
+        part_settings = {**settings, "grid_save": False}  # the grid of all parts is saved here
+        specs = [WorkSpec(GENERATION, part_settings, checkpoint, submission=part) for part in parts]
+        outcomes = self._run_parts(specs, control)
+        return self._joined_result([outcome or WorkOutcome(interrupted=True) for outcome in outcomes],
+                                   submission)
+
+    def run_cells(self, requests: list, control, save: bool | None) -> list:
+        """The X/Y/Z plot's cells at once (`GridServices.cell_executor`): each request on a worker,
+        with its checkpoint made current there; GenerationResults in order, None for a cell an
+        interrupt stopped before it ran."""
+        from modules.serving.generation_service import GenerationSubmission
+
+        settings = dict(self._settings.stored())
+        selected = settings.get("sd_model_checkpoint")
+        specs = [WorkSpec(GENERATION, settings,
+                          self._checkpoint_for(request.override_settings.get("sd_model_checkpoint") or selected),
+                          submission=GenerationSubmission(request, save=save, save_grid=False))
+                 for request in requests]
+        outcomes = self._run_parts(specs, control)
+        results = []
+        for outcome in outcomes:
+            if outcome is None or outcome.result is None:
+                results.append(None)
+                continue
+            outcome.result.interrupted |= outcome.interrupted
+            results.append(outcome.result)
+        return results
+
+    def _run_parts(self, specs: list[WorkSpec], control) -> list[WorkOutcome | None]:
+        """Run `specs` on as many workers as are free, each outcome in its place; None for a part an
+        interrupt stopped before it started. The first error of a part is raised (after the others end)."""
+        progress = _Progress(control, len(specs))
+
+        def run(index: int) -> WorkOutcome | None:
+            try:
+                return self._run_spec(specs[index], control, progress, index)
+            except JobInterrupted:
+                return None
+
+        with ThreadPoolExecutor(min(len(specs), 32), thread_name_prefix="ray-fanout") as pool:
+            futures = [pool.submit(run, index) for index in range(len(specs))]
+            return [future.result() for future in futures]
+
+    def _grid_runs_here(self, submission) -> bool:
+        """Whether the X/Y/Z plot is run from here, its cells spread over the workers: it is the
+        selected script, and no always-on script needs to see the whole job (those run with the
+        job on one worker)."""
+        from modules.extension_host.xyz.plan import SCRIPT_TITLE
+        from modules.generation.requests import Img2ImgRequest
+
+        selection = submission.selection
+        runtime = self._context.extensions
+        if selection is None or not selection.script or runtime is None:
+            return False
+        if selection.script.strip().lower() != SCRIPT_TITLE.lower():
+            return False
+        tab = runtime.scripts.tab(isinstance(submission.request, Img2ImgRequest))
+        return not tab.alwayson
+
+    def _run_scripts_here(self, submission, control):
+        from modules.extension_host.scripts import run_img2img, run_txt2img
+        from modules.generation.requests import Img2ImgRequest
+
+        request = submission.request
+        run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
+        result = run(self._context, request, control, save=submission.save, selection=submission.selection)
+        return self._generation_result(WorkOutcome(result=result), submission)
+
+    def run_merge(self, request, control, *, load_without_saving: bool = False):
+        """A merge on one worker; a saved merge is then listed here (the workers list it at their next job)."""
+        spec = WorkSpec(MERGE, dict(self._settings.stored()), None, merge=request,
+                        load_without_saving=load_without_saving)
+        outcome = self._run_spec(spec, control, _Progress(control, 1), 0)
+        if outcome.interrupted and outcome.result is None:
+            raise JobInterrupted("the merge was interrupted")
+        if not load_without_saving:
+            self._checkpoints.refresh()
+        return outcome.result
+
+    def load_checkpoint(self, title: str, control) -> WorkOutcome:
+        """Make `title` current on one worker (the one that holds it, else the least disturbed)."""
+        spec = WorkSpec(LOAD, dict(self._settings.stored()), title)
+        return self._run_spec(spec, control, _Progress(control, 1), 0)
+
+    def broadcast(self, method: str, timeout: float = 600.0) -> list[str]:
+        """Call `method` (e.g. "unload", "refresh") on every live worker; returns the errors, one line each."""
+        import ray
+
+        with self._cond:
+            targets = [slot for slot in self._slots if slot.state in ("idle", "busy")]
+        refs = [(slot, getattr(slot.actor, method).remote()) for slot in targets]
+        errors = []
+        for slot, ref in refs:
+            try:
+                ray.get(ref, timeout=timeout)
+            except Exception as error:  # noqa: BLE001 - reported per worker
+                errors.append(f"{slot.id}: {type(error).__name__}: {error}")
+        if method == "unload":
+            with self._cond:
+                for slot in targets:
+                    slot.loaded = ()
+        return errors
+
+    # -- running one spec --------------------------------------------------------------------------
+
+    def _run_spec(self, spec: WorkSpec, control, progress: _Progress, index: int) -> WorkOutcome:
+        job_id = f"{getattr(control, 'job_id', 'job')}#{next(self._job_ids)}"
+        lost: list[str] = []
+        tried: set[str] = set()
+        while True:
+            slot = self._acquire(spec.checkpoint, tried, control)
+            try:
+                outcome = self._dispatch(slot, spec, job_id, control, progress, index)
+            except WorkerLost as error:
+                self._mark_lost(slot, str(error))
+                tried.add(slot.id)
+                lost.append(f"worker {slot.id}: {error}")
+                if len(lost) >= 2:
+                    raise RuntimeError(f"the job was lost twice: {lost[0]}; then {lost[1]}") from None
+                control.add_info(f"Worker {slot.id} was lost while running this job ({error}); "
+                                 "running it again on another worker.")
+                log.warning("Job %s: worker %s lost (%s); running it again", job_id, slot.id, error)
+                continue
+            except BaseException as error:
+                self._release(slot, None, f"{type(error).__name__}: {error}")
+                raise
+            self._release(slot, outcome, None)
+            progress.finish(index)
+            return outcome
+
+    def _dispatch(self, slot: _Slot, spec: WorkSpec, job_id: str, control, progress: _Progress,
+                  index: int) -> WorkOutcome:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        lost_errors = _lost_errors()
+        with self._cond:
+            slot.current_job = getattr(control, "job_id", job_id)
+        try:
+            ref = slot.actor.run.remote(job_id, spec)
+            while True:
+                ready, _ = ray.wait([ref], timeout=self.poll_interval)
+                if ready:
+                    break
+                try:
+                    status = ray.get(slot.actor.poll.remote(job_id, _preview_wanted(control), bool(control.interrupted),
+                                                            control.consume_skip()), timeout=POLL_TIMEOUT_S)
+                except GetTimeoutError:
+                    raise WorkerLost(f"it did not answer for {POLL_TIMEOUT_S:.0f} s") from None
+                if status is not None:
+                    progress.update(index, status)
+            # The last info lines and values, written after the last poll.
+            outcome: WorkOutcome = ray.get(ref)
+        except RayTaskError as error:
+            cause = getattr(error, "cause", None)
+            if isinstance(cause, lost_errors):
+                raise WorkerLost(_short(cause)) from None
+            if isinstance(cause, Exception):
+                raise cause.with_traceback(None) from None
+            raise
+        except lost_errors as error:
+            raise WorkerLost(_short(error)) from None
+        except RayActorError as error:
+            raise WorkerLost(_short(error)) from None
+        return outcome
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _generation_result(self, outcome: WorkOutcome, submission):
+        result = outcome.result
+        if outcome.interrupted and result is not None:
+            result.interrupted = True
+        if outcome.result is None and outcome.interrupted:
+            raise JobInterrupted("interrupted before any image was made")
+        if submission.keep_overrides and outcome.current_checkpoint is not None:
+            kept = dict(submission.keep_overrides)
+            if "sd_model_checkpoint" in kept:
+                kept["sd_model_checkpoint"], kept["sd_checkpoint_hash"] = outcome.current_checkpoint
+            self._settings.apply(kept)
+        elif submission.keep_overrides:
+            self._settings.apply(dict(submission.keep_overrides))
+        return result
+
+    def _joined_result(self, outcomes: list[WorkOutcome], submission):
+        from modules.generation.engine import GenerationResult
+
+        joined = GenerationResult()
+        for outcome in outcomes:
+            part = outcome.result or GenerationResult()
+            for name in ("images", "seeds", "subseeds", "prompts", "negative_prompts", "infotexts", "saved_paths"):
+                getattr(joined, name).extend(getattr(part, name))
+            joined.warnings += [warning for warning in part.warnings if warning not in joined.warnings]
+            joined.interrupted |= outcome.interrupted or part.interrupted
+            for key, value in part.timings.items():
+                joined.timings[key] = joined.timings.get(key, 0.0) + value
+        snapshot = self._settings.current().with_overrides(submission.request.override_settings)
+        do_save = snapshot["samples_save"] if submission.save is None else submission.save
+        if do_save and snapshot["grid_save"] and submission.save_grid and len(joined.images) > 1:
+            from modules.generation.engine import save_grid_of
+
+            info = self._checkpoint_info(outcomes[0].current_checkpoint)
+            joined.saved_paths.append(save_grid_of(joined, submission.request, snapshot,
+                                                   str(self._settings.path.parent), info))
+        self._generation_result(WorkOutcome(result=joined, current_checkpoint=outcomes[0].current_checkpoint),
+                                submission)
+        return joined
+
+    def _checkpoint_info(self, current: tuple[str, str] | None):
+        if current is None:
+            return None
+        try:
+            return self._checkpoints.find(current[0])
+        except Exception:  # noqa: BLE001 - a merge trial is not listed; the grid's name does without
+            return None
+
+    # -- fan-out -----------------------------------------------------------------------------------
+
+    def _split(self, submission) -> list:
+        """One submission per batch when the request has several and nothing would see the whole job
+        (a selected script); the seeds each batch would get, so the pictures do not change."""
+        request = submission.request
+        selection = submission.selection
+        if request.n_iter <= 1 or (selection is not None and selection.script) or self.capacity() < 2:
+            return [submission]
+        from modules.generation.rng import get_fixed_seed, per_image_seeds
+
+        seed, subseed = get_fixed_seed(request.seed), get_fixed_seed(request.subseed)
+        seeds, subseeds = per_image_seeds(seed, subseed, request.subseed_strength, request.n_iter * request.batch_size)
+        size = request.batch_size
+        parts = []
+        for batch in range(request.n_iter):
+            part = request.model_copy(update={"n_iter": 1, "seed": seeds[batch * size],
+                                              "subseed": subseeds[batch * size]})
+            parts.append(replace(submission, request=part, keep_overrides={}))
+        # The overrides are kept once, by the joined result.
+        parts[0] = replace(parts[0], keep_overrides=submission.keep_overrides)
+        return parts
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def _checkpoint_for(self, name: str | None) -> str | None:
+        if not name:
+            return None
+        try:
+            return self._checkpoints.find(name).title
+        except Exception:  # noqa: BLE001 - the worker names a missing checkpoint in its own error
+            return name
+
+    def _acquire(self, checkpoint: str | None, avoid: set[str], control) -> _Slot:
+        """The worker for a job (FIFO among waiting jobs; affinity among idle workers), marked busy.
+        Waits while none is idle; an interrupt while waiting ends the job."""
+        ticket = object()
+        with self._cond:
+            self._tickets.append(ticket)
+            try:
+                while True:
+                    if self._stopping.is_set():
+                        raise RuntimeError("the Ray worker pool is shut down")
+                    if self._tickets[0] is ticket:
+                        idle = [slot for slot in self._slots if slot.state == "idle"]
+                        live = [slot for slot in self._slots if slot.state != "dead"]
+                        preferred = [slot for slot in idle if slot.id not in avoid]
+                        # Another worker when there is one; the same one again (restarted) when not.
+                        pick_from = preferred or (idle if all(slot.id in avoid for slot in live) else [])
+                        if pick_from:
+                            slot = self._choose(pick_from, checkpoint)
+                            slot.state = "busy"
+                            return slot
+                    if getattr(control, "interrupted", False):
+                        raise JobInterrupted("interrupted while waiting for a worker")
+                    self._cond.wait(0.2)
+            finally:
+                self._tickets.remove(ticket)
+                self._cond.notify_all()
+
+    def _choose(self, idle: list[_Slot], checkpoint: str | None) -> _Slot:
+        limit = int(self._settings.current()["sd_checkpoints_limit"])
+        candidates = [Candidate(slot.id, slot.loaded, limit, slot.idle_since) for slot in idle]
+        others = [slot.loaded for slot in self._slots if slot.state == "busy"]
+        chosen = choose_worker(candidates, checkpoint, others)
+        return next(slot for slot in idle if slot.id == chosen.id)
+
+    def _release(self, slot: _Slot, outcome: WorkOutcome | None, error: str | None) -> None:
+        with self._cond:
+            if slot.state == "busy":
+                slot.state = "idle"
+            slot.current_job = None
+            slot.idle_since = time.monotonic()
+            if outcome is not None:
+                slot.jobs_done += 1
+                slot.loaded = tuple(outcome.loaded_checkpoints)
+                slot.device = outcome.device or slot.device
+            if error is not None:
+                slot.last_error = error
+            self._cond.notify_all()
+
+    def _mark_lost(self, slot: _Slot, reason: str) -> None:
+        with self._cond:
+            slot.state = "dead"
+            slot.current_job = None
+            slot.loaded = ()
+            slot.last_error = f"lost: {reason}"
+            self._cond.notify_all()
+        self._on_capacity()
+
+    # -- workers coming and going ------------------------------------------------------------------
+
+    def _grow(self) -> None:
+        """Create actors up to the number the cluster should run."""
+        import ray
+
+        from modules.cluster.worker import GenerationWorker
+
+        wanted = self.cluster.desired_workers()
+        with self._cond:
+            missing = wanted - len(self._slots)
+        if missing <= 0:
+            return
+        remote_class = ray.remote(GenerationWorker)
+        options = {"max_restarts": -1, "max_task_retries": 0, "max_concurrency": ACTOR_THREADS,
+                   **self.cluster.actor_options()}
+        threads = None if options.get("num_gpus") else options.get("num_cpus")
+        for _ in range(missing):
+            worker_id = f"worker-{next(self._ids)}"
+            actor = remote_class.options(**options).remote(worker_id, self._args, threads)
+            with self._cond:
+                self._slots.append(_Slot(worker_id, actor))
+            log.info("Ray worker %s created (%s)", worker_id, options)
+        self._on_capacity()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self._monitor_interval if self._all_up() else min(self._monitor_interval, 0.5)):
+            try:
+                self._grow()
+                self._probe()
+            except Exception:  # noqa: BLE001 - the monitor must keep running; the next round retries
+                log.exception("Ray worker monitor failed; retrying")
+
+    def _all_up(self) -> bool:
+        with self._cond:
+            return all(slot.state in ("idle", "busy") for slot in self._slots)
+
+    def _probe(self) -> None:
+        """Ask starting and lost workers whether they answer (Ray restarts a dead actor)."""
+        import ray
+
+        with self._cond:
+            waiting = [slot for slot in self._slots if slot.state in ("starting", "dead") and not slot.probing]
+            for slot in waiting:
+                slot.probing = True
+        for slot in waiting:
+            threading.Thread(target=self._probe_one, args=(slot, ray), name=f"probe-{slot.id}", daemon=True).start()
+
+    def _probe_one(self, slot: _Slot, ray) -> None:
+        try:
+            hello = ray.get(slot.actor.hello.remote(), timeout=600)
+        except Exception as error:  # noqa: BLE001 - still down; the next round asks again
+            with self._cond:
+                slot.probing = False
+                if slot.state == "starting":
+                    slot.last_error = _short(error)
+            return
+        with self._cond:
+            came_back = slot.state == "dead"
+            slot.state, slot.probing = "idle", False
+            slot.node, slot.device, slot.loaded = hello["node"], hello["device"], tuple(hello["loaded"])
+            slot.idle_since = time.monotonic()
+            self._cond.notify_all()
+        log.info("Ray worker %s %s on %s (%s)", slot.id, "is back" if came_back else "is ready", slot.node, slot.device)
+        self._on_capacity()
+
+
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    from ray import exceptions
+
+    names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError",
+             "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError")
+    return tuple(getattr(exceptions, name) for name in names if hasattr(exceptions, name))
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
