@@ -63,11 +63,12 @@ class _Slot:
     last_error: str | None = None
     idle_since: float = field(default_factory=time.monotonic)
     probing: bool = False
+    model_loads: int = 0  # as its process last reported (a restarted worker counts from 0 again)
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(id=self.id, node=self.node, device=self.device, state=self.state,
                           loaded_checkpoints=self.loaded, current_job=self.current_job, jobs_done=self.jobs_done,
-                          last_error=self.last_error)
+                          last_error=self.last_error, extra={"model_loads": self.model_loads})
 
 
 class _Progress:
@@ -122,7 +123,8 @@ class WorkerPool:
     `on_capacity`: called when the number of live workers changes (the queue's `capacity_changed`)."""
 
     def __init__(self, cluster, context, *, on_capacity: Callable[[], None] = lambda: None,
-                 poll_interval: float = POLL_INTERVAL_S, monitor_interval: float = MONITOR_INTERVAL_S):
+                 poll_interval: float = POLL_INTERVAL_S, monitor_interval: float = MONITOR_INTERVAL_S,
+                 affinity: bool = True):
         self.cluster = cluster
         self._context = context
         self._args = context.args
@@ -138,6 +140,8 @@ class WorkerPool:
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
         self._job_ids = itertools.count(1)
+        # False: the worker idle longest takes the job whatever it holds (bench/bench_ray.py's baseline).
+        self.affinity = affinity
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -489,7 +493,7 @@ class WorkerPool:
         limit = int(self._settings.current()["sd_checkpoints_limit"])
         candidates = [Candidate(slot.id, slot.loaded, limit, slot.idle_since) for slot in idle]
         others = [slot.loaded for slot in self._slots if slot.state == "busy"]
-        chosen = choose_worker(candidates, checkpoint, others)
+        chosen = choose_worker(candidates, checkpoint if self.affinity else None, others)
         return next(slot for slot in idle if slot.id == chosen.id)
 
     def _release(self, slot: _Slot, outcome: WorkOutcome | None, error: str | None) -> None:
@@ -502,6 +506,7 @@ class WorkerPool:
                 slot.jobs_done += 1
                 slot.loaded = tuple(outcome.loaded_checkpoints)
                 slot.device = outcome.device or slot.device
+                slot.model_loads = outcome.model_loads
             if error is not None:
                 slot.last_error = error
             self._cond.notify_all()
@@ -576,6 +581,7 @@ class WorkerPool:
             came_back = slot.state == "dead"
             slot.state, slot.probing = "idle", False
             slot.node, slot.device, slot.loaded = hello["node"], hello["device"], tuple(hello["loaded"])
+            slot.model_loads = hello["model_loads"]
             slot.idle_since = time.monotonic()
             self._cond.notify_all()
         log.info("Ray worker %s %s on %s (%s)", slot.id, "is back" if came_back else "is ready", slot.node, slot.device)

@@ -40,6 +40,7 @@ class WorkOutcome:
     loaded_checkpoints: tuple[str, ...] = ()
     current_checkpoint: tuple[str, str] | None = None  # (title, sha256) of the worker's current model
     device: str = ""
+    model_loads: int = 0  # checkpoints this worker has read from disk since it started
 
 
 @dataclass

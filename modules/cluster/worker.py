@@ -142,6 +142,8 @@ class GenerationWorker:
             torch.set_num_threads(threads)
         self._context = worker_context(args)
         self._lock = threading.Lock()
+        self._model_loads = 0  # checkpoints read from disk (what affinity saves), for the pool's view
+        self._context.models.add_load_listener(self._count_load)
         self._controls: dict[str, RemoteJobControl] = {}
         self._mirrored: dict[str, Any] | None = None
 
@@ -150,7 +152,7 @@ class GenerationWorker:
     def hello(self) -> dict[str, Any]:
         """Who and where this worker is, and what it holds."""
         return {"node": _node_name(), "pid": os.getpid(), "device": self._device(),
-                "loaded": self._loaded()}
+                "loaded": self._loaded(), "model_loads": self._model_loads}
 
     def run(self, job_id: str, spec: WorkSpec) -> WorkOutcome:
         """Run `spec` as job `job_id` (blocks this actor thread); an interrupted job returns what it
@@ -176,6 +178,7 @@ class GenerationWorker:
         info = self._context.models.current_info()
         outcome.current_checkpoint = (info.title, info.sha256 or "") if info is not None else None
         outcome.device = self._device()
+        outcome.model_loads = self._model_loads
         return outcome
 
     def poll(self, job_id: str, want_preview: bool = False, interrupt: bool = False,
@@ -198,6 +201,9 @@ class GenerationWorker:
         self._context.refresh()
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _count_load(self, model) -> None:
+        self._model_loads += 1
 
     def _run(self, spec: WorkSpec, control: RemoteJobControl) -> Any:
         context = self._context
