@@ -103,6 +103,12 @@ def build_router(context, state: ApiState) -> APIRouter:
     async def reload_checkpoint() -> None:
         """Read the current checkpoint again from disk; with none loaded, load the start-up one."""
         def reload() -> None:
+            if context.cluster is not None:  # every worker reads it again when a job next needs it
+                context.cluster.broadcast("unload")
+                info = context.current_checkpoint_info()
+                if info is not None:
+                    context.switch_checkpoint(info.title)
+                return
             if context.models.current_info() is not None:
                 context.models.reload_current()
                 return

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.1
 MONITOR_INTERVAL_S = 2.0
-POLL_TIMEOUT_S = 10.0  # a poll unanswered this long: the worker is treated as lost
+POLL_TIMEOUT_S = 30.0  # a poll unanswered this long: the worker is treated as lost
 ACTOR_THREADS = 4  # `run` holds one; polls and status calls use the others
 
 
@@ -324,7 +324,8 @@ class WorkerPool:
         lost: list[str] = []
         tried: set[str] = set()
         while True:
-            slot = self._acquire(spec.checkpoint, tried, control)
+            # A job run again goes first: it waited its turn already.
+            slot = self._acquire(spec.checkpoint, tried, control, first=bool(lost))
             try:
                 outcome = self._dispatch(slot, spec, job_id, control, progress, index)
             except WorkerLost as error:
@@ -462,12 +463,15 @@ class WorkerPool:
         except Exception:  # noqa: BLE001 - the worker names a missing checkpoint in its own error
             return name
 
-    def _acquire(self, checkpoint: str | None, avoid: set[str], control) -> _Slot:
-        """The worker for a job (FIFO among waiting jobs; affinity among idle workers), marked busy.
-        Waits while none is idle; an interrupt while waiting ends the job."""
+    def _acquire(self, checkpoint: str | None, avoid: set[str], control, *, first: bool = False) -> _Slot:
+        """The worker for a job (FIFO among waiting jobs, `first` ahead of them; affinity among idle
+        workers), marked busy. Waits while none is idle; an interrupt while waiting ends the job."""
         ticket = object()
         with self._cond:
-            self._tickets.append(ticket)
+            if first:
+                self._tickets.appendleft(ticket)
+            else:
+                self._tickets.append(ticket)
             try:
                 while True:
                     if self._stopping.is_set():

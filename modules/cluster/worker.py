@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import socket
 import threading
 from typing import Any
@@ -170,6 +171,8 @@ class GenerationWorker:
             outcome.interrupted = control.interrupted
         except JobInterrupted:
             outcome.interrupted = True
+        except Exception as error:
+            raise portable_error(error) from None
         finally:
             with self._lock:
                 self._controls.pop(job_id, None)
@@ -252,6 +255,20 @@ class GenerationWorker:
         import torch
 
         return "cuda:0" if torch.cuda.is_available() and not self._context.args.use_cpu else "cpu"
+
+
+def portable_error(error: Exception) -> Exception:
+    """`error` if it survives pickling (Ray sends it to the server, which maps its type to an HTTP
+    status), else its nearest built-in base class with the same message: an error whose class
+    cannot be rebuilt from its args would reach the server as an opaque Ray error."""
+    try:
+        copy = pickle.loads(pickle.dumps(error))
+        if type(copy) is type(error) and str(copy) == str(error):
+            return error
+    except Exception:  # noqa: BLE001 - any failure to round-trip means: send a plain one
+        pass
+    base = next(cls for cls in type(error).__mro__ if cls.__module__ == "builtins")
+    return base(str(error))
 
 
 def _node_name() -> str:

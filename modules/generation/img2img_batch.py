@@ -445,8 +445,8 @@ def run_batch(context: AppContext, template: Mapping[str, Any], plan: BatchPlan,
         log.warning("img2img batch: %s", warning)
         control.add_info(warning)
     control.set_info("job_count", count * int(base.get("n_iter", 1)))
-    if "sd_model_checkpoint" not in base.get("override_settings", {}):
-        context.load_default_model()
+    if "sd_model_checkpoint" not in base.get("override_settings", {}) and context.cluster is None:
+        context.load_default_model()  # with Ray workers, each file's request loads it on its worker
     save = True if plan.output_dir is not None else None
     for index, item in enumerate(plan.files):
         if control.interrupted:
@@ -496,9 +496,14 @@ def _warn(result: GenerationResult, control, message: str) -> None:
 
 
 def _run_one(context, request: Img2ImgRequest, control, save: bool | None, selection) -> GenerationResult:
-    """One file through the path of a single img2img: the img2img tab's scripts and callbacks."""
+    """One file through the path of a single img2img: the img2img tab's scripts and callbacks (on a
+    Ray worker when there are workers: the files are read here, the request travels)."""
     from modules.extension_host.scripts import run_img2img
 
+    if context.cluster is not None:
+        from modules.serving.generation_service import GenerationSubmission
+
+        return context.cluster.run_generation(GenerationSubmission(request, selection, save=save), control)
     return run_img2img(context, request, control, save=save, selection=selection)
 
 

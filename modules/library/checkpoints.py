@@ -250,10 +250,14 @@ class NoLoadableCheckpointError(ValueError):
 
     def __init__(self, failures: Sequence[tuple[str, str]], folders: Sequence[str] = ()):
         self.failures = list(failures)  # (title, reason)
+        self.folders = list(folders)
         listed = "; ".join(f"{title} ({reason})" for title, reason in failures)
         super().__init__(f"none of the {len(failures)} checkpoints can be loaded: {listed}. Replace or delete "
                          f"them, or put a checkpoint that loads in {' or '.join(folders) or 'the checkpoint folder'} "
                          "and refresh the list")
+
+    def __reduce__(self):  # pickled whole: a Ray worker's error reaches the server as it was raised
+        return type(self), (self.failures, self.folders)
 
 
 @dataclass(frozen=True)
