@@ -7,6 +7,7 @@ flags here (one parser, one place to read what a flag does).
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Sequence
 
 
@@ -161,7 +162,61 @@ def build_parser() -> argparse.ArgumentParser:
                            "case with the default --precision autocast; matters with --precision half)")
     perf.add_argument("--disable-nan-check", action="store_true",
                       help="do not check VAE output for NaNs (no fp32 retry; NaNs become grey)")
+
+    # Generation and merge workers as Ray actors (modules/cluster/, docs/SCALING.md). Ray is installed
+    # when one of these flags is first used; without them nothing of Ray is imported.
+    ray = parser.add_argument_group("distributed (Ray)")
+    ray.add_argument("--ray-address", type=ray_address, default=None, metavar="ADDR",
+                     help="run generation and merge jobs on the workers of an existing Ray cluster: 'auto' (the "
+                          "cluster this machine belongs to), ray://HOST:10001 (Ray Client) or HOST:6379 (the head's "
+                          "address); this server keeps the UI, API and queue. Every node needs Atelier at the same "
+                          "path and the model folders on shared storage (docs/SCALING.md)")
+    ray.add_argument("--ray-local", type=_bounded_int("--ray-local", 1, MAX_RAY_LOCAL_WORKERS), default=None,
+                     metavar="N",
+                     help=f"start a Ray on this machine (loopback only) with N workers (1-{MAX_RAY_LOCAL_WORKERS}): "
+                          "on a GPU machine one GPU each (at most as many workers as GPUs), else CPU workers; "
+                          "with --use-cpu always CPU workers")
+    ray.add_argument("--ray-workers", type=_bounded_int("--ray-workers", 1, MAX_RAY_WORKERS), default=None,
+                     metavar="N",
+                     help="with --ray-address: how many workers to run (default: one per GPU in the cluster, or 1 "
+                          "without GPUs)")
+    ray.add_argument("--ray-worker-cpus", type=_bounded_int("--ray-worker-cpus", 1, MAX_RAY_WORKER_CPUS), default=1,
+                     metavar="K", help="CPU threads of each CPU worker (default 1)")
     return parser
+
+
+MAX_RAY_LOCAL_WORKERS = 64
+MAX_RAY_WORKERS = 1024
+MAX_RAY_WORKER_CPUS = 1024
+_HOST_PATTERN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)$")
+
+
+def ray_address(text: str) -> str:
+    """`--ray-address`: `auto`, `ray://HOST:PORT` or `HOST:PORT` (an IPv6 host in brackets)."""
+    value = text.strip()
+    if value == "auto":
+        return value
+    host_port = value[len("ray://"):] if value.startswith("ray://") else value
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not _HOST_PATTERN.match(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Ray address: use 'auto', ray://HOST:PORT (Ray Client, e.g. ray://head:10001) or "
+            "HOST:PORT (the head's address, e.g. 192.168.1.10:6379)")
+    return value
+
+
+def _bounded_int(flag: str, low: int, high: int):
+    """An argparse type for a whole number in [low, high] whose error names the flag's range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ({flag} takes {low}-{high})") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({flag} takes {low}-{high})")
+        return value
+
+    return parse
 
 
 def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
@@ -188,6 +243,13 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
         TlsFiles.from_args(args)  # both files or neither, readable, and the key of the certificate
     except ValueError as e:
         parser.error(str(e))
+    if args.ray_address is not None and args.ray_local is not None:
+        parser.error(f"--ray-address {args.ray_address} and --ray-local {args.ray_local} exclude each other: "
+                     "--ray-address joins a running cluster, --ray-local starts one on this machine; give one")
+    if args.ray_workers is not None and args.ray_address is None:
+        hint = (f"--ray-local {args.ray_local} already says how many workers"
+                if args.ray_local is not None else "add --ray-address, or use --ray-local N on this machine")
+        parser.error(f"--ray-workers {args.ray_workers} needs --ray-address ({hint})")
     return args
 
 
