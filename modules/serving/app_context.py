@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modules.common.atomic_files import remove_stale_temp_files
 from modules.library.checkpoints import CheckpointInfo, CheckpointNotFoundError, CheckpointRegistry, NoLoadableCheckpointError
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from modules.postprocessing.runner import Postprocessing
     from modules.extension_host.option_registry import ExtensionOptions
     from modules.library.model_loader import StableDiffusionModel
-    from modules.cluster.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +120,10 @@ class AppContext:
     extensions: "ExtensionRuntime | None" = None
     # The extensions' options (A1111's opts.add_option): their settings, onchange and Settings widgets.
     extension_options: "ExtensionOptions | None" = None
-    # The Ray workers (`--ray-address`, `--ray-local`; modules.cluster.pool): generation and merge
-    # jobs run there. None: the embedded mode, jobs run on this process's queue worker.
-    cluster: "WorkerPool | None" = None
+    # The Ray workers (`--ray-address`, `--ray-local`): a modules.cluster.pool.WorkerPool (not imported
+    # here: the pool drives this context's services). Generation and merge jobs run there. None: the
+    # embedded mode, jobs run on this process's queue worker.
+    cluster: Any = None
 
     def __post_init__(self) -> None:
         if self.extension_options is None:
