@@ -80,6 +80,10 @@ def compose(args: argparse.Namespace):
     context.ensure_demo_checkpoint()
     with app_scope(context):  # extensions read shared.opts at import; the job worker inherits the scope
         load_extensions(context, args)
+        if args.ray_address or args.ray_local:  # generation and merges on Ray workers (docs/SCALING.md)
+            from modules.cluster.startup import start_workers
+
+            start_workers(context, args)
         context.jobs.start()
     install_console_progress(context.jobs)
     return context, build_app(args, context)
