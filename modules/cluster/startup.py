@@ -12,12 +12,12 @@ def start_workers(context, args):
     """Connect to (or start) Ray, create the workers and hand the queue's slots to the pool: as many
     jobs run at once as there are live workers. Returns the `WorkerPool` (also `context.cluster`)."""
     from modules.cluster.pool import WorkerPool
-    from modules.cluster.ray_runtime import RayOptions, connect, ensure_ray
+    from modules.cluster.ray_runtime import RayOptions, connect
 
     options = RayOptions.from_args(args)
     if options is None:
         raise ValueError("start_workers needs --ray-address or --ray-local")
-    ensure_ray()
+    # connect() installs Ray on first use; it imports Ray itself, after setting what Ray reads at import.
     cluster = connect(options)
     pool = WorkerPool(cluster, context, on_capacity=context.jobs.capacity_changed)
     context.cluster = pool

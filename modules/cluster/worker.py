@@ -18,12 +18,11 @@ import socket
 import threading
 from typing import Any
 
+from modules.cluster.ray_runtime import WORKER_ENV_VAR
 from modules.cluster.specs import GENERATION, LOAD, MERGE, RunStatus, WorkOutcome, WorkSpec
 from modules.serving.jobs import JobInterrupted
 
 log = logging.getLogger(__name__)
-
-WORKER_ENV = "ATELIER_RAY_WORKER"
 
 
 class RemoteJobControl:
@@ -135,7 +134,7 @@ class GenerationWorker:
     docstring). `args`: the server's parsed flags (paths, precision, device options)."""
 
     def __init__(self, worker_id: str, args: argparse.Namespace, threads: int | None = None):
-        os.environ[WORKER_ENV] = "1"
+        os.environ[WORKER_ENV_VAR] = "1"
         self.worker_id = worker_id
         if threads:
             import torch
@@ -147,6 +146,9 @@ class GenerationWorker:
         self._context.models.add_load_listener(self._count_load)
         self._controls: dict[str, RemoteJobControl] = {}
         self._mirrored: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:  # Ray prefixes the worker's log lines with it
+        return f"GenerationWorker({self.worker_id})"
 
     # -- called by the server ----------------------------------------------------------------------
 
