@@ -142,6 +142,8 @@ class WorkerPool:
         self._job_ids = itertools.count(1)
         # False: the worker idle longest takes the job whatever it holds (bench/bench_ray.py's baseline).
         self.affinity = affinity
+        # "Merge and load": the trial generations use until a checkpoint is chosen, (path, title, sha256).
+        self._trial: tuple[str, str, str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -206,16 +208,15 @@ class WorkerPool:
             except GridNeedsOneWorker as reason:
                 log.info("X/Y/Z plot on one worker: %s", reason)
         settings = dict(self._settings.stored())
-        checkpoint = self._checkpoint_for(submission.request.override_settings.get("sd_model_checkpoint")
-                                          or settings.get("sd_model_checkpoint"))
         parts = self._split(submission)
         control.set_info("job_count", submission.request.n_iter)
         if len(parts) == 1:
-            spec = WorkSpec(GENERATION, settings, checkpoint, submission=submission)
+            # The overrides to keep are kept here, in config.json; the worker's settings are a copy.
+            spec = self._generation_spec(settings, replace(submission, keep_overrides={}))
             outcome = self._run_spec(spec, control, _Progress(control, 1), 0)
             return self._generation_result(outcome, submission)
         part_settings = {**settings, "grid_save": False}  # the grid of all parts is saved here
-        specs = [WorkSpec(GENERATION, part_settings, checkpoint, submission=part) for part in parts]
+        specs = [self._generation_spec(part_settings, replace(part, keep_overrides={})) for part in parts]
         outcomes = self._run_parts(specs, control)
         return self._joined_result([outcome or WorkOutcome(interrupted=True) for outcome in outcomes],
                                    submission)
@@ -227,10 +228,7 @@ class WorkerPool:
         from modules.serving.generation_service import GenerationSubmission
 
         settings = dict(self._settings.stored())
-        selected = settings.get("sd_model_checkpoint")
-        specs = [WorkSpec(GENERATION, settings,
-                          self._checkpoint_for(request.override_settings.get("sd_model_checkpoint") or selected),
-                          submission=GenerationSubmission(request, save=save, save_grid=False))
+        specs = [self._generation_spec(settings, GenerationSubmission(request, save=save, save_grid=False))
                  for request in requests]
         outcomes = self._run_parts(specs, control)
         results = []
@@ -241,6 +239,38 @@ class WorkerPool:
             outcome.result.interrupted |= outcome.interrupted
             results.append(outcome.result)
         return results
+
+    def _generation_spec(self, settings: dict[str, Any], submission) -> WorkSpec:
+        """The spec of one generation: the checkpoint it names, else the merge trial being tried,
+        else the selected one."""
+        named = submission.request.override_settings.get("sd_model_checkpoint")
+        with self._cond:
+            trial = self._trial
+        if not named and trial is not None:
+            # The title a worker reports for it (CheckpointInfo.title), so affinity finds its holders.
+            title = f"{trial[1]} [{trial[2][:10]}]" if trial[2] else trial[1]
+            return WorkSpec(GENERATION, settings, title, submission=submission, temporary=trial)
+        checkpoint = self._checkpoint_for(named or settings.get("sd_model_checkpoint"))
+        return WorkSpec(GENERATION, settings, checkpoint, submission=submission)
+
+    def trial_info(self):
+        """The merge trial generations use now ("merge and load"), as a CheckpointInfo, or None."""
+        with self._cond:
+            trial = self._trial
+        if trial is None:
+            return None
+        from pathlib import Path
+
+        from modules.library.checkpoints import CheckpointInfo
+        from modules.library.hashes import legacy_model_hash
+
+        path = Path(trial[0])
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return CheckpointInfo(filename=path, name=trial[1], hash=legacy_model_hash(path), sha256=trial[2],
+                              size_bytes=stat.st_size, mtime=stat.st_mtime)
 
     def _run_parts(self, specs: list[WorkSpec], control) -> list[WorkOutcome | None]:
         """Run `specs` on as many workers as are free, each outcome in its place; None for a part an
@@ -289,14 +319,23 @@ class WorkerPool:
         outcome = self._run_spec(spec, control, _Progress(control, 1), 0)
         if outcome.interrupted and outcome.result is None:
             raise JobInterrupted("the merge was interrupted")
-        if not load_without_saving:
+        result = outcome.result
+        if load_without_saving:
+            # Every worker's next generation uses the trial (it is in the shared trial folder), as the
+            # embedded mode's next generation uses the model merge_and_load made current.
+            with self._cond:
+                self._trial = (str(result.path), f"(merge trial) {result.path.name}", result.sha256)
+        else:
             self._checkpoints.refresh()
-        return outcome.result
+        return result
 
     def load_checkpoint(self, title: str, control) -> WorkOutcome:
         """Make `title` current on one worker (the one that holds it, else the least disturbed)."""
         spec = WorkSpec(LOAD, dict(self._settings.stored()), title)
-        return self._run_spec(spec, control, _Progress(control, 1), 0)
+        outcome = self._run_spec(spec, control, _Progress(control, 1), 0)
+        with self._cond:
+            self._trial = None  # a chosen checkpoint replaces the merge being tried
+        return outcome
 
     def broadcast(self, method: str, timeout: float = 600.0) -> list[str]:
         """Call `method` (e.g. "unload", "refresh") on every live worker; returns the errors, one line each."""
@@ -342,6 +381,8 @@ class WorkerPool:
                 self._release(slot, None, f"{type(error).__name__}: {error}")
                 raise
             self._release(slot, outcome, None)
+            if outcome.final_status is not None:
+                progress.update(index, outcome.final_status)
             progress.finish(index)
             return outcome
 
@@ -366,7 +407,6 @@ class WorkerPool:
                     raise WorkerLost(f"it did not answer for {POLL_TIMEOUT_S:.0f} s") from None
                 if status is not None:
                     progress.update(index, status)
-            # The last info lines and values, written after the last poll.
             outcome: WorkOutcome = ray.get(ref)
         except RayTaskError as error:
             cause = getattr(error, "cause", None)

@@ -28,6 +28,8 @@ class WorkSpec:
     submission: Any = None
     merge: Any = None
     load_without_saving: bool = False
+    # A merge trial ("merge and load") to make current instead of a listed checkpoint: (path, title, sha256).
+    temporary: tuple[str, str, str] | None = None
 
 
 @dataclass
@@ -41,6 +43,7 @@ class WorkOutcome:
     current_checkpoint: tuple[str, str] | None = None  # (title, sha256) of the worker's current model
     device: str = ""
     model_loads: int = 0  # checkpoints this worker has read from disk since it started
+    final_status: RunStatus | None = None  # info lines and values written after the last poll
 
 
 @dataclass

@@ -16,6 +16,7 @@ import os
 import pickle
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 from modules.cluster.ray_runtime import WORKER_ENV_VAR
@@ -179,6 +180,7 @@ class GenerationWorker:
             with self._lock:
                 self._controls.pop(job_id, None)
             control._status.running = False
+            outcome.final_status = control.poll()
         outcome.loaded_checkpoints = self._loaded()
         info = self._context.models.current_info()
         outcome.current_checkpoint = (info.title, info.sha256 or "") if info is not None else None
@@ -216,7 +218,10 @@ class GenerationWorker:
             from modules.serving.generation_service import run_generation
 
             overrides = spec.submission.request.override_settings
-            if spec.checkpoint and "sd_model_checkpoint" not in overrides:
+            if spec.temporary is not None and "sd_model_checkpoint" not in overrides:
+                path, title, sha256 = spec.temporary
+                context.models.use_temporary(Path(path), title, sha256)
+            elif spec.checkpoint and "sd_model_checkpoint" not in overrides:
                 self._make_current(spec.checkpoint)
             return run_generation(context, spec.submission, control)
         if spec.kind == MERGE:

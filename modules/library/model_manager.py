@@ -233,6 +233,16 @@ class ModelManager:
             self._notify_loaded(activated)
             return activated
 
+    def use_temporary(self, path: Path, title: str, sha256: str | None = None) -> StableDiffusionModel:
+        """`load_temporary`, unless this very file (same sha256) is loaded already: then it is made
+        current as it is (a Ray worker asked for the merge trial every job uses)."""
+        key = str(Path(path))
+        with self._lock:
+            info = self._infos.get(key)
+            if key in self._loaded and info is not None and sha256 and info.sha256 == sha256:
+                return self._activate(key)
+        return self.load_temporary(path, title, sha256)
+
     def load_temporary(self, path: Path, title: str, sha256: str | None = None) -> StableDiffusionModel:
         """Load a file that is not in the checkpoint list (a merge trial) and make it current. It takes a
         place in the LRU like any checkpoint; loading it again reads the file again."""

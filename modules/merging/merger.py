@@ -622,7 +622,7 @@ def merge_and_load(request: MergeRequest, registry, models, scratch_dir: Path, *
     trial = request.model_copy(update={"overwrite": True, "save_metadata": True})
     result = merge_checkpoints(trial, registry, scratch_dir, register=False, **kwargs)
     try:
-        models.load_temporary(result.path, f"(merge trial) {result.title}", result.sha256)
+        models.load_temporary(result.path, f"(merge trial) {result.path.name}", result.sha256)
     except BaseException:
         remove_trial(result.path)  # a trial that cannot be loaded is only a large file in the way
         raise

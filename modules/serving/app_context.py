@@ -368,6 +368,9 @@ class AppContext:
         selected one (the `sd_model_checkpoint` setting; workers load it when a job needs it)."""
         if self.cluster is None:
             return self.models.current_info()
+        trial = self.cluster.trial_info()  # "merge and load" on a worker: what the next job uses
+        if trial is not None:
+            return trial
         title = self.settings.current()["sd_model_checkpoint"]
         if not title:
             return None
