@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -193,9 +194,12 @@ class WorkerPool:
     def summary(self) -> str:
         return workers_summary(self.describe())
 
-    def loaded_anywhere(self) -> set[str]:
+    def holders(self, title: str) -> int:
+        """How many live workers hold checkpoint `title` (with or without its " [hash]")."""
+        wanted = _unhashed(title)
         with self._cond:
-            return {title for slot in self._slots for title in slot.loaded}
+            return sum(1 for slot in self._slots
+                       if slot.state != "dead" and wanted in map(_unhashed, slot.loaded))
 
     def run_generation(self, submission, control):
         """The generation job's work on the server: the request on the workers (fanned out when it
@@ -250,7 +254,9 @@ class WorkerPool:
             # The title a worker reports for it (CheckpointInfo.title), so affinity finds its holders.
             title = f"{trial[1]} [{trial[2][:10]}]" if trial[2] else trial[1]
             return WorkSpec(GENERATION, settings, title, submission=submission, temporary=trial)
-        checkpoint = self._checkpoint_for(named or settings.get("sd_model_checkpoint"))
+        # With none selected yet, the one the start-up picks: every part of a job on the same model.
+        checkpoint = self._checkpoint_for(named or settings.get("sd_model_checkpoint")
+                                          or self._context.startup_checkpoint_title())
         return WorkSpec(GENERATION, settings, checkpoint, submission=submission)
 
     def trial_info(self):
@@ -326,7 +332,7 @@ class WorkerPool:
             with self._cond:
                 self._trial = (str(result.path), f"(merge trial) {result.path.name}", result.sha256)
         else:
-            self._checkpoints.refresh()
+            self._checkpoints.add_file(result.path, sha256=result.sha256)
         return result
 
     def load_checkpoint(self, title: str, control) -> WorkOutcome:
@@ -535,9 +541,11 @@ class WorkerPool:
 
     def _choose(self, idle: list[_Slot], checkpoint: str | None) -> _Slot:
         limit = int(self._settings.current()["sd_checkpoints_limit"])
-        candidates = [Candidate(slot.id, slot.loaded, limit, slot.idle_since) for slot in idle]
-        others = [slot.loaded for slot in self._slots if slot.state == "busy"]
-        chosen = choose_worker(candidates, checkpoint if self.affinity else None, others)
+        # Workers list titles with the sha256 they computed while loading ("a.safetensors [644306e401]");
+        # the server's listing may not know it yet ("a.safetensors"): compare without it.
+        candidates = [Candidate(slot.id, tuple(map(_unhashed, slot.loaded)), limit, slot.idle_since) for slot in idle]
+        others = [tuple(map(_unhashed, slot.loaded)) for slot in self._slots if slot.state == "busy"]
+        chosen = choose_worker(candidates, _unhashed(checkpoint) if self.affinity and checkpoint else None, others)
         return next(slot for slot in idle if slot.id == chosen.id)
 
     def _release(self, slot: _Slot, outcome: WorkOutcome | None, error: str | None) -> None:
@@ -630,6 +638,11 @@ class WorkerPool:
             self._cond.notify_all()
         log.info("Ray worker %s %s on %s (%s)", slot.id, "is back" if came_back else "is ready", slot.node, slot.device)
         self._on_capacity()
+
+
+def _unhashed(title: str) -> str:
+    """A checkpoint title without its " [sha256 prefix]" (CheckpointInfo.title adds it once known)."""
+    return re.sub(r" \[[0-9a-f]{10}\]$", "", title)
 
 
 def _lost_errors() -> tuple[type[BaseException], ...]:

@@ -221,7 +221,7 @@ class GenerationWorker:
             if spec.temporary is not None and "sd_model_checkpoint" not in overrides:
                 path, title, sha256 = spec.temporary
                 context.models.use_temporary(Path(path), title, sha256)
-            elif spec.checkpoint and "sd_model_checkpoint" not in overrides:
+            elif spec.checkpoint:
                 self._make_current(spec.checkpoint)
             return run_generation(context, spec.submission, control)
         if spec.kind == MERGE:

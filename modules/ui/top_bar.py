@@ -93,7 +93,7 @@ def _workers_model_status(context, skipped) -> str:
                     f"{html.escape(folders)} and press the refresh button beside the list.</span>")
         return "<span class='model-status empty'>No checkpoint loaded; pick one above.</span>"
     workers = [worker for worker in context.cluster.describe() if worker.state != "dead"]
-    holders = sum(1 for worker in workers if info.title in worker.loaded_checkpoints)
+    holders = context.cluster.holders(info.title)
     status = (f"<span class='model-status loaded'>Loaded <b>{html.escape(info.title)}</b> "
               f"(on {holders} of {len(workers)} Ray workers; the others load it when they need it)</span>")
     return status + skipped_note(skipped)
