@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.1
 MONITOR_INTERVAL_S = 2.0
 POLL_TIMEOUT_S = 30.0  # a poll unanswered this long: the worker is treated as lost
+NO_WORKER_WAIT_S = 120.0  # a job waits this long with every worker down before it fails
+REVIVE_BACKOFF_S = (5.0, 300.0)  # a worker that died for good is created again after 5 s, doubling to 5 min
 ACTOR_THREADS = 4  # `run` holds one; polls and status calls use the others
 
 
@@ -64,6 +66,8 @@ class _Slot:
     last_error: str | None = None
     idle_since: float = field(default_factory=time.monotonic)
     probing: bool = False
+    retry_at: float = 0.0  # dead for good (its creation failed): created again from this monotonic time
+    backoff: float = 0.0
     model_loads: int = 0  # as its process last reported (a restarted worker counts from 0 again)
 
     def info(self) -> WorkerInfo:
@@ -114,6 +118,24 @@ class _Progress:
         return sum(self.steps), sum(total or estimate for total in self.totals)
 
 
+class _PartsControl:
+    """The job's control as the parts of a fanned-out job see it: interrupted also when a part failed."""
+
+    def __init__(self, control):
+        self._control = control
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._stopped.is_set() or bool(self._control.interrupted)
+
+    def __getattr__(self, name):
+        return getattr(self._control, name)
+
+
 def _preview_wanted(control) -> bool:
     return bool(getattr(control, "preview_wanted", False))
 
@@ -145,6 +167,8 @@ class WorkerPool:
         self.affinity = affinity
         # "Merge and load": the trial generations use until a checkpoint is chosen, (path, title, sha256).
         self._trial: tuple[str, str, str] | None = None
+        self._trial_info = None  # its CheckpointInfo, made once (hashing reads the file)
+        self._listings = 0  # rescans of the model folders; workers with older lists rescan first
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -262,32 +286,38 @@ class WorkerPool:
     def trial_info(self):
         """The merge trial generations use now ("merge and load"), as a CheckpointInfo, or None."""
         with self._cond:
-            trial = self._trial
-        if trial is None:
-            return None
-        from pathlib import Path
+            return self._trial_info
 
-        from modules.library.checkpoints import CheckpointInfo
-        from modules.library.hashes import legacy_model_hash
+    def listings_changed(self) -> None:
+        """The server rescanned the model folders: each worker rescans before its next job."""
+        with self._cond:
+            self._listings += 1
 
-        path = Path(trial[0])
-        try:
-            stat = path.stat()
-        except OSError:
-            return None
-        return CheckpointInfo(filename=path, name=trial[1], hash=legacy_model_hash(path), sha256=trial[2],
-                              size_bytes=stat.st_size, mtime=stat.st_mtime)
+    def apply_settings(self) -> None:
+        """Apply the server's settings on one worker now, making the selected checkpoint current there
+        (a VAE change that fails raises here, so the settings change is undone, as without workers)."""
+        from modules.common.job_control import NullControl
+
+        title = self._context.startup_checkpoint_title() if self._trial is None else None
+        if self._trial is None and title is None:
+            return
+        spec = WorkSpec(LOAD, dict(self._settings.stored()), title, temporary=self._trial)
+        self._run_spec(spec, NullControl(), _Progress(NullControl(), 1), 0)
 
     def _run_parts(self, specs: list[WorkSpec], control) -> list[WorkOutcome | None]:
         """Run `specs` on as many workers as are free, each outcome in its place; None for a part an
         interrupt stopped before it started. The first error of a part is raised (after the others end)."""
         progress = _Progress(control, len(specs))
+        parts_control = _PartsControl(control)
 
         def run(index: int) -> WorkOutcome | None:
             try:
-                return self._run_spec(specs[index], control, progress, index)
+                return self._run_spec(specs[index], parts_control, progress, index)
             except JobInterrupted:
                 return None
+            except BaseException:
+                parts_control.stop()  # one part failed: the job fails, the other parts stop (as on one worker)
+                raise
 
         with ThreadPoolExecutor(min(len(specs), 32), thread_name_prefix="ray-fanout") as pool:
             futures = [pool.submit(run, index) for index in range(len(specs))]
@@ -329,8 +359,15 @@ class WorkerPool:
         if load_without_saving:
             # Every worker's next generation uses the trial (it is in the shared trial folder), as the
             # embedded mode's next generation uses the model merge_and_load made current.
+            from modules.library.checkpoints import CheckpointInfo
+            from modules.library.hashes import legacy_model_hash
+
+            stat = result.path.stat()
+            name = f"(merge trial) {result.path.name}"
+            info = CheckpointInfo(filename=result.path, name=name, hash=legacy_model_hash(result.path),
+                                  sha256=result.sha256, size_bytes=stat.st_size, mtime=stat.st_mtime)
             with self._cond:
-                self._trial = (str(result.path), f"(merge trial) {result.path.name}", result.sha256)
+                self._trial, self._trial_info = (str(result.path), name, result.sha256), info
         else:
             self._checkpoints.add_file(result.path, sha256=result.sha256)
         return result
@@ -340,7 +377,7 @@ class WorkerPool:
         spec = WorkSpec(LOAD, dict(self._settings.stored()), title)
         outcome = self._run_spec(spec, control, _Progress(control, 1), 0)
         with self._cond:
-            self._trial = None  # a chosen checkpoint replaces the merge being tried
+            self._trial = self._trial_info = None  # a chosen checkpoint replaces the merge being tried
         return outcome
 
     def broadcast(self, method: str, timeout: float = 600.0) -> list[str]:
@@ -366,6 +403,8 @@ class WorkerPool:
 
     def _run_spec(self, spec: WorkSpec, control, progress: _Progress, index: int) -> WorkOutcome:
         job_id = f"{getattr(control, 'job_id', 'job')}#{next(self._job_ids)}"
+        with self._cond:
+            spec = replace(spec, listings=self._listings)
         lost: list[str] = []
         tried: set[str] = set()
         while True:
@@ -400,18 +439,24 @@ class WorkerPool:
         lost_errors = _lost_errors()
         with self._cond:
             slot.current_job = getattr(control, "job_id", job_id)
+        skip = False  # a skip is handed over once the worker runs the job (poll answers)
         try:
             ref = slot.actor.run.remote(job_id, spec)
             while True:
                 ready, _ = ray.wait([ref], timeout=self.poll_interval)
                 if ready:
                     break
+                skip = control.consume_skip() or skip
                 try:
                     status = ray.get(slot.actor.poll.remote(job_id, _preview_wanted(control), bool(control.interrupted),
-                                                            control.consume_skip()), timeout=POLL_TIMEOUT_S)
+                                                            skip), timeout=POLL_TIMEOUT_S)
                 except GetTimeoutError:
+                    # It may still be running the job: stop it (Ray restarts the process) before the
+                    # job runs elsewhere, or it would run twice.
+                    ray.kill(slot.actor, no_restart=False)
                     raise WorkerLost(f"it did not answer for {POLL_TIMEOUT_S:.0f} s") from None
                 if status is not None:
+                    skip = False
                     progress.update(index, status)
             outcome: WorkOutcome = ray.get(ref)
         except RayTaskError as error:
@@ -494,9 +539,7 @@ class WorkerPool:
         for batch in range(request.n_iter):
             part = request.model_copy(update={"n_iter": 1, "seed": seeds[batch * size],
                                               "subseed": subseeds[batch * size]})
-            parts.append(replace(submission, request=part, keep_overrides={}))
-        # The overrides are kept once, by the joined result.
-        parts[0] = replace(parts[0], keep_overrides=submission.keep_overrides)
+            parts.append(replace(submission, request=part))
         return parts
 
     # -- scheduling ----------------------------------------------------------------------------
@@ -513,6 +556,7 @@ class WorkerPool:
         """The worker for a job (FIFO among waiting jobs, `first` ahead of them; affinity among idle
         workers), marked busy. Waits while none is idle; an interrupt while waiting ends the job."""
         ticket = object()
+        all_down_since: float | None = None
         with self._cond:
             if first:
                 self._tickets.appendleft(ticket)
@@ -534,6 +578,17 @@ class WorkerPool:
                             return slot
                     if getattr(control, "interrupted", False):
                         raise JobInterrupted("interrupted while waiting for a worker")
+                    if any(slot.state != "dead" for slot in self._slots):
+                        all_down_since = None
+                    elif all_down_since is None:
+                        all_down_since = time.monotonic()
+                        control.add_info("Waiting for a Ray worker: none is up ("
+                                         + "; ".join(f"{slot.id}: {slot.last_error}" for slot in self._slots) + ")")
+                    elif time.monotonic() - all_down_since > NO_WORKER_WAIT_S:
+                        raise RuntimeError(
+                            f"no Ray worker came up in {NO_WORKER_WAIT_S:.0f} s: "
+                            + "; ".join(f"{slot.id}: {slot.last_error}" for slot in self._slots)
+                            + ". Check the server's log for the workers' errors (docs/SCALING.md)")
                     self._cond.wait(0.2)
             finally:
                 self._tickets.remove(ticket)
@@ -576,26 +631,31 @@ class WorkerPool:
 
     def _grow(self) -> None:
         """Create actors up to the number the cluster should run."""
-        import ray
-
-        from modules.cluster.worker import GenerationWorker
-
         wanted = self.cluster.desired_workers()
         with self._cond:
             missing = wanted - len(self._slots)
         if missing <= 0:
             return
-        remote_class = ray.remote(GenerationWorker)
+        for _ in range(missing):
+            slot = _Slot(f"worker-{next(self._ids)}", None)
+            self._create_actor(slot)
+            with self._cond:
+                self._slots.append(slot)
+        self._on_capacity()
+
+    def _create_actor(self, slot: _Slot) -> None:
+        """A new actor for `slot` (a new worker, or one whose process died for good)."""
+        import ray
+
+        from modules.cluster.worker import GenerationWorker
+
         options = {"max_restarts": -1, "max_task_retries": 0, "max_concurrency": ACTOR_THREADS,
                    **self.cluster.actor_options()}
         threads = None if options.get("num_gpus") else options.get("num_cpus")
-        for _ in range(missing):
-            worker_id = f"worker-{next(self._ids)}"
-            actor = remote_class.options(**options).remote(worker_id, self._args, threads)
-            with self._cond:
-                self._slots.append(_Slot(worker_id, actor))
-            log.info("Ray worker %s created (%s)", worker_id, options)
-        self._on_capacity()
+        actor = ray.remote(GenerationWorker).options(**options).remote(slot.id, self._args, threads)
+        with self._cond:
+            slot.actor, slot.state = actor, "starting"
+        log.info("Ray worker %s created (%s)", slot.id, options)
 
     def _watch(self) -> None:
         while not self._stopping.wait(self._monitor_interval if self._all_up() else min(self._monitor_interval, 0.5)):
@@ -613,17 +673,37 @@ class WorkerPool:
         """Ask starting and lost workers whether they answer (Ray restarts a dead actor)."""
         import ray
 
+        now = time.monotonic()
         with self._cond:
-            waiting = [slot for slot in self._slots if slot.state in ("starting", "dead") and not slot.probing]
+            revive = [slot for slot in self._slots if slot.state == "dead" and slot.retry_at and now >= slot.retry_at]
+            for slot in revive:
+                slot.retry_at = 0.0
+        for slot in revive:
+            self._create_actor(slot)
+        with self._cond:
+            waiting = [slot for slot in self._slots if slot.state in ("starting", "dead") and not slot.probing
+                       and not slot.retry_at]
             for slot in waiting:
                 slot.probing = True
         for slot in waiting:
             threading.Thread(target=self._probe_one, args=(slot, ray), name=f"probe-{slot.id}", daemon=True).start()
 
     def _probe_one(self, slot: _Slot, ray) -> None:
+        from ray.exceptions import ActorDiedError
+
         try:
             hello = ray.get(slot.actor.hello.remote(), timeout=600)
-        except Exception as error:  # noqa: BLE001 - still down; the next round asks again
+        except ActorDiedError as error:  # dead for good (e.g. its start failed): created again, later
+            with self._cond:
+                slot.probing = False
+                slot.state, slot.last_error = "dead", _short(error)
+                slot.backoff = min(max(slot.backoff * 2, REVIVE_BACKOFF_S[0]), REVIVE_BACKOFF_S[1])
+                slot.retry_at = time.monotonic() + slot.backoff
+                self._cond.notify_all()
+            log.error("Ray worker %s failed (%s); creating it again in %.0f s", slot.id, slot.last_error, slot.backoff)
+            self._on_capacity()
+            return
+        except Exception as error:  # noqa: BLE001 - still down (restarting); the next round asks again
             with self._cond:
                 slot.probing = False
                 if slot.state == "starting":
@@ -631,7 +711,7 @@ class WorkerPool:
             return
         with self._cond:
             came_back = slot.state == "dead"
-            slot.state, slot.probing = "idle", False
+            slot.state, slot.probing, slot.backoff = "idle", False, 0.0
             slot.node, slot.device, slot.loaded = hello["node"], hello["device"], tuple(hello["loaded"])
             slot.model_loads = hello["model_loads"]
             slot.idle_since = time.monotonic()
@@ -654,5 +734,5 @@ def _lost_errors() -> tuple[type[BaseException], ...]:
 
 
 def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]

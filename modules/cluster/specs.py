@@ -28,6 +28,8 @@ class WorkSpec:
     submission: Any = None
     merge: Any = None
     load_without_saving: bool = False
+    # How many times the server rescanned the model folders: a worker with older lists rescans first.
+    listings: int = 0
     # A merge trial ("merge and load") to make current instead of a listed checkpoint: (path, title, sha256).
     temporary: tuple[str, str, str] | None = None
 

@@ -19,7 +19,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from modules.cluster.ray_runtime import WORKER_ENV_VAR
 from modules.cluster.specs import GENERATION, LOAD, MERGE, RunStatus, WorkOutcome, WorkSpec
 from modules.serving.jobs import JobInterrupted
 
@@ -135,7 +134,6 @@ class GenerationWorker:
     docstring). `args`: the server's parsed flags (paths, precision, device options)."""
 
     def __init__(self, worker_id: str, args: argparse.Namespace, threads: int | None = None):
-        os.environ[WORKER_ENV_VAR] = "1"
         self.worker_id = worker_id
         if threads:
             import torch
@@ -147,6 +145,7 @@ class GenerationWorker:
         self._context.models.add_load_listener(self._count_load)
         self._controls: dict[str, RemoteJobControl] = {}
         self._mirrored: dict[str, Any] | None = None
+        self._listings = 0  # the server's rescan count this worker's lists are from
 
     def __repr__(self) -> str:  # Ray prefixes the worker's log lines with it
         return f"GenerationWorker({self.worker_id})"
@@ -169,6 +168,9 @@ class GenerationWorker:
         outcome = WorkOutcome()
         try:
             self._mirror_settings(spec.settings)
+            if spec.listings != self._listings:  # the server rescanned the model folders since
+                self._context.refresh()
+                self._listings = spec.listings
             with app_scope(self._context):
                 outcome.result = self._run(spec, control)
             outcome.interrupted = control.interrupted
@@ -176,6 +178,8 @@ class GenerationWorker:
             outcome.interrupted = True
         except Exception as error:
             raise portable_error(error) from None
+        except BaseException as error:  # SystemExit from an extension: would end this worker's process
+            raise RuntimeError(f"{type(error).__name__}: {error}") from None
         finally:
             with self._lock:
                 self._controls.pop(job_id, None)
@@ -230,7 +234,11 @@ class GenerationWorker:
             context.checkpoints.refresh()  # inputs another worker merged since this one listed them
             return merge_work(context, spec.merge, load_without_saving=spec.load_without_saving)(control)
         if spec.kind == LOAD:
-            self._make_current(spec.checkpoint)
+            if spec.temporary is not None:
+                path, title, sha256 = spec.temporary
+                context.models.use_temporary(Path(path), title, sha256)
+            else:
+                self._make_current(spec.checkpoint)
             return None
         raise ValueError(f"unknown kind of work {spec.kind!r}; expected {GENERATION}, {MERGE} or {LOAD}")
 
@@ -248,9 +256,9 @@ class GenerationWorker:
         if values == self._mirrored:
             return
         changed = self._context.settings.mirror(values)
-        self._mirrored = dict(values)
         if changed:
-            self._context.settings_changed(changed)
+            self._context.settings_changed(changed)  # a VAE that fails raises here, and again next job
+        self._mirrored = dict(values)
 
     def _loaded(self) -> tuple[str, ...]:
         return tuple(self._context.models.loaded_titles())

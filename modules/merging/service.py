@@ -72,4 +72,7 @@ def submit_merge(context: AppContext, request: MergeRequest, *, load_without_sav
             return cluster.run_merge(request, control, load_without_saving=load_without_saving)
     else:
         work = merge_work(context, request, load_without_saving=load_without_saving)
-    return context.jobs.submit(work, kind=MERGE_JOB_KIND, description=describe_merge(request, load_without_saving))
+    # "Merge and load" changes what later jobs use (and, with Ray workers, deletes older trials in the
+    # shared folder): nothing else runs beside it.
+    return context.jobs.submit(work, kind=MERGE_JOB_KIND, description=describe_merge(request, load_without_saving),
+                               exclusive=load_without_saving)

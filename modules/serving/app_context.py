@@ -239,6 +239,8 @@ class AppContext:
         self.loras.refresh()
         if self.upscalers is not None:
             self.upscalers.registry.refresh()
+        if self.cluster is not None:
+            self.cluster.listings_changed()  # and on each Ray worker, before its next job
 
     def ensure_demo_checkpoint(self) -> Path | None:
         """With no checkpoint anywhere, write a tiny random-weights SD1 checkpoint so the whole flow
@@ -394,7 +396,9 @@ class AppContext:
         to the loaded model, between jobs; an extension option runs its onchange. Raises what
         applying raised (the model keeps its VAE); users' changes come through
         modules.serving.settings_change, which then puts the previous value back."""
-        if VAE_SETTINGS.intersection(changed) and self.models.current() is not None:
+        if VAE_SETTINGS.intersection(changed) and self.cluster is not None:
+            self.between_jobs(self.cluster.apply_settings)  # tried on a worker; the others apply it next job
+        elif VAE_SETTINGS.intersection(changed) and self.models.current() is not None:
             self.between_jobs(self.models.refresh_vae)
         self.extension_options.run_onchange([key for key in changed if key not in VAE_SETTINGS], self)
 

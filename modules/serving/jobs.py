@@ -352,6 +352,7 @@ class _Exclusive:
 class _QueuedJob:
     job: Job
     work: Callable[[JobControl], Any]
+    exclusive: bool = False
 
 
 class JobQueue:
@@ -378,6 +379,7 @@ class JobQueue:
         self._running: list[Job] = []  # in start order; a job leaves it just before it is marked finished
         # Job thread -> slot number. A thread holds its slot until its FINISHED listeners have run.
         self._job_threads: dict[threading.Thread, int] = {}
+        self._exclusive_running = False  # the running job was submitted with exclusive=True
         # Bumped on every change the dispatcher waits for, so a change that happens while it reads
         # `slots` (outside the lock) is not slept through.
         self._changes = 0
@@ -451,8 +453,11 @@ class JobQueue:
 
     # -- submitting ------------------------------------------------------------------------------
 
-    def submit(self, work: Callable[[JobControl], Any], *, kind: str, description: str = "") -> Job:
-        """Queue `work` and return its Job at once. The work runs on a job thread of this queue."""
+    def submit(self, work: Callable[[JobControl], Any], *, kind: str, description: str = "",
+               exclusive: bool = False) -> Job:
+        """Queue `work` and return its Job at once. The work runs on a job thread of this queue.
+        `exclusive`: with several slots, it starts once no other job runs, and no job starts while
+        it runs (a checkpoint switch that later jobs must see; with one slot every job is so)."""
         if not callable(work):
             raise TypeError(f"work must be callable as work(control), got {type(work).__name__}")
         with self._cond:
@@ -462,7 +467,7 @@ class JobQueue:
             self._counter += 1
             job = Job(f"task-{self._counter:06d}", kind, description, self)
             self._jobs[job.id] = job
-            self._pending.append(_QueuedJob(job, work))
+            self._pending.append(_QueuedJob(job, work, exclusive))
             self._changed()
         log.debug("Queued job %s (%s) %s", job.id, kind, description)
         return job
@@ -645,7 +650,8 @@ class JobQueue:
                         continue
                     if not self._job_threads:
                         return self._pending.popleft()
-                elif head is not None and len(self._job_threads) < slots:
+                elif (head is not None and len(self._job_threads) < slots and not self._exclusive_running
+                      and not (head.exclusive and self._job_threads)):
                     self._pending.popleft()
                     # Marked under the queue lock so interrupt() never sees a job that is neither
                     # in the pending deque nor running.
@@ -659,6 +665,7 @@ class JobQueue:
                     thread = threading.Thread(target=contextvars.copy_context().run, args=(self._job_thread, head),
                                               name=name, daemon=True)
                     self._job_threads[thread] = slot  # before it starts, so on_worker() holds in the job
+                    self._exclusive_running = head.exclusive
                     return head, thread
                 if self._changes == seen:
                     self._cond.wait()
@@ -679,6 +686,7 @@ class JobQueue:
                 log.exception("Job %s (%s) could not start a thread", entry.job.id, entry.job.kind)
                 with self._cond:
                     self._job_threads.pop(thread, None)
+                    self._exclusive_running = False
                     self._changed()
                 self._end_job(entry.job, JobState.FAILED, error=f"{type(exc).__name__}: {exc}",
                               exception=exc.with_traceback(None))
@@ -699,6 +707,8 @@ class JobQueue:
             # The slot is freed only now, after the FINISHED listeners (see the module docstring).
             with self._cond:
                 self._job_threads.pop(threading.current_thread(), None)
+                if not self._job_threads:
+                    self._exclusive_running = False
                 self._changed()
 
     def _run_job(self, entry: _QueuedJob) -> None:

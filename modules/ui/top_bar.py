@@ -117,8 +117,9 @@ def switch_checkpoint(context, title: str, poll_seconds: float = POLL_SECONDS) -
     if current is not None and title in current.aliases:
         yield SwitchUpdate(model_status(context)[0], True, current.title)
         return
+    # Exclusive: with Ray workers several jobs run at once, and a job queued after the switch must see it.
     job = context.jobs.submit(lambda control: context.switch_checkpoint(title), kind="checkpoint",
-                              description=title)
+                              description=title, exclusive=True)
     name = html.escape(title)
     while not job.finished:
         if job.state is JobState.QUEUED:
