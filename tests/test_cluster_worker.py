@@ -92,3 +92,29 @@ def test_an_exclusive_job_waits_for_running_jobs_and_holds_back_later_ones():
     finally:
         release_first.set()
         queue.shutdown(timeout=WAIT)
+
+
+def test_with_workers_the_server_reads_the_selected_checkpoints_architecture_from_its_header(tmp_path):
+    """Nothing is loaded on a Ray server: img2img's instruct-pix2pix fields follow the selected file."""
+    import torch
+
+    from modules.library.model_detection import Architectures
+    from modules.library.synthetic_checkpoints import write_checkpoint
+    from modules.ui.img2img import is_edit_model
+    from tests.test_api_support import make_context
+
+    folder = tmp_path / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    write_checkpoint(folder / "p2p.safetensors", "sd1-pix2pix", size="tiny", dtype=torch.float32)
+    context = make_context(tmp_path, names=("plain",), load=False, start_jobs=False)
+    context.cluster = _NoTrial()
+    context.settings.apply({"sd_model_checkpoint": "p2p.safetensors"})
+    assert context.current_architecture() == Architectures.SD1_PIX2PIX and is_edit_model(context)
+    context.settings.apply({"sd_model_checkpoint": "plain.safetensors"})
+    assert context.current_architecture() == Architectures.SD1 and not is_edit_model(context)
+    assert context.models.current() is None  # read from the headers, nothing loaded
+
+
+class _NoTrial:
+    def trial_info(self):
+        return None

@@ -478,9 +478,12 @@ def test_image_cfg_shows_for_instruct_pix2pix_checkpoints_only():
     from modules.library.model_detection import Architectures
     from modules.ui.img2img import is_edit_model
 
-    assert is_edit_model(SimpleNamespace(architecture=Architectures.SD1_PIX2PIX))
-    assert not is_edit_model(SimpleNamespace(architecture=Architectures.SD1_INPAINT))
-    assert not is_edit_model(SimpleNamespace(architecture=Architectures.SD1)) and not is_edit_model(None)
+    def context_with(architecture):
+        return SimpleNamespace(current_architecture=lambda: architecture)
+
+    assert is_edit_model(context_with(Architectures.SD1_PIX2PIX))
+    assert not is_edit_model(context_with(Architectures.SD1_INPAINT))
+    assert not is_edit_model(context_with(Architectures.SD1)) and not is_edit_model(context_with(None))
 
 
 def test_copy_image_to_copies_the_picture_with_its_strokes():

@@ -107,6 +107,21 @@ def normalize_keys(keys: Sequence[str], shapes: Shapes) -> dict[str, str]:
     return mapping
 
 
+def architecture_of_file(path) -> Architecture | None:
+    """A `.safetensors` checkpoint's architecture from its header alone (no tensor is read); None for
+    another format or a file that cannot be read or recognised."""
+    from modules.library.safetensors_io import read_header
+
+    if not str(path).endswith(".safetensors"):
+        return None
+    try:
+        shapes = read_header(path).shapes()
+        canonical = normalize_keys(list(shapes), shapes)
+        return detect_architecture({c: shapes[f] for c, f in canonical.items()}).architecture
+    except (OSError, ValueError):
+        return None
+
+
 def detect_architecture(shapes: Shapes, source: str = "checkpoint") -> Detection:
     """Decide the architecture from canonical key names and shapes; raise with what was found."""
     if UNET_PREFIX + "x_embedder.proj.weight" in shapes:

@@ -381,6 +381,18 @@ class AppContext:
         except CheckpointNotFoundError:
             return None
 
+    def current_architecture(self):
+        """The architecture (model_detection.Architecture) of the model generations use now, or None
+        when unknown: the loaded model's; with Ray workers (nothing is loaded here), read from the
+        selected checkpoint's safetensors header."""
+        if self.cluster is None:
+            model = self.models.current()
+            return getattr(model, "architecture", None) if model is not None else None
+        from modules.library.model_detection import architecture_of_file
+
+        info = self.current_checkpoint_info()
+        return architecture_of_file(info.filename) if info is not None else None
+
     def between_jobs(self, fn):
         """Run `fn` on the job worker after the jobs already queued (A1111's FIFO queue_lock), so a
         generation submitted earlier still sees the model it was submitted against; here when the

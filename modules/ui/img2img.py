@@ -78,12 +78,12 @@ IMAGE_INPUTS = ("mode", "image", "sketch", "inpaint", "inpaint_sketch", "upload_
                 "resize_by", "scale")
 
 
-def is_edit_model(model) -> bool:
-    """instruct-pix2pix (A1111's `cond_stage_key == "edit"`): the library detects it by its 8-channel
-    UNet (modules.library.model_detection, architecture "sd1-pix2pix")."""
+def is_edit_model(context) -> bool:
+    """Whether the model generations use now is instruct-pix2pix (A1111's `cond_stage_key == "edit"`):
+    the library detects it by its 8-channel UNet (modules.library.model_detection, "sd1-pix2pix")."""
     from modules.library.model_detection import Architectures
 
-    return model is not None and getattr(model, "architecture", None) == Architectures.SD1_PIX2PIX
+    return context.current_architecture() == Architectures.SD1_PIX2PIX
 
 
 @dataclass
@@ -133,7 +133,7 @@ def request_from_widgets(context, values: dict[str, Any], images: dict[str, Any]
         for name in INPAINT_FIELDS:
             values.pop(name, None)
     request = build_img2img_request(values, [picked.image], picked.mask,
-                                    edit_model=is_edit_model(context.models.current()))
+                                    edit_model=is_edit_model(context))
     return apply_request_styles(request, context.prompt_styles), notes
 
 
@@ -146,7 +146,7 @@ def batch_work(context, values: dict[str, Any], images: dict[str, Any], batch, b
     from modules.generation.img2img_batch import submit_batch
 
     stand_in = Image.new("RGB", (64, 64))  # the fields are checked now; each file brings its own image
-    request = build_img2img_request(values, [stand_in], None, edit_model=is_edit_model(context.models.current()))
+    request = build_img2img_request(values, [stand_in], None, edit_model=is_edit_model(context))
     template = apply_request_styles(request, context.prompt_styles).model_dump(exclude={"init_images", "mask"})
     try:
         spec = batch.spec(*batch_values)
@@ -296,7 +296,7 @@ def build(context, shared: UiShared) -> Img2ImgTab:
     styles_panel.wire(context, top.styles, styles_dialog, top.prompt, top.negative, shared.page_loads)
 
     def image_cfg_visibility():
-        return gr.update(visible=is_edit_model(context.models.current()))
+        return gr.update(visible=is_edit_model(context))
 
     shared.page_loads.append((image_cfg_visibility, [fields["image_cfg_scale"]]))
     if shared.checkpoint_switched is not None:

@@ -170,21 +170,18 @@ def format_block_weights(values: Sequence[float]) -> str:
 def block_layout_of(context, title: str | None) -> str | None:
     """The block layout ("sd1" or "sdxl") of checkpoint `title`, read from its safetensors header;
     None when unknown (a .ckpt, an unreadable file, no choice)."""
-    from modules.library.model_detection import detect_architecture, normalize_keys
-    from modules.library.safetensors_io import read_header
+    from modules.library.model_detection import architecture_of_file
 
     if not title:
         return None
     try:
         info = context.checkpoints.find(title)
-        if not info.is_safetensors:
-            return None
-        shapes = read_header(info.filename).shapes()
-        canonical = normalize_keys(list(shapes), shapes)
-        family = detect_architecture({c: shapes[f] for c, f in canonical.items()}).architecture.family.value
-    except (CheckpointNotFoundError, OSError, ValueError):
+    except CheckpointNotFoundError:
         return None
-    return "sdxl" if block_names(family) == block_names("sdxl") else "sd1"
+    architecture = architecture_of_file(info.filename)
+    if architecture is None:
+        return None
+    return "sdxl" if block_names(architecture.family.value) == block_names("sdxl") else "sd1"
 
 
 def method_help(method_name: str) -> str:
