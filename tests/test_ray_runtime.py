@@ -324,3 +324,24 @@ def test_joining_a_running_cluster_only_disconnects(tmp_path):
     assert (report["gpus"], report["desired_workers"], report["actor_options"]) == (0, 1, {"num_cpus": 1})
     assert (report["desired_with_workers"], report["options_with_cpus"]) == (3, {"num_cpus": 2})
     assert report["cpus"] == 2.0
+
+
+def test_the_local_rays_folder_is_private_and_a_planted_link_is_refused(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from modules.cluster.ray_runtime import private_temp_dir
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    given = private_temp_dir()
+    private = given.parent
+    assert private.stat().st_mode & 0o777 == 0o700 and given.name == "r"
+    private.chmod(0o777)  # loosened by someone: tightened again
+    assert private_temp_dir() == given and private.stat().st_mode & 0o777 == 0o700
+
+    private.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, private)  # another user planting a link where the folder goes
+    with pytest.raises(RuntimeError, match="not a folder of this user"):
+        private_temp_dir()

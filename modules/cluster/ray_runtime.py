@@ -27,8 +27,10 @@ import ipaddress
 import logging
 import os
 import secrets
+import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -245,7 +247,8 @@ def _start_local(options: RayOptions) -> RayCluster:
                         "--use-cpu for %d CPU workers instead)", workers, gpus, gpus, workers)
         context = ray.init(address="local", num_cpus=max(workers * options.worker_cpus, workers), num_gpus=gpus,
                            include_dashboard=False, _node_ip_address="127.0.0.1", namespace=RAY_NAMESPACE,
-                           runtime_env=runtime_env(), log_to_driver=True, logging_level=logging.WARNING)
+                           runtime_env=runtime_env(), log_to_driver=True, logging_level=logging.WARNING,
+                           _temp_dir=str(private_temp_dir()))
         cluster = RayCluster(options=options, ray=ray, started_here=True,
                              node_ip=context.address_info.get("node_ip_address", ""), _restore_env=restore)
     except BaseException:
@@ -285,6 +288,26 @@ _OFF_LOOPBACK_HELP = (
     "when it is first imported, and something (an extension?) imported it earlier in this process. Start the "
     "server with " + _CLUSTER_ENV_VAR + "=0 in its environment, or start a Ray yourself "
     "(docs/SCALING.md) and use --ray-address")
+
+
+def private_temp_dir() -> Path:
+    """Where the local Ray keeps its session (sockets, logs, runtime files): a folder only this user
+    can enter. Ray's default, /tmp/ray, and the folders it makes there are writable by every local
+    user, and its logs readable. Short, because Ray's unix socket paths have a length limit."""
+    if not hasattr(os, "getuid"):  # Windows: the temp folder is the user's own already
+        folder = Path(tempfile.gettempdir()) / "atelier-ray"
+        folder.mkdir(exist_ok=True)
+        return folder / "r"
+    folder = Path(tempfile.gettempdir()) / f"atelier-ray-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise RuntimeError(f"{folder} is not a folder of this user (uid {os.getuid()}); remove it, or start a Ray "
+                           "yourself (docs/SCALING.md) and use --ray-address")
+    if info.st_mode & 0o077:
+        folder.chmod(0o700)
+    # Ray makes the folder it is given mode 0777: give it one inside the private one.
+    return folder / "r"
 
 
 def _refuse_if_initialized(ray: ModuleType) -> None:

@@ -82,6 +82,17 @@ class MergeRequest(BaseModel):
             raise ValueError(f"checkpoint_format must be 'safetensors' or 'ckpt', got {value!r}")
         return value
 
+    @field_validator("custom_name")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        # A name, not a path: the merge is written in the checkpoint folder and nowhere else (A1111
+        # joins the name to the folder as it is, so "../x" would leave it; Atelier refuses that).
+        if (any(part in value for part in ("/", "\\", "\0")) or value.strip() in (".", "..")
+                or value.startswith(".")):
+            raise ValueError(f"custom_name must be a file name without folders, got {value!r}; leave out "
+                             "'/', '\\' and a leading '.' (the merge is saved in the checkpoint folder)")
+        return value
+
     @field_validator("discard_weights")
     @classmethod
     def _regex(cls, value: str) -> str:
