@@ -3,12 +3,9 @@ and memory that is really given back."""
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import os
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 import yaml
@@ -16,8 +13,8 @@ import yaml
 from modules.library.checkpoints import CheckpointRegistry
 from modules.library.hashes import HashCache
 from modules.library.model_loader import CheckpointLoadError, LoadOptions
-from modules.library.model_manager import ModelManager, configure_allocator
-from modules.library.synthetic_checkpoints import architecture_spec, write_checkpoint, write_vae
+from modules.library.model_manager import ModelManager
+from modules.library.synthetic_checkpoints import write_checkpoint, write_vae
 
 
 class Limit:
@@ -171,37 +168,64 @@ def test_a_vae_that_fails_to_load_leaves_the_model_attached_to_its_runtime(libra
     assert model.vae is model.builtin_vae and model.vae_file is None  # the VAE it had
 
 
-def _rss() -> int:
+# Run in a fresh interpreter: the test measures this process's RSS, which threads other tests left
+# behind (a browser driver, servers, Ray's native libraries) can move by tens of MiB on their own.
+_RSS_SCRIPT = """
+import dataclasses, gc, json, sys
+from pathlib import Path
+import psutil, torch
+torch.set_num_threads(1)
+from modules.library.checkpoints import CheckpointRegistry
+from modules.library.hashes import HashCache
+from modules.library.model_loader import LoadOptions
+from modules.library.model_manager import ModelManager, configure_allocator
+from modules.library.synthetic_checkpoints import architecture_spec, write_checkpoint
+
+def rss():
     gc.collect()
     return psutil.Process().memory_info().rss
+
+configure_allocator()
+folder = Path(sys.argv[1]) / "sd"
+folder.mkdir()
+spec = architecture_spec("sd1", "tiny")
+bigger = dataclasses.replace(spec, unet=dataclasses.replace(spec.unet, model_channels=96, channel_mult=(1, 2, 4, 4)))
+for seed, name in enumerate(("x", "y")):
+    write_checkpoint(folder / f"{name}.safetensors", bigger, dtype=torch.float32, seed=seed)
+registry = CheckpointRegistry([folder], HashCache(Path(sys.argv[1]) / "cache.json"), hashing_enabled=False)
+registry.refresh()
+manager = ModelManager(registry, LoadOptions(), limit=lambda: 1, vae_resolver=lambda info: None)
+model_bytes = manager.load("x").weights_nbytes()
+for i in range(4):
+    manager.load("y" if i % 2 == 0 else "x")
+baseline = rss()
+for i in range(16):
+    manager.load("y" if i % 2 == 0 else "x")
+drift = rss() - baseline
+manager.unload_all()
+print(json.dumps({"drift": drift, "model_bytes": model_bytes, "empty": manager.current() is None
+                  and manager.loaded_names() == []}))
+"""
 
 
 def test_rss_does_not_creep_over_repeated_switches(tmp_path):
     """Each switch with limit 1 frees one model and reads another; 16 switches must not leave the
     process holding more than a fraction of one model more than after the first few."""
-    configure_allocator()
-    folder = tmp_path / "sd"
-    folder.mkdir()
-    spec = architecture_spec("sd1", "tiny")
-    bigger = dataclasses.replace(spec, unet=dataclasses.replace(spec.unet, model_channels=96, channel_mult=(1, 2, 4, 4)))
-    for seed, name in enumerate(("x", "y")):
-        write_checkpoint(folder / f"{name}.safetensors", bigger, dtype=torch.float32, seed=seed)
-    registry = CheckpointRegistry([folder], HashCache(tmp_path / "cache.json"), hashing_enabled=False)
-    registry.refresh()
-    manager = _manager(registry)
-    model_bytes = manager.load("x").weights_nbytes()
-    for i in range(4):
-        manager.load("y" if i % 2 == 0 else "x")
-    baseline = _rss()
-    for i in range(16):
-        manager.load("y" if i % 2 == 0 else "x")
-    drift = _rss() - baseline
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(tmp_path)], cwd=root, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    drift, model_bytes = measured["drift"], measured["model_bytes"]
     # Measured on this code: ±1 MiB; without releasing memory (gc + glibc trim and mmap threshold)
     # the same loop grew 30-50 MiB.
     assert drift < 16 * 2**20, (f"RSS grew by {drift / 2**20:.0f} MiB over 16 switches "
                                 f"(one model is {model_bytes / 2**20:.0f} MiB)")
-    manager.unload_all()
-    assert manager.current() is None and manager.loaded_names() == []
+    assert measured["empty"]
 
 
 @pytest.mark.parametrize("flags, cuda, expected", [
