@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
+# Ray reads this when it is first imported: a local Ray started by a test then listens on loopback
+# only, whichever earlier test imported Ray (modules.cluster.ray_runtime refuses otherwise; servers
+# set it before their one import).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import torch  # noqa: E402
 

@@ -51,7 +51,7 @@ def test_send_to_txt2img_fills_the_fields(tmp_path):
     from modules.generation.styles import StyleDatabase
     from modules.ui.txt2img import paste_updates
 
-    context = SimpleNamespace(models=SimpleNamespace(current_info=lambda: None),
+    context = SimpleNamespace(current_checkpoint_info=lambda: None,
                               settings=SimpleNamespace(current=lambda: Settings({})),
                               prompt_styles=StyleDatabase(tmp_path / "styles.csv"))
     updates, note = paste_updates(context, INFOTEXT)

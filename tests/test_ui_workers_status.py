@@ -20,7 +20,7 @@ LONG_ERROR = "E" * (MAX_ERROR_CHARS * 3)
 
 
 class FakeCluster:
-    """What the UI may call on a WorkerPool: describe() and summary()."""
+    """What the UI may call on a WorkerPool: describe(), summary(), trial_info(), holders()."""
 
     def __init__(self, workers: list[WorkerInfo]):
         self.workers = workers
@@ -30,6 +30,12 @@ class FakeCluster:
 
     def summary(self) -> str:
         return workers_summary(self.workers)
+
+    def trial_info(self):  # the top bar's status asks for a merge being tried: none
+        return None
+
+    def holders(self, title: str) -> int:
+        return sum(1 for worker in self.workers if title in worker.loaded_checkpoints)
 
 
 def two_workers() -> list[WorkerInfo]:
