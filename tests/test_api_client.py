@@ -127,8 +127,10 @@ def test_progress_with_preview_then_interrupt(api, context):
     gate: GatedEngine = context.engine
     gate.arm({2, 3})
     outcome = {}
+    # A preview at every step asked (A1111's default period is 10 steps: none in a 6-step job).
     worker = threading.Thread(target=lambda: outcome.setdefault("result", api.txt2img(
-        prompt="x", seed=5, sampler_name="Euler", **{**SMALL, "steps": 6})))
+        prompt="x", seed=5, sampler_name="Euler", override_settings={"show_progress_every_n_steps": 0},
+        **{**SMALL, "steps": 6})))
     worker.start()
     try:
         assert gate.wait_until_paused() == 2

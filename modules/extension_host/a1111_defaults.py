@@ -1,5 +1,5 @@
 """A1111 settings Atelier does not have, with A1111's defaults, for extensions that read them through
-`shared.opts` (output folders of tabs Atelier lacks (Extras, init images, Save), live-preview and sampler options). They are
+`shared.opts` (output folders of tabs Atelier lacks (Extras, init images, Save), UI and sampler options). They are
 read-only: `opts.<key>` and `opts.data.get(key)` give the default; they are not saved, not in the
 Settings tab and not in the API's options."""
 
@@ -14,9 +14,6 @@ A1111_ONLY_DEFAULTS = MappingProxyType({
     "temp_dir": "",
     "clean_temp_dir_at_start": False,
     "hide_samplers": [],
-    "show_progress_every_n_steps": 10,
-    "live_previews_enable": True,
-    "show_progressbar": True,
     "do_not_show_images": False,
     "js_modal_lightbox": True,
     "hidden_tabs": [],
@@ -24,7 +21,6 @@ A1111_ONLY_DEFAULTS = MappingProxyType({
     "grid_only_if_multiple": True,
     "use_save_to_dirs_for_ui": False,
     "save_selected_only": True,
-    "extra_networks_default_multiplier": 1.0,
     "lora_preferred_name": "Alias from file",
     "keyedit_precision_attention": 0.1,
     "keyedit_precision_extra": 0.05,

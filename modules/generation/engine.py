@@ -35,6 +35,7 @@ from modules.generation.conditioning import (
     sdxl_time_ids,
 )
 from modules.generation.cfg_step import CFGHooks, CFGStep
+from modules.generation.live_preview import LivePreviewOptions, PreviewSchedule, preview_image
 from modules.generation.requests import LATENT_UPSCALE_MODES, GenerationRequest, Img2ImgRequest, hires_upscale_size
 from modules.library.model_detection import ModelFamily
 
@@ -492,24 +493,6 @@ def _timestep_inner(model, alphas_cumprod):
     return call
 
 
-def latent_preview(latents: torch.Tensor, family: ModelFamily):
-    """A cheap RGB approximation of latents (a fixed linear map per latent space, no weights): the
-    live preview. Returns a PIL image of the first image of the batch."""
-    import torch
-
-    from PIL import Image
-
-    if family in (ModelFamily.SDXL, ModelFamily.SDXL_REFINER):
-        factors = torch.tensor([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068],
-                                [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]])
-    else:
-        factors = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173],
-                                [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]])
-    rgb = torch.einsum("chw,cr->hwr", latents[0].float().cpu(), factors)
-    rgb = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
-    return Image.fromarray(rgb)
-
-
 @contextmanager
 def seamless_tiling(model, enabled: bool) -> Iterator[None]:
     """A1111's "Tiling": every conv of UNet and VAE pads circularly for the job, restored after."""
@@ -565,6 +548,7 @@ class EngineSettings:
     img2img_extra_noise: float = 0.0
     save_images_before_highres_fix: bool = False
     upscaler_for_img2img: str = "None"
+    live_preview: LivePreviewOptions = LivePreviewOptions()
 
     @classmethod
     def from_settings(cls, settings) -> "EngineSettings":
@@ -586,7 +570,8 @@ class EngineSettings:
                    img2img_color_correction=settings["img2img_color_correction"],
                    img2img_extra_noise=settings["img2img_extra_noise"],
                    save_images_before_highres_fix=settings["save_images_before_highres_fix"],
-                   upscaler_for_img2img=settings["upscaler_for_img2img"])
+                   upscaler_for_img2img=settings["upscaler_for_img2img"],
+                   live_preview=LivePreviewOptions.from_settings(settings))
 
     @property
     def cond_padding(self) -> str:
@@ -740,6 +725,8 @@ class _Run:
     upscalers: Any = None  # GenerationResources.upscalers
     save: Any = None  # the SaveTarget, or None when nothing is saved
     job_timestamp: str = ""  # when the run started, for [job_timestamp] in file names (A1111's)
+    # When previews are due, over every sampling pass of the run (modules.generation.live_preview).
+    previews: PreviewSchedule = field(default_factory=lambda: PreviewSchedule(LivePreviewOptions()))
 
 
 @dataclass(frozen=True)
@@ -812,7 +799,8 @@ def _prepare_run(model, plan: GenerationPlan, settings: EngineSettings, control,
                 per_iteration=per_iteration, total=request.n_iter * per_iteration,
                 hypernetworks=resources.hypernetworks, loras=resources.loras,
                 checkpoint_info=resources.checkpoint_info, img2img=img2img_plan, upscalers=resources.upscalers,
-                save=save, job_timestamp=datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
+                save=save, job_timestamp=datetime.datetime.now().strftime("%Y%m%d%H%M%S"),
+                previews=PreviewSchedule(settings.live_preview))
 
 
 def _is_img2img(request: GenerationRequest) -> bool:
@@ -1046,14 +1034,23 @@ def _step_callback(run: _Run, progress_offset: int):
     control = run.control
 
     def callback(step):
-        control.report(progress_offset + step.i + 1, run.total,
-                       lambda d=step.denoised: latent_preview(d, run.family))
+        done = progress_offset + step.i + 1
+        control.report(done, run.total, run.previews.factory(done, lambda d=step.denoised: _preview(run, d)))
         if control.interrupted:
             raise StopSampling(step.x, interrupted=True)
         if control.consume_skip():
             raise StopSampling(step.x, interrupted=False)
 
     return callback
+
+
+def _preview(run: _Run, denoised: torch.Tensor):
+    """The live preview of the sampler's current prediction (modules.generation.live_preview)."""
+    from modules.generation.vae_decode import decode_latents
+
+    # No NaN retry: a preview is not worth a second decode (NaNs show as grey).
+    return preview_image(denoised, run.family, run.settings.live_preview,
+                         decode=lambda latents: decode_latents(run.model, latents, nan_check=False).images)
 
 
 def _postprocess_batch(run: _Run, decoded) -> list:

@@ -136,7 +136,9 @@ SECTIONS: Mapping[str, str] = MappingProxyType({
     "checkpoints": "Checkpoints",
     "vae": "VAE",
     "sampling": "Sampling",
+    "extra-networks": "Extra Networks",
     "ui": "User interface",
+    "live-previews": "Live previews",
     "api": "API",
     "model-sources": "Model sources",
     "upscaling": "Upscaling",
@@ -277,6 +279,38 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("quicksettings_list", ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"),
                 "Quicksettings list", "ui", needs_restart=True,
                 info="Settings shown at the top of the page instead of in this tab (the checkpoint always is)"),
+    # Extra Networks (modules.ui.extra_networks_panel: the text a card puts into the prompt)
+    SettingSpec("extra_networks_default_multiplier", 1.0, "Default multiplier for extra networks", "extra-networks",
+                minimum=0.0, maximum=2.0, step=0.01,
+                info="The weight a card writes into the prompt, as <lora:name:1> (a LoRA's preferred weight, when "
+                     "its card sets one, wins)"),
+    # Live previews (A1111's keys and defaults; modules.generation.live_preview makes the previews).
+    # The ones marked "not used by Atelier" are kept so A1111's config.json and extensions read them.
+    SettingSpec("show_progressbar", True, "Show progressbar", "live-previews",
+                info="Not used by Atelier yet: the progress bar is always shown"),
+    SettingSpec("live_previews_enable", True, "Show live previews of the created image", "live-previews"),
+    SettingSpec("live_previews_image_format", "png", "Live preview file format", "live-previews",
+                choices=("jpeg", "png", "webp"),
+                info="Not used by Atelier: the page receives previews through Gradio, and the API's progress "
+                     "sends PNG"),
+    SettingSpec("show_progress_grid", True, "Show previews of all images generated in a batch as a grid",
+                "live-previews", info="Off: the first image of the batch only"),
+    SettingSpec("show_progress_every_n_steps", 10, "Live preview display period", "live-previews",
+                minimum=-1, maximum=32, step=1,
+                info="In sampling steps: a new preview once this many steps passed since the last one; "
+                     "0 = every step, -1 = no previews"),
+    SettingSpec("show_progress_type", "Approx NN", "Live preview method", "live-previews",
+                choices=("Full", "Approx NN", "Approx cheap", "TAESD"),
+                info="Full = the VAE decodes each preview (slow, pretty); Approx cheap = a fixed colour map of the "
+                     "latents (instant, coarse). Atelier has no Approx NN or TAESD model: those use Approx cheap"),
+    SettingSpec("live_preview_content", "Prompt", "Live preview subject", "live-previews",
+                choices=("Combined", "Prompt", "Negative prompt"),
+                info="Not used by Atelier yet: previews always show the combined result (what the sampler keeps)"),
+    SettingSpec("live_preview_refresh_period", 1000, "Progressbar and preview update period", "live-previews",
+                minimum=0, info="In milliseconds. Not used by Atelier yet: the page checks progress 4 times a second"),
+    SettingSpec("live_preview_fast_interrupt", False, "Return image with chosen live preview method on interrupt",
+                "live-previews",
+                info="Not used by Atelier yet: an interrupted image is always decoded with the full VAE"),
     # API (modules.api.images reads these for image URLs in requests; A1111's names and defaults)
     SettingSpec("api_enable_requests", True, "Allow http:// and https:// URLs for input images in API", "api",
                 restrict_api=True),

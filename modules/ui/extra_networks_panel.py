@@ -42,7 +42,7 @@ CHECKPOINT = "checkpoint"
 LORA = "lora"
 SECTION_TITLES = {TEXTUAL_INVERSION: "Textual Inversion", HYPERNETWORK: "Hypernetworks", CHECKPOINT: "Checkpoints",
                   LORA: "Lora"}
-DEFAULT_MULTIPLIER_SETTING = "extra_networks_default_multiplier"  # A1111's setting; 1.0 when unset
+DEFAULT_MULTIPLIER_SETTING = "extra_networks_default_multiplier"  # A1111's setting (section Extra Networks)
 # A1111's description files beside a model, read when its user metadata has no description.
 DESCRIPTION_SUFFIXES = (".txt", ".description.txt")
 MAX_DESCRIPTION_BYTES = 64 << 10
@@ -210,11 +210,8 @@ def _list_embeddings(context, listing: NetworkListing) -> None:
 
 
 def _default_multiplier(context) -> float:
-    value = context.settings.current().get(DEFAULT_MULTIPLIER_SETTING, 1.0)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 1.0
+    """The Extra Networks setting (a number between 0 and 2, checked by its SettingSpec)."""
+    return float(context.settings.current()[DEFAULT_MULTIPLIER_SETTING])
 
 
 def refresh_networks(context) -> None:
