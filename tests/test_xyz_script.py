@@ -137,8 +137,10 @@ def test_without_sub_images_only_the_grid_comes_back(context):
 def test_bad_arguments_are_request_errors_that_name_the_value(context):
     with pytest.raises(ScriptArgumentError, match="Prompt S/R did not find 'dog'"):
         run(context, script_args("Prompt S/R", "dog, bird"))
-    with pytest.raises(ScriptArgumentError, match="'Prompt order'"):
-        run(context, script_args(8, "a, b"))  # an A1111 axis Atelier lacks
+    with pytest.raises(ScriptArgumentError, match="Prompt order: 'horse' is not in the prompt"):
+        run(context, script_args(8, "horse, cat"))  # A1111's index of Prompt order
+    with pytest.raises(ScriptArgumentError, match="'Negative Guidance minimum sigma'"):
+        run(context, script_args(12, "0.5"))  # an A1111 axis Atelier lacks
     with pytest.raises(ScriptArgumentError, match="by name"):
         run(context, script_args(29, "x"))  # past the indices A1111.md fixes
     with pytest.raises(ScriptArgumentError, match="Did you mean 'CFG Scale'"):
@@ -198,3 +200,16 @@ def test_through_the_txt2img_tab(context):
     assert outcome.error is None and len(outcome.images) == 1
     params = parse_generation_parameters(outcome.infotexts[0])
     assert params["Script"] == TITLE and params["X Type"] == "Steps" and params["X Values"] == "1, 2"
+
+
+def test_styles_and_prompt_order_through_the_app(context):
+    """The app's style list reaches the plot (A1111's Styles axis): each cell's prompts carry its
+    style, and Prompt order by A1111's index reorders the prompt."""
+    (context.paths.data_dir / "styles.csv").write_text('name,prompt,negative_prompt\nwarm,"{prompt}, warm light",cold\n',
+                                                       encoding="utf-8")
+    result = run(context, script_args("Styles", "warm", 8, "a cat, a dog", include_lone_images=True),
+                 BASE.model_copy(update={"prompt": "a cat, a dog"}))
+    cells = [parse_generation_parameters(text) for text in result.infotexts[1:]]
+    assert [(p["Prompt"], p["Negative prompt"]) for p in cells] == [
+        ("a cat, a dog, warm light", "blurry, cold"), ("a dog, a cat, warm light", "blurry, cold")]
+    assert cells[0]["X Type"] == "Styles" and cells[0]["Y Type"] == "Prompt order"

@@ -45,6 +45,7 @@ from modules.extension_host.xyz.extension_axes import (  # noqa: F401 - A1111's 
     format_value,
     format_value_add_label,
     format_value_join_list,
+    str_permutations,
 )
 from modules.extension_host.xyz_grid import (
     MERGE_MULTIPLIER,

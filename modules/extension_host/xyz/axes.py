@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modules.extension_host.xyz.values import AxisValueError, parse_values
+from modules.extension_host.xyz.values import AxisValueError, parse_values, str_permutations
 
 NOTHING = "Nothing"
 MERGE_MULTIPLIER = "Merge multiplier"
@@ -72,6 +72,11 @@ def format_plain(axis: AxisType, value: Any) -> str:
 
 def format_basename(axis: AxisType, value: Any) -> str:
     return os.path.basename(str(value))
+
+
+def format_join_list(axis: AxisType, value: Any) -> str:
+    """A list value (one ordering of Prompt order) as A1111's legend shows it: `a, b, c`."""
+    return ", ".join(str(item) for item in value)
 
 
 def format_nothing(axis: AxisType, value: Any) -> str:
@@ -214,6 +219,81 @@ def _confirm_prompt_sr(values, context, request) -> None:
     if search not in request.prompt and search not in request.negative_prompt:
         raise AxisValueError(f"Prompt S/R did not find {search!r} in the prompt or the negative prompt; the first "
                              "value is the text searched for, and each value replaces it in turn")
+
+
+def reorder_prompt(prompt: str, order: Sequence[str]) -> str:
+    """`prompt` with the texts of `order` put in that order, in the places where they are now (A1111's
+    Prompt order): for "a cat, a dog" and ("a dog", "a cat"), "a dog, a cat". Each text is taken at
+    its first occurrence; the text between and around them stays where it is."""
+    by_position = sorted(order, key=prompt.find)
+    gaps, rest = [], prompt
+    for text in by_position:
+        start = rest.find(text)
+        gaps.append(rest[:start])
+        rest = rest[start + len(text):]
+    return "".join(gap + text for gap, text in zip(gaps, order)) + rest
+
+
+def _apply_prompt_order(request, value, context):
+    return with_fields(request, prompt=reorder_prompt(request.prompt, value))
+
+
+def _confirm_prompt_order(values, context, request) -> None:
+    missing = [text for text in (values[0] if values else ()) if text not in request.prompt]
+    if missing:
+        raise AxisValueError(f"Prompt order: {missing[0]!r} is not in the prompt; the values are parts of the "
+                             "prompt (like: a cat, a dog), and each cell puts them in another order")
+
+
+def _style_names(value: str) -> list[str]:
+    # A1111 adds `value.split(",")`: one value may name several styles (quoted in the values: "a, b").
+    return [name.strip() for name in str(value).split(",") if name.strip()]
+
+
+def _style_database(services):
+    styles = getattr(services, "styles", None)
+    if styles is None:
+        raise AxisValueError("Styles: this grid runs without the style list; run it with the app context")
+    return styles
+
+
+def _apply_styles(request, value, context):
+    """The value's styles added to the cell's (after the request's own, as A1111 extends `p.styles`)
+    and merged into both prompts: the request's own styles are already in its prompts."""
+    names = _style_names(value)
+    prompt, negative = _style_database(context.services).styled_prompts(request.prompt, request.negative_prompt,
+                                                                         names)
+    return with_fields(request, prompt=prompt, negative_prompt=negative, styles=(*request.styles, *names))
+
+
+def _confirm_styles(values, context, request) -> None:
+    from modules.generation.styles import StyleError
+
+    database = _style_database(context.services)
+    for value in values:
+        try:
+            database.styled_prompts("", "", _style_names(value))
+        except StyleError as e:
+            raise AxisValueError(f"Styles: {e}") from None
+
+
+def _style_choices(services) -> list[str]:
+    styles = getattr(services, "styles", None)
+    return styles.names() if styles is not None else []
+
+
+def _rng_choices(services) -> list[str]:
+    """The `randn_source` setting's choices (A1111's GPU, CPU, NV)."""
+    from modules.serving.settings import SCHEMA_BY_KEY
+
+    return list(SCHEMA_BY_KEY["randn_source"].choices)
+
+
+def _confirm_rng_sources(values, context, request) -> None:
+    choices = _rng_choices(context.services)
+    for value in values:
+        if value not in choices:
+            raise AxisValueError(f"RNG source: {value!r} is not a noise source; choose one of {', '.join(choices)}")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -392,6 +472,7 @@ BUILTIN_AXES: tuple[AxisType, ...] = (
     _infotext_axis("CFG Scale", float, "CFG scale"),
     _field_axis("Image CFG Scale", float, "image_cfg_scale", tab=IMG2IMG),
     AxisType("Prompt S/R", str, _apply_prompt_sr, format_plain, confirm=_confirm_prompt_sr),
+    AxisType("Prompt order", str_permutations, _apply_prompt_order, format_join_list, confirm=_confirm_prompt_order),
     AxisType("Sampler", str, apply_field("sampler_name"), format_plain, confirm=_confirm_samplers,
              choices=_sampler_choices),
     AxisType("Checkpoint name", str, _apply_checkpoint, format_basename, confirm=_confirm_checkpoints,
@@ -407,6 +488,8 @@ BUILTIN_AXES: tuple[AxisType, ...] = (
              choices=_hires_upscaler_choices, tab=TXT2IMG),
     _field_axis("Cond. Image Mask Weight", float, "inpainting_mask_weight", tab=IMG2IMG),
     AxisType("VAE", str, apply_override("sd_vae"), confirm=_confirm_vaes, choices=_vae_choices, cost=0.7),
+    AxisType("Styles", str, _apply_styles, confirm=_confirm_styles, choices=_style_choices),
+    AxisType("RNG source", str, apply_override("randn_source"), confirm=_confirm_rng_sources, choices=_rng_choices),
     AxisType("Size", str, _apply_size, confirm=_confirm_sizes),
     AxisType(MERGE_MULTIPLIER, float, _apply_merge, confirm=_confirm_merge, cost=1.0, builds_merge=True),
 )

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from modules.extension_host.xyz.axes import IMG2IMG, TXT2IMG, AxisType
-from modules.extension_host.xyz.values import AxisValueError
+from modules.extension_host.xyz.values import AxisValueError, str_permutations
 
 
 def _show(value: Any) -> Any:
@@ -78,7 +78,8 @@ def do_nothing(p, x, xs) -> None:
 
 class AxisOption:
     """A1111's `AxisOption(label, type, apply, format_value=format_value_add_label, confirm=None,
-    cost=0.0, choices=None, prepare=None)`; `type` is int, float or str. `prepare` (A1111's hook to
+    cost=0.0, choices=None, prepare=None)`; `type` is int, float, str or `str_permutations` (the
+    values are every ordering of the items). `prepare` (A1111's hook to
     rewrite the parsed values) is kept but not called."""
 
     def __init__(self, label, type, apply, format_value=format_value_add_label, confirm=None, cost=0.0,
@@ -133,8 +134,9 @@ def extension_axis_types(options: Sequence[Any]) -> tuple[AxisType, ...]:
         if not (hasattr(option, "label") and callable(getattr(option, "apply", None))):
             log.error("X/Y/Z plot: axis_options holds %r, not an AxisOption(label, type, apply); left out", option)
             continue
-        if getattr(option, "type", None) not in (int, float, str):
-            log.error("X/Y/Z plot: axis %r has type %r; Atelier parses int, float and str values; left out",
+        if getattr(option, "type", None) not in (int, float, str, str_permutations):
+            log.error("X/Y/Z plot: axis %r has type %r; Atelier parses int, float, str and str_permutations "
+                      "values; left out",
                       option.label, getattr(option, "type", None))
             continue
         axes.append(_to_axis_type(option))
@@ -178,5 +180,5 @@ def _to_axis_type(option) -> AxisType:
 __all__ = [
     "AxisOption", "AxisOptionImg2Img", "AxisOptionTxt2Img", "apply_field", "apply_override", "boolean_choice",
     "do_nothing", "extension_axis_types", "processing_for", "format_nothing", "format_remove_path", "format_value",
-    "format_value_add_label", "format_value_join_list",
+    "format_value_add_label", "format_value_join_list", "str_permutations",
 ]

@@ -31,7 +31,7 @@ from modules.extension_host.xyz.axes import (
     with_fields,
 )
 from modules.extension_host.xyz.services import GridServices
-from modules.extension_host.xyz.values import AxisValueError, join_csv, parse_values
+from modules.extension_host.xyz.values import AxisValueError, join_csv, parse_values, str_permutations
 
 SCRIPT_TITLE = "X/Y/Z plot"
 LETTERS = ("X", "Y", "Z")
@@ -168,7 +168,9 @@ def _resolve_axis(letter: str, spec: AxisSpec, services: GridServices, request, 
             axis.confirm(values, context, request)
     except AxisValueError as e:
         raise AxisValueError(f"{letter} axis: {e}") from None
-    text = spec.values if isinstance(spec.values, str) else join_csv(values)
+    # A list from a dropdown or the API is recorded as the CSV it would have been typed as.
+    text = spec.values if isinstance(spec.values, str) else join_csv(
+        spec.values if axis.type is str_permutations else values)
     fixed = False
     if axis.seeds and fix_seeds:
         values = [get_fixed_seed(v) for v in values]

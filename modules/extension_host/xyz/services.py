@@ -1,5 +1,5 @@
-"""What the X/Y/Z plot needs from the application: the engine, the model manager, the checkpoint
-and VAE lists, and where "merge and load" trials may be written. Built from an `AppContext` or a
+"""What the X/Y/Z plot needs from the application: the engine, the model manager, the checkpoint,
+VAE and style lists, and where "merge and load" trials may be written. Built from an `AppContext` or a
 bare `Txt2ImgEngine` (then without VAE choices or merge trials unless given)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ class GridServices:
     models: Any  # model_manager.ModelManager
     checkpoints: Any  # checkpoints.CheckpointRegistry
     vaes: Any = None  # vae_files.VaeRegistry; None: no VAE axis
+    styles: Any = None  # styles.StyleDatabase; None: no Styles axis
     merge_scratch_dir: Path | None = None  # None: no Merge multiplier axis
     merge_options: Mapping[str, Any] = field(default_factory=dict)  # vae_files, allow_unsafe_pickle
     data_dir: Path | None = None  # where grids are saved (outputs/txt2img-grids under it)
@@ -37,6 +38,7 @@ class GridServices:
 
             return cls(
                 engine=source.engine, models=source.models, checkpoints=source.checkpoints, vaes=source.vaes,
+                styles=source.prompt_styles,
                 # A folder of its own inside the trial folder: the grid deletes what it wrote there,
                 # never the Checkpoint Merger tab's current trial.
                 merge_scratch_dir=merge_trial_dir(source.paths) / "xyz",

@@ -13,12 +13,16 @@ decimals, so `0.2-0.8 (+0.2)` gives 0.6 (not 0.6000000000000001) and never an ex
 end through rounding; a range that runs downwards (`10-1`, `10-1 (-3)`) counts down instead of
 giving nothing; a step pointing away from the end is an error. Empty items of numeric axes are
 dropped (a trailing comma); for text axes they are kept (Prompt S/R may replace with nothing).
+
+An axis of type `str_permutations` (A1111's Prompt order) takes the items as one list and has every
+ordering of it as its values: `a, b, c` gives six values, ("a", "b", "c") first.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -37,7 +41,16 @@ def _range_pattern(number: str) -> re.Pattern[str]:
 
 _INT_RANGE = _range_pattern(_INT)
 _FLOAT_RANGE = _range_pattern(_FLOAT)
+# 8 items are 40320 orderings, already past what a grid can hold at any size; more would be
+# refused by the grid's size check only after the list was built.
+MAX_PERMUTED_ITEMS = 8
 _SYNTAX_HELP = "write numbers separated by commas, or ranges like 1-5, 1-10 (+2), 1-10 [5]"
+
+
+def str_permutations(value: Any) -> Any:
+    """A1111's marker type for an axis whose values are the orderings of its items (Prompt order);
+    as a function it leaves a value as it is, as A1111's does."""
+    return value
 
 
 class AxisValueError(ValueError):
@@ -107,6 +120,12 @@ def parse_values(axis, values: str | Sequence[Any]) -> list[Any]:
     Raises `AxisValueError` naming the axis and the item that is wrong and how to write it.
     """
     label, kind = axis.label, axis.type
+    if kind is str_permutations:
+        items = split_csv(values) if isinstance(values, str) else [str(v) for v in values]
+        if len(items) > MAX_PERMUTED_ITEMS:
+            raise AxisValueError(f"{label}: {len(items)} items have {math.factorial(len(items))} orderings; "
+                                 f"give at most {MAX_PERMUTED_ITEMS} (each ordering is a cell)")
+        return [tuple(order) for order in itertools.permutations(items)]
     if not isinstance(values, str):
         return [_convert(label, kind, v) for v in values]
     items = split_csv(values)
