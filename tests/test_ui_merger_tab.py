@@ -4,7 +4,10 @@ dropdowns, merge and load, and errors shown as messages."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
+import pickle
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
@@ -13,6 +16,9 @@ import torch
 from modules.serving.app_context import AppContext
 from modules.serving.cmd_args import parse_args
 from modules.merging.blocks import SD_PRESETS, block_names
+from modules.library.safetensors_io import read_header
+from modules.merging.merger import MergeOutputExists, MergeRequest
+from modules.serving.jobs import JobState
 from modules.merging.methods import MERGE_METHODS, MergeOptions
 from modules.merging.service import merge_trial_dir
 from modules.library.synthetic_checkpoints import write_checkpoint
@@ -142,10 +148,78 @@ def test_form_errors_are_messages_and_submit_nothing(context, handlers, changes,
     assert context.jobs.jobs() == []
 
 
-def test_errors_from_the_merge_job_are_messages(context, handlers):
-    list(handlers.merge(*widget_values(custom_name="same")))
-    message = list(handlers.merge(*widget_values(custom_name="same")))[-1][0]
-    assert "Failed: " in message and "already exists" in message and "MergeError" not in message
+def test_an_existing_name_offers_the_overwrite_checkbox(context, handlers, tmp_path, caplog):
+    path = tmp_path / "models" / "Stable-diffusion" / "same.safetensors"
+    assert "Checkpoint saved to" in list(handlers.merge(*widget_values(custom_name="same")))[-1][0]
+    before = path.read_bytes()
+    jobs_before = len(context.jobs.jobs())
+    with caplog.at_level("INFO"):
+        updates = list(handlers.merge(*widget_values(custom_name="same", multiplier=0.9)))
+    message = updates[-1][0]
+    # The tab's own choice, not the API's or the script's flag; refused before any job, so nothing is
+    # logged as a failed job.
+    assert "same.safetensors already exists" in message and "&quot;Overwrite&quot;" in message, message
+    assert "--overwrite" not in message and "API" not in message and "MergeError" not in message
+    assert len(updates) == 1 and len(context.jobs.jobs()) == jobs_before and path.read_bytes() == before
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
+    # Ticking the checkbox replaces the file with the new merge.
+    message = list(handlers.merge(*widget_values(custom_name="same", multiplier=0.9, overwrite=True)))[-1][0]
+    assert "Checkpoint saved to" in message and path.read_bytes() != before
+    recipe = json.loads(read_header(path).metadata["sd_merge_recipe"])
+    assert recipe["multiplier"] == 0.9
+
+
+def test_an_output_written_meanwhile_is_the_same_message_from_the_job(tmp_path):
+    # Another merge may write the name between the tab's check and this job's plan (here: a Ray
+    # worker's error, which crosses a process boundary as a pickle).
+    error = pickle.loads(pickle.dumps(MergeOutputExists(tmp_path / "x.safetensors")))
+    job = SimpleNamespace(state=JobState.FAILED, result=None, interrupt_requested=False, exception=error,
+                          error=f"MergeOutputExists: {error}")
+    text, failed = merger_tab.result_text(job, load=False)
+    assert failed and "x.safetensors already exists" in text and '"Overwrite"' in text and "--overwrite" not in text
+
+
+def test_overwriting_the_loaded_checkpoint_loads_the_new_weights(context, handlers):
+    list(handlers.merge(*widget_values(custom_name="kept")))
+    context.switch_checkpoint(context.checkpoints.find("kept.safetensors").title)
+    old_sha = context.models.current_info().sha256
+    message = list(handlers.merge(*widget_values(custom_name="kept", multiplier=0.8, overwrite=True)))[-1][0]
+    assert "Checkpoint saved to" in message, message
+    new = context.checkpoints.find("kept.safetensors")
+    assert new.sha256 != old_sha
+    # The model in use is the file as it is now, not the cached weights of the file it replaced.
+    assert context.models.current_info().sha256 == new.sha256
+
+
+@pytest.mark.parametrize("changes", [
+    {"discard_weights": "model(["},
+    {"metadata_json": "[1]"},
+    {"metadata_json": "{not json"},
+    {"custom_name": "../outside"},
+    {"bake_in_vae": "no-such-vae.safetensors"},
+    {"method": "Add difference (TIES)", "tertiary": "c.safetensors", "ties_density": 0.0},
+])
+def test_messages_name_fields_by_their_labels(context, handlers, changes):
+    message = list(handlers.merge(*widget_values(**changes)))[-1][0]
+    assert "Failed" in message, message
+    keys = [name for name in MergeRequest.model_fields if "_" in name] + ["ties_density", "method_options"]
+    assert not [key for key in keys if key in message], message
+    labels = [label for label in merger_tab.FIELD_LABELS.values() if html.escape(label) in message]
+    assert labels, message  # the field is named as the form shows it
+
+
+def test_the_empty_name_box_shows_and_gives_a1111s_default_name(context, handlers, tmp_path):
+    m = 0.35
+    # A1111's rule (A1111.md §6): "{round(1-M,2)}({A}) + {round(M,2)}({B})", "{A} + {round(M,2)}({B} - {C})".
+    weighted = f"{round(1 - m, 2)}(a) + {round(m, 2)}(b).safetensors"
+    update = handlers.default_name("a.safetensors", "b.safetensors", None, "Weighted sum", m, "safetensors")
+    assert update["placeholder"] == f"default: {weighted}"
+    update = handlers.default_name("a.safetensors", "b.safetensors", "c.safetensors", "Add difference", m, "ckpt")
+    assert update["placeholder"] == f"default: a + {round(m, 2)}(b - c).ckpt"
+    update = handlers.default_name("a.safetensors", None, None, "Weighted sum", m, "safetensors")
+    assert update["placeholder"] == merger_tab.DEFAULT_NAME_HINT  # B is not chosen yet
+    message = list(handlers.merge(*widget_values(multiplier=m)))[-1][0]
+    assert "Checkpoint saved to" in message and (tmp_path / "models" / "Stable-diffusion" / weighted).is_file()
 
 
 def test_block_weights_text_presets_and_sliders():

@@ -46,6 +46,21 @@ class MergeError(ValueError):
     """A merge that cannot run as asked; the message names the input and the fix."""
 
 
+class MergeOutputExists(MergeError):
+    """The output file exists and the request does not allow replacing it. `path` lets each front end
+    say how to allow it there (the tab's Overwrite checkbox; the API's and the script's flags are in
+    the message)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        super().__init__(f"{self.path} already exists; choose another custom name, or replace it with "
+                         "\"overwrite\": true (API) / --overwrite (scripts/merge_checkpoints.py)")
+
+    def __reduce__(self):
+        # Rebuilt from the path when it crosses a process boundary (a merge on a Ray worker).
+        return type(self), (self.path,)
+
+
 class MergeInterrupted(Exception):
     """The merge was interrupted; nothing was written."""
 
@@ -79,7 +94,7 @@ class MergeRequest(BaseModel):
     @classmethod
     def _format(cls, value: str) -> str:
         if value not in ("safetensors", "ckpt"):
-            raise ValueError(f"checkpoint_format must be 'safetensors' or 'ckpt', got {value!r}")
+            raise ValueError(f"must be 'safetensors' or 'ckpt', got {value!r}")
         return value
 
     @field_validator("custom_name")
@@ -89,7 +104,7 @@ class MergeRequest(BaseModel):
         # joins the name to the folder as it is, so "../x" would leave it; Atelier refuses that).
         if (any(part in value for part in ("/", "\\", "\0")) or value.strip() in (".", "..")
                 or value.startswith(".")):
-            raise ValueError(f"custom_name must be a file name without folders, got {value!r}; leave out "
+            raise ValueError(f"must be a file name without folders, got {value!r}; leave out "
                              "'/', '\\' and a leading '.' (the merge is saved in the checkpoint folder)")
         return value
 
@@ -99,7 +114,7 @@ class MergeRequest(BaseModel):
         try:
             re.compile(value)
         except re.error as e:
-            raise ValueError(f"discard_weights is not a valid regular expression: {e}") from None
+            raise ValueError(f"not a valid regular expression: {e}") from None
         return value
 
     @field_validator("metadata_json")
@@ -108,9 +123,9 @@ class MergeRequest(BaseModel):
         try:
             data = json.loads(value or "{}")
         except json.JSONDecodeError as e:
-            raise ValueError(f"metadata_json is not valid JSON: {e}") from None
+            raise ValueError(f"not valid JSON: {e}") from None
         if not isinstance(data, dict):
-            raise ValueError("metadata_json must be a JSON object")
+            raise ValueError("must be a JSON object, e.g. {\"author\": \"me\"}")
         return value
 
 
@@ -261,11 +276,14 @@ class _Inputs(NamedTuple):
     c: _Input | None
 
 
-def _open_inputs(request: MergeRequest, method: MergeMethod, registry, allow_unsafe_pickle: bool) -> _Inputs:
+def _open_inputs(request: MergeRequest, method: MergeMethod, registry, allow_unsafe_pickle: bool, *,
+                 hashed: bool = True) -> _Inputs:
+    """`hashed=False`: the files' hashes are not needed (a check before the merge), so a file not
+    hashed yet is not read whole here."""
     names = (request.primary_model_name,
              request.secondary_model_name if method.needs_b else None,
              request.tertiary_model_name if method.needs_c else None)
-    infos = [registry.ensure_hash(registry.find(n)) if n else None for n in names]
+    infos = [(registry.ensure_hash(registry.find(n)) if hashed else registry.find(n)) if n else None for n in names]
     return _Inputs(*(_open(info, allow_unsafe_pickle) if info else None for info in infos))
 
 
@@ -360,28 +378,23 @@ def plan_merge(request: MergeRequest, method: MergeMethod, inputs: _Inputs, outp
     `MergeError` for inputs or options that cannot be merged (ValueError for a block-weight list of
     the wrong length), before any file is written."""
     from modules.merging.blocks import block_weights_for
-    from modules.merging.methods import MergeOptions, MergeParams
+    from modules.merging.methods import MergeParams
 
     a, b, c = inputs
     flags = _check_compatible(a, [x for x in (b, c) if x is not None])
     block_weight = None
     if request.block_weights is not None:
         block_weight = block_weights_for(a.family.value, request.block_weights)
-    try:
-        options = MergeOptions.from_mapping(request.method_options or {})
-    except (TypeError, ValueError) as e:
-        raise MergeError(f"method_options: {e}") from e
+    options = _merge_options(request)
     discard = re.compile(request.discard_weights) if request.discard_weights else None
     vae = _vae_tensors(request.bake_in_vae, vae_files) if request.bake_in_vae not in ("", "None") else None
     keys = tuple(_plan_key(key, inputs, method, vae, request.save_as_half) for key in a.source.shapes
                  if discard is None or not discard.search(key))
 
     infos = (a.info, b.info if b else None, c.info if c else None)
-    flag = "inpainting" if flags["is_inpainting"] else "instruct-pix2pix" if flags["is_instruct_pix2pix"] else None
-    path = Path(output_dir) / output_name(request, *infos, flag)
+    path = _output_path(request, inputs, flags, output_dir)
     if path.exists() and not request.overwrite:
-        raise MergeError(f"{path} already exists; choose another custom name, or replace it with "
-                         "\"overwrite\": true (API) / --overwrite (scripts/merge_checkpoints.py)")
+        raise MergeOutputExists(path)
     metadata = _metadata(request, [x for x in inputs if x is not None], _recipe(request, *infos, flags))
     # `.ckpt` output: the merge streams into a safetensors stage file next to the output, which is
     # then rewritten as a pickle (modules.merging.ckpt_writer); the stage file never outlives the merge.
@@ -391,6 +404,52 @@ def plan_merge(request: MergeRequest, method: MergeMethod, inputs: _Inputs, outp
     return MergePlan(method=method, inputs=inputs, params=MergeParams(request.multiplier, request.multiplier2, options),
                      block_weight=block_weight, vae=vae, keys=keys, path=path, stage=stage, metadata=metadata,
                      overwrite=request.overwrite, control=control)
+
+
+def _merge_options(request: MergeRequest):
+    from modules.merging.methods import MergeOptions
+
+    try:
+        return MergeOptions.from_mapping(request.method_options or {})
+    except (TypeError, ValueError) as e:
+        raise MergeError(f"method_options: {e}") from e
+
+
+def _output_path(request: MergeRequest, inputs: _Inputs, flags: dict[str, bool], output_dir: Path) -> Path:
+    a, b, c = inputs
+    flag = "inpainting" if flags["is_inpainting"] else "instruct-pix2pix" if flags["is_instruct_pix2pix"] else None
+    return Path(output_dir) / output_name(request, a.info, b.info if b else None, c.info if c else None, flag)
+
+
+def check_merge(request: MergeRequest, registry, output_dir: Path, *, vae_files: Mapping[str, Path] | None = None,
+                allow_unsafe_pickle: bool = False, check_output: bool = True) -> Path:
+    """What `plan_merge` refuses, found from the inputs' headers before a job is queued (the tab
+    answers at once, and a refusal is a message, not a failed job in the log): a model the method
+    needs is missing or unknown, the models do not fit together, block weights or method options are
+    wrong, the VAE to bake in is unknown, or (with `check_output`) the output exists and `overwrite` is off (`MergeOutputExists`).
+    Returns the output path."""
+    from modules.merging.blocks import block_weights_for
+
+    method = _method_of(request)
+    inputs = _open_inputs(request, method, registry, allow_unsafe_pickle, hashed=False)
+    try:
+        flags = _check_compatible(inputs.a, [x for x in (inputs.b, inputs.c) if x is not None])
+        if request.block_weights is not None:
+            try:
+                block_weights_for(inputs.a.family.value, request.block_weights)
+            except ValueError as e:
+                raise MergeError(f"block_weights: {e}") from e
+        _merge_options(request)
+        if request.bake_in_vae not in ("", "None") and request.bake_in_vae not in (vae_files or {}):
+            _vae_tensors(request.bake_in_vae, vae_files)  # raises the MergeError that names the known ones
+        path = _output_path(request, inputs, flags, output_dir)
+        if check_output and path.exists() and not request.overwrite:
+            raise MergeOutputExists(path)
+        return path
+    finally:
+        for item in inputs:
+            if item is not None:
+                item.source.close()
 
 
 def _plan_key(key: str, inputs: _Inputs, method: MergeMethod, vae, save_as_half: bool) -> PlannedKey:

@@ -55,10 +55,23 @@ def merge_work(context: AppContext, request: MergeRequest, *, load_without_savin
         if load_without_saving:
             return merge_and_load(request, context.checkpoints, context.models, merge_trial_dir(context.paths),
                                   control=control, **options)
-        return merge_checkpoints(request, context.checkpoints, merge_output_dir(context.paths), control=control,
-                                 **options)
+        result = merge_checkpoints(request, context.checkpoints, merge_output_dir(context.paths), control=control,
+                                   **options)
+        if request.overwrite:
+            _forget_replaced_weights(context, result.path)
+        return result
 
     return work
+
+
+def _forget_replaced_weights(context: AppContext, path: Path) -> None:
+    """An overwritten checkpoint that is loaded (the model cache is keyed by file) would keep serving
+    the old weights: a cached one is dropped, the current one read again (the job is exclusive)."""
+    current = context.models.current_info()
+    if current is not None and Path(current.filename) == Path(path):
+        context.models.reload_current()
+    else:
+        context.models.unload_file(path)
 
 
 def submit_merge(context: AppContext, request: MergeRequest, *, load_without_saving: bool = False) -> Job:
@@ -73,6 +86,6 @@ def submit_merge(context: AppContext, request: MergeRequest, *, load_without_sav
     else:
         work = merge_work(context, request, load_without_saving=load_without_saving)
     # "Merge and load" changes what later jobs use (and, with Ray workers, deletes older trials in the
-    # shared folder): nothing else runs beside it.
+    # shared folder), and an overwrite may replace the file of a loaded model: nothing else runs beside them.
     return context.jobs.submit(work, kind=MERGE_JOB_KIND, description=describe_merge(request, load_without_saving),
-                               exclusive=load_without_saving)
+                               exclusive=load_without_saving or request.overwrite)

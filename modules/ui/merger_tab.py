@@ -26,11 +26,15 @@ from modules.serving.jobs import Job, JobState
 from modules.merging.blocks import BLOCK_LAYOUTS, SD_PRESETS, block_names
 from modules.merging.methods import MERGE_METHODS
 from modules.merging.service import submit_merge
-from modules.merging.merger import CONFIG_SOURCES, MergeRequest, MergeResult
+from modules.merging.merger import (CONFIG_SOURCES, MergeError, MergeOutputExists, MergeRequest, MergeResult,
+                                    check_merge, output_name)
+from modules.merging.service import merge_options, merge_output_dir
 from modules.ui.generation import error_html, follow_job
 from modules.common.validation import validation_problems
 
 DEFAULT_METHOD = "Weighted sum"
+MODEL_PICKER_MIN_WIDTH = 380
+DEFAULT_NAME_HINT = "default: from the models and the multiplier, e.g. 0.7(A) + 0.3(B)"
 NO_PRESET = "None"
 # The methods that take options beyond M and N, and which `MergeOptions` fields they read.
 METHOD_OPTION_FIELDS: dict[str, tuple[str, ...]] = {
@@ -46,21 +50,52 @@ BLOCK_WEIGHTS_HELP = (
     "26 numbers for SD1/SD2 (BASE, IN00-IN11, M00, OUT00-OUT11) or 20 for SDXL (BASE, IN00-IN08, M00, "
     f"OUT00-OUT08), separated by commas, or a preset name ({', '.join(SD_PRESETS)})"
 )
-# What the form's fields are called on screen, for error messages about them.
+OVERWRITE_LABEL = "Overwrite"
+# What the form's fields are called on screen, for error messages about them: a message shown in the
+# tab names a field by its label, never by the request's key (the API's messages keep the keys).
 FIELD_LABELS = {
+    "primary_model_name": "Primary model (A)",
+    "secondary_model_name": "Secondary model (B)",
+    "tertiary_model_name": "Tertiary model (C)",
+    "interpolation_method": "Interpolation Method",
     "multiplier": "Multiplier (M)",
     "multiplier2": "Multiplier (N)",
+    "save_as_half": "Save as float16",
     "custom_name": "Custom Name",
     "checkpoint_format": "Checkpoint format",
     "config_source": "Copy config from",
+    "bake_in_vae": "Bake in VAE",
     "discard_weights": "Discard weights with matching name",
+    "save_metadata": "Save metadata",
+    "add_merge_recipe": "Add merge recipe metadata",
+    "copy_metadata_fields": "Copy metadata from merged models",
     "metadata_json": "Metadata in JSON format",
+    "block_weights": "Block weights",
     "method_options": "Method options",
+    "ties_density": "TIES density",
+    "dare_drop_rate": "DARE drop rate",
+    "overwrite": OVERWRITE_LABEL,
 }
+# Keys that are plain words too ("seed", "multiplier") are replaced only where they are keys (above,
+# by position); these, with an underscore, cannot be anything else in a message.
+_KEY_PATTERN = re.compile(r"\b(" + "|".join(sorted((k for k in FIELD_LABELS if "_" in k), key=len, reverse=True))
+                          + r")\b")
 
 
 class MergeFormError(ValueError):
     """The form cannot become a merge request; the message names the field and the fix."""
+
+
+def for_people(message: str) -> str:
+    """A merge message as the tab shows it: the request's keys (`discard_weights`) become the labels
+    of the fields they come from."""
+    return _KEY_PATTERN.sub(lambda match: FIELD_LABELS[match[1]], message)
+
+
+def exists_message(error: MergeOutputExists) -> str:
+    """The tab's answer to an output that exists: the choice it offers, not the API's flag."""
+    return (f"{error.path.name} already exists in {error.path.parent}. Tick \"{OVERWRITE_LABEL}\" to replace "
+            "it, or change Custom Name.")
 
 
 @dataclass(frozen=True)
@@ -87,6 +122,7 @@ class MergeForm:
     seed: float | None
     ties_density: float
     dare_drop_rate: float
+    overwrite: bool = False
 
     def to_request(self) -> MergeRequest:
         """The `MergeRequest` these values ask for; `MergeFormError` when they cannot make one."""
@@ -123,6 +159,7 @@ class MergeForm:
                 metadata_json=self.metadata_json or "{}",
                 block_weights=parse_block_weights(self.block_weights),
                 method_options=self._method_options(method.name),
+                overwrite=bool(self.overwrite),
             )
         except ValidationError as e:
             raise MergeFormError("\n".join(validation_problems(e, FIELD_LABELS))) from None
@@ -206,9 +243,11 @@ def result_text(job: Job, load: bool) -> tuple[str, bool]:
         return "\n".join(lines), False
     if job.state is JobState.INTERRUPTED or job.interrupt_requested:
         return "Interrupted: nothing was saved.", True
+    if isinstance(job.exception, MergeOutputExists):  # written by another merge since the check
+        return f"Not merged: {exists_message(job.exception)}", True
     # Bad input (a ValueError or a checkpoint not found) explains itself; anything else keeps its type.
     if isinstance(job.exception, (ValueError, CheckpointNotFoundError)):
-        return f"Failed: {job.exception}", True
+        return f"Failed: {for_people(str(job.exception))}", True
     return f"Failed: {job.error or 'the merge did not finish; see the console'}", True
 
 
@@ -244,16 +283,21 @@ class MergerHandlers:
         except CheckpointNotFoundError:
             return None
 
-    def model_dropdown_updates(self, *selected: str | None) -> list[dict]:
+    def model_dropdown_updates(self, *selected: str | None, loaded: bool = False) -> list[dict]:
         """Fresh choices for A, B, C (their selections kept, under their current titles), then for the
-        top bar's dropdown when there is one (its selection is the top bar's business)."""
+        top bar's dropdown when there is one: its choices include the model in use (a trial merge
+        too), and after "Merge and load" (`loaded`) it shows that model; otherwise its selection is
+        the top bar's business."""
         choices = self.checkpoint_choices()
         updates = [gr.update(choices=choices, value=self._title(value)) for value in selected]
         if self.top_bar_dropdown:
-            from modules.ui.top_bar import model_status
+            from modules.ui.top_bar import checkpoint_choices, current_checkpoint_title, model_status
 
+            top_bar = gr.update(choices=checkpoint_choices(self.context))
+            if loaded:
+                top_bar = gr.update(choices=top_bar["choices"], value=current_checkpoint_title(self.context))
             # The status line says what is loaded now: after "Merge and load", the trial merge.
-            updates += [gr.update(choices=choices), model_status(self.context)[0]]
+            updates += [top_bar, model_status(self.context)[0]]
         return updates
 
     def refresh(self, primary, secondary, tertiary, bake_in_vae) -> list[dict]:
@@ -285,16 +329,52 @@ class MergerHandlers:
         form = MergeForm(*values)
         try:
             request = form.to_request()
-        except MergeFormError as e:
-            yield [message_html(f"Failed: {e}", error=True), None, *skip_dropdowns]
+            self.check(request, load)
+        except MergeOutputExists as e:
+            yield [message_html(f"Not merged: {exists_message(e)}", error=True), None, *skip_dropdowns]
+            return
+        except (MergeFormError, MergeError, CheckpointNotFoundError) as e:
+            yield [message_html(f"Failed: {for_people(str(e))}", error=True), None, *skip_dropdowns]
             return
         job = submit_merge(self.context, request, load_without_saving=load)
         job_id = job.id
         for update in follow_job(job, poll_seconds=self.poll_seconds):
             yield [update.progress_html, job_id, *skip_dropdowns]
         text, failed = result_text(job, load)
-        dropdowns = self.model_dropdown_updates(form.primary, form.secondary, form.tertiary)
+        dropdowns = self.model_dropdown_updates(form.primary, form.secondary, form.tertiary,
+                                                loaded=load and not failed)
         yield [message_html(text, error=failed), None, *dropdowns]
+
+    def check(self, request: MergeRequest, load: bool) -> None:
+        """Refuse at once what the merge job would refuse (an existing output, models that do not fit
+        together), so the answer is a message in the tab rather than a failed job. "Merge and load"
+        writes to the trial folder, where an old trial is always replaced."""
+        check_merge(request, self.context.checkpoints, merge_output_dir(self.context.paths), check_output=not load,
+                    **merge_options(self.context))
+
+    def default_name(self, primary, secondary, tertiary, method_name, multiplier, checkpoint_format) -> dict:
+        """The Custom Name box's placeholder: the file name an empty box gives (A1111's rule,
+        `merger.output_name`), e.g. `0.7(a) + 0.3(b).safetensors`, for the models chosen now."""
+        method = MERGE_METHODS.get(method_name)
+        names = [self._info(value) for value in (primary, secondary, tertiary)]
+        a, b, c = names[0], names[1] if method and method.needs_b else None, names[2] if method and method.needs_c else None
+        if method is None or a is None or (method.needs_b and b is None) or (method.needs_c and c is None):
+            return gr.update(placeholder=DEFAULT_NAME_HINT)
+        try:
+            request = MergeRequest(primary_model_name=a.title, interpolation_method=method.name,
+                                   multiplier=multiplier, checkpoint_format=checkpoint_format or "safetensors")
+        except ValidationError:
+            return gr.update(placeholder=DEFAULT_NAME_HINT)
+        # An inpainting or instruct-pix2pix A adds its suffix too; known only when the files are read.
+        return gr.update(placeholder=f"default: {output_name(request, a, b, c, None)}")
+
+    def _info(self, value: str | None):
+        if not value:
+            return None
+        try:
+            return self.context.checkpoints.find(value)
+        except CheckpointNotFoundError:
+            return None
 
     def interrupt(self, job_id: str | None) -> None:
         """Stop this page's merge (only it: another user's job is not touched); nothing is saved."""
@@ -404,7 +484,7 @@ def build(context, shared) -> None:
 
     with gr.Row(equal_height=False):
         controls = _build_form_column(handlers, form)
-        with gr.Column(variant="compact"):
+        with gr.Column(variant="compact", scale=1, min_width=240):
             result = gr.HTML(elem_id="modelmerger_result")
             job_id = gr.State(None)
 
@@ -413,7 +493,8 @@ def build(context, shared) -> None:
 
 def _build_form_column(handlers: MergerHandlers, form: dict[str, Any]) -> _MergerControls:
     """The left column: the whole merge form (into `form`) and the Merge / Merge and load / Interrupt row."""
-    with gr.Column(variant="compact"):
+    # The form takes most of the width: the model pickers need it for real checkpoint titles.
+    with gr.Column(variant="compact", scale=3):
         gr.HTML("<p>A merger of the selected checkpoints. The result is saved in the checkpoint folder "
                 "and listed at once; <b>Merge and load</b> tries it as the current model without saving.</p>")
         refresh = _build_model_pickers(form, handlers.checkpoint_choices())
@@ -431,13 +512,15 @@ def _build_form_column(handlers: MergerHandlers, form: dict[str, Any]) -> _Merge
 
 def _build_model_pickers(form: dict[str, Any], checkpoints: list[tuple[str, str]]) -> gr.Button:
     """Models A, B and C with the refresh button; returns that button."""
-    with gr.Row():
+    # Real titles are long (`sub/realisticVisionV60B1_v51HyperVAE.safetensors [3c5e8f0a1b]`): each
+    # picker keeps room for one, and the row wraps to one picker a line on narrow screens.
+    with gr.Row(elem_id="modelmerger_models"):
         form["primary"] = gr.Dropdown(checkpoints, value=None, label="Primary model (A)",
-                                      elem_id="modelmerger_primary_model_name")
+                                      elem_id="modelmerger_primary_model_name", min_width=MODEL_PICKER_MIN_WIDTH)
         form["secondary"] = gr.Dropdown(checkpoints, value=None, label="Secondary model (B)",
-                                        elem_id="modelmerger_secondary_model_name")
+                                        elem_id="modelmerger_secondary_model_name", min_width=MODEL_PICKER_MIN_WIDTH)
         form["tertiary"] = gr.Dropdown(checkpoints, value=None, label="Tertiary model (C)",
-                                       elem_id="modelmerger_tertiary_model_name")
+                                       elem_id="modelmerger_tertiary_model_name", min_width=MODEL_PICKER_MIN_WIDTH)
         refresh = gr.Button("🔄", elem_id="modelmerger_refresh", scale=0, min_width=40)
     return refresh
 
@@ -445,8 +528,11 @@ def _build_model_pickers(form: dict[str, Any], checkpoints: list[tuple[str, str]
 def _build_method_fields(form: dict[str, Any]) -> tuple[gr.Markdown, gr.Group]:
     """Custom name, the multipliers, the method with its help text and its options; returns the help
     text and the options group, which change with the method."""
-    form["custom_name"] = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_custom_name",
-                                     placeholder="default: from the models and the multiplier")
+    with gr.Row(equal_height=True):
+        form["custom_name"] = gr.Textbox(label="Custom Name (Optional)", elem_id="modelmerger_custom_name",
+                                         placeholder=DEFAULT_NAME_HINT, scale=4)
+        form["overwrite"] = gr.Checkbox(value=False, label=OVERWRITE_LABEL, elem_id="modelmerger_overwrite",
+                                        info="replace a checkpoint of the same name", scale=1, min_width=160)
     form["multiplier"] = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="Multiplier (M) - set to 0 to get "
                                    "model A", elem_id="modelmerger_interp_amount")
     form["multiplier2"] = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Multiplier (N) - the share of "
@@ -535,6 +621,10 @@ def _wire_merger(handlers: MergerHandlers, shared, form: dict[str, Any], control
     c.refresh.click(handlers.refresh, inputs=[*model_dropdowns, form["bake_in_vae"]],
                     outputs=[*model_dropdowns, form["bake_in_vae"]], **private)
     shared.page_loads.append((handlers.choices_on_load, [*model_dropdowns, form["bake_in_vae"]]))
+    name_inputs = [*model_dropdowns, form["method"], form["multiplier"], form["checkpoint_format"]]
+    gr.on([form["primary"].change, form["secondary"].change, form["tertiary"].change, form["method"].change,
+           form["multiplier"].change, form["checkpoint_format"].change], handlers.default_name, inputs=name_inputs,
+          outputs=[form["custom_name"]], show_progress="hidden", **private)
     c.read_metadata.click(handlers.read_metadata, inputs=model_dropdowns, outputs=[form["metadata_json"]], **private)
     form["method"].change(handlers.on_method_change, inputs=[form["method"]],
                           outputs=[c.method_info, form["multiplier2"], c.method_options, form["ties_density"],

@@ -262,7 +262,9 @@ class ModelsTabHandlers:
             return [gr.skip()] * (2 + self.list_updates)
         updates = [gr.skip(), gr.update(choices=self._local_files("checkpoint"))]
         if self.list_updates:
-            updates.append(gr.update(choices=self.context.checkpoints.choices()))
+            from modules.ui.top_bar import checkpoint_choices  # the model in use stays a choice (a merge trial)
+
+            updates.append(gr.update(choices=checkpoint_choices(self.context)))
         return updates
 
     # -- page load ------------------------------------------------------------------------------

@@ -31,10 +31,27 @@ POLL_SECONDS = 0.25
 # --- plain functions (no gradio values in or out) -------------------------------------------------
 
 
+TRIAL_NOTE = "not saved"
+UNLISTED_NOTE = "loaded; no longer in the checkpoint folder"
+
+
 def checkpoint_choices(context) -> list[tuple[str, str]]:
     """`(label, title)` pairs: a file known not to load says why in its label; the value stays the
-    title, which is what the setting stores and A1111 clients send."""
-    return context.checkpoints.choices()
+    title, which is what the setting stores and A1111 clients send. The model in use is always a
+    choice, so the dropdown can show it: a "Merge and load" trial (embedded or on Ray workers) or a
+    loaded file since removed from the folder is added at the end, labelled as such."""
+    choices = list(context.checkpoints.choices())
+    current = context.current_checkpoint_info()
+    if current is not None and current.title not in {title for _label, title in choices}:
+        choices.append((_unlisted_label(context, current), current.title))
+    return choices
+
+
+def _unlisted_label(context, info) -> str:
+    from modules.merging.service import merge_trial_dir
+
+    trial = Path(info.filename).parent == merge_trial_dir(context.paths)
+    return f"{info.title} ({TRIAL_NOTE if trial else UNLISTED_NOTE})"
 
 
 def current_checkpoint_title(context) -> str | None:
