@@ -1,5 +1,5 @@
 """The Settings tab: the settings of `modules.serving.settings.SCHEMA` by section, Apply settings and Reload UI
-(A1111.md §10).
+(A1111.md §10), and A1111's search box over every section.
 
 Apply saves `config.json` through the `SettingsStore` (A1111's flat format) and reports, as A1111
 does, "N settings changed: a, b."; a value that breaks its setting's rule is refused with the field
@@ -41,6 +41,27 @@ from modules.serving.settings_change import UPSCALER_SETTINGS, change_settings
 log = logging.getLogger(__name__)
 
 RESTART_MARK = " (requires restart)"
+
+# The search box (A1111's): typing keeps, across every section, the settings whose text (label, help
+# line, choices) holds what was typed, and hides the sections left empty; an empty box shows all again.
+# It runs in the page only: nothing goes to the server.
+SEARCH_JS = """
+(query) => {
+    const text = (query || '').trim().toLowerCase();
+    document.querySelectorAll('#settings [id^="settings_section_"]').forEach((section) => {
+        let shown = 0;
+        section.querySelectorAll('[id^="setting_"]').forEach((item) => {
+            if (item.parentElement.closest('[id^="setting_"]')) return;  // a part of a setting, not one
+            const match = !text || item.textContent.toLowerCase().includes(text);
+            item.style.display = match ? '' : 'none';
+            if (match) shown += 1;
+        });
+        section.querySelectorAll('.settings-info').forEach((info) => { info.style.display = text ? 'none' : ''; });
+        section.style.display = shown || !text ? '' : 'none';
+    });
+    return [];
+}
+"""
 
 
 def top_bar_keys(current: Mapping[str, Any], locked: frozenset[str] = frozenset(),
@@ -218,6 +239,8 @@ def build(context, shared) -> None:
         submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         reload_ui = gr.Button("Reload UI", elem_id="settings_restart_gradio")
     result = gr.HTML(elem_id="settings_result")
+    search = gr.Textbox(placeholder="Search...", show_label=False, max_lines=1, elem_id="settings_search",
+                        container=False)
     gr.HTML("<p>The checkpoint, the VAE and Clip skip are set at the top of the page.</p>")
     loaded = gr.State(None)
     components = []
@@ -243,6 +266,7 @@ def build(context, shared) -> None:
     private = {"api_visibility": "private"}
     submit.click(handlers.apply_and_show, inputs=[loaded, *components], outputs=[result, loaded, *components],
                  **private)
+    search.change(None, inputs=[search], js=SEARCH_JS, **private)  # typing, pasting, clearing
     # A page reload: the page's load events read the values in effect again (see SettingsHandlers.load).
     reload_ui.click(None, js="() => { window.location.reload(); }", **private)
     shared.page_loads.append((handlers.load, [loaded, *components]))
