@@ -78,3 +78,16 @@ def test_reading_versions_imports_neither_torch_nor_diffusers():
             "print(sorted(name for name in ('torch', 'diffusers') if name in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("api_on", [True, False])
+def test_build_follows_the_api_flag(api_on):
+    from types import SimpleNamespace
+
+    from modules.ui import footer
+
+    with gradio.Blocks():
+        html = footer.build(SimpleNamespace(args=SimpleNamespace(api=api_on)))
+    assert html.elem_id == "footer" and ">Reload UI<" in html.value
+    assert (">API<" in html.value) is api_on
+    assert f"gradio: {gradio.__version__}" in html.value
