@@ -44,12 +44,12 @@ def sd1(tmp_path_factory):
                                             dtype=torch.float32))
 
 
-def run_with(model, steps=4, batch_size=1, **options):
+def run_with(model, steps=4, batch_size=1, request_fields=None, **options):
     """(step, preview) pairs of one generation whose client asks for a preview at every step."""
     control = AskingControl()
     settings = EngineSettings(live_preview=LivePreviewOptions(**options))
-    request = GenerationRequest(prompt="a cat", seed=7, width=64, height=64, steps=steps, batch_size=batch_size,
-                                sampler_name="Euler")
+    request = GenerationRequest(**{"prompt": "a cat", "seed": 7, "width": 64, "height": 64, "steps": steps,
+                                   "batch_size": batch_size, "sampler_name": "Euler", **(request_fields or {})})
     generate(model, request, settings, control)
     return control.previews
 
@@ -67,17 +67,19 @@ def test_settings_have_a1111_keys_and_defaults():
     assert {spec.section for key, spec in SCHEMA_BY_KEY.items() if key.startswith(("live_preview", "show_progress"))} \
         == {"live-previews"}
     # What Atelier cannot honour says so instead of pretending.
-    for key in ("show_progressbar", "live_previews_image_format", "live_preview_content",
-                "live_preview_refresh_period", "live_preview_fast_interrupt"):
+    for key in ("show_progressbar", "live_previews_image_format", "live_preview_refresh_period",
+                "live_preview_fast_interrupt"):
         assert "Not used by Atelier" in SCHEMA_BY_KEY[key].info, key
     assert "Approx cheap" in SCHEMA_BY_KEY["show_progress_type"].info
 
 
 def test_options_read_from_settings():
     settings = Settings({"live_previews_enable": False, "show_progress_every_n_steps": 3,
-                         "show_progress_type": "Full", "show_progress_grid": False, "n_rows": 2})
+                         "show_progress_type": "Full", "show_progress_grid": False, "n_rows": 2,
+                         "live_preview_content": "Negative prompt"})
     assert LivePreviewOptions.from_settings(settings) == LivePreviewOptions(
-        enabled=False, every_n_steps=3, method="Full", grid=False, n_rows=2, prevent_empty_spots=False)
+        enabled=False, every_n_steps=3, method="Full", grid=False, n_rows=2, prevent_empty_spots=False,
+        content="Negative prompt")
     assert EngineSettings.from_settings(settings).live_preview.every_n_steps == 3
 
 
@@ -180,3 +182,63 @@ def test_per_request_override_reaches_the_previews():
     settings = Settings({}).with_overrides({"show_progress_every_n_steps": 0, "show_progress_grid": False})
     options = EngineSettings.from_settings(settings).live_preview
     assert dataclasses.astuple(options)[:4] == (True, 0, "Approx NN", False)
+
+
+def last_prediction(model, monkeypatch, content, sampler="Euler", **fields):
+    """The latents the last preview of a 3-step job is made from, shown by `content`."""
+    from modules.generation import engine
+
+    monkeypatch.setattr(engine, "_preview", lambda run, latents: latents.clone())
+    previews = run_with(model, steps=3, every_n_steps=0, content=content,
+                        request_fields={"sampler_name": sampler, "negative_prompt": "blurry", **fields})
+    return previews[-1][1]
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])  # x0 from the UNet, and from eps (DDIM)
+def test_preview_subject_prompt_negative_or_combined(sd1, monkeypatch, sampler):
+    def latents(content, **fields):
+        return last_prediction(sd1, monkeypatch, content, sampler, **fields)
+
+    combined, prompt, negative = (latents(content, cfg_scale=7)
+                                  for content in ("Combined", "Prompt", "Negative prompt"))
+    # Guidance: combined = negative + 7·(prompt − negative), so combined − prompt = 6·(prompt − negative).
+    torch.testing.assert_close(combined - prompt, 6 * (prompt - negative), atol=1e-4, rtol=1e-3)
+    assert (prompt - negative).abs().max() > 1e-3  # the two predictions differ
+    # CFG 1: the combined result is the prompt's own prediction.
+    torch.testing.assert_close(latents("Combined", cfg_scale=1), latents("Prompt", cfg_scale=1), atol=1e-4, rtol=1e-3)
+
+
+def test_instruct_pix2pix_previews_the_part_asked_for(tmp_path, monkeypatch):
+    """Image CFG evaluates (prompt, image), (negative, image), (negative, no image): "Prompt" shows
+    the first group's prediction, "Negative prompt" the third's (A1111's rows for the uncond)."""
+    from modules.generation import engine
+    from modules.generation.cfg_step import CFGHooks
+    from modules.generation.engine import GenerationHooks
+    from modules.generation.requests import Img2ImgRequest
+    from PIL import Image
+
+    model = load_checkpoint(write_checkpoint(tmp_path / "p2p.safetensors", "sd1-pix2pix", dtype=torch.float32))
+
+    class Outputs(CFGHooks):
+        def __init__(self):
+            self.last = None
+
+        def after_unet(self, step, out):
+            self.last = out.clone()
+
+    class Hooks(GenerationHooks):
+        def __init__(self):
+            self.outputs = Outputs()
+
+        def cfg_hooks(self, plan, total_steps):
+            return self.outputs
+
+    monkeypatch.setattr(engine, "_preview", lambda run, latents: latents.clone())
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    for content, group in (("Prompt", 0), ("Negative prompt", 2)):
+        control, hooks = AskingControl(), Hooks()
+        request = Img2ImgRequest(init_images=[picture], width=64, height=64, steps=2, prompt="a cat", seed=7,
+                                 sampler_name="Euler", image_cfg_scale=1.5)
+        generate(model, request, EngineSettings(live_preview=LivePreviewOptions(every_n_steps=0, content=content)),
+                 control, hooks=hooks)
+        torch.testing.assert_close(control.previews[-1][1], hooks.outputs.last.chunk(3)[group])

@@ -276,11 +276,17 @@ class CFGDenoiser:
     (img2img.LatentBlend), applied to the latent before the model and to the combined result after
     guidance, before the `after_cfg` listeners (A1111's order). `image_cfg_scale` (instruct-pix2pix,
     None otherwise) switches to image CFG (`_edit_call`).
+
+    `preview_content` is A1111's `live_preview_content`: "Prompt" or "Negative prompt" keep that
+    part's prediction of the last evaluation for the live preview (`preview_latent`, as x0: `to_x0`
+    converts what `inner` returns when that is not x0 already); "Combined" keeps nothing, and the
+    preview shows the sampler's own x0.
     """
 
     def __init__(self, inner, cond, uncond, cfg_scale: float, sdxl_vector=None, cfg_hooks: CFGHooks | None = None, *,
                  cond_padding: str = "none", empty_cond: torch.Tensor | None = None, total_steps: int = 0,
-                 image_cond: torch.Tensor | None = None, blend=None, image_cfg_scale: float | None = None):
+                 image_cond: torch.Tensor | None = None, blend=None, image_cfg_scale: float | None = None,
+                 preview_content: str = "Combined", to_x0=None):
         self.inner = inner
         self.cfg_hooks = cfg_hooks  # GenerationHooks.cfg_hooks; None: nobody listens
         self.total_steps = total_steps
@@ -295,6 +301,24 @@ class CFGDenoiser:
         self.image_cond = image_cond
         self.blend = blend
         self.image_cfg_scale = image_cfg_scale
+        self.preview_content = preview_content
+        self.to_x0 = to_x0  # (x, sigma or timestep, inner's output) -> x0; None: inner returns x0
+        self._preview_parts = None  # (x, sigma, output) of the part the preview shows, last evaluation
+
+    @property
+    def preview_latent(self) -> torch.Tensor | None:
+        """The prediction of `preview_content`'s part at the last evaluation, as x0; None for "Combined"."""
+        if self._preview_parts is None:
+            return None
+        x, sigma, out = self._preview_parts
+        return out if self.to_x0 is None else self.to_x0(x, sigma, out)
+
+    def _keep_preview(self, prompt_part, negative_part) -> None:
+        """Keep (x, sigma, output) of the part the preview shows (see `preview_content`)."""
+        if self.preview_content == "Prompt":
+            self._preview_parts = prompt_part
+        elif self.preview_content == "Negative prompt":
+            self._preview_parts = negative_part
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
         import torch
@@ -362,6 +386,10 @@ class CFGDenoiser:
             self.cfg_hooks.after_unet(step, out)
         if out is not None:
             out_cond, out_uncond = out[:len(rows)], out[len(rows):]
+        if self.preview_content != "Combined" and len(out_cond) == len(image_of_row):
+            first = [image_of_row.index(i) for i in range(batch)]  # each image's first AND part
+            self._keep_preview((x_cond[first], sigma_cond[first], out_cond[first]),
+                               (x_uncond, sigma_uncond, out_uncond))
         denoised = out_uncond.clone()
         for row, (image, weight) in enumerate(zip(image_of_row, weights)):
             denoised[image] += (out_cond[row] - out_uncond[image]) * (weight * self.cfg_scale)
@@ -415,6 +443,9 @@ class CFGDenoiser:
         if step is not None:
             self.cfg_hooks.after_unet(step, out)
         out_cond, out_img, out_uncond = out.chunk(3)
+        x_cond, _, x_uncond = x_in.chunk(3)
+        sigma_cond, _, sigma_uncond = sigma_in.chunk(3)
+        self._keep_preview((x_cond, sigma_cond, out_cond), (x_uncond, sigma_uncond, out_uncond))
         denoised = out_uncond + self.cfg_scale * (out_cond - out_img) + self.image_cfg_scale * (out_img - out_uncond)
         return self._finish_step(step, denoised)
 
@@ -781,9 +812,9 @@ def _prepare_run(model, plan: GenerationPlan, settings: EngineSettings, control,
         loaded_embeddings = resources.embeddings.for_model(embedding_widths(model)).loaded
     conditioner = TextConditioner(model, loaded_embeddings, options, should_stop=lambda: control.interrupted)
     alphas_cumprod = _alphas_cumprod(model)
-    eta = request.eta if request.eta is not None else (settings.eta_ddim if sampler.kind == "timesteps"
-                                                         else settings.eta_ancestral)
-    per_iteration = request.steps + (_hires_steps_run(request, sampler.kind) if request.enable_hr else 0)
+    eta = _eta(request, settings, sampler)
+    per_iteration = request.steps + (_hires_steps_run(request, _hires_sampler(request, sampler)[0].kind)
+                                     if request.enable_hr else 0)
     img2img_plan = None
     if _is_img2img(request):
         from modules.generation.img2img import img2img_steps, steps_run
@@ -801,6 +832,36 @@ def _prepare_run(model, plan: GenerationPlan, settings: EngineSettings, control,
                 checkpoint_info=resources.checkpoint_info, img2img=img2img_plan, upscalers=resources.upscalers,
                 save=save, job_timestamp=datetime.datetime.now().strftime("%Y%m%d%H%M%S"),
                 previews=PreviewSchedule(settings.live_preview))
+
+
+def _eta(request: GenerationRequest, settings: EngineSettings, sampler) -> float:
+    """The request's eta, else the setting for the sampler's kind (DDIM-like or k-diffusion)."""
+    if request.eta is not None:
+        return request.eta
+    return settings.eta_ddim if sampler.kind == "timesteps" else settings.eta_ancestral
+
+
+def _hires_sampler(request: GenerationRequest, sampler):
+    """(sampler, scheduler name or None) of the hires pass: `hr_sampler_name` (A1111's "Hires
+    sampler"; a name like "DPM++ 2M Karras" also names the scheduler), else the first pass's."""
+    if request.hr_sampler_name is None:
+        return sampler, None
+    from modules.generation.sampling.registry import resolve_sampler
+
+    return resolve_sampler(request.hr_sampler_name)
+
+
+def _hires_run(run: _Run) -> _Run:
+    """`run` as the hires pass samples it: with the hires sampler, its schedule table and eta, and
+    the first pass's scheduler unless the sampler's name gives one."""
+    import dataclasses
+
+    sampler, scheduler_from_name = _hires_sampler(run.request, run.sampler)
+    if sampler is run.sampler and scheduler_from_name is None:
+        return run
+    return dataclasses.replace(run, sampler=sampler, scheduler=scheduler_from_name or run.scheduler,
+                               schedule=_sampling_schedule(sampler, run.alphas_cumprod, run.model.device),
+                               is_lcm=sampler.name == "LCM", eta=_eta(run.request, run.settings, sampler))
 
 
 def _is_img2img(request: GenerationRequest) -> bool:
@@ -1018,10 +1079,13 @@ def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, no
         run.request.cfg_scale, batch.time_ids, run.hooks.cfg_hooks(plan, total_steps),
         cond_padding=settings.cond_padding, empty_cond=batch.empty_cond, total_steps=total_steps,
         image_cond=image_cond, blend=blend,
-        image_cfg_scale=run.img2img.image_cfg_scale if run.img2img is not None else None)
+        image_cfg_scale=run.img2img.image_cfg_scale if run.img2img is not None else None,
+        preview_content=settings.live_preview.content,
+        to_x0=None if sampler.kind == "sigmas" else _x0_from_eps(run.alphas_cumprod))
     try:
-        return _call_sampler(run, denoiser, x_start, sigmas_or_steps, _step_callback(run, batch.progress_offset),
-                             noise_fn, from_image=from_image), None
+        return _call_sampler(run, denoiser, x_start, sigmas_or_steps,
+                             _step_callback(run, batch.progress_offset, denoiser), noise_fn,
+                             from_image=from_image), None
     except StopSampling as stop:
         return stop.x, stop
     finally:
@@ -1029,13 +1093,26 @@ def _sample(run: _Run, batch: _Batch, x_start: torch.Tensor, sigmas_or_steps, no
             plan.extra_generation_params["Pad conds v0" if settings.cond_padding == "last" else "Pad conds"] = True
 
 
-def _step_callback(run: _Run, progress_offset: int):
-    """The sampler's per-step callback: progress and preview, then interrupt and skip."""
+def _x0_from_eps(alphas_cumprod):
+    """For the timestep samplers' denoiser (its inner returns eps): x0 = (x_t − √(1−ᾱ_t)·eps) / √ᾱ_t."""
+    def to_x0(x, t, eps):
+        a_t = alphas_cumprod.to(x.device)[t.long()].view(-1, 1, 1, 1).to(x.dtype)
+        return (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    return to_x0
+
+
+def _step_callback(run: _Run, progress_offset: int, denoiser: CFGDenoiser):
+    """The sampler's per-step callback: progress and preview, then interrupt and skip. The preview
+    shows the sampler's x0, or the part `live_preview_content` names (`denoiser.preview_latent`)."""
     control = run.control
 
     def callback(step):
         done = progress_offset + step.i + 1
-        control.report(done, run.total, run.previews.factory(done, lambda d=step.denoised: _preview(run, d)))
+
+        def make():
+            part = denoiser.preview_latent
+            return _preview(run, step.denoised if part is None else part)
+        control.report(done, run.total, run.previews.factory(done, make))
         if control.interrupted:
             raise StopSampling(step.x, interrupted=True)
         if control.consume_skip():
@@ -1269,7 +1346,7 @@ def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor, result: Generat
     from modules.generation.rng import ImageRNG
     from modules.generation.sampling.registry import total_steps
 
-    request, sampler, model = run.request, run.sampler, run.model
+    request, model = run.request, run.model
     width, height = _hires_size(request)
     upscale_width, upscale_height = hires_upscale_size(request)
     if request.hr_upscaler in LATENT_UPSCALE_MODES:
@@ -1290,8 +1367,9 @@ def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor, result: Generat
     latents = _crop_to(latents, width, height)
     pixels = None if pixels is None else _crop_pixels(pixels, latents.shape[-1] * 8, latents.shape[-2] * 8)
     steps = _hires_steps(request)
-    hires_total = total_steps(sampler, steps)
-    base_total = total_steps(sampler, request.steps)
+    hires_run = _hires_run(run)
+    hires_total = total_steps(hires_run.sampler, steps)
+    base_total = total_steps(run.sampler, request.steps)
     try:
         uncond = get_learned_conditioning(run.conditioner, batch.negatives, base_total, hires_total, cache=run.cache,
                                           is_negative_prompt=True)
@@ -1313,7 +1391,7 @@ def _hires_pass(run: _Run, batch: _Batch, samples: torch.Tensor, result: Generat
     plan = _hires_plan(request)
     if plan is None:  # strength 0: no step runs; the upscaled first pass is the image
         return latents, None
-    return _sample_from(run, hires, latents, noise, hr_rng, plan, image_cond)
+    return _sample_from(hires_run, hires, latents, noise, hr_rng, plan, image_cond)
 
 
 def _sample_from(run: _Run, batch: _Batch, latents: torch.Tensor, noise: torch.Tensor, rng, plan, image_cond):
@@ -1468,6 +1546,8 @@ def _infotext(run: _Run, index: int, network_fields: dict, ti_hashes: str | None
         if request.hr_second_pass_steps:
             extra["Hires steps"] = request.hr_second_pass_steps
         extra["Hires upscaler"] = request.hr_upscaler
+        if request.hr_sampler_name is not None and request.hr_sampler_name != request.sampler_name:
+            extra["Hires sampler"] = request.hr_sampler_name  # A1111 records it only when it differs
     if run.img2img is not None:
         extra.update(run.img2img.infotext)  # A1111 adds these in init(), before networks activate
     extra.update(network_fields)

@@ -7,6 +7,9 @@
 - How: `show_progress_type` "Full" decodes with the model's VAE (slow, the real colours); every
   other method is Approx cheap, a fixed linear map from latent channels to RGB at latent size (no
   weights). Atelier ships no Approx NN or TAESD model, so those two use Approx cheap too.
+- Which prediction: `live_preview_content` "Prompt" (A1111's default) shows the prompt's own
+  prediction at the last model evaluation, "Negative prompt" the negative prompt's, "Combined" the
+  guided result the sampler keeps (modules.generation.engine.CFGDenoiser keeps the part).
 - What: with `show_progress_grid` a batch of more than one image is shown whole, as a grid in
   A1111's row rule (the `n_rows` and `grid_prevent_empty_spots` settings); otherwise the first image.
 """
@@ -41,12 +44,14 @@ class LivePreviewOptions:
     grid: bool = True
     n_rows: int = -1
     prevent_empty_spots: bool = False
+    content: str = "Prompt"  # "Prompt", "Negative prompt" or "Combined" (engine.CFGDenoiser keeps the part)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> "LivePreviewOptions":
         return cls(enabled=settings["live_previews_enable"], every_n_steps=settings["show_progress_every_n_steps"],
                    method=settings["show_progress_type"], grid=settings["show_progress_grid"],
-                   n_rows=settings["n_rows"], prevent_empty_spots=settings["grid_prevent_empty_spots"])
+                   n_rows=settings["n_rows"], prevent_empty_spots=settings["grid_prevent_empty_spots"],
+                   content=settings["live_preview_content"])
 
     @property
     def off(self) -> bool:

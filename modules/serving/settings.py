@@ -305,7 +305,8 @@ SCHEMA: tuple[SettingSpec, ...] = (
                      "latents (instant, coarse). Atelier has no Approx NN or TAESD model: those use Approx cheap"),
     SettingSpec("live_preview_content", "Prompt", "Live preview subject", "live-previews",
                 choices=("Combined", "Prompt", "Negative prompt"),
-                info="Not used by Atelier yet: previews always show the combined result (what the sampler keeps)"),
+                info="Prompt / Negative prompt = that prompt's own prediction; Combined = the guided result the "
+                     "sampler keeps"),
     SettingSpec("live_preview_refresh_period", 1000, "Progressbar and preview update period", "live-previews",
                 minimum=0, info="In milliseconds. Not used by Atelier yet: the page checks progress 4 times a second"),
     SettingSpec("live_preview_fast_interrupt", False, "Return image with chosen live preview method on interrupt",
