@@ -77,7 +77,7 @@ def test_send_images_false_returns_no_images(client):
     ({"restore_faces": True}, 422, "restore_faces: face restoration is not available"),
     ({"alwayson_scripts": {"ControlNet": {"args": []}}}, 422, "always-on script 'ControlNet' not found"),
     ({"script_name": "X/Y/Z plot"}, 422, "script 'X/Y/Z plot' not found"),
-    ({"hr_sampler_name": "DDIM", "enable_hr": True}, 422, "hr_sampler_name"),
+    ({"hr_sampler_name": "Eulr", "enable_hr": True}, 422, "hr_sampler_name: unknown sampler 'Eulr'. Did you mean 'Euler'"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, 422, "'CLIP_stop_at_last_layers' must be between"),
     ({"override_settings": {"sd_model_checkpoint": "nope"}}, 404, "Checkpoint 'nope' not found"),
     ({"styles": ["nope"]}, 422, "unknown style 'nope'"),

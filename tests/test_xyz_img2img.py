@@ -108,7 +108,7 @@ def xyz_script():
 def test_each_tab_lists_its_axes_in_a1111_order():
     txt2img, img2img_axes = labels(axis_types(is_img2img=False)), labels(axis_types(is_img2img=True))
     assert set(img2img_axes) - set(txt2img) == IMG2IMG_ONLY
-    assert set(txt2img) - set(img2img_axes) == {"Hires steps", "Hires upscaler"}
+    assert set(txt2img) - set(img2img_axes) == {"Hires steps", "Hires sampler", "Hires upscaler"}
     assert {"Denoising", "Sampler", "CFG Scale", "Seed"} <= set(txt2img) & set(img2img_axes)
     assert in_order(txt2img, a1111_list("txt2img")) and in_order(img2img_axes, a1111_list("img2img"))
     # The list of every axis (what extensions see in axis_options) has both tabs' axes.

@@ -1,4 +1,4 @@
-"""A1111's X/Y/Z axes added for issue 22 (item 11): Prompt order, Styles and RNG source, with
+"""A1111's X/Y/Z axes added for issue 22 (item 11): Prompt order, Hires sampler, Styles and RNG source, with
 A1111's names, value formats and list order, each run as a real grid on a tiny checkpoint whose
 cells' infotexts show the value; and the built-in script reading them by A1111's index or name."""
 
@@ -23,7 +23,7 @@ from modules.extension_host.xyz_grid import (
     plan_grid,
     run_grid,
 )
-from modules.generation.engine import GenerationRequest, Txt2ImgEngine
+from modules.generation.engine import GenerationRequest, Txt2ImgEngine, generate
 from modules.generation.styles import StyleDatabase
 from modules.library.checkpoints import CheckpointRegistry
 from modules.library.hashes import HashCache
@@ -77,6 +77,10 @@ def test_new_axes_sit_where_a1111_lists_them():
         listed = [axis.label for axis in axis_types(is_img2img=is_img2img)]
         assert listed.index("Prompt S/R") + 1 == listed.index("Prompt order")
         assert {"Prompt order", "Styles", "RNG source"} <= set(listed)
+        # Hires sampler: txt2img's, right after its Sampler (A1111's AxisOptionTxt2Img).
+        assert ("Hires sampler" in listed) is not is_img2img
+        if not is_img2img:
+            assert listed.index("Sampler") + 1 == listed.index("Hires sampler")
         tail = [label for label in listed if label in A1111_TAIL]
         assert tail == [label for label in A1111_TAIL if label in tail] == ["VAE", "Styles", "RNG source", "Size"]
 
@@ -161,6 +165,42 @@ def test_rng_source_grid_overrides_the_noise_source_per_cell(app):
     assert app.services.engine.settings.current()["randn_source"] == "GPU"  # a per-cell override only
 
 
+def test_hires_sampler_grid_samples_the_hires_pass_with_each_sampler(app):
+    request = BASE.model_copy(update={"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 2,
+                                      "denoising_strength": 0.6})
+    result = run_grid(app.services, request, AxisSpec("Hires sampler", ["Euler", "Euler a", "DDIM"]))
+    same, ancestral, ddim = (cell_params(result, ix) for ix in range(3))
+    # A1111 records the hires sampler only where it differs from the first pass's.
+    assert "Hires sampler:" not in result.cell(0, 0).infotexts[0]
+    assert (ancestral["Hires sampler"], ddim["Hires sampler"]) == ("Euler a", "DDIM")
+    assert same["X Type"] == "Hires sampler" and all(p["Sampler"] == "Euler" for p in (same, ancestral, ddim))
+    images = [pixels(result.cell(ix, 0).image) for ix in range(3)]
+    assert all(image.shape == (96, 96, 3) for image in images)
+    # The first pass's own sampler as the hires sampler is the plain hires fix, pixel for pixel.
+    assert np.array_equal(images[0], pixels(generate(app.services.models.current(), request).images[0]))
+    assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[0], images[2])
+    with pytest.raises(AxisValueError, match="Hires sampler: .*Eulr"):
+        plan_grid(app.services, request, AxisSpec("Hires sampler", "Eulr"))
+    with pytest.raises(AxisValueError, match="'Hires sampler' is for txt2img only"):
+        from modules.extension_host.xyz_grid import find_axis
+
+        find_axis("Hires sampler", is_img2img=True)
+
+
+def test_a_hires_sampler_infotext_pastes_back(app):
+    from modules.generation.infotext_fields import read_infotext
+
+    request = BASE.model_copy(update={"enable_hr": True, "hr_scale": 1.5, "hr_sampler_name": "Euler a"})
+    infotext = generate(app.services.models.current(), request).infotexts[0]
+    reading = read_infotext(infotext, app.services.engine.settings.current())
+    assert reading.values["hr_sampler_name"] == "Euler a" and not reading.problems
+    plain_request = request.model_copy(update={"hr_sampler_name": None})
+    plain = read_infotext(generate(app.services.models.current(), plain_request).infotexts[0],
+                          app.services.engine.settings.current())
+    assert "hr_sampler_name" not in plain.values  # "Use same sampler": the first pass's
+    assert GenerationRequest(hr_sampler_name="Use same sampler").hr_sampler_name is None
+
+
 # ------------------------------------------------------------------------------- the script (API)
 
 
@@ -178,8 +218,11 @@ def xyz_script():
 
 
 def test_the_script_reads_the_new_axes_by_a1111_index_and_name(xyz_script):
-    # A1111's txt2img index 8 and img2img index 8 are Prompt order; the later axes go by name.
+    # A1111's txt2img index 8 and img2img index 8 are Prompt order, txt2img's 10 Hires sampler (img2img's
+    # 10 is Checkpoint name); the later axes go by name.
     assert xyz_script.axis_label("X", 8, False) == "Prompt order" == xyz_script.axis_label("X", 8, True)
+    assert xyz_script.axis_label("X", 10, False) == "Hires sampler"
+    assert xyz_script.axis_label("X", 10, True) == "Checkpoint name"
     assert xyz_script.axis_label("Y", "styles", False) == "Styles"
     assert xyz_script.axis_label("Z", "RNG Source", True) == "RNG source"
     args = xyz_script.XyzArguments.from_script_args([8, "a cat, a dog", [], "Styles", "", ["warm"],

@@ -25,9 +25,9 @@ from modules.generation.engine import GenerationRequest
 # Kept under its old name: a prepared txt2img request is a PreparedGeneration.
 PreparedTxt2Img = PreparedGeneration
 
-# "Use same ..." values A1111's UI sends for the hires fields; None and "" mean the same.
-_SAME = {"hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use same sampler",
-         "hr_scheduler": "Use same scheduler"}
+# "Use same ..." values A1111's UI sends for the hires fields Atelier cannot vary yet; None and ""
+# mean the same. (`hr_sampler_name` is the request's: "Use same sampler" there means the first pass's.)
+_SAME = {"hr_checkpoint_name": "Use same checkpoint", "hr_scheduler": "Use same scheduler"}
 
 
 def apply_infotext(body: Txt2ImgApiRequest, current_settings, upscalers=None) -> Txt2ImgApiRequest:
@@ -45,11 +45,9 @@ def _refuse_unsupported(body: Txt2ImgApiRequest) -> None:
 
     if body.firstpass_image:
         refuse("firstpass_image", "a first-pass image is not supported yet; leave it out")
-    sampler = body.sampler_name or body.sampler_index
     for field, same in _SAME.items():
         value = getattr(body, field)
-        if value in (None, "", same) or (field == "hr_sampler_name" and value == sampler) \
-                or (field == "hr_scheduler" and value == (body.scheduler or "Automatic")):
+        if value in (None, "", same) or (field == "hr_scheduler" and value == (body.scheduler or "Automatic")):
             continue
         refuse(field, f"a different {field.removeprefix('hr_').removesuffix('_name')} for the hires pass is not "
                       f"supported yet (got {value!r}); leave it out or send {same!r}")
@@ -72,6 +70,7 @@ def prepare(body: Txt2ImgApiRequest, context) -> PreparedGeneration:
             enable_hr=body.enable_hr,
             hr_scale=body.hr_scale,
             hr_upscaler=body.hr_upscaler or "Latent",
+            hr_sampler_name=body.hr_sampler_name,
             hr_second_pass_steps=body.hr_second_pass_steps,
             hr_resize_x=body.hr_resize_x,
             hr_resize_y=body.hr_resize_y,

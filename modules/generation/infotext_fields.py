@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# Infotext key -> (request field, type), A1111's txt2img paste fields. "Sampler", "Schedule type" and
-# "Hires upscaler" are read by name (below): their text must name something Atelier has.
+# Infotext key -> (request field, type), A1111's txt2img paste fields. "Sampler", "Hires sampler",
+# "Schedule type" and "Hires upscaler" are read by name (below): their text must name something
+# Atelier has.
 REQUEST_FIELDS: Mapping[str, tuple[str, type]] = {
     "Prompt": ("prompt", str),
     "Negative prompt": ("negative_prompt", str),
@@ -52,7 +53,8 @@ IMG2IMG_CHOICES: Mapping[str, tuple[str, Mapping[str, Any]]] = {
 }
 
 # txt2img's hires fields: an img2img request has no hires pass, so img2img paste leaves them out.
-HIRES_FIELDS = ("enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_upscaler")
+HIRES_FIELDS = ("enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_upscaler",
+                "hr_sampler_name")
 
 # Infotext key -> setting, for the settings A1111 records in the infotext and overrides on paste
 # (its `infotext=` option labels), limited to the settings Atelier has.
@@ -230,6 +232,17 @@ def _read_sampler(params: Mapping[str, Any], reading: InfotextReading) -> None:
                 reading.values["sampler_name"] = sampler.name
                 if scheduler is not None:  # "DPM++ 2M Karras" from an old infotext
                     reading.values["scheduler"] = find_scheduler(scheduler).label
+    hires = str(params.get("Hires sampler", "")).strip()
+    if hires and hires != "Use same sampler":  # A1111's paste default for an infotext without one
+        try:
+            sampler, _ = resolve_sampler(hires)
+        except ValueError as error:
+            reading.problems.append(f"Hires sampler: {error}")
+        else:
+            if sampler.implemented:
+                reading.values["hr_sampler_name"] = hires
+            else:
+                reading.problems.append(f"Hires sampler: {sampler.name!r} is not available in Atelier yet")
     if "Schedule type" in params and "scheduler" not in reading.values:
         try:
             reading.values["scheduler"] = find_scheduler(str(params["Schedule type"])).label

@@ -23,6 +23,9 @@ LATENT_UPSCALE_MODES = {  # A1111's latent upscalers → torch interpolate mode 
 }
 
 
+HIRES_SAME_SAMPLER = "Use same sampler"  # A1111's choice for "the first pass's sampler"
+
+
 class GenerationRequest(BaseModel):
     """One txt2img request, as the UI and the API both build it. Validated here, at the boundary."""
 
@@ -53,6 +56,8 @@ class GenerationRequest(BaseModel):
     enable_hr: bool = False
     hr_scale: float = Field(2.0, ge=1.0, le=4.0, json_schema_extra={"ui_step": 0.05})
     hr_upscaler: str = "Latent"
+    # The hires pass's sampler (A1111's "Hires sampler"); None: the first pass's.
+    hr_sampler_name: str | None = None
     hr_second_pass_steps: int = Field(0, ge=0, le=150, json_schema_extra={"ui_step": 1})
     hr_resize_x: int = Field(0, ge=0, le=4096, json_schema_extra={"ui_step": 8})
     hr_resize_y: int = Field(0, ge=0, le=4096, json_schema_extra={"ui_step": 8})
@@ -76,6 +81,19 @@ class GenerationRequest(BaseModel):
         if not sampler.implemented:
             raise ValueError(f"sampler {sampler.name!r} is not available yet in Atelier")
         return value
+
+    @field_validator("hr_sampler_name", mode="before")
+    @classmethod
+    def _hires_sampler(cls, value: Any) -> Any:
+        from modules.generation.sampling.registry import resolve_sampler
+
+        # A1111's UI and API send "Use same sampler" (or nothing) for the first pass's sampler.
+        if value is None or (isinstance(value, str) and value.strip() in ("", HIRES_SAME_SAMPLER)):
+            return None
+        sampler, _ = resolve_sampler(str(value))  # raises with the list of valid names
+        if not sampler.implemented:
+            raise ValueError(f"hires sampler {sampler.name!r} is not available yet in Atelier")
+        return str(value)
 
     @field_validator("scheduler")
     @classmethod

@@ -321,16 +321,20 @@ def _confirm_sizes(values, context, request) -> None:
         parse_size(value)
 
 
-def _confirm_samplers(values, context, request) -> None:
-    from modules.generation.sampling.registry import resolve_sampler
+def _sampler_names_check(label: str) -> ConfirmFn:
+    """A confirm that refuses a value naming no sampler Atelier has, with the axis's `label`."""
+    def confirm(values, context, request) -> None:
+        from modules.generation.sampling.registry import resolve_sampler
 
-    for value in values:
-        try:
-            sampler, _ = resolve_sampler(value)
-        except ValueError as e:
-            raise AxisValueError(f"Sampler: {e}") from None
-        if not sampler.implemented:
-            raise AxisValueError(f"Sampler: {sampler.name!r} is not available yet in Atelier; choose another")
+        for value in values:
+            try:
+                sampler, _ = resolve_sampler(value)
+            except ValueError as e:
+                raise AxisValueError(f"{label}: {e}") from None
+            if not sampler.implemented:
+                raise AxisValueError(f"{label}: {sampler.name!r} is not available yet in Atelier; choose another")
+
+    return confirm
 
 
 def _sampler_choices(services) -> list[str]:
@@ -473,8 +477,12 @@ BUILTIN_AXES: tuple[AxisType, ...] = (
     _field_axis("Image CFG Scale", float, "image_cfg_scale", tab=IMG2IMG),
     AxisType("Prompt S/R", str, _apply_prompt_sr, format_plain, confirm=_confirm_prompt_sr),
     AxisType("Prompt order", str_permutations, _apply_prompt_order, format_join_list, confirm=_confirm_prompt_order),
-    AxisType("Sampler", str, apply_field("sampler_name"), format_plain, confirm=_confirm_samplers,
+    AxisType("Sampler", str, apply_field("sampler_name"), format_plain, confirm=_sampler_names_check("Sampler"),
              choices=_sampler_choices),
+    # Labelled "Hires sampler: Euler" (A1111 gives this axis no format of its own); the cell's hires
+    # pass only, so it changes an image only with hires fix on.
+    AxisType("Hires sampler", str, apply_field("hr_sampler_name"), confirm=_sampler_names_check("Hires sampler"),
+             choices=_sampler_choices, tab=TXT2IMG),
     AxisType("Checkpoint name", str, _apply_checkpoint, format_basename, confirm=_confirm_checkpoints,
              choices=_checkpoint_choices, cost=1.0),
     AxisType("Schedule type", str, apply_field("scheduler"), confirm=_confirm_schedulers, choices=_scheduler_choices),
