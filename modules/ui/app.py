@@ -5,6 +5,10 @@
     tabs        txt2img | img2img | Extras | PNG Info | Checkpoint Merger | Models | <extension tabs> | Settings | Extensions
                                                                     one builder each
 
+Phones and tablets get the same page, rearranged by CSS in the page's head (modules.ui.mobile:
+results under the Generate row on narrow screens, touch-sized targets); a running job also shows on
+its Generate button (modules.ui.progress_display).
+
 Each tab builder is `build(context, shared)`, called inside its `gr.Tab`; `UiShared` carries the
 components one tab needs from another (modules.ui.shared). Authentication is not Gradio's: the
 server installs one HTTP Basic middleware for every route (modules.api.auth), so nothing is passed
@@ -21,11 +25,13 @@ import gradio as gr
 from modules.ui import (
     extensions_tab,
     extras_tab,
+    footer,
     img2img,
     merger_tab,
     models_tab,
     paste_buttons,
     pnginfo,
+    progress_display,
     settings_tab,
     top_bar,
     txt2img,
@@ -34,6 +40,7 @@ from modules.ui import (
 from modules.ui.file_route import install_file_route
 from modules.ui.file_rules import apply_file_rules, prepare_gradio_cache
 from modules.ui.icons import icon_css, tooltip_js
+from modules.ui.mobile import mobile_css
 from modules.ui.page_script import install_options_route, page_head
 from modules.ui.shared import UiShared
 
@@ -101,6 +108,7 @@ JS = """
         if (button) button.click();
     });
     %TOOLTIPS%
+    %PROGRESS%
 }
 """
 
@@ -142,6 +150,7 @@ def build_ui(context) -> gr.Blocks:
             with gr.Tab("Extensions", id=TAB_IDS["Extensions"], elem_id="tab_extensions", render_children=True):
                 extensions_tab.build(context, shared)
         paste_buttons.connect_bindings(context, shared)  # the extensions' "Send to" buttons
+        footer.build(context)  # A1111's footer links and versions, in place of Gradio's
         for load, outputs in shared.page_loads:
             blocks.load(load, outputs=outputs, show_progress="hidden", queue=False)
     # Gradio's queue is on from the start, one run at a time per event (default_concurrency_limit 1,
@@ -164,14 +173,21 @@ def mount_ui(app, context, *, max_upload_bytes: int | None = None) -> gr.Blocks:
     install_file_route(app, context)
     install_options_route(app, context)
     blocks = build_ui(context)
-    css = "\n".join(filter(None, [CSS, workers_status.CSS, models_tab.TAB_CSS, icon_css(),
+    css = "\n".join(filter(None, [CSS, workers_status.CSS, models_tab.TAB_CSS, icon_css(), footer.CSS,
                                    extensions_tab.extension_css(context)]))
-    js = JS.replace("%TOOLTIPS%", tooltip_js())
-    gr.mount_gradio_app(app, blocks, path="/", css=css, js=js, head=page_head(context),
-                        ssr_mode=False, footer_links=["settings"], run_history=False, show_error=False,
+    js = JS.replace("%TOOLTIPS%", tooltip_js()).replace("%PROGRESS%", progress_display.progress_js())
+    gr.mount_gradio_app(app, blocks, path="/", css=css, js=js, head=page_head(context) + layout_style(),
+                        ssr_mode=False, footer_links=[], run_history=False, show_error=False,
                         max_file_size=max_upload_bytes)
     apply_file_rules(blocks, blocked=_private_files(context))
     return blocks
+
+
+def layout_style() -> str:
+    """The narrow-screen, touch and progress rules as a `<style>` for the page's head. Not in Gradio's
+    `css`: Gradio scopes that to the app's content (`.gradio-container .contain ...`), and these rules
+    also reach the page margins, the theme's text sizes and the progress strip outside the app."""
+    return f"<style data-atelier='layout'>{progress_display.CSS}{mobile_css()}</style>"
 
 
 def _private_files(context) -> list:

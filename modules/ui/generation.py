@@ -106,25 +106,28 @@ def outcome_of(settings: Mapping[str, Any], submission: GenerationSubmission, jo
 
 
 def render_progress(job: Job, loading_checkpoint: bool = False) -> str:
-    """The progress bar's HTML: queue position, then percent, step and ETA."""
+    """The progress bar's HTML: queue position, then percent, step and ETA. The bar also carries a
+    short form of its text (`data-short`), which the page shows on the Generate button and in the
+    strip that stays in view while the page is scrolled (modules.ui.progress_display)."""
     if job.state is JobState.QUEUED:
         position = job.queue_position
         ahead = "" if position is None else f" ({position + 1} in line)" if position else " (next)"
-        return _bar(0, f"Waiting in the queue{ahead}…")
+        return _bar(0, f"Waiting in the queue{ahead}…", f"Queued{ahead}")
     if job.finished:
         return ""
     if job.total_steps == 0:
         text = "Waiting for the checkpoint to load…" if loading_checkpoint else "Starting…"
-        return _bar(0, text)
+        return _bar(0, text, "Loading checkpoint…" if loading_checkpoint else text)
     percent = job.progress * 100
     eta = job.eta_seconds
     eta_text = f" · ETA {_duration(eta)}" if eta is not None else ""
-    return _bar(percent, f"{percent:.0f}% · step {job.step}/{job.total_steps}{eta_text}")
+    return _bar(percent, f"{percent:.0f}% · step {job.step}/{job.total_steps}{eta_text}", f"{percent:.0f}%{eta_text}")
 
 
-def _bar(percent: float, text: str) -> str:
+def _bar(percent: float, text: str, short: str) -> str:
     return (f"<div class='progress-bar' role='progressbar' aria-valuenow='{percent:.0f}' aria-valuemin='0' "
-            f"aria-valuemax='100'><div class='progress-fill' style='width:{percent:.1f}%'></div>"
+            f"aria-valuemax='100' data-short='{html.escape(short, quote=True)}'>"
+            f"<div class='progress-fill' style='width:{percent:.1f}%'></div>"
             f"<span class='progress-text'>{html.escape(text)}</span></div>")
 
 

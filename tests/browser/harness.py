@@ -188,7 +188,8 @@ def save_page_artifacts(page, item, artifacts_dir: Path, console: list[str], ser
 
 def open_page(browser, request, artifacts_dir: Path, server: RunningServer, **context_options):
     """A fresh browser context and page (a generator for fixtures); saves the artifacts at the end."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, **context_options)
+    context_options.setdefault("viewport", {"width": 1400, "height": 1000})
+    context = browser.new_context(**context_options)
     page = context.new_page()
     page.set_default_timeout(30_000)
     console: list[str] = []

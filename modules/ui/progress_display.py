@@ -1,0 +1,144 @@
+"""Where a running job shows besides its progress bar, so it is seen wherever the page is scrolled.
+
+- The Generate button shows the job's short progress ("42% · ETA 3.1 s", "Queued (next)") under
+  its label and fills from the left as the job advances. The button's own DOM is Gradio's: the page
+  only sets a `data-atelier-progress` attribute on it (CSS draws the text) and the fill width in a
+  style element of its own, so a re-render of the button never fights the script, and its text stays
+  "Generate" for extensions and scripts that look it up.
+- While the Generate button and the progress bar are both scrolled out of view, a strip fixed at
+  the top of the screen (`#atelier_progress_strip`) shows the same; tapping it brings the result
+  column into view.
+- When a job ends on a narrow or touch screen (modules.ui.mobile), the result column is scrolled
+  into view once its first image has loaded (or at once when the job ended without one), unless it
+  is already fully visible. Wide screens with a mouse are never scrolled: A1111's page does not move.
+
+All of it follows the progress bar's HTML (modules.ui.generation.render_progress: `aria-valuenow`
+and `data-short`), so it works the same for a job started by Generate, Ctrl+Enter or an extension.
+"""
+
+from __future__ import annotations
+
+import json
+
+from modules.ui.mobile import RESULT_FIRST_TABS, TOUCH_OR_NARROW
+
+CSS = """
+#txt2img_generate[data-atelier-progress], #img2img_generate[data-atelier-progress] {
+  flex-direction: column; gap: 0.1em;
+  background-image: linear-gradient(to right, rgba(255, 255, 255, 0.28) var(--atelier-progress, 0%),
+                                    transparent var(--atelier-progress, 0%));
+}
+#txt2img_generate[data-atelier-progress]::after, #img2img_generate[data-atelier-progress]::after {
+  content: attr(data-atelier-progress); font-size: max(12px, 0.65em); font-weight: normal; opacity: 0.95;
+}
+#atelier_progress_strip {
+  position: fixed; top: 0; left: 0; right: 0; z-index: 1000; cursor: pointer;
+  min-height: 44px; display: flex; align-items: center; justify-content: center;
+  font-size: 14px; color: var(--button-primary-text-color, #fff);
+  background: var(--button-primary-background-fill, #f97316);
+  box-shadow: 0 2px 6px rgba(0, 0, 0, 0.25);
+}
+#atelier_progress_strip[hidden] { display: none; }
+#atelier_progress_strip .strip-fill { position: absolute; left: 0; top: 0; bottom: 0;
+  background: rgba(255, 255, 255, 0.28); pointer-events: none; }
+#atelier_progress_strip .strip-text { position: relative; }
+"""
+
+# How long after a job ends the page waits for the result's first image before it scrolls anyway.
+IMAGE_WAIT_MS = 5000
+
+_JS_TEMPLATE = """
+(() => {
+  const tabs = %TABS%;
+  const scrollMedia = window.matchMedia(%SCROLL_MEDIA%);
+  const fill = document.createElement('style');
+  fill.id = 'atelier-progress-fill';
+  document.head.appendChild(fill);
+  const strip = document.createElement('div');
+  strip.id = 'atelier_progress_strip';
+  strip.hidden = true;
+  strip.setAttribute('role', 'status');
+  strip.innerHTML = "<div class='strip-fill'></div><span class='strip-text'></span>";
+  document.body.appendChild(strip);
+  const followed = {};
+  let stripTab = null;
+  const byId = (id) => document.getElementById(id);
+  const shown = (el) => !!el && el.getClientRects().length > 0;
+  const inView = (el) => {
+    const box = el.getBoundingClientRect();
+    return box.bottom > 0 && box.top < window.innerHeight;
+  };
+  const wholeInView = (el) => {
+    const box = el.getBoundingClientRect();
+    return box.top >= 0 && box.bottom <= window.innerHeight;
+  };
+  const bringResults = (tab) => {
+    const results = byId(tab + '_results');
+    if (!results) return;
+    const smooth = !window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+    results.scrollIntoView({block: 'start', behavior: smooth ? 'smooth' : 'auto'});
+  };
+  const resultLanded = (tab, state) => {
+    const results = byId(tab + '_results');
+    if (!shown(results)) { state.scrollUntil = 0; return; }
+    const image = document.querySelector('#' + tab + '_gallery img');
+    const ready = image ? image.complete : false;
+    if (!ready && Date.now() < state.scrollUntil) {
+      if (image && !state.waiting) {
+        state.waiting = true;
+        image.addEventListener('load', () => { state.waiting = false; update(); }, {once: true});
+      }
+      return;
+    }
+    state.scrollUntil = 0;
+    const target = image && ready ? image : byId(tab + '_gallery') || results;
+    if (!wholeInView(target)) bringResults(tab);
+  };
+  const update = () => {
+    const rules = [];
+    let strip_state = null;
+    for (const tab of tabs) {
+      const state = followed[tab] || (followed[tab] = {busy: false, scrollUntil: 0, waiting: false});
+      const button = byId(tab + '_generate');
+      const bar = document.querySelector('#' + tab + '_progress .progress-bar');
+      if (bar && button) {
+        const percent = Math.max(0, Math.min(100, parseFloat(bar.getAttribute('aria-valuenow')) || 0));
+        const text = bar.getAttribute('data-short') || (percent.toFixed(0) + '%');
+        if (button.getAttribute('data-atelier-progress') !== text) button.setAttribute('data-atelier-progress', text);
+        rules.push('#' + tab + '_generate { --atelier-progress: ' + percent + '%; }');
+        state.busy = true;
+        state.scrollUntil = 0;
+        if (!strip_state && shown(button) && !inView(button) && !inView(bar)) strip_state = {tab, percent, text};
+      } else if (state.busy) {
+        state.busy = false;
+        if (button) button.removeAttribute('data-atelier-progress');
+        if (scrollMedia.matches) state.scrollUntil = Date.now() + %IMAGE_WAIT_MS%;
+      }
+      if (state.scrollUntil) resultLanded(tab, state);
+    }
+    const css = rules.join('\\n');
+    if (fill.textContent !== css) fill.textContent = css;
+    if (strip_state) {
+      stripTab = strip_state.tab;
+      strip.querySelector('.strip-fill').style.width = strip_state.percent + '%';
+      const label = strip_state.tab + ': ' + strip_state.text;
+      const textEl = strip.querySelector('.strip-text');
+      if (textEl.textContent !== label) textEl.textContent = label;
+      strip.hidden = false;
+    } else if (!strip.hidden) {
+      strip.hidden = true;
+    }
+  };
+  strip.addEventListener('click', () => { if (stripTab) bringResults(stripTab); });
+  new MutationObserver(update).observe(document.body, {childList: true, subtree: true, characterData: true,
+                                                         attributes: true, attributeFilter: ['aria-valuenow', 'data-short']});
+  window.addEventListener('scroll', update, {passive: true});
+})();
+"""
+
+
+def progress_js() -> str:
+    """Statements for the page's load script (see the module docstring)."""
+    return (_JS_TEMPLATE.replace("%TABS%", json.dumps(list(RESULT_FIRST_TABS)))
+            .replace("%SCROLL_MEDIA%", json.dumps(TOUCH_OR_NARROW))
+            .replace("%IMAGE_WAIT_MS%", str(IMAGE_WAIT_MS)))
