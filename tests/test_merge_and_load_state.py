@@ -94,7 +94,7 @@ def context(tmp_path) -> Iterator[AppContext]:
 
 def test_the_dropdown_shows_the_trial_after_merge_and_load(context):
     handlers = MergerHandlers(context, top_bar_dropdown=True, poll_seconds=0.05)
-    message, _job, _a, _b, _c, dropdown, status = list(handlers.merge_and_load(*widget_values()))[-1]
+    message, _job, _overwrite, _a, _b, _c, dropdown, status = list(handlers.merge_and_load(*widget_values()))[-1]
     assert "Loaded" in message, message
     # The same page: the merger's answer moves the top bar to the trial.
     title = assert_shows_the_trial(context, dropdown, status)
@@ -164,7 +164,7 @@ def test_with_ray_workers_the_dropdown_shows_the_trial_too(ray_context):
     context = ray_context
     assert context.models.current() is None  # the server loads nothing: the workers do
     handlers = MergerHandlers(context, top_bar_dropdown=True, poll_seconds=0.05)
-    message, _job, _a, _b, _c, dropdown, status = list(handlers.merge_and_load(*widget_values()))[-1]
+    message, _job, _overwrite, _a, _b, _c, dropdown, status = list(handlers.merge_and_load(*widget_values()))[-1]
     assert "Loaded" in message, message
     assert context.cluster.trial_info() is not None
     title = assert_shows_the_trial(context, dropdown, status)

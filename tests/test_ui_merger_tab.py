@@ -89,7 +89,8 @@ def test_build_uses_the_contract_ids(context):
 
 def test_merge_from_widget_values_saves_and_lists_the_result(context, handlers, tmp_path):
     updates = list(handlers.merge(*widget_values()))
-    message, job_id, primary, secondary, tertiary, top_bar, _status = updates[-1]
+    message, job_id, overwrite, primary, secondary, tertiary, top_bar, _status = updates[-1]
+    assert overwrite is False  # a choice for one merge
     path = tmp_path / "models" / "Stable-diffusion" / "0.7(a) + 0.3(b).safetensors"
     assert "Checkpoint saved to" in message and path.exists()
     assert job_id is None and all(update[1] is not None for update in updates[:-1])
@@ -161,10 +162,13 @@ def test_an_existing_name_offers_the_overwrite_checkbox(context, handlers, tmp_p
     assert "same.safetensors already exists" in message and "&quot;Overwrite&quot;" in message, message
     assert "--overwrite" not in message and "API" not in message and "MergeError" not in message
     assert len(updates) == 1 and len(context.jobs.jobs()) == jobs_before and path.read_bytes() == before
+    assert updates[-1][2] == gr.skip()  # the checkbox is left to the user
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
     # Ticking the checkbox replaces the file with the new merge.
-    message = list(handlers.merge(*widget_values(custom_name="same", multiplier=0.9, overwrite=True)))[-1][0]
+    message, _job, overwrite, *_ = list(handlers.merge(*widget_values(custom_name="same", multiplier=0.9,
+                                                                     overwrite=True)))[-1]
     assert "Checkpoint saved to" in message and path.read_bytes() != before
+    assert overwrite is False  # unticked again: the next merge does not replace a file unasked
     recipe = json.loads(read_header(path).metadata["sd_merge_recipe"])
     assert recipe["multiplier"] == 0.9
 

@@ -317,7 +317,7 @@ class MergerHandlers:
     # -- merging -------------------------------------------------------------------------------
 
     def merge(self, *values) -> Iterator[list]:
-        """The Merge button: outputs are (result, job id, A, B, C[, top bar dropdown, model status])."""
+        """The Merge button: outputs are (result, job id, Overwrite, A, B, C[, top bar dropdown, model status])."""
         yield from self._run(values, load=False)
 
     def merge_and_load(self, *values) -> Iterator[list]:
@@ -331,19 +331,21 @@ class MergerHandlers:
             request = form.to_request()
             self.check(request, load)
         except MergeOutputExists as e:
-            yield [message_html(f"Not merged: {exists_message(e)}", error=True), None, *skip_dropdowns]
+            yield [message_html(f"Not merged: {exists_message(e)}", error=True), None, gr.skip(), *skip_dropdowns]
             return
         except (MergeFormError, MergeError, CheckpointNotFoundError) as e:
-            yield [message_html(f"Failed: {for_people(str(e))}", error=True), None, *skip_dropdowns]
+            yield [message_html(f"Failed: {for_people(str(e))}", error=True), None, gr.skip(), *skip_dropdowns]
             return
         job = submit_merge(self.context, request, load_without_saving=load)
         job_id = job.id
         for update in follow_job(job, poll_seconds=self.poll_seconds):
-            yield [update.progress_html, job_id, *skip_dropdowns]
+            yield [update.progress_html, job_id, gr.skip(), *skip_dropdowns]
         text, failed = result_text(job, load)
         dropdowns = self.model_dropdown_updates(form.primary, form.secondary, form.tertiary,
                                                 loaded=load and not failed)
-        yield [message_html(text, error=failed), None, *dropdowns]
+        # Overwrite is a choice for one merge: once a file was written it is unticked again, so a later
+        # merge cannot replace another file unasked.
+        yield [message_html(text, error=failed), None, gr.skip() if failed else False, *dropdowns]
 
     def check(self, request: MergeRequest, load: bool) -> None:
         """Refuse at once what the merge job would refuse (an existing output, models that do not fit
@@ -482,8 +484,12 @@ def build(context, shared) -> None:
     handlers = MergerHandlers(context, top_bar_dropdown=bool(top_bar))
     form: dict[str, Any] = {}
 
+    gr.HTML("<p>A merger of the selected checkpoints. The result is saved in the checkpoint folder "
+            "and listed at once; <b>Merge and load</b> tries it as the current model without saving.</p>")
+    # The pickers take the page's whole width: real checkpoint titles are long.
+    refresh = _build_model_pickers(form, handlers.checkpoint_choices())
     with gr.Row(equal_height=False):
-        controls = _build_form_column(handlers, form)
+        controls = _build_form_column(handlers, form, refresh)
         with gr.Column(variant="compact", scale=1, min_width=240):
             result = gr.HTML(elem_id="modelmerger_result")
             job_id = gr.State(None)
@@ -491,13 +497,10 @@ def build(context, shared) -> None:
     _wire_merger(handlers, shared, form, controls, result, job_id, top_bar)
 
 
-def _build_form_column(handlers: MergerHandlers, form: dict[str, Any]) -> _MergerControls:
-    """The left column: the whole merge form (into `form`) and the Merge / Merge and load / Interrupt row."""
-    # The form takes most of the width: the model pickers need it for real checkpoint titles.
-    with gr.Column(variant="compact", scale=3):
-        gr.HTML("<p>A merger of the selected checkpoints. The result is saved in the checkpoint folder "
-                "and listed at once; <b>Merge and load</b> tries it as the current model without saving.</p>")
-        refresh = _build_model_pickers(form, handlers.checkpoint_choices())
+def _build_form_column(handlers: MergerHandlers, form: dict[str, Any], refresh: gr.Button) -> _MergerControls:
+    """The left column: the rest of the merge form (into `form`) and the Merge / Merge and load /
+    Interrupt row."""
+    with gr.Column(variant="compact", scale=2):
         method_info, method_options = _build_method_fields(form)
         _build_output_fields(form, handlers.vae_choices())
         metadata_accordion, read_metadata = _build_metadata_fields(form)
@@ -610,7 +613,7 @@ def _wire_merger(handlers: MergerHandlers, shared, form: dict[str, Any], control
     c = controls
     inputs = [form[f.name] for f in fields(MergeForm)]
     model_dropdowns = [form["primary"], form["secondary"], form["tertiary"]]
-    merge_outputs = [result, job_id, *model_dropdowns, *top_bar]
+    merge_outputs = [result, job_id, form["overwrite"], *model_dropdowns, *top_bar]
     private = {"api_visibility": "private"}
 
     c.merge.click(handlers.merge, inputs=inputs, outputs=merge_outputs, show_progress="hidden",
