@@ -252,6 +252,9 @@ class ResultsColumn:
     send_to_inpaint: gr.Button
     info: gr.HTML
     send_to_extras: Any = None  # 📐, wired by modules.ui.app once the Extras tab is built
+    # A1111's `html_log_<tab>`: the buttons' messages (Output folder, Read parameters, Send to), on a
+    # line of their own so the selected image's infotext stays.
+    log: Any = None
 
 
 def paste_button_id(tabname: str) -> str:
@@ -398,10 +401,12 @@ def build_results_column(hooks: ComponentHooks, tabname: str) -> ResultsColumn:
                                           scale=0, min_width=40)
         info = hooks.create(gr.HTML, value="", elem_id=f"html_info_{tabname}", elem_classes=["html-info"],
                             js_on_load=None)
+        log = hooks.create(gr.HTML, value="", elem_id=f"html_log_{tabname}", elem_classes=["html-log"],
+                           js_on_load=None)
         # A1111's hidden button at the very bottom of the results: extensions hook after_component on
         # it to add their controls under the gallery (Config Presets, ...).
         hooks.create(gr.Button, visible=False, elem_id=f"{tabname}_generation_info_button")
-    return ResultsColumn(progress, gallery, open_folder, send_to_img2img, send_to_inpaint, info, send_to_extras)
+    return ResultsColumn(progress, gallery, open_folder, send_to_img2img, send_to_inpaint, info, send_to_extras, log)
 
 
 def register_paste_fields(context, tabname: str, fields: dict[str, Any], init_img=None) -> list[tuple[Any, Any]]:
@@ -466,20 +471,21 @@ def wire_generation(context, tabname: str, top: PromptRow, scripts, results: Res
                 job = submit_generation(context, submission)
                 finish = lambda job, submission=submission: outcome_of(context.settings.current(), submission, job)  # noqa: E731
         except SHOWN_ERRORS as error:
-            yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip()
+            yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip(), ""
             return
-        yield gr.skip(), "", render_progress(job), gr.skip(), job.id
+        yield gr.skip(), "", render_progress(job), gr.skip(), job.id, ""  # an earlier button's message goes
         async for update in follow_job_async(job, loading=lambda: context.load_state.loading):
             preview = [update.preview] if update.preview is not None else gr.skip()
-            yield preview, gr.skip(), update.progress_html, gr.skip(), job.id
+            yield preview, gr.skip(), update.progress_html, gr.skip(), job.id, gr.skip()
         outcome = finish(job)
         outcome.notes[:0] = notes
         # The id is kept: Interrupt pressed just after the job ended must not reach the next one.
-        yield outcome.images, outcome.info_html(0), "", outcome.to_state(), job.id
+        yield outcome.images, outcome.info_html(0), "", outcome.to_state(), job.id, gr.skip()
 
     kind = tabname
     top.generate.click(on_generate, inputs=[*inputs, *scripts.inputs],
-                       outputs=[results.gallery, results.info, results.progress, generation_state, job_id_state],
+                       outputs=[results.gallery, results.info, results.progress, generation_state, job_id_state,
+                                results.log],
                        show_progress="hidden", concurrency_limit=None)
     top.interrupt.click(lambda job_id: _discard(stop_job(context, job_id, kind=kind)), inputs=job_id_state,
                         outputs=None, show_progress="hidden", queue=False)
@@ -515,7 +521,7 @@ def wire_paste(context, top: PromptRow, results: ResultsColumn, field_names: Seq
 
     top.paste.click(on_paste, inputs=[top.prompt, generation_state],
                     outputs=[*(fields[name] for name in field_names), *(component for component, _ in script_fields),
-                             results.info],
+                             results.log],
                     show_progress="hidden")
 
 
@@ -527,7 +533,7 @@ def wire_seed_and_size_buttons(context, tabname: str, fields: dict[str, Any], ra
                      outputs=fields["seed"], show_progress="hidden")
     res_switch.click(lambda width, height: (height, width), inputs=[fields["width"], fields["height"]],
                      outputs=[fields["width"], fields["height"]], show_progress="hidden", queue=False)
-    results.open_folder.click(lambda: open_output_folder(context, tabname), outputs=results.info,
+    results.open_folder.click(lambda: open_output_folder(context, tabname), outputs=results.log,
                               show_progress="hidden")
 
 

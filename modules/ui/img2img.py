@@ -481,7 +481,7 @@ def _wire_outpaint(tab: Img2ImgTab, controls: dict[str, Any]) -> None:
                                inputs=[tab.mode, tab.image, tab.inpaint, tab.upload_base, fields["width"],
                                        fields["height"]],
                                outputs=[tab.upload_base, tab.upload_mask, fields["resize_mode"],
-                                        fields["inpainting_fill"], tab.mode_tabs, tab.mode, tab.results.info],
+                                        fields["inpainting_fill"], tab.mode_tabs, tab.mode, tab.results.log],
                                show_progress="hidden")
 
 
@@ -535,7 +535,7 @@ def wire_send_image(context, shared: UiShared, button, gallery, state, mode: int
     outputs = [_target(tab, mode), *(tab.fields[name] for name in copied)]
     if sizes:
         outputs += [tab.fields["width"], tab.fields["height"]]
-    outputs += [shared.tabs, tab.mode_tabs, tab.mode, tab.results.info]
+    outputs += [shared.tabs, tab.mode_tabs, tab.mode, tab.results.log]
     button.click(on_send, inputs=[gallery, *([state] if has_state else []), *(copy_from[name] for name in copied)],
                  outputs=outputs, show_progress="hidden")
 
@@ -560,7 +560,7 @@ def wire_send_infotext(context, shared: UiShared, button, source, image_path, mo
 
     button.click(on_send, inputs=[source, *([image_path] if image_path is not None else [])],
                  outputs=[*(tab.fields[name] for name in IMG2IMG_FIELDS), *(component for component, _ in script_fields),
-                          _target(tab, mode), shared.tabs, tab.mode_tabs, tab.mode, tab.results.info],
+                          _target(tab, mode), shared.tabs, tab.mode_tabs, tab.mode, tab.results.log],
                  show_progress="hidden")
 
 

@@ -12,6 +12,11 @@
   into view once its first image has loaded (or at once when the job ended without one), unless it
   is already fully visible. Wide screens with a mouse are never scrolled: A1111's page does not move.
 
+- Interrupt and Skip show only while the tab's job runs (A1111's habit): the row under Generate is
+  hidden whenever the button carries no progress. A click on Generate while the tab's job runs
+  (Gradio lets one run at a time per tab and drops the click) says so in a notice
+  (`#atelier_notice`) instead of doing nothing.
+
 All of it follows the progress bar's HTML (modules.ui.generation.render_progress: `aria-valuenow`
 and `data-short`), so it works the same for a job started by Generate, Ctrl+Enter or an extension.
 """
@@ -31,6 +36,16 @@ CSS = """
 #txt2img_generate[data-atelier-progress]::after, #img2img_generate[data-atelier-progress]::after {
   content: attr(data-atelier-progress); font-size: max(12px, 0.65em); font-weight: normal; opacity: 0.95;
 }
+#txt2img_generate:not([data-atelier-progress]) + .row, #img2img_generate:not([data-atelier-progress]) + .row {
+  display: none !important;
+}
+#atelier_notice {
+  position: fixed; left: 50%; bottom: 16px; transform: translateX(-50%); z-index: 1001; max-width: min(90vw, 36em);
+  padding: 10px 16px; border-radius: 8px; font-size: 14px; line-height: 1.4;
+  color: var(--body-text-color, #111); background: var(--block-background-fill, #fff);
+  border: 1px solid var(--color-accent, #f97316); box-shadow: 0 2px 10px rgba(0, 0, 0, 0.25);
+}
+#atelier_notice[hidden] { display: none; }
 #atelier_progress_strip {
   position: fixed; top: 0; left: 0; right: 0; z-index: 1000; cursor: pointer;
   min-height: 44px; display: flex; align-items: center; justify-content: center;
@@ -46,6 +61,9 @@ CSS = """
 
 # How long after a job ends the page waits for the result's first image before it scrolls anyway.
 IMAGE_WAIT_MS = 5000
+NOTICE_MS = 6000
+BUSY_TEXT = ("This tab is still generating: it runs one job at a time. Interrupt or Skip it, or wait until it "
+             "ends, then press Generate again.")
 
 _JS_TEMPLATE = """
 (() => {
@@ -60,6 +78,26 @@ _JS_TEMPLATE = """
   strip.setAttribute('role', 'status');
   strip.innerHTML = "<div class='strip-fill'></div><span class='strip-text'></span>";
   document.body.appendChild(strip);
+  const notice = document.createElement('div');
+  notice.id = 'atelier_notice';
+  notice.hidden = true;
+  notice.setAttribute('role', 'status');
+  notice.setAttribute('aria-live', 'polite');
+  document.body.appendChild(notice);
+  let noticeTimer = null;
+  const say = (text) => {
+    notice.textContent = text;
+    notice.hidden = false;
+    clearTimeout(noticeTimer);
+    noticeTimer = setTimeout(() => { notice.hidden = true; }, %NOTICE_MS%);
+  };
+  // Capture phase: seen before Gradio's own handler, which drops a click while the tab's event runs.
+  document.addEventListener('click', (event) => {
+    const button = event.target && event.target.closest && event.target.closest(
+      tabs.map((tab) => '#' + tab + '_generate').join(', '));
+    if (!button || !button.hasAttribute('data-atelier-progress')) return;
+    say(%BUSY_TEXT%);
+  }, true);
   const followed = {};
   let stripTab = null;
   const byId = (id) => document.getElementById(id);
@@ -141,4 +179,6 @@ def progress_js() -> str:
     """Statements for the page's load script (see the module docstring)."""
     return (_JS_TEMPLATE.replace("%TABS%", json.dumps(list(RESULT_FIRST_TABS)))
             .replace("%SCROLL_MEDIA%", json.dumps(TOUCH_OR_NARROW))
-            .replace("%IMAGE_WAIT_MS%", str(IMAGE_WAIT_MS)))
+            .replace("%IMAGE_WAIT_MS%", str(IMAGE_WAIT_MS))
+            .replace("%NOTICE_MS%", str(NOTICE_MS))
+            .replace("%BUSY_TEXT%", json.dumps(BUSY_TEXT)))

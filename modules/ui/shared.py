@@ -15,12 +15,13 @@ Element ids follow A1111's where A1111 has one, so users' custom CSS/JS keeps wo
               txt2img_sampling, txt2img_scheduler, txt2img_steps, txt2img_width, txt2img_height,
               txt2img_batch_count, txt2img_batch_size, txt2img_cfg_scale, txt2img_seed,
               txt2img_random_seed, txt2img_reuse_seed, txt2img_subseed, txt2img_subseed_strength,
-              txt2img_hr, txt2img_gallery, html_info_txt2img, txt2img_progress, paste (A1111's id for the ↙️ button),
+              txt2img_hr, txt2img_gallery, html_info_txt2img, html_log_txt2img (the buttons' messages),
+              txt2img_progress, paste (A1111's id for the ↙️ button),
               open_folder_txt2img, txt2img_extra_networks (items: class `extra-network-item`,
               attribute data-name)
               txt2img_send_to_img2img, txt2img_send_to_inpaint (under the gallery)
   img2img     the same ids as txt2img with the img2img_ prefix (img2img_prompt, img2img_generate, img2img_gallery,
-              img2img_seed, html_info_img2img, img2img_paste, open_folder_img2img, img2img_send_to_img2img,
+              img2img_seed, html_info_img2img, html_log_img2img, img2img_paste, open_folder_img2img, img2img_send_to_img2img,
               img2img_send_to_inpaint, ...), mode_img2img (the mode sub-tabs) with img2img_img2img_tab
               (img2img_image), img2img_img2img_sketch_tab (img2img_sketch), img2img_inpaint_tab (img2maskimg),
               img2img_inpaint_sketch_tab (inpaint_sketch), img2img_inpaint_upload_tab (img_inpaint_base,
@@ -64,7 +65,8 @@ class UiShared:
     checkpoint_switched: Any = None  # top bar: the dropdown's switch event, to chain `.then(...)` on
     model_status: Any = None  # top bar: the "Loaded ..." line, refreshed after "Merge and load"
     txt2img_fields: dict[str, Any] = field(default_factory=dict)  # GenerationRequest field -> component
-    txt2img_html_info: Any = None  # txt2img: the HTML under the gallery (notes after a paste)
+    txt2img_html_info: Any = None  # txt2img: the infotext under the gallery
+    txt2img_html_log: Any = None  # txt2img: the buttons' messages under it (notes after a paste)
     tabs: Any = None  # the gr.Tabs, to switch to txt2img after "send to txt2img"
     # txt2img: the scripts' `infotext_fields`, `(component, infotext key or function)`, that a paste fills
     txt2img_paste_fields: list = field(default_factory=list)

@@ -59,7 +59,7 @@ def wire_send_to_txt2img(context, shared: UiShared, button, source) -> None:
         return (*updates, tab, note)
 
     button.click(on_send, inputs=source, outputs=[*fields, *(component for component, _ in script_fields),
-                                                  shared.tabs, shared.txt2img_html_info], show_progress="hidden")
+                                                  shared.tabs, shared.txt2img_html_log], show_progress="hidden")
 
 
 @dataclass
@@ -109,6 +109,7 @@ def build(context, shared: UiShared) -> None:
     styles_panel.wire(context, top.styles, styles_dialog, top.prompt, top.negative, shared.page_loads)
     shared.txt2img_fields = fields
     shared.txt2img_html_info = results.info
+    shared.txt2img_html_log = results.log
     shared.txt2img_results = results
     shared.txt2img_generation_state = generation_state
     # A page opened later shows the folders as they are then, not as they were at start-up.
