@@ -627,7 +627,7 @@ def _wire_merger(handlers: MergerHandlers, shared, form: dict[str, Any], control
     name_inputs = [*model_dropdowns, form["method"], form["multiplier"], form["checkpoint_format"]]
     gr.on([form["primary"].change, form["secondary"].change, form["tertiary"].change, form["method"].change,
            form["multiplier"].change, form["checkpoint_format"].change], handlers.default_name, inputs=name_inputs,
-          outputs=[form["custom_name"]], show_progress="hidden", **private)
+          outputs=[form["custom_name"]], show_progress="hidden", trigger_mode="always_last", **private)
     c.read_metadata.click(handlers.read_metadata, inputs=model_dropdowns, outputs=[form["metadata_json"]], **private)
     form["method"].change(handlers.on_method_change, inputs=[form["method"]],
                           outputs=[c.method_info, form["multiplier2"], c.method_options, form["ties_density"],
