@@ -3,6 +3,7 @@ SVG icon painted by CSS, keeps A1111's element id, and gets a tooltip."""
 
 from __future__ import annotations
 
+import json
 import unicodedata
 import xml.etree.ElementTree as ElementTree
 from urllib.parse import unquote
@@ -10,20 +11,30 @@ from urllib.parse import unquote
 import gradio as gr
 import pytest
 
-from modules.ui.icons import ICON_BUTTONS, ICONS, icon_css, tooltip_js
+from modules.ui.icons import GLYPH_HINTS, ICON_BUTTONS, ICONS, icon_css, tooltip_js
 from tests.ui_support import make_context
 
 
 @pytest.fixture(scope="module")
-def buttons(tmp_path_factory):
+def built_buttons(tmp_path_factory):
+    """Every button of the UI as a page gets it, the built-in extensions' (X/Y/Z plot) included."""
+    from modules.extension_host.extensions import BUILTIN_DIR, ExtensionFolders, load_extensions
     from modules.ui.app import build_ui
 
-    context = make_context(tmp_path_factory.mktemp("icons"), load=False)
+    data_dir = tmp_path_factory.mktemp("icons")
+    context = make_context(data_dir, load=False)
     try:
+        folders = ExtensionFolders(user=data_dir / "extensions", builtin=BUILTIN_DIR)
+        context.extensions = load_extensions(context.settings, context.args, folders)
         blocks = build_ui(context)
-        yield {block.elem_id: block for block in blocks.blocks.values() if isinstance(block, gr.Button)}
+        yield [block for block in blocks.blocks.values() if isinstance(block, gr.Button)]
     finally:
         context.jobs.shutdown()
+
+
+@pytest.fixture(scope="module")
+def buttons(built_buttons):
+    return {block.elem_id: block for block in built_buttons}
 
 
 def _symbols(text: str) -> list[str]:
@@ -59,3 +70,25 @@ def test_icons_are_well_formed_svg_painted_by_css():
         assert f"#{elem_id}::before" in css
     for elem_id, icon in ICON_BUTTONS.items():
         assert icon.tooltip in tooltip_js()
+
+
+def test_every_symbol_labelled_button_has_a_tooltip(built_buttons):
+    # Every copy counts: the X/Y/Z plot is built once per generation tab, with the same ids.
+    labelled = [button for button in built_buttons if _symbols(button.value)]
+    assert any(button.elem_id and button.elem_id.startswith("xyz_grid_fill_") for button in labelled), \
+        "the X/Y/Z plot's fill buttons were not built: the built-in extension did not load"
+    for button in labelled:
+        assert button.elem_id, f"a button labelled {button.value!r} has no elem_id, so no tooltip can name it"
+        assert ICON_BUTTONS[button.elem_id].tooltip.strip(), button.elem_id
+        tips = tooltip_js()
+        assert button.elem_id in tips and ICON_BUTTONS[button.elem_id].tooltip in tips, button.elem_id
+
+
+def test_a1111_glyphs_have_hover_hints_for_extensions_buttons():
+    """An extension's own tool button that shows one of the icons' symbols gets a hint by its text
+    (A1111's `titles`), with or without the emoji variation selector."""
+    tips = tooltip_js()
+    for icon in ICONS.values():
+        assert GLYPH_HINTS.get(icon.glyph, "").strip(), f"no hover hint for {icon.glyph!r}"
+        bare = icon.glyph.replace("\ufe0f", "")
+        assert json.dumps(bare)[1:-1] in tips, f"the hint for {icon.glyph!r} is not given without U+FE0F"

@@ -276,6 +276,15 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("send_size", True, "Send size when sending prompt or image to another interface", "ui"),
     SettingSpec("return_grid", True, "Show grid in gallery", "ui",
                 info="With more than one image, the gallery starts with their grid (as saved with the grid option)"),
+    # Ctrl+Up/Down in a prompt box (modules.ui.shortcuts; the page reads these from `opts`)
+    SettingSpec("keyedit_precision_attention", 0.1, "Precision for (attention:1.1) when editing the prompt with "
+                "Ctrl+up/down", "ui", minimum=0.01, maximum=0.2, step=0.001),
+    SettingSpec("keyedit_precision_extra", 0.05, "Precision for <extra networks:0.9> when editing the prompt with "
+                "Ctrl+up/down", "ui", minimum=0.01, maximum=0.2, step=0.001),
+    SettingSpec("keyedit_delimiters", r".,\/!?%^*;:{}=`~() ", "Word delimiters when editing the prompt with "
+                "Ctrl+up/down", "ui", info="With nothing selected, the word at the cursor ends at these characters"),
+    SettingSpec("keyedit_delimiters_whitespace", ("Tab", "Carriage Return", "Line Feed"),
+                "Ctrl+up/down whitespace delimiters", "ui", choices=("Tab", "Carriage Return", "Line Feed")),
     SettingSpec("quicksettings_list", ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"),
                 "Quicksettings list", "ui", needs_restart=True,
                 info="Settings shown at the top of the page instead of in this tab (the checkpoint always is)"),

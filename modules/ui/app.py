@@ -42,6 +42,8 @@ from modules.ui.file_rules import apply_file_rules, prepare_gradio_cache
 from modules.ui.icons import icon_css, tooltip_js
 from modules.ui.mobile import mobile_css
 from modules.ui.page_script import install_options_route, page_head
+from modules.ui.prompt_drop import prompt_drop_js
+from modules.ui.shortcuts import shortcuts_js
 from modules.ui.shared import UiShared
 
 log = logging.getLogger(__name__)
@@ -94,19 +96,11 @@ CSS = """
 #img2maskimg canvas, #inpaint_sketch canvas, #img2img_sketch canvas { touch-action: none; }
 """
 
-# Ctrl+Enter in a prompt box generates in that box's tab (A1111's shortcut).
+# The page's load script: keyboard shortcuts and PNG drop (modules.ui.shortcuts, modules.ui.prompt_drop),
+# tooltips, progress.
 JS = """
 () => {
-    document.addEventListener('keydown', (event) => {
-        if (!(event.ctrlKey || event.metaKey) || event.key !== 'Enter') return;
-        const box = event.target && event.target.closest &&
-            event.target.closest('#txt2img_prompt, #txt2img_neg_prompt, #img2img_prompt, #img2img_neg_prompt');
-        if (!box) return;
-        event.preventDefault();
-        const tab = box.id.startsWith('img2img') ? 'img2img' : 'txt2img';
-        const button = document.querySelector('#' + tab + '_generate');
-        if (button) button.click();
-    });
+    %SHORTCUTS%
     %TOOLTIPS%
     %PROGRESS%
 }
@@ -175,7 +169,8 @@ def mount_ui(app, context, *, max_upload_bytes: int | None = None) -> gr.Blocks:
     blocks = build_ui(context)
     css = "\n".join(filter(None, [CSS, workers_status.CSS, models_tab.TAB_CSS, icon_css(), footer.CSS,
                                    extensions_tab.extension_css(context)]))
-    js = JS.replace("%TOOLTIPS%", tooltip_js()).replace("%PROGRESS%", progress_display.progress_js())
+    js = (JS.replace("%SHORTCUTS%", shortcuts_js() + prompt_drop_js()).replace("%TOOLTIPS%", tooltip_js())
+          .replace("%PROGRESS%", progress_display.progress_js()))
     gr.mount_gradio_app(app, blocks, path="/", css=css, js=js, head=page_head(context) + layout_style(),
                         ssr_mode=False, footer_links=[], run_history=False, show_error=False,
                         max_file_size=max_upload_bytes)

@@ -49,6 +49,8 @@ ICONS = {
                   "<path d='M4 12h2'/><path d='M4 16h2'/>"),
     "memo": Icon("\U0001f4dd", "<path d='M14 3H6a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2V9z'/>"
                  "<path d='M14 3v6h6'/><path d='M8 13h8'/><path d='M8 17h5'/>"),
+    "ledger": Icon("\U0001f4d2", "<path d='M6 3h12a1 1 0 0 1 1 1v16a1 1 0 0 1-1 1H6a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2z'/>"
+                   "<path d='M8 3v18'/><path d='M11 8h5'/><path d='M11 12h5'/>"),
 }
 
 
@@ -100,6 +102,30 @@ ICON_BUTTONS = {
     "upscaling_res_switch_btn": IconButton("swap", "Swap width and height"),
     "extras_send_to_img2img": IconButton("image", "Send the selected image to img2img"),
     "extras_send_to_inpaint": IconButton("palette", "Send the selected image to img2img's Inpaint tab"),
+    # The X/Y/Z plot's 📒 buttons (A1111's ids, the same in both tabs' copies of the script).
+    "xyz_grid_fill_x_tool_button": IconButton("ledger", "Fill the X values with every valid value of the axis"),
+    "xyz_grid_fill_y_tool_button": IconButton("ledger", "Fill the Y values with every valid value of the axis"),
+    "xyz_grid_fill_z_tool_button": IconButton("ledger", "Fill the Z values with every valid value of the axis"),
+}
+
+# A1111's hover hints by the button's text (its `titles`): extensions' own tool buttons that show one of
+# these symbols get the hint too (javascript/atelier.js gives `titles` to elements without a title).
+GLYPH_HINTS = {
+    "\U0001f504": "Refresh",
+    "\U0001f3b2\ufe0f": "Set the seed to -1: a new random seed for every generation",
+    "\u267b\ufe0f": "Reuse the seed of the selected image (or of the last generation)",
+    "\u2199\ufe0f": "Read generation parameters from the prompt, or from the last generation, into the fields",
+    "\U0001f4c2": "Open the folder the images are saved in",
+    "\u21c5": "Swap width and height",
+    "\U0001f58c\ufe0f": "Edit styles",
+    "\U0001f4cb": "Apply the selected styles to the prompts",
+    "\U0001f5bc\ufe0f": "Send the image and its parameters to img2img",
+    "\U0001f3a8\ufe0f": "Send the image and its parameters to img2img's Inpaint tab",
+    "\U0001f4d0": "Send the image to the Extras tab",
+    "\U0001f4dd": "Copy the main prompts into the style",
+    "\U0001f4d2": "Fill the axis with every valid value",
+    "\U0001f5d1\ufe0f": "Clear the prompt",
+    "\U0001f4be": "Save",
 }
 
 
@@ -131,10 +157,16 @@ def tooltip_js() -> str:
     import json
 
     tips = json.dumps({elem_id: [button.tooltip, button.icon_only] for elem_id, button in ICON_BUTTONS.items()})
+    hints = json.dumps({**GLYPH_HINTS, **{glyph.replace("\ufe0f", ""): hint for glyph, hint in GLYPH_HINTS.items()}})
+    # Every element with the id: a script shown in both tabs (X/Y/Z) repeats its ids, as in A1111.
     return (
         "const atelierTips = " + tips + ";\n"
-        "const atelierApplyTips = () => { for (const [id, [tip, iconOnly]] of Object.entries(atelierTips)) {"
-        " const el = document.getElementById(id); if (el && el.title !== tip) { el.title = tip;"
+        "const atelierGlyphHints = " + hints + ";\n"
+        "if (typeof titles === 'object' && titles) { for (const [glyph, hint] of Object.entries(atelierGlyphHints)) {"
+        " if (!(glyph in titles)) titles[glyph] = hint; } }\n"
+        "const atelierTipSelector = Object.keys(atelierTips).map((id) => '[id=\"' + id + '\"]').join(', ');\n"
+        "const atelierApplyTips = () => { for (const el of document.querySelectorAll(atelierTipSelector)) {"
+        " const [tip, iconOnly] = atelierTips[el.id]; if (el.title !== tip) { el.title = tip;"
         " if (iconOnly) el.setAttribute('aria-label', tip); } } };\n"
         "atelierApplyTips();\n"
         "new MutationObserver(atelierApplyTips).observe(document.body, {childList: true, subtree: true});\n"

@@ -36,7 +36,7 @@ import gradio as gr
 
 from modules.generation.requests import Img2ImgRequest
 from modules.generation.styles import apply_request_styles
-from modules.ui import generation_form, img2img_batch_tab, scripts_panel, styles_panel
+from modules.ui import generation_form, img2img_batch_tab, prompt_drop, scripts_panel, styles_panel
 from modules.ui.component_hooks import ComponentHooks
 from modules.ui.generation_form import ResultsColumn, paste_updates, selected_image
 from modules.ui.img2img_inputs import (
@@ -280,6 +280,7 @@ def build(context, shared: UiShared) -> Img2ImgTab:
     generation_form.wire_token_counters(context, counter, top, fields["steps"])
     generation_form.wire_paste(context, top, results, IMG2IMG_FIELDS, fields, generation_state, paste_fields,
                                img2img=True)
+    prompt_drop.wire(context, TABNAME, top, results, IMG2IMG_FIELDS, fields, paste_fields, img2img=True)
     generation_form.wire_seed_and_size_buttons(context, TABNAME, fields, controls["random_seed"],
                                                controls["reuse_seed"], controls["res_switch"], results,
                                                generation_state)

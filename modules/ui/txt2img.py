@@ -17,7 +17,7 @@ import gradio as gr
 
 from modules.generation.requests import hires_upscaler_choices
 from modules.generation.styles import apply_request_styles
-from modules.ui import extra_networks_panel, generation_form, scripts_panel, styles_panel
+from modules.ui import extra_networks_panel, generation_form, prompt_drop, scripts_panel, styles_panel
 from modules.ui.component_hooks import ComponentHooks
 from modules.ui.generation_form import (  # noqa: F401  (re-exported: tests and other tabs use these names)
     PromptRow,
@@ -101,6 +101,7 @@ def build(context, shared: UiShared) -> None:
     generation_form.wire_token_counters(context, counter, top, fields["steps"])
     generation_form.wire_paste(context, top, results, TXT2IMG_FIELDS, fields, generation_state,
                                shared.txt2img_paste_fields)
+    prompt_drop.wire(context, TABNAME, top, results, TXT2IMG_FIELDS, fields, shared.txt2img_paste_fields)
     fields["enable_hr"].change(lambda enabled: gr.Column(visible=bool(enabled)), inputs=fields["enable_hr"],
                                outputs=settings.hires_group, show_progress="hidden", queue=False)
     generation_form.wire_seed_and_size_buttons(context, TABNAME, fields, settings.random_seed, settings.reuse_seed,
