@@ -167,7 +167,11 @@ def tooltip_js() -> str:
         "const atelierTipSelector = Object.keys(atelierTips).map((id) => '[id=\"' + id + '\"]').join(', ');\n"
         "const atelierApplyTips = () => { for (const el of document.querySelectorAll(atelierTipSelector)) {"
         " const [tip, iconOnly] = atelierTips[el.id]; if (el.title !== tip) { el.title = tip;"
-        " if (iconOnly) el.setAttribute('aria-label', tip); } } };\n"
+        " if (iconOnly) el.setAttribute('aria-label', tip); } }"
+        # Gradio's own symbol buttons (a slider's ↺ reset) name themselves only for screen readers.
+        " for (const el of document.querySelectorAll('button[aria-label]:not([title])')) {"
+        " if (/^[\\p{Extended_Pictographic}\\u2190-\\u21ff\\u2600-\\u27bf\\ufe0f\\s]+$/u.test(el.textContent || ''))"
+        " el.title = el.getAttribute('aria-label'); } };\n"
         "atelierApplyTips();\n"
         "new MutationObserver(atelierApplyTips).observe(document.body, {childList: true, subtree: true});\n"
     )
