@@ -63,15 +63,41 @@ WEIGHT_CASES = [
 ]
 
 
-def test_emphasis_cases_in_node():
+# Alt+Left/Right: (text, start, end, left, expected text, expected selected text or the text after the cursor).
+MOVE_CASES = [
+    ["a cat, a dog, a bird", 9, 9, True, "a dog, a cat, a bird", "dog, a cat, a bird"],
+    ["a cat, a dog, a bird", 9, 9, False, "a cat, a bird, a dog", "dog"],
+    ["a cat, a dog", 3, 5, False, "a dog, a cat", "at"],  # a selection moves with its element
+    ["a cat, a dog", 1, 1, True, None, None],  # no element to its left
+]
+
+
+def _run_node(script: str):
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed; tests/browser/test_shortcuts.py runs the same cases in Chromium")
-    script = ("const window = {};\n" + EDIT_WEIGHT_JS + "\nconst cases = " + json.dumps(WEIGHT_CASES) + ";\n"
+    done = subprocess.run([node, "-e", "const window = {};\n" + EDIT_WEIGHT_JS + "\n" + script], capture_output=True,
+                          text=True, timeout=60, check=True)
+    return json.loads(done.stdout)
+
+
+# Runs MOVE_CASES in a JavaScript engine: [text, selected text or text after the cursor] per case.
+RUN_MOVE_CASES = """cases => cases.map(c => { const r = window.atelierMoveElement(c[0], c[1], c[2], c[3]);
+    return r && [r.text, r.start === r.end ? r.text.slice(r.start) : r.text.slice(r.start, r.end)]; })"""
+
+
+def test_move_cases_in_node():
+    results = _run_node(f"console.log(JSON.stringify(({RUN_MOVE_CASES})({json.dumps(MOVE_CASES)})));")
+    for given, result in zip(MOVE_CASES, results):
+        expected = None if given[4] is None else [given[4], given[5]]
+        assert result == expected, f"{given[:4]}: got {result!r}, expected {expected!r}"
+
+
+def test_emphasis_cases_in_node():
+    script = ("const cases = " + json.dumps(WEIGHT_CASES) + ";\n"
               "console.log(JSON.stringify(cases.map(c => { const r = window.atelierEditWeight(c[0], c[1], c[2], c[3], c[4]);"
               " return r && r.text; })));")
-    done = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60, check=True)
-    results = json.loads(done.stdout)
+    results = _run_node(script)
     for given, result in zip(WEIGHT_CASES, results):
         assert result == given[5], f"{given[0]!r} {given[1:4]} {given[4]}: got {result!r}, expected {given[5]!r}"
 
@@ -83,7 +109,7 @@ def test_keyedit_settings_are_a1111s_with_its_defaults(tmp_path):
 
     expected = {"keyedit_precision_attention": 0.1, "keyedit_precision_extra": 0.05,
                 "keyedit_delimiters": ".,\\/!?%^*;:{}=`~() ",
-                "keyedit_delimiters_whitespace": ("Tab", "Carriage Return", "Line Feed")}
+                "keyedit_delimiters_whitespace": ("Tab", "Carriage Return", "Line Feed"), "keyedit_move": True}
     for key, default in expected.items():
         assert SCHEMA_BY_KEY[key].default == default and SCHEMA_BY_KEY[key].visible, key
         assert key not in A1111_ONLY_DEFAULTS, f"{key} is a real setting now, not a read-only A1111 default"
@@ -110,7 +136,7 @@ def test_the_page_script_carries_the_keys_and_the_drop(tmp_path):
         context.jobs.shutdown()
     assert shortcuts_js() in blocks.js and prompt_drop_js() in blocks.js
     assert "%SHORTCUTS%" not in blocks.js
-    for key in ("'Escape'", "'ArrowUp'", "'Enter'", "'drop'"):
+    for key in ("'Escape'", "'ArrowUp'", "'ArrowLeft'", "'Enter'", "'drop'"):
         assert key in blocks.js, key
     uploads = {block.elem_id: block for block in blocks.blocks.values() if isinstance(block, gr.File)}
     for tab in ("txt2img", "img2img"):

@@ -285,6 +285,8 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 "Ctrl+up/down", "ui", info="With nothing selected, the word at the cursor ends at these characters"),
     SettingSpec("keyedit_delimiters_whitespace", ("Tab", "Carriage Return", "Line Feed"),
                 "Ctrl+up/down whitespace delimiters", "ui", choices=("Tab", "Carriage Return", "Line Feed")),
+    SettingSpec("keyedit_move", True, "Alt+left/right moves prompt elements", "ui",
+                info="Alt+Left/Right in a prompt box moves the comma-separated element at the cursor"),
     SettingSpec("quicksettings_list", ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"),
                 "Quicksettings list", "ui", needs_restart=True,
                 info="Settings shown at the top of the page instead of in this tab (the checkpoint always is)"),

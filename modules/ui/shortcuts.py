@@ -5,12 +5,13 @@
     Esc                      Interrupt that tab's job (not while Esc closes a dropdown, dialog or full-screen view)
     Ctrl+Up / Ctrl+Down      in a prompt box: change the emphasis of the selection, or of the word (or the
                              parenthesised group, or the <extra network:weight>) at the cursor
+    Alt+Left / Alt+Right     in a prompt box: move the comma-separated element at the cursor (`keyedit_move`)
 
-The weight arithmetic is one pure function, `atelierEditWeight(text, start, end, up, options)`, kept on
-`window` so a test (or a user script) can call it with plain values. Its steps and word delimiters are
-A1111's settings `keyedit_precision_attention`, `keyedit_precision_extra`, `keyedit_delimiters` and
-`keyedit_delimiters_whitespace`, read from the page's `opts` (javascript/atelier.js) at each key press.
-After an edit the textarea gets an `input` event, which is how Gradio learns the new value.
+The text arithmetic is in pure functions, `atelierEditWeight(text, start, end, up, options)` and
+`atelierMoveElement(text, start, end, left)`, kept on `window` so a test (or a user script) can call them
+with plain values. The steps and word delimiters are A1111's settings `keyedit_precision_attention`,
+`keyedit_precision_extra`, `keyedit_delimiters` and `keyedit_delimiters_whitespace`, and `keyedit_move`
+switches Alt+Left/Right; the page reads them from `opts` (javascript/atelier.js) at each key press. After an edit the textarea gets an `input` event, which is how Gradio learns the new value.
 
 Behaviour follows A1111's (`(word)` with no weight counts as unweighted here, `[word]` is text, a weight
 that returns to 1 drops its parentheses); the code is Atelier's own.
@@ -114,6 +115,31 @@ const atelierEditWeight = (text, start, end, up, options) => {
             start: start + 1, end: end + 1};
 };
 window.atelierEditWeight = atelierEditWeight;
+
+// Alt+Left/Right: the comma-separated element at the cursor trades places with its neighbour; each
+// place keeps its own spaces, the cursor moves with the element. Null when there is no neighbour.
+const atelierMoveElement = (text, start, end, left) => {
+    const parts = text.split(',');
+    const starts = [];
+    let at = 0;
+    for (const part of parts) {
+        starts.push(at);
+        at += part.length + 1;
+    }
+    const index = starts.findIndex((first, i) => start >= first && start <= first + parts[i].length);
+    const other = left ? index - 1 : index + 1;
+    if (index < 0 || other < 0 || other >= parts.length) return null;
+    const split = (part) => /^(\s*)([\s\S]*?)(\s*)$/.exec(part);
+    const mine = split(parts[index]), theirs = split(parts[other]);
+    if (!mine[2] || !theirs[2]) return null;
+    const offset = Math.min(Math.max(start - starts[index] - mine[1].length, 0), mine[2].length);
+    parts[index] = mine[1] + theirs[2] + mine[3];
+    parts[other] = theirs[1] + mine[2] + theirs[3];
+    let cursor = theirs[1].length + offset;
+    for (let i = 0; i < other; i++) cursor += parts[i].length + 1;
+    return {text: parts.join(','), start: cursor, end: Math.min(cursor + (end - start), cursor + mine[2].length - offset)};
+};
+window.atelierMoveElement = atelierMoveElement;
 """
 
 # The key handler. `get_uiCurrentTabContent`, `opts` and `updateInput` are javascript/atelier.js's.
@@ -156,6 +182,18 @@ document.addEventListener('keydown', (event) => {
         if (!edit) return;
         box.value = edit.text;
         box.setSelectionRange(edit.start, edit.end);
+        updateInput(box);
+        return;
+    }
+    if (event.altKey && !ctrl && !event.shiftKey && (event.key === 'ArrowLeft' || event.key === 'ArrowRight')) {
+        const box = event.target;
+        if (!box || box.tagName !== 'TEXTAREA' || !box.closest('[id$=_toprow] [id$=_prompt], .prompt')) return;
+        if (typeof opts === 'object' && opts && opts.keyedit_move === false) return;
+        const move = atelierMoveElement(box.value, box.selectionStart, box.selectionEnd, event.key === 'ArrowLeft');
+        event.preventDefault();  // also keeps Alt+Left from being the browser's Back
+        if (!move) return;
+        box.value = move.text;
+        box.setSelectionRange(move.start, move.end);
         updateInput(box);
         return;
     }

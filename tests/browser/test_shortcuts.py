@@ -21,7 +21,7 @@ from tests.browser.ui import (
     small_job,
     unique_prompt,
 )
-from tests.test_ui_shortcuts import WEIGHT_CASES
+from tests.test_ui_shortcuts import MOVE_CASES, RUN_MOVE_CASES, WEIGHT_CASES
 
 
 def _wait_until_running(page: Page) -> None:
@@ -116,6 +116,26 @@ def test_ctrl_up_down_weights_the_word_at_the_cursor(page: Page, atelier_server)
     box.press("Control+Enter")
     expect(page.locator("#html_info_txt2img")).to_contain_text(f"a (lighthouse:1.05) at {marker}",
                                                                timeout=GENERATION_TIMEOUT_MS)
+
+
+def test_alt_left_right_moves_the_element_at_the_cursor(page: Page, atelier_server):
+    open_ui(page, atelier_server.url)
+    results = page.evaluate(RUN_MOVE_CASES, MOVE_CASES)
+    for given, result in zip(MOVE_CASES, results):
+        expected = None if given[4] is None else [given[4], given[5]]
+        assert result == expected, f"{given[:4]}: got {result!r}, expected {expected!r}"
+
+    box = field(page, "txt2img_prompt")
+    fill(page, "txt2img_prompt", "a cat, a dog, a bird")
+    box.evaluate("el => { el.focus(); el.setSelectionRange(9, 9); }")  # in "a dog"
+    box.press("Alt+ArrowLeft")
+    expect(box).to_have_value("a dog, a cat, a bird")
+    expect(page.locator("#txt2img_prompt")).to_be_visible()  # still on the page: Alt+Left was not Back
+    box.press("Alt+ArrowRight")
+    expect(box).to_have_value("a cat, a dog, a bird")
+    page.evaluate("() => { opts.keyedit_move = false; }")  # the setting turns the keys off
+    box.press("Alt+ArrowRight")
+    expect(box).to_have_value("a cat, a dog, a bird")
 
 
 # Counts the clicks Generate gets, and stops them before Gradio sees them (no job is started).
