@@ -272,6 +272,9 @@ SCHEMA: tuple[SettingSpec, ...] = (
     # User interface
     SettingSpec("img2img_batch_show_results_limit", 32, "Show the first N batch img2img results in UI", "ui",
                 minimum=-1, maximum=1000, step=1, info="0: none, -1: all images; too many images can make the page slow"),
+    SettingSpec("hires_fix_show_sampler", False, "Hires fix: show hires checkpoint and sampler selection", "ui",
+                info="Shows the Hires sampling method in txt2img's Hires. fix (Atelier has no separate hires "
+                     "checkpoint); applies to pages opened after the change"),
     SettingSpec("send_seed", True, "Send seed when sending prompt or image to other interface", "ui"),
     SettingSpec("send_size", True, "Send size when sending prompt or image to another interface", "ui"),
     SettingSpec("return_grid", True, "Show grid in gallery", "ui",
@@ -298,7 +301,7 @@ SCHEMA: tuple[SettingSpec, ...] = (
     # Live previews (A1111's keys and defaults; modules.generation.live_preview makes the previews).
     # The ones marked "not used by Atelier" are kept so A1111's config.json and extensions read them.
     SettingSpec("show_progressbar", True, "Show progressbar", "live-previews",
-                info="Not used by Atelier yet: the progress bar is always shown"),
+                info="Off: the bar under the buttons is hidden; the Generate button still shows the progress"),
     SettingSpec("live_previews_enable", True, "Show live previews of the created image", "live-previews"),
     SettingSpec("live_previews_image_format", "png", "Live preview file format", "live-previews",
                 choices=("jpeg", "png", "webp"),
@@ -319,7 +322,8 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 info="Prompt / Negative prompt = that prompt's own prediction; Combined = the guided result the "
                      "sampler keeps"),
     SettingSpec("live_preview_refresh_period", 1000, "Progressbar and preview update period", "live-previews",
-                minimum=0, info="In milliseconds. Not used by Atelier yet: the page checks progress 4 times a second"),
+                minimum=0, info="In milliseconds: how often the page reads a running job's progress and preview "
+                                "(at least every 50 ms)"),
     SettingSpec("live_preview_fast_interrupt", False, "Return image with chosen live preview method on interrupt",
                 "live-previews",
                 info="Not used by Atelier yet: an interrupted image is always decoded with the full VAE"),

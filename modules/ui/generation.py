@@ -50,8 +50,8 @@ class GenerationOutcome:
 class _Follower:
     """The state of one client following a job: which preview it has already shown."""
 
-    def __init__(self, job: Job, loading: Callable[[], bool]):
-        self.job, self.loading = job, loading
+    def __init__(self, job: Job, loading: Callable[[], bool], show_bar: bool = True):
+        self.job, self.loading, self.show_bar = job, loading, show_bar
         self.shown_step: int | None = None
 
     def update(self) -> GenerationUpdate:
@@ -59,7 +59,8 @@ class _Follower:
         fresh = preview is not None and step != self.shown_step
         if fresh:
             self.shown_step = step
-        return GenerationUpdate(render_progress(self.job, self.loading()), preview if fresh else None)
+        return GenerationUpdate(render_progress(self.job, self.loading(), show_bar=self.show_bar),
+                                preview if fresh else None)
 
 
 def follow_job(job: Job, *, loading: Callable[[], bool] = lambda: False,
@@ -79,10 +80,11 @@ def follow_job(job: Job, *, loading: Callable[[], bool] = lambda: False,
 
 
 async def follow_job_async(job: Job, *, loading: Callable[[], bool] = lambda: False,
-                           poll_seconds: float = 0.25) -> AsyncIterator[GenerationUpdate]:
+                           poll_seconds: float = 0.25, show_bar: bool = True) -> AsyncIterator[GenerationUpdate]:
     """`follow_job` for the web UI's event loop: waiting holds no thread, so many pages following
-    their jobs do not use up the worker threads that the API's routes and Gradio's handlers share."""
-    follower = _Follower(job, loading)
+    their jobs do not use up the worker threads that the API's routes and Gradio's handlers share.
+    `show_bar` False: the bar is sent hidden (the Generate button still reads it)."""
+    follower = _Follower(job, loading, show_bar)
     while not job.finished:
         yield follower.update()
         await asyncio.sleep(poll_seconds)
@@ -105,27 +107,42 @@ def outcome_of(settings: Mapping[str, Any], submission: GenerationSubmission, jo
     return outcome
 
 
-def render_progress(job: Job, loading_checkpoint: bool = False) -> str:
+MIN_POLL_SECONDS = 0.05  # a refresh period of 0 would poll without pause
+
+
+def follow_options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`follow_job_async` keywords from A1111's settings: `live_preview_refresh_period` (ms; at least
+    `MIN_POLL_SECONDS`) and `show_progressbar`."""
+    try:
+        period = float(settings.get("live_preview_refresh_period", 1000)) / 1000
+    except (TypeError, ValueError):
+        period = 1.0
+    return {"poll_seconds": max(MIN_POLL_SECONDS, period), "show_bar": bool(settings.get("show_progressbar", True))}
+
+
+def render_progress(job: Job, loading_checkpoint: bool = False, *, show_bar: bool = True) -> str:
     """The progress bar's HTML: queue position, then percent, step and ETA. The bar also carries a
     short form of its text (`data-short`), which the page shows on the Generate button and in the
     strip that stays in view while the page is scrolled (modules.ui.progress_display)."""
     if job.state is JobState.QUEUED:
         position = job.queue_position
         ahead = "" if position is None else f" ({position + 1} in line)" if position else " (next)"
-        return _bar(0, f"Waiting in the queue{ahead}…", f"Queued{ahead}")
+        return _bar(0, f"Waiting in the queue{ahead}…", f"Queued{ahead}", show_bar)
     if job.finished:
         return ""
     if job.total_steps == 0:
         text = "Waiting for the checkpoint to load…" if loading_checkpoint else "Starting…"
-        return _bar(0, text, "Loading checkpoint…" if loading_checkpoint else text)
+        return _bar(0, text, "Loading checkpoint…" if loading_checkpoint else text, show_bar)
     percent = job.progress * 100
     eta = job.eta_seconds
     eta_text = f" · ETA {_duration(eta)}" if eta is not None else ""
-    return _bar(percent, f"{percent:.0f}% · step {job.step}/{job.total_steps}{eta_text}", f"{percent:.0f}%{eta_text}")
+    return _bar(percent, f"{percent:.0f}% · step {job.step}/{job.total_steps}{eta_text}", f"{percent:.0f}%{eta_text}",
+                show_bar)
 
 
-def _bar(percent: float, text: str, short: str) -> str:
-    return (f"<div class='progress-bar' role='progressbar' aria-valuenow='{percent:.0f}' aria-valuemin='0' "
+def _bar(percent: float, text: str, short: str, shown: bool = True) -> str:
+    classes = "progress-bar" if shown else "progress-bar progress-hidden"
+    return (f"<div class='{classes}' role='progressbar' aria-valuenow='{percent:.0f}' aria-valuemin='0' "
             f"aria-valuemax='100' data-short='{html.escape(short, quote=True)}'>"
             f"<div class='progress-fill' style='width:{percent:.1f}%'></div>"
             f"<span class='progress-text'>{html.escape(text)}</span></div>")

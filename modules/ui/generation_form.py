@@ -23,13 +23,20 @@ from typing import Any
 import gradio as gr
 
 from modules.generation.engine import LATENT_UPSCALE_MODES, PromptTooLongError
-from modules.generation.requests import UnknownHiresUpscalerError
+from modules.generation.requests import HIRES_SAME_SAMPLER, UnknownHiresUpscalerError
 from modules.upscaling.service import UpscaleTooLargeError
 from modules.generation.styles import StyleError
 from modules.serving.generation_service import GenerationSubmission, submit_generation
 from modules.ui import styles_panel
 from modules.ui.component_hooks import ComponentHooks
-from modules.ui.generation import error_html, follow_job_async, infotext_html, outcome_of, render_progress
+from modules.ui.generation import (
+    error_html,
+    follow_job_async,
+    follow_options,
+    infotext_html,
+    outcome_of,
+    render_progress,
+)
 from modules.ui.icons import icon_label
 from modules.ui.request_fields import RequestError, field_default, paste_parameters, slider_args
 from modules.ui.token_counter import TokenCounter, format_token_count
@@ -323,6 +330,11 @@ def build_sampling_fields(fields: dict[str, Any], hooks: ComponentHooks, tabname
                                                  elem_id=f"{tabname}_hr_resize_x")
             fields["hr_resize_y"] = hooks.create(gr.Slider, **slider_args("hr_resize_y"), label="Resize height to",
                                                  elem_id=f"{tabname}_hr_resize_y")
+        # A1111's id and choices; shown with the `hires_fix_show_sampler` setting (a page load applies
+        # it). Hidden, it still takes a pasted "Hires sampler", as A1111's does.
+        fields["hr_sampler_name"] = hooks.create(gr.Dropdown, choices=[HIRES_SAME_SAMPLER, *sampler_choices()],
+                                                 value=HIRES_SAME_SAMPLER, label="Hires sampling method",
+                                                 elem_id="hr_sampler", visible=False)
     return hires_group
 
 
@@ -473,8 +485,10 @@ def wire_generation(context, tabname: str, top: PromptRow, scripts, results: Res
         except SHOWN_ERRORS as error:
             yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip(), ""
             return
-        yield gr.skip(), "", render_progress(job), gr.skip(), job.id, ""  # an earlier button's message goes
-        async for update in follow_job_async(job, loading=lambda: context.load_state.loading):
+        following = follow_options(context.settings.current())
+        # An earlier button's message goes when a job starts.
+        yield gr.skip(), "", render_progress(job, show_bar=following["show_bar"]), gr.skip(), job.id, ""
+        async for update in follow_job_async(job, loading=lambda: context.load_state.loading, **following):
             preview = [update.preview] if update.preview is not None else gr.skip()
             yield preview, gr.skip(), update.progress_html, gr.skip(), job.id, gr.skip()
         outcome = finish(job)

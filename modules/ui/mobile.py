@@ -16,6 +16,8 @@ only page, and these rules rearrange it by screen, so extensions find the same e
 
 from __future__ import annotations
 
+from modules.ui.generation_form import paste_button_id
+
 NARROW_MAX_WIDTH_PX = 767
 TOUCH_TARGET_PX = 44
 MIN_TEXT_PX = 12
@@ -33,6 +35,8 @@ def _narrow_layout_css() -> str:
     rows = ", ".join(f"#{tab}_main" for tab in RESULT_FIRST_TABS)
     results = ", ".join(f"#{tab}_results" for tab in RESULT_FIRST_TABS)
     actions = ", ".join(f"#{tab}_actions_column" for tab in RESULT_FIRST_TABS)
+    paste = ", ".join(f"#{tab}_actions_column > #{paste_button_id(tab)}" for tab in RESULT_FIRST_TABS)
+    styles = ", ".join(f"#{tab}_actions_column > #{tab}_styles_row" for tab in RESULT_FIRST_TABS)
     buttons = ", ".join(f"#{tab}_actions_column > #{tab}_generate, #{tab}_actions_column > #{tab}_generate + .row"
                         for tab in RESULT_FIRST_TABS)
     return f"""
@@ -49,9 +53,14 @@ def _narrow_layout_css() -> str:
   #quicksettings .block {{ min-width: 0 !important; padding: 4px 8px !important; }}
   #model_status {{ font-size: {MIN_TEXT_PX}px; }}
   /* The prompt row stacks: the action buttons take the full width under the prompts, Read parameters
-     and the styles before Generate / Interrupt / Skip, so the result comes right under those. */
-  {actions} {{ min-width: 100% !important; }}
-  {buttons} {{ order: 1; }}
+     and the styles on one line before Generate / Interrupt / Skip, so the result comes right under those. */
+  {actions} {{ min-width: 100% !important; flex-direction: row !important; flex-wrap: wrap !important;
+              align-items: center; }}
+  {paste} {{ flex: 0 0 auto !important; width: auto !important; }}
+  {styles} {{ flex: 1 1 180px !important; min-width: 0 !important; }}
+  {buttons} {{ order: 1; flex: 1 1 100% !important; }}
+  /* The top bar's sliders (Clip skip) keep their number box only. */
+  #quicksettings .slider_input_container {{ display: none !important; }}
   /* Extras keeps its order (input image, options, buttons, result): Generate on a line of its own. */
   #extras_generate_box {{ flex-wrap: wrap; }}
   #extras_generate {{ flex-basis: 100% !important; }}

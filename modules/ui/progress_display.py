@@ -9,8 +9,8 @@
   the top of the screen (`#atelier_progress_strip`) shows the same; tapping it brings the result
   column into view.
 - When a job ends on a narrow or touch screen (modules.ui.mobile), the result column is scrolled
-  into view once its first image has loaded (or at once when the job ended without one), unless it
-  is already fully visible. Wide screens with a mouse are never scrolled: A1111's page does not move.
+  into view unless its first image (or, before that has loaded, the gallery) is already fully
+  visible; checked again for about two seconds, as the new image renders and loads. Wide screens with a mouse are never scrolled: A1111's page does not move.
 
 - Interrupt and Skip show only while the tab's job runs (A1111's habit): the row under Generate is
   hidden whenever the button carries no progress. A click on Generate while the tab's job runs
@@ -36,6 +36,7 @@ CSS = """
 #txt2img_generate[data-atelier-progress]::after, #img2img_generate[data-atelier-progress]::after {
   content: attr(data-atelier-progress); font-size: max(12px, 0.65em); font-weight: normal; opacity: 0.95;
 }
+.progress-bar.progress-hidden { display: none; }  /* show_progressbar off: the button still reads it */
 #txt2img_generate:not([data-atelier-progress]) + .row, #img2img_generate:not([data-atelier-progress]) + .row {
   display: none !important;
 }
@@ -59,8 +60,10 @@ CSS = """
 #atelier_progress_strip .strip-text { position: relative; }
 """
 
-# How long after a job ends the page waits for the result's first image before it scrolls anyway.
-IMAGE_WAIT_MS = 5000
+# After a job ends, the result is checked this many times, this far apart, and scrolled into view
+# whenever it is not (see `settle` in the script).
+SETTLE_CHECKS = 4
+SETTLE_MS = 700
 NOTICE_MS = 6000
 BUSY_TEXT = ("This tab is still generating: it runs one job at a time. Interrupt or Skip it, or wait until it "
              "ends, then press Generate again.")
@@ -116,27 +119,22 @@ _JS_TEMPLATE = """
     const smooth = !window.matchMedia('(prefers-reduced-motion: reduce)').matches;
     results.scrollIntoView({block: 'start', behavior: smooth ? 'smooth' : 'auto'});
   };
-  const resultLanded = (tab, state) => {
+  // Checked again a few times after the job ends: the gallery's new image may render a moment after
+  // the bar goes, and Gradio loads it lazily (only once it is near the screen).
+  const settle = (tab, checks) => {
     const results = byId(tab + '_results');
-    if (!shown(results)) { state.scrollUntil = 0; return; }
+    if (!shown(results)) return;
     const image = document.querySelector('#' + tab + '_gallery img');
-    const ready = image ? image.complete : false;
-    if (!ready && Date.now() < state.scrollUntil) {
-      if (image && !state.waiting) {
-        state.waiting = true;
-        image.addEventListener('load', () => { state.waiting = false; update(); }, {once: true});
-      }
-      return;
-    }
-    state.scrollUntil = 0;
-    const target = image && ready ? image : byId(tab + '_gallery') || results;
+    const loaded = image && image.complete && image.naturalWidth > 0;
+    const target = loaded ? image : byId(tab + '_gallery') || results;
     if (!wholeInView(target)) bringResults(tab);
+    if (checks > 1) setTimeout(() => settle(tab, checks - 1), %SETTLE_MS%);
   };
   const update = () => {
     const rules = [];
     let strip_state = null;
     for (const tab of tabs) {
-      const state = followed[tab] || (followed[tab] = {busy: false, scrollUntil: 0, waiting: false});
+      const state = followed[tab] || (followed[tab] = {busy: false});
       const button = byId(tab + '_generate');
       const bar = document.querySelector('#' + tab + '_progress .progress-bar');
       if (bar && button) {
@@ -145,14 +143,12 @@ _JS_TEMPLATE = """
         if (button.getAttribute('data-atelier-progress') !== text) button.setAttribute('data-atelier-progress', text);
         rules.push('#' + tab + '_generate { --atelier-progress: ' + percent + '%; }');
         state.busy = true;
-        state.scrollUntil = 0;
         if (!strip_state && shown(button) && !inView(button) && !inView(bar)) strip_state = {tab, percent, text};
       } else if (state.busy) {
         state.busy = false;
         if (button) button.removeAttribute('data-atelier-progress');
-        if (scrollMedia.matches) state.scrollUntil = Date.now() + %IMAGE_WAIT_MS%;
+        if (scrollMedia.matches) settle(tab, %SETTLE_CHECKS%);
       }
-      if (state.scrollUntil) resultLanded(tab, state);
     }
     const css = rules.join('\\n');
     if (fill.textContent !== css) fill.textContent = css;
@@ -179,6 +175,7 @@ def progress_js() -> str:
     """Statements for the page's load script (see the module docstring)."""
     return (_JS_TEMPLATE.replace("%TABS%", json.dumps(list(RESULT_FIRST_TABS)))
             .replace("%SCROLL_MEDIA%", json.dumps(TOUCH_OR_NARROW))
-            .replace("%IMAGE_WAIT_MS%", str(IMAGE_WAIT_MS))
+            .replace("%SETTLE_CHECKS%", str(SETTLE_CHECKS))
+            .replace("%SETTLE_MS%", str(SETTLE_MS))
             .replace("%NOTICE_MS%", str(NOTICE_MS))
             .replace("%BUSY_TEXT%", json.dumps(BUSY_TEXT)))

@@ -47,7 +47,8 @@ def dropped_updates(context, path: str | None, field_names: Sequence[str],
 def wire(context, tabname: str, top, results, field_names: Sequence[str], fields: dict[str, Any],
          script_fields: Sequence[tuple[Any, Any]] = (), *, img2img: bool = False) -> gr.File:
     """Add the tab's hidden upload and paste what a picture dropped on its prompt box carries into
-    `fields` (`field_names` order, then `script_fields`), with the note in the results' info area.
+    `fields` (`field_names` order, then `script_fields`), with the note in the results' message line
+    (`html_log_<tab>`: the shown infotext stays).
     `top` is the tab's PromptRow, `results` its ResultsColumn."""
     # "hidden" (not False): Gradio leaves invisible components out of the page, and the drop handler
     # needs this one's file input.
@@ -61,7 +62,7 @@ def wire(context, tabname: str, top, results, field_names: Sequence[str], fields
     # `upload`, not `change`: emptying the component must not run the handler again.
     upload.upload(on_upload, inputs=upload,
                   outputs=[*(fields[name] for name in field_names), *(component for component, _ in script_fields),
-                           results.info, upload],
+                           results.log, upload],
                   show_progress="hidden")
     return upload
 

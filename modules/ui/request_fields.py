@@ -25,7 +25,7 @@ TXT2IMG_FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height", "n_iter", "batch_size",
     "cfg_scale", "seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "enable_hr",
     "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_resize_x", "hr_resize_y",
-    "override_settings", "styles",
+    "override_settings", "styles", "hr_sampler_name",
 )
 
 # Widget labels, so an error names what the user sees ("Width", not "width").
@@ -38,6 +38,7 @@ FIELD_LABELS: Mapping[str, str] = {
     "enable_hr": "Hires. fix", "hr_upscaler": "Upscaler", "hr_second_pass_steps": "Hires steps",
     "denoising_strength": "Denoising strength", "hr_scale": "Upscale by", "hr_resize_x": "Resize width to",
     "hr_resize_y": "Resize height to", "override_settings": "Override settings", "styles": "Styles",
+    "hr_sampler_name": "Hires sampling method",
 }
 
 def slider_args(name: str, model: type = GenerationRequest) -> dict[str, Any]:

@@ -116,6 +116,9 @@ def build(context, shared: UiShared) -> None:
     # A page opened later shows the folders as they are then, not as they were at start-up.
     shared.page_loads.append((lambda: extra_networks_panel.render_html(extra_networks_panel.list_networks(context)),
                               [settings.networks_panel]))
+    # A1111's "Hires sampling method" shows with its setting, as the settings are when the page opens.
+    shared.page_loads.append((lambda: gr.update(visible=bool(context.settings.current().get("hires_fix_show_sampler"))),
+                              [fields["hr_sampler_name"]]))
     # The hires upscalers as they are then too (the Extras tab's page load rescans the folders).
     shared.page_loads.append((lambda: gr.update(choices=hires_upscaler_choices(context.upscalers)),
                               [fields["hr_upscaler"]]))

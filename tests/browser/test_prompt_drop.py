@@ -47,7 +47,7 @@ def test_a_png_dropped_on_the_prompt_fills_the_fields(page: Page, atelier_server
     for elem_id, value in (("txt2img_steps", "7"), ("txt2img_seed", "4242"), ("txt2img_cfg_scale", "4.5"),
                            ("txt2img_width", "64"), ("txt2img_height", "96")):
         expect(field(page, elem_id)).to_have_value(value)
-    expect(page.locator("#html_info_txt2img")).to_contain_text("Pasted")
+    expect(page.locator("#html_log_txt2img")).to_contain_text("Pasted")
 
 
 def test_img2img_prompt_takes_a_dropped_png_too(page: Page, atelier_server):
@@ -65,7 +65,7 @@ def test_a_png_without_parameters_or_a_text_file_leaves_the_fields_and_says_why(
     prompt = unique_prompt("my own prompt")
     box = field(page, "txt2img_prompt")
     box.fill(prompt)
-    info = page.locator("#html_info_txt2img")
+    info = page.locator("#html_log_txt2img")  # the message line: the infotext shown stays
 
     _drop(page, "txt2img", "plain.png", "image/png", _png(None))
     expect(info).to_contain_text("carries no generation parameters", timeout=30_000)
