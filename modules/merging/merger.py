@@ -42,6 +42,12 @@ POSITION_IDS_SUFFIX = "embeddings.position_ids"
 CONFIG_SOURCES = ("A, B or C", "B", "C", "Don't")
 
 
+# A file name's limit on common file systems (ext4, NTFS, APFS), in bytes of UTF-8.
+MAX_FILE_NAME_BYTES = 255
+# A custom name leaves room for the longest suffix merges add (".instruct-pix2pix.safetensors").
+MAX_CUSTOM_NAME_BYTES = 200
+
+
 class MergeError(ValueError):
     """A merge that cannot run as asked; the message names the input and the fix."""
 
@@ -106,6 +112,11 @@ class MergeRequest(BaseModel):
                 or value.startswith(".")):
             raise ValueError(f"must be a file name without folders, got {value!r}; leave out "
                              "'/', '\\' and a leading '.' (the merge is saved in the checkpoint folder)")
+        if len(value.encode("utf-8")) > MAX_CUSTOM_NAME_BYTES:
+            # The file system's limit is 255 bytes for the whole name, suffixes included; a longer one
+            # would fail as an OSError at the first look at the folder.
+            raise ValueError(f"is {len(value.encode('utf-8'))} bytes long; keep it under "
+                             f"{MAX_CUSTOM_NAME_BYTES} (the file name limit, with room for the extension)")
         return value
 
     @field_validator("discard_weights")
@@ -418,7 +429,11 @@ def _merge_options(request: MergeRequest):
 def _output_path(request: MergeRequest, inputs: _Inputs, flags: dict[str, bool], output_dir: Path) -> Path:
     a, b, c = inputs
     flag = "inpainting" if flags["is_inpainting"] else "instruct-pix2pix" if flags["is_instruct_pix2pix"] else None
-    return Path(output_dir) / output_name(request, a.info, b.info if b else None, c.info if c else None, flag)
+    name = output_name(request, a.info, b.info if b else None, c.info if c else None, flag)
+    if len(name.encode("utf-8")) > MAX_FILE_NAME_BYTES:  # a default name from two long model names
+        raise MergeError(f"the output name {name[:60]!r}… is {len(name.encode('utf-8'))} bytes, over the file "
+                         f"system's {MAX_FILE_NAME_BYTES}; write a shorter custom_name")
+    return Path(output_dir) / name
 
 
 def check_merge(request: MergeRequest, registry, output_dir: Path, *, vae_files: Mapping[str, Path] | None = None,

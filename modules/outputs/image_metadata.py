@@ -38,6 +38,10 @@ def read_image_metadata(file: IO[bytes]) -> tuple[str | None, dict[str, Any], tu
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         # Pillow's message names the file; the caller's may be a server path.
         raise ImageMetadataError("not an image file Pillow can read (PNG, JPEG, WebP, GIF, ...)") from None
+    except ValueError as error:
+        # Pillow refuses a compressed text chunk before the pixels that inflates past its cap
+        # ("Decompressed data too large") with a ValueError: a bomb, refused as bad input.
+        raise ImageMetadataError(f"its metadata cannot be read: {error}") from None
     with image:
         if image.format == "PNG":
             file.seek(0)

@@ -322,8 +322,9 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 info="Prompt / Negative prompt = that prompt's own prediction; Combined = the guided result the "
                      "sampler keeps"),
     SettingSpec("live_preview_refresh_period", 1000, "Progressbar and preview update period", "live-previews",
-                minimum=0, info="In milliseconds: how often the page reads a running job's progress and preview "
-                                "(at least every 50 ms)"),
+                # The bound keeps one user's setting from leaving every page without progress for ever.
+                minimum=0, maximum=60000, info="In milliseconds: how often the page reads a running job's progress "
+                                               "and preview (at least every 50 ms, at most every minute)"),
     SettingSpec("live_preview_fast_interrupt", False, "Return image with chosen live preview method on interrupt",
                 "live-previews",
                 info="Not used by Atelier yet: an interrupted image is always decoded with the full VAE"),
