@@ -67,8 +67,7 @@ def test_settings_have_a1111_keys_and_defaults():
     assert {spec.section for key, spec in SCHEMA_BY_KEY.items() if key.startswith(("live_preview", "show_progress"))} \
         == {"live-previews"}
     # What Atelier cannot honour says so instead of pretending.
-    for key in ("show_progressbar", "live_previews_image_format", "live_preview_refresh_period",
-                "live_preview_fast_interrupt"):
+    for key in ("live_previews_image_format", "live_preview_fast_interrupt"):
         assert "Not used by Atelier" in SCHEMA_BY_KEY[key].info, key
     assert "Approx cheap" in SCHEMA_BY_KEY["show_progress_type"].info
 

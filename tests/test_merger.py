@@ -394,6 +394,25 @@ def test_a_ckpt_input_merges_like_its_safetensors_twin(library, small_blocks):
     assert list(x) == list(y) and all(torch.equal(x[k], y[k]) for k in x)
 
 
+def test_the_check_before_a_merge_does_not_load_a_pickled_input(library, monkeypatch):
+    """A `.ckpt` has no header: the tab's check must not load it whole once more before the job does."""
+    from modules.merging import merger
+
+    folder, registry = library
+    write_checkpoint(folder / "b_pickled.ckpt", "sd1", dtype=torch.float32, seed=1)
+    registry.refresh()
+    (folder / "taken.safetensors").write_bytes(b"")
+    loads = []
+    monkeypatch.setattr(merger, "_open", lambda *args, **kwargs: loads.append(args) or pytest.fail("loaded"))
+    request = MergeRequest(primary_model_name="a", secondary_model_name="b_pickled.ckpt")
+    assert merger.check_merge(request, registry, folder).name == "0.7(a) + 0.3(b_pickled).safetensors"
+    with pytest.raises(merger.MergeOutputExists):  # what needs no tensors is still checked
+        merger.check_merge(request.model_copy(update={"custom_name": "taken"}), registry, folder)
+    with pytest.raises(Exception, match="nope"):  # an unknown model too
+        merger.check_merge(request.model_copy(update={"secondary_model_name": "nope"}), registry, folder)
+    assert loads == []
+
+
 def test_save_as_half_halves_merged_float32_keys_only(library):
     """A1111's to_half: merged (or baked) float32 tensors become float16, the others keep their dtype."""
     folder, registry = library

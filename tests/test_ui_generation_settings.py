@@ -10,13 +10,13 @@ from types import SimpleNamespace
 import pytest
 
 from modules.generation.requests import HIRES_SAME_SAMPLER
-from modules.ui.generation import MIN_POLL_SECONDS, follow_job_async, follow_options, render_progress
+from modules.ui.generation import MAX_POLL_SECONDS, MIN_POLL_SECONDS, follow_job_async, follow_options, render_progress
 from modules.ui.request_fields import TXT2IMG_FIELDS, build_request
 from tests.ui_support import SMALL_REQUEST
 
 
-@pytest.mark.parametrize(("period", "seconds"), [(1000, 1.0), (250, 0.25), (0, MIN_POLL_SECONDS),
-                                                 ("junk", 1.0)])
+@pytest.mark.parametrize(("period", "seconds"), [(1000, 1.0), (250, 0.25), (0, MIN_POLL_SECONDS), (-5, MIN_POLL_SECONDS),
+                                                 (1e308, MAX_POLL_SECONDS), (float("nan"), 1.0), ("junk", 1.0)])
 def test_refresh_period_sets_how_often_the_page_polls(period, seconds):
     assert follow_options({"live_preview_refresh_period": period})["poll_seconds"] == pytest.approx(seconds)
 
@@ -48,6 +48,22 @@ def test_follow_job_async_sends_the_bar_hidden_when_asked(queue):
         release.set()
     assert len(seen) >= 3 and all("progress-hidden" in html for html in seen if html)
     assert any(html for html in seen)
+
+
+def test_a_long_refresh_period_does_not_hold_back_the_result(queue):
+    release = threading.Event()
+    job = queue.submit(lambda control: (control.report(1, 2, None), release.wait(10)), kind="test")
+
+    async def follow():
+        updates = 0
+        async for _ in follow_job_async(job, poll_seconds=3600):
+            updates += 1
+            release.set()  # the job ends right after the first update; the next poll is an hour away
+        return updates
+
+    # asyncio.wait_for fails the test if the follower sleeps through the job's end.
+    assert asyncio.run(asyncio.wait_for(follow(), timeout=30)) == 1
+    assert job.finished
 
 
 def test_hires_sampler_field_reaches_the_request():

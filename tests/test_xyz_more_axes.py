@@ -100,6 +100,11 @@ def test_prompt_order_values_are_every_ordering():
 def test_bad_values_fail_before_any_work_naming_them(app):
     with pytest.raises(AxisValueError, match="Prompt order: 'a horse' is not in the prompt"):
         plan_grid(app.services, BASE, AxisSpec("Prompt order", "a cat, a horse"))
+    overlapping = BASE.model_copy(update={"prompt": "a black cat, in a garden"})
+    with pytest.raises(AxisValueError, match="Prompt order: 'black' and 'black cat' overlap"):
+        plan_grid(app.services, overlapping, AxisSpec("Prompt order", "black cat, black"))
+    with pytest.raises(AxisValueError, match="Prompt order: 'cat' and 'cat' overlap"):
+        plan_grid(app.services, overlapping, AxisSpec("Prompt order", "cat, cat"))
     with pytest.raises(AxisValueError, match="Styles: .*'sepia'.*'warm'"):
         plan_grid(app.services, BASE, AxisSpec("Styles", ["warm", "sepia"]))
     with pytest.raises(AxisValueError, match="RNG source: 'cpu' .* GPU, CPU, NV"):

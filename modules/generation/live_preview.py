@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 FULL = "Full"
 PREVIEW_METHODS = ("Full", "Approx NN", "Approx cheap", "TAESD")  # A1111's choices, in its order
 
-# Latent channel -> RGB weights of A1111's "Approx cheap" (one row per latent channel).
+# Latent channel -> RGB weights of A1111's "Approx cheap" (one row per latent channel): published
+# fitted constants (A1111's sd_vae_approx "cheap" mode uses the same numbers, as do ComfyUI's previews).
 _SD1_RGB = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
 _SDXL_RGB = ((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362),
              (-0.3165, -0.2492, -0.2188))

@@ -441,11 +441,25 @@ def check_merge(request: MergeRequest, registry, output_dir: Path, *, vae_files:
     """What `plan_merge` refuses, found from the inputs' headers before a job is queued (the tab
     answers at once, and a refusal is a message, not a failed job in the log): a model the method
     needs is missing or unknown, the models do not fit together, block weights or method options are
-    wrong, the VAE to bake in is unknown, or (with `check_output`) the output exists and `overwrite` is off (`MergeOutputExists`).
-    Returns the output path."""
+    wrong, the VAE to bake in is unknown, or (with `check_output`) the output exists and `overwrite`
+    is off (`MergeOutputExists`). With a `.ckpt`/`.pt` input, only what needs no tensors. Returns the
+    output path."""
     from modules.merging.blocks import block_weights_for
 
     method = _method_of(request)
+    names = (request.primary_model_name, request.secondary_model_name if method.needs_b else None,
+             request.tertiary_model_name if method.needs_c else None)
+    infos = [registry.find(name) if name else None for name in names]  # an unknown name is refused here
+    if any(info is not None and Path(info.filename).suffix.lower() != ".safetensors" for info in infos):
+        # A pickle has no header to read: checking it would load the whole file once more before the
+        # job loads it. Only what needs no tensors is checked; the job refuses the rest.
+        _merge_options(request)
+        if request.bake_in_vae not in ("", "None") and request.bake_in_vae not in (vae_files or {}):
+            _vae_tensors(request.bake_in_vae, vae_files)
+        path = Path(output_dir) / output_name(request, *infos, None)
+        if check_output and request.custom_name and path.exists() and not request.overwrite:
+            raise MergeOutputExists(path)
+        return path
     inputs = _open_inputs(request, method, registry, allow_unsafe_pickle, hashed=False)
     try:
         flags = _check_compatible(inputs.a, [x for x in (inputs.b, inputs.c) if x is not None])

@@ -323,8 +323,9 @@ SCHEMA: tuple[SettingSpec, ...] = (
                      "sampler keeps"),
     SettingSpec("live_preview_refresh_period", 1000, "Progressbar and preview update period", "live-previews",
                 # The bound keeps one user's setting from leaving every page without progress for ever.
-                minimum=0, maximum=60000, info="In milliseconds: how often the page reads a running job's progress "
-                                               "and preview (at least every 50 ms, at most every minute)"),
+                minimum=0, maximum=60000,
+                info="In milliseconds: how often the page reads a running job's progress and preview (at least "
+                     "every 50 ms, at most every 10 s; a finished job shows at once)"),
     SettingSpec("live_preview_fast_interrupt", False, "Return image with chosen live preview method on interrupt",
                 "live-previews",
                 info="Not used by Atelier yet: an interrupted image is always decoded with the full VAE"),

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from modules.generation.img2img_batch import directories_refusal
 from modules.postprocessing.extras import EXTRAS_JOB_KIND  # Interrupt/Skip stop only these jobs
 from modules.ui import extras_upscale_ui
-from modules.ui.generation import error_html, follow_job_async, render_progress
+from modules.ui.generation import error_html, follow_job_async, follow_options, render_progress
 from modules.ui.generation_form import selected_image, selected_info_html, stop_job
 from modules.ui.icons import icon_label
 from modules.ui.shared import UiShared
@@ -369,7 +369,8 @@ def _wire_generate(context, tab: ExtrasTab, interrupt, skip):
             yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip()
             return
         yield gr.skip(), "", render_progress(job), gr.skip(), job.id
-        async for update in follow_job_async(job, loading=lambda: False):
+        async for update in follow_job_async(job, loading=lambda: False,
+                                             **follow_options(context.settings.current())):
             yield gr.skip(), gr.skip(), update.progress_html, gr.skip(), job.id
         images, info_html, state = finished_view(job)
         yield images, info_html, "", state, job.id

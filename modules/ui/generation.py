@@ -85,9 +85,13 @@ async def follow_job_async(job: Job, *, loading: Callable[[], bool] = lambda: Fa
     their jobs do not use up the worker threads that the API's routes and Gradio's handlers share.
     `show_bar` False: the bar is sent hidden (the Generate button still reads it)."""
     follower = _Follower(job, loading, show_bar)
+    loop = asyncio.get_running_loop()
     while not job.finished:
         yield follower.update()
-        await asyncio.sleep(poll_seconds)
+        # A long refresh period must not hold back the result: the end of the job is noticed at once.
+        deadline = loop.time() + poll_seconds
+        while not job.finished and (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(FINISH_CHECK_SECONDS, left))
 
 
 def outcome_of(settings: Mapping[str, Any], submission: GenerationSubmission, job: Job) -> GenerationOutcome:
@@ -108,16 +112,21 @@ def outcome_of(settings: Mapping[str, Any], submission: GenerationSubmission, jo
 
 
 MIN_POLL_SECONDS = 0.05  # a refresh period of 0 would poll without pause
+MAX_POLL_SECONDS = 10.0  # longer, and the bar would look stuck
+FINISH_CHECK_SECONDS = 0.1  # how soon a follower sees its job end, whatever the refresh period
 
 
 def follow_options(settings: Mapping[str, Any]) -> dict[str, Any]:
     """`follow_job_async` keywords from A1111's settings: `live_preview_refresh_period` (ms; at least
-    `MIN_POLL_SECONDS`) and `show_progressbar`."""
+    `MIN_POLL_SECONDS`, at most `MAX_POLL_SECONDS`) and `show_progressbar`."""
     try:
         period = float(settings.get("live_preview_refresh_period", 1000)) / 1000
     except (TypeError, ValueError):
         period = 1.0
-    return {"poll_seconds": max(MIN_POLL_SECONDS, period), "show_bar": bool(settings.get("show_progressbar", True))}
+    if period != period:  # NaN
+        period = 1.0
+    return {"poll_seconds": min(MAX_POLL_SECONDS, max(MIN_POLL_SECONDS, period)),
+            "show_bar": bool(settings.get("show_progressbar", True))}
 
 
 def render_progress(job: Job, loading_checkpoint: bool = False, *, show_bar: bool = True) -> str:

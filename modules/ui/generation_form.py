@@ -287,7 +287,7 @@ def build_prompt_row(hooks: ComponentHooks, context, tabname: str) -> PromptRow:
                                                 elem_classes=["token-counter-box"], js_on_load=None)
         with gr.Column(scale=1, min_width=220, elem_id=f"{tabname}_actions_column"):
             generate = hooks.create(gr.Button, value="Generate", variant="primary", elem_id=f"{tabname}_generate")
-            with gr.Row():
+            with gr.Row(elem_id=f"{tabname}_interrupt_row"):  # shown only while a job runs (progress_display)
                 interrupt = hooks.create(gr.Button, value="Interrupt", variant="stop", elem_id=f"{tabname}_interrupt",
                                          min_width=60)
                 skip = hooks.create(gr.Button, value="Skip", elem_id=f"{tabname}_skip", min_width=60)

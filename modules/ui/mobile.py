@@ -10,8 +10,8 @@ only page, and these rules rearrange it by screen, so extensions find the same e
   portrait, every desktop), the two columns stay side by side, the result at the top of the right one.
 - Touch screens (`pointer: coarse`), and any narrow screen: every button at least
   `TOUCH_TARGET_PX` tall, no text under `MIN_TEXT_PX`, number boxes a finger can tap (16 px text,
-  which also keeps phones from zooming into a focused box), and sliders that move only when their
-  thumb is dragged — a finger that lands on a slider's track while scrolling the page scrolls the page.
+  which also keeps phones from zooming into a focused box). On touch screens, sliders move only when
+  their thumb is dragged: a finger that lands on a slider's track while scrolling scrolls the page.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ MIN_TEXT_PX = 12
 SLIDER_THUMB_PX = 28
 
 NARROW = f"(max-width: {NARROW_MAX_WIDTH_PX}px)"
-TOUCH_OR_NARROW = f"(pointer: coarse), {NARROW}"
+TOUCH = "(pointer: coarse)"
+TOUCH_OR_NARROW = f"{TOUCH}, {NARROW}"
 
 # The tabs whose results move up. Extras keeps its order (input image, options, Generate, then the
 # result right under the buttons): there is nothing to show before an image is chosen.
@@ -37,7 +38,7 @@ def _narrow_layout_css() -> str:
     actions = ", ".join(f"#{tab}_actions_column" for tab in RESULT_FIRST_TABS)
     paste = ", ".join(f"#{tab}_actions_column > #{paste_button_id(tab)}" for tab in RESULT_FIRST_TABS)
     styles = ", ".join(f"#{tab}_actions_column > #{tab}_styles_row" for tab in RESULT_FIRST_TABS)
-    buttons = ", ".join(f"#{tab}_actions_column > #{tab}_generate, #{tab}_actions_column > #{tab}_generate + .row"
+    buttons = ", ".join(f"#{tab}_actions_column > #{tab}_generate, #{tab}_actions_column > #{tab}_interrupt_row"
                         for tab in RESULT_FIRST_TABS)
     return f"""
 @media {NARROW} {{
@@ -84,12 +85,15 @@ def _touch_css() -> str:
   .extra-network-skipped-list *, .job-note, .progress-text, #html_info_txt2img .infotext,
   #html_info_img2img .infotext, #html_info_extras .infotext, .extra-network-section summary {{
     font-size: max({MIN_TEXT_PX}px, 1em) !important; }}
-  .gradio-container input[type=number] {{ font-size: 16px !important; min-height: {TOUCH_TARGET_PX}px !important; min-width: 4.5em !important; }}
+  .gradio-container input[type=number] {{ font-size: 16px !important; min-height: {TOUCH_TARGET_PX}px !important;
+    min-width: 4.5em !important; }}
   /* A slider's number box and reset button sit in a box of fixed height: let it grow with them. */
   .gradio-container .tab-like-container {{ height: auto !important; min-height: {TOUCH_TARGET_PX}px; }}
   .gradio-container textarea, .gradio-container input[type=text] {{ font-size: 16px !important; }}
-  /* A slider follows only a drag of its thumb; the track lets the page scroll (and a tap on it is
-     not a jump: the number box beside it takes exact values). */
+}}
+@media {TOUCH} {{
+  /* On touch only (a mouse keeps clicking the track): a slider follows only a drag of its thumb; the
+     track lets the page scroll, and a tap on it is not a jump (the number box takes exact values). */
   .gradio-container input[type=range] {{ pointer-events: none; touch-action: pan-y; }}
   .gradio-container input[type=range]::-webkit-slider-thumb {{ pointer-events: auto;
     width: {SLIDER_THUMB_PX}px !important; height: {SLIDER_THUMB_PX}px !important; }}

@@ -10,10 +10,11 @@
   column into view.
 - When a job ends on a narrow or touch screen (modules.ui.mobile), the result column is scrolled
   into view unless its first image (or, before that has loaded, the gallery) is already fully
-  visible; checked again for about two seconds, as the new image renders and loads. Wide screens with a mouse are never scrolled: A1111's page does not move.
-
-- Interrupt and Skip show only while the tab's job runs (A1111's habit): the row under Generate is
-  hidden whenever the button carries no progress. A click on Generate while the tab's job runs
+  visible; checked again for about two seconds, as the new image renders and loads, unless the user
+  scrolls or touches the page meanwhile. Wide screens with a mouse are never scrolled: A1111's page
+  does not move.
+- Interrupt and Skip show only while the tab's job runs (A1111's habit): hidden whenever the tab's
+  Generate button carries no progress. A click on Generate while the tab's job runs
   (Gradio lets one run at a time per tab and drops the click) says so in a notice
   (`#atelier_notice`) instead of doing nothing.
 
@@ -25,21 +26,38 @@ from __future__ import annotations
 
 import json
 
-from modules.ui.mobile import RESULT_FIRST_TABS, TOUCH_OR_NARROW
+from modules.ui.mobile import TOUCH_OR_NARROW
 
-CSS = """
-#txt2img_generate[data-atelier-progress], #img2img_generate[data-atelier-progress] {
+# The tabs whose Generate button shows progress, with the element that holds their Generate /
+# Interrupt / Skip (the scope of the hide rule) and what shows only while a job runs.
+PROGRESS_TABS = {
+    "txt2img": ("#txt2img_actions_column", "#txt2img_interrupt_row"),
+    "img2img": ("#img2img_actions_column", "#img2img_interrupt_row"),
+    "extras": ("#extras_generate_box", "#extras_interrupt, #extras_skip"),
+}
+
+
+def _tab_css() -> str:
+    buttons = ", ".join(f"#{tab}_generate[data-atelier-progress]" for tab in PROGRESS_TABS)
+    after = ", ".join(f"#{tab}_generate[data-atelier-progress]::after" for tab in PROGRESS_TABS)
+    # By id inside the tab's button box, not by position: an extension may add components after Generate.
+    idle = ", ".join(f"{box}:not(:has(#{tab}_generate[data-atelier-progress])) :is({hidden})"
+                     for tab, (box, hidden) in PROGRESS_TABS.items())
+    return f"""
+{buttons} {{
   flex-direction: column; gap: 0.1em;
   background-image: linear-gradient(to right, rgba(255, 255, 255, 0.28) var(--atelier-progress, 0%),
                                     transparent var(--atelier-progress, 0%));
-}
-#txt2img_generate[data-atelier-progress]::after, #img2img_generate[data-atelier-progress]::after {
+}}
+{after} {{
   content: attr(data-atelier-progress); font-size: max(12px, 0.65em); font-weight: normal; opacity: 0.95;
-}
+}}
+{idle} {{ display: none; }}
+"""
+
+
+CSS = _tab_css() + """
 .progress-bar.progress-hidden { display: none; }  /* show_progressbar off: the button still reads it */
-#txt2img_generate:not([data-atelier-progress]) + .row, #img2img_generate:not([data-atelier-progress]) + .row {
-  display: none !important;
-}
 #atelier_notice {
   position: fixed; left: 50%; bottom: 16px; transform: translateX(-50%); z-index: 1001; max-width: min(90vw, 36em);
   padding: 10px 16px; border-radius: 8px; font-size: 14px; line-height: 1.4;
@@ -121,14 +139,18 @@ _JS_TEMPLATE = """
   };
   // Checked again a few times after the job ends: the gallery's new image may render a moment after
   // the bar goes, and Gradio loads it lazily (only once it is near the screen).
-  const settle = (tab, checks) => {
+  let lastGesture = 0;
+  for (const kind of ['wheel', 'touchstart', 'keydown', 'mousedown']) {
+    window.addEventListener(kind, () => { lastGesture = Date.now(); }, {passive: true, capture: true});
+  }
+  const settle = (tab, checks, since) => {
     const results = byId(tab + '_results');
-    if (!shown(results)) return;
+    if (!shown(results) || lastGesture > since) return;  // the user has moved on: leave the page be
     const image = document.querySelector('#' + tab + '_gallery img');
     const loaded = image && image.complete && image.naturalWidth > 0;
     const target = loaded ? image : byId(tab + '_gallery') || results;
     if (!wholeInView(target)) bringResults(tab);
-    if (checks > 1) setTimeout(() => settle(tab, checks - 1), %SETTLE_MS%);
+    if (checks > 1) setTimeout(() => settle(tab, checks - 1, since), %SETTLE_MS%);
   };
   const update = () => {
     const rules = [];
@@ -147,7 +169,7 @@ _JS_TEMPLATE = """
       } else if (state.busy) {
         state.busy = false;
         if (button) button.removeAttribute('data-atelier-progress');
-        if (scrollMedia.matches) settle(tab, %SETTLE_CHECKS%);
+        if (scrollMedia.matches) settle(tab, %SETTLE_CHECKS%, Date.now());
       }
     }
     const css = rules.join('\\n');
@@ -164,8 +186,9 @@ _JS_TEMPLATE = """
     }
   };
   strip.addEventListener('click', () => { if (stripTab) bringResults(stripTab); });
-  new MutationObserver(update).observe(document.body, {childList: true, subtree: true, characterData: true,
-                                                         attributes: true, attributeFilter: ['aria-valuenow', 'data-short']});
+  new MutationObserver(update).observe(document.body, {
+    childList: true, subtree: true, characterData: true, attributes: true,
+    attributeFilter: ['aria-valuenow', 'data-short']});
   window.addEventListener('scroll', update, {passive: true});
 })();
 """
@@ -173,7 +196,7 @@ _JS_TEMPLATE = """
 
 def progress_js() -> str:
     """Statements for the page's load script (see the module docstring)."""
-    return (_JS_TEMPLATE.replace("%TABS%", json.dumps(list(RESULT_FIRST_TABS)))
+    return (_JS_TEMPLATE.replace("%TABS%", json.dumps(list(PROGRESS_TABS)))
             .replace("%SCROLL_MEDIA%", json.dumps(TOUCH_OR_NARROW))
             .replace("%SETTLE_CHECKS%", str(SETTLE_CHECKS))
             .replace("%SETTLE_MS%", str(SETTLE_MS))

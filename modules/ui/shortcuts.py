@@ -19,6 +19,8 @@ that returns to 1 drops its parentheses); the code is Atelier's own.
 
 from __future__ import annotations
 
+import json
+
 # Tabs whose Generate / Interrupt / Skip buttons the keys press: `#<tab>_generate` etc.
 GENERATION_TABS = ("txt2img", "img2img", "extras")
 
@@ -217,6 +219,4 @@ document.addEventListener('keydown', (event) => {
 
 def shortcuts_js() -> str:
     """Statements for the page's load script (modules.ui.app `JS`): the weight function and the key handler."""
-    import json
-
     return EDIT_WEIGHT_JS + KEYS_JS.replace("%TABS%", json.dumps(list(GENERATION_TABS)))

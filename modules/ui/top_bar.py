@@ -26,6 +26,7 @@ from modules.ui.shared import UiShared
 
 REFRESH_SYMBOL = "\U0001f504"  # 🔄
 POLL_SECONDS = 0.25
+WATCH_SECONDS = 5.0  # how soon an open page shows a checkpoint another page loaded
 
 
 # --- plain functions (no gradio values in or out) -------------------------------------------------
@@ -315,6 +316,12 @@ def _wire_quicksettings(context, row: _QuickSettings, status: gr.HTML):
     return switched
 
 
+def _server_view(context) -> dict[str, Any]:
+    """What the top bar shows of the server's state, comparable between ticks (plain JSON values)."""
+    choices = [list(choice) if isinstance(choice, (list, tuple)) else choice for choice in checkpoint_choices(context)]
+    return {"title": current_checkpoint_title(context), "choices": choices, "status": model_status(context)[0]}
+
+
 def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status: gr.HTML, timer: gr.Timer) -> None:
     """Keep the row current: the timer follows a load in progress, and each page load re-reads it all."""
     from modules.ui.settings_tab import widget_value
@@ -330,6 +337,22 @@ def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status:
 
     timer.tick(on_tick, outputs=[status, checkpoint, timer], show_progress="hidden", concurrency_limit=None)
 
+    # Every open page follows what another page (or the API) changed: a checkpoint switched or a
+    # "Merge and load" trial elsewhere reaches this dropdown within WATCH_SECONDS. Only a change is
+    # sent; a switch this page started and is still waiting for is not undone (the server's title
+    # has not changed yet, so nothing is sent).
+    seen = gr.State(None)
+
+    def on_watch(last):
+        now = _server_view(context)
+        if now == last:
+            return gr.skip(), gr.skip(), gr.skip()
+        return now["status"], gr.update(choices=[tuple(c) if isinstance(c, list) else c for c in now["choices"]],
+                                        value=now["title"]), now
+
+    gr.Timer(WATCH_SECONDS).tick(on_watch, inputs=seen, outputs=[status, checkpoint, seen], show_progress="hidden",
+                                 queue=False)
+
     def on_page_load():
         html_status, loading = model_status(context)
         current = context.settings.current()
@@ -341,9 +364,9 @@ def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status:
             updates.append(current["CLIP_stop_at_last_layers"])
         specs = context.settings.specs_by_key()
         updates += [widget_value(specs[key], current[key]) for key in others]
-        return updates
+        return [*updates, _server_view(context)]
 
-    outputs = [checkpoint, status, timer, *(c for c in (vae, clip_skip) if c is not None), *others.values()]
+    outputs = [checkpoint, status, timer, *(c for c in (vae, clip_skip) if c is not None), *others.values(), seen]
     shared.page_loads.append((on_page_load, outputs))
 
 

@@ -1,6 +1,6 @@
 """Checkpoint Merger in the browser: after "Merge and load" the top bar's checkpoint dropdown shows the
-trial merge (listed as one) on the same page and on a newly opened page, with its hash once in the
-status line; an existing output name is answered with the tab's Overwrite checkbox.
+trial merge (listed as one) on the same page, on a page open since before and on a newly opened page,
+with its hash once in the status line; an existing output name is answered with the tab's Overwrite checkbox.
 
 The tests run on their own server: a loaded trial merge would change what the other browser tests'
 generations use."""
@@ -13,6 +13,7 @@ import uuid
 import pytest
 from playwright.sync_api import Page, expect
 
+from modules.ui import top_bar
 from tests.browser.harness import CHECKPOINTS, open_page, start_server, write_tiny_checkpoints
 from tests.browser.ui import (
     CHECKPOINT_DROPDOWN,
@@ -54,6 +55,12 @@ def test_the_dropdown_shows_the_trial_merge_on_this_page_and_a_new_one(page: Pag
     expect(status).to_contain_text(f"Loaded {CHECKPOINTS[0]}", timeout=GENERATION_TIMEOUT_MS)
     expect(dropdown_input(page, CHECKPOINT_DROPDOWN)).to_have_value(re.compile("^" + CHECKPOINTS[0]))
     log_before = merge_server.log_tail(10**7)
+    # A page that was already open before the merge (another user's, or another tab of this one).
+    earlier_context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    earlier = earlier_context.new_page()
+    earlier.set_default_timeout(30_000)
+    open_ui(earlier, merge_server.url)
+    expect(dropdown_input(earlier, CHECKPOINT_DROPDOWN)).to_have_value(re.compile("^" + CHECKPOINTS[0]))
 
     open_merger_with_models(page)
     # The empty name box shows the name it gives: A1111's "{1-M}(A) + {M}(B)" with M = 0.3.
@@ -83,6 +90,13 @@ def test_the_dropdown_shows_the_trial_merge_on_this_page_and_a_new_one(page: Pag
         assert shown in dropdown_choices(other, CHECKPOINT_DROPDOWN)
     finally:
         second.close()
+    # The page open since before the merge follows within its watch period, without a reload.
+    try:
+        expect(dropdown_input(earlier, CHECKPOINT_DROPDOWN)).to_have_value(
+            shown, timeout=int((top_bar.WATCH_SECONDS + 20) * 1000))
+        expect(earlier.locator("#model_status")).to_contain_text(f"[{short_hash}]")
+    finally:
+        earlier_context.close()
     assert NOT_AMONG_CHOICES not in merge_server.log_tail(10**7)[len(log_before):]
 
     # Choosing a saved checkpoint puts the dropdown back on it; the trial leaves the list.

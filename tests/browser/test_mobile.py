@@ -87,6 +87,11 @@ def _no_sideways_scroll(page: Page) -> None:
     assert widths[0] <= widths[1], f"the page scrolls sideways: content {widths[0]}px in a {widths[1]}px viewport"
 
 
+def _next_frames(page: Page) -> None:
+    """Wait until the browser has rendered two more frames (layout and paint of what came before)."""
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+
+
 def _back_to_top(page: Page) -> None:
     page.evaluate("() => window.scrollTo(0, 0)")
     page.wait_for_function("() => window.scrollY === 0")
@@ -182,7 +187,7 @@ def test_every_tab_is_reachable_without_sideways_scrolling(phone_page: Page, ate
             expect(entry).to_be_visible()
             entry.tap()
         expect(page.locator(f"#{panel}")).to_be_visible()
-        page.wait_for_timeout(300)  # let the tab's content lay out
+        _next_frames(page)  # the tab's content laid out
         _no_sideways_scroll(page)
 
 
@@ -225,7 +230,7 @@ def test_a_finger_on_a_slider_track_does_not_move_it_but_its_thumb_does(phone_pa
     track_x = box["x"] + box["width"] * 0.9
     _touch_drag(page, (track_x, middle_y), (track_x, middle_y - 200))
     page.touchscreen.tap(track_x, middle_y)
-    page.wait_for_timeout(300)
+    _next_frames(page)  # a slider answers a touch in the same frame; two frames on, nothing moved
     assert slider.input_value() == start_text
 
     # Dragging the thumb to the right moves it, and the number box follows.

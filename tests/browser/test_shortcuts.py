@@ -69,6 +69,10 @@ def test_alt_enter_skips_the_current_image(page: Page, atelier_server):
     open_ui(page, atelier_server.url)
     choose(page, CHECKPOINT_DROPDOWN, "alpha")
     small_job(page, steps=150)
+    # 128x128: about four times the work of a step at 64x64, so the image is still sampling when the
+    # page first shows its progress (once a second, A1111's live_preview_refresh_period).
+    fill(page, "txt2img_width", 128)
+    fill(page, "txt2img_height", 128)
     fill(page, "txt2img_seed", 777)
     prompt = unique_prompt("a field of tall grass")
     full = generate(page, prompt)

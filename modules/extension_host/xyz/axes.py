@@ -243,6 +243,12 @@ def _confirm_prompt_order(values, context, request) -> None:
     if missing:
         raise AxisValueError(f"Prompt order: {missing[0]!r} is not in the prompt; the values are parts of the "
                              "prompt (like: a cat, a dog), and each cell puts them in another order")
+    # Parts that share text ("black", "black cat") cannot be moved independently: refuse before any image.
+    spans = sorted((request.prompt.find(text), text) for text in (values[0] if values else ()))
+    for (start, text), (next_start, next_text) in zip(spans, spans[1:]):
+        if next_start < start + len(text):
+            raise AxisValueError(f"Prompt order: {text!r} and {next_text!r} overlap in the prompt; give parts "
+                                 "that do not share any text")
 
 
 def _style_names(value: str) -> list[str]:
