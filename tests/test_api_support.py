@@ -43,14 +43,15 @@ def make_context(data_dir: Path, names: Iterable[str] = ("a",), args: Iterable[s
 
 
 class LiveServer:
-    """uvicorn serving `app` on a free local port, in a background thread."""
+    """uvicorn serving `app` on a free local port, in a background thread. `lifespan="on"` for an app
+    with Gradio mounted (its queue starts on the app's startup)."""
 
-    def __init__(self, app):
+    def __init__(self, app, *, lifespan: str = "off"):
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+        self._server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan=lifespan))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="test-uvicorn", daemon=True)
 

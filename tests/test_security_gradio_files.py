@@ -12,8 +12,6 @@ import dataclasses
 import json
 import os
 import secrets
-import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 
 from modules.serving.app_context import AppContext
 from modules.serving.cmd_args import parse_args
-from tests.test_api_support import basic_auth
+from tests.test_api_support import LiveServer, basic_auth
 
 PASSWORD = "probe-pw"
 FILE_COMPONENTS = {"image", "file", "gallery", "imageeditor", "uploadbutton", "audio", "video", "model3d",
@@ -38,19 +36,9 @@ class Served:
     secret: str
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """webui.build_app's app, served by uvicorn on loopback, with --gradio-auth."""
-    import uvicorn
-
     import webui
 
     data_dir = tmp_path_factory.mktemp("probe-data")
@@ -64,19 +52,11 @@ def served(tmp_path_factory):
                        "--skip-load-model-at-start", "--no-demo-checkpoint"])
     context = AppContext.from_args(args)
     context.refresh()
-    app = webui.build_app(args, context)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield Served(f"http://127.0.0.1:{port}", basic_auth("ui", PASSWORD), data_dir, secret_file, secret)
-    server.should_exit = True
-    thread.join(timeout=10)
-    context.jobs.shutdown()
+    try:
+        with LiveServer(webui.build_app(args, context), lifespan="on") as server:
+            yield Served(server.url, basic_auth("ui", PASSWORD), data_dir, secret_file, secret)
+    finally:
+        context.jobs.shutdown()
 
 
 def _file_inputs(config: dict) -> list[tuple[int, int, int, list[int]]]:

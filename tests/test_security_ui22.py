@@ -18,7 +18,6 @@ import html.parser
 import json
 import struct
 import sys
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -32,8 +31,8 @@ from modules.api.server import create_app
 from modules.library.synthetic_checkpoints import write_checkpoint
 from modules.serving.app_context import AppContext
 from modules.serving.cmd_args import parse_args
-from tests.test_api_support import WAIT, assert_error, basic_auth, make_context
-from tests.test_security_gradio_files import _free_port, _run_event
+from tests.test_api_support import WAIT, LiveServer, assert_error, basic_auth, make_context
+from tests.test_security_gradio_files import _run_event
 
 PASSWORD = "probe22-pw"
 UPLOAD_LIMIT_MB = 1
@@ -70,8 +69,6 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """webui.build_app's app with --gradio-auth and a 1 MiB body limit, served on loopback."""
-    import uvicorn
-
     import webui
 
     data_dir = tmp_path_factory.mktemp("probe22-data")
@@ -86,19 +83,11 @@ def served(tmp_path_factory):
                        "--max-body-size", str(UPLOAD_LIMIT_MB), "--skip-load-model-at-start", "--no-demo-checkpoint"])
     context = AppContext.from_args(args)
     context.refresh()
-    app = webui.build_app(args, context)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield Served(f"http://127.0.0.1:{port}", basic_auth("ui", PASSWORD), data_dir, secret_file, secret)
-    server.should_exit = True
-    thread.join(timeout=10)
-    context.jobs.shutdown()
+    try:
+        with LiveServer(webui.build_app(args, context), lifespan="on") as server:
+            yield Served(server.url, basic_auth("ui", PASSWORD), data_dir, secret_file, secret)
+    finally:
+        context.jobs.shutdown()
 
 
 def _drop_event(config: dict, tabname: str = "txt2img") -> tuple[int, int, int, list[int], dict[int, str]]:

@@ -93,18 +93,19 @@ _JS_TEMPLATE = """
   const fill = document.createElement('style');
   fill.id = 'atelier-progress-fill';
   document.head.appendChild(fill);
-  const strip = document.createElement('div');
-  strip.id = 'atelier_progress_strip';
-  strip.hidden = true;
-  strip.setAttribute('role', 'status');
+  // Outside Gradio's tree: nothing Gradio renders can replace them.
+  const overlay = (id) => {
+    const element = document.createElement('div');
+    element.id = id;
+    element.hidden = true;
+    element.setAttribute('role', 'status');
+    document.body.appendChild(element);
+    return element;
+  };
+  const strip = overlay('atelier_progress_strip');
   strip.innerHTML = "<div class='strip-fill'></div><span class='strip-text'></span>";
-  document.body.appendChild(strip);
-  const notice = document.createElement('div');
-  notice.id = 'atelier_notice';
-  notice.hidden = true;
-  notice.setAttribute('role', 'status');
+  const notice = overlay('atelier_notice');
   notice.setAttribute('aria-live', 'polite');
-  document.body.appendChild(notice);
   let noticeTimer = null;
   const say = (text) => {
     notice.textContent = text;
