@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from types import SimpleNamespace
 
@@ -13,6 +14,13 @@ from modules.generation.requests import HIRES_SAME_SAMPLER
 from modules.ui.generation import MAX_POLL_SECONDS, MIN_POLL_SECONDS, follow_job_async, follow_options, render_progress
 from modules.ui.request_fields import TXT2IMG_FIELDS, build_request
 from tests.ui_support import SMALL_REQUEST
+
+
+def _run_coroutine(coroutine):
+    """Run on a fresh event loop in its own thread: the browser tests' Playwright keeps a loop running
+    in this one when the whole suite runs."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result(timeout=60)
 
 
 @pytest.mark.parametrize(("period", "seconds"), [(1000, 1.0), (250, 0.25), (0, MIN_POLL_SECONDS), (-5, MIN_POLL_SECONDS),
@@ -43,7 +51,7 @@ def test_follow_job_async_sends_the_bar_hidden_when_asked(queue):
         return seen
 
     try:
-        seen = asyncio.run(follow())
+        seen = _run_coroutine(follow())
     finally:
         release.set()
     assert len(seen) >= 3 and all("progress-hidden" in html for html in seen if html)
@@ -62,7 +70,7 @@ def test_a_long_refresh_period_does_not_hold_back_the_result(queue):
         return updates
 
     # asyncio.wait_for fails the test if the follower sleeps through the job's end.
-    assert asyncio.run(asyncio.wait_for(follow(), timeout=30)) == 1
+    assert _run_coroutine(asyncio.wait_for(follow(), timeout=30)) == 1
     assert job.finished
 
 

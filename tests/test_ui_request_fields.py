@@ -22,7 +22,7 @@ WIDGETS = {
     "steps": 30.0, "width": 640, "height": 512.0, "n_iter": 2, "batch_size": 1, "cfg_scale": 6.5, "seed": None,
     "subseed": -1, "subseed_strength": 0, "seed_resize_from_w": 0, "seed_resize_from_h": 0, "enable_hr": False,
     "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "denoising_strength": 0.7, "hr_scale": 2,
-    "hr_resize_x": 0, "hr_resize_y": 0, "override_settings": [], "styles": [],
+    "hr_resize_x": 0, "hr_resize_y": 0, "override_settings": [], "styles": [], "hr_sampler_name": "Use same sampler",
 }
 
 INFOTEXT = (

@@ -350,6 +350,17 @@ def build(context, shared: UiShared, prompt: Any, negative_prompt: Any) -> Any:
     if shared.checkpoint_switched is not None:  # which embeddings fit depends on the model
         shared.checkpoint_switched.then(lambda: render_html(list_networks(context)), outputs=panel,
                                         show_progress="hidden")
+    if shared.model_status_ticks is not None:
+        # A page opened while the start-up load ran lists the embeddings without knowing which fit:
+        # once the load is done, the cards are drawn again (only if that changes them, so a click is
+        # never lost to a needless re-render).
+        def after_load(shown: str):
+            if context.load_state.loading:
+                return gr.skip()
+            fresh = render_html(list_networks(context))
+            return gr.skip() if fresh == shown else fresh
+
+        shared.model_status_ticks.then(after_load, inputs=panel, outputs=panel, show_progress="hidden")
     return panel
 
 

@@ -9,11 +9,11 @@ re-encodes it and its text chunks survive.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
+from modules.outputs.png_info import PngInfo, read_png_info  # noqa: F401  (the tab's reader, re-exported)
 from modules.ui.shared import UiShared
 
 def _written_parameters(infotext: str, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -33,37 +33,6 @@ def _written_parameters(infotext: str, parameters: dict[str, Any]) -> dict[str, 
         elif not key.endswith("-2"):
             shown[key] = value
     return shown
-
-
-@dataclass
-class PngInfo:
-    """What an image carries: the infotext (None when it has none), parsed, and other metadata."""
-
-    infotext: str | None
-    parameters: dict[str, Any] = field(default_factory=dict)
-    items: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
-def read_png_info(path: str | None) -> PngInfo:
-    """Read the generation parameters of the image file at `path` (A1111's PNG Info). Only its
-    metadata is read: the pixels are never decoded, whatever the image's size."""
-    from modules.outputs.image_metadata import ImageMetadataError, read_image_metadata
-    from modules.outputs.infotext import parse_generation_parameters
-
-    if not path:
-        return PngInfo(None)
-    try:
-        with open(path, "rb") as file:
-            infotext, items, _ = read_image_metadata(file)
-    except (OSError, ImageMetadataError) as error:
-        # The message never names the path: it is the server's copy of the upload.
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        return PngInfo(None, error=f"Cannot read the image: {reason}")
-    shown_items = {key: value for key, value in items.items() if isinstance(value, (str, int, float))}
-    if not infotext:
-        return PngInfo(None, items=shown_items)
-    return PngInfo(infotext, parse_generation_parameters(infotext), shown_items)
 
 
 def render_png_info(info: PngInfo) -> str:

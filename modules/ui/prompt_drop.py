@@ -2,7 +2,7 @@
 
 The file travels as any upload does: the page's drop handler (`prompt_drop_js`) puts it into a hidden
 `gr.File` of the tab (`#<tab>_prompt_image`), so Gradio's upload size limit and file rules apply. The
-server reads the picture's infotext as the PNG Info tab does (modules.ui.pnginfo.read_png_info: metadata
+server reads the picture's infotext as the PNG Info tab does (modules.outputs.png_info.read_png_info: metadata
 only, the pixels are never decoded) and pastes it as the tab's ↙️ button does
 (modules.ui.generation_form.paste_updates). A file that is not an image, or a picture without
 parameters, leaves the fields as they are and says so where the paste note goes.
@@ -31,7 +31,7 @@ def dropped_updates(context, path: str | None, field_names: Sequence[str],
     """The field updates (as `generation_form.paste_updates` makes them) and the HTML note for the
     picture uploaded at `path`; when it cannot be read or has no infotext, every field is skipped."""
     from modules.ui.generation_form import error_html, paste_updates
-    from modules.ui.pnginfo import read_png_info
+    from modules.outputs.png_info import read_png_info
 
     skipped = [gr.skip()] * (len(field_names) + len(script_fields))
     if not path:

@@ -64,6 +64,7 @@ class UiShared:
     checkpoint_dropdown: Any = None  # top bar: refreshed after a merge
     checkpoint_switched: Any = None  # top bar: the dropdown's switch event, to chain `.then(...)` on
     model_status: Any = None  # top bar: the "Loaded ..." line, refreshed after "Merge and load"
+    model_status_ticks: Any = None  # top bar: its status timer's event (runs while a load is under way)
     txt2img_fields: dict[str, Any] = field(default_factory=dict)  # GenerationRequest field -> component
     txt2img_html_info: Any = None  # txt2img: the infotext under the gallery
     txt2img_html_log: Any = None  # txt2img: the buttons' messages under it (notes after a paste)

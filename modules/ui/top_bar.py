@@ -335,7 +335,8 @@ def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status:
         return (html_status, gr.update(choices=checkpoint_choices(context), value=current_checkpoint_title(context)),
                 gr.Timer(active=False))
 
-    timer.tick(on_tick, outputs=[status, checkpoint, timer], show_progress="hidden", concurrency_limit=None)
+    shared.model_status_ticks = timer.tick(on_tick, outputs=[status, checkpoint, timer], show_progress="hidden",
+                                           concurrency_limit=None)
 
     # Every open page follows what another page (or the API) changed: a checkpoint switched or a
     # "Merge and load" trial elsewhere reaches this dropdown within WATCH_SECONDS. Only a change is

@@ -113,9 +113,7 @@ def build(context, shared: UiShared) -> None:
     shared.txt2img_html_log = results.log
     shared.txt2img_results = results
     shared.txt2img_generation_state = generation_state
-    # A page opened later shows the folders as they are then, not as they were at start-up.
-    shared.page_loads.append((lambda: extra_networks_panel.render_html(extra_networks_panel.list_networks(context)),
-                              [settings.networks_panel]))
+    # (The networks panel re-reads the folders at each page load itself: extra_networks_panel.build.)
     # A1111's "Hires sampling method" shows with its setting, as the settings are when the page opens.
     shared.page_loads.append((lambda: gr.update(visible=bool(context.settings.current().get("hires_fix_show_sampler"))),
                               [fields["hr_sampler_name"]]))
