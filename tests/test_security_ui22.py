@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import html.parser
 import json
 import struct
@@ -32,7 +31,7 @@ from modules.library.synthetic_checkpoints import write_checkpoint
 from modules.serving.app_context import AppContext
 from modules.serving.cmd_args import parse_args
 from tests.test_api_support import WAIT, LiveServer, assert_error, basic_auth, make_context
-from tests.test_security_gradio_files import _run_event
+from tests.test_security_gradio_files import Served, _run_event
 
 PASSWORD = "probe22-pw"
 UPLOAD_LIMIT_MB = 1
@@ -55,15 +54,6 @@ def _png(width: int, height: int, *chunks: bytes) -> bytes:
 
 def _text(key: str, value: str) -> bytes:
     return _chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
-
-
-@dataclasses.dataclass
-class Served:
-    url: str
-    auth: dict
-    data_dir: Path
-    secret_file: Path
-    secret: str
 
 
 @pytest.fixture(scope="module")

@@ -303,18 +303,21 @@ class CFGDenoiser:
         self.image_cfg_scale = image_cfg_scale
         self.preview_content = preview_content
         self.to_x0 = to_x0  # (x, sigma or timestep, inner's output) -> x0; None: inner returns x0
-        self._preview_parts = None  # (x, sigma, output) of the part the preview shows, last evaluation
+        # (x, sigma, output, rows or None) of the part the preview shows, at the last evaluation.
+        self._preview_parts = None
 
     @property
     def preview_latent(self) -> torch.Tensor | None:
         """The prediction of `preview_content`'s part at the last evaluation, as x0; None for "Combined"."""
         if self._preview_parts is None:
             return None
-        x, sigma, out = self._preview_parts
+        x, sigma, out, rows = self._preview_parts
+        if rows is not None:
+            x, sigma, out = x[rows], sigma[rows], out[rows]
         return out if self.to_x0 is None else self.to_x0(x, sigma, out)
 
     def _keep_preview(self, prompt_part, negative_part) -> None:
-        """Keep (x, sigma, output) of the part the preview shows (see `preview_content`)."""
+        """Keep (x, sigma, output, rows) of the part the preview shows (see `preview_content`)."""
         if self.preview_content == "Prompt":
             self._preview_parts = prompt_part
         elif self.preview_content == "Negative prompt":
@@ -387,9 +390,10 @@ class CFGDenoiser:
         if out is not None:
             out_cond, out_uncond = out[:len(rows)], out[len(rows):]
         if self.preview_content != "Combined" and len(out_cond) == len(image_of_row):
-            first = [image_of_row.index(i) for i in range(batch)]  # each image's first AND part
-            self._keep_preview((x_cond[first], sigma_cond[first], out_cond[first]),
-                               (x_uncond, sigma_uncond, out_uncond))
+            # References only: each image's first AND part is picked out when a preview is read, not
+            # at every step (most steps make no preview).
+            first = [image_of_row.index(i) for i in range(batch)]
+            self._keep_preview((x_cond, sigma_cond, out_cond, first), (x_uncond, sigma_uncond, out_uncond, None))
         denoised = out_uncond.clone()
         for row, (image, weight) in enumerate(zip(image_of_row, weights)):
             denoised[image] += (out_cond[row] - out_uncond[image]) * (weight * self.cfg_scale)
@@ -445,7 +449,7 @@ class CFGDenoiser:
         out_cond, out_img, out_uncond = out.chunk(3)
         x_cond, _, x_uncond = x_in.chunk(3)
         sigma_cond, _, sigma_uncond = sigma_in.chunk(3)
-        self._keep_preview((x_cond, sigma_cond, out_cond), (x_uncond, sigma_uncond, out_uncond))
+        self._keep_preview((x_cond, sigma_cond, out_cond, None), (x_uncond, sigma_uncond, out_uncond, None))
         denoised = out_uncond + self.cfg_scale * (out_cond - out_img) + self.image_cfg_scale * (out_img - out_uncond)
         return self._finish_step(step, denoised)
 
