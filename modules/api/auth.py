@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modules.api.request_guards import send_json_error
+from modules.serving.accounts import USER_STATE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,19 @@ class Credentials:
         return len(self._pairs)
 
     def accepts(self, user: bytes, password: bytes) -> bool:
-        accepted = False
+        return self.accepted_user(user, password) is not None
+
+    def accepted_user(self, user: bytes, password: bytes) -> str | None:
+        """The user name of the pair that matches, or None. Every pair is compared."""
+        accepted: bytes | None = None
         for known_user, known_password in self._pairs:
             # `&`, not `and`: both comparisons run for every pair.
-            accepted |= hmac.compare_digest(known_user, user) & hmac.compare_digest(known_password, password)
-        return accepted
+            if hmac.compare_digest(known_user, user) & hmac.compare_digest(known_password, password):
+                accepted = known_user
+        return accepted.decode("utf-8", "replace") if accepted is not None else None
+
+    def user_names(self) -> list[str]:
+        return [user.decode("utf-8", "replace") for user, _ in self._pairs]
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,11 @@ class AuthPolicy:
 
     def for_path(self, path: str) -> Credentials | None:
         return self.api if is_api_path(path) else self.ui
+
+    def user_names(self) -> list[str]:
+        """Every user name of both sides, in order, once each (the accounts of `--multi-user`)."""
+        names = [*(self.ui.user_names() if self.ui else []), *(self.api.user_names() if self.api else [])]
+        return list(dict.fromkeys(names))
 
     @classmethod
     def from_args(cls, args) -> AuthPolicy:
@@ -150,7 +164,8 @@ class BasicAuthMiddleware:
         credentials = self.policy.for_path(scope["path"])
         if credentials is not None:
             given = _basic_credentials(scope.get("headers", ()))
-            if given is None or not credentials.accepts(*given):
+            user = credentials.accepted_user(*given) if given is not None else None
+            if user is None:
                 # No credentials is routine (a browser's first request, before it asks the user).
                 client = scope.get("client") or ("?", 0)
                 log.log(logging.DEBUG if given is None else logging.WARNING, "Refused %s %s from %s: %s",
@@ -158,6 +173,9 @@ class BasicAuthMiddleware:
                         "no credentials" if given is None else "wrong username or password")
                 await _refuse(scope, send)
                 return
+            # Who asked, for the routes and handlers behind (modules.serving.accounts.user_of). A copy:
+            # the server's lifespan state is shared by every request.
+            scope = {**scope, "state": {**(scope.get("state") or {}), USER_STATE_KEY: user}}
         await self.app(scope, receive, send)
 
 

@@ -90,3 +90,47 @@ class OutputDirRules:
             if problem is not None:
                 refused[key] = self.describe(key, problem)
         return refused
+
+
+def user_output_dir(value: str, user: str, data_dir: Path) -> Path:
+    """Where output folder setting `value` points for `user` on a server shared with `--multi-user`:
+    a folder under `<data>/outputs` moves to `<data>/outputs/<user>/<the rest>` (A1111's layout one
+    level down), any other folder (one the operator set) gets a `<user>` subfolder. A value already
+    inside the user's folder stays there. Never a folder of another user: everything lands under
+    one named for `user`."""
+    data_dir = Path(os.path.abspath(data_dir))
+    outputs = data_dir / OUTPUTS_FOLDER
+    path = Path(value).expanduser()
+    path = Path(os.path.normpath(path if path.is_absolute() else data_dir / path))
+    if path == outputs or path.is_relative_to(outputs):
+        rest = path.relative_to(outputs)
+        if rest.parts[:1] == (user,):
+            rest = Path(*rest.parts[1:]) if len(rest.parts) > 1 else Path()
+        return outputs / user / rest
+    return path / user
+
+
+# Output folders used when their setting is empty (the others, outdir_samples and outdir_grids,
+# mean "use the folder below" when empty): modules.outputs.images.SaveOptions, A1111's defaults.
+DEFAULT_OUTPUT_DIRS = {"outdir_txt2img_samples": "outputs/txt2img-images",
+                       "outdir_txt2img_grids": "outputs/txt2img-grids",
+                       "outdir_img2img_samples": "outputs/img2img-images",
+                       "outdir_img2img_grids": "outputs/img2img-grids",
+                       "outdir_extras_samples": "outputs/extras-images"}
+
+
+def user_output_overrides(settings, user: str, data_dir: Path) -> dict[str, str]:
+    """The `outdir_*` values that send a job of `user` to their own folders (`user_output_dir`), as
+    override settings. An empty `outdir_samples`/`outdir_grids` stays empty (it means "the folder
+    below", as in A1111); the other folders fall back to their defaults, moved too."""
+    overrides = {}
+    for key in sorted(OUTPUT_DIR_SETTINGS):
+        value = settings[key] or DEFAULT_OUTPUT_DIRS.get(key, "")
+        if value:
+            overrides[key] = str(user_output_dir(value, user, data_dir))
+    return overrides
+
+
+def user_outputs_root(data_dir: Path, user: str) -> Path:
+    """`<data>/outputs/<user>`: the folder of a user's images with the default output settings."""
+    return Path(os.path.abspath(data_dir)) / OUTPUTS_FOLDER / user

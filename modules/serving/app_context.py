@@ -18,7 +18,9 @@ from modules.common.atomic_files import remove_stale_temp_files
 from modules.library.checkpoints import CheckpointInfo, CheckpointNotFoundError, CheckpointRegistry, NoLoadableCheckpointError
 from modules.library.hashes import HashCache
 from modules.networks.hypernetwork_files import HypernetworkRegistry
+from modules.serving.accounts import Accounts
 from modules.serving.jobs import JobQueue
+from modules.serving.user_choices import FILE_NAME as USER_CHOICES_FILE, UserChoices
 from modules.networks.lora import LoraRegistry
 from modules.library.model_manager import ModelManager, configure_allocator, default_load_options
 from modules.generation.engine import Txt2ImgEngine
@@ -118,6 +120,10 @@ class AppContext:
     # Loaded by webui.main after the context exists (scripts see the context); None in tests and
     # tools that run without extensions.
     extensions: "ExtensionRuntime | None" = None
+    # The users of a shared server (--multi-user) and their own top-bar choices; without the flag
+    # everyone is one shared user (modules.serving.accounts).
+    accounts: Accounts = field(default_factory=Accounts)
+    user_choices: UserChoices = field(default_factory=lambda: UserChoices(None))
     # The extensions' options (A1111's opts.add_option): their settings, onchange and Settings widgets.
     extension_options: "ExtensionOptions | None" = None
     # The Ray workers (`--ray-address`, `--ray-local`): a modules.cluster.pool.WorkerPool (not imported
@@ -191,8 +197,14 @@ class AppContext:
         upscalers = upscalers_from_args(args, paths, settings)
         engine = Txt2ImgEngine(models, settings, embeddings, hypernetworks, loras, save_dir=str(paths.data_dir),
                                upscalers=upscalers)
+        from modules.api.auth import AuthPolicy
+
+        accounts = Accounts.from_args(args, AuthPolicy.from_args(args).user_names())
+        jobs = JobQueue(order=lambda: settings.current()["queue_order"],
+                        owner_limit=lambda: settings.current()["multi_user_queue_limit"])
+        user_choices = UserChoices(paths.data_dir / USER_CHOICES_FILE if accounts.multi_user else None)
         return cls(args, paths, settings, hash_cache, checkpoints, vaes, models, embeddings, hypernetworks, loras,
-                   JobQueue(), engine, upscalers=upscalers)
+                   jobs, engine, upscalers=upscalers, accounts=accounts, user_choices=user_choices)
 
     @property
     def settings_policy(self) -> SettingsPolicy:

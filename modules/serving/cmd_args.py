@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HTTP Basic credentials for the web UI (and for the API without --api-auth)")
     server.add_argument("--gradio-auth-path", type=str, default=None, metavar="FILE",
                         help="file with USER:PASS pairs separated by commas or newlines; adds to --gradio-auth")
+    server.add_argument("--multi-user", action="store_true",
+                        help="keep the users of --gradio-auth/--api-auth apart: each has private outputs "
+                             "(outputs/<user>/), their own checkpoint/VAE/clip-skip choice and their own queue; "
+                             "jobs are taken round-robin between users")
+    server.add_argument("--admin-users", type=str, default=None, metavar="USER[,USER...]",
+                        help="with --multi-user: the operators, who see and cancel every job and change global "
+                             "settings (no one else may)")
     server.add_argument("--tls-keyfile", type=str, default=None, metavar="KEY.pem",
                         help="serve HTTPS with this PEM private key (unencrypted); needs --tls-certfile. Use it "
                              "with --listen and auth, or passwords cross the network in clear text")
@@ -227,11 +234,12 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     if args.port is not None and not 1 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a port number (1-65535)")
     from modules.api.auth import AuthPolicy
-
     from modules.api.request_guards import OriginPolicy
+    from modules.serving.accounts import Accounts
 
     try:
-        AuthPolicy.from_args(args)  # an auth flag without credentials stops the start here
+        policy = AuthPolicy.from_args(args)  # an auth flag without credentials stops the start here
+        Accounts.from_args(args, policy.user_names())
         OriginPolicy.from_args(args)
     except ValueError as e:
         parser.error(str(e))

@@ -7,6 +7,11 @@ apart, as `modules.merging.service` does for merges.
   request with the extensions' scripts of its tab (`run_txt2img`, or `run_img2img` for an
   `Img2ImgRequest`), and keeps the overrides the API asked to keep. The job's kind is "txt2img" or
   "img2img" (`job_kind`): a tab's Interrupt button without a job of its own stops only its kind.
+- With `--multi-user` a submission carries its `owner` (modules.serving.accounts): the job is theirs
+  (only they and operators see and stop it), its images go to their folders (`outputs/<user>/...`),
+  and it runs with their checkpoint, VAE and clip skip (modules.serving.user_choices): the job loads
+  their checkpoint (the model manager keeps its cache), uses their VAE for its duration and their
+  clip skip as an override. A choice the request makes itself (`override_settings`) wins.
 - `finished_generation` turns the finished job into what every caller shows: the images with their
   infotexts, the grid first when A1111 would return one, and the job's images released (the queue
   keeps the last jobs for status queries, and a hundred finished batches would pin gigabytes).
@@ -14,8 +19,10 @@ apart, as `modules.merging.service` does for merges.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +58,8 @@ class GenerationSubmission:
     save: bool | None = None
     save_grid: bool = True
     keep_overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # The user of a --multi-user server who submits it (None: the shared user of a single-user server).
+    owner: str | None = None
 
     def describe(self) -> str:
         """A short job description for the queue and the console."""
@@ -79,12 +88,43 @@ def submit_generation(context: AppContext, submission: GenerationSubmission) -> 
     request = submission.request
     check_prompt_length(request.prompt, request.negative_prompt, context.settings.current()["prompt_max_length"])
     check_hires_upscaler(request, getattr(context, "upscalers", None))
+    submission = for_owner(context, submission)
+    queued = {"kind": job_kind(request), "description": submission.describe(), "owner": submission.owner,
+              "expected_steps": expected_steps(request)}
     if context.cluster is not None:  # Ray workers: the job's work waits on them (modules.cluster.pool)
         cluster = context.cluster
-        return context.jobs.submit(lambda control: cluster.run_generation(submission, control),
-                                   kind=job_kind(request), description=submission.describe())
-    return context.jobs.submit(lambda control: run_generation(context, submission, control),
-                               kind=job_kind(request), description=submission.describe())
+        return context.jobs.submit(lambda control: cluster.run_generation(submission, control), **queued)
+    return context.jobs.submit(lambda control: run_generation(context, submission, control), **queued)
+
+
+def expected_steps(request: GenerationRequest) -> int:
+    """About the steps the job will report, for the wait estimate of the jobs behind it."""
+    steps = max(1, int(request.steps))
+    hires = getattr(request, "enable_hr", False)
+    per_batch = steps + (int(getattr(request, "hr_second_pass_steps", 0) or 0) or steps if hires else 0)
+    return per_batch * max(1, int(request.n_iter))
+
+
+def for_owner(context: AppContext, submission: GenerationSubmission) -> GenerationSubmission:
+    """The submission as its owner's job runs it on a --multi-user server: their output folders and
+    clip skip as overrides (see the module docstring); unchanged on a single-user server."""
+    owner = submission.owner
+    if owner is None or not context.accounts.multi_user:
+        return submission
+    from modules.outputs.output_paths import user_output_overrides
+
+    request = submission.request
+    snapshot = context.settings.current().with_overrides(request.override_settings)
+    overrides = dict(request.override_settings)
+    # Folders always the owner's, whatever the request asked (a request's folder moves under theirs).
+    overrides.update(user_output_overrides(snapshot, owner, context.paths.data_dir))
+    choices = context.user_choices.effective(owner, context.settings.current())
+    overrides.setdefault("CLIP_stop_at_last_layers", choices["CLIP_stop_at_last_layers"])
+    if context.cluster is not None:  # a Ray worker loads what the request names
+        for key in ("sd_model_checkpoint", "sd_vae"):
+            if choices[key]:
+                overrides.setdefault(key, choices[key])
+    return replace(submission, request=request.model_copy(update={"override_settings": overrides}))
 
 
 def run_generation(context: AppContext, submission: GenerationSubmission, control: JobControl) -> GenerationResult:
@@ -94,15 +134,46 @@ def run_generation(context: AppContext, submission: GenerationSubmission, contro
 
     request = submission.request
     control.set_info("job_count", request.n_iter)  # /sdapi/v1/progress reports "Batch i out of n"
-    if "sd_model_checkpoint" not in request.override_settings:
-        # The loaded model; with none (start-up load skipped or failed, or unloaded), the start-up
-        # choice, loaded as A1111 does on first use (an error that says why when none loads).
-        context.load_default_model()
     run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
-    result = run(context, request, control, save=submission.save, selection=submission.selection)
+    if submission.owner is not None and context.accounts.multi_user:
+        with owner_models(context, submission.owner, request.override_settings):
+            result = run(context, request, control, save=submission.save, selection=submission.selection)
+    else:
+        if "sd_model_checkpoint" not in request.override_settings:
+            # The loaded model; with none (start-up load skipped or failed, or unloaded), the start-up
+            # choice, loaded as A1111 does on first use (an error that says why when none loads).
+            context.load_default_model()
+        result = run(context, request, control, save=submission.save, selection=submission.selection)
     if submission.keep_overrides:
         _keep_overrides(context, submission.keep_overrides)
     return result
+
+
+@contextmanager
+def owner_models(context: AppContext, owner: str, overrides: Mapping[str, Any]) -> Iterator[None]:
+    """Inside the block the owner's checkpoint is current (loaded from the model manager's cache
+    when it holds it) and carries the owner's VAE; afterwards the model gets the VAE the global
+    settings choose back. A checkpoint or VAE named in the request's `overrides` wins."""
+    choices = context.user_choices.effective(owner, context.settings.current())
+    if "sd_model_checkpoint" not in overrides:
+        wanted = choices["sd_model_checkpoint"]
+        if wanted:
+            title = context.checkpoints.find(wanted).title
+            current = context.models.current_info()
+            if current is None or current.title != title:
+                context.models.load(title)
+        else:
+            context.load_default_model()
+    vae = overrides.get("sd_vae", choices["sd_vae"])
+    if vae == context.settings.current()["sd_vae"]:
+        yield
+        return
+    current = context.settings.current()
+    info = context.models.current_info()
+    choice = context.vaes.resolve_vae(info, vae, current["sd_vae_overrides_per_model_preferences"],
+                                      Path(context.args.vae_path) if getattr(context.args, "vae_path", None) else None)
+    with context.models.temporary_vae(choice.path):
+        yield
 
 
 def _keep_overrides(context: AppContext, overrides: Mapping[str, Any]) -> None:

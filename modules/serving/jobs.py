@@ -2,14 +2,14 @@
 
 A handler builds a work function (`Callable[[JobControl], Any]`), calls `JobQueue.submit`, and gets a
 `Job` back at once. A dispatcher thread starts jobs in submission order (FIFO; ids increase in that
-order), each on a thread of its own, at most `slots` at once (1 by default: one job at a time). The
+order; between several users, in turns: see `owner` below), each on a thread of its own, at most `slots` at once (1 by default: one job at a time). The
 work function reports progress through its `JobControl` and polls it for interrupt and skip requests;
 clients read the `Job` (state, progress, ETA, preview, result, error) and never touch the model
 themselves (ComfyUI's habit; A1111's `queue_lock` made explicit).
 
 Decisions worth knowing:
 - `slots` > 1 is for the Ray mode, where a running job only waits on a remote worker (the pool's
-  live worker count is passed as a callable). Jobs *start* in FIFO order: the head of the queue
+  live worker count is passed as a callable). Jobs *start* in queue order: the next job
   waits for a free slot and nothing overtakes it; they may finish in any order. `slots` is read
   by the dispatcher without the queue's lock (the pool may hold its own lock while calling
   `capacity_changed()`), at every decision; `capacity_changed()` makes it decide again.
@@ -29,6 +29,14 @@ Decisions worth knowing:
   `except Exception` inside a sampler or an extension cannot swallow an interrupt.
 - A job that was interrupted while running ends in state `interrupted` even if the work function
   returns normally; whatever it returned is kept as `result` (finished images survive).
+- Jobs carry an `owner` (a user of `--multi-user`; None for the shared identity). With `order`
+  "round-robin" (the default), jobs of different owners waiting together are started in turns: the
+  next job is the oldest one of the owner whose last job started longest ago (an owner never served
+  first), so one user's fifty queued jobs do not hold back everyone else. With one owner (every job's
+  owner None, a single-user server) that is exactly FIFO; `order` "fifo" restores FIFO between owners
+  too. `queue_position` and `wait_estimate` follow the order the jobs will actually start in.
+  `owner_limit` caps the jobs an owner may have waiting (not running): `submit` raises
+  `QueueFullError` beyond it.
 - `run_exclusive(fn)` takes its place in the same FIFO as jobs: it runs on the dispatcher once every
   job submitted before it has finished and no job runs, and jobs submitted after it wait for it,
   so each job sees the model it was submitted against (A1111's FIFO `queue_lock` behaves the same
@@ -68,6 +76,21 @@ class JobInterrupted(BaseException):
     """
 
 
+class QueueFullError(RuntimeError):
+    """`submit` for an owner who already has `owner_limit` jobs waiting."""
+
+    def __init__(self, owner: str | None, limit: int):
+        self.owner, self.limit = owner, limit
+        who = f"user {owner!r}" if owner else "this server"
+        super().__init__(f"{who} already has {limit} job{'s' if limit != 1 else ''} waiting in the queue, the "
+                         "most one user may have; wait for one to start, or cancel one under My queue")
+
+
+ROUND_ROBIN = "round-robin"
+FIFO = "fifo"
+QUEUE_ORDERS = (ROUND_ROBIN, FIFO)
+
+
 class JobState(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -94,10 +117,14 @@ JobListener = Callable[[JobEvent, "Job"], None]
 class Job:
     """A client's read-only view of one submitted job. Only the queue and its worker change it."""
 
-    def __init__(self, job_id: str, kind: str, description: str, queue: JobQueue):
+    def __init__(self, job_id: str, kind: str, description: str, queue: JobQueue, *, owner: str | None = None,
+                 expected_steps: int | None = None, sequence: int = 0):
         self.id = job_id
         self.kind = kind
         self.description = description
+        self.owner = owner  # the user who submitted it (modules.serving.accounts); None: shared
+        self.expected_steps = expected_steps  # for the wait estimate of the jobs behind it
+        self._sequence = sequence  # submission order, for the start order
         self._queue = queue
         # Guards every mutable field below so that compound reads (step with total, progress with
         # ETA) are consistent while the worker writes.
@@ -138,6 +165,12 @@ class Job:
         if self._state is not JobState.QUEUED:
             return None
         return self._queue._position_of(self)
+
+    @property
+    def wait_estimate(self) -> float | None:
+        """Seconds until this queued job should start (see `JobQueue.wait_estimate`); None when
+        unknown or once it left the queue."""
+        return self._queue.wait_estimate(self)
 
     @property
     def step(self) -> int:
@@ -356,13 +389,14 @@ class _QueuedJob:
 
 
 class JobQueue:
-    """A FIFO of jobs started by a dispatcher thread, up to `slots` at once, each on a thread of its own.
+    """A queue of jobs started by a dispatcher thread, up to `slots` at once, each on a thread of its own.
 
     Thread-safe; every method may be called from any thread.
     """
 
     def __init__(self, name: str = "generation", *, history_limit: int = DEFAULT_HISTORY_LIMIT,
-                 preview_every_steps: int = 0, slots: int | Callable[[], int] = 1):
+                 preview_every_steps: int = 0, slots: int | Callable[[], int] = 1,
+                 order: str | Callable[[], str] = ROUND_ROBIN, owner_limit: int | Callable[[], int] = 0):
         if history_limit < 0:
             raise ValueError(f"history_limit must be 0 or more, got {history_limit}")
         if not callable(slots) and not isinstance(slots, int):
@@ -372,6 +406,16 @@ class JobQueue:
         self.preview_every_steps = preview_every_steps
         self._history_limit = history_limit
         self._slots = slots
+        # Read at every decision (a setting may change them); see `_order` and `_owner_limit`.
+        self._order_source = order
+        self._owner_limit_source = owner_limit
+        # owner -> the start tick of their last job, for the round-robin order.
+        self._served: dict[str | None, int] = {}
+        self._serve_tick = 0
+        # Measured from finished jobs, for the wait estimate: seconds per reported step (all kinds),
+        # and the last durations per kind (for jobs whose steps are not known ahead).
+        self._seconds_per_step: float | None = None
+        self._durations: dict[str, float] = {}
         self._cond = threading.Condition()
         self._pending: deque[_QueuedJob | _Exclusive] = deque()
         self._jobs: dict[str, Job] = {}  # every queued, running and remembered finished job
@@ -454,18 +498,27 @@ class JobQueue:
     # -- submitting ------------------------------------------------------------------------------
 
     def submit(self, work: Callable[[JobControl], Any], *, kind: str, description: str = "",
-               exclusive: bool = False) -> Job:
+               exclusive: bool = False, owner: str | None = None, expected_steps: int | None = None) -> Job:
         """Queue `work` and return its Job at once. The work runs on a job thread of this queue.
         `exclusive`: with several slots, it starts once no other job runs, and no job starts while
-        it runs (a checkpoint switch that later jobs must see; with one slot every job is so)."""
+        it runs (a checkpoint switch that later jobs must see; with one slot every job is so).
+        `owner`: the submitting user (see the module docstring); `QueueFullError` when they already
+        have `owner_limit` jobs waiting. `expected_steps`: the steps the work will report, if known,
+        for the wait estimate of the jobs queued behind it."""
         if not callable(work):
             raise TypeError(f"work must be callable as work(control), got {type(work).__name__}")
+        limit = self._owner_limit()
         with self._cond:
             if self._stopping:
                 raise RuntimeError(f"job queue {self.name!r} is shut down; no new jobs are accepted")
-            # Id and queue slot are taken under one lock, so ids increase in start order.
+            if limit > 0 and owner is not None:
+                waiting = sum(1 for entry in self._pending if isinstance(entry, _QueuedJob) and entry.job.owner == owner)
+                if waiting >= limit:
+                    raise QueueFullError(owner, limit)
+            # Ids increase in submission order (with FIFO order also in start order).
             self._counter += 1
-            job = Job(f"task-{self._counter:06d}", kind, description, self)
+            job = Job(f"task-{self._counter:06d}", kind, description, self, owner=owner,
+                      expected_steps=expected_steps, sequence=self._counter)
             self._jobs[job.id] = job
             self._pending.append(_QueuedJob(job, work, exclusive))
             self._changed()
@@ -572,6 +625,44 @@ class JobQueue:
         with self._cond:
             return sum(1 for entry in self._pending if isinstance(entry, _QueuedJob))
 
+    def waiting_jobs(self) -> list[Job]:
+        """The queued jobs in the order they will start (see `order`)."""
+        order = self._order()
+        with self._cond:
+            return [entry.job for entry in self._start_order(order)]
+
+    def wait_estimate(self, job: Job) -> float | None:
+        """Seconds until queued `job` should start: what the running jobs have left plus the expected
+        time of the jobs that start before it, shared among the slots. Expected times come from the
+        finished jobs (seconds per step, or the last duration of the same kind); None while nothing
+        is known to estimate from, and for a job that is not queued."""
+        order, slots = self._order(), self._slot_count()
+        with self._cond:
+            ahead = self._start_order(order)
+            if job._state is not JobState.QUEUED or all(entry.job is not job for entry in ahead):
+                return None
+            ahead = ahead[:next(i for i, entry in enumerate(ahead) if entry.job is job)]
+            total = 0.0
+            for running in self._running:
+                left = running.eta_seconds
+                if left is None:
+                    expected = self._expected_seconds(running)
+                    if expected is None:
+                        return None
+                    left = max(0.0, expected - (time.time() - (running.started_at or time.time())))
+                total += left
+            for entry in ahead:
+                expected = self._expected_seconds(entry.job)
+                if expected is None:
+                    return None
+                total += expected
+            return total / max(1, slots)
+
+    @property
+    def order(self) -> str:
+        """How waiting jobs of different owners are started: "round-robin" or "fifo"."""
+        return self._order()
+
     def jobs(self, limit: int | None = None) -> list[Job]:
         """Known jobs (finished history, running, queued) in submission order; the last `limit`."""
         with self._cond:
@@ -592,14 +683,78 @@ class JobQueue:
         return self._jobs.get(job_id)
 
     def _position_of(self, job: Job) -> int | None:
+        order = self._order()
         with self._cond:
-            position = 0
-            for entry in self._pending:
-                if isinstance(entry, _QueuedJob):
-                    if entry.job is job:
-                        return position
-                    position += 1
-            return None
+            return next((i for i, entry in enumerate(self._start_order(order)) if entry.job is job), None)
+
+    def _order(self) -> str:
+        """The `order` in effect; an unknown value (a hand-edited setting) is round-robin."""
+        source = self._order_source
+        try:
+            value = source() if callable(source) else source
+        except Exception:  # a broken setting must not stop the dispatcher
+            log.exception("Job queue %r: order callable failed; using round-robin", self.name)
+            return ROUND_ROBIN
+        return value if value in QUEUE_ORDERS else ROUND_ROBIN
+
+    def _owner_limit(self) -> int:
+        source = self._owner_limit_source
+        try:
+            return max(0, int(source() if callable(source) else source))
+        except Exception:
+            log.exception("Job queue %r: owner limit callable failed; no limit", self.name)
+            return 0
+
+    def _start_order(self, order: str) -> list[_QueuedJob]:
+        """The queued jobs in the order they will start; call with `_cond` held. A queued exclusive
+        function is a barrier: the jobs before it start before it, those after it after it."""
+        served, tick = dict(self._served), self._serve_tick
+        result: list[_QueuedJob] = []
+        segment: list[_QueuedJob] = []
+
+        def flush() -> None:
+            nonlocal tick
+            if order == FIFO:
+                result.extend(segment)
+            else:
+                by_owner: dict[str | None, deque[_QueuedJob]] = {}
+                for entry in segment:
+                    by_owner.setdefault(entry.job.owner, deque()).append(entry)
+                while by_owner:
+                    owner = min(by_owner, key=lambda o: (served.get(o, -1), by_owner[o][0].job._sequence))
+                    result.append(by_owner[owner].popleft())
+                    served[owner], tick = tick, tick + 1
+                    if not by_owner[owner]:
+                        del by_owner[owner]
+            segment.clear()
+
+        for entry in self._pending:
+            if isinstance(entry, _Exclusive):
+                flush()
+            else:
+                segment.append(entry)
+        flush()
+        return result
+
+    def _expected_seconds(self, job: Job) -> float | None:
+        """How long `job` should run in all, from what the finished jobs took; call with `_cond` held."""
+        steps = job._total_steps or job.expected_steps
+        if steps and self._seconds_per_step is not None:
+            return steps * self._seconds_per_step
+        return self._durations.get(job.kind)
+
+    def _record_duration(self, job: Job) -> None:
+        """Learn from a finished job for later wait estimates (a moving average)."""
+        if job._state is not JobState.DONE or job._started_at is None or job._finished_at is None:
+            return
+        seconds = max(0.0, job._finished_at - job._started_at)
+        with self._cond:
+            previous = self._durations.get(job.kind)
+            self._durations[job.kind] = seconds if previous is None else 0.5 * previous + 0.5 * seconds
+            if job._total_steps > 0:
+                per_step = seconds / job._total_steps
+                known = self._seconds_per_step
+                self._seconds_per_step = per_step if known is None else 0.5 * known + 0.5 * per_step
 
     def _cancel_entry(self, entry: _QueuedJob | _Exclusive, reason: str) -> None:
         if isinstance(entry, _Exclusive):
@@ -633,17 +788,21 @@ class JobQueue:
     def _next_entry(self) -> tuple[_QueuedJob, threading.Thread] | _Exclusive | None:
         """Wait until the head of the queue may start and take it: a job comes with the (not yet
         started) thread that will run it. None once the dispatcher should stop; it then has waited
-        for every job thread to end."""
+        for every job thread to end. The head is the first entry, or with jobs first, the job that
+        `order` starts next."""
         while True:
             with self._cond:
                 seen = self._changes
             slots = self._slot_count()
+            order = self._order()
             with self._cond:
                 if self._stopping and not (self._drain_on_stop and self._pending):
                     while self._job_threads:
                         self._cond.wait()
                     return None
                 head = self._pending[0] if self._pending else None
+                if isinstance(head, _QueuedJob):
+                    head = self._start_order(order)[0]
                 if isinstance(head, _Exclusive):
                     if head.future.cancelled():  # withdrawn after its timeout: must not hold back the queue
                         self._pending.popleft()
@@ -652,7 +811,9 @@ class JobQueue:
                         return self._pending.popleft()
                 elif (head is not None and len(self._job_threads) < slots and not self._exclusive_running
                       and not (head.exclusive and self._job_threads)):
-                    self._pending.popleft()
+                    self._pending.remove(head)
+                    self._served[head.job.owner] = self._serve_tick
+                    self._serve_tick += 1
                     # Marked under the queue lock so interrupt() never sees a job that is neither
                     # in the pending deque nor running.
                     head.job._mark_running()
@@ -737,5 +898,6 @@ class JobQueue:
         # Remembered before it is marked finished, so a client woken by wait() finds it in jobs().
         self._remember(job)
         job._finish(state, result=result, error=error, exception=exception)
+        self._record_duration(job)
         self._notify(JobEvent.FINISHED, job)
         log.info("Job %s %s", job.id, job.state.value)

@@ -140,6 +140,7 @@ SECTIONS: Mapping[str, str] = MappingProxyType({
     "ui": "User interface",
     "live-previews": "Live previews",
     "api": "API",
+    "sharing": "Sharing (--multi-user)",
     "model-sources": "Model sources",
     "upscaling": "Upscaling",
     "postprocessing": "Postprocessing",
@@ -334,6 +335,14 @@ SCHEMA: tuple[SettingSpec, ...] = (
                 restrict_api=True),
     SettingSpec("api_forbid_local_requests", True, "Forbid URLs to local resources", "api", restrict_api=True,
                 info="Refuses image URLs that resolve to loopback, private or link-local addresses"),
+    # Sharing one server between users (modules.serving.accounts, modules.serving.jobs)
+    SettingSpec("queue_order", "round-robin", "Order of waiting jobs between users", "sharing",
+                choices=("round-robin", "fifo"),
+                info="round-robin: users take turns, so one user's long batch does not hold back the others; "
+                     "fifo: strictly in the order jobs were submitted. With one user both are the same"),
+    SettingSpec("multi_user_queue_limit", 4, "Waiting jobs a user may have (--multi-user)", "sharing",
+                minimum=0, maximum=1000,
+                info="More are refused with a message until one starts; 0: no limit"),
     # Model sources (modules.model_sources: the Models tab's look-ups and downloads)
     SettingSpec("hf_token", "", "Hugging Face token", "model-sources", secret=True, check=_no_line_breaks,
                 info="For gated and private repositories; sent only to the Hugging Face host. Empty: the HF_TOKEN "

@@ -17,6 +17,11 @@ the old value back when onchange raises):
    it applied get their previous values back, in config.json too, and the report says which and
    why (`reverted`). The model keeps the VAE it had.
 
+On a server shared with `--multi-user` (modules.serving.accounts) a user who is not an operator
+changes only their own checkpoint, VAE and clip skip (`change_user_choices`: stored per user,
+carried by their jobs, the model is not switched under anyone); every other key is refused, naming
+the operators' flag. Operators (`--admin-users`) change the global settings as above.
+
 Refusals differ by caller on purpose. Through the API a change is all or nothing: one refused key
 and nothing is stored (the route answers 422 naming every refused key). The Settings tab stores the
 valid fields and lists the refused ones, so one typo does not throw away the rest of the page.
@@ -31,7 +36,9 @@ from typing import Any
 
 from modules.common.atomic_files import DiskFullError
 from modules.serving.app_context import VAE_SETTINGS, AppContext
+from modules.serving.accounts import SHARED_USER, User
 from modules.serving.settings import secrets_unchanged
+from modules.serving.user_choices import USER_CHOICE_KEYS
 
 # Kept by the program (the loaded checkpoint's hash): a client posting back GET options sends it.
 READ_ONLY_SETTINGS = frozenset({"sd_checkpoint_hash"})
@@ -59,11 +66,15 @@ class SettingsChangeReport:
         return not self.refused and not self.reverted
 
 
-def change_settings(context: AppContext, changes: Mapping[str, Any], *, api: bool) -> SettingsChangeReport:
+def change_settings(context: AppContext, changes: Mapping[str, Any], *, api: bool,
+                    user: User = SHARED_USER) -> SettingsChangeReport:
     """Validate, store and apply `changes` (see the module docstring for the steps). `api`: the
-    change comes through the API (its policy rules; refusals change nothing at all). Raises
+    change comes through the API (its policy rules; refusals change nothing at all). `user`: who
+    asks (a --multi-user user who is not an operator changes only their own choices). Raises
     `CheckpointNotFoundError` / `BrokenCheckpointError` for a checkpoint that cannot be used, and
     OSError (e.g. `DiskFullError`) when config.json cannot be written."""
+    if not user.admin:
+        return _change_as_user(context, changes, api=api, user=user)
     changes = {key: value for key, value in changes.items() if key not in READ_ONLY_SETTINGS}
     changes = secrets_unchanged(changes, context.settings.specs_by_key())
     wanted = changes.pop(CHECKPOINT_SETTING, None)
@@ -104,6 +115,45 @@ def change_settings(context: AppContext, changes: Mapping[str, Any], *, api: boo
     stored_before = context.settings.stored()
     changed = context.settings.apply(clean)
     return replace(_apply_to_model(context, changed, before, stored_before, clean), refused=MappingProxyType(refused))
+
+
+OPERATORS_ONLY = ("setting {key!r} is global on this shared server: only its operators (--admin-users) change "
+                  "it. Your own choices are the checkpoint, VAE and clip skip (the top bar)")
+
+
+def _change_as_user(context: AppContext, changes: Mapping[str, Any], *, api: bool, user: User) -> SettingsChangeReport:
+    """A non-operator's change: their own choices stored, the rest refused (the module docstring)."""
+    changes = {key: value for key, value in changes.items() if key not in READ_ONLY_SETTINGS}
+    current = context.settings.current()
+    refused = {key: OPERATORS_ONLY.format(key=key) for key in changes
+               if key not in USER_CHOICE_KEYS and current.get(key, object()) != changes[key]}
+    own = {key: value for key, value in changes.items() if key in USER_CHOICE_KEYS}
+    if api and refused:
+        return SettingsChangeReport(refused=MappingProxyType(refused))
+    report = change_user_choices(context, user, own, api=api)
+    return replace(report, refused=MappingProxyType({**refused, **report.refused}))
+
+
+def change_user_choices(context: AppContext, user: User, changes: Mapping[str, Any], *,
+                        api: bool = False) -> SettingsChangeReport:
+    """Store `user`'s own checkpoint, VAE and clip skip (modules.serving.user_choices) after checking
+    them as `change_settings` would; nothing is loaded now (their next job loads it). Raises
+    `CheckpointNotFoundError` / `BrokenCheckpointError` for a checkpoint that cannot be used."""
+    if not user.name:
+        raise ValueError("a user's own choices need --multi-user and a logged-in user")
+    clean, refused = context.settings.validate_each({k: v for k, v in changes.items() if k != CHECKPOINT_SETTING})
+    if "sd_vae" in clean:
+        problem = _vae_problem(context, clean["sd_vae"], api=api)
+        if problem:
+            refused["sd_vae"] = problem
+            del clean["sd_vae"]
+    if changes.get(CHECKPOINT_SETTING):
+        wanted = changes[CHECKPOINT_SETTING]
+        clean[CHECKPOINT_SETTING] = context.checkpoints.check_loadable(context.checkpoints.find(str(wanted))).title
+    if api and refused:
+        return SettingsChangeReport(refused=MappingProxyType(refused))
+    changed = context.user_choices.set(user.name, clean)
+    return SettingsChangeReport(changed=tuple(changed), refused=MappingProxyType(refused))
 
 
 # Settings that name a listed upscaler (their choices are the model folders' files, so they are checked here).
