@@ -156,7 +156,9 @@ def owner_models(context: AppContext, owner: str, overrides: Mapping[str, Any]) 
     settings choose back. A checkpoint or VAE named in the request's `overrides` wins."""
     choices = context.user_choices.effective(owner, context.settings.current())
     if "sd_model_checkpoint" not in overrides:
-        wanted = choices["sd_model_checkpoint"]
+        # Nobody chose (no global setting either): what the server starts with, not whatever another
+        # user's job left loaded.
+        wanted = choices["sd_model_checkpoint"] or context.startup_checkpoint_title()
         if wanted:
             title = context.checkpoints.find(wanted).title
             current = context.models.current_info()
