@@ -3,7 +3,9 @@
 A1111 answers every failure with that JSON shape (A1111.md §8) but mostly with status 500, even for a
 checkpoint name that does not exist. Here the status says whose fault it was: 422 for bad input
 (the message names the field and the value, and says what would work), 404 for a checkpoint or job
-that does not exist, 507 when the server's disk is full, 500 only for other faults of the server itself.
+that does not exist, 429 for a user of a shared server (`--multi-user`) who already has as many jobs
+waiting as one user may, 507 when the server's disk is full, 500 only for other faults of the server
+itself.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modules.common.atomic_files import DiskFullError
 from modules.common.validation import validation_problems
 from modules.library.checkpoints import CheckpointNotFoundError
+from modules.serving.jobs import QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,9 @@ def exception_to_api_error(exc: BaseException) -> ApiError:
         return exc
     if isinstance(exc, CheckpointNotFoundError):
         return ApiError(404, str(exc), name=type(exc).__name__)
+    if isinstance(exc, QueueFullError):  # the user's waiting jobs are at the limit: try again later
+        return ApiError(429, f"{exc} (through the API: POST /sdapi/v1/jobs/{{id}}/interrupt; GET /sdapi/v1/jobs "
+                             "lists yours)", name=type(exc).__name__)
     if isinstance(exc, DiskFullError):  # the server's disk, not the request: 507 Insufficient Storage
         return ApiError(507, str(exc), name=type(exc).__name__)
     if isinstance(exc, ValidationError):
@@ -80,7 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(error.name, error.detail, error.detail), status_code=error.status_code)
 
     # Handled here, not by the catch-all below: Starlette re-raises what reaches the catch-all.
-    for expected in (ApiError, CheckpointNotFoundError, ValueError, DiskFullError):
+    for expected in (ApiError, CheckpointNotFoundError, ValueError, DiskFullError, QueueFullError):
         app.add_exception_handler(expected, _mapped)
 
     @app.exception_handler(RequestValidationError)

@@ -28,13 +28,15 @@ import base64
 import io
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modules.api.callers import caller
 from modules.api.errors import bad_request, describe_validation_error, exception_to_api_error
 from modules.api.images import MAX_API_IMAGE_PIXELS, PixelBudget, decode_input_image
 from modules.api.state import require_running_queue
+from modules.serving.accounts import SHARED_USER, User
 
 # All images of one batch request together (as img2img's init images and mask).
 MAX_BATCH_REQUEST_PIXELS = 2 * MAX_API_IMAGE_PIXELS
@@ -140,8 +142,10 @@ def encode_result(image: Image.Image, settings) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def run_request(context, body: ExtrasBaseRequest, images: list[tuple[str, Image.Image]], mode: int):
-    """Queue the Extras run for `images` and wait for it; its ExtrasResult, or an ApiError."""
+def run_request(context, body: ExtrasBaseRequest, images: list[tuple[str, Image.Image]], mode: int,
+                user: User = SHARED_USER):
+    """Queue the Extras run for `images` as `user`'s job and wait for it; its ExtrasResult, or an
+    ApiError (429 for a user of a shared server at their limit of waiting jobs)."""
     from modules.postprocessing.extras import ExtrasRequest, submit_extras, take_extras_result
 
     script_args = _script_args(body)
@@ -152,7 +156,7 @@ def run_request(context, body: ExtrasBaseRequest, images: list[tuple[str, Image.
         raise bad_request(describe_validation_error(error)) from None
     require_running_queue(context.jobs)
     try:
-        job = submit_extras(context, request)
+        job = submit_extras(context, request, owner=user.owner)
     except ValueError as error:
         raise bad_request(_api_field_names(str(error))) from None
     job.wait()
@@ -161,17 +165,17 @@ def run_request(context, body: ExtrasBaseRequest, images: list[tuple[str, Image.
     return take_extras_result(job)
 
 
-def single_image(context, body: ExtrasSingleImageRequest) -> dict[str, Any]:
+def single_image(context, body: ExtrasSingleImageRequest, user: User = SHARED_USER) -> dict[str, Any]:
     settings = context.settings.current()
     if not body.image:
         raise bad_request("image: no image sent; send the image as base64 (or an http(s) URL)")
     image = decode_input_image(body.image, settings, field="image")
-    result = run_request(context, body, [("", image)], mode=0)
+    result = run_request(context, body, [("", image)], mode=0, user=user)
     return {"html_info": result.html_info,
             "image": encode_result(result.images[0], settings) if result.images else None}
 
 
-def batch_images(context, body: ExtrasBatchImagesRequest) -> dict[str, Any]:
+def batch_images(context, body: ExtrasBatchImagesRequest, user: User = SHARED_USER) -> dict[str, Any]:
     settings = context.settings.current()
     from modules.postprocessing.extras import MAX_EXTRAS_IMAGES
 
@@ -183,7 +187,7 @@ def batch_images(context, body: ExtrasBatchImagesRequest) -> dict[str, Any]:
     budget = PixelBudget(MAX_BATCH_REQUEST_PIXELS)
     images = [(item.name, decode_input_image(item.data, settings, field=f"imageList[{index}]", budget=budget))
               for index, item in enumerate(body.imageList)]
-    result = run_request(context, body, images, mode=1)
+    result = run_request(context, body, images, mode=1, user=user)
     return {"html_info": result.html_info, "images": [encode_result(image, settings) for image in result.images]}
 
 
@@ -198,16 +202,18 @@ def build_router(context, state) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["extras"])
 
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
-    async def extra_single_image(body: ExtrasSingleImageRequest) -> dict[str, Any]:
+    async def extra_single_image(body: ExtrasSingleImageRequest, request: Request) -> dict[str, Any]:
         """A1111's Extras on one image: upscale by or to a size with one or two upscalers. Runs on the
         queue with the generations; nothing is saved."""
-        return await state.blocking(lambda: single_image(context, body))
+        user = caller(context, request)
+        return await state.blocking(lambda: single_image(context, body, user))
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
-    async def extra_batch_images(body: ExtrasBatchImagesRequest) -> dict[str, Any]:
+    async def extra_batch_images(body: ExtrasBatchImagesRequest, request: Request) -> dict[str, Any]:
         """A1111's Extras on several images (`imageList`), each as extra-single-image; extra images
         steps make are included."""
-        return await state.blocking(lambda: batch_images(context, body))
+        user = caller(context, request)
+        return await state.blocking(lambda: batch_images(context, body, user))
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers() -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from modules.api.callers import operators_only
 from modules.api.errors import bad_request, describe_validation_error, exception_to_api_error
 from modules.api.images import encode_png
 from modules.api.routes_models import api_setting_errors
@@ -31,7 +32,10 @@ from modules.serving.generation_service import (
     finished_generation,
     submit_generation,
 )
+from modules.serving.accounts import SHARED_USER, User
 from modules.serving.settings import validate_changes
+from modules.serving.settings_change import change_user_choices
+from modules.serving.user_choices import USER_CHOICE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -289,11 +293,36 @@ def processed_info(prepared: PreparedGeneration, job, finished: FinishedGenerati
 
 
 def submit_and_wait(context, state, prepared: PreparedGeneration, *,
-                    hidden_parameters: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """Queue the prepared request (FIFO with every other job), wait for it, answer as A1111."""
+                    hidden_parameters: frozenset[str] = frozenset(), user: User = SHARED_USER) -> dict[str, Any]:
+    """Queue the prepared request as `user`'s job (FIFO with every other job; between the users of
+    a shared server, in turns), wait for it, answer as A1111. A user at their limit of waiting jobs
+    gets `QueueFullError` (429)."""
     require_running_queue(context.jobs)
+    prepared, own_choices = for_user(context, prepared, user)
     job = submit_generation(context, prepared.submission)
     if prepared.body.force_task_id:
-        state.client_task_ids.remember(prepared.body.force_task_id, job.id)
+        state.client_task_ids.remember(prepared.body.force_task_id, job.id, owner=user.owner)
     job.wait()
+    if own_choices and job.state.value == "done":
+        change_user_choices(context, user, own_choices, api=True)
     return build_response(context, prepared, job, hidden_parameters=hidden_parameters)
+
+
+def for_user(context, prepared: PreparedGeneration, user: User) -> tuple[PreparedGeneration, dict[str, Any]]:
+    """`prepared` as `user`'s job, and the overrides to keep as their own choices once it has run.
+
+    `override_settings_restore_afterwards=false` makes the overrides the settings (A1111). On a
+    server shared with `--multi-user` those are global, so for a user who is not an operator the
+    request may keep only their own checkpoint and clip skip (stored as their choices, as
+    `POST /options` would); any other kept key is refused (403) before the job is queued."""
+    submission = replace(prepared.submission, owner=user.owner)
+    kept = dict(submission.keep_overrides)
+    if user.admin or not kept:
+        return replace(prepared, submission=submission), {}
+    global_keys = sorted(key for key in kept if key not in USER_CHOICE_KEYS)
+    if global_keys:
+        raise operators_only(f"keeping override_settings {global_keys} as the global settings "
+                             "(override_settings_restore_afterwards=false)",
+                             "send override_settings_restore_afterwards=true (the default) to use them for this "
+                             "request only")
+    return replace(prepared, submission=replace(submission, keep_overrides={})), kept

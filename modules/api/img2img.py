@@ -22,15 +22,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from modules.api import generation_api as shared
+from modules.api.callers import caller
 from modules.api.errors import bad_request, describe_validation_error, not_found
 from modules.api.generation_api import PreparedGeneration
 from modules.api.images import MAX_API_IMAGE_PIXELS, PixelBudget, decode_input_image
 from modules.api.schemas import ImageToImageResponse, Img2ImgApiRequest
 from modules.generation.requests import Img2ImgRequest
+from modules.serving.accounts import SHARED_USER, User
 
 # All images of one request together: the largest image the API takes and a mask of its size.
 MAX_REQUEST_PIXELS = 2 * MAX_API_IMAGE_PIXELS
@@ -98,20 +100,21 @@ def prepare(body: Img2ImgApiRequest, context) -> PreparedGeneration:
     return PreparedGeneration(body, shared.submission(body, generation, overrides, selection))
 
 
-def submit_and_wait(context, state, body: Img2ImgApiRequest) -> dict[str, Any]:
+def submit_and_wait(context, state, body: Img2ImgApiRequest, user: User = SHARED_USER) -> dict[str, Any]:
     prepared = prepare(body, context)
     hidden = frozenset() if body.include_init_images else IMAGE_PARAMETERS
-    return shared.submit_and_wait(context, state, prepared, hidden_parameters=hidden)
+    return shared.submit_and_wait(context, state, prepared, hidden_parameters=hidden, user=user)
 
 
 def build_router(context, state) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
 
     @router.post("/img2img", response_model=ImageToImageResponse)
-    async def img2img(body: Img2ImgApiRequest) -> dict[str, Any]:
+    async def img2img(body: Img2ImgApiRequest, request: Request) -> dict[str, Any]:
         """A1111's img2img and inpainting with its API defaults (Euler, 50 steps, 512x512, denoising
         0.75; with a mask: fill, Only masked, padding 0; nothing saved unless `save_images`).
         Requests run one at a time in arrival order with txt2img's; `info.job_id` names the job."""
-        return await state.blocking(lambda: submit_and_wait(context, state, body))
+        user = caller(context, request)
+        return await state.blocking(lambda: submit_and_wait(context, state, body, user))
 
     return router

@@ -9,6 +9,10 @@ the downloads, the folder rules and the write policy (its writing methods refuse
 server allows no downloads or conversions); a `ModelSourceError` answers with its own status
 (400 for a source that is no source, 403 for writes this server refuses, 404, 422, 502 ...).
 Calls that wait on the network or the disk run on a worker thread, never on the event loop.
+
+On a server shared with `--multi-user` the routes that write or stop something (downloads, their
+cancellation, cards, checkpoint tools) are for its operators (`--admin-users`); anyone may look a
+model up, follow the downloads and inspect a checkpoint (modules.api.callers).
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Body, status
+from fastapi import APIRouter, Body, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from modules.api.callers import caller, require_operator
 from modules.api.errors import ApiError, not_found
 from modules.model_sources.types import ModelSourceError
 
@@ -273,12 +278,13 @@ def build_router(context) -> APIRouter:
         return lookup_response(await call_service(lambda: service.lookup(body.source)))
 
     @router.post("/downloads", response_model=DownloadItem, status_code=status.HTTP_202_ACCEPTED)
-    async def start_download(body: Annotated[DownloadRequest, Body(openapi_examples=DOWNLOAD_EXAMPLES)]
-                             ) -> DownloadItem:
+    async def start_download(body: Annotated[DownloadRequest, Body(openapi_examples=DOWNLOAD_EXAMPLES)],
+                             request: Request) -> DownloadItem:
         """Start downloading a model file; answers at once with the download's id and state. Follow it
         with `GET /downloads/{id}`. The file is verified (size, sha256 as published) before it is
         renamed into its folder, with its cards beside it; a file whose sha256 is already here is not
         downloaded again (state `exists`, `destination` says where)."""
+        require_operator(caller(context, request), "downloading models")
         service = model_sources_of(context)
         model_type = TYPE_NAME_BY_KIND.get(body.model_type, body.model_type)
         return download_item(await call_service(
@@ -298,7 +304,8 @@ def build_router(context) -> APIRouter:
         except KeyError:
             raise _unknown_download(download_id) from None
 
-    async def _cancel(download_id: str) -> DownloadItem:
+    async def _cancel(download_id: str, request: Request) -> DownloadItem:
+        require_operator(caller(context, request), "stopping a model download")
         service = model_sources_of(context)
 
         def cancel():
@@ -310,19 +317,20 @@ def build_router(context) -> APIRouter:
         return download_item(await call_service(cancel))
 
     @router.post("/downloads/{download_id}/cancel", response_model=DownloadItem)
-    async def cancel_download(download_id: str) -> DownloadItem:
+    async def cancel_download(download_id: str, request: Request) -> DownloadItem:
         """Stop a download. The partial `.part` file stays, so the same download started again resumes."""
-        return await _cancel(download_id)
+        return await _cancel(download_id, request)
 
     @router.delete("/downloads/{download_id}", response_model=DownloadItem)
-    async def delete_download(download_id: str) -> DownloadItem:
+    async def delete_download(download_id: str, request: Request) -> DownloadItem:
         """The same as `POST /downloads/{id}/cancel`."""
-        return await _cancel(download_id)
+        return await _cancel(download_id, request)
 
     @router.post("/cards", response_model=CardsResponse)
-    async def fetch_cards(body: CardsRequest) -> CardsResponse:
+    async def fetch_cards(body: CardsRequest, request: Request) -> CardsResponse:
         """Cards for files already here: each file is looked up on Civitai by its sha256, and what is
         found is written beside it (`<name>.json` merged with the user's, `<name>.civitai.info`, a preview)."""
+        require_operator(caller(context, request), "fetching model cards")
         service = model_sources_of(context)
         results = await call_service(lambda: service.fetch_cards(body.kind, body.name))
         return CardsResponse(kind=body.kind, results=[CardOutcome(file=f, outcome=o) for f, o in results])
@@ -337,8 +345,9 @@ def build_router(context) -> APIRouter:
         return InspectResponse(name=body.name, report=plain(report))
 
     @router.post("/convert", response_model=ToolResponse)
-    async def convert(body: ConvertRequest) -> ToolResponse:
+    async def convert(body: ConvertRequest, request: Request) -> ToolResponse:
         """Run a checkpoint tool; the new file is written atomically beside the original and listed."""
+        require_operator(caller(context, request), "running checkpoint tools")
         service = model_sources_of(context)
         result = await call_service(lambda: service.run_tool(body.tool, body.name))
         return ToolResponse(name=body.name, tool=body.tool, result=plain(result))

@@ -4,17 +4,23 @@ per worker actor, as the pool last saw it; in the embedded (default) mode the on
 Atelier's own namespace, like `/atelier/v1/models`: served with or without `--api` and behind the API's
 credentials (modules.api.auth). The answer is read from memory (the pool's last report, the job queue,
 the model manager), never by a round trip to the workers, so polling it is cheap.
+
+On a server shared with `--multi-user`, a user who is not an operator sees another user's job on a
+worker as nothing: `current_job` only when the job is theirs, `last_error` (another user's job may
+have failed with their prompt in the message) never.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from modules.api.callers import caller
 from modules.cluster.embedded import embedded_workers
 from modules.cluster.types import workers_summary
+from modules.serving.accounts import SHARED_USER, User
 
 PATH = "/atelier/v1/workers"
 
@@ -53,26 +59,34 @@ class WorkersResponse(BaseModel):
              "last_error": "cannot read /models/b.safetensors: not on this node", "extra": {}}]}]})
 
 
-def workers_response(context) -> WorkersResponse:
+def workers_response(context, user: User = SHARED_USER) -> WorkersResponse:
     """The answer for `context`: its Ray pool's view when it has one (`context.cluster`), else the
-    embedded worker."""
+    embedded worker; as `user` may see it (the module docstring)."""
     cluster = getattr(context, "cluster", None)
     if cluster is not None:
         mode, workers, summary = "ray", cluster.describe(), cluster.summary()
     else:
         workers = embedded_workers(context)
         mode, summary = "embedded", workers_summary(workers)
-    return WorkersResponse(mode=mode, summary=summary,
-                           workers=[WorkerItem.model_validate(worker.as_json()) for worker in workers])
+    items = [WorkerItem.model_validate(worker.as_json()) for worker in workers]
+    if not user.admin:
+        items = [_as_seen_by(item, context, user) for item in items]
+    return WorkersResponse(mode=mode, summary=summary, workers=items)
+
+
+def _as_seen_by(item: WorkerItem, context, user: User) -> WorkerItem:
+    job = context.jobs.get(item.current_job) if item.current_job else None
+    own = job is not None and user.owns(job.owner)
+    return item.model_copy(update={"current_job": item.current_job if own else None, "last_error": None})
 
 
 def build_router(context) -> APIRouter:
     router = APIRouter(tags=["workers"])
 
     @router.get(PATH, response_model=WorkersResponse)
-    def workers() -> WorkersResponse:
+    def workers(request: Request) -> WorkersResponse:
         """The workers that run generation and merge jobs: id, node, device, state, loaded checkpoints,
         current job, jobs done and last error, with the status bar's summary ("3 workers, 2 busy")."""
-        return workers_response(context)
+        return workers_response(context, caller(context, request))
 
     return router

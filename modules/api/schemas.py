@@ -173,6 +173,8 @@ class JobStatus(BaseModel):
     info: list[str]
     client_task_id: str | None = Field(None, description="the request's force_task_id, if it sent one")
     result: dict[str, Any] | None = None
+    owner: str | None = Field(None, description="the user whose job it is on a server shared with --multi-user; "
+                                                "null on a single-user server")
 
 
 class SDModelItem(BaseModel):

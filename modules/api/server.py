@@ -39,7 +39,7 @@ def create_app(context: AppContext, *, api: bool = True, ui: bool = False) -> Fa
         app.include_router(txt2img.build_router(context, state))
         app.include_router(img2img.build_router(context, state))
         app.include_router(extras.build_router(context, state))
-        app.include_router(progress.build_router(context.jobs, state))
+        app.include_router(progress.build_router(context.jobs, state, context.accounts))
         app.include_router(routes_models.build_router(context, state))
         app.include_router(routes_networks.build_router(context))
         app.include_router(routes_info.build_router(context))

@@ -21,28 +21,31 @@ CLIENT_TASK_IDS_KEPT = 1000
 
 
 class ClientTaskIds:
-    """A request's `force_task_id` (A1111's way for a client to name its task) -> our job id."""
+    """A request's `force_task_id` (A1111's way for a client to name its task) -> our job id.
+
+    The names are the clients' own, so each owner (a user of `--multi-user`; None on a single-user
+    server) has their own: one user's client id never finds, or replaces, another user's job."""
 
     def __init__(self, limit: int = CLIENT_TASK_IDS_KEPT):
         self._limit = limit
         self._lock = threading.Lock()
-        self._by_client: OrderedDict[str, str] = OrderedDict()
+        self._by_client: OrderedDict[tuple[str | None, str], str] = OrderedDict()
         self._by_job: dict[str, str] = {}
 
-    def remember(self, client_id: str, job_id: str) -> None:
+    def remember(self, client_id: str, job_id: str, owner: str | None = None) -> None:
         with self._lock:
-            previous = self._by_client.pop(client_id, None)
+            previous = self._by_client.pop((owner, client_id), None)
             if previous is not None:
                 self._by_job.pop(previous, None)
-            self._by_client[client_id] = job_id
+            self._by_client[(owner, client_id)] = job_id
             self._by_job[job_id] = client_id
             while len(self._by_client) > self._limit:
                 _, old_job = self._by_client.popitem(last=False)
                 self._by_job.pop(old_job, None)
 
-    def job_id(self, client_id: str) -> str | None:
+    def job_id(self, client_id: str, owner: str | None = None) -> str | None:
         with self._lock:
-            return self._by_client.get(client_id)
+            return self._by_client.get((owner, client_id))
 
     def client_id(self, job_id: str) -> str | None:
         with self._lock:

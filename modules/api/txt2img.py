@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from modules.api import generation_api as shared
+from modules.api.callers import caller
 from modules.api.errors import bad_request, describe_validation_error
 from modules.api.generation_api import PreparedGeneration
 from modules.api.schemas import TextToImageResponse, Txt2ImgApiRequest
 from modules.generation.engine import GenerationRequest
+from modules.serving.accounts import SHARED_USER, User
 
 # Kept under its old name: a prepared txt2img request is a PreparedGeneration.
 PreparedTxt2Img = PreparedGeneration
@@ -81,17 +83,19 @@ def prepare(body: Txt2ImgApiRequest, context) -> PreparedGeneration:
     return PreparedGeneration(body, shared.submission(body, generation, overrides, selection))
 
 
-def submit_and_wait(context, state, body: Txt2ImgApiRequest) -> dict[str, Any]:
-    return shared.submit_and_wait(context, state, prepare(body, context))
+def submit_and_wait(context, state, body: Txt2ImgApiRequest, user: User = SHARED_USER) -> dict[str, Any]:
+    return shared.submit_and_wait(context, state, prepare(body, context), user=user)
 
 
 def build_router(context, state) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
 
     @router.post("/txt2img", response_model=TextToImageResponse)
-    async def txt2img(body: Txt2ImgApiRequest) -> dict[str, Any]:
+    async def txt2img(body: Txt2ImgApiRequest, request: Request) -> dict[str, Any]:
         """A1111's txt2img with its API defaults (Euler, 50 steps, nothing saved unless
-        `save_images`). Requests run one at a time in arrival order; `info.job_id` names the job."""
-        return await state.blocking(lambda: submit_and_wait(context, state, body))
+        `save_images`). Requests run one at a time in arrival order (between the users of a shared
+        server, in turns); `info.job_id` names the job."""
+        user = caller(context, request)
+        return await state.blocking(lambda: submit_and_wait(context, state, body, user))
 
     return router
