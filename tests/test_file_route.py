@@ -252,3 +252,34 @@ def test_the_install_folders_tmp_serves_only_text_lists(site):
             resolve_file(refused, roots, private, base=site.data)
     with pytest.raises(FileMissing):
         resolve_file("tmp/gone.txt", roots, private, base=site.data)
+
+
+def test_multi_user_route_alone_serves_each_user_their_own_outputs(site):
+    """Without the guard in front (modules.ui.user_file_guard), the route itself keeps users apart:
+    another user's image or the shared old folder is 404 whether it exists or not; the operator
+    reads every output; extension files are served to everyone as before."""
+    from modules.serving.accounts import Accounts
+
+    alice = site.data / "outputs" / "alice" / "img2img-images" / "2026-01-01" / "1.png"
+    bob = site.data / "outputs" / "bob" / "txt2img-images" / "2026-01-01" / "1.png"
+    for path in (alice, bob):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"png of " + path.parts[-5].encode())
+    context = SimpleNamespace(**vars(site.context), accounts=Accounts(True, ("alice", "bob", "carol"),
+                                                                       frozenset({"carol"})))
+    context.args = parse_args(["--data-dir", str(site.data), "--multi-user", "--gradio-auth",
+                               "alice:pa,bob:pb,carol:pc", "--admin-users", "carol"])
+    app = FastAPI()
+    install_file_route(app, context)
+    install_auth(app, context.args)
+    client = TestClient(app)
+
+    def get(user: str, path) -> int:
+        token = base64.b64encode(f"{user}:p{user[0]}".encode()).decode()
+        return client.get(f"/file={path}", headers={"Authorization": f"Basic {token}"}).status_code
+
+    assert get("alice", alice) == 200 and get("bob", bob) == 200
+    assert get("alice", bob) == 404 and get("alice", bob.parent / "missing.png") == 404
+    assert get("alice", site.images / "00001-5.png") == 404  # the shared single-user folder
+    assert get("carol", bob) == 200 and get("carol", site.images / "00001-5.png") == 200
+    assert get("bob", site.ext / "javascript" / "sample.js") == 200

@@ -44,6 +44,11 @@ Security (DESIGN.md "Security": a logged-in user on `--listen` is not the operat
 - Only regular files are read (no device, FIFO or socket: reading `/dev/zero` never ends), and only
   files whose real path lies in the folder named (a symbolic link that leads out is skipped). An
   image's size is read from its header before any pixel is decoded.
+- On a server shared with `--multi-user`, a batch submitted with an `owner` is that user's job (the
+  queue's turns and limits, their checkpoint, VAE and clip skip, their output folders, as a single
+  img2img of theirs: modules.serving.generation_service.for_owner), and a user who is not an operator
+  may name only folders inside their own output folders (`owner_folders`; `outputs/<user>/...`), for
+  every folder of the batch: another user's images are not theirs to read, nor their folders to fill.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,12 +206,16 @@ class BatchPlan:
     warnings: list[str] = field(default_factory=list)
 
 
-def plan_batch(spec: BatchSpec, args, data_dir: Path) -> BatchPlan:
+def plan_batch(spec: BatchSpec, args, data_dir: Path, *, allowed_folders: Sequence[Path] | None = None) -> BatchPlan:
     """Check `spec` against the server's rules (`args`: the flags; `data_dir`: the data folder) and
-    list its files. Raises `BatchRefused` naming the field."""
+    list its files. `allowed_folders`: the only folders (real paths) the batch may name, on a
+    `--multi-user` server (`owner_folders`); None: any the rules allow. Raises `BatchRefused` naming
+    the field."""
     refusal = directories_refusal(args) if spec.folders() else None
     if refusal is not None:
         raise BatchRefused(f"{', '.join(spec.folders())}: {refusal}")
+    for label, value in spec.folders().items():
+        check_owner_folder(_resolved(value, label, data_dir), label, value, allowed_folders)
     warnings: list[str] = []
     png_info_dir = None
     if spec.use_png_info and spec.png_info_dir:
@@ -226,6 +236,30 @@ def plan_batch(spec: BatchSpec, args, data_dir: Path) -> BatchPlan:
         raise BatchRefused(f"Input directory: no images to process in {input_dir} (looked for "
                            f"{' '.join(IMAGE_EXTENSIONS)}, in subfolders too){first}")
     return BatchPlan(files, output_dir, png_info_dir, spec.png_info_props if spec.use_png_info else (), warnings)
+
+
+def owner_folders(context: AppContext, owner: str | None) -> list[Path] | None:
+    """The folders (real paths) a batch of `owner` may name on a `--multi-user` server: their own
+    output folders (modules.outputs.output_paths.user_folders). None (no limit beyond the server's
+    folder rules): no `--multi-user`, no owner (the server's own work), or an operator."""
+    accounts = getattr(context, "accounts", None)
+    if owner is None or accounts is None or not accounts.multi_user or accounts.user(owner).admin:
+        return None
+    from modules.outputs.output_paths import user_folders
+
+    return [Path(os.path.realpath(folder))
+            for folder in user_folders(context.settings.current(), owner, context.paths.data_dir)]
+
+
+def check_owner_folder(folder: Path, label: str, value: str, allowed: Sequence[Path] | None) -> None:
+    """Refuse `folder` (resolved; `value` as the user wrote it) unless it lies in one of `allowed`."""
+    if allowed is None or any(is_inside(folder, root) for root in allowed):
+        return
+    shown = f"{value!r}" + (f" (that is {folder})" if str(folder) != value else "")
+    mine = allowed[0] if allowed else "your outputs folder"
+    raise BatchRefused(f"{label}: {shown} is not one of your folders; on this shared server (--multi-user) a batch "
+                       f"reads and writes only inside your own output folders, such as {mine} (give "
+                       f"'{mine}/batch' or a folder below it), unless an operator (--admin-users) runs it")
 
 
 def _resolved(value: str, label: str, data_dir: Path) -> Path:
@@ -374,7 +408,8 @@ def read_image(path: Path, root: Path | None, what: str = "image") -> Image.Imag
 
 
 def submit_batch(context: AppContext, template: Mapping[str, Any], spec: BatchSpec,
-                 selection: ScriptSelection | None = None, *, scale_by: float | None = None) -> Job:
+                 selection: ScriptSelection | None = None, *, scale_by: float | None = None,
+                 owner: str | None = None) -> Job:
     """Check the batch and queue it as one job; returns the job at once. Its result is a
     `GenerationResult`: the gallery's images (the first `img2img_batch_show_results_limit`), their
     infotexts and seeds, every saved path and the warnings (skipped files).
@@ -382,21 +417,37 @@ def submit_batch(context: AppContext, template: Mapping[str, Any], spec: BatchSp
     `template`: `Img2ImgRequest` fields for every file, without `init_images` or `mask`. `scale_by`:
     the tab's "Resize by" factor, or None for its width and height; each file is then
     `int(w·s)×int(h·s)` rounded down to a multiple of 8 (at least 64), as requests need.
-    Raises `BatchRefused` (or another ValueError naming the field) and queues nothing."""
-    _check_template(template)
+    `owner`: the submitting user on a `--multi-user` server (see the module docstring); None: the
+    shared user of a single-user server. Raises `BatchRefused` (or another ValueError naming the
+    field, or the queue's `QueueFullError`) and queues nothing."""
+    stand_in = _check_template(template)
     template = {name: value for name, value in template.items() if name not in PER_FILE_FIELDS}
     settings = context.settings.current()
     check_prompt_length(template.get("prompt", ""), template.get("negative_prompt", ""), settings["prompt_max_length"])
     if scale_by is not None and not 0 < scale_by <= 8:
         raise ValueError(f"Resize by: {scale_by!r} must be a number in (0, 8]")
-    plan = plan_batch(spec, context.args, context.paths.data_dir)
+    plan = plan_batch(spec, context.args, context.paths.data_dir, allowed_folders=owner_folders(context, owner))
+    owner = owner if getattr(getattr(context, "accounts", None), "multi_user", False) else None
+    if owner is not None:
+        template = {**template, "override_settings": _owner_overrides(context, stand_in, owner)}
     description = f"img2img batch: {len(plan.files)} file{'s' if len(plan.files) != 1 else ''}"
+    from modules.serving.generation_service import expected_steps
+
     return context.jobs.submit(lambda control: run_batch(context, template, plan, control, selection,
-                                                         scale_by=scale_by),
-                               kind=BATCH_JOB_KIND, description=description)
+                                                         scale_by=scale_by, owner=owner),
+                               kind=BATCH_JOB_KIND, description=description, owner=owner,
+                               expected_steps=expected_steps(stand_in) * len(plan.files))
 
 
-def _check_template(template: Mapping[str, Any]) -> None:
+def _owner_overrides(context: AppContext, stand_in: Img2ImgRequest, owner: str) -> dict[str, Any]:
+    """The override settings a single img2img of `owner` runs with (their folders and clip skip, with
+    Ray workers their checkpoint and VAE): the batch's files are that user's images too."""
+    from modules.serving.generation_service import GenerationSubmission, for_owner
+
+    return dict(for_owner(context, GenerationSubmission(stand_in, owner=owner)).request.override_settings)
+
+
+def _check_template(template: Mapping[str, Any]) -> Img2ImgRequest:
     from modules.generation.requests import Img2ImgRequest
 
     given = [name for name in PER_FILE_FIELDS if template.get(name) is not None]
@@ -406,7 +457,7 @@ def _check_template(template: Mapping[str, Any]) -> None:
     if unknown:
         raise ValueError(f"batch template: unknown img2img field(s) {unknown}")
     # Every field checked now, against a stand-in image, so a bad value fails before the job is queued.
-    Img2ImgRequest(**{**template, "init_images": [Image.new("RGB", (64, 64))], "mask": None})
+    return Img2ImgRequest(**{**template, "init_images": [Image.new("RGB", (64, 64))], "mask": None})
 
 
 def _fixed_seeds(template: dict[str, Any]) -> dict[str, Any]:
@@ -431,8 +482,10 @@ class _FileProgress:
 
 
 def run_batch(context: AppContext, template: Mapping[str, Any], plan: BatchPlan, control: JobControl | None = None,
-              selection: ScriptSelection | None = None, *, scale_by: float | None = None) -> GenerationResult:
-    """The job's work: every file of `plan`, in order (see the module docstring)."""
+              selection: ScriptSelection | None = None, *, scale_by: float | None = None,
+              owner: str | None = None) -> GenerationResult:
+    """The job's work: every file of `plan`, in order (see the module docstring). `owner`: the user
+    of a `--multi-user` server whose checkpoint and VAE the files run with."""
     from modules.generation.engine import NullControl
     from modules.serving.jobs import JobInterrupted
 
@@ -445,38 +498,58 @@ def run_batch(context: AppContext, template: Mapping[str, Any], plan: BatchPlan,
         log.warning("img2img batch: %s", warning)
         control.add_info(warning)
     control.set_info("job_count", count * int(base.get("n_iter", 1)))
-    if "sd_model_checkpoint" not in base.get("override_settings", {}) and context.cluster is None:
-        context.load_default_model()  # with Ray workers, each file's request loads it on its worker
     save = True if plan.output_dir is not None else None
-    for index, item in enumerate(plan.files):
-        if control.interrupted:
-            combined.interrupted = True
-            break
-        control.consume_skip()  # a skip asked between two files is not carried to the next one
-        control.add_info(f"Batch file {index + 1} of {count}: {item.path.name}")
-        notes: list[str] = []
-        try:
-            request = _file_request(context, base, plan, item, scale_by, notes)
-        except (SkippedFile, ValueError) as error:
-            _warn(combined, control, str(error) if isinstance(error, SkippedFile) else f"{item.path}: {error}; skipped")
-            continue
-        finally:
-            for note in notes:
-                _warn(combined, control, note)
-        try:
-            result = _run_one(context, request, _FileProgress(control, index, count), save, selection)
-        except JobInterrupted:
-            combined.interrupted = True
-            break
-        except ValueError as error:  # bad input for this file (an empty mask, ...): the others still run
-            _warn(combined, control, f"{item.path}: {error}; skipped")
-            continue
-        _collect(combined, result, limit)
-        if result.interrupted:
-            combined.interrupted = True
-            break
+    with _batch_models(context, base.get("override_settings") or {}, owner):
+        for index, item in enumerate(plan.files):
+            if control.interrupted:
+                combined.interrupted = True
+                break
+            control.consume_skip()  # a skip asked between two files is not carried to the next one
+            control.add_info(f"Batch file {index + 1} of {count}: {item.path.name}")
+            notes: list[str] = []
+            try:
+                request = _file_request(context, base, plan, item, scale_by, notes)
+            except (SkippedFile, ValueError) as error:
+                _warn(combined, control,
+                      str(error) if isinstance(error, SkippedFile) else f"{item.path}: {error}; skipped")
+                continue
+            finally:
+                for note in notes:
+                    _warn(combined, control, note)
+            try:
+                result = _run_one(context, request, _FileProgress(control, index, count), save, selection)
+            except JobInterrupted:
+                combined.interrupted = True
+                break
+            except ValueError as error:  # bad input for this file (an empty mask, ...): the others still run
+                _warn(combined, control, f"{item.path}: {error}; skipped")
+                continue
+            _collect(combined, result, limit)
+            if result.interrupted:
+                combined.interrupted = True
+                break
     combined.warnings = _shown_warnings(combined.warnings)
     return combined
+
+
+@contextmanager
+def _batch_models(context: AppContext, overrides: Mapping[str, Any], owner: str | None) -> Iterator[None]:
+    """Inside, the checkpoint the files run on is current: the owner's (with their VAE) on a
+    `--multi-user` server, else the loaded one (the start-up choice when none is). A checkpoint the
+    template names is loaded by each file's request; with Ray workers each file's request loads its
+    checkpoint on its worker."""
+    if context.cluster is not None:
+        yield
+        return
+    if owner is not None:
+        from modules.serving.generation_service import owner_models
+
+        with owner_models(context, owner, overrides):
+            yield
+        return
+    if "sd_model_checkpoint" not in overrides:
+        context.load_default_model()
+    yield
 
 
 def _shown_warnings(warnings: Sequence[str]) -> list[str]:

@@ -134,3 +134,49 @@ def user_output_overrides(settings, user: str, data_dir: Path) -> dict[str, str]
 def user_outputs_root(data_dir: Path, user: str) -> Path:
     """`<data>/outputs/<user>`: the folder of a user's images with the default output settings."""
     return Path(os.path.abspath(data_dir)) / OUTPUTS_FOLDER / user
+
+
+def user_folders(settings, user: str, data_dir: Path) -> list[Path]:
+    """Every folder a job of `user` writes into on a server shared with `--multi-user` (their
+    `outputs/<user>` and `user_output_dir` of each output setting in effect, defaults included),
+    each once, in a stable order. What a non-operator may read back and name as a batch folder."""
+    folders = [user_outputs_root(data_dir, user)]
+    folders += [Path(value) for value in user_output_overrides(settings, user, data_dir).values()]
+    return list(dict.fromkeys(folders))
+
+
+def shared_output_folders(settings, data_dir: Path) -> list[Path]:
+    """The folders every user's folders are made from: `<data>/outputs` and each output setting's
+    folder in effect (one the operator set elsewhere included). On a `--multi-user` server what lies
+    there outside a user's own folder is the operator's (single-user images from before included)."""
+    data_dir = Path(os.path.abspath(data_dir))
+    folders = [data_dir / OUTPUTS_FOLDER]
+    for key in sorted(OUTPUT_DIR_SETTINGS):
+        value = settings[key] or DEFAULT_OUTPUT_DIRS.get(key, "")
+        if value:
+            path = Path(value).expanduser()
+            folders.append(Path(os.path.normpath(path if path.is_absolute() else data_dir / path)))
+    return list(dict.fromkeys(folders))
+
+
+@dataclass(frozen=True)
+class OutputArea:
+    """An output folder and whose it is: a user's name, or None for the shared (operator's) folders."""
+
+    folder: Path
+    owner: str | None
+
+
+def output_areas(settings, data_dir: Path, users) -> tuple[OutputArea, ...]:
+    """The output folders of a `--multi-user` server with their owners, real paths (links followed),
+    the most specific first: look a path up with `area_of`."""
+    areas = [OutputArea(_real(folder), None) for folder in shared_output_folders(settings, data_dir)]
+    for user in users:
+        areas += [OutputArea(_real(folder), user) for folder in user_folders(settings, user, data_dir)]
+    # Longest first: a user's folder lies inside a shared one and must win over it.
+    return tuple(sorted(dict.fromkeys(areas), key=lambda area: len(area.folder.parts), reverse=True))
+
+
+def area_of(path: Path, areas) -> OutputArea | None:
+    """The most specific of `areas` (from `output_areas`) that holds the real path `path`, or None."""
+    return next((area for area in areas if path == area.folder or path.is_relative_to(area.folder)), None)

@@ -28,6 +28,11 @@ step made:
 Mode 2 follows img2img Batch's folder rules (modules.generation.img2img_batch): refused where the
 server locks folder settings (`--hide-ui-dir-config`, or listening beyond localhost without
 `--allow-ui-dir-config`); folders resolved and checked (the output folder only where outputs may go).
+
+On a server shared with `--multi-user` a request submitted with an `owner` is that user's job (the
+queue's turns and limits) and saves into their folders (`outputs/<user>/extras-images`:
+modules.outputs.output_paths.user_output_dir); mode 2's folders must be inside their own output
+folders unless they are an operator, as img2img Batch's.
 The listing is A1111's: not recursive, dotfiles skipped, natural order; a file that is not a readable
 image (or is too large) is skipped with a warning (A1111 skips it silently).
 
@@ -219,29 +224,44 @@ def upload_size(path: str | os.PathLike, name: str | None = None) -> tuple[int, 
     return width, height
 
 
-def _output_folder(context, request: ExtrasRequest) -> Path:
+def _multi_user(context) -> bool:
+    """Whether the server keeps its users apart (`--multi-user`; modules.serving.accounts)."""
+    return bool(getattr(getattr(context, "accounts", None), "multi_user", False))
+
+
+def _output_folder(context, request: ExtrasRequest, owner: str | None = None) -> Path:
     settings = context.settings.current()
     if request.mode == 2 and request.output_dir.strip():
-        from modules.generation.img2img_batch import BatchRefused, batch_output_dir
+        from modules.generation.img2img_batch import BatchRefused, batch_output_dir, check_owner_folder, owner_folders
 
+        value = request.output_dir.strip()
         try:
-            return batch_output_dir(request.output_dir.strip(), context.args, context.paths.data_dir)
+            folder = batch_output_dir(value, context.args, context.paths.data_dir)
+            check_owner_folder(folder, "Output directory", value, owner_folders(context, owner))
         except BatchRefused as error:
             raise ValueError(str(error)) from None
+        return folder
     folder = settings["outdir_samples"] or settings["outdir_extras_samples"] or "outputs/extras-images"
+    if owner is not None:
+        from modules.outputs.output_paths import user_output_dir
+
+        return user_output_dir(folder, owner, context.paths.data_dir)
     return Path(context.paths.data_dir, folder)
 
 
-def _folder_sources(context, request: ExtrasRequest, warnings: list[str]) -> list[_Source]:
+def _folder_sources(context, request: ExtrasRequest, warnings: list[str], owner: str | None = None) -> list[_Source]:
     """Mode 2's files (module docstring)."""
-    from modules.generation.img2img_batch import BatchRefused, existing_dir, is_inside, directories_refusal
+    from modules.generation.img2img_batch import (BatchRefused, check_owner_folder, directories_refusal,
+                                                  existing_dir, is_inside, owner_folders)
     from modules.library.checkpoints import natural_sort_key
 
     refusal = directories_refusal(context.args)
     if refusal is not None:
         raise ValueError(f"Batch from Directory: {refusal}")
     try:
-        folder = existing_dir(request.input_dir.strip(), "Input directory", context.paths.data_dir)
+        value = request.input_dir.strip()
+        folder = existing_dir(value, "Input directory", context.paths.data_dir)
+        check_owner_folder(folder, "Input directory", value, owner_folders(context, owner))
     except BatchRefused as error:
         raise ValueError(str(error)) from None
     try:
@@ -264,17 +284,19 @@ def _folder_sources(context, request: ExtrasRequest, warnings: list[str]) -> lis
     return sources
 
 
-def plan_extras(context, request: ExtrasRequest) -> _Plan:
+def plan_extras(context, request: ExtrasRequest, owner: str | None = None) -> _Plan:
     """Check `request` against the app (its steps, upscalers, folders, the output budget) without
-    doing any work: uploaded files are measured from their headers, nothing is decoded."""
-    owner = context.postprocessing
-    owner.check_args(request.script_args)
+    doing any work: uploaded files are measured from their headers, nothing is decoded. `owner`: the
+    user of a `--multi-user` server it is for (their folders; see the module docstring)."""
+    owner = owner if _multi_user(context) else None
+    steps = context.postprocessing
+    steps.check_args(request.script_args)
     budget = output_budget(context.settings.current())
     warnings: list[str] = []
     upscale_args = request.script_args.get(UPSCALE_SCRIPT)
-    upscale = owner.find(UPSCALE_SCRIPT) if upscale_args is not None else None
+    upscale = steps.find(UPSCALE_SCRIPT) if upscale_args is not None else None
     if request.mode == 2:
-        sources = _folder_sources(context, request, warnings)
+        sources = _folder_sources(context, request, warnings, owner)
         if upscale is not None:  # the images are read on the worker; the arguments can be checked now
             _step_check(None, lambda: upscale.check_names(**upscale_args))
     else:
@@ -294,7 +316,7 @@ def plan_extras(context, request: ExtrasRequest) -> _Plan:
             count = len(sources)
             raise ValueError(_over_budget(f"the {count} result{'s' if count != 1 else ''}", total, budget)
                              + ": send fewer images, or upscale by a smaller factor")
-    return _Plan(request, tuple(sources), _output_folder(context, request), tuple(warnings), budget)
+    return _Plan(request, tuple(sources), _output_folder(context, request, owner), tuple(warnings), budget)
 
 
 def _step_check(name: str | None, check):
@@ -309,14 +331,17 @@ def _step_check(name: str | None, check):
         raise ValueError(f"{name}: {error}") from None
 
 
-def submit_extras(context, request: ExtrasRequest) -> Job:
+def submit_extras(context, request: ExtrasRequest, *, owner: str | None = None) -> Job:
     """Check `request` (raises ValueError naming the problem; nothing is queued then) and queue it as
-    one job of kind "extras"; the job's result is an `ExtrasResult`."""
-    plan = plan_extras(context, request)
+    one job of kind "extras"; the job's result is an `ExtrasResult`. `owner`: the submitting user of
+    a `--multi-user` server (`User.owner`; the job is theirs and saves into their folders), None for
+    the shared user of a single-user server; their waiting limit raises `QueueFullError`."""
+    owner = owner if _multi_user(context) else None
+    plan = plan_extras(context, request, owner)
     count = len(plan.sources)
     description = f"extras: {count} image{'s' if count != 1 else ''}"
     return context.jobs.submit(lambda control: run_extras_plan(context, plan, control), kind=EXTRAS_JOB_KIND,
-                               description=description)
+                               description=description, owner=owner)
 
 
 def take_extras_result(job: Job) -> ExtrasResult:
@@ -479,14 +504,16 @@ def _write_caption(image_path: str, caption: str, action: str) -> None:
     write_bytes(path, caption.strip().encode("utf8"), what=f"the caption {path.name}")
 
 
-def run_extras_now(context, request: ExtrasRequest) -> ExtrasResult:
+def run_extras_now(context, request: ExtrasRequest, *, owner: str | None = None) -> ExtrasResult:
     """Run `request` and wait for it: on the job worker when called from elsewhere (an extension's
-    handler), directly when already there (an extension's script inside a job)."""
-    plan = plan_extras(context, request)
+    handler), directly when already there (an extension's script inside a job). `owner`: as for
+    `submit_extras`."""
+    owner = owner if _multi_user(context) else None
+    plan = plan_extras(context, request, owner)
     if context.jobs.on_worker():
         return run_extras_plan(context, plan)
     job = context.jobs.submit(lambda control: run_extras_plan(context, plan, control), kind=EXTRAS_JOB_KIND,
-                              description=f"extras: {len(plan.sources)} image(s)")
+                              description=f"extras: {len(plan.sources)} image(s)", owner=owner)
     job.wait()
     if job.exception is not None:
         raise job.exception

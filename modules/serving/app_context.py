@@ -51,19 +51,20 @@ def folders_written(paths: Paths, settings) -> list[tuple[Path, int]]:
     """(folder, depth) of every folder this server writes files into through a temp file, for the
     start-up sweep of temp files a killed run left (modules.common.atomic_files): config.json and
     cache.json, merged checkpoints and merge trials, model files and their cards from the Models tab,
-    and the output folders (the ones in effect, with their one level of subfolders, and everything
-    under outputs/)."""
+    and the output folders (the ones in effect, with two levels of subfolders, and everything under
+    outputs/: `outputs/<folder>/<date>`, with --multi-user `outputs/<user>/<folder>/<date>` and
+    `<operator's folder>/<user>/<date>`)."""
     from modules.outputs.images import SaveOptions, txt2img_output_dirs
 
     # Merges are saved in a checkpoint folder (modules.merging.service), trials in merge_trials_dir
     # (X/Y/Z's in a subfolder of it).
     folders = [(paths.data_dir, 0), *[(d, 1) for d in paths.checkpoint_dirs], (paths.merge_trials_dir, 1),
-               (paths.data_dir / "outputs", 2)]
+               (paths.data_dir / "outputs", 3)]
     # Downloads and cards (modules.model_sources) land in every model folder, cards also beside
     # files in their subfolders.
     folders += [(folder, 1) for folder in (paths.lora_dir, paths.embeddings_dir, paths.hypernetwork_dir,
                                           paths.vae_dir, *([paths.extra_vae_dir] if paths.extra_vae_dir else []))]
-    folders += [(folder, 1) for folder in txt2img_output_dirs(paths.data_dir, SaveOptions.from_settings(settings))]
+    folders += [(folder, 2) for folder in txt2img_output_dirs(paths.data_dir, SaveOptions.from_settings(settings))]
     return folders
 
 

@@ -39,6 +39,7 @@ from modules.ui import (
 )
 from modules.ui.file_route import install_file_route
 from modules.ui.file_rules import apply_file_rules, prepare_gradio_cache
+from modules.ui.user_file_guard import install_user_file_guard
 from modules.ui.icons import icon_css, tooltip_js
 from modules.ui.mobile import mobile_css
 from modules.ui.page_script import install_options_route, page_head
@@ -162,7 +163,10 @@ def mount_ui(app, context, *, max_upload_bytes: int | None = None) -> gr.Blocks:
     `show_error=False` shows the page only what a handler raises as `gr.Error` (our tabs render their
     own errors), never a message that names server paths.
     """
-    prepare_gradio_cache(context.paths.data_dir)
+    cache_dir = prepare_gradio_cache(context.paths.data_dir)
+    # --multi-user: each user's images and gallery files only to them (the auth middleware, added
+    # later, sits outside and tells it who asks).
+    install_user_file_guard(app, context, cache_dir)
     # Before the mount at "/", which would otherwise answer these paths itself.
     install_file_route(app, context)
     install_options_route(app, context)

@@ -20,7 +20,14 @@ NUL byte, a path outside those folders (also when it does not exist: whether a f
 nobody's business), a link leading out of them, a folder, anything but a regular file, and the
 private files (config.json, cache.json, ui-config.json, the auth file). A missing file inside them is
 404. The route sits behind the server's HTTP Basic auth like every route (modules.api.auth).
-Gradio's own `/gradio_api/file=` is separate and keeps its own rules (modules.ui.file_rules).
+
+On a server shared with `--multi-user` the output folders served are the caller's own
+(modules.outputs.output_paths.user_folders: `outputs/<user>/...` and the `<user>` folder of every
+output setting); an operator (`--admin-users`) is served every output folder. Another user's image,
+or one in the shared folders (`outputs/txt2img-images` from before), is 404 for a user who is not an
+operator, whether it exists or not (modules.ui.user_file_guard answers the same in front of it).
+Gradio's own `/gradio_api/file=` is separate and keeps its own rules (modules.ui.file_rules, and with
+`--multi-user` modules.ui.user_file_guard).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pathlib import Path, PurePosixPath
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 
+from modules.serving.accounts import SHARED_USER, User, user_of
 from modules.serving.paths import REPO_ROOT
 from modules.ui.model_previews import is_listed_preview, listed_model_files
 
@@ -53,16 +61,44 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def served_roots(context, base: Path = REPO_ROOT) -> list[Path]:
-    """The folders whose files `/file=` serves, as real paths (`base`: the install folder)."""
-    from modules.extension_host.extensions import ExtensionFolders
+def _multi_user(context) -> bool:
+    accounts = getattr(context, "accounts", None)
+    return accounts is not None and accounts.multi_user
+
+
+def output_roots(context, user: User = SHARED_USER) -> list[Path]:
+    """The output folders `/file=` serves to `user` (see the module docstring)."""
     from modules.outputs.images import SaveOptions, txt2img_output_dirs
+    from modules.outputs.output_paths import output_areas, user_folders
+
+    settings, data_dir = context.settings.current(), context.paths.data_dir
+    if not _multi_user(context):
+        return list(txt2img_output_dirs(data_dir, SaveOptions.from_settings(settings)))
+    if user.admin:
+        return [area.folder for area in output_areas(settings, data_dir, context.accounts.names)]
+    return user_folders(settings, user.name, data_dir) if user.name else []
+
+
+def others_output(context, user: User, requested: Path) -> bool:
+    """Whether `requested` (links followed) lies in an output folder that is not `user`'s to read."""
+    if not _multi_user(context) or user.admin:
+        return False
+    from modules.outputs.output_paths import area_of, output_areas
+
+    area = area_of(_real(requested), output_areas(context.settings.current(), context.paths.data_dir,
+                                                  context.accounts.names))
+    return area is not None and not user.owns(area.owner)
+
+
+def served_roots(context, base: Path = REPO_ROOT, user: User = SHARED_USER) -> list[Path]:
+    """The folders whose files `/file=` serves to `user`, as real paths (`base`: the install folder)."""
+    from modules.extension_host.extensions import ExtensionFolders
 
     runtime = getattr(context, "extensions", None)
     folders = runtime.folders if runtime is not None else ExtensionFolders.for_data_dir(context.paths.data_dir)
     roots = [folders.builtin, folders.user]
     roots += [ext.path for ext in (runtime.extensions if runtime is not None else [])]
-    roots += list(txt2img_output_dirs(context.paths.data_dir, SaveOptions.from_settings(context.settings.current())))
+    roots += output_roots(context, user)
     roots.append(base / TEMP_FOLDER)
     unique: list[Path] = []
     for root in roots:
@@ -136,8 +172,11 @@ def install_file_route(app: FastAPI, context) -> None:
 
     @app.api_route(ROUTE, methods=["GET", "HEAD"], include_in_schema=False)
     def serve_file(path: str, request: Request) -> Response:
+        user = user_of(getattr(context, "accounts", None), request)
+        if "\x00" not in path and others_output(context, user, Path(path) if path.startswith("/") else REPO_ROOT / path):
+            return PlainTextResponse("Not Found", status_code=404)  # another user's: not even "it exists"
         try:
-            real = resolve_file(path, served_roots(context), private_files(context),
+            real = resolve_file(path, served_roots(context, user=user), private_files(context),
                                 is_preview=lambda real: is_listed_preview(real, listed_model_files(context)))
         except FileRefused:
             return PlainTextResponse("Forbidden", status_code=403)
