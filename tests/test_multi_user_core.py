@@ -360,3 +360,12 @@ def test_single_user_submissions_are_left_alone(tmp_path):
     context = make_context(tmp_path, names=("a",), args=["--gradio-auth", "alice:pa"], start_jobs=False)
     submission = GenerationSubmission(_request(), owner="alice")
     assert for_owner(context, submission) is submission
+
+
+def test_posting_back_every_global_setting_unchanged_is_not_a_change(shared):
+    alice = shared.accounts.user("alice")
+    everything = {key: list(value) if isinstance(value, tuple) else value
+                  for key, value in shared.settings.current().to_dict().items()}
+    report = change_settings(shared, {**everything, "CLIP_stop_at_last_layers": 3}, api=True, user=alice)
+    assert report.ok, report.refused
+    assert shared.user_choices.of("alice")["CLIP_stop_at_last_layers"] == 3

@@ -125,8 +125,10 @@ def _change_as_user(context: AppContext, changes: Mapping[str, Any], *, api: boo
     """A non-operator's change: their own choices stored, the rest refused (the module docstring)."""
     changes = {key: value for key, value in changes.items() if key not in READ_ONLY_SETTINGS}
     current = context.settings.current()
+    # Compared as validated values: a JSON list posted back equals the tuple the setting holds.
+    globals_, _ = context.settings.validate_each({k: v for k, v in changes.items() if k not in USER_CHOICE_KEYS})
     refused = {key: OPERATORS_ONLY.format(key=key) for key in changes
-               if key not in USER_CHOICE_KEYS and current.get(key, object()) != changes[key]}
+               if key not in USER_CHOICE_KEYS and current.get(key, object()) != globals_.get(key, object())}
     own = {key: value for key, value in changes.items() if key in USER_CHOICE_KEYS}
     if api and refused:
         return SettingsChangeReport(refused=MappingProxyType(refused))
