@@ -61,6 +61,7 @@ def test_each_auth_pair_is_a_user_and_admins_are_named():
     (["--multi-user", "--gradio-auth", "../x:p"], "'../x'"),
     (["--multi-user", "--gradio-auth", ".hidden:p"], "'.hidden'"),
     (["--multi-user", "--gradio-auth", "a/b:p"], "'a/b'"),
+    (["--multi-user", "--gradio-auth", "txt2img-images:p"], "shared output folder"),
     (["--multi-user", "--gradio-auth", "alice:p", "--admin-users", "root"], "'root'"),
     (["--gradio-auth", "alice:p", "--admin-users", "alice"], "--multi-user"),
 ])

@@ -31,6 +31,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 USER_STATE_KEY = "atelier_user"
+# Folder names A1111 and Atelier use directly under outputs/: a user named so would share one.
+RESERVED_USER_NAMES = frozenset({"txt2img-images", "txt2img-grids", "img2img-images", "img2img-grids",
+                                 "extras-images", "save", "init-images", "atelier-users"})
 USER_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
@@ -85,6 +88,9 @@ class Accounts:
             raise AccountError("--multi-user keeps users apart by their login: give each one a user:password pair "
                                "with --gradio-auth, --gradio-auth-path or --api-auth")
         for name in names:
+            if name.lower() in RESERVED_USER_NAMES:
+                raise AccountError(f"--multi-user: the user name {name!r} is the name of a shared output folder; "
+                                   "pick another name for this user")
             if not USER_NAME_PATTERN.fullmatch(name):
                 raise AccountError(f"--multi-user: the user name {name!r} cannot be a folder name under outputs/; "
                                    "use letters, digits, '.', '_' or '-' (not starting with '.', at most 64)")
