@@ -197,7 +197,8 @@ def _generate_with(page, values_by_id: dict[str, object], upscale: dict[str, obj
             inputs.append(given[block.elem_id] if block.elem_id in given else getattr(block, "value", None))
 
     async def run():
-        updates = [update async for update in fn.fn(*inputs)]
+        # None first: the gr.Request Gradio passes (no user to tell apart on a single-user server).
+        updates = [update async for update in fn.fn(None, *inputs)]
         return list(updates[-1])
 
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -404,13 +405,13 @@ def test_batch_process_refuses_uploads_from_their_headers_off_the_event_loop(pag
     checked_on = []
     real_plan = postprocessing.plan_extras
 
-    def plan(context, request):
+    def plan(context, request, *owner):  # owner: the submitting user, passed on as given
         try:
             asyncio.get_running_loop()
             checked_on.append("the event loop")
         except RuntimeError:
             checked_on.append("a worker thread")
-        return real_plan(context, request)
+        return real_plan(context, request, *owner)
 
     monkeypatch.setattr(postprocessing, "plan_extras", plan)
     small = tmp_path / "small.png"

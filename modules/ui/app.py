@@ -29,6 +29,7 @@ from modules.ui import (
     img2img,
     merger_tab,
     models_tab,
+    my_queue,
     paste_buttons,
     pnginfo,
     progress_display,
@@ -123,6 +124,8 @@ def build_ui(context) -> gr.Blocks:
     with gr.Blocks(title="Atelier", analytics_enabled=False) as blocks:
         top_bar.build(context, shared)
         workers_status.build(context, shared)  # Ray mode only: nothing in the embedded mode
+        multi_user = _multi_user(context)
+        queue_panel = my_queue.build(context) if multi_user else None  # the user's jobs, on every tab
         with gr.Tabs(elem_id="tabs") as tabs:
             shared.tabs = tabs
             with gr.Tab("txt2img", id=TAB_IDS["txt2img"], elem_id="tab_txt2img", render_children=True):
@@ -144,6 +147,10 @@ def build_ui(context) -> gr.Blocks:
                 settings_tab.build(context, shared)
             with gr.Tab("Extensions", id=TAB_IDS["Extensions"], elem_id="tab_extensions", render_children=True):
                 extensions_tab.build(context, shared)
+        if queue_panel is not None:
+            generate = [block for block in blocks.blocks.values()
+                        if getattr(block, "elem_id", None) in ("txt2img_generate", "img2img_generate", "extras_generate")]
+            my_queue.wire_refresh(context, queue_panel, generate)
         paste_buttons.connect_bindings(context, shared)  # the extensions' "Send to" buttons
         footer.build(context)  # A1111's footer links and versions, in place of Gradio's
         for load, outputs in shared.page_loads:
@@ -172,14 +179,20 @@ def mount_ui(app, context, *, max_upload_bytes: int | None = None) -> gr.Blocks:
     install_options_route(app, context)
     blocks = build_ui(context)
     css = "\n".join(filter(None, [CSS, workers_status.CSS, models_tab.TAB_CSS, icon_css(), footer.CSS,
+                                   my_queue.CSS if _multi_user(context) else "",
                                    extensions_tab.extension_css(context)]))
     js = (JS.replace("%SHORTCUTS%", shortcuts_js() + prompt_drop_js()).replace("%TOOLTIPS%", tooltip_js())
-          .replace("%PROGRESS%", progress_display.progress_js()))
+          .replace("%PROGRESS%", progress_display.progress_js(_multi_user(context))))
     gr.mount_gradio_app(app, blocks, path="/", css=css, js=js, head=page_head(context) + layout_style(),
                         ssr_mode=False, footer_links=[], run_history=False, show_error=False,
                         max_file_size=max_upload_bytes)
     apply_file_rules(blocks, blocked=_private_files(context))
     return blocks
+
+
+def _multi_user(context) -> bool:
+    """Whether the server keeps its users apart (`--multi-user`; modules.serving.accounts)."""
+    return bool(getattr(getattr(context, "accounts", None), "multi_user", False))
 
 
 def layout_style() -> str:

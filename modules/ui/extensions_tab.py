@@ -27,6 +27,8 @@ from modules.extension_host.extensions import (
     install_from_url,
     save_enabled_states,
 )
+from modules.serving.accounts import SHARED_USER, User
+from modules.ui import operators
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,11 @@ def extensions_table_html(context) -> str:
             "<th>Version</th><th>Branch</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>")
 
 
-def apply_enabled(context, enabled_names: list[str], disable_all: str) -> str:
+def apply_enabled(context, enabled_names: list[str], disable_all: str, user: User = SHARED_USER) -> str:
     """Persist the checkboxes; the message says a restart applies them. Refused like installing when
-    the server listens beyond localhost: enabling an extension runs its code at the next start."""
-    refused = install_allowed(context)
+    the server listens beyond localhost: enabling an extension runs its code at the next start; and
+    with --multi-user, refused to a user who is not an operator (modules.ui.operators)."""
+    refused = operators.refusal(user, "Enabling or disabling extensions") or install_allowed(context)
     if refused:
         return f"<p class='error'>{html.escape(refused)}</p>"
     runtime = _runtime(context)
@@ -95,8 +98,11 @@ def saved_state(context) -> tuple[list[str], str]:
     return [name for name in names if name not in disabled], settings.get("disable_all_extensions", "none")
 
 
-def install(context, url: str, branch: str = "", dirname: str = "") -> str:
+def install(context, url: str, branch: str = "", dirname: str = "", user: User = SHARED_USER) -> str:
     """Install from `url`; an HTML message for the tab (refusals and errors included)."""
+    refused = operators.refusal(user, "Installing extensions")
+    if refused:
+        return f"<p class='error'>{html.escape(refused)}</p>"
     runtime = _runtime(context)
     if runtime is None:
         return "<p class='error'>Extensions are not loaded in this server.</p>"
@@ -195,8 +201,10 @@ def build(context, shared=None) -> None:
     apply = gr.Button("Apply (takes effect at the next start)", elem_id="extensions_apply", variant="primary",
                       interactive=refused is None)
     apply_result = gr.HTML("", elem_id="extensions_apply_result")
-    apply.click(lambda names, mode: apply_enabled(context, names, mode), inputs=[enabled, disable_all],
-                outputs=apply_result, show_progress="hidden")
+    def on_apply(names, mode, request: gr.Request | None = None):
+        return apply_enabled(context, names, mode, user=operators.caller(context, request))
+
+    apply.click(on_apply, inputs=[enabled, disable_all], outputs=apply_result, show_progress="hidden")
 
     with gr.Accordion("Install from URL", open=False, elem_id="extensions_install"):
         url = gr.Textbox(label="URL for extension's git repository", elem_id="extensions_install_url",
@@ -208,8 +216,11 @@ def build(context, shared=None) -> None:
                                  elem_id="extensions_install_dirname", interactive=refused is None)
         install_button = gr.Button("Install", elem_id="extensions_install_button", interactive=refused is None)
         install_result = gr.HTML("", elem_id="extensions_install_result")
-    install_button.click(lambda u, b, d: (install(context, u, b, d), extensions_table_html(context)),
-                         inputs=[url, branch, dirname], outputs=[install_result, table])
+    def on_install(url_text, branch_name, folder_name, request: gr.Request | None = None):
+        user = operators.caller(context, request)
+        return install(context, url_text, branch_name, folder_name, user=user), extensions_table_html(context)
+
+    install_button.click(on_install, inputs=[url, branch, dirname], outputs=[install_result, table])
     if shared is not None:
         # A page opened after Apply shows what was saved, so a second Apply does not undo it.
         shared.page_loads.append((lambda: (extensions_table_html(context), *saved_state(context)),

@@ -371,13 +371,16 @@ def _wire_checkpoint_cards(context, shared: UiShared, panel: Any) -> None:
         return
     from modules.ui.top_bar import switch_outputs
 
-    def on_checkpoint(event: gr.EventData):
+    def on_checkpoint(event: gr.EventData, request: gr.Request | None = None):
+        from modules.serving.accounts import user_of
+
         data = event._data if isinstance(getattr(event, "_data", None), dict) else {}
         title = checkpoint_for_card(context, str(data.get("name", "")))
         if title is None:
             yield gr.skip(), gr.skip()
             return
-        yield from switch_outputs(context, title)
+        # With --multi-user: the caller's own checkpoint, as the top bar's dropdown does.
+        yield from switch_outputs(context, title, user_of(getattr(context, "accounts", None), request))
 
     panel.submit(on_checkpoint, outputs=[shared.model_status, shared.checkpoint_dropdown], show_progress="hidden",
                  concurrency_limit=None).then(lambda: render_html(list_networks(context)), outputs=panel,

@@ -43,6 +43,8 @@ from pydantic import ValidationError
 
 from modules.generation.img2img_batch import directories_refusal
 from modules.postprocessing.extras import EXTRAS_JOB_KIND  # Interrupt/Skip stop only these jobs
+from modules.serving.accounts import user_of
+from modules.serving.jobs import QueueFullError
 from modules.ui import extras_upscale_ui
 from modules.ui.generation import error_html, follow_job_async, follow_options, render_progress
 from modules.ui.generation_form import selected_image, selected_info_html, stop_job
@@ -355,17 +357,19 @@ def _wire_generate(context, tab: ExtrasTab, interrupt, skip):
     own = [tab.mode, tab.image, tab.files, tab.input_dir, tab.output_dir, tab.show_results]
     present = [component for component in own if component is not None]
 
-    def submit(values):
+    def submit(values, owner):
         given = iter(values)
         own_values = [next(given) if component is not None else None for component in own]
         request = extras_request(*own_values, script_args(tab.scripts, list(given)), refusal=tab.refusal)
-        return _submit(context, request)
+        return _submit(context, request, owner)
 
-    async def on_generate(*values):
+    async def on_generate(request: gr.Request | None, *values):
+        user = user_of(getattr(context, "accounts", None), request)
+        owner = user.owner
         try:
             # Reading the uploads' headers and checking the plan touch the disk: off the event loop.
-            job = await asyncio.to_thread(submit, values)
-        except ExtrasInputError as error:
+            job = await asyncio.to_thread(submit, values, owner)
+        except (ExtrasInputError, QueueFullError) as error:
             yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip()
             return
         yield gr.skip(), "", render_progress(job), gr.skip(), job.id
@@ -373,15 +377,24 @@ def _wire_generate(context, tab: ExtrasTab, interrupt, skip):
                                              **follow_options(context.settings.current())):
             yield gr.skip(), gr.skip(), update.progress_html, gr.skip(), job.id
         images, info_html, state = finished_view(job)
+        if owner is not None:  # --multi-user: the gallery's files are the user's (modules.ui.user_files)
+            from modules.ui.user_files import gallery_files
+
+            images = await asyncio.to_thread(gallery_files, images, user)
         yield images, info_html, "", state, job.id
 
     tab.generate.click(on_generate, inputs=[*present, *tab.script_inputs],
                        outputs=[tab.gallery, tab.info, tab.progress, view_state, job_id_state],
                        show_progress="hidden", concurrency_limit=None)
-    interrupt.click(lambda job_id: _discard(stop_job(context, job_id, kind=EXTRAS_JOB_KIND)),
-                    inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)
-    skip.click(lambda job_id: _discard(stop_job(context, job_id, skip=True, kind=EXTRAS_JOB_KIND)),
-               inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)
+    def on_interrupt(job_id, request: gr.Request | None = None):
+        stop_job(context, job_id, kind=EXTRAS_JOB_KIND, user=user_of(getattr(context, "accounts", None), request))
+
+    def on_skip(job_id, request: gr.Request | None = None):
+        stop_job(context, job_id, skip=True, kind=EXTRAS_JOB_KIND,
+                 user=user_of(getattr(context, "accounts", None), request))
+
+    interrupt.click(on_interrupt, inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)
+    skip.click(on_skip, inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)
 
     def on_select(state: dict, event: gr.SelectData):
         state = dict(state or {})
@@ -392,19 +405,16 @@ def _wire_generate(context, tab: ExtrasTab, interrupt, skip):
     return view_state
 
 
-def _submit(context, request):
-    """Queue the request; a refusal the core raises at submit (an unknown upscaler, a size over the
-    limit, a folder refused) is shown like the tab's own input errors."""
+def _submit(context, request, owner: str | None = None):
+    """Queue the request (as `owner`'s job with --multi-user); a refusal the core raises at submit (an
+    unknown upscaler, a size over the limit, a folder refused) is shown like the tab's own input errors."""
     from modules.postprocessing.extras import submit_extras
 
+    mine = {"owner": owner} if owner is not None else {}  # single-user: the call as it always was
     try:
-        return submit_extras(context, request)
+        return submit_extras(context, request, **mine)
     except ValueError as error:
         raise ExtrasInputError(str(error)) from None
-
-
-def _discard(_: Any) -> None:
-    return None
 
 
 # --- Send to Extras ------------------------------------------------------------------------------

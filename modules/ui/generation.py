@@ -133,10 +133,14 @@ def render_progress(job: Job, loading_checkpoint: bool = False, *, show_bar: boo
     """The progress bar's HTML: queue position, then percent, step and ETA. The bar also carries a
     short form of its text (`data-short`), which the page shows on the Generate button and in the
     strip that stays in view while the page is scrolled (modules.ui.progress_display)."""
-    if job.state is JobState.QUEUED:
+    if job.state is JobState.QUEUED and getattr(job, "owner", None) is None:  # a single-user queue: the place only
         position = job.queue_position
         ahead = "" if position is None else f" ({position + 1} in line)" if position else " (next)"
         return _bar(0, f"Waiting in the queue{ahead}…", f"Queued{ahead}", show_bar)
+    if job.state is JobState.QUEUED:  # a --multi-user user's job: the place among everyone's, and the wait
+        place = queue_place(job)
+        return _bar(0, f"Waiting in the queue{': ' + place if place else '…'}",
+                    f"Queued{': ' + place if place else ''}", show_bar)
     if job.finished:
         return ""
     if job.total_steps == 0:
@@ -147,6 +151,34 @@ def render_progress(job: Job, loading_checkpoint: bool = False, *, show_bar: boo
     eta_text = f" · ETA {_duration(eta)}" if eta is not None else ""
     return _bar(percent, f"{percent:.0f}% · step {job.step}/{job.total_steps}{eta_text}", f"{percent:.0f}%{eta_text}",
                 show_bar)
+
+
+def queue_place(job: Job) -> str:
+    """Where a queued job stands, as the bar and the queue panel say it: "next", "2nd, ~40 s" (the
+    wait from `job.wait_estimate`, left out while the queue has nothing to estimate from); "" when
+    the job is not waiting (it started or finished meanwhile)."""
+    standing = queue_standing(job)
+    return ", ".join(part for part in standing if part) if standing else ""
+
+
+def queue_standing(job: Job) -> tuple[str, str] | None:
+    """(place: "next", "2nd", ...; wait: "~40 s", or "" while nothing is known to estimate from) of a
+    queued job; None when it is not waiting."""
+    position = job.queue_position
+    if position is None:
+        return None
+    place = "next" if position == 0 else ordinal(position + 1)
+    wait = job.wait_estimate
+    if wait is None:
+        return place, ""
+    # An estimate: whole seconds (at least 1), not the tenths a running job's ETA shows.
+    return place, f"~{max(1, round(wait))} s" if wait < 59.5 else f"~{_duration(wait)}"
+
+
+def ordinal(number: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st."""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 def _bar(percent: float, text: str, short: str, shown: bool = True) -> str:

@@ -10,6 +10,7 @@ take and return plain values, so tests call them without a browser.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import os
 import shutil
@@ -26,7 +27,9 @@ from modules.generation.engine import LATENT_UPSCALE_MODES, PromptTooLongError
 from modules.generation.requests import HIRES_SAME_SAMPLER, UnknownHiresUpscalerError
 from modules.upscaling.service import UpscaleTooLargeError
 from modules.generation.styles import StyleError
+from modules.serving.accounts import SHARED_USER, User, user_of
 from modules.serving.generation_service import GenerationSubmission, submit_generation
+from modules.serving.jobs import QueueFullError
 from modules.ui import styles_panel
 from modules.ui.component_hooks import ComponentHooks
 from modules.ui.generation import (
@@ -38,6 +41,7 @@ from modules.ui.generation import (
     render_progress,
 )
 from modules.ui.icons import icon_label
+from modules.ui.my_queue import PageJobs, page_of, queue_note_html
 from modules.ui.request_fields import RequestError, field_default, paste_parameters, slider_args
 from modules.ui.token_counter import TokenCounter, format_token_count
 from modules.extension_host.paste_fields import pasted_updates
@@ -136,16 +140,24 @@ def selected_image(images: Any, state: dict | None) -> Any:
     return item
 
 
-def stop_job(context, job_id: str | None, *, skip: bool = False, kind: str = "txt2img") -> bool:
+def stop_job(context, job_id: str | None, *, skip: bool = False, kind: str = "txt2img",
+             user: User = SHARED_USER) -> bool:
     """Interrupt (or skip an image of) this page's job. A page with no job of its own (reloaded
     while its job runs) stops the running job of its tab's `kind`, as A1111's button does; never a
-    merge or another kind of job, and once the page's own job has finished, nothing."""
+    merge or another kind of job, and once the page's own job has finished, nothing. `user` (with
+    `--multi-user`): only a job they own is reached (an operator's: any), whatever id the page sends."""
     jobs = context.jobs
     if job_id is None:
-        running = jobs.current()
+        if user.name is None:  # single-user: the running job, as before
+            running = jobs.current()
+        else:
+            running = next((job for job in jobs.running_jobs() if job.kind == kind and user.owns(job.owner)), None)
         if running is None or running.kind != kind:
             return False
         job_id = running.id
+    job = jobs.get(job_id)
+    if job is None or not user.owns(job.owner):
+        return False
     return jobs.skip(job_id) if skip else jobs.interrupt(job_id)
 
 
@@ -156,8 +168,8 @@ def selected_info_html(state: dict | None, index: int) -> str:
     return infotext_html(infotext, state.get("notes") or [], state.get("error"))
 
 
-def output_folder(context, tabname: str = "txt2img") -> Path:
-    """Where the tab's images are saved today (A1111's folder layout)."""
+def output_folder(context, tabname: str = "txt2img", user: User = SHARED_USER) -> Path:
+    """Where the tab's images are saved today (A1111's folder layout); with --multi-user, `user`'s."""
     from modules.outputs.images import (
         FilenameContext,
         FilenameGenerator,
@@ -166,7 +178,12 @@ def output_folder(context, tabname: str = "txt2img") -> Path:
         txt2img_output_dirs,
     )
 
-    options = SaveOptions.from_settings(context.settings.current())
+    settings = context.settings.current()
+    if user.name:  # a --multi-user user's jobs save into their own folders (generation_service.for_owner)
+        from modules.outputs.output_paths import user_output_overrides
+
+        settings = settings.with_overrides(user_output_overrides(settings, user.name, context.paths.data_dir))
+    options = SaveOptions.from_settings(settings)
     dirs = img2img_output_dirs if tabname == "img2img" else txt2img_output_dirs
     images_dir, _ = dirs(context.paths.data_dir, options)
     if options.save_to_dirs and options.directories_filename_pattern:
@@ -177,9 +194,9 @@ def output_folder(context, tabname: str = "txt2img") -> Path:
     return images_dir
 
 
-def open_output_folder(context, tabname: str = "txt2img") -> str:
+def open_output_folder(context, tabname: str = "txt2img", user: User = SHARED_USER) -> str:
     """Say where the images are; on a local server (no --listen), also open the folder there."""
-    folder = output_folder(context, tabname)
+    folder = output_folder(context, tabname, user)
     shown = folder if folder.is_dir() else folder.parent
     opened = _open_in_file_manager(shown) if _is_local(context) and shown.is_dir() else False
     action = "Opened" if opened else "Images are saved in"
@@ -445,9 +462,9 @@ def register_paste_fields(context, tabname: str, fields: dict[str, Any], init_im
 
 @dataclass
 class QueuedWork:
-    """What a tab queues itself instead of one request (img2img's Batch): `submit(selection)` queues
-    it and returns the job (raising one of `SHOWN_ERRORS`), `outcome(job)` is the finished job's
-    `GenerationOutcome`."""
+    """What a tab queues itself instead of one request (img2img's Batch): `submit(selection, owner=...)`
+    queues it (as `owner`'s job with --multi-user; None otherwise) and returns the job (raising one of
+    `SHOWN_ERRORS`), `outcome(job)` is the finished job's `GenerationOutcome`."""
 
     submit: Callable[[Any], Any]
     outcome: Callable[[Any], Any]
@@ -468,43 +485,82 @@ def wire_generation(context, tabname: str, top: PromptRow, scripts, results: Res
 
     `inputs`: the tab's components whose values `make_request(values)` turns into a request (styles
     applied), into `(request, notes)` (notes shown with the result) or into `QueuedWork`, raising one
-    of `SHOWN_ERRORS` with a message for the user; the scripts' inputs follow."""
-    count = len(inputs)
+    of `SHOWN_ERRORS` with a message for the user; the scripts' inputs follow.
 
-    async def on_generate(*values):
+    With `--multi-user` the job is the caller's (modules.serving.accounts), Generate stays pressable
+    while the tab's job runs (each click queues a job of its own; a full queue is shown as an error),
+    and a later click's handler waits quietly for the page's earlier one (modules.ui.my_queue.PageJobs).
+    Interrupt and Skip reach only the caller's own jobs."""
+    count = len(inputs)
+    multi_user = bool(getattr(getattr(context, "accounts", None), "multi_user", False))
+    page_jobs = PageJobs()
+
+    async def on_generate(request: gr.Request, *values):
         own, script_values = values[:count], values[count:]
+        user = user_of(getattr(context, "accounts", None), request)
         try:
             made = make_request(own)
             if isinstance(made, QueuedWork):
-                job, notes, finish = made.submit(scripts.selection(script_values)), made.notes, made.outcome
+                job = made.submit(scripts.selection(script_values), owner=user.owner)
+                notes, finish = made.notes, made.outcome
             else:
-                request, notes = made if isinstance(made, tuple) else (made, [])
-                submission = GenerationSubmission(request, selection=scripts.selection(script_values))
+                request_made, notes = made if isinstance(made, tuple) else (made, [])
+                submission = GenerationSubmission(request_made, selection=scripts.selection(script_values),
+                                                  owner=user.owner)
                 job = submit_generation(context, submission)
                 finish = lambda job, submission=submission: outcome_of(context.settings.current(), submission, job)  # noqa: E731
-        except SHOWN_ERRORS as error:
-            yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip(), ""
+        except (*SHOWN_ERRORS, QueueFullError) as error:
+            if multi_user:  # an earlier job of this page may be shown: leave its bar and gallery be
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), error_html(str(error))
+            else:
+                yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip(), ""
             return
         following = follow_options(context.settings.current())
-        # An earlier button's message goes when a job starts.
-        yield gr.skip(), "", render_progress(job, show_bar=following["show_bar"]), gr.skip(), job.id, ""
-        async for update in follow_job_async(job, loading=lambda: context.load_state.loading, **following):
-            preview = [update.preview] if update.preview is not None else gr.skip()
-            yield preview, gr.skip(), update.progress_html, gr.skip(), job.id, gr.skip()
-        outcome = finish(job)
-        outcome.notes[:0] = notes
-        # The id is kept: Interrupt pressed just after the job ended must not reach the next one.
-        yield outcome.images, outcome.info_html(0), "", outcome.to_state(), job.id, gr.skip()
+        page = page_of(request)
+        if multi_user:
+            page_jobs.add(page, tabname, job)
+        try:
+            # A later click of the same page waits its turn, showing only where its job stands.
+            while page_jobs.earlier(page, tabname, job):
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), queue_note_html(job)
+                await asyncio.sleep(following["poll_seconds"])
+            cancelled = (gr.skip(), gr.skip(), "", gr.skip(), gr.skip(),
+                         f"<p class='job-note'>{html.escape(job.description or job.id)}: cancelled before it started.</p>")
+            if multi_user and job.finished and job.started_at is None:  # cancelled from My queue while waiting
+                yield cancelled  # the page keeps the results it shows
+                return
+            # An earlier button's message goes when a job starts.
+            yield gr.skip(), "", render_progress(job, show_bar=following["show_bar"]), gr.skip(), job.id, ""
+            async for update in follow_job_async(job, loading=lambda: context.load_state.loading, **following):
+                preview = (await _gallery(multi_user, [update.preview], user) if update.preview is not None
+                           else gr.skip())
+                yield preview, gr.skip(), update.progress_html, gr.skip(), job.id, gr.skip()
+            if multi_user and job.started_at is None:
+                yield cancelled
+                return
+            outcome = finish(job)
+            outcome.notes[:0] = notes
+            images = await _gallery(multi_user, outcome.images, user)
+            # The id is kept: Interrupt pressed just after the job ended must not reach the next one.
+            yield images, outcome.info_html(0), "", outcome.to_state(), job.id, gr.skip()
+        finally:
+            page_jobs.remove(page, tabname, job)
 
     kind = tabname
     top.generate.click(on_generate, inputs=[*inputs, *scripts.inputs],
                        outputs=[results.gallery, results.info, results.progress, generation_state, job_id_state,
                                 results.log],
-                       show_progress="hidden", concurrency_limit=None)
-    top.interrupt.click(lambda job_id: _discard(stop_job(context, job_id, kind=kind)), inputs=job_id_state,
-                        outputs=None, show_progress="hidden", queue=False)
-    top.skip.click(lambda job_id: _discard(stop_job(context, job_id, skip=True, kind=kind)), inputs=job_id_state,
-                   outputs=None, show_progress="hidden", queue=False)
+                       show_progress="hidden", concurrency_limit=None,
+                       trigger_mode="multiple" if multi_user else "once")
+
+    def on_interrupt(job_id: str | None, request: gr.Request | None = None) -> None:
+        stop_job(context, job_id, kind=kind, user=user_of(getattr(context, "accounts", None), request))
+
+    def on_skip(job_id: str | None, request: gr.Request | None = None) -> None:
+        stop_job(context, job_id, skip=True, kind=kind, user=user_of(getattr(context, "accounts", None), request))
+
+    top.interrupt.click(on_interrupt, inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)
+    top.skip.click(on_skip, inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)
 
     def on_select(state: dict, event: gr.SelectData):
         state = dict(state or {})
@@ -513,6 +569,16 @@ def wire_generation(context, tabname: str, top: PromptRow, scripts, results: Res
 
     results.gallery.select(on_select, inputs=generation_state, outputs=[results.info, generation_state],
                            show_progress="hidden")
+
+
+async def _gallery(multi_user: bool, images: list, user: User) -> list:
+    """The gallery's value: with --multi-user the images written as `user`'s files (modules.ui.user_files:
+    their URLs are served to them and operators only), off the event loop; else the images as they are."""
+    if not multi_user:
+        return images
+    from modules.ui.user_files import gallery_files
+
+    return await asyncio.to_thread(gallery_files, images, user)
 
 
 def wire_token_counters(context, counter: TokenCounter, top: PromptRow, steps: Any) -> None:
@@ -547,13 +613,11 @@ def wire_seed_and_size_buttons(context, tabname: str, fields: dict[str, Any], ra
                      outputs=fields["seed"], show_progress="hidden")
     res_switch.click(lambda width, height: (height, width), inputs=[fields["width"], fields["height"]],
                      outputs=[fields["width"], fields["height"]], show_progress="hidden", queue=False)
-    results.open_folder.click(lambda: open_output_folder(context, tabname), outputs=results.log,
-                              show_progress="hidden")
+    def on_open_folder(request: gr.Request | None = None) -> str:
+        return open_output_folder(context, tabname, user_of(getattr(context, "accounts", None), request))
+
+    results.open_folder.click(on_open_folder, outputs=results.log, show_progress="hidden")
 
 
 def _or_skip(value: Any) -> Any:
     return gr.skip() if value is None else value
-
-
-def _discard(_: Any) -> None:
-    return None

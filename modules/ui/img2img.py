@@ -154,9 +154,11 @@ def batch_work(context, values: dict[str, Any], images: dict[str, Any], batch, b
         raise InputError(str(error)) from None
     scale_by = float(images.get("scale") or 0) if images.get("resize_by") else None
 
-    def submit(selection):
+    def submit(selection, owner=None):
+        # `owner` only with --multi-user: the batch runs as that user's job, in their folders.
+        mine = {"owner": owner} if owner is not None else {}
         try:
-            return submit_batch(context, template, spec, selection, scale_by=scale_by)
+            return submit_batch(context, template, spec, selection, scale_by=scale_by, **mine)
         except RequestError:
             raise
         except ValueError as error:  # BatchRefused, a field the batch refuses, an over-long prompt

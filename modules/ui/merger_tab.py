@@ -22,6 +22,8 @@ import gradio as gr
 from pydantic import ValidationError
 
 from modules.library.checkpoints import CheckpointNotFoundError
+from modules.serving.accounts import SHARED_USER, User
+from modules.ui import operators
 from modules.serving.jobs import Job, JobState
 from modules.merging.blocks import BLOCK_LAYOUTS, SD_PRESETS, block_names
 from modules.merging.methods import MERGE_METHODS
@@ -316,16 +318,21 @@ class MergerHandlers:
 
     # -- merging -------------------------------------------------------------------------------
 
-    def merge(self, *values) -> Iterator[list]:
-        """The Merge button: outputs are (result, job id, Overwrite, A, B, C[, top bar dropdown, model status])."""
-        yield from self._run(values, load=False)
+    def merge(self, *values, user: User = SHARED_USER) -> Iterator[list]:
+        """The Merge button: outputs are (result, job id, Overwrite, A, B, C[, top bar dropdown, model status]).
+        `user`: who asks (with --multi-user only operators merge; modules.ui.operators)."""
+        yield from self._run(values, load=False, user=user)
 
-    def merge_and_load(self, *values) -> Iterator[list]:
+    def merge_and_load(self, *values, user: User = SHARED_USER) -> Iterator[list]:
         """The Merge and load button: the result becomes the current model without being saved."""
-        yield from self._run(values, load=True)
+        yield from self._run(values, load=True, user=user)
 
-    def _run(self, values: Sequence[Any], load: bool) -> Iterator[list]:
+    def _run(self, values: Sequence[Any], load: bool, user: User = SHARED_USER) -> Iterator[list]:
         skip_dropdowns = [gr.skip()] * (5 if self.top_bar_dropdown else 3)
+        refused = operators.refusal(user, "Merging checkpoints")
+        if refused:
+            yield [message_html(refused, error=True), None, gr.skip(), *skip_dropdowns]
+            return
         form = MergeForm(*values)
         try:
             request = form.to_request()
@@ -378,9 +385,10 @@ class MergerHandlers:
         except CheckpointNotFoundError:
             return None
 
-    def interrupt(self, job_id: str | None) -> None:
+    def interrupt(self, job_id: str | None, user: User = SHARED_USER) -> None:
         """Stop this page's merge (only it: another user's job is not touched); nothing is saved."""
-        if job_id:
+        job = self.context.jobs.get(job_id) if job_id else None
+        if job is not None and user.owns(job.owner):
             self.context.jobs.interrupt(job_id)
 
     # -- form helpers --------------------------------------------------------------------------
@@ -616,11 +624,22 @@ def _wire_merger(handlers: MergerHandlers, shared, form: dict[str, Any], control
     merge_outputs = [result, job_id, form["overwrite"], *model_dropdowns, *top_bar]
     private = {"api_visibility": "private"}
 
-    c.merge.click(handlers.merge, inputs=inputs, outputs=merge_outputs, show_progress="hidden",
+    context = handlers.context
+
+    def on_merge(request: gr.Request | None, *values):
+        yield from handlers.merge(*values, user=operators.caller(context, request))
+
+    def on_merge_and_load(request: gr.Request | None, *values):
+        yield from handlers.merge_and_load(*values, user=operators.caller(context, request))
+
+    def on_interrupt(job: str | None, request: gr.Request | None = None) -> None:
+        handlers.interrupt(job, user=operators.caller(context, request))
+
+    c.merge.click(on_merge, inputs=inputs, outputs=merge_outputs, show_progress="hidden",
                   concurrency_limit=None, **private)
-    c.merge_and_load.click(handlers.merge_and_load, inputs=inputs, outputs=merge_outputs, show_progress="hidden",
+    c.merge_and_load.click(on_merge_and_load, inputs=inputs, outputs=merge_outputs, show_progress="hidden",
                            concurrency_limit=None, **private)
-    c.interrupt.click(handlers.interrupt, inputs=[job_id], outputs=None, queue=False, **private)
+    c.interrupt.click(on_interrupt, inputs=[job_id], outputs=None, queue=False, **private)
     c.refresh.click(handlers.refresh, inputs=[*model_dropdowns, form["bake_in_vae"]],
                     outputs=[*model_dropdowns, form["bake_in_vae"]], **private)
     shared.page_loads.append((handlers.choices_on_load, [*model_dropdowns, form["bake_in_vae"]]))

@@ -26,6 +26,8 @@ import gradio as gr
 from modules.library.checkpoints import CheckpointNotFoundError
 from modules.model_sources.placement import MODEL_KINDS, TYPE_CHOICES
 from modules.model_sources.types import ModelSourceError
+from modules.serving.accounts import SHARED_USER, User
+from modules.ui import operators
 from modules.ui.generation import error_html
 from modules.ui.models_render import (ACTIVE_STATES, card_html, cancel_choices, cards_table_html, downloads_html,
                                       files_table_html, message_html, preview_data_uri, report_html,
@@ -151,7 +153,7 @@ class ModelsTabHandlers:
         return preview_data_uri(data)
 
     def download(self, looked_up: LookedUp | None, source: str, file_name: str | None, model_type: str | None,
-                 view: DownloadsView | None) -> list:
+                 view: DownloadsView | None, user: User = SHARED_USER) -> list:
         """Download: (message, downloads, cancel dropdown, view). The file and type chosen on the card
         of the last look-up; without a look-up (or after the address was changed), the source's default
         file. `model_type` is a type name (TYPE_CHOICES), sent only where the type can be chosen."""
@@ -161,6 +163,9 @@ class ModelsTabHandlers:
             model_type = None
         elif not looked_up.choose_type:
             model_type = None
+        refused = operators.refusal(user, "Downloading models")
+        if refused:
+            return [error_html(refused), *self._downloads_outputs(view, force=True)[:3]]
         if not source:
             message = error_html("Paste a model's address or id first, then Look up.")
             return [message, *self._downloads_outputs(view, force=True)[:3]]
@@ -201,8 +206,11 @@ class ModelsTabHandlers:
         html_update, cancel_update, new, lists_changed = self._downloads_outputs(view)
         return [html_update, cancel_update, new, *self._list_refresh(lists_changed)]
 
-    def cancel(self, download_id: str | None, view: DownloadsView | None) -> list:
+    def cancel(self, download_id: str | None, view: DownloadsView | None, user: User = SHARED_USER) -> list:
         """Cancel: (message, downloads, cancel dropdown, view)."""
+        refused = operators.refusal(user, "Cancelling a model download")
+        if refused:
+            return [error_html(refused), *self._downloads_outputs(view)[:3]]
         if not download_id:
             return [error_html("Choose the download to cancel."), *self._downloads_outputs(view)[:3]]
         try:
@@ -227,7 +235,10 @@ class ModelsTabHandlers:
     def card_file_choices(self, kind: str) -> dict:
         return gr.update(choices=[ALL_FILES, *self._local_files(kind)], value=ALL_FILES)
 
-    def fetch_cards(self, kind: str, name: str | None) -> str:
+    def fetch_cards(self, kind: str, name: str | None, user: User = SHARED_USER) -> str:
+        refused = operators.refusal(user, "Fetching model cards (they are written beside the models)")
+        if refused:
+            return error_html(refused)
         if kind not in MODEL_KINDS:
             return error_html(f"Choose what kind of files to look up: one of {', '.join(MODEL_KINDS)}.")
         try:
@@ -244,8 +255,11 @@ class ModelsTabHandlers:
         except SHOWN_ERRORS as e:
             return error_html(str(e))
 
-    def run_tool(self, tool: str, name: str | None) -> list:
+    def run_tool(self, tool: str, name: str | None, user: User = SHARED_USER) -> list:
         """A tool button: (result line, tools dropdown, cards file dropdown[, top bar dropdown])."""
+        refused = operators.refusal(user, f"{TOOLS.get(tool, tool)} (a checkpoint tool)")
+        if refused:
+            return [error_html(refused), *[gr.skip()] * (2 + self.list_updates)]
         if not name:
             return [error_html(f"Choose a checkpoint to {TOOLS[tool].lower()}."),
                     *[gr.skip()] * (2 + self.list_updates)]
@@ -370,20 +384,35 @@ def _wire(handlers: ModelsTabHandlers, shared, c: _Controls, top_bar: list) -> N
     gr.on([c.lookup.click, c.source.submit], handlers.lookup, inputs=[c.source], outputs=lookup_outputs,
           concurrency_limit=None, **private)
     downloads_outputs = [c.downloads, c.cancel_id, c.view]
-    c.download.click(handlers.download, inputs=[c.looked_up, c.source, c.file, c.kind, c.view],
+    context = handlers.context
+
+    def on_download(looked_up, source, file_name, model_type, view, request: gr.Request | None = None):
+        return handlers.download(looked_up, source, file_name, model_type, view,
+                                 user=operators.caller(context, request))
+
+    def on_cancel(download_id, view, request: gr.Request | None = None):
+        return handlers.cancel(download_id, view, user=operators.caller(context, request))
+
+    def on_fetch_cards(kind, name, request: gr.Request | None = None):
+        return handlers.fetch_cards(kind, name, user=operators.caller(context, request))
+
+    c.download.click(on_download, inputs=[c.looked_up, c.source, c.file, c.kind, c.view],
                      outputs=[c.message, *downloads_outputs], concurrency_limit=None, **private)
-    c.cancel.click(handlers.cancel, inputs=[c.cancel_id, c.view], outputs=[c.message, *downloads_outputs],
+    c.cancel.click(on_cancel, inputs=[c.cancel_id, c.view], outputs=[c.message, *downloads_outputs],
                    concurrency_limit=None, **private)
     list_outputs = [c.cards_file, c.tools_checkpoint, *top_bar]
     c.timer.tick(handlers.poll, inputs=[c.view], outputs=[*downloads_outputs, *list_outputs],
                  show_progress="hidden", concurrency_limit=None, **private)
     c.cards_kind.change(handlers.card_file_choices, inputs=[c.cards_kind], outputs=[c.cards_file], **private)
-    c.cards_fetch.click(handlers.fetch_cards, inputs=[c.cards_kind, c.cards_file], outputs=[c.cards_result],
+    c.cards_fetch.click(on_fetch_cards, inputs=[c.cards_kind, c.cards_file], outputs=[c.cards_result],
                         concurrency_limit=None, **private)
     c.inspect.click(handlers.inspect, inputs=[c.tools_checkpoint], outputs=[c.tools_result],
                     concurrency_limit=None, **private)
     for tool, button in c.tool_buttons.items():
-        button.click(lambda name, tool=tool: handlers.run_tool(tool, name), inputs=[c.tools_checkpoint],
+        def on_tool(name, request: gr.Request | None = None, tool=tool):
+            return handlers.run_tool(tool, name, user=operators.caller(context, request))
+
+        button.click(on_tool, inputs=[c.tools_checkpoint],
                      outputs=[c.tools_result, c.tools_checkpoint, c.cards_file, *top_bar], **private)
     shared.page_loads.append((handlers.on_page_load, [
         *downloads_outputs, c.access_note, c.download, c.cards_fetch, *c.tool_buttons.values(),

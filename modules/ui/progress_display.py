@@ -16,7 +16,10 @@
 - Interrupt and Skip show only while the tab's job runs (A1111's habit): hidden whenever the tab's
   Generate button carries no progress. A click on Generate while the tab's job runs
   (Gradio lets one run at a time per tab and drops the click) says so in a notice
-  (`#atelier_notice`) instead of doing nothing.
+  (`#atelier_notice`) instead of doing nothing. On a server shared with `--multi-user` the click is
+  not dropped: it queues another job (modules.ui.generation_form), and the notice says where that
+  job stands ("Queued: 2nd in the queue, ~40 s"), read once from its note in the tab's message line
+  (`[data-atelier-notice]`, modules.ui.my_queue.queue_note_html).
 
 All of it follows the progress bar's HTML (modules.ui.generation.render_progress: `aria-valuenow`
 and `data-short`), so it works the same for a job started by Generate, Ctrl+Enter or an extension.
@@ -114,10 +117,13 @@ _JS_TEMPLATE = """
     noticeTimer = setTimeout(() => { notice.hidden = true; }, %NOTICE_MS%);
   };
   // Capture phase: seen before Gradio's own handler, which drops a click while the tab's event runs.
+  const multiUser = %MULTI_USER%;
+  const announced = new Set();
   document.addEventListener('click', (event) => {
     const button = event.target && event.target.closest && event.target.closest(
       tabs.map((tab) => '#' + tab + '_generate').join(', '));
     if (!button || !button.hasAttribute('data-atelier-progress')) return;
+    if (multiUser && button.id !== 'extras_generate') return;  // it queues a job; its note is announced below
     say(%BUSY_TEXT%);
   }, true);
   const followed = {};
@@ -154,6 +160,12 @@ _JS_TEMPLATE = """
     if (checks > 1) setTimeout(() => settle(tab, checks - 1, since), %SETTLE_MS%);
   };
   const update = () => {
+    if (multiUser) {
+      for (const note of document.querySelectorAll('[data-atelier-notice]')) {
+        const id = note.getAttribute('data-atelier-notice');
+        if (!announced.has(id)) { announced.add(id); say(note.textContent); }
+      }
+    }
     const rules = [];
     let strip_state = null;
     for (const tab of tabs) {
@@ -195,9 +207,11 @@ _JS_TEMPLATE = """
 """
 
 
-def progress_js() -> str:
-    """Statements for the page's load script (see the module docstring)."""
+def progress_js(multi_user: bool = False) -> str:
+    """Statements for the page's load script (see the module docstring). `multi_user`: the page of a
+    `--multi-user` server, whose Generate queues another job while one runs."""
     return (_JS_TEMPLATE.replace("%TABS%", json.dumps(list(PROGRESS_TABS)))
+            .replace("%MULTI_USER%", json.dumps(bool(multi_user)))
             .replace("%SCROLL_MEDIA%", json.dumps(TOUCH_OR_NARROW))
             .replace("%SETTLE_CHECKS%", str(SETTLE_CHECKS))
             .replace("%SETTLE_MS%", str(SETTLE_MS))

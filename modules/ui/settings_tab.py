@@ -36,6 +36,7 @@ from modules.serving.settings import (
     describe_changes,
     locked_settings,
 )
+from modules.serving.accounts import SHARED_USER, User, user_of
 from modules.serving.settings_change import UPSCALER_SETTINGS, change_settings
 
 log = logging.getLogger(__name__)
@@ -139,27 +140,31 @@ class SettingsHandlers:
         snapshot = self.snapshot()
         return [snapshot, *snapshot.values()]
 
-    def apply(self, loaded: Mapping[str, Any] | None, *values: Any) -> list:
-        """Apply settings: saves the fields edited since the page loaded; returns (report html, snapshot)."""
-        return self._apply(loaded, values)[:2]
+    def apply(self, loaded: Mapping[str, Any] | None, *values: Any, user: User = SHARED_USER) -> list:
+        """Apply settings: saves the fields edited since the page loaded; returns (report html, snapshot).
+        `user`: who asks; with --multi-user only operators change global settings (the others' fields
+        are refused, naming --admin-users)."""
+        return self._apply(loaded, values, user)[:2]
 
-    def apply_and_show(self, loaded: Mapping[str, Any] | None, *values: Any) -> list:
+    def apply_and_show(self, loaded: Mapping[str, Any] | None, *values: Any, user: User = SHARED_USER) -> list:
         """`apply`, then each widget's value: a setting put back because applying it failed shows
         its value in effect again; every other widget keeps what it holds (`gr.skip()`), a refused
         field included, so it can be fixed."""
-        report_html, snapshot, reverted = self._apply(loaded, values)
+        report_html, snapshot, reverted = self._apply(loaded, values, user)
         return [report_html, snapshot,
                 *(snapshot[spec.key] if spec.key in reverted else gr.skip() for spec in self.specs)]
 
-    def _apply(self, loaded: Mapping[str, Any] | None, values: Sequence[Any]) -> tuple[str, Any, frozenset[str]]:
+    def _apply(self, loaded: Mapping[str, Any] | None, values: Sequence[Any],
+               user: User = SHARED_USER) -> tuple[str, Any, frozenset[str]]:
         """(report html, snapshot, keys put back) after saving the edited fields through the one
         settings-change path (modules.serving.settings_change): the valid ones are saved, the refused
         ones listed; a change that cannot be applied to the model is put back and said why."""
         edited = {spec.key: value for spec, value in zip(self.specs, values)
                   if loaded is None or spec.key not in loaded or not same_widget_value(loaded[spec.key], value)}
         try:
-            # The page's user is not the operator: the settings policy applies (output folders).
-            report = change_settings(self.context, edited, api=False)
+            # The page's user is not the operator: the settings policy applies (output folders); with
+            # --multi-user a user outside --admin-users changes no global setting at all.
+            report = change_settings(self.context, edited, api=False, user=user)
         except OSError as error:  # config.json could not be written (a full disk): nothing changed
             log.error("Saving settings failed: %s", error)
             return f"<div class='error'><b>Not saved</b>: {html.escape(str(error))}</div>", loaded, frozenset()
@@ -225,6 +230,11 @@ def setting_component(spec: SettingSpec, value: Any, choices: Sequence[str] | No
     return gr.Number(value=value, precision=0 if isinstance(spec.default, int) else None, **common)
 
 
+OPERATORS_ONLY_NOTE = ("This server is shared (--multi-user): these settings are global, and only its operators "
+                       "(the users of --admin-users) can change them. Your own checkpoint, VAE and clip skip "
+                       "are at the top of the page.")
+
+
 def build(context, shared) -> None:
     """Build the tab inside the current `gr.Tab` (element ids: modules.ui.shared)."""
     from modules.ui.extension_settings import extension_setting_component
@@ -242,6 +252,8 @@ def build(context, shared) -> None:
     search = gr.Textbox(placeholder="Search...", show_label=False, max_lines=1, elem_id="settings_search",
                         container=False)
     gr.HTML("<p>The checkpoint, the VAE and Clip skip are set at the top of the page.</p>")
+    if getattr(getattr(context, "accounts", None), "multi_user", False):
+        gr.HTML(f"<p class='job-note'>{html.escape(OPERATORS_ONLY_NOTE)}</p>", elem_id="settings_operators_only")
     loaded = gr.State(None)
     components = []
     # Sections are open accordions, not tabs: Gradio 6 puts a tab's content in the page only once the
@@ -264,8 +276,11 @@ def build(context, shared) -> None:
                         gr.HTML(str(block.info.default), elem_classes="settings-info")
 
     private = {"api_visibility": "private"}
-    submit.click(handlers.apply_and_show, inputs=[loaded, *components], outputs=[result, loaded, *components],
-                 **private)
+
+    def on_apply(request: gr.Request | None, loaded_values, *values):
+        return handlers.apply_and_show(loaded_values, *values, user=user_of(getattr(context, "accounts", None), request))
+
+    submit.click(on_apply, inputs=[loaded, *components], outputs=[result, loaded, *components], **private)
     search.change(None, inputs=[search], js=SEARCH_JS, **private)  # typing, pasting, clearing
     # A page reload: the page's load events read the values in effect again (see SettingsHandlers.load).
     reload_ui.click(None, js="() => { window.location.reload(); }", **private)

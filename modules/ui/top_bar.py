@@ -6,6 +6,12 @@ A checkpoint switch is a job on the generation queue, so it waits for a running 
 next job uses the new model; a failed load shows the error and keeps the previous model (the model
 manager's rule). The dropdown reacts to `.input` (the user's choice) rather than `.change`, so the
 handler can put the previous title back after a failure without starting another switch.
+
+On a server shared with `--multi-user` (modules.serving.accounts) the checkpoint, VAE and clip skip
+are each user's own choice (modules.serving.user_choices): the bar shows the caller's choice when a
+page opens, a change stores it (`change_user_choices`) and loads nothing now (their next job loads
+it, so no one's model changes under another user's job), and the status line, which stays the
+server's, says so. Other quicksettings are global settings: only operators change them.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from typing import Any
 
 import gradio as gr
 
+from modules.library.checkpoints import BrokenCheckpointError, CheckpointNotFoundError
+from modules.serving.accounts import SHARED_USER, User, user_of
 from modules.serving.app_context import DEMO_CHECKPOINT_NAME
 from modules.serving.jobs import JobState
-from modules.serving.settings_change import SettingsChangeReport, change_settings
+from modules.serving.settings_change import SettingsChangeReport, change_settings, change_user_choices
 from modules.ui.generation import error_html
 from modules.ui.shared import UiShared
 
@@ -162,12 +170,51 @@ def switch_checkpoint(context, title: str, poll_seconds: float = POLL_SECONDS) -
                        previous.title if previous is not None else None)
 
 
-def _change_setting(context, key: str, value) -> tuple[str, SettingsChangeReport | None]:
+def own_choices(user: User) -> bool:
+    """Whether the bar's checkpoint, VAE and clip skip are `user`'s own (a --multi-user user) rather
+    than the global settings."""
+    return user.name is not None
+
+
+def shown_choices(context, user: User) -> dict[str, Any]:
+    """The checkpoint title, VAE and clip skip the bar shows `user`: their own choices with
+    `--multi-user` (the global settings where they chose nothing), else the server's."""
+    current = context.settings.current()
+    if not own_choices(user):
+        return {"sd_model_checkpoint": current_checkpoint_title(context), "sd_vae": current["sd_vae"],
+                "CLIP_stop_at_last_layers": current["CLIP_stop_at_last_layers"]}
+    chosen = dict(context.user_choices.effective(user.name, current))
+    chosen["sd_model_checkpoint"] = chosen["sd_model_checkpoint"] or current_checkpoint_title(context)
+    return chosen
+
+
+NEXT_JOB_NOTE = "<span class='model-status own-choice'>Your {what} is {value}: your next job uses it.</span>"
+
+
+def change_own_choice(context, user: User, key: str, value) -> tuple[str, Any]:
+    """Store one of `user`'s own choices (--multi-user). Returns (status line, the value the bar
+    shows afterwards: the new one, or after a refusal the previous one)."""
+    what = {"sd_model_checkpoint": "checkpoint", "sd_vae": "VAE", "CLIP_stop_at_last_layers": "clip skip"}[key]
+    try:
+        report = change_user_choices(context, user, {key: value})
+    except (CheckpointNotFoundError, BrokenCheckpointError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        return error_html(f"Could not choose {value}: {message}"), shown_choices(context, user)[key]
+    except OSError as error:  # the choices file could not be written (a full disk): nothing changed
+        return error_html(f"Not saved: {error}"), shown_choices(context, user)[key]
+    if report.refused:
+        return error_html(report.refused.get(key, "; ".join(report.refused.values()))), shown_choices(context, user)[key]
+    shown = shown_choices(context, user)[key]
+    return NEXT_JOB_NOTE.format(what=what, value=html.escape(str(shown))), shown
+
+
+def _change_setting(context, key: str, value, user: User = SHARED_USER) -> tuple[str, SettingsChangeReport | None]:
     """Change one setting through the settings-change path (modules.serving.settings_change: the
-    settings policy, the value's rules, applied to the loaded model, put back when that fails).
+    settings policy, the value's rules, applied to the loaded model, put back when that fails;
+    a --multi-user user who is not an operator is refused a global setting).
     Returns the status line and the report (None when config.json could not be written)."""
     try:
-        report = change_settings(context, {key: value}, api=False)
+        report = change_settings(context, {key: value}, api=False, user=user)
     except OSError as error:  # config.json could not be written (a full disk): nothing changed
         return error_html(f"Not saved: {error}"), None
     if report.refused:
@@ -194,13 +241,13 @@ def apply_quicksetting(context, key: str, value) -> str:
     return _change_setting(context, key, value)[0]
 
 
-def quicksetting_changed(context, key: str, value) -> tuple[str, Any]:
+def quicksetting_changed(context, key: str, value, user: User = SHARED_USER) -> tuple[str, Any]:
     """The handler of a quicksetting widget: (status line, the widget's value). When the change was
     put back, the widget shows the value in effect again; otherwise it keeps what it holds
     (`gr.skip()`), so a refused typed value can be fixed."""
     from modules.ui.settings_tab import widget_value
 
-    status, report = _change_setting(context, key, value)
+    status, report = _change_setting(context, key, value, user)
     if report is None or not report.reverted:
         return status, gr.skip()
     return status, widget_value(context.settings.specs_by_key()[key], context.settings.current()[key])
@@ -277,9 +324,14 @@ def _build_quicksettings_row(context) -> _QuickSettings:
     return row
 
 
-def switch_outputs(context, title: str):
+def switch_outputs(context, title: str, user: User = SHARED_USER):
     """`switch_checkpoint` as (status line, checkpoint dropdown) updates, for any control that
-    switches the checkpoint (the dropdown, a checkpoint card)."""
+    switches the checkpoint (the dropdown, a checkpoint card). With `--multi-user`, `user`'s own
+    checkpoint is chosen instead (nothing loads now; see the module docstring)."""
+    if own_choices(user):
+        status, shown = change_own_choice(context, user, "sd_model_checkpoint", title)
+        yield status, gr.update(choices=checkpoint_choices(context), value=shown)
+        return
     for update in switch_checkpoint(context, title):
         if update.finished:
             yield update.status_html, gr.update(choices=checkpoint_choices(context), value=update.title)
@@ -290,36 +342,55 @@ def switch_outputs(context, title: str):
 def _wire_quicksettings(context, row: _QuickSettings, status: gr.HTML):
     """What choosing a checkpoint, VAE, Clip skip or other quicksetting does; returns the checkpoint
     switch's event (other tabs chain on it)."""
-    def on_switch(title: str):
-        yield from switch_outputs(context, title)
+    def on_switch(title: str, request: gr.Request | None = None):
+        yield from switch_outputs(context, title, user_of(getattr(context, "accounts", None), request))
 
     checkpoint = row.checkpoint
     switched = checkpoint.input(on_switch, inputs=checkpoint, outputs=[status, checkpoint], show_progress="hidden",
                                 concurrency_limit=None)
-    row.refresh_checkpoints.click(lambda: _refreshed_checkpoints(context), outputs=checkpoint, show_progress="hidden")
+    def on_refresh_checkpoints(request: gr.Request | None = None):
+        return _refreshed_checkpoints(context, user_of(getattr(context, "accounts", None), request))
+
+    row.refresh_checkpoints.click(on_refresh_checkpoints, outputs=checkpoint, show_progress="hidden")
     if row.vae is not None:
-        def on_vae(name: str):
+        def on_vae(name: str, request: gr.Request | None = None):
+            user = user_of(getattr(context, "accounts", None), request)
+            if own_choices(user):
+                yield change_own_choice(context, user, "sd_vae", name)
+                return
             yield "<p class='model-status loading'>Applying the VAE (after any running job)…</p>", gr.skip()
             yield apply_vae(context, name)
 
         row.vae.input(on_vae, inputs=row.vae, outputs=[status, row.vae], show_progress="hidden",
                       concurrency_limit=None)
-        row.refresh_vaes.click(lambda: _refreshed_vaes(context), outputs=row.vae, show_progress="hidden")
+        def on_refresh_vaes(request: gr.Request | None = None):
+            return _refreshed_vaes(context, user_of(getattr(context, "accounts", None), request))
+
+        row.refresh_vaes.click(on_refresh_vaes, outputs=row.vae, show_progress="hidden")
     if row.clip_skip is not None:
         # The slider shows the value in effect afterwards: the previous one after a refusal.
-        row.clip_skip.release(
-            lambda value: (apply_clip_skip(context, value), context.settings.current()["CLIP_stop_at_last_layers"]),
-            inputs=row.clip_skip, outputs=[status, row.clip_skip], show_progress="hidden")
+        def on_clip_skip(value: float, request: gr.Request | None = None):
+            user = user_of(getattr(context, "accounts", None), request)
+            if own_choices(user):
+                return change_own_choice(context, user, "CLIP_stop_at_last_layers", value)
+            return apply_clip_skip(context, value), context.settings.current()["CLIP_stop_at_last_layers"]
+
+        row.clip_skip.release(on_clip_skip, inputs=row.clip_skip, outputs=[status, row.clip_skip],
+                              show_progress="hidden")
     for key, component in row.others.items():
-        component.input(lambda value, key=key: quicksetting_changed(context, key, value), inputs=component,
-                        outputs=[status, component], show_progress="hidden")
+        def on_other(value, request: gr.Request | None = None, key=key):
+            return quicksetting_changed(context, key, value, user_of(getattr(context, "accounts", None), request))
+
+        component.input(on_other, inputs=component, outputs=[status, component], show_progress="hidden")
     return switched
 
 
-def _server_view(context) -> dict[str, Any]:
-    """What the top bar shows of the server's state, comparable between ticks (plain JSON values)."""
+def _server_view(context, user: User = SHARED_USER) -> dict[str, Any]:
+    """What the top bar shows of the server's state, comparable between ticks (plain JSON values);
+    the title is `user`'s own choice with --multi-user."""
     choices = [list(choice) if isinstance(choice, (list, tuple)) else choice for choice in checkpoint_choices(context)]
-    return {"title": current_checkpoint_title(context), "choices": choices, "status": model_status(context)[0]}
+    return {"title": shown_choices(context, user)["sd_model_checkpoint"], "choices": choices,
+            "status": model_status(context)[0]}
 
 
 def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status: gr.HTML, timer: gr.Timer) -> None:
@@ -328,12 +399,12 @@ def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status:
 
     checkpoint, vae, clip_skip, others = row.checkpoint, row.vae, row.clip_skip, row.others
 
-    def on_tick():
+    def on_tick(request: gr.Request | None = None):
         html_status, loading = model_status(context)
         if loading:
             return html_status, gr.skip(), gr.skip()
-        return (html_status, gr.update(choices=checkpoint_choices(context), value=current_checkpoint_title(context)),
-                gr.Timer(active=False))
+        title = shown_choices(context, user_of(getattr(context, "accounts", None), request))["sd_model_checkpoint"]
+        return html_status, gr.update(choices=checkpoint_choices(context), value=title), gr.Timer(active=False)
 
     shared.model_status_ticks = timer.tick(on_tick, outputs=[status, checkpoint, timer], show_progress="hidden",
                                            concurrency_limit=None)
@@ -344,8 +415,8 @@ def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status:
     # has not changed yet, so nothing is sent).
     seen = gr.State(None)
 
-    def on_watch(last):
-        now = _server_view(context)
+    def on_watch(last, request: gr.Request | None = None):
+        now = _server_view(context, user_of(getattr(context, "accounts", None), request))
         if now == last:
             return gr.skip(), gr.skip(), gr.skip()
         return now["status"], gr.update(choices=[tuple(c) if isinstance(c, list) else c for c in now["choices"]],
@@ -354,30 +425,32 @@ def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status:
     gr.Timer(WATCH_SECONDS).tick(on_watch, inputs=seen, outputs=[status, checkpoint, seen], show_progress="hidden",
                                  queue=False)
 
-    def on_page_load():
+    def on_page_load(request: gr.Request | None = None):
+        user = user_of(getattr(context, "accounts", None), request)
         html_status, loading = model_status(context)
         current = context.settings.current()
-        updates = [gr.update(choices=checkpoint_choices(context), value=current_checkpoint_title(context)),
+        shown = shown_choices(context, user)
+        updates = [gr.update(choices=checkpoint_choices(context), value=shown["sd_model_checkpoint"]),
                    html_status, gr.Timer(active=loading)]
         if vae is not None:
-            updates.append(gr.update(choices=context.vaes.choices(), value=current["sd_vae"]))
+            updates.append(gr.update(choices=context.vaes.choices(), value=shown["sd_vae"]))
         if clip_skip is not None:
-            updates.append(current["CLIP_stop_at_last_layers"])
+            updates.append(shown["CLIP_stop_at_last_layers"])
         specs = context.settings.specs_by_key()
         updates += [widget_value(specs[key], current[key]) for key in others]
-        return [*updates, _server_view(context)]
+        return [*updates, _server_view(context, user)]
 
     outputs = [checkpoint, status, timer, *(c for c in (vae, clip_skip) if c is not None), *others.values(), seen]
     shared.page_loads.append((on_page_load, outputs))
 
 
-def _refreshed_checkpoints(context):
+def _refreshed_checkpoints(context, user: User = SHARED_USER):
     context.checkpoints.refresh()
     if context.upscalers is not None:  # A1111 rescans upscalers only on Reload UI; one button is handier
         context.upscalers.registry.refresh()
-    return gr.update(choices=checkpoint_choices(context), value=current_checkpoint_title(context))
+    return gr.update(choices=checkpoint_choices(context), value=shown_choices(context, user)["sd_model_checkpoint"])
 
 
-def _refreshed_vaes(context):
+def _refreshed_vaes(context, user: User = SHARED_USER):
     context.vaes.refresh()
-    return gr.update(choices=context.vaes.choices(), value=context.settings.current()["sd_vae"])
+    return gr.update(choices=context.vaes.choices(), value=shown_choices(context, user)["sd_vae"])
