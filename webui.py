@@ -46,6 +46,10 @@ def build_app(args: argparse.Namespace, context):
     app.add_middleware(AppScopeMiddleware, context=context)
     install_request_guards(app, args)
     install_auth(app, args)
+    accounts = context.accounts
+    if accounts.multi_user:
+        log.info("--multi-user: %d users kept apart (%s); operators: %s", len(accounts.names), ", ".join(accounts.names),
+                 ", ".join(sorted(accounts.admins)) or "none (global settings change only in config.json)")
     return app
 
 
