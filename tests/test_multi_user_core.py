@@ -370,3 +370,60 @@ def test_posting_back_every_global_setting_unchanged_is_not_a_change(shared):
     report = change_settings(shared, {**everything, "CLIP_stop_at_last_layers": 3}, api=True, user=alice)
     assert report.ok, report.refused
     assert shared.user_choices.of("alice")["CLIP_stop_at_last_layers"] == 3
+
+
+def test_an_operator_setting_the_global_checkpoint_gets_it_for_their_own_jobs_too(shared):
+    carol = shared.accounts.user("carol")
+    before = shared.settings.current()["CLIP_stop_at_last_layers"]
+    change_settings(shared, {"CLIP_stop_at_last_layers": 4}, api=True, user=User("carol", False))  # not via admin
+    assert shared.user_choices.of("carol")["CLIP_stop_at_last_layers"] == 4
+    try:
+        assert change_settings(shared, {"CLIP_stop_at_last_layers": 5}, api=True, user=carol).ok
+        assert shared.settings.current()["CLIP_stop_at_last_layers"] == 5
+        assert "CLIP_stop_at_last_layers" not in shared.user_choices.of("carol")
+        assert shared.user_choices.effective("carol", shared.settings.current())["CLIP_stop_at_last_layers"] == 5
+    finally:
+        shared.settings.apply({"CLIP_stop_at_last_layers": before})
+
+
+def test_an_unreadable_choices_file_is_moved_aside_not_overwritten(tmp_path):
+    path = tmp_path / "user-choices.json"
+    path.write_text("{not json", encoding="utf-8")
+    choices = UserChoices(path)
+    assert choices.of("alice") == {}
+    assert (tmp_path / "user-choices.json.unreadable").read_text(encoding="utf-8") == "{not json"
+    choices.set("alice", {"sd_vae": "None"})
+    assert UserChoices(path).of("alice") == {"sd_vae": "None"}
+
+
+def test_the_stand_in_for_an_unknown_caller_owns_nothing():
+    accounts = accounts_of(MULTI)
+    nobody = accounts.user(None)
+    assert not nobody.owns("") and not nobody.owns(None) and not nobody.owns("alice")
+    with pytest.raises(ValueError):
+        user_output_dir("outputs/txt2img-images", "", Path("/data"))
+
+
+def test_wait_estimates_learn_per_kind():
+    queue = JobQueue("test")
+    queue.start()
+    try:
+        def steps(count: int, pause: float):
+            def work(control):
+                for step in range(1, count + 1):
+                    control.report(step, count)
+                    threading.Event().wait(pause)
+            return work
+        # A slow "step" of another kind (an upscaled image) must not make txt2img steps look slow.
+        queue.submit(steps(1, 0.2), kind="extras").wait(WAIT)
+        queue.submit(steps(4, 0.001), kind="txt2img").wait(WAIT)
+        gate = threading.Event()
+        blocker = queue.submit(lambda control: gate.wait(WAIT), kind="other")
+        while blocker.state.value != "running":
+            threading.Event().wait(0.005)
+        txt = queue.submit(steps(4, 0), kind="txt2img", expected_steps=4)
+        ext = queue.submit(steps(4, 0), kind="extras", expected_steps=4)
+        assert queue._expected_seconds(txt) < queue._expected_seconds(ext)
+    finally:
+        gate.set()
+        queue.shutdown(timeout=WAIT)

@@ -20,6 +20,7 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import MappingProxyType
 
 # The settings that name a folder the server writes into.
 OUTPUT_DIR_SETTINGS = frozenset({"outdir_samples", "outdir_txt2img_samples", "outdir_grids", "outdir_txt2img_grids",
@@ -98,6 +99,8 @@ def user_output_dir(value: str, user: str, data_dir: Path) -> Path:
     level down), any other folder (one the operator set) gets a `<user>` subfolder. A value already
     inside the user's folder stays there. Never a folder of another user: everything lands under
     one named for `user`."""
+    if not user or user in (".", ".."):
+        raise ValueError(f"no output folder for the user name {user!r}")
     data_dir = Path(os.path.abspath(data_dir))
     outputs = data_dir / OUTPUTS_FOLDER
     path = Path(value).expanduser()
@@ -112,11 +115,11 @@ def user_output_dir(value: str, user: str, data_dir: Path) -> Path:
 
 # Output folders used when their setting is empty (the others, outdir_samples and outdir_grids,
 # mean "use the folder below" when empty): modules.outputs.images.SaveOptions, A1111's defaults.
-DEFAULT_OUTPUT_DIRS = {"outdir_txt2img_samples": "outputs/txt2img-images",
-                       "outdir_txt2img_grids": "outputs/txt2img-grids",
-                       "outdir_img2img_samples": "outputs/img2img-images",
-                       "outdir_img2img_grids": "outputs/img2img-grids",
-                       "outdir_extras_samples": "outputs/extras-images"}
+DEFAULT_OUTPUT_DIRS = MappingProxyType({"outdir_txt2img_samples": "outputs/txt2img-images",
+                                        "outdir_txt2img_grids": "outputs/txt2img-grids",
+                                        "outdir_img2img_samples": "outputs/img2img-images",
+                                        "outdir_img2img_grids": "outputs/img2img-grids",
+                                        "outdir_extras_samples": "outputs/extras-images"})
 
 
 def user_output_overrides(settings, user: str, data_dir: Path) -> dict[str, str]:
@@ -133,13 +136,18 @@ def user_output_overrides(settings, user: str, data_dir: Path) -> dict[str, str]
 
 def user_outputs_root(data_dir: Path, user: str) -> Path:
     """`<data>/outputs/<user>`: the folder of a user's images with the default output settings."""
+    if not user or user in (".", ".."):
+        raise ValueError(f"no output folder for the user name {user!r}")
     return Path(os.path.abspath(data_dir)) / OUTPUTS_FOLDER / user
 
 
 def user_folders(settings, user: str, data_dir: Path) -> list[Path]:
     """Every folder a job of `user` writes into on a server shared with `--multi-user` (their
     `outputs/<user>` and `user_output_dir` of each output setting in effect, defaults included),
-    each once, in a stable order. What a non-operator may read back and name as a batch folder."""
+    each once, in a stable order. What a non-operator may read back and name as a batch folder.
+    Empty for a caller without a name (the stand-in for an unknown caller owns nothing)."""
+    if not user:
+        return []
     folders = [user_outputs_root(data_dir, user)]
     folders += [Path(value) for value in user_output_overrides(settings, user, data_dir).values()]
     return list(dict.fromkeys(folders))

@@ -52,8 +52,9 @@ class User:
         return self.name
 
     def owns(self, owner: str | None) -> bool:
-        """Whether this user may see and control a job or file of `owner`."""
-        return self.admin or owner == self.name
+        """Whether this user may see and control a job or file of `owner`. The stand-in for an
+        unknown caller (name "") owns nothing."""
+        return self.admin or (owner == self.name and self.name != "")
 
     def label(self) -> str:
         return self.name if self.name is not None else "everyone"

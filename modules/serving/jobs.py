@@ -412,9 +412,10 @@ class JobQueue:
         # owner -> the start tick of their last job, for the round-robin order.
         self._served: dict[str | None, int] = {}
         self._serve_tick = 0
-        # Measured from finished jobs, for the wait estimate: seconds per reported step (all kinds),
-        # and the last durations per kind (for jobs whose steps are not known ahead).
-        self._seconds_per_step: float | None = None
+        # Measured from finished jobs, for the wait estimate, per kind (a merge's "steps" are tensors,
+        # an upscale's images): seconds per reported step, and the durations (for jobs whose steps
+        # are not known ahead). Moving averages.
+        self._seconds_per_step: dict[str, float] = {}
         self._durations: dict[str, float] = {}
         self._cond = threading.Condition()
         self._pending: deque[_QueuedJob | _Exclusive] = deque()
@@ -423,6 +424,7 @@ class JobQueue:
         self._running: list[Job] = []  # in start order; a job leaves it just before it is marked finished
         # Job thread -> slot number. A thread holds its slot until its FINISHED listeners have run.
         self._job_threads: dict[threading.Thread, int] = {}
+        self._thread_jobs: dict[threading.Thread, Job] = {}  # the same threads' jobs (job_of_current_thread)
         self._exclusive_running = False  # the running job was submitted with exclusive=True
         # Bumped on every change the dispatcher waits for, so a change that happens while it reads
         # `slots` (outside the lock) is not slept through.
@@ -531,6 +533,12 @@ class JobQueue:
         current = threading.current_thread()
         with self._cond:
             return current is self._thread or current in self._job_threads
+
+    def job_of_current_thread(self) -> Job | None:
+        """The job whose thread calls this (None elsewhere, the dispatcher included): code running
+        inside a job (an extension's script) acts on that job and for its owner."""
+        with self._cond:
+            return self._thread_jobs.get(threading.current_thread())
 
     def run_exclusive(self, fn: Callable[[], T], timeout: float | None = None) -> T:
         """Run `fn` on the dispatcher once the jobs queued before it finished and no job runs, and
@@ -658,11 +666,6 @@ class JobQueue:
                 total += expected
             return total / max(1, slots)
 
-    @property
-    def order(self) -> str:
-        """How waiting jobs of different owners are started: "round-robin" or "fifo"."""
-        return self._order()
-
     def jobs(self, limit: int | None = None) -> list[Job]:
         """Known jobs (finished history, running, queued) in submission order; the last `limit`."""
         with self._cond:
@@ -739,8 +742,9 @@ class JobQueue:
     def _expected_seconds(self, job: Job) -> float | None:
         """How long `job` should run in all, from what the finished jobs took; call with `_cond` held."""
         steps = job._total_steps or job.expected_steps
-        if steps and self._seconds_per_step is not None:
-            return steps * self._seconds_per_step
+        per_step = self._seconds_per_step.get(job.kind)
+        if steps and per_step is not None:
+            return steps * per_step
         return self._durations.get(job.kind)
 
     def _record_duration(self, job: Job) -> None:
@@ -753,8 +757,8 @@ class JobQueue:
             self._durations[job.kind] = seconds if previous is None else 0.5 * previous + 0.5 * seconds
             if job._total_steps > 0:
                 per_step = seconds / job._total_steps
-                known = self._seconds_per_step
-                self._seconds_per_step = per_step if known is None else 0.5 * known + 0.5 * per_step
+                known = self._seconds_per_step.get(job.kind)
+                self._seconds_per_step[job.kind] = per_step if known is None else 0.5 * known + 0.5 * per_step
 
     def _cancel_entry(self, entry: _QueuedJob | _Exclusive, reason: str) -> None:
         if isinstance(entry, _Exclusive):
@@ -826,6 +830,7 @@ class JobQueue:
                     thread = threading.Thread(target=contextvars.copy_context().run, args=(self._job_thread, head),
                                               name=name, daemon=True)
                     self._job_threads[thread] = slot  # before it starts, so on_worker() holds in the job
+                    self._thread_jobs[thread] = head.job
                     self._exclusive_running = head.exclusive
                     return head, thread
                 if self._changes == seen:
@@ -847,6 +852,7 @@ class JobQueue:
                 log.exception("Job %s (%s) could not start a thread", entry.job.id, entry.job.kind)
                 with self._cond:
                     self._job_threads.pop(thread, None)
+                    self._thread_jobs.pop(thread, None)
                     self._exclusive_running = False
                     self._changed()
                 self._end_job(entry.job, JobState.FAILED, error=f"{type(exc).__name__}: {exc}",
@@ -868,6 +874,7 @@ class JobQueue:
             # The slot is freed only now, after the FINISHED listeners (see the module docstring).
             with self._cond:
                 self._job_threads.pop(threading.current_thread(), None)
+                self._thread_jobs.pop(threading.current_thread(), None)
                 if not self._job_threads:
                     self._exclusive_running = False
                 self._changed()

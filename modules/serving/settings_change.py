@@ -114,7 +114,13 @@ def change_settings(context: AppContext, changes: Mapping[str, Any], *, api: boo
 
     stored_before = context.settings.stored()
     changed = context.settings.apply(clean)
-    return replace(_apply_to_model(context, changed, before, stored_before, clean), refused=MappingProxyType(refused))
+    report = replace(_apply_to_model(context, changed, before, stored_before, clean), refused=MappingProxyType(refused))
+    if user.name and context.accounts.multi_user:
+        # An operator setting the global checkpoint/VAE/clip skip gets it for their own jobs too (their
+        # own top-bar choice of those keys would otherwise keep overriding what they just set).
+        context.user_choices.forget(user.name, [key for key in (*changed, *([CHECKPOINT_SETTING] if wanted else []))
+                                                if key in USER_CHOICE_KEYS])
+    return report
 
 
 OPERATORS_ONLY = ("setting {key!r} is global on this shared server: only its operators (--admin-users) change "

@@ -15,6 +15,7 @@ through a temp file), so choices survive a restart. Values are validated by the 
 from __future__ import annotations
 
 import json
+import os
 import logging
 import threading
 from collections.abc import Mapping
@@ -44,7 +45,14 @@ class UserChoices:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as error:
-            log.warning("Ignoring %s (%s); every user starts from the global settings", self._path, error)
+            # Moved aside, not overwritten by the next choice: the operator can still recover it.
+            aside = self._path.with_name(self._path.name + ".unreadable")
+            try:
+                os.replace(self._path, aside)
+            except OSError:
+                aside = None
+            log.warning("Cannot read %s (%s)%s; every user starts from the global settings", self._path, error,
+                        f", moved to {aside.name}" if aside else "")
             return {}
         if not isinstance(data, dict):
             return {}
@@ -61,6 +69,16 @@ class UserChoices:
         own = self.of(user)
         return {key: own.get(key, settings[key]) for key in USER_CHOICE_KEYS}
 
+    def forget(self, user: str, keys) -> None:
+        """Drop `user`'s own choice of `keys`: they follow the global settings again."""
+        with self._lock:
+            own = self._choices.get(user, {})
+            if not any(key in own for key in keys):
+                return
+            for key in keys:
+                own.pop(key, None)
+            self._save_locked()
+
     def set(self, user: str, changes: Mapping[str, Any]) -> list[str]:
         """Store validated `changes` for `user`; returns the keys whose value changed."""
         unknown = sorted(set(changes) - set(USER_CHOICE_KEYS))
@@ -70,7 +88,11 @@ class UserChoices:
             own = self._choices.setdefault(user, {})
             changed = [key for key, value in changes.items() if own.get(key) != value]
             own.update(changes)
-            if changed and self._path is not None:
-                text = json.dumps(self._choices, indent=2, sort_keys=True)
-                write_bytes(self._path, text.encode("utf-8"), what="the users' checkpoint choices")
+            if changed:
+                self._save_locked()
         return changed
+
+    def _save_locked(self) -> None:
+        if self._path is not None:
+            text = json.dumps(self._choices, indent=2, sort_keys=True)
+            write_bytes(self._path, text.encode("utf-8"), what="the users' checkpoint choices")

@@ -516,13 +516,20 @@ def wire_generation(context, tabname: str, top: PromptRow, scripts, results: Res
                 yield gr.skip(), error_html(str(error)), "", gr.skip(), gr.skip(), ""
             return
         following = follow_options(context.settings.current())
+        # Keyed by user too: calls without a page session (Gradio's /call API) must not wait on
+        # another user's; and such calls are not serialised at all.
         page = page_of(request)
-        if multi_user:
+        page = f"{user.owner}/{page}" if multi_user and page is not None else None
+        if page is not None:
             page_jobs.add(page, tabname, job)
         try:
             # A later click of the same page waits its turn, showing only where its job stands.
+            shown_note = None
             while page_jobs.earlier(page, tabname, job):
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), queue_note_html(job)
+                note = queue_note_html(job)
+                if note != shown_note:  # sent when its place or wait changes, not at every poll
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), note
+                    shown_note = note
                 await asyncio.sleep(following["poll_seconds"])
             cancelled = (gr.skip(), gr.skip(), "", gr.skip(), gr.skip(),
                          f"<p class='job-note'>{html.escape(job.description or job.id)}: cancelled before it started.</p>")

@@ -241,6 +241,8 @@ def build(context, shared) -> None:
 
     current = context.settings.current()
     specs = tab_specs(current, locked_settings(context.args), context.settings.specs())
+    if not context.accounts.multi_user:  # the queue between users means nothing with one user
+        specs = [spec for spec in specs if spec.section != "sharing"]
     handlers = SettingsHandlers(context, specs)
     options = context.extension_options
     titles = options.section_titles()
