@@ -12,15 +12,9 @@ conversions). A refusal is a 403 that names the flag, so the user knows whom to 
 from __future__ import annotations
 
 from modules.api.errors import ApiError
-from modules.serving.accounts import User, user_of
+from modules.serving.accounts import User, caller  # noqa: F401 - routes import caller from here
 
 OPERATOR_FLAG = "--admin-users"
-
-
-def caller(context, request) -> User:
-    """The user behind `request` (a Starlette `Request`); `SHARED_USER` on a single-user server or a
-    context without accounts (a test's stand-in)."""
-    return user_of(getattr(context, "accounts", None), request)
 
 
 def operators_only(what: str, hint: str = "ask one of them") -> ApiError:

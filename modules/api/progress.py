@@ -25,7 +25,7 @@ from modules.api.errors import not_found
 from modules.api.images import encode_png
 from modules.api.schemas import JobStatus, ProgressResponse, ProgressState
 from modules.api.state import ApiState
-from modules.serving.accounts import SHARED_USER, Accounts, User, user_of
+from modules.serving.accounts import SHARED_USER, Accounts, User, ordinal, user_of
 from modules.serving.jobs import Job, JobQueue
 
 JOBS_LISTED = 100
@@ -33,12 +33,6 @@ JOBS_LISTED = 100
 
 def _timestamp(seconds: float | None) -> str:
     return dt.datetime.fromtimestamp(seconds).strftime("%Y%m%d%H%M%S") if seconds else "0"
-
-
-def ordinal(number: int) -> str:
-    """1 -> "1st", 2 -> "2nd", 11 -> "11th", 23 -> "23rd"."""
-    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
-    return f"{number}{suffix}"
 
 
 def running_job_of(queue: JobQueue, user: User) -> Job | None:

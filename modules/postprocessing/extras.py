@@ -63,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from modules.generation.requests import MAX_INIT_IMAGE_PIXELS
 from modules.common.job_control import NullControl
+from modules.serving.accounts import is_multi_user
 from modules.postprocessing.runner import PostprocessingStopped
 from modules.postprocessing.scripts import PostprocessedImage
 from modules.postprocessing.upscale import UPSCALE_SCRIPT
@@ -224,11 +225,6 @@ def upload_size(path: str | os.PathLike, name: str | None = None) -> tuple[int, 
     return width, height
 
 
-def _multi_user(context) -> bool:
-    """Whether the server keeps its users apart (`--multi-user`; modules.serving.accounts)."""
-    return bool(getattr(getattr(context, "accounts", None), "multi_user", False))
-
-
 def _output_folder(context, request: ExtrasRequest, owner: str | None = None) -> Path:
     settings = context.settings.current()
     if request.mode == 2 and request.output_dir.strip():
@@ -288,7 +284,7 @@ def plan_extras(context, request: ExtrasRequest, owner: str | None = None) -> _P
     """Check `request` against the app (its steps, upscalers, folders, the output budget) without
     doing any work: uploaded files are measured from their headers, nothing is decoded. `owner`: the
     user of a `--multi-user` server it is for (their folders; see the module docstring)."""
-    owner = owner if _multi_user(context) else None
+    owner = owner if is_multi_user(context) else None
     steps = context.postprocessing
     steps.check_args(request.script_args)
     budget = output_budget(context.settings.current())
@@ -336,7 +332,7 @@ def submit_extras(context, request: ExtrasRequest, *, owner: str | None = None) 
     one job of kind "extras"; the job's result is an `ExtrasResult`. `owner`: the submitting user of
     a `--multi-user` server (`User.owner`; the job is theirs and saves into their folders), None for
     the shared user of a single-user server; their waiting limit raises `QueueFullError`."""
-    owner = owner if _multi_user(context) else None
+    owner = owner if is_multi_user(context) else None
     plan = plan_extras(context, request, owner)
     count = len(plan.sources)
     description = f"extras: {count} image{'s' if count != 1 else ''}"
@@ -508,7 +504,7 @@ def run_extras_now(context, request: ExtrasRequest, *, owner: str | None = None)
     """Run `request` and wait for it: on the job worker when called from elsewhere (an extension's
     handler), directly when already there (an extension's script inside a job). `owner`: as for
     `submit_extras`."""
-    owner = owner if _multi_user(context) else None
+    owner = owner if is_multi_user(context) else None
     plan = plan_extras(context, request, owner)
     if context.jobs.on_worker():
         return run_extras_plan(context, plan)

@@ -137,3 +137,21 @@ def user_of(accounts: Accounts | None, request) -> User:
     if accounts is None or not accounts.multi_user:
         return SHARED_USER
     return accounts.user_of_scope(scope_of(request))
+
+
+def is_multi_user(context) -> bool:
+    """Whether `context`'s server keeps users apart (False for a context without accounts: a test's stand-in)."""
+    accounts = getattr(context, "accounts", None)
+    return accounts is not None and accounts.multi_user
+
+
+def caller(context, request) -> User:
+    """The user behind a Starlette or Gradio `request` on `context`'s server (`SHARED_USER` without
+    --multi-user, and for a context without accounts)."""
+    return user_of(getattr(context, "accounts", None), request)
+
+
+def ordinal(number: int) -> str:
+    """1 -> "1st", 2 -> "2nd", 11 -> "11th", 23 -> "23rd"."""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"

@@ -38,6 +38,7 @@ from modules.ui import (
     txt2img,
     workers_status,
 )
+from modules.serving.accounts import is_multi_user
 from modules.ui.file_route import install_file_route
 from modules.ui.file_rules import apply_file_rules, prepare_gradio_cache
 from modules.ui.user_file_guard import install_user_file_guard
@@ -124,7 +125,7 @@ def build_ui(context) -> gr.Blocks:
     with gr.Blocks(title="Atelier", analytics_enabled=False) as blocks:
         top_bar.build(context, shared)
         workers_status.build(context, shared)  # Ray mode only: nothing in the embedded mode
-        multi_user = _multi_user(context)
+        multi_user = is_multi_user(context)
         queue_panel = my_queue.build(context) if multi_user else None  # the user's jobs, on every tab
         with gr.Tabs(elem_id="tabs") as tabs:
             shared.tabs = tabs
@@ -179,20 +180,15 @@ def mount_ui(app, context, *, max_upload_bytes: int | None = None) -> gr.Blocks:
     install_options_route(app, context)
     blocks = build_ui(context)
     css = "\n".join(filter(None, [CSS, workers_status.CSS, models_tab.TAB_CSS, icon_css(), footer.CSS,
-                                   my_queue.CSS if _multi_user(context) else "",
+                                   my_queue.CSS if is_multi_user(context) else "",
                                    extensions_tab.extension_css(context)]))
     js = (JS.replace("%SHORTCUTS%", shortcuts_js() + prompt_drop_js()).replace("%TOOLTIPS%", tooltip_js())
-          .replace("%PROGRESS%", progress_display.progress_js(_multi_user(context))))
+          .replace("%PROGRESS%", progress_display.progress_js(is_multi_user(context))))
     gr.mount_gradio_app(app, blocks, path="/", css=css, js=js, head=page_head(context) + layout_style(),
                         ssr_mode=False, footer_links=[], run_history=False, show_error=False,
                         max_file_size=max_upload_bytes)
     apply_file_rules(blocks, blocked=_private_files(context))
     return blocks
-
-
-def _multi_user(context) -> bool:
-    """Whether the server keeps its users apart (`--multi-user`; modules.serving.accounts)."""
-    return bool(getattr(getattr(context, "accounts", None), "multi_user", False))
 
 
 def layout_style() -> str:

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 
-from modules.serving.accounts import SHARED_USER, User, user_of
+from modules.serving.accounts import SHARED_USER, User, is_multi_user, user_of
 from modules.serving.paths import REPO_ROOT
 from modules.ui.model_previews import is_listed_preview, listed_model_files
 
@@ -61,18 +61,13 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def _multi_user(context) -> bool:
-    accounts = getattr(context, "accounts", None)
-    return accounts is not None and accounts.multi_user
-
-
 def output_roots(context, user: User = SHARED_USER) -> list[Path]:
     """The output folders `/file=` serves to `user` (see the module docstring)."""
     from modules.outputs.images import SaveOptions, txt2img_output_dirs
     from modules.outputs.output_paths import output_areas, user_folders
 
     settings, data_dir = context.settings.current(), context.paths.data_dir
-    if not _multi_user(context):
+    if not is_multi_user(context):
         return list(txt2img_output_dirs(data_dir, SaveOptions.from_settings(settings)))
     if user.admin:
         return [area.folder for area in output_areas(settings, data_dir, context.accounts.names)]
@@ -81,7 +76,7 @@ def output_roots(context, user: User = SHARED_USER) -> list[Path]:
 
 def others_output(context, user: User, requested: Path) -> bool:
     """Whether `requested` (links followed) lies in an output folder that is not `user`'s to read."""
-    if not _multi_user(context) or user.admin:
+    if not is_multi_user(context) or user.admin:
         return False
     from modules.outputs.output_paths import area_of, output_areas
 

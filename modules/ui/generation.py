@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules.serving.generation_service import GenerationSubmission, finished_generation, submit_generation
+from modules.serving.accounts import ordinal
 from modules.serving.jobs import Job, JobState
 
 
@@ -173,12 +174,6 @@ def queue_standing(job: Job) -> tuple[str, str] | None:
         return place, ""
     # An estimate: whole seconds (at least 1), not the tenths a running job's ETA shows.
     return place, f"~{max(1, round(wait))} s" if wait < 59.5 else f"~{_duration(wait)}"
-
-
-def ordinal(number: int) -> str:
-    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st."""
-    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
-    return f"{number}{suffix}"
 
 
 def _bar(percent: float, text: str, short: str, shown: bool = True) -> str:

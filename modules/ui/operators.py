@@ -9,7 +9,7 @@ else gets a message saying so, from the handler itself (hiding a button is no gu
 
 from __future__ import annotations
 
-from modules.serving.accounts import User, user_of
+from modules.serving.accounts import User, caller  # noqa: F401 - tabs import caller from here
 
 OPERATORS_ONLY = ("{what} changes the whole shared server, so only its operators may do it: the users named in "
                   "--admin-users. Ask one of them, or have the server started with your name in --admin-users.")
@@ -20,6 +20,3 @@ def refusal(user: User, what: str) -> str | None:
     return None if user.admin else OPERATORS_ONLY.format(what=what)
 
 
-def caller(context, request) -> User:
-    """The user behind a Gradio request (every caller is the operator without --multi-user)."""
-    return user_of(getattr(context, "accounts", None), request)
