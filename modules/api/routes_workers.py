@@ -7,7 +7,8 @@ the model manager), never by a round trip to the workers, so polling it is cheap
 
 On a server shared with `--multi-user`, a user who is not an operator sees another user's job on a
 worker as nothing: `current_job` only when the job is theirs, `last_error` (another user's job may
-have failed with their prompt in the message) never.
+have failed with their prompt in the message) never (modules.cluster.visibility, shared with the
+UI's workers line).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modules.api.callers import caller
 from modules.cluster.embedded import embedded_workers
 from modules.cluster.types import workers_summary
+from modules.cluster.visibility import workers_as_seen_by
 from modules.serving.accounts import SHARED_USER, User
 
 PATH = "/atelier/v1/workers"
@@ -68,16 +70,8 @@ def workers_response(context, user: User = SHARED_USER) -> WorkersResponse:
     else:
         workers = embedded_workers(context)
         mode, summary = "embedded", workers_summary(workers)
-    items = [WorkerItem.model_validate(worker.as_json()) for worker in workers]
-    if not user.admin:
-        items = [_as_seen_by(item, context, user) for item in items]
+    items = [WorkerItem.model_validate(worker.as_json()) for worker in workers_as_seen_by(workers, context, user)]
     return WorkersResponse(mode=mode, summary=summary, workers=items)
-
-
-def _as_seen_by(item: WorkerItem, context, user: User) -> WorkerItem:
-    job = context.jobs.get(item.current_job) if item.current_job else None
-    own = job is not None and user.owns(job.owner)
-    return item.model_copy(update={"current_job": item.current_job if own else None, "last_error": None})
 
 
 def build_router(context) -> APIRouter:

@@ -13,6 +13,10 @@ Differences from A1111:
   switch runs between jobs (after the jobs already queued; at once from inside a job), like a
   change of the checkpoint setting, and is remembered in config.json unless inside
   `SkipWritingToConfig()`.
+- on a server shared with `--multi-user`, for a user who is not an operator
+  (modules.extension_host.callers): `reload_model_weights` inside their job loads the checkpoint
+  for that job only (config.json unchanged), outside a job it is refused (logged, the current model
+  returned); `unload_model_weights` is refused (logged). Operators: as above.
 - `select_checkpoint()` raises FileNotFoundError when there is no checkpoint (A1111 exits).
 - the model returned and `model_data.sd_model` are what `shared.sd_model` gives (A1111's names over
   Atelier's model), not A1111's LatentDiffusion.
@@ -25,6 +29,7 @@ import logging
 import os
 from typing import Any
 
+from modules.extension_host.callers import extension_caller, extension_name
 from modules.extension_host.environment import current_app
 
 log = logging.getLogger(__name__)
@@ -176,6 +181,16 @@ def reload_model_weights(sd_model=None, info=None, forced_reload: bool = False):
     context = current_app()
     listed = _listed(context, info) if info is not None else select_checkpoint().info
     skip_config = _skip_writing_to_config.get()
+    caller = extension_caller(context)
+    if caller.restricted:
+        if caller.job is None:
+            # Outside a job the switch would be everyone's: only operators change the global model.
+            log.warning("%s asked to load %s for user %r outside a job: refused, only operators (--admin-users) "
+                        "switch the checkpoint of this shared server", extension_name(), listed.title,
+                        caller.user.name)
+            return _view_of_model(context, context.models.current())
+        # Inside the user's own job: loaded for this job only; config.json stays the operators'.
+        skip_config = True
 
     def switch():
         current = context.models.current_info()
@@ -195,8 +210,14 @@ def _view_of_model(context, model):
 
 
 def unload_model_weights(sd_model=None, info=None) -> None:
-    """Free every loaded checkpoint; the next generation loads one again."""
+    """Free every loaded checkpoint; the next generation loads one again. On a server shared with
+    `--multi-user` only operators unload (it would pull the model from under everyone's jobs)."""
     context = current_app()
+    caller = extension_caller(context)
+    if caller.restricted:
+        log.warning("%s asked to unload the checkpoints for user %r: refused, only operators (--admin-users) "
+                    "unload the models of this shared server", extension_name(), caller.user.name)
+        return
     context.between_jobs(context.models.unload_all)
 
 

@@ -13,6 +13,7 @@ import logging
 from typing import Any, Callable, Iterator, Mapping, MutableMapping
 
 from modules.extension_host.a1111_defaults import A1111_ONLY_DEFAULTS
+from modules.extension_host.callers import extension_caller, extension_name
 from modules.extension_host.environment import current_app
 from modules.extension_host.option_registry import OptionHTML, OptionInfo, options_section  # noqa: F401 - A1111's names
 
@@ -90,7 +91,12 @@ class Options:
 
     def set(self, key: str, value: Any, is_api: bool = False, run_callbacks: bool = True) -> bool:
         """Store `value` (saved at once); False when unchanged or refused (the log says why). A value
-        of the wrong type is refused with a ValueError naming the rule."""
+        of the wrong type is refused with a ValueError naming the rule.
+
+        On a server shared with `--multi-user`, code running for a user who is not an operator (in
+        their job, or their page's event; modules.extension_host.callers) changes only that user's own
+        choices (checkpoint, VAE, clip skip); a global setting is refused with a warning naming the
+        extension, not an exception (A1111 raises none for a setting it does not store)."""
         from modules.serving.settings_change import change_settings
 
         context = current_app()
@@ -99,6 +105,14 @@ class Options:
         _, invalid = context.settings.validate_each({key: value})
         if invalid:
             raise ValueError(invalid[key])
+        caller = extension_caller(context)
+        if caller.restricted:
+            # Not even without callbacks: a non-operator's global change is refused either way.
+            report = change_settings(context, {key: value}, api=is_api, user=caller.user)
+            if key in report.refused:
+                log.warning("opts.%s not set by %s for user %r: %s", key, extension_name(), caller.user.name,
+                            report.refused[key])
+            return key in report.changed
         if not run_callbacks:
             return bool(context.settings.apply({key: value}))
         report = change_settings(context, {key: value}, api=is_api)

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from modules.extension_host.a1111_models import current_sd_model
+from modules.extension_host.callers import extension_caller, extension_name
 from modules.extension_host.environment import current_app
 from modules.extension_host.options import Options
 
@@ -18,10 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class State:
-    """`shared.state`: A1111's State, read from the job the queue is running. Holds no state of its
-    own. Extensions' writes to the progress fields (`job_count`, `job_no`, `textinfo`, ...) are
-    accepted and ignored: Atelier's progress comes from the sampler; setting `interrupted` or
-    `skipped` to True interrupts or skips the current job."""
+    """`shared.state`: A1111's State, read from the job the queue is running (with `--multi-user`:
+    the calling job, see `_job`). Holds no state of its own. Extensions' writes to the progress
+    fields (`job_count`, `job_no`, `textinfo`, ...) are accepted and ignored: Atelier's progress
+    comes from the sampler; setting `interrupted` or `skipped` to True interrupts or skips the
+    current job (with `--multi-user`: the calling one, see `_stop`)."""
 
     _WRITES_IGNORED = frozenset({"job", "job_no", "job_count", "processing_has_refined_job_count", "job_timestamp",
                                  "sampling_step", "sampling_steps", "current_latent", "current_image",
@@ -30,7 +32,16 @@ class State:
 
     @staticmethod
     def _job():
-        return current_app().jobs.current()
+        """The job the fields describe: the queue's running one; on a server shared with
+        `--multi-user` the calling job (modules.extension_host.callers), and outside a job only for
+        an operator (another user's job is not shown)."""
+        context = current_app()
+        caller = extension_caller(context)
+        if not caller.multi_user:
+            return context.jobs.current()
+        if caller.job is not None:
+            return caller.job
+        return context.jobs.current() if caller.operator else None
 
     @property
     def interrupted(self) -> bool:
@@ -115,13 +126,33 @@ class State:
             raise AttributeError(f"shared.state has no field {name!r}")
 
     def interrupt(self) -> None:
-        current_app().jobs.interrupt()
+        self._stop("interrupt")
 
     def stop_generating(self) -> None:
         self.interrupt()
 
     def skip(self) -> None:
-        current_app().jobs.skip()
+        self._stop("skip")
+
+    @staticmethod
+    def _stop(how: str) -> None:
+        """Interrupt or skip the running job (A1111). With `--multi-user`: the calling job only; outside
+        any job only an operator's call acts (as A1111), since another user's call cannot name their
+        own page's job and must not stop someone else's."""
+        context = current_app()
+        stop = context.jobs.interrupt if how == "interrupt" else context.jobs.skip
+        caller = extension_caller(context)
+        if not caller.multi_user:
+            stop()
+        elif caller.job is not None:
+            stop(caller.job.id)
+        elif caller.operator:
+            stop()
+        else:
+            who = f"user {caller.user.name!r}" if caller.user is not None else "a caller outside any job"
+            log.warning("shared.state.%s() from %s for %s did nothing: on a shared server (--multi-user) it stops "
+                        "only the job it is called from; use the page's %s button", how, extension_name(), who,
+                        how.capitalize())
 
     def begin(self, job: str = "(unknown)") -> None:
         """A1111 resets its progress fields here; Atelier's job queue keeps them."""
@@ -253,7 +284,11 @@ def shared_value(name: str) -> Any:
 
 
 def module_getattr(name: str) -> Any:
-    """`modules.shared.__getattr__` (PEP 562): the names not defined there are per-app values."""
+    """`modules.shared.__getattr__` (PEP 562): the names not defined there are per-app values.
+    Dunder names are not: the import system asks for `__path__` (`from modules.shared import x`
+    outside an app) and must get an AttributeError, not "used outside a running Atelier app"."""
+    if name.startswith("__"):
+        raise AttributeError(f"module 'modules.shared' has no attribute {name!r}")
     return shared_value(name)
 
 

@@ -5,6 +5,9 @@ The embedded (default) mode shows nothing and builds no component, so its page i
 Ray mode existed. The line is read from the pool's last report (`context.cluster.describe()`, no
 round trip to the workers) when a page opens and every few seconds after.
 
+On a server shared with `--multi-user` each page sees the workers as its user may
+(modules.cluster.visibility): a non-operator sees no other user's job id or last error.
+
 Everything shown is escaped: node ids come from Ray, checkpoint titles from file names, and an error
 can quote anything (a prompt, a path, a remote traceback).
 """
@@ -16,6 +19,8 @@ import html
 import gradio as gr
 
 from modules.cluster.types import WorkerInfo, workers_summary
+from modules.cluster.visibility import workers_as_seen_by
+from modules.serving.accounts import SHARED_USER, User, caller
 from modules.ui.shared import UiShared
 
 POLL_SECONDS = 3.0
@@ -43,12 +48,14 @@ def worker_line(worker: WorkerInfo) -> str:
     return line
 
 
-def workers_status_html(context) -> str:
-    """The status line's HTML: empty in the embedded mode (no `context.cluster`)."""
+def workers_status_html(context, user: User = SHARED_USER) -> str:
+    """The status line's HTML: empty in the embedded mode (no `context.cluster`). `user`: who reads
+    it (with `--multi-user` a non-operator sees no other user's job id or error)."""
     cluster = getattr(context, "cluster", None)
     if cluster is None:
         return ""
-    workers = cluster.describe()  # one snapshot for both the words and the hover text
+    # One snapshot for both the words and the hover text.
+    workers = workers_as_seen_by(cluster.describe(), context, user)
     details = "\n".join(worker_line(worker) for worker in workers) or "no workers yet"
     return (f"<span class='workers-status' title=\"{html.escape(details, quote=True)}\">"
             f"{html.escape(workers_summary(workers))}</span>")
@@ -59,10 +66,13 @@ def build(context, shared: UiShared) -> gr.HTML | None:
     (returns None)."""
     if getattr(context, "cluster", None) is None:
         return None
-    status = gr.HTML(workers_status_html(context), elem_id="workers_status")
+    def for_page(request: gr.Request | None = None) -> str:
+        return workers_status_html(context, caller(context, request))
+
+    # Built into the page every user loads: as an unknown caller sees it (everything without --multi-user).
+    status = gr.HTML(for_page(), elem_id="workers_status")
     timer = gr.Timer(POLL_SECONDS)
     # Not queued behind generations (concurrency_limit None) and not part of the public API.
-    timer.tick(lambda: workers_status_html(context), outputs=[status], show_progress="hidden",
-               concurrency_limit=None, api_visibility="private")
-    shared.page_loads.append((lambda: workers_status_html(context), [status]))
+    timer.tick(for_page, outputs=[status], show_progress="hidden", concurrency_limit=None, api_visibility="private")
+    shared.page_loads.append((for_page, [status]))
     return status

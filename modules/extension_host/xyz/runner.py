@@ -339,7 +339,7 @@ class _Runner:
 
     def _save_grids(self, result: GridResult) -> list[str]:
         """The grid (and the sub grids shown with it) in `outputs/txt2img-grids` (img2img's:
-        `outputs/img2img-grids`), as A1111's `xyz_grid-NNNN-<seed>.png`, when the `grid_save` setting
+        `outputs/img2img-grids`; the request's override of those folders counts), as A1111's `xyz_grid-NNNN-<seed>.png`, when the `grid_save` setting
         is on."""
         from modules.extension_host.xyz.plan import is_img2img_request
         from modules.outputs.images import (
@@ -350,7 +350,9 @@ class _Runner:
             txt2img_output_dirs,
         )
 
-        settings = self.services.engine.settings.current()
+        # With the request's overrides, as its images are saved: a --multi-user owner's grid folder is
+        # theirs (outputs/<user>/...), and a request's own grid settings count.
+        settings = self.services.engine.settings.current().with_overrides(self.plan.request.override_settings or {})
         if not settings["grid_save"] or self.services.data_dir is None:
             return []
         options = SaveOptions.from_settings(settings)
