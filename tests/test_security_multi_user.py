@@ -35,7 +35,7 @@ from modules.serving.accounts import USER_STATE_KEY, user_of
 from modules.serving.paths import REPO_ROOT
 from tests.test_api_support import WAIT, LiveServer, basic_auth, make_context
 
-PASSWORDS = {"ann": "pw1", "ben": "pw2", "cat": "pw3"}
+PASSWORDS = {"ann": "ann-pw-5e1f0c", "ben": "ben-pw-77a2d9", "cat": "cat-pw-0b93e4"}
 AUTH = ",".join(f"{user}:{password}" for user, password in PASSWORDS.items())
 MULTI = ["--multi-user", "--gradio-auth", AUTH, "--admin-users", "cat", "--api"]
 SMALL = {"width": 64, "height": 64, "steps": 2, "sampler_name": "Euler"}
@@ -455,6 +455,59 @@ def test_events_naming_anns_images_as_inputs_are_refused(site, anns):
                 if secret in json.dumps(message) or message.get("success") is True:
                     leaks.append(f"{file} -> {str(message)[:200]}")
         assert not leaks, "ben's events read ann's image:\n" + "\n".join(leaks)
+
+
+def test_bens_extras_batch_cannot_read_or_write_anns_folders(site, anns):
+    """Extras' Batch from Directory names server folders as text (no FileData for the guard to see):
+    ann's folder, reached by `..`, by a link in ben's own folder, or as the output, is refused; a link
+    to her image inside his own folder is not processed."""
+    from PIL import Image
+
+    outputs = site.data / "outputs"
+    _attack_targets(site, anns)  # makes ben's link to ann's folder
+    anns_day = anns.saved.parent
+    under_ann = anns_day.relative_to(outputs / "ann").as_posix()
+    own = outputs / "ben" / "in"
+    own.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), "green").save(own / "own.png")
+    if not (own / "hers.png").is_symlink():
+        (own / "hers.png").symlink_to(anns.saved)
+    before = {path: path.stat().st_mtime_ns for path in outputs.rglob("*") if path.is_file()}
+    with site.client("ben") as ben:
+        config = ben.get("/config").json()
+        fn_index, trigger, dependency = _event(config, "extras_generate", "click")
+
+        def batch(input_dir: str, output_dir: str = "") -> str:
+            data = _defaults(config, dependency, extras_selected_mode=2, extras_batch_input_dir=input_dir,
+                             extras_batch_output_dir=output_dir)
+            return json.dumps(run_event(ben, fn_index, trigger, data))
+
+        for input_dir, output_dir in ((str(anns_day), ""), (anns_day.relative_to(site.data).as_posix(), ""),
+                                      (f"{outputs}/ben/../ann/{under_ann}", ""),
+                                      (f"{outputs}/ben/shortcut/{under_ann}", ""),
+                                      (str(own), str(outputs / "ann" / "extras-images")),
+                                      (str(own), f"{outputs}/ben/shortcut/extras-images"),
+                                      (str(own), f"{outputs}/ben/../ann/extras-images")):
+            text = batch(input_dir, output_dir)
+            assert anns.prompt not in text, (input_dir, output_dir, text[:300])
+            assert "not one of your folders" in text, (input_dir, output_dir, text[:300])
+        # His own folder is processed (so the refusals above are about ann's): his image only.
+        assert anns.prompt not in batch(str(own))
+    after = {path: path.stat().st_mtime_ns for path in outputs.rglob("*") if path.is_file()}
+    assert {path: after[path] for path in before} == before
+    made = sorted(set(after) - set(before))
+    assert made and all(path.relative_to(outputs).parts[:2] == ("ben", "extras-images") for path in made), made
+    assert len(made) == 1 and anns.prompt.encode() not in made[0].read_bytes(), made
+
+
+def test_no_page_or_route_ben_reads_shows_another_users_password(site):
+    with site.client("ben") as ben:
+        for route in ("/", "/config", "/sdapi/v1/cmd-flags", "/sdapi/v1/options", "/atelier/opts.json",
+                      "/sdapi/v1/jobs", "/atelier/v1/workers"):
+            answer = ben.get(route)
+            assert answer.status_code == 200, (route, answer.status_code)
+            for user in ("ann", "cat"):
+                assert PASSWORDS[user] not in answer.text, (route, user)
 
 
 # --- a server without --multi-user -----------------------------------------------------------------------
