@@ -29,13 +29,14 @@ from tests.browser.ui import (
     GENERATION_TIMEOUT_MS,
     fill,
     gallery_images,
-    small_job,
     unique_prompt,
 )
 
 PASSWORDS = {"ann": "pw1", "ben": "pw2", "cat": "pw3"}
 QUEUE_ROWS = "#atelier_my_queue [data-job-id]"
-LONG_STEPS, LONG_BATCH = 150, 100  # ann's first job: far longer than the test takes to look at it
+# ann's first job: 15000 steps of 128x128, minutes even on a fast machine, far longer than the test
+# takes to look at it (she interrupts it).
+LONG_JOB = {"txt2img_width": 128, "txt2img_height": 128, "txt2img_steps": 150, "txt2img_batch_count": 100}
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +134,12 @@ def test_two_users_share_the_queue_and_keep_their_jobs_and_images_apart(pages, m
     for page in pages.values():
         expect(page.locator("#atelier_my_queue")).to_be_visible()
     # Both forms are filled before anything runs (a page is slower to drive while a job takes a core).
-    small_job(ben, steps=3)
+    for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 3)):
+        fill(ben, elem_id, value)  # one image, the default batch count
     ben_prompt = unique_prompt("ben's small boat")
     fill(ben, "txt2img_prompt", ben_prompt)
-    small_job(ann, steps=LONG_STEPS, batch_count=LONG_BATCH)
+    for elem_id, value in LONG_JOB.items():
+        fill(ann, elem_id, value)
     ann_prompt = unique_prompt("ann's long lighthouse")
     fill(ann, "txt2img_prompt", ann_prompt)
 
