@@ -294,6 +294,30 @@ def test_my_queue_shows_ben_only_his_jobs_and_his_cancel_cannot_reach_anns(site)
         assert bens.state.value == "interrupted"
 
 
+def test_a_users_hostile_prompt_and_task_id_are_inert_in_the_operators_panel(site):
+    """The operator's My queue lists every user's jobs with their prompts: ben's markup stays text."""
+    prompt = "<img src=x onerror=alert(1)> ' onmouseover='alert(2)"
+    task_id = "t' onclick='alert(3)"
+    answers: list = []
+
+    def submit() -> None:
+        with site.client("ben") as ben:
+            answers.append(ben.post("/sdapi/v1/txt2img", json={"prompt": prompt, "force_task_id": task_id, **SMALL}))
+
+    thread = threading.Thread(target=submit)
+    with running(site.context, "cat"):
+        thread.start()
+        wait_for(lambda: any(job.owner == "ben" for job in site.context.jobs.waiting_jobs()))
+        (bens,) = (job for job in site.context.jobs.waiting_jobs() if job.owner == "ben")
+        with site.client("cat") as cat:
+            shown = panel_refresh(cat)
+        assert f"data-job-id='{bens.id}'" in shown
+        assert "<img" not in shown and "onmouseover='" not in shown and "onclick='" not in shown, shown
+        assert "&lt;img src=x" in shown  # shown, as text
+        site.context.jobs.interrupt(bens.id)
+    thread.join(WAIT)
+
+
 def test_force_task_id_collision_reaches_only_ones_own_job(site):
     """ann and ben both wait behind cat's job with the same force_task_id; ben following, cancelling
     or interrupting that id reaches his own job only, and ann's job then runs and finishes."""
