@@ -524,6 +524,54 @@ def test_bens_extras_batch_cannot_read_or_write_anns_folders(site, anns):
     assert len(made) == 1 and anns.prompt.encode() not in made[0].read_bytes(), made
 
 
+def test_bens_img2img_batch_cannot_read_anns_folders(site, anns):
+    """img2img Batch names folders as text too: ann's folder as the PNG info folder (her prompts for his
+    same-named images), as the mask folder, through `..` or his link, with folder or uploaded input."""
+    from PIL import Image
+
+    outputs = site.data / "outputs"
+    _attack_targets(site, anns)  # makes ben's link to ann's folder
+    anns_day = anns.saved.parent
+    under_ann = anns_day.relative_to(outputs / "ann").as_posix()
+    own = outputs / "ben" / "same-names"
+    own.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), "gray").save(own / anns.saved.name)  # named as her image, to pick up its infotext
+    before = {path: path.stat().st_mtime_ns for path in outputs.rglob("*") if path.is_file()}
+    with site.client("ben") as ben:
+        config = ben.get("/config").json()
+        fn_index, trigger, dependency = _event(config, "img2img_generate", "click")
+        upload = ben.post("/gradio_api/upload", files={"files": (anns.saved.name, (own / anns.saved.name).read_bytes(),
+                                                                 "image/png")})
+        assert upload.status_code == 200, upload.text
+        uploaded = [{"path": upload.json()[0], "orig_name": anns.saved.name, "meta": {"_type": "gradio.FileData"}}]
+        theirs = (str(anns_day), f"{outputs}/ben/../ann/{under_ann}", f"{outputs}/ben/shortcut/{under_ann}",
+                  anns_day.relative_to(site.data).as_posix())
+        cases = [{"img2img_batch_source_type": "from dir", "img2img_batch_input_dir": str(own),
+                  "img2img_batch_use_png_info": True, "img2img_batch_png_info_dir": folder} for folder in theirs]
+        cases += [{"img2img_batch_source_type": "from dir", "img2img_batch_input_dir": str(own),
+                   "img2img_batch_inpaint_mask_dir": folder} for folder in theirs[:3]]
+        cases += [{"img2img_batch_source_type": "upload", "img2img_image_batch": uploaded,
+                   "img2img_batch_use_png_info": True, "img2img_batch_png_info_dir": folder} for folder in theirs[:3]]
+        for case in cases:
+            data = _defaults(config, dependency, img2img_selected_mode=5, img2img_width=64, img2img_height=64,
+                             img2img_steps=2, img2img_prompt="ben's", **case)
+            text = json.dumps(run_event(ben, fn_index, trigger, data))
+            assert anns.prompt not in text, (case, text[:300])
+            assert "not one of your folders" in text, (case, text[:300])
+        # His own folders are accepted (so the refusals above are about ann's).
+        data = _defaults(config, dependency, img2img_selected_mode=5, img2img_width=64, img2img_height=64,
+                         img2img_steps=2, img2img_prompt="ben's", img2img_batch_source_type="from dir",
+                         img2img_batch_input_dir=str(own), img2img_batch_use_png_info=True,
+                         img2img_batch_png_info_dir=str(own))
+        text = json.dumps(run_event(ben, fn_index, trigger, data))
+        assert "not one of your folders" not in text and anns.prompt not in text, text[:300]
+    after = {path: path.stat().st_mtime_ns for path in outputs.rglob("*") if path.is_file()}
+    assert {path: after[path] for path in before} == before
+    made = sorted(set(after) - set(before))
+    assert made and all(path.relative_to(outputs).parts[0] == "ben" for path in made), made
+    assert not any(anns.prompt.encode() in path.read_bytes() for path in made)
+
+
 def test_no_page_or_route_ben_reads_shows_another_users_password(site):
     with site.client("ben") as ben:
         for route in ("/", "/config", "/sdapi/v1/cmd-flags", "/sdapi/v1/options", "/atelier/opts.json",
