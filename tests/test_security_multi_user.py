@@ -382,6 +382,22 @@ def test_bens_option_post_of_a_global_key_is_403_and_changes_nothing(site):
     assert (config_file.read_bytes() if config_file.exists() else None) == before_file
 
 
+def test_bens_settings_tab_apply_changes_nothing(site):
+    """The Settings tab's Apply event, sent by ben with a global setting changed, is refused."""
+    config_file = site.data / "config.json"
+    before_file = config_file.read_bytes() if config_file.exists() else None
+    before = dict(site.context.settings.current())
+    assert before["samples_format"] != "jpg"
+    with site.client("ben") as ben:
+        config = ben.get("/config").json()
+        fn_index, trigger, dependency = _event(config, "settings_submit", "click")
+        data = _defaults(config, dependency, setting_samples_format="jpg", setting_multi_user_queue_limit=1000)
+        text = json.dumps(run_event(ben, fn_index, trigger, data))
+    assert "--admin-users" in text, text[:500]
+    assert site.context.settings.current() == before
+    assert (config_file.read_bytes() if config_file.exists() else None) == before_file
+
+
 # --- files -----------------------------------------------------------------------------------------------
 
 def _attack_targets(site: Site, anns: AnnsImages) -> list[str]:
