@@ -427,3 +427,14 @@ def test_wait_estimates_learn_per_kind():
     finally:
         gate.set()
         queue.shutdown(timeout=WAIT)
+
+
+def test_a_link_in_a_users_folder_does_not_lead_into_another_users(tmp_path):
+    (tmp_path / "outputs" / "ann").mkdir(parents=True)
+    (tmp_path / "outputs" / "ben").mkdir(parents=True)
+    (tmp_path / "outputs" / "ben" / "shortcut").symlink_to(tmp_path / "outputs" / "ann")
+    with pytest.raises(ValueError, match="through a link"):
+        user_output_dir("outputs/ben/shortcut", "ben", tmp_path)
+    with pytest.raises(ValueError, match="through a link"):
+        user_output_dir("outputs/shortcut", "ben", tmp_path)  # lands on outputs/ben/shortcut too
+    assert user_output_dir("outputs/ben/own", "ben", tmp_path) == tmp_path / "outputs/ben/own"

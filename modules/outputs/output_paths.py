@@ -109,7 +109,12 @@ def user_output_dir(value: str, user: str, data_dir: Path) -> Path:
         rest = path.relative_to(outputs)
         if rest.parts[:1] == (user,):
             rest = Path(*rest.parts[1:]) if len(rest.parts) > 1 else Path()
-        return outputs / user / rest
+        target, own = outputs / user / rest, outputs / user
+        # A link inside the user's folder must not lead into another's (reading checks real paths too).
+        if not _real(target).is_relative_to(_real(own)):
+            raise ValueError(f"output folder {value!r} leads out of {own} through a link ({_real(target)}); "
+                             f"pick a folder inside {own}")
+        return target
     return path / user
 
 

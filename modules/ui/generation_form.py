@@ -539,8 +539,9 @@ def wire_generation(context, tabname: str, top: PromptRow, scripts, results: Res
             # An earlier button's message goes when a job starts.
             yield gr.skip(), "", render_progress(job, show_bar=following["show_bar"]), gr.skip(), job.id, ""
             async for update in follow_job_async(job, loading=lambda: context.load_state.loading, **following):
-                preview = (await _gallery(multi_user, [update.preview], user) if update.preview is not None
-                           else gr.skip())
+                # A live preview goes to Gradio's cache as it is (a name only its page learns), not
+                # into the user's gallery folder: a file per poll would pile up until restart.
+                preview = [update.preview] if update.preview is not None else gr.skip()
                 yield preview, gr.skip(), update.progress_html, gr.skip(), job.id, gr.skip()
             if multi_user and job.started_at is None:
                 yield cancelled
