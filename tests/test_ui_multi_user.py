@@ -214,8 +214,34 @@ async def _drain(generator) -> list:
     return [item async for item in generator]
 
 
+async def _next(generator):
+    return await generator.__anext__()
+
+
+async def _closed(generator) -> None:
+    await generator.aclose()
+
+
+class _ThreadLoop:
+    """An event loop on a thread of its own, as the server runs handlers: the test's thread may
+    already have a running loop (another test's), where `run_until_complete` refuses to run."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="test-handler-loop", daemon=True)
+        self._thread.start()
+
+    def run_until_complete(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(WAIT * 6)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(WAIT)
+        self._loop.close()
+
+
 def _pulled(generator, loop):
-    return loop.run_until_complete(generator.__anext__())
+    return loop.run_until_complete(_next(generator))
 
 
 def test_generate_queues_each_click_and_a_later_click_waits_quietly(shared, blocks):
@@ -224,7 +250,7 @@ def test_generate_queues_each_click_and_a_later_click_waits_quietly(shared, bloc
     fn = _generate_fn(blocks)
     assert fn.trigger_mode == "multiple"  # a click while the tab's job runs is not dropped
     values = _default_values(fn)
-    loop = asyncio.new_event_loop()
+    loop = _ThreadLoop()
     holder, release = _hold_queue(shared, owner="bob")
     try:
         first = fn.fn(page_request("alice"), *values)
@@ -278,7 +304,7 @@ def test_a_full_queue_is_shown_as_an_error(shared, blocks):
     fn = _generate_fn(blocks)
     values = _default_values(fn)
     limit = shared.settings.current()["multi_user_queue_limit"]
-    loop = asyncio.new_event_loop()
+    loop = _ThreadLoop()
     holder, release = _hold_queue(shared, owner="bob")
     generators = []
     try:
@@ -295,7 +321,7 @@ def test_a_full_queue_is_shown_as_an_error(shared, blocks):
         release.set()
         holder.wait(WAIT)
         for generator in generators:
-            loop.run_until_complete(generator.aclose())
+            loop.run_until_complete(_closed(generator))
         loop.close()
 
 
