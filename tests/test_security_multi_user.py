@@ -34,6 +34,7 @@ import pytest
 from modules.serving.accounts import USER_STATE_KEY, user_of
 from modules.serving.paths import REPO_ROOT
 from tests.test_api_support import WAIT, LiveServer, basic_auth, make_context
+from tests.test_api_multi_user import wait_for
 
 PASSWORDS = {"ann": "ann-pw-5e1f0c", "ben": "ben-pw-77a2d9", "cat": "cat-pw-0b93e4"}
 AUTH = ",".join(f"{user}:{password}" for user, password in PASSWORDS.items())
@@ -98,15 +99,6 @@ def running(context, owner: str | None) -> Iterator:
     with held(context, owner) as job:
         wait_for(lambda: job.state.value == "running" and job.step > 0)
         yield job
-
-
-def wait_for(condition) -> None:
-    pause = threading.Event()
-    for _ in range(int(WAIT * 100)):
-        if condition():
-            return
-        pause.wait(0.01)
-    raise AssertionError("condition not reached")
 
 
 def untouched(job) -> bool:
