@@ -44,8 +44,8 @@ LONG_JOB = {"txt2img_width": 128, "txt2img_height": 128, "txt2img_steps": 150, "
 def multi_server(browser, tmp_path_factory, artifacts_dir):
     data_dir = tmp_path_factory.mktemp("atelier-multi-user-data")
     write_tiny_checkpoints(data_dir, CHECKPOINTS[:1])
-    # No live previews: each is a PNG written and sent per poll, CPU the pages and the long job compete
-    # for on a 2-core machine; this test is about the queue.
+    # No live previews: a preview decoded and sent per poll takes CPU the pages and the long job
+    # compete for on a 2-core machine; this test is about the queue.
     (data_dir / "config.json").write_text(json.dumps({"live_previews_enable": False}), encoding="utf-8")
     auth = ",".join(f"{user}:{password}" for user, password in PASSWORDS.items())
     server = start_server(data_dir, artifacts_dir / "server-multi-user.log",
