@@ -24,7 +24,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -34,7 +34,7 @@ import pytest
 from modules.serving.accounts import USER_STATE_KEY, user_of
 from modules.serving.paths import REPO_ROOT
 from tests.test_api_support import WAIT, LiveServer, basic_auth, make_context
-from tests.test_api_multi_user import wait_for
+from tests.test_api_multi_user import held_job as held, running, wait_for
 
 PASSWORDS = {"ann": "ann-pw-5e1f0c", "ben": "ben-pw-77a2d9", "cat": "cat-pw-0b93e4"}
 AUTH = ",".join(f"{user}:{password}" for user, password in PASSWORDS.items())
@@ -74,32 +74,6 @@ def site(tmp_path_factory):
 
 
 # --- jobs held in place -----------------------------------------------------------------------------
-
-@contextmanager
-def held(context, owner: str | None, kind: str = "txt2img") -> Iterator:
-    """A job of `owner` that reports step 3 of 10 once it runs and then waits until the block ends."""
-    release = threading.Event()
-
-    def work(control):
-        control.report(3, 10)
-        assert release.wait(WAIT)
-
-    job = context.jobs.submit(work, kind=kind, description=f"held job of {owner}", owner=owner)
-    try:
-        yield job
-    finally:
-        release.set()
-        if job.state.value == "queued":
-            context.jobs.interrupt(job.id)
-        job.wait(WAIT)
-
-
-@contextmanager
-def running(context, owner: str | None) -> Iterator:
-    with held(context, owner) as job:
-        wait_for(lambda: job.state.value == "running" and job.step > 0)
-        yield job
-
 
 def untouched(job) -> bool:
     return not job.interrupt_requested and not job.skip_requested and not job.finished
