@@ -12,7 +12,7 @@ conversions). A refusal is a 403 that names the flag, so the user knows whom to 
 from __future__ import annotations
 
 from modules.api.errors import ApiError
-from modules.serving.accounts import User, caller  # noqa: F401 - routes import caller from here
+from modules.serving.accounts import User
 
 OPERATOR_FLAG = "--admin-users"
 

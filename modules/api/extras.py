@@ -32,7 +32,7 @@ from fastapi import APIRouter, Request
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modules.api.callers import caller
+from modules.serving.accounts import caller
 from modules.api.errors import bad_request, describe_validation_error, exception_to_api_error
 from modules.api.images import MAX_API_IMAGE_PIXELS, PixelBudget, decode_input_image
 from modules.api.state import require_running_queue

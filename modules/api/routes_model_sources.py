@@ -27,7 +27,8 @@ from fastapi import APIRouter, Body, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from modules.api.callers import caller, require_operator
+from modules.serving.accounts import caller
+from modules.api.callers import require_operator
 from modules.api.errors import ApiError, not_found
 from modules.model_sources.types import ModelSourceError
 

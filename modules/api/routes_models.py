@@ -18,7 +18,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 
-from modules.api.callers import caller, operators_only, require_operator
+from modules.serving.accounts import caller
+from modules.api.callers import operators_only, require_operator
 from modules.api.errors import ApiError, bad_request, exception_to_api_error
 from modules.api.schemas import MergeResponse, SDModelItem, SDVaeItem
 from modules.api.state import ApiState, require_running_queue

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from modules.api.callers import caller
+from modules.serving.accounts import caller
 from modules.cluster.embedded import embedded_workers
 from modules.cluster.types import workers_summary
 from modules.cluster.visibility import workers_as_seen_by

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from modules.api import generation_api as shared
-from modules.api.callers import caller
+from modules.serving.accounts import caller
 from modules.api.errors import bad_request, describe_validation_error
 from modules.api.generation_api import PreparedGeneration
 from modules.api.schemas import TextToImageResponse, Txt2ImgApiRequest

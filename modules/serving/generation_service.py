@@ -100,9 +100,10 @@ def submit_generation(context: AppContext, submission: GenerationSubmission) -> 
 def expected_steps(request: GenerationRequest) -> int:
     """About the steps the job will report, for the wait estimate of the jobs behind it."""
     steps = max(1, int(request.steps))
-    hires = getattr(request, "enable_hr", False)
-    per_batch = steps + (int(getattr(request, "hr_second_pass_steps", 0) or 0) or steps if hires else 0)
-    return per_batch * max(1, int(request.n_iter))
+    hires_steps = 0
+    if getattr(request, "enable_hr", False):  # the second pass takes the first's steps unless set
+        hires_steps = int(getattr(request, "hr_second_pass_steps", 0) or 0) or steps
+    return (steps + hires_steps) * max(1, int(request.n_iter))
 
 
 def for_owner(context: AppContext, submission: GenerationSubmission) -> GenerationSubmission:

@@ -27,7 +27,7 @@ from modules.extension_host.extensions import (
     install_from_url,
     save_enabled_states,
 )
-from modules.serving.accounts import SHARED_USER, User
+from modules.serving.accounts import SHARED_USER, User, caller
 from modules.ui import operators
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def build(context, shared=None) -> None:
                       interactive=refused is None)
     apply_result = gr.HTML("", elem_id="extensions_apply_result")
     def on_apply(names, mode, request: gr.Request | None = None):
-        return apply_enabled(context, names, mode, user=operators.caller(context, request))
+        return apply_enabled(context, names, mode, user=caller(context, request))
 
     apply.click(on_apply, inputs=[enabled, disable_all], outputs=apply_result, show_progress="hidden")
 
@@ -217,7 +217,7 @@ def build(context, shared=None) -> None:
         install_button = gr.Button("Install", elem_id="extensions_install_button", interactive=refused is None)
         install_result = gr.HTML("", elem_id="extensions_install_result")
     def on_install(url_text, branch_name, folder_name, request: gr.Request | None = None):
-        user = operators.caller(context, request)
+        user = caller(context, request)
         return install(context, url_text, branch_name, folder_name, user=user), extensions_table_html(context)
 
     install_button.click(on_install, inputs=[url, branch, dirname], outputs=[install_result, table])

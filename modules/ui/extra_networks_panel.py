@@ -372,7 +372,7 @@ def _wire_checkpoint_cards(context, shared: UiShared, panel: Any) -> None:
     from modules.ui.top_bar import switch_outputs
 
     def on_checkpoint(event: gr.EventData, request: gr.Request | None = None):
-        from modules.serving.accounts import user_of
+        from modules.serving.accounts import caller
 
         data = event._data if isinstance(getattr(event, "_data", None), dict) else {}
         title = checkpoint_for_card(context, str(data.get("name", "")))
@@ -380,7 +380,7 @@ def _wire_checkpoint_cards(context, shared: UiShared, panel: Any) -> None:
             yield gr.skip(), gr.skip()
             return
         # With --multi-user: the caller's own checkpoint, as the top bar's dropdown does.
-        yield from switch_outputs(context, title, user_of(getattr(context, "accounts", None), request))
+        yield from switch_outputs(context, title, caller(context, request))
 
     panel.submit(on_checkpoint, outputs=[shared.model_status, shared.checkpoint_dropdown], show_progress="hidden",
                  concurrency_limit=None).then(lambda: render_html(list_networks(context)), outputs=panel,

@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from modules.generation.img2img_batch import directories_refusal
 from modules.postprocessing.extras import EXTRAS_JOB_KIND  # Interrupt/Skip stop only these jobs
-from modules.serving.accounts import user_of
+from modules.serving.accounts import caller
 from modules.serving.jobs import QueueFullError
 from modules.ui import extras_upscale_ui
 from modules.ui.generation import error_html, follow_job_async, follow_options, render_progress
@@ -364,7 +364,7 @@ def _wire_generate(context, tab: ExtrasTab, interrupt, skip):
         return _submit(context, request, owner)
 
     async def on_generate(request: gr.Request | None, *values):
-        user = user_of(getattr(context, "accounts", None), request)
+        user = caller(context, request)
         owner = user.owner
         try:
             # Reading the uploads' headers and checking the plan touch the disk: off the event loop.
@@ -387,11 +387,11 @@ def _wire_generate(context, tab: ExtrasTab, interrupt, skip):
                        outputs=[tab.gallery, tab.info, tab.progress, view_state, job_id_state],
                        show_progress="hidden", concurrency_limit=None)
     def on_interrupt(job_id, request: gr.Request | None = None):
-        stop_job(context, job_id, kind=EXTRAS_JOB_KIND, user=user_of(getattr(context, "accounts", None), request))
+        stop_job(context, job_id, kind=EXTRAS_JOB_KIND, user=caller(context, request))
 
     def on_skip(job_id, request: gr.Request | None = None):
         stop_job(context, job_id, skip=True, kind=EXTRAS_JOB_KIND,
-                 user=user_of(getattr(context, "accounts", None), request))
+                 user=caller(context, request))
 
     interrupt.click(on_interrupt, inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)
     skip.click(on_skip, inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 
-from modules.serving.accounts import SHARED_USER, User, is_multi_user, user_of
+from modules.serving.accounts import SHARED_USER, User, caller, is_multi_user
 from modules.serving.paths import REPO_ROOT
 from modules.ui.model_previews import is_listed_preview, listed_model_files
 
@@ -167,7 +167,7 @@ def install_file_route(app: FastAPI, context) -> None:
 
     @app.api_route(ROUTE, methods=["GET", "HEAD"], include_in_schema=False)
     def serve_file(path: str, request: Request) -> Response:
-        user = user_of(getattr(context, "accounts", None), request)
+        user = caller(context, request)
         if "\x00" not in path and others_output(context, user, Path(path) if path.startswith("/") else REPO_ROOT / path):
             return PlainTextResponse("Not Found", status_code=404)  # another user's: not even "it exists"
         try:

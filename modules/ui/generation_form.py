@@ -27,7 +27,7 @@ from modules.generation.engine import LATENT_UPSCALE_MODES, PromptTooLongError
 from modules.generation.requests import HIRES_SAME_SAMPLER, UnknownHiresUpscalerError
 from modules.upscaling.service import UpscaleTooLargeError
 from modules.generation.styles import StyleError
-from modules.serving.accounts import SHARED_USER, User, user_of
+from modules.serving.accounts import SHARED_USER, User, caller
 from modules.serving.generation_service import GenerationSubmission, submit_generation
 from modules.serving.jobs import QueueFullError
 from modules.ui import styles_panel
@@ -497,7 +497,7 @@ def wire_generation(context, tabname: str, top: PromptRow, scripts, results: Res
 
     async def on_generate(request: gr.Request, *values):
         own, script_values = values[:count], values[count:]
-        user = user_of(getattr(context, "accounts", None), request)
+        user = caller(context, request)
         try:
             made = make_request(own)
             if isinstance(made, QueuedWork):
@@ -562,10 +562,10 @@ def wire_generation(context, tabname: str, top: PromptRow, scripts, results: Res
                        trigger_mode="multiple" if multi_user else "once")
 
     def on_interrupt(job_id: str | None, request: gr.Request | None = None) -> None:
-        stop_job(context, job_id, kind=kind, user=user_of(getattr(context, "accounts", None), request))
+        stop_job(context, job_id, kind=kind, user=caller(context, request))
 
     def on_skip(job_id: str | None, request: gr.Request | None = None) -> None:
-        stop_job(context, job_id, skip=True, kind=kind, user=user_of(getattr(context, "accounts", None), request))
+        stop_job(context, job_id, skip=True, kind=kind, user=caller(context, request))
 
     top.interrupt.click(on_interrupt, inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)
     top.skip.click(on_skip, inputs=job_id_state, outputs=None, show_progress="hidden", queue=False)
@@ -622,7 +622,7 @@ def wire_seed_and_size_buttons(context, tabname: str, fields: dict[str, Any], ra
     res_switch.click(lambda width, height: (height, width), inputs=[fields["width"], fields["height"]],
                      outputs=[fields["width"], fields["height"]], show_progress="hidden", queue=False)
     def on_open_folder(request: gr.Request | None = None) -> str:
-        return open_output_folder(context, tabname, user_of(getattr(context, "accounts", None), request))
+        return open_output_folder(context, tabname, caller(context, request))
 
     results.open_folder.click(on_open_folder, outputs=results.log, show_progress="hidden")
 

@@ -22,7 +22,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from modules.library.checkpoints import CheckpointNotFoundError
-from modules.serving.accounts import SHARED_USER, User
+from modules.serving.accounts import SHARED_USER, User, caller
 from modules.ui import operators
 from modules.serving.jobs import Job, JobState
 from modules.merging.blocks import BLOCK_LAYOUTS, SD_PRESETS, block_names
@@ -627,13 +627,13 @@ def _wire_merger(handlers: MergerHandlers, shared, form: dict[str, Any], control
     context = handlers.context
 
     def on_merge(request: gr.Request | None, *values):
-        yield from handlers.merge(*values, user=operators.caller(context, request))
+        yield from handlers.merge(*values, user=caller(context, request))
 
     def on_merge_and_load(request: gr.Request | None, *values):
-        yield from handlers.merge_and_load(*values, user=operators.caller(context, request))
+        yield from handlers.merge_and_load(*values, user=caller(context, request))
 
     def on_interrupt(job: str | None, request: gr.Request | None = None) -> None:
-        handlers.interrupt(job, user=operators.caller(context, request))
+        handlers.interrupt(job, user=caller(context, request))
 
     c.merge.click(on_merge, inputs=inputs, outputs=merge_outputs, show_progress="hidden",
                   concurrency_limit=None, **private)

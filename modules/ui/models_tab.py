@@ -26,7 +26,7 @@ import gradio as gr
 from modules.library.checkpoints import CheckpointNotFoundError
 from modules.model_sources.placement import MODEL_KINDS, TYPE_CHOICES
 from modules.model_sources.types import ModelSourceError
-from modules.serving.accounts import SHARED_USER, User
+from modules.serving.accounts import SHARED_USER, User, caller
 from modules.ui import operators
 from modules.ui.generation import error_html
 from modules.ui.models_render import (ACTIVE_STATES, card_html, cancel_choices, cards_table_html, downloads_html,
@@ -388,13 +388,13 @@ def _wire(handlers: ModelsTabHandlers, shared, c: _Controls, top_bar: list) -> N
 
     def on_download(looked_up, source, file_name, model_type, view, request: gr.Request | None = None):
         return handlers.download(looked_up, source, file_name, model_type, view,
-                                 user=operators.caller(context, request))
+                                 user=caller(context, request))
 
     def on_cancel(download_id, view, request: gr.Request | None = None):
-        return handlers.cancel(download_id, view, user=operators.caller(context, request))
+        return handlers.cancel(download_id, view, user=caller(context, request))
 
     def on_fetch_cards(kind, name, request: gr.Request | None = None):
-        return handlers.fetch_cards(kind, name, user=operators.caller(context, request))
+        return handlers.fetch_cards(kind, name, user=caller(context, request))
 
     c.download.click(on_download, inputs=[c.looked_up, c.source, c.file, c.kind, c.view],
                      outputs=[c.message, *downloads_outputs], concurrency_limit=None, **private)
@@ -410,7 +410,7 @@ def _wire(handlers: ModelsTabHandlers, shared, c: _Controls, top_bar: list) -> N
                     concurrency_limit=None, **private)
     for tool, button in c.tool_buttons.items():
         def on_tool(name, request: gr.Request | None = None, tool=tool):
-            return handlers.run_tool(tool, name, user=operators.caller(context, request))
+            return handlers.run_tool(tool, name, user=caller(context, request))
 
         button.click(on_tool, inputs=[c.tools_checkpoint],
                      outputs=[c.tools_result, c.tools_checkpoint, c.cards_file, *top_bar], **private)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import gradio as gr
 
-from modules.serving.accounts import User, user_of
+from modules.serving.accounts import User, caller
 from modules.serving.jobs import Job, JobState
 from modules.ui.generation import queue_place, queue_standing
 
@@ -153,7 +153,7 @@ def build(context) -> gr.HTML:
     refresh = _refresher(context)
 
     def on_cancel(event: gr.EventData, request: gr.Request | None = None):
-        user = user_of(getattr(context, "accounts", None), request)
+        user = caller(context, request)
         data = getattr(event, "_data", None)
         cancel_job(context, user, str(data.get("job_id", "")) if isinstance(data, dict) else "")
         return render_panel(context, user)
@@ -179,6 +179,6 @@ def wire_refresh(context, panel: gr.HTML, buttons: Iterable) -> None:
 def _refresher(context):
     """The handler that renders the panel for the user behind its request."""
     def refresh(request: gr.Request | None = None) -> str:
-        return render_panel(context, user_of(getattr(context, "accounts", None), request))
+        return render_panel(context, caller(context, request))
 
     return refresh

@@ -9,7 +9,7 @@ else gets a message saying so, from the handler itself (hiding a button is no gu
 
 from __future__ import annotations
 
-from modules.serving.accounts import User, caller  # noqa: F401 - tabs import caller from here
+from modules.serving.accounts import User
 
 OPERATORS_ONLY = ("{what} changes the whole shared server, so only its operators may do it: the users named in "
                   "--admin-users. Ask one of them, or have the server started with your name in --admin-users.")

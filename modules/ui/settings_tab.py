@@ -36,7 +36,7 @@ from modules.serving.settings import (
     describe_changes,
     locked_settings,
 )
-from modules.serving.accounts import SHARED_USER, User, user_of
+from modules.serving.accounts import SHARED_USER, User, caller
 from modules.serving.settings_change import UPSCALER_SETTINGS, change_settings
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def build(context, shared) -> None:
     private = {"api_visibility": "private"}
 
     def on_apply(request: gr.Request | None, loaded_values, *values):
-        return handlers.apply_and_show(loaded_values, *values, user=user_of(getattr(context, "accounts", None), request))
+        return handlers.apply_and_show(loaded_values, *values, user=caller(context, request))
 
     submit.click(on_apply, inputs=[loaded, *components], outputs=[result, loaded, *components], **private)
     search.change(None, inputs=[search], js=SEARCH_JS, **private)  # typing, pasting, clearing

@@ -25,7 +25,7 @@ from typing import Any
 import gradio as gr
 
 from modules.library.checkpoints import BrokenCheckpointError, CheckpointNotFoundError
-from modules.serving.accounts import SHARED_USER, User, user_of
+from modules.serving.accounts import SHARED_USER, User, caller
 from modules.serving.app_context import DEMO_CHECKPOINT_NAME
 from modules.serving.jobs import JobState
 from modules.serving.settings_change import SettingsChangeReport, change_settings, change_user_choices
@@ -343,18 +343,18 @@ def _wire_quicksettings(context, row: _QuickSettings, status: gr.HTML):
     """What choosing a checkpoint, VAE, Clip skip or other quicksetting does; returns the checkpoint
     switch's event (other tabs chain on it)."""
     def on_switch(title: str, request: gr.Request | None = None):
-        yield from switch_outputs(context, title, user_of(getattr(context, "accounts", None), request))
+        yield from switch_outputs(context, title, caller(context, request))
 
     checkpoint = row.checkpoint
     switched = checkpoint.input(on_switch, inputs=checkpoint, outputs=[status, checkpoint], show_progress="hidden",
                                 concurrency_limit=None)
     def on_refresh_checkpoints(request: gr.Request | None = None):
-        return _refreshed_checkpoints(context, user_of(getattr(context, "accounts", None), request))
+        return _refreshed_checkpoints(context, caller(context, request))
 
     row.refresh_checkpoints.click(on_refresh_checkpoints, outputs=checkpoint, show_progress="hidden")
     if row.vae is not None:
         def on_vae(name: str, request: gr.Request | None = None):
-            user = user_of(getattr(context, "accounts", None), request)
+            user = caller(context, request)
             if own_choices(user):
                 yield change_own_choice(context, user, "sd_vae", name)
                 return
@@ -364,13 +364,13 @@ def _wire_quicksettings(context, row: _QuickSettings, status: gr.HTML):
         row.vae.input(on_vae, inputs=row.vae, outputs=[status, row.vae], show_progress="hidden",
                       concurrency_limit=None)
         def on_refresh_vaes(request: gr.Request | None = None):
-            return _refreshed_vaes(context, user_of(getattr(context, "accounts", None), request))
+            return _refreshed_vaes(context, caller(context, request))
 
         row.refresh_vaes.click(on_refresh_vaes, outputs=row.vae, show_progress="hidden")
     if row.clip_skip is not None:
         # The slider shows the value in effect afterwards: the previous one after a refusal.
         def on_clip_skip(value: float, request: gr.Request | None = None):
-            user = user_of(getattr(context, "accounts", None), request)
+            user = caller(context, request)
             if own_choices(user):
                 return change_own_choice(context, user, "CLIP_stop_at_last_layers", value)
             return apply_clip_skip(context, value), context.settings.current()["CLIP_stop_at_last_layers"]
@@ -379,7 +379,7 @@ def _wire_quicksettings(context, row: _QuickSettings, status: gr.HTML):
                               show_progress="hidden")
     for key, component in row.others.items():
         def on_other(value, request: gr.Request | None = None, key=key):
-            return quicksetting_changed(context, key, value, user_of(getattr(context, "accounts", None), request))
+            return quicksetting_changed(context, key, value, caller(context, request))
 
         component.input(on_other, inputs=component, outputs=[status, component], show_progress="hidden")
     return switched
@@ -403,7 +403,7 @@ def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status:
         html_status, loading = model_status(context)
         if loading:
             return html_status, gr.skip(), gr.skip()
-        title = shown_choices(context, user_of(getattr(context, "accounts", None), request))["sd_model_checkpoint"]
+        title = shown_choices(context, caller(context, request))["sd_model_checkpoint"]
         return html_status, gr.update(choices=checkpoint_choices(context), value=title), gr.Timer(active=False)
 
     shared.model_status_ticks = timer.tick(on_tick, outputs=[status, checkpoint, timer], show_progress="hidden",
@@ -416,7 +416,7 @@ def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status:
     seen = gr.State(None)
 
     def on_watch(last, request: gr.Request | None = None):
-        now = _server_view(context, user_of(getattr(context, "accounts", None), request))
+        now = _server_view(context, caller(context, request))
         if now == last:
             return gr.skip(), gr.skip(), gr.skip()
         return now["status"], gr.update(choices=[tuple(c) if isinstance(c, list) else c for c in now["choices"]],
@@ -426,7 +426,7 @@ def _wire_status_refresh(context, shared: UiShared, row: _QuickSettings, status:
                                  queue=False)
 
     def on_page_load(request: gr.Request | None = None):
-        user = user_of(getattr(context, "accounts", None), request)
+        user = caller(context, request)
         html_status, loading = model_status(context)
         current = context.settings.current()
         shown = shown_choices(context, user)

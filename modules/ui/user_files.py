@@ -23,7 +23,7 @@ nothing here changes anything: `gallery_files` returns the images as they are.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,12 +114,3 @@ class FileOwners:
             return True
         found = self.area(path)
         return found is None or user.owns(found.owner)
-
-    def folders_of(self, user_name: str) -> list[Path]:
-        """The output and gallery folders of `user_name` (real paths)."""
-        return [area.folder for area in self.areas if area.owner == user_name]
-
-
-def others_files(owners: FileOwners, user: User, paths: Iterable[str | os.PathLike]) -> list[str]:
-    """The paths among `paths` that `user` may not read (for a refusal that names them)."""
-    return [str(path) for path in paths if not owners.may_read(user, path)]
